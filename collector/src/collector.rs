@@ -1,0 +1,203 @@
+//! Wiring: binds the listeners and starts the stages; stops them in order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::pipeline::IngestQueue;
+use crate::query::http::ApiState;
+use crate::query::{QueryEngine, QueryLimits};
+use crate::receivers::grpc::{LogsService, TraceService};
+use crate::receivers::{Ingest, http as otlp_http};
+use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
+
+/// Starts collectors.
+#[derive(Debug)]
+pub struct Collector;
+
+/// The addresses a running collector listens on (with the real ports when port 0 was asked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddrs {
+    /// OTLP/gRPC.
+    pub otlp_grpc: SocketAddr,
+    /// OTLP/HTTP.
+    pub otlp_http: SocketAddr,
+    /// The query HTTP API.
+    pub query_http: SocketAddr,
+}
+
+/// Why a collector could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen for {listener} on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        listener: &'static str,
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The query threads could not be started.
+    #[error("cannot start the query threads: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running collector. Dropping it stops nothing; call [`RunningCollector::shutdown`].
+#[derive(Debug)]
+pub struct RunningCollector {
+    addrs: BoundAddrs,
+    store: Arc<dyn SpanStore>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    receivers_stop: CancellationToken,
+    query_stop: CancellationToken,
+    receivers: Vec<JoinHandle<()>>,
+    dispatcher: JoinHandle<()>,
+    query: JoinHandle<()>,
+    maintenance: JoinHandle<()>,
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { listener, addr, source })
+}
+
+impl Collector {
+    /// Binds every listener, then starts the receivers, the pipeline, the store's upkeep and
+    /// the query API.
+    pub async fn start(config: Config) -> Result<RunningCollector, StartError> {
+        let grpc_listener = bind("otlp-grpc", config.otlp_grpc).await?;
+        let http_listener = bind("otlp-http", config.otlp_http).await?;
+        let query_listener = bind("query-http", config.query_http).await?;
+        let local = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
+        let addrs = BoundAddrs {
+            otlp_grpc: local(&grpc_listener, config.otlp_grpc),
+            otlp_http: local(&http_listener, config.otlp_http),
+            query_http: local(&query_listener, config.query_http),
+        };
+
+        let metrics = Arc::new(Metrics::new());
+        let store_config = StoreConfig {
+            retention: config.retention,
+            max_bytes: config.max_store_bytes,
+            ..StoreConfig::default()
+        };
+        let store: Arc<dyn SpanStore> = Arc::new(MemoryStore::new(store_config, metrics.clone()));
+        let limits = QueryLimits {
+            timeout: config.query_timeout,
+            memory_bytes: config.query_memory_bytes,
+            max_rows: config.query_max_rows,
+        };
+        let engine = QueryEngine::new(store.clone(), limits, metrics.clone()).map_err(StartError::Runtime)?;
+
+        let (queue, dispatcher) = IngestQueue::new(config.max_ingest_bytes);
+        let gauge = queue.gauge();
+        // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
+        let ingest = Arc::new(Ingest::new(queue, metrics.clone()));
+        let receivers_stop = CancellationToken::new();
+        let query_stop = CancellationToken::new();
+
+        let grpc = tonic::transport::Server::builder()
+            .add_service(TraceService::new(ingest.clone(), config.grpc_max_message_bytes))
+            .add_service(LogsService::new(ingest.clone(), config.grpc_max_message_bytes))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), receivers_stop.clone().cancelled_owned());
+        let grpc = tokio::spawn(async move {
+            if let Err(error) = grpc.await {
+                tracing::error!(%error, "the OTLP/gRPC receiver stopped");
+            }
+        });
+        let http = axum::serve(http_listener, otlp_http::router(ingest, config.http_max_body_bytes))
+            .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
+        let http = tokio::spawn(async move {
+            if let Err(error) = http.await {
+                tracing::error!(%error, "the OTLP/HTTP receiver stopped");
+            }
+        });
+
+        let dispatcher = tokio::spawn(dispatcher.run(store.clone()));
+        let maintenance = {
+            let store = store.clone();
+            let stop = query_stop.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(MAINTENANCE_PERIOD);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let store = store.clone();
+                            // Compaction is CPU work: keep it off the async threads.
+                            let _ = tokio::task::spawn_blocking(move || store.maintain(SystemTime::now())).await;
+                        }
+                        () = stop.cancelled() => break,
+                    }
+                }
+            })
+        };
+
+        let ready = Arc::new(AtomicBool::new(true));
+        let state = Arc::new(ApiState { engine, metrics: metrics.clone(), queue: gauge, ready: ready.clone() });
+        let query = axum::serve(query_listener, crate::query::http::router(state))
+            .with_graceful_shutdown(query_stop.clone().cancelled_owned());
+        let query = tokio::spawn(async move {
+            if let Err(error) = query.await {
+                tracing::error!(%error, "the query API stopped");
+            }
+        });
+
+        tracing::info!(otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, query_http = %addrs.query_http, "collector started");
+        Ok(RunningCollector {
+            addrs,
+            store,
+            metrics,
+            ready,
+            receivers_stop,
+            query_stop,
+            receivers: vec![grpc, http],
+            dispatcher,
+            query,
+            maintenance,
+        })
+    }
+}
+
+impl RunningCollector {
+    /// Where it listens.
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// Its span store.
+    pub fn store(&self) -> &Arc<dyn SpanStore> {
+        &self.store
+    }
+
+    /// Its metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Stops in order: the receivers stop accepting and answer what is in flight, the queue
+    /// drains into the store, then the query API stops.
+    pub async fn shutdown(self) {
+        self.ready.store(false, Ordering::Release);
+        self.receivers_stop.cancel();
+        for receiver in self.receivers {
+            let _ = receiver.await;
+        }
+        let _ = self.dispatcher.await;
+        self.query_stop.cancel();
+        let _ = self.query.await;
+        let _ = self.maintenance.await;
+        tracing::info!("collector stopped");
+    }
+}

@@ -1,0 +1,47 @@
+//! Turns OTLP requests into the one decoded form every consumer reads: a [`SpanBatch`].
+//!
+//! Decoding happens once, in the receiver that got the request; the queue, the store and the
+//! query layer only ever see Arrow.
+
+mod builders;
+pub mod otlp;
+pub mod schema;
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+pub use otlp::{DecodedTraces, Rejections, decode_traces};
+
+/// Spans laid out as an Arrow [`RecordBatch`] with the [`schema::span_schema`] schema.
+#[derive(Debug, Clone)]
+pub struct SpanBatch {
+    batch: RecordBatch,
+    bytes: usize,
+}
+
+impl SpanBatch {
+    /// Wraps a batch that has the span schema.
+    pub fn new(batch: RecordBatch) -> Self {
+        let bytes = batch.get_array_memory_size();
+        Self { batch, bytes }
+    }
+
+    /// The Arrow batch.
+    pub fn record_batch(&self) -> &RecordBatch {
+        &self.batch
+    }
+
+    /// Unwraps the Arrow batch.
+    pub fn into_record_batch(self) -> RecordBatch {
+        self.batch
+    }
+
+    /// How many spans it holds.
+    pub fn rows(&self) -> usize {
+        self.batch.num_rows()
+    }
+
+    /// The memory its arrays hold, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}

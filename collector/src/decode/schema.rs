@@ -1,0 +1,171 @@
+//! The schema of the `spans` table, defined once.
+//!
+//! Repetitive strings are dictionary-encoded (`Dictionary(Int32, Utf8)`); SQL sees them as
+//! strings. Attributes are maps of string keys to string values: every OTLP value is turned into
+//! text (integers and doubles in their shortest decimal form, booleans as `true`/`false`, bytes
+//! as base64, arrays and key-value lists as JSON). `docs/schema.md` documents each column.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+
+/// The type of the dictionary-encoded string columns.
+pub fn dict_utf8() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+}
+
+/// The type of the timestamp columns: nanoseconds since the epoch, UTC.
+pub fn timestamp_ns() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+}
+
+/// The `entries` field of an attribute map: non-null dictionary keys, nullable dictionary values.
+pub fn attribute_entries() -> Arc<Field> {
+    static ENTRIES: LazyLock<Arc<Field>> = LazyLock::new(|| {
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("key", dict_utf8(), false),
+                Field::new("value", dict_utf8(), true),
+            ])),
+            false,
+        ))
+    });
+    ENTRIES.clone()
+}
+
+/// The type of an attribute map column.
+pub fn attribute_map() -> DataType {
+    DataType::Map(attribute_entries(), false)
+}
+
+/// The fields of one element of the `events` list.
+pub fn event_fields() -> Fields {
+    static FIELDS: LazyLock<Fields> = LazyLock::new(|| {
+        Fields::from(vec![
+            Field::new("time", timestamp_ns(), false),
+            Field::new("name", dict_utf8(), false),
+            Field::new("attributes", attribute_map(), false),
+        ])
+    });
+    FIELDS.clone()
+}
+
+/// The fields of one element of the `links` list.
+pub fn link_fields() -> Fields {
+    static FIELDS: LazyLock<Fields> = LazyLock::new(|| {
+        Fields::from(vec![
+            Field::new("trace_id", DataType::Utf8, false),
+            Field::new("span_id", DataType::Utf8, false),
+            Field::new("trace_state", dict_utf8(), true),
+            Field::new("attributes", attribute_map(), false),
+        ])
+    });
+    FIELDS.clone()
+}
+
+/// The list item field of `events`.
+pub fn event_item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Struct(event_fields()), false))
+}
+
+/// The list item field of `links`.
+pub fn link_item() -> Arc<Field> {
+    Arc::new(Field::new("item", DataType::Struct(link_fields()), false))
+}
+
+/// Column indexes of [`span_schema`], so that code reads `col::TRACE_ID` rather than a number.
+#[allow(missing_docs)]
+pub mod col {
+    pub const TRACE_ID: usize = 0;
+    pub const SPAN_ID: usize = 1;
+    pub const PARENT_SPAN_ID: usize = 2;
+    pub const TRACE_STATE: usize = 3;
+    pub const SERVICE_NAME: usize = 4;
+    pub const SERVICE_NAMESPACE: usize = 5;
+    pub const INSTANCE_ID: usize = 6;
+    pub const SPAN_NAME: usize = 7;
+    pub const SPAN_KIND: usize = 8;
+    pub const START_TIME: usize = 9;
+    pub const END_TIME: usize = 10;
+    pub const DURATION_NS: usize = 11;
+    pub const STATUS_CODE: usize = 12;
+    pub const STATUS_MESSAGE: usize = 13;
+    pub const SCOPE_NAME: usize = 14;
+    pub const SCOPE_VERSION: usize = 15;
+    pub const ATTRIBUTES: usize = 16;
+    pub const RESOURCE_ATTRIBUTES: usize = 17;
+    pub const EVENTS: usize = 18;
+    pub const LINKS: usize = 19;
+}
+
+/// The schema of the `spans` table.
+///
+/// ```
+/// let schema = wayfinder_collector::decode::schema::span_schema();
+/// assert_eq!(schema.field(0).name(), "trace_id");
+/// assert!(schema.field_with_name("attributes").is_ok());
+/// ```
+pub fn span_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("trace_id", DataType::Utf8, false),
+            Field::new("span_id", DataType::Utf8, false),
+            Field::new("parent_span_id", DataType::Utf8, true),
+            Field::new("trace_state", dict_utf8(), true),
+            Field::new("service_name", dict_utf8(), false),
+            Field::new("service_namespace", dict_utf8(), true),
+            Field::new("instance_id", dict_utf8(), true),
+            Field::new("span_name", dict_utf8(), false),
+            Field::new("span_kind", dict_utf8(), false),
+            Field::new("start_time", timestamp_ns(), false),
+            Field::new("end_time", timestamp_ns(), false),
+            Field::new("duration_ns", DataType::Int64, false),
+            Field::new("status_code", dict_utf8(), false),
+            Field::new("status_message", dict_utf8(), true),
+            Field::new("scope_name", dict_utf8(), true),
+            Field::new("scope_version", dict_utf8(), true),
+            Field::new("attributes", attribute_map(), false),
+            Field::new("resource_attributes", attribute_map(), false),
+            Field::new("events", DataType::List(event_item()), false),
+            Field::new("links", DataType::List(link_item()), false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_indexes_match_the_schema() {
+        let schema = span_schema();
+        let expected = [
+            (col::TRACE_ID, "trace_id"),
+            (col::SPAN_ID, "span_id"),
+            (col::PARENT_SPAN_ID, "parent_span_id"),
+            (col::TRACE_STATE, "trace_state"),
+            (col::SERVICE_NAME, "service_name"),
+            (col::SERVICE_NAMESPACE, "service_namespace"),
+            (col::INSTANCE_ID, "instance_id"),
+            (col::SPAN_NAME, "span_name"),
+            (col::SPAN_KIND, "span_kind"),
+            (col::START_TIME, "start_time"),
+            (col::END_TIME, "end_time"),
+            (col::DURATION_NS, "duration_ns"),
+            (col::STATUS_CODE, "status_code"),
+            (col::STATUS_MESSAGE, "status_message"),
+            (col::SCOPE_NAME, "scope_name"),
+            (col::SCOPE_VERSION, "scope_version"),
+            (col::ATTRIBUTES, "attributes"),
+            (col::RESOURCE_ATTRIBUTES, "resource_attributes"),
+            (col::EVENTS, "events"),
+            (col::LINKS, "links"),
+        ];
+        assert_eq!(schema.fields().len(), expected.len(), "every column has an index constant");
+        for (index, name) in expected {
+            assert_eq!(schema.field(index).name(), name, "col constant for {name}");
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! The Wayfinder collector as a library: OTLP ingest, the Arrow span store and SQL over it.
+//!
+//! The `wayfinder` binary only parses its configuration and calls [`Collector::start`]; the
+//! end-to-end tests and benchmarks start collectors the same way, on port 0.
+//!
+//! Data flows through the modules in this order:
+//! [`receivers`] (OTLP/gRPC, OTLP/HTTP) → [`decode`] (OTLP → Arrow, once) →
+//! [`pipeline`] (the bounded ingest queue) → [`store`] (Arrow batches, retention) →
+//! [`query`] (DataFusion SQL and the HTTP query API).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), wayfinder_collector::StartError> {
+//! use wayfinder_collector::{Collector, Config};
+//!
+//! let mut config = Config::default();
+//! config.otlp_grpc = "127.0.0.1:0".parse().unwrap();
+//! let running = Collector::start(config).await?;
+//! println!("OTLP/gRPC on {}", running.addrs().otlp_grpc);
+//! running.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod config;
+pub mod decode;
+pub mod metrics;
+pub mod pipeline;
+pub mod query;
+pub mod receivers;
+pub mod store;
+
+mod collector;
+
+pub use collector::{BoundAddrs, Collector, RunningCollector, StartError};
+pub use config::Config;

@@ -1,0 +1,73 @@
+//! `wayfinder`: the collector's command line.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use wayfinder_collector::Collector;
+use wayfinder_collector::config::{Config, ServeArgs};
+
+/// How long shutdown may take before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(name = "wayfinder", version, about = "The Wayfinder tracing collector")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the collector: OTLP receivers, span store, query API.
+    Serve(ServeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let filter = Config::log_filter(&args)?;
+    let filter = EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let config = Config::resolve(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let running = Collector::start(config).await?;
+        let addrs = running.addrs();
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening otlp-grpc {}", addrs.otlp_grpc)?;
+        writeln!(stdout, "listening otlp-http {}", addrs.otlp_http)?;
+        writeln!(stdout, "listening query-http {}", addrs.query_http)?;
+        stdout.flush()?;
+        drop(stdout);
+        shutdown_signal().await?;
+        tracing::info!("shutting down");
+        if tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown()).await.is_err() {
+            tracing::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    Ok(())
+}

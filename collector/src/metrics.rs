@@ -1,0 +1,137 @@
+//! The collector's own figures, served as Prometheus text on `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels with the receiving protocol: `grpc`, `http/protobuf` or `http/json`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    /// The protocol.
+    pub protocol: &'static str,
+}
+
+/// Labels of a refusal: the protocol and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// The protocol.
+    pub protocol: &'static str,
+    /// Why, e.g. `invalid_trace_id`, `queue_full`, `malformed`, `too_large`.
+    pub reason: &'static str,
+}
+
+/// Labels with a reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Labels with an outcome: `ok` or an error class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// The outcome.
+    pub outcome: &'static str,
+}
+
+/// Every metric of the collector, registered once.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Spans accepted, per protocol.
+    pub accepted_spans: Family<ProtocolLabels, Counter>,
+    /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
+    pub refused_spans: Family<RefusalLabels, Counter>,
+    /// Requests refused as a whole, per protocol and reason.
+    pub refused_requests: Family<RefusalLabels, Counter>,
+    /// Log records accepted (and, for now, not stored), per protocol.
+    pub accepted_log_records: Family<ProtocolLabels, Counter>,
+    /// Bytes waiting in the ingest queue.
+    pub ingest_queue_bytes: Gauge,
+    /// The ingest queue's budget.
+    pub ingest_queue_capacity_bytes: Gauge,
+    /// Spans in the store.
+    pub store_rows: Gauge,
+    /// Memory the store's batches hold.
+    pub store_bytes: Gauge,
+    /// Batches in the store.
+    pub store_batches: Gauge,
+    /// Spans evicted from the store, per reason (`age`, `size`).
+    pub store_evicted_spans: Family<ReasonLabels, Counter>,
+    /// SQL queries, per outcome.
+    pub sql_queries: Family<OutcomeLabels, Counter>,
+    /// SQL query durations.
+    pub sql_query_duration: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Self {
+            accepted_spans: Family::default(),
+            refused_spans: Family::default(),
+            refused_requests: Family::default(),
+            accepted_log_records: Family::default(),
+            ingest_queue_bytes: Gauge::default(),
+            ingest_queue_capacity_bytes: Gauge::default(),
+            store_rows: Gauge::default(),
+            store_bytes: Gauge::default(),
+            store_batches: Gauge::default(),
+            store_evicted_spans: Family::default(),
+            sql_queries: Family::default(),
+            sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            registry: Registry::default(),
+        };
+        registry.register("wayfinder_receiver_accepted_spans", "Spans accepted by the receivers", m.accepted_spans.clone());
+        registry.register(
+            "wayfinder_receiver_refused_spans",
+            "Spans refused by the receivers, per reason",
+            m.refused_spans.clone(),
+        );
+        registry.register(
+            "wayfinder_receiver_refused_requests",
+            "Requests refused as a whole by the receivers, per reason",
+            m.refused_requests.clone(),
+        );
+        registry.register(
+            "wayfinder_receiver_accepted_log_records",
+            "Log records accepted by the receivers (not stored unless a later stage uses them)",
+            m.accepted_log_records.clone(),
+        );
+        registry.register("wayfinder_ingest_queue_bytes", "Bytes waiting in the ingest queue", m.ingest_queue_bytes.clone());
+        registry.register(
+            "wayfinder_ingest_queue_capacity_bytes",
+            "Memory budget of the ingest queue",
+            m.ingest_queue_capacity_bytes.clone(),
+        );
+        registry.register("wayfinder_store_spans", "Spans held in the span store", m.store_rows.clone());
+        registry.register("wayfinder_store_bytes", "Memory held by the span store's Arrow batches", m.store_bytes.clone());
+        registry.register("wayfinder_store_batches", "Arrow batches held in the span store", m.store_batches.clone());
+        registry.register(
+            "wayfinder_store_evicted_spans",
+            "Spans evicted from the span store, per reason (age, size)",
+            m.store_evicted_spans.clone(),
+        );
+        registry.register("wayfinder_sql_queries", "SQL queries, per outcome", m.sql_queries.clone());
+        registry.register("wayfinder_sql_query_duration_seconds", "SQL query durations", m.sql_query_duration.clone());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

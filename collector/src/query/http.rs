@@ -1,0 +1,196 @@
+//! The query HTTP API: `POST /api/v1/sql`, `GET /api/v1/traces/{trace_id}`, `GET /metrics`,
+//! `GET /healthz`, `GET /readyz`.
+//!
+//! Errors are answered in one place ([`ApiError`]): a status code and `{"error": "…"}`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
+use datafusion::arrow::compute::{filter_record_batch, kernels::cmp::eq};
+use datafusion::arrow::ipc::writer::StreamWriter;
+use http::{HeaderMap, StatusCode, header};
+use serde_json::{Map, Value};
+use wayfinder_api::ErrorBody;
+use wayfinder_api::sql::{ARROW_STREAM_MEDIA_TYPE, Column, SqlRequest, SqlResponse};
+
+use super::json::{column_values, type_name, value_at};
+use super::{QueryEngine, QueryError, QueryResult};
+use crate::decode::schema::col;
+use crate::metrics::Metrics;
+use crate::pipeline::QueueGauge;
+
+/// What the query API's handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The SQL engine (and through it, the store).
+    pub engine: QueryEngine,
+    /// The collector's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The ingest queue's fill, for its gauges.
+    pub queue: QueueGauge,
+    /// Whether the collector is ready (listeners up, not shutting down).
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The router of the query port.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/sql", post(sql))
+        .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(state)
+}
+
+/// An error answer of the query API.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is wrong.
+    BadRequest(String),
+    /// 404: nothing there.
+    NotFound(String),
+    /// A query error, mapped to its status.
+    Query(QueryError),
+    /// 500.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            ApiError::Query(e) => {
+                let status = match e {
+                    QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,
+                    QueryError::Execution(_) | QueryError::TooManyRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (status, e.to_string())
+            }
+        };
+        (status, axum::Json(ErrorBody { error })).into_response()
+    }
+}
+
+async fn sql(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    let request: SqlRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?;
+    let result = state.engine.sql(&request.sql).await.map_err(ApiError::Query)?;
+    let wants_arrow = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with(ARROW_STREAM_MEDIA_TYPE)));
+    if wants_arrow {
+        let bytes = tokio::task::spawn_blocking(move || arrow_stream(&result))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??;
+        return Ok(([(header::CONTENT_TYPE, ARROW_STREAM_MEDIA_TYPE)], bytes).into_response());
+    }
+    let response = tokio::task::spawn_blocking(move || sql_response(&result))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    Ok(axum::Json(response).into_response())
+}
+
+fn arrow_stream(result: &QueryResult) -> Result<Vec<u8>, ApiError> {
+    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
+    let mut writer = StreamWriter::try_new(Vec::new(), &result.schema).map_err(internal)?;
+    for batch in &result.batches {
+        writer.write(batch).map_err(internal)?;
+    }
+    writer.finish().map_err(internal)?;
+    writer.into_inner().map_err(internal)
+}
+
+/// The JSON form of a query result.
+pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
+    let columns = result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| Column { name: f.name().clone(), data_type: type_name(f.data_type()) })
+        .collect();
+    let mut rows = Vec::with_capacity(result.batches.iter().map(RecordBatch::num_rows).sum());
+    for batch in &result.batches {
+        let mut columns = batch
+            .columns()
+            .iter()
+            .map(|c| column_values(c).map(Vec::into_iter))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        for _ in 0..batch.num_rows() {
+            rows.push(columns.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect());
+        }
+    }
+    Ok(SqlResponse { columns, rows })
+}
+
+async fn trace(State(state): State<Arc<ApiState>>, Path(trace_id): Path<String>) -> Result<Response, ApiError> {
+    let id = trace_id.to_ascii_lowercase();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::BadRequest(format!("{trace_id:?} is not a trace id: 32 hexadecimal characters")));
+    }
+    let snapshot = state.engine.store().snapshot();
+    let spans = tokio::task::spawn_blocking(move || spans_of_trace(&snapshot, &id))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    if spans.is_empty() {
+        return Err(ApiError::NotFound(format!("no spans of trace {trace_id} are stored")));
+    }
+    Ok(axum::Json(serde_json::json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response())
+}
+
+/// Every stored span of a trace as a JSON object (one key per column), by start time.
+fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>, ApiError> {
+    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
+    let wanted = StringArray::new_scalar(trace_id);
+    let mut spans: Vec<(i64, Value)> = Vec::new();
+    for batch in batches {
+        let mask = eq(batch.column(col::TRACE_ID), &wanted).map_err(internal)?;
+        if mask.true_count() == 0 {
+            continue;
+        }
+        let matched = filter_record_batch(batch, &mask).map_err(internal)?;
+        let starts = matched.column(col::START_TIME).as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        for row in 0..matched.num_rows() {
+            let mut object = Map::new();
+            for (field, column) in matched.schema().fields().iter().zip(matched.columns()) {
+                object.insert(field.name().clone(), value_at(column.as_ref(), row).map_err(internal)?);
+            }
+            spans.push((starts.value(row), Value::Object(object)));
+        }
+    }
+    spans.sort_by_key(|(start, _)| *start);
+    Ok(spans.into_iter().map(|(_, span)| span).collect())
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let m = &state.metrics;
+    m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
+    m.ingest_queue_capacity_bytes.set(state.queue.capacity_bytes() as i64);
+    let stats = state.engine.store().stats();
+    m.store_rows.set(stats.rows as i64);
+    m.store_bytes.set(stats.bytes as i64);
+    m.store_batches.set(stats.batches as i64);
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        m.encode(),
+    )
+        .into_response()
+}
+
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}

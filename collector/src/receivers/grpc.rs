@@ -1,0 +1,204 @@
+//! OTLP/gRPC: `TraceService/Export` and `LogsService/Export`.
+//!
+//! The services are written against tonic's server machinery with a pass-through codec rather
+//! than tonic's generated servers, for two reasons: an undecodable request must be answered
+//! `INVALID_ARGUMENT` (the generated code answers `INTERNAL`), and the queue's budget is checked
+//! before the protobuf is decoded.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes};
+use futures::future::{BoxFuture, Ready, ready};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{NamedService, UnaryService};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use super::{Ingest, IngestError, Protocol};
+
+/// How long a refused client is asked to wait before it retries.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A codec that passes message bytes through unchanged: the collector decodes them itself, and
+/// the load generator sends pre-encoded requests with it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// gRPC path of the trace export.
+pub const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// gRPC path of the logs export.
+pub const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// The OTLP `TraceService`.
+#[derive(Debug, Clone)]
+pub struct TraceService {
+    ingest: Arc<Ingest>,
+    max_message_bytes: usize,
+}
+
+/// The OTLP `LogsService`.
+#[derive(Debug, Clone)]
+pub struct LogsService {
+    ingest: Arc<Ingest>,
+    max_message_bytes: usize,
+}
+
+impl TraceService {
+    /// The service, refusing messages over `max_message_bytes` after decompression.
+    pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
+        Self { ingest, max_message_bytes }
+    }
+}
+
+impl LogsService {
+    /// The service, refusing messages over `max_message_bytes` after decompression.
+    pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
+        Self { ingest, max_message_bytes }
+    }
+}
+
+impl NamedService for TraceService {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+}
+
+impl NamedService for LogsService {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+}
+
+type HttpRequest = http::Request<tonic::body::Body>;
+type HttpResponse = http::Response<tonic::body::Body>;
+
+fn grpc(max_message_bytes: usize) -> tonic::server::Grpc<RawCodec> {
+    tonic::server::Grpc::new(RawCodec)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip)
+        .apply_max_message_size_config(Some(max_message_bytes), None)
+}
+
+impl tower::Service<HttpRequest> for TraceService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        if request.uri().path() != TRACE_EXPORT_PATH {
+            return Box::pin(ready(Ok(Status::unimplemented("no such method").into_http())));
+        }
+        let mut grpc = grpc(self.max_message_bytes);
+        let export = ExportTraces(self.ingest.clone());
+        Box::pin(async move { Ok(grpc.unary(export, request).await) })
+    }
+}
+
+impl tower::Service<HttpRequest> for LogsService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        if request.uri().path() != LOGS_EXPORT_PATH {
+            return Box::pin(ready(Ok(Status::unimplemented("no such method").into_http())));
+        }
+        let mut grpc = grpc(self.max_message_bytes);
+        let export = ExportLogs(self.ingest.clone());
+        Box::pin(async move { Ok(grpc.unary(export, request).await) })
+    }
+}
+
+struct ExportTraces(Arc<Ingest>);
+struct ExportLogs(Arc<Ingest>);
+
+impl UnaryService<Bytes> for ExportTraces {
+    type Response = Bytes;
+    type Future = Ready<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let body = request.into_inner();
+        ready(export_traces(&self.0, body).map(tonic::Response::new))
+    }
+}
+
+impl UnaryService<Bytes> for ExportLogs {
+    type Response = Bytes;
+    type Future = Ready<Result<tonic::Response<Bytes>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        let body = request.into_inner();
+        let result = match ExportLogsServiceRequest::decode(body) {
+            Ok(request) => Ok(self.0.export_logs(Protocol::Grpc, &request).encode_to_vec().into()),
+            Err(e) => {
+                self.0.refuse_request(Protocol::Grpc, "malformed");
+                Err(Status::invalid_argument(format!("cannot decode ExportLogsServiceRequest: {e}")))
+            }
+        };
+        ready(result.map(tonic::Response::new))
+    }
+}
+
+fn export_traces(ingest: &Ingest, body: Bytes) -> Result<Bytes, Status> {
+    ingest.check_room(Protocol::Grpc, body.len()).map_err(into_status)?;
+    let request = ExportTraceServiceRequest::decode(body).map_err(|e| {
+        ingest.refuse_request(Protocol::Grpc, "malformed");
+        Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
+    })?;
+    let response = ingest.export_traces(Protocol::Grpc, &request).map_err(into_status)?;
+    Ok(response.encode_to_vec().into())
+}
+
+/// The gRPC status of a refused request: `UNAVAILABLE` with `RetryInfo` for the retryable ones.
+pub fn into_status(error: IngestError) -> Status {
+    match error {
+        IngestError::Overloaded | IngestError::ShuttingDown => {
+            Status::with_error_details(Code::Unavailable, error.to_string(), ErrorDetails::with_retry_info(Some(RETRY_AFTER)))
+        }
+        IngestError::Internal(_) => Status::internal(error.to_string()),
+    }
+}

@@ -1,0 +1,328 @@
+//! OTLP/HTTP: `POST /v1/traces` and `POST /v1/logs`, protobuf or JSON, optionally gzip.
+//!
+//! Status codes follow the OTLP specification: 200 (with `partial_success` when spans were
+//! rejected), 400 for a body that does not decode, 405 for another method, 413 for a body over
+//! the limit after decompression, 415 for an unsupported `Content-Type` or `Content-Encoding`,
+//! 503 with `Retry-After` when the ingest queue is full. Error bodies are a `google.rpc.Status`
+//! in the request's format.
+
+use std::io::Read as _;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use serde::Serialize;
+
+use super::grpc::RETRY_AFTER;
+use super::{Ingest, IngestError, Protocol};
+
+/// The router of the OTLP/HTTP port.
+pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/logs", post(logs))
+        .with_state(Arc::new(HttpState { ingest, max_body_bytes }))
+}
+
+#[derive(Debug)]
+struct HttpState {
+    ingest: Arc<Ingest>,
+    max_body_bytes: usize,
+}
+
+/// The body format, from `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+impl Format {
+    fn protocol(self) -> Protocol {
+        match self {
+            Format::Protobuf => Protocol::HttpProtobuf,
+            Format::Json => Protocol::HttpJson,
+        }
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Protobuf => "application/x-protobuf",
+            Format::Json => "application/json",
+        }
+    }
+}
+
+/// `google.rpc.Status`, the error body of OTLP/HTTP.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+/// A refused request: the HTTP status, the gRPC code for the body, a message.
+#[derive(Debug)]
+struct Refused {
+    status: StatusCode,
+    code: tonic::Code,
+    message: String,
+    reason: &'static str,
+}
+
+impl Refused {
+    fn new(status: StatusCode, code: tonic::Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into(), reason }
+    }
+
+    fn into_response(self, format: Format) -> Response {
+        let body = RpcStatus { code: self.code as i32, message: self.message };
+        let mut response = encode(format, self.status, &body, body.encode_to_vec());
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+        }
+        response
+    }
+}
+
+impl From<IngestError> for Refused {
+    fn from(error: IngestError) -> Self {
+        let (status, code, reason) = match error {
+            IngestError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, "queue_full"),
+            IngestError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, "shutting_down"),
+            IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, "internal"),
+        };
+        Refused::new(status, code, reason, error.to_string())
+    }
+}
+
+fn encode<T: Serialize>(format: Format, status: StatusCode, value: &T, protobuf: Vec<u8>) -> Response {
+    let body = match format {
+        Format::Protobuf => protobuf,
+        Format::Json => serde_json::to_vec(value).unwrap_or_default(),
+    };
+    (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
+}
+
+async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    let format = match format_of(&headers) {
+        Ok(format) => format,
+        Err(refused) => {
+            state.ingest.refuse_request(Protocol::HttpProtobuf, refused.reason);
+            return refused.into_response(Format::Json);
+        }
+    };
+    let protocol = format.protocol();
+    let result = async {
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        state.ingest.check_room(protocol, body.len())?;
+        let request: ExportTraceServiceRequest = decode(format, &body, "ExportTraceServiceRequest")?;
+        Ok::<_, Refused>(state.ingest.export_traces(protocol, &request)?)
+    }
+    .await;
+    match result {
+        Ok(response) => encode(format, StatusCode::OK, &response, response.encode_to_vec()),
+        Err(refused) => {
+            // The ingest counted its own refusals; count the ones found here.
+            if !matches!(refused.reason, "queue_full" | "shutting_down" | "internal") {
+                state.ingest.refuse_request(protocol, refused.reason);
+            }
+            refused.into_response(format)
+        }
+    }
+}
+
+async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    let format = match format_of(&headers) {
+        Ok(format) => format,
+        Err(refused) => {
+            state.ingest.refuse_request(Protocol::HttpProtobuf, refused.reason);
+            return refused.into_response(Format::Json);
+        }
+    };
+    let protocol = format.protocol();
+    let result = async {
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let request: ExportLogsServiceRequest = decode(format, &body, "ExportLogsServiceRequest")?;
+        Ok::<_, Refused>(state.ingest.export_logs(protocol, &request))
+    }
+    .await;
+    match result {
+        Ok(response) => encode(format, StatusCode::OK, &response, response.encode_to_vec()),
+        Err(refused) => {
+            state.ingest.refuse_request(protocol, refused.reason);
+            refused.into_response(format)
+        }
+    }
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, Refused> {
+    let unsupported = |got: &str| {
+        Refused::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tonic::Code::InvalidArgument,
+            "unsupported_media_type",
+            format!("unsupported Content-Type {got:?}: use application/x-protobuf or application/json"),
+        )
+    };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Err(unsupported("")) };
+    let text = value.to_str().map_err(|_| unsupported("(not text)"))?;
+    let media_type = text.split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/x-protobuf") || media_type.eq_ignore_ascii_case("application/protobuf") {
+        Ok(Format::Protobuf)
+    } else if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(Format::Json)
+    } else {
+        Err(unsupported(text))
+    }
+}
+
+fn too_large(limit: usize) -> Refused {
+    Refused::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        tonic::Code::ResourceExhausted,
+        "too_large",
+        format!("the request body is larger than {limit} bytes (after decompression); send smaller batches"),
+    )
+}
+
+/// Reads the body within the limit and undoes its `Content-Encoding`.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refused> {
+    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let gzip = match encoding.as_deref() {
+        None | Some("" | "identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(Refused::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                tonic::Code::InvalidArgument,
+                "unsupported_encoding",
+                format!("unsupported Content-Encoding {other:?}: use gzip or none"),
+            ));
+        }
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large(limit));
+    }
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(limit)),
+        Err(e) => {
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+                "malformed",
+                format!("could not read the request body: {e}"),
+            ));
+        }
+    };
+    if !gzip {
+        return Ok(raw);
+    }
+    gunzip(&raw, limit)
+}
+
+/// Decompresses a gzip body, refusing it as soon as it grows past `limit` (a gzip bomb costs
+/// no more than `limit` bytes of memory).
+pub(crate) fn gunzip_limited(raw: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> {
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
+    decoder.read_to_end(&mut out).map_err(GunzipError::Invalid)?;
+    if out.len() > limit {
+        return Err(GunzipError::TooLarge);
+    }
+    Ok(out)
+}
+
+/// Why a gzip body could not be used.
+#[derive(Debug)]
+pub(crate) enum GunzipError {
+    Invalid(std::io::Error),
+    TooLarge,
+}
+
+fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Refused> {
+    match gunzip_limited(raw, limit) {
+        Ok(out) => Ok(out.into()),
+        Err(GunzipError::TooLarge) => Err(too_large(limit)),
+        Err(GunzipError::Invalid(e)) => Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            "malformed",
+            format!("the body is not valid gzip: {e}"),
+        )),
+    }
+}
+
+fn decode<T>(format: Format, body: &[u8], what: &str) -> Result<T, Refused>
+where
+    T: Message + Default + serde::de::DeserializeOwned,
+{
+    let result = match format {
+        Format::Protobuf => T::decode(body).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+    };
+    result.map_err(|e| {
+        Refused::new(
+            StatusCode::BAD_REQUEST,
+            tonic::Code::InvalidArgument,
+            "malformed",
+            format!("cannot decode {what} from {}: {e}", format.content_type()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    #[test]
+    fn gunzip_cases() {
+        let small = gzip(b"hello");
+        let bomb = gzip(&vec![0u8; 10 * 1024 * 1024]);
+        assert!(bomb.len() < 64 * 1024, "the bomb is small on the wire");
+        assert_eq!(gunzip_limited(&small, 5).unwrap(), b"hello", "exactly at the limit");
+        assert!(matches!(gunzip_limited(&small, 4), Err(GunzipError::TooLarge)), "one byte over");
+        assert!(matches!(gunzip_limited(&bomb, 1024 * 1024), Err(GunzipError::TooLarge)), "a bomb stops at the limit");
+        assert!(matches!(gunzip_limited(b"not gzip", 100), Err(GunzipError::Invalid(_))), "garbage");
+        let mut two = gzip(b"ab");
+        two.extend(gzip(b"cd"));
+        assert_eq!(gunzip_limited(&two, 100).unwrap(), b"abcd", "concatenated gzip members");
+    }
+
+    #[test]
+    fn content_types() {
+        let cases = [
+            ("application/x-protobuf", Some(Format::Protobuf), "the OTLP protobuf type"),
+            ("application/json", Some(Format::Json), "the OTLP JSON type"),
+            ("application/json; charset=utf-8", Some(Format::Json), "parameters are ignored"),
+            ("Application/JSON", Some(Format::Json), "media types are case-insensitive"),
+            ("text/plain", None, "not OTLP"),
+            ("", None, "empty"),
+        ];
+        for (value, expected, reason) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(format_of(&headers).ok(), expected, "{reason}");
+        }
+        assert!(format_of(&HeaderMap::new()).is_err(), "a missing Content-Type is refused");
+    }
+}

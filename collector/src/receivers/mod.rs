@@ -1,0 +1,136 @@
+//! The OTLP receivers: gRPC ([`grpc`]) and HTTP ([`http`]), both handing requests to one
+//! [`Ingest`], which decodes them once and queues the result.
+
+pub mod grpc;
+pub mod http;
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+
+use crate::decode::decode_traces;
+use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
+use crate::pipeline::{IngestQueue, Refusal};
+
+/// How a request reached the collector, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC.
+    Grpc,
+    /// OTLP/HTTP with a protobuf body.
+    HttpProtobuf,
+    /// OTLP/HTTP with a JSON body.
+    HttpJson,
+}
+
+impl Protocol {
+    /// The label value, as in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+            Protocol::HttpJson => "http/json",
+        }
+    }
+}
+
+/// Why a whole request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The ingest queue is full: retry later.
+    #[error("the collector is overloaded (ingest queue full); retry later")]
+    Overloaded,
+    /// The collector is shutting down: retry against another one, or later.
+    #[error("the collector is shutting down; retry later")]
+    ShuttingDown,
+    /// The request could not be turned into Arrow (a bug, not bad input).
+    #[error("internal error while storing spans: {0}")]
+    Internal(String),
+}
+
+/// The shared entry point of the receivers.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    queue: IngestQueue,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    /// Receivers that push into `queue` and count into `metrics`.
+    pub fn new(queue: IngestQueue, metrics: Arc<Metrics>) -> Self {
+        Self { queue, metrics }
+    }
+
+    /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
+    pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
+        self.metrics.refused_requests.get_or_create(&RefusalLabels { protocol: protocol.label(), reason }).inc();
+    }
+
+    /// Whether the queue has room for a request of `bytes` on the wire; refuses (and counts) it if
+    /// not, before it is decoded.
+    pub fn check_room(&self, protocol: Protocol, bytes: usize) -> Result<(), IngestError> {
+        if self.queue.has_room(bytes) {
+            Ok(())
+        } else {
+            self.refuse_request(protocol, "queue_full");
+            Err(IngestError::Overloaded)
+        }
+    }
+
+    /// Validates, decodes and queues the spans of one request.
+    pub fn export_traces(
+        &self,
+        protocol: Protocol,
+        request: &ExportTraceServiceRequest,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let labels = |reason| RefusalLabels { protocol: protocol.label(), reason };
+        let decoded = decode_traces(request).map_err(|e| {
+            self.refuse_request(protocol, "internal");
+            IngestError::Internal(e.to_string())
+        })?;
+        let accepted = decoded.accepted();
+        if let Some(batch) = decoded.batch {
+            if let Err(refusal) = self.queue.try_push(batch) {
+                let reason = match refusal {
+                    Refusal::Full => "queue_full",
+                    _ => "shutting_down",
+                };
+                self.refuse_request(protocol, reason);
+                let all = accepted as u64 + decoded.rejections.total();
+                self.metrics.refused_spans.get_or_create(&labels(reason)).inc_by(all);
+                return Err(match refusal {
+                    Refusal::Full => IngestError::Overloaded,
+                    _ => IngestError::ShuttingDown,
+                });
+            }
+        }
+        self.metrics.accepted_spans.get_or_create(&ProtocolLabels { protocol: protocol.label() }).inc_by(accepted as u64);
+        for (reason, count) in decoded.rejections.by_reason() {
+            if count > 0 {
+                self.metrics.refused_spans.get_or_create(&labels(reason)).inc_by(count);
+            }
+        }
+        let partial_success = decoded.rejections.message().map(|error_message| ExportTracePartialSuccess {
+            rejected_spans: i64::try_from(decoded.rejections.total()).unwrap_or(i64::MAX),
+            error_message,
+        });
+        Ok(ExportTraceServiceResponse { partial_success })
+    }
+
+    /// Accepts the log records of one request. This collector stores none of them yet (health
+    /// events come in a later version); they are counted and acknowledged.
+    pub fn export_logs(&self, protocol: Protocol, request: &ExportLogsServiceRequest) -> ExportLogsServiceResponse {
+        let records: usize = request
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .map(|s| s.log_records.len())
+            .sum();
+        self.metrics.accepted_log_records.get_or_create(&ProtocolLabels { protocol: protocol.label() }).inc_by(records as u64);
+        ExportLogsServiceResponse { partial_success: None }
+    }
+}

@@ -1,0 +1,43 @@
+//! Where accepted spans are kept: Arrow batches in memory, behind the [`SpanStore`] interface so
+//! that persistence (a write-ahead log and Parquet files) can be added without touching the
+//! receivers or the query layer.
+
+mod memory;
+
+use std::time::{Duration, SystemTime};
+
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::decode::SpanBatch;
+
+pub use memory::{MemoryStore, StoreConfig};
+
+/// A store of spans.
+pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Adds a batch. It never blocks on queries and never fails: when the store is over its
+    /// budget it evicts its oldest spans, and counts them.
+    fn append(&self, batch: SpanBatch);
+
+    /// An immutable view of everything stored now, oldest first. Cheap: batches are shared.
+    fn snapshot(&self) -> Vec<RecordBatch>;
+
+    /// Evicts what is older than the retention at `now`, and does background upkeep.
+    fn maintain(&self, now: SystemTime);
+
+    /// Sizes, for metrics and tests.
+    fn stats(&self) -> StoreStats;
+}
+
+/// Sizes of a store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Spans held.
+    pub rows: usize,
+    /// Memory held by the batches.
+    pub bytes: usize,
+    /// Batches held.
+    pub batches: usize,
+}
+
+/// How often [`SpanStore::maintain`] runs.
+pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
