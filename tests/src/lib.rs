@@ -1,1 +1,67 @@
-//! placeholder
+//! Helpers of the end-to-end tests: a collector on loopback port 0 and a client for its API.
+
+use std::time::Duration;
+
+use wayfinder_api::sql::SqlResponse;
+use wayfinder_collector::{Collector, Config, RunningCollector};
+
+/// A configuration with every listener on `127.0.0.1:0`.
+pub fn loopback_config() -> Config {
+    let mut config = Config::default();
+    let any = "127.0.0.1:0".parse().expect("a loopback address");
+    config.otlp_grpc = any;
+    config.otlp_http = any;
+    config.query_http = any;
+    config
+}
+
+/// Starts a collector with `config`.
+pub async fn start(config: Config) -> RunningCollector {
+    Collector::start(config).await.expect("the collector starts on loopback")
+}
+
+/// An HTTP client with a time limit, so that no test can hang.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("an HTTP client")
+}
+
+/// Runs a query through `POST /api/v1/sql` and returns the answer, panicking on an error status.
+pub async fn sql(collector: &RunningCollector, query: &str) -> SqlResponse {
+    let (status, body) = sql_raw(collector, query).await;
+    assert_eq!(status, 200, "query {query:?} failed: {body}");
+    serde_json::from_str(&body).expect("a SqlResponse")
+}
+
+/// Runs a query and returns the status and body as they came.
+pub async fn sql_raw(collector: &RunningCollector, query: &str) -> (u16, String) {
+    let url = format!("http://{}/api/v1/sql", collector.addrs().query_http);
+    let response = http_client()
+        .post(url)
+        .json(&serde_json::json!({ "sql": query }))
+        .send()
+        .await
+        .expect("the query API answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+/// The single integer a `SELECT count(*) …` returns.
+pub async fn count(collector: &RunningCollector, query: &str) -> i64 {
+    let response = sql(collector, query).await;
+    response.rows[0][0].as_i64().expect("an integer")
+}
+
+/// Waits (up to 10 s, polling every 20 ms) until the spans table holds `n` rows for `filter`:
+/// acknowledged spans reach the store through the queue, a moment after the acknowledgement.
+pub async fn wait_for_rows(collector: &RunningCollector, filter: &str, n: i64) -> i64 {
+    let query = format!("SELECT count(*) FROM spans WHERE {filter}");
+    let mut seen = 0;
+    for _ in 0..500 {
+        seen = count(collector, &query).await;
+        if seen >= n {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}

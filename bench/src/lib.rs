@@ -1,0 +1,7 @@
+//! Load generation and benchmarks for the Wayfinder collector.
+//!
+//! [`workload`] makes OTLP trace requests of a realistic shape (a call graph across services and
+//! instances, client and server span pairs, about ten attributes a span, resource attributes);
+//! the `wayfinder-bench` binary sends them, and the criterion benchmarks decode them.
+
+pub mod workload;
