@@ -299,6 +299,18 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         stats.rows as f64 / elapsed.as_secs_f64()
     );
     println!("arrow bytes per span: {:.0}", stats.bytes as f64 / stats.rows as f64);
+    let schema = wayfinder_collector::decode::schema::span_schema();
+    let snapshot = store.snapshot();
+    let mut by_column: Vec<(String, usize)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (f.name().clone(), snapshot.iter().map(|b| b.column(i).get_array_memory_size()).sum()))
+        .collect();
+    by_column.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
+    let per_column: Vec<String> =
+        by_column.iter().map(|(name, bytes)| format!("{name} {:.0}", *bytes as f64 / stats.rows as f64)).collect();
+    println!("bytes per span by column: {}", per_column.join(", "));
     println!("resident bytes per span: {:.0} (RSS {} MiB → {} MiB)", after.saturating_sub(before) as f64 / stats.rows as f64, before >> 20, after >> 20);
     Ok(())
 }

@@ -1,0 +1,114 @@
+//! A full ingest queue is refused with a retryable error on both protocols, and every span
+//! that was acknowledged reaches the store.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use tonic_types::StatusExt;
+use wayfinder_collector::metrics::Metrics;
+use wayfinder_collector::pipeline::IngestQueue;
+use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH, TraceService};
+use wayfinder_collector::receivers::{Ingest, http as otlp_http};
+use wayfinder_collector::store::{MemoryStore, SpanStore};
+
+fn body(first: u64) -> Vec<u8> {
+    let spans = (first..first + 50)
+        .map(|i| Span {
+            trace_id: [3; 16].to_vec(),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            name: "op".into(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            ..Default::default()
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+    }
+    .encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_is_refused_retryably_and_acknowledged_spans_are_kept() {
+    // A queue with room for a few requests whose consumer has not started yet: it fills up.
+    let metrics = Arc::new(Metrics::new());
+    let (queue, dispatcher) = IngestQueue::new(64 * 1024);
+    let ingest = Arc::new(Ingest::new(queue, metrics.clone()));
+
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http_listener.local_addr().unwrap();
+    let http_server = tokio::spawn(axum::serve(http_listener, otlp_http::router(ingest.clone(), 1 << 20)).into_future());
+    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = grpc_listener.local_addr().unwrap();
+    let grpc_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceService::new(ingest.clone(), 1 << 20))
+            .serve_with_incoming(tokio_stream_from(grpc_listener)),
+    );
+
+    let client = wayfinder_e2e::http_client();
+    let mut accepted = 0u64;
+    let mut refused_http = None;
+    for i in 0..200u64 {
+        let response = client
+            .post(format!("http://{http_addr}/v1/traces"))
+            .header("content-type", "application/x-protobuf")
+            .body(body(i * 50))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            accepted += 50;
+        } else {
+            refused_http = Some(response);
+            break;
+        }
+    }
+    let refused = refused_http.expect("the queue fills up within 200 requests");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1", "the refusal says when to retry");
+    assert!(accepted > 0, "some requests were accepted before the queue filled");
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let status = grpc
+        .unary(tonic::Request::new(Bytes::from(body(1_000_000))), http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH), RawCodec)
+        .await
+        .expect_err("the full queue refuses gRPC too");
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(status.get_details_retry_info().is_some(), "UNAVAILABLE carries RetryInfo");
+
+    // Now the consumer runs: everything acknowledged reaches the store, nothing else.
+    let store = Arc::new(MemoryStore::new(Default::default(), metrics.clone()));
+    let draining = tokio::spawn(dispatcher.run(store.clone()));
+    for _ in 0..500 {
+        if store.stats().rows as u64 >= accepted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    draining.abort();
+    http_server.abort();
+    grpc_server.abort();
+    assert_eq!(store.stats().rows as u64, accepted, "every acknowledged span is stored");
+    let text = metrics.encode();
+    assert!(text.contains("wayfinder_receiver_refused_requests_total{protocol=\"http/protobuf\",reason=\"queue_full\"} 1"), "{text}");
+    assert!(text.contains("wayfinder_receiver_refused_requests_total{protocol=\"grpc\",reason=\"queue_full\"} 1"), "{text}");
+}
+
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures_core_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_core_stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    })
+}
+
+mod futures_core_stream {
+    pub(crate) use futures::stream::{Stream, unfold};
+}

@@ -1,0 +1,134 @@
+//! The query API: read-only SQL with its refusals, the Arrow IPC answer, the traces endpoint,
+//! health and metrics.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use wayfinder_e2e::{http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
+
+async fn send_spans(collector: &wayfinder_collector::RunningCollector, n: u64) {
+    let spans = (1..=n)
+        .map(|i| Span {
+            trace_id: [0xab; 16].to_vec(),
+            span_id: i.to_be_bytes().to_vec(),
+            name: format!("op-{}", i % 2),
+            start_time_unix_nano: 1_700_000_000_000_000_000 + i,
+            end_time_unix_nano: 1_700_000_000_000_000_000 + i * 1000,
+            ..Default::default()
+        })
+        .collect();
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+    };
+    let response = http_client()
+        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(wait_for_rows(collector, "true", n as i64).await, n as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_read_queries_run() {
+    let mut config = loopback_config();
+    config.query_max_rows = 30;
+    let collector = start(config).await;
+    send_spans(&collector, 6).await;
+    let cases = [
+        ("CREATE TABLE t AS SELECT 1", 400, "only read queries", "DDL is refused"),
+        ("DROP TABLE spans", 400, "only read queries", "DDL is refused"),
+        ("INSERT INTO spans SELECT * FROM spans", 400, "", "DML is refused"),
+        ("COPY (SELECT 1) TO '/tmp/wayfinder-copy.csv'", 400, "", "COPY is refused"),
+        ("SET datafusion.execution.batch_size = 1", 400, "only read queries", "SET is refused"),
+        ("SELECT 1; SELECT 2", 400, "", "more than one statement is refused"),
+        ("SELEC 1", 400, "invalid query", "a syntax error is a 400"),
+        ("SELECT nope FROM spans", 400, "invalid query", "an unknown column is a 400"),
+        ("SELECT a.span_id FROM spans a, spans b", 422, "more than 30 rows", "answers are bounded in rows (6 × 6 = 36)"),
+        ("SELECT span_name, count(*) AS n FROM spans GROUP BY span_name ORDER BY span_name", 200, "op-0", "an aggregate"),
+        ("SHOW TABLES", 200, "spans", "SHOW is a read"),
+        ("EXPLAIN SELECT count(*) FROM spans", 200, "plan", "EXPLAIN is a read"),
+    ];
+    for (query, status, contains, reason) in cases {
+        let (got, body) = sql_raw(&collector, query).await;
+        assert_eq!(got, status, "{reason}: {query} → {body}");
+        assert!(body.contains(contains), "{reason}: {body}");
+    }
+    // Nothing above changed the table, and the collector still answers.
+    let r = sql(&collector, "SELECT count(*) AS n FROM spans").await;
+    assert_eq!(r.rows[0][0], 6);
+    let (status, body) = {
+        let response = http_client()
+            .post(format!("http://{}/api/v1/sql", collector.addrs().query_http))
+            .body("not json")
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(status, 400, "a body that is not {{\"sql\"}} is a 400: {body}");
+    collector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrow_stream_traces_health_and_metrics() {
+    let collector = start(loopback_config()).await;
+    send_spans(&collector, 4).await;
+    let base = format!("http://{}", collector.addrs().query_http);
+    let client = http_client();
+
+    let response = client
+        .post(format!("{base}/api/v1/sql"))
+        .header("accept", "application/vnd.apache.arrow.stream")
+        .json(&serde_json::json!({"sql": "SELECT span_id, duration_ns FROM spans ORDER BY span_id"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    let bytes = response.bytes().await.unwrap();
+    let reader = datafusion_arrow_reader(&bytes);
+    assert_eq!(reader, (4, vec!["span_id".to_owned(), "duration_ns".to_owned()]));
+
+    let trace_id = "ab".repeat(16);
+    let trace: serde_json::Value = client.get(format!("{base}/api/v1/traces/{trace_id}")).send().await.unwrap().json().await.unwrap();
+    let starts: Vec<&str> = trace["spans"].as_array().unwrap().iter().map(|s| s["start_time"].as_str().unwrap()).collect();
+    assert_eq!(starts.len(), 4);
+    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "spans by start time: {starts:?}");
+    let cases = [
+        ("cd".repeat(16), 404, "a well-formed id with no spans"),
+        ("xyz".to_owned(), 400, "not hex"),
+        ("ab".repeat(8), 400, "too short"),
+    ];
+    for (id, status, reason) in cases {
+        let response = client.get(format!("{base}/api/v1/traces/{id}")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{reason}");
+        let body: wayfinder_api::ErrorBody = response.json().await.unwrap();
+        assert!(!body.error.is_empty(), "{reason}: the error says why");
+    }
+
+    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        "wayfinder_receiver_accepted_spans_total{protocol=\"http/protobuf\"} 4",
+        "wayfinder_store_spans 4",
+        "wayfinder_sql_queries_total{outcome=\"ok\"}",
+        "wayfinder_sql_query_duration_seconds_count",
+        "wayfinder_ingest_queue_capacity_bytes 268435456",
+    ] {
+        assert!(metrics.contains(expected), "metrics lack {expected}:\n{metrics}");
+    }
+    collector.shutdown().await;
+}
+
+/// Rows and column names of an Arrow IPC stream.
+fn datafusion_arrow_reader(bytes: &[u8]) -> (usize, Vec<String>) {
+    use datafusion::arrow::ipc::reader::StreamReader;
+    let reader = StreamReader::try_new(bytes, None).expect("an Arrow IPC stream");
+    let names = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let rows = reader.map(|b| b.expect("a batch").num_rows()).sum();
+    (rows, names)
+}
