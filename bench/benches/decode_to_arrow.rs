@@ -1,5 +1,6 @@
 //! The ingest hot path: protobuf bytes → `ExportTraceServiceRequest` → Arrow `RecordBatch`,
 //! by request size.
+#![allow(missing_docs)] // criterion_group! makes an undocumented public function
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -9,20 +10,36 @@ use wayfinder_bench::workload::{Shape, Workload};
 fn decode_to_arrow(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_to_arrow");
     for spans in [50, 500, 5000] {
-        let mut workload = Workload::new(Shape { spans_per_request: spans, ..Shape::default() }, 42);
+        let mut workload = Workload::new(
+            Shape {
+                spans_per_request: spans,
+                ..Shape::default()
+            },
+            42,
+        );
         let request = workload.request();
-        let count: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let count: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
         let bytes = request.encode_to_vec();
         group.throughput(Throughput::Elements(count as u64));
         group.bench_with_input(BenchmarkId::new("protobuf", spans), &bytes, |b, bytes| {
             b.iter(|| {
-                let request = ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
+                let request =
+                    ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
                 wayfinder_collector::decode::decode_traces(&request).expect("valid spans")
             })
         });
-        group.bench_with_input(BenchmarkId::new("arrow_only", spans), &request, |b, request| {
-            b.iter(|| wayfinder_collector::decode::decode_traces(request).expect("valid spans"))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("arrow_only", spans),
+            &request,
+            |b, request| {
+                b.iter(|| wayfinder_collector::decode::decode_traces(request).expect("valid spans"))
+            },
+        );
     }
     group.finish();
 }

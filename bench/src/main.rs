@@ -15,7 +15,10 @@ use wayfinder_bench::workload::{Shape, Workload};
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
 
 #[derive(Debug, Parser)]
-#[command(name = "wayfinder-bench", about = "Load generator and benchmarks for the Wayfinder collector")]
+#[command(
+    name = "wayfinder-bench",
+    about = "Load generator and benchmarks for the Wayfinder collector"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,7 +82,9 @@ struct MemoryArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Load(args) => runtime.block_on(load(args)),
         Command::Memory(args) => memory(args),
@@ -96,12 +101,21 @@ struct Totals {
 }
 
 async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    let shape = Shape { instances: args.instances, spans_per_request: args.spans_per_request, ..Shape::default() };
+    let shape = Shape {
+        instances: args.instances,
+        spans_per_request: args.spans_per_request,
+        ..Shape::default()
+    };
     let mut workload = Workload::new(shape, 42);
     let mut bodies = Vec::with_capacity(args.distinct_requests);
     for _ in 0..args.distinct_requests.max(1) {
         let request = workload.request();
-        let spans: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+        let spans: usize = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
         let body = match args.protocol {
             Protocol::Grpc | Protocol::HttpProtobuf => Bytes::from(request.encode_to_vec()),
             Protocol::HttpJson => Bytes::from(serde_json::to_vec(&request)?),
@@ -166,7 +180,12 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let spans = totals.spans_ok.load(Ordering::Relaxed);
-    println!("accepted: {} requests, {} spans, {:.0} spans/s", totals.requests_ok.load(Ordering::Relaxed), spans, spans as f64 / elapsed);
+    println!(
+        "accepted: {} requests, {} spans, {:.0} spans/s",
+        totals.requests_ok.load(Ordering::Relaxed),
+        spans,
+        spans as f64 / elapsed
+    );
     println!(
         "refused: {} retryable (UNAVAILABLE / 503), {} failed",
         totals.refused_retryable.load(Ordering::Relaxed),
@@ -196,27 +215,49 @@ enum Outcome {
     Failed(String),
 }
 
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one Sender per connection, made once"
+)]
 enum Sender {
     Grpc(tonic::client::Grpc<tonic::transport::Channel>),
-    Http { client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>, uri: http::Uri, content_type: &'static str },
+    Http {
+        client: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            Full<Bytes>,
+        >,
+        uri: http::Uri,
+        content_type: &'static str,
+    },
 }
 
 impl Sender {
     async fn connect(protocol: Protocol, endpoint: &str) -> anyhow::Result<Self> {
         Ok(match protocol {
             Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
-                    .connect()
-                    .await
-                    .with_context(|| format!("cannot connect to {endpoint}"))?;
+                let channel =
+                    tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
+                        .connect()
+                        .await
+                        .with_context(|| format!("cannot connect to {endpoint}"))?;
                 Sender::Grpc(tonic::client::Grpc::new(channel))
             }
             Protocol::HttpProtobuf | Protocol::HttpJson => {
-                let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                    .pool_max_idle_per_host(1)
-                    .build_http();
-                let content_type = if matches!(protocol, Protocol::HttpJson) { "application/json" } else { "application/x-protobuf" };
-                Sender::Http { client, uri: format!("http://{endpoint}/v1/traces").parse()?, content_type }
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .pool_max_idle_per_host(1)
+                .build_http();
+                let content_type = if matches!(protocol, Protocol::HttpJson) {
+                    "application/json"
+                } else {
+                    "application/x-protobuf"
+                };
+                Sender::Http {
+                    client,
+                    uri: format!("http://{endpoint}/v1/traces").parse()?,
+                    content_type,
+                }
             }
         })
     }
@@ -235,8 +276,14 @@ impl Sender {
                     Err(status) => Outcome::Failed(status.to_string()),
                 }
             }
-            Sender::Http { client, uri, content_type } => {
-                let request = http::Request::post(uri.clone()).header("content-type", *content_type).body(Full::new(body));
+            Sender::Http {
+                client,
+                uri,
+                content_type,
+            } => {
+                let request = http::Request::post(uri.clone())
+                    .header("content-type", *content_type)
+                    .body(Full::new(body));
                 let request = match request {
                     Ok(r) => r,
                     Err(e) => return Outcome::Failed(e.to_string()),
@@ -262,17 +309,37 @@ impl Sender {
 
 /// Resident memory of a process, from `/proc/PID/status`.
 fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("no process {pid}"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS line")?;
-    let kib: u64 = line.split_whitespace().nth(1).context("no VmRSS value")?.parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("no process {pid}"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS line")?;
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("no VmRSS value")?
+        .parse()?;
     Ok(kib * 1024)
 }
 
 fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     use wayfinder_collector::store::{MemoryStore, SpanStore, StoreConfig};
     let metrics = Arc::new(wayfinder_collector::metrics::Metrics::new());
-    let store = MemoryStore::new(StoreConfig { max_bytes: usize::MAX, ..StoreConfig::default() }, metrics);
-    let mut workload = Workload::new(Shape { spans_per_request: args.spans_per_request, ..Shape::default() }, 42);
+    let store = MemoryStore::new(
+        StoreConfig {
+            max_bytes: usize::MAX,
+            ..StoreConfig::default()
+        },
+        metrics,
+    );
+    let mut workload = Workload::new(
+        Shape {
+            spans_per_request: args.spans_per_request,
+            ..Shape::default()
+        },
+        42,
+    );
     let pid = std::process::id();
     let before = resident_bytes(pid)?;
     let started = Instant::now();
@@ -298,19 +365,37 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         stats.rows as f64 / elapsed.as_secs_f64()
     );
-    println!("arrow bytes per span: {:.0}", stats.bytes as f64 / stats.rows as f64);
+    println!(
+        "arrow bytes per span: {:.0}",
+        stats.bytes as f64 / stats.rows as f64
+    );
     let schema = wayfinder_collector::decode::schema::span_schema();
     let snapshot = store.snapshot();
     let mut by_column: Vec<(String, usize)> = schema
         .fields()
         .iter()
         .enumerate()
-        .map(|(i, f)| (f.name().clone(), snapshot.iter().map(|b| b.column(i).get_array_memory_size()).sum()))
+        .map(|(i, f)| {
+            (
+                f.name().clone(),
+                snapshot
+                    .iter()
+                    .map(|b| b.column(i).get_array_memory_size())
+                    .sum(),
+            )
+        })
         .collect();
     by_column.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
-    let per_column: Vec<String> =
-        by_column.iter().map(|(name, bytes)| format!("{name} {:.0}", *bytes as f64 / stats.rows as f64)).collect();
+    let per_column: Vec<String> = by_column
+        .iter()
+        .map(|(name, bytes)| format!("{name} {:.0}", *bytes as f64 / stats.rows as f64))
+        .collect();
     println!("bytes per span by column: {}", per_column.join(", "));
-    println!("resident bytes per span: {:.0} (RSS {} MiB → {} MiB)", after.saturating_sub(before) as f64 / stats.rows as f64, before >> 20, after >> 20);
+    println!(
+        "resident bytes per span: {:.0} (RSS {} MiB → {} MiB)",
+        after.saturating_sub(before) as f64 / stats.rows as f64,
+        before >> 20,
+        after >> 20
+    );
     Ok(())
 }

@@ -18,7 +18,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status, status::StatusCode};
+use opentelemetry_proto::tonic::trace::v1::{
+    ResourceSpans, ScopeSpans, Span, Status, status::StatusCode,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -35,7 +37,11 @@ pub struct Shape {
 
 impl Default for Shape {
     fn default() -> Self {
-        Self { instances: 3, spans_per_request: 500, error_one_in: 50 }
+        Self {
+            instances: 3,
+            spans_per_request: 500,
+            error_one_in: 50,
+        }
     }
 }
 
@@ -47,14 +53,46 @@ struct Call {
     route: &'static str,
 }
 
-const SERVICES: [&str; 6] = ["frontend", "checkout", "payment", "inventory", "shipping", "postgres"];
+const SERVICES: [&str; 6] = [
+    "frontend",
+    "checkout",
+    "payment",
+    "inventory",
+    "shipping",
+    "postgres",
+];
 const DATABASE: usize = 5;
 const CALLS: [Call; 5] = [
-    Call { caller: 0, callee: 1, method: "POST", route: "/api/checkout" },
-    Call { caller: 1, callee: 2, method: "POST", route: "/api/payments" },
-    Call { caller: 1, callee: 3, method: "GET", route: "/api/stock/{sku}" },
-    Call { caller: 3, callee: DATABASE, method: "SELECT", route: "SELECT stock" },
-    Call { caller: 1, callee: 4, method: "POST", route: "/api/shipments" },
+    Call {
+        caller: 0,
+        callee: 1,
+        method: "POST",
+        route: "/api/checkout",
+    },
+    Call {
+        caller: 1,
+        callee: 2,
+        method: "POST",
+        route: "/api/payments",
+    },
+    Call {
+        caller: 1,
+        callee: 3,
+        method: "GET",
+        route: "/api/stock/{sku}",
+    },
+    Call {
+        caller: 3,
+        callee: DATABASE,
+        method: "SELECT",
+        route: "SELECT stock",
+    },
+    Call {
+        caller: 1,
+        callee: 4,
+        method: "POST",
+        route: "/api/shipments",
+    },
 ];
 
 /// Makes requests.
@@ -71,7 +109,11 @@ type Batches = Vec<Vec<Span>>;
 impl Workload {
     /// A workload with a seed, so that runs are repeatable.
     pub fn new(shape: Shape, seed: u64) -> Self {
-        Self { shape, rng: SmallRng::seed_from_u64(seed), clock: 1_764_000_000_000_000_000 }
+        Self {
+            shape,
+            rng: SmallRng::seed_from_u64(seed),
+            clock: 1_764_000_000_000_000_000,
+        }
     }
 
     /// The next request.
@@ -109,7 +151,9 @@ impl Workload {
         let failing = self.rng.random_ratio(1, self.shape.error_one_in.max(1));
         self.clock += 1_000_000;
         let start = self.clock;
-        let picks: Vec<usize> = (0..SERVICES.len()).map(|_| self.rng.random_range(0..instances)).collect();
+        let picks: Vec<usize> = (0..SERVICES.len())
+            .map(|_| self.rng.random_range(0..instances))
+            .collect();
         let slot = |service: usize| service * instances + picks[service];
         let mut server_span_of = [[0u8; 8]; SERVICES.len()];
         let root_id: [u8; 8] = self.rng.random();
@@ -147,7 +191,15 @@ impl Workload {
                     kv("code.function.name", "load_stock"),
                 ];
                 batches[slot(call.caller)].push(self.span(
-                    trace_id, client_id, Some(server_parent), SpanKind::Client, call.route, start + offset, latency, false, attrs,
+                    trace_id,
+                    client_id,
+                    Some(server_parent),
+                    SpanKind::Client,
+                    call.route,
+                    start + offset,
+                    latency,
+                    false,
+                    attrs,
                 ));
                 count += 1;
                 continue;
@@ -158,7 +210,14 @@ impl Workload {
                 kv("http.request.method", call.method),
                 kv("server.address", callee),
                 kv_int("server.port", 8080),
-                kv("url.full", &format!("http://{callee}:8080{}", call.route.replace("{sku}", &self.rng.random_range(1000..1100).to_string()))),
+                kv(
+                    "url.full",
+                    &format!(
+                        "http://{callee}:8080{}",
+                        call.route
+                            .replace("{sku}", &self.rng.random_range(1000..1100).to_string())
+                    ),
+                ),
                 kv_int("http.response.status_code", status),
                 kv("network.protocol.version", "1.1"),
                 kv("user_agent.original", "wayfinder-middleware/0.1"),
@@ -219,7 +278,10 @@ impl Workload {
             start_time_unix_nano: start,
             end_time_unix_nano: start + latency,
             attributes,
-            status: error.then(|| Status { message: "Internal Server Error".into(), code: StatusCode::Error as i32 }),
+            status: error.then(|| Status {
+                message: "Internal Server Error".into(),
+                code: StatusCode::Error as i32,
+            }),
             ..Default::default()
         }
     }
@@ -245,7 +307,10 @@ fn resource(service: usize, instance: usize) -> Resource {
         attributes: vec![
             kv("service.name", SERVICES[service]),
             kv("service.namespace", "shop"),
-            kv("service.instance.id", &format!("{}-{instance}", SERVICES[service])),
+            kv(
+                "service.instance.id",
+                &format!("{}-{instance}", SERVICES[service]),
+            ),
             kv("service.version", "1.4.2"),
             kv("host.name", &format!("node-{}", (service + instance) % 4)),
             kv("deployment.environment.name", "production"),
@@ -260,13 +325,21 @@ fn resource(service: usize, instance: usize) -> Resource {
 fn kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
-        value: Some(AnyValue { value: Some(any_value::Value::StringValue(value.to_owned())) }),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
         ..Default::default()
     }
 }
 
 fn kv_int(key: &str, value: i64) -> KeyValue {
-    KeyValue { key: key.to_owned(), value: Some(AnyValue { value: Some(any_value::Value::IntValue(value)) }), ..Default::default() }
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
@@ -275,19 +348,46 @@ mod tests {
 
     #[test]
     fn every_span_is_valid_and_pairs_are_linked() {
-        let mut workload = Workload::new(Shape { instances: 2, spans_per_request: 100, error_one_in: 2 }, 7);
+        let mut workload = Workload::new(
+            Shape {
+                instances: 2,
+                spans_per_request: 100,
+                error_one_in: 2,
+            },
+            7,
+        );
         let request = workload.request();
         let decoded = wayfinder_collector::decode::decode_traces(&request).unwrap();
-        assert_eq!(decoded.rejections.total(), 0, "the generator makes only valid spans");
+        assert_eq!(
+            decoded.rejections.total(),
+            0,
+            "the generator makes only valid spans"
+        );
         assert!(decoded.accepted() >= 100);
-        let spans: Vec<&Span> = request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans).collect();
+        let spans: Vec<&Span> = request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .flat_map(|s| &s.spans)
+            .collect();
         let servers_with_client_parent = spans
             .iter()
             .filter(|s| s.kind == SpanKind::Server as i32 && !s.parent_span_id.is_empty())
-            .filter(|s| spans.iter().any(|c| c.span_id == s.parent_span_id && c.kind == SpanKind::Client as i32))
+            .filter(|s| {
+                spans
+                    .iter()
+                    .any(|c| c.span_id == s.parent_span_id && c.kind == SpanKind::Client as i32)
+            })
             .count();
-        assert!(servers_with_client_parent > 0, "server spans are children of client spans");
-        let attrs = spans.iter().map(|s| s.attributes.len()).sum::<usize>() as f64 / spans.len() as f64;
-        assert!((9.0..=11.0).contains(&attrs), "about ten attributes a span, got {attrs}");
+        assert!(
+            servers_with_client_parent > 0,
+            "server spans are children of client spans"
+        );
+        let attrs =
+            spans.iter().map(|s| s.attributes.len()).sum::<usize>() as f64 / spans.len() as f64;
+        assert!(
+            (9.0..=11.0).contains(&attrs),
+            "about ten attributes a span, got {attrs}"
+        );
     }
 }

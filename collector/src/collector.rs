@@ -69,7 +69,13 @@ pub struct RunningCollector {
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { listener, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })
 }
 
 impl Collector {
@@ -98,7 +104,8 @@ impl Collector {
             memory_bytes: config.query_memory_bytes,
             max_rows: config.query_max_rows,
         };
-        let engine = QueryEngine::new(store.clone(), limits, metrics.clone()).map_err(StartError::Runtime)?;
+        let engine = QueryEngine::new(store.clone(), limits, metrics.clone())
+            .map_err(StartError::Runtime)?;
 
         let (queue, dispatcher) = IngestQueue::new(config.max_ingest_bytes);
         let gauge = queue.gauge();
@@ -108,16 +115,28 @@ impl Collector {
         let query_stop = CancellationToken::new();
 
         let grpc = tonic::transport::Server::builder()
-            .add_service(TraceService::new(ingest.clone(), config.grpc_max_message_bytes))
-            .add_service(LogsService::new(ingest.clone(), config.grpc_max_message_bytes))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), receivers_stop.clone().cancelled_owned());
+            .add_service(TraceService::new(
+                ingest.clone(),
+                config.grpc_max_message_bytes,
+            ))
+            .add_service(LogsService::new(
+                ingest.clone(),
+                config.grpc_max_message_bytes,
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc_listener),
+                receivers_stop.clone().cancelled_owned(),
+            );
         let grpc = tokio::spawn(async move {
             if let Err(error) = grpc.await {
                 tracing::error!(%error, "the OTLP/gRPC receiver stopped");
             }
         });
-        let http = axum::serve(http_listener, otlp_http::router(ingest, config.http_max_body_bytes))
-            .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
+        let http = axum::serve(
+            http_listener,
+            otlp_http::router(ingest, config.http_max_body_bytes),
+        )
+        .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
         let http = tokio::spawn(async move {
             if let Err(error) = http.await {
                 tracing::error!(%error, "the OTLP/HTTP receiver stopped");
@@ -145,7 +164,12 @@ impl Collector {
         };
 
         let ready = Arc::new(AtomicBool::new(true));
-        let state = Arc::new(ApiState { engine, metrics: metrics.clone(), queue: gauge, ready: ready.clone() });
+        let state = Arc::new(ApiState {
+            engine,
+            metrics: metrics.clone(),
+            queue: gauge,
+            ready: ready.clone(),
+        });
         let query = axum::serve(query_listener, crate::query::http::router(state))
             .with_graceful_shutdown(query_stop.clone().cancelled_owned());
         let query = tokio::spawn(async move {

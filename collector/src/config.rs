@@ -187,26 +187,47 @@ impl Config {
             match v {
                 None => Ok(None),
                 Some(Size::Bytes(n)) => Ok(Some(*n)),
-                Some(Size::Text(t)) => parse_size(t).map(Some).map_err(|message| ConfigError::Value {
-                    path: path.clone(),
-                    key,
-                    message,
-                }),
+                Some(Size::Text(t)) => {
+                    parse_size(t)
+                        .map(Some)
+                        .map_err(|message| ConfigError::Value {
+                            path: path.clone(),
+                            key,
+                            message,
+                        })
+                }
             }
         };
-        let duration = |key: &'static str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
-            v.as_deref()
-                .map(parse_duration)
-                .transpose()
-                .map_err(|message| ConfigError::Value { path: path.clone(), key, message })
-        };
+        let duration =
+            |key: &'static str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+                v.as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|message| ConfigError::Value {
+                        path: path.clone(),
+                        key,
+                        message,
+                    })
+            };
         Ok(Config {
-            otlp_grpc: args.otlp_grpc.or(file.otlp_grpc).unwrap_or(defaults.otlp_grpc),
-            otlp_http: args.otlp_http.or(file.otlp_http).unwrap_or(defaults.otlp_http),
-            query_http: args.query_http.or(file.query_http).unwrap_or(defaults.query_http),
+            otlp_grpc: args
+                .otlp_grpc
+                .or(file.otlp_grpc)
+                .unwrap_or(defaults.otlp_grpc),
+            otlp_http: args
+                .otlp_http
+                .or(file.otlp_http)
+                .unwrap_or(defaults.otlp_http),
+            query_http: args
+                .query_http
+                .or(file.query_http)
+                .unwrap_or(defaults.query_http),
             grpc_max_message_bytes: args
                 .grpc_max_message_bytes
-                .or(size("grpc_max_message_bytes", &file.grpc_max_message_bytes)?)
+                .or(size(
+                    "grpc_max_message_bytes",
+                    &file.grpc_max_message_bytes,
+                )?)
                 .unwrap_or(defaults.grpc_max_message_bytes),
             http_max_body_bytes: args
                 .http_max_body_bytes
@@ -253,20 +274,28 @@ impl Config {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Parses a duration such as `30s`, `1h` or `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))
 }
 
 /// Parses a size such as `4194304`, `256MiB` or `1GB`.
 pub fn parse_size(text: &str) -> Result<usize, String> {
-    let bytes: bytesize::ByteSize =
-        text.trim().parse().map_err(|e| format!("`{text}` is not a size ({e}); write e.g. 4194304, 256MiB, 1GiB"))?;
+    let bytes: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{text}` is not a size ({e}); write e.g. 4194304, 256MiB, 1GiB"))?;
     usize::try_from(bytes.as_u64()).map_err(|_| format!("`{text}` is too large"))
 }
 
@@ -285,15 +314,37 @@ mod tests {
             "otlp_grpc = \"127.0.0.1:5000\"\notlp_http = \"127.0.0.1:5001\"\nmax_store_bytes = \"2GiB\"\nquery_max_rows = 7\nretention = \"10m\"\n",
         )
         .unwrap();
-        let args =
-            ServeArgs::try_parse_from(["serve", "--config", path.to_str().unwrap(), "--otlp-grpc", "127.0.0.1:6000"]).unwrap();
+        let args = ServeArgs::try_parse_from([
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--otlp-grpc",
+            "127.0.0.1:6000",
+        ])
+        .unwrap();
         let config = Config::resolve(&args).unwrap();
-        assert_eq!(config.otlp_grpc, "127.0.0.1:6000".parse().unwrap(), "the flag beats the file");
-        assert_eq!(config.otlp_http, "127.0.0.1:5001".parse().unwrap(), "the file beats the default");
-        assert_eq!(config.max_store_bytes, 2 * 1024 * 1024 * 1024, "sizes with units in the file");
+        assert_eq!(
+            config.otlp_grpc,
+            "127.0.0.1:6000".parse().unwrap(),
+            "the flag beats the file"
+        );
+        assert_eq!(
+            config.otlp_http,
+            "127.0.0.1:5001".parse().unwrap(),
+            "the file beats the default"
+        );
+        assert_eq!(
+            config.max_store_bytes,
+            2 * 1024 * 1024 * 1024,
+            "sizes with units in the file"
+        );
         assert_eq!(config.query_max_rows, 7);
         assert_eq!(config.retention, Duration::from_secs(600));
-        assert_eq!(config.query_http, Config::default().query_http, "unset everywhere: the default");
+        assert_eq!(
+            config.query_http,
+            Config::default().query_http,
+            "unset everywhere: the default"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -302,20 +353,42 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wayfinder-config-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let cases = [
-            ("unknown_key = 1\n", "unknown field", "an unknown key is refused, not ignored"),
-            ("retention = \"soon\"\n", "`retention`", "a bad duration names its key"),
-            ("max_store_bytes = \"lots\"\n", "`max_store_bytes`", "a bad size names its key"),
-            ("otlp_grpc = 4317\n", "invalid type", "a port alone is not an address"),
+            (
+                "unknown_key = 1\n",
+                "unknown field",
+                "an unknown key is refused, not ignored",
+            ),
+            (
+                "retention = \"soon\"\n",
+                "`retention`",
+                "a bad duration names its key",
+            ),
+            (
+                "max_store_bytes = \"lots\"\n",
+                "`max_store_bytes`",
+                "a bad size names its key",
+            ),
+            (
+                "otlp_grpc = 4317\n",
+                "invalid type",
+                "a port alone is not an address",
+            ),
         ];
         for (i, (text, expected, reason)) in cases.iter().enumerate() {
             let path = dir.join(format!("{i}.toml"));
             std::fs::write(&path, text).unwrap();
-            let args = ServeArgs::try_parse_from(["serve", "--config", path.to_str().unwrap()]).unwrap();
+            let args =
+                ServeArgs::try_parse_from(["serve", "--config", path.to_str().unwrap()]).unwrap();
             let err = Config::resolve(&args).expect_err(reason).to_string();
             assert!(err.contains(expected), "{reason}: got {err}");
         }
-        let missing = ServeArgs::try_parse_from(["serve", "--config", "/nonexistent/wayfinder.toml"]).unwrap();
-        assert!(matches!(Config::resolve(&missing), Err(ConfigError::Read { .. })));
+        let missing =
+            ServeArgs::try_parse_from(["serve", "--config", "/nonexistent/wayfinder.toml"])
+                .unwrap();
+        assert!(matches!(
+            Config::resolve(&missing),
+            Err(ConfigError::Read { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -332,7 +405,10 @@ mod tests {
             assert_eq!(parse_size(text).ok(), expected, "{reason}");
         }
         assert_eq!(parse_duration("1h").ok(), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+        assert_eq!(
+            parse_duration("250ms").ok(),
+            Some(Duration::from_millis(250))
+        );
         assert!(parse_duration("1 fortnight").is_err());
     }
 }

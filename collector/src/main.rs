@@ -34,10 +34,17 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let filter = Config::log_filter(&args)?;
-    let filter = EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let config = Config::resolve(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
     runtime.block_on(async {
         let running = Collector::start(config).await?;
         let addrs = running.addrs();
@@ -49,7 +56,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drop(stdout);
         shutdown_signal().await?;
         tracing::info!("shutting down");
-        if tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown()).await.is_err() {
+        if tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
         }
         anyhow::Ok(())
@@ -68,6 +78,8 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         }
     }
     #[cfg(not(unix))]
-    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot listen for Ctrl-C")?;
     Ok(())
 }

@@ -92,7 +92,11 @@ impl Metrics {
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             registry: Registry::default(),
         };
-        registry.register("wayfinder_receiver_accepted_spans", "Spans accepted by the receivers", m.accepted_spans.clone());
+        registry.register(
+            "wayfinder_receiver_accepted_spans",
+            "Spans accepted by the receivers",
+            m.accepted_spans.clone(),
+        );
         registry.register(
             "wayfinder_receiver_refused_spans",
             "Spans refused by the receivers, per reason",
@@ -108,22 +112,46 @@ impl Metrics {
             "Log records accepted by the receivers (not stored unless a later stage uses them)",
             m.accepted_log_records.clone(),
         );
-        registry.register("wayfinder_ingest_queue_bytes", "Bytes waiting in the ingest queue", m.ingest_queue_bytes.clone());
+        registry.register(
+            "wayfinder_ingest_queue_bytes",
+            "Bytes waiting in the ingest queue",
+            m.ingest_queue_bytes.clone(),
+        );
         registry.register(
             "wayfinder_ingest_queue_capacity_bytes",
             "Memory budget of the ingest queue",
             m.ingest_queue_capacity_bytes.clone(),
         );
-        registry.register("wayfinder_store_spans", "Spans held in the span store", m.store_rows.clone());
-        registry.register("wayfinder_store_bytes", "Memory held by the span store's Arrow batches", m.store_bytes.clone());
-        registry.register("wayfinder_store_batches", "Arrow batches held in the span store", m.store_batches.clone());
+        registry.register(
+            "wayfinder_store_spans",
+            "Spans held in the span store",
+            m.store_rows.clone(),
+        );
+        registry.register(
+            "wayfinder_store_bytes",
+            "Memory held by the span store's Arrow batches",
+            m.store_bytes.clone(),
+        );
+        registry.register(
+            "wayfinder_store_batches",
+            "Arrow batches held in the span store",
+            m.store_batches.clone(),
+        );
         registry.register(
             "wayfinder_store_evicted_spans",
             "Spans evicted from the span store, per reason (age, size)",
             m.store_evicted_spans.clone(),
         );
-        registry.register("wayfinder_sql_queries", "SQL queries, per outcome", m.sql_queries.clone());
-        registry.register("wayfinder_sql_query_duration_seconds", "SQL query durations", m.sql_query_duration.clone());
+        registry.register(
+            "wayfinder_sql_queries",
+            "SQL queries, per outcome",
+            m.sql_queries.clone(),
+        );
+        registry.register(
+            "wayfinder_sql_query_duration_seconds",
+            "SQL query durations",
+            m.sql_query_duration.clone(),
+        );
         Self { registry, ..m }
     }
 

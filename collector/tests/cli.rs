@@ -8,17 +8,35 @@ use std::time::{Duration, Instant};
 
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
 }
 
 #[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "polls a child process from a synchronous test"
+)]
 fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .args(["serve", "--otlp-grpc", "127.0.0.1:0", "--query-http", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "serve",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--query-http",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
         // The environment fills what the flags leave out.
         .env("WAYFINDER_OTLP_HTTP", "127.0.0.1:0")
         .env("WAYFINDER_QUERY_HTTP", "127.0.0.1:1")
@@ -33,7 +51,11 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
         let mut words = line.split(' ');
         assert_eq!(words.next(), Some("listening"), "{line}");
         let name = words.next().expect("a listener name").to_owned();
-        let addr: SocketAddr = words.next().expect("an address").parse().expect("a socket address");
+        let addr: SocketAddr = words
+            .next()
+            .expect("an address")
+            .parse()
+            .expect("a socket address");
         assert_ne!(addr.port(), 0, "the real port is printed");
         addrs.insert(name, addr);
     }
@@ -43,14 +65,20 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
     assert!(http_get(query, "/healthz").starts_with("HTTP/1.1 200"));
     assert!(http_get(query, "/readyz").starts_with("HTTP/1.1 200"));
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
         if let Some(exit) = child.try_wait().unwrap() {
             break exit;
         }
-        assert!(Instant::now() < deadline, "the collector did not exit within 10 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the collector did not exit within 10 s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "exit status {exit:?}");
@@ -59,12 +87,27 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
 #[test]
 fn bad_configuration_is_a_clear_error() {
     let cases = [
-        (vec!["serve", "--retention", "forever"], "forever", "a bad duration"),
-        (vec!["serve", "--otlp-grpc", "localhost"], "localhost", "an address without a port"),
-        (vec!["serve", "--config", "/nonexistent/wayfinder.toml"], "cannot read the config file", "a missing config file"),
+        (
+            vec!["serve", "--retention", "forever"],
+            "forever",
+            "a bad duration",
+        ),
+        (
+            vec!["serve", "--otlp-grpc", "localhost"],
+            "localhost",
+            "an address without a port",
+        ),
+        (
+            vec!["serve", "--config", "/nonexistent/wayfinder.toml"],
+            "cannot read the config file",
+            "a missing config file",
+        ),
     ];
     for (args, expected, reason) in cases {
-        let output = Command::new(env!("CARGO_BIN_EXE_wayfinder")).args(&args).output().expect("runs");
+        let output = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
+            .args(&args)
+            .output()
+            .expect("runs");
         assert!(!output.status.success(), "{reason}: exits non-zero");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(expected), "{reason}: {stderr}");

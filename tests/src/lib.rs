@@ -17,12 +17,17 @@ pub fn loopback_config() -> Config {
 
 /// Starts a collector with `config`.
 pub async fn start(config: Config) -> RunningCollector {
-    Collector::start(config).await.expect("the collector starts on loopback")
+    Collector::start(config)
+        .await
+        .expect("the collector starts on loopback")
 }
 
 /// An HTTP client with a time limit, so that no test can hang.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("an HTTP client")
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Runs a query through `POST /api/v1/sql` and returns the answer, panicking on an error status.

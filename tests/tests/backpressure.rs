@@ -26,7 +26,13 @@ fn body(first: u64) -> Vec<u8> {
         })
         .collect();
     ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
     }
     .encode_to_vec()
 }
@@ -40,7 +46,9 @@ async fn full_queue_is_refused_retryably_and_acknowledged_spans_are_kept() {
 
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http_listener.local_addr().unwrap();
-    let http_server = tokio::spawn(axum::serve(http_listener, otlp_http::router(ingest.clone(), 1 << 20)).into_future());
+    let http_server = tokio::spawn(
+        axum::serve(http_listener, otlp_http::router(ingest.clone(), 1 << 20)).into_future(),
+    );
     let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = grpc_listener.local_addr().unwrap();
     let grpc_server = tokio::spawn(
@@ -69,18 +77,36 @@ async fn full_queue_is_refused_retryably_and_acknowledged_spans_are_kept() {
     }
     let refused = refused_http.expect("the queue fills up within 200 requests");
     assert_eq!(refused.status(), 503);
-    assert_eq!(refused.headers()["retry-after"], "1", "the refusal says when to retry");
-    assert!(accepted > 0, "some requests were accepted before the queue filled");
+    assert_eq!(
+        refused.headers()["retry-after"],
+        "1",
+        "the refusal says when to retry"
+    );
+    assert!(
+        accepted > 0,
+        "some requests were accepted before the queue filled"
+    );
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
     let status = grpc
-        .unary(tonic::Request::new(Bytes::from(body(1_000_000))), http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH), RawCodec)
+        .unary(
+            tonic::Request::new(Bytes::from(body(1_000_000))),
+            http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+            RawCodec,
+        )
         .await
         .expect_err("the full queue refuses gRPC too");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(status.get_details_retry_info().is_some(), "UNAVAILABLE carries RetryInfo");
+    assert!(
+        status.get_details_retry_info().is_some(),
+        "UNAVAILABLE carries RetryInfo"
+    );
 
     // Now the consumer runs: everything acknowledged reaches the store, nothing else.
     let store = Arc::new(MemoryStore::new(Default::default(), metrics.clone()));
@@ -94,10 +120,19 @@ async fn full_queue_is_refused_retryably_and_acknowledged_spans_are_kept() {
     draining.abort();
     http_server.abort();
     grpc_server.abort();
-    assert_eq!(store.stats().rows as u64, accepted, "every acknowledged span is stored");
+    assert_eq!(
+        store.stats().rows as u64,
+        accepted,
+        "every acknowledged span is stored"
+    );
     let text = metrics.encode();
     assert!(text.contains("wayfinder_receiver_refused_requests_total{protocol=\"http/protobuf\",reason=\"queue_full\"} 1"), "{text}");
-    assert!(text.contains("wayfinder_receiver_refused_requests_total{protocol=\"grpc\",reason=\"queue_full\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "wayfinder_receiver_refused_requests_total{protocol=\"grpc\",reason=\"queue_full\"} 1"
+        ),
+        "{text}"
+    );
 }
 
 fn tokio_stream_from(

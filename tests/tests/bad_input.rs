@@ -4,7 +4,9 @@
 use std::io::Write as _;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
@@ -21,12 +23,17 @@ fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
             resource: Some(Resource {
                 attributes: vec![KeyValue {
                     key: "service.name".into(),
-                    value: Some(AnyValue { value: Some(any_value::Value::StringValue(service.into())) }),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(service.into())),
+                    }),
                     ..Default::default()
                 }],
                 ..Default::default()
             }),
-            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
             ..Default::default()
         }],
     }
@@ -61,11 +68,21 @@ async fn specification_example_json_is_stored_field_by_field() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "application/json", "the answer uses the request's type");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/json",
+        "the answer uses the request's type"
+    );
     let body: Value = response.json().await.unwrap();
-    assert!(body.get("partialSuccess").is_none_or(Value::is_null), "nothing rejected: {body}");
+    assert!(
+        body.get("partialSuccess").is_none_or(Value::is_null),
+        "nothing rejected: {body}"
+    );
 
-    assert_eq!(wait_for_rows(&collector, "service_name = 'my.service'", 1).await, 1);
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'my.service'", 1).await,
+        1
+    );
     let r = sql(
         &collector,
         "SELECT trace_id, span_id, parent_span_id, span_name, span_kind, start_time, end_time, duration_ns, \
@@ -86,7 +103,11 @@ async fn specification_example_json_is_stored_field_by_field() {
         "some value"
     ]);
     assert_eq!(Value::Array(r.rows[0].clone()), expected);
-    assert_eq!(r.columns[5].data_type, "Timestamp(ns, \"UTC\")", "{:?}", r.columns[5]);
+    assert_eq!(
+        r.columns[5].data_type, "Timestamp(ns, \"UTC\")",
+        "{:?}",
+        r.columns[5]
+    );
     collector.shutdown().await;
 }
 
@@ -102,9 +123,18 @@ async fn json_number_forms_and_unknown_fields() {
         "status":{"code":2,"message":"boom"},"unknownSpanField":{"x":[1,2]},
         "attributes":[{"key":"i","value":{"intValue":"-42"}},{"key":"d","value":{"doubleValue":2.5}},
         {"key":"a","value":{"arrayValue":{"values":[{"stringValue":"x"},{"intValue":1}]}}}]}]}]}]}"#;
-    let response = http_client().post(&url).header("content-type", "application/json").body(body).send().await.unwrap();
+    let response = http_client()
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
-    assert_eq!(wait_for_rows(&collector, "service_name = 'numbers'", 1).await, 1);
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'numbers'", 1).await,
+        1
+    );
     let r = sql(&collector, "SELECT duration_ns, span_kind, status_code, status_message, attributes['i'], attributes['d'], attributes['a'] FROM spans").await;
     assert_eq!(
         Value::Array(r.rows[0].clone()),
@@ -134,7 +164,11 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
     let good = request("good", vec![span([7; 16], 1)]).encode_to_vec();
     let mut truncated = request("bad", vec![span([7; 16], 1), span([7; 16], 2)]).encode_to_vec();
     truncated.truncate(truncated.len() - 5);
-    let zero_ids = request("zero", vec![span([0; 16], 1), span([9; 16], 0), span([9; 16], 5)]).encode_to_vec();
+    let zero_ids = request(
+        "zero",
+        vec![span([0; 16], 1), span([9; 16], 0), span([9; 16], 5)],
+    )
+    .encode_to_vec();
     let mut end_before_start = span([3; 16], 1);
     end_before_start.end_time_unix_nano = end_before_start.start_time_unix_nano - 1;
     let backwards = request("backwards", vec![end_before_start]).encode_to_vec();
@@ -144,22 +178,112 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
     let bomb = gzip(&vec![b' '; 8 * 1024 * 1024]);
 
     let cases = vec![
-        Case { name: "truncated protobuf", method: "POST", content_type: "application/x-protobuf", content_encoding: None, body: truncated, status: 400, rejected: 0 },
-        Case { name: "garbage JSON", method: "POST", content_type: "application/json", content_encoding: None, body: b"{\"resourceSpans\": [".to_vec(), status: 400, rejected: 0 },
-        Case { name: "JSON with base64 ids (the spec says hex)", method: "POST", content_type: "application/json", content_encoding: None, body: base64_ids.into(), status: 400, rejected: 0 },
-        Case { name: "wrong content type", method: "POST", content_type: "text/plain", content_encoding: None, body: good.clone(), status: 415, rejected: 0 },
-        Case { name: "unsupported content encoding", method: "POST", content_type: "application/x-protobuf", content_encoding: Some("br"), body: good.clone(), status: 415, rejected: 0 },
-        Case { name: "body over the limit", method: "POST", content_type: "application/x-protobuf", content_encoding: None, body: oversize, status: 413, rejected: 0 },
-        Case { name: "gzip bomb: small on the wire, over the limit inflated", method: "POST", content_type: "application/json", content_encoding: Some("gzip"), body: bomb, status: 413, rejected: 0 },
-        Case { name: "not gzip though it says so", method: "POST", content_type: "application/x-protobuf", content_encoding: Some("gzip"), body: good.clone(), status: 400, rejected: 0 },
-        Case { name: "wrong method", method: "GET", content_type: "application/x-protobuf", content_encoding: None, body: Vec::new(), status: 405, rejected: 0 },
-        Case { name: "all-zero trace id, all-zero span id: rejected one by one, the valid span kept", method: "POST", content_type: "application/x-protobuf", content_encoding: None, body: zero_ids, status: 200, rejected: 2 },
-        Case { name: "end before start: rejected", method: "POST", content_type: "application/x-protobuf", content_encoding: None, body: backwards, status: 200, rejected: 1 },
+        Case {
+            name: "truncated protobuf",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: None,
+            body: truncated,
+            status: 400,
+            rejected: 0,
+        },
+        Case {
+            name: "garbage JSON",
+            method: "POST",
+            content_type: "application/json",
+            content_encoding: None,
+            body: b"{\"resourceSpans\": [".to_vec(),
+            status: 400,
+            rejected: 0,
+        },
+        Case {
+            name: "JSON with base64 ids (the spec says hex)",
+            method: "POST",
+            content_type: "application/json",
+            content_encoding: None,
+            body: base64_ids.into(),
+            status: 400,
+            rejected: 0,
+        },
+        Case {
+            name: "wrong content type",
+            method: "POST",
+            content_type: "text/plain",
+            content_encoding: None,
+            body: good.clone(),
+            status: 415,
+            rejected: 0,
+        },
+        Case {
+            name: "unsupported content encoding",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: Some("br"),
+            body: good.clone(),
+            status: 415,
+            rejected: 0,
+        },
+        Case {
+            name: "body over the limit",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: None,
+            body: oversize,
+            status: 413,
+            rejected: 0,
+        },
+        Case {
+            name: "gzip bomb: small on the wire, over the limit inflated",
+            method: "POST",
+            content_type: "application/json",
+            content_encoding: Some("gzip"),
+            body: bomb,
+            status: 413,
+            rejected: 0,
+        },
+        Case {
+            name: "not gzip though it says so",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: Some("gzip"),
+            body: good.clone(),
+            status: 400,
+            rejected: 0,
+        },
+        Case {
+            name: "wrong method",
+            method: "GET",
+            content_type: "application/x-protobuf",
+            content_encoding: None,
+            body: Vec::new(),
+            status: 405,
+            rejected: 0,
+        },
+        Case {
+            name: "all-zero trace id, all-zero span id: rejected one by one, the valid span kept",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: None,
+            body: zero_ids,
+            status: 200,
+            rejected: 2,
+        },
+        Case {
+            name: "end before start: rejected",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: None,
+            body: backwards,
+            status: 200,
+            rejected: 1,
+        },
     ];
 
     let client = http_client();
     for (i, case) in cases.into_iter().enumerate() {
-        let mut builder = client.request(case.method.parse().unwrap(), &url).header("content-type", case.content_type);
+        let mut builder = client
+            .request(case.method.parse().unwrap(), &url)
+            .header("content-type", case.content_type);
         if let Some(encoding) = case.content_encoding {
             builder = builder.header("content-encoding", encoding);
         }
@@ -170,7 +294,11 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
             let answer = ExportTraceServiceResponse::decode(bytes).expect("a protobuf answer");
             let partial = answer.partial_success.expect("a partial success");
             assert_eq!(partial.rejected_spans, case.rejected, "{}", case.name);
-            assert!(!partial.error_message.is_empty(), "{}: the rejection says why", case.name);
+            assert!(
+                !partial.error_message.is_empty(),
+                "{}: the rejection says why",
+                case.name
+            );
         } else if case.status != 405 {
             assert!(!bytes.is_empty(), "{}: an error body says why", case.name);
         }
@@ -184,12 +312,39 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
             .unwrap();
         assert_eq!(response.status(), 200, "good data after {}", case.name);
         let stored = wait_for_rows(&collector, "service_name = 'good'", i as i64 + 1).await;
-        assert_eq!(stored, i as i64 + 1, "good data after {} is stored", case.name);
+        assert_eq!(
+            stored,
+            i as i64 + 1,
+            "good data after {} is stored",
+            case.name
+        );
     }
-    assert_eq!(count(&collector, "SELECT count(*) FROM spans WHERE service_name = 'zero'").await, 1, "the valid span of a partly bad request is kept");
-    assert_eq!(count(&collector, "SELECT count(*) FROM spans WHERE service_name IN ('bad', 'big', 'backwards')").await, 0);
+    assert_eq!(
+        count(
+            &collector,
+            "SELECT count(*) FROM spans WHERE service_name = 'zero'"
+        )
+        .await,
+        1,
+        "the valid span of a partly bad request is kept"
+    );
+    assert_eq!(
+        count(
+            &collector,
+            "SELECT count(*) FROM spans WHERE service_name IN ('bad', 'big', 'backwards')"
+        )
+        .await,
+        0
+    );
 
-    let metrics = client.get(format!("http://{}/metrics", collector.addrs().query_http)).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("http://{}/metrics", collector.addrs().query_http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for line in [
         "wayfinder_receiver_refused_spans_total{protocol=\"http/protobuf\",reason=\"invalid_trace_id\"} 1",
         "wayfinder_receiver_refused_spans_total{protocol=\"http/protobuf\",reason=\"end_before_start\"} 1",
@@ -206,29 +361,53 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_requests() {
     let collector = start(loopback_config()).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addrs().otlp_grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addrs().otlp_grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
     let mut send = async |body: Vec<u8>| {
         grpc.ready().await.unwrap();
-        grpc.unary(tonic::Request::new(Bytes::from(body)), path.clone(), RawCodec).await
+        grpc.unary(
+            tonic::Request::new(Bytes::from(body)),
+            path.clone(),
+            RawCodec,
+        )
+        .await
     };
 
-    let status = send(b"\xff\xff\xff garbage".to_vec()).await.expect_err("undecodable");
+    let status = send(b"\xff\xff\xff garbage".to_vec())
+        .await
+        .expect_err("undecodable");
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
 
-    let answer = send(request("zero", vec![span([0; 16], 1), span([4; 16], 1)]).encode_to_vec()).await.expect("partly valid");
+    let answer = send(request("zero", vec![span([0; 16], 1), span([4; 16], 1)]).encode_to_vec())
+        .await
+        .expect("partly valid");
     let answer = ExportTraceServiceResponse::decode(answer.into_inner()).unwrap();
     let partial = answer.partial_success.expect("a partial success");
     assert_eq!(partial.rejected_spans, 1);
-    assert!(partial.error_message.contains("trace_id"), "{}", partial.error_message);
+    assert!(
+        partial.error_message.contains("trace_id"),
+        "{}",
+        partial.error_message
+    );
 
-    let answer = send(request("good", vec![span([4; 16], 2)]).encode_to_vec()).await.expect("valid");
-    assert!(ExportTraceServiceResponse::decode(answer.into_inner()).unwrap().partial_success.is_none());
-    assert_eq!(wait_for_rows(&collector, "service_name IN ('zero', 'good')", 2).await, 2);
+    let answer = send(request("good", vec![span([4; 16], 2)]).encode_to_vec())
+        .await
+        .expect("valid");
+    assert!(
+        ExportTraceServiceResponse::decode(answer.into_inner())
+            .unwrap()
+            .partial_success
+            .is_none()
+    );
+    assert_eq!(
+        wait_for_rows(&collector, "service_name IN ('zero', 'good')", 2).await,
+        2
+    );
     collector.shutdown().await;
 }

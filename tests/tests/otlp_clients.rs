@@ -1,7 +1,9 @@
 //! The Rust OpenTelemetry SDK's own OTLP exporters (gRPC and HTTP/protobuf) send spans to a
 //! collector on loopback; SQL and the traces endpoint read them back field by field.
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
+};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
@@ -17,9 +19,16 @@ enum Transport {
 
 /// Sends a server span with a failing client child through the SDK; returns (trace id,
 /// server span id, client span id).
-fn send_with_sdk(transport: Transport, endpoint: String, service: &str) -> (String, String, String) {
+fn send_with_sdk(
+    transport: Transport,
+    endpoint: String,
+    service: &str,
+) -> (String, String, String) {
     let exporter = match transport {
-        Transport::Grpc => SpanExporter::builder().with_tonic().with_endpoint(endpoint).build(),
+        Transport::Grpc => SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build(),
         Transport::HttpProtobuf => SpanExporter::builder()
             .with_http()
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
@@ -32,7 +41,10 @@ fn send_with_sdk(transport: Transport, endpoint: String, service: &str) -> (Stri
         .with_attribute(KeyValue::new("service.instance.id", format!("{service}-1")))
         .with_attribute(KeyValue::new("service.namespace", "shop"))
         .build();
-    let provider = SdkTracerProvider::builder().with_simple_exporter(exporter).with_resource(resource).build();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .with_resource(resource)
+        .build();
     let tracer = provider.tracer("wayfinder-e2e");
 
     let server = tracer
@@ -61,7 +73,9 @@ fn send_with_sdk(transport: Transport, endpoint: String, service: &str) -> (Stri
     );
     client.end();
     cx.span().end();
-    provider.shutdown().expect("the provider flushes and shuts down");
+    provider
+        .shutdown()
+        .expect("the provider flushes and shuts down");
     ids
 }
 
@@ -78,10 +92,16 @@ async fn sdk_round_trip(transport: Transport) {
     // The SDK's exporters block: run them on a blocking thread inside the runtime.
     let owned = service.to_owned();
     let (trace_id, server_id, client_id) =
-        tokio::task::spawn_blocking(move || send_with_sdk(transport, endpoint, &owned)).await.expect("the SDK thread");
+        tokio::task::spawn_blocking(move || send_with_sdk(transport, endpoint, &owned))
+            .await
+            .expect("the SDK thread");
 
     let filter = format!("service_name = '{service}'");
-    assert_eq!(wait_for_rows(&collector, &filter, 2).await, 2, "both spans are stored");
+    assert_eq!(
+        wait_for_rows(&collector, &filter, 2).await,
+        2,
+        "both spans are stored"
+    );
 
     let query = format!(
         "SELECT span_id, parent_span_id, trace_id, span_name, span_kind, status_code, status_message, \
@@ -92,17 +112,26 @@ async fn sdk_round_trip(transport: Transport) {
          FROM spans WHERE {filter} ORDER BY span_kind DESC"
     );
     let response = sql(&collector, &query).await;
-    let get = |row: usize, name: &str| response.rows[row][response.column(name).expect(name)].clone();
+    let get =
+        |row: usize, name: &str| response.rows[row][response.column(name).expect(name)].clone();
     // Row 0 is the server span ('server' > 'client'), row 1 the client span.
     let expected: [(&str, Value, Value); 15] = [
         ("span_id", server_id.clone().into(), client_id.into()),
         ("parent_span_id", Value::Null, server_id.into()),
         ("trace_id", trace_id.clone().into(), trace_id.clone().into()),
-        ("span_name", "GET /orders/{id}".into(), "SELECT orders".into()),
+        (
+            "span_name",
+            "GET /orders/{id}".into(),
+            "SELECT orders".into(),
+        ),
         ("span_kind", "server".into(), "client".into()),
         ("status_code", "unset".into(), "error".into()),
         ("status_message", Value::Null, "connection refused".into()),
-        ("instance_id", format!("{service}-1").into(), format!("{service}-1").into()),
+        (
+            "instance_id",
+            format!("{service}-1").into(),
+            format!("{service}-1").into(),
+        ),
         ("service_namespace", "shop".into(), "shop".into()),
         ("scope_name", "wayfinder-e2e".into(), "wayfinder-e2e".into()),
         ("route", "/orders/{id}".into(), Value::Null),
@@ -119,14 +148,30 @@ async fn sdk_round_trip(transport: Transport) {
     assert_eq!(get(1, "ordered"), Value::Bool(true));
 
     // The same trace through the traces endpoint, with the event of the client span.
-    let url = format!("http://{}/api/v1/traces/{trace_id}", collector.addrs().query_http);
-    let trace: Value = http_client().get(url).send().await.unwrap().json().await.unwrap();
+    let url = format!(
+        "http://{}/api/v1/traces/{trace_id}",
+        collector.addrs().query_http
+    );
+    let trace: Value = http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let spans = trace["spans"].as_array().expect("spans");
     assert_eq!(spans.len(), 2);
-    let client_span = spans.iter().find(|s| s["span_kind"] == "client").expect("the client span");
+    let client_span = spans
+        .iter()
+        .find(|s| s["span_kind"] == "client")
+        .expect("the client span");
     assert_eq!(client_span["events"][0]["name"], "retry");
     assert_eq!(client_span["events"][0]["attributes"]["attempt"], "2");
-    assert!(client_span["start_time"].as_str().unwrap().ends_with('Z'), "timestamps are RFC 3339 UTC");
+    assert!(
+        client_span["start_time"].as_str().unwrap().ends_with('Z'),
+        "timestamps are RFC 3339 UTC"
+    );
 
     collector.shutdown().await;
 }

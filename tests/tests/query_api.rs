@@ -18,7 +18,13 @@ async fn send_spans(collector: &wayfinder_collector::RunningCollector, n: u64) {
         })
         .collect();
     let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans { scope_spans: vec![ScopeSpans { spans, ..Default::default() }], ..Default::default() }],
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
     };
     let response = http_client()
         .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
@@ -38,18 +44,68 @@ async fn only_read_queries_run() {
     let collector = start(config).await;
     send_spans(&collector, 6).await;
     let cases = [
-        ("CREATE TABLE t AS SELECT 1", 400, "only read queries", "DDL is refused"),
-        ("DROP TABLE spans", 400, "only read queries", "DDL is refused"),
-        ("INSERT INTO spans SELECT * FROM spans", 400, "", "DML is refused"),
-        ("COPY (SELECT 1) TO '/tmp/wayfinder-copy.csv'", 400, "", "COPY is refused"),
-        ("SET datafusion.execution.batch_size = 1", 400, "only read queries", "SET is refused"),
-        ("SELECT 1; SELECT 2", 400, "", "more than one statement is refused"),
+        (
+            "CREATE TABLE t AS SELECT 1",
+            400,
+            "only read queries",
+            "DDL is refused",
+        ),
+        (
+            "DROP TABLE spans",
+            400,
+            "only read queries",
+            "DDL is refused",
+        ),
+        (
+            "INSERT INTO spans SELECT * FROM spans",
+            400,
+            "",
+            "DML is refused",
+        ),
+        (
+            "COPY (SELECT 1) TO '/tmp/wayfinder-copy.csv'",
+            400,
+            "",
+            "COPY is refused",
+        ),
+        (
+            "SET datafusion.execution.batch_size = 1",
+            400,
+            "only read queries",
+            "SET is refused",
+        ),
+        (
+            "SELECT 1; SELECT 2",
+            400,
+            "",
+            "more than one statement is refused",
+        ),
         ("SELEC 1", 400, "invalid query", "a syntax error is a 400"),
-        ("SELECT nope FROM spans", 400, "invalid query", "an unknown column is a 400"),
-        ("SELECT a.span_id FROM spans a, spans b", 422, "more than 30 rows", "answers are bounded in rows (6 × 6 = 36)"),
-        ("SELECT span_name, count(*) AS n FROM spans GROUP BY span_name ORDER BY span_name", 200, "op-0", "an aggregate"),
+        (
+            "SELECT nope FROM spans",
+            400,
+            "invalid query",
+            "an unknown column is a 400",
+        ),
+        (
+            "SELECT a.span_id FROM spans a, spans b",
+            422,
+            "more than 30 rows",
+            "answers are bounded in rows (6 × 6 = 36)",
+        ),
+        (
+            "SELECT span_name, count(*) AS n FROM spans GROUP BY span_name ORDER BY span_name",
+            200,
+            "op-0",
+            "an aggregate",
+        ),
         ("SHOW TABLES", 200, "spans", "SHOW is a read"),
-        ("EXPLAIN SELECT count(*) FROM spans", 200, "plan", "EXPLAIN is a read"),
+        (
+            "EXPLAIN SELECT count(*) FROM spans",
+            200,
+            "plan",
+            "EXPLAIN is a read",
+        ),
     ];
     for (query, status, contains, reason) in cases {
         let (got, body) = sql_raw(&collector, query).await;
@@ -61,14 +117,20 @@ async fn only_read_queries_run() {
     assert_eq!(r.rows[0][0], 6);
     let (status, body) = {
         let response = http_client()
-            .post(format!("http://{}/api/v1/sql", collector.addrs().query_http))
+            .post(format!(
+                "http://{}/api/v1/sql",
+                collector.addrs().query_http
+            ))
             .body("not json")
             .send()
             .await
             .unwrap();
         (response.status().as_u16(), response.text().await.unwrap())
     };
-    assert_eq!(status, 400, "a body that is not {{\"sql\"}} is a 400: {body}");
+    assert_eq!(
+        status, 400,
+        "a body that is not {{\"sql\"}} is a 400: {body}"
+    );
     collector.shutdown().await;
 }
 
@@ -82,36 +144,86 @@ async fn arrow_stream_traces_health_and_metrics() {
     let response = client
         .post(format!("{base}/api/v1/sql"))
         .header("accept", "application/vnd.apache.arrow.stream")
-        .json(&serde_json::json!({"sql": "SELECT span_id, duration_ns FROM spans ORDER BY span_id"}))
+        .json(
+            &serde_json::json!({"sql": "SELECT span_id, duration_ns FROM spans ORDER BY span_id"}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "application/vnd.apache.arrow.stream");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apache.arrow.stream"
+    );
     let bytes = response.bytes().await.unwrap();
     let reader = datafusion_arrow_reader(&bytes);
-    assert_eq!(reader, (4, vec!["span_id".to_owned(), "duration_ns".to_owned()]));
+    assert_eq!(
+        reader,
+        (4, vec!["span_id".to_owned(), "duration_ns".to_owned()])
+    );
 
     let trace_id = "ab".repeat(16);
-    let trace: serde_json::Value = client.get(format!("{base}/api/v1/traces/{trace_id}")).send().await.unwrap().json().await.unwrap();
-    let starts: Vec<&str> = trace["spans"].as_array().unwrap().iter().map(|s| s["start_time"].as_str().unwrap()).collect();
+    let trace: serde_json::Value = client
+        .get(format!("{base}/api/v1/traces/{trace_id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let starts: Vec<&str> = trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["start_time"].as_str().unwrap())
+        .collect();
     assert_eq!(starts.len(), 4);
-    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "spans by start time: {starts:?}");
+    assert!(
+        starts.windows(2).all(|w| w[0] <= w[1]),
+        "spans by start time: {starts:?}"
+    );
     let cases = [
         ("cd".repeat(16), 404, "a well-formed id with no spans"),
         ("xyz".to_owned(), 400, "not hex"),
         ("ab".repeat(8), 400, "too short"),
     ];
     for (id, status, reason) in cases {
-        let response = client.get(format!("{base}/api/v1/traces/{id}")).send().await.unwrap();
+        let response = client
+            .get(format!("{base}/api/v1/traces/{id}"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status().as_u16(), status, "{reason}");
         let body: wayfinder_api::ErrorBody = response.json().await.unwrap();
         assert!(!body.error.is_empty(), "{reason}: the error says why");
     }
 
-    assert_eq!(client.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
-    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for expected in [
         "wayfinder_receiver_accepted_spans_total{protocol=\"http/protobuf\"} 4",
         "wayfinder_store_spans 4",
@@ -119,7 +231,10 @@ async fn arrow_stream_traces_health_and_metrics() {
         "wayfinder_sql_query_duration_seconds_count",
         "wayfinder_ingest_queue_capacity_bytes 268435456",
     ] {
-        assert!(metrics.contains(expected), "metrics lack {expected}:\n{metrics}");
+        assert!(
+            metrics.contains(expected),
+            "metrics lack {expected}:\n{metrics}"
+        );
     }
     collector.shutdown().await;
 }
@@ -128,7 +243,12 @@ async fn arrow_stream_traces_health_and_metrics() {
 fn datafusion_arrow_reader(bytes: &[u8]) -> (usize, Vec<String>) {
     use datafusion::arrow::ipc::reader::StreamReader;
     let reader = StreamReader::try_new(bytes, None).expect("an Arrow IPC stream");
-    let names = reader.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names = reader
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let rows = reader.map(|b| b.expect("a batch").num_rows()).sum();
     (rows, names)
 }

@@ -26,7 +26,11 @@ pub(crate) struct DictBuilder {
 
 impl DictBuilder {
     pub(crate) fn with_capacity(rows: usize) -> Self {
-        Self { keys: Vec::with_capacity(rows), valid: Vec::with_capacity(rows), ..Self::default() }
+        Self {
+            keys: Vec::with_capacity(rows),
+            valid: Vec::with_capacity(rows),
+            ..Self::default()
+        }
     }
 
     /// The key of `value`, adding it to the dictionary if it is new.
@@ -66,7 +70,9 @@ impl DictBuilder {
     }
 
     pub(crate) fn finish(mut self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
-        let nulls = self.has_nulls.then(|| NullBuffer::from(std::mem::take(&mut self.valid)));
+        let nulls = self
+            .has_nulls
+            .then(|| NullBuffer::from(std::mem::take(&mut self.valid)));
         let keys = Int32Array::new(ScalarBuffer::from(self.keys), nulls);
         let values: ArrayRef = Arc::new(self.values.finish());
         if values.is_empty() {
@@ -90,7 +96,11 @@ impl MapBuilder {
     pub(crate) fn with_capacity(rows: usize, entries: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
-        Self { keys: DictBuilder::with_capacity(entries), values: DictBuilder::with_capacity(entries), offsets }
+        Self {
+            keys: DictBuilder::with_capacity(entries),
+            values: DictBuilder::with_capacity(entries),
+            offsets,
+        }
     }
 
     /// Interns one entry and gives its keys, for entries repeated in many rows.
@@ -127,12 +137,20 @@ impl MapBuilder {
     pub(crate) fn finish(self) -> Result<MapArray, ArrowError> {
         let entries_field = schema::attribute_entries();
         let DataType::Struct(fields) = entries_field.data_type() else {
-            return Err(ArrowError::SchemaError("attribute entries must be a struct".into()));
+            return Err(ArrowError::SchemaError(
+                "attribute entries must be a struct".into(),
+            ));
         };
         let keys: ArrayRef = Arc::new(self.keys.finish()?);
         let values: ArrayRef = Arc::new(self.values.finish()?);
         let entries = StructArray::try_new(fields.clone(), vec![keys, values], None)?;
-        MapArray::try_new(entries_field, OffsetBuffer::new(ScalarBuffer::from(self.offsets)), entries, None, false)
+        MapArray::try_new(
+            entries_field,
+            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
+            entries,
+            None,
+            false,
+        )
     }
 }
 
@@ -171,7 +189,9 @@ mod tests {
         let dict = b.finish().unwrap();
         assert_eq!(dict.values().len(), 2, "two distinct values");
         assert!(dict.is_null(1), "empty string is stored as null");
-        let typed = dict.downcast_dict::<datafusion::arrow::array::StringArray>().unwrap();
+        let typed = dict
+            .downcast_dict::<datafusion::arrow::array::StringArray>()
+            .unwrap();
         assert_eq!(typed.value(0), "a");
         assert_eq!(typed.value(3), "a");
         assert_eq!(typed.value(2), "b");
@@ -198,6 +218,9 @@ mod tests {
         assert_eq!(map.len(), 2);
         assert_eq!(map.value_length(0), 1);
         assert_eq!(map.value_length(1), 2);
-        assert!(map.values().is_null(2), "an attribute without a value is a null value");
+        assert!(
+            map.values().is_null(2),
+            "an attribute without a value is a null value"
+        );
     }
 }

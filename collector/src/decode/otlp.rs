@@ -66,11 +66,26 @@ impl Rejections {
             return None;
         }
         let reasons = [
-            (self.invalid_trace_id, "an invalid trace_id (must be 16 bytes, not all zero)"),
-            (self.invalid_span_id, "an invalid span_id (must be 8 bytes, not all zero)"),
-            (self.invalid_parent_span_id, "an invalid parent_span_id (must be empty or 8 bytes)"),
-            (self.end_before_start, "end_time_unix_nano before start_time_unix_nano"),
-            (self.timestamp_out_of_range, "a timestamp beyond the year 2262"),
+            (
+                self.invalid_trace_id,
+                "an invalid trace_id (must be 16 bytes, not all zero)",
+            ),
+            (
+                self.invalid_span_id,
+                "an invalid span_id (must be 8 bytes, not all zero)",
+            ),
+            (
+                self.invalid_parent_span_id,
+                "an invalid parent_span_id (must be empty or 8 bytes)",
+            ),
+            (
+                self.end_before_start,
+                "end_time_unix_nano before start_time_unix_nano",
+            ),
+            (
+                self.timestamp_out_of_range,
+                "a timestamp beyond the year 2262",
+            ),
         ];
         let mut message = format!("rejected {} span(s): ", self.total());
         let mut first = true;
@@ -133,7 +148,10 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
     let mut scratch = String::new();
 
     for resource_spans in &request.resource_spans {
-        let resource_attrs: &[KeyValue] = resource_spans.resource.as_ref().map_or(&[], |r| &r.attributes);
+        let resource_attrs: &[KeyValue] = resource_spans
+            .resource
+            .as_ref()
+            .map_or(&[], |r| &r.attributes);
         let service_name = string_attr(resource_attrs, "service.name").unwrap_or("unknown_service");
         let service_name = columns.service_name.intern(service_name);
         let namespace = string_attr(resource_attrs, "service.namespace").filter(|s| !s.is_empty());
@@ -156,7 +174,9 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
             let scope_version = scope_version.map(|v| columns.scope_version.intern(v));
 
             for span in &scope_spans.spans {
-                let Some(times) = validate(span, &mut rejections) else { continue };
+                let Some(times) = validate(span, &mut rejections) else {
+                    continue;
+                };
                 columns.push_span(span, times, &mut scratch);
                 columns.service_name.push_key(service_name);
                 push_key_or_null(&mut columns.service_namespace, namespace);
@@ -169,7 +189,11 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
         }
     }
 
-    let batch = if columns.rows == 0 { None } else { Some(SpanBatch::new(columns.finish()?)) };
+    let batch = if columns.rows == 0 {
+        None
+    } else {
+        Some(SpanBatch::new(columns.finish()?))
+    };
     Ok(DecodedTraces { batch, rejections })
 }
 
@@ -193,8 +217,10 @@ fn validate(span: &Span, rejections: &mut Rejections) -> Option<Times> {
         rejections.invalid_parent_span_id += 1;
         return None;
     }
-    let (Ok(start), Ok(end)) = (i64::try_from(span.start_time_unix_nano), i64::try_from(span.end_time_unix_nano))
-    else {
+    let (Ok(start), Ok(end)) = (
+        i64::try_from(span.start_time_unix_nano),
+        i64::try_from(span.end_time_unix_nano),
+    ) else {
         rejections.timestamp_out_of_range += 1;
         return None;
     };
@@ -214,9 +240,11 @@ fn push_key_or_null(builder: &mut DictBuilder, key: Option<i32>) {
 
 /// The value of a string attribute.
 fn string_attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attrs.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.as_str()),
-        _ => None,
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        }
     })
 }
 
@@ -254,11 +282,16 @@ fn any_to_json(value: &Value) -> serde_json::Value {
         Value::BoolValue(b) => J::Bool(*b),
         Value::IntValue(i) => J::from(*i),
         Value::StringValueStrindex(i) => J::from(*i),
-        Value::DoubleValue(d) => serde_json::Number::from_f64(*d).map_or_else(|| J::String(d.to_string()), J::Number),
+        Value::DoubleValue(d) => {
+            serde_json::Number::from_f64(*d).map_or_else(|| J::String(d.to_string()), J::Number)
+        }
         Value::BytesValue(b) => J::String(base64::engine::general_purpose::STANDARD.encode(b)),
         Value::ArrayValue(a) => J::Array(a.values.iter().map(inner).collect()),
         Value::KvlistValue(kv) => J::Object(
-            kv.values.iter().map(|e| (e.key.clone(), e.value.as_ref().map_or(J::Null, inner))).collect(),
+            kv.values
+                .iter()
+                .map(|e| (e.key.clone(), e.value.as_ref().map_or(J::Null, inner)))
+                .collect(),
         ),
     }
 }
@@ -267,11 +300,11 @@ fn any_to_json(value: &Value) -> serde_json::Value {
 fn push_hex(builder: &mut StringBuilder, bytes: &[u8]) {
     let mut buf = [0u8; 64];
     let len = bytes.len().min(32) * 2;
-    if const_hex::encode_to_slice(&bytes[..len / 2], &mut buf[..len]).is_ok() {
-        if let Ok(text) = std::str::from_utf8(&buf[..len]) {
-            builder.append_value(text);
-            return;
-        }
+    if const_hex::encode_to_slice(&bytes[..len / 2], &mut buf[..len]).is_ok()
+        && let Ok(text) = std::str::from_utf8(&buf[..len])
+    {
+        builder.append_value(text);
+        return;
     }
     builder.append_value("");
 }
@@ -316,7 +349,14 @@ struct Links {
     attributes: MapBuilder,
 }
 
-const KINDS: [&str; 6] = ["unspecified", "internal", "server", "client", "producer", "consumer"];
+const KINDS: [&str; 6] = [
+    "unspecified",
+    "internal",
+    "server",
+    "client",
+    "producer",
+    "consumer",
+];
 const STATUS_CODES: [&str; 3] = ["unset", "ok", "error"];
 
 impl Columns {
@@ -369,7 +409,11 @@ impl Columns {
         }
         self.trace_state.push_non_empty(Some(&span.trace_state));
         self.span_name.push(&span.name);
-        let kind = usize::try_from(span.kind).ok().and_then(|k| KINDS.get(k)).copied().unwrap_or(KINDS[0]);
+        let kind = usize::try_from(span.kind)
+            .ok()
+            .and_then(|k| KINDS.get(k))
+            .copied()
+            .unwrap_or(KINDS[0]);
         self.span_kind.push(kind);
         self.start_time.push(times.start);
         self.end_time.push(times.end);
@@ -381,7 +425,8 @@ impl Columns {
             .copied()
             .unwrap_or(STATUS_CODES[0]);
         self.status_code.push(code);
-        self.status_message.push_non_empty(status.map(|s| s.message.as_str()));
+        self.status_message
+            .push_non_empty(status.map(|s| s.message.as_str()));
 
         for kv in &span.attributes {
             let value = value_text(kv.value.as_ref(), scratch);
@@ -390,7 +435,9 @@ impl Columns {
         self.attributes.end_row();
 
         for event in &span.events {
-            self.events.time.push(i64::try_from(event.time_unix_nano).unwrap_or(i64::MAX));
+            self.events
+                .time
+                .push(i64::try_from(event.time_unix_nano).unwrap_or(i64::MAX));
             self.events.name.push(&event.name);
             for kv in &event.attributes {
                 let value = value_text(kv.value.as_ref(), scratch);
@@ -403,7 +450,9 @@ impl Columns {
         for link in &span.links {
             push_hex(&mut self.links.trace_id, &link.trace_id);
             push_hex(&mut self.links.span_id, &link.span_id);
-            self.links.trace_state.push_non_empty(Some(&link.trace_state));
+            self.links
+                .trace_state
+                .push_non_empty(Some(&link.trace_state));
             for kv in &link.attributes {
                 let value = value_text(kv.value.as_ref(), scratch);
                 self.links.attributes.push_entry(&kv.key, value);
@@ -430,7 +479,12 @@ impl Columns {
             ],
             None,
         )?;
-        let events = ListArray::try_new(schema::event_item(), self.events.offsets.finish(), Arc::new(events), None)?;
+        let events = ListArray::try_new(
+            schema::event_item(),
+            self.events.offsets.finish(),
+            Arc::new(events),
+            None,
+        )?;
         let links = StructArray::try_new(
             schema::link_fields(),
             vec![
@@ -441,7 +495,12 @@ impl Columns {
             ],
             None,
         )?;
-        let links = ListArray::try_new(schema::link_item(), self.links.offsets.finish(), Arc::new(links), None)?;
+        let links = ListArray::try_new(
+            schema::link_item(),
+            self.links.offsets.finish(),
+            Arc::new(links),
+            None,
+        )?;
 
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),

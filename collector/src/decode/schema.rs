@@ -163,7 +163,11 @@ mod tests {
             (col::EVENTS, "events"),
             (col::LINKS, "links"),
         ];
-        assert_eq!(schema.fields().len(), expected.len(), "every column has an index constant");
+        assert_eq!(
+            schema.fields().len(),
+            expected.len(),
+            "every column has an index constant"
+        );
         for (index, name) in expected {
             assert_eq!(schema.field(index).name(), name, "col constant for {name}");
         }

@@ -63,10 +63,19 @@ pub enum Refusal {
 impl IngestQueue {
     /// A queue with a budget of `capacity_bytes`, and the dispatcher that empties it.
     pub fn new(capacity_bytes: usize) -> (Self, Dispatcher) {
-        let capacity_units = capacity_bytes.div_ceil(UNIT).clamp(1, Semaphore::MAX_PERMITS);
+        let capacity_units = capacity_bytes
+            .div_ceil(UNIT)
+            .clamp(1, Semaphore::MAX_PERMITS);
         let (tx, rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(capacity_units));
-        (Self { tx, budget: budget.clone(), capacity_units }, Dispatcher { rx })
+        (
+            Self {
+                tx,
+                budget: budget.clone(),
+                capacity_units,
+            },
+            Dispatcher { rx },
+        )
     }
 
     /// Whether `bytes` more would fit now; receivers ask before decoding a request so that an
@@ -78,16 +87,28 @@ impl IngestQueue {
     /// Queues a batch, or refuses it at once when the budget is spent.
     pub fn try_push(&self, batch: SpanBatch) -> Result<(), Refusal> {
         let units = u32::try_from(self.units(batch.bytes())).unwrap_or(u32::MAX);
-        let permit = self.budget.clone().try_acquire_many_owned(units).map_err(|e| match e {
-            tokio::sync::TryAcquireError::Closed => Refusal::Closed,
-            tokio::sync::TryAcquireError::NoPermits => Refusal::Full,
-        })?;
-        self.tx.send(Queued { batch, _permit: permit }).map_err(|_| Refusal::Closed)
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(units)
+            .map_err(|e| match e {
+                tokio::sync::TryAcquireError::Closed => Refusal::Closed,
+                tokio::sync::TryAcquireError::NoPermits => Refusal::Full,
+            })?;
+        self.tx
+            .send(Queued {
+                batch,
+                _permit: permit,
+            })
+            .map_err(|_| Refusal::Closed)
     }
 
     /// A read-only view of the queue's fill, for metrics; it does not keep the queue open.
     pub fn gauge(&self) -> QueueGauge {
-        QueueGauge { budget: self.budget.clone(), capacity_units: self.capacity_units }
+        QueueGauge {
+            budget: self.budget.clone(),
+            capacity_units: self.capacity_units,
+        }
     }
 
     /// Budget units for `bytes`; a batch larger than the whole budget takes all of it (it waits
@@ -107,7 +128,9 @@ pub struct QueueGauge {
 impl QueueGauge {
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.capacity_units.saturating_sub(self.budget.available_permits()) * UNIT
+        self.capacity_units
+            .saturating_sub(self.budget.available_permits())
+            * UNIT
     }
 
     /// The budget in bytes.
@@ -152,7 +175,10 @@ mod tests {
             .collect();
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };
@@ -165,11 +191,17 @@ mod tests {
         let (queue, mut dispatcher) = IngestQueue::new(one.bytes() * 2 + UNIT);
         queue.try_push(one.clone()).expect("first fits");
         queue.try_push(one.clone()).expect("second fits");
-        assert_eq!(queue.try_push(one.clone()), Err(Refusal::Full), "third is over the budget");
+        assert_eq!(
+            queue.try_push(one.clone()),
+            Err(Refusal::Full),
+            "third is over the budget"
+        );
         assert!(!queue.has_room(one.bytes()));
         let taken = dispatcher.rx.try_recv().expect("queued");
         drop(taken);
-        queue.try_push(one).expect("room again once the consumer took a batch");
+        queue
+            .try_push(one)
+            .expect("room again once the consumer took a batch");
     }
 
     #[test]

@@ -70,7 +70,9 @@ impl IntoResponse for ApiError {
             ApiError::Query(e) => {
                 let status = match e {
                     QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,
-                    QueryError::Execution(_) | QueryError::TooManyRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    QueryError::Execution(_) | QueryError::TooManyRows(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
                     QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 (status, e.to_string())
@@ -80,14 +82,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn sql(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: axum::body::Bytes) -> Result<Response, ApiError> {
+async fn sql(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
     let request: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?;
-    let result = state.engine.sql(&request.sql).await.map_err(ApiError::Query)?;
+    let result = state
+        .engine
+        .sql(&request.sql)
+        .await
+        .map_err(ApiError::Query)?;
     let wants_arrow = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().starts_with(ARROW_STREAM_MEDIA_TYPE)));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().starts_with(ARROW_STREAM_MEDIA_TYPE))
+        });
     if wants_arrow {
         let bytes = tokio::task::spawn_blocking(move || arrow_stream(&result))
             .await
@@ -116,7 +129,10 @@ pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
         .schema
         .fields()
         .iter()
-        .map(|f| Column { name: f.name().clone(), data_type: type_name(f.data_type()) })
+        .map(|f| Column {
+            name: f.name().clone(),
+            data_type: type_name(f.data_type()),
+        })
         .collect();
     let mut rows = Vec::with_capacity(result.batches.iter().map(RecordBatch::num_rows).sum());
     for batch in &result.batches {
@@ -127,25 +143,42 @@ pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         for _ in 0..batch.num_rows() {
-            rows.push(columns.iter_mut().map(|c| c.next().unwrap_or(Value::Null)).collect());
+            rows.push(
+                columns
+                    .iter_mut()
+                    .map(|c| c.next().unwrap_or(Value::Null))
+                    .collect(),
+            );
         }
     }
     Ok(SqlResponse { columns, rows })
 }
 
-async fn trace(State(state): State<Arc<ApiState>>, Path(trace_id): Path<String>) -> Result<Response, ApiError> {
+async fn trace(
+    State(state): State<Arc<ApiState>>,
+    Path(trace_id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = trace_id.to_ascii_lowercase();
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(ApiError::BadRequest(format!("{trace_id:?} is not a trace id: 32 hexadecimal characters")));
+        return Err(ApiError::BadRequest(format!(
+            "{trace_id:?} is not a trace id: 32 hexadecimal characters"
+        )));
     }
     let snapshot = state.engine.store().snapshot();
     let spans = tokio::task::spawn_blocking(move || spans_of_trace(&snapshot, &id))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;
     if spans.is_empty() {
-        return Err(ApiError::NotFound(format!("no spans of trace {trace_id} are stored")));
+        return Err(ApiError::NotFound(format!(
+            "no spans of trace {trace_id} are stored"
+        )));
     }
-    Ok(axum::Json(serde_json::json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response())
+    Ok(
+        axum::Json(
+            serde_json::json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans }),
+        )
+        .into_response(),
+    )
 }
 
 /// Every stored span of a trace as a JSON object (one key per column), by start time.
@@ -159,11 +192,16 @@ fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>,
             continue;
         }
         let matched = filter_record_batch(batch, &mask).map_err(internal)?;
-        let starts = matched.column(col::START_TIME).as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        let starts = matched
+            .column(col::START_TIME)
+            .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
         for row in 0..matched.num_rows() {
             let mut object = Map::new();
             for (field, column) in matched.schema().fields().iter().zip(matched.columns()) {
-                object.insert(field.name().clone(), value_at(column.as_ref(), row).map_err(internal)?);
+                object.insert(
+                    field.name().clone(),
+                    value_at(column.as_ref(), row).map_err(internal)?,
+                );
             }
             spans.push((starts.value(row), Value::Object(object)));
         }
@@ -175,13 +213,17 @@ fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>,
 async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let m = &state.metrics;
     m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
-    m.ingest_queue_capacity_bytes.set(state.queue.capacity_bytes() as i64);
+    m.ingest_queue_capacity_bytes
+        .set(state.queue.capacity_bytes() as i64);
     let stats = state.engine.store().stats();
     m.store_rows.set(stats.rows as i64);
     m.store_bytes.set(stats.bytes as i64);
     m.store_batches.set(stats.batches as i64);
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         m.encode(),
     )
         .into_response()

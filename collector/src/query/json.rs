@@ -17,7 +17,9 @@ pub fn type_name(data_type: &DataType) -> String {
 
 /// Every value of `array`, in order.
 pub fn column_values(array: &ArrayRef) -> Result<Vec<Value>, ArrowError> {
-    (0..array.len()).map(|i| value_at(array.as_ref(), i)).collect()
+    (0..array.len())
+        .map(|i| value_at(array.as_ref(), i))
+        .collect()
 }
 
 /// The value of row `i`.
@@ -90,9 +92,18 @@ fn float(value: f64) -> Value {
 
 fn timestamp(array: &dyn Array, unit: TimeUnit, i: usize) -> Result<Value, ArrowError> {
     let nanos = match unit {
-        TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(i).checked_mul(1_000_000_000),
-        TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(i).checked_mul(1_000_000),
-        TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(i).checked_mul(1_000),
+        TimeUnit::Second => array
+            .as_primitive::<TimestampSecondType>()
+            .value(i)
+            .checked_mul(1_000_000_000),
+        TimeUnit::Millisecond => array
+            .as_primitive::<TimestampMillisecondType>()
+            .value(i)
+            .checked_mul(1_000_000),
+        TimeUnit::Microsecond => array
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(i)
+            .checked_mul(1_000),
         TimeUnit::Nanosecond => Some(array.as_primitive::<TimestampNanosecondType>().value(i)),
     };
     let Some(nanos) = nanos else {
@@ -116,21 +127,49 @@ pub fn rfc3339(nanos: i64) -> String {
 mod tests {
     use super::*;
     use datafusion::arrow::array::{
-        DictionaryArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray, UInt64Array,
+        DictionaryArray, Float64Array, Int64Array, StringArray, TimestampNanosecondArray,
+        UInt64Array,
     };
     use std::sync::Arc;
 
     #[test]
     fn scalar_values() {
         let cases: Vec<(ArrayRef, Value, &str)> = vec![
-            (Arc::new(Int64Array::from(vec![i64::MAX])), serde_json::json!(i64::MAX), "int64 stays exact"),
-            (Arc::new(UInt64Array::from(vec![u64::MAX])), serde_json::json!(u64::MAX), "uint64 stays exact"),
-            (Arc::new(Float64Array::from(vec![1.5])), serde_json::json!(1.5), "float"),
-            (Arc::new(Float64Array::from(vec![f64::NAN])), serde_json::json!("NaN"), "NaN has no JSON number"),
-            (Arc::new(StringArray::from(vec![Some("x")])), serde_json::json!("x"), "string"),
-            (Arc::new(StringArray::from(vec![None::<&str>])), Value::Null, "null"),
             (
-                Arc::new(TimestampNanosecondArray::from(vec![1_700_000_000_123_456_789]).with_timezone("UTC")),
+                Arc::new(Int64Array::from(vec![i64::MAX])),
+                serde_json::json!(i64::MAX),
+                "int64 stays exact",
+            ),
+            (
+                Arc::new(UInt64Array::from(vec![u64::MAX])),
+                serde_json::json!(u64::MAX),
+                "uint64 stays exact",
+            ),
+            (
+                Arc::new(Float64Array::from(vec![1.5])),
+                serde_json::json!(1.5),
+                "float",
+            ),
+            (
+                Arc::new(Float64Array::from(vec![f64::NAN])),
+                serde_json::json!("NaN"),
+                "NaN has no JSON number",
+            ),
+            (
+                Arc::new(StringArray::from(vec![Some("x")])),
+                serde_json::json!("x"),
+                "string",
+            ),
+            (
+                Arc::new(StringArray::from(vec![None::<&str>])),
+                Value::Null,
+                "null",
+            ),
+            (
+                Arc::new(
+                    TimestampNanosecondArray::from(vec![1_700_000_000_123_456_789])
+                        .with_timezone("UTC"),
+                ),
                 serde_json::json!("2023-11-14T22:13:20.123456789Z"),
                 "timestamps are RFC 3339",
             ),

@@ -100,13 +100,22 @@ impl Drop for QueryRuntime {
 
 impl QueryEngine {
     /// An engine over `store` with its own query threads.
-    pub fn new(store: Arc<dyn SpanStore>, limits: QueryLimits, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    pub fn new(
+        store: Arc<dyn SpanStore>,
+        limits: QueryLimits,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("wayfinder-query")
             .enable_time()
             .build()?;
-        Ok(Self { store, limits, metrics, runtime: Arc::new(QueryRuntime(Some(runtime))) })
+        Ok(Self {
+            store,
+            limits,
+            metrics,
+            runtime: Arc::new(QueryRuntime(Some(runtime))),
+        })
     }
 
     /// The store queried.
@@ -118,15 +127,22 @@ impl QueryEngine {
     pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
         let started = Instant::now();
         let result = self.run(sql.to_owned()).await;
-        self.metrics.sql_query_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .sql_query_duration
+            .observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or_else(QueryError::outcome, |_| "ok");
-        self.metrics.sql_queries.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.metrics
+            .sql_queries
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
         result
     }
 
     async fn run(&self, sql: String) -> Result<QueryResult, QueryError> {
         let Some(runtime) = self.runtime.0.as_ref() else {
-            return Err(QueryError::Execution("the query runtime is shut down".into()));
+            return Err(QueryError::Execution(
+                "the query runtime is shut down".into(),
+            ));
         };
         let context = self.context()?;
         let max_rows = self.limits.max_rows;
@@ -134,7 +150,9 @@ impl QueryEngine {
         let abort = task.abort_handle();
         match tokio::time::timeout(self.limits.timeout, task).await {
             Ok(Ok(result)) => result,
-            Ok(Err(join_error)) => Err(QueryError::Execution(format!("the query stopped: {join_error}"))),
+            Ok(Err(join_error)) => Err(QueryError::Execution(format!(
+                "the query stopped: {join_error}"
+            ))),
             Err(_) => {
                 abort.abort();
                 Err(QueryError::Timeout(self.limits.timeout))
@@ -145,11 +163,19 @@ impl QueryEngine {
     /// A session with the memory limit and the `spans` table over a snapshot of the store.
     fn context(&self) -> Result<SessionContext, QueryError> {
         let internal = |e: DataFusionError| QueryError::Execution(e.to_string());
-        let runtime = RuntimeEnvBuilder::new().with_memory_limit(self.limits.memory_bytes, 1.0).build_arc().map_err(internal)?;
-        let config = SessionConfig::new().with_target_partitions(2).with_information_schema(true);
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .build_arc()
+            .map_err(internal)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(true);
         let context = SessionContext::new_with_config_rt(config, runtime);
-        let table = MemTable::try_new(span_schema(), partitions(self.store.snapshot(), 2)).map_err(internal)?;
-        context.register_table("spans", Arc::new(table)).map_err(internal)?;
+        let table = MemTable::try_new(span_schema(), partitions(self.store.snapshot(), 2))
+            .map_err(internal)?;
+        context
+            .register_table("spans", Arc::new(table))
+            .map_err(internal)?;
         Ok(context)
     }
 }
@@ -163,8 +189,16 @@ fn partitions(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
     parts
 }
 
-async fn execute(context: SessionContext, sql: &str, max_rows: usize) -> Result<QueryResult, QueryError> {
-    let plan = context.state().create_logical_plan(sql).await.map_err(classify)?;
+async fn execute(
+    context: SessionContext,
+    sql: &str,
+    max_rows: usize,
+) -> Result<QueryResult, QueryError> {
+    let plan = context
+        .state()
+        .create_logical_plan(sql)
+        .await
+        .map_err(classify)?;
     refuse_writes(&plan)?;
     let frame = context.execute_logical_plan(plan).await.map_err(classify)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());

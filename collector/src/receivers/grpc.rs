@@ -86,14 +86,20 @@ pub struct LogsService {
 impl TraceService {
     /// The service, refusing messages over `max_message_bytes` after decompression.
     pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
-        Self { ingest, max_message_bytes }
+        Self {
+            ingest,
+            max_message_bytes,
+        }
     }
 }
 
 impl LogsService {
     /// The service, refusing messages over `max_message_bytes` after decompression.
     pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
-        Self { ingest, max_message_bytes }
+        Self {
+            ingest,
+            max_message_bytes,
+        }
     }
 }
 
@@ -126,7 +132,9 @@ impl tower::Service<HttpRequest> for TraceService {
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         if request.uri().path() != TRACE_EXPORT_PATH {
-            return Box::pin(ready(Ok(Status::unimplemented("no such method").into_http())));
+            return Box::pin(ready(Ok(
+                Status::unimplemented("no such method").into_http()
+            )));
         }
         let mut grpc = grpc(self.max_message_bytes);
         let export = ExportTraces(self.ingest.clone());
@@ -145,7 +153,9 @@ impl tower::Service<HttpRequest> for LogsService {
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
         if request.uri().path() != LOGS_EXPORT_PATH {
-            return Box::pin(ready(Ok(Status::unimplemented("no such method").into_http())));
+            return Box::pin(ready(Ok(
+                Status::unimplemented("no such method").into_http()
+            )));
         }
         let mut grpc = grpc(self.max_message_bytes);
         let export = ExportLogs(self.ingest.clone());
@@ -173,10 +183,16 @@ impl UnaryService<Bytes> for ExportLogs {
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let body = request.into_inner();
         let result = match ExportLogsServiceRequest::decode(body) {
-            Ok(request) => Ok(self.0.export_logs(Protocol::Grpc, &request).encode_to_vec().into()),
+            Ok(request) => Ok(self
+                .0
+                .export_logs(Protocol::Grpc, &request)
+                .encode_to_vec()
+                .into()),
             Err(e) => {
                 self.0.refuse_request(Protocol::Grpc, "malformed");
-                Err(Status::invalid_argument(format!("cannot decode ExportLogsServiceRequest: {e}")))
+                Err(Status::invalid_argument(format!(
+                    "cannot decode ExportLogsServiceRequest: {e}"
+                )))
             }
         };
         ready(result.map(tonic::Response::new))
@@ -184,21 +200,27 @@ impl UnaryService<Bytes> for ExportLogs {
 }
 
 fn export_traces(ingest: &Ingest, body: Bytes) -> Result<Bytes, Status> {
-    ingest.check_room(Protocol::Grpc, body.len()).map_err(into_status)?;
+    ingest
+        .check_room(Protocol::Grpc, body.len())
+        .map_err(into_status)?;
     let request = ExportTraceServiceRequest::decode(body).map_err(|e| {
         ingest.refuse_request(Protocol::Grpc, "malformed");
         Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
     })?;
-    let response = ingest.export_traces(Protocol::Grpc, &request).map_err(into_status)?;
+    let response = ingest
+        .export_traces(Protocol::Grpc, &request)
+        .map_err(into_status)?;
     Ok(response.encode_to_vec().into())
 }
 
 /// The gRPC status of a refused request: `UNAVAILABLE` with `RetryInfo` for the retryable ones.
 pub fn into_status(error: IngestError) -> Status {
     match error {
-        IngestError::Overloaded | IngestError::ShuttingDown => {
-            Status::with_error_details(Code::Unavailable, error.to_string(), ErrorDetails::with_retry_info(Some(RETRY_AFTER)))
-        }
+        IngestError::Overloaded | IngestError::ShuttingDown => Status::with_error_details(
+            Code::Unavailable,
+            error.to_string(),
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        ),
         IngestError::Internal(_) => Status::internal(error.to_string()),
     }
 }

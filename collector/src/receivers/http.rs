@@ -30,7 +30,10 @@ pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
-        .with_state(Arc::new(HttpState { ingest, max_body_bytes }))
+        .with_state(Arc::new(HttpState {
+            ingest,
+            max_body_bytes,
+        }))
 }
 
 #[derive(Debug)]
@@ -81,15 +84,31 @@ struct Refused {
 }
 
 impl Refused {
-    fn new(status: StatusCode, code: tonic::Code, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), reason }
+    fn new(
+        status: StatusCode,
+        code: tonic::Code,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            reason,
+        }
     }
 
     fn into_response(self, format: Format) -> Response {
-        let body = RpcStatus { code: self.code as i32, message: self.message };
+        let body = RpcStatus {
+            code: self.code as i32,
+            message: self.message,
+        };
         let mut response = encode(format, self.status, &body, body.encode_to_vec());
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER.as_secs()));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER.as_secs()),
+            );
         }
         response
     }
@@ -98,27 +117,51 @@ impl Refused {
 impl From<IngestError> for Refused {
     fn from(error: IngestError) -> Self {
         let (status, code, reason) = match error {
-            IngestError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, "queue_full"),
-            IngestError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable, "shutting_down"),
-            IngestError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal, "internal"),
+            IngestError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                "queue_full",
+            ),
+            IngestError::ShuttingDown => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                "shutting_down",
+            ),
+            IngestError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                "internal",
+            ),
         };
         Refused::new(status, code, reason, error.to_string())
     }
 }
 
-fn encode<T: Serialize>(format: Format, status: StatusCode, value: &T, protobuf: Vec<u8>) -> Response {
+fn encode<T: Serialize>(
+    format: Format,
+    status: StatusCode,
+    value: &T,
+    protobuf: Vec<u8>,
+) -> Response {
     let body = match format {
         Format::Protobuf => protobuf,
         Format::Json => serde_json::to_vec(value).unwrap_or_default(),
     };
-    (status, [(header::CONTENT_TYPE, format.content_type())], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, format.content_type())],
+        body,
+    )
+        .into_response()
 }
 
 async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     let format = match format_of(&headers) {
         Ok(format) => format,
         Err(refused) => {
-            state.ingest.refuse_request(Protocol::HttpProtobuf, refused.reason);
+            state
+                .ingest
+                .refuse_request(Protocol::HttpProtobuf, refused.reason);
             return refused.into_response(Format::Json);
         }
     };
@@ -126,7 +169,8 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
     let result = async {
         let body = read_body(&headers, body, state.max_body_bytes).await?;
         state.ingest.check_room(protocol, body.len())?;
-        let request: ExportTraceServiceRequest = decode(format, &body, "ExportTraceServiceRequest")?;
+        let request: ExportTraceServiceRequest =
+            decode(format, &body, "ExportTraceServiceRequest")?;
         Ok::<_, Refused>(state.ingest.export_traces(protocol, &request)?)
     }
     .await;
@@ -146,7 +190,9 @@ async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bod
     let format = match format_of(&headers) {
         Ok(format) => format,
         Err(refused) => {
-            state.ingest.refuse_request(Protocol::HttpProtobuf, refused.reason);
+            state
+                .ingest
+                .refuse_request(Protocol::HttpProtobuf, refused.reason);
             return refused.into_response(Format::Json);
         }
     };
@@ -172,13 +218,19 @@ fn format_of(headers: &HeaderMap) -> Result<Format, Refused> {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             tonic::Code::InvalidArgument,
             "unsupported_media_type",
-            format!("unsupported Content-Type {got:?}: use application/x-protobuf or application/json"),
+            format!(
+                "unsupported Content-Type {got:?}: use application/x-protobuf or application/json"
+            ),
         )
     };
-    let Some(value) = headers.get(header::CONTENT_TYPE) else { return Err(unsupported("")) };
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Err(unsupported(""));
+    };
     let text = value.to_str().map_err(|_| unsupported("(not text)"))?;
     let media_type = text.split(';').next().unwrap_or("").trim();
-    if media_type.eq_ignore_ascii_case("application/x-protobuf") || media_type.eq_ignore_ascii_case("application/protobuf") {
+    if media_type.eq_ignore_ascii_case("application/x-protobuf")
+        || media_type.eq_ignore_ascii_case("application/protobuf")
+    {
         Ok(Format::Protobuf)
     } else if media_type.eq_ignore_ascii_case("application/json") {
         Ok(Format::Json)
@@ -192,13 +244,17 @@ fn too_large(limit: usize) -> Refused {
         StatusCode::PAYLOAD_TOO_LARGE,
         tonic::Code::ResourceExhausted,
         "too_large",
-        format!("the request body is larger than {limit} bytes (after decompression); send smaller batches"),
+        format!(
+            "the request body is larger than {limit} bytes (after decompression); send smaller batches"
+        ),
     )
 }
 
 /// Reads the body within the limit and undoes its `Content-Encoding`.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refused> {
-    let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     let gzip = match encoding.as_deref() {
         None | Some("" | "identity") => false,
         Some("gzip" | "x-gzip") => true,
@@ -211,7 +267,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             ));
         }
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
@@ -238,7 +297,9 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
 pub(crate) fn gunzip_limited(raw: &[u8], limit: usize) -> Result<Vec<u8>, GunzipError> {
     let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
     let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
-    decoder.read_to_end(&mut out).map_err(GunzipError::Invalid)?;
+    decoder
+        .read_to_end(&mut out)
+        .map_err(GunzipError::Invalid)?;
     if out.len() > limit {
         return Err(GunzipError::TooLarge);
     }
@@ -299,22 +360,57 @@ mod tests {
         let small = gzip(b"hello");
         let bomb = gzip(&vec![0u8; 10 * 1024 * 1024]);
         assert!(bomb.len() < 64 * 1024, "the bomb is small on the wire");
-        assert_eq!(gunzip_limited(&small, 5).unwrap(), b"hello", "exactly at the limit");
-        assert!(matches!(gunzip_limited(&small, 4), Err(GunzipError::TooLarge)), "one byte over");
-        assert!(matches!(gunzip_limited(&bomb, 1024 * 1024), Err(GunzipError::TooLarge)), "a bomb stops at the limit");
-        assert!(matches!(gunzip_limited(b"not gzip", 100), Err(GunzipError::Invalid(_))), "garbage");
+        assert_eq!(
+            gunzip_limited(&small, 5).unwrap(),
+            b"hello",
+            "exactly at the limit"
+        );
+        assert!(
+            matches!(gunzip_limited(&small, 4), Err(GunzipError::TooLarge)),
+            "one byte over"
+        );
+        assert!(
+            matches!(
+                gunzip_limited(&bomb, 1024 * 1024),
+                Err(GunzipError::TooLarge)
+            ),
+            "a bomb stops at the limit"
+        );
+        assert!(
+            matches!(
+                gunzip_limited(b"not gzip", 100),
+                Err(GunzipError::Invalid(_))
+            ),
+            "garbage"
+        );
         let mut two = gzip(b"ab");
         two.extend(gzip(b"cd"));
-        assert_eq!(gunzip_limited(&two, 100).unwrap(), b"abcd", "concatenated gzip members");
+        assert_eq!(
+            gunzip_limited(&two, 100).unwrap(),
+            b"abcd",
+            "concatenated gzip members"
+        );
     }
 
     #[test]
     fn content_types() {
         let cases = [
-            ("application/x-protobuf", Some(Format::Protobuf), "the OTLP protobuf type"),
+            (
+                "application/x-protobuf",
+                Some(Format::Protobuf),
+                "the OTLP protobuf type",
+            ),
             ("application/json", Some(Format::Json), "the OTLP JSON type"),
-            ("application/json; charset=utf-8", Some(Format::Json), "parameters are ignored"),
-            ("Application/JSON", Some(Format::Json), "media types are case-insensitive"),
+            (
+                "application/json; charset=utf-8",
+                Some(Format::Json),
+                "parameters are ignored",
+            ),
+            (
+                "Application/JSON",
+                Some(Format::Json),
+                "media types are case-insensitive",
+            ),
             ("text/plain", None, "not OTLP"),
             ("", None, "empty"),
         ];
@@ -323,6 +419,9 @@ mod tests {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
             assert_eq!(format_of(&headers).ok(), expected, "{reason}");
         }
-        assert!(format_of(&HeaderMap::new()).is_err(), "a missing Content-Type is refused");
+        assert!(
+            format_of(&HeaderMap::new()).is_err(),
+            "a missing Content-Type is refused"
+        );
     }
 }

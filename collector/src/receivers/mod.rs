@@ -6,7 +6,9 @@ pub mod http;
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -67,7 +69,13 @@ impl Ingest {
 
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
     pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
-        self.metrics.refused_requests.get_or_create(&RefusalLabels { protocol: protocol.label(), reason }).inc();
+        self.metrics
+            .refused_requests
+            .get_or_create(&RefusalLabels {
+                protocol: protocol.label(),
+                reason,
+            })
+            .inc();
     }
 
     /// Whether the queue has room for a request of `bytes` on the wire; refuses (and counts) it if
@@ -87,50 +95,79 @@ impl Ingest {
         protocol: Protocol,
         request: &ExportTraceServiceRequest,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let labels = |reason| RefusalLabels { protocol: protocol.label(), reason };
+        let labels = |reason| RefusalLabels {
+            protocol: protocol.label(),
+            reason,
+        };
         let decoded = decode_traces(request).map_err(|e| {
             self.refuse_request(protocol, "internal");
             IngestError::Internal(e.to_string())
         })?;
         let accepted = decoded.accepted();
-        if let Some(batch) = decoded.batch {
-            if let Err(refusal) = self.queue.try_push(batch) {
-                let reason = match refusal {
-                    Refusal::Full => "queue_full",
-                    _ => "shutting_down",
-                };
-                self.refuse_request(protocol, reason);
-                let all = accepted as u64 + decoded.rejections.total();
-                self.metrics.refused_spans.get_or_create(&labels(reason)).inc_by(all);
-                return Err(match refusal {
-                    Refusal::Full => IngestError::Overloaded,
-                    _ => IngestError::ShuttingDown,
-                });
-            }
+        if let Some(batch) = decoded.batch
+            && let Err(refusal) = self.queue.try_push(batch)
+        {
+            let reason = match refusal {
+                Refusal::Full => "queue_full",
+                _ => "shutting_down",
+            };
+            self.refuse_request(protocol, reason);
+            let all = accepted as u64 + decoded.rejections.total();
+            self.metrics
+                .refused_spans
+                .get_or_create(&labels(reason))
+                .inc_by(all);
+            return Err(match refusal {
+                Refusal::Full => IngestError::Overloaded,
+                _ => IngestError::ShuttingDown,
+            });
         }
-        self.metrics.accepted_spans.get_or_create(&ProtocolLabels { protocol: protocol.label() }).inc_by(accepted as u64);
+        self.metrics
+            .accepted_spans
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.label(),
+            })
+            .inc_by(accepted as u64);
         for (reason, count) in decoded.rejections.by_reason() {
             if count > 0 {
-                self.metrics.refused_spans.get_or_create(&labels(reason)).inc_by(count);
+                self.metrics
+                    .refused_spans
+                    .get_or_create(&labels(reason))
+                    .inc_by(count);
             }
         }
-        let partial_success = decoded.rejections.message().map(|error_message| ExportTracePartialSuccess {
-            rejected_spans: i64::try_from(decoded.rejections.total()).unwrap_or(i64::MAX),
-            error_message,
-        });
+        let partial_success =
+            decoded
+                .rejections
+                .message()
+                .map(|error_message| ExportTracePartialSuccess {
+                    rejected_spans: i64::try_from(decoded.rejections.total()).unwrap_or(i64::MAX),
+                    error_message,
+                });
         Ok(ExportTraceServiceResponse { partial_success })
     }
 
     /// Accepts the log records of one request. This collector stores none of them yet (health
     /// events come in a later version); they are counted and acknowledged.
-    pub fn export_logs(&self, protocol: Protocol, request: &ExportLogsServiceRequest) -> ExportLogsServiceResponse {
+    pub fn export_logs(
+        &self,
+        protocol: Protocol,
+        request: &ExportLogsServiceRequest,
+    ) -> ExportLogsServiceResponse {
         let records: usize = request
             .resource_logs
             .iter()
             .flat_map(|r| &r.scope_logs)
             .map(|s| s.log_records.len())
             .sum();
-        self.metrics.accepted_log_records.get_or_create(&ProtocolLabels { protocol: protocol.label() }).inc_by(records as u64);
-        ExportLogsServiceResponse { partial_success: None }
+        self.metrics
+            .accepted_log_records
+            .get_or_create(&ProtocolLabels {
+                protocol: protocol.label(),
+            })
+            .inc_by(records as u64);
+        ExportLogsServiceResponse {
+            partial_success: None,
+        }
     }
 }

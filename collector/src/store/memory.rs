@@ -76,7 +76,11 @@ struct Segment {
 impl MemoryStore {
     /// An empty store.
     pub fn new(config: StoreConfig, metrics: Arc<Metrics>) -> Self {
-        Self { config, inner: RwLock::new(Inner::default()), metrics }
+        Self {
+            config,
+            inner: RwLock::new(Inner::default()),
+            metrics,
+        }
     }
 
     /// Adds a batch as if it arrived at `now`.
@@ -103,7 +107,10 @@ impl MemoryStore {
             inner.bytes += bytes;
             inner.batches += 1;
             let segment_rows = self.config.segment_rows;
-            let open = inner.segments.back_mut().expect("an open segment was just ensured");
+            let open = inner
+                .segments
+                .back_mut()
+                .expect("an open segment was just ensured");
             open.batches.push(batch.into_record_batch());
             open.rows += rows;
             open.bytes += bytes;
@@ -147,7 +154,10 @@ impl MemoryStore {
             }
         }
         if evicted > 0 {
-            self.metrics.store_evicted_spans.get_or_create(&ReasonLabels { reason: "size" }).inc_by(evicted as u64);
+            self.metrics
+                .store_evicted_spans
+                .get_or_create(&ReasonLabels { reason: "size" })
+                .inc_by(evicted as u64);
         }
     }
 
@@ -166,7 +176,9 @@ impl MemoryStore {
         };
         let new_bytes = merged.get_array_memory_size();
         let mut inner = self.inner.write();
-        let Some(segment) = inner.segments.iter_mut().find(|s| s.id == job.id) else { return };
+        let Some(segment) = inner.segments.iter_mut().find(|s| s.id == job.id) else {
+            return;
+        };
         if segment.batches.len() != job.batches.len() {
             return; // eviction took some of its batches meanwhile
         }
@@ -187,7 +199,10 @@ struct CompactionJob {
 
 fn seal_segment(segment: &mut Segment) -> CompactionJob {
     segment.sealed = true;
-    CompactionJob { id: segment.id, batches: segment.batches.clone() }
+    CompactionJob {
+        id: segment.id,
+        batches: segment.batches.clone(),
+    }
 }
 
 impl SpanStore for MemoryStore {
@@ -197,11 +212,17 @@ impl SpanStore for MemoryStore {
 
     fn snapshot(&self) -> Vec<RecordBatch> {
         let inner = self.inner.read();
-        inner.segments.iter().flat_map(|s| s.batches.iter().cloned()).collect()
+        inner
+            .segments
+            .iter()
+            .flat_map(|s| s.batches.iter().cloned())
+            .collect()
     }
 
     fn maintain(&self, now: SystemTime) {
-        let cutoff = now.checked_sub(self.config.retention).unwrap_or(SystemTime::UNIX_EPOCH);
+        let cutoff = now
+            .checked_sub(self.config.retention)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let to_compact = {
             let mut inner = self.inner.write();
             let mut evicted = 0usize;
@@ -214,13 +235,18 @@ impl SpanStore for MemoryStore {
                 }
             }
             if evicted > 0 {
-                self.metrics.store_evicted_spans.get_or_create(&ReasonLabels { reason: "age" }).inc_by(evicted as u64);
+                self.metrics
+                    .store_evicted_spans
+                    .get_or_create(&ReasonLabels { reason: "age" })
+                    .inc_by(evicted as u64);
             }
             let segment_age = self.config.segment_age;
             inner
                 .segments
                 .back_mut()
-                .filter(|s| !s.sealed && now.duration_since(s.opened).unwrap_or_default() >= segment_age)
+                .filter(|s| {
+                    !s.sealed && now.duration_since(s.opened).unwrap_or_default() >= segment_age
+                })
                 .map(seal_segment)
         };
         if let Some(job) = to_compact {
@@ -234,7 +260,11 @@ impl SpanStore for MemoryStore {
 
     fn stats(&self) -> StoreStats {
         let inner = self.inner.read();
-        StoreStats { rows: inner.rows, bytes: inner.bytes, batches: inner.batches }
+        StoreStats {
+            rows: inner.rows,
+            bytes: inner.bytes,
+            batches: inner.batches,
+        }
     }
 }
 
@@ -258,7 +288,10 @@ mod tests {
             .collect();
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
                 ..Default::default()
             }],
         };
@@ -271,42 +304,73 @@ mod tests {
     }
 
     fn evicted(metrics: &Metrics, reason: &'static str) -> u64 {
-        metrics.store_evicted_spans.get_or_create(&ReasonLabels { reason }).get()
+        metrics
+            .store_evicted_spans
+            .get_or_create(&ReasonLabels { reason })
+            .get()
     }
 
     #[test]
     fn compaction_keeps_every_span_in_order() {
-        let (store, _) = store(StoreConfig { segment_rows: 30, ..Default::default() });
+        let (store, _) = store(StoreConfig {
+            segment_rows: 30,
+            ..Default::default()
+        });
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         for i in 0..4 {
             store.append_at(batch(i * 10, 10), t0);
         }
         let stats = store.stats();
         assert_eq!(stats.rows, 40);
-        assert_eq!(stats.batches, 2, "the first 30 spans were compacted into one batch");
+        assert_eq!(
+            stats.batches, 2,
+            "the first 30 spans were compacted into one batch"
+        );
         let snapshot = store.snapshot();
         let ids: Vec<String> = snapshot
             .iter()
             .flat_map(|b| {
-                let col = b.column(1).as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap();
-                col.iter().map(|v| v.unwrap().to_owned()).collect::<Vec<_>>()
+                let col = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::StringArray>()
+                    .unwrap();
+                col.iter()
+                    .map(|v| v.unwrap().to_owned())
+                    .collect::<Vec<_>>()
             })
             .collect();
-        let expected: Vec<String> = (1..=40u64).map(|i| const_hex::encode(i.to_be_bytes())).collect();
+        let expected: Vec<String> = (1..=40u64)
+            .map(|i| const_hex::encode(i.to_be_bytes()))
+            .collect();
         assert_eq!(ids, expected);
-        assert_eq!(stats.bytes, snapshot.iter().map(|b| b.get_array_memory_size()).sum::<usize>());
+        assert_eq!(
+            stats.bytes,
+            snapshot
+                .iter()
+                .map(|b| b.get_array_memory_size())
+                .sum::<usize>()
+        );
     }
 
     #[test]
     fn retention_evicts_old_segments_and_counts_them() {
-        let config = StoreConfig { retention: Duration::from_secs(60), segment_age: Duration::from_secs(5), ..Default::default() };
+        let config = StoreConfig {
+            retention: Duration::from_secs(60),
+            segment_age: Duration::from_secs(5),
+            ..Default::default()
+        };
         let (store, metrics) = store(config);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         store.append_at(batch(0, 10), t0);
         store.maintain(t0 + Duration::from_secs(6)); // seals the first segment
         store.append_at(batch(10, 5), t0 + Duration::from_secs(30));
         store.maintain(t0 + Duration::from_secs(61));
-        assert_eq!(store.stats().rows, 5, "the segment last written at t0 is past the 60 s retention");
+        assert_eq!(
+            store.stats().rows,
+            5,
+            "the segment last written at t0 is past the 60 s retention"
+        );
         assert_eq!(evicted(&metrics, "age"), 10);
         store.maintain(t0 + Duration::from_secs(91));
         assert_eq!(store.stats().rows, 0);
@@ -316,7 +380,11 @@ mod tests {
     #[test]
     fn size_budget_evicts_oldest_first() {
         let one = batch(0, 100);
-        let config = StoreConfig { max_bytes: one.bytes() * 3, segment_rows: 100, ..Default::default() };
+        let config = StoreConfig {
+            max_bytes: one.bytes() * 3,
+            segment_rows: 100,
+            ..Default::default()
+        };
         let (store, metrics) = store(config);
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         for i in 0..5 {
@@ -325,8 +393,22 @@ mod tests {
         let stats = store.stats();
         assert!(stats.bytes <= one.bytes() * 3, "within budget: {stats:?}");
         assert!(stats.rows >= 200, "the newest spans stay: {stats:?}");
-        assert_eq!(evicted(&metrics, "size") as usize + stats.rows, 500, "every evicted span is counted");
-        let first = store.snapshot()[0].column(1).as_any().downcast_ref::<datafusion::arrow::array::StringArray>().unwrap().value(0).to_owned();
-        assert_ne!(first, const_hex::encode(1u64.to_be_bytes()), "the oldest span went first");
+        assert_eq!(
+            evicted(&metrics, "size") as usize + stats.rows,
+            500,
+            "every evicted span is counted"
+        );
+        let first = store.snapshot()[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .unwrap()
+            .value(0)
+            .to_owned();
+        assert_ne!(
+            first,
+            const_hex::encode(1u64.to_be_bytes()),
+            "the oldest span went first"
+        );
     }
 }
