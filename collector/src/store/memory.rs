@@ -1,8 +1,9 @@
 //! The in-memory span store.
 //!
 //! Appended batches go into an open *segment*; a segment is sealed when it reaches
-//! [`StoreConfig::segment_rows`] spans or [`StoreConfig::segment_age`], and a sealed segment is
-//! compacted into one batch (exact-size buffers, merged dictionaries), which is what keeps memory
+//! [`StoreConfig::segment_rows`] spans or [`StoreConfig::segment_age`], and
+//! [`SpanStore::maintain`] (every second, on a blocking thread) compacts each sealed segment into
+//! one batch (exact-size buffers, merged dictionaries), which is what keeps memory
 //! per span low when clients send many small requests. Retention works on whole segments:
 //! a segment goes when its newest span is older than the retention, and the oldest segments go
 //! first when the store is over its memory budget.
@@ -71,6 +72,7 @@ struct Segment {
     opened: SystemTime,
     newest: SystemTime,
     sealed: bool,
+    compacted: bool,
 }
 
 impl MemoryStore {
@@ -87,7 +89,7 @@ impl MemoryStore {
     pub fn append_at(&self, batch: SpanBatch, now: SystemTime) {
         let rows = batch.rows();
         let bytes = batch.bytes();
-        let to_compact = {
+        {
             let mut inner = self.inner.write();
             let needs_new = inner.segments.back().is_none_or(|s| s.sealed);
             if needs_new {
@@ -101,6 +103,7 @@ impl MemoryStore {
                     opened: now,
                     newest: now,
                     sealed: false,
+                    compacted: false,
                 });
             }
             inner.rows += rows;
@@ -115,13 +118,9 @@ impl MemoryStore {
             open.rows += rows;
             open.bytes += bytes;
             open.newest = open.newest.max(now);
-            let seal = open.rows >= segment_rows;
-            let to_compact = seal.then(|| seal_segment(open));
+            // Sealed here, compacted by `maintain`, off the ingest path.
+            open.sealed |= open.rows >= segment_rows;
             self.evict_over_budget(&mut inner);
-            to_compact
-        };
-        if let Some(job) = to_compact {
-            self.compact(job);
         }
     }
 
@@ -165,6 +164,15 @@ impl MemoryStore {
     /// there. Runs outside the lock: queries and appends go on meanwhile.
     fn compact(&self, job: CompactionJob) {
         if job.batches.len() < 2 {
+            if let Some(segment) = self
+                .inner
+                .write()
+                .segments
+                .iter_mut()
+                .find(|s| s.id == job.id)
+            {
+                segment.compacted = true;
+            }
             return;
         }
         let merged = match concat_batches(&span_schema(), &job.batches) {
@@ -185,6 +193,7 @@ impl MemoryStore {
         let old_bytes = segment.bytes;
         let old_batches = segment.batches.len();
         segment.batches = vec![merged];
+        segment.compacted = true;
         segment.bytes = new_bytes;
         inner.bytes = inner.bytes - old_bytes + new_bytes;
         inner.batches = inner.batches - old_batches + 1;
@@ -197,8 +206,7 @@ struct CompactionJob {
     batches: Vec<RecordBatch>,
 }
 
-fn seal_segment(segment: &mut Segment) -> CompactionJob {
-    segment.sealed = true;
+fn compaction_job(segment: &Segment) -> CompactionJob {
     CompactionJob {
         id: segment.id,
         batches: segment.batches.clone(),
@@ -241,15 +249,19 @@ impl SpanStore for MemoryStore {
                     .inc_by(evicted as u64);
             }
             let segment_age = self.config.segment_age;
+            if let Some(open) = inner.segments.back_mut()
+                && now.duration_since(open.opened).unwrap_or_default() >= segment_age
+            {
+                open.sealed = true;
+            }
             inner
                 .segments
-                .back_mut()
-                .filter(|s| {
-                    !s.sealed && now.duration_since(s.opened).unwrap_or_default() >= segment_age
-                })
-                .map(seal_segment)
+                .iter()
+                .filter(|s| s.sealed && !s.compacted)
+                .map(compaction_job)
+                .collect::<Vec<_>>()
         };
-        if let Some(job) = to_compact {
+        for job in to_compact {
             self.compact(job);
         }
         let stats = self.stats();
@@ -320,6 +332,12 @@ mod tests {
         for i in 0..4 {
             store.append_at(batch(i * 10, 10), t0);
         }
+        assert_eq!(
+            store.stats().batches,
+            4,
+            "appends do not compact: that is upkeep's work"
+        );
+        store.maintain(t0);
         let stats = store.stats();
         assert_eq!(stats.rows, 40);
         assert_eq!(
