@@ -356,7 +356,7 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         requests += 1;
         // The collector runs its upkeep (which compacts sealed segments) every second; at the
         // measured ingest rates that is every few hundred requests. Do it every 128 here.
-        if requests % 128 == 0 {
+        if requests.is_multiple_of(128) {
             store.maintain(SystemTime::now());
         }
     }
