@@ -18,12 +18,7 @@ fn decode_to_arrow(c: &mut Criterion) {
             42,
         );
         let request = workload.request();
-        let count: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let count: usize = wayfinder_collector::decode::span_count(&request);
         let bytes = request.encode_to_vec();
         group.throughput(Throughput::Elements(count as u64));
         group.bench_with_input(BenchmarkId::new("protobuf", spans), &bytes, |b, bytes| {

@@ -110,12 +110,7 @@ async fn load(args: LoadArgs) -> anyhow::Result<()> {
     let mut bodies = Vec::with_capacity(args.distinct_requests);
     for _ in 0..args.distinct_requests.max(1) {
         let request = workload.request();
-        let spans: usize = request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum();
+        let spans: usize = wayfinder_collector::decode::span_count(&request);
         let body = match args.protocol {
             Protocol::Grpc | Protocol::HttpProtobuf => Bytes::from(request.encode_to_vec()),
             Protocol::HttpJson => Bytes::from(serde_json::to_vec(&request)?),

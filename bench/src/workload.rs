@@ -10,7 +10,7 @@
 //! use wayfinder_bench::workload::{Shape, Workload};
 //! let mut workload = Workload::new(Shape::default(), 1);
 //! let request = workload.request();
-//! let spans: usize = request.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+//! let spans: usize = wayfinder_collector::decode::span_count(&request);
 //! assert!(spans >= Shape::default().spans_per_request);
 //! ```
 

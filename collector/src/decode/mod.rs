@@ -9,7 +9,7 @@ pub mod schema;
 
 use datafusion::arrow::record_batch::RecordBatch;
 
-pub use otlp::{DecodedTraces, Rejections, decode_traces};
+pub use otlp::{DecodedTraces, Rejections, decode_traces, span_count};
 
 /// Spans laid out as an Arrow [`RecordBatch`] with the [`schema::span_schema`] schema.
 #[derive(Debug, Clone)]

@@ -137,13 +137,7 @@ impl Rejections {
 /// assert_eq!(decoded.rejections.invalid_trace_id, 1, "an all-zero trace id is rejected");
 /// ```
 pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTraces, ArrowError> {
-    let capacity: usize = request
-        .resource_spans
-        .iter()
-        .flat_map(|r| &r.scope_spans)
-        .map(|s| s.spans.len())
-        .sum();
-    let mut columns = Columns::with_capacity(capacity);
+    let mut columns = Columns::with_capacity(span_count(request));
     let mut rejections = Rejections::default();
     let mut scratch = String::new();
 
@@ -195,6 +189,16 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
         Some(SpanBatch::new(columns.finish()?))
     };
     Ok(DecodedTraces { batch, rejections })
+}
+
+/// How many spans a request holds, valid or not.
+pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }
 
 /// Start and end of a valid span, in signed nanoseconds.
