@@ -409,5 +409,42 @@ async fn bad_grpc_requests() {
         wait_for_rows(&collector, "service_name IN ('zero', 'good')", 2).await,
         2
     );
+
+    // gzip-compressed gRPC messages are accepted.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addrs().otlp_grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut gzipped =
+        tonic::client::Grpc::new(channel).send_compressed(tonic::codec::CompressionEncoding::Gzip);
+    gzipped.ready().await.unwrap();
+    let body = Bytes::from(request("gzip-grpc", vec![span([6; 16], 1)]).encode_to_vec());
+    gzipped
+        .unary(tonic::Request::new(body), path.clone(), RawCodec)
+        .await
+        .expect("a gzip message is accepted");
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'gzip-grpc'", 1).await,
+        1
+    );
+
+    // And gzip-compressed OTLP/HTTP bodies too.
+    let response = http_client()
+        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .header("content-encoding", "gzip")
+        .body(gzip(
+            &request("gzip-http", vec![span([6; 16], 2)]).encode_to_vec(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'gzip-http'", 1).await,
+        1
+    );
     collector.shutdown().await;
 }
