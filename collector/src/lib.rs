@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod query;
 pub mod receivers;
 pub mod store;
+pub mod testing;
 
 mod collector;
 

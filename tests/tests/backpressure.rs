@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
 use prost::Message;
 use tonic_types::StatusExt;
 use wayfinder_collector::metrics::Metrics;
@@ -13,28 +12,13 @@ use wayfinder_collector::pipeline::IngestQueue;
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH, TraceService};
 use wayfinder_collector::receivers::{Ingest, http as otlp_http};
 use wayfinder_collector::store::{MemoryStore, SpanStore};
+use wayfinder_collector::testing::{span, trace_request};
 
 fn body(first: u64) -> Vec<u8> {
     let spans = (first..first + 50)
-        .map(|i| Span {
-            trace_id: [3; 16].to_vec(),
-            span_id: (i + 1).to_be_bytes().to_vec(),
-            name: "op".into(),
-            start_time_unix_nano: 1,
-            end_time_unix_nano: 2,
-            ..Default::default()
-        })
+        .map(|i| span([3; 16], i + 1, "op", 1, 2))
         .collect();
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
-    .encode_to_vec()
+    trace_request(None, spans).encode_to_vec()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

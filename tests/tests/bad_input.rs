@@ -7,47 +7,22 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
+use wayfinder_collector::testing::{self, trace_request};
 use wayfinder_e2e::{count, http_client, loopback_config, sql, start, wait_for_rows};
 
 const SPEC_EXAMPLE: &str = include_str!("../fixtures/otlp-spec-trace.json");
 
 fn request(service: &str, spans: Vec<Span>) -> ExportTraceServiceRequest {
-    ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(service.into())),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    }
+    trace_request(Some(service), spans)
 }
 
 fn span(trace: [u8; 16], id: u64) -> Span {
-    Span {
-        trace_id: trace.to_vec(),
-        span_id: id.to_be_bytes().to_vec(),
-        name: "op".into(),
-        start_time_unix_nano: 1_700_000_000_000_000_000,
-        end_time_unix_nano: 1_700_000_000_001_000_000,
-        ..Default::default()
-    }
+    let start = 1_700_000_000_000_000_000;
+    testing::span(trace, id, "op", start, start + 1_000_000)
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {

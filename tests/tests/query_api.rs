@@ -1,31 +1,24 @@
 //! The query API: read-only SQL with its refusals, the Arrow IPC answer, the traces endpoint,
 //! health and metrics.
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
+use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
 
 async fn send_spans(collector: &wayfinder_collector::RunningCollector, n: u64) {
+    let base = 1_700_000_000_000_000_000;
     let spans = (1..=n)
-        .map(|i| Span {
-            trace_id: [0xab; 16].to_vec(),
-            span_id: i.to_be_bytes().to_vec(),
-            name: format!("op-{}", i % 2),
-            start_time_unix_nano: 1_700_000_000_000_000_000 + i,
-            end_time_unix_nano: 1_700_000_000_000_000_000 + i * 1000,
-            ..Default::default()
+        .map(|i| {
+            span(
+                [0xab; 16],
+                i,
+                &format!("op-{}", i % 2),
+                base + i,
+                base + i * 1000,
+            )
         })
         .collect();
-    let request = ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
-    };
+    let request = trace_request(None, spans);
     let response = http_client()
         .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
         .header("content-type", "application/x-protobuf")

@@ -284,30 +284,16 @@ impl SpanStore for MemoryStore {
 mod tests {
     use super::*;
     use crate::decode::decode_traces;
-    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use crate::testing::{span, trace_request};
 
     fn batch(first_id: u64, spans: u64) -> SpanBatch {
         let spans = (first_id..first_id + spans)
-            .map(|i| Span {
-                trace_id: vec![1; 16],
-                span_id: (i + 1).to_be_bytes().to_vec(),
-                start_time_unix_nano: 1,
-                end_time_unix_nano: 2,
-                name: format!("op{}", i % 3),
-                ..Default::default()
-            })
+            .map(|i| span([1; 16], i + 1, &format!("op{}", i % 3), 1, 2))
             .collect();
-        let request = ExportTraceServiceRequest {
-            resource_spans: vec![ResourceSpans {
-                scope_spans: vec![ScopeSpans {
-                    spans,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
-        decode_traces(&request).unwrap().batch.unwrap()
+        decode_traces(&trace_request(None, spans))
+            .unwrap()
+            .batch
+            .unwrap()
     }
 
     fn store(config: StoreConfig) -> (MemoryStore, Arc<Metrics>) {
