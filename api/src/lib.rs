@@ -16,6 +16,7 @@
 //! ```
 
 pub mod error;
+pub mod health;
 pub mod sql;
 
 pub use error::ErrorBody;

@@ -49,6 +49,14 @@ pub struct Config {
     pub query_memory_bytes: usize,
     /// Most rows one SQL answer may carry.
     pub query_max_rows: usize,
+    /// Whether the service graph is built from the spans (on unless `--no-topology`).
+    pub topology: bool,
+    /// How long half of an edge waits for its other half.
+    pub edge_wait: Duration,
+    /// How many halves of edges may wait at once; when full, the oldest expire first.
+    pub edge_max_pending: usize,
+    /// How long an instance may stay `critical` (or silent) before the registry removes it.
+    pub deregister_after: Duration,
 }
 
 impl Default for Config {
@@ -65,6 +73,10 @@ impl Default for Config {
             query_timeout: Duration::from_secs(30),
             query_memory_bytes: 512 * MIB,
             query_max_rows: 100_000,
+            topology: true,
+            edge_wait: Duration::from_secs(10),
+            edge_max_pending: 100_000,
+            deregister_after: Duration::from_secs(60),
         }
     }
 }
@@ -111,6 +123,18 @@ pub struct ServeArgs {
     /// Most rows in one SQL answer [default: 100000].
     #[arg(long, env = "WAYFINDER_QUERY_MAX_ROWS")]
     pub query_max_rows: Option<usize>,
+    /// Do not build the service graph (spans are still stored and queryable).
+    #[arg(long, env = "WAYFINDER_NO_TOPOLOGY")]
+    pub no_topology: bool,
+    /// How long half of an edge waits for its other half [default: 10s].
+    #[arg(long, env = "WAYFINDER_EDGE_WAIT", value_parser = parse_duration)]
+    pub edge_wait: Option<Duration>,
+    /// How many halves of edges may wait at once [default: 100000].
+    #[arg(long, env = "WAYFINDER_EDGE_MAX_PENDING")]
+    pub edge_max_pending: Option<usize>,
+    /// How long an instance stays critical (or silent) before it is removed [default: 60s].
+    #[arg(long, env = "WAYFINDER_DEREGISTER_AFTER", value_parser = parse_duration)]
+    pub deregister_after: Option<Duration>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,
@@ -131,6 +155,10 @@ struct FileConfig {
     query_timeout: Option<String>,
     query_memory_bytes: Option<Size>,
     query_max_rows: Option<usize>,
+    topology: Option<bool>,
+    edge_wait: Option<String>,
+    edge_max_pending: Option<usize>,
+    deregister_after: Option<String>,
     log_level: Option<String>,
 }
 
@@ -257,6 +285,19 @@ impl Config {
                 .query_max_rows
                 .or(file.query_max_rows)
                 .unwrap_or(defaults.query_max_rows),
+            topology: !args.no_topology && file.topology.unwrap_or(defaults.topology),
+            edge_wait: args
+                .edge_wait
+                .or(duration("edge_wait", &file.edge_wait)?)
+                .unwrap_or(defaults.edge_wait),
+            edge_max_pending: args
+                .edge_max_pending
+                .or(file.edge_max_pending)
+                .unwrap_or(defaults.edge_max_pending),
+            deregister_after: args
+                .deregister_after
+                .or(duration("deregister_after", &file.deregister_after)?)
+                .unwrap_or(defaults.deregister_after),
         })
     }
 

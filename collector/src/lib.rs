@@ -21,14 +21,17 @@
 //! # }
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod decode;
 pub mod metrics;
 pub mod pipeline;
 pub mod query;
 pub mod receivers;
+pub mod registry;
 pub mod store;
 pub mod testing;
+pub mod topology;
 
 mod collector;
 

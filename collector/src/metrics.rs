@@ -41,6 +41,8 @@ pub struct OutcomeLabels {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// Collectors of other stages (topology, registry), encoded at each scrape.
+    collectors: parking_lot::Mutex<Registry>,
     /// Spans accepted, per protocol.
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
@@ -91,6 +93,7 @@ impl Metrics {
             sql_queries: Family::default(),
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             registry: Registry::default(),
+            collectors: parking_lot::Mutex::new(Registry::default()),
         };
         registry.register(
             "wayfinder_receiver_accepted_spans",
@@ -155,11 +158,19 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Adds a collector whose series are encoded at each scrape, after the collector's own.
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        self.collectors.lock().register_collector(collector);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.registry);
+        let _ = text::encode_registry(&mut out, &self.collectors.lock());
+        let _ = text::encode_eof(&mut out);
         out
     }
 }

@@ -4,12 +4,15 @@
 //! query layer only ever see Arrow.
 
 mod builders;
+pub mod facts;
+pub mod health;
 pub mod otlp;
 pub mod schema;
 
 use datafusion::arrow::record_batch::RecordBatch;
 
-pub use otlp::{DecodedTraces, Rejections, decode_traces, span_count};
+pub use facts::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
+pub use otlp::{DecodedTraces, Rejections, decode_spans_only, decode_traces, span_count};
 
 /// Spans laid out as an Arrow [`RecordBatch`] with the [`schema::span_schema`] schema.
 #[derive(Debug, Clone)]

@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 
 use super::SpanBatch;
 use super::builders::{DictBuilder, ListOffsets, MapBuilder};
+use super::facts::SpanFacts;
 use super::schema;
 
 /// What came out of one trace request.
@@ -24,6 +25,8 @@ use super::schema;
 pub struct DecodedTraces {
     /// The accepted spans; `None` when the request held none.
     pub batch: Option<SpanBatch>,
+    /// The topology facts of the accepted spans, in the same order (empty when not asked for).
+    pub facts: Vec<SpanFacts>,
     /// Why spans were rejected, per reason.
     pub rejections: Rejections,
 }
@@ -137,7 +140,21 @@ impl Rejections {
 /// assert_eq!(decoded.rejections.invalid_trace_id, 1, "an all-zero trace id is rejected");
 /// ```
 pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTraces, ArrowError> {
-    let mut columns = Columns::with_capacity(span_count(request));
+    decode(request, true)
+}
+
+/// Like [`decode_traces`] without the topology facts, for a collector whose topology is off.
+pub fn decode_spans_only(request: &ExportTraceServiceRequest) -> Result<DecodedTraces, ArrowError> {
+    decode(request, false)
+}
+
+fn decode(
+    request: &ExportTraceServiceRequest,
+    with_facts: bool,
+) -> Result<DecodedTraces, ArrowError> {
+    let count = span_count(request);
+    let mut columns = Columns::with_capacity(count);
+    let mut facts = Vec::with_capacity(if with_facts { count } else { 0 });
     let mut rejections = Rejections::default();
     let mut scratch = String::new();
 
@@ -146,11 +163,16 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
             .resource
             .as_ref()
             .map_or(&[], |r| &r.attributes);
-        let service_name = string_attr(resource_attrs, "service.name").unwrap_or("unknown_service");
-        let service_name = columns.service_name.intern(service_name);
+        let service = string_attr(resource_attrs, "service.name").unwrap_or("unknown_service");
+        let service_name = columns.service_name.intern(service);
         let namespace = string_attr(resource_attrs, "service.namespace").filter(|s| !s.is_empty());
         let namespace = namespace.map(|n| columns.service_namespace.intern(n));
         let instance = string_attr(resource_attrs, "service.instance.id").filter(|s| !s.is_empty());
+        let (fact_service, fact_instance): (Arc<str>, Option<Arc<str>>) = if with_facts {
+            (Arc::from(service), instance.map(Arc::from))
+        } else {
+            (Arc::from(""), None)
+        };
         let instance = instance.map(|i| columns.instance_id.intern(i));
         let resource_entries: Vec<(i32, Option<i32>)> = resource_attrs
             .iter()
@@ -172,6 +194,15 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
                     continue;
                 };
                 columns.push_span(span, times, &mut scratch);
+                if with_facts {
+                    let duration = u64::try_from(times.end - times.start).unwrap_or(0);
+                    facts.push(SpanFacts::of(
+                        span,
+                        duration,
+                        &fact_service,
+                        fact_instance.as_ref(),
+                    ));
+                }
                 columns.service_name.push_key(service_name);
                 push_key_or_null(&mut columns.service_namespace, namespace);
                 push_key_or_null(&mut columns.instance_id, instance);
@@ -188,7 +219,11 @@ pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTrace
     } else {
         Some(SpanBatch::new(columns.finish()?))
     };
-    Ok(DecodedTraces { batch, rejections })
+    Ok(DecodedTraces {
+        batch,
+        facts,
+        rejections,
+    })
 }
 
 /// How many spans a request holds, valid or not.

@@ -27,8 +27,15 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use crate::decode::SpanBatch;
+use crate::decode::{SpanBatch, SpanFacts};
 use crate::store::SpanStore;
+
+/// A stage fed with the topology facts of every accepted span (the topology builder, the instance
+/// registry), after the store has the batch.
+pub trait FactsConsumer: Send + Sync + std::fmt::Debug {
+    /// Takes in the facts of one batch; must not block for long (it runs on the dispatcher).
+    fn consume(&self, facts: &[SpanFacts]);
+}
 
 /// Budget is counted in KiB so that a semaphore's `u32` permits cover budgets up to 4 TiB.
 const UNIT: usize = 1024;
@@ -45,6 +52,7 @@ pub struct IngestQueue {
 #[derive(Debug)]
 struct Queued {
     batch: SpanBatch,
+    facts: Vec<SpanFacts>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -74,7 +82,10 @@ impl IngestQueue {
                 budget: budget.clone(),
                 capacity_units,
             },
-            Dispatcher { rx },
+            Dispatcher {
+                rx,
+                consumers: Vec::new(),
+            },
         )
     }
 
@@ -84,9 +95,11 @@ impl IngestQueue {
         self.budget.available_permits() >= self.units(bytes)
     }
 
-    /// Queues a batch, or refuses it at once when the budget is spent.
-    pub fn try_push(&self, batch: SpanBatch) -> Result<(), Refusal> {
-        let units = u32::try_from(self.units(batch.bytes())).unwrap_or(u32::MAX);
+    /// Queues a batch with the facts of its spans, or refuses it at once when the budget is
+    /// spent.
+    pub fn try_push(&self, batch: SpanBatch, facts: Vec<SpanFacts>) -> Result<(), Refusal> {
+        let bytes = batch.bytes() + facts_bytes(&facts);
+        let units = u32::try_from(self.units(bytes)).unwrap_or(u32::MAX);
         let permit = self
             .budget
             .clone()
@@ -98,6 +111,7 @@ impl IngestQueue {
         self.tx
             .send(Queued {
                 batch,
+                facts,
                 _permit: permit,
             })
             .map_err(|_| Refusal::Closed)
@@ -116,6 +130,19 @@ impl IngestQueue {
     fn units(&self, bytes: usize) -> usize {
         bytes.div_ceil(UNIT).clamp(1, self.capacity_units)
     }
+}
+
+/// About how much memory a batch's facts hold (the struct, plus the peer attributes and links
+/// some spans have).
+fn facts_bytes(facts: &[SpanFacts]) -> usize {
+    let heap: usize = facts
+        .iter()
+        .map(|f| {
+            f.links.len() * std::mem::size_of::<crate::decode::SpanRef>()
+                + f.peer.as_ref().map_or(0, |_| 256)
+        })
+        .sum();
+    facts.len() * std::mem::size_of::<SpanFacts>() + heap
 }
 
 /// How full the ingest queue is.
@@ -143,14 +170,24 @@ impl QueueGauge {
 #[derive(Debug)]
 pub struct Dispatcher {
     rx: mpsc::UnboundedReceiver<Queued>,
+    consumers: Vec<Arc<dyn FactsConsumer>>,
 }
 
 impl Dispatcher {
+    /// Also feeds the facts of every batch to `consumer`.
+    pub fn with_consumer(mut self, consumer: Arc<dyn FactsConsumer>) -> Self {
+        self.consumers.push(consumer);
+        self
+    }
+
     /// Runs until every [`IngestQueue`] clone is dropped and the queue is drained.
     pub async fn run(mut self, store: Arc<dyn SpanStore>) {
         while let Some(queued) = self.rx.recv().await {
             store.append(queued.batch);
-            // The permit is released here, after the store holds the batch.
+            for consumer in &self.consumers {
+                consumer.consume(&queued.facts);
+            }
+            // The permit is released here, after every stage has the batch.
         }
     }
 }
@@ -175,10 +212,12 @@ mod tests {
     fn refuses_when_full_and_frees_after_dispatch() {
         let one = batch(100);
         let (queue, mut dispatcher) = IngestQueue::new(one.bytes() * 2 + UNIT);
-        queue.try_push(one.clone()).expect("first fits");
-        queue.try_push(one.clone()).expect("second fits");
+        queue.try_push(one.clone(), Vec::new()).expect("first fits");
+        queue
+            .try_push(one.clone(), Vec::new())
+            .expect("second fits");
         assert_eq!(
-            queue.try_push(one.clone()),
+            queue.try_push(one.clone(), Vec::new()),
             Err(Refusal::Full),
             "third is over the budget"
         );
@@ -186,7 +225,7 @@ mod tests {
         let taken = dispatcher.rx.try_recv().expect("queued");
         drop(taken);
         queue
-            .try_push(one)
+            .try_push(one, Vec::new())
             .expect("room again once the consumer took a batch");
     }
 
@@ -194,6 +233,6 @@ mod tests {
     fn closed_queue_refuses() {
         let (queue, dispatcher) = IngestQueue::new(1 << 20);
         drop(dispatcher);
-        assert_eq!(queue.try_push(batch(1)), Err(Refusal::Closed));
+        assert_eq!(queue.try_push(batch(1), Vec::new()), Err(Refusal::Closed));
     }
 }

@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 
-use crate::decode::decode_traces;
+use crate::decode::{decode_spans_only, decode_traces};
 use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
 use crate::pipeline::{IngestQueue, Refusal};
 
@@ -59,12 +59,24 @@ pub enum IngestError {
 pub struct Ingest {
     queue: IngestQueue,
     metrics: Arc<Metrics>,
+    /// Whether the topology facts are taken from each span (off when the topology is off).
+    with_facts: bool,
 }
 
 impl Ingest {
     /// Receivers that push into `queue` and count into `metrics`.
     pub fn new(queue: IngestQueue, metrics: Arc<Metrics>) -> Self {
-        Self { queue, metrics }
+        Self {
+            queue,
+            metrics,
+            with_facts: true,
+        }
+    }
+
+    /// Whether to take the topology facts of each span (default on).
+    pub fn with_facts(mut self, on: bool) -> Self {
+        self.with_facts = on;
+        self
     }
 
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
@@ -99,13 +111,18 @@ impl Ingest {
             protocol: protocol.label(),
             reason,
         };
-        let decoded = decode_traces(request).map_err(|e| {
+        let decoded = if self.with_facts {
+            decode_traces(request)
+        } else {
+            decode_spans_only(request)
+        };
+        let decoded = decoded.map_err(|e| {
             self.refuse_request(protocol, "internal");
             IngestError::Internal(e.to_string())
         })?;
         let accepted = decoded.accepted();
         if let Some(batch) = decoded.batch
-            && let Err(refusal) = self.queue.try_push(batch)
+            && let Err(refusal) = self.queue.try_push(batch, decoded.facts)
         {
             let reason = match refusal {
                 Refusal::Full => "queue_full",

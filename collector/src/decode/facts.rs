@@ -1,0 +1,258 @@
+//! The few facts per span that the topology builder and the instance registry need, taken in the
+//! same pass that builds the Arrow batch, so that no consumer reads the batch back or re-parses
+//! protobuf.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+/// A trace id and a span id: what a span is known by, and what its children and links point at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SpanRef {
+    /// The trace.
+    pub trace_id: [u8; 16],
+    /// The span.
+    pub span_id: [u8; 8],
+}
+
+/// OpenTelemetry's span kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpanKind {
+    /// Not given.
+    Unspecified,
+    /// In-process work.
+    Internal,
+    /// Serves a remote call.
+    Server,
+    /// Makes a remote call.
+    Client,
+    /// Sends a message.
+    Producer,
+    /// Handles a message.
+    Consumer,
+}
+
+impl SpanKind {
+    /// From the OTLP enum value (unknown values are [`SpanKind::Unspecified`]).
+    pub fn from_otlp(kind: i32) -> Self {
+        match kind {
+            1 => Self::Internal,
+            2 => Self::Server,
+            3 => Self::Client,
+            4 => Self::Producer,
+            5 => Self::Consumer,
+            _ => Self::Unspecified,
+        }
+    }
+}
+
+/// The attributes that name what a span talks to, when it has any of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAttributes {
+    /// `db.system.name` (current) or `db.system` (older conventions).
+    pub db_system: Option<String>,
+    /// `db.namespace` (current) or `db.name` (older conventions).
+    pub db_namespace: Option<String>,
+    /// `server.address` (or the older `net.peer.name`).
+    pub server_address: Option<String>,
+    /// `server.port` (or the older `net.peer.port`).
+    pub server_port: Option<u16>,
+    /// `peer.service`.
+    pub peer_service: Option<String>,
+    /// `messaging.system`.
+    pub messaging_system: Option<String>,
+    /// `messaging.destination.name`.
+    pub messaging_destination: Option<String>,
+    /// `url.full` (or the older `http.url`).
+    pub url_full: Option<String>,
+    /// `rpc.system`.
+    pub rpc_system: Option<String>,
+    /// Whether it has `http.request.method` (or the older `http.method`).
+    pub http: bool,
+}
+
+impl PeerAttributes {
+    /// `host[:port]` of the peer from `server.address`/`server.port`, else from `url.full`.
+    pub fn peer_address(&self) -> Option<String> {
+        if let Some(host) = &self.server_address {
+            return Some(match self.server_port {
+                Some(port) => format!("{host}:{port}"),
+                None => host.clone(),
+            });
+        }
+        self.url_full.as_deref().and_then(authority_of)
+    }
+}
+
+/// The `host[:port]` of a URL such as `http://10.0.0.7:8080/orders?id=1` (without user info).
+pub fn authority_of(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    (!authority.is_empty()).then(|| authority.to_owned())
+}
+
+/// What the topology builder and the registry know of one accepted span.
+#[derive(Debug, Clone)]
+pub struct SpanFacts {
+    /// Its trace and span id.
+    pub id: SpanRef,
+    /// Its parent's span id, in the same trace; `None` for a root span.
+    pub parent_span_id: Option<[u8; 8]>,
+    /// Whether the parent is in another process, when the SDK says (OTLP span flags bits 8–9).
+    pub parent_is_remote: Option<bool>,
+    /// Its kind.
+    pub kind: SpanKind,
+    /// Whether its status is Error.
+    pub error: bool,
+    /// How long it took, in nanoseconds.
+    pub duration_ns: u64,
+    /// `service.name` of its resource.
+    pub service: Arc<str>,
+    /// `service.instance.id` of its resource.
+    pub instance: Option<Arc<str>>,
+    /// The spans it links to.
+    pub links: Vec<SpanRef>,
+    /// What it talks to, when it says.
+    pub peer: Option<Box<PeerAttributes>>,
+}
+
+/// `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK` and `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` of OTLP.
+const HAS_IS_REMOTE: u32 = 0x100;
+const IS_REMOTE: u32 = 0x200;
+
+impl SpanFacts {
+    /// The facts of a span that passed validation (ids of the right length).
+    pub(crate) fn of(
+        span: &Span,
+        duration_ns: u64,
+        service: &Arc<str>,
+        instance: Option<&Arc<str>>,
+    ) -> Self {
+        let parent_span_id = <[u8; 8]>::try_from(span.parent_span_id.as_slice())
+            .ok()
+            .filter(|p| p.iter().any(|&b| b != 0));
+        let links = span
+            .links
+            .iter()
+            .filter_map(|link| {
+                Some(SpanRef {
+                    trace_id: link.trace_id.as_slice().try_into().ok()?,
+                    span_id: link.span_id.as_slice().try_into().ok()?,
+                })
+            })
+            .collect();
+        Self {
+            id: SpanRef {
+                trace_id: span.trace_id.as_slice().try_into().unwrap_or_default(),
+                span_id: span.span_id.as_slice().try_into().unwrap_or_default(),
+            },
+            parent_span_id,
+            parent_is_remote: (span.flags & HAS_IS_REMOTE != 0)
+                .then_some(span.flags & IS_REMOTE != 0),
+            kind: SpanKind::from_otlp(span.kind),
+            error: span.status.as_ref().is_some_and(|s| s.code == 2),
+            duration_ns,
+            service: service.clone(),
+            instance: instance.cloned(),
+            links,
+            peer: peer_attributes(&span.attributes),
+        }
+    }
+}
+
+fn slot(peer: &mut Option<Box<PeerAttributes>>) -> &mut PeerAttributes {
+    peer.get_or_insert_with(Box::default)
+}
+
+/// The peer attributes of a span; `None` when it has none of them (most in-process spans).
+fn peer_attributes(attrs: &[KeyValue]) -> Option<Box<PeerAttributes>> {
+    let mut peer: Option<Box<PeerAttributes>> = None;
+    for kv in attrs {
+        let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+            continue;
+        };
+        let text = || match value {
+            Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        };
+        match kv.key.as_str() {
+            "db.system.name" => slot(&mut peer).db_system = text(),
+            "db.system" => {
+                let p = slot(&mut peer);
+                if p.db_system.is_none() {
+                    p.db_system = text();
+                }
+            }
+            "db.namespace" => slot(&mut peer).db_namespace = text(),
+            "db.name" => {
+                let p = slot(&mut peer);
+                if p.db_namespace.is_none() {
+                    p.db_namespace = text();
+                }
+            }
+            "server.address" => slot(&mut peer).server_address = text(),
+            "net.peer.name" => {
+                let p = slot(&mut peer);
+                if p.server_address.is_none() {
+                    p.server_address = text();
+                }
+            }
+            "server.port" | "net.peer.port" => {
+                let port = match value {
+                    Value::IntValue(i) => u16::try_from(*i).ok(),
+                    Value::StringValue(s) => s.parse().ok(),
+                    _ => None,
+                };
+                let p = slot(&mut peer);
+                if kv.key == "server.port" || p.server_port.is_none() {
+                    p.server_port = port;
+                }
+            }
+            "peer.service" => slot(&mut peer).peer_service = text(),
+            "messaging.system" => slot(&mut peer).messaging_system = text(),
+            "messaging.destination.name" => slot(&mut peer).messaging_destination = text(),
+            "url.full" => slot(&mut peer).url_full = text(),
+            "http.url" => {
+                let p = slot(&mut peer);
+                if p.url_full.is_none() {
+                    p.url_full = text();
+                }
+            }
+            "rpc.system" => slot(&mut peer).rpc_system = text(),
+            "http.request.method" | "http.method" => slot(&mut peer).http = true,
+            _ => {}
+        }
+    }
+    peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_of_urls() {
+        let cases = [
+            (
+                "http://10.0.0.7:8080/orders?id=1",
+                Some("10.0.0.7:8080"),
+                "host and port, path dropped",
+            ),
+            (
+                "https://user:pw@api.example/x",
+                Some("api.example"),
+                "user info dropped",
+            ),
+            ("grpc://svc:50051", Some("svc:50051"), "no path"),
+            ("http:///nothing", None, "empty authority"),
+            ("svc:80/x", Some("svc:80"), "no scheme"),
+        ];
+        for (url, want, why) in cases {
+            assert_eq!(authority_of(url).as_deref(), want, "{why}");
+        }
+    }
+}

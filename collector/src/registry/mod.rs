@@ -1,0 +1,508 @@
+//! The instance registry: which instances of which service are alive, from their heartbeats
+//! (health events) and from the spans they send.
+//!
+//! The state machine ([`InstanceRegistry`]) takes explicit times; [`Registry`] is the shared
+//! handle with the collector's [`Clock`], fed by the receivers (health events) and the ingest
+//! pipeline (spans), ticked every second, and read by the query API.
+//!
+//! | from | event | to |
+//! |---|---|---|
+//! | — / any | beat `passing`/`warning`/`critical` | as reported |
+//! | any | beat `down` | removed at once |
+//! | `passing`/`warning` | no beat within `ttl_ms` | `critical` |
+//! | `critical` | `--deregister-after` without a good beat | removed |
+//! | — | a span from an instance never heard from | `unknown` |
+//! | `unknown` | no span for `--deregister-after` | removed |
+//!
+//! A beat whose `seq` is not newer than the last one seen from that instance is ignored.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use wayfinder_api::health::HealthReport;
+//! use wayfinder_collector::decode::health::validate;
+//! use wayfinder_collector::registry::{InstanceRegistry, InstanceStatus, RegistryConfig};
+//!
+//! let mut registry = InstanceRegistry::new(RegistryConfig::default());
+//! let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+//! let beat = validate(HealthReport {
+//!     service: "cart".into(), instance_id: "cart-1".into(), address: Some("10.0.0.7:8080".into()),
+//!     status: "passing".into(), ttl_ms: Some(5_000), seq: Some(1), output: None,
+//! }).unwrap();
+//! registry.beat(beat, t0);
+//! assert_eq!(registry.instances(None)[0].status, InstanceStatus::Passing);
+//! registry.tick(t0 + Duration::from_secs(6)); // the beat's TTL ran out
+//! assert_eq!(registry.instances(None)[0].status, InstanceStatus::Critical);
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hashbrown::HashMap;
+use parking_lot::Mutex;
+
+use crate::clock::Clock;
+use crate::decode::health::{HealthEvent, HealthStatus};
+use crate::decode::{SpanFacts, SpanKind};
+
+mod metrics;
+mod table;
+
+pub use metrics::RegistryMetrics;
+pub use table::health_events_schema;
+
+/// How the registry is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegistryConfig {
+    /// How long an instance stays `critical` (or, when only known from spans, silent) before it
+    /// is removed (`--deregister-after`).
+    pub deregister_after: Duration,
+    /// Most instances tracked; past it, new ones are counted and not tracked.
+    pub max_instances: usize,
+    /// Most transitions kept for the `health_events` table; the oldest go first.
+    pub max_events: usize,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            deregister_after: Duration::from_secs(60),
+            max_instances: 100_000,
+            max_events: 100_000,
+        }
+    }
+}
+
+/// The state of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InstanceStatus {
+    /// Healthy, by its own word.
+    Passing,
+    /// Serving, with a warning.
+    Warning,
+    /// Not fit to serve: reported, or its beats stopped.
+    Critical,
+    /// Seen only in spans: alive while it keeps sending them.
+    Unknown,
+}
+
+impl InstanceStatus {
+    /// The name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passing => "passing",
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// Every status, for metrics.
+    pub const ALL: [InstanceStatus; 4] =
+        [Self::Passing, Self::Warning, Self::Critical, Self::Unknown];
+}
+
+/// Where the registry learned of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Its health events.
+    Health,
+    /// Only its spans.
+    Traces,
+}
+
+impl Source {
+    /// The name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            Self::Traces => "traces",
+        }
+    }
+}
+
+/// One instance in the registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// `service.name`.
+    pub service: Arc<str>,
+    /// `service.instance.id`.
+    pub instance_id: Arc<str>,
+    /// Its state.
+    pub status: InstanceStatus,
+    /// Where the registry learned of it.
+    pub source: Source,
+    /// Where it serves, when known.
+    pub address: Option<String>,
+    /// When its last accepted beat came.
+    pub last_beat: Option<SystemTime>,
+    /// When its last span came.
+    pub last_seen: Option<SystemTime>,
+    /// Since when it has had its current status.
+    pub since: SystemTime,
+    /// The TTL of its last beat.
+    pub ttl: Option<Duration>,
+    /// The `seq` of its last beat.
+    pub seq: Option<u64>,
+    /// The output of its last beat.
+    pub output: Option<String>,
+}
+
+/// A change of an instance's state: a row of the `health_events` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// When.
+    pub time: SystemTime,
+    /// `service.name`.
+    pub service: Arc<str>,
+    /// `service.instance.id`.
+    pub instance_id: Arc<str>,
+    /// The status before; `None` for a new instance.
+    pub previous: Option<&'static str>,
+    /// The status after: a status, or `removed`.
+    pub status: &'static str,
+    /// Why: `reported`, `ttl_expired`, `deregistered`, `down`, `traffic`, `no_traffic`.
+    pub reason: &'static str,
+    /// Its address then.
+    pub address: Option<String>,
+    /// The output of the beat, when a beat caused it.
+    pub output: Option<String>,
+}
+
+/// What became of a beat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatOutcome {
+    /// It updated the registry.
+    Accepted,
+    /// Its `seq` was not newer than `last`: ignored.
+    Stale {
+        /// The newest `seq` seen from the instance.
+        last: u64,
+    },
+    /// The registry is full and this instance is new: not tracked.
+    Full,
+}
+
+type Key = (Arc<str>, Arc<str>);
+
+/// The registry's state machine.
+#[derive(Debug)]
+pub struct InstanceRegistry {
+    config: RegistryConfig,
+    instances: HashMap<Key, Instance>,
+    events: VecDeque<Transition>,
+    /// Transitions so far, per status reached.
+    transitions: HashMap<&'static str, u64>,
+    stale_beats: u64,
+    dropped: u64,
+}
+
+impl InstanceRegistry {
+    /// An empty registry.
+    pub fn new(config: RegistryConfig) -> Self {
+        Self {
+            config,
+            instances: HashMap::new(),
+            events: VecDeque::new(),
+            transitions: HashMap::new(),
+            stale_beats: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Applies a heartbeat that arrived at `now`.
+    pub fn beat(&mut self, event: HealthEvent, now: SystemTime) -> BeatOutcome {
+        let key: Key = (
+            Arc::from(event.service.as_str()),
+            Arc::from(event.instance_id.as_str()),
+        );
+        if let Some(existing) = self.instances.get(&key)
+            && let (Some(last), Some(seq)) = (existing.seq, event.seq)
+            && seq <= last
+        {
+            self.stale_beats += 1;
+            return BeatOutcome::Stale { last };
+        }
+        let status = match event.status {
+            HealthStatus::Passing => InstanceStatus::Passing,
+            HealthStatus::Warning => InstanceStatus::Warning,
+            HealthStatus::Critical => InstanceStatus::Critical,
+            HealthStatus::Down => {
+                if let Some(gone) = self.instances.remove(&key) {
+                    self.record(
+                        now,
+                        &gone,
+                        Some(gone.status.as_str()),
+                        "down",
+                        "down",
+                        event.output,
+                    );
+                }
+                return BeatOutcome::Accepted;
+            }
+        };
+        if !self.instances.contains_key(&key) && self.instances.len() >= self.config.max_instances {
+            self.dropped += 1;
+            return BeatOutcome::Full;
+        }
+        let previous = self.instances.get(&key).map(|i| i.status);
+        let instance = self
+            .instances
+            .entry(key.clone())
+            .or_insert_with(|| Instance {
+                service: key.0.clone(),
+                instance_id: key.1.clone(),
+                status,
+                source: Source::Health,
+                address: None,
+                last_beat: None,
+                last_seen: None,
+                since: now,
+                ttl: None,
+                seq: None,
+                output: None,
+            });
+        instance.source = Source::Health;
+        instance.last_beat = Some(now);
+        instance.ttl = Some(event.ttl);
+        instance.seq = event.seq.or(instance.seq);
+        instance.output = event.output.clone();
+        if event.address.is_some() {
+            instance.address = event.address;
+        }
+        if previous != Some(status) {
+            instance.status = status;
+            instance.since = now;
+            let snapshot = instance.clone();
+            self.record(
+                now,
+                &snapshot,
+                previous.map(InstanceStatus::as_str),
+                status.as_str(),
+                "reported",
+                event.output,
+            );
+        }
+        BeatOutcome::Accepted
+    }
+
+    /// Notes that an instance sent a span at `now` (an instance never heard from becomes
+    /// `unknown`).
+    pub fn observe(
+        &mut self,
+        service: &Arc<str>,
+        instance_id: &Arc<str>,
+        address: Option<String>,
+        now: SystemTime,
+    ) {
+        let key: Key = (service.clone(), instance_id.clone());
+        if let Some(instance) = self.instances.get_mut(&key) {
+            instance.last_seen = Some(now);
+            if instance.address.is_none() {
+                instance.address = address;
+            }
+            return;
+        }
+        if self.instances.len() >= self.config.max_instances {
+            self.dropped += 1;
+            return;
+        }
+        let instance = Instance {
+            service: key.0.clone(),
+            instance_id: key.1.clone(),
+            status: InstanceStatus::Unknown,
+            source: Source::Traces,
+            address,
+            last_beat: None,
+            last_seen: Some(now),
+            since: now,
+            ttl: None,
+            seq: None,
+            output: None,
+        };
+        self.record(now, &instance, None, "unknown", "traffic", None);
+        self.instances.insert(key, instance);
+    }
+
+    /// Applies the passing of time: TTLs run out, critical and silent instances are removed.
+    pub fn tick(&mut self, now: SystemTime) {
+        let deregister_after = self.config.deregister_after;
+        let mut changes: Vec<(Key, Option<InstanceStatus>, &'static str)> = Vec::new();
+        for (key, instance) in &self.instances {
+            let elapsed = |since: SystemTime| now.duration_since(since).unwrap_or(Duration::ZERO);
+            match (instance.source, instance.status) {
+                (Source::Health, InstanceStatus::Passing | InstanceStatus::Warning) => {
+                    let deadline = instance.last_beat.zip(instance.ttl).map(|(b, t)| b + t);
+                    if deadline.is_some_and(|d| now >= d) {
+                        changes.push((key.clone(), Some(InstanceStatus::Critical), "ttl_expired"));
+                    }
+                }
+                (Source::Health, InstanceStatus::Critical) => {
+                    if elapsed(instance.since) >= deregister_after {
+                        changes.push((key.clone(), None, "deregistered"));
+                    }
+                }
+                (Source::Traces, _) | (_, InstanceStatus::Unknown) => {
+                    let last = instance.last_seen.unwrap_or(instance.since);
+                    if elapsed(last) >= deregister_after {
+                        changes.push((key.clone(), None, "no_traffic"));
+                    }
+                }
+            }
+        }
+        for (key, to, reason) in changes {
+            match to {
+                Some(status) => {
+                    if let Some(instance) = self.instances.get_mut(&key) {
+                        let previous = instance.status;
+                        instance.status = status;
+                        instance.since = now;
+                        let snapshot = instance.clone();
+                        self.record(
+                            now,
+                            &snapshot,
+                            Some(previous.as_str()),
+                            status.as_str(),
+                            reason,
+                            None,
+                        );
+                    }
+                }
+                None => {
+                    if let Some(gone) = self.instances.remove(&key) {
+                        self.record(
+                            now,
+                            &gone,
+                            Some(gone.status.as_str()),
+                            "removed",
+                            reason,
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(
+        &mut self,
+        time: SystemTime,
+        instance: &Instance,
+        previous: Option<&'static str>,
+        status: &'static str,
+        reason: &'static str,
+        output: Option<String>,
+    ) {
+        *self.transitions.entry(status).or_default() += 1;
+        if self.events.len() >= self.config.max_events {
+            self.events.pop_front();
+        }
+        self.events.push_back(Transition {
+            time,
+            service: instance.service.clone(),
+            instance_id: instance.instance_id.clone(),
+            previous,
+            status,
+            reason,
+            address: instance.address.clone(),
+            output,
+        });
+    }
+
+    /// The instances, of one service or all, by service then id.
+    pub fn instances(&self, service: Option<&str>) -> Vec<Instance> {
+        let mut list: Vec<Instance> = self
+            .instances
+            .values()
+            .filter(|i| service.is_none_or(|s| &*i.service == s))
+            .cloned()
+            .collect();
+        list.sort_by(|a, b| (&a.service, &a.instance_id).cmp(&(&b.service, &b.instance_id)));
+        list
+    }
+
+    /// The transitions kept, oldest first.
+    pub fn transitions(&self) -> impl Iterator<Item = &Transition> {
+        self.events.iter()
+    }
+
+    /// Transitions so far per status reached, beats ignored as stale, instances not tracked.
+    pub fn counts(&self) -> (Vec<(&'static str, u64)>, u64, u64) {
+        let mut transitions: Vec<_> = self.transitions.iter().map(|(k, v)| (*k, *v)).collect();
+        transitions.sort();
+        (transitions, self.stale_beats, self.dropped)
+    }
+}
+
+/// The shared registry: the state machine behind a lock, with the clock.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<InstanceRegistry>,
+    clock: Clock,
+}
+
+impl Registry {
+    /// An empty registry reading time from `clock`.
+    pub fn new(config: RegistryConfig, clock: Clock) -> Self {
+        Self {
+            inner: Mutex::new(InstanceRegistry::new(config)),
+            clock,
+        }
+    }
+
+    /// Applies a heartbeat that arrived now.
+    pub fn beat(&self, event: HealthEvent) -> BeatOutcome {
+        let now = self.clock.now();
+        self.inner.lock().beat(event, now)
+    }
+
+    /// Applies the passing of time; run every second.
+    pub fn tick(&self) {
+        let now = self.clock.now();
+        self.inner.lock().tick(now);
+    }
+
+    /// The instances, of one service or all.
+    pub fn instances(&self, service: Option<&str>) -> Vec<Instance> {
+        self.inner.lock().instances(service)
+    }
+
+    /// Runs `f` on the state machine under the lock.
+    pub fn with<R>(&self, f: impl FnOnce(&InstanceRegistry) -> R) -> R {
+        f(&self.inner.lock())
+    }
+}
+
+impl crate::pipeline::FactsConsumer for Registry {
+    fn consume(&self, facts: &[SpanFacts]) {
+        let now = self.clock.now();
+        let mut inner = self.inner.lock();
+        let mut last: Option<(&Arc<str>, &Arc<str>)> = None;
+        for span in facts {
+            let Some(instance) = &span.instance else {
+                continue;
+            };
+            // Spans of one resource share their strings: skip the repeats cheaply.
+            let server = matches!(span.kind, SpanKind::Server | SpanKind::Consumer);
+            if !server
+                && last
+                    .is_some_and(|(s, i)| Arc::ptr_eq(s, &span.service) && Arc::ptr_eq(i, instance))
+            {
+                continue;
+            }
+            last = Some((&span.service, instance));
+            let address = if server {
+                span.peer
+                    .as_deref()
+                    .filter(|p| p.server_address.is_some())
+                    .and_then(crate::decode::PeerAttributes::peer_address)
+            } else {
+                None
+            };
+            inner.observe(&span.service, instance, address, now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,757 @@
+//! The pairing rules: which spans make an edge, between which nodes.
+//!
+//! Every span is looked at once, as it arrives ([`TopologyBuilder::ingest`]); halves of an edge
+//! that arrive apart wait in bounded maps for at most the edge wait. The rules, in the order they
+//! are tried, are written out in `docs/topology.md`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hashbrown::HashMap;
+
+use super::pending::Expiring;
+use super::stats::{BUCKET_SECONDS, Observation, Series, Totals};
+use crate::clock::unix_seconds;
+use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
+
+/// How the builder is bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopologyConfig {
+    /// How long half of an edge waits for the other half (`--edge-wait`).
+    pub edge_wait: Duration,
+    /// How many halves may wait at once (`--edge-max-pending`); when full, the oldest expire.
+    pub max_pending: usize,
+    /// How long per-minute figures are kept: the longest window that can be asked for.
+    pub retention: Duration,
+    /// How many edges, nodes and instances each are tracked at most; past it, new ones are
+    /// counted and not tracked (a guard against unbounded label cardinality).
+    pub max_series: usize,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            edge_wait: Duration::from_secs(10),
+            max_pending: 100_000,
+            retention: Duration::from_secs(3600),
+            max_series: 50_000,
+        }
+    }
+}
+
+/// What a node of the graph is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeKind {
+    /// An instrumented service.
+    Service,
+    /// A database, seen from its clients' spans.
+    Database,
+    /// A message topic or queue, between producers and consumers.
+    Messaging,
+    /// An uninstrumented service called by instrumented ones.
+    External,
+    /// Whoever called a root SERVER span.
+    User,
+}
+
+impl NodeKind {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Service => "service",
+            Self::Database => "database",
+            Self::Messaging => "messaging",
+            Self::External => "external",
+            Self::User => "user",
+        }
+    }
+}
+
+/// A node: its kind and name. The name is its id in the API.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeKey {
+    /// What it is.
+    pub kind: NodeKind,
+    /// Its name.
+    pub name: Arc<str>,
+}
+
+impl NodeKey {
+    fn service(name: &Arc<str>) -> Self {
+        Self {
+            kind: NodeKind::Service,
+            name: name.clone(),
+        }
+    }
+
+    fn named(kind: NodeKind, name: &str) -> Self {
+        Self {
+            kind,
+            name: Arc::from(name),
+        }
+    }
+}
+
+/// How the client reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectionType {
+    /// HTTP (`http.request.method` or `url.full` on a side).
+    Http,
+    /// gRPC (`rpc.system = grpc`).
+    Grpc,
+    /// A database call.
+    Database,
+    /// A message through a broker.
+    Messaging,
+    /// Anything else.
+    Other,
+}
+
+impl ConnectionType {
+    /// The label value, as in the OpenTelemetry Collector's servicegraph connector (which leaves
+    /// it empty for `other`; we name it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Grpc => "grpc",
+            Self::Database => "database",
+            Self::Messaging => "messaging",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// An edge of the service graph.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EdgeKey {
+    /// The caller.
+    pub client: NodeKey,
+    /// The callee.
+    pub server: NodeKey,
+    /// How.
+    pub connection: ConnectionType,
+}
+
+/// An edge from a caller to one instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceEdgeKey {
+    /// The caller.
+    pub client: NodeKey,
+    /// The callee service.
+    pub server: Arc<str>,
+    /// The callee instance (`service.instance.id`).
+    pub instance: Arc<str>,
+    /// How.
+    pub connection: ConnectionType,
+}
+
+/// Counts of what the builder could not pair or keep.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Client and server spans paired into an edge.
+    pub paired: u64,
+    /// Edges to or from a virtual node (database, messaging, external, user).
+    pub virtual_edges: u64,
+    /// Client or producer spans that found no server and name no peer.
+    pub unpaired_client: u64,
+    /// Server or consumer spans that found no client.
+    pub unpaired_server: u64,
+    /// Halves expired early because `--edge-max-pending` was reached.
+    pub evicted: u64,
+    /// Observations not tracked because `max_series` was reached.
+    pub series_dropped: u64,
+}
+
+/// What one side of an edge left behind while waiting for the other.
+#[derive(Debug)]
+struct Half {
+    service: Arc<str>,
+    instance: Option<Arc<str>>,
+    kind: SpanKind,
+    error: bool,
+    duration_ns: u64,
+    peer: Option<Box<PeerAttributes>>,
+}
+
+impl Half {
+    fn of(span: &SpanFacts) -> Self {
+        Self {
+            service: span.service.clone(),
+            instance: span.instance.clone(),
+            kind: span.kind,
+            error: span.error,
+            duration_ns: span.duration_ns,
+            peer: span.peer.clone(),
+        }
+    }
+
+    fn side(&self) -> Side<'_> {
+        Side {
+            service: &self.service,
+            instance: self.instance.as_ref(),
+            kind: self.kind,
+            error: self.error,
+            duration_ns: Some(self.duration_ns),
+            peer: self.peer.as_deref(),
+        }
+    }
+}
+
+/// A half waiting in the pairing map, keyed by the client span's id.
+#[derive(Debug)]
+enum Waiting {
+    Client(Half),
+    Server(Half),
+}
+
+/// A recent span, for children in other services that name it as their parent.
+#[derive(Debug)]
+struct Parent {
+    service: Arc<str>,
+    instance: Option<Arc<str>>,
+}
+
+/// One side of an edge being recorded.
+#[derive(Debug, Clone, Copy)]
+struct Side<'a> {
+    service: &'a Arc<str>,
+    instance: Option<&'a Arc<str>>,
+    kind: SpanKind,
+    error: bool,
+    /// `None` when the side is not a client or server span (the parent-to-child rule).
+    duration_ns: Option<u64>,
+    peer: Option<&'a PeerAttributes>,
+}
+
+impl<'a> Side<'a> {
+    fn of(span: &'a SpanFacts) -> Self {
+        Self {
+            service: &span.service,
+            instance: span.instance.as_ref(),
+            kind: span.kind,
+            error: span.error,
+            duration_ns: Some(span.duration_ns),
+            peer: span.peer.as_deref(),
+        }
+    }
+
+    fn parent(service: &'a Arc<str>, instance: Option<&'a Arc<str>>) -> Self {
+        Self {
+            service,
+            instance,
+            kind: SpanKind::Internal,
+            error: false,
+            duration_ns: None,
+            peer: None,
+        }
+    }
+
+    /// Used when a span is a child in another service: its own duration is not a client's.
+    fn without_latency(mut self) -> Self {
+        self.duration_ns = None;
+        self
+    }
+}
+
+/// An edge's figures: per minute for windows, and since start for Prometheus.
+#[derive(Debug, Default)]
+pub(crate) struct EdgeState {
+    pub(crate) series: Series,
+    pub(crate) totals: Totals,
+}
+
+/// A service instance's figures.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceState {
+    pub(crate) series: Series,
+    /// Where it serves, learned from its own SERVER spans or its callers' CLIENT spans.
+    pub(crate) address: Option<String>,
+    pub(crate) last_seen: Option<SystemTime>,
+}
+
+/// The live service graph and the halves waiting to become edges.
+#[derive(Debug)]
+pub struct TopologyBuilder {
+    config: TopologyConfig,
+    halves: Expiring<Waiting>,
+    children: Expiring<Half>,
+    parents: Expiring<Parent>,
+    pub(crate) edges: HashMap<EdgeKey, EdgeState>,
+    pub(crate) nodes: HashMap<Arc<str>, Series>,
+    pub(crate) instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
+    pub(crate) instance_edges: HashMap<InstanceEdgeKey, Series>,
+    counters: Counters,
+    pruned_minute: u64,
+    /// When the batch being ingested arrived.
+    now: SystemTime,
+}
+
+fn minute_of(now: SystemTime) -> u64 {
+    unix_seconds(now) / BUCKET_SECONDS
+}
+
+impl TopologyBuilder {
+    /// An empty graph.
+    pub fn new(config: TopologyConfig) -> Self {
+        Self {
+            config,
+            halves: Expiring::new(config.max_pending),
+            children: Expiring::new(config.max_pending),
+            parents: Expiring::new(config.max_pending),
+            edges: HashMap::new(),
+            nodes: HashMap::new(),
+            instances: HashMap::new(),
+            instance_edges: HashMap::new(),
+            counters: Counters::default(),
+            pruned_minute: 0,
+            now: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &TopologyConfig {
+        &self.config
+    }
+
+    /// What could not be paired or kept, so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Halves waiting for their other half.
+    pub fn pending(&self) -> usize {
+        self.halves.len()
+    }
+
+    /// Takes in a batch of spans that arrived at `now`.
+    pub fn ingest(&mut self, spans: &[SpanFacts], now: SystemTime) {
+        self.expire(now);
+        self.now = now;
+        let minute = minute_of(now);
+        let deadline = now + self.config.edge_wait;
+        for span in spans {
+            self.ingest_one(span, minute, deadline);
+        }
+    }
+
+    /// Expires the halves that waited out the edge wait and drops figures past the retention.
+    pub fn expire(&mut self, now: SystemTime) {
+        let minute = minute_of(now);
+        let mut expired = Vec::new();
+        self.halves.expire(now, |half| expired.push(half));
+        for half in expired {
+            self.unpaired(half, minute);
+        }
+        self.children.expire(now, drop);
+        self.parents.expire(now, drop);
+        if minute != self.pruned_minute {
+            self.pruned_minute = minute;
+            let keep_from = minute.saturating_sub(self.config.retention.as_secs() / BUCKET_SECONDS);
+            self.edges.retain(|_, e| e.series.prune(keep_from));
+            self.nodes.retain(|_, s| s.prune(keep_from));
+            self.instances.retain(|_, i| i.series.prune(keep_from));
+            self.instance_edges.retain(|_, s| s.prune(keep_from));
+        }
+    }
+
+    fn ingest_one(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+        match span.kind {
+            SpanKind::Client | SpanKind::Producer => self.on_client(span, minute, deadline),
+            SpanKind::Server | SpanKind::Consumer => {
+                self.record_served(span, minute);
+                self.on_parent(span, minute, deadline);
+                self.on_server(span, minute, deadline);
+            }
+            SpanKind::Internal | SpanKind::Unspecified => {
+                self.on_parent(span, minute, deadline);
+                self.on_child(span, minute, deadline);
+            }
+        }
+    }
+
+    /// A CLIENT or PRODUCER span.
+    fn on_client(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+        let peer = span.peer.as_deref();
+        // A database is not instrumented: its clients' spans are the whole edge.
+        if span.kind == SpanKind::Client
+            && let Some(name) = peer.and_then(database_name)
+        {
+            let server = NodeKey::named(NodeKind::Database, name);
+            self.record_virtual(
+                NodeKey::service(&span.service),
+                server,
+                ConnectionType::Database,
+                Some(Side::of(span)),
+                None,
+                minute,
+            );
+            return;
+        }
+        // A named destination is a node of its own, between producers and consumers.
+        if let Some(destination) = peer.and_then(messaging_destination) {
+            let server = NodeKey::named(NodeKind::Messaging, destination);
+            self.record_virtual(
+                NodeKey::service(&span.service),
+                server,
+                ConnectionType::Messaging,
+                Some(Side::of(span)),
+                None,
+                minute,
+            );
+            return;
+        }
+        match self.halves.remove(&span.id) {
+            Some(Waiting::Server(server)) => {
+                self.record_pair(Side::of(span), server.side(), minute);
+                return;
+            }
+            Some(Waiting::Client(_)) | None => {}
+        }
+        if let Some(child) = self.children.remove(&span.id)
+            && child.service != span.service
+        {
+            self.record_pair(Side::of(span), child.side().without_latency(), minute);
+            return;
+        }
+        self.wait(span.id, Waiting::Client(Half::of(span)), minute, deadline);
+    }
+
+    /// A SERVER or CONSUMER span: find its client by parent (or, for a consumer that starts a
+    /// trace of its own, by link).
+    fn on_server(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+        if span.kind == SpanKind::Consumer
+            && let Some(destination) = span.peer.as_deref().and_then(messaging_destination)
+        {
+            let client = NodeKey::named(NodeKind::Messaging, destination);
+            self.record_virtual(
+                client,
+                NodeKey::service(&span.service),
+                ConnectionType::Messaging,
+                None,
+                Some(Side::of(span)),
+                minute,
+            );
+            return;
+        }
+        match span.parent_span_id {
+            Some(parent) => {
+                let key = SpanRef {
+                    trace_id: span.id.trace_id,
+                    span_id: parent,
+                };
+                self.find_client(key, span, minute, deadline);
+            }
+            None if span.kind == SpanKind::Consumer && !span.links.is_empty() => {
+                for link in span.links.iter().take(MAX_LINKS) {
+                    self.find_client(*link, span, minute, deadline);
+                }
+            }
+            None if span.kind == SpanKind::Server => {
+                let user = NodeKey::named(NodeKind::User, "user");
+                let connection = connection_type(None, Some(Side::of(span)));
+                self.record_virtual(
+                    user,
+                    NodeKey::service(&span.service),
+                    connection,
+                    None,
+                    Some(Side::of(span)),
+                    minute,
+                );
+            }
+            None => self.counters.unpaired_server += 1,
+        }
+    }
+
+    fn find_client(&mut self, key: SpanRef, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+        match self.halves.remove(&key) {
+            Some(Waiting::Client(client)) => {
+                self.record_pair(client.side(), Side::of(span), minute);
+                return;
+            }
+            // Two servers under one client span: the older one stays unpaired.
+            Some(Waiting::Server(_)) => self.counters.unpaired_server += 1,
+            None => {}
+        }
+        // A caller that made no CLIENT span: the parent-to-child rule.
+        if let Some((service, instance)) = self.parent_of(&key) {
+            if service != span.service {
+                let client = Side::parent(&service, instance.as_ref());
+                self.record_pair(client, Side::of(span), minute);
+            }
+            return;
+        }
+        self.wait(key, Waiting::Server(Half::of(span)), minute, deadline);
+    }
+
+    /// Any span that is not a client: children in other services may be waiting for it, and
+    /// later ones may name it.
+    fn on_parent(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+        if let Some(child) = self.children.remove(&span.id)
+            && child.service != span.service
+        {
+            self.record_pair(
+                Side::of(span).without_latency(),
+                child.side().without_latency(),
+                minute,
+            );
+        }
+        let parent = Parent {
+            service: span.service.clone(),
+            instance: span.instance.clone(),
+        };
+        self.parents.insert(span.id, parent, deadline);
+    }
+
+    /// An INTERNAL or unspecified span: an edge when its parent is in another service.
+    fn on_child(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+        let Some(parent) = span.parent_span_id else {
+            return;
+        };
+        if span.parent_is_remote == Some(false) {
+            return;
+        }
+        let key = SpanRef {
+            trace_id: span.id.trace_id,
+            span_id: parent,
+        };
+        if let Some(Waiting::Client(client)) = self.halves.get(&key) {
+            if client.service != span.service
+                && let Some(Waiting::Client(client)) = self.halves.remove(&key)
+            {
+                self.record_pair(client.side(), Side::of(span).without_latency(), minute);
+            }
+            return;
+        }
+        if let Some((service, instance)) = self.parent_of(&key) {
+            if service != span.service {
+                let client = Side::parent(&service, instance.as_ref());
+                self.record_pair(client, Side::of(span).without_latency(), minute);
+            }
+            return;
+        }
+        // Children wait in their own map so that they never crowd out client and server halves.
+        self.children.insert(key, Half::of(span), deadline);
+    }
+
+    /// The service and instance of a recent span, if it is known.
+    fn parent_of(&self, key: &SpanRef) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        self.parents
+            .get(key)
+            .map(|p| (p.service.clone(), p.instance.clone()))
+    }
+
+    fn wait(&mut self, key: SpanRef, waiting: Waiting, minute: u64, deadline: SystemTime) {
+        if let Some(evicted) = self.halves.insert(key, waiting, deadline) {
+            self.counters.evicted += 1;
+            self.unpaired(evicted, minute);
+        }
+    }
+
+    /// A half whose other half never came: an external node if the client names its peer,
+    /// else counted.
+    fn unpaired(&mut self, half: Waiting, minute: u64) {
+        match half {
+            Waiting::Client(client) => {
+                let peer = client.peer.as_deref();
+                let name = peer
+                    .and_then(|p| p.peer_service.clone())
+                    .or_else(|| peer.and_then(PeerAttributes::peer_address));
+                match name {
+                    Some(name) => {
+                        let connection = connection_type(Some(client.side()), None);
+                        self.record_virtual(
+                            NodeKey::service(&client.service),
+                            NodeKey::named(NodeKind::External, &name),
+                            connection,
+                            Some(client.side()),
+                            None,
+                            minute,
+                        );
+                    }
+                    None => self.counters.unpaired_client += 1,
+                }
+            }
+            Waiting::Server(_) => self.counters.unpaired_server += 1,
+        }
+    }
+
+    /// Figures of what a service serves, from its SERVER and CONSUMER spans alone.
+    fn record_served(&mut self, span: &SpanFacts, minute: u64) {
+        let observation = Observation {
+            error: span.error,
+            server_ns: Some(span.duration_ns),
+            client_ns: None,
+        };
+        let max = self.config.max_series;
+        match bounded(&mut self.nodes, &span.service, max) {
+            Some(series) => series.record(minute, observation),
+            None => self.counters.series_dropped += 1,
+        }
+        if let Some(instance) = &span.instance {
+            let key = (span.service.clone(), instance.clone());
+            match bounded(&mut self.instances, &key, max) {
+                Some(state) => {
+                    state.series.record(minute, observation);
+                    state.last_seen = Some(self.now);
+                    // A server span's `server.address` is where it was reached.
+                    if state.address.is_none()
+                        && let Some(peer) = span.peer.as_deref()
+                        && peer.server_address.is_some()
+                    {
+                        state.address = peer.peer_address();
+                    }
+                }
+                None => self.counters.series_dropped += 1,
+            }
+        }
+    }
+
+    fn record_pair(&mut self, client: Side<'_>, server: Side<'_>, minute: u64) {
+        self.counters.paired += 1;
+        let connection = connection_type(Some(client), Some(server));
+        let key = EdgeKey {
+            client: NodeKey::service(client.service),
+            server: NodeKey::service(server.service),
+            connection,
+        };
+        self.record_edge(key, client, Some(server), minute);
+        if let Some(instance) = server.instance {
+            let key = InstanceEdgeKey {
+                client: NodeKey::service(client.service),
+                server: server.service.clone(),
+                instance: instance.clone(),
+                connection,
+            };
+            let observation = observation(Some(client), Some(server));
+            match bounded(&mut self.instance_edges, &key, self.config.max_series) {
+                Some(series) => series.record(minute, observation),
+                None => self.counters.series_dropped += 1,
+            }
+            // Where the instance serves, as its callers address it.
+            if let Some(address) = client.peer.and_then(PeerAttributes::peer_address)
+                && let Some(state) = self
+                    .instances
+                    .get_mut(&(server.service.clone(), instance.clone()))
+                && state.address.is_none()
+            {
+                state.address = Some(address);
+            }
+        }
+    }
+
+    /// An edge with a virtual node on one side; `client`/`server` are the spans there are.
+    fn record_virtual(
+        &mut self,
+        client_node: NodeKey,
+        server_node: NodeKey,
+        connection: ConnectionType,
+        client: Option<Side<'_>>,
+        server: Option<Side<'_>>,
+        minute: u64,
+    ) {
+        self.counters.virtual_edges += 1;
+        let key = EdgeKey {
+            client: client_node,
+            server: server_node,
+            connection,
+        };
+        let observation = observation(client, server);
+        self.record_observation(key, observation, minute);
+    }
+
+    fn record_edge(
+        &mut self,
+        key: EdgeKey,
+        client: Side<'_>,
+        server: Option<Side<'_>>,
+        minute: u64,
+    ) {
+        let observation = observation(Some(client), server);
+        self.record_observation(key, observation, minute);
+    }
+
+    fn record_observation(&mut self, key: EdgeKey, observation: Observation, minute: u64) {
+        match bounded(&mut self.edges, &key, self.config.max_series) {
+            Some(edge) => {
+                edge.series.record(minute, observation);
+                edge.totals.record(observation);
+            }
+            None => self.counters.series_dropped += 1,
+        }
+    }
+
+    /// The figures of every node and edge over the last `window`, as of `now`.
+    pub fn snapshot(&self, window: Duration, now: SystemTime) -> super::Snapshot {
+        super::snapshot::take(self, window, now)
+    }
+}
+
+/// Links followed per consumer span (a batch consumer may link to many producers).
+const MAX_LINKS: usize = 128;
+
+fn observation(client: Option<Side<'_>>, server: Option<Side<'_>>) -> Observation {
+    Observation {
+        error: client.is_some_and(|c| c.error) || server.is_some_and(|s| s.error),
+        server_ns: server.and_then(|s| s.duration_ns),
+        client_ns: client.and_then(|c| c.duration_ns),
+    }
+}
+
+/// The entry for `key`, created unless the map already holds `max` entries.
+fn bounded<'m, K, V>(map: &'m mut HashMap<K, V>, key: &K, max: usize) -> Option<&'m mut V>
+where
+    K: std::hash::Hash + Eq + Clone,
+    V: Default,
+{
+    if !map.contains_key(key) {
+        if map.len() >= max {
+            return None;
+        }
+        map.insert(key.clone(), V::default());
+    }
+    map.get_mut(key)
+}
+
+/// The database node's name: `db.namespace` / `db.name`, else `server.address`, else the system.
+fn database_name(peer: &PeerAttributes) -> Option<&str> {
+    let system = peer.db_system.as_deref()?;
+    Some(
+        peer.db_namespace
+            .as_deref()
+            .or(peer.server_address.as_deref())
+            .unwrap_or(system),
+    )
+}
+
+fn messaging_destination(peer: &PeerAttributes) -> Option<&str> {
+    peer.messaging_system.as_ref()?;
+    peer.messaging_destination.as_deref()
+}
+
+/// The connection type: what the client side says, else what the server side says.
+fn connection_type(client: Option<Side<'_>>, server: Option<Side<'_>>) -> ConnectionType {
+    let messaging = client.is_some_and(|c| c.kind == SpanKind::Producer)
+        || server.is_some_and(|s| s.kind == SpanKind::Consumer);
+    if messaging {
+        return ConnectionType::Messaging;
+    }
+    for peer in [client, server]
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.peer)
+    {
+        if peer.rpc_system.as_deref() == Some("grpc") {
+            return ConnectionType::Grpc;
+        }
+        if peer.db_system.is_some() {
+            return ConnectionType::Database;
+        }
+        if peer.messaging_system.is_some() {
+            return ConnectionType::Messaging;
+        }
+        if peer.http || peer.url_full.is_some() {
+            return ConnectionType::Http;
+        }
+    }
+    ConnectionType::Other
+}

@@ -1,0 +1,113 @@
+//! The live service graph, learned from spans as they arrive: who calls whom, how often, how
+//! slowly and how often it fails, per service and per instance.
+//!
+//! [`TopologyBuilder`] holds the rules and the state, and takes explicit times so that tests
+//! drive it with a fixed clock; [`Topology`] is the shared handle the collector wires in: the
+//! ingest pipeline feeds it, the query API and `/metrics` read [`Snapshot`]s of it.
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use wayfinder_collector::decode::decode_traces;
+//! use wayfinder_collector::testing::{span, trace_request};
+//! use wayfinder_collector::topology::{TopologyBuilder, TopologyConfig};
+//!
+//! // A root SERVER span of `checkout`: a request from outside, drawn as an edge from `user`.
+//! let mut root = span([7; 16], 1, "GET /cart", 0, 5_000_000);
+//! root.kind = 2; // SERVER
+//! let decoded = decode_traces(&trace_request(Some("checkout"), vec![root])).unwrap();
+//!
+//! let mut builder = TopologyBuilder::new(TopologyConfig::default());
+//! let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+//! builder.ingest(&decoded.facts, now);
+//! let graph = builder.snapshot(Duration::from_secs(300), now);
+//! assert_eq!(graph.edges.len(), 1);
+//! assert_eq!(&*graph.edges[0].key.client.name, "user");
+//! assert_eq!(&*graph.edges[0].key.server.name, "checkout");
+//! assert_eq!(graph.edges[0].summary.requests, 1);
+//! ```
+
+mod builder;
+mod metrics;
+mod pending;
+mod snapshot;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+pub use builder::{
+    ConnectionType, Counters, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind, TopologyBuilder,
+    TopologyConfig,
+};
+pub use metrics::TopologyMetrics;
+pub use snapshot::{EdgeSnapshot, InstanceEdgeSnapshot, InstanceSnapshot, NodeSnapshot, Snapshot};
+
+use crate::clock::Clock;
+use crate::decode::SpanFacts;
+
+/// The shared, thread-safe topology: a [`TopologyBuilder`] behind a lock, with the clock.
+///
+/// The lock is held for one batch of spans or one snapshot, never across an `.await`.
+#[derive(Debug)]
+pub struct Topology {
+    builder: Mutex<TopologyBuilder>,
+    clock: Clock,
+}
+
+impl Topology {
+    /// An empty topology that reads time from `clock`.
+    pub fn new(config: TopologyConfig, clock: Clock) -> Self {
+        Self {
+            builder: Mutex::new(TopologyBuilder::new(config)),
+            clock,
+        }
+    }
+
+    /// Takes in the facts of a batch of spans that arrived now.
+    pub fn ingest(&self, spans: &[SpanFacts]) {
+        let now = self.clock.now();
+        self.builder.lock().ingest(spans, now);
+    }
+
+    /// Expires halves that waited too long and figures past the retention; run every second.
+    pub fn tick(&self) {
+        let now = self.clock.now();
+        self.builder.lock().expire(now);
+    }
+
+    /// The graph over the last `window`.
+    pub fn snapshot(&self, window: Duration) -> Snapshot {
+        let now = self.clock.now();
+        self.builder.lock().snapshot(window, now)
+    }
+
+    /// The longest window that can be asked for.
+    pub fn retention(&self) -> Duration {
+        self.builder.lock().config().retention
+    }
+
+    /// What could not be paired or kept, and how many halves wait.
+    pub fn counters(&self) -> (Counters, usize) {
+        let builder = self.builder.lock();
+        (builder.counters(), builder.pending())
+    }
+
+    /// Runs `f` on the builder under the lock (for the metrics collector).
+    fn with_builder<R>(&self, f: impl FnOnce(&TopologyBuilder) -> R) -> R {
+        f(&self.builder.lock())
+    }
+}
+
+impl crate::pipeline::FactsConsumer for Topology {
+    fn consume(&self, facts: &[SpanFacts]) {
+        self.ingest(facts);
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Keeps the shared handle type obvious at the wiring sites.
+pub type SharedTopology = Arc<Topology>;

@@ -1,0 +1,262 @@
+//! Request counts and latency sketches, kept per minute so that any window from one minute to
+//! the retention can be summed; plus the cumulative histograms behind the Prometheus series.
+
+use std::collections::VecDeque;
+
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+/// Width of one time bucket, in seconds. Windows are whole buckets: the last `n` minutes plus
+/// the current, partial one.
+pub const BUCKET_SECONDS: u64 = 60;
+
+/// A latency distribution in milliseconds: a DDSketch with 1% relative accuracy (mergeable,
+/// and only as large as the range of values it has seen).
+#[derive(Clone, Default)]
+pub struct Latency(Option<Box<DDSketch>>);
+
+impl std::fmt::Debug for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Latency")
+            .field("count", &self.count())
+            .field("p50", &self.quantile(0.5))
+            .finish()
+    }
+}
+
+fn sketch_config() -> SketchConfig {
+    // 1% relative error, at most 1024 bins, values below 1 µs in the lowest bin.
+    SketchConfig::new(0.01, 1024, 0.001)
+}
+
+impl Latency {
+    /// Adds one observation.
+    pub fn record(&mut self, nanos: u64) {
+        let millis = nanos as f64 / 1e6;
+        self.0
+            .get_or_insert_with(|| Box::new(DDSketch::new(sketch_config())))
+            .add(millis);
+    }
+
+    /// Adds every observation of `other`.
+    pub fn merge(&mut self, other: &Latency) {
+        let Some(theirs) = &other.0 else { return };
+        match &mut self.0 {
+            // Sketches made with the same configuration always merge.
+            Some(mine) => {
+                let _ = mine.merge(theirs);
+            }
+            None => self.0 = Some(theirs.clone()),
+        }
+    }
+
+    /// How many observations it holds.
+    pub fn count(&self) -> u64 {
+        self.0.as_ref().map_or(0, |s| s.count() as u64)
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        self.0.as_ref()?.quantile(q).ok().flatten()
+    }
+
+    /// The mean in milliseconds; `None` when empty.
+    pub fn mean(&self) -> Option<f64> {
+        let sketch = self.0.as_ref()?;
+        let count = sketch.count();
+        (count > 0).then(|| sketch.sum().unwrap_or(0.0) / count as f64)
+    }
+}
+
+/// What was seen in one bucket (or a window of them).
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests (either side Error).
+    pub errors: u64,
+    /// Latency as the server saw it.
+    pub server: Latency,
+    /// Latency as the client saw it.
+    pub client: Latency,
+}
+
+impl Summary {
+    /// Adds `other` to this one.
+    pub fn merge(&mut self, other: &Summary) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.server.merge(&other.server);
+        self.client.merge(&other.client);
+    }
+}
+
+/// One observation: a request, whether it failed, and the latencies each side saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Observation {
+    /// Either side reported Error.
+    pub error: bool,
+    /// The server span's duration.
+    pub server_ns: Option<u64>,
+    /// The client span's duration.
+    pub client_ns: Option<u64>,
+}
+
+/// Per-minute summaries of one edge, node or instance, oldest first.
+#[derive(Debug, Default)]
+pub struct Series {
+    buckets: VecDeque<(u64, Summary)>,
+}
+
+impl Series {
+    /// Records an observation in the bucket of `minute`.
+    pub fn record(&mut self, minute: u64, observation: Observation) {
+        let summary = match self.buckets.back_mut() {
+            Some((m, summary)) if *m == minute => summary,
+            // A late observation (the clock is monotonic, so only by a tick) joins the newest.
+            Some((m, summary)) if *m > minute => summary,
+            _ => {
+                self.buckets.push_back((minute, Summary::default()));
+                &mut self.buckets.back_mut().expect("just pushed").1
+            }
+        };
+        summary.requests += 1;
+        summary.errors += u64::from(observation.error);
+        if let Some(ns) = observation.server_ns {
+            summary.server.record(ns);
+        }
+        if let Some(ns) = observation.client_ns {
+            summary.client.record(ns);
+        }
+    }
+
+    /// The sum of the buckets from `since_minute` on; `None` when there are none.
+    pub fn window(&self, since_minute: u64) -> Option<Summary> {
+        let mut total: Option<Summary> = None;
+        for (_, summary) in self.buckets.iter().filter(|(m, _)| *m >= since_minute) {
+            total.get_or_insert_with(Summary::default).merge(summary);
+        }
+        total
+    }
+
+    /// Drops the buckets before `minute`; says whether anything is left.
+    pub fn prune(&mut self, minute: u64) -> bool {
+        while self.buckets.front().is_some_and(|(m, _)| *m < minute) {
+            self.buckets.pop_front();
+        }
+        !self.buckets.is_empty()
+    }
+}
+
+/// Upper bounds (seconds) of the service-graph histograms: the OpenTelemetry Collector
+/// servicegraph connector's defaults, so that dashboards made for it read ours unchanged.
+pub const HISTOGRAM_BOUNDS: [f64; 16] = [
+    0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
+];
+
+/// A cumulative (since start) histogram with [`HISTOGRAM_BOUNDS`] and a `+Inf` bucket.
+#[derive(Debug, Clone, Default)]
+pub struct Cumulative {
+    /// Count per bucket (not cumulative across buckets), the last one `+Inf`.
+    pub counts: [u64; HISTOGRAM_BOUNDS.len() + 1],
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: u64,
+}
+
+impl Cumulative {
+    /// Adds one observation.
+    pub fn record(&mut self, nanos: u64) {
+        let seconds = nanos as f64 / 1e9;
+        let bucket = HISTOGRAM_BOUNDS.partition_point(|&bound| bound < seconds);
+        self.counts[bucket] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    /// `(upper bound, count)` pairs as Prometheus encoders take them.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        HISTOGRAM_BOUNDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts)
+            .collect()
+    }
+}
+
+/// Totals since start, for the Prometheus series (counters never go down).
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Server-side latency.
+    pub server: Option<Box<Cumulative>>,
+    /// Client-side latency.
+    pub client: Option<Box<Cumulative>>,
+}
+
+impl Totals {
+    /// Adds one observation.
+    pub fn record(&mut self, observation: Observation) {
+        self.requests += 1;
+        self.errors += u64::from(observation.error);
+        if let Some(ns) = observation.server_ns {
+            self.server.get_or_insert_with(Box::default).record(ns);
+        }
+        if let Some(ns) = observation.client_ns {
+            self.client.get_or_insert_with(Box::default).record(ns);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_sum_whole_minutes() {
+        let mut series = Series::default();
+        let obs = |ms: u64, error| Observation {
+            error,
+            server_ns: Some(ms * 1_000_000),
+            client_ns: None,
+        };
+        series.record(10, obs(10, false));
+        series.record(11, obs(20, true));
+        series.record(12, obs(30, false));
+        series.record(12, obs(40, false));
+        let cases = [
+            (13, None, "nothing from minute 13 on"),
+            (12, Some((2, 0)), "the current minute only"),
+            (11, Some((3, 1)), "two minutes"),
+            (0, Some((4, 1)), "everything"),
+        ];
+        for (since, want, why) in cases {
+            let got = series.window(since).map(|s| (s.requests, s.errors));
+            assert_eq!(got, want, "{why}");
+        }
+        let all = series.window(0).unwrap();
+        let p50 = all.server.quantile(0.5).unwrap();
+        assert!((p50 - 20.0).abs() <= 0.5, "p50 {p50} within 1% of 20 ms");
+        assert_eq!(all.server.mean(), Some(25.0));
+        assert!(series.prune(12), "minute 12 is kept");
+        assert_eq!(series.window(0).unwrap().requests, 2);
+        assert!(!series.prune(13), "nothing left");
+    }
+
+    #[test]
+    fn cumulative_buckets_use_upper_bounds() {
+        let mut histogram = Cumulative::default();
+        histogram.record(2_000_000); // exactly 2 ms: in the le=0.002 bucket
+        histogram.record(3_000_000);
+        histogram.record(20_000_000_000); // past the last bound
+        let buckets = histogram.buckets();
+        assert_eq!(buckets[0], (0.002, 1));
+        assert_eq!(buckets[1], (0.004, 1));
+        assert_eq!(buckets[16], (f64::INFINITY, 1));
+        assert_eq!(histogram.count, 3);
+    }
+}

@@ -1,0 +1,481 @@
+//! Fixture-driven tests of the pairing rules: each case sends spans in batches at given times
+//! and states the exact edges and counts it expects.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
+
+const T0: u64 = 1_800_000_000; // a whole minute
+
+fn at(seconds: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + seconds)
+}
+
+/// A span of `service` with id `id` in trace `trace`, lasting `ms` milliseconds.
+fn span(service: &str, kind: SpanKind, trace: u8, id: u8, parent: Option<u8>) -> SpanFacts {
+    SpanFacts {
+        id: SpanRef {
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+        },
+        parent_span_id: parent.map(|p| [p; 8]),
+        parent_is_remote: None,
+        kind,
+        error: false,
+        duration_ns: 10_000_000,
+        service: Arc::from(service),
+        instance: None,
+        links: Vec::new(),
+        peer: None,
+    }
+}
+
+trait Fixture {
+    fn peer(self, f: impl FnOnce(&mut PeerAttributes)) -> Self;
+    fn error(self) -> Self;
+    fn ms(self, ms: u64) -> Self;
+    fn instance(self, id: &str) -> Self;
+    fn link(self, trace: u8, id: u8) -> Self;
+}
+
+impl Fixture for SpanFacts {
+    fn peer(mut self, f: impl FnOnce(&mut PeerAttributes)) -> Self {
+        f(self.peer.get_or_insert_with(Box::default));
+        self
+    }
+    fn error(mut self) -> Self {
+        self.error = true;
+        self
+    }
+    fn ms(mut self, ms: u64) -> Self {
+        self.duration_ns = ms * 1_000_000;
+        self
+    }
+    fn instance(mut self, id: &str) -> Self {
+        self.instance = Some(Arc::from(id));
+        self
+    }
+    fn link(mut self, trace: u8, id: u8) -> Self {
+        self.links.push(SpanRef {
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+        });
+        self
+    }
+}
+
+use SpanKind::{Client, Consumer, Internal, Producer, Server};
+
+fn http(p: &mut PeerAttributes) {
+    p.http = true;
+}
+
+/// `(client, server, connection, requests, errors)` of every edge, sorted.
+type Edge = (&'static str, &'static str, &'static str, u64, u64);
+
+struct Case {
+    why: &'static str,
+    batches: Vec<(u64, Vec<SpanFacts>)>,
+    /// When the graph is read (expiry runs then).
+    read_at: u64,
+    edges: Vec<Edge>,
+    unpaired_client: u64,
+    unpaired_server: u64,
+}
+
+fn run(case: Case, config: TopologyConfig) -> (TopologyBuilder, Snapshot) {
+    let mut builder = TopologyBuilder::new(config);
+    for (offset, spans) in case.batches {
+        builder.ingest(&spans, at(offset));
+    }
+    builder.expire(at(case.read_at));
+    let graph = builder.snapshot(Duration::from_secs(300), at(case.read_at));
+    (builder, graph)
+}
+
+fn edges_of(graph: &Snapshot) -> Vec<(String, String, &'static str, u64, u64)> {
+    graph
+        .edges
+        .iter()
+        .map(|e| {
+            (
+                e.key.client.name.to_string(),
+                e.key.server.name.to_string(),
+                e.key.connection.as_str(),
+                e.summary.requests,
+                e.summary.errors,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn pairing_rules() {
+    let cases = vec![
+        Case {
+            why: "client then server in one request",
+            batches: vec![(
+                0,
+                vec![
+                    span("front", Client, 1, 1, None).peer(http),
+                    span("cart", Server, 1, 2, Some(1)).peer(http),
+                ],
+            )],
+            read_at: 1,
+            edges: vec![("front", "cart", "http", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "server first, client 3 s later in another request",
+            batches: vec![
+                (0, vec![span("cart", Server, 1, 2, Some(1))]),
+                (
+                    3,
+                    vec![
+                        span("front", Client, 1, 1, None)
+                            .peer(|p| p.rpc_system = Some("grpc".into())),
+                    ],
+                ),
+            ],
+            read_at: 4,
+            edges: vec![("front", "cart", "grpc", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "producer and consumer paired by parent",
+            batches: vec![(
+                0,
+                vec![
+                    span("orders", Producer, 1, 1, None),
+                    span("billing", Consumer, 1, 2, Some(1)),
+                ],
+            )],
+            read_at: 1,
+            edges: vec![("orders", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a consumer that starts its own trace is paired by its link",
+            batches: vec![
+                (0, vec![span("billing", Consumer, 9, 5, None).link(1, 1)]),
+                (2, vec![span("orders", Producer, 1, 1, None)]),
+            ],
+            read_at: 3,
+            edges: vec![("orders", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a named destination is a messaging node between producer and consumer",
+            batches: vec![(
+                0,
+                vec![
+                    span("orders", Producer, 1, 1, None).peer(|p| {
+                        p.messaging_system = Some("kafka".into());
+                        p.messaging_destination = Some("order-events".into());
+                    }),
+                    span("billing", Consumer, 1, 2, Some(1)).peer(|p| {
+                        p.messaging_system = Some("kafka".into());
+                        p.messaging_destination = Some("order-events".into());
+                    }),
+                ],
+            )],
+            read_at: 1,
+            edges: vec![
+                ("orders", "order-events", "messaging", 1, 0),
+                ("order-events", "billing", "messaging", 1, 0),
+            ],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "database nodes are named by namespace, else address, else system, at once",
+            batches: vec![(
+                0,
+                vec![
+                    span("cart", Client, 1, 1, None).peer(|p| {
+                        p.db_system = Some("postgresql".into());
+                        p.db_namespace = Some("carts".into());
+                        p.server_address = Some("db.internal".into());
+                    }),
+                    span("cart", Client, 1, 2, None).peer(|p| {
+                        p.db_system = Some("redis".into());
+                        p.server_address = Some("cache.internal".into());
+                    }),
+                    span("cart", Client, 1, 3, None).peer(|p| p.db_system = Some("sqlite".into())),
+                ],
+            )],
+            read_at: 0,
+            edges: vec![
+                ("cart", "cache.internal", "database", 1, 0),
+                ("cart", "carts", "database", 1, 0),
+                ("cart", "sqlite", "database", 1, 0),
+            ],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "unmatched clients become external nodes after the wait, if they name a peer",
+            batches: vec![(
+                0,
+                vec![
+                    span("cart", Client, 1, 1, None)
+                        .peer(|p| p.peer_service = Some("payments".into())),
+                    span("cart", Client, 1, 2, None).peer(|p| {
+                        p.server_address = Some("api.stripe.example".into());
+                        p.server_port = Some(443);
+                        p.http = true;
+                    }),
+                    span("cart", Client, 1, 3, None),
+                ],
+            )],
+            read_at: 10,
+            edges: vec![
+                ("cart", "api.stripe.example:443", "http", 1, 0),
+                ("cart", "payments", "other", 1, 0),
+            ],
+            unpaired_client: 1,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "nothing is external before the wait is over",
+            batches: vec![(
+                0,
+                vec![
+                    span("cart", Client, 1, 1, None)
+                        .peer(|p| p.peer_service = Some("payments".into())),
+                ],
+            )],
+            read_at: 9,
+            edges: vec![],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a root server span is called by the user node; a non-root one waits, then is counted",
+            batches: vec![(
+                0,
+                vec![
+                    span("front", Server, 1, 1, None).peer(http),
+                    span("cart", Server, 2, 2, Some(7)),
+                ],
+            )],
+            read_at: 10,
+            edges: vec![("user", "front", "http", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 1,
+        },
+        Case {
+            why: "parent-to-child: an internal span whose parent is in another service",
+            batches: vec![
+                (0, vec![span("worker", Internal, 1, 2, Some(1))]),
+                (1, vec![span("scheduler", Internal, 1, 1, None)]),
+                (
+                    2,
+                    vec![
+                        span("scheduler", Internal, 2, 1, None),
+                        span("worker", SpanKind::Unspecified, 2, 2, Some(1)),
+                    ],
+                ),
+                (
+                    3,
+                    vec![
+                        span("scheduler", Internal, 3, 1, None),
+                        span("scheduler", Internal, 3, 2, Some(1)),
+                    ],
+                ),
+            ],
+            read_at: 4,
+            edges: vec![("scheduler", "worker", "other", 2, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a server whose caller made no client span pairs with the parent span",
+            batches: vec![(
+                0,
+                vec![
+                    span("front", Internal, 1, 1, None),
+                    span("cart", Server, 1, 2, Some(1)),
+                ],
+            )],
+            read_at: 1,
+            edges: vec![("front", "cart", "other", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "an error on either side fails the request",
+            batches: vec![(
+                0,
+                vec![
+                    span("front", Client, 1, 1, None).error(),
+                    span("cart", Server, 1, 2, Some(1)),
+                    span("front", Client, 1, 3, None),
+                    span("cart", Server, 1, 4, Some(3)).error(),
+                    span("front", Client, 1, 5, None),
+                    span("cart", Server, 1, 6, Some(5)),
+                ],
+            )],
+            read_at: 1,
+            edges: vec![("front", "cart", "other", 3, 2)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a half that expired does not pair with a late other half",
+            batches: vec![
+                (0, vec![span("cart", Server, 1, 2, Some(1))]),
+                (11, vec![span("front", Client, 1, 1, None)]),
+            ],
+            read_at: 30,
+            edges: vec![],
+            unpaired_client: 1,
+            unpaired_server: 1,
+        },
+    ];
+    for case in cases {
+        let why = case.why;
+        let want: Vec<_> = case
+            .edges
+            .iter()
+            .map(|(c, s, t, r, e)| (c.to_string(), s.to_string(), *t, *r, *e))
+            .collect();
+        let (unpaired_client, unpaired_server) = (case.unpaired_client, case.unpaired_server);
+        let (builder, graph) = run(case, TopologyConfig::default());
+        assert_eq!(edges_of(&graph), want, "{why}");
+        let counters = builder.counters();
+        assert_eq!(
+            counters.unpaired_client, unpaired_client,
+            "{why}: unpaired clients"
+        );
+        assert_eq!(
+            counters.unpaired_server, unpaired_server,
+            "{why}: unpaired servers"
+        );
+    }
+}
+
+#[test]
+fn full_pending_store_expires_the_oldest_first() {
+    let config = TopologyConfig {
+        max_pending: 2,
+        ..TopologyConfig::default()
+    };
+    let mut builder = TopologyBuilder::new(config);
+    let clients: Vec<_> = (1..=3)
+        .map(|i| span("front", Client, 1, i, None).peer(|p| p.peer_service = Some("svc".into())))
+        .collect();
+    builder.ingest(&clients, at(0));
+    assert_eq!(builder.counters().evicted, 1);
+    assert_eq!(builder.pending(), 2);
+    // The evicted one was handled as expired: an external edge at once.
+    let graph = builder.snapshot(Duration::from_secs(60), at(0));
+    assert_eq!(graph.edges[0].summary.requests, 1);
+    // The servers of the two that still wait pair; the first one's server finds nothing (and
+    // comes last, so that its own wait evicts no one).
+    let servers: Vec<_> = [2, 3, 1]
+        .into_iter()
+        .map(|i| span("back", Server, 1, 10 + i, Some(i)))
+        .collect();
+    builder.ingest(&servers, at(1));
+    builder.expire(at(20));
+    let graph = builder.snapshot(Duration::from_secs(60), at(20));
+    let edges = edges_of(&graph);
+    assert!(
+        edges.contains(&("front".into(), "back".into(), "other", 2, 0)),
+        "{edges:?}"
+    );
+    assert_eq!(builder.counters().unpaired_server, 1);
+}
+
+#[test]
+fn latencies_nodes_and_instances() {
+    let mut builder = TopologyBuilder::new(TopologyConfig::default());
+    let mut spans = Vec::new();
+    for i in 0..10u8 {
+        spans.push(
+            span("front", Client, 1, 2 * i + 1, None)
+                .ms(30)
+                .peer(|p| p.url_full = Some("http://10.0.0.7:8080/cart".into())),
+        );
+        let instance = if i < 6 { "cart-a" } else { "cart-b" };
+        spans.push(
+            span("cart", Server, 1, 2 * i + 2, Some(2 * i + 1))
+                .ms(20)
+                .instance(instance),
+        );
+    }
+    builder.ingest(&spans, at(5));
+    let graph = builder.snapshot(Duration::from_secs(60), at(5));
+    let edge = &graph.edges[0];
+    assert_eq!(
+        edge.key.connection,
+        ConnectionType::Http,
+        "url.full says http"
+    );
+    let server_p50 = edge.summary.server.quantile(0.5).unwrap();
+    let client_p50 = edge.summary.client.quantile(0.5).unwrap();
+    assert!((server_p50 - 20.0).abs() < 0.3, "server p50 {server_p50}");
+    assert!((client_p50 - 30.0).abs() < 0.4, "client p50 {client_p50}");
+
+    let cart = graph.nodes.iter().find(|n| &*n.key.name == "cart").unwrap();
+    assert_eq!(cart.served.requests, 10);
+    let instances: Vec<_> = cart
+        .instances
+        .iter()
+        .map(|i| (&*i.id, i.served.requests, i.address.as_deref()))
+        .collect();
+    assert_eq!(
+        instances,
+        [
+            ("cart-a", 6, Some("10.0.0.7:8080")),
+            ("cart-b", 4, Some("10.0.0.7:8080"))
+        ],
+        "instances, and the address their callers used"
+    );
+    let to_instances: Vec<_> = graph
+        .instance_edges
+        .iter()
+        .map(|e| (&*e.key.client.name, &*e.key.instance, e.summary.requests))
+        .collect();
+    assert_eq!(
+        to_instances,
+        [("front", "cart-a", 6), ("front", "cart-b", 4)]
+    );
+    // 60 s window read 5 s into a minute: one whole minute plus 5 s.
+    assert_eq!(graph.covered, Duration::from_secs(65));
+}
+
+#[test]
+fn windows_and_retention() {
+    let config = TopologyConfig {
+        retention: Duration::from_secs(600),
+        ..TopologyConfig::default()
+    };
+    let mut builder = TopologyBuilder::new(config);
+    let root = |trace| vec![span("front", Server, trace, 1, None)];
+    builder.ingest(&root(1), at(0));
+    builder.ingest(&root(2), at(120));
+    builder.ingest(&root(3), at(300));
+    let requests = |b: &TopologyBuilder, window: u64, now: u64| {
+        b.snapshot(Duration::from_secs(window), at(now))
+            .edges
+            .first()
+            .map_or(0, |e| e.summary.requests)
+    };
+    assert_eq!(requests(&builder, 60, 300), 1, "last minute");
+    assert_eq!(requests(&builder, 180, 300), 2, "last three minutes");
+    assert_eq!(requests(&builder, 600, 300), 3, "everything");
+    builder.expire(at(800));
+    assert_eq!(
+        requests(&builder, 600, 800),
+        1,
+        "minutes 0 and 2 are past the retention"
+    );
+}
