@@ -18,5 +18,6 @@
 pub mod error;
 pub mod health;
 pub mod sql;
+pub mod topology;
 
 pub use error::ErrorBody;

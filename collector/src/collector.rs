@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::IngestQueue;
@@ -17,7 +18,9 @@ use crate::query::http::ApiState;
 use crate::query::{QueryEngine, QueryLimits};
 use crate::receivers::grpc::{LogsService, TraceService};
 use crate::receivers::{Ingest, http as otlp_http};
+use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
+use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
 
 /// Starts collectors.
 #[derive(Debug)]
@@ -58,6 +61,8 @@ pub enum StartError {
 pub struct RunningCollector {
     addrs: BoundAddrs,
     store: Arc<dyn SpanStore>,
+    topology: Option<Arc<Topology>>,
+    registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     receivers_stop: CancellationToken,
@@ -104,13 +109,44 @@ impl Collector {
             memory_bytes: config.query_memory_bytes,
             max_rows: config.query_max_rows,
         };
+        let clock = Clock::new();
+        let registry = Arc::new(Registry::new(
+            RegistryConfig {
+                deregister_after: config.deregister_after,
+                ..RegistryConfig::default()
+            },
+            clock,
+        ));
+        metrics.register_collector(Box::new(RegistryMetrics(registry.clone())));
+        let topology = config.topology.then(|| {
+            let topology = Arc::new(Topology::new(
+                TopologyConfig {
+                    edge_wait: config.edge_wait,
+                    max_pending: config.edge_max_pending,
+                    retention: config.retention,
+                    ..TopologyConfig::default()
+                },
+                clock,
+            ));
+            metrics.register_collector(Box::new(TopologyMetrics(topology.clone())));
+            topology
+        });
         let engine = QueryEngine::new(store.clone(), limits, metrics.clone())
-            .map_err(StartError::Runtime)?;
+            .map_err(StartError::Runtime)?
+            .with_registry(registry.clone());
 
-        let (queue, dispatcher) = IngestQueue::new(config.max_ingest_bytes);
+        let (queue, mut dispatcher) = IngestQueue::new(config.max_ingest_bytes);
+        if let Some(topology) = &topology {
+            dispatcher = dispatcher.with_consumer(topology.clone());
+        }
+        let dispatcher = dispatcher.with_consumer(registry.clone());
         let gauge = queue.gauge();
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
-        let ingest = Arc::new(Ingest::new(queue, metrics.clone()));
+        let ingest = Arc::new(
+            Ingest::new(queue, metrics.clone())
+                .with_facts(config.topology)
+                .with_registry(registry.clone()),
+        );
         let receivers_stop = CancellationToken::new();
         let query_stop = CancellationToken::new();
 
@@ -146,6 +182,8 @@ impl Collector {
         let dispatcher = tokio::spawn(dispatcher.run(store.clone()));
         let maintenance = {
             let store = store.clone();
+            let topology = topology.clone();
+            let registry = registry.clone();
             let stop = query_stop.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(MAINTENANCE_PERIOD);
@@ -153,6 +191,10 @@ impl Collector {
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {
+                            registry.tick();
+                            if let Some(topology) = &topology {
+                                topology.tick();
+                            }
                             let store = store.clone();
                             // Compaction is CPU work: keep it off the async threads.
                             let _ = tokio::task::spawn_blocking(move || store.maintain(SystemTime::now())).await;
@@ -166,6 +208,8 @@ impl Collector {
         let ready = Arc::new(AtomicBool::new(true));
         let state = Arc::new(ApiState {
             engine,
+            topology: topology.clone(),
+            registry: registry.clone(),
             metrics: metrics.clone(),
             queue: gauge,
             ready: ready.clone(),
@@ -182,6 +226,8 @@ impl Collector {
         Ok(RunningCollector {
             addrs,
             store,
+            topology,
+            registry,
             metrics,
             ready,
             receivers_stop,
@@ -203,6 +249,16 @@ impl RunningCollector {
     /// Its span store.
     pub fn store(&self) -> &Arc<dyn SpanStore> {
         &self.store
+    }
+
+    /// Its service graph (`None` when started with the topology off).
+    pub fn topology(&self) -> Option<&Arc<Topology>> {
+        self.topology.as_ref()
+    }
+
+    /// Its instance registry.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// Its metrics.

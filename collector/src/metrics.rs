@@ -51,6 +51,10 @@ pub struct Metrics {
     pub refused_requests: Family<RefusalLabels, Counter>,
     /// Log records accepted (and, for now, not stored), per protocol.
     pub accepted_log_records: Family<ProtocolLabels, Counter>,
+    /// Valid health events received, per protocol.
+    pub health_events: Family<ProtocolLabels, Counter>,
+    /// Invalid health events refused, per protocol.
+    pub refused_health_events: Family<ProtocolLabels, Counter>,
     /// Bytes waiting in the ingest queue.
     pub ingest_queue_bytes: Gauge,
     /// The ingest queue's budget.
@@ -84,6 +88,8 @@ impl Metrics {
             refused_spans: Family::default(),
             refused_requests: Family::default(),
             accepted_log_records: Family::default(),
+            health_events: Family::default(),
+            refused_health_events: Family::default(),
             ingest_queue_bytes: Gauge::default(),
             ingest_queue_capacity_bytes: Gauge::default(),
             store_rows: Gauge::default(),
@@ -112,8 +118,18 @@ impl Metrics {
         );
         registry.register(
             "wayfinder_receiver_accepted_log_records",
-            "Log records accepted by the receivers (not stored unless a later stage uses them)",
+            "Log records other than health events accepted by the receivers (counted, not stored)",
             m.accepted_log_records.clone(),
+        );
+        registry.register(
+            "wayfinder_receiver_health_events",
+            "Valid health events received",
+            m.health_events.clone(),
+        );
+        registry.register(
+            "wayfinder_receiver_refused_health_events",
+            "Invalid health events refused",
+            m.refused_health_events.clone(),
         );
         registry.register(
             "wayfinder_ingest_queue_bytes",

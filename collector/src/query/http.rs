@@ -1,5 +1,6 @@
-//! The query HTTP API: `POST /api/v1/sql`, `GET /api/v1/traces/{trace_id}`, `GET /metrics`,
-//! `GET /healthz`, `GET /readyz`.
+//! The query HTTP API: `POST /api/v1/sql`, `GET /api/v1/traces/{trace_id}`,
+//! `GET /api/v1/topology`, `GET /api/v1/services`, `GET /api/v1/instances`, the
+//! Jaeger-compatible `/api/…` endpoints, `GET /metrics`, `GET /healthz`, `GET /readyz`.
 //!
 //! Errors are answered in one place ([`ApiError`]): a status code and `{"error": "…"}`.
 
@@ -29,6 +30,10 @@ use crate::pipeline::QueueGauge;
 pub struct ApiState {
     /// The SQL engine (and through it, the store).
     pub engine: QueryEngine,
+    /// The service graph, unless the topology is off.
+    pub topology: Option<Arc<crate::topology::Topology>>,
+    /// The instance registry.
+    pub registry: Arc<crate::registry::Registry>,
     /// The collector's metrics.
     pub metrics: Arc<Metrics>,
     /// The ingest queue's fill, for its gauges.
@@ -42,6 +47,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(sql))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/topology", get(super::topology::get_topology))
+        .route("/api/v1/services", get(super::topology::get_services))
+        .route("/api/v1/instances", get(super::topology::get_instances))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod json;
+mod topology;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use futures::StreamExt as _;
 
 use crate::decode::schema::span_schema;
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::registry::{Registry, health_events_schema};
 use crate::store::SpanStore;
 
 /// Limits of the query engine.
@@ -81,6 +83,7 @@ pub struct QueryResult {
 #[derive(Debug, Clone)]
 pub struct QueryEngine {
     store: Arc<dyn SpanStore>,
+    registry: Option<Arc<Registry>>,
     limits: QueryLimits,
     metrics: Arc<Metrics>,
     runtime: Arc<QueryRuntime>,
@@ -112,10 +115,17 @@ impl QueryEngine {
             .build()?;
         Ok(Self {
             store,
+            registry: None,
             limits,
             metrics,
             runtime: Arc::new(QueryRuntime(Some(runtime))),
         })
+    }
+
+    /// Also serves the registry's `health_events` table.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// The store queried.
@@ -176,6 +186,16 @@ impl QueryEngine {
         context
             .register_table("spans", Arc::new(table))
             .map_err(internal)?;
+        if let Some(registry) = &self.registry {
+            let batch = registry
+                .health_events()
+                .map_err(|e| QueryError::Execution(e.to_string()))?;
+            let table =
+                MemTable::try_new(health_events_schema(), vec![vec![batch]]).map_err(internal)?;
+            context
+                .register_table("health_events", Arc::new(table))
+                .map_err(internal)?;
+        }
         Ok(context)
     }
 }

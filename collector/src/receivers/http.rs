@@ -30,6 +30,7 @@ pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/v1/traces", post(traces))
         .route("/v1/logs", post(logs))
+        .route("/v1/health", post(health))
         .with_state(Arc::new(HttpState {
             ingest,
             max_body_bytes,
@@ -208,6 +209,48 @@ async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bod
         Err(refused) => {
             state.ingest.refuse_request(protocol, refused.reason);
             refused.into_response(format)
+        }
+    }
+}
+
+/// `POST /v1/health`: one heartbeat as JSON ([`wayfinder_api::health::HealthReport`]).
+async fn health(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        if format_of(&headers)? != Format::Json {
+            return Err(Refused::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                tonic::Code::InvalidArgument,
+                "unsupported_media_type",
+                "send the heartbeat as application/json",
+            ));
+        }
+        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let report: wayfinder_api::health::HealthReport =
+            serde_json::from_slice(&body).map_err(|e| {
+                Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    tonic::Code::InvalidArgument,
+                    "malformed",
+                    format!("cannot decode the heartbeat: {e}"),
+                )
+            })?;
+        state.ingest.export_health(report).map_err(|message| {
+            Refused::new(
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+                "invalid_health_event",
+                message,
+            )
+        })
+    }
+    .await;
+    match result {
+        Ok(ack) => (StatusCode::OK, axum::Json(ack)).into_response(),
+        Err(refused) => {
+            state
+                .ingest
+                .refuse_request(Protocol::HttpJson, refused.reason);
+            refused.into_response(Format::Json)
         }
     }
 }

@@ -7,15 +7,18 @@ pub mod http;
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
+use wayfinder_api::health::{HealthAck, HealthReport};
 
+use crate::decode::health::{decode_health_logs, validate};
 use crate::decode::{decode_spans_only, decode_traces};
 use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
 use crate::pipeline::{IngestQueue, Refusal};
+use crate::registry::{BeatOutcome, Registry};
 
 /// How a request reached the collector, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +64,8 @@ pub struct Ingest {
     metrics: Arc<Metrics>,
     /// Whether the topology facts are taken from each span (off when the topology is off).
     with_facts: bool,
+    /// Where health events go.
+    registry: Option<Arc<Registry>>,
 }
 
 impl Ingest {
@@ -70,7 +75,15 @@ impl Ingest {
             queue,
             metrics,
             with_facts: true,
+            registry: None,
         }
+    }
+
+    /// Sends health events (OTLP log records named `wayfinder.health`, `POST /v1/health`) to
+    /// `registry`.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
     }
 
     /// Whether to take the topology facts of each span (default on).
@@ -164,27 +177,77 @@ impl Ingest {
         Ok(ExportTraceServiceResponse { partial_success })
     }
 
-    /// Accepts the log records of one request. This collector stores none of them yet (health
-    /// events come in a later version); they are counted and acknowledged.
+    /// Accepts the log records of one request: health events go to the registry (invalid ones
+    /// are rejected through `partial_success`); other records are counted, not stored.
     pub fn export_logs(
         &self,
         protocol: Protocol,
         request: &ExportLogsServiceRequest,
     ) -> ExportLogsServiceResponse {
-        let records: usize = request
-            .resource_logs
-            .iter()
-            .flat_map(|r| &r.scope_logs)
-            .map(|s| s.log_records.len())
-            .sum();
+        let decoded = decode_health_logs(request);
+        let labels = ProtocolLabels {
+            protocol: protocol.label(),
+        };
         self.metrics
             .accepted_log_records
-            .get_or_create(&ProtocolLabels {
-                protocol: protocol.label(),
-            })
-            .inc_by(records as u64);
+            .get_or_create(&labels)
+            .inc_by(decoded.other_records);
+        let accepted = decoded.events.len() as u64;
+        for event in decoded.events.iter().cloned() {
+            self.apply_beat(event);
+        }
+        self.metrics
+            .health_events
+            .get_or_create(&labels)
+            .inc_by(accepted);
+        if decoded.rejected > 0 {
+            self.metrics
+                .refused_health_events
+                .get_or_create(&labels)
+                .inc_by(decoded.rejected);
+        }
         ExportLogsServiceResponse {
-            partial_success: None,
+            partial_success: decoded
+                .message()
+                .map(|error_message| ExportLogsPartialSuccess {
+                    rejected_log_records: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
+                    error_message,
+                }),
+        }
+    }
+
+    /// Accepts one `POST /v1/health` heartbeat; `Err` says why it is invalid.
+    pub fn export_health(&self, report: HealthReport) -> Result<HealthAck, String> {
+        let labels = ProtocolLabels {
+            protocol: Protocol::HttpJson.label(),
+        };
+        let event = validate(report).inspect_err(|_| {
+            self.metrics
+                .refused_health_events
+                .get_or_create(&labels)
+                .inc();
+        })?;
+        self.metrics.health_events.get_or_create(&labels).inc();
+        Ok(match self.apply_beat(event) {
+            BeatOutcome::Accepted => HealthAck {
+                accepted: true,
+                reason: None,
+            },
+            BeatOutcome::Stale { last } => HealthAck {
+                accepted: false,
+                reason: Some(format!("seq is not newer than the last one seen ({last})")),
+            },
+            BeatOutcome::Full => HealthAck {
+                accepted: false,
+                reason: Some("the registry is full; this instance is not tracked".into()),
+            },
+        })
+    }
+
+    fn apply_beat(&self, event: crate::decode::health::HealthEvent) -> BeatOutcome {
+        match &self.registry {
+            Some(registry) => registry.beat(event),
+            None => BeatOutcome::Accepted,
         }
     }
 }

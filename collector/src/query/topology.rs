@@ -1,0 +1,300 @@
+//! `GET /api/v1/topology`, `GET /api/v1/services` and `GET /api/v1/instances`: the service graph
+//! and the instance registry as JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use wayfinder_api::topology::{
+    Edge, Instance, InstancesResponse, LatencyMs, Node, NodeInstance, Service, ServicesResponse,
+    SidesMs, Stats, TopologyResponse,
+};
+
+use super::http::{ApiError, ApiState};
+use crate::registry::InstanceStatus;
+use crate::topology::stats::{Latency, Summary};
+use crate::topology::{NodeKind, Snapshot, Topology};
+
+/// The default window.
+const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+
+/// RFC 3339 in UTC, with milliseconds.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn latency(latency: &Latency) -> Option<LatencyMs> {
+    let round = |v: f64| (v * 1000.0).round() / 1000.0;
+    Some(LatencyMs {
+        p50: round(latency.quantile(0.5)?),
+        p90: round(latency.quantile(0.9)?),
+        p99: round(latency.quantile(0.99)?),
+        mean: round(latency.mean()?),
+    })
+}
+
+fn stats(summary: &Summary, graph: &Snapshot) -> Stats {
+    Stats {
+        requests: summary.requests,
+        errors: summary.errors,
+        rate_per_sec: graph.rate(summary.requests),
+        error_rate: if summary.requests == 0 {
+            0.0
+        } else {
+            summary.errors as f64 / summary.requests as f64
+        },
+        latency_ms: SidesMs {
+            server: latency(&summary.server),
+            client: latency(&summary.client),
+        },
+    }
+}
+
+fn topology(state: &ApiState) -> Result<&Arc<Topology>, ApiError> {
+    state.topology.as_ref().ok_or_else(|| {
+        ApiError::NotFound("the topology is off on this collector (--no-topology)".into())
+    })
+}
+
+/// Parses `window` (e.g. `5m`): at least a minute, at most the retention.
+fn window(text: Option<&str>, retention: Duration) -> Result<Duration, ApiError> {
+    let Some(text) = text else {
+        return Ok(DEFAULT_WINDOW.min(retention));
+    };
+    let window = crate::config::parse_duration(text).map_err(ApiError::BadRequest)?;
+    if window < Duration::from_secs(60) || window > retention {
+        return Err(ApiError::BadRequest(format!(
+            "window must be between 1m and the retention ({}); got {text}",
+            humantime::format_duration(retention)
+        )));
+    }
+    Ok(window)
+}
+
+/// The query of `GET /api/v1/topology`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TopologyQuery {
+    window: Option<String>,
+    level: Option<String>,
+    service: Option<String>,
+}
+
+pub(crate) async fn get_topology(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<TopologyQuery>,
+) -> Result<Json<TopologyResponse>, ApiError> {
+    let topology = topology(&state)?;
+    let window = window(query.window.as_deref(), topology.retention())?;
+    let instance_level = match query.level.as_deref() {
+        None | Some("service") => false,
+        Some("instance") => true,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "level must be service or instance; got {other}"
+            )));
+        }
+    };
+    let graph = topology.snapshot(window);
+    let statuses: BTreeMap<(String, String), InstanceStatus> = state
+        .registry
+        .instances(None)
+        .into_iter()
+        .map(|i| ((i.service.to_string(), i.instance_id.to_string()), i.status))
+        .collect();
+
+    let mut nodes: BTreeMap<(u8, String), Node> = BTreeMap::new();
+    for node in &graph.nodes {
+        let instances = node
+            .instances
+            .iter()
+            .map(|i| NodeInstance {
+                id: i.id.to_string(),
+                address: i.address.clone(),
+                status: statuses
+                    .get(&(node.key.name.to_string(), i.id.to_string()))
+                    .map(|s| s.as_str().to_owned()),
+                stats: stats(&i.served, &graph),
+            })
+            .collect();
+        nodes.insert(
+            (node.key.kind as u8, node.key.name.to_string()),
+            Node {
+                id: node.key.name.to_string(),
+                kind: node.key.kind.as_str().to_owned(),
+                service: None,
+                instances,
+                stats: stats(&node.served, &graph),
+            },
+        );
+    }
+
+    let mut edges: Vec<Edge> = Vec::new();
+    for edge in &graph.edges {
+        if instance_level && edge.key.server.kind == NodeKind::Service {
+            continue; // replaced by the edges to its instances below
+        }
+        edges.push(Edge {
+            source: edge.key.client.name.to_string(),
+            target: edge.key.server.name.to_string(),
+            connection_type: edge.key.connection.as_str().to_owned(),
+            requests: edge.summary.requests,
+            errors: edge.summary.errors,
+            rate_per_sec: graph.rate(edge.summary.requests),
+            latency_ms: stats(&edge.summary, &graph).latency_ms,
+        });
+    }
+    if instance_level {
+        let services: Vec<Node> = nodes.values().cloned().collect();
+        for service in services.iter().filter(|n| n.kind == "service") {
+            for instance in &service.instances {
+                let id = format!("{}/{}", service.id, instance.id);
+                nodes.insert(
+                    (u8::MAX, id.clone()),
+                    Node {
+                        id,
+                        kind: "instance".into(),
+                        service: Some(service.id.clone()),
+                        instances: Vec::new(),
+                        stats: instance.stats.clone(),
+                    },
+                );
+            }
+        }
+        for edge in &graph.instance_edges {
+            edges.push(Edge {
+                source: edge.key.client.name.to_string(),
+                target: format!("{}/{}", edge.key.server, edge.key.instance),
+                connection_type: edge.key.connection.as_str().to_owned(),
+                requests: edge.summary.requests,
+                errors: edge.summary.errors,
+                rate_per_sec: graph.rate(edge.summary.requests),
+                latency_ms: stats(&edge.summary, &graph).latency_ms,
+            });
+        }
+    }
+
+    if let Some(service) = &query.service {
+        let known = nodes.values().any(|n| &n.id == service);
+        if !known {
+            return Err(ApiError::NotFound(format!(
+                "no node named {service} in the last {}",
+                humantime::format_duration(window)
+            )));
+        }
+        let prefix = format!("{service}/");
+        let mine = |id: &str| id == service || id.starts_with(&prefix);
+        edges.retain(|e| mine(&e.source) || mine(&e.target));
+        let keep: BTreeSet<String> = edges
+            .iter()
+            .flat_map(|e| [e.source.clone(), e.target.clone()])
+            .chain([service.clone()])
+            .collect();
+        nodes.retain(|_, n| keep.contains(&n.id));
+    }
+    edges.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
+
+    Ok(Json(TopologyResponse {
+        window_seconds: window.as_secs(),
+        generated_at: rfc3339(graph.generated_at),
+        level: if instance_level {
+            "instance"
+        } else {
+            "service"
+        }
+        .into(),
+        nodes: nodes.into_values().collect(),
+        edges,
+    }))
+}
+
+/// The query of `GET /api/v1/services`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ServicesQuery {
+    window: Option<String>,
+}
+
+pub(crate) async fn get_services(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<ServicesQuery>,
+) -> Result<Json<ServicesResponse>, ApiError> {
+    let topology = topology(&state)?;
+    let window = window(query.window.as_deref(), topology.retention())?;
+    let graph = topology.snapshot(window);
+    let mut instance_counts: BTreeMap<String, u64> = BTreeMap::new();
+    for instance in state.registry.instances(None) {
+        *instance_counts
+            .entry(instance.service.to_string())
+            .or_default() += 1;
+    }
+    let mut services: Vec<Service> = graph
+        .nodes
+        .iter()
+        .filter(|n| n.key.kind != NodeKind::User)
+        .map(|node| {
+            let served = &node.served;
+            // A virtual node's latency is what its callers saw.
+            let latency = if node.key.kind == NodeKind::Service {
+                &served.server
+            } else {
+                &served.client
+            };
+            let instances = instance_counts
+                .get(&*node.key.name)
+                .copied()
+                .unwrap_or(node.instances.len() as u64);
+            let s = stats(served, &graph);
+            Service {
+                name: node.key.name.to_string(),
+                kind: node.key.kind.as_str().to_owned(),
+                instance_count: instances,
+                requests: served.requests,
+                request_rate: s.rate_per_sec,
+                error_rate: s.error_rate,
+                p50_ms: latency.quantile(0.5),
+                p99_ms: latency.quantile(0.99),
+            }
+        })
+        .collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(ServicesResponse {
+        window_seconds: window.as_secs(),
+        generated_at: rfc3339(graph.generated_at),
+        services,
+    }))
+}
+
+/// The query of `GET /api/v1/instances`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct InstancesQuery {
+    service: Option<String>,
+}
+
+pub(crate) async fn get_instances(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<InstancesQuery>,
+) -> Json<InstancesResponse> {
+    let instances = state
+        .registry
+        .instances(query.service.as_deref())
+        .into_iter()
+        .map(|i| Instance {
+            service: i.service.to_string(),
+            instance_id: i.instance_id.to_string(),
+            status: i.status.as_str().to_owned(),
+            address: i.address,
+            source: i.source.as_str().to_owned(),
+            last_beat: i.last_beat.map(rfc3339),
+            last_seen: i.last_seen.map(rfc3339),
+            since: rfc3339(i.since),
+            ttl_ms: i
+                .ttl
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            seq: i.seq,
+            output: i.output,
+        })
+        .collect();
+    Json(InstancesResponse { instances })
+}
