@@ -50,6 +50,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/topology", get(super::topology::get_topology))
         .route("/api/v1/services", get(super::topology::get_services))
         .route("/api/v1/instances", get(super::topology::get_instances))
+        .route("/api/services", get(super::jaeger::services))
+        .route(
+            "/api/services/{service}/operations",
+            get(super::jaeger::service_operations),
+        )
+        .route("/api/operations", get(super::jaeger::operations))
+        .route("/api/traces", get(super::jaeger::search))
+        .route("/api/traces/{trace_id}", get(super::jaeger::trace))
+        .route("/api/dependencies", get(super::jaeger::dependencies))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))

@@ -6,6 +6,7 @@
 //! for its answer. Only read queries are planned: DDL, DML, `COPY` and `SET` are refused.
 
 pub mod http;
+mod jaeger;
 pub mod json;
 mod topology;
 

@@ -1,0 +1,570 @@
+//! A known call graph, sent by the OpenTelemetry SDK's OTLP exporters (gRPC and HTTP) from four
+//! services, plus heartbeats over `POST /v1/health` and OTLP logs; then the topology, services,
+//! instances, Jaeger and metrics endpoints are checked against the exact graph and counts.
+//!
+//! ```text
+//! user ─http─> frontend ─http─> cart ─database─> carts
+//!                                  └─messaging─> order-events ─messaging─> billing
+//! ```
+//! Four requests; the frontend fails the fourth, cart fails the second (on cart-2); cart has two
+//! instances that take two requests each, in turn.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue as ProtoKeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use prost::Message as _;
+use serde_json::{Value, json};
+use wayfinder_collector::RunningCollector;
+use wayfinder_e2e::{http_client, loopback_config, sql, start, wait_for_rows};
+
+const REQUESTS: usize = 4;
+
+fn provider(service: &str, instance: &str, exporter: SpanExporter) -> SdkTracerProvider {
+    let resource = Resource::builder()
+        .with_service_name(service.to_owned())
+        .with_attribute(KeyValue::new("service.instance.id", instance.to_owned()))
+        .build();
+    SdkTracerProvider::builder()
+        .with_simple_exporter(exporter)
+        .with_resource(resource)
+        .build()
+}
+
+fn grpc(endpoint: &str) -> SpanExporter {
+    SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()
+        .expect("the gRPC exporter builds")
+}
+
+fn http(endpoint: &str) -> SpanExporter {
+    SpanExporter::builder()
+        .with_http()
+        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+        .with_endpoint(endpoint)
+        .build()
+        .expect("the HTTP exporter builds")
+}
+
+/// Sends the call graph; returns the trace ids in order.
+fn send_call_graph(grpc_endpoint: String, http_endpoint: String) -> Vec<String> {
+    let frontend = provider("frontend", "frontend-1", grpc(&grpc_endpoint));
+    let carts = [
+        provider("cart", "cart-1", http(&http_endpoint)),
+        provider("cart", "cart-2", http(&http_endpoint)),
+    ];
+    let billing = provider("billing", "billing-1", grpc(&grpc_endpoint));
+    let front = frontend.tracer("e2e");
+    let bill = billing.tracer("e2e");
+    let mut traces = Vec::new();
+
+    for i in 0..REQUESTS {
+        let cart = carts[i % 2].tracer("e2e");
+        let root = front
+            .span_builder("GET /checkout")
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("http.request.method", "GET")])
+            .start(&front);
+        let root_cx = Context::current_with_span(root);
+        traces.push(root_cx.span().span_context().trace_id().to_string());
+        let call = front
+            .span_builder("POST /cart")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("url.full", "http://cart.local:8080/cart"),
+                KeyValue::new("server.address", "cart.local"),
+                KeyValue::new("server.port", 8080i64),
+            ])
+            .start_with_context(&front, &root_cx);
+
+        // Cart is another process: its parent is the frontend's client span, remote.
+        let remote = Context::new().with_remote_span_context(call.span_context().clone());
+        let mut served = cart
+            .span_builder("POST /cart")
+            .with_kind(SpanKind::Server)
+            .with_attributes([KeyValue::new("http.request.method", "POST")])
+            .start_with_context(&cart, &remote);
+        if i == 1 {
+            served.set_status(Status::error("out of stock"));
+        }
+        let served_cx = Context::current_with_span(served);
+        cart.span_builder("SELECT carts")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("db.system.name", "postgresql"),
+                KeyValue::new("db.namespace", "carts"),
+            ])
+            .start_with_context(&cart, &served_cx)
+            .end();
+        let publish = cart
+            .span_builder("order-events publish")
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.destination.name", "order-events"),
+            ])
+            .start_with_context(&cart, &served_cx);
+        let message = Context::new().with_remote_span_context(publish.span_context().clone());
+        bill.span_builder("order-events process")
+            .with_kind(SpanKind::Consumer)
+            .with_attributes([
+                KeyValue::new("messaging.system", "kafka"),
+                KeyValue::new("messaging.destination.name", "order-events"),
+            ])
+            .start_with_context(&bill, &message)
+            .end();
+        drop(publish); // ends it
+        served_cx.span().end();
+        drop(call);
+        if i == REQUESTS - 1 {
+            root_cx.span().set_status(Status::error("payment declined"));
+        }
+        root_cx.span().end();
+    }
+    for p in [frontend, billing].into_iter().chain(carts) {
+        p.shutdown().expect("the provider flushes");
+    }
+    traces
+}
+
+fn string(value: &str) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(value.into())),
+    })
+}
+
+fn int(value: i64) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::IntValue(value)),
+    })
+}
+
+fn kv(key: &str, value: Option<AnyValue>) -> ProtoKeyValue {
+    ProtoKeyValue {
+        key: key.into(),
+        value,
+        ..Default::default()
+    }
+}
+
+/// A `wayfinder.health` log record of billing-1, as OTLP/HTTP protobuf.
+fn billing_beat() -> Vec<u8> {
+    let record = LogRecord {
+        event_name: "wayfinder.health".into(),
+        attributes: vec![
+            kv("health.status", string("passing")),
+            kv("health.ttl_ms", int(60_000)),
+            kv("health.seq", int(1)),
+            kv("server.address", string("10.0.0.9")),
+            kv("server.port", int(9090)),
+        ],
+        ..Default::default()
+    };
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(ProtoResource {
+                attributes: vec![
+                    kv("service.name", string("billing")),
+                    kv("service.instance.id", string("billing-1")),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![record],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+async fn get(collector: &RunningCollector, path: &str) -> (u16, Value) {
+    let url = format!("http://{}{path}", collector.addrs().query_http);
+    let response = http_client()
+        .get(url)
+        .send()
+        .await
+        .expect("the API answers");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+/// `(source, target, connection_type, requests, errors)` of every edge.
+fn edges(topology: &Value) -> Vec<(String, String, String, u64, u64)> {
+    topology["edges"]
+        .as_array()
+        .expect("edges")
+        .iter()
+        .map(|e| {
+            (
+                e["source"].as_str().unwrap().to_owned(),
+                e["target"].as_str().unwrap().to_owned(),
+                e["connection_type"].as_str().unwrap().to_owned(),
+                e["requests"].as_u64().unwrap(),
+                e["errors"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn edge(s: &str, t: &str, c: &str, r: u64, e: u64) -> (String, String, String, u64, u64) {
+    (s.into(), t.into(), c.into(), r, e)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn known_call_graph_through_every_endpoint() {
+    let collector = start(loopback_config()).await;
+    let addrs = collector.addrs();
+    let client = http_client();
+
+    // Heartbeats: cart-1 passing, cart-2 warning (JSON), billing-1 over OTLP logs, a bad one.
+    let health_url = format!("http://{}/v1/health", addrs.otlp_http);
+    for (instance, status, address) in [
+        ("cart-1", "passing", "10.0.0.1:8080"),
+        ("cart-2", "warning", "10.0.0.2:8080"),
+    ] {
+        let response = client
+            .post(&health_url)
+            .json(
+                &json!({"service": "cart", "instance_id": instance, "address": address,
+                          "status": status, "ttl_ms": 60_000, "seq": 1}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.json::<Value>().await.unwrap()["accepted"], true);
+    }
+    let stale = client
+        .post(&health_url)
+        .json(&json!({"service": "cart", "instance_id": "cart-1", "status": "critical", "seq": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 200);
+    assert_eq!(
+        stale.json::<Value>().await.unwrap()["accepted"],
+        false,
+        "seq 1 again is stale"
+    );
+    let bad = client
+        .post(&health_url)
+        .json(&json!({"service": "cart", "instance_id": "cart-3", "status": "sleepy"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("health.status"));
+    let logs = client
+        .post(format!("http://{}/v1/logs", addrs.otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(billing_beat())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logs.status(), 200);
+
+    let grpc_endpoint = format!("http://{}", addrs.otlp_grpc);
+    let http_endpoint = format!("http://{}/v1/traces", addrs.otlp_http);
+    let traces = tokio::task::spawn_blocking(move || send_call_graph(grpc_endpoint, http_endpoint))
+        .await
+        .unwrap();
+    let spans = 6 * REQUESTS as i64;
+    assert_eq!(wait_for_rows(&collector, "true", spans).await, spans);
+
+    // The store has every span; the topology is fed right after, so poll it briefly too.
+    let expected = vec![
+        edge("cart", "carts", "database", 4, 0),
+        edge("cart", "order-events", "messaging", 4, 0),
+        edge("frontend", "cart", "http", 4, 1),
+        edge("order-events", "billing", "messaging", 4, 0),
+        edge("user", "frontend", "http", 4, 1),
+    ];
+    let mut topology = Value::Null;
+    for _ in 0..250 {
+        topology = get(&collector, "/api/v1/topology?window=5m").await.1;
+        if edges(&topology) == expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        edges(&topology),
+        expected,
+        "the service graph: {topology:#}"
+    );
+    assert_eq!(topology["window_seconds"], 300);
+    let kinds: BTreeSet<(String, String)> = topology["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().into(),
+                n["kind"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, String)> = [
+        ("billing", "service"),
+        ("cart", "service"),
+        ("carts", "database"),
+        ("frontend", "service"),
+        ("order-events", "messaging"),
+        ("user", "user"),
+    ]
+    .into_iter()
+    .map(|(a, b)| (a.into(), b.into()))
+    .collect();
+    assert_eq!(kinds, want);
+    let cart = topology["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "cart")
+        .unwrap();
+    assert_eq!(cart["stats"]["requests"], 4);
+    assert_eq!(cart["stats"]["errors"], 1);
+    let instances: Vec<(Value, Value, Value)> = cart["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["id"].clone(),
+                i["stats"]["requests"].clone(),
+                i["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        instances,
+        [
+            (json!("cart-1"), json!(2), json!("passing")),
+            (json!("cart-2"), json!(2), json!("warning"))
+        ]
+    );
+    let to_cart = &topology["edges"][2];
+    for side in ["server", "client"] {
+        let latency = &to_cart["latency_ms"][side];
+        assert!(
+            latency["p50"].as_f64().unwrap() >= 0.0,
+            "{side} p50: {to_cart}"
+        );
+        assert!(
+            latency["p99"].as_f64() >= latency["p50"].as_f64(),
+            "{side}: {to_cart}"
+        );
+    }
+    assert!(to_cart["rate_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(
+        topology["edges"][0]["latency_ms"]["server"].is_null(),
+        "a database edge has no server side"
+    );
+
+    // Instance level: the frontend's calls split over cart's two instances.
+    let (_, by_instance) = get(&collector, "/api/v1/topology?level=instance&service=cart").await;
+    let mut to_instances: Vec<_> = edges(&by_instance)
+        .into_iter()
+        .filter(|e| e.1.starts_with("cart/"))
+        .collect();
+    to_instances.sort();
+    assert_eq!(
+        to_instances,
+        [
+            edge("frontend", "cart/cart-1", "http", 2, 0),
+            edge("frontend", "cart/cart-2", "http", 2, 1)
+        ]
+    );
+    let (_, billing) = get(&collector, "/api/v1/topology?service=billing").await;
+    assert_eq!(
+        edges(&billing),
+        [edge("order-events", "billing", "messaging", 4, 0)]
+    );
+    let (status, _) = get(&collector, "/api/v1/topology?window=10s").await;
+    assert_eq!(status, 400, "a window under a minute is refused");
+    let (status, _) = get(&collector, "/api/v1/topology?service=nobody").await;
+    assert_eq!(status, 404);
+
+    // Services.
+    let (_, services) = get(&collector, "/api/v1/services").await;
+    let cart = services["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "cart")
+        .unwrap()
+        .clone();
+    assert_eq!(cart["kind"], "service");
+    assert_eq!(cart["instance_count"], 2);
+    assert_eq!(cart["requests"], 4);
+    assert_eq!(cart["error_rate"], 0.25);
+    assert!(cart["p99_ms"].as_f64() >= cart["p50_ms"].as_f64());
+
+    // Instances: heartbeats and traffic.
+    let (_, registry) = get(&collector, "/api/v1/instances").await;
+    let listed: Vec<(Value, Value, Value, Value, Value)> = registry["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["service"].clone(),
+                i["instance_id"].clone(),
+                i["status"].clone(),
+                i["source"].clone(),
+                i["address"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (
+                json!("billing"),
+                json!("billing-1"),
+                json!("passing"),
+                json!("health"),
+                json!("10.0.0.9:9090")
+            ),
+            (
+                json!("cart"),
+                json!("cart-1"),
+                json!("passing"),
+                json!("health"),
+                json!("10.0.0.1:8080")
+            ),
+            (
+                json!("cart"),
+                json!("cart-2"),
+                json!("warning"),
+                json!("health"),
+                json!("10.0.0.2:8080")
+            ),
+            (
+                json!("frontend"),
+                json!("frontend-1"),
+                json!("unknown"),
+                json!("traces"),
+                Value::Null
+            ),
+        ]
+    );
+    let (_, only_cart) = get(&collector, "/api/v1/instances?service=cart").await;
+    assert_eq!(only_cart["instances"].as_array().unwrap().len(), 2);
+    let events = sql(
+        &collector,
+        "SELECT instance_id, status, reason FROM health_events ORDER BY instance_id, time",
+    )
+    .await;
+    let rows: Vec<(Value, Value, Value)> = events
+        .rows
+        .iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (json!("billing-1"), json!("passing"), json!("reported")),
+            (json!("cart-1"), json!("passing"), json!("reported")),
+            (json!("cart-2"), json!("warning"), json!("reported")),
+            (json!("frontend-1"), json!("unknown"), json!("traffic")),
+        ]
+    );
+
+    // Jaeger.
+    let (_, services) = get(&collector, "/api/services").await;
+    assert_eq!(services["data"], json!(["billing", "cart", "frontend"]));
+    let (_, operations) = get(&collector, "/api/services/cart/operations").await;
+    assert_eq!(
+        operations["data"],
+        json!(["POST /cart", "SELECT carts", "order-events publish"])
+    );
+    let (_, found) = get(&collector, "/api/traces?service=frontend&limit=10").await;
+    let found = found["data"].as_array().unwrap();
+    assert_eq!(found.len(), REQUESTS);
+    for trace in found {
+        assert_eq!(trace["spans"].as_array().unwrap().len(), 6);
+        assert_eq!(trace["processes"].as_object().unwrap().len(), 3);
+    }
+    let failed = r#"/api/traces?service=frontend&tags=%7B%22error%22%3A%22true%22%7D"#;
+    let (_, failed) = get(&collector, failed).await;
+    assert_eq!(failed["data"].as_array().unwrap().len(), 1);
+    assert_eq!(failed["data"][0]["traceID"], json!(traces[REQUESTS - 1]));
+    let (_, slow) = get(&collector, "/api/traces?service=frontend&minDuration=1h").await;
+    assert_eq!(slow["data"], json!([]), "no trace lasts an hour");
+    let (status, one) = get(&collector, &format!("/api/traces/{}", traces[0])).await;
+    assert_eq!(status, 200);
+    let spans = one["data"][0]["spans"].as_array().unwrap();
+    let consumer = spans
+        .iter()
+        .find(|s| s["operationName"] == "order-events process")
+        .unwrap();
+    let producer = spans
+        .iter()
+        .find(|s| s["operationName"] == "order-events publish")
+        .unwrap();
+    assert_eq!(consumer["references"][0]["refType"], "CHILD_OF");
+    assert_eq!(consumer["references"][0]["spanID"], producer["spanID"]);
+    assert!(
+        consumer["startTime"].as_i64().unwrap() > 1_600_000_000_000_000,
+        "microseconds"
+    );
+    let kind = consumer["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["key"] == "span.kind")
+        .unwrap();
+    assert_eq!(kind["value"], "consumer");
+    let process = &one["data"][0]["processes"][consumer["processID"].as_str().unwrap()];
+    assert_eq!(process["serviceName"], "billing");
+    let (status, missing) = get(&collector, "/api/traces/00000000000000000000000000000001").await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["errors"][0]["code"], 404);
+    let (_, dependencies) = get(&collector, "/api/dependencies?lookback=3600000").await;
+    assert!(
+        dependencies["data"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"parent": "frontend", "child": "cart", "callCount": 4})),
+        "{dependencies}"
+    );
+
+    // Metrics.
+    let metrics = client
+        .get(format!("http://{}/metrics", addrs.query_http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"traces_service_graph_request_total{client="frontend",server="cart",connection_type="http"} 4"#,
+        r#"traces_service_graph_request_failed_total{client="frontend",server="cart",connection_type="http"} 1"#,
+        r#"traces_service_graph_request_server_seconds_count{client="frontend",server="cart",connection_type="http"} 4"#,
+        r#"traces_service_graph_request_client_seconds_count{client="frontend",server="cart",connection_type="http"} 4"#,
+        r#"traces_service_graph_request_total{client="user",server="frontend",connection_type="http"} 4"#,
+        r#"wayfinder_instance_health{service="cart",instance="cart-2",status="warning"} 1"#,
+        r#"wayfinder_instance_health{service="cart",instance="cart-2",status="passing"} 0"#,
+        r#"wayfinder_health_stale_beats_total 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line}");
+    }
+    collector.shutdown().await;
+}
