@@ -35,6 +35,15 @@ fn decode_to_arrow(c: &mut Criterion) {
                 b.iter(|| wayfinder_collector::decode::decode_traces(request).expect("valid spans"))
             },
         );
+        group.bench_with_input(
+            BenchmarkId::new("arrow_only_without_facts", spans),
+            &request,
+            |b, request| {
+                b.iter(|| {
+                    wayfinder_collector::decode::decode_spans_only(request).expect("valid spans")
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -135,11 +135,12 @@ impl Collector {
             .map_err(StartError::Runtime)?
             .with_registry(registry.clone());
 
-        let (queue, mut dispatcher) = IngestQueue::new(config.max_ingest_bytes);
+        let (queue, dispatcher) = IngestQueue::new(config.max_ingest_bytes);
+        // The topology comes last: it takes the facts it keeps instead of copying them.
+        let mut dispatcher = dispatcher.with_consumer(registry.clone());
         if let Some(topology) = &topology {
             dispatcher = dispatcher.with_consumer(topology.clone());
         }
-        let dispatcher = dispatcher.with_consumer(registry.clone());
         let gauge = queue.gauge();
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
         let ingest = Arc::new(

@@ -145,6 +145,7 @@ impl SpanFacts {
                 })
             })
             .collect();
+        let kind = SpanKind::from_otlp(span.kind);
         Self {
             id: SpanRef {
                 trace_id: span.trace_id.as_slice().try_into().unwrap_or_default(),
@@ -153,13 +154,17 @@ impl SpanFacts {
             parent_span_id,
             parent_is_remote: (span.flags & HAS_IS_REMOTE != 0)
                 .then_some(span.flags & IS_REMOTE != 0),
-            kind: SpanKind::from_otlp(span.kind),
+            kind,
             error: span.status.as_ref().is_some_and(|s| s.code == 2),
             duration_ns,
             service: service.clone(),
             instance: instance.cloned(),
             links,
-            peer: peer_attributes(&span.attributes),
+            // In-process spans talk to no peer: their attributes are not read.
+            peer: match kind {
+                SpanKind::Internal | SpanKind::Unspecified => None,
+                _ => peer_attributes(&span.attributes),
+            },
         }
     }
 }

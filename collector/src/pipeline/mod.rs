@@ -35,6 +35,12 @@ use crate::store::SpanStore;
 pub trait FactsConsumer: Send + Sync + std::fmt::Debug {
     /// Takes in the facts of one batch; must not block for long (it runs on the dispatcher).
     fn consume(&self, facts: &[SpanFacts]);
+
+    /// Like [`FactsConsumer::consume`], for the last consumer, which may take the facts apart
+    /// instead of copying what it keeps.
+    fn consume_owned(&self, facts: Vec<SpanFacts>) {
+        self.consume(&facts);
+    }
 }
 
 /// Budget is counted in KiB so that a semaphore's `u32` permits cover budgets up to 4 TiB.
@@ -142,7 +148,7 @@ fn facts_bytes(facts: &[SpanFacts]) -> usize {
                 + f.peer.as_ref().map_or(0, |_| 256)
         })
         .sum();
-    facts.len() * std::mem::size_of::<SpanFacts>() + heap
+    std::mem::size_of_val(facts) + heap
 }
 
 /// How full the ingest queue is.
@@ -174,7 +180,8 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Also feeds the facts of every batch to `consumer`.
+    /// Also feeds the facts of every batch to `consumer` (after the consumers added before; the
+    /// last one added gets the facts to keep).
     pub fn with_consumer(mut self, consumer: Arc<dyn FactsConsumer>) -> Self {
         self.consumers.push(consumer);
         self
@@ -184,8 +191,11 @@ impl Dispatcher {
     pub async fn run(mut self, store: Arc<dyn SpanStore>) {
         while let Some(queued) = self.rx.recv().await {
             store.append(queued.batch);
-            for consumer in &self.consumers {
-                consumer.consume(&queued.facts);
+            if let Some((last, others)) = self.consumers.split_last() {
+                for consumer in others {
+                    consumer.consume(&queued.facts);
+                }
+                last.consume_owned(queued.facts);
             }
             // The permit is released here, after every stage has the batch.
         }

@@ -174,14 +174,16 @@ struct Half {
 }
 
 impl Half {
-    fn of(span: &SpanFacts) -> Self {
+    /// The half a span leaves behind; its peer attributes are moved, not copied (the batch is
+    /// the builder's to consume).
+    fn take(span: &mut SpanFacts) -> Self {
         Self {
             service: span.service.clone(),
             instance: span.instance.clone(),
             kind: span.kind,
             error: span.error,
             duration_ns: span.duration_ns,
-            peer: span.peer.clone(),
+            peer: span.peer.take(),
         }
     }
 
@@ -324,7 +326,7 @@ impl TopologyBuilder {
     }
 
     /// Takes in a batch of spans that arrived at `now`.
-    pub fn ingest(&mut self, spans: &[SpanFacts], now: SystemTime) {
+    pub fn ingest(&mut self, spans: &mut [SpanFacts], now: SystemTime) {
         self.expire(now);
         self.now = now;
         let minute = minute_of(now);
@@ -354,7 +356,7 @@ impl TopologyBuilder {
         }
     }
 
-    fn ingest_one(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+    fn ingest_one(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
         match span.kind {
             SpanKind::Client | SpanKind::Producer => self.on_client(span, minute, deadline),
             SpanKind::Server | SpanKind::Consumer => {
@@ -370,7 +372,7 @@ impl TopologyBuilder {
     }
 
     /// A CLIENT or PRODUCER span.
-    fn on_client(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+    fn on_client(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
         let peer = span.peer.as_deref();
         // A database is not instrumented: its clients' spans are the whole edge.
         if span.kind == SpanKind::Client
@@ -413,12 +415,12 @@ impl TopologyBuilder {
             self.record_pair(Side::of(span), child.side().without_latency(), minute);
             return;
         }
-        self.wait(span.id, Waiting::Client(Half::of(span)), minute, deadline);
+        self.wait(span.id, Waiting::Client(Half::take(span)), minute, deadline);
     }
 
     /// A SERVER or CONSUMER span: find its client by parent (or, for a consumer that starts a
     /// trace of its own, by link).
-    fn on_server(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+    fn on_server(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
         if span.kind == SpanKind::Consumer
             && let Some(destination) = span.peer.as_deref().and_then(messaging_destination)
         {
@@ -442,8 +444,9 @@ impl TopologyBuilder {
                 self.find_client(key, span, minute, deadline);
             }
             None if span.kind == SpanKind::Consumer && !span.links.is_empty() => {
-                for link in span.links.iter().take(MAX_LINKS) {
-                    self.find_client(*link, span, minute, deadline);
+                let links: Vec<SpanRef> = span.links.iter().take(MAX_LINKS).copied().collect();
+                for link in links {
+                    self.find_client(link, span, minute, deadline);
                 }
             }
             None if span.kind == SpanKind::Server => {
@@ -462,7 +465,13 @@ impl TopologyBuilder {
         }
     }
 
-    fn find_client(&mut self, key: SpanRef, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+    fn find_client(
+        &mut self,
+        key: SpanRef,
+        span: &mut SpanFacts,
+        minute: u64,
+        deadline: SystemTime,
+    ) {
         match self.halves.remove(&key) {
             Some(Waiting::Client(client)) => {
                 self.record_pair(client.side(), Side::of(span), minute);
@@ -480,7 +489,7 @@ impl TopologyBuilder {
             }
             return;
         }
-        self.wait(key, Waiting::Server(Half::of(span)), minute, deadline);
+        self.wait(key, Waiting::Server(Half::take(span)), minute, deadline);
     }
 
     /// Any span that is not a client: children in other services may be waiting for it, and
@@ -503,7 +512,7 @@ impl TopologyBuilder {
     }
 
     /// An INTERNAL or unspecified span: an edge when its parent is in another service.
-    fn on_child(&mut self, span: &SpanFacts, minute: u64, deadline: SystemTime) {
+    fn on_child(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
         let Some(parent) = span.parent_span_id else {
             return;
         };
@@ -530,7 +539,7 @@ impl TopologyBuilder {
             return;
         }
         // Children wait in their own map so that they never crowd out client and server halves.
-        self.children.insert(key, Half::of(span), deadline);
+        self.children.insert(key, Half::take(span), deadline);
     }
 
     /// The service and instance of a recent span, if it is known.
@@ -627,14 +636,14 @@ impl TopologyBuilder {
                 Some(series) => series.record(minute, observation),
                 None => self.counters.series_dropped += 1,
             }
-            // Where the instance serves, as its callers address it.
-            if let Some(address) = client.peer.and_then(PeerAttributes::peer_address)
+            // Where the instance serves, as its callers address it (looked up only until known).
+            if let Some(peer) = client.peer
                 && let Some(state) = self
                     .instances
                     .get_mut(&(server.service.clone(), instance.clone()))
                 && state.address.is_none()
             {
-                state.address = Some(address);
+                state.address = peer.peer_address();
             }
         }
     }

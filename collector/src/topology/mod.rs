@@ -14,11 +14,11 @@
 //! // A root SERVER span of `checkout`: a request from outside, drawn as an edge from `user`.
 //! let mut root = span([7; 16], 1, "GET /cart", 0, 5_000_000);
 //! root.kind = 2; // SERVER
-//! let decoded = decode_traces(&trace_request(Some("checkout"), vec![root])).unwrap();
+//! let mut decoded = decode_traces(&trace_request(Some("checkout"), vec![root])).unwrap();
 //!
 //! let mut builder = TopologyBuilder::new(TopologyConfig::default());
 //! let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-//! builder.ingest(&decoded.facts, now);
+//! builder.ingest(&mut decoded.facts, now);
 //! let graph = builder.snapshot(Duration::from_secs(300), now);
 //! assert_eq!(graph.edges.len(), 1);
 //! assert_eq!(&*graph.edges[0].key.client.name, "user");
@@ -65,8 +65,8 @@ impl Topology {
         }
     }
 
-    /// Takes in the facts of a batch of spans that arrived now.
-    pub fn ingest(&self, spans: &[SpanFacts]) {
+    /// Takes in the facts of a batch of spans that arrived now (it may take parts of them).
+    pub fn ingest(&self, spans: &mut [SpanFacts]) {
         let now = self.clock.now();
         self.builder.lock().ingest(spans, now);
     }
@@ -102,7 +102,11 @@ impl Topology {
 
 impl crate::pipeline::FactsConsumer for Topology {
     fn consume(&self, facts: &[SpanFacts]) {
-        self.ingest(facts);
+        self.ingest(&mut facts.to_vec());
+    }
+
+    fn consume_owned(&self, mut facts: Vec<SpanFacts>) {
+        self.ingest(&mut facts);
     }
 }
 

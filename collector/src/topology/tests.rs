@@ -87,8 +87,8 @@ struct Case {
 
 fn run(case: Case, config: TopologyConfig) -> (TopologyBuilder, Snapshot) {
     let mut builder = TopologyBuilder::new(config);
-    for (offset, spans) in case.batches {
-        builder.ingest(&spans, at(offset));
+    for (offset, mut spans) in case.batches {
+        builder.ingest(&mut spans, at(offset));
     }
     builder.expire(at(case.read_at));
     let graph = builder.snapshot(Duration::from_secs(300), at(case.read_at));
@@ -368,10 +368,10 @@ fn full_pending_store_expires_the_oldest_first() {
         ..TopologyConfig::default()
     };
     let mut builder = TopologyBuilder::new(config);
-    let clients: Vec<_> = (1..=3)
+    let mut clients: Vec<_> = (1..=3)
         .map(|i| span("front", Client, 1, i, None).peer(|p| p.peer_service = Some("svc".into())))
         .collect();
-    builder.ingest(&clients, at(0));
+    builder.ingest(&mut clients, at(0));
     assert_eq!(builder.counters().evicted, 1);
     assert_eq!(builder.pending(), 2);
     // The evicted one was handled as expired: an external edge at once.
@@ -379,11 +379,11 @@ fn full_pending_store_expires_the_oldest_first() {
     assert_eq!(graph.edges[0].summary.requests, 1);
     // The servers of the two that still wait pair; the first one's server finds nothing (and
     // comes last, so that its own wait evicts no one).
-    let servers: Vec<_> = [2, 3, 1]
+    let mut servers: Vec<_> = [2, 3, 1]
         .into_iter()
         .map(|i| span("back", Server, 1, 10 + i, Some(i)))
         .collect();
-    builder.ingest(&servers, at(1));
+    builder.ingest(&mut servers, at(1));
     builder.expire(at(20));
     let graph = builder.snapshot(Duration::from_secs(60), at(20));
     let edges = edges_of(&graph);
@@ -411,7 +411,7 @@ fn latencies_nodes_and_instances() {
                 .instance(instance),
         );
     }
-    builder.ingest(&spans, at(5));
+    builder.ingest(&mut spans, at(5));
     let graph = builder.snapshot(Duration::from_secs(60), at(5));
     let edge = &graph.edges[0];
     assert_eq!(
@@ -460,9 +460,9 @@ fn windows_and_retention() {
     };
     let mut builder = TopologyBuilder::new(config);
     let root = |trace| vec![span("front", Server, trace, 1, None)];
-    builder.ingest(&root(1), at(0));
-    builder.ingest(&root(2), at(120));
-    builder.ingest(&root(3), at(300));
+    builder.ingest(&mut root(1), at(0));
+    builder.ingest(&mut root(2), at(120));
+    builder.ingest(&mut root(3), at(300));
     let requests = |b: &TopologyBuilder, window: u64, now: u64| {
         b.snapshot(Duration::from_secs(window), at(now))
             .edges
