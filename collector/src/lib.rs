@@ -1,12 +1,14 @@
-//! The Wayfinder collector as a library: OTLP ingest, the Arrow span store and SQL over it.
+//! The Wayfinder collector as a library: OTLP ingest, the Arrow span store and SQL over it, the
+//! service topology and the instance registry.
 //!
 //! The `wayfinder` binary only parses its configuration and calls [`Collector::start`]; the
 //! end-to-end tests and benchmarks start collectors the same way, on port 0.
 //!
 //! Data flows through the modules in this order:
 //! [`receivers`] (OTLP/gRPC, OTLP/HTTP) → [`decode`] (OTLP → Arrow, once) →
-//! [`pipeline`] (the bounded ingest queue) → [`store`] (Arrow batches, retention) →
-//! [`query`] (DataFusion SQL and the HTTP query API).
+//! [`pipeline`] (the bounded ingest queue) → [`store`] (Arrow batches, retention),
+//! [`registry`] (live instances, heartbeats) and [`topology`] (the service graph) →
+//! [`query`] (DataFusion SQL, the topology, Jaeger and Prometheus endpoints).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), wayfinder_collector::StartError> {
