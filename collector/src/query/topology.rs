@@ -98,11 +98,16 @@ pub(crate) async fn get_topology(
         }
     };
     let graph = topology.snapshot(window);
-    let statuses: BTreeMap<(String, String), InstanceStatus> = state
+    // Status and address from the registry (an address a heartbeat gave beats one learned from
+    // spans).
+    let registered: BTreeMap<(String, String), (InstanceStatus, Option<String>)> = state
         .registry
         .instances(None)
         .into_iter()
-        .map(|i| ((i.service.to_string(), i.instance_id.to_string()), i.status))
+        .map(|i| {
+            let key = (i.service.to_string(), i.instance_id.to_string());
+            (key, (i.status, i.address))
+        })
         .collect();
 
     let mut nodes: BTreeMap<(u8, String), Node> = BTreeMap::new();
@@ -110,13 +115,16 @@ pub(crate) async fn get_topology(
         let instances = node
             .instances
             .iter()
-            .map(|i| NodeInstance {
-                id: i.id.to_string(),
-                address: i.address.clone(),
-                status: statuses
-                    .get(&(node.key.name.to_string(), i.id.to_string()))
-                    .map(|s| s.as_str().to_owned()),
-                stats: stats(&i.served, &graph),
+            .map(|i| {
+                let registry = registered.get(&(node.key.name.to_string(), i.id.to_string()));
+                NodeInstance {
+                    id: i.id.to_string(),
+                    address: registry
+                        .and_then(|(_, address)| address.clone())
+                        .or_else(|| i.address.clone()),
+                    status: registry.map(|(status, _)| status.as_str().to_owned()),
+                    stats: stats(&i.served, &graph),
+                }
             })
             .collect();
         nodes.insert(

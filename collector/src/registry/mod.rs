@@ -195,6 +195,8 @@ pub struct InstanceRegistry {
     transitions: HashMap<&'static str, u64>,
     stale_beats: u64,
     dropped: u64,
+    /// Bumped by every transition (for caching the `health_events` batch).
+    version: u64,
 }
 
 impl InstanceRegistry {
@@ -207,7 +209,13 @@ impl InstanceRegistry {
             transitions: HashMap::new(),
             stale_beats: 0,
             dropped: 0,
+            version: 0,
         }
+    }
+
+    /// Changes with every transition.
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
     /// Applies a heartbeat that arrived at `now`.
@@ -394,6 +402,7 @@ impl InstanceRegistry {
         output: Option<String>,
     ) {
         *self.transitions.entry(status).or_default() += 1;
+        self.version += 1;
         if self.events.len() >= self.config.max_events {
             self.events.pop_front();
         }
@@ -439,6 +448,9 @@ impl InstanceRegistry {
 pub struct Registry {
     inner: Mutex<InstanceRegistry>,
     clock: Clock,
+    /// The `health_events` batch of a registry version: every SQL query registers the table,
+    /// and transitions are rare.
+    table: Mutex<Option<(u64, datafusion::arrow::record_batch::RecordBatch)>>,
 }
 
 impl Registry {
@@ -447,6 +459,7 @@ impl Registry {
         Self {
             inner: Mutex::new(InstanceRegistry::new(config)),
             clock,
+            table: Mutex::new(None),
         }
     }
 
