@@ -159,5 +159,9 @@ async fn ttl_expires_under_the_paused_clock() {
     registry.tick();
     assert!(registry.instances(None).is_empty());
     let batch = registry.health_events().unwrap();
-    assert_eq!(batch.num_rows(), 3, "passing, critical, removed: the cached batch was rebuilt");
+    assert_eq!(
+        batch.num_rows(),
+        3,
+        "passing, critical, removed: the cached batch was rebuilt"
+    );
 }
