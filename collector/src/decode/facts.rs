@@ -169,6 +169,9 @@ impl SpanFacts {
     }
 }
 
+/// Peer names become node names, map keys and metric labels: at most this many bytes are kept.
+const MAX_PEER_TEXT: usize = 256;
+
 fn slot(peer: &mut Option<Box<PeerAttributes>>) -> &mut PeerAttributes {
     peer.get_or_insert_with(Box::default)
 }
@@ -181,7 +184,9 @@ fn peer_attributes(attrs: &[KeyValue]) -> Option<Box<PeerAttributes>> {
             continue;
         };
         let text = || match value {
-            Value::StringValue(s) if !s.is_empty() => Some(s.clone()),
+            Value::StringValue(s) if !s.is_empty() => {
+                Some(super::truncated(s, MAX_PEER_TEXT).to_owned())
+            }
             _ => None,
         };
         match kv.key.as_str() {
@@ -259,5 +264,11 @@ mod tests {
         for (url, want, why) in cases {
             assert_eq!(authority_of(url).as_deref(), want, "{why}");
         }
+        let long = format!("{}é", "a".repeat(255));
+        assert_eq!(
+            super::super::truncated(&long, 256),
+            "a".repeat(255),
+            "cut before é"
+        );
     }
 }

@@ -14,6 +14,11 @@ pub const HEALTH_EVENT_NAME: &str = "wayfinder.health";
 /// How long a beat holds when it does not say.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
 
+/// Names and addresses are kept to this many bytes, outputs to [`MAX_OUTPUT`].
+const MAX_NAME: usize = 256;
+/// The longest `output` kept, in bytes.
+const MAX_OUTPUT: usize = 4096;
+
 /// The longest TTL accepted (a day): longer ones are a mistake, not a heartbeat.
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 
@@ -241,14 +246,18 @@ pub fn validate(report: HealthReport) -> Result<HealthEvent, String> {
         }
         Some(ms) => Duration::from_millis(ms),
     };
+    let bounded = |text: String, max: usize| super::truncated(&text, max).to_owned();
     Ok(HealthEvent {
-        service: report.service,
-        instance_id: report.instance_id,
-        address: report.address.filter(|a| !a.is_empty()),
+        service: bounded(report.service, MAX_NAME),
+        instance_id: bounded(report.instance_id, MAX_NAME),
+        address: report
+            .address
+            .filter(|a| !a.is_empty())
+            .map(|a| bounded(a, MAX_NAME)),
         status,
         ttl,
         seq: report.seq,
-        output: report.output,
+        output: report.output.map(|o| bounded(o, MAX_OUTPUT)),
     })
 }
 

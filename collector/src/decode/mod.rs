@@ -14,6 +14,19 @@ use datafusion::arrow::record_batch::RecordBatch;
 pub use facts::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
 pub use otlp::{DecodedTraces, Rejections, decode_spans_only, decode_traces, span_count};
 
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary: names
+/// that become map keys and metric labels are bounded.
+pub(crate) fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// Spans laid out as an Arrow [`RecordBatch`] with the [`schema::span_schema`] schema.
 #[derive(Debug, Clone)]
 pub struct SpanBatch {

@@ -268,10 +268,19 @@ fn search_filter(query: &SearchQuery, tags: &[(String, String)]) -> Result<Strin
             })
             .transpose()
     };
-    if let Some(start) = micros("start", &query.start)? {
+    let in_range = |name: &str, v: Option<i64>| -> Result<Option<i64>, JaegerError> {
+        match v {
+            // Timestamps in nanoseconds must fit in an i64: up to the year 2262.
+            Some(v) if !(0..=9_223_372_036_854_775).contains(&v) => Err(JaegerError::bad_request(
+                format!("{name} must be microseconds since the epoch, before the year 2262"),
+            )),
+            v => Ok(v),
+        }
+    };
+    if let Some(start) = in_range("start", micros("start", &query.start)?)? {
         clauses.push(format!("start_time >= to_timestamp_micros({start})"));
     }
-    if let Some(end) = micros("end", &query.end)? {
+    if let Some(end) = in_range("end", micros("end", &query.end)?)? {
         clauses.push(format!("start_time <= to_timestamp_micros({end})"));
     }
     let nanos = |v: &Option<String>| -> Result<Option<u128>, JaegerError> {
@@ -547,7 +556,8 @@ pub(crate) async fn dependencies(
     let lookback = query.lookback.unwrap_or(86_400_000);
     let since = end.saturating_sub(lookback);
     let window = Duration::from_millis(now_ms.saturating_sub(since))
-        .clamp(Duration::from_secs(60), topology.retention());
+        .max(Duration::from_secs(60))
+        .min(topology.retention());
     let graph = topology.snapshot(window);
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     for edge in &graph.edges {

@@ -65,7 +65,7 @@ fn window(text: Option<&str>, retention: Duration) -> Result<Duration, ApiError>
         return Ok(DEFAULT_WINDOW.min(retention));
     };
     let window = crate::config::parse_duration(text).map_err(ApiError::BadRequest)?;
-    if window < Duration::from_secs(60) || window > retention {
+    if window < Duration::from_secs(60).min(retention) || window > retention {
         return Err(ApiError::BadRequest(format!(
             "window must be between 1m and the retention ({}); got {text}",
             humantime::format_duration(retention)
@@ -139,10 +139,29 @@ pub(crate) async fn get_topology(
         );
     }
 
+    // At instance level an edge into a service is replaced by the edges into its instances,
+    // when there are any (spans without `service.instance.id` have none).
+    let by_instance: BTreeSet<(String, String, &'static str)> = graph
+        .instance_edges
+        .iter()
+        .map(|e| {
+            (
+                e.key.client.name.to_string(),
+                e.key.server.to_string(),
+                e.key.connection.as_str(),
+            )
+        })
+        .collect();
     let mut edges: Vec<Edge> = Vec::new();
     for edge in &graph.edges {
-        if instance_level && edge.key.server.kind == NodeKind::Service {
-            continue; // replaced by the edges to its instances below
+        let key = (
+            edge.key.client.name.to_string(),
+            edge.key.server.name.to_string(),
+            edge.key.connection.as_str(),
+        );
+        if instance_level && edge.key.server.kind == NodeKind::Service && by_instance.contains(&key)
+        {
+            continue;
         }
         edges.push(Edge {
             source: edge.key.client.name.to_string(),
@@ -172,6 +191,17 @@ pub(crate) async fn get_topology(
             }
         }
         for edge in &graph.instance_edges {
+            // An instance that only received parent-to-child calls served no SERVER span.
+            let target = format!("{}/{}", edge.key.server, edge.key.instance);
+            nodes
+                .entry((u8::MAX, target.clone()))
+                .or_insert_with(|| Node {
+                    id: target,
+                    kind: "instance".into(),
+                    service: Some(edge.key.server.to_string()),
+                    instances: Vec::new(),
+                    stats: stats(&Summary::default(), &graph),
+                });
             edges.push(Edge {
                 source: edge.key.client.name.to_string(),
                 target: format!("{}/{}", edge.key.server, edge.key.instance),
@@ -193,14 +223,14 @@ pub(crate) async fn get_topology(
             )));
         }
         let prefix = format!("{service}/");
-        let mine = |id: &str| id == service || id.starts_with(&prefix);
+        let mine = |id: &str| id == service || (instance_level && id.starts_with(&prefix));
         edges.retain(|e| mine(&e.source) || mine(&e.target));
         let keep: BTreeSet<String> = edges
             .iter()
             .flat_map(|e| [e.source.clone(), e.target.clone()])
             .chain([service.clone()])
             .collect();
-        nodes.retain(|_, n| keep.contains(&n.id));
+        nodes.retain(|_, n| keep.contains(&n.id) || n.service.as_deref() == Some(service.as_str()));
     }
     edges.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
 

@@ -11,6 +11,7 @@
 //! | any | beat `down` | removed at once |
 //! | `passing`/`warning` | no beat within `ttl_ms` | `critical` |
 //! | `critical` | `--deregister-after` without a good beat | removed |
+//! | removed after reporting health | a `critical` beat (after deregistration), a late span | stays removed (for an hour) |
 //! | — | a span from an instance never heard from | `unknown` |
 //! | `unknown` | no span for `--deregister-after` | removed |
 //!
@@ -185,6 +186,19 @@ pub enum BeatOutcome {
 
 type Key = (Arc<str>, Arc<str>);
 
+/// What is remembered of an instance that reported health and was removed: late beats and late
+/// spans (an SDK flushes spans after its `down` beat) must not bring it back.
+#[derive(Debug, Clone, Copy)]
+struct Tombstone {
+    seq: Option<u64>,
+    removed_at: SystemTime,
+    /// Removed for staying critical (not `down`): more `critical` beats keep it removed.
+    deregistered: bool,
+}
+
+/// How long a removed instance is remembered.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
+
 /// The registry's state machine.
 #[derive(Debug)]
 pub struct InstanceRegistry {
@@ -197,6 +211,7 @@ pub struct InstanceRegistry {
     dropped: u64,
     /// Bumped by every transition (for caching the `health_events` batch).
     version: u64,
+    tombstones: HashMap<Key, Tombstone>,
 }
 
 impl InstanceRegistry {
@@ -210,6 +225,7 @@ impl InstanceRegistry {
             stale_beats: 0,
             dropped: 0,
             version: 0,
+            tombstones: HashMap::new(),
         }
     }
 
@@ -224,18 +240,30 @@ impl InstanceRegistry {
             Arc::from(event.service.as_str()),
             Arc::from(event.instance_id.as_str()),
         );
-        if let Some(existing) = self.instances.get(&key)
-            && let (Some(last), Some(seq)) = (existing.seq, event.seq)
+        let last_seq = match self.instances.get(&key) {
+            Some(existing) => existing.seq,
+            None => self.tombstones.get(&key).and_then(|t| t.seq),
+        };
+        if let (Some(last), Some(seq)) = (last_seq, event.seq)
             && seq <= last
         {
             self.stale_beats += 1;
             return BeatOutcome::Stale { last };
+        }
+        if let Some(tombstone) = self.tombstones.get_mut(&key) {
+            if tombstone.deregistered && event.status == HealthStatus::Critical {
+                // Still critical: it stays removed until it reports itself fit again.
+                tombstone.seq = event.seq.or(tombstone.seq);
+                return BeatOutcome::Accepted;
+            }
+            self.tombstones.remove(&key);
         }
         let status = match event.status {
             HealthStatus::Passing => InstanceStatus::Passing,
             HealthStatus::Warning => InstanceStatus::Warning,
             HealthStatus::Critical => InstanceStatus::Critical,
             HealthStatus::Down => {
+                self.bury(&key, event.seq, now, false);
                 if let Some(gone) = self.instances.remove(&key) {
                     self.record(
                         now,
@@ -311,6 +339,9 @@ impl InstanceRegistry {
             }
             return;
         }
+        if self.tombstones.contains_key(&key) {
+            return; // late spans of an instance that reported health and was removed
+        }
         if self.instances.len() >= self.config.max_instances {
             self.dropped += 1;
             return;
@@ -378,6 +409,9 @@ impl InstanceRegistry {
                 }
                 None => {
                     if let Some(gone) = self.instances.remove(&key) {
+                        if gone.source == Source::Health {
+                            self.bury(&key, gone.seq, now, true);
+                        }
                         self.record(
                             now,
                             &gone,
@@ -389,6 +423,25 @@ impl InstanceRegistry {
                     }
                 }
             }
+        }
+        self.tombstones.retain(|_, t| {
+            now.duration_since(t.removed_at)
+                .is_ok_and(|age| age < TOMBSTONE_TTL)
+        });
+    }
+
+    /// Remembers a removed instance (at most `max_instances` of them).
+    fn bury(&mut self, key: &Key, seq: Option<u64>, now: SystemTime, deregistered: bool) {
+        if self.tombstones.len() < self.config.max_instances || self.tombstones.contains_key(key) {
+            let last = self.instances.get(key).and_then(|i| i.seq);
+            self.tombstones.insert(
+                key.clone(),
+                Tombstone {
+                    seq: seq.max(last),
+                    removed_at: now,
+                    deregistered,
+                },
+            );
         }
     }
 

@@ -37,62 +37,25 @@ fn history(registry: &InstanceRegistry) -> Vec<(Option<&'static str>, &'static s
 
 #[test]
 fn state_machine_steps() {
-    use HealthStatus::{Down, Passing, Warning};
+    use HealthStatus::{Critical, Down, Passing, Warning};
     use InstanceStatus as S;
     let mut registry = InstanceRegistry::new(RegistryConfig::default());
     // (time, beat to send, expected status after it and a tick at that time, why)
+    #[rustfmt::skip]
     let steps: Vec<(u64, Option<HealthEvent>, Option<S>, &str)> = vec![
-        (
-            0,
-            Some(beat(Passing, 1)),
-            Some(S::Passing),
-            "a first beat registers it",
-        ),
-        (
-            10,
-            Some(beat(Warning, 2)),
-            Some(S::Warning),
-            "warning as reported",
-        ),
-        (
-            12,
-            Some(beat(Passing, 1)),
-            Some(S::Warning),
-            "an older seq is ignored",
-        ),
-        (
-            24,
-            None,
-            Some(S::Warning),
-            "the beat of t=10 holds until t=25",
-        ),
-        (
-            25,
-            None,
-            Some(S::Critical),
-            "no beat within the TTL: critical",
-        ),
-        (
-            30,
-            Some(beat(Passing, 3)),
-            Some(S::Passing),
-            "a new beat brings it back",
-        ),
+        (0, Some(beat(Passing, 1)), Some(S::Passing), "a first beat registers it"),
+        (10, Some(beat(Warning, 2)), Some(S::Warning), "warning as reported"),
+        (12, Some(beat(Passing, 1)), Some(S::Warning), "an older seq is ignored"),
+        (24, None, Some(S::Warning), "the beat of t=10 holds until t=25"),
+        (25, None, Some(S::Critical), "no beat within the TTL: critical"),
+        (30, Some(beat(Passing, 3)), Some(S::Passing), "a new beat brings it back"),
         (45, None, Some(S::Critical), "silent again"),
-        (
-            104,
-            None,
-            Some(S::Critical),
-            "critical for 59 s: still listed",
-        ),
+        (104, None, Some(S::Critical), "critical for 59 s: still listed"),
         (105, None, None, "critical for 60 s: deregistered"),
-        (
-            106,
-            Some(beat(Passing, 4)),
-            Some(S::Passing),
-            "it registers again",
-        ),
-        (107, Some(beat(Down, 5)), None, "down removes it at once"),
+        (106, Some(beat(Critical, 4)), None, "still critical: stays removed"),
+        (107, Some(beat(Passing, 5)), Some(S::Passing), "fit again: registers again"),
+        (108, Some(beat(Down, 6)), None, "down removes it at once"),
+        (109, Some(beat(Passing, 5)), None, "a late, older beat does not bring it back"),
     ];
     for (time, event, want, why) in steps {
         if let Some(event) = event {
@@ -101,6 +64,9 @@ fn state_machine_steps() {
         registry.tick(at(time));
         assert_eq!(status(&registry), want, "t={time}: {why}");
     }
+    // Spans the instance flushed after its `down` beat do not make it `unknown`.
+    registry.observe(&Arc::from("cart"), &Arc::from("cart-1"), None, at(110));
+    assert_eq!(status(&registry), None, "late spans after down");
     assert_eq!(
         history(&registry),
         [
@@ -116,7 +82,7 @@ fn state_machine_steps() {
         "every transition is one row"
     );
     let (_, stale, _) = registry.counts();
-    assert_eq!(stale, 1);
+    assert_eq!(stale, 2);
 }
 
 #[test]

@@ -34,7 +34,7 @@ impl Default for TopologyConfig {
             edge_wait: Duration::from_secs(10),
             max_pending: 100_000,
             retention: Duration::from_secs(3600),
-            max_series: 50_000,
+            max_series: 10_000,
         }
     }
 }
@@ -294,7 +294,9 @@ fn minute_of(now: SystemTime) -> u64 {
 
 impl TopologyBuilder {
     /// An empty graph.
-    pub fn new(config: TopologyConfig) -> Self {
+    pub fn new(mut config: TopologyConfig) -> Self {
+        // A wait past an hour is a mistake; capping it also keeps `now + wait` in range.
+        config.edge_wait = config.edge_wait.min(MAX_EDGE_WAIT);
         Self {
             config,
             halves: Expiring::new(config.max_pending),
@@ -504,6 +506,13 @@ impl TopologyBuilder {
                 minute,
             );
         }
+        // A server of another service that arrived first and waits for its caller: the caller
+        // made no CLIENT span, this span is its parent.
+        if matches!(self.halves.get(&span.id), Some(Waiting::Server(s)) if s.service != span.service)
+            && let Some(Waiting::Server(server)) = self.halves.remove(&span.id)
+        {
+            self.record_pair(Side::of(span).without_latency(), server.side(), minute);
+        }
         let parent = Parent {
             service: span.service.clone(),
             instance: span.instance.clone(),
@@ -659,12 +668,27 @@ impl TopologyBuilder {
         minute: u64,
     ) {
         self.counters.virtual_edges += 1;
+        let observation = observation(client, server);
+        // Into a service (from the user node or a topic): also per instance.
+        if let Some(server) = server
+            && let Some(instance) = server.instance
+        {
+            let key = InstanceEdgeKey {
+                client: client_node.clone(),
+                server: server.service.clone(),
+                instance: instance.clone(),
+                connection,
+            };
+            match bounded(&mut self.instance_edges, &key, self.config.max_series) {
+                Some(series) => series.record(minute, observation),
+                None => self.counters.series_dropped += 1,
+            }
+        }
         let key = EdgeKey {
             client: client_node,
             server: server_node,
             connection,
         };
-        let observation = observation(client, server);
         self.record_observation(key, observation, minute);
     }
 
@@ -694,6 +718,9 @@ impl TopologyBuilder {
         super::snapshot::take(self, window, now)
     }
 }
+
+/// The longest edge wait taken.
+const MAX_EDGE_WAIT: Duration = Duration::from_secs(3600);
 
 /// Links followed per consumer span (a batch consumer may link to many producers).
 const MAX_LINKS: usize = 128;

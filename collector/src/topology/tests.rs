@@ -310,6 +310,17 @@ fn pairing_rules() {
             unpaired_server: 0,
         },
         Case {
+            why: "the same, the server first: it waits until its parent comes",
+            batches: vec![
+                (0, vec![span("cart", Server, 1, 2, Some(1))]),
+                (2, vec![span("front", Internal, 1, 1, None)]),
+            ],
+            read_at: 3,
+            edges: vec![("front", "cart", "other", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
             why: "an error on either side fails the request",
             batches: vec![(
                 0,
