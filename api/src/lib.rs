@@ -19,5 +19,6 @@ pub mod error;
 pub mod health;
 pub mod sql;
 pub mod topology;
+pub mod weights;
 
 pub use error::ErrorBody;

@@ -71,3 +71,8 @@ pub fn unix_millis(time: SystemTime) -> u64 {
         .as_millis();
     u64::try_from(millis).unwrap_or(u64::MAX)
 }
+
+/// `time` as RFC 3339 in UTC with milliseconds, e.g. `2026-11-24T20:00:00.000Z`.
+pub fn rfc3339(time: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

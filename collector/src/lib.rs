@@ -34,6 +34,7 @@ pub mod registry;
 pub mod store;
 pub mod testing;
 pub mod topology;
+pub mod weights;
 
 mod collector;
 

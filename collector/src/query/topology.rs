@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -21,10 +21,7 @@ use crate::topology::{NodeKind, Snapshot, Topology};
 /// The default window.
 const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 
-/// RFC 3339 in UTC, with milliseconds.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(time).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+use crate::clock::rfc3339;
 
 fn latency(latency: &Latency) -> Option<LatencyMs> {
     let round = |v: f64| (v * 1000.0).round() / 1000.0;

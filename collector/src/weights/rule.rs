@@ -1,0 +1,283 @@
+//! The weight rule for one service: from each instance's latency, errors, volume and health to
+//! its share of the traffic. The formula, and where each part comes from, is in
+//! `docs/weights.md`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::window::WindowStats;
+use crate::registry::InstanceStatus;
+
+/// The rule's parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleConfig {
+    /// `γ`: how strongly weight follows speed, `w ∝ (L_ref / L)^γ`.
+    pub gamma: f64,
+    /// `k`: how much errors count, `L · (1 + k · err)`.
+    pub error_penalty: f64,
+    /// Largest change of an instance's multiplier per update (×step or ÷step).
+    pub max_step: f64,
+    /// Changes of a target smaller than this ratio are ignored (no dithering on noise).
+    pub deadband: f64,
+    /// Weights stay within `[min_factor, max_factor] ×` the mean weight.
+    pub min_factor: f64,
+    /// See `min_factor`.
+    pub max_factor: f64,
+    /// Below this many requests in the window an instance gets the mean weight.
+    pub min_requests: u64,
+    /// New instances ramp up over this long.
+    pub slow_start: Duration,
+    /// At most this share of a service's instances is ejected (weight 0) at once.
+    pub max_ejection: f64,
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        Self {
+            gamma: 1.0,
+            error_penalty: 10.0,
+            max_step: 1.25,
+            deadband: 1.05,
+            min_factor: 0.1,
+            max_factor: 10.0,
+            min_requests: 10,
+            slow_start: Duration::from_secs(30),
+            max_ejection: 0.5,
+        }
+    }
+}
+
+/// One instance as the rule sees it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// `service.instance.id`.
+    pub instance_id: Arc<str>,
+    /// Its registry status.
+    pub health: InstanceStatus,
+    /// What it did over the window (its SERVER spans, else its callers' CLIENT spans).
+    pub stats: WindowStats,
+    /// When the weights engine first saw it.
+    pub first_seen: SystemTime,
+}
+
+/// What the rule keeps per instance between updates.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Kept {
+    /// The multiplier (relative to the mean, before normalisation).
+    pub multiplier: f64,
+}
+
+/// The rule's answer for one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// `service.instance.id`.
+    pub instance_id: Arc<str>,
+    /// Its share, all shares of the service summing to 1.
+    pub weight: f64,
+    /// The multiplier to keep for the next update.
+    pub kept: Kept,
+    /// Why, in a few words.
+    pub reason: String,
+}
+
+/// The effective latency of an instance: its p90 (ms), inflated by its error rate so that fast
+/// failures never look fast; `None` below the minimum volume.
+fn effective_latency(stats: &WindowStats, config: &RuleConfig) -> Option<f64> {
+    if stats.requests < config.min_requests {
+        return None;
+    }
+    let p90 = stats.latency.quantile(0.9)?.max(1e-3);
+    Some(p90 * (1.0 + config.error_penalty * stats.error_rate()))
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
+}
+
+/// Decides the weights of one service's instances at `now`, given what was kept last time.
+pub fn decide(
+    candidates: &[Candidate],
+    previous: impl Fn(&str) -> Option<Kept>,
+    config: &RuleConfig,
+    now: SystemTime,
+) -> Vec<Decision> {
+    let n = candidates.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    let latency: Vec<Option<f64>> = candidates
+        .iter()
+        .map(|c| effective_latency(&c.stats, config))
+        .collect();
+
+    // Ejection: critical instances get nothing, but never more than the allowed share; when too
+    // many are critical, the least bad (lowest effective latency) keep traffic.
+    let max_ejected = (config.max_ejection * n as f64).floor() as usize;
+    let mut critical: Vec<usize> = (0..n)
+        .filter(|&i| candidates[i].health == InstanceStatus::Critical)
+        .collect();
+    critical.sort_by(|&a, &b| {
+        let key = |i: usize| latency[i].unwrap_or(f64::INFINITY);
+        key(b).total_cmp(&key(a)) // worst first
+    });
+    let ejected: Vec<bool> = {
+        let mut ejected = vec![false; n];
+        for &i in critical.iter().take(max_ejected) {
+            ejected[i] = true;
+        }
+        ejected
+    };
+
+    let mut known: Vec<f64> = (0..n)
+        .filter(|&i| !ejected[i])
+        .filter_map(|i| latency[i])
+        .collect();
+    let reference = median(&mut known);
+
+    // Targets relative to the mean, before slow start.
+    let raw: Vec<f64> = (0..n)
+        .map(|i| match (latency[i], reference) {
+            _ if ejected[i] => 0.0,
+            (Some(l), Some(r)) => (r / l).powf(config.gamma),
+            _ => f64::NAN, // the mean, filled in below
+        })
+        .collect();
+    let live: Vec<usize> = (0..n).filter(|&i| !ejected[i]).collect();
+    let known_raw: Vec<f64> = live
+        .iter()
+        .map(|&i| raw[i])
+        .filter(|r| !r.is_nan())
+        .collect();
+    let mean_raw = if known_raw.is_empty() {
+        1.0
+    } else {
+        known_raw.iter().sum::<f64>() / known_raw.len() as f64
+    };
+
+    let mut decisions: Vec<Decision> = Vec::with_capacity(n);
+    let mut multipliers = vec![0.0; n];
+    let mut reasons = vec![String::new(); n];
+    for i in 0..n {
+        let candidate = &candidates[i];
+        if ejected[i] {
+            reasons[i] = "critical".into();
+            continue;
+        }
+        let mut target = if raw[i].is_nan() {
+            1.0
+        } else {
+            (raw[i] / mean_raw).clamp(config.min_factor, config.max_factor)
+        };
+        let age = now
+            .duration_since(candidate.first_seen)
+            .unwrap_or(Duration::ZERO);
+        let ramp = if config.slow_start.is_zero() || age >= config.slow_start {
+            None
+        } else {
+            Some((age.as_secs_f64() / config.slow_start.as_secs_f64()).max(config.min_factor))
+        };
+        if let Some(ramp) = ramp {
+            target *= ramp;
+        }
+        let kept = previous(&candidate.instance_id).map(|k| k.multiplier);
+        let multiplier = match kept {
+            // First sight: straight to the target (slow start already holds new ones back).
+            None => target,
+            Some(prev) if prev <= 0.0 => target,
+            Some(prev) => {
+                let ratio = target / prev;
+                if ratio <= config.deadband && ratio >= 1.0 / config.deadband {
+                    prev
+                } else {
+                    prev * ratio.clamp(1.0 / config.max_step, config.max_step)
+                }
+            }
+        };
+        multipliers[i] = multiplier;
+        reasons[i] = reason(candidate, latency[i], reference, ramp, config);
+    }
+
+    // Keep every live weight within [min, max] × the mean, then normalise to a sum of 1.
+    let live_count = live.len().max(1) as f64;
+    let mean = live.iter().map(|&i| multipliers[i]).sum::<f64>() / live_count;
+    if mean > 0.0 {
+        for &i in &live {
+            multipliers[i] =
+                multipliers[i].clamp(config.min_factor * mean, config.max_factor * mean);
+        }
+    }
+    let total: f64 = live.iter().map(|&i| multipliers[i]).sum();
+    for i in 0..n {
+        let weight = if ejected[i] || total <= 0.0 {
+            0.0
+        } else {
+            multipliers[i] / total
+        };
+        decisions.push(Decision {
+            instance_id: candidates[i].instance_id.clone(),
+            weight,
+            kept: Kept {
+                multiplier: multipliers[i],
+            },
+            reason: std::mem::take(&mut reasons[i]),
+        });
+    }
+    decisions
+}
+
+fn reason(
+    candidate: &Candidate,
+    latency: Option<f64>,
+    reference: Option<f64>,
+    ramp: Option<f64>,
+    config: &RuleConfig,
+) -> String {
+    let critical = candidate.health == InstanceStatus::Critical;
+    let mut parts: Vec<String> = Vec::new();
+    if critical {
+        parts.push("critical, kept: too many ejected".into());
+    }
+    if let Some(ramp) = ramp {
+        parts.push(format!("slow start {:.0}%", ramp * 100.0));
+    }
+    match (latency, reference) {
+        (None, _) => parts.push(format!(
+            "low volume ({} < {} requests): mean weight",
+            candidate.stats.requests, config.min_requests
+        )),
+        (Some(l), Some(r)) if r > 0.0 => {
+            let err = candidate.stats.error_rate();
+            let p90 = candidate.stats.latency.quantile(0.9).unwrap_or(0.0);
+            let ratio = l / r;
+            if err >= 0.01 {
+                parts.push(format!(
+                    "errors {:.0}%: effective p90 {:.1}x median",
+                    err * 100.0,
+                    ratio
+                ));
+            } else if ratio >= 1.5 {
+                parts.push(format!("slow: p90 {:.1}x median", p90 / r));
+            } else if ratio <= 1.0 / 1.5 {
+                parts.push(format!("fast: p90 {:.1}x median", p90 / r));
+            }
+        }
+        _ => {}
+    }
+    if candidate.health == InstanceStatus::Warning {
+        parts.push("health warning".into());
+    }
+    if parts.is_empty() {
+        "normal".into()
+    } else {
+        parts.join("; ")
+    }
+}

@@ -1,0 +1,312 @@
+//! Deterministic scenarios: synthetic SERVER spans at a simulated time, one update a second.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::decode::{SpanFacts, SpanKind, SpanRef};
+use crate::registry::{Instance, InstanceStatus, Source};
+
+const T0: u64 = 1_800_000_000;
+
+struct Sim {
+    engine: WeightsEngine,
+    now: SystemTime,
+    instances: Vec<Instance>,
+    /// Per instance: base latency (ms) and error share.
+    load: Vec<(f64, f64)>,
+}
+
+fn instance(id: &str) -> Instance {
+    Instance {
+        service: Arc::from("cart"),
+        instance_id: Arc::from(id),
+        status: InstanceStatus::Passing,
+        source: Source::Health,
+        address: Some(format!("{id}:8080")),
+        last_beat: None,
+        last_seen: None,
+        since: SystemTime::UNIX_EPOCH,
+        ttl: None,
+        seq: None,
+        output: None,
+    }
+}
+
+impl Sim {
+    fn new(latencies: &[f64]) -> Self {
+        Self {
+            engine: WeightsEngine::new(WeightsConfig::default(), Clock::new()),
+            now: SystemTime::UNIX_EPOCH + Duration::from_secs(T0),
+            instances: (0..latencies.len())
+                .map(|i| instance(&format!("cart-{i}")))
+                .collect(),
+            load: latencies.iter().map(|&l| (l, 0.0)).collect(),
+        }
+    }
+
+    /// One second: 50 requests per instance, latencies spread ±20% around its base, the first
+    /// `error share × 50` failing; then an update.
+    fn second(&mut self) -> Vec<f64> {
+        let mut spans = Vec::new();
+        for (i, instance) in self.instances.iter().enumerate() {
+            let (base, errors) = self.load[i];
+            if base.is_nan() {
+                continue; // no traffic
+            }
+            let failing = (errors * 50.0).round() as usize;
+            for j in 0..50usize {
+                let ms = base * (0.8 + 0.4 * j as f64 / 49.0);
+                spans.push(SpanFacts {
+                    id: SpanRef {
+                        trace_id: [1; 16],
+                        span_id: [1; 8],
+                    },
+                    parent_span_id: None,
+                    parent_is_remote: None,
+                    kind: SpanKind::Server,
+                    error: j < failing,
+                    duration_ns: (ms * 1e6) as u64,
+                    service: instance.service.clone(),
+                    instance: Some(instance.instance_id.clone()),
+                    links: Vec::new(),
+                    peer: None,
+                });
+            }
+        }
+        self.engine.record_at(self.now, &spans);
+        self.engine.update_with(self.now, &self.instances);
+        self.now += Duration::from_secs(1);
+        self.weights()
+    }
+
+    fn run(&mut self, seconds: usize) -> Vec<f64> {
+        let mut last = Vec::new();
+        for _ in 0..seconds {
+            last = self.second();
+        }
+        last
+    }
+
+    fn weights(&self) -> Vec<f64> {
+        let published = self.engine.get("cart").expect("cart has weights");
+        self.instances
+            .iter()
+            .map(|i| {
+                published
+                    .endpoints
+                    .iter()
+                    .find(|e| *e.instance_id == *i.instance_id)
+                    .map_or(f64::NAN, |e| e.weight)
+            })
+            .collect()
+    }
+
+    fn endpoint(&self, index: usize) -> wayfinder_api::weights::Endpoint {
+        let id = self.instances[index].instance_id.to_string();
+        let published = self.engine.get("cart").unwrap();
+        published
+            .endpoints
+            .iter()
+            .find(|e| e.instance_id == id)
+            .unwrap()
+            .clone()
+    }
+}
+
+fn sum(weights: &[f64]) -> f64 {
+    weights.iter().filter(|w| !w.is_nan()).sum()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_five_times_slower_instance_loses_its_traffic_within_ten_seconds() {
+    let mut sim = Sim::new(&[10.0; 5]);
+    let before = sim.run(40);
+    for w in &before {
+        assert!((w - 0.2).abs() < 0.01, "equal before: {before:?}");
+    }
+    sim.load[4].0 = 50.0;
+    let after = sim.run(10);
+    let peers = &after[..4];
+    assert!(
+        after[4] <= median(peers) / 3.0,
+        "slow {} vs median peer {}: {after:?}",
+        after[4],
+        median(peers)
+    );
+    let (lo, hi) = peers
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), &w| (l.min(w), h.max(w)));
+    assert!(hi / lo <= 1.10, "peers share evenly: {after:?}");
+    assert!((sum(&after) - 1.0).abs() < 1e-9);
+    let reason = sim.endpoint(4).reason;
+    assert!(reason.starts_with("slow: p90"), "{reason}");
+}
+
+#[test]
+fn fast_failures_never_look_fast() {
+    let mut sim = Sim::new(&[10.0, 10.0, 10.0, 10.0, 5.0]);
+    sim.load[4].1 = 0.3;
+    let weights = sim.run(40);
+    for peer in &weights[..4] {
+        assert!(
+            weights[4] < *peer,
+            "failing instance below every peer: {weights:?}"
+        );
+    }
+    let failing = sim.endpoint(4);
+    assert!((failing.error_rate - 0.3).abs() < 0.01);
+    assert!(
+        failing.latency_ms.p90.unwrap() < 10.0,
+        "its latency is the lowest"
+    );
+    assert!(
+        failing.reason.starts_with("errors 30%"),
+        "{}",
+        failing.reason
+    );
+}
+
+#[test]
+fn critical_gets_nothing_and_down_is_dropped() {
+    let mut sim = Sim::new(&[10.0; 4]);
+    sim.run(40);
+    sim.instances[1].status = InstanceStatus::Critical;
+    let weights = sim.second();
+    assert_eq!(weights[1], 0.0, "critical: 0 on the next update");
+    assert!((sum(&weights) - 1.0).abs() < 1e-9);
+    assert_eq!(sim.endpoint(1).reason, "critical");
+    sim.instances.remove(1); // down or deregistered: the registry no longer lists it
+    let weights = sim.second();
+    assert_eq!(weights.len(), 3);
+    assert_eq!(sim.engine.get("cart").unwrap().endpoints.len(), 3);
+    assert!((sum(&weights) - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_new_instance_ramps_up_over_slow_start() {
+    let mut sim = Sim::new(&[10.0; 4]);
+    sim.run(40);
+    sim.instances.push(instance("cart-4"));
+    sim.load.push((10.0, 0.0));
+    let mut ramp = Vec::new();
+    for _ in 0..40 {
+        ramp.push(sim.second()[4]);
+    }
+    assert!(
+        ramp[0] < 0.2 * 0.2,
+        "it starts far below the mean: {ramp:?}"
+    );
+    assert!(
+        ramp[10] < ramp[20] && ramp[20] <= ramp[29],
+        "it grows: {ramp:?}"
+    );
+    assert!(ramp[10] < 0.2 * 0.6, "a third of the way: {}", ramp[10]);
+    assert!(
+        (ramp[39] - 0.2).abs() < 0.02,
+        "the mean after the ramp: {}",
+        ramp[39]
+    );
+    for pair in ramp.windows(2) {
+        assert!(pair[1] >= pair[0] - 1e-9, "never backwards: {ramp:?}");
+    }
+}
+
+#[test]
+fn steady_input_is_stable_and_steps_are_capped_without_overshoot() {
+    let mut sim = Sim::new(&[10.0, 12.0, 14.0, 16.0, 18.0]);
+    sim.run(40);
+    let mut previous = sim.weights();
+    for _ in 0..20 {
+        let weights = sim.second();
+        for (w, p) in weights.iter().zip(&previous) {
+            assert!(
+                (w / p - 1.0).abs() <= 0.01,
+                "steady: {previous:?} -> {weights:?}"
+            );
+        }
+        previous = weights;
+    }
+    let version = sim.engine.get("cart").unwrap().version;
+    sim.second();
+    assert_eq!(
+        sim.engine.get("cart").unwrap().version,
+        version,
+        "no change, same version"
+    );
+
+    // A step: the fastest instance turns 4x slower.
+    sim.load[0].0 = 40.0;
+    let mut series = vec![previous[0]];
+    for _ in 0..40 {
+        series.push(sim.second()[0]);
+    }
+    let settled = *series.last().unwrap();
+    assert!(
+        settled < previous[0] / 2.0,
+        "it follows the step: {series:?}"
+    );
+    let cap = sim.engine.config().rule.max_step;
+    for pair in series.windows(2) {
+        // Its multiplier moves at most one step; normalisation by the others' moves (which
+        // go the other way, also capped) can add at most one more.
+        assert!(
+            pair[1] >= pair[0] / (cap * cap) - 1e-9,
+            "capped: {series:?}"
+        );
+        assert!(
+            pair[1] >= settled * 0.95,
+            "no overshoot below where it settles: {series:?}"
+        );
+    }
+    assert!(
+        sim.engine.get("cart").unwrap().version > version,
+        "changes bump the version"
+    );
+}
+
+#[test]
+fn never_more_than_the_allowed_share_is_ejected() {
+    let mut sim = Sim::new(&[10.0, 20.0, 30.0, 40.0]);
+    sim.run(40);
+    for i in 1..4 {
+        sim.instances[i].status = InstanceStatus::Critical;
+    }
+    let weights = sim.second();
+    let ejected = weights.iter().filter(|&&w| w == 0.0).count();
+    assert_eq!(ejected, 2, "half of 4 at most: {weights:?}");
+    assert!(
+        weights[1] > 0.0,
+        "the least bad critical one keeps traffic: {weights:?}"
+    );
+    assert_eq!(
+        (weights[2], weights[3]),
+        (0.0, 0.0),
+        "the worst go: {weights:?}"
+    );
+    assert!((sum(&weights) - 1.0).abs() < 1e-9);
+    assert!(sim.endpoint(1).reason.contains("kept: too many ejected"));
+}
+
+#[test]
+fn low_volume_gets_the_mean() {
+    // A fourth instance that gets no traffic (NaN: no spans), past its slow start.
+    let mut sim = Sim::new(&[10.0, 10.0, 10.0, f64::NAN]);
+    let weights = sim.run(40);
+    for w in &weights {
+        assert!((w - 0.25).abs() < 1e-6, "all at the mean: {weights:?}");
+    }
+    let quiet = sim.endpoint(3);
+    assert!(
+        quiet.reason.starts_with("low volume (0 < 10 requests)"),
+        "{}",
+        quiet.reason
+    );
+    assert_eq!(quiet.latency_ms.p90, None);
+}
