@@ -21,6 +21,7 @@ use crate::receivers::{Ingest, http as otlp_http};
 use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
+use crate::weights::{WeightsConfig, WeightsEngine, WeightsMetrics};
 
 /// Starts collectors.
 #[derive(Debug)]
@@ -71,6 +72,8 @@ pub struct RunningCollector {
     dispatcher: JoinHandle<()>,
     query: JoinHandle<()>,
     maintenance: JoinHandle<()>,
+    weights_task: JoinHandle<()>,
+    weights: Arc<WeightsEngine>,
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -131,13 +134,24 @@ impl Collector {
             metrics.register_collector(Box::new(TopologyMetrics(topology.clone())));
             topology
         });
+        let weights = Arc::new(WeightsEngine::new(
+            WeightsConfig {
+                update_period: config.weight_update_period,
+                window: config.weight_window,
+                ..WeightsConfig::default()
+            },
+            clock,
+        ));
+        metrics.register_collector(Box::new(WeightsMetrics(weights.clone())));
         let engine = QueryEngine::new(store.clone(), limits, metrics.clone())
             .map_err(StartError::Runtime)?
             .with_registry(registry.clone());
 
         let (queue, dispatcher) = IngestQueue::new(config.max_ingest_bytes);
         // The topology comes last: it takes the facts it keeps instead of copying them.
-        let mut dispatcher = dispatcher.with_consumer(registry.clone());
+        let mut dispatcher = dispatcher
+            .with_consumer(registry.clone())
+            .with_consumer(weights.clone());
         if let Some(topology) = &topology {
             dispatcher = dispatcher.with_consumer(topology.clone());
         }
@@ -206,11 +220,34 @@ impl Collector {
             })
         };
 
+        let weights_task = {
+            let weights = weights.clone();
+            let registry = registry.clone();
+            let stop = query_stop.clone();
+            let period = config.weight_update_period;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {
+                            let weights = weights.clone();
+                            let instances = registry.instances(None);
+                            // One computation for every watcher; CPU work, off the async threads.
+                            let _ = tokio::task::spawn_blocking(move || weights.update(&instances)).await;
+                        }
+                        () = stop.cancelled() => break,
+                    }
+                }
+            })
+        };
+
         let ready = Arc::new(AtomicBool::new(true));
         let state = Arc::new(ApiState {
             engine,
             topology: topology.clone(),
             registry: registry.clone(),
+            weights: weights.clone(),
             metrics: metrics.clone(),
             queue: gauge,
             ready: ready.clone(),
@@ -237,6 +274,8 @@ impl Collector {
             dispatcher,
             query,
             maintenance,
+            weights_task,
+            weights,
         })
     }
 }
@@ -255,6 +294,11 @@ impl RunningCollector {
     /// Its service graph (`None` when started with the topology off).
     pub fn topology(&self) -> Option<&Arc<Topology>> {
         self.topology.as_ref()
+    }
+
+    /// Its load-balancing weights.
+    pub fn weights(&self) -> &Arc<WeightsEngine> {
+        &self.weights
     }
 
     /// Its instance registry.
@@ -279,6 +323,7 @@ impl RunningCollector {
         self.query_stop.cancel();
         let _ = self.query.await;
         let _ = self.maintenance.await;
+        let _ = self.weights_task.await;
         tracing::info!("collector stopped");
     }
 }

@@ -57,6 +57,10 @@ pub struct Config {
     pub edge_max_pending: usize,
     /// How long an instance may stay `critical` (or silent) before the registry removes it.
     pub deregister_after: Duration,
+    /// How often load-balancing weights are computed.
+    pub weight_update_period: Duration,
+    /// The sliding window of latency and errors the weights are computed from.
+    pub weight_window: Duration,
 }
 
 impl Default for Config {
@@ -77,6 +81,8 @@ impl Default for Config {
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
             deregister_after: Duration::from_secs(60),
+            weight_update_period: Duration::from_secs(1),
+            weight_window: Duration::from_secs(30),
         }
     }
 }
@@ -135,6 +141,12 @@ pub struct ServeArgs {
     /// How long an instance stays critical (or silent) before it is removed [default: 60s].
     #[arg(long, env = "WAYFINDER_DEREGISTER_AFTER", value_parser = parse_duration)]
     pub deregister_after: Option<Duration>,
+    /// How often load-balancing weights are computed [default: 1s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_UPDATE_PERIOD", value_parser = parse_duration)]
+    pub weight_update_period: Option<Duration>,
+    /// The sliding window the weights are computed from [default: 30s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_WINDOW", value_parser = parse_duration)]
+    pub weight_window: Option<Duration>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,
@@ -159,6 +171,8 @@ struct FileConfig {
     edge_wait: Option<String>,
     edge_max_pending: Option<usize>,
     deregister_after: Option<String>,
+    weight_update_period: Option<String>,
+    weight_window: Option<String>,
     log_level: Option<String>,
 }
 
@@ -298,6 +312,18 @@ impl Config {
                 .deregister_after
                 .or(duration("deregister_after", &file.deregister_after)?)
                 .unwrap_or(defaults.deregister_after),
+            weight_update_period: args
+                .weight_update_period
+                .or(duration(
+                    "weight_update_period",
+                    &file.weight_update_period,
+                )?)
+                .unwrap_or(defaults.weight_update_period)
+                .max(Duration::from_millis(10)),
+            weight_window: args
+                .weight_window
+                .or(duration("weight_window", &file.weight_window)?)
+                .unwrap_or(defaults.weight_window),
         })
     }
 

@@ -34,6 +34,8 @@ pub struct ApiState {
     pub topology: Option<Arc<crate::topology::Topology>>,
     /// The instance registry.
     pub registry: Arc<crate::registry::Registry>,
+    /// The load-balancing weights.
+    pub weights: Arc<crate::weights::WeightsEngine>,
     /// The collector's metrics.
     pub metrics: Arc<Metrics>,
     /// The ingest queue's fill, for its gauges.
@@ -50,6 +52,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/topology", get(super::topology::get_topology))
         .route("/api/v1/services", get(super::topology::get_services))
         .route("/api/v1/instances", get(super::topology::get_instances))
+        .route(
+            "/api/v1/weights/{service}",
+            get(super::weights::get_weights),
+        )
         .route("/api/services", get(super::jaeger::services))
         .route(
             "/api/services/{service}/operations",

@@ -9,6 +9,7 @@ pub mod http;
 mod jaeger;
 pub mod json;
 mod topology;
+mod weights;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

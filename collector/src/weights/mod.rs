@@ -340,6 +340,7 @@ impl WeightsEngine {
 }
 
 impl crate::pipeline::FactsConsumer for WeightsEngine {
+    // Records SERVER spans per instance and CLIENT spans per address.
     fn consume(&self, facts: &[SpanFacts]) {
         self.record_at(self.clock.now(), facts);
     }

@@ -310,3 +310,42 @@ fn low_volume_gets_the_mean() {
     );
     assert_eq!(quiet.latency_ms.p90, None);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_thousand_watchers_share_one_snapshot() {
+    let mut sim = Sim::new(&[10.0; 3]);
+    sim.run(1);
+    let version = sim.engine.get("cart").unwrap().version;
+    let engine = Arc::new(sim.engine);
+    let watchers: Vec<_> = (0..1000)
+        .map(|_| {
+            let mut rx = engine.subscribe();
+            tokio::spawn(async move {
+                loop {
+                    rx.changed().await.expect("the engine lives");
+                    let snapshot = rx.borrow_and_update().clone();
+                    if let Some(weights) = snapshot.services.get("cart")
+                        && weights.version > version
+                    {
+                        return weights.clone();
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // cart-2 turns critical: one update, one new version.
+    sim.instances[2].status = InstanceStatus::Critical;
+    engine.update_with(sim.now, &sim.instances);
+    let mut seen = Vec::new();
+    for watcher in watchers {
+        seen.push(watcher.await.unwrap());
+    }
+    assert_eq!(seen.len(), 1000);
+    let first = &seen[0];
+    assert!(first.version > version);
+    assert!(
+        seen.iter().all(|w| Arc::ptr_eq(w, first)),
+        "every watcher holds the same snapshot: one computation, shared"
+    );
+}

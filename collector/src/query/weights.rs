@@ -1,0 +1,64 @@
+//! `GET /api/v1/weights/{service}`, with long-polling: `?after_version=N&wait=30s` answers as
+//! soon as the service's version is newer than `N`, or with the same version when the wait ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use wayfinder_api::weights::ServiceWeights;
+
+use super::http::{ApiError, ApiState};
+
+/// The longest long-poll wait.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The query of `GET /api/v1/weights/{service}`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct WeightsQuery {
+    after_version: Option<u64>,
+    wait: Option<String>,
+}
+
+pub(crate) async fn get_weights(
+    State(state): State<Arc<ApiState>>,
+    Path(service): Path<String>,
+    Query(query): Query<WeightsQuery>,
+) -> Result<Json<Arc<ServiceWeights>>, ApiError> {
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(text) => crate::config::parse_duration(text)
+            .map_err(ApiError::BadRequest)?
+            .min(MAX_WAIT),
+    };
+    let unknown = || ApiError::NotFound(format!("no instances of service {service} are known"));
+    let mut updates = state.weights.subscribe();
+    let current = updates.borrow_and_update().services.get(&service).cloned();
+    let Some(after) = query.after_version else {
+        return current.map(Json).ok_or_else(unknown);
+    };
+    if let Some(weights) = &current
+        && weights.version > after
+    {
+        return Ok(Json(weights.clone()));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, updates.changed()).await {
+            Ok(Ok(())) => {
+                let latest = updates.borrow_and_update().services.get(&service).cloned();
+                if let Some(weights) = latest
+                    && weights.version > after
+                {
+                    return Ok(Json(weights));
+                }
+            }
+            // The wait is over (or the collector is stopping): the latest, whatever its version.
+            Ok(Err(_)) | Err(_) => {
+                let latest = state.weights.get(&service);
+                return latest.map(Json).ok_or_else(unknown);
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Weights over HTTP: instances registered by heartbeats, spans over OTLP/HTTP, then
+//! `GET /api/v1/weights/{service}` and its long-poll, with many watchers at once.
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message as _;
+use serde_json::{Value, json};
+use wayfinder_collector::testing::{span, trace_request};
+use wayfinder_e2e::{http_client, loopback_config, start};
+
+/// 50 SERVER spans of `instance`, each lasting `ms`.
+fn server_spans(instance: &str, ms: u64, seed: u8) -> Vec<u8> {
+    let spans = (0..50u64)
+        .map(|i| {
+            let mut s = span(
+                [seed; 16],
+                i + 1,
+                "GET /cart",
+                1_000,
+                1_000 + ms * 1_000_000,
+            );
+            s.kind = 2;
+            s
+        })
+        .collect();
+    let mut request = trace_request(Some("cart"), spans);
+    let resource: &mut Resource = request.resource_spans[0].resource.as_mut().unwrap();
+    resource.attributes.push(KeyValue {
+        key: "service.instance.id".into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(instance.into())),
+        }),
+        ..Default::default()
+    });
+    request.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_follow_latency_and_long_polls_wake() {
+    let mut config = loopback_config();
+    config.weight_update_period = Duration::from_millis(50);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+    let client = http_client();
+    for i in 1..=3 {
+        let beat = json!({"service": "cart", "instance_id": format!("cart-{i}"),
+                          "address": format!("10.0.0.{i}:8080"), "status": "passing", "ttl_ms": 60_000});
+        let response = client
+            .post(format!("http://{}/v1/health", addrs.otlp_http))
+            .json(&beat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let url = format!("http://{}/api/v1/weights/cart", addrs.query_http);
+    let get = |query: String| {
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            let response = client.get(format!("{url}{query}")).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    // The first update publishes the three instances at the mean weight (no traffic yet).
+    let first = get("?after_version=0&wait=10s".into()).await;
+    let endpoints = first["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 3);
+    for endpoint in endpoints {
+        assert!((endpoint["weight"].as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-9);
+        assert!(endpoint["reason"].as_str().unwrap().contains("low volume"));
+    }
+    assert_eq!(endpoints[0]["address"], "10.0.0.1:8080");
+    assert_eq!(first["ttl_ms"], 60_000);
+    let version = first["version"].as_u64().unwrap();
+
+    // 100 watchers wait for a newer version.
+    let watchers: Vec<_> = (0..100)
+        .map(|_| tokio::spawn(get(format!("?after_version={version}&wait=20s"))))
+        .collect();
+    let otlp = format!("http://{}/v1/traces", addrs.otlp_http);
+    for (instance, ms, seed) in [("cart-1", 10, 1), ("cart-2", 10, 2), ("cart-3", 50, 3)] {
+        let response = client
+            .post(&otlp)
+            .header("content-type", "application/x-protobuf")
+            .body(server_spans(instance, ms, seed))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    for watcher in watchers {
+        let answer = watcher.await.unwrap();
+        assert!(
+            answer["version"].as_u64().unwrap() > version,
+            "every watcher wakes: {answer}"
+        );
+    }
+
+    // Follow the versions until cart-3 (5x slower) is down to at most a third of a peer.
+    let mut latest = first;
+    for _ in 0..100 {
+        let v = latest["version"].as_u64().unwrap();
+        latest = get(format!("?after_version={v}&wait=5s")).await;
+        let weight = |i: usize| latest["endpoints"][i]["weight"].as_f64().unwrap();
+        if weight(2) <= weight(0) / 3.0 {
+            break;
+        }
+    }
+    let weight = |i: usize| latest["endpoints"][i]["weight"].as_f64().unwrap();
+    assert!(weight(2) <= weight(0) / 3.0, "{latest:#}");
+    assert!((weight(0) + weight(1) + weight(2) - 1.0).abs() < 1e-9);
+    assert!(
+        latest["endpoints"][2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("slow")
+    );
+
+    // A long-poll with nothing new answers the same version when its wait ends.
+    let same = latest["version"].as_u64().unwrap() + 1_000;
+    let answer = get(format!("?after_version={same}&wait=100ms")).await;
+    assert!(answer["version"].as_u64().unwrap() < same);
+
+    let missing = client
+        .get(format!("http://{}/api/v1/weights/nobody", addrs.query_http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let metrics = client
+        .get(format!("http://{}/metrics", addrs.query_http))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"wayfinder_endpoint_weight{service="cart",instance="cart-3"}"#));
+    collector.shutdown().await;
+}
