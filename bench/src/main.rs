@@ -30,6 +30,25 @@ enum Command {
     Load(LoadArgs),
     /// Decode and store spans in this process and report memory per stored span.
     Memory(MemoryArgs),
+    /// Weights: memory per tracked instance, and the delay from a latency change in the span
+    /// stream to a gRPC watcher seeing a new version.
+    Weights(WeightsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct WeightsArgs {
+    /// Services for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    services: usize,
+    /// Instances per service for the memory figure.
+    #[arg(long, default_value_t = 20)]
+    instances: usize,
+    /// Latency changes to time.
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
+    /// The collector's `--weight-update-period`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    period: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,6 +107,10 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Load(args) => runtime.block_on(load(args)),
         Command::Memory(args) => memory(args),
+        Command::Weights(args) => {
+            weights_memory(&args)?;
+            runtime.block_on(weights_delay(args))
+        }
     }
 }
 
@@ -399,5 +422,233 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         before >> 20,
         after >> 20
     );
+    Ok(())
+}
+
+fn weights_memory(args: &WeightsArgs) -> anyhow::Result<()> {
+    use wayfinder_collector::decode::{SpanFacts, SpanKind, SpanRef};
+    use wayfinder_collector::registry::{Instance, InstanceStatus, Source};
+    use wayfinder_collector::weights::{WeightsConfig, WeightsEngine};
+    let pid = std::process::id();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let mut instances = Vec::with_capacity(args.services * args.instances);
+    for s in 0..args.services {
+        let service: Arc<str> = Arc::from(format!("service-{s}"));
+        for i in 0..args.instances {
+            instances.push(Instance {
+                service: service.clone(),
+                instance_id: Arc::from(format!("service-{s}-{i}")),
+                status: InstanceStatus::Passing,
+                source: Source::Health,
+                address: Some(format!("10.{}.{}.{}:8080", s / 256, s % 256, i)),
+                last_beat: None,
+                last_seen: None,
+                since: t0,
+                ttl: None,
+                seq: None,
+                output: None,
+            });
+        }
+    }
+    let before = resident_bytes(pid)?;
+    let engine = WeightsEngine::new(
+        WeightsConfig::default(),
+        wayfinder_collector::clock::Clock::new(),
+    );
+    for second in 0..30u64 {
+        let now = t0 + Duration::from_secs(second);
+        let spans: Vec<SpanFacts> = instances
+            .iter()
+            .enumerate()
+            .flat_map(|(n, instance)| {
+                (0..5u64).map(move |j| SpanFacts {
+                    id: SpanRef {
+                        trace_id: [1; 16],
+                        span_id: [1; 8],
+                    },
+                    parent_span_id: None,
+                    parent_is_remote: None,
+                    kind: SpanKind::Server,
+                    error: false,
+                    duration_ns: 5_000_000 + ((n as u64 * 7 + j * 13 + second) % 45) * 1_000_000,
+                    service: instance.service.clone(),
+                    instance: Some(instance.instance_id.clone()),
+                    links: Vec::new(),
+                    peer: None,
+                })
+            })
+            .collect();
+        engine.record_at(now, &spans);
+        engine.update_with(now, &instances);
+    }
+    let after = resident_bytes(pid)?;
+    println!(
+        "weights: {} instances tracked with full 30 s windows: resident {} MiB -> {} MiB, {:.0} bytes per instance",
+        instances.len(),
+        before >> 20,
+        after >> 20,
+        after.saturating_sub(before) as f64 / instances.len() as f64
+    );
+    Ok(())
+}
+
+/// Times, over `trials` latency changes, how long a `Watch`er waits for a version that reacts.
+async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
+    use wayfinder_api::grpc::WatchWeightsRequest;
+    use wayfinder_api::grpc::weights_client::WeightsClient;
+
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
+    let mut config = wayfinder_collector::Config::default();
+    config.otlp_grpc = any;
+    config.otlp_http = any;
+    config.query_http = any;
+    config.query_grpc = any;
+    config.weight_update_period = args.period;
+    let collector = wayfinder_collector::Collector::start(config).await?;
+    let addrs = collector.addrs();
+    for i in 0..3 {
+        let event =
+            wayfinder_collector::decode::health::validate(wayfinder_api::health::HealthReport {
+                service: "cart".into(),
+                instance_id: format!("cart-{i}"),
+                address: None,
+                status: "passing".into(),
+                ttl_ms: Some(3_600_000),
+                seq: None,
+                output: None,
+            })
+            .map_err(anyhow::Error::msg)?;
+        collector.registry().beat(event);
+    }
+
+    // Traffic: every 100 ms, 10 SERVER spans of each instance over OTLP/gRPC; cart-2's latency
+    // is switched by the trials.
+    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.otlp_grpc))?
+        .connect()
+        .await?;
+    let sender = {
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            let mut seq = 0u64;
+            loop {
+                for i in 0..3u64 {
+                    let ms = if i == 2 && slow.load(Ordering::Relaxed) {
+                        50
+                    } else {
+                        10
+                    };
+                    seq += 1;
+                    let spans = (0..10u64)
+                        .map(|j| {
+                            let mut span = wayfinder_collector::testing::span(
+                                [((seq % 250) + 1) as u8; 16],
+                                seq * 100 + j + 1,
+                                "GET /cart",
+                                1_000,
+                                1_000 + ms * 1_000_000,
+                            );
+                            span.kind = 2;
+                            span
+                        })
+                        .collect();
+                    let mut request =
+                        wayfinder_collector::testing::trace_request(Some("cart"), spans);
+                    if let Some(resource) = request.resource_spans[0].resource.as_mut() {
+                        resource.attributes.push(opentelemetry_proto::tonic::common::v1::KeyValue {
+                            key: "service.instance.id".into(),
+                            value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                                value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(format!("cart-{i}"))),
+                            }),
+                            ..Default::default()
+                        });
+                    }
+                    if grpc.ready().await.is_err() {
+                        return;
+                    }
+                    let body = Bytes::from(request.encode_to_vec());
+                    let _ = grpc
+                        .unary(
+                            tonic::Request::new(body),
+                            http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
+                            RawCodec,
+                        )
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    let mut client = WeightsClient::connect(format!("http://{}", addrs.query_grpc)).await?;
+    let mut stream = client
+        .watch(WatchWeightsRequest {
+            service: "cart".into(),
+            after_version: 0,
+        })
+        .await?
+        .into_inner();
+    let weight_of_2 = |w: &wayfinder_api::grpc::ServiceWeights| {
+        w.endpoints
+            .iter()
+            .find(|e| e.instance_id == "cart-2")
+            .map_or(0.0, |e| e.weight)
+    };
+    // Past the slow start, with a full window.
+    let warm = Duration::from_secs(35);
+    println!("warming up for {warm:?} (slow start and a full window)");
+    let warm_until = Instant::now() + warm;
+    let mut latest = None;
+    while Instant::now() < warm_until {
+        if let Ok(Ok(Some(message))) =
+            tokio::time::timeout(Duration::from_secs(1), stream.message()).await
+        {
+            latest = Some(message);
+        }
+    }
+    let mut delays = Vec::new();
+    for trial in 0..args.trials {
+        let before = latest.as_ref().map_or(1.0 / 3.0, weight_of_2);
+        slow.store(true, Ordering::Relaxed);
+        let changed = Instant::now();
+        loop {
+            let message = stream.message().await?.context("the stream ended")?;
+            let weight = weight_of_2(&message);
+            latest = Some(message);
+            if weight < before * 0.95 {
+                break;
+            }
+        }
+        let delay = changed.elapsed();
+        println!(
+            "trial {trial}: a watcher saw cart-2's weight fall {:.0} ms after it turned 5x slower",
+            delay.as_secs_f64() * 1e3
+        );
+        delays.push(delay);
+        // Back to normal, and wait until the slow spell has left the window.
+        slow.store(false, Ordering::Relaxed);
+        let recover_until = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < recover_until {
+            if let Ok(Ok(Some(message))) =
+                tokio::time::timeout(Duration::from_secs(1), stream.message()).await
+            {
+                latest = Some(message);
+            }
+        }
+    }
+    delays.sort();
+    let periods: Vec<String> = delays
+        .iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64() / args.period.as_secs_f64()))
+        .collect();
+    println!(
+        "delay from a latency change to a watcher seeing it: median {:.0} ms, max {:.0} ms ({} update periods)",
+        delays[delays.len() / 2].as_secs_f64() * 1e3,
+        delays.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+        periods.join(", ")
+    );
+    sender.abort();
+    collector.shutdown().await;
     Ok(())
 }

@@ -23,6 +23,9 @@ use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
 use crate::weights::{WeightsConfig, WeightsEngine, WeightsMetrics};
 
+/// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
+const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
+
 /// Starts collectors.
 #[derive(Debug)]
 pub struct Collector;
@@ -36,6 +39,8 @@ pub struct BoundAddrs {
     pub otlp_http: SocketAddr,
     /// The query HTTP API.
     pub query_http: SocketAddr,
+    /// The query gRPC API.
+    pub query_grpc: SocketAddr,
 }
 
 /// Why a collector could not start.
@@ -93,11 +98,13 @@ impl Collector {
         let grpc_listener = bind("otlp-grpc", config.otlp_grpc).await?;
         let http_listener = bind("otlp-http", config.otlp_http).await?;
         let query_listener = bind("query-http", config.query_http).await?;
+        let query_grpc_listener = bind("query-grpc", config.query_grpc).await?;
         let local = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
         let addrs = BoundAddrs {
             otlp_grpc: local(&grpc_listener, config.otlp_grpc),
             otlp_http: local(&http_listener, config.otlp_http),
             query_http: local(&query_listener, config.query_http),
+            query_grpc: local(&query_grpc_listener, config.query_grpc),
         };
 
         let metrics = Arc::new(Metrics::new());
@@ -254,13 +261,28 @@ impl Collector {
         });
         let query = axum::serve(query_listener, crate::query::http::router(state))
             .with_graceful_shutdown(query_stop.clone().cancelled_owned());
+        let query_grpc = tonic::transport::Server::builder()
+            // Watchers hold a stream each: let many share one connection.
+            .max_concurrent_streams(Some(QUERY_GRPC_MAX_STREAMS))
+            .add_service(crate::query::grpc::weights_server(
+                weights.clone(),
+                query_stop.clone(),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(query_grpc_listener),
+                query_stop.clone().cancelled_owned(),
+            );
         let query = tokio::spawn(async move {
-            if let Err(error) = query.await {
+            let (http, grpc) = tokio::join!(query, query_grpc);
+            if let Err(error) = http {
                 tracing::error!(%error, "the query API stopped");
+            }
+            if let Err(error) = grpc {
+                tracing::error!(%error, "the query gRPC API stopped");
             }
         });
 
-        tracing::info!(otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, query_http = %addrs.query_http, "collector started");
+        tracing::info!(otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, query_http = %addrs.query_http, query_grpc = %addrs.query_grpc, "collector started");
         Ok(RunningCollector {
             addrs,
             store,

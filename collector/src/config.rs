@@ -32,6 +32,8 @@ pub struct Config {
     pub otlp_http: SocketAddr,
     /// Where the query API (`/api/v1/…`, `/metrics`, `/healthz`, `/readyz`) is served.
     pub query_http: SocketAddr,
+    /// Where the query gRPC API (`wayfinder.v1.Weights`) is served.
+    pub query_grpc: SocketAddr,
     /// Largest OTLP/gRPC message accepted, after decompression.
     pub grpc_max_message_bytes: usize,
     /// Largest OTLP/HTTP body accepted, after decompression.
@@ -69,6 +71,7 @@ impl Default for Config {
             otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
             otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
             query_http: SocketAddr::from(([127, 0, 0, 1], 16686)),
+            query_grpc: SocketAddr::from(([127, 0, 0, 1], 16685)),
             grpc_max_message_bytes: 4 * MIB,
             http_max_body_bytes: 20 * MIB,
             max_ingest_bytes: 256 * MIB,
@@ -105,6 +108,9 @@ pub struct ServeArgs {
     /// Address of the query HTTP API [default: 127.0.0.1:16686].
     #[arg(long, env = "WAYFINDER_QUERY_HTTP")]
     pub query_http: Option<SocketAddr>,
+    /// Address of the query gRPC API [default: 127.0.0.1:16685].
+    #[arg(long, env = "WAYFINDER_QUERY_GRPC")]
+    pub query_grpc: Option<SocketAddr>,
     /// Largest OTLP/gRPC message, after decompression [default: 4MiB].
     #[arg(long, env = "WAYFINDER_GRPC_MAX_MESSAGE_BYTES", value_parser = parse_size)]
     pub grpc_max_message_bytes: Option<usize>,
@@ -159,6 +165,7 @@ struct FileConfig {
     otlp_grpc: Option<SocketAddr>,
     otlp_http: Option<SocketAddr>,
     query_http: Option<SocketAddr>,
+    query_grpc: Option<SocketAddr>,
     grpc_max_message_bytes: Option<Size>,
     http_max_body_bytes: Option<Size>,
     max_ingest_bytes: Option<Size>,
@@ -264,6 +271,10 @@ impl Config {
                 .query_http
                 .or(file.query_http)
                 .unwrap_or(defaults.query_http),
+            query_grpc: args
+                .query_grpc
+                .or(file.query_grpc)
+                .unwrap_or(defaults.query_grpc),
             grpc_max_message_bytes: args
                 .grpc_max_message_bytes
                 .or(size(

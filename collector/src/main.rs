@@ -52,6 +52,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(stdout, "listening otlp-grpc {}", addrs.otlp_grpc)?;
         writeln!(stdout, "listening otlp-http {}", addrs.otlp_http)?;
         writeln!(stdout, "listening query-http {}", addrs.query_http)?;
+        writeln!(stdout, "listening query-grpc {}", addrs.query_grpc)?;
         stdout.flush()?;
         drop(stdout);
         shutdown_signal().await?;

@@ -34,6 +34,8 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--query-http",
             "127.0.0.1:0",
+            "--query-grpc",
+            "127.0.0.1:0",
             "--log-level",
             "warn",
         ])
@@ -46,7 +48,7 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut addrs = std::collections::HashMap::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let line = lines.next().expect("a line").expect("text");
         let mut words = line.split(' ');
         assert_eq!(words.next(), Some("listening"), "{line}");
@@ -59,7 +61,7 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
         assert_ne!(addr.port(), 0, "the real port is printed");
         addrs.insert(name, addr);
     }
-    assert_eq!(addrs.len(), 3, "{addrs:?}");
+    assert_eq!(addrs.len(), 4, "{addrs:?}");
     let query = addrs["query-http"];
     assert_ne!(query.port(), 1, "the flag beats the environment");
     assert!(http_get(query, "/healthz").starts_with("HTTP/1.1 200"));

@@ -12,6 +12,7 @@ pub fn loopback_config() -> Config {
     config.otlp_grpc = any;
     config.otlp_http = any;
     config.query_http = any;
+    config.query_grpc = any;
     config
 }
 

@@ -1,5 +1,6 @@
 //! Weights over HTTP: instances registered by heartbeats, spans over OTLP/HTTP, then
-//! `GET /api/v1/weights/{service}` and its long-poll, with many watchers at once.
+//! `GET /api/v1/weights/{service}` and its long-poll, with 1,000 watchers at once; and the same
+//! over gRPC `Watch`.
 
 use std::time::Duration;
 
@@ -77,8 +78,8 @@ async fn weights_follow_latency_and_long_polls_wake() {
     assert_eq!(first["ttl_ms"], 60_000);
     let version = first["version"].as_u64().unwrap();
 
-    // 100 watchers wait for a newer version.
-    let watchers: Vec<_> = (0..100)
+    // 1,000 watchers (a connection each) wait for a newer version.
+    let watchers: Vec<_> = (0..1000)
         .map(|_| tokio::spawn(get(format!("?after_version={version}&wait=20s"))))
         .collect();
     let otlp = format!("http://{}/v1/traces", addrs.otlp_http);
@@ -141,4 +142,123 @@ async fn weights_follow_latency_and_long_polls_wake() {
         .unwrap();
     assert!(metrics.contains(r#"wayfinder_endpoint_weight{service="cart",instance="cart-3"}"#));
     collector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_grpc_watchers_see_the_first_snapshot_and_the_next_version() {
+    use wayfinder_api::grpc::weights_client::WeightsClient;
+    use wayfinder_api::grpc::{GetWeightsRequest, WatchWeightsRequest};
+
+    let mut config = loopback_config();
+    config.weight_update_period = Duration::from_millis(50);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+    let client = http_client();
+    for i in 1..=3 {
+        let beat = json!({"service": "cart", "instance_id": format!("cart-{i}"),
+                          "status": "passing", "ttl_ms": 60_000});
+        client
+            .post(format!("http://{}/v1/health", addrs.otlp_http))
+            .json(&beat)
+            .send()
+            .await
+            .unwrap();
+    }
+    let endpoint = format!("http://{}", addrs.query_grpc);
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            WeightsClient::connect(endpoint.clone())
+                .await
+                .expect("connects"),
+        );
+    }
+
+    // 1,000 watchers over 4 connections: each gets the current snapshot, then a newer one.
+    let mut streams = Vec::new();
+    for i in 0..1000 {
+        let mut client = channels[i % 4].clone();
+        let request = WatchWeightsRequest {
+            service: "cart".into(),
+            after_version: 0,
+        };
+        streams.push(
+            client
+                .watch(request)
+                .await
+                .expect("watch opens")
+                .into_inner(),
+        );
+    }
+    let mut first_versions = Vec::new();
+    for stream in &mut streams {
+        let first = stream
+            .message()
+            .await
+            .expect("a message")
+            .expect("not ended");
+        assert_eq!(first.endpoints.len(), 3);
+        first_versions.push(first.version);
+    }
+    let otlp = format!("http://{}/v1/traces", addrs.otlp_http);
+    for (instance, ms, seed) in [("cart-1", 10, 1), ("cart-2", 10, 2), ("cart-3", 50, 3)] {
+        client
+            .post(&otlp)
+            .header("content-type", "application/x-protobuf")
+            .body(server_spans(instance, ms, seed))
+            .send()
+            .await
+            .unwrap();
+    }
+    let watchers: Vec<_> = streams
+        .into_iter()
+        .zip(first_versions)
+        .map(|(mut stream, first)| {
+            tokio::spawn(async move {
+                let next = stream
+                    .message()
+                    .await
+                    .expect("a message")
+                    .expect("not ended");
+                assert!(next.version > first, "a newer version");
+                // Keep the stream open: shutdown must end it.
+                (next.version, stream)
+            })
+        })
+        .collect();
+    let mut open = Vec::new();
+    for watcher in watchers {
+        open.push(watcher.await.unwrap());
+    }
+    assert_eq!(open.len(), 1000);
+
+    let mut get = channels[0].clone();
+    let weights = get
+        .get(GetWeightsRequest {
+            service: "cart".into(),
+        })
+        .await
+        .expect("cart is known")
+        .into_inner();
+    let total: f64 = weights.endpoints.iter().map(|e| e.weight).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    let missing = get
+        .get(GetWeightsRequest {
+            service: "nobody".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+
+    // Shutdown does not wait for the watchers: their streams end.
+    tokio::time::timeout(Duration::from_secs(20), collector.shutdown())
+        .await
+        .expect("shutdown completes with watchers connected");
+    let (_, mut stream) = open.pop().unwrap();
+    // Versions sent before the shutdown may still be buffered; then the stream ends.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+    assert!(drained.is_ok(), "the stream ended");
 }

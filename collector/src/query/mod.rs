@@ -5,6 +5,7 @@
 //! ingest), and is bounded: a time limit, a memory limit for its operators, and a row limit
 //! for its answer. Only read queries are planned: DDL, DML, `COPY` and `SET` are refused.
 
+pub mod grpc;
 pub mod http;
 mod jaeger;
 pub mod json;

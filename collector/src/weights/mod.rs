@@ -213,15 +213,13 @@ impl WeightsEngine {
                     let key = (m.service.clone(), m.instance_id.clone());
                     let own = inputs.instances.get(&key).map(|w| w.stats(now, window));
                     // Its own SERVER spans, else what its callers saw at its address.
-                    let stats = match own {
-                        Some(stats) if stats.requests > 0 => stats,
-                        _ => m
-                            .address
-                            .as_ref()
-                            .and_then(|a| inputs.addresses.get(a))
-                            .map(|w| w.stats(now, window))
-                            .unwrap_or_default(),
+                    let source = match own {
+                        Some(stats) if stats.requests > 0 => inputs.instances.get(&key),
+                        _ => m.address.as_ref().and_then(|a| inputs.addresses.get(a)),
                     };
+                    let (stats, recent) = source
+                        .map(|w| (w.stats(now, window), w.recent(now)))
+                        .unwrap_or_default();
                     let first_seen = state
                         .instances
                         .entry(m.instance_id.clone())
@@ -235,6 +233,7 @@ impl WeightsEngine {
                         instance_id: m.instance_id.clone(),
                         health: m.status,
                         stats,
+                        recent,
                         first_seen,
                     }
                 })

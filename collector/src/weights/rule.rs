@@ -56,6 +56,8 @@ pub struct Candidate {
     pub health: InstanceStatus,
     /// What it did over the window (its SERVER spans, else its callers' CLIENT spans).
     pub stats: WindowStats,
+    /// The same over the last 5–10 seconds.
+    pub recent: WindowStats,
     /// When the weights engine first saw it.
     pub first_seen: SystemTime,
 }
@@ -80,13 +82,27 @@ pub struct Decision {
     pub reason: String,
 }
 
-/// The effective latency of an instance: its p90 (ms), inflated by its error rate so that fast
-/// failures never look fast; `None` below the minimum volume.
-fn effective_latency(stats: &WindowStats, config: &RuleConfig) -> Option<f64> {
+/// Requests the recent buckets need before their p90 counts.
+const MIN_RECENT_REQUESTS: u64 = 5;
+
+/// The latency the rule compares: the window's p90, or the recent buckets' p90 when higher
+/// (a peak shows at once and fades only as it leaves the window, as a peak-EWMA does).
+fn peak_p90(candidate: &Candidate) -> Option<f64> {
+    let window = candidate.stats.latency.quantile(0.9)?;
+    let recent = (candidate.recent.requests >= MIN_RECENT_REQUESTS)
+        .then(|| candidate.recent.latency.quantile(0.9))
+        .flatten();
+    Some(recent.map_or(window, |r| r.max(window)))
+}
+
+/// The effective latency of an instance: its peak p90 (ms), inflated by its error rate so that
+/// fast failures never look fast; `None` below the minimum volume.
+fn effective_latency(candidate: &Candidate, config: &RuleConfig) -> Option<f64> {
+    let stats = &candidate.stats;
     if stats.requests < config.min_requests {
         return None;
     }
-    let p90 = stats.latency.quantile(0.9)?.max(1e-3);
+    let p90 = peak_p90(candidate)?.max(1e-3);
     Some(p90 * (1.0 + config.error_penalty * stats.error_rate()))
 }
 
@@ -116,7 +132,7 @@ pub fn decide(
     }
     let latency: Vec<Option<f64>> = candidates
         .iter()
-        .map(|c| effective_latency(&c.stats, config))
+        .map(|c| effective_latency(c, config))
         .collect();
 
     // Ejection: critical instances get nothing, but never more than the allowed share; when too
@@ -256,7 +272,7 @@ fn reason(
         )),
         (Some(l), Some(r)) if r > 0.0 => {
             let err = candidate.stats.error_rate();
-            let p90 = candidate.stats.latency.quantile(0.9).unwrap_or(0.0);
+            let p90 = peak_p90(candidate).unwrap_or(0.0);
             let ratio = l / r;
             if err >= 0.01 {
                 parts.push(format!(

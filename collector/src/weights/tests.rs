@@ -349,3 +349,41 @@ async fn a_thousand_watchers_share_one_snapshot() {
         "every watcher holds the same snapshot: one computation, shared"
     );
 }
+
+#[test]
+fn an_instance_without_spans_of_its_own_is_judged_by_its_callers() {
+    let mut sim = Sim::new(&[10.0, 10.0, f64::NAN]);
+    // cart-2 sends no SERVER spans; its callers' CLIENT spans aimed at its address say 50 ms.
+    for _ in 0..40 {
+        let calls: Vec<SpanFacts> = (0..50)
+            .map(|_| SpanFacts {
+                id: SpanRef {
+                    trace_id: [2; 16],
+                    span_id: [2; 8],
+                },
+                parent_span_id: None,
+                parent_is_remote: None,
+                kind: SpanKind::Client,
+                error: false,
+                duration_ns: 50_000_000,
+                service: Arc::from("front"),
+                instance: None,
+                links: Vec::new(),
+                peer: Some(Box::new(crate::decode::PeerAttributes {
+                    server_address: Some("cart-2".into()),
+                    server_port: Some(8080),
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        sim.engine.record_at(sim.now, &calls);
+        sim.second();
+    }
+    let weights = sim.weights();
+    assert!(weights[2] <= weights[0] / 3.0, "{weights:?}");
+    let judged = sim.endpoint(2);
+    assert!(
+        judged.latency_ms.p50.unwrap() > 45.0,
+        "its callers' latency: {judged:?}"
+    );
+}

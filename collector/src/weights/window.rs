@@ -73,6 +73,12 @@ impl Window {
         !self.buckets.is_empty()
     }
 
+    /// The sum of the two newest buckets (the current one and the one before): what happened
+    /// in the last 5–10 seconds, for reacting to a peak before it fills a tenth of the window.
+    pub fn recent(&self, now: SystemTime) -> WindowStats {
+        self.stats(now, BUCKET * 2)
+    }
+
     /// The sum of the buckets within `window` before `now`.
     pub fn stats(&self, now: SystemTime, window: Duration) -> WindowStats {
         let oldest = slot_of(now).saturating_sub(buckets_in(window));
