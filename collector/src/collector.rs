@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -231,7 +231,7 @@ impl Collector {
             let weights = weights.clone();
             let registry = registry.clone();
             let stop = query_stop.clone();
-            let period = config.weight_update_period;
+            let period = config.weight_update_period.max(Duration::from_millis(1));
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -258,6 +258,7 @@ impl Collector {
             metrics: metrics.clone(),
             queue: gauge,
             ready: ready.clone(),
+            stop: query_stop.clone(),
         });
         let query = axum::serve(query_listener, crate::query::http::router(state))
             .with_graceful_shutdown(query_stop.clone().cancelled_owned());

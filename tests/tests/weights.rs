@@ -66,8 +66,16 @@ async fn weights_follow_latency_and_long_polls_wake() {
             response.json::<Value>().await.unwrap()
         }
     };
-    // The first update publishes the three instances at the mean weight (no traffic yet).
-    let first = get("?after_version=0&wait=10s".into()).await;
+    // The updates publish the three instances at the mean weight (no traffic yet); the beats
+    // may straddle an update, so follow the versions until all three are in.
+    let mut first = get("?after_version=0&wait=10s".into()).await;
+    for _ in 0..100 {
+        if first["endpoints"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        let v = first["version"].as_u64().unwrap();
+        first = get(format!("?after_version={v}&wait=10s")).await;
+    }
     let endpoints = first["endpoints"].as_array().unwrap();
     assert_eq!(endpoints.len(), 3);
     for endpoint in endpoints {
@@ -121,10 +129,13 @@ async fn weights_follow_latency_and_long_polls_wake() {
             .contains("slow")
     );
 
-    // A long-poll with nothing new answers the same version when its wait ends.
-    let same = latest["version"].as_u64().unwrap() + 1_000;
-    let answer = get(format!("?after_version={same}&wait=100ms")).await;
-    assert!(answer["version"].as_u64().unwrap() < same);
+    // A long-poll for a version that will not come answers the latest when its wait ends.
+    let future = latest["version"].as_u64().unwrap() + 1_000_000;
+    let asked = std::time::Instant::now();
+    let answer = get(format!("?after_version={future}&wait=300ms")).await;
+    assert!(asked.elapsed() >= Duration::from_millis(300), "it waited");
+    assert!(answer["version"].as_u64().unwrap() >= latest["version"].as_u64().unwrap());
+    assert!(answer["version"].as_u64().unwrap() < future);
 
     let missing = client
         .get(format!("http://{}/api/v1/weights/nobody", addrs.query_http))
@@ -141,7 +152,19 @@ async fn weights_follow_latency_and_long_polls_wake() {
         .await
         .unwrap();
     assert!(metrics.contains(r#"wayfinder_endpoint_weight{service="cart",instance="cart-3"}"#));
-    collector.shutdown().await;
+
+    // A long-poll in flight does not hold the shutdown: it is answered at once.
+    let pending = tokio::spawn(get(format!("?after_version={future}&wait=30s")));
+    let _ = client
+        .get(format!("http://{}/healthz", addrs.query_http))
+        .send()
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), collector.shutdown())
+        .await
+        .expect("shutdown does not wait for long-polls");
+    let _ = tokio::time::timeout(Duration::from_secs(10), pending)
+        .await
+        .expect("the long-poll ended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,6 +187,28 @@ async fn a_thousand_grpc_watchers_see_the_first_snapshot_and_the_next_version() 
             .await
             .unwrap();
     }
+    // Wait until an update has all three instances (the beats may straddle one).
+    let mut get = WeightsClient::connect(format!("http://{}", addrs.query_grpc))
+        .await
+        .expect("connects");
+    let mut seen = 0;
+    for _ in 0..200 {
+        let mut watch = get
+            .watch(WatchWeightsRequest {
+                service: "cart".into(),
+                after_version: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen = watch.message().await.unwrap().unwrap().endpoints.len();
+        if seen == 3 {
+            break;
+        }
+        // The next version comes within an update period.
+        let _ = watch.message().await;
+    }
+    assert_eq!(seen, 3);
     let endpoint = format!("http://{}", addrs.query_grpc);
     let mut channels = Vec::new();
     for _ in 0..4 {
@@ -232,7 +277,6 @@ async fn a_thousand_grpc_watchers_see_the_first_snapshot_and_the_next_version() 
     }
     assert_eq!(open.len(), 1000);
 
-    let mut get = channels[0].clone();
     let weights = get
         .get(GetWeightsRequest {
             service: "cart".into(),

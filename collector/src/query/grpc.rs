@@ -3,7 +3,7 @@
 //!
 //! Every watcher reads the same snapshot of each version (one computation per update); a
 //! watcher's stream only turns that snapshot into its message when the service's version moved
-//! past the last one it sent.
+//! past the last one it sent, or, without a change, every half TTL.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -94,6 +94,9 @@ impl Weights for WeightsService {
         }
         let updates = self.engine.subscribe();
         let stop = self.stop.clone();
+        // Without a change, the current weights again every half TTL (with a fresh
+        // `generated_at`), so that a watcher never holds weights past their TTL.
+        let refresh = self.engine.config().ttl / 2;
         // The current snapshot first (`first`), then one message per newer version.
         let stream = futures::stream::unfold(
             (updates, after_version, true),
@@ -102,6 +105,7 @@ impl Weights for WeightsService {
                 let stop = stop.clone();
                 async move {
                     loop {
+                        let mut resend = false;
                         if !first {
                             tokio::select! {
                                 changed = updates.changed() => {
@@ -109,13 +113,14 @@ impl Weights for WeightsService {
                                         return None;
                                     }
                                 }
+                                () = tokio::time::sleep(refresh) => resend = true,
                                 () = stop.cancelled() => return None, // the collector is stopping
                             }
                         }
                         first = false;
                         let current = updates.borrow_and_update().services.get(&service).cloned();
                         if let Some(weights) = current
-                            && weights.version > last
+                            && (weights.version > last || (resend && weights.version == last))
                         {
                             last = weights.version;
                             return Some((Ok(to_message(&weights)), (updates, last, false)));

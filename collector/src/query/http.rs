@@ -42,6 +42,8 @@ pub struct ApiState {
     pub queue: QueueGauge,
     /// Whether the collector is ready (listeners up, not shutting down).
     pub ready: Arc<AtomicBool>,
+    /// Cancelled when the query API stops: long-polls answer at once then.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 /// The router of the query port.

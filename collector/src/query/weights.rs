@@ -11,8 +11,9 @@ use wayfinder_api::weights::ServiceWeights;
 
 use super::http::{ApiError, ApiState};
 
-/// The longest long-poll wait.
-const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The longest long-poll wait: half the weights' default TTL, so that a client that long-polls
+/// in a loop always holds weights younger than their TTL.
+const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The query of `GET /api/v1/weights/{service}`.
 #[derive(Debug, Deserialize)]
@@ -45,8 +46,15 @@ pub(crate) async fn get_weights(
     }
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        match tokio::time::timeout_at(deadline, updates.changed()).await {
-            Ok(Ok(())) => {
+        let changed = tokio::select! {
+            changed = tokio::time::timeout_at(deadline, updates.changed()) => {
+                matches!(changed, Ok(Ok(())))
+            }
+            // The query API is stopping: answer now rather than hold the shutdown.
+            () = state.stop.cancelled() => false,
+        };
+        if changed {
+            {
                 let latest = updates.borrow_and_update().services.get(&service).cloned();
                 if let Some(weights) = latest
                     && weights.version > after
@@ -54,11 +62,10 @@ pub(crate) async fn get_weights(
                     return Ok(Json(weights));
                 }
             }
+        } else {
             // The wait is over (or the collector is stopping): the latest, whatever its version.
-            Ok(Err(_)) | Err(_) => {
-                let latest = state.weights.get(&service);
-                return latest.map(Json).ok_or_else(unknown);
-            }
+            let latest = state.weights.get(&service);
+            return latest.map(Json).ok_or_else(unknown);
         }
     }
 }

@@ -106,6 +106,10 @@ pub struct WeightsEngine {
     clock: Clock,
     inputs: Mutex<Inputs>,
     state: Mutex<HashMap<String, ServiceState>>,
+    /// The next version: one counter for all services, starting at the engine's start time in
+    /// milliseconds, so that a service's version never goes back, not even when it disappears
+    /// and comes back or the collector restarts.
+    next_version: Mutex<u64>,
     tx: watch::Sender<Arc<WeightsSnapshot>>,
 }
 
@@ -121,6 +125,7 @@ impl WeightsEngine {
             clock,
             inputs: Mutex::new(Inputs::default()),
             state: Mutex::new(HashMap::new()),
+            next_version: Mutex::new(crate::clock::unix_millis(clock.now()).max(1)),
             tx,
         }
     }
@@ -217,9 +222,19 @@ impl WeightsEngine {
                         Some(stats) if stats.requests > 0 => inputs.instances.get(&key),
                         _ => m.address.as_ref().and_then(|a| inputs.addresses.get(a)),
                     };
-                    let (stats, recent) = source
+                    let (mut stats, recent) = source
                         .map(|w| (w.stats(now, window), w.recent(now)))
                         .unwrap_or_default();
+                    // Either side's errors: failures only its callers saw (timeouts, resets)
+                    // count too.
+                    if let Some(callers) = m.address.as_ref().and_then(|a| inputs.addresses.get(a))
+                    {
+                        let seen = callers.stats(now, window);
+                        if seen.requests > 0 && stats.requests > 0 {
+                            let failed = (seen.error_rate() * stats.requests as f64).round() as u64;
+                            stats.errors = stats.errors.max(failed.min(stats.requests));
+                        }
+                    }
                     let first_seen = state
                         .instances
                         .entry(m.instance_id.clone())
@@ -295,7 +310,9 @@ impl WeightsEngine {
                     a.0 != b.0 || a.1 != b.1 || a.3 != b.3 || (a.2 - b.2).abs() > 1e-9
                 });
             if changed || state.version == 0 {
-                state.version += 1;
+                let mut next = self.next_version.lock();
+                state.version = *next;
+                *next += 1;
                 state.last = now_set;
             }
             services.insert(

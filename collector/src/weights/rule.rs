@@ -137,7 +137,8 @@ pub fn decide(
 
     // Ejection: critical instances get nothing, but never more than the allowed share; when too
     // many are critical, the least bad (lowest effective latency) keep traffic.
-    let max_ejected = (config.max_ejection * n as f64).floor() as usize;
+    // Never everyone, whatever the configured share.
+    let max_ejected = ((config.max_ejection * n as f64).floor() as usize).min(n - 1);
     let mut critical: Vec<usize> = (0..n)
         .filter(|&i| candidates[i].health == InstanceStatus::Critical)
         .collect();
@@ -160,10 +161,14 @@ pub fn decide(
     let reference = median(&mut known);
 
     // Targets relative to the mean, before slow start.
+    // Bounded before averaging, so that one instance with a near-zero latency cannot push every
+    // other target to the floor.
     let raw: Vec<f64> = (0..n)
         .map(|i| match (latency[i], reference) {
             _ if ejected[i] => 0.0,
-            (Some(l), Some(r)) => (r / l).powf(config.gamma),
+            (Some(l), Some(r)) => (r / l)
+                .powf(config.gamma)
+                .clamp(config.min_factor, config.max_factor),
             _ => f64::NAN, // the mean, filled in below
         })
         .collect();
