@@ -75,24 +75,44 @@ pub struct PeerAttributes {
 impl PeerAttributes {
     /// `host[:port]` of the peer from `server.address`/`server.port`, else from `url.full`.
     pub fn peer_address(&self) -> Option<String> {
+        let mut out = String::new();
+        self.write_peer_address(&mut out).then_some(out)
+    }
+
+    /// Writes what [`PeerAttributes::peer_address`] returns into `out` (cleared first), without
+    /// allocating when `out` has room; says whether there is one.
+    pub fn write_peer_address(&self, out: &mut String) -> bool {
+        use std::fmt::Write as _;
+        out.clear();
         if let Some(host) = &self.server_address {
-            return Some(match self.server_port {
-                Some(port) => format!("{host}:{port}"),
-                None => host.clone(),
-            });
+            out.push_str(host);
+            if let Some(port) = self.server_port {
+                let _ = write!(out, ":{port}");
+            }
+            return true;
         }
-        self.url_full.as_deref().and_then(authority_of)
+        match self.url_full.as_deref().and_then(authority_span) {
+            Some(authority) => {
+                out.push_str(authority);
+                true
+            }
+            None => false,
+        }
     }
 }
 
 /// The `host[:port]` of a URL such as `http://10.0.0.7:8080/orders?id=1` (without user info).
 pub fn authority_of(url: &str) -> Option<String> {
+    authority_span(url).map(str::to_owned)
+}
+
+fn authority_span(url: &str) -> Option<&str> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next()?;
     let authority = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
-    (!authority.is_empty()).then(|| authority.to_owned())
+    (!authority.is_empty()).then_some(authority)
 }
 
 /// What the topology builder and the registry know of one accepted span.

@@ -543,29 +543,30 @@ impl crate::pipeline::FactsConsumer for Registry {
     fn consume(&self, facts: &[SpanFacts]) {
         let now = self.clock.now();
         let mut inner = self.inner.lock();
-        let mut last: Option<(&Arc<str>, &Arc<str>)> = None;
-        for span in facts {
+        // Spans of one resource are adjacent and share their strings: one look-up per run.
+        let mut i = 0;
+        while i < facts.len() {
+            let span = &facts[i];
             let Some(instance) = &span.instance else {
+                i += 1;
                 continue;
             };
-            // Spans of one resource share their strings: skip the repeats cheaply.
-            let server = matches!(span.kind, SpanKind::Server | SpanKind::Consumer);
-            if !server
-                && last
-                    .is_some_and(|(s, i)| Arc::ptr_eq(s, &span.service) && Arc::ptr_eq(i, instance))
-            {
-                continue;
-            }
-            last = Some((&span.service, instance));
-            let address = if server {
-                span.peer
-                    .as_deref()
-                    .filter(|p| p.server_address.is_some())
-                    .and_then(crate::decode::PeerAttributes::peer_address)
-            } else {
-                None
+            let same = |other: &SpanFacts| {
+                Arc::ptr_eq(&other.service, &span.service)
+                    && other
+                        .instance
+                        .as_ref()
+                        .is_some_and(|x| Arc::ptr_eq(x, instance))
             };
+            let end = i + facts[i..].iter().take_while(|s| same(s)).count();
+            // Where it serves: the `server.address` of one of its SERVER spans.
+            let address = facts[i..end]
+                .iter()
+                .filter(|s| matches!(s.kind, SpanKind::Server | SpanKind::Consumer))
+                .find_map(|s| s.peer.as_deref().filter(|p| p.server_address.is_some()))
+                .and_then(crate::decode::PeerAttributes::peer_address);
             inner.observe(&span.service, instance, address, now);
+            i = end.max(i + 1);
         }
     }
 }

@@ -34,7 +34,7 @@ pub use rule::RuleConfig;
 use self::rule::{Candidate, Kept, decide};
 use self::window::Window;
 use crate::clock::Clock;
-use crate::decode::{PeerAttributes, SpanFacts, SpanKind};
+use crate::decode::{SpanFacts, SpanKind};
 use crate::registry::Instance;
 
 /// How the engine runs.
@@ -74,6 +74,16 @@ pub struct WeightsSnapshot {
 }
 
 type Key = (Arc<str>, Arc<str>);
+
+/// A [`Key`] by reference: hashes and compares as the key does.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl hashbrown::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == &*key.0 && self.1 == &*key.1
+    }
+}
 
 /// What each instance and each called address did, per window.
 #[derive(Debug, Default)]
@@ -139,42 +149,47 @@ impl WeightsEngine {
     /// spans per address they called.
     pub fn record_at(&self, now: SystemTime, spans: &[SpanFacts]) {
         let mut inputs = self.inputs.lock();
+        let inputs = &mut *inputs;
         let max = self.config.max_windows;
+        let mut address = String::new();
         for span in spans {
+            let full = inputs.instances.len() + inputs.addresses.len() >= max;
             match span.kind {
                 SpanKind::Server => {
                     let Some(instance) = &span.instance else {
                         continue;
                     };
-                    let key = (span.service.clone(), instance.clone());
-                    if !inputs.instances.contains_key(&key)
-                        && inputs.instances.len() + inputs.addresses.len() >= max
-                    {
-                        inputs.dropped += 1;
-                        continue;
-                    }
-                    inputs.instances.entry(key).or_default().record(
-                        now,
-                        span.duration_ns,
-                        span.error,
-                    );
+                    // Looked up by reference: no key is built unless it is new.
+                    let borrowed = KeyRef(&span.service, instance);
+                    let window = match inputs.instances.get_mut(&borrowed) {
+                        Some(window) => window,
+                        None if full => {
+                            inputs.dropped += 1;
+                            continue;
+                        }
+                        None => inputs
+                            .instances
+                            .entry((span.service.clone(), instance.clone()))
+                            .or_default(),
+                    };
+                    window.record(now, span.duration_ns, span.error);
                 }
                 SpanKind::Client => {
-                    let Some(address) = span.peer.as_deref().and_then(PeerAttributes::peer_address)
-                    else {
+                    let Some(peer) = span.peer.as_deref() else {
                         continue;
                     };
-                    if !inputs.addresses.contains_key(&address)
-                        && inputs.instances.len() + inputs.addresses.len() >= max
-                    {
-                        inputs.dropped += 1;
+                    if !peer.write_peer_address(&mut address) {
                         continue;
                     }
-                    inputs.addresses.entry(address).or_default().record(
-                        now,
-                        span.duration_ns,
-                        span.error,
-                    );
+                    let window = match inputs.addresses.get_mut(address.as_str()) {
+                        Some(window) => window,
+                        None if full => {
+                            inputs.dropped += 1;
+                            continue;
+                        }
+                        None => inputs.addresses.entry(address.clone()).or_default(),
+                    };
+                    window.record(now, span.duration_ns, span.error);
                 }
                 _ => {}
             }

@@ -435,3 +435,20 @@ fn versions_never_go_back() {
     sim.run(1);
     assert!(sim.engine.get("cart").unwrap().version > before);
 }
+
+#[test]
+fn borrowed_keys_find_owned_ones() {
+    let mut map: hashbrown::HashMap<Key, u32> = hashbrown::HashMap::new();
+    map.insert((Arc::from("cart"), Arc::from("cart-1")), 7);
+    assert_eq!(
+        map.get(&KeyRef("cart", "cart-1")),
+        Some(&7),
+        "same hash, same key"
+    );
+    assert_eq!(map.get(&KeyRef("cart", "cart-2")), None);
+    assert_eq!(
+        map.get(&KeyRef("cartc", "art-1")),
+        None,
+        "fields are hashed apart"
+    );
+}
