@@ -426,30 +426,11 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
 }
 
 fn weights_memory(args: &WeightsArgs) -> anyhow::Result<()> {
-    use wayfinder_collector::decode::{SpanFacts, SpanKind, SpanRef};
-    use wayfinder_collector::registry::{Instance, InstanceStatus, Source};
+    use wayfinder_bench::fleet;
     use wayfinder_collector::weights::{WeightsConfig, WeightsEngine};
     let pid = std::process::id();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    let mut instances = Vec::with_capacity(args.services * args.instances);
-    for s in 0..args.services {
-        let service: Arc<str> = Arc::from(format!("service-{s}"));
-        for i in 0..args.instances {
-            instances.push(Instance {
-                service: service.clone(),
-                instance_id: Arc::from(format!("service-{s}-{i}")),
-                status: InstanceStatus::Passing,
-                source: Source::Health,
-                address: Some(format!("10.{}.{}.{}:8080", s / 256, s % 256, i)),
-                last_beat: None,
-                last_seen: None,
-                since: t0,
-                ttl: None,
-                seq: None,
-                output: None,
-            });
-        }
-    }
+    let instances = fleet::instances(args.services, args.instances);
     let before = resident_bytes(pid)?;
     let engine = WeightsEngine::new(
         WeightsConfig::default(),
@@ -457,28 +438,7 @@ fn weights_memory(args: &WeightsArgs) -> anyhow::Result<()> {
     );
     for second in 0..30u64 {
         let now = t0 + Duration::from_secs(second);
-        let spans: Vec<SpanFacts> = instances
-            .iter()
-            .enumerate()
-            .flat_map(|(n, instance)| {
-                (0..5u64).map(move |j| SpanFacts {
-                    id: SpanRef {
-                        trace_id: [1; 16],
-                        span_id: [1; 8],
-                    },
-                    parent_span_id: None,
-                    parent_is_remote: None,
-                    kind: SpanKind::Server,
-                    error: false,
-                    duration_ns: 5_000_000 + ((n as u64 * 7 + j * 13 + second) % 45) * 1_000_000,
-                    service: instance.service.clone(),
-                    instance: Some(instance.instance_id.clone()),
-                    links: Vec::new(),
-                    peer: None,
-                })
-            })
-            .collect();
-        engine.record_at(now, &spans);
+        engine.record_at(now, &fleet::second_of_traffic(&instances, second, false));
         engine.update_with(now, &instances);
     }
     let after = resident_bytes(pid)?;
@@ -553,17 +513,10 @@ async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
                             span
                         })
                         .collect();
-                    let mut request =
-                        wayfinder_collector::testing::trace_request(Some("cart"), spans);
-                    if let Some(resource) = request.resource_spans[0].resource.as_mut() {
-                        resource.attributes.push(opentelemetry_proto::tonic::common::v1::KeyValue {
-                            key: "service.instance.id".into(),
-                            value: Some(opentelemetry_proto::tonic::common::v1::AnyValue {
-                                value: Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(format!("cart-{i}"))),
-                            }),
-                            ..Default::default()
-                        });
-                    }
+                    let request = wayfinder_collector::testing::with_instance_id(
+                        wayfinder_collector::testing::trace_request(Some("cart"), spans),
+                        &format!("cart-{i}"),
+                    );
                     if grpc.ready().await.is_err() {
                         return;
                     }

@@ -1,5 +1,6 @@
-//! Fixtures for tests and benchmarks: OTLP trace requests built from a few fields, so that the
-//! collector's unit tests and the end-to-end tests share one way of making them.
+//! Fixtures for tests and benchmarks: OTLP trace requests, span facts and registry entries
+//! built from a few fields, so that the collector's unit tests, the end-to-end tests and the
+//! benchmarks share one way of making them.
 //!
 //! ```
 //! use wayfinder_collector::testing::{span, trace_request};
@@ -7,10 +8,16 @@
 //! assert_eq!(wayfinder_collector::decode::span_count(&request), 1);
 //! ```
 
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+use crate::decode::{SpanFacts, SpanKind, SpanRef};
+use crate::registry::{Instance, InstanceStatus, Source};
 
 /// A request with one resource (with `service.name` when given) and one scope holding `spans`.
 pub fn trace_request(service: Option<&str>, spans: Vec<Span>) -> ExportTraceServiceRequest {
@@ -45,5 +52,68 @@ pub fn span(trace_id: [u8; 16], span_id: u64, name: &str, start: u64, end: u64) 
         start_time_unix_nano: start,
         end_time_unix_nano: end,
         ..Default::default()
+    }
+}
+
+/// Adds `service.instance.id = instance` to the first resource of `request` (creating it).
+pub fn with_instance_id(
+    mut request: ExportTraceServiceRequest,
+    instance: &str,
+) -> ExportTraceServiceRequest {
+    if let Some(resource_spans) = request.resource_spans.first_mut() {
+        resource_spans
+            .resource
+            .get_or_insert_with(Resource::default)
+            .attributes
+            .push(KeyValue {
+                key: "service.instance.id".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(instance.into())),
+                }),
+                ..Default::default()
+            });
+    }
+    request
+}
+
+/// The facts of a span of `kind` from `service` (and `instance`), lasting `duration_ns`, with
+/// fixed ids and nothing else set.
+pub fn facts(
+    service: &Arc<str>,
+    instance: Option<&Arc<str>>,
+    kind: SpanKind,
+    duration_ns: u64,
+) -> SpanFacts {
+    SpanFacts {
+        id: SpanRef {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+        },
+        parent_span_id: None,
+        parent_is_remote: None,
+        kind,
+        error: false,
+        duration_ns,
+        service: service.clone(),
+        instance: instance.cloned(),
+        links: Vec::new(),
+        peer: None,
+    }
+}
+
+/// A registry entry: a `passing` instance that reports health, at `address`.
+pub fn registered_instance(service: &Arc<str>, id: &str, address: Option<String>) -> Instance {
+    Instance {
+        service: service.clone(),
+        instance_id: Arc::from(id),
+        status: InstanceStatus::Passing,
+        source: Source::Health,
+        address,
+        last_beat: None,
+        last_seen: None,
+        since: SystemTime::UNIX_EPOCH,
+        ttl: None,
+        seq: None,
+        output: None,
     }
 }

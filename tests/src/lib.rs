@@ -71,3 +71,14 @@ pub async fn wait_for_rows(collector: &RunningCollector, filter: &str, n: i64) -
     }
     seen
 }
+
+/// The Prometheus text of the collector's `GET /metrics`.
+pub async fn metrics_text(collector: &RunningCollector) -> String {
+    let url = format!("http://{}/metrics", collector.addrs().query_http);
+    let response = http_client()
+        .get(url)
+        .send()
+        .await
+        .expect("the query API answers");
+    response.text().await.expect("a body")
+}

@@ -12,7 +12,7 @@ use prost::Message;
 use serde_json::Value;
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{self, trace_request};
-use wayfinder_e2e::{count, http_client, loopback_config, sql, start, wait_for_rows};
+use wayfinder_e2e::{count, http_client, loopback_config, metrics_text, sql, start, wait_for_rows};
 
 const SPEC_EXAMPLE: &str = include_str!("../fixtures/otlp-spec-trace.json");
 
@@ -312,14 +312,7 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
         0
     );
 
-    let metrics = client
-        .get(format!("http://{}/metrics", collector.addrs().query_http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&collector).await;
     for line in [
         "wayfinder_receiver_refused_spans_total{protocol=\"http/protobuf\",reason=\"invalid_trace_id\"} 1",
         "wayfinder_receiver_refused_spans_total{protocol=\"http/protobuf\",reason=\"end_before_start\"} 1",

@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use prost::Message as _;
 use serde_json::{Value, json};
 use wayfinder_collector::RunningCollector;
-use wayfinder_e2e::{http_client, loopback_config, sql, start, wait_for_rows};
+use wayfinder_e2e::{http_client, loopback_config, metrics_text, sql, start, wait_for_rows};
 
 const REQUESTS: usize = 4;
 
@@ -546,14 +546,7 @@ async fn known_call_graph_through_every_endpoint() {
     );
 
     // Metrics.
-    let metrics = client
-        .get(format!("http://{}/metrics", addrs.query_http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&collector).await;
     for line in [
         r#"traces_service_graph_request_total{client="frontend",server="cart",connection_type="http"} 4"#,
         r#"traces_service_graph_request_failed_total{client="frontend",server="cart",connection_type="http"} 1"#,

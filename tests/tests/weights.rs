@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 use serde_json::{Value, json};
-use wayfinder_collector::testing::{span, trace_request};
-use wayfinder_e2e::{http_client, loopback_config, start};
+use wayfinder_collector::testing::{span, trace_request, with_instance_id};
+use wayfinder_e2e::{http_client, loopback_config, metrics_text, start};
 
 /// 50 SERVER spans of `instance`, each lasting `ms`.
 fn server_spans(instance: &str, ms: u64, seed: u8) -> Vec<u8> {
@@ -26,36 +24,38 @@ fn server_spans(instance: &str, ms: u64, seed: u8) -> Vec<u8> {
             s
         })
         .collect();
-    let mut request = trace_request(Some("cart"), spans);
-    let resource: &mut Resource = request.resource_spans[0].resource.as_mut().unwrap();
-    resource.attributes.push(KeyValue {
-        key: "service.instance.id".into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(instance.into())),
-        }),
-        ..Default::default()
-    });
-    request.encode_to_vec()
+    with_instance_id(trace_request(Some("cart"), spans), instance).encode_to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn weights_follow_latency_and_long_polls_wake() {
+/// A collector that updates weights every 50 ms, with cart-1..3 registered by heartbeats.
+async fn start_with_three() -> (wayfinder_collector::RunningCollector, reqwest::Client) {
     let mut config = loopback_config();
     config.weight_update_period = Duration::from_millis(50);
     let collector = start(config).await;
-    let addrs = collector.addrs();
     let client = http_client();
+    register_three(&client, collector.addrs().otlp_http).await;
+    (collector, client)
+}
+
+/// Heartbeats of cart-1..3 (passing, at 10.0.0.N:8080) to `POST /v1/health`.
+async fn register_three(client: &reqwest::Client, otlp_http: std::net::SocketAddr) {
     for i in 1..=3 {
         let beat = json!({"service": "cart", "instance_id": format!("cart-{i}"),
                           "address": format!("10.0.0.{i}:8080"), "status": "passing", "ttl_ms": 60_000});
         let response = client
-            .post(format!("http://{}/v1/health", addrs.otlp_http))
+            .post(format!("http://{otlp_http}/v1/health"))
             .json(&beat)
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_follow_latency_and_long_polls_wake() {
+    let (collector, client) = start_with_three().await;
+    let addrs = collector.addrs();
     let url = format!("http://{}/api/v1/weights/cart", addrs.query_http);
     let get = |query: String| {
         let client = client.clone();
@@ -143,14 +143,7 @@ async fn weights_follow_latency_and_long_polls_wake() {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
-    let metrics = client
-        .get(format!("http://{}/metrics", addrs.query_http))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&collector).await;
     assert!(metrics.contains(r#"wayfinder_endpoint_weight{service="cart",instance="cart-3"}"#));
 
     // A long-poll in flight does not hold the shutdown: it is answered at once.
@@ -172,21 +165,8 @@ async fn a_thousand_grpc_watchers_see_the_first_snapshot_and_the_next_version() 
     use wayfinder_api::grpc::weights_client::WeightsClient;
     use wayfinder_api::grpc::{GetWeightsRequest, WatchWeightsRequest};
 
-    let mut config = loopback_config();
-    config.weight_update_period = Duration::from_millis(50);
-    let collector = start(config).await;
+    let (collector, client) = start_with_three().await;
     let addrs = collector.addrs();
-    let client = http_client();
-    for i in 1..=3 {
-        let beat = json!({"service": "cart", "instance_id": format!("cart-{i}"),
-                          "status": "passing", "ttl_ms": 60_000});
-        client
-            .post(format!("http://{}/v1/health", addrs.otlp_http))
-            .json(&beat)
-            .send()
-            .await
-            .unwrap();
-    }
     // Wait until an update has all three instances (the beats may straddle one).
     let mut get = WeightsClient::connect(format!("http://{}", addrs.query_grpc))
         .await

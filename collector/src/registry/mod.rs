@@ -307,17 +307,7 @@ impl InstanceRegistry {
             instance.address = event.address;
         }
         if previous != Some(status) {
-            instance.status = status;
-            instance.since = now;
-            let snapshot = instance.clone();
-            self.record(
-                now,
-                &snapshot,
-                previous.map(InstanceStatus::as_str),
-                status.as_str(),
-                "reported",
-                event.output,
-            );
+            self.change_status(&key, previous, status, "reported", event.output, now);
         }
         BeatOutcome::Accepted
     }
@@ -392,20 +382,8 @@ impl InstanceRegistry {
         for (key, to, reason) in changes {
             match to {
                 Some(status) => {
-                    if let Some(instance) = self.instances.get_mut(&key) {
-                        let previous = instance.status;
-                        instance.status = status;
-                        instance.since = now;
-                        let snapshot = instance.clone();
-                        self.record(
-                            now,
-                            &snapshot,
-                            Some(previous.as_str()),
-                            status.as_str(),
-                            reason,
-                            None,
-                        );
-                    }
+                    let previous = self.instances.get(&key).map(|i| i.status);
+                    self.change_status(&key, previous, status, reason, None, now);
                 }
                 None => {
                     if let Some(gone) = self.instances.remove(&key) {
@@ -428,6 +406,27 @@ impl InstanceRegistry {
             now.duration_since(t.removed_at)
                 .is_ok_and(|age| age < TOMBSTONE_TTL)
         });
+    }
+
+    /// Gives an instance a new status and records the transition from `previous` (`None` for
+    /// an instance just added).
+    fn change_status(
+        &mut self,
+        key: &Key,
+        previous: Option<InstanceStatus>,
+        status: InstanceStatus,
+        reason: &'static str,
+        output: Option<String>,
+        now: SystemTime,
+    ) {
+        let Some(instance) = self.instances.get_mut(key) else {
+            return;
+        };
+        let previous = previous.map(InstanceStatus::as_str);
+        instance.status = status;
+        instance.since = now;
+        let snapshot = instance.clone();
+        self.record(now, &snapshot, previous, status.as_str(), reason, output);
     }
 
     /// Remembers a removed instance (at most `max_instances` of them).

@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::decode::{SpanFacts, SpanKind, SpanRef};
-use crate::registry::{Instance, InstanceStatus, Source};
+use crate::decode::{SpanFacts, SpanKind};
+use crate::registry::{Instance, InstanceStatus};
+use crate::testing::{facts, registered_instance};
 
 const T0: u64 = 1_800_000_000;
 
@@ -18,19 +19,7 @@ struct Sim {
 }
 
 fn instance(id: &str) -> Instance {
-    Instance {
-        service: Arc::from("cart"),
-        instance_id: Arc::from(id),
-        status: InstanceStatus::Passing,
-        source: Source::Health,
-        address: Some(format!("{id}:8080")),
-        last_beat: None,
-        last_seen: None,
-        since: SystemTime::UNIX_EPOCH,
-        ttl: None,
-        seq: None,
-        output: None,
-    }
+    registered_instance(&Arc::from("cart"), id, Some(format!("{id}:8080")))
 }
 
 impl Sim {
@@ -57,21 +46,14 @@ impl Sim {
             let failing = (errors * 50.0).round() as usize;
             for j in 0..50usize {
                 let ms = base * (0.8 + 0.4 * j as f64 / 49.0);
-                spans.push(SpanFacts {
-                    id: SpanRef {
-                        trace_id: [1; 16],
-                        span_id: [1; 8],
-                    },
-                    parent_span_id: None,
-                    parent_is_remote: None,
-                    kind: SpanKind::Server,
-                    error: j < failing,
-                    duration_ns: (ms * 1e6) as u64,
-                    service: instance.service.clone(),
-                    instance: Some(instance.instance_id.clone()),
-                    links: Vec::new(),
-                    peer: None,
-                });
+                let mut span = facts(
+                    &instance.service,
+                    Some(&instance.instance_id),
+                    SpanKind::Server,
+                    (ms * 1e6) as u64,
+                );
+                span.error = j < failing;
+                spans.push(span);
             }
         }
         self.engine.record_at(self.now, &spans);
@@ -374,25 +356,16 @@ fn an_instance_without_spans_of_its_own_is_judged_by_its_callers() {
     let mut sim = Sim::new(&[10.0, 10.0, f64::NAN]);
     // cart-2 sends no SERVER spans; its callers' CLIENT spans aimed at its address say 50 ms.
     for _ in 0..40 {
+        let front: Arc<str> = Arc::from("front");
         let calls: Vec<SpanFacts> = (0..50)
-            .map(|_| SpanFacts {
-                id: SpanRef {
-                    trace_id: [2; 16],
-                    span_id: [2; 8],
-                },
-                parent_span_id: None,
-                parent_is_remote: None,
-                kind: SpanKind::Client,
-                error: false,
-                duration_ns: 50_000_000,
-                service: Arc::from("front"),
-                instance: None,
-                links: Vec::new(),
-                peer: Some(Box::new(crate::decode::PeerAttributes {
+            .map(|_| {
+                let mut call = facts(&front, None, SpanKind::Client, 50_000_000);
+                call.peer = Some(Box::new(crate::decode::PeerAttributes {
                     server_address: Some("cart-2".into()),
                     server_port: Some(8080),
                     ..Default::default()
-                })),
+                }));
+                call
             })
             .collect();
         sim.engine.record_at(sim.now, &calls);
