@@ -1,0 +1,274 @@
+//! Trace context on the wire: which headers are read from incoming requests and written on
+//! outgoing ones.
+//!
+//! Extraction accepts every format a caller may send, in a fixed order: W3C `traceparent` (with
+//! `tracestate`), then B3 (the single `b3` header, then the `X-B3-*` headers), then Jaeger's
+//! `uber-trace-id`. The first valid one wins; a header that is present but malformed is skipped
+//! as if it were absent, so a request with only invalid headers starts a new root trace and is
+//! served normally. W3C `baggage` is read alongside whichever format won.
+//!
+//! Injection writes W3C `traceparent`, `tracestate` and `baggage` by default; [`Propagation::inject`]
+//! or `OTEL_PROPAGATORS` choose other formats (B3 for meshes that want it, Jaeger for old
+//! agents).
+//!
+//! ```
+//! use http::HeaderMap;
+//! use opentelemetry::trace::TraceContextExt;
+//! use wayfinder_middleware::propagation::{Format, Propagation};
+//!
+//! let mut incoming = HeaderMap::new();
+//! incoming.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
+//! let cx = Propagation::default().extract(&incoming);
+//! assert_eq!(
+//!     cx.span().span_context().trace_id().to_string(),
+//!     "80f198ee56343ba864fe8b2a57d3eff7"
+//! );
+//!
+//! // Forward the same trace as W3C and B3 single.
+//! let propagation = Propagation::inject([Format::TraceContext, Format::B3]);
+//! let mut outgoing = HeaderMap::new();
+//! propagation.inject_into(&cx, &mut outgoing);
+//! assert!(outgoing["traceparent"].to_str().unwrap().starts_with("00-80f198ee"));
+//! assert!(outgoing.contains_key("b3"));
+//! ```
+
+mod b3;
+mod jaeger;
+#[cfg(test)]
+mod tests;
+mod w3c;
+
+use std::fmt;
+use std::str::FromStr;
+
+use http::HeaderMap;
+use opentelemetry::Context;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_zipkin::Propagator as B3Propagator;
+
+/// One trace-context format, as named in `OTEL_PROPAGATORS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Format {
+    /// W3C `traceparent` and `tracestate` (`tracecontext`).
+    TraceContext,
+    /// W3C `baggage` (`baggage`).
+    Baggage,
+    /// B3 single header `b3` (`b3`).
+    B3,
+    /// B3 multiple headers `X-B3-TraceId`, `X-B3-SpanId`, `X-B3-Sampled` (`b3multi`).
+    B3Multi,
+    /// Jaeger `uber-trace-id` (`jaeger`).
+    Jaeger,
+}
+
+impl Format {
+    /// The name `OTEL_PROPAGATORS` uses for this format.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::TraceContext => "tracecontext",
+            Format::Baggage => "baggage",
+            Format::B3 => "b3",
+            Format::B3Multi => "b3multi",
+            Format::Jaeger => "jaeger",
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name in `OTEL_PROPAGATORS` that is not a format this crate knows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown propagator {0:?} (known: tracecontext, baggage, b3, b3multi, jaeger, none)")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for Format {
+    type Err = UnknownFormat;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.trim() {
+            "tracecontext" => Ok(Format::TraceContext),
+            "baggage" => Ok(Format::Baggage),
+            "b3" => Ok(Format::B3),
+            "b3multi" => Ok(Format::B3Multi),
+            "jaeger" => Ok(Format::Jaeger),
+            other => Err(UnknownFormat(other.to_owned())),
+        }
+    }
+}
+
+/// Reads trace context from incoming headers and writes it on outgoing ones.
+///
+/// The default injects W3C trace context and baggage and extracts every known format. It also
+/// implements [`TextMapPropagator`], so it can be installed with
+/// `opentelemetry::global::set_text_map_propagator` for code that uses the global one.
+#[derive(Clone, Debug)]
+pub struct Propagation {
+    extract: bool,
+    inject_trace_context: bool,
+    inject_baggage: bool,
+    inject_jaeger: bool,
+    inject_b3_single: bool,
+    inject_b3_multi: bool,
+    fields: Vec<String>,
+}
+
+impl Default for Propagation {
+    fn default() -> Self {
+        Propagation::inject([Format::TraceContext, Format::Baggage])
+    }
+}
+
+impl Propagation {
+    /// Extracts every format and injects exactly `formats`.
+    pub fn inject(formats: impl IntoIterator<Item = Format>) -> Self {
+        let mut propagation = Propagation {
+            extract: true,
+            inject_trace_context: false,
+            inject_baggage: false,
+            inject_jaeger: false,
+            inject_b3_single: false,
+            inject_b3_multi: false,
+            fields: Vec::new(),
+        };
+        for format in formats {
+            match format {
+                Format::TraceContext => propagation.inject_trace_context = true,
+                Format::Baggage => propagation.inject_baggage = true,
+                Format::Jaeger => propagation.inject_jaeger = true,
+                Format::B3 => propagation.inject_b3_single = true,
+                Format::B3Multi => propagation.inject_b3_multi = true,
+            }
+        }
+        propagation.fields = propagation.header_names();
+        propagation
+    }
+
+    /// Neither extracts nor injects anything: every request starts its own trace.
+    pub fn none() -> Self {
+        Propagation {
+            extract: false,
+            ..Propagation::inject([])
+        }
+    }
+
+    /// Parses an `OTEL_PROPAGATORS` value: a comma-separated list of format names, or `none`.
+    /// An empty value means the default.
+    ///
+    /// ```
+    /// use wayfinder_middleware::propagation::Propagation;
+    ///
+    /// assert!(Propagation::from_otel_propagators("tracecontext,b3multi").is_ok());
+    /// let error = Propagation::from_otel_propagators("tracecontext,xray").unwrap_err();
+    /// assert!(error.to_string().contains("xray"));
+    /// ```
+    pub fn from_otel_propagators(value: &str) -> Result<Self, UnknownFormat> {
+        let names: Vec<&str> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Ok(Propagation::default());
+        }
+        if names.contains(&"none") {
+            return Ok(Propagation::none());
+        }
+        let formats = names
+            .into_iter()
+            .map(Format::from_str)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Propagation::inject(formats))
+    }
+
+    /// The headers this propagation writes.
+    fn header_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        if self.inject_trace_context {
+            names.extend(TraceContextPropagator::new().fields().map(str::to_owned));
+        }
+        if self.inject_b3_single {
+            names.push(b3::SINGLE.to_owned());
+        }
+        if self.inject_b3_multi {
+            names.extend(b3::MULTI.iter().map(|name| (*name).to_owned()));
+        }
+        if self.inject_jaeger {
+            names.push(jaeger::HEADER.to_owned());
+        }
+        if self.inject_baggage {
+            names.extend(BaggagePropagator::new().fields().map(str::to_owned));
+        }
+        names
+    }
+
+    /// The context carried by `headers`, as a child of an empty context.
+    pub fn extract(&self, headers: &HeaderMap) -> Context {
+        self.extract_with_context(&Context::new(), &HeaderExtractor(headers))
+    }
+
+    /// Writes `cx`'s span and baggage into `headers` in the configured formats.
+    pub fn inject_into(&self, cx: &Context, headers: &mut HeaderMap) {
+        self.inject_context(cx, &mut HeaderInjector(headers));
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+impl TextMapPropagator for Propagation {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        if self.inject_trace_context {
+            TraceContextPropagator::new().inject_context(cx, injector);
+        }
+        let span = cx.span();
+        let span_context = span.span_context();
+        if self.inject_b3_single {
+            b3::inject_single(span_context, injector);
+        }
+        if self.inject_b3_multi {
+            b3::inject_multi(span_context, injector);
+        }
+        if self.inject_jaeger {
+            jaeger::inject(span_context, injector);
+        }
+        if self.inject_baggage {
+            BaggagePropagator::new().inject_context(cx, injector);
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        if !self.extract {
+            return cx.clone();
+        }
+        let cx = BaggagePropagator::new().extract_with_context(cx, extractor);
+        if extractor
+            .get(TRACEPARENT)
+            .is_some_and(|value| w3c::is_valid_traceparent(value.trim()))
+        {
+            let extracted = TraceContextPropagator::new().extract_with_context(&cx, extractor);
+            if extracted.has_active_span() {
+                return extracted;
+            }
+        }
+        let extracted = B3Propagator::new().extract_with_context(&cx, extractor);
+        if extracted.has_active_span() {
+            return extracted;
+        }
+        match jaeger::extract(extractor) {
+            Some(span_context) => cx.with_remote_span_context(span_context),
+            None => cx,
+        }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&self.fields)
+    }
+}
