@@ -48,7 +48,6 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_zipkin::Propagator as B3Propagator;
 
 /// One trace-context format, as named in `OTEL_PROPAGATORS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -258,11 +257,10 @@ impl TextMapPropagator for Propagation {
                 return extracted;
             }
         }
-        let extracted = B3Propagator::new().extract_with_context(&cx, extractor);
-        if extracted.has_active_span() {
-            return extracted;
-        }
-        match jaeger::extract(extractor) {
+        match b3::extract_single(extractor)
+            .or_else(|| b3::extract_multi(extractor))
+            .or_else(|| jaeger::extract(extractor))
+        {
             Some(span_context) => cx.with_remote_span_context(span_context),
             None => cx,
         }

@@ -1,0 +1,231 @@
+//! Values of the OpenTelemetry HTTP and RPC semantic conventions, read from a request.
+
+use std::net::SocketAddr;
+
+use http::{Method, Request, Uri, Version};
+
+/// `http.request.method` and, for a method outside the well-known set,
+/// `http.request.method_original`: the conventions ask for `_OTHER` so that a client sending
+/// arbitrary methods cannot blow up the attribute's cardinality.
+pub(crate) fn method(method: &Method) -> (&'static str, Option<&str>) {
+    let known = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => return ("_OTHER", Some(method.as_str())),
+    };
+    (known, None)
+}
+
+/// The span name of an HTTP span: `{method} {route}`, `{method}` without a route, and `HTTP`
+/// in place of a method outside the well-known set.
+pub(crate) fn span_name(method: &'static str, route: Option<&str>) -> String {
+    let method = if method == "_OTHER" { "HTTP" } else { method };
+    match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    }
+}
+
+/// `network.protocol.version`.
+pub(crate) fn protocol_version(version: Version) -> Option<&'static str> {
+    match version {
+        Version::HTTP_09 => Some("0.9"),
+        Version::HTTP_10 => Some("1.0"),
+        Version::HTTP_11 => Some("1.1"),
+        Version::HTTP_2 => Some("2"),
+        Version::HTTP_3 => Some("3"),
+        _ => None,
+    }
+}
+
+/// `server.address` and `server.port` as the client addressed them: the URI's authority
+/// (HTTP/2 `:authority`, absolute-form requests) or else the `Host` header. The port defaults
+/// to the scheme's when the authority has none.
+pub(crate) fn server_address<B>(request: &Request<B>) -> (Option<&str>, Option<u16>) {
+    let raw = match request.uri().authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|value| value.to_str().ok()),
+    };
+    let Some((raw, authority)) =
+        raw.and_then(|raw| Some((raw, raw.parse::<http::uri::Authority>().ok()?)))
+    else {
+        return (None, None);
+    };
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, host)| host);
+    let default_port = if scheme(request.uri()) == "https" {
+        443
+    } else {
+        80
+    };
+    (
+        Some(host_part(raw)),
+        Some(authority.port_u16().unwrap_or(default_port)),
+    )
+}
+
+/// The host of a `host[:port]` value (IPv6 literals keep their brackets, as in a URI).
+fn host_part(raw: &str) -> &str {
+    if raw.starts_with('[') {
+        return raw.split_inclusive(']').next().unwrap_or(raw);
+    }
+    raw.rsplit_once(':').map_or(raw, |(host, _)| host)
+}
+
+/// `url.scheme`: the request URI's, or `http` (a server behind TLS termination sees plain
+/// HTTP).
+pub(crate) fn scheme(uri: &Uri) -> &str {
+    uri.scheme_str().unwrap_or("http")
+}
+
+/// `client.address`: the first address in `X-Forwarded-For` when a proxy set one, else the
+/// peer of the connection as axum (`ConnectInfo<SocketAddr>`) or tonic (`TcpConnectInfo`)
+/// recorded it.
+pub(crate) fn client_address<B>(request: &Request<B>) -> Option<String> {
+    if let Some(forwarded) = request
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(',').next())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+    {
+        return Some(forwarded.to_owned());
+    }
+    let peer: Option<SocketAddr> = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+        });
+    peer.map(|addr| addr.ip().to_string())
+}
+
+/// `url.full` of an outgoing request, without user name or password.
+pub(crate) fn url_full(uri: &Uri) -> String {
+    match uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            let host = authority
+                .as_str()
+                .rsplit_once('@')
+                .map_or(authority.as_str(), |(_, host)| host);
+            let path = uri.path_and_query().map_or("", |p| p.as_str());
+            format!("{}://REDACTED:REDACTED@{host}{path}", scheme(uri))
+        }
+        _ => uri.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_address_from_authority_or_host() {
+        let cases = [
+            (
+                "http://api.local:8080/x",
+                None,
+                (Some("api.local"), Some(8080)),
+                "absolute URI wins",
+            ),
+            (
+                "/x",
+                Some("shop.local:3000"),
+                (Some("shop.local"), Some(3000)),
+                "Host with port",
+            ),
+            (
+                "/x",
+                Some("shop.local"),
+                (Some("shop.local"), Some(80)),
+                "Host without port: scheme default",
+            ),
+            (
+                "/x",
+                Some("[::1]:9000"),
+                (Some("[::1]"), Some(9000)),
+                "IPv6 literal keeps brackets",
+            ),
+            (
+                "https://secure.local/x",
+                None,
+                (Some("secure.local"), Some(443)),
+                "https default port",
+            ),
+            ("/x", None, (None, None), "no authority, no Host"),
+            (
+                "/x",
+                Some("bad host"),
+                (None, None),
+                "an unparsable Host is left out",
+            ),
+        ];
+        for (uri, host, expected, reason) in cases {
+            let mut builder = Request::builder().uri(uri);
+            if let Some(host) = host {
+                builder = builder.header("host", host);
+            }
+            let request = builder.body(()).expect("test request");
+            assert_eq!(server_address(&request), expected, "{reason}");
+        }
+    }
+
+    #[test]
+    fn methods_and_names() {
+        let cases = [
+            (
+                Method::GET,
+                Some("/users/{id}"),
+                "GET /users/{id}",
+                None,
+                "route known",
+            ),
+            (
+                Method::POST,
+                None,
+                "POST",
+                None,
+                "no route: the method alone",
+            ),
+            (
+                Method::from_bytes(b"PURGE").expect("method"),
+                Some("/x"),
+                "HTTP /x",
+                Some("PURGE"),
+                "unknown methods become _OTHER, the span says HTTP",
+            ),
+        ];
+        for (m, route, name, original, reason) in cases {
+            let (known, orig) = method(&m);
+            assert_eq!(span_name(known, route), name, "{reason}");
+            assert_eq!(orig, original, "{reason}");
+        }
+    }
+
+    #[test]
+    fn url_full_redacts_credentials() {
+        let uri: Uri = "http://user:secret@api.local:80/a?b=c"
+            .parse()
+            .expect("uri");
+        assert_eq!(
+            url_full(&uri),
+            "http://REDACTED:REDACTED@api.local:80/a?b=c"
+        );
+        let uri: Uri = "http://api.local/a".parse().expect("uri");
+        assert_eq!(url_full(&uri), "http://api.local/a");
+    }
+}

@@ -1,0 +1,220 @@
+//! The end of a traced exchange: the span stays open until the response body has been sent or
+//! received, because a gRPC status arrives in the trailers after the last message.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tracing::Span;
+
+use crate::grpc;
+
+/// Which end of the call a span describes; it decides which HTTP statuses are errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// 5xx is an error: the server failed. 4xx is the client's fault.
+    Server,
+    /// 4xx and 5xx are errors: the call did not get what it asked for.
+    Client,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Waiting for the response head.
+    Pending,
+    /// The head is in; the body is streaming.
+    Streaming,
+    /// Everything is recorded.
+    Done,
+}
+
+/// Records the outcome of a call on its span and closes the span when dropped. A call whose
+/// future is dropped before the response (a caller's timeout, a disconnect) is recorded as
+/// `error.type = "cancelled"`.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    span: Span,
+    side: Side,
+    grpc: bool,
+    stage: Stage,
+}
+
+impl Completion {
+    pub(crate) fn new(span: Span, side: Side, grpc: bool) -> Self {
+        Completion {
+            span,
+            side,
+            grpc,
+            stage: Stage::Pending,
+        }
+    }
+
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Records the response head. A gRPC status in the head (a trailers-only response) ends
+    /// the call here; otherwise it is awaited in the trailers.
+    pub(crate) fn response(&mut self, status: StatusCode, headers: &HeaderMap) {
+        self.stage = Stage::Streaming;
+        if self.grpc {
+            if let Some(code) = grpc::status(headers) {
+                self.grpc_status(code);
+            } else if status != StatusCode::OK {
+                self.grpc_status(grpc::status_from_http(status));
+            }
+            return;
+        }
+        self.span
+            .record("http.response.status_code", status.as_u16());
+        let failed = match self.side {
+            Side::Server => status.is_server_error(),
+            Side::Client => status.is_client_error() || status.is_server_error(),
+        };
+        if failed {
+            self.span.record("error.type", status.as_str());
+            self.span.record("otel.status_code", "error");
+        }
+        // An HTTP span's outcome is known from the head; the span still covers the body.
+    }
+
+    /// The call failed before a response: `error_type` is a low-cardinality class
+    /// (`timeout`, an error type's name), `description` the error's message.
+    pub(crate) fn failed(&mut self, error_type: &str, description: &str) {
+        self.span.record("error.type", error_type);
+        self.span.record("otel.status_code", "error");
+        self.span.record("otel.status_description", description);
+        if self.grpc {
+            self.span.record("rpc.grpc.status_code", 2);
+        }
+        self.stage = Stage::Done;
+    }
+
+    fn trailers(&mut self, trailers: &HeaderMap) {
+        if self.grpc && self.stage != Stage::Done {
+            if let Some(code) = grpc::status(trailers) {
+                self.grpc_status(code);
+            }
+        }
+    }
+
+    fn body_failed(&mut self) {
+        if self.stage != Stage::Done {
+            self.span.record("error.type", "body");
+            self.span.record("otel.status_code", "error");
+            if self.grpc {
+                self.span.record("rpc.grpc.status_code", 2);
+            }
+            self.stage = Stage::Done;
+        }
+    }
+
+    fn end_of_stream(&mut self) {
+        if self.grpc && self.stage == Stage::Streaming {
+            // A gRPC response must end with a status; one without is UNKNOWN.
+            self.grpc_status(2);
+        }
+        self.stage = Stage::Done;
+    }
+
+    fn grpc_status(&mut self, code: i32) {
+        self.span.record("rpc.grpc.status_code", code);
+        if code != 0 {
+            self.span.record("error.type", grpc::code_name(code));
+            self.span.record("otel.status_code", "error");
+        }
+        self.stage = Stage::Done;
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        match self.stage {
+            Stage::Pending => {
+                self.span.record("error.type", "cancelled");
+                self.span.record("otel.status_code", "error");
+                if self.grpc {
+                    self.span.record("rpc.grpc.status_code", 1);
+                }
+            }
+            // The body was dropped before its status arrived: the peer went away.
+            Stage::Streaming if self.grpc => self.grpc_status(1),
+            Stage::Streaming | Stage::Done => {}
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that keeps the call's span open until it ends, and reads the gRPC
+    /// status from its trailers.
+    #[derive(Debug)]
+    pub struct TracedBody<B> {
+        #[pin]
+        inner: B,
+        completion: Option<Completion>,
+    }
+}
+
+impl<B> TracedBody<B> {
+    pub(crate) fn new(inner: B, completion: Option<Completion>) -> Self {
+        TracedBody { inner, completion }
+    }
+
+    /// The wrapped body.
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> Body for TracedBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        let finished = match &frame {
+            Some(Ok(frame)) => match frame.trailers_ref() {
+                Some(trailers) => {
+                    if let Some(completion) = this.completion.as_mut() {
+                        completion.trailers(trailers);
+                    }
+                    true
+                }
+                None => false,
+            },
+            Some(Err(_)) => {
+                if let Some(completion) = this.completion.as_mut() {
+                    completion.body_failed();
+                }
+                true
+            }
+            None => true,
+        };
+        if finished {
+            // Nothing more will come: close the span now rather than whenever the connection
+            // gets around to dropping the body.
+            if let Some(mut completion) = this.completion.take() {
+                completion.end_of_stream();
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

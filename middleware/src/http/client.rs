@@ -1,0 +1,245 @@
+//! The client layer: opens a CLIENT span per outgoing call and writes its trace context into
+//! the request.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::attributes;
+use super::body::{Completion, Side, TracedBody};
+use super::request_id::{self, RequestId};
+use crate::grpc;
+use crate::propagation::Propagation;
+
+/// The error type of a traced client: the inner service's error, boxed (as tower's own
+/// `Timeout` does), so that timeouts can be told apart from other failures.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A tower [`Layer`] for outgoing calls: a hyper-util client, a tonic `Channel`, any
+/// `Service<http::Request<B>>`. Each call gets a CLIENT span (HTTP or gRPC attributes by the
+/// semantic conventions), the span's context is written into the request headers
+/// ([`Propagation`], W3C by default), and the `x-request-id` of the request being served is
+/// forwarded when the call has none of its own.
+///
+/// The span ends with the response body, so a gRPC status in the trailers is recorded. Errors
+/// of the inner service are recorded as `error.type` (`timeout` for tower's and tokio's
+/// timeouts and I/O timeouts); a call dropped before it answered is `cancelled`.
+///
+/// ```
+/// use http_body_util::Full;
+/// use bytes::Bytes;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use wayfinder_middleware::ClientLayer;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+/// let client = tower::ServiceBuilder::new().layer(ClientLayer::new()).service(client);
+/// # let _ = client;
+/// # }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ClientLayer {
+    propagation: Propagation,
+}
+
+impl ClientLayer {
+    /// Injects W3C `traceparent`, `tracestate` and `baggage`.
+    pub fn new() -> Self {
+        ClientLayer::default()
+    }
+
+    /// Injects with `propagation` instead (for example also B3 for a mesh).
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+}
+
+impl<S> Layer<S> for ClientLayer {
+    type Service = ClientService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientService {
+            inner,
+            propagation: self.propagation.clone(),
+        }
+    }
+}
+
+/// The service [`ClientLayer`] produces.
+#[derive(Clone, Debug)]
+pub struct ClientService<S> {
+    inner: S,
+    propagation: Propagation,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<TracedBody<ResBody>>;
+    type Error = BoxError;
+    type Future = ClientFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let grpc = grpc::is_grpc(request.headers());
+        let span = if grpc {
+            grpc_span(&request)
+        } else {
+            http_span(&request)
+        };
+        prepare(&span, &self.propagation, request.headers_mut());
+        let inner = span.in_scope(|| self.inner.call(request));
+        ClientFuture {
+            inner,
+            completion: Some(Completion::new(span, Side::Client, grpc)),
+        }
+    }
+}
+
+/// Writes the call's trace context and the served request's `x-request-id` into `headers`.
+pub(crate) fn prepare(span: &Span, propagation: &Propagation, headers: &mut http::HeaderMap) {
+    if span.is_disabled() {
+        return;
+    }
+    let cx = span.context();
+    propagation.inject_into(&cx, headers);
+    if !headers.contains_key(request_id::HEADER) {
+        if let Some(id) = RequestId::from_context(&cx) {
+            headers.insert(request_id::HEADER, id.header_value().clone());
+        }
+    }
+}
+
+fn http_span<B>(request: &Request<B>) -> Span {
+    let (method, original) = attributes::method(request.method());
+    let (host, port) = attributes::server_address(request);
+    tracing::info_span!(
+        target: "wayfinder_middleware::client",
+        "HTTP call",
+        otel.name = attributes::span_name(method, None),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        http.request.method = method,
+        http.request.method_original = original,
+        server.address = host,
+        server.port = port,
+        url.full = attributes::url_full(request.uri()),
+        network.protocol.version = attributes::protocol_version(request.version()),
+        http.response.status_code = Empty,
+        error.type = Empty,
+    )
+}
+
+pub(crate) fn grpc_span<B>(request: &Request<B>) -> Span {
+    let path = request.uri().path();
+    let (service, method) = match grpc::service_and_method(path) {
+        Some((service, method)) => (Some(service), Some(method)),
+        None => (None, None),
+    };
+    let (host, port) = attributes::server_address(request);
+    tracing::info_span!(
+        target: "wayfinder_middleware::client",
+        "gRPC call",
+        otel.name = path.strip_prefix('/').unwrap_or(path),
+        otel.kind = "client",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        server.address = host,
+        server.port = port,
+        rpc.grpc.status_code = Empty,
+        error.type = Empty,
+    )
+}
+
+/// A low-cardinality `error.type` for a failed call: `timeout` when any error in the chain is
+/// a timeout, else `_OTHER`.
+pub(crate) fn error_type(error: &(dyn StdError + 'static)) -> &'static str {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        let timed_out = error.is::<tower::timeout::error::Elapsed>()
+            || error.is::<tokio::time::error::Elapsed>()
+            || error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || error
+                .downcast_ref::<reqwest::Error>()
+                .is_some_and(reqwest::Error::is_timeout);
+        if timed_out {
+            return "timeout";
+        }
+        current = error.source();
+    }
+    "_OTHER"
+}
+
+pin_project! {
+    /// The response future of [`ClientService`].
+    pub struct ClientFuture<F> {
+        #[pin]
+        inner: F,
+        completion: Option<Completion>,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ClientFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientFuture")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResBody, E> Future for ClientFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<TracedBody<ResBody>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let entered = this.completion.as_ref().map(|c| c.span().enter());
+        let result = ready!(this.inner.poll(cx));
+        drop(entered);
+        let mut completion = this.completion.take();
+        match result {
+            Ok(response) => {
+                let (parts, body) = response.into_parts();
+                if let Some(completion) = completion.as_mut() {
+                    completion.response(parts.status, &parts.headers);
+                }
+                Poll::Ready(Ok(Response::from_parts(
+                    parts,
+                    TracedBody::new(body, completion),
+                )))
+            }
+            Err(error) => {
+                let error: BoxError = error.into();
+                if let Some(completion) = completion.as_mut() {
+                    completion.failed(error_type(error.as_ref()), &error.to_string());
+                }
+                Poll::Ready(Err(error))
+            }
+        }
+    }
+}

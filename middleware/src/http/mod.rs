@@ -1,0 +1,15 @@
+//! HTTP: the server layer, the client layer, the reqwest middleware, and what they share (the
+//! semantic-convention attributes, the traced response body, `x-request-id`).
+
+mod attributes;
+pub(crate) mod body;
+pub(crate) mod client;
+pub(crate) mod request_id;
+mod reqwest;
+mod server;
+
+pub use body::TracedBody;
+pub use client::{BoxError, ClientFuture, ClientLayer, ClientService};
+pub use request_id::RequestId;
+pub use reqwest::ReqwestTracing;
+pub use server::{DEFAULT_UNTRACED_PATHS, PathFilter, ResponseFuture, ServerLayer, ServerService};

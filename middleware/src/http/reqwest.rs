@@ -1,0 +1,95 @@
+//! Tracing for reqwest, as a `reqwest-middleware` middleware.
+
+use http::Extensions;
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next, Result};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use super::attributes;
+use super::body::{Completion, Side};
+use super::client::{error_type, prepare};
+use crate::propagation::Propagation;
+
+/// A [`reqwest_middleware::Middleware`] that opens a CLIENT span per request and writes its
+/// trace context into the request headers, like [`ClientLayer`](crate::ClientLayer) does for
+/// tower clients. The span ends when the response head arrives (reqwest hands the body to the
+/// caller, outside the middleware).
+///
+/// ```
+/// use reqwest_middleware::ClientBuilder;
+/// use wayfinder_middleware::ReqwestTracing;
+///
+/// let client = ClientBuilder::new(reqwest::Client::new())
+///     .with(ReqwestTracing::new())
+///     .build();
+/// # let _ = client;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ReqwestTracing {
+    propagation: Propagation,
+}
+
+impl ReqwestTracing {
+    /// Injects W3C `traceparent`, `tracestate` and `baggage`.
+    pub fn new() -> Self {
+        ReqwestTracing::default()
+    }
+
+    /// Injects with `propagation` instead.
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+}
+
+#[async_trait::async_trait]
+impl Middleware for ReqwestTracing {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> Result<Response> {
+        let url = request.url();
+        let (method, original) = attributes::method(request.method());
+        let span = tracing::info_span!(
+            target: "wayfinder_middleware::client",
+            "HTTP call",
+            otel.name = attributes::span_name(method, None),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            http.request.method = method,
+            http.request.method_original = original,
+            server.address = url.host_str(),
+            server.port = url.port_or_known_default(),
+            url.full = redacted(url).as_str(),
+            http.response.status_code = Empty,
+            error.type = Empty,
+        );
+        prepare(&span, &self.propagation, request.headers_mut());
+        let mut completion = Completion::new(span.clone(), Side::Client, false);
+        let result = next.run(request, extensions).instrument(span).await;
+        match &result {
+            Ok(response) => completion.response(response.status(), response.headers()),
+            Err(reqwest_middleware::Error::Reqwest(error)) => {
+                completion.failed(error_type(error), &error.to_string())
+            }
+            Err(error) => completion.failed("_OTHER", &error.to_string()),
+        }
+        result
+    }
+}
+
+/// The URL without user name and password.
+fn redacted(url: &reqwest::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut url = url.clone();
+    // Setting credentials only fails for URLs that cannot have them, which had none.
+    let _ = url.set_username("REDACTED");
+    let _ = url.set_password(Some("REDACTED"));
+    url.to_string()
+}
