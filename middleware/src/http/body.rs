@@ -94,10 +94,11 @@ impl Completion {
     }
 
     fn trailers(&mut self, trailers: &HeaderMap) {
-        if self.grpc && self.stage != Stage::Done {
-            if let Some(code) = grpc::status(trailers) {
-                self.grpc_status(code);
-            }
+        if self.grpc
+            && self.stage != Stage::Done
+            && let Some(code) = grpc::status(trailers)
+        {
+            self.grpc_status(code);
         }
     }
 

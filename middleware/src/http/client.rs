@@ -119,10 +119,10 @@ pub(crate) fn prepare(span: &Span, propagation: &Propagation, headers: &mut http
     }
     let cx = span.context();
     propagation.inject_into(&cx, headers);
-    if !headers.contains_key(request_id::HEADER) {
-        if let Some(id) = RequestId::from_context(&cx) {
-            headers.insert(request_id::HEADER, id.header_value().clone());
-        }
+    if !headers.contains_key(request_id::HEADER)
+        && let Some(id) = RequestId::from_context(&cx)
+    {
+        headers.insert(request_id::HEADER, id.header_value().clone());
     }
 }
 

@@ -21,11 +21,15 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
 
 /// What extraction should find: `None` is a new root trace.
 type Expected = Option<(&'static str, &'static str, bool)>;
+/// Header name and value.
+type Headers = Vec<(&'static str, String)>;
+/// Header name and value, borrowed.
+type Written<'a> = Vec<(&'static str, &'a str)>;
 
 #[test]
 fn extraction_accepts_valid_headers_of_every_format_and_skips_invalid_ones() {
     let traceparent = format!("00-{TRACE}-{SPAN}-01");
-    let cases: Vec<(&str, Vec<(&str, String)>, Expected)> = vec![
+    let cases: Vec<(&str, Headers, Expected)> = vec![
         (
             "W3C, sampled",
             vec![("traceparent", traceparent.clone())],
@@ -282,7 +286,7 @@ fn injection_writes_the_configured_formats_only() {
     let traceparent = format!("00-{TRACE}-{SPAN}-01");
     let b3 = format!("{TRACE}-{SPAN}-1");
     let jaeger = format!("{TRACE}:{SPAN}:0:1");
-    let cases: Vec<(&str, Propagation, Vec<(&str, &str)>)> = vec![
+    let cases: Vec<(&str, Propagation, Written)> = vec![
         (
             "the default is W3C trace context and baggage",
             Propagation::default(),

@@ -1,0 +1,652 @@
+//! One-call setup: the tracer provider, the OTLP exporter, the `tracing` subscriber with
+//! `tracing-opentelemetry` and correlated logs, from the standard `OTEL_*` variables or a
+//! builder.
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::resource::{SdkProvidedResourceDetector, TelemetryResourceDetector};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing::Dispatch;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::logs::TraceIdFormat;
+use crate::propagation::{Propagation, UnknownFormat};
+
+/// What can go wrong while setting up telemetry. Each error names the variable or setting at
+/// fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InitError {
+    /// A variable holds a value this crate cannot use.
+    #[error("{variable}={value:?}: {reason}")]
+    InvalidVariable {
+        /// The variable's name.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `OTEL_PROPAGATORS` names an unknown propagator.
+    #[error("OTEL_PROPAGATORS: {0}")]
+    Propagators(#[from] UnknownFormat),
+    /// The gRPC exporter needs a Tokio runtime to run its connection on.
+    #[error(
+        "the OTLP/gRPC exporter needs a Tokio runtime: call init() from inside one, or use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+    )]
+    NoRuntime,
+    /// The OTLP exporter could not be built.
+    #[error("OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A global `tracing` subscriber was installed already.
+    #[error("a global tracing subscriber is already installed: {0}")]
+    SubscriberInstalled(#[from] tracing::dispatcher::SetGlobalDefaultError),
+    /// Flushing or shutting down the tracer provider failed.
+    #[error("flushing spans: {0}")]
+    Flush(#[from] opentelemetry_sdk::error::OTelSdkError),
+}
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// OTLP/gRPC, default port 4317.
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies, default port 4318; the OpenTelemetry default.
+    HttpProtobuf,
+}
+
+/// Which sampler decides whether a new trace is recorded (`OTEL_TRACES_SAMPLER`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum SamplerKind {
+    /// `always_on`.
+    AlwaysOn,
+    /// `always_off`.
+    AlwaysOff,
+    /// `traceidratio` with the ratio in `OTEL_TRACES_SAMPLER_ARG`.
+    TraceIdRatio(f64),
+    /// `parentbased_always_on`, the default: follow the caller's decision, record new roots.
+    ParentBasedAlwaysOn,
+    /// `parentbased_always_off`.
+    ParentBasedAlwaysOff,
+    /// `parentbased_traceidratio`.
+    ParentBasedTraceIdRatio(f64),
+}
+
+impl SamplerKind {
+    fn sampler(self) -> Sampler {
+        match self {
+            SamplerKind::AlwaysOn => Sampler::AlwaysOn,
+            SamplerKind::AlwaysOff => Sampler::AlwaysOff,
+            SamplerKind::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(ratio),
+            SamplerKind::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            SamplerKind::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            SamplerKind::ParentBasedTraceIdRatio(ratio) => {
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+            }
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LogFormat {
+    /// One text line per event, `trace_id=… span_id=…` at the end.
+    Text,
+    /// One JSON object per event, `trace_id` and `span_id` first.
+    Json,
+}
+
+/// Telemetry settings: start from [`Telemetry::from_env`] (the `OTEL_*` variables) or
+/// [`Telemetry::new`] (defaults), change what you need, then [`Telemetry::init`].
+///
+/// ```no_run
+/// use wayfinder_middleware::{Protocol, Telemetry};
+///
+/// # #[tokio::main] async fn main() -> Result<(), wayfinder_middleware::InitError> {
+/// let _guard = Telemetry::from_env()?
+///     .service_name("checkout")
+///     .endpoint("http://127.0.0.1:4317")
+///     .protocol(Protocol::Grpc)
+///     .init()?;
+/// tracing::info!("spans and logs are set up");
+/// # Ok(()) }
+/// ```
+pub struct Telemetry {
+    service_name: String,
+    resource: Vec<KeyValue>,
+    endpoint: Option<String>,
+    protocol: Protocol,
+    propagation: Propagation,
+    sampler: SamplerKind,
+    log_format: LogFormat,
+    log_filter: String,
+    log_writer: Option<BoxMakeWriter>,
+    span_filter: String,
+    export_timeout: Duration,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("service_name", &self.service_name)
+            .field("resource", &self.resource)
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field("propagation", &self.propagation)
+            .field("sampler", &self.sampler)
+            .field("log_format", &self.log_format)
+            .field("log_filter", &self.log_filter)
+            .field("span_filter", &self.span_filter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry::new()
+    }
+}
+
+/// The variables [`Telemetry::from_env`] reads.
+pub const VARIABLES: &[&str] = &[
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_PROPAGATORS",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "RUST_LOG",
+    "WAYFINDER_LOG_FORMAT",
+];
+
+impl Telemetry {
+    /// Defaults: service `unknown_service`, OTLP/HTTP to `http://localhost:4318`, W3C
+    /// propagation, `parentbased_always_on`, text logs at `info`.
+    pub fn new() -> Self {
+        Telemetry {
+            service_name: "unknown_service".to_owned(),
+            resource: Vec::new(),
+            endpoint: None,
+            protocol: Protocol::HttpProtobuf,
+            propagation: Propagation::default(),
+            sampler: SamplerKind::ParentBasedAlwaysOn,
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            log_writer: None,
+            span_filter: "info".to_owned(),
+            export_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Settings from the process environment (see [`VARIABLES`]); unset variables keep the
+    /// defaults of [`Telemetry::new`].
+    pub fn from_env() -> Result<Self, InitError> {
+        Telemetry::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Settings from `lookup(name)`, read as [`Telemetry::from_env`] reads the environment.
+    ///
+    /// ```
+    /// use wayfinder_middleware::Telemetry;
+    ///
+    /// let env = |name: &str| match name {
+    ///     "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_owned()),
+    ///     "OTEL_TRACES_SAMPLER_ARG" => Some("1.5".to_owned()),
+    ///     _ => None,
+    /// };
+    /// let error = Telemetry::from_lookup(env).unwrap_err();
+    /// assert!(error.to_string().contains("OTEL_TRACES_SAMPLER_ARG"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let mut telemetry = Telemetry::new();
+        if let Some(attributes) = get("OTEL_RESOURCE_ATTRIBUTES") {
+            telemetry.resource = parse_resource_attributes(&attributes)?;
+            if let Some(name) = telemetry
+                .resource
+                .iter()
+                .find(|kv| kv.key.as_str() == "service.name")
+            {
+                telemetry.service_name = name.value.to_string();
+            }
+        }
+        if let Some(name) = get("OTEL_SERVICE_NAME") {
+            telemetry.service_name = name.trim().to_owned();
+        }
+        if let Some(protocol) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            telemetry.protocol = match protocol.trim() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                "http/json" => {
+                    return Err(invalid(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        &protocol,
+                        "http/json is not supported; use grpc or http/protobuf",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        &protocol,
+                        "expected grpc or http/protobuf",
+                    ));
+                }
+            };
+        }
+        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
+            telemetry.endpoint = Some(endpoint.trim().to_owned());
+        }
+        if let Some(propagators) = get("OTEL_PROPAGATORS") {
+            telemetry.propagation = Propagation::from_otel_propagators(&propagators)?;
+        }
+        let sampler_arg = get("OTEL_TRACES_SAMPLER_ARG");
+        if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
+            telemetry.sampler = parse_sampler(&sampler, sampler_arg.as_deref())?;
+        }
+        if let Some(filter) = get("RUST_LOG") {
+            EnvFilter::try_new(&filter)
+                .map_err(|error| invalid("RUST_LOG", &filter, &error.to_string()))?;
+            telemetry.log_filter = filter;
+        }
+        if let Some(format) = get("WAYFINDER_LOG_FORMAT") {
+            telemetry.log_format = match format.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(invalid(
+                        "WAYFINDER_LOG_FORMAT",
+                        &format,
+                        "expected text or json",
+                    ));
+                }
+            };
+        }
+        Ok(telemetry)
+    }
+
+    /// `service.name`.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = name.into();
+        self
+    }
+
+    /// Adds a resource attribute (`service.namespace`, `service.version`,
+    /// `deployment.environment.name`, `service.instance.id`, …).
+    pub fn resource_attribute(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.resource.retain(|kv| kv.key.as_str() != key);
+        self.resource.push(KeyValue::new(key, value.into()));
+        self
+    }
+
+    /// `service.instance.id`; a fresh UUID when never given.
+    pub fn instance_id(self, id: impl Into<String>) -> Self {
+        self.resource_attribute("service.instance.id", id)
+    }
+
+    /// The collector's base URL (`http://host:port`); for OTLP/HTTP `/v1/traces` is appended.
+    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// The OTLP transport.
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The propagation installed as OpenTelemetry's global text-map propagator.
+    pub fn propagation(mut self, propagation: Propagation) -> Self {
+        self.propagation = propagation;
+        self
+    }
+
+    /// The sampler.
+    pub fn sampler(mut self, sampler: SamplerKind) -> Self {
+        self.sampler = sampler;
+        self
+    }
+
+    /// Text or JSON log lines.
+    pub fn log_format(mut self, format: LogFormat) -> Self {
+        self.log_format = format;
+        self
+    }
+
+    /// Which events are logged, as an `EnvFilter` directive (`RUST_LOG`); default `info`.
+    pub fn log_filter(mut self, filter: impl Into<String>) -> Self {
+        self.log_filter = filter.into();
+        self
+    }
+
+    /// Which `tracing` spans become OpenTelemetry spans, as an `EnvFilter` directive; default
+    /// `info`, which keeps the middleware's spans and leaves out libraries' debug spans.
+    pub fn span_filter(mut self, filter: impl Into<String>) -> Self {
+        self.span_filter = filter.into();
+        self
+    }
+
+    /// Where log lines go; standard output by default.
+    pub fn log_writer(mut self, writer: BoxMakeWriter) -> Self {
+        self.log_writer = Some(writer);
+        self
+    }
+
+    /// Builds everything and installs it process-wide: the `tracing` subscriber as the global
+    /// default, the tracer provider and the propagation as OpenTelemetry's globals.
+    pub fn init(self) -> Result<TelemetryGuard, InitError> {
+        let propagation = self.propagation.clone();
+        let (dispatch, guard) = self.into_dispatch()?;
+        tracing::dispatcher::set_global_default(dispatch)?;
+        opentelemetry::global::set_tracer_provider(guard.provider.clone());
+        opentelemetry::global::set_text_map_propagator(propagation);
+        Ok(guard)
+    }
+
+    /// Builds everything without installing anything globally: the caller sets the returned
+    /// dispatch as the default where it wants (for example one per runtime, to run several
+    /// services in one process).
+    pub fn into_dispatch(self) -> Result<(Dispatch, TelemetryGuard), InitError> {
+        let exporter = self.exporter()?;
+        self.with_exporter(exporter)
+    }
+
+    /// Like [`Telemetry::into_dispatch`], with spans going to `exporter` (through the batch
+    /// processor) instead of OTLP.
+    pub fn with_exporter<E>(self, exporter: E) -> Result<(Dispatch, TelemetryGuard), InitError>
+    where
+        E: opentelemetry_sdk::trace::SpanExporter + 'static,
+    {
+        let span_filter = EnvFilter::try_new(&self.span_filter)
+            .map_err(|error| invalid("span filter", &self.span_filter, &error.to_string()))?;
+        let log_filter = EnvFilter::try_new(&self.log_filter)
+            .map_err(|error| invalid("RUST_LOG", &self.log_filter, &error.to_string()))?;
+        let mut resource = self.resource;
+        if !resource
+            .iter()
+            .any(|kv| kv.key.as_str() == "service.instance.id")
+        {
+            resource.push(KeyValue::new(
+                "service.instance.id",
+                uuid::Uuid::new_v4().to_string(),
+            ));
+        }
+        resource.retain(|kv| kv.key.as_str() != "service.name");
+        let resource = Resource::builder_empty()
+            .with_detectors(&[
+                Box::new(SdkProvidedResourceDetector),
+                Box::new(TelemetryResourceDetector),
+            ])
+            .with_attributes(resource)
+            .with_service_name(self.service_name)
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(self.sampler.sampler())
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("wayfinder-middleware");
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_target(false)
+            .with_level(false)
+            .with_threads(false)
+            .with_filter(span_filter);
+        let writer = self
+            .log_writer
+            .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
+        let logs = match self.log_format {
+            LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .event_format(TraceIdFormat::text(
+                    tracing_subscriber::fmt::format().with_ansi(false),
+                ))
+                .with_filter(log_filter)
+                .boxed(),
+            LogFormat::Json => tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(writer)
+                .event_format(TraceIdFormat::json(
+                    tracing_subscriber::fmt::format().json(),
+                ))
+                .with_filter(log_filter)
+                .boxed(),
+        };
+        let subscriber = tracing_subscriber::registry().with(spans).with(logs);
+        let guard = TelemetryGuard {
+            provider,
+            timeout: self.export_timeout,
+            shut_down: false,
+        };
+        Ok((Dispatch::new(subscriber), guard))
+    }
+
+    fn exporter(&self) -> Result<SpanExporter, InitError> {
+        let exporter = match self.protocol {
+            Protocol::Grpc => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(InitError::NoRuntime);
+                }
+                let endpoint = self
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "http://localhost:4317".to_owned());
+                SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(endpoint)
+                    .with_timeout(self.export_timeout)
+                    .build()?
+            }
+            Protocol::HttpProtobuf => {
+                let base = self
+                    .endpoint
+                    .clone()
+                    .unwrap_or_else(|| "http://localhost:4318".to_owned());
+                let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
+                SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(endpoint)
+                    .with_timeout(self.export_timeout)
+                    .build()?
+            }
+        };
+        Ok(exporter)
+    }
+}
+
+/// Sets up telemetry from the `OTEL_*` variables and installs it process-wide; keep the guard
+/// alive for as long as the service runs.
+///
+/// ```no_run
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let telemetry = wayfinder_middleware::init()?;
+///     // … serve …
+///     telemetry.shutdown().await?;
+///     Ok(())
+/// }
+/// ```
+pub fn init() -> Result<TelemetryGuard, InitError> {
+    Telemetry::from_env()?.init()
+}
+
+/// Keeps the tracer provider alive; flushes the spans still buffered and shuts the exporter
+/// down when dropped.
+///
+/// Dropping it blocks until the export is done (at most the export timeout). On a
+/// current-thread Tokio runtime prefer [`TelemetryGuard::shutdown`]: the gRPC exporter's
+/// connection runs on the runtime that a blocking drop would stall.
+#[derive(Debug)]
+#[must_use = "dropping the guard shuts telemetry down"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+    timeout: Duration,
+    shut_down: bool,
+}
+
+impl TelemetryGuard {
+    /// The tracer provider, for code that creates OpenTelemetry spans directly.
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
+    /// Exports every finished span now, without blocking the runtime.
+    pub async fn flush(&self) -> Result<(), InitError> {
+        let provider = self.provider.clone();
+        run_blocking(move || provider.force_flush()).await
+    }
+
+    /// Flushes and shuts down, without blocking the runtime.
+    pub async fn shutdown(mut self) -> Result<(), InitError> {
+        self.shut_down = true;
+        let provider = self.provider.clone();
+        let timeout = self.timeout;
+        run_blocking(move || provider.shutdown_with_timeout(timeout)).await
+    }
+}
+
+async fn run_blocking(
+    work: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
+) -> Result<(), InitError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(InitError::from),
+        Err(join) => Err(InitError::Flush(
+            opentelemetry_sdk::error::OTelSdkError::InternalFailure(join.to_string()),
+        )),
+    }
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if self.shut_down {
+            return;
+        }
+        let shutdown = || {
+            if let Err(error) = self.provider.shutdown_with_timeout(self.timeout) {
+                eprintln!("wayfinder-middleware: flushing spans at shutdown failed: {error}");
+            }
+        };
+        match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(shutdown),
+            _ => shutdown(),
+        }
+    }
+}
+
+fn invalid(variable: &'static str, value: &str, reason: &str) -> InitError {
+    InitError::InvalidVariable {
+        variable,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// `key1=value1,key2=value2`, values percent-decoded (the W3C Baggage octet rules the
+/// OpenTelemetry specification refers to). An entry without `=` or with an empty key fails the
+/// whole variable, so a typo does not silently drop an attribute.
+fn parse_resource_attributes(value: &str) -> Result<Vec<KeyValue>, InitError> {
+    let mut attributes = Vec::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((key, raw)) = entry.split_once('=') else {
+            return Err(invalid(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                value,
+                &format!("entry {entry:?} has no '='"),
+            ));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(invalid(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                value,
+                &format!("entry {entry:?} has an empty key"),
+            ));
+        }
+        let decoded = percent_decode(raw.trim()).ok_or_else(|| {
+            invalid(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                value,
+                &format!("entry {entry:?} has a bad percent-encoding"),
+            )
+        })?;
+        attributes.push(KeyValue::new(key.to_owned(), decoded));
+    }
+    Ok(attributes)
+}
+
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn check_endpoint(variable: &'static str, endpoint: &str) -> Result<(), InitError> {
+    let uri: http::Uri = endpoint
+        .trim()
+        .parse()
+        .map_err(|error: http::uri::InvalidUri| invalid(variable, endpoint, &error.to_string()))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(_)) => Ok(()),
+        _ => Err(invalid(
+            variable,
+            endpoint,
+            "expected an http:// or https:// URL with a host",
+        )),
+    }
+}
+
+fn parse_sampler(name: &str, arg: Option<&str>) -> Result<SamplerKind, InitError> {
+    let ratio = || -> Result<f64, InitError> {
+        let Some(arg) = arg else { return Ok(1.0) };
+        match arg.trim().parse::<f64>() {
+            Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+            _ => Err(invalid(
+                "OTEL_TRACES_SAMPLER_ARG",
+                arg,
+                "expected a ratio between 0 and 1",
+            )),
+        }
+    };
+    Ok(match name.trim() {
+        "always_on" => SamplerKind::AlwaysOn,
+        "always_off" => SamplerKind::AlwaysOff,
+        "traceidratio" => SamplerKind::TraceIdRatio(ratio()?),
+        "parentbased_always_on" => SamplerKind::ParentBasedAlwaysOn,
+        "parentbased_always_off" => SamplerKind::ParentBasedAlwaysOff,
+        "parentbased_traceidratio" => SamplerKind::ParentBasedTraceIdRatio(ratio()?),
+        _ => {
+            return Err(invalid(
+                "OTEL_TRACES_SAMPLER",
+                name,
+                "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,153 @@
+use super::*;
+
+fn from(pairs: &[(&str, &str)]) -> Result<Telemetry, InitError> {
+    let pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Telemetry::from_lookup(move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    })
+}
+
+#[test]
+fn valid_variables() {
+    let t = from(&[]).expect("no variables: defaults");
+    assert_eq!(t.service_name, "unknown_service");
+    assert_eq!(
+        t.protocol,
+        Protocol::HttpProtobuf,
+        "the OpenTelemetry default"
+    );
+    assert_eq!(t.sampler, SamplerKind::ParentBasedAlwaysOn);
+
+    let t = from(&[
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.name=from-attrs,service.namespace=shop,team=a%2Cb",
+        ),
+        ("OTEL_SERVICE_NAME", "checkout"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ("OTEL_PROPAGATORS", "tracecontext,b3"),
+        ("WAYFINDER_LOG_FORMAT", "json"),
+    ])
+    .expect("valid variables");
+    assert_eq!(
+        t.service_name, "checkout",
+        "OTEL_SERVICE_NAME wins over the attribute"
+    );
+    assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+    assert_eq!(t.protocol, Protocol::Grpc);
+    assert_eq!(t.sampler, SamplerKind::ParentBasedTraceIdRatio(0.25));
+    assert_eq!(t.log_format, LogFormat::Json);
+    let team = t.resource.iter().find(|kv| kv.key.as_str() == "team");
+    assert_eq!(
+        team.map(|kv| kv.value.to_string()),
+        Some("a,b".to_owned()),
+        "percent-decoded"
+    );
+
+    let t = from(&[("OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attrs")]).expect("valid");
+    assert_eq!(
+        t.service_name, "from-attrs",
+        "service.name from the attributes alone"
+    );
+    let t = from(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).expect("valid");
+    assert_eq!(
+        t.sampler,
+        SamplerKind::TraceIdRatio(1.0),
+        "the argument defaults to 1"
+    );
+}
+
+#[test]
+fn invalid_variables_are_errors_naming_the_variable() {
+    let cases = [
+        (
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "http/json is not built in: an error, not a silent switch to protobuf",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "udp"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "unknown protocol",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "no scheme: the exporter would fail later with a worse message",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://host"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "wrong scheme",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://exa mple"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "not a URL",
+        ),
+        (
+            ("OTEL_TRACES_SAMPLER", "jaeger_remote"),
+            "OTEL_TRACES_SAMPLER",
+            "unsupported sampler",
+        ),
+        (
+            ("OTEL_PROPAGATORS", "tracecontext,xray"),
+            "xray",
+            "unknown propagator",
+        ),
+        (
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name"),
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "entry without '='",
+        ),
+        (
+            ("OTEL_RESOURCE_ATTRIBUTES", "=x"),
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "empty key",
+        ),
+        (
+            ("OTEL_RESOURCE_ATTRIBUTES", "a=%zz"),
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "bad percent-encoding",
+        ),
+        (("RUST_LOG", "info,[bad"), "RUST_LOG", "unparsable filter"),
+        (
+            ("WAYFINDER_LOG_FORMAT", "yaml"),
+            "WAYFINDER_LOG_FORMAT",
+            "unknown log format",
+        ),
+    ];
+    for ((name, value), mentioned, reason) in cases {
+        let error = from(&[(name, value)]).expect_err(reason);
+        assert!(error.to_string().contains(mentioned), "{reason}: {error}");
+    }
+    for arg in ["1.5", "-0.1", "half", "NaN"] {
+        let error = from(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", arg),
+        ])
+        .expect_err("a ratio outside [0, 1] is an error");
+        assert!(
+            error.to_string().contains("OTEL_TRACES_SAMPLER_ARG"),
+            "{arg}: {error}"
+        );
+    }
+}
+
+#[test]
+fn grpc_without_a_runtime_is_an_error_not_a_panic() {
+    let error = Telemetry::new()
+        .protocol(Protocol::Grpc)
+        .into_dispatch()
+        .expect_err("no Tokio runtime here");
+    assert!(matches!(error, InitError::NoRuntime), "{error}");
+}

@@ -1,0 +1,505 @@
+//! The server and client layers on real axum servers and hyper clients (loopback), with spans
+//! collected by the SDK's in-memory exporter and logs by an in-memory writer.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use parking_lot::Mutex;
+use tower::ServiceExt;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use wayfinder_middleware::{ClientLayer, LogFormat, ServerLayer, Telemetry, TelemetryGuard};
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+/// Log lines written by the subscriber under test.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A subscriber like `init()` builds, set as this thread's default, spans in memory.
+struct Harness {
+    exporter: InMemorySpanExporter,
+    guard: TelemetryGuard,
+    logs: Logs,
+    _default: tracing::dispatcher::DefaultGuard,
+}
+
+impl Harness {
+    fn new(format: LogFormat) -> Self {
+        let exporter = InMemorySpanExporter::default();
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let (dispatch, guard) = Telemetry::new()
+            .service_name("layers-test")
+            .log_format(format)
+            .log_writer(BoxMakeWriter::new(move || writer.clone()))
+            .with_exporter(exporter.clone())
+            .expect("the subscriber builds");
+        let default = tracing::dispatcher::set_default(&dispatch);
+        Harness {
+            exporter,
+            guard,
+            logs,
+            _default: default,
+        }
+    }
+
+    async fn spans(&self) -> Vec<SpanData> {
+        self.guard.flush().await.expect("the provider flushes");
+        self.exporter.get_finished_spans().expect("finished spans")
+    }
+}
+
+fn attributes(span: &SpanData) -> HashMap<String, String> {
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .collect()
+}
+
+fn app() -> Router {
+    Router::new()
+        .route(
+            "/users/{id}",
+            get(|| async {
+                tracing::info!("looking the user up");
+                "user"
+            }),
+        )
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "broken") }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                "late"
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+}
+
+async fn call(app: Router, request: Request<axum::body::Body>) -> http::Response<Bytes> {
+    let response = app.oneshot(request).await.expect("infallible");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("a body").to_bytes();
+    http::Response::from_parts(parts, body)
+}
+
+fn get_request(uri: &str, headers: &[(&str, &str)]) -> Request<axum::body::Body> {
+    let mut builder = Request::get(uri).header("host", "shop.local:8080");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(axum::body::Body::empty()).expect("a request")
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn http_server_spans_follow_the_semantic_conventions() {
+    let valid = format!("00-{TRACE}-{PARENT}-01");
+    struct Row {
+        reason: &'static str,
+        uri: &'static str,
+        headers: Vec<(&'static str, String)>,
+        name: &'static str,
+        status: u16,
+        error: bool,
+        remote_parent: bool,
+        expected: Vec<(&'static str, &'static str)>,
+        absent: Vec<&'static str>,
+    }
+    let rows = vec![
+        Row {
+            reason: "a routed request joins the caller's trace, named after the route",
+            uri: "/users/7?full=1",
+            headers: vec![
+                ("traceparent", valid.clone()),
+                ("user-agent", "curl/8".into()),
+            ],
+            name: "GET /users/{id}",
+            status: 200,
+            error: false,
+            remote_parent: true,
+            expected: vec![
+                ("http.request.method", "GET"),
+                ("http.route", "/users/{id}"),
+                ("url.path", "/users/7"),
+                ("url.query", "full=1"),
+                ("url.scheme", "http"),
+                ("server.address", "shop.local"),
+                ("server.port", "8080"),
+                ("network.protocol.version", "1.1"),
+                ("user_agent.original", "curl/8"),
+                ("http.response.status_code", "200"),
+            ],
+            absent: vec!["error.type"],
+        },
+        Row {
+            reason: "a 5xx is a server error",
+            uri: "/fail",
+            headers: vec![],
+            name: "GET /fail",
+            status: 500,
+            error: true,
+            remote_parent: false,
+            expected: vec![("http.response.status_code", "500"), ("error.type", "500")],
+            absent: vec![],
+        },
+        Row {
+            reason: "a 404 has no route, so the name is the method alone; 4xx is not a server error",
+            uri: "/nowhere",
+            headers: vec![],
+            name: "GET",
+            status: 404,
+            error: false,
+            remote_parent: false,
+            expected: vec![("http.response.status_code", "404")],
+            absent: vec!["http.route", "error.type"],
+        },
+        Row {
+            reason: "an invalid traceparent starts a new root and never fails the request",
+            uri: "/users/8",
+            headers: vec![(
+                "traceparent",
+                format!("00-{}-{PARENT}-01", TRACE.to_uppercase()),
+            )],
+            name: "GET /users/{id}",
+            status: 200,
+            error: false,
+            remote_parent: false,
+            expected: vec![("http.response.status_code", "200")],
+            absent: vec![],
+        },
+        Row {
+            reason: "a proxy's X-Forwarded-For gives client.address",
+            uri: "/users/9",
+            headers: vec![("x-forwarded-for", "203.0.113.7, 10.0.0.1".into())],
+            name: "GET /users/{id}",
+            status: 200,
+            error: false,
+            remote_parent: false,
+            expected: vec![("client.address", "203.0.113.7")],
+            absent: vec![],
+        },
+    ];
+    for row in rows {
+        let harness = Harness::new(LogFormat::Text);
+        let headers: Vec<(&str, &str)> =
+            row.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = call(
+            app().layer(ServerLayer::new()),
+            get_request(row.uri, &headers),
+        )
+        .await;
+        assert_eq!(response.status().as_u16(), row.status, "{}", row.reason);
+        let spans = harness.spans().await;
+        assert_eq!(spans.len(), 1, "{}: one span", row.reason);
+        let span = &spans[0];
+        assert_eq!(span.name, row.name, "{}", row.reason);
+        assert_eq!(span.span_kind, SpanKind::Server, "{}", row.reason);
+        assert_eq!(
+            matches!(span.status, Status::Error { .. }),
+            row.error,
+            "{}: status {:?}",
+            row.reason,
+            span.status
+        );
+        let attrs = attributes(span);
+        for (key, value) in &row.expected {
+            assert_eq!(
+                attrs.get(*key).map(String::as_str),
+                Some(*value),
+                "{}: {key}",
+                row.reason
+            );
+        }
+        for key in &row.absent {
+            assert!(
+                !attrs.contains_key(*key),
+                "{}: {key} should be absent",
+                row.reason
+            );
+        }
+        if row.remote_parent {
+            assert_eq!(
+                span.span_context.trace_id().to_string(),
+                TRACE,
+                "{}",
+                row.reason
+            );
+            assert_eq!(span.parent_span_id.to_string(), PARENT, "{}", row.reason);
+            assert!(span.parent_span_is_remote, "{}", row.reason);
+        } else {
+            assert_ne!(
+                span.span_context.trace_id().to_string(),
+                TRACE,
+                "{}",
+                row.reason
+            );
+            assert_eq!(
+                span.parent_span_id,
+                opentelemetry::trace::SpanId::INVALID,
+                "{}: a root",
+                row.reason
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_ids_health_paths_and_the_optional_traceparent() {
+    let harness = Harness::new(LogFormat::Text);
+    let layer = ServerLayer::new().response_traceparent(true);
+
+    let response = call(
+        app().layer(layer.clone()),
+        get_request("/users/1", &[("x-request-id", "req-42")]),
+    )
+    .await;
+    assert_eq!(
+        response.headers()["x-request-id"],
+        "req-42",
+        "a caller's id is echoed unchanged"
+    );
+    let traceparent = response.headers()["traceparent"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+
+    let response = call(app().layer(layer.clone()), get_request("/users/2", &[])).await;
+    let generated = response.headers()["x-request-id"].to_str().expect("ascii");
+    assert_eq!(
+        generated.len(),
+        36,
+        "a fresh UUID when missing: {generated}"
+    );
+
+    let response = call(app().layer(layer.clone()), get_request("/healthz", &[])).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().contains_key("x-request-id"),
+        "untraced paths still get an id"
+    );
+    assert!(
+        !response.headers().contains_key("traceparent"),
+        "no span, no traceparent"
+    );
+
+    let response = call(
+        app().layer(ServerLayer::new()),
+        get_request("/users/3", &[]),
+    )
+    .await;
+    assert!(
+        !response.headers().contains_key("traceparent"),
+        "traceparent on responses is opt-in"
+    );
+
+    let spans = harness.spans().await;
+    let names: Vec<&str> = spans.iter().map(|s| s.name.as_ref()).collect();
+    assert_eq!(
+        names, ["GET /users/{id}"; 3],
+        "the health check is not traced"
+    );
+    let first = &spans[0];
+    assert_eq!(
+        traceparent,
+        format!(
+            "00-{}-{}-01",
+            first.span_context.trace_id(),
+            first.span_context.span_id()
+        ),
+        "the response's traceparent is the server span's"
+    );
+
+    // The filter is the user's to change.
+    let traced_all = ServerLayer::new().filter(|_| true);
+    call(app().layer(traced_all), get_request("/healthz", &[])).await;
+    let spans = harness.spans().await;
+    assert_eq!(spans.last().map(|s| s.name.as_ref()), Some("GET /healthz"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn log_lines_inside_a_handler_carry_the_request_trace_id() {
+    for format in [LogFormat::Text, LogFormat::Json] {
+        let harness = Harness::new(format);
+        tracing::info!("outside any request");
+        let traceparent = format!("00-{TRACE}-{PARENT}-01");
+        call(
+            app().layer(ServerLayer::new()),
+            get_request("/users/5", &[("traceparent", &traceparent)]),
+        )
+        .await;
+        let spans = harness.spans().await;
+        let span_id = spans[0].span_context.span_id().to_string();
+        let lines = harness.logs.lines();
+        let line = lines
+            .iter()
+            .find(|line| line.contains("looking the user up"))
+            .unwrap_or_else(|| panic!("{format:?}: the handler's line in {lines:?}"));
+        let outside = lines
+            .iter()
+            .find(|l| l.contains("outside any request"))
+            .expect("the first line");
+        assert!(
+            !outside.contains("trace_id"),
+            "{format:?}: no trace outside a request: {outside}"
+        );
+        match format {
+            LogFormat::Text => {
+                assert!(
+                    line.ends_with(&format!("trace_id={TRACE} span_id={span_id}")),
+                    "{line}"
+                );
+            }
+            _ => {
+                let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                assert_eq!(value["trace_id"], TRACE, "{line}");
+                assert_eq!(value["span_id"], span_id.as_str(), "{line}");
+                assert_eq!(value["fields"]["message"], "looking the user up", "{line}");
+            }
+        }
+    }
+}
+
+/// Serves `app` on a loopback port until the test ends.
+async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn client_spans_carry_context_to_the_server_and_record_failures() {
+    let harness = Harness::new(LogFormat::Text);
+    let addr = serve(app().layer(ServerLayer::new())).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let client = tower::ServiceBuilder::new()
+        .layer(ClientLayer::new())
+        .timeout(Duration::from_secs(1))
+        .service(client);
+
+    let parent = tracing::info_span!("job");
+    let outcomes = {
+        let request = |path: &str| {
+            Request::get(format!("http://{addr}{path}"))
+                .body(Full::new(Bytes::new()))
+                .expect("a request")
+        };
+        use tracing::Instrument;
+        async {
+            let ok = client
+                .clone()
+                .oneshot(request("/users/1"))
+                .await
+                .map(|r| r.status());
+            let failed = client
+                .clone()
+                .oneshot(request("/fail"))
+                .await
+                .map(|r| r.status());
+            let timed_out = client
+                .clone()
+                .oneshot(request("/slow"))
+                .await
+                .map(|r| r.status());
+            (ok, failed, timed_out)
+        }
+        .instrument(parent.clone())
+        .await
+    };
+    drop(parent);
+    assert_eq!(outcomes.0.expect("200"), 200);
+    assert_eq!(outcomes.1.expect("500"), 500);
+    assert!(
+        outcomes.2.is_err(),
+        "the 1 s timeout fires before the 10 s handler"
+    );
+
+    let spans = harness.spans().await;
+    let job = spans
+        .iter()
+        .find(|s| s.name == "job")
+        .expect("the parent span");
+    let clients: Vec<&SpanData> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .collect();
+    assert_eq!(clients.len(), 3, "{spans:#?}");
+    for client in &clients {
+        assert_eq!(client.name, "GET");
+        assert_eq!(
+            client.parent_span_id,
+            job.span_context.span_id(),
+            "client spans are children of the caller's span"
+        );
+        assert_eq!(client.span_context.trace_id(), job.span_context.trace_id());
+        let attrs = attributes(client);
+        assert_eq!(attrs["server.address"], "127.0.0.1");
+        assert_eq!(attrs["server.port"], addr.port().to_string());
+        assert!(
+            attrs["url.full"].starts_with(&format!("http://{addr}/")),
+            "{attrs:?}"
+        );
+    }
+    let by_path = |path: &str| {
+        clients
+            .iter()
+            .find(|s| attributes(s)["url.full"].ends_with(path))
+            .copied()
+            .unwrap_or_else(|| panic!("a client span for {path}"))
+    };
+    assert_eq!(by_path("/users/1").status, Status::Unset);
+    assert_eq!(attributes(by_path("/fail"))["error.type"], "500");
+    assert!(matches!(by_path("/fail").status, Status::Error { .. }));
+    assert_eq!(attributes(by_path("/slow"))["error.type"], "timeout");
+    assert!(matches!(by_path("/slow").status, Status::Error { .. }));
+
+    // Each server span is the child of the client span that called it: the headers carried it.
+    for path in ["/users/1", "/fail"] {
+        let client = by_path(path);
+        let server = spans
+            .iter()
+            .find(|s| {
+                s.span_kind == SpanKind::Server && s.parent_span_id == client.span_context.span_id()
+            })
+            .unwrap_or_else(|| panic!("the server span under the client span for {path}"));
+        assert!(server.parent_span_is_remote);
+        assert_eq!(server.span_context.trace_id(), job.span_context.trace_id());
+    }
+}
