@@ -122,6 +122,7 @@ pub enum LogFormat {
 /// ```
 pub struct Telemetry {
     service_name: String,
+    service_name_set: bool,
     resource: Vec<KeyValue>,
     endpoint: Option<String>,
     protocol: Protocol,
@@ -175,6 +176,7 @@ impl Telemetry {
     pub fn new() -> Self {
         Telemetry {
             service_name: "unknown_service".to_owned(),
+            service_name_set: false,
             resource: Vec::new(),
             endpoint: None,
             protocol: Protocol::HttpProtobuf,
@@ -218,10 +220,12 @@ impl Telemetry {
                 .find(|kv| kv.key.as_str() == "service.name")
             {
                 telemetry.service_name = name.value.to_string();
+                telemetry.service_name_set = true;
             }
         }
         if let Some(name) = get("OTEL_SERVICE_NAME") {
             telemetry.service_name = name.trim().to_owned();
+            telemetry.service_name_set = true;
         }
         if let Some(protocol) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
             telemetry.protocol = match protocol.trim() {
@@ -278,7 +282,18 @@ impl Telemetry {
     /// `service.name`.
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.service_name = name.into();
+        self.service_name_set = true;
         self
+    }
+
+    /// `service.name`, unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` gave one: the
+    /// name a service has when the deployment does not rename it.
+    pub fn service_name_or(self, name: impl Into<String>) -> Self {
+        if self.service_name_set {
+            self
+        } else {
+            self.service_name(name)
+        }
     }
 
     /// Adds a resource attribute (`service.namespace`, `service.version`,
@@ -370,8 +385,20 @@ impl Telemetry {
     {
         let span_filter = EnvFilter::try_new(&self.span_filter)
             .map_err(|error| invalid("span filter", &self.span_filter, &error.to_string()))?;
+        // The middleware's request spans stay out of log lines: their attributes would repeat
+        // on every line, and the trace id at the end of each line already ties it to them.
         let log_filter = EnvFilter::try_new(&self.log_filter)
-            .map_err(|error| invalid("RUST_LOG", &self.log_filter, &error.to_string()))?;
+            .map_err(|error| invalid("RUST_LOG", &self.log_filter, &error.to_string()))?
+            .add_directive(
+                "wayfinder_middleware::server=off"
+                    .parse()
+                    .expect("a valid directive"),
+            )
+            .add_directive(
+                "wayfinder_middleware::client=off"
+                    .parse()
+                    .expect("a valid directive"),
+            );
         let mut resource = self.resource;
         if !resource
             .iter()
@@ -409,6 +436,7 @@ impl Telemetry {
             .unwrap_or_else(|| BoxMakeWriter::new(std::io::stdout));
         let logs = match self.log_format {
             LogFormat::Text => tracing_subscriber::fmt::layer()
+                .with_ansi(false)
                 .with_writer(writer)
                 .event_format(TraceIdFormat::text(
                     tracing_subscriber::fmt::format().with_ansi(false),
