@@ -38,15 +38,17 @@ const PRICES: &[(&str, u64)] = &[("apple", 120), ("pear", 95)];
 
 /// The orders service's routes, traced; `inventory_url` is the inventory service's address.
 pub fn router(inventory_url: &str) -> Result<Router, tonic::transport::Error> {
-    let channel = Endpoint::from_shared(inventory_url.to_owned())?.connect_lazy();
+    let endpoint = Endpoint::from_shared(inventory_url.to_owned())?;
+    let origin = endpoint.uri().clone();
     let channel = tower::ServiceBuilder::new()
         .layer(ClientLayer::new())
-        .service(channel);
+        .service(endpoint.connect_lazy());
     Ok(Router::new()
         .route("/orders/{sku}", post(order))
         .route("/prices/{sku}", get(price))
         .route("/healthz", get(|| async { "ok" }))
-        .with_state(InventoryClient::new(channel))
+        // With the origin, requests carry the server's address for `server.address`/`port`.
+        .with_state(InventoryClient::with_origin(channel, origin))
         .layer(ServerLayer::new()))
 }
 

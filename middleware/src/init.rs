@@ -430,6 +430,7 @@ impl Telemetry {
             .with_target(false)
             .with_level(false)
             .with_threads(false)
+            .with_tracked_inactivity(false)
             .with_filter(span_filter);
         let writer = self
             .log_writer

@@ -503,3 +503,86 @@ async fn client_spans_carry_context_to_the_server_and_record_failures() {
         assert_eq!(server.span_context.trace_id(), job.span_context.trace_id());
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_id_tracestate_and_baggage_are_forwarded_on_outgoing_calls() {
+    let _harness = Harness::new(LogFormat::Text);
+    let echo = serve(
+        Router::new()
+            .route(
+                "/echo",
+                get(|headers: http::HeaderMap| async move {
+                    let get = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_owned()
+                    };
+                    format!(
+                        "{} | {} | {}",
+                        get("x-request-id"),
+                        get("tracestate"),
+                        get("baggage")
+                    )
+                }),
+            )
+            .layer(ServerLayer::new()),
+    )
+    .await;
+    let client = tower::ServiceBuilder::new()
+        .layer(ClientLayer::new())
+        .service(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let front = Router::new()
+        .route(
+            "/relay",
+            get(move || {
+                let client = client.clone();
+                async move {
+                    let request = Request::get(format!("http://{echo}/echo"))
+                        .body(Full::new(Bytes::new()))
+                        .expect("a request");
+                    let response = client.oneshot(request).await.expect("the echo answers");
+                    let body = response
+                        .into_body()
+                        .collect()
+                        .await
+                        .expect("a body")
+                        .to_bytes();
+                    String::from_utf8_lossy(&body).into_owned()
+                }
+            }),
+        )
+        .layer(ServerLayer::new());
+
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let response = call(
+        front.clone(),
+        get_request(
+            "/relay",
+            &[
+                ("x-request-id", "abc-1"),
+                ("traceparent", &traceparent),
+                ("tracestate", "vendor=opaque,other=x"),
+                ("baggage", "tenant=acme"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(
+        response.body().as_ref(),
+        b"abc-1 | vendor=opaque,other=x | tenant=acme",
+        "the caller's x-request-id, tracestate and baggage reach the next service unchanged"
+    );
+
+    let response = call(front, get_request("/relay", &[])).await;
+    let generated = response.headers()["x-request-id"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert_eq!(
+        String::from_utf8_lossy(response.body()),
+        format!("{generated} | - | -"),
+        "a generated id is forwarded too; nothing is invented for absent tracestate and baggage"
+    );
+}

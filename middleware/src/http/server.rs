@@ -18,7 +18,7 @@ use super::attributes;
 use super::body::{Completion, Side, TracedBody};
 use super::request_id;
 use crate::grpc;
-use crate::propagation::Propagation;
+use crate::propagation::{Propagation, w3c};
 
 /// Decides from a request's path whether it is traced.
 pub type PathFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -331,15 +331,9 @@ fn write_traceparent(span: &Span, headers: &mut http::HeaderMap) {
     let cx = span.context();
     let span_ref = cx.span();
     let context = span_ref.span_context();
-    if context.is_valid() {
-        let value = format!(
-            "00-{}-{}-{:02x}",
-            context.trace_id(),
-            context.span_id(),
-            context.trace_flags().to_u8()
-        );
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert("traceparent", value);
-        }
+    if context.is_valid()
+        && let Ok(value) = HeaderValue::from_str(&w3c::traceparent(context))
+    {
+        headers.insert(w3c::TRACEPARENT, value);
     }
 }

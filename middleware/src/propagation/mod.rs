@@ -36,7 +36,7 @@ mod b3;
 mod jaeger;
 #[cfg(test)]
 mod tests;
-mod w3c;
+pub(crate) mod w3c;
 
 use std::fmt;
 use std::str::FromStr;
@@ -192,7 +192,7 @@ impl Propagation {
     fn header_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Vec::new();
         if self.inject_trace_context {
-            names.extend(TraceContextPropagator::new().fields().map(str::to_owned));
+            names.extend([w3c::TRACEPARENT.to_owned(), w3c::TRACESTATE.to_owned()]);
         }
         if self.inject_b3_single {
             names.push(b3::SINGLE.to_owned());
@@ -220,15 +220,13 @@ impl Propagation {
     }
 }
 
-const TRACEPARENT: &str = "traceparent";
-
 impl TextMapPropagator for Propagation {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        if self.inject_trace_context {
-            TraceContextPropagator::new().inject_context(cx, injector);
-        }
         let span = cx.span();
         let span_context = span.span_context();
+        if self.inject_trace_context {
+            w3c::inject(span_context, injector);
+        }
         if self.inject_b3_single {
             b3::inject_single(span_context, injector);
         }
@@ -249,7 +247,7 @@ impl TextMapPropagator for Propagation {
         }
         let cx = BaggagePropagator::new().extract_with_context(cx, extractor);
         if extractor
-            .get(TRACEPARENT)
+            .get(w3c::TRACEPARENT)
             .is_some_and(|value| w3c::is_valid_traceparent(value.trim()))
         {
             let extracted = TraceContextPropagator::new().extract_with_context(&cx, extractor);

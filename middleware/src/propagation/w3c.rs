@@ -50,3 +50,33 @@ fn is_lower_hex(field: &[u8]) -> bool {
 fn all_zero(field: &[u8]) -> bool {
     field.iter().all(|&byte| byte == b'0')
 }
+
+/// Writes `traceparent` and, when the trace state is not empty, `tracestate`. (The SDK's
+/// propagator writes an empty `tracestate` header for an empty state.)
+pub(crate) fn inject(
+    context: &opentelemetry::trace::SpanContext,
+    injector: &mut dyn opentelemetry::propagation::Injector,
+) {
+    if !context.is_valid() {
+        return;
+    }
+    injector.set(TRACEPARENT, traceparent(context));
+    let state = context.trace_state().header();
+    if !state.is_empty() {
+        injector.set(TRACESTATE, state);
+    }
+}
+
+/// The `traceparent` value of `context` (version 00).
+pub(crate) fn traceparent(context: &opentelemetry::trace::SpanContext) -> String {
+    format!(
+        "00-{}-{}-{:02x}",
+        context.trace_id(),
+        context.span_id(),
+        context.trace_flags().to_u8() & opentelemetry::trace::TraceFlags::SAMPLED.to_u8()
+    )
+}
+
+/// The header names.
+pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACESTATE: &str = "tracestate";
