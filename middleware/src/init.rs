@@ -17,6 +17,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::logs::TraceIdFormat;
 use crate::propagation::{Propagation, UnknownFormat};
+use crate::tracer;
 
 /// What can go wrong while setting up telemetry. Each error names the variable or setting at
 /// fault.
@@ -362,24 +363,25 @@ impl Telemetry {
     /// default, the tracer provider and the propagation as OpenTelemetry's globals.
     pub fn init(self) -> Result<TelemetryGuard, InitError> {
         let propagation = self.propagation.clone();
-        let (dispatch, guard) = self.into_dispatch()?;
-        tracing::dispatcher::set_global_default(dispatch)?;
+        let guard = self.build()?;
+        tracing::dispatcher::set_global_default(guard.dispatch.clone())?;
         opentelemetry::global::set_tracer_provider(guard.provider.clone());
+        tracer::install(guard.provider.tracer(tracer::SCOPE));
         opentelemetry::global::set_text_map_propagator(propagation);
         Ok(guard)
     }
 
-    /// Builds everything without installing anything globally: the caller sets the returned
-    /// dispatch as the default where it wants (for example one per runtime, to run several
-    /// services in one process).
-    pub fn into_dispatch(self) -> Result<(Dispatch, TelemetryGuard), InitError> {
+    /// Builds everything without installing anything globally; [`TelemetryGuard::set_default`]
+    /// makes it the current thread's default (for example one runtime thread per service, to
+    /// run several services in one process).
+    pub fn build(self) -> Result<TelemetryGuard, InitError> {
         let exporter = self.exporter()?;
-        self.with_exporter(exporter)
+        self.build_with_exporter(exporter)
     }
 
-    /// Like [`Telemetry::into_dispatch`], with spans going to `exporter` (through the batch
-    /// processor) instead of OTLP.
-    pub fn with_exporter<E>(self, exporter: E) -> Result<(Dispatch, TelemetryGuard), InitError>
+    /// Like [`Telemetry::build`], with spans going to `exporter` (through the batch processor)
+    /// instead of OTLP.
+    pub fn build_with_exporter<E>(self, exporter: E) -> Result<TelemetryGuard, InitError>
     where
         E: opentelemetry_sdk::trace::SpanExporter + 'static,
     {
@@ -423,7 +425,7 @@ impl Telemetry {
             .with_sampler(self.sampler.sampler())
             .with_resource(resource)
             .build();
-        let tracer = provider.tracer("wayfinder-middleware");
+        let tracer = provider.tracer("tracing-opentelemetry");
         let spans = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_location(false)
@@ -454,12 +456,12 @@ impl Telemetry {
                 .boxed(),
         };
         let subscriber = tracing_subscriber::registry().with(spans).with(logs);
-        let guard = TelemetryGuard {
+        Ok(TelemetryGuard {
             provider,
+            dispatch: Dispatch::new(subscriber),
             timeout: self.export_timeout,
             shut_down: false,
-        };
-        Ok((Dispatch::new(subscriber), guard))
+        })
     }
 
     fn exporter(&self) -> Result<SpanExporter, InitError> {
@@ -522,6 +524,7 @@ pub fn init() -> Result<TelemetryGuard, InitError> {
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    dispatch: Dispatch,
     timeout: Duration,
     shut_down: bool,
 }
@@ -530,6 +533,34 @@ impl TelemetryGuard {
     /// The tracer provider, for code that creates OpenTelemetry spans directly.
     pub fn provider(&self) -> &SdkTracerProvider {
         &self.provider
+    }
+
+    /// The `tracing` dispatcher: the subscriber with the OpenTelemetry and log layers.
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// Makes this telemetry the current thread's default, for `tracing` and for the layers'
+    /// spans, until the returned guard is dropped. [`Telemetry::init`] makes it the process's
+    /// default instead.
+    ///
+    /// ```
+    /// use wayfinder_middleware::Telemetry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let telemetry = Telemetry::new()
+    ///     .service_name("orders")
+    ///     .build_with_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+    ///     .unwrap();
+    /// let _default = telemetry.set_default();
+    /// tracing::info!("goes to this telemetry's log writer");
+    /// # }
+    /// ```
+    pub fn set_default(&self) -> ScopedTelemetry {
+        ScopedTelemetry {
+            _tracer: tracer::set_scoped(self.provider.tracer(tracer::SCOPE)),
+            _dispatch: tracing::dispatcher::set_default(&self.dispatch),
+        }
     }
 
     /// Exports every finished span now, without blocking the runtime.
@@ -545,6 +576,14 @@ impl TelemetryGuard {
         let timeout = self.timeout;
         run_blocking(move || provider.shutdown_with_timeout(timeout)).await
     }
+}
+
+/// The guard of [`TelemetryGuard::set_default`]; restores the previous defaults when dropped.
+#[derive(Debug)]
+#[must_use = "the defaults are restored when this is dropped"]
+pub struct ScopedTelemetry {
+    _tracer: tracer::Scope,
+    _dispatch: tracing::dispatcher::DefaultGuard,
 }
 
 async fn run_blocking(

@@ -19,7 +19,9 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use parking_lot::Mutex;
 use tower::ServiceExt;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
-use wayfinder_middleware::{ClientLayer, LogFormat, ServerLayer, Telemetry, TelemetryGuard};
+use wayfinder_middleware::{
+    ClientLayer, LogFormat, ScopedTelemetry, ServerLayer, Telemetry, TelemetryGuard,
+};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
@@ -50,9 +52,9 @@ impl Logs {
 /// A subscriber like `init()` builds, set as this thread's default, spans in memory.
 struct Harness {
     exporter: InMemorySpanExporter,
-    guard: TelemetryGuard,
     logs: Logs,
-    _default: tracing::dispatcher::DefaultGuard,
+    _default: ScopedTelemetry,
+    guard: TelemetryGuard,
 }
 
 impl Harness {
@@ -60,13 +62,13 @@ impl Harness {
         let exporter = InMemorySpanExporter::default();
         let logs = Logs::default();
         let writer = logs.clone();
-        let (dispatch, guard) = Telemetry::new()
+        let guard = Telemetry::new()
             .service_name("layers-test")
             .log_format(format)
             .log_writer(BoxMakeWriter::new(move || writer.clone()))
-            .with_exporter(exporter.clone())
+            .build_with_exporter(exporter.clone())
             .expect("the subscriber builds");
-        let default = tracing::dispatcher::set_default(&dispatch);
+        let default = guard.set_default();
         Harness {
             exporter,
             guard,
@@ -109,6 +111,18 @@ fn app() -> Router {
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/nested",
+            get(|| async {
+                let lookup = tracing::info_span!("load user");
+                lookup.in_scope(|| tracing::info!("inside the handler's own span"));
+                let task = wayfinder_middleware::spawn(async {
+                    tracing::info!("from a spawned task");
+                    wayfinder_middleware::current_trace_id().map(|id| id.to_string())
+                });
+                task.await.ok().flatten().unwrap_or_default()
+            }),
+        )
 }
 
 async fn call(app: Router, request: Request<axum::body::Body>) -> http::Response<Bytes> {
@@ -584,5 +598,56 @@ async fn request_id_tracestate_and_baggage_are_forwarded_on_outgoing_calls() {
         String::from_utf8_lossy(response.body()),
         format!("{generated} | - | -"),
         "a generated id is forwarded too; nothing is invented for absent tracestate and baggage"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn handler_spans_and_spawned_tasks_stay_in_the_request_trace() {
+    let harness = Harness::new(LogFormat::Text);
+    let traceparent = format!("00-{TRACE}-{PARENT}-01");
+    let response = call(
+        app().layer(ServerLayer::new()),
+        get_request("/nested", &[("traceparent", &traceparent)]),
+    )
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(response.body()),
+        TRACE,
+        "current_trace_id() in a spawned task is the request's"
+    );
+    let spans = harness.spans().await;
+    let server = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .expect("the server span");
+    let inner = spans
+        .iter()
+        .find(|s| s.name == "load user")
+        .expect("the handler's tracing span");
+    assert_eq!(
+        inner.parent_span_id,
+        server.span_context.span_id(),
+        "a tracing span in a handler is a child of the request's span"
+    );
+    assert_eq!(inner.span_context.trace_id().to_string(), TRACE);
+    let lines = harness.logs.lines();
+    let in_span = lines
+        .iter()
+        .find(|l| l.contains("inside the handler's own span"))
+        .expect("the line");
+    assert!(
+        in_span.ends_with(&format!("span_id={}", inner.span_context.span_id())),
+        "the line names the innermost span: {in_span}"
+    );
+    let spawned = lines
+        .iter()
+        .find(|l| l.contains("from a spawned task"))
+        .expect("the line");
+    assert!(
+        spawned.ends_with(&format!(
+            "trace_id={TRACE} span_id={}",
+            server.span_context.span_id()
+        )),
+        "a task started with spawn() logs in the request's span: {spawned}"
     );
 }

@@ -71,17 +71,18 @@ impl Service {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let (dispatch, guard) = Telemetry::new()
+                let telemetry = Telemetry::new()
                     .service_name(name)
                     .instance_id(format!("{name}-1"))
                     .endpoint(endpoint)
                     .protocol(protocol)
                     .log_writer(BoxMakeWriter::new(move || writer.clone()))
-                    .into_dispatch()
+                    .build()
                     .expect("telemetry builds");
-                let _default = tracing::dispatcher::set_default(&dispatch);
+                let default = telemetry.set_default();
                 serve(stopped).await;
-                guard.shutdown().await.expect("spans flushed");
+                drop(default);
+                telemetry.shutdown().await.expect("spans flushed");
             });
         });
         Service {

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use http::{Method, Request, Uri, Version};
+use opentelemetry::KeyValue;
 
 /// `http.request.method` and, for a method outside the well-known set,
 /// `http.request.method_original`: the conventions ask for `_OTHER` so that a client sending
@@ -79,6 +80,54 @@ fn host_part(raw: &str) -> &str {
         return raw.split_inclusive(']').next().unwrap_or(raw);
     }
     raw.rsplit_once(':').map_or(raw, |(host, _)| host)
+}
+
+/// `url.scheme` as a static string when it is one of the usual two.
+pub(crate) fn scheme_static(uri: &Uri) -> opentelemetry::Value {
+    match scheme(uri) {
+        "http" => "http".into(),
+        "https" => "https".into(),
+        other => other.to_owned().into(),
+    }
+}
+
+/// The attributes HTTP and gRPC server spans share: `server.*`, `client.address`,
+/// `network.protocol.version`, `user_agent.original`.
+pub(crate) fn push_common<B>(attributes: &mut Vec<KeyValue>, request: &Request<B>) {
+    push_server(attributes, request);
+    if let Some(client) = client_address(request) {
+        attributes.push(KeyValue::new("client.address", client));
+    }
+    if let Some(version) = protocol_version(request.version()) {
+        attributes.push(KeyValue::new("network.protocol.version", version));
+    }
+    if let Some(agent) = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+    {
+        attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+    }
+}
+
+/// `server.address` and `server.port`.
+pub(crate) fn push_server<B>(attributes: &mut Vec<KeyValue>, request: &Request<B>) {
+    let (host, port) = server_address(request);
+    if let Some(host) = host {
+        attributes.push(KeyValue::new("server.address", host.to_owned()));
+    }
+    if let Some(port) = port {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+}
+
+/// `rpc.system`, `rpc.service`, `rpc.method` of a gRPC path.
+pub(crate) fn push_rpc(attributes: &mut Vec<KeyValue>, path: &str) {
+    attributes.push(KeyValue::new("rpc.system", "grpc"));
+    if let Some((service, method)) = crate::grpc::service_and_method(path) {
+        attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+        attributes.push(KeyValue::new("rpc.method", method.to_owned()));
+    }
 }
 
 /// `url.scheme`: the request URI's, or `http` (a server behind TLS termination sees plain

@@ -2,13 +2,14 @@
 //! received, because a gRPC status arrives in the trailers after the last message.
 
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context as TaskContext, Poll, ready};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
-use tracing::Span;
 
 use crate::grpc;
 
@@ -31,29 +32,40 @@ enum Stage {
     Done,
 }
 
-/// Records the outcome of a call on its span and closes the span when dropped. A call whose
+/// Records the outcome of a call on its span and ends the span when dropped. A call whose
 /// future is dropped before the response (a caller's timeout, a disconnect) is recorded as
 /// `error.type = "cancelled"`.
 #[derive(Debug)]
 pub(crate) struct Completion {
-    span: Span,
+    cx: Context,
     side: Side,
     grpc: bool,
     stage: Stage,
 }
 
 impl Completion {
-    pub(crate) fn new(span: Span, side: Side, grpc: bool) -> Self {
+    /// `cx` holds the call's span.
+    pub(crate) fn new(cx: Context, side: Side, grpc: bool) -> Self {
         Completion {
-            span,
+            cx,
             side,
             grpc,
             stage: Stage::Pending,
         }
     }
 
-    pub(crate) fn span(&self) -> &Span {
-        &self.span
+    /// The context with the call's span.
+    pub(crate) fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    fn set(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.cx.span().set_attribute(KeyValue::new(key, value));
+    }
+
+    fn fail(&self, error_type: impl Into<opentelemetry::Value>, description: String) {
+        self.set("error.type", error_type);
+        self.cx.span().set_status(Status::error(description));
     }
 
     /// Records the response head. A gRPC status in the head (a trailers-only response) ends
@@ -68,28 +80,24 @@ impl Completion {
             }
             return;
         }
-        self.span
-            .record("http.response.status_code", status.as_u16());
+        self.set("http.response.status_code", i64::from(status.as_u16()));
         let failed = match self.side {
             Side::Server => status.is_server_error(),
             Side::Client => status.is_client_error() || status.is_server_error(),
         };
         if failed {
-            self.span.record("error.type", status.as_str());
-            self.span.record("otel.status_code", "error");
+            // The conventions ask for no description when the status code says it all.
+            self.fail(status.as_str().to_owned(), String::new());
         }
-        // An HTTP span's outcome is known from the head; the span still covers the body.
     }
 
     /// The call failed before a response: `error_type` is a low-cardinality class
     /// (`timeout`, an error type's name), `description` the error's message.
-    pub(crate) fn failed(&mut self, error_type: &str, description: &str) {
-        self.span.record("error.type", error_type);
-        self.span.record("otel.status_code", "error");
-        self.span.record("otel.status_description", description);
+    pub(crate) fn failed(&mut self, error_type: &'static str, description: String) {
         if self.grpc {
-            self.span.record("rpc.grpc.status_code", 2);
+            self.set("rpc.grpc.status_code", 2_i64);
         }
+        self.fail(error_type, description);
         self.stage = Stage::Done;
     }
 
@@ -104,11 +112,10 @@ impl Completion {
 
     fn body_failed(&mut self) {
         if self.stage != Stage::Done {
-            self.span.record("error.type", "body");
-            self.span.record("otel.status_code", "error");
             if self.grpc {
-                self.span.record("rpc.grpc.status_code", 2);
+                self.set("rpc.grpc.status_code", 2_i64);
             }
+            self.fail("body", "the body failed".to_owned());
             self.stage = Stage::Done;
         }
     }
@@ -122,10 +129,9 @@ impl Completion {
     }
 
     fn grpc_status(&mut self, code: i32) {
-        self.span.record("rpc.grpc.status_code", code);
+        self.set("rpc.grpc.status_code", i64::from(code));
         if code != 0 {
-            self.span.record("error.type", grpc::code_name(code));
-            self.span.record("otel.status_code", "error");
+            self.fail(grpc::code_name(code), String::new());
         }
         self.stage = Stage::Done;
     }
@@ -135,16 +141,16 @@ impl Drop for Completion {
     fn drop(&mut self) {
         match self.stage {
             Stage::Pending => {
-                self.span.record("error.type", "cancelled");
-                self.span.record("otel.status_code", "error");
                 if self.grpc {
-                    self.span.record("rpc.grpc.status_code", 1);
+                    self.set("rpc.grpc.status_code", 1_i64);
                 }
+                self.fail("cancelled", "dropped before the response".to_owned());
             }
             // The body was dropped before its status arrived: the peer went away.
             Stage::Streaming if self.grpc => self.grpc_status(1),
             Stage::Streaming | Stage::Done => {}
         }
+        self.cx.span().end();
     }
 }
 
@@ -179,7 +185,7 @@ where
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
@@ -202,7 +208,7 @@ where
             None => true,
         };
         if finished {
-            // Nothing more will come: close the span now rather than whenever the connection
+            // Nothing more will come: end the span now rather than whenever the connection
             // gets around to dropping the body.
             if let Some(mut completion) = this.completion.take() {
                 completion.end_of_stream();

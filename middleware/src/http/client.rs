@@ -5,13 +5,13 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context as TaskContext, Poll, ready};
 
 use http::{Request, Response};
+use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-use tracing::Span;
-use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::attributes;
@@ -19,6 +19,7 @@ use super::body::{Completion, Side, TracedBody};
 use super::request_id::{self, RequestId};
 use crate::grpc;
 use crate::propagation::Propagation;
+use crate::tracer;
 
 /// The error type of a traced client: the inner service's error, boxed (as tower's own
 /// `Timeout` does), so that timeouts can be told apart from other failures.
@@ -92,83 +93,89 @@ where
     type Error = BoxError;
     type Future = ClientFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let grpc = grpc::is_grpc(request.headers());
-        let span = if grpc {
+        let builder = if grpc {
             grpc_span(&request)
         } else {
             http_span(&request)
         };
-        prepare(&span, &self.propagation, request.headers_mut());
-        let inner = span.in_scope(|| self.inner.call(request));
+        let cx = start(builder, &self.propagation, request.headers_mut());
+        let inner = self.inner.call(request);
         ClientFuture {
             inner,
-            completion: Some(Completion::new(span, Side::Client, grpc)),
+            completion: Some(Completion::new(cx, Side::Client, grpc)),
         }
     }
 }
 
-/// Writes the call's trace context and the served request's `x-request-id` into `headers`.
-pub(crate) fn prepare(span: &Span, propagation: &Propagation, headers: &mut http::HeaderMap) {
-    if span.is_disabled() {
-        return;
-    }
-    let cx = span.context();
+/// Starts the CLIENT span as a child of the current context and writes its trace context and
+/// the served request's `x-request-id` into `headers`.
+pub(crate) fn start(
+    builder: SpanBuilder,
+    propagation: &Propagation,
+    headers: &mut http::HeaderMap,
+) -> Context {
+    let cx = tracer::start(builder, &current_context());
     propagation.inject_into(&cx, headers);
     if !headers.contains_key(request_id::HEADER)
         && let Some(id) = RequestId::from_context(&cx)
     {
         headers.insert(request_id::HEADER, id.header_value().clone());
     }
+    cx
 }
 
-fn http_span<B>(request: &Request<B>) -> Span {
+/// The context of the caller: the attached OpenTelemetry context, or else the current
+/// `tracing` span's (for a subscriber that does not activate contexts on span entry).
+fn current_context() -> Context {
+    let current = Context::current();
+    if current.span().span_context().is_valid() {
+        return current;
+    }
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        current
+    } else {
+        span.context()
+    }
+}
+
+fn http_span<B>(request: &Request<B>) -> SpanBuilder {
     let (method, original) = attributes::method(request.method());
-    let (host, port) = attributes::server_address(request);
-    tracing::info_span!(
-        target: "wayfinder_middleware::client",
-        "HTTP call",
-        otel.name = attributes::span_name(method, None),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        http.request.method = method,
-        http.request.method_original = original,
-        server.address = host,
-        server.port = port,
-        url.full = attributes::url_full(request.uri()),
-        network.protocol.version = attributes::protocol_version(request.version()),
-        http.response.status_code = Empty,
-        error.type = Empty,
-    )
+    let mut attributes = Vec::with_capacity(8);
+    attributes.push(KeyValue::new("http.request.method", method));
+    if let Some(original) = original {
+        attributes.push(KeyValue::new(
+            "http.request.method_original",
+            original.to_owned(),
+        ));
+    }
+    attributes::push_server(&mut attributes, request);
+    attributes.push(KeyValue::new(
+        "url.full",
+        attributes::url_full(request.uri()),
+    ));
+    if let Some(version) = attributes::protocol_version(request.version()) {
+        attributes.push(KeyValue::new("network.protocol.version", version));
+    }
+    SpanBuilder::from_name(attributes::span_name(method, None))
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
 }
 
-pub(crate) fn grpc_span<B>(request: &Request<B>) -> Span {
+fn grpc_span<B>(request: &Request<B>) -> SpanBuilder {
     let path = request.uri().path();
-    let (service, method) = match grpc::service_and_method(path) {
-        Some((service, method)) => (Some(service), Some(method)),
-        None => (None, None),
-    };
-    let (host, port) = attributes::server_address(request);
-    tracing::info_span!(
-        target: "wayfinder_middleware::client",
-        "gRPC call",
-        otel.name = path.strip_prefix('/').unwrap_or(path),
-        otel.kind = "client",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        server.address = host,
-        server.port = port,
-        rpc.grpc.status_code = Empty,
-        error.type = Empty,
-    )
+    let mut attributes = Vec::with_capacity(6);
+    attributes::push_rpc(&mut attributes, path);
+    attributes::push_server(&mut attributes, request);
+    SpanBuilder::from_name(path.strip_prefix('/').unwrap_or(path).to_owned())
+        .with_kind(SpanKind::Client)
+        .with_attributes(attributes)
 }
 
 /// A low-cardinality `error.type` for a failed call: `timeout` when any error in the chain is
@@ -216,11 +223,9 @@ where
 {
     type Output = Result<Response<TracedBody<ResBody>>, BoxError>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let entered = this.completion.as_ref().map(|c| c.span().enter());
         let result = ready!(this.inner.poll(cx));
-        drop(entered);
         let mut completion = this.completion.take();
         match result {
             Ok(response) => {
@@ -236,7 +241,7 @@ where
             Err(error) => {
                 let error: BoxError = error.into();
                 if let Some(completion) = completion.as_mut() {
-                    completion.failed(error_type(error.as_ref()), &error.to_string());
+                    completion.failed(error_type(error.as_ref()), error.to_string());
                 }
                 Poll::Ready(Err(error))
             }

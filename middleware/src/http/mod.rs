@@ -6,6 +6,7 @@ pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod request_id;
 mod reqwest;
+mod routes;
 mod server;
 
 pub use body::TracedBody;

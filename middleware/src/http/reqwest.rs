@@ -1,14 +1,14 @@
 //! Tracing for reqwest, as a `reqwest-middleware` middleware.
 
 use http::Extensions;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, SpanKind};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
-use tracing::Instrument;
-use tracing::field::Empty;
 
 use super::attributes;
 use super::body::{Completion, Side};
-use super::client::{error_type, prepare};
+use super::client::{error_type, start};
 use crate::propagation::Propagation;
 
 /// A [`reqwest_middleware::Middleware`] that opens a CLIENT span per request and writes its
@@ -53,30 +53,33 @@ impl Middleware for ReqwestTracing {
     ) -> Result<Response> {
         let url = request.url();
         let (method, original) = attributes::method(request.method());
-        let span = tracing::info_span!(
-            target: "wayfinder_middleware::client",
-            "HTTP call",
-            otel.name = attributes::span_name(method, None),
-            otel.kind = "client",
-            otel.status_code = Empty,
-            otel.status_description = Empty,
-            http.request.method = method,
-            http.request.method_original = original,
-            server.address = url.host_str(),
-            server.port = url.port_or_known_default(),
-            url.full = redacted(url).as_str(),
-            http.response.status_code = Empty,
-            error.type = Empty,
-        );
-        prepare(&span, &self.propagation, request.headers_mut());
-        let mut completion = Completion::new(span.clone(), Side::Client, false);
-        let result = next.run(request, extensions).instrument(span).await;
+        let mut attributes = Vec::with_capacity(8);
+        attributes.push(KeyValue::new("http.request.method", method));
+        if let Some(original) = original {
+            attributes.push(KeyValue::new(
+                "http.request.method_original",
+                original.to_owned(),
+            ));
+        }
+        if let Some(host) = url.host_str() {
+            attributes.push(KeyValue::new("server.address", host.to_owned()));
+        }
+        if let Some(port) = url.port_or_known_default() {
+            attributes.push(KeyValue::new("server.port", i64::from(port)));
+        }
+        attributes.push(KeyValue::new("url.full", redacted(url)));
+        let builder = SpanBuilder::from_name(attributes::span_name(method, None))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attributes);
+        let cx = start(builder, &self.propagation, request.headers_mut());
+        let mut completion = Completion::new(cx, Side::Client, false);
+        let result = next.run(request, extensions).await;
         match &result {
             Ok(response) => completion.response(response.status(), response.headers()),
             Err(reqwest_middleware::Error::Reqwest(error)) => {
-                completion.failed(error_type(error), &error.to_string())
+                completion.failed(error_type(error), error.to_string())
             }
-            Err(error) => completion.failed("_OTHER", &error.to_string()),
+            Err(error) => completion.failed("_OTHER", error.to_string()),
         }
         result
     }

@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use http::{HeaderValue, Request, Response};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-use tracing::Span;
-use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::attributes;
 use super::body::{Completion, Side, TracedBody};
 use super::request_id;
+use super::routes::Routes;
 use crate::grpc;
 use crate::propagation::{Propagation, w3c};
+use crate::tracer;
 
 /// Decides from a request's path whether it is traced.
 pub type PathFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -60,6 +60,7 @@ pub struct ServerLayer {
 
 struct Config {
     propagation: Propagation,
+    routes: Routes,
     filter: PathFilter,
     response_traceparent: bool,
 }
@@ -86,6 +87,7 @@ impl ServerLayer {
         ServerLayer {
             config: Arc::new(Config {
                 propagation: Propagation::default(),
+                routes: Routes::default(),
                 filter: Arc::new(|path| !DEFAULT_UNTRACED_PATHS.contains(&path)),
                 response_traceparent: false,
             }),
@@ -180,91 +182,75 @@ where
             };
         }
         let grpc = grpc::is_grpc(request.headers());
-        let span = if grpc {
+        let builder = if grpc {
             grpc_span(&request)
         } else {
-            http_span(&request)
+            http_span(&request, &self.config.routes)
         };
-        if !span.is_disabled() {
-            let parent = self
-                .config
-                .propagation
-                .extract(request.headers())
-                .with_value(request_id.clone());
-            // Fails only when the span has started already, which it cannot have here.
-            let _ = span.set_parent(parent);
-        }
-        let inner = span.in_scope(|| self.inner.call(request));
+        let header_value = request_id.0.clone();
+        let parent = self
+            .config
+            .propagation
+            .extract(request.headers())
+            .with_value(request_id);
+        let cx = tracer::start(builder, &parent);
+        let inner = {
+            let _attached = cx.clone().attach();
+            self.inner.call(request)
+        };
         ResponseFuture {
             inner,
-            completion: Some(Completion::new(span, Side::Server, grpc)),
-            request_id: request_id.0,
+            completion: Some(Completion::new(cx, Side::Server, grpc)),
+            request_id: header_value,
             traceparent: self.config.response_traceparent,
         }
     }
 }
 
-fn http_span<B>(request: &Request<B>) -> Span {
+/// The HTTP SERVER span of `request`.
+fn http_span<B>(request: &Request<B>, routes: &Routes) -> SpanBuilder {
     let (method, original) = attributes::method(request.method());
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|path| path.as_str());
-    let (host, port) = attributes::server_address(request);
-    tracing::info_span!(
-        target: "wayfinder_middleware::server",
-        "HTTP request",
-        otel.name = attributes::span_name(method, route),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        http.request.method = method,
-        http.request.method_original = original,
-        http.route = route,
-        url.path = request.uri().path(),
-        url.query = request.uri().query(),
-        url.scheme = attributes::scheme(request.uri()),
-        server.address = host,
-        server.port = port,
-        client.address = attributes::client_address(request),
-        network.protocol.version = attributes::protocol_version(request.version()),
-        user_agent.original = request
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|value| value.to_str().ok()),
-        http.response.status_code = Empty,
-        error.type = Empty,
-    )
+    let uri = request.uri();
+    let mut attributes = Vec::with_capacity(14);
+    attributes.push(KeyValue::new("http.request.method", method));
+    if let Some(original) = original {
+        attributes.push(KeyValue::new(
+            "http.request.method_original",
+            original.to_owned(),
+        ));
+    }
+    let name = match route {
+        Some(route) => {
+            let (name, value) = routes.get(method, route);
+            attributes.push(KeyValue::new("http.route", value));
+            name
+        }
+        None => attributes::span_name(method, None).into(),
+    };
+    attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
+    if let Some(query) = uri.query() {
+        attributes.push(KeyValue::new("url.query", query.to_owned()));
+    }
+    attributes.push(KeyValue::new("url.scheme", attributes::scheme_static(uri)));
+    attributes::push_common(&mut attributes, request);
+    SpanBuilder::from_name(name)
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
 }
 
-fn grpc_span<B>(request: &Request<B>) -> Span {
+/// The gRPC SERVER span of `request`.
+fn grpc_span<B>(request: &Request<B>) -> SpanBuilder {
     let path = request.uri().path();
-    let (service, method) = match grpc::service_and_method(path) {
-        Some((service, method)) => (Some(service), Some(method)),
-        None => (None, None),
-    };
-    let (host, port) = attributes::server_address(request);
-    tracing::info_span!(
-        target: "wayfinder_middleware::server",
-        "gRPC request",
-        otel.name = path.strip_prefix('/').unwrap_or(path),
-        otel.kind = "server",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
-        server.address = host,
-        server.port = port,
-        client.address = attributes::client_address(request),
-        network.protocol.version = attributes::protocol_version(request.version()),
-        user_agent.original = request
-            .headers()
-            .get(http::header::USER_AGENT)
-            .and_then(|value| value.to_str().ok()),
-        rpc.grpc.status_code = Empty,
-        error.type = Empty,
-    )
+    let mut attributes = Vec::with_capacity(10);
+    attributes::push_rpc(&mut attributes, path);
+    attributes::push_common(&mut attributes, request);
+    SpanBuilder::from_name(path.strip_prefix('/').unwrap_or(path).to_owned())
+        .with_kind(SpanKind::Server)
+        .with_attributes(attributes)
 }
 
 pin_project! {
@@ -294,9 +280,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.completion.as_ref().map(|c| c.span().enter());
+        let attached = this
+            .completion
+            .as_ref()
+            .map(|completion| completion.context().clone().attach());
         let result = ready!(this.inner.poll(cx));
-        drop(_entered);
+        drop(attached);
         let mut completion = this.completion.take();
         match result {
             Ok(response) => {
@@ -308,7 +297,7 @@ where
                 if let Some(completion) = completion.as_mut() {
                     completion.response(parts.status, &parts.headers);
                     if *this.traceparent {
-                        write_traceparent(completion.span(), &mut parts.headers);
+                        write_traceparent(completion.context(), &mut parts.headers);
                     }
                 }
                 Poll::Ready(Ok(Response::from_parts(
@@ -318,7 +307,10 @@ where
             }
             Err(error) => {
                 if let Some(completion) = completion.as_mut() {
-                    completion.failed(std::any::type_name::<E>(), "the service returned an error");
+                    completion.failed(
+                        std::any::type_name::<E>(),
+                        "the service returned an error".to_owned(),
+                    );
                 }
                 Poll::Ready(Err(error))
             }
@@ -326,9 +318,8 @@ where
     }
 }
 
-/// `traceparent` of `span` on a response.
-fn write_traceparent(span: &Span, headers: &mut http::HeaderMap) {
-    let cx = span.context();
+/// `traceparent` of the span in `cx` on a response.
+fn write_traceparent(cx: &opentelemetry::Context, headers: &mut http::HeaderMap) {
     let span_ref = cx.span();
     let context = span_ref.span_context();
     if context.is_valid()

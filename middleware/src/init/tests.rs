@@ -58,6 +58,18 @@ fn valid_variables() {
         t.service_name, "from-attrs",
         "service.name from the attributes alone"
     );
+    let t = from(&[]).expect("valid").service_name_or("orders");
+    assert_eq!(
+        t.service_name, "orders",
+        "the program's name when the deployment gives none"
+    );
+    let t = from(&[("OTEL_SERVICE_NAME", "orders-eu")])
+        .expect("valid")
+        .service_name_or("orders");
+    assert_eq!(
+        t.service_name, "orders-eu",
+        "the deployment's name wins over the program's"
+    );
     let t = from(&[("OTEL_TRACES_SAMPLER", "traceidratio")]).expect("valid");
     assert_eq!(
         t.sampler,
@@ -147,7 +159,7 @@ fn invalid_variables_are_errors_naming_the_variable() {
 fn grpc_without_a_runtime_is_an_error_not_a_panic() {
     let error = Telemetry::new()
         .protocol(Protocol::Grpc)
-        .into_dispatch()
+        .build()
         .expect_err("no Tokio runtime here");
     assert!(matches!(error, InitError::NoRuntime), "{error}");
 }

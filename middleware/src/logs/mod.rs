@@ -5,10 +5,12 @@
 //! `trace_id` and `span_id` to each event emitted inside a traced span; [`init`](crate::init)
 //! installs it. Events outside any span are written unchanged.
 //!
-//! A task started with `tokio::spawn` does not inherit the current span: use [`spawn`], or
-//! `tracing::Instrument::in_current_span` on the future, so that its logs and the calls it
+//! A task started with `tokio::spawn` does not inherit the current span: use [`spawn`], or wrap
+//! the future yourself with `tracing::Instrument::in_current_span` and
+//! `opentelemetry::context::FutureExt::with_current_context`, so that its logs and the calls it
 //! makes stay in the request's trace.
 
+use opentelemetry::context::FutureExt as _;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceId};
 use tracing::{Event, Instrument, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -32,6 +34,11 @@ pub fn current_span_id() -> Option<SpanId> {
 }
 
 fn current_span_context() -> Option<SpanContext> {
+    let attached = opentelemetry::Context::map_current(|cx| cx.span().span_context().clone());
+    if attached.is_valid() {
+        return Some(attached);
+    }
+    // A subscriber that does not activate contexts on span entry: ask the current span.
     let span = tracing::Span::current();
     if span.is_disabled() {
         return None;
@@ -55,7 +62,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(future.in_current_span())
+    tokio::spawn(future.in_current_span().with_current_context())
 }
 
 /// An event format that adds `trace_id` and `span_id` to another: at the end of a text line

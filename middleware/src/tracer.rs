@@ -1,0 +1,68 @@
+//! The tracer the layers start their spans with.
+//!
+//! The layers start OpenTelemetry spans directly rather than `tracing` spans bridged by
+//! `tracing-opentelemetry`: the bridge converts every field to an owned string, keeps a span
+//! builder per span and starts the span on first entry, which doubled the per-request cost
+//! (see docs/benchmarks.md). The span's context is attached while the request's future runs, so
+//! `tracing` spans and log lines inside a handler still nest under it (`tracing-opentelemetry`
+//! takes the current OpenTelemetry context as the parent of a span without a `tracing` parent).
+//!
+//! The tracer is, in order: the one of a [`TelemetryGuard`](crate::TelemetryGuard) made this
+//! thread's default with `set_default` (several services with their own telemetry can share a
+//! process, one runtime thread each); the one [`init`](crate::init) installed; the global
+//! OpenTelemetry provider's, for an application that set up its own. The first two are a
+//! pointer copy per span; the last takes the global provider's lock and boxes a tracer.
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use opentelemetry::Context;
+use opentelemetry::global;
+use opentelemetry::trace::{SpanBuilder, TraceContextExt, Tracer};
+use opentelemetry_sdk::trace::SdkTracer;
+
+/// The instrumentation scope of the layers' spans.
+pub(crate) const SCOPE: &str = "wayfinder-middleware";
+
+thread_local! {
+    static SCOPED: RefCell<Option<SdkTracer>> = const { RefCell::new(None) };
+}
+
+/// The tracer `init()` installed.
+static INSTALLED: OnceLock<SdkTracer> = OnceLock::new();
+
+/// Starts a span as a child of `parent` and returns `parent` with it.
+pub(crate) fn start(builder: SpanBuilder, parent: &Context) -> Context {
+    let scoped = SCOPED.with(|scoped| scoped.borrow().clone());
+    match scoped.as_ref().or_else(|| INSTALLED.get()) {
+        Some(tracer) => parent.with_span(tracer.build_with_context(builder, parent)),
+        None => {
+            let tracer = global::tracer(SCOPE);
+            parent.with_span(tracer.build_with_context(builder, parent))
+        }
+    }
+}
+
+/// Makes `tracer` the process's (once: `init()` cannot succeed twice).
+pub(crate) fn install(tracer: SdkTracer) {
+    let _ = INSTALLED.set(tracer);
+}
+
+/// Restores the previous thread default when dropped.
+#[derive(Debug)]
+pub(crate) struct Scope {
+    previous: Option<SdkTracer>,
+}
+
+/// Makes `tracer` this thread's default until the returned guard is dropped.
+pub(crate) fn set_scoped(tracer: SdkTracer) -> Scope {
+    let previous = SCOPED.with(|scoped| scoped.borrow_mut().replace(tracer));
+    Scope { previous }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        SCOPED.with(|scoped| *scoped.borrow_mut() = previous);
+    }
+}
