@@ -1,5 +1,31 @@
 //! Wayfinder's middleware for Rust services: tower layers that carry trace context, open
 //! spans by the OpenTelemetry semantic conventions and export them to the collector.
+//!
+//! - [`init`] sets up the tracer provider (OTLP to the collector), the `tracing` subscriber and
+//!   correlated log lines from the standard `OTEL_*` variables;
+//! - [`ServerLayer`] traces every request an axum `Router` or a tonic server receives;
+//! - [`ClientLayer`] (hyper-util clients, tonic channels) and [`ReqwestTracing`] (reqwest)
+//!   trace outgoing calls and carry the context to the next service;
+//! - [`current_trace_id`] and [`spawn`] keep logs and tasks in the request's trace.
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use wayfinder_middleware::{ServerLayer, Telemetry};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let telemetry = Telemetry::from_env()?.service_name_or("users").init()?;
+//!     let app = Router::new()
+//!         .route("/users/{id}", get(|| async { "a user" }))
+//!         .layer(ServerLayer::new());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//!     axum::serve(listener, app).await?;
+//!     telemetry.shutdown().await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `docs/middleware.md` describes every option and the attributes of each span.
 
 pub mod grpc;
 pub mod http;

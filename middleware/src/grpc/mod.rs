@@ -14,9 +14,13 @@
 //! // Server: one layer on the tonic server traces every RPC.
 //! let server = tonic::transport::Server::builder().layer(ServerLayer::new());
 //!
-//! // Client: wrap the channel; the generated client takes any tower service.
-//! let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
-//! let channel = tower::ServiceBuilder::new().layer(ClientLayer::new()).service(channel);
+//! // Client: wrap the channel; the generated client takes any tower service. Create it with
+//! // `with_origin(channel, endpoint.uri().clone())` so that requests carry the server's
+//! // address (`server.address`, `server.port`): tonic sends bare paths down the stack.
+//! let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:50051");
+//! let channel = tower::ServiceBuilder::new()
+//!     .layer(ClientLayer::new())
+//!     .service(endpoint.connect_lazy());
 //! # let _ = (server, channel);
 //! # Ok(()) }
 //! ```
