@@ -27,11 +27,15 @@ pub(crate) fn method(method: &Method) -> (&'static str, Option<&str>) {
 /// The span name of an HTTP span: `{method} {route}`, `{method}` without a route, and `HTTP`
 /// in place of a method outside the well-known set.
 pub(crate) fn span_name(method: &'static str, route: Option<&str>) -> String {
-    let method = if method == "_OTHER" { "HTTP" } else { method };
     match route {
-        Some(route) => format!("{method} {route}"),
-        None => method.to_owned(),
+        Some(route) => format!("{} {route}", route_less_name(method)),
+        None => route_less_name(method).to_owned(),
     }
+}
+
+/// The span name of an HTTP span without a route: the method, or `HTTP`.
+pub(crate) fn route_less_name(method: &'static str) -> &'static str {
+    if method == "_OTHER" { "HTTP" } else { method }
 }
 
 /// `network.protocol.version`.

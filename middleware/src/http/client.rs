@@ -163,7 +163,7 @@ fn http_span<B>(request: &Request<B>) -> SpanBuilder {
     if let Some(version) = attributes::protocol_version(request.version()) {
         attributes.push(KeyValue::new("network.protocol.version", version));
     }
-    SpanBuilder::from_name(attributes::span_name(method, None))
+    SpanBuilder::from_name(attributes::route_less_name(method))
         .with_kind(SpanKind::Client)
         .with_attributes(attributes)
 }

@@ -68,7 +68,7 @@ impl Middleware for ReqwestTracing {
             attributes.push(KeyValue::new("server.port", i64::from(port)));
         }
         attributes.push(KeyValue::new("url.full", redacted(url)));
-        let builder = SpanBuilder::from_name(attributes::span_name(method, None))
+        let builder = SpanBuilder::from_name(attributes::route_less_name(method))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes);
         let cx = start(builder, &self.propagation, request.headers_mut());

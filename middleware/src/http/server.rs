@@ -229,7 +229,7 @@ fn http_span<B>(request: &Request<B>, routes: &Routes) -> SpanBuilder {
             attributes.push(KeyValue::new("http.route", value));
             name
         }
-        None => attributes::span_name(method, None).into(),
+        None => attributes::route_less_name(method).into(),
     };
     attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
     if let Some(query) = uri.query() {
