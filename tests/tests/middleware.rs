@@ -71,9 +71,12 @@ impl Service {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let telemetry = Telemetry::new()
-                    .service_name(name)
-                    .instance_id(format!("{name}-1"))
+                let mut telemetry = Telemetry::new().service_name(name);
+                if name != "gateway" {
+                    // The gateway keeps the default: a fresh UUID.
+                    telemetry = telemetry.instance_id(format!("{name}-1"));
+                }
+                let telemetry = telemetry
                     .endpoint(endpoint)
                     .protocol(protocol)
                     .log_writer(BoxMakeWriter::new(move || writer.clone()))
@@ -434,6 +437,35 @@ async fn a_trace_crosses_axum_hyper_tonic_and_reqwest_into_the_collector() {
             ],
         );
     }
+
+    // service.instance.id: as given, or a fresh UUID for the service that gave none.
+    let instances = sql(
+        &collector,
+        "SELECT DISTINCT service_name, instance_id FROM spans ORDER BY service_name",
+    )
+    .await;
+    let instances: Vec<(String, String)> = instances
+        .rows
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap_or_default().to_owned(),
+                row[1].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(instances.len(), 3, "{instances:?}");
+    assert_eq!(instances[0].0, "gateway");
+    let uuid = &instances[0].1;
+    assert!(
+        uuid.len() == 36 && uuid.matches('-').count() == 4,
+        "a generated UUID: {uuid}"
+    );
+    assert_eq!(
+        instances[1],
+        ("inventory".to_owned(), "inventory-1".to_owned())
+    );
+    assert_eq!(instances[2], ("orders".to_owned(), "orders-1".to_owned()));
 
     // B's log lines carry the trace id of the request they were written for.
     let lines = b.log_lines();
