@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use parking_lot::Mutex;
-use tower::ServiceExt;
+use tower::{Layer, ServiceExt};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use wayfinder_middleware::{
     ClientLayer, LogFormat, ScopedTelemetry, ServerLayer, Telemetry, TelemetryGuard,
@@ -650,4 +650,152 @@ async fn handler_spans_and_spawned_tasks_stay_in_the_request_trace() {
         )),
         "a task started with spawn() logs in the request's span: {spawned}"
     );
+}
+
+/// A response body made of the given frames, in order.
+struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+fn trailers(status: &str) -> http_body::Frame<Bytes> {
+    let mut map = http::HeaderMap::new();
+    map.insert("grpc-status", status.parse().expect("a value"));
+    http_body::Frame::trailers(map)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn grpc_status_comes_from_headers_or_trailers() {
+    struct Row {
+        reason: &'static str,
+        http_status: u16,
+        header_status: Option<&'static str>,
+        frames: Vec<http_body::Frame<Bytes>>,
+        read_to_end: bool,
+        code: &'static str,
+        error: Option<&'static str>,
+    }
+    let data = || http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\0"));
+    let rows = vec![
+        Row {
+            reason: "OK in the trailers after a message",
+            http_status: 200,
+            header_status: None,
+            frames: vec![data(), trailers("0")],
+            read_to_end: true,
+            code: "0",
+            error: None,
+        },
+        Row {
+            reason: "an error in the trailers",
+            http_status: 200,
+            header_status: None,
+            frames: vec![data(), trailers("13")],
+            read_to_end: true,
+            code: "13",
+            error: Some("INTERNAL"),
+        },
+        Row {
+            reason: "a trailers-only response: the status is in the headers",
+            http_status: 200,
+            header_status: Some("5"),
+            frames: vec![],
+            read_to_end: true,
+            code: "5",
+            error: Some("NOT_FOUND"),
+        },
+        Row {
+            reason: "a body that ends without a status is UNKNOWN",
+            http_status: 200,
+            header_status: None,
+            frames: vec![data()],
+            read_to_end: true,
+            code: "2",
+            error: Some("UNKNOWN"),
+        },
+        Row {
+            reason: "a body dropped before its status: the peer went away, CANCELLED",
+            http_status: 200,
+            header_status: None,
+            frames: vec![data(), data(), trailers("0")],
+            read_to_end: false,
+            code: "1",
+            error: Some("CANCELLED"),
+        },
+        Row {
+            reason: "an HTTP 503 without grpc-status maps to UNAVAILABLE",
+            http_status: 503,
+            header_status: None,
+            frames: vec![],
+            read_to_end: true,
+            code: "14",
+            error: Some("UNAVAILABLE"),
+        },
+    ];
+    for row in rows {
+        let harness = Harness::new(LogFormat::Text);
+        let frames = Mutex::new(Some(row.frames));
+        let (status, header) = (row.http_status, row.header_status);
+        let service = tower::service_fn(move |_request: Request<Full<Bytes>>| {
+            let frames = frames.lock().take().unwrap_or_default();
+            async move {
+                let mut builder = http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/grpc");
+                if let Some(code) = header {
+                    builder = builder.header("grpc-status", code);
+                }
+                Ok::<_, std::convert::Infallible>(
+                    builder.body(Frames(frames.into())).expect("a response"),
+                )
+            }
+        });
+        let request = Request::post("http://inventory.local:50051/shop.v1.Orders/Get")
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let response = ServerLayer::new()
+            .layer(service)
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let mut body = response.into_body();
+        if row.read_to_end {
+            while body.frame().await.is_some() {}
+        } else {
+            body.frame().await;
+        }
+        drop(body);
+        let spans = harness.spans().await;
+        assert_eq!(spans.len(), 1, "{}", row.reason);
+        let span = &spans[0];
+        assert_eq!(span.name, "shop.v1.Orders/Get", "{}", row.reason);
+        let attrs = attributes(span);
+        assert_eq!(attrs["rpc.system"], "grpc", "{}", row.reason);
+        assert_eq!(attrs["rpc.service"], "shop.v1.Orders", "{}", row.reason);
+        assert_eq!(attrs["rpc.method"], "Get", "{}", row.reason);
+        assert_eq!(attrs["server.address"], "inventory.local", "{}", row.reason);
+        assert_eq!(attrs["rpc.grpc.status_code"], row.code, "{}", row.reason);
+        assert_eq!(
+            attrs.get("error.type").map(String::as_str),
+            row.error,
+            "{}",
+            row.reason
+        );
+        assert_eq!(
+            matches!(span.status, Status::Error { .. }),
+            row.error.is_some(),
+            "{}: every code but OK is an error",
+            row.reason
+        );
+    }
 }
