@@ -322,7 +322,8 @@ impl Telemetry {
         self
     }
 
-    /// The propagation installed as OpenTelemetry's global text-map propagator.
+    /// The propagation the layers use (their `new()` starts from it) and OpenTelemetry's
+    /// global text-map propagator.
     pub fn propagation(mut self, propagation: Propagation) -> Self {
         self.propagation = propagation;
         self
@@ -346,8 +347,10 @@ impl Telemetry {
         self
     }
 
-    /// Which `tracing` spans become OpenTelemetry spans, as an `EnvFilter` directive; default
-    /// `info`, which keeps the middleware's spans and leaves out libraries' debug spans.
+    /// Which of the application's `tracing` spans become OpenTelemetry spans, as an
+    /// `EnvFilter` directive; default `info`, which leaves out libraries' debug spans. The
+    /// layers' own spans are OpenTelemetry spans from the start: the sampler and the server
+    /// layer's path filter decide about them, not this filter or `RUST_LOG`.
     pub fn span_filter(mut self, filter: impl Into<String>) -> Self {
         self.span_filter = filter.into();
         self
@@ -367,7 +370,8 @@ impl Telemetry {
         tracing::dispatcher::set_global_default(guard.dispatch.clone())?;
         opentelemetry::global::set_tracer_provider(guard.provider.clone());
         tracer::install(guard.provider.tracer(tracer::SCOPE));
-        opentelemetry::global::set_text_map_propagator(propagation);
+        opentelemetry::global::set_text_map_propagator(propagation.clone());
+        propagation.install();
         Ok(guard)
     }
 
@@ -387,20 +391,8 @@ impl Telemetry {
     {
         let span_filter = EnvFilter::try_new(&self.span_filter)
             .map_err(|error| invalid("span filter", &self.span_filter, &error.to_string()))?;
-        // The middleware's request spans stay out of log lines: their attributes would repeat
-        // on every line, and the trace id at the end of each line already ties it to them.
         let log_filter = EnvFilter::try_new(&self.log_filter)
-            .map_err(|error| invalid("RUST_LOG", &self.log_filter, &error.to_string()))?
-            .add_directive(
-                "wayfinder_middleware::server=off"
-                    .parse()
-                    .expect("a valid directive"),
-            )
-            .add_directive(
-                "wayfinder_middleware::client=off"
-                    .parse()
-                    .expect("a valid directive"),
-            );
+            .map_err(|error| invalid("RUST_LOG", &self.log_filter, &error.to_string()))?;
         let mut resource = self.resource;
         if !resource
             .iter()

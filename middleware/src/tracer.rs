@@ -48,16 +48,21 @@ pub(crate) fn install(tracer: SdkTracer) {
     let _ = INSTALLED.set(tracer);
 }
 
-/// Restores the previous thread default when dropped.
+/// Restores the previous thread default when dropped. Not `Send`: it must be dropped on the
+/// thread that made it (and scopes in the reverse order of their making).
 #[derive(Debug)]
 pub(crate) struct Scope {
     previous: Option<SdkTracer>,
+    _not_send: std::marker::PhantomData<*const ()>,
 }
 
 /// Makes `tracer` this thread's default until the returned guard is dropped.
 pub(crate) fn set_scoped(tracer: SdkTracer) -> Scope {
     let previous = SCOPED.with(|scoped| scoped.borrow_mut().replace(tracer));
-    Scope { previous }
+    Scope {
+        previous,
+        _not_send: std::marker::PhantomData,
+    }
 }
 
 impl Drop for Scope {

@@ -250,6 +250,17 @@ async fn http_server_spans_follow_the_semantic_conventions() {
             row.reason,
             span.status
         );
+        for kv in &span.attributes {
+            if matches!(kv.key.as_str(), "http.response.status_code" | "server.port") {
+                assert!(
+                    matches!(kv.value, opentelemetry::Value::I64(_)),
+                    "{}: {} is an integer, not {:?}",
+                    row.reason,
+                    kv.key,
+                    kv.value
+                );
+            }
+        }
         let attrs = attributes(span);
         for (key, value) in &row.expected {
             assert_eq!(
@@ -418,15 +429,21 @@ async fn serve(app: Router) -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "current_thread", start_paused = true)]
+// Real time, not the paused clock: tokio advances a paused clock whenever no task is ready,
+// which includes waiting on a real socket, so a timeout could fire on a call that is merely
+// waiting for loopback. The timeout here is 200 ms of real time against a 10 s handler.
+#[tokio::test(flavor = "current_thread")]
 async fn client_spans_carry_context_to_the_server_and_record_failures() {
     let harness = Harness::new(LogFormat::Text);
     let addr = serve(app().layer(ServerLayer::new())).await;
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let hyper = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let client = tower::ServiceBuilder::new()
         .layer(ClientLayer::new())
-        .timeout(Duration::from_secs(1))
-        .service(client);
+        .service(hyper.clone());
+    let timed = tower::ServiceBuilder::new()
+        .layer(ClientLayer::new())
+        .timeout(Duration::from_millis(200))
+        .service(hyper);
 
     let parent = tracing::info_span!("job");
     let outcomes = {
@@ -447,12 +464,17 @@ async fn client_spans_carry_context_to_the_server_and_record_failures() {
                 .oneshot(request("/fail"))
                 .await
                 .map(|r| r.status());
-            let timed_out = client
+            let missing = client
+                .clone()
+                .oneshot(request("/nowhere"))
+                .await
+                .map(|r| r.status());
+            let timed_out = timed
                 .clone()
                 .oneshot(request("/slow"))
                 .await
                 .map(|r| r.status());
-            (ok, failed, timed_out)
+            (ok, failed, missing, timed_out)
         }
         .instrument(parent.clone())
         .await
@@ -460,9 +482,10 @@ async fn client_spans_carry_context_to_the_server_and_record_failures() {
     drop(parent);
     assert_eq!(outcomes.0.expect("200"), 200);
     assert_eq!(outcomes.1.expect("500"), 500);
+    assert_eq!(outcomes.2.expect("404"), 404);
     assert!(
-        outcomes.2.is_err(),
-        "the 1 s timeout fires before the 10 s handler"
+        outcomes.3.is_err(),
+        "the 200 ms timeout fires before the 10 s handler"
     );
 
     let spans = harness.spans().await;
@@ -474,7 +497,7 @@ async fn client_spans_carry_context_to_the_server_and_record_failures() {
         .iter()
         .filter(|s| s.span_kind == SpanKind::Client)
         .collect();
-    assert_eq!(clients.len(), 3, "{spans:#?}");
+    assert_eq!(clients.len(), 4, "{spans:#?}");
     for client in &clients {
         assert_eq!(client.name, "GET");
         assert_eq!(
@@ -501,6 +524,12 @@ async fn client_spans_carry_context_to_the_server_and_record_failures() {
     assert_eq!(by_path("/users/1").status, Status::Unset);
     assert_eq!(attributes(by_path("/fail"))["error.type"], "500");
     assert!(matches!(by_path("/fail").status, Status::Error { .. }));
+    assert_eq!(
+        attributes(by_path("/nowhere"))["error.type"],
+        "404",
+        "a 4xx is an error for the client"
+    );
+    assert!(matches!(by_path("/nowhere").status, Status::Error { .. }));
     assert_eq!(attributes(by_path("/slow"))["error.type"], "timeout");
     assert!(matches!(by_path("/slow").status, Status::Error { .. }));
 
@@ -798,4 +827,23 @@ async fn grpc_status_comes_from_headers_or_trailers() {
             row.reason
         );
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_dropped_before_its_response_is_recorded_as_cancelled() {
+    let harness = Harness::new(LogFormat::Text);
+    let never = tower::service_fn(|_request: Request<Full<Bytes>>| {
+        std::future::pending::<Result<http::Response<Full<Bytes>>, std::convert::Infallible>>()
+    });
+    let request = Request::get("http://users.local/users/1")
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    let call = ServerLayer::new().layer(never).oneshot(request);
+    // The caller gives up: the future is dropped without an answer.
+    let gave_up = tokio::time::timeout(Duration::from_millis(1), call).await;
+    assert!(gave_up.is_err(), "the service never answers");
+    let spans = harness.spans().await;
+    assert_eq!(spans.len(), 1);
+    assert_eq!(attributes(&spans[0])["error.type"], "cancelled");
+    assert!(matches!(spans[0].status, Status::Error { .. }));
 }

@@ -27,11 +27,23 @@
 
 use http::HeaderMap;
 
-/// Whether a request or response is gRPC, by its `content-type`.
+/// Whether a request or response is gRPC, by its `content-type`: `application/grpc`, or with a
+/// `+proto`-style suffix or parameters. gRPC-Web (`application/grpc-web…`) carries its status
+/// in the body, not in trailers, and is traced as HTTP.
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+        .and_then(|value| value.as_bytes().strip_prefix(b"application/grpc"))
+        .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+}
+
+/// The span name of a gRPC path: `{package.Service}/{Method}`, or `gRPC` for a path that is
+/// not one (a caller must not be able to mint span names).
+pub(crate) fn span_name(path: &str) -> String {
+    match service_and_method(path) {
+        Some((service, method)) => format!("{service}/{method}"),
+        None => "gRPC".to_owned(),
+    }
 }
 
 /// `(rpc.service, rpc.method)` of a gRPC path `/{package.Service}/{Method}`.
@@ -107,6 +119,37 @@ mod tests {
         for (path, expected, reason) in cases {
             assert_eq!(service_and_method(path), expected, "{reason}");
         }
+    }
+
+    #[test]
+    fn content_types() {
+        let cases = [
+            ("application/grpc", true, "plain"),
+            ("application/grpc+proto", true, "with a codec suffix"),
+            ("application/grpc;charset=utf-8", true, "with a parameter"),
+            (
+                "application/grpc-web",
+                false,
+                "gRPC-Web keeps its status in the body",
+            ),
+            (
+                "application/grpc-web+proto",
+                false,
+                "gRPC-Web with a suffix",
+            ),
+            ("application/json", false, "not gRPC"),
+        ];
+        for (value, expected, reason) in cases {
+            let mut headers = HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, value.parse().expect("a value"));
+            assert_eq!(is_grpc(&headers), expected, "{reason}");
+        }
+        assert_eq!(span_name("/shop.Orders/Get"), "shop.Orders/Get");
+        assert_eq!(
+            span_name("/anything/the/caller/likes"),
+            "gRPC",
+            "no minted names"
+        );
     }
 
     #[test]

@@ -167,19 +167,44 @@ pub(crate) fn client_address<B>(request: &Request<B>) -> Option<String> {
     peer.map(|addr| addr.ip().to_string())
 }
 
-/// `url.full` of an outgoing request, without user name or password.
-pub(crate) fn url_full(uri: &Uri) -> String {
-    match uri.authority() {
-        Some(authority) if authority.as_str().contains('@') => {
-            let host = authority
-                .as_str()
-                .rsplit_once('@')
-                .map_or(authority.as_str(), |(_, host)| host);
-            let path = uri.path_and_query().map_or("", |p| p.as_str());
-            format!("{}://REDACTED:REDACTED@{host}{path}", scheme(uri))
-        }
-        _ => uri.to_string(),
+/// Query parameters whose values the semantic conventions ask to redact (signed-URL secrets).
+const SECRET_PARAMETERS: [&str; 4] = ["AWSAccessKeyId", "Signature", "sig", "X-Goog-Signature"];
+
+/// `query` with the values of [`SECRET_PARAMETERS`] replaced by `REDACTED`.
+pub(crate) fn redact_query(query: &str) -> std::borrow::Cow<'_, str> {
+    let secret = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        SECRET_PARAMETERS.contains(&name)
+    };
+    if !query.split('&').any(secret) {
+        return query.into();
     }
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if secret(pair) => format!("{name}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+        .into()
+}
+
+/// `url.full` of an outgoing request, without user name, password or signed-URL secrets.
+pub(crate) fn url_full(uri: &Uri) -> String {
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let (credentials, host) = match authority.rsplit_once('@') {
+        Some((_, host)) => ("REDACTED:REDACTED@", host),
+        None => ("", authority),
+    };
+    let query = uri
+        .query()
+        .map(|query| format!("?{}", redact_query(query)))
+        .unwrap_or_default();
+    if host.is_empty() {
+        return format!("{}{query}", uri.path());
+    }
+    format!("{}://{credentials}{host}{}{query}", scheme(uri), uri.path())
 }
 
 #[cfg(test)]

@@ -92,12 +92,20 @@ impl Completion {
     }
 
     /// The call failed before a response: `error_type` is a low-cardinality class
-    /// (`timeout`, an error type's name), `description` the error's message.
+    /// (`timeout`, `_OTHER`), `description` the error's message. A gRPC call gets the status
+    /// tonic would report: DEADLINE_EXCEEDED for a timeout, UNAVAILABLE for a client's
+    /// transport error, UNKNOWN for a server's error.
     pub(crate) fn failed(&mut self, error_type: &'static str, description: String) {
         if self.grpc {
-            self.set("rpc.grpc.status_code", 2_i64);
+            let code = match (error_type, self.side) {
+                ("timeout", _) => 4,
+                (_, Side::Client) => 14,
+                (_, Side::Server) => 2,
+            };
+            self.grpc_status_with(code, description);
+        } else {
+            self.fail(error_type, description);
         }
-        self.fail(error_type, description);
         self.stage = Stage::Done;
     }
 
@@ -113,9 +121,10 @@ impl Completion {
     fn body_failed(&mut self) {
         if self.stage != Stage::Done {
             if self.grpc {
-                self.set("rpc.grpc.status_code", 2_i64);
+                self.grpc_status_with(2, "the body failed".to_owned());
+            } else {
+                self.fail("body", "the body failed".to_owned());
             }
-            self.fail("body", "the body failed".to_owned());
             self.stage = Stage::Done;
         }
     }
@@ -129,9 +138,19 @@ impl Completion {
     }
 
     fn grpc_status(&mut self, code: i32) {
+        self.grpc_status_with(code, String::new());
+    }
+
+    /// Records a gRPC status; `error.type` is the code's name for every code but OK.
+    fn grpc_status_with(&mut self, code: i32, description: String) {
         self.set("rpc.grpc.status_code", i64::from(code));
         if code != 0 {
-            self.fail(grpc::code_name(code), String::new());
+            self.fail(grpc::code_name(code), description);
+        }
+        if code == 12 && self.side == Side::Server {
+            // UNIMPLEMENTED: the method does not exist, so its name is the caller's invention;
+            // keep it out of span names (the attributes keep the path).
+            self.cx.span().update_name("gRPC _OTHER");
         }
         self.stage = Stage::Done;
     }
@@ -140,12 +159,10 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         match self.stage {
-            Stage::Pending => {
-                if self.grpc {
-                    self.set("rpc.grpc.status_code", 1_i64);
-                }
-                self.fail("cancelled", "dropped before the response".to_owned());
+            Stage::Pending if self.grpc => {
+                self.grpc_status_with(1, "dropped before the response".to_owned());
             }
+            Stage::Pending => self.fail("cancelled", "dropped before the response".to_owned()),
             // The body was dropped before its status arrived: the peer went away.
             Stage::Streaming if self.grpc => self.grpc_status(1),
             Stage::Streaming | Stage::Done => {}
@@ -188,7 +205,14 @@ where
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        // Code that runs while a streaming body is polled (a server-streaming RPC, SSE) stays in
+        // the request's trace.
+        let attached = this
+            .completion
+            .as_ref()
+            .map(|completion| completion.context().clone().attach());
         let frame = ready!(this.inner.poll_frame(cx));
+        drop(attached);
         let finished = match &frame {
             Some(Ok(frame)) => match frame.trailers_ref() {
                 Some(trailers) => {

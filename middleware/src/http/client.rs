@@ -48,15 +48,24 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 /// # let _ = client;
 /// # }
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ClientLayer {
     propagation: Propagation,
 }
 
+impl Default for ClientLayer {
+    fn default() -> Self {
+        ClientLayer::new()
+    }
+}
+
 impl ClientLayer {
-    /// Injects W3C `traceparent`, `tracestate` and `baggage`.
+    /// Injects what [`Propagation::current`] says: W3C `traceparent`, `tracestate` and
+    /// `baggage` unless `init()` was told otherwise.
     pub fn new() -> Self {
-        ClientLayer::default()
+        ClientLayer {
+            propagation: Propagation::current(),
+        }
     }
 
     /// Injects with `propagation` instead (for example also B3 for a mesh).
@@ -173,7 +182,7 @@ fn grpc_span<B>(request: &Request<B>) -> SpanBuilder {
     let mut attributes = Vec::with_capacity(6);
     attributes::push_rpc(&mut attributes, path);
     attributes::push_server(&mut attributes, request);
-    SpanBuilder::from_name(path.strip_prefix('/').unwrap_or(path).to_owned())
+    SpanBuilder::from_name(grpc::span_name(path))
         .with_kind(SpanKind::Client)
         .with_attributes(attributes)
 }

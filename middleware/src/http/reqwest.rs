@@ -25,15 +25,24 @@ use crate::propagation::Propagation;
 ///     .build();
 /// # let _ = client;
 /// ```
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ReqwestTracing {
     propagation: Propagation,
 }
 
+impl Default for ReqwestTracing {
+    fn default() -> Self {
+        ReqwestTracing::new()
+    }
+}
+
 impl ReqwestTracing {
-    /// Injects W3C `traceparent`, `tracestate` and `baggage`.
+    /// Injects what [`Propagation::current`] says: W3C `traceparent`, `tracestate` and
+    /// `baggage` unless `init()` was told otherwise.
     pub fn new() -> Self {
-        ReqwestTracing::default()
+        ReqwestTracing {
+            propagation: Propagation::current(),
+        }
     }
 
     /// Injects with `propagation` instead.
@@ -85,14 +94,23 @@ impl Middleware for ReqwestTracing {
     }
 }
 
-/// The URL without user name and password.
+/// The URL without user name, password or signed-URL secrets.
 fn redacted(url: &reqwest::Url) -> String {
-    if url.username().is_empty() && url.password().is_none() {
+    let query = url.query().map(attributes::redact_query);
+    let changed = query
+        .as_ref()
+        .is_some_and(|q| matches!(q, std::borrow::Cow::Owned(_)));
+    if url.username().is_empty() && url.password().is_none() && !changed {
         return url.to_string();
     }
     let mut url = url.clone();
-    // Setting credentials only fails for URLs that cannot have them, which had none.
-    let _ = url.set_username("REDACTED");
-    let _ = url.set_password(Some("REDACTED"));
+    if !url.username().is_empty() || url.password().is_some() {
+        // Setting credentials only fails for URLs that cannot have them, which had none.
+        let _ = url.set_username("REDACTED");
+        let _ = url.set_password(Some("REDACTED"));
+    }
+    if changed {
+        url.set_query(query.as_deref());
+    }
     url.to_string()
 }

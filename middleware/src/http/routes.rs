@@ -4,7 +4,8 @@
 //! them; building `"GET /users/{id}"` and copying the route for every request were two of the
 //! allocations the server layer's profile showed, and with the batch processor freeing spans on
 //! its own thread every allocation also contends for the allocator's lock. The table is bounded
-//! ([`MAX_ROUTES`]): past it, names are built per request as before.
+//! ([`MAX_ROUTES`]) and shared by every layer of the process (a layer made per tenant or per
+//! test must not leak a set of names each): past the bound, names are built per request.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ struct Route {
     value: StringValue,
     names: RwLock<HashMap<&'static str, &'static str>>,
 }
+
+/// The process's table.
+pub(crate) static ROUTES: std::sync::LazyLock<Routes> = std::sync::LazyLock::new(Routes::default);
 
 /// The table.
 #[derive(Debug, Default)]

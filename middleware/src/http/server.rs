@@ -15,7 +15,7 @@ use tower::{Layer, Service};
 use super::attributes;
 use super::body::{Completion, Side, TracedBody};
 use super::request_id;
-use super::routes::Routes;
+use super::routes::ROUTES;
 use crate::grpc;
 use crate::propagation::{Propagation, w3c};
 use crate::tracer;
@@ -58,9 +58,9 @@ pub struct ServerLayer {
     config: Arc<Config>,
 }
 
+#[derive(Clone)]
 struct Config {
     propagation: Propagation,
-    routes: Routes,
     filter: PathFilter,
     response_traceparent: bool,
 }
@@ -86,8 +86,7 @@ impl ServerLayer {
     pub fn new() -> Self {
         ServerLayer {
             config: Arc::new(Config {
-                propagation: Propagation::default(),
-                routes: Routes::default(),
+                propagation: Propagation::current(),
                 filter: Arc::new(|path| !DEFAULT_UNTRACED_PATHS.contains(&path)),
                 response_traceparent: false,
             }),
@@ -95,7 +94,7 @@ impl ServerLayer {
     }
 
     fn config_mut(&mut self) -> &mut Config {
-        Arc::get_mut(&mut self.config).expect("configured before it is cloned")
+        Arc::make_mut(&mut self.config)
     }
 
     /// Uses `propagation` to read incoming headers (for example [`Propagation::none`] for a
@@ -161,6 +160,7 @@ impl<S: fmt::Debug> fmt::Debug for ServerService<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ServerService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: fmt::Display,
 {
     type Response = Response<TracedBody<ResBody>>;
     type Error = S::Error;
@@ -185,7 +185,7 @@ where
         let builder = if grpc {
             grpc_span(&request)
         } else {
-            http_span(&request, &self.config.routes)
+            http_span(&request)
         };
         let header_value = request_id.0.clone();
         let parent = self
@@ -208,7 +208,7 @@ where
 }
 
 /// The HTTP SERVER span of `request`.
-fn http_span<B>(request: &Request<B>, routes: &Routes) -> SpanBuilder {
+fn http_span<B>(request: &Request<B>) -> SpanBuilder {
     let (method, original) = attributes::method(request.method());
     let route = request
         .extensions()
@@ -225,7 +225,7 @@ fn http_span<B>(request: &Request<B>, routes: &Routes) -> SpanBuilder {
     }
     let name = match route {
         Some(route) => {
-            let (name, value) = routes.get(method, route);
+            let (name, value) = ROUTES.get(method, route);
             attributes.push(KeyValue::new("http.route", value));
             name
         }
@@ -233,7 +233,10 @@ fn http_span<B>(request: &Request<B>, routes: &Routes) -> SpanBuilder {
     };
     attributes.push(KeyValue::new("url.path", uri.path().to_owned()));
     if let Some(query) = uri.query() {
-        attributes.push(KeyValue::new("url.query", query.to_owned()));
+        attributes.push(KeyValue::new(
+            "url.query",
+            attributes::redact_query(query).into_owned(),
+        ));
     }
     attributes.push(KeyValue::new("url.scheme", attributes::scheme_static(uri)));
     attributes::push_common(&mut attributes, request);
@@ -248,7 +251,7 @@ fn grpc_span<B>(request: &Request<B>) -> SpanBuilder {
     let mut attributes = Vec::with_capacity(10);
     attributes::push_rpc(&mut attributes, path);
     attributes::push_common(&mut attributes, request);
-    SpanBuilder::from_name(path.strip_prefix('/').unwrap_or(path).to_owned())
+    SpanBuilder::from_name(grpc::span_name(path))
         .with_kind(SpanKind::Server)
         .with_attributes(attributes)
 }
@@ -275,6 +278,7 @@ impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    E: fmt::Display,
 {
     type Output = Result<Response<TracedBody<ResBody>>, E>;
 
@@ -307,10 +311,7 @@ where
             }
             Err(error) => {
                 if let Some(completion) = completion.as_mut() {
-                    completion.failed(
-                        std::any::type_name::<E>(),
-                        "the service returned an error".to_owned(),
-                    );
+                    completion.failed("_OTHER", error.to_string());
                 }
                 Poll::Ready(Err(error))
             }

@@ -46,6 +46,13 @@ fn valid_variables() {
     assert_eq!(t.protocol, Protocol::Grpc);
     assert_eq!(t.sampler, SamplerKind::ParentBasedTraceIdRatio(0.25));
     assert_eq!(t.log_format, LogFormat::Json);
+    let written: Vec<&str> =
+        opentelemetry::propagation::TextMapPropagator::fields(&t.propagation).collect();
+    assert_eq!(
+        written,
+        ["traceparent", "tracestate", "b3"],
+        "OTEL_PROPAGATORS is applied"
+    );
     let team = t.resource.iter().find(|kv| kv.key.as_str() == "team");
     assert_eq!(
         team.map(|kv| kv.value.to_string()),

@@ -151,6 +151,18 @@ impl Propagation {
         propagation
     }
 
+    /// The propagation [`init`](crate::init) installed (from `OTEL_PROPAGATORS` or the
+    /// builder), or else the default. The layers' `new()` start from it, so a layer made
+    /// before `init()` runs uses the default.
+    pub fn current() -> Self {
+        INSTALLED.get().cloned().unwrap_or_default()
+    }
+
+    /// Makes `self` what [`Propagation::current`] returns (once per process).
+    pub(crate) fn install(self) {
+        let _ = INSTALLED.set(self);
+    }
+
     /// Neither extracts nor injects anything: every request starts its own trace.
     pub fn none() -> Self {
         Propagation {
@@ -211,7 +223,12 @@ impl Propagation {
 
     /// The context carried by `headers`, as a child of an empty context.
     pub fn extract(&self, headers: &HeaderMap) -> Context {
-        self.extract_with_context(&Context::new(), &Headers(headers))
+        let headers = Headers {
+            map: headers,
+            tracestate: joined(headers, w3c::TRACESTATE),
+            baggage: joined(headers, BAGGAGE),
+        };
+        self.extract_with_context(&Context::new(), &headers)
     }
 
     /// Writes `cx`'s span and baggage into `headers` in the configured formats.
@@ -275,13 +292,36 @@ impl TextMapPropagator for Propagation {
 
 const BAGGAGE: &str = "baggage";
 
+/// The propagation `init()` installed.
+static INSTALLED: std::sync::OnceLock<Propagation> = std::sync::OnceLock::new();
+
 /// Reads an `http::HeaderMap` like `opentelemetry_http::HeaderExtractor`, with the names this
-/// crate asks for parsed once: `HeaderMap::get(&str)` parses and lowercases the name on every
-/// call, which showed up in the server layer's profile.
-struct Headers<'a>(&'a HeaderMap);
+/// crate asks for parsed once (`HeaderMap::get(&str)` parses and lowercases the name on every
+/// call, which showed up in the server layer's profile), and with several `tracestate` or
+/// `baggage` lines combined into one list as W3C says (the plain extractor reads the first).
+struct Headers<'a> {
+    map: &'a HeaderMap,
+    tracestate: Option<String>,
+    baggage: Option<String>,
+}
+
+/// The values of `name` joined with commas, when the header appears more than once.
+fn joined(map: &HeaderMap, name: &str) -> Option<String> {
+    let mut values = map.get_all(name).iter();
+    let first = values.next()?;
+    let second = values.next()?;
+    let all = [first, second].into_iter().chain(values);
+    let parts: Vec<&str> = all.filter_map(|value| value.to_str().ok()).collect();
+    Some(parts.join(","))
+}
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            w3c::TRACESTATE if self.tracestate.is_some() => return self.tracestate.as_deref(),
+            BAGGAGE if self.baggage.is_some() => return self.baggage.as_deref(),
+            _ => {}
+        }
         static NAMES: std::sync::LazyLock<[http::HeaderName; 8]> = std::sync::LazyLock::new(|| {
             [
                 "traceparent",
@@ -296,13 +336,13 @@ impl Extractor for Headers<'_> {
             .map(http::HeaderName::from_static)
         });
         let value = match NAMES.iter().find(|name| name.as_str() == key) {
-            Some(name) => self.0.get(name),
-            None => self.0.get(key),
+            Some(name) => self.map.get(name),
+            None => self.map.get(key),
         };
         value.and_then(|value| value.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
+        self.map.keys().map(http::HeaderName::as_str).collect()
     }
 }

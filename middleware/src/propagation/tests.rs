@@ -3,6 +3,8 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 
+use opentelemetry::propagation::TextMapPropagator;
+
 use super::{Format, Propagation};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -259,6 +261,22 @@ fn extraction_keeps_tracestate_and_baggage() {
 }
 
 #[test]
+fn several_tracestate_and_baggage_lines_are_one_list() {
+    let cx = Propagation::default().extract(&headers(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+        ("tracestate", "first=1"),
+        ("tracestate", "second=2"),
+        ("baggage", "a=1"),
+        ("baggage", "b=2"),
+    ]));
+    assert_eq!(
+        cx.span().span_context().trace_state().header(),
+        "first=1,second=2"
+    );
+    assert_eq!(cx.baggage().len(), 2, "both baggage lines");
+}
+
+#[test]
 fn propagation_none_extracts_nothing() {
     let cx = Propagation::none().extract(&headers(&[
         ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
@@ -335,8 +353,7 @@ fn injection_writes_the_configured_formats_only() {
             .collect();
         expected.sort();
         assert_eq!(written, expected, "{reason}");
-        let fields: Vec<&str> =
-            opentelemetry::propagation::TextMapPropagator::fields(&propagation).collect();
+        let fields: Vec<&str> = TextMapPropagator::fields(&propagation).collect();
         for (name, _) in &expected {
             assert!(
                 fields.contains(&name.as_str()),
@@ -407,4 +424,35 @@ fn otel_propagators_values() {
             "{reason}"
         );
     }
+    // What a valid value configures, by the headers it writes and what it reads.
+    let fields = |value: &str| -> Vec<String> {
+        let propagation = Propagation::from_otel_propagators(value).expect("valid");
+        TextMapPropagator::fields(&propagation)
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        fields(""),
+        ["traceparent", "tracestate", "baggage"],
+        "the default"
+    );
+    assert_eq!(
+        fields("b3multi,jaeger"),
+        [
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-sampled",
+            "uber-trace-id"
+        ]
+    );
+    assert!(fields("none").is_empty(), "none writes nothing");
+    let none = Propagation::from_otel_propagators("tracecontext,none").expect("valid");
+    let cx = none.extract(&headers(&[(
+        "traceparent",
+        &format!("00-{TRACE}-{SPAN}-01"),
+    )]));
+    assert!(
+        !cx.span().span_context().is_valid(),
+        "none reads nothing either"
+    );
 }
