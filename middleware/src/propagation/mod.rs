@@ -305,8 +305,27 @@ struct Headers<'a> {
     baggage: Option<String>,
 }
 
+/// The header names this crate reads, parsed once.
+fn header_name(key: &str) -> Option<&'static http::HeaderName> {
+    static NAMES: std::sync::LazyLock<[http::HeaderName; 8]> = std::sync::LazyLock::new(|| {
+        [
+            "traceparent",
+            "tracestate",
+            "baggage",
+            "b3",
+            "x-b3-traceid",
+            "x-b3-spanid",
+            "x-b3-sampled",
+            "uber-trace-id",
+        ]
+        .map(http::HeaderName::from_static)
+    });
+    NAMES.iter().find(|name| name.as_str() == key)
+}
+
 /// The values of `name` joined with commas, when the header appears more than once.
 fn joined(map: &HeaderMap, name: &str) -> Option<String> {
+    let name = header_name(name)?;
     let mut values = map.get_all(name).iter();
     let first = values.next()?;
     let second = values.next()?;
@@ -322,20 +341,7 @@ impl Extractor for Headers<'_> {
             BAGGAGE if self.baggage.is_some() => return self.baggage.as_deref(),
             _ => {}
         }
-        static NAMES: std::sync::LazyLock<[http::HeaderName; 8]> = std::sync::LazyLock::new(|| {
-            [
-                "traceparent",
-                "tracestate",
-                "baggage",
-                "b3",
-                "x-b3-traceid",
-                "x-b3-spanid",
-                "x-b3-sampled",
-                "uber-trace-id",
-            ]
-            .map(http::HeaderName::from_static)
-        });
-        let value = match NAMES.iter().find(|name| name.as_str() == key) {
+        let value = match header_name(key) {
             Some(name) => self.map.get(name),
             None => self.map.get(key),
         };
