@@ -24,6 +24,20 @@ pub(crate) fn method(method: &Method) -> (&'static str, Option<&str>) {
     (known, None)
 }
 
+/// Pushes `http.request.method` (and `http.request.method_original` for a non-standard
+/// method); returns the method's attribute value for the span name.
+pub(crate) fn push_method(attributes: &mut Vec<KeyValue>, request_method: &Method) -> &'static str {
+    let (known, original) = method(request_method);
+    attributes.push(KeyValue::new("http.request.method", known));
+    if let Some(original) = original {
+        attributes.push(KeyValue::new(
+            "http.request.method_original",
+            original.to_owned(),
+        ));
+    }
+    known
+}
+
 /// The span name of an HTTP span: `{method} {route}`, `{method}` without a route, and `HTTP`
 /// in place of a method outside the well-known set.
 pub(crate) fn span_name(method: &'static str, route: Option<&str>) -> String {

@@ -155,15 +155,8 @@ fn current_context() -> Context {
 }
 
 fn http_span<B>(request: &Request<B>) -> SpanBuilder {
-    let (method, original) = attributes::method(request.method());
     let mut attributes = Vec::with_capacity(8);
-    attributes.push(KeyValue::new("http.request.method", method));
-    if let Some(original) = original {
-        attributes.push(KeyValue::new(
-            "http.request.method_original",
-            original.to_owned(),
-        ));
-    }
+    let method = attributes::push_method(&mut attributes, request.method());
     attributes::push_server(&mut attributes, request);
     attributes.push(KeyValue::new(
         "url.full",

@@ -61,15 +61,8 @@ impl Middleware for ReqwestTracing {
         next: Next<'_>,
     ) -> Result<Response> {
         let url = request.url();
-        let (method, original) = attributes::method(request.method());
         let mut attributes = Vec::with_capacity(8);
-        attributes.push(KeyValue::new("http.request.method", method));
-        if let Some(original) = original {
-            attributes.push(KeyValue::new(
-                "http.request.method_original",
-                original.to_owned(),
-            ));
-        }
+        let method = attributes::push_method(&mut attributes, request.method());
         if let Some(host) = url.host_str() {
             attributes.push(KeyValue::new("server.address", host.to_owned()));
         }

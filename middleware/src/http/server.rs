@@ -209,20 +209,13 @@ where
 
 /// The HTTP SERVER span of `request`.
 fn http_span<B>(request: &Request<B>) -> SpanBuilder {
-    let (method, original) = attributes::method(request.method());
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map(|path| path.as_str());
     let uri = request.uri();
     let mut attributes = Vec::with_capacity(14);
-    attributes.push(KeyValue::new("http.request.method", method));
-    if let Some(original) = original {
-        attributes.push(KeyValue::new(
-            "http.request.method_original",
-            original.to_owned(),
-        ));
-    }
+    let method = attributes::push_method(&mut attributes, request.method());
     let name = match route {
         Some(route) => {
             let (name, value) = ROUTES.get(method, route);

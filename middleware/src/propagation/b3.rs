@@ -13,7 +13,9 @@
 //! (`parentbased_always_on`) would decide for a root.
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceId};
+
+use super::{is_lower_hex, remote_context};
 
 /// The single header.
 pub(crate) const SINGLE: &str = "b3";
@@ -60,7 +62,7 @@ pub(crate) fn extract_single(extractor: &dyn Extractor) -> Option<SpanContext> {
     if parts.next().is_some() {
         return None;
     }
-    context(trace_id, span_id, sampled)
+    remote_context(trace_id, span_id, sampled)
 }
 
 /// The span context of valid `X-B3-*` headers.
@@ -74,21 +76,11 @@ pub(crate) fn extract_multi(extractor: &dyn Extractor) -> Option<SpanContext> {
         Some("0" | "false") => debug,
         Some(_) => return None,
     };
-    context(trace_id, span_id, sampled || debug)
-}
-
-fn context(trace_id: TraceId, span_id: SpanId, sampled: bool) -> Option<SpanContext> {
-    let flags = if sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let context = SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE);
-    context.is_valid().then_some(context)
+    remote_context(trace_id, span_id, sampled || debug)
 }
 
 fn trace_id(field: &str) -> Option<TraceId> {
-    if !(field.len() == 16 || field.len() == 32) || !is_lower_hex(field) {
+    if !(field.len() == 16 || field.len() == 32) || !is_lower_hex(field.as_bytes()) {
         return None;
     }
     u128::from_str_radix(field, 16).ok().map(TraceId::from)
@@ -99,7 +91,7 @@ fn span_id(field: &str) -> Option<SpanId> {
 }
 
 fn span_id_any(field: &str) -> Option<u64> {
-    if field.len() != 16 || !is_lower_hex(field) {
+    if field.len() != 16 || !is_lower_hex(field.as_bytes()) {
         return None;
     }
     u64::from_str_radix(field, 16).ok()
@@ -111,10 +103,4 @@ fn sampling_state(field: &str) -> Option<bool> {
         "0" => Some(false),
         _ => None,
     }
-}
-
-fn is_lower_hex(field: &str) -> bool {
-    field
-        .bytes()
-        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }

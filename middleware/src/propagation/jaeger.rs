@@ -9,7 +9,9 @@
 //! in a URL encode the colons as `%3A`, which is accepted too.
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use opentelemetry::trace::{SpanContext, SpanId, TraceId};
+
+use super::remote_context;
 
 /// The header's name.
 pub(crate) const HEADER: &str = "uber-trace-id";
@@ -36,14 +38,7 @@ pub(crate) fn extract(extractor: &dyn Extractor) -> Option<SpanContext> {
     parse_hex(parent_id, 16)?;
     let flags = u8::try_from(parse_hex(flags, 2)?).ok()?;
     // Debug (bit 1) implies sampled.
-    let sampled = flags & 0b11 != 0;
-    let flags = if sampled {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
-    };
-    let context = SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE);
-    context.is_valid().then_some(context)
+    remote_context(trace_id, span_id, flags & 0b11 != 0)
 }
 
 /// Writes `context` as an `uber-trace-id` header (parent id `0`, flags `1` or `0`).

@@ -45,7 +45,7 @@ use http::HeaderMap;
 use opentelemetry::Context;
 use opentelemetry::propagation::text_map_propagator::FieldIter;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 
@@ -291,6 +291,24 @@ impl TextMapPropagator for Propagation {
 }
 
 const BAGGAGE: &str = "baggage";
+
+/// A remote parent from ids a B3 or Jaeger header carried; `None` when an id is zero.
+fn remote_context(trace_id: TraceId, span_id: SpanId, sampled: bool) -> Option<SpanContext> {
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let context = SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE);
+    context.is_valid().then_some(context)
+}
+
+/// Whether every byte of `field` is a lowercase hex digit.
+fn is_lower_hex(field: &[u8]) -> bool {
+    field
+        .iter()
+        .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+}
 
 /// The propagation `init()` installed.
 static INSTALLED: std::sync::OnceLock<Propagation> = std::sync::OnceLock::new();

@@ -12,6 +12,8 @@
 /// - a later version: at least 55 characters, and anything after the first 55 starts with `-`;
 /// - version `ff` is invalid, and every hex digit is lowercase;
 /// - an all-zero trace id or parent id is invalid.
+use super::is_lower_hex;
+
 pub(crate) fn is_valid_traceparent(value: &str) -> bool {
     let bytes = value.as_bytes();
     if bytes.len() < 55 {
@@ -39,12 +41,6 @@ pub(crate) fn is_valid_traceparent(value: &str) -> bool {
         && is_lower_hex(flags)
         && !all_zero(trace_id)
         && !all_zero(parent_id)
-}
-
-fn is_lower_hex(field: &[u8]) -> bool {
-    field
-        .iter()
-        .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn all_zero(field: &[u8]) -> bool {
