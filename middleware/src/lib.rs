@@ -27,6 +27,7 @@
 //!
 //! `docs/middleware.md` describes every option and the attributes of each span.
 
+pub mod balance;
 pub mod grpc;
 pub mod http;
 mod init;

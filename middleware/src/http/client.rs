@@ -17,6 +17,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::attributes;
 use super::body::{Completion, Side, TracedBody};
 use super::request_id::{self, RequestId};
+use crate::balance::Attempt;
 use crate::grpc;
 use crate::propagation::Propagation;
 use crate::tracer;
@@ -113,13 +114,27 @@ where
         } else {
             http_span(&request)
         };
+        let attempt = request.extensions().get::<Attempt>();
+        let deadline = attempt.map(|a| Box::pin(tokio::time::sleep_until(a.deadline)));
+        let builder = with_attempt(builder, attempt);
         let cx = start(builder, &self.propagation, request.headers_mut());
         let inner = self.inner.call(request);
         ClientFuture {
             inner,
             completion: Some(Completion::new(cx, Side::Client, grpc)),
+            deadline,
         }
     }
+}
+
+/// Adds how the balancer routed this attempt, if it did.
+pub(crate) fn with_attempt(mut builder: SpanBuilder, attempt: Option<&Attempt>) -> SpanBuilder {
+    if let Some(attempt) = attempt {
+        let mut attributes = builder.attributes.take().unwrap_or_default();
+        attempt.attributes(&mut attributes);
+        builder.attributes = Some(attributes);
+    }
+    builder
 }
 
 /// Starts the CLIENT span as a child of the current context and writes its trace context and
@@ -207,6 +222,8 @@ pin_project! {
         #[pin]
         inner: F,
         completion: Option<Completion>,
+        // The balancer's deadline for this attempt.
+        deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -227,7 +244,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = match this.inner.poll(cx) {
+            Poll::Ready(result) => result,
+            Poll::Pending => {
+                let Some(deadline) = this.deadline.as_mut() else {
+                    return Poll::Pending;
+                };
+                ready!(deadline.as_mut().poll(cx));
+                let error = tower::timeout::error::Elapsed::new();
+                if let Some(completion) = this.completion.as_mut() {
+                    completion.failed("timeout", error.to_string());
+                }
+                return Poll::Ready(Err(error.into()));
+            }
+        };
         let mut completion = this.completion.take();
         match result {
             Ok(response) => {

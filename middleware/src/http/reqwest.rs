@@ -8,7 +8,8 @@ use reqwest_middleware::{Middleware, Next, Result};
 
 use super::attributes;
 use super::body::{Completion, Side};
-use super::client::{error_type, start};
+use super::client::{error_type, start, with_attempt};
+use crate::balance::Attempt;
 use crate::propagation::Propagation;
 
 /// A [`reqwest_middleware::Middleware`] that opens a CLIENT span per request and writes its
@@ -73,6 +74,7 @@ impl Middleware for ReqwestTracing {
         let builder = SpanBuilder::from_name(attributes::route_less_name(method))
             .with_kind(SpanKind::Client)
             .with_attributes(attributes);
+        let builder = with_attempt(builder, extensions.get::<Attempt>());
         let cx = start(builder, &self.propagation, request.headers_mut());
         let mut completion = Completion::new(cx, Side::Client, false);
         let result = next.run(request, extensions).await;

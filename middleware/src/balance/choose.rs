@@ -1,0 +1,157 @@
+//! The choice per request: weighted power of two choices.
+//!
+//! Two candidates are drawn independently, each with probability proportional to its share
+//! (the collector's weight times the local slow-start ramp, or the ramp alone when the
+//! weights are stale), and the one with the lower local cost — Peak-EWMA round trip ×
+//! (requests in flight + 1), tower's `PeakEwma` load — gets the request; on a tie the first
+//! draw wins. When the local costs are equal the pick is exactly proportional to the shares
+//! (`P(i) = sᵢ² + Σⱼ≠ᵢ 2·sᵢ·sⱼ·½ = sᵢ`), so the central weights decide on average; when an
+//! endpoint is locally slower or busier it loses its comparisons, so the local view corrects
+//! the central weights within a request; and because the candidates are random, many clients
+//! with the same weights do not herd onto the same endpoint (Mitzenmacher's two choices, as
+//! tower's `balance::p2c` and Finagle use them; drawing by weight is how gRPC's weighted round
+//! robin (A58) and Envoy's weighted least-request spread unequal shares).
+
+/// One endpoint in a choice.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Candidate {
+    /// How likely it is drawn (any positive scale).
+    pub(crate) share: f64,
+    /// Its local cost; lower wins.
+    pub(crate) cost: f64,
+}
+
+/// The index of the chosen candidate; `None` when no candidate has a positive share.
+pub(crate) fn choose(candidates: &[Candidate], rng: &mut fastrand::Rng) -> Option<usize> {
+    let total: f64 = candidates
+        .iter()
+        .map(|c| c.share)
+        .filter(|s| *s > 0.0)
+        .sum();
+    if !(total > 0.0) {
+        return None;
+    }
+    let first = draw(candidates, total, rng);
+    let second = draw(candidates, total, rng);
+    if candidates[second].cost < candidates[first].cost {
+        Some(second)
+    } else {
+        Some(first)
+    }
+}
+
+/// One candidate drawn in proportion to its share.
+fn draw(candidates: &[Candidate], total: f64, rng: &mut fastrand::Rng) -> usize {
+    let mut point = rng.f64() * total;
+    let mut last = 0;
+    for (i, candidate) in candidates.iter().enumerate() {
+        if candidate.share <= 0.0 {
+            continue;
+        }
+        last = i;
+        if point < candidate.share {
+            return i;
+        }
+        point -= candidate.share;
+    }
+    // Rounding left the point past the end: the last positive share.
+    last
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pearson's χ² statistic of `counts` against `expected` shares.
+    fn chi_square(counts: &[u64], expected: &[f64]) -> f64 {
+        let n: u64 = counts.iter().sum();
+        let total: f64 = expected.iter().sum();
+        counts
+            .iter()
+            .zip(expected)
+            .map(|(&c, &e)| {
+                let e = e / total * n as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum()
+    }
+
+    #[test]
+    fn equal_costs_pick_in_proportion_to_the_shares() {
+        let shares = [0.5, 0.25, 0.15, 0.1];
+        let candidates: Vec<_> = shares
+            .iter()
+            .map(|&share| Candidate { share, cost: 1.0 })
+            .collect();
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut counts = [0u64; 4];
+        for _ in 0..20_000 {
+            counts[choose(&candidates, &mut rng).unwrap()] += 1;
+        }
+        // 3 degrees of freedom: P(χ² > 16.27) = 0.001.
+        let chi = chi_square(&counts, &shares);
+        assert!(chi < 16.27, "χ² = {chi:.2} for {counts:?}");
+    }
+
+    #[test]
+    fn a_costlier_endpoint_loses_its_comparisons() {
+        // Equal shares; the third has three requests in flight (4× the cost).
+        let candidates = [
+            Candidate {
+                share: 1.0,
+                cost: 1.0,
+            },
+            Candidate {
+                share: 1.0,
+                cost: 1.0,
+            },
+            Candidate {
+                share: 1.0,
+                cost: 4.0,
+            },
+        ];
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut counts = [0u64; 3];
+        for _ in 0..30_000 {
+            counts[choose(&candidates, &mut rng).unwrap()] += 1;
+        }
+        // It wins only when drawn twice: 1/9 of the picks instead of 1/3.
+        let share = counts[2] as f64 / 30_000.0;
+        assert!((share - 1.0 / 9.0).abs() < 0.01, "share {share:.3}");
+    }
+
+    #[test]
+    fn no_positive_share_chooses_nothing() {
+        let rows: [(&[Candidate], Option<usize>, &str); 3] = [
+            (&[], None, "no candidates"),
+            (
+                &[Candidate {
+                    share: 0.0,
+                    cost: 1.0,
+                }],
+                None,
+                "only a zero share",
+            ),
+            (
+                &[
+                    Candidate {
+                        share: 0.0,
+                        cost: 0.0,
+                    },
+                    Candidate {
+                        share: 2.0,
+                        cost: 9.0,
+                    },
+                ],
+                Some(1),
+                "a zero share is never drawn, however cheap",
+            ),
+        ];
+        let mut rng = fastrand::Rng::with_seed(1);
+        for (candidates, expected, reason) in rows {
+            for _ in 0..100 {
+                assert_eq!(choose(candidates, &mut rng), expected, "{reason}");
+            }
+        }
+    }
+}

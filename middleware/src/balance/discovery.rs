@@ -1,0 +1,291 @@
+//! Discovery from the collector: the weights of one service, from the gRPC `Watch` stream
+//! (`wayfinder.v1.Weights/Watch`), else from the HTTP long-poll
+//! (`GET /api/v1/weights/{service}?after_version=N&wait=…`).
+//!
+//! A session watches until the stream ends or fails, or until nothing (not even the half-TTL
+//! refresh) has come for a whole TTL; then the task reconnects after an exponential backoff
+//! with full jitter: a random wait in `[0, min(10 s, 100 ms × 2ⁿ)]` after the n-th session in a
+//! row that brought nothing (AWS's "full jitter", so that clients that lost the collector
+//! together do not come back together). A session that brought weights resets the count.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use tokio::sync::oneshot;
+use wayfinder_api::grpc;
+use wayfinder_api::grpc::weights_client::WeightsClient;
+use wayfinder_api::weights::{Endpoint, EndpointLatency, ServiceWeights};
+
+use super::balancer::Shared;
+
+/// Where the collector's query API is.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Collector {
+    pub(crate) grpc: Option<String>,
+    pub(crate) http: Option<String>,
+}
+
+/// How long to wait for a message when no TTL is known yet.
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs until the balancer is gone or `stop` fires.
+pub(crate) async fn run(
+    collector: Collector,
+    shared: Weak<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut idle_sessions = 0u32;
+    loop {
+        let got = tokio::select! {
+            got = session(&collector, &shared) => got,
+            _ = &mut stop => return,
+        };
+        if shared.strong_count() == 0 {
+            return;
+        }
+        if got {
+            idle_sessions = 0;
+        } else {
+            idle_sessions = idle_sessions.saturating_add(1);
+        }
+        let delay = full_jitter(reconnect_cap(idle_sessions.max(1)), fastrand::f64());
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// The backoff cap before the n-th reconnection (n ≥ 1): 100 ms × 2ⁿ⁻¹, at most 10 s.
+pub(crate) fn reconnect_cap(n: u32) -> Duration {
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+        .nth(n.saturating_sub(1) as usize)
+        .unwrap_or(Duration::from_secs(10))
+}
+
+/// A uniform draw in `[0, cap]` (`unit` in `[0, 1)`).
+pub(crate) fn full_jitter(cap: Duration, unit: f64) -> Duration {
+    cap.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// One session: gRPC first, the long-poll when gRPC cannot be had. Returns whether any
+/// weights (or a "nothing for this service") came.
+async fn session(collector: &Collector, shared: &Weak<Shared>) -> bool {
+    let mut got = false;
+    if let Some(url) = &collector.grpc {
+        match watch_grpc(url, shared, &mut got).await {
+            Ok(()) => return got,
+            Err(error) => {
+                tracing::debug!(%error, url, "weights watch failed");
+                if got {
+                    return got;
+                }
+            }
+        }
+    }
+    if let Some(url) = &collector.http
+        && let Err(error) = long_poll(url, shared, &mut got).await
+    {
+        tracing::debug!(%error, url, "weights long-poll failed");
+    }
+    got
+}
+
+fn service(shared: &Weak<Shared>) -> Option<String> {
+    shared.upgrade().map(|s| s.service.clone())
+}
+
+/// Applies an answer; `false` when the balancer is gone.
+fn apply(shared: &Weak<Shared>, weights: Option<&ServiceWeights>) -> bool {
+    match shared.upgrade() {
+        Some(shared) => {
+            shared.apply(weights);
+            true
+        }
+        None => false,
+    }
+}
+
+async fn watch_grpc(
+    url: &str,
+    shared: &Weak<Shared>,
+    got: &mut bool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Some(service) = service(shared) else {
+        return Ok(());
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await??;
+    let mut client = WeightsClient::new(channel);
+    let mut stream = client
+        .watch(grpc::WatchWeightsRequest {
+            service,
+            after_version: 0,
+        })
+        .await?
+        .into_inner();
+    let mut ttl = DEFAULT_TTL;
+    loop {
+        // Nothing for a whole TTL (the collector refreshes every half): reconnect.
+        let message = tokio::time::timeout(ttl, stream.message()).await;
+        let weights = match message {
+            Err(_) => return Err("no weights for a whole TTL".into()),
+            Ok(Err(status)) => return Err(status.into()),
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Ok(Some(message))) => from_message(message),
+        };
+        ttl = Duration::from_millis(weights.ttl_ms.max(1)).max(Duration::from_secs(1));
+        *got = true;
+        if !apply(shared, Some(&weights)) {
+            return Ok(());
+        }
+    }
+}
+
+async fn long_poll(
+    url: &str,
+    shared: &Weak<Shared>,
+    got: &mut bool,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let Some(service) = service(shared) else {
+        return Ok(());
+    };
+    let client = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()?;
+    let base = format!(
+        "{}/api/v1/weights/{}",
+        url.trim_end_matches('/'),
+        form_path(&service)
+    );
+    let mut after: Option<u64> = None;
+    let mut ttl = DEFAULT_TTL;
+    loop {
+        let wait = ttl / 2;
+        let url = match after {
+            None => base.clone(),
+            Some(v) => format!("{base}?after_version={v}&wait={}ms", wait.as_millis()),
+        };
+        let response = client
+            .get(&url)
+            .timeout(wait + CONNECT_TIMEOUT * 2)
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            200 => {
+                let weights: ServiceWeights = response.json().await?;
+                ttl = Duration::from_millis(weights.ttl_ms.max(1)).max(Duration::from_secs(1));
+                after = Some(weights.version);
+                *got = true;
+                if !apply(shared, Some(&weights)) {
+                    return Ok(());
+                }
+            }
+            404 => {
+                *got = true;
+                if !apply(shared, None) {
+                    return Ok(());
+                }
+                // Wait for the service to appear.
+                after = Some(after.unwrap_or(0));
+            }
+            status => return Err(format!("weights answered {status}").into()),
+        }
+    }
+}
+
+/// A service name as one path segment.
+fn form_path(service: &str) -> String {
+    service
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The JSON form of a `Watch` message.
+pub(crate) fn from_message(message: grpc::ServiceWeights) -> ServiceWeights {
+    ServiceWeights {
+        service: message.service,
+        version: message.version,
+        generated_at: message.generated_at,
+        ttl_ms: message.ttl_ms,
+        endpoints: message
+            .endpoints
+            .into_iter()
+            .map(|e| {
+                let latency = e.latency_ms.unwrap_or_default();
+                Endpoint {
+                    instance_id: e.instance_id,
+                    address: (!e.address.is_empty()).then_some(e.address),
+                    weight: e.weight,
+                    health: e.health,
+                    latency_ms: EndpointLatency {
+                        p50: latency.p50,
+                        p90: latency.p90,
+                        p99: latency.p99,
+                        ewma: latency.ewma,
+                    },
+                    error_rate: e.error_rate,
+                    requests_per_sec: e.requests_per_sec,
+                    reason: e.reason,
+                }
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoff_doubles_to_its_cap_under_full_jitter() {
+        let rows = [
+            (1, 100, "the first reconnection waits up to 100 ms"),
+            (2, 200, "then twice that"),
+            (5, 1600, "doubling each time"),
+            (8, 10_000, "capped at 10 s"),
+            (40, 10_000, "and stays capped"),
+        ];
+        for (n, cap_ms, reason) in rows {
+            let cap = reconnect_cap(n).as_secs_f64() * 1000.0;
+            assert_eq!(cap.round() as u64, cap_ms, "{reason}");
+        }
+        let cap = Duration::from_secs(1);
+        assert_eq!(
+            full_jitter(cap, 0.0),
+            Duration::ZERO,
+            "full jitter starts at 0"
+        );
+        assert_eq!(
+            full_jitter(cap, 0.5),
+            cap / 2,
+            "and is uniform under the cap"
+        );
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..1000 {
+            assert!(full_jitter(cap, rng.f64()) <= cap, "never past the cap");
+        }
+    }
+
+    #[test]
+    fn service_names_are_escaped_in_the_path() {
+        assert_eq!(form_path("cart"), "cart");
+        assert_eq!(form_path("a b/c"), "a%20b%2Fc");
+    }
+}
