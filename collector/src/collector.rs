@@ -11,7 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::IngestQueue;
 use crate::query::http::ApiState;
@@ -21,7 +21,7 @@ use crate::receivers::{Ingest, http as otlp_http};
 use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
-use crate::weights::{WeightsConfig, WeightsEngine, WeightsMetrics};
+use crate::weights::{WeightsEngine, WeightsMetrics};
 
 /// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
 const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
@@ -60,6 +60,9 @@ pub enum StartError {
     /// The query threads could not be started.
     #[error("cannot start the query threads: {0}")]
     Runtime(std::io::Error),
+    /// A setting is outside its range (see [`Config::validate`]).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
 }
 
 /// A running collector. Dropping it stops nothing; call [`RunningCollector::shutdown`].
@@ -95,6 +98,9 @@ impl Collector {
     /// Binds every listener, then starts the receivers, the pipeline, the store's upkeep and
     /// the query API.
     pub async fn start(config: Config) -> Result<RunningCollector, StartError> {
+        // A `Config` built in code has not been through `Config::resolve`; out-of-range rule
+        // parameters would make updates panic (`f64::clamp` with crossed bounds) or publish NaN.
+        config.validate()?;
         let grpc_listener = bind("otlp-grpc", config.otlp_grpc).await?;
         let http_listener = bind("otlp-http", config.otlp_http).await?;
         let query_listener = bind("query-http", config.query_http).await?;
@@ -141,14 +147,7 @@ impl Collector {
             metrics.register_collector(Box::new(TopologyMetrics(topology.clone())));
             topology
         });
-        let weights = Arc::new(WeightsEngine::new(
-            WeightsConfig {
-                update_period: config.weight_update_period,
-                window: config.weight_window,
-                ..WeightsConfig::default()
-            },
-            clock,
-        ));
+        let weights = Arc::new(WeightsEngine::new(config.weights(), clock));
         metrics.register_collector(Box::new(WeightsMetrics(weights.clone())));
         let engine = QueryEngine::new(store.clone(), limits, metrics.clone())
             .map_err(StartError::Runtime)?

@@ -22,8 +22,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::weights::{RuleConfig, WeightsConfig};
+
 /// The resolved configuration of one collector.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Config {
     /// Where OTLP/gRPC is served.
@@ -63,10 +65,34 @@ pub struct Config {
     pub weight_update_period: Duration,
     /// The sliding window of latency and errors the weights are computed from.
     pub weight_window: Duration,
+    /// How long published weights hold without a newer answer (`ttl_ms`); `Watch` resends
+    /// unchanged weights, and a long-poll waits at most, half of it. Longer than
+    /// `weight_update_period`.
+    pub weight_ttl: Duration,
+    /// `γ`: how strongly weight follows speed, `w ∝ (L_ref / L)^γ`; greater than 0.
+    pub weight_gamma: f64,
+    /// `k`: how much errors count, `L · (1 + k · err)`; 0 or more.
+    pub weight_error_penalty: f64,
+    /// Largest change of an instance's multiplier per update (×step or ÷step); 1 or more.
+    pub weight_max_step: f64,
+    /// Changes of a target smaller than this ratio are ignored; 1 or more (1: no deadband).
+    pub weight_deadband: f64,
+    /// Lowest weight, as a share of the mean weight; in (0, 1].
+    pub weight_min_factor: f64,
+    /// Highest weight, as a multiple of the mean weight; 1 or more.
+    pub weight_max_factor: f64,
+    /// Below this many requests in the window an instance gets the mean weight.
+    pub weight_min_requests: u64,
+    /// How long a new (or returning) instance ramps up; 0 turns slow start off.
+    pub weight_slow_start: Duration,
+    /// Largest share of a service's instances ejected (weight 0) at once; in [0, 1].
+    pub weight_max_ejection: f64,
 }
 
 impl Default for Config {
     fn default() -> Self {
+        let weights = WeightsConfig::default();
+        let rule = RuleConfig::default();
         Self {
             otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
             otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
@@ -84,8 +110,18 @@ impl Default for Config {
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
             deregister_after: Duration::from_secs(60),
-            weight_update_period: Duration::from_secs(1),
-            weight_window: Duration::from_secs(30),
+            weight_update_period: weights.update_period,
+            weight_window: weights.window,
+            weight_ttl: weights.ttl,
+            weight_gamma: rule.gamma,
+            weight_error_penalty: rule.error_penalty,
+            weight_max_step: rule.max_step,
+            weight_deadband: rule.deadband,
+            weight_min_factor: rule.min_factor,
+            weight_max_factor: rule.max_factor,
+            weight_min_requests: rule.min_requests,
+            weight_slow_start: rule.slow_start,
+            weight_max_ejection: rule.max_ejection,
         }
     }
 }
@@ -153,6 +189,36 @@ pub struct ServeArgs {
     /// The sliding window the weights are computed from [default: 30s].
     #[arg(long, env = "WAYFINDER_WEIGHT_WINDOW", value_parser = parse_duration)]
     pub weight_window: Option<Duration>,
+    /// How long published weights hold without a newer answer [default: 60s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_TTL", value_parser = parse_duration)]
+    pub weight_ttl: Option<Duration>,
+    /// How strongly weight follows speed, `(L_ref / L)^gamma`, > 0 [default: 1].
+    #[arg(long, env = "WAYFINDER_WEIGHT_GAMMA")]
+    pub weight_gamma: Option<f64>,
+    /// How much errors inflate latency, `L · (1 + k · err)`, >= 0 [default: 10].
+    #[arg(long, env = "WAYFINDER_WEIGHT_ERROR_PENALTY")]
+    pub weight_error_penalty: Option<f64>,
+    /// Largest change of a weight per update, as a ratio, >= 1 [default: 1.25].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MAX_STEP")]
+    pub weight_max_step: Option<f64>,
+    /// Changes of a target within this ratio are ignored, >= 1 [default: 1.05].
+    #[arg(long, env = "WAYFINDER_WEIGHT_DEADBAND")]
+    pub weight_deadband: Option<f64>,
+    /// Lowest weight as a share of the mean, in (0, 1] [default: 0.1].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MIN_FACTOR")]
+    pub weight_min_factor: Option<f64>,
+    /// Highest weight as a multiple of the mean, >= 1 [default: 10].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MAX_FACTOR")]
+    pub weight_max_factor: Option<f64>,
+    /// Requests in the window below which an instance gets the mean weight [default: 10].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MIN_REQUESTS")]
+    pub weight_min_requests: Option<u64>,
+    /// How long new instances ramp up; 0s turns it off [default: 30s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_SLOW_START", value_parser = parse_duration)]
+    pub weight_slow_start: Option<Duration>,
+    /// Largest share of a service's instances ejected at once, in [0, 1] [default: 0.5].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MAX_EJECTION")]
+    pub weight_max_ejection: Option<f64>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,
@@ -180,6 +246,16 @@ struct FileConfig {
     deregister_after: Option<String>,
     weight_update_period: Option<String>,
     weight_window: Option<String>,
+    weight_ttl: Option<String>,
+    weight_gamma: Option<f64>,
+    weight_error_penalty: Option<f64>,
+    weight_max_step: Option<f64>,
+    weight_deadband: Option<f64>,
+    weight_min_factor: Option<f64>,
+    weight_max_factor: Option<f64>,
+    weight_min_requests: Option<u64>,
+    weight_slow_start: Option<String>,
+    weight_max_ejection: Option<f64>,
     log_level: Option<String>,
 }
 
@@ -221,6 +297,14 @@ pub enum ConfigError {
         /// What was wrong.
         message: String,
     },
+    /// A setting (from a flag, the environment, the file or the code) is outside its range.
+    #[error("invalid `{key}` (`--{}`): {message}", .key.replace('_', "-"))]
+    Invalid {
+        /// The setting, as its file key.
+        key: &'static str,
+        /// What was wrong.
+        message: String,
+    },
 }
 
 impl Config {
@@ -258,7 +342,7 @@ impl Config {
                         message,
                     })
             };
-        Ok(Config {
+        let config = Config {
             otlp_grpc: args
                 .otlp_grpc
                 .or(file.otlp_grpc)
@@ -335,7 +419,137 @@ impl Config {
                 .weight_window
                 .or(duration("weight_window", &file.weight_window)?)
                 .unwrap_or(defaults.weight_window),
-        })
+            weight_ttl: args
+                .weight_ttl
+                .or(duration("weight_ttl", &file.weight_ttl)?)
+                .unwrap_or(defaults.weight_ttl),
+            weight_gamma: args
+                .weight_gamma
+                .or(file.weight_gamma)
+                .unwrap_or(defaults.weight_gamma),
+            weight_error_penalty: args
+                .weight_error_penalty
+                .or(file.weight_error_penalty)
+                .unwrap_or(defaults.weight_error_penalty),
+            weight_max_step: args
+                .weight_max_step
+                .or(file.weight_max_step)
+                .unwrap_or(defaults.weight_max_step),
+            weight_deadband: args
+                .weight_deadband
+                .or(file.weight_deadband)
+                .unwrap_or(defaults.weight_deadband),
+            weight_min_factor: args
+                .weight_min_factor
+                .or(file.weight_min_factor)
+                .unwrap_or(defaults.weight_min_factor),
+            weight_max_factor: args
+                .weight_max_factor
+                .or(file.weight_max_factor)
+                .unwrap_or(defaults.weight_max_factor),
+            weight_min_requests: args
+                .weight_min_requests
+                .or(file.weight_min_requests)
+                .unwrap_or(defaults.weight_min_requests),
+            weight_slow_start: args
+                .weight_slow_start
+                .or(duration("weight_slow_start", &file.weight_slow_start)?)
+                .unwrap_or(defaults.weight_slow_start),
+            weight_max_ejection: args
+                .weight_max_ejection
+                .or(file.weight_max_ejection)
+                .unwrap_or(defaults.weight_max_ejection),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings that have a range (the weight rule's, the weights' TTL); `resolve`
+    /// and [`Collector::start`](crate::Collector::start) call it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        // NaN fails every comparison, so each check below refuses it too.
+        let at_least = |key: &'static str, value: f64, lo: f64| {
+            if value.is_finite() && value >= lo {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("must be a number of at least {lo}, not {value}"),
+                ))
+            }
+        };
+        let within = |key: &'static str, value: f64, lo_open: bool, lo: f64, hi: f64| {
+            let above_lo = if lo_open { value > lo } else { value >= lo };
+            if above_lo && value <= hi {
+                Ok(())
+            } else {
+                let open = if lo_open { '(' } else { '[' };
+                Err(invalid(
+                    key,
+                    format!("must be within {open}{lo}, {hi}], not {value}"),
+                ))
+            }
+        };
+        if !(self.weight_gamma.is_finite() && self.weight_gamma > 0.0) {
+            return Err(invalid(
+                "weight_gamma",
+                format!("must be a number greater than 0, not {}", self.weight_gamma),
+            ));
+        }
+        at_least("weight_error_penalty", self.weight_error_penalty, 0.0)?;
+        at_least("weight_max_step", self.weight_max_step, 1.0)?;
+        at_least("weight_deadband", self.weight_deadband, 1.0)?;
+        within("weight_min_factor", self.weight_min_factor, true, 0.0, 1.0)?;
+        at_least("weight_max_factor", self.weight_max_factor, 1.0)?;
+        within(
+            "weight_max_ejection",
+            self.weight_max_ejection,
+            false,
+            0.0,
+            1.0,
+        )?;
+        if self.weight_ttl < Duration::from_millis(1) {
+            return Err(invalid(
+                "weight_ttl",
+                format!(
+                    "must be at least 1ms (it is sent in milliseconds), not {}",
+                    humantime::format_duration(self.weight_ttl)
+                ),
+            ));
+        }
+        if self.weight_ttl <= self.weight_update_period {
+            return Err(invalid(
+                "weight_ttl",
+                format!(
+                    "must be longer than weight_update_period ({}), not {}",
+                    humantime::format_duration(self.weight_update_period),
+                    humantime::format_duration(self.weight_ttl)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The weights engine's configuration.
+    pub fn weights(&self) -> WeightsConfig {
+        WeightsConfig {
+            update_period: self.weight_update_period,
+            window: self.weight_window,
+            ttl: self.weight_ttl,
+            rule: RuleConfig {
+                gamma: self.weight_gamma,
+                error_penalty: self.weight_error_penalty,
+                max_step: self.weight_max_step,
+                deadband: self.weight_deadband,
+                min_factor: self.weight_min_factor,
+                max_factor: self.weight_max_factor,
+                min_requests: self.weight_min_requests,
+                slow_start: self.weight_slow_start,
+                max_ejection: self.weight_max_ejection,
+            },
+            ..WeightsConfig::default()
+        }
     }
 
     /// The log filter: the flag or `RUST_LOG`, else the file's `log_level`, else `info`.
@@ -467,6 +681,353 @@ mod tests {
             Config::resolve(&missing),
             Err(ConfigError::Read { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The weight settings, by file key.
+    const WEIGHT_KEYS: [&str; 10] = [
+        "weight_ttl",
+        "weight_gamma",
+        "weight_error_penalty",
+        "weight_max_step",
+        "weight_deadband",
+        "weight_min_factor",
+        "weight_max_factor",
+        "weight_min_requests",
+        "weight_slow_start",
+        "weight_max_ejection",
+    ];
+
+    fn resolve(flags: &[&str]) -> Result<Config, ConfigError> {
+        let args = ServeArgs::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("the flags parse");
+        Config::resolve(&args)
+    }
+
+    #[test]
+    fn the_weight_defaults_are_the_engines() {
+        let config = Config::default();
+        assert_eq!(config.weights(), WeightsConfig::default());
+        assert_eq!(resolve(&[]).unwrap(), config, "nothing set: the defaults");
+        config.validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn every_weight_setting_has_a_flag_an_env_var_and_a_file_key() {
+        use clap::CommandFactory as _;
+        let command = ServeArgs::command();
+        for key in WEIGHT_KEYS {
+            let flag = key.replace('_', "-");
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(flag.as_str()))
+                .unwrap_or_else(|| panic!("--{flag} exists"));
+            let env = format!("WAYFINDER_{}", key.to_uppercase());
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(env.as_str()),
+                "--{flag} reads {env}"
+            );
+            assert!(
+                arg.get_help()
+                    .is_some_and(|h| h.to_string().contains("[default: ")),
+                "--{flag} says its default"
+            );
+        }
+        let file = "weight_ttl = \"2m\"\nweight_gamma = 2\nweight_error_penalty = 5.5\n\
+                    weight_max_step = 1.5\nweight_deadband = 1.1\nweight_min_factor = 0.2\n\
+                    weight_max_factor = 5.0\nweight_min_requests = 20\n\
+                    weight_slow_start = \"1m\"\nweight_max_ejection = 0.25\n";
+        for key in WEIGHT_KEYS {
+            assert!(
+                file.contains(&format!("{key} = ")),
+                "the file below sets {key}"
+            );
+        }
+        let parsed: FileConfig = toml::from_str(file).expect("every key is known");
+        assert_eq!(parsed.weight_gamma, Some(2.0), "an integer is a float too");
+        let dir =
+            std::env::temp_dir().join(format!("wayfinder-config-weights-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wayfinder.toml");
+        std::fs::write(&path, file).unwrap();
+        let config = resolve(&["--config", path.to_str().unwrap(), "--weight-gamma", "3"]).unwrap();
+        let rule = config.weights().rule;
+        assert_eq!(config.weights().ttl, Duration::from_secs(120));
+        assert_eq!(rule.gamma, 3.0, "the flag beats the file");
+        assert_eq!(rule.error_penalty, 5.5);
+        assert_eq!(rule.max_step, 1.5);
+        assert_eq!(rule.deadband, 1.1);
+        assert_eq!(rule.min_factor, 0.2);
+        assert_eq!(rule.max_factor, 5.0);
+        assert_eq!(rule.min_requests, 20);
+        assert_eq!(rule.slow_start, Duration::from_secs(60));
+        assert_eq!(rule.max_ejection, 0.25);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A row of a table of valid settings: the flags, what the configuration must then say, and
+    /// why the value is valid.
+    type Valid = (&'static [&'static str], fn(&Config) -> bool, &'static str);
+
+    #[test]
+    fn weight_settings_in_range_are_taken() {
+        let cases: [Valid; 14] = [
+            (
+                &["--weight-ttl", "10m"],
+                |c| c.weight_ttl == Duration::from_secs(600),
+                "a longer TTL",
+            ),
+            (
+                &["--weight-ttl", "2s"],
+                |c| c.weight_ttl == Duration::from_secs(2),
+                "a TTL just longer than the update period",
+            ),
+            (
+                &["--weight-gamma", "0.5"],
+                |c| c.weight_gamma == 0.5,
+                "a gentler rule",
+            ),
+            (
+                &["--weight-gamma", "3"],
+                |c| c.weight_gamma == 3.0,
+                "a sharper rule",
+            ),
+            (
+                &["--weight-error-penalty", "0"],
+                |c| c.weight_error_penalty == 0.0,
+                "errors may be ignored",
+            ),
+            (
+                &["--weight-max-step", "1"],
+                |c| c.weight_max_step == 1.0,
+                "a step of 1 holds",
+            ),
+            (
+                &["--weight-deadband", "1"],
+                |c| c.weight_deadband == 1.0,
+                "no deadband",
+            ),
+            (
+                &["--weight-min-factor", "1"],
+                |c| c.weight_min_factor == 1.0,
+                "no trickle below the mean",
+            ),
+            (
+                &["--weight-min-factor", "1", "--weight-max-factor", "1"],
+                |c| c.weight_min_factor == 1.0 && c.weight_max_factor == 1.0,
+                "every weight the mean: balancing off",
+            ),
+            (
+                &["--weight-min-requests", "0"],
+                |c| c.weight_min_requests == 0,
+                "any volume counts",
+            ),
+            (
+                &["--weight-slow-start", "0s"],
+                |c| c.weight_slow_start.is_zero(),
+                "slow start off",
+            ),
+            (
+                &["--weight-max-ejection", "0"],
+                |c| c.weight_max_ejection == 0.0,
+                "never eject",
+            ),
+            (
+                &["--weight-max-ejection", "1"],
+                |c| c.weight_max_ejection == 1.0,
+                "eject all critical but one",
+            ),
+            (
+                &["--weight-update-period", "100ms", "--weight-ttl", "200ms"],
+                |c| c.weight_ttl == Duration::from_millis(200),
+                "a short TTL with a shorter update period",
+            ),
+        ];
+        for (flags, check, reason) in cases {
+            let config = resolve(flags).unwrap_or_else(|e| panic!("{reason}: {e}"));
+            assert!(check(&config), "{reason}: {config:?}");
+        }
+    }
+
+    #[test]
+    fn weight_settings_out_of_range_are_clear_errors() {
+        let cases: [(&[&str], &str, &str, &str); 20] = [
+            (
+                &["--weight-ttl", "0s"],
+                "weight_ttl",
+                "at least 1ms",
+                "a zero TTL",
+            ),
+            (
+                &["--weight-ttl", "1s"],
+                "weight_ttl",
+                "longer than weight_update_period (1s)",
+                "weights stale before the next update",
+            ),
+            (
+                &["--weight-gamma", "0"],
+                "weight_gamma",
+                "greater than 0",
+                "gamma 0: every weight equal",
+            ),
+            (
+                &["--weight-gamma=-1"],
+                "weight_gamma",
+                "greater than 0",
+                "a negative gamma favours slow ones",
+            ),
+            (&["--weight-gamma", "NaN"], "weight_gamma", "not NaN", "NaN"),
+            (
+                &["--weight-gamma", "inf"],
+                "weight_gamma",
+                "not inf",
+                "infinity",
+            ),
+            (
+                &["--weight-error-penalty=-1"],
+                "weight_error_penalty",
+                "at least 0",
+                "a negative penalty makes failures fast",
+            ),
+            (
+                &["--weight-max-step", "0.9"],
+                "weight_max_step",
+                "at least 1",
+                "a step below 1",
+            ),
+            (
+                &["--weight-max-step", "NaN"],
+                "weight_max_step",
+                "not NaN",
+                "NaN step",
+            ),
+            (
+                &["--weight-deadband", "0.95"],
+                "weight_deadband",
+                "at least 1",
+                "a deadband below 1",
+            ),
+            (
+                &["--weight-min-factor", "0"],
+                "weight_min_factor",
+                "within (0, 1]",
+                "no floor: no probes",
+            ),
+            (
+                &["--weight-min-factor", "1.5"],
+                "weight_min_factor",
+                "within (0, 1]",
+                "a floor above the mean",
+            ),
+            (
+                &["--weight-min-factor", "NaN"],
+                "weight_min_factor",
+                "not NaN",
+                "NaN floor",
+            ),
+            (
+                &["--weight-max-factor", "0.5"],
+                "weight_max_factor",
+                "at least 1",
+                "a ceiling below the mean",
+            ),
+            (
+                &["--weight-max-factor", "inf"],
+                "weight_max_factor",
+                "not inf",
+                "no ceiling",
+            ),
+            (
+                &["--weight-max-ejection=-0.1"],
+                "weight_max_ejection",
+                "within [0, 1]",
+                "a negative share",
+            ),
+            (
+                &["--weight-max-ejection", "1.5"],
+                "weight_max_ejection",
+                "within [0, 1]",
+                "more than every instance",
+            ),
+            (
+                &["--weight-max-ejection", "NaN"],
+                "weight_max_ejection",
+                "not NaN",
+                "NaN share",
+            ),
+            (
+                &["--weight-update-period", "5s", "--weight-ttl", "5s"],
+                "weight_ttl",
+                "longer than weight_update_period (5s)",
+                "a TTL equal to the update period",
+            ),
+            (
+                &[
+                    "--weight-window",
+                    "1m",
+                    "--weight-gamma",
+                    "0",
+                    "--weight-max-step",
+                    "0",
+                ],
+                "weight_gamma",
+                "greater than 0",
+                "the first bad setting is named",
+            ),
+        ];
+        for (flags, key, expected, reason) in cases {
+            let err = resolve(flags).expect_err(reason);
+            assert!(
+                matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key),
+                "{reason}: names {key}, got {err:?}"
+            );
+            let text = err.to_string();
+            let flag = format!("--{}", key.replace('_', "-"));
+            assert!(
+                text.contains(expected) && text.contains(&flag),
+                "{reason}: got {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_weight_values_in_the_file_are_refused_too() {
+        let dir = std::env::temp_dir().join(format!(
+            "wayfinder-config-bad-weights-{}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cases = [
+            (
+                "weight_deadband = 0.5\n",
+                "`weight_deadband`",
+                "out of range in the file",
+            ),
+            (
+                "weight_ttl = \"never\"\n",
+                "`weight_ttl`",
+                "a bad duration names its key",
+            ),
+            (
+                "weight_gamma = \"big\"\n",
+                "invalid type",
+                "a number, not a string",
+            ),
+            (
+                "weight_min_requests = -1\n",
+                "weight_min_requests",
+                "a count is not negative",
+            ),
+        ];
+        for (i, (text, expected, reason)) in cases.iter().enumerate() {
+            let path = dir.join(format!("{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let err = resolve(&["--config", path.to_str().unwrap()])
+                .expect_err(reason)
+                .to_string();
+            assert!(err.contains(expected), "{reason}: got {err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -11,10 +11,6 @@ use wayfinder_api::weights::ServiceWeights;
 
 use super::http::{ApiError, ApiState};
 
-/// The longest long-poll wait: half the weights' default TTL, so that a client that long-polls
-/// in a loop always holds weights younger than their TTL.
-const MAX_WAIT: Duration = Duration::from_secs(30);
-
 /// The query of `GET /api/v1/weights/{service}`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct WeightsQuery {
@@ -27,11 +23,14 @@ pub(crate) async fn get_weights(
     Path(service): Path<String>,
     Query(query): Query<WeightsQuery>,
 ) -> Result<Json<Arc<ServiceWeights>>, ApiError> {
+    // The longest wait is half the TTL, so that a client that long-polls in a loop always
+    // holds weights younger than their TTL.
+    let max_wait = state.weights.config().ttl / 2;
     let wait = match query.wait.as_deref() {
         None => Duration::ZERO,
         Some(text) => crate::config::parse_duration(text)
             .map_err(ApiError::BadRequest)?
-            .min(MAX_WAIT),
+            .min(max_wait),
     };
     let unknown = || ApiError::NotFound(format!("no instances of service {service} are known"));
     let mut updates = state.weights.subscribe();
