@@ -28,7 +28,7 @@ pub(crate) fn choose(candidates: &[Candidate], rng: &mut fastrand::Rng) -> Optio
         .map(|c| c.share)
         .filter(|s| *s > 0.0)
         .sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return None;
     }
     let first = draw(candidates, total, rng);

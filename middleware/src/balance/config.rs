@@ -109,7 +109,7 @@ impl BalanceConfig {
                 self.max_ejection_share
             ));
         }
-        if !(self.failure_penalty >= 1.0) {
+        if self.failure_penalty.is_nan() || self.failure_penalty < 1.0 {
             return Err(format!(
                 "failure_penalty must be at least 1, not {}",
                 self.failure_penalty

@@ -337,7 +337,10 @@ fn balancer_with_one() -> Balancer {
 
 /// What the inner service saw.
 #[derive(Clone, Default)]
-struct Seen(Arc<Mutex<Vec<(String, http::Method, Instant, Option<Attempt>)>>>);
+struct Seen(Arc<Mutex<Vec<Sent>>>);
+
+/// One attempt as the inner service saw it: authority, method, when, and the attempt's data.
+type Sent = (String, http::Method, Instant, Option<Attempt>);
 
 impl Seen {
     fn authorities(&self) -> Vec<String> {
