@@ -1,6 +1,7 @@
 //! A synthetic fleet for the weights benchmarks: `services × instances` registered instances
 //! and one second of their SERVER-span facts at a time.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use wayfinder_collector::decode::{SpanFacts, SpanKind};
@@ -44,4 +45,37 @@ pub fn second_of_traffic(fleet: &[Instance], second: u64, errors: bool) -> Vec<S
             })
         })
         .collect()
+}
+
+/// A collector configuration with every listener on a free loopback port.
+pub fn loopback_config() -> wayfinder_collector::Config {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut config = wayfinder_collector::Config::default();
+    config.otlp_grpc = any;
+    config.otlp_http = any;
+    config.query_http = any;
+    config.query_grpc = any;
+    config
+}
+
+/// Registers `instance_id` of `service` (at `address`) as passing for an hour, as one
+/// heartbeat would.
+pub fn register(
+    collector: &wayfinder_collector::RunningCollector,
+    service: &str,
+    instance_id: String,
+    address: Option<String>,
+) -> Result<(), String> {
+    let event =
+        wayfinder_collector::decode::health::validate(wayfinder_api::health::HealthReport {
+            service: service.to_owned(),
+            instance_id,
+            address,
+            status: "passing".into(),
+            ttl_ms: Some(3_600_000),
+            seq: None,
+            output: None,
+        })?;
+    collector.registry().beat(event);
+    Ok(())
 }

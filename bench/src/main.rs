@@ -33,6 +33,40 @@ enum Command {
     /// Weights: memory per tracked instance, and the delay from a latency change in the span
     /// stream to a gRPC watcher seeing a new version.
     Weights(WeightsArgs),
+    /// Balancers side by side on a real fleet on loopback: round robin, tower's p2c over
+    /// PeakEwma, and Wayfinder's, under five fault scenarios.
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FleetArgs {
+    /// Instances at the start of each run.
+    #[arg(long, default_value_t = 10)]
+    instances: usize,
+    /// Median service time.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration)]
+    median: Duration,
+    /// σ of the lognormal service time.
+    #[arg(long, default_value_t = 0.5)]
+    sigma: f64,
+    /// Requests an instance serves at once.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Clients, each with its own balancer.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Offered load as a share of the fleet's capacity.
+    #[arg(long, default_value_t = 0.7)]
+    load: f64,
+    /// Length of each run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Start of the measurement in each run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Scenarios: slow, failing, pause, join, collector-down (comma-separated) [default: all].
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -111,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             weights_memory(&args)?;
             runtime.block_on(weights_delay(args))
         }
+        Command::Fleet(args) => runtime.block_on(fleet(args)),
     }
 }
 
@@ -457,28 +492,13 @@ async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
     use wayfinder_api::grpc::WatchWeightsRequest;
     use wayfinder_api::grpc::weights_client::WeightsClient;
 
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse()?;
-    let mut config = wayfinder_collector::Config::default();
-    config.otlp_grpc = any;
-    config.otlp_http = any;
-    config.query_http = any;
-    config.query_grpc = any;
+    let mut config = wayfinder_bench::fleet::loopback_config();
     config.weight_update_period = args.period;
     let collector = wayfinder_collector::Collector::start(config).await?;
     let addrs = collector.addrs();
     for i in 0..3 {
-        let event =
-            wayfinder_collector::decode::health::validate(wayfinder_api::health::HealthReport {
-                service: "cart".into(),
-                instance_id: format!("cart-{i}"),
-                address: None,
-                status: "passing".into(),
-                ttl_ms: Some(3_600_000),
-                seq: None,
-                output: None,
-            })
+        wayfinder_bench::fleet::register(&collector, "cart", format!("cart-{i}"), None)
             .map_err(anyhow::Error::msg)?;
-        collector.registry().beat(event);
     }
 
     // Traffic: every 100 ms, 10 SERVER spans of each instance over OTLP/gRPC; cart-2's latency
@@ -603,5 +623,56 @@ async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
     );
     sender.abort();
     collector.shutdown().await;
+    Ok(())
+}
+
+async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
+    use wayfinder_bench::balancing::{self, FleetConfig, Policy, Scenario, ServiceTime};
+
+    let scenarios = if args.scenarios.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenarios
+            .iter()
+            .map(|key| {
+                Scenario::ALL
+                    .into_iter()
+                    .find(|s| s.key() == key)
+                    .with_context(|| format!("no scenario `{key}`"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let config = wayfinder_bench::fleet::loopback_config();
+    let collector = wayfinder_collector::Collector::start(config).await?;
+    let _telemetry = wayfinder_middleware::Telemetry::new()
+        .service_name("fleet-client")
+        .endpoint(format!("http://{}", collector.addrs().otlp_grpc))
+        .log_filter("warn")
+        .init()?;
+    let config = FleetConfig {
+        instances: args.instances,
+        service_time: ServiceTime {
+            median: args.median,
+            sigma: args.sigma,
+            concurrency: args.concurrency,
+        },
+        clients: args.clients,
+        load: args.load,
+        duration: args.duration,
+        warmup: args.warmup,
+        scenarios,
+        policies: vec![Policy::RoundRobin, Policy::P2c, Policy::Wayfinder],
+    };
+    eprintln!(
+        "fleet: {} instances, capacity {:.0} req/s each, offered {:.0} req/s from {} clients, {:?} runs measured after {:?}",
+        config.instances,
+        config.service_time.capacity(),
+        config.load * config.service_time.capacity() * config.instances as f64,
+        config.clients,
+        config.duration,
+        config.warmup,
+    );
+    let reports = balancing::run(&config, &collector).await?;
+    println!("{}", balancing::table(&reports));
     Ok(())
 }

@@ -847,3 +847,119 @@ async fn a_request_dropped_before_its_response_is_recorded_as_cancelled() {
     assert_eq!(attributes(&spans[0])["error.type"], "cancelled");
     assert!(matches!(spans[0].status, Status::Error { .. }));
 }
+
+// Real time (loopback sockets); the attempt timeout is 200 ms against a 10 s handler.
+#[tokio::test(flavor = "current_thread")]
+async fn balanced_attempts_are_client_spans_of_their_own() {
+    use wayfinder_middleware::balance::{BalanceLayer, Balancer, RequestBody};
+
+    let harness = Harness::new(LogFormat::Text);
+    let failing =
+        serve(Router::new().route("/items", get(|| async { StatusCode::SERVICE_UNAVAILABLE })))
+            .await;
+    let healthy = serve(Router::new().route("/items", get(|| async { "items" }))).await;
+    let stalled = serve(Router::new().route(
+        "/items",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            "late"
+        }),
+    ))
+    .await;
+    let hyper = Client::builder(TokioExecutor::new()).build_http::<RequestBody>();
+    let balancer = Balancer::builder("cart")
+        .seed([failing.to_string(), healthy.to_string()])
+        .configure(|c| c.consecutive_failures = 0)
+        .build()
+        .expect("a balancer");
+    let client = tower::ServiceBuilder::new()
+        .layer(BalanceLayer::new(balancer))
+        .layer(ClientLayer::new())
+        .service(hyper.clone());
+    for _ in 0..10 {
+        let request = Request::get("http://cart/items")
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let response = client.clone().oneshot(request).await.expect("an answer");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "retried onto the healthy one"
+        );
+    }
+    let slow = Balancer::builder("slow")
+        .seed([stalled.to_string()])
+        .configure(|c| {
+            c.attempt_timeout = Duration::from_millis(200);
+            c.max_attempts = 1;
+        })
+        .build()
+        .expect("a balancer");
+    let slow_client = tower::ServiceBuilder::new()
+        .layer(BalanceLayer::new(slow))
+        .layer(ClientLayer::new())
+        .service(hyper);
+    let request = Request::get("http://slow/items")
+        .body(Full::new(Bytes::new()))
+        .expect("a request");
+    assert!(
+        slow_client.oneshot(request).await.is_err(),
+        "the attempt timed out"
+    );
+
+    let spans = harness.spans().await;
+    let client_spans: Vec<_> = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .map(attributes)
+        .collect();
+    let first: Vec<_> = client_spans
+        .iter()
+        .filter(|a| !a.contains_key("http.request.resend_count"))
+        .collect();
+    let resends: Vec<_> = client_spans
+        .iter()
+        .filter(|a| a.contains_key("http.request.resend_count"))
+        .collect();
+    assert_eq!(
+        first.len(),
+        11,
+        "one span per call's first attempt: {client_spans:?}"
+    );
+    assert!(
+        !resends.is_empty(),
+        "some first attempts hit the failing instance"
+    );
+    for attempt in &first[..10] {
+        assert_eq!(attempt["wayfinder.balancer.reason"], "static seed");
+        let endpoint = &attempt["wayfinder.balancer.endpoint"];
+        assert!(
+            *endpoint == failing.to_string() || *endpoint == healthy.to_string(),
+            "{attempt:?}"
+        );
+        assert_eq!(
+            attempt["server.port"],
+            endpoint.rsplit(':').next().unwrap(),
+            "the span names the instance it went to"
+        );
+    }
+    for resend in &resends {
+        assert_eq!(resend["http.request.resend_count"], "1");
+        assert_eq!(resend["wayfinder.balancer.endpoint"], healthy.to_string());
+        assert_eq!(resend["http.response.status_code"], "200");
+    }
+    let failed_first = first
+        .iter()
+        .filter(|a| a.get("http.response.status_code").map(String::as_str) == Some("503"))
+        .count();
+    assert_eq!(failed_first, resends.len(), "each 503 was retried once");
+    let timed_out = &first[10];
+    assert_eq!(
+        timed_out["wayfinder.balancer.endpoint"],
+        stalled.to_string()
+    );
+    assert_eq!(
+        timed_out["error.type"], "timeout",
+        "the attempt deadline is recorded as a timeout, not a cancellation"
+    );
+}

@@ -480,3 +480,36 @@ async fn grpc_traffic_leaves_slow_and_departing_instances() {
     );
     collector.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_watcher_returns_to_the_seed_when_the_service_disappears() {
+    let mut config = loopback_config();
+    config.weight_update_period = Duration::from_millis(100);
+    config.weight_ttl = Duration::from_secs(2);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+    let instance = grpc_instance("inventory-9", Duration::from_millis(1)).await;
+    beat(addrs.otlp_http, "inventory", &instance, "passing").await;
+    let balancer = Balancer::builder("inventory")
+        .seed(["127.0.0.1:9"])
+        .collector_grpc(format!("http://{}", addrs.query_grpc))
+        .build()
+        .unwrap();
+    eventually("weights from the collector", Duration::from_secs(5), || {
+        matches!(balancer.source(), WeightSource::Weights { .. })
+    })
+    .await;
+    // Its only instance leaves: the Watch falls silent, the balancer asks Get after a TTL.
+    beat(addrs.otlp_http, "inventory", &instance, "down").await;
+    eventually("the seed is back", Duration::from_secs(6), || {
+        balancer.source() == WeightSource::Seed
+    })
+    .await;
+    let addresses: Vec<_> = balancer
+        .endpoints()
+        .into_iter()
+        .map(|e| e.address)
+        .collect();
+    assert_eq!(addresses, ["127.0.0.1:9"]);
+    collector.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! What the balancer tells the client layers about one attempt, as a request extension: where
 //! it was routed, why, which resend it is, and its deadline. [`ClientLayer`](crate::ClientLayer)
 //! and [`ReqwestTracing`](crate::ReqwestTracing) put it on the attempt's CLIENT span and enforce
-//! the deadline, so that an attempt that runs out of time is recorded as `timeout`.
+//! the deadline (to the response head), so that an attempt that runs out of time is recorded as
+//! `timeout`.
 
 use std::sync::Arc;
 

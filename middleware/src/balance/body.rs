@@ -3,7 +3,9 @@
 //!
 //! Buffering reads the body's frames up to `max_replay_bytes`; a body that ends within the
 //! limit becomes replayable, a longer one is passed on as what was read followed by the rest,
-//! and its request is not retried (linkerd's `ReplayBody` makes the same cut).
+//! and its request is not retried (linkerd's `ReplayBody` makes the same cut). A body that does
+//! not end within [`REPLAY_WAIT`] (a client stream that stays open) is passed on the same way,
+//! so that buffering never holds a streaming call back.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -70,6 +72,9 @@ impl Default for RequestBody {
     }
 }
 
+/// How long buffering waits for a body to end before it streams it instead.
+pub(crate) const REPLAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A request body read for replay.
 #[derive(Debug)]
 pub(crate) enum Buffered {
@@ -96,7 +101,16 @@ impl Buffered {
         let mut read = VecDeque::new();
         let mut len = 0usize;
         let mut trailers = None;
-        while let Some(frame) = body.frame().await {
+        let until = tokio::time::Instant::now() + REPLAY_WAIT;
+        loop {
+            // `frame()` only polls the body: dropping it on the timeout loses nothing.
+            let Ok(frame) = tokio::time::timeout_at(until, body.frame()).await else {
+                if let Some(trailers) = trailers {
+                    read.push_back(Frame::trailers(trailers));
+                }
+                return Ok(Buffered::Once(stream(read, body)));
+            };
+            let Some(frame) = frame else { break };
             let frame = frame.map_err(Into::into)?;
             if let Some(data) = frame.data_ref() {
                 len += data.len();
@@ -223,6 +237,43 @@ mod tests {
 
     async fn collect(body: RequestBody) -> Bytes {
         body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stays_open_is_streamed_not_awaited() {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tx.send(Bytes::from_static(b"first")).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let mut buffered = Buffered::read(Open(rx), 1024).await.unwrap();
+        assert_eq!(
+            tokio::time::Instant::now() - started,
+            REPLAY_WAIT,
+            "waited no longer"
+        );
+        assert!(!buffered.replayable(), "an open stream is sent once");
+        let mut body = buffered.next();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first", "what was read comes first");
+        tx.send(Bytes::from_static(b"second")).await.unwrap();
+        let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(second, "second", "then the rest, as it comes");
+    }
+
+    /// A body fed by a channel: open until the sender is dropped.
+    struct Open(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Open {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            self.get_mut()
+                .0
+                .poll_recv(cx)
+                .map(|c| c.map(|c| Ok(Frame::data(c))))
+        }
     }
 
     #[tokio::test]

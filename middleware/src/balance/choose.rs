@@ -1,16 +1,22 @@
 //! The choice per request: weighted power of two choices.
 //!
-//! Two candidates are drawn independently, each with probability proportional to its share
-//! (the collector's weight times the local slow-start ramp, or the ramp alone when the
-//! weights are stale), and the one with the lower local cost — Peak-EWMA round trip ×
-//! (requests in flight + 1), tower's `PeakEwma` load — gets the request; on a tie the first
-//! draw wins. When the local costs are equal the pick is exactly proportional to the shares
-//! (`P(i) = sᵢ² + Σⱼ≠ᵢ 2·sᵢ·sⱼ·½ = sᵢ`), so the central weights decide on average; when an
-//! endpoint is locally slower or busier it loses its comparisons, so the local view corrects
-//! the central weights within a request; and because the candidates are random, many clients
-//! with the same weights do not herd onto the same endpoint (Mitzenmacher's two choices, as
-//! tower's `balance::p2c` and Finagle use them; drawing by weight is how gRPC's weighted round
-//! robin (A58) and Envoy's weighted least-request spread unequal shares).
+//! Two distinct candidates are drawn, each with probability proportional to its share (the
+//! collector's weight times the local slow-start ramp, or the ramp alone when the weights are
+//! stale): the first among all, the second among the others. The one with the lower local
+//! cost — Peak-EWMA round trip × (requests in flight + 1), tower's `PeakEwma` load — gets the
+//! request; on a tie the first draw wins, so that when the local costs are equal the pick is
+//! exactly proportional to the shares (`P(i) = P(first = i) = sᵢ`) and the central weights
+//! decide. When an endpoint is locally slower or busier it loses its comparisons, so the local
+//! view corrects the central weights within a request; and because the candidates are random,
+//! many clients with the same weights do not herd onto the same endpoint (Mitzenmacher's two
+//! choices, as tower's `balance::p2c` and Finagle use them; drawing by weight is how gRPC's
+//! weighted round robin (A58) and Envoy's weighted least-request spread unequal shares).
+//!
+//! The two candidates are distinct, as in tower's p2c: a pair drawn with replacement would be
+//! the same endpoint `Σ sᵢ²` of the time (10% with ten equal endpoints), and those picks would
+//! go out with no comparison at all, which showed in the fleet benchmark's tail. The price:
+//! when costs differ by noise alone, unequal shares are flattened a little towards each other
+//! (with shares ½, ¼, ¼ and coin-flip comparisons the first gets 42% instead of 50%).
 
 /// One endpoint in a choice.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,8 +37,12 @@ pub(crate) fn choose(candidates: &[Candidate], rng: &mut fastrand::Rng) -> Optio
     if total.is_nan() || total <= 0.0 {
         return None;
     }
-    let first = draw(candidates, total, rng);
-    let second = draw(candidates, total, rng);
+    let first = draw(candidates, total, None, rng);
+    let rest = total - candidates[first].share;
+    if rest <= 0.0 || candidates.iter().filter(|c| c.share > 0.0).count() < 2 {
+        return Some(first);
+    }
+    let second = draw(candidates, rest, Some(first), rng);
     if candidates[second].cost < candidates[first].cost {
         Some(second)
     } else {
@@ -40,12 +50,18 @@ pub(crate) fn choose(candidates: &[Candidate], rng: &mut fastrand::Rng) -> Optio
     }
 }
 
-/// One candidate drawn in proportion to its share.
-fn draw(candidates: &[Candidate], total: f64, rng: &mut fastrand::Rng) -> usize {
+/// One candidate, other than `skip`, drawn in proportion to its share (`total` is the sum of
+/// the shares it draws from).
+fn draw(
+    candidates: &[Candidate],
+    total: f64,
+    skip: Option<usize>,
+    rng: &mut fastrand::Rng,
+) -> usize {
     let mut point = rng.f64() * total;
     let mut last = 0;
     for (i, candidate) in candidates.iter().enumerate() {
-        if candidate.share <= 0.0 {
+        if candidate.share <= 0.0 || Some(i) == skip {
             continue;
         }
         last = i;
@@ -115,9 +131,13 @@ mod tests {
         for _ in 0..30_000 {
             counts[choose(&candidates, &mut rng).unwrap()] += 1;
         }
-        // It wins only when drawn twice: 1/9 of the picks instead of 1/3.
-        let share = counts[2] as f64 / 30_000.0;
-        assert!((share - 1.0 / 9.0).abs() < 0.01, "share {share:.3}");
+        // Always compared with a cheaper one: never chosen while the others are idle.
+        assert_eq!(counts[2], 0, "the busy endpoint loses every comparison");
+        let share = counts[0] as f64 / 30_000.0;
+        assert!(
+            (share - 0.5).abs() < 0.01,
+            "the others split it: {share:.3}"
+        );
     }
 
     #[test]

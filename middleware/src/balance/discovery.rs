@@ -4,8 +4,8 @@
 //!
 //! A session watches until the stream ends or fails, or until nothing (not even the half-TTL
 //! refresh) has come for a whole TTL; then the task reconnects after an exponential backoff
-//! with full jitter: a random wait in `[0, min(10 s, 100 ms × 2ⁿ)]` after the n-th session in a
-//! row that brought nothing (AWS's "full jitter", so that clients that lost the collector
+//! with full jitter: a random wait in `[0, min(10 s, 100 ms × 2ⁿ⁻¹)]` after the n-th session in
+//! a row that brought nothing (n ≥ 1; after a session that brought weights, up to 100 ms) (AWS's "full jitter", so that clients that lost the collector
 //! together do not come back together). A session that brought weights resets the count.
 
 use std::sync::Weak;
@@ -129,17 +129,33 @@ async fn watch_grpc(
     let mut client = WeightsClient::new(channel);
     let mut stream = client
         .watch(grpc::WatchWeightsRequest {
-            service,
+            service: service.clone(),
             after_version: 0,
         })
         .await?
         .into_inner();
     let mut ttl = DEFAULT_TTL;
     loop {
-        // Nothing for a whole TTL (the collector refreshes every half): reconnect.
         let message = tokio::time::timeout(ttl, stream.message()).await;
         let weights = match message {
-            Err(_) => return Err("no weights for a whole TTL".into()),
+            // Nothing for a whole TTL: the collector refreshes every half TTL, so either the
+            // service is gone (the Watch waits for it silently) or the stream is stuck.
+            Err(_) => {
+                let request = grpc::GetWeightsRequest {
+                    service: service.clone(),
+                };
+                match client.get(request).await {
+                    Err(status) if status.code() == tonic::Code::NotFound => {
+                        *got = true;
+                        if !apply(shared, None) {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Ok(_) => return Err("the Watch stream fell silent".into()),
+                    Err(status) => return Err(status.into()),
+                }
+            }
             Ok(Err(status)) => return Err(status.into()),
             Ok(Ok(None)) => return Ok(()),
             Ok(Ok(Some(message))) => from_message(message),

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::uri::{Authority, Scheme};
@@ -44,7 +43,10 @@ where
     let (mut parts, body) = request.into_parts();
     let is_grpc = grpc::is_grpc(&parts.headers);
     let mut limit = config.deadline;
-    if is_grpc && let Some(timeout) = retry::grpc_timeout(&parts.headers) {
+    let caller_timeout = is_grpc
+        .then(|| retry::grpc_timeout(&parts.headers))
+        .flatten();
+    if let Some(timeout) = caller_timeout {
         limit = limit.min(timeout);
     }
     let deadline = start + limit;
@@ -58,7 +60,7 @@ where
     let mut body = if config.max_attempts > 1 {
         Buffered::read(body, config.max_replay_bytes)
             .await
-            .map_err(|e| BoxError::from(BalanceError::Body(e)))?
+            .map_err(|e| for_caller(BalanceError::Body(e), is_grpc))?
     } else {
         Buffered::once(body)
     };
@@ -67,17 +69,18 @@ where
     let mut tried: Vec<Arc<str>> = Vec::new();
     let mut resend_count = 0u32;
     loop {
-        let picked = balancer.pick(&tried)?;
+        let picked = balancer.pick(&tried).map_err(|e| for_caller(e, is_grpc))?;
         let endpoint = picked.endpoint;
         let attempt_deadline = deadline.min(Instant::now() + config.attempt_timeout);
         let mut attempt_parts = parts.clone();
         attempt_parts.uri = with_authority(&parts.uri, &endpoint.authority)?;
-        if is_grpc {
+        // The caller's own gRPC deadline goes on, shortened by what the earlier attempts took.
+        // (The attempt timeout is the balancer's, to the response head; the server never
+        // sees it, so that a long stream is not cut.)
+        if caller_timeout.is_some() {
             attempt_parts.headers.insert(
                 "grpc-timeout",
-                retry::grpc_timeout_value(
-                    attempt_deadline.saturating_duration_since(Instant::now()),
-                ),
+                retry::grpc_timeout_value(deadline.saturating_duration_since(Instant::now())),
             );
         }
         attempt_parts.extensions.insert(Attempt {
@@ -114,23 +117,19 @@ where
             && body.replayable()
             && resend_count + 1 < config.max_attempts;
         if !may_retry {
-            return finish(result, deadline, limit);
+            return finish(result, deadline, limit, is_grpc);
         }
-        let mut wait = retry::backoff(
+        let headers = result.as_ref().ok().map(Response::headers);
+        let Some(wait) = retry::wait_before_retry(
+            config,
             resend_count + 1,
-            config.backoff_base,
-            config.backoff_max,
-            fastrand::f64(),
-        );
-        if let Ok(response) = &result
-            && let Some(asked) = retry::retry_after(response.headers(), SystemTime::now())
-        {
-            wait = wait.max(asked);
-        }
-        // No time left for the wait and an attempt, or no budget: the outcome as it is.
-        if Instant::now() + wait >= deadline || !balancer.shared.budget.withdraw() {
-            return finish(result, deadline, limit);
-        }
+            headers,
+            deadline,
+            &balancer.shared.budget,
+        ) else {
+            // No time left for the wait and an attempt, or no budget: the outcome as it is.
+            return finish(result, deadline, limit, is_grpc);
+        };
         drop(result);
         tokio::time::sleep(wait).await;
         tried.push(endpoint.address.clone());
@@ -144,13 +143,35 @@ fn finish<ResBody>(
     result: Result<Response<ResBody>, BoxError>,
     deadline: Instant,
     limit: std::time::Duration,
+    grpc: bool,
 ) -> Result<Response<ResBody>, BoxError> {
     match result {
-        Err(error) if Instant::now() >= deadline && is_elapsed(error.as_ref()) => {
-            Err(BalanceError::DeadlineExceeded(limit).into())
+        Err(error) if is_elapsed(error.as_ref()) => {
+            if Instant::now() >= deadline {
+                Err(for_caller(BalanceError::DeadlineExceeded(limit), grpc))
+            } else if grpc {
+                Err(tonic::Status::deadline_exceeded(format!("attempt timed out: {error}")).into())
+            } else {
+                Err(error)
+            }
         }
         other => other,
     }
+}
+
+/// The balancer's own error as the caller reads it: a [`BalanceError`], or for gRPC a
+/// `tonic::Status` with the matching code (tonic turns any other error into `UNKNOWN`).
+fn for_caller(error: BalanceError, grpc: bool) -> BoxError {
+    if !grpc {
+        return error.into();
+    }
+    let message = error.to_string();
+    let status = match error {
+        BalanceError::NoEndpoints { .. } => tonic::Status::unavailable(message),
+        BalanceError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
+        _ => tonic::Status::internal(message),
+    };
+    status.into()
 }
 
 fn is_elapsed(error: &(dyn std::error::Error + 'static)) -> bool {

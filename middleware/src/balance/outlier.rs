@@ -43,6 +43,8 @@ pub(crate) struct Outlier {
     returned_at: Option<Instant>,
     /// Back from an ejection and not yet proven.
     probation: bool,
+    /// The failure share that ejected it (the window starts afresh at an ejection).
+    ejected_share: f64,
 }
 
 impl Outlier {
@@ -56,6 +58,7 @@ impl Outlier {
             ejections: 0,
             returned_at: None,
             probation: false,
+            ejected_share: 0.0,
         }
     }
 
@@ -69,13 +72,19 @@ impl Outlier {
         self.ejected_until.filter(|until| now < *until)
     }
 
-    /// Its failure share over the window (how bad it is, to keep the least bad in rotation).
+    /// How bad it is, to keep the least bad in rotation: while ejected, the larger of the
+    /// failure share that ejected it and the share since; otherwise the share over the window.
     pub(crate) fn failure_share(&self, now: Instant) -> f64 {
         let (requests, failures) = self.window(now);
-        if requests == 0 {
+        let current = if requests == 0 {
             0.0
         } else {
             f64::from(failures) / f64::from(requests)
+        };
+        if self.is_ejected(now) {
+            current.max(self.ejected_share)
+        } else {
+            current
         }
     }
 
@@ -137,6 +146,12 @@ impl Outlier {
     }
 
     fn eject(&mut self, config: &BalanceConfig, now: Instant, jitter: f64) {
+        let (requests, failures) = self.window(now);
+        self.ejected_share = if requests == 0 {
+            1.0
+        } else {
+            f64::from(failures) / f64::from(requests)
+        };
         // Each clean `base_ejection` since the last return forgives one ejection.
         if let Some(returned) = self.returned_at
             && !config.base_ejection.is_zero()

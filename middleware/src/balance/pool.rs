@@ -49,7 +49,8 @@ impl ChannelPool {
         ChannelPool::configure(|endpoint| endpoint)
     }
 
-    /// Channels whose `Endpoint` is set up by `configure` (TLS, keep-alive, window sizes …).
+    /// Channels whose `Endpoint` is set up by `configure` (timeouts, keep-alive, window sizes
+    /// …). The endpoints are `http://host:port`: TLS is not supported yet.
     pub fn configure(configure: impl Fn(Endpoint) -> Endpoint + Send + Sync + 'static) -> Self {
         ChannelPool {
             channels: Arc::new(Mutex::new(HashMap::new())),

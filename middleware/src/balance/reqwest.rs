@@ -1,7 +1,6 @@
 //! The balancer for reqwest, as a `reqwest-middleware` middleware.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::Extensions;
 use reqwest::{Request, Response};
@@ -13,8 +12,9 @@ use super::Balancer;
 use super::attempt::Attempt;
 use super::retry::{self, Verdict};
 
-/// A [`reqwest_middleware::Middleware`] that sends each request for the balancer's service to a
-/// chosen endpoint (the URL's host and port are replaced), with the attempt timeout, the
+/// A [`reqwest_middleware::Middleware`] that sends every request of its client to a chosen
+/// endpoint of the balancer's service (the URL's host and port are replaced, whatever they
+/// name: build one client per service), with the attempt timeout (to the response head), the
 /// call's deadline and safe retries. Put it before [`ReqwestTracing`](crate::ReqwestTracing) so
 /// that every attempt is its own CLIENT span.
 ///
@@ -94,8 +94,6 @@ impl Middleware for ReqwestBalance {
                 .map_err(Error::middleware)?;
             let _ = url.set_port(endpoint.authority.port_u16());
             let attempt_deadline = deadline.min(Instant::now() + config.attempt_timeout);
-            *attempt.timeout_mut() =
-                Some(attempt_deadline.saturating_duration_since(Instant::now()));
             extensions.insert(Attempt {
                 endpoint: endpoint.address.clone(),
                 reason: picked.reason,
@@ -105,7 +103,11 @@ impl Middleware for ReqwestBalance {
 
             let in_flight = endpoint.start();
             let sent = Instant::now();
-            let result = next.clone().run(attempt, extensions).await;
+            // To the response head: reqwest's own timeout would also cover the body.
+            let result =
+                tokio::time::timeout_at(attempt_deadline, next.clone().run(attempt, extensions))
+                    .await
+                    .unwrap_or_else(|elapsed| Err(Error::middleware(elapsed)));
             drop(in_flight);
             let verdict = match &result {
                 Ok(response) => {
@@ -124,20 +126,16 @@ impl Middleware for ReqwestBalance {
             if !may_retry {
                 return result;
             }
-            let mut wait = retry::backoff(
+            let headers = result.as_ref().ok().map(Response::headers);
+            let Some(wait) = retry::wait_before_retry(
+                config,
                 resend_count + 1,
-                config.backoff_base,
-                config.backoff_max,
-                fastrand::f64(),
-            );
-            if let Ok(response) = &result
-                && let Some(asked) = retry::retry_after(response.headers(), SystemTime::now())
-            {
-                wait = wait.max(asked);
-            }
-            if Instant::now() + wait >= deadline || !shared.budget.withdraw() {
+                headers,
+                deadline,
+                &shared.budget,
+            ) else {
                 return result;
-            }
+            };
             tokio::time::sleep(wait).await;
             tried.push(endpoint.address.clone());
             resend_count += 1;

@@ -16,6 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use backon::BackoffBuilder;
 use http::{HeaderMap, Method, StatusCode};
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use super::config::BalanceConfig;
 
 use crate::grpc;
 
@@ -122,6 +126,10 @@ pub(crate) fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
         {
             return true;
         }
+        // tonic wraps every failure to connect (refused, timed out, unreachable) in this.
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
         if let Some(reqwest) = error.downcast_ref::<reqwest::Error>()
             && reqwest.is_connect()
         {
@@ -166,6 +174,23 @@ pub(crate) fn backoff(n: u32, base: Duration, max: Duration, unit: f64) -> Durat
         .nth(n.saturating_sub(1) as usize)
         .unwrap_or(max);
     cap.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// How long to wait before retry `n` (n ≥ 1) after an answer with `headers` (none after an
+/// error): the full-jitter backoff, at least what the server asked for; `None` when there is
+/// no time left for the wait and an attempt before `deadline`, or no token in `budget`.
+pub(crate) fn wait_before_retry(
+    config: &BalanceConfig,
+    n: u32,
+    headers: Option<&HeaderMap>,
+    deadline: Instant,
+    budget: &TpsBudget,
+) -> Option<Duration> {
+    let mut wait = backoff(n, config.backoff_base, config.backoff_max, fastrand::f64());
+    if let Some(asked) = headers.and_then(|h| retry_after(h, SystemTime::now())) {
+        wait = wait.max(asked);
+    }
+    (Instant::now() + wait < deadline && budget.withdraw()).then_some(wait)
 }
 
 /// The `grpc-timeout` of a request (gRPC over HTTP/2: an integer and a unit, `H M S m u n`).
