@@ -14,7 +14,7 @@
 //!
 //! The two candidates are distinct, as in tower's p2c: a pair drawn with replacement would be
 //! the same endpoint `Σ sᵢ²` of the time (10% with ten equal endpoints), and those picks would
-//! go out with no comparison at all, which showed in the fleet benchmark's tail. The price:
+//! go out with no comparison at all, as with a random choice. The price:
 //! when costs differ by noise alone, unequal shares are flattened a little towards each other
 //! (with shares ½, ¼, ¼ and coin-flip comparisons the first gets 42% instead of 50%).
 
