@@ -125,6 +125,34 @@ async fn eventually(what: &str, limit: Duration, mut check: impl FnMut() -> bool
     }
 }
 
+/// `instances[0]` of `service` sends `down`: once the balancer has the update without it, it
+/// gets no new request (over 2 s of traffic). Returns what it had received by then.
+async fn depart(
+    otlp_http: SocketAddr,
+    service: &str,
+    balancer: &Balancer,
+    instances: &[Instance],
+) -> u64 {
+    beat(otlp_http, service, &instances[0], "down").await;
+    let leaving = instances[0].addr.to_string();
+    eventually(
+        "the departure reaches the balancer",
+        Duration::from_secs(5),
+        || balancer.endpoints().iter().all(|e| e.address != leaving),
+    )
+    .await;
+    // Requests already on their way may still arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_update = snapshot(instances)[0];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        snapshot(instances)[0],
+        after_update,
+        "no new request for the instance that sent down"
+    );
+    after_update
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_traffic_leaves_slow_failing_and_departing_instances() {
     let mut config = loopback_config();
@@ -280,23 +308,7 @@ async fn http_traffic_leaves_slow_failing_and_departing_instances() {
 
     // Phase 2: backend-0 leaves; from the next update on it gets nothing, and no call fails.
     phase.store(2, Ordering::Relaxed);
-    beat(addrs.otlp_http, "backend", &instances[0], "down").await;
-    let leaving = instances[0].addr.to_string();
-    eventually(
-        "the departure reaches the balancer",
-        Duration::from_secs(5),
-        || balancer.endpoints().iter().all(|e| e.address != leaving),
-    )
-    .await;
-    // Requests already on their way may still arrive.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after_update = snapshot(&instances)[0];
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        snapshot(&instances)[0],
-        after_update,
-        "no new request for the instance that sent down"
-    );
+    let after_update = depart(addrs.otlp_http, "backend", &balancer, &instances).await;
     assert_eq!(
         outcomes.transport_errors(2),
         0,
@@ -456,22 +468,7 @@ async fn grpc_traffic_leaves_slow_and_departing_instances() {
     );
 
     phase.store(2, Ordering::Relaxed);
-    beat(addrs.otlp_http, "inventory", &instances[0], "down").await;
-    let leaving = instances[0].addr.to_string();
-    eventually(
-        "the departure reaches the balancer",
-        Duration::from_secs(5),
-        || balancer.endpoints().iter().all(|e| e.address != leaving),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let after_update = snapshot(&instances)[0];
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        snapshot(&instances)[0],
-        after_update,
-        "no new RPC for the departed"
-    );
+    depart(addrs.otlp_http, "inventory", &balancer, &instances).await;
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
         worker.await.unwrap();
