@@ -29,6 +29,7 @@
 
 pub mod balance;
 pub mod grpc;
+pub mod health;
 pub mod http;
 mod init;
 pub mod logs;

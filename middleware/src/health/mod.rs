@@ -1,0 +1,436 @@
+//! Health reporting: the instance registers itself with the collector and beats, staggered,
+//! with the status of its own checks, and leaves with `down`.
+//!
+//! - [`HealthReporter`] builds the reporter: the instance (`service.name`,
+//!   `service.instance.id`, the address it serves on), the transport (OTLP/gRPC logs to the
+//!   tracer's endpoint, or `POST /v1/health`), the interval (5 s), the TTL (15 s, three
+//!   intervals) and the checks.
+//! - The reporter is one task with its own timer: it never sits on the request path. The first
+//!   beat comes after a random delay in `[0, interval)`, the next ones every `interval ± 20%`
+//!   (Consul's stagger), so that a fleet started together never beats together. When a send
+//!   fails it backs off (`[cap/2, cap]`, `cap = min(interval × 2ⁿ, ttl)`) and resumes with the
+//!   current state.
+//! - Checks come in two tiers ([`HealthReporter::liveness`] on every beat,
+//!   [`HealthReporter::check`] at its own lower rate with a timeout and a cached result). A
+//!   failing check gives `warning`, and `critical` only after `failures_before_critical` (3)
+//!   failures in a row.
+//! - `seq` starts at the wall clock in milliseconds and grows by one a beat, so that it also
+//!   grows across restarts (the collector ignores beats older than the last one it saw).
+//! - [`Health::shutdown`] stops the beats and sends `down`; [`Health::routes`] is an axum
+//!   router with `/readyz` and `/livez` that reflect the same state.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use wayfinder_middleware::health::HealthReporter;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let health = HealthReporter::new("orders", "orders-1")
+//!     .address("10.0.0.7:8080")
+//!     .http("http://127.0.0.1:4318")
+//!     .check("database", Duration::from_secs(30), Duration::from_secs(2), || async {
+//!         Ok(()) // e.g. `SELECT 1`
+//!     })
+//!     .start()?;
+//! let app = axum::Router::new().merge(health.routes());
+//! // … serve `app`; on the way out:
+//! health.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod checks;
+mod schedule;
+mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use parking_lot::Mutex;
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use wayfinder_api::health::HealthReport;
+
+pub use checks::{CheckResult, Status};
+
+use checks::Check;
+use transport::Transport;
+
+/// Builds the health reporter of one instance.
+#[must_use]
+pub struct HealthReporter {
+    service: String,
+    instance_id: String,
+    address: Option<String>,
+    transport: Option<Result<Transport, String>>,
+    interval: Duration,
+    ttl: Duration,
+    failures_before_critical: u32,
+    checks: Vec<Check>,
+}
+
+impl std::fmt::Debug for HealthReporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthReporter")
+            .field("service", &self.service)
+            .field("instance_id", &self.instance_id)
+            .field("address", &self.address)
+            .field("interval", &self.interval)
+            .field("ttl", &self.ttl)
+            .field("checks", &self.checks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the reporter could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthError {
+    /// No transport, or a bad endpoint.
+    #[error("health reporter: {0}")]
+    Config(String),
+}
+
+/// How long one send may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl HealthReporter {
+    /// The reporter of instance `instance_id` of `service`; beats every 5 s with a 15 s TTL.
+    pub fn new(service: impl Into<String>, instance_id: impl Into<String>) -> Self {
+        HealthReporter {
+            service: service.into(),
+            instance_id: instance_id.into(),
+            address: None,
+            transport: None,
+            interval: Duration::from_secs(5),
+            ttl: Duration::from_secs(15),
+            failures_before_critical: 3,
+            checks: Vec::new(),
+        }
+    }
+
+    /// Where it serves (`host:port`): the address the collector gives balancers.
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// Beats as `wayfinder.health` OTLP log events to the OTLP/gRPC `endpoint`
+    /// (`http://host:4317`, the tracer's).
+    pub fn otlp_grpc(mut self, endpoint: &str) -> Self {
+        self.transport = Some(Transport::otlp_grpc(endpoint, SEND_TIMEOUT));
+        self
+    }
+
+    /// Beats as JSON to `POST /v1/health` on the collector's OTLP/HTTP `base`
+    /// (`http://host:4318`).
+    pub fn http(mut self, base: &str) -> Self {
+        self.transport = Some(Transport::http(base, SEND_TIMEOUT));
+        self
+    }
+
+    /// The transport from `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_PROTOCOL`, as
+    /// the tracer reads them: OTLP/gRPC logs for `grpc` (the default, `http://localhost:4317`),
+    /// `POST /v1/health` for `http/protobuf` (`http://localhost:4318`).
+    pub fn endpoint_from_env(self) -> Self {
+        self.endpoint_from(|name| std::env::var(name).ok())
+    }
+
+    /// [`endpoint_from_env`](Self::endpoint_from_env) over another source of variables.
+    pub fn endpoint_from(self, lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let protocol = lookup("OTEL_EXPORTER_OTLP_PROTOCOL")
+            .unwrap_or_else(|| "grpc".to_owned())
+            .to_ascii_lowercase();
+        let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT");
+        match protocol.as_str() {
+            "grpc" => {
+                let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4317".to_owned());
+                self.otlp_grpc(&endpoint)
+            }
+            "http/protobuf" | "http/json" => {
+                let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4318".to_owned());
+                self.http(&endpoint)
+            }
+            other => {
+                let mut this = self;
+                this.transport = Some(Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL `{other}` is not grpc, http/protobuf or http/json"
+                )));
+                this
+            }
+        }
+    }
+
+    /// Beats every `interval` (±20%); the TTL stays as set (default 15 s).
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How long a beat holds at the collector (default 15 s, three intervals).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Failures in a row of one check that make the instance `critical` (default 3).
+    pub fn failures_before_critical(mut self, n: u32) -> Self {
+        self.failures_before_critical = n.max(1);
+        self
+    }
+
+    /// A cheap liveness check, run on every beat (with a 1 s timeout).
+    pub fn liveness<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CheckResult> + Send + 'static,
+    {
+        self.checks.push(Check::new(
+            "liveness".into(),
+            None,
+            Duration::from_secs(1),
+            check,
+        ));
+        self
+    }
+
+    /// A heavy check (a database, a downstream), run every `every` with a `timeout`; its last
+    /// result counts between runs.
+    pub fn check<F, Fut>(
+        mut self,
+        name: impl Into<String>,
+        every: Duration,
+        timeout: Duration,
+        check: F,
+    ) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = CheckResult> + Send + 'static,
+    {
+        self.checks
+            .push(Check::new(name.into(), Some(every), timeout, check));
+        self
+    }
+
+    /// Starts beating on the current tokio runtime.
+    pub fn start(self) -> Result<Health, HealthError> {
+        let transport = match self.transport {
+            None => {
+                return Err(HealthError::Config(
+                    "no transport: call otlp_grpc, http or endpoint_from_env".to_owned(),
+                ));
+            }
+            Some(Err(message)) => return Err(HealthError::Config(message)),
+            Some(Ok(transport)) => transport,
+        };
+        if self.interval.is_zero() || self.ttl < self.interval {
+            return Err(HealthError::Config(format!(
+                "the TTL ({:?}) must be at least the interval ({:?}), which must be positive",
+                self.ttl, self.interval
+            )));
+        }
+        let seq = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let (status, _) = watch::channel(Status::Passing);
+        let shared = Arc::new(Shared {
+            service: self.service,
+            instance_id: self.instance_id,
+            address: self.address,
+            ttl: self.ttl,
+            transport,
+            seq: AtomicU64::new(seq),
+            status,
+            output: Mutex::new(None),
+            stop: Notify::new(),
+            sent: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        });
+        let task = tokio::spawn(beat(
+            shared.clone(),
+            self.checks,
+            self.interval,
+            self.failures_before_critical,
+        ));
+        Ok(Health {
+            shared,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+}
+
+struct Shared {
+    service: String,
+    instance_id: String,
+    address: Option<String>,
+    ttl: Duration,
+    transport: Transport,
+    seq: AtomicU64,
+    status: watch::Sender<Status>,
+    output: Mutex<Option<String>>,
+    stop: Notify,
+    sent: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Shared {
+    fn report(&self, status: Status) -> HealthReport {
+        HealthReport {
+            service: self.service.clone(),
+            instance_id: self.instance_id.clone(),
+            address: self.address.clone(),
+            status: status.as_str().to_owned(),
+            ttl_ms: Some(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)),
+            seq: Some(self.seq.fetch_add(1, Ordering::Relaxed)),
+            output: self.output.lock().clone(),
+        }
+    }
+
+    async fn send(&self, status: Status) -> bool {
+        let report = self.report(status);
+        match self.shared_send(&report).await {
+            Ok(()) => {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(error) => {
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "health beat not delivered");
+                false
+            }
+        }
+    }
+
+    async fn shared_send(&self, report: &HealthReport) -> Result<(), String> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.transport.send(report)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {SEND_TIMEOUT:?}")),
+        }
+    }
+}
+
+/// The running reporter: its state, its readiness routes, and its shutdown. Cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    shared: Arc<Shared>,
+    task: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("instance_id", &self.shared.instance_id)
+            .field("status", &self.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Health {
+    /// The status the last beat reported (`Down` once shutting down).
+    pub fn status(&self) -> Status {
+        *self.shared.status.borrow()
+    }
+
+    /// A receiver of every status change.
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.shared.status.subscribe()
+    }
+
+    /// Whether the instance should get traffic: passing or warning, not shutting down.
+    pub fn ready(&self) -> bool {
+        matches!(self.status(), Status::Passing | Status::Warning)
+    }
+
+    /// Beats delivered, and beats that did not arrive.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.sent.load(Ordering::Relaxed),
+            self.shared.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// An axum router with `GET /readyz` (200 while [`ready`](Self::ready), else 503) and
+    /// `GET /livez` (200 until the instance is critical or down), for Kubernetes probes.
+    pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
+        let ready = self.clone();
+        let live = self.clone();
+        Router::new()
+            .route(
+                "/readyz",
+                get(move || {
+                    let ready = ready.clone();
+                    async move { probe(ready.ready(), ready.status()) }
+                }),
+            )
+            .route(
+                "/livez",
+                get(move || {
+                    let live = live.clone();
+                    async move {
+                        let status = live.status();
+                        probe(!matches!(status, Status::Critical | Status::Down), status)
+                    }
+                }),
+            )
+    }
+
+    /// Stops the beats and sends `down` (one try, at most 2 s): the collector removes the
+    /// instance at once and balancers stop sending it new requests from their next update.
+    /// Readiness fails from now on.
+    pub async fn shutdown(&self) {
+        self.shared.status.send_replace(Status::Down);
+        self.shared.stop.notify_one();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.shared.send(Status::Down).await;
+    }
+}
+
+fn probe(ok: bool, status: Status) -> (StatusCode, &'static str) {
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, status.as_str())
+}
+
+/// The reporter's task.
+async fn beat(
+    shared: Arc<Shared>,
+    mut checks: Vec<Check>,
+    interval: Duration,
+    failures_before_critical: u32,
+) {
+    let mut wait = schedule::first_delay(interval, fastrand::f64());
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.stop.notified() => return,
+        }
+        let now = Instant::now();
+        for check in &mut checks {
+            check.refresh(now).await;
+        }
+        let (status, output) = checks::status(&checks, failures_before_critical);
+        *shared.output.lock() = output;
+        if *shared.status.borrow() == Status::Down {
+            return;
+        }
+        shared.status.send_replace(status);
+        if shared.send(status).await {
+            failures = 0;
+            wait = schedule::next_delay(interval, fastrand::f64());
+        } else {
+            failures = failures.saturating_add(1);
+            wait = schedule::backoff_delay(interval, shared.ttl, failures, fastrand::f64());
+        }
+    }
+}

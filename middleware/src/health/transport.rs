@@ -1,0 +1,155 @@
+//! How a beat reaches the collector: as a `wayfinder.health` OTLP log event over OTLP/gRPC
+//! (the tracer's endpoint), or as JSON to `POST /v1/health` on the collector's OTLP/HTTP port.
+
+use std::time::{Duration, SystemTime};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use wayfinder_api::health::HealthReport;
+
+/// Where beats go.
+#[derive(Debug, Clone)]
+pub(crate) enum Transport {
+    /// OTLP/gRPC logs to this channel.
+    OtlpGrpc(LogsServiceClient<tonic::transport::Channel>),
+    /// `POST {base}/v1/health`.
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+}
+
+impl Transport {
+    /// OTLP/gRPC logs to `endpoint` (`http://host:4317`), connected lazily.
+    pub(crate) fn otlp_grpc(endpoint: &str, timeout: Duration) -> Result<Self, String> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| format!("`{endpoint}` is not an OTLP/gRPC endpoint: {e}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_lazy();
+        Ok(Transport::OtlpGrpc(LogsServiceClient::new(channel)))
+    }
+
+    /// `POST /v1/health` on the collector's OTLP/HTTP `base` (`http://host:4318`).
+    pub(crate) fn http(base: &str, timeout: Duration) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("no HTTP client for health reports: {e}"))?;
+        Ok(Transport::Http {
+            client,
+            url: format!("{}/v1/health", base.trim_end_matches('/')),
+        })
+    }
+
+    /// Sends one beat; `Err` says why it did not arrive.
+    pub(crate) async fn send(&self, beat: &HealthReport) -> Result<(), String> {
+        match self {
+            Transport::Http { client, url } => {
+                let response = client
+                    .post(url)
+                    .json(beat)
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST {url}: {e}"))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    let status = response.status();
+                    let body = response.text().await.unwrap_or_default();
+                    Err(format!("POST {url}: {status} {body}"))
+                }
+            }
+            Transport::OtlpGrpc(client) => {
+                let mut client = client.clone();
+                let response = client
+                    .export(log_request(beat))
+                    .await
+                    .map_err(|status| format!("OTLP logs export: {status}"))?
+                    .into_inner();
+                match response.partial_success {
+                    Some(partial) if partial.rejected_log_records > 0 => Err(format!(
+                        "the collector rejected the beat: {}",
+                        partial.error_message
+                    )),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn string(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_owned())),
+        }),
+        ..Default::default()
+    }
+}
+
+fn int(key: &str, value: u64) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(
+                i64::try_from(value).unwrap_or(i64::MAX),
+            )),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The OTLP form of a beat: a log record with event name `wayfinder.health`, the instance in
+/// the resource.
+pub(crate) fn log_request(beat: &HealthReport) -> ExportLogsServiceRequest {
+    let mut attributes = vec![string("health.status", &beat.status)];
+    if let Some(ttl) = beat.ttl_ms {
+        attributes.push(int("health.ttl_ms", ttl));
+    }
+    if let Some(seq) = beat.seq {
+        attributes.push(int("health.seq", seq));
+    }
+    if let Some(address) = &beat.address {
+        match address.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+            Some((host, Ok(port))) => {
+                attributes.push(string("server.address", host));
+                attributes.push(int("server.port", u64::from(port)));
+            }
+            _ => attributes.push(string("server.address", address)),
+        }
+    }
+    if let Some(output) = &beat.output {
+        attributes.push(string("health.output", output));
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![
+                    string("service.name", &beat.service),
+                    string("service.instance.id", &beat.instance_id),
+                ],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord {
+                    time_unix_nano: now,
+                    observed_time_unix_nano: now,
+                    event_name: "wayfinder.health".to_owned(),
+                    attributes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
