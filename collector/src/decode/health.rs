@@ -168,13 +168,72 @@ fn as_str(value: &Value) -> Option<&str> {
     }
 }
 
-/// An integer attribute, also when sent as a string (some SDKs only send strings).
-fn as_u64(value: &Value) -> Option<u64> {
+/// The largest double up to which doubles hold every integer exactly: 2^53 − 1 (JavaScript's
+/// `Number.MAX_SAFE_INTEGER`). A larger double may not be the number that was
+/// written (2^53 + 1 arrives as 2^53), so it is refused rather than silently changed.
+const MAX_EXACT_DOUBLE: f64 = 9_007_199_254_740_991.0;
+
+/// How much of a refused string value a rejection message quotes.
+const MAX_QUOTED: usize = 64;
+
+/// The value of an integer attribute (`server.port`, `health.ttl_ms`, `health.seq`).
+///
+/// Three forms are accepted, because pipelines differ in how they carry numbers:
+/// - an int (`int_value`), as SDKs send it;
+/// - a double (`double_value`) that is a whole number no larger than 2^53 − 1, as the
+///   OpenTelemetry Collector sends it after a `filelog` receiver's `json_parser` (its JSON
+///   parsing turns every number into a double: `8080` becomes `8080.0`);
+/// - a string (`string_value`) of decimal digits, surrounding whitespace ignored, as
+///   pipelines that carry every value as text send it (`"8080"`, `" 15000 "`).
+///
+/// Anything else is refused with a message that names the attribute and the value: a
+/// negative number, a fraction, NaN or an infinity, a double beyond 2^53 − 1, a string that
+/// is not plain decimal digits (no sign, no decimal point, no exponent), a bool, bytes, an
+/// array or a map.
+fn integer(key: &str, value: &Value) -> Result<u64, String> {
+    let refused = |what: String| format!("{key} must be a non-negative integer, got {what}");
     match value {
-        Value::IntValue(i) => u64::try_from(*i).ok(),
-        Value::StringValue(s) => s.parse().ok(),
-        _ => None,
+        Value::IntValue(i) => u64::try_from(*i).map_err(|_| refused(format!("the int {i}"))),
+        Value::DoubleValue(d) => {
+            if !d.is_finite() || *d < 0.0 {
+                Err(refused(format!("the double {d:?}")))
+            } else if d.fract() != 0.0 {
+                Err(refused(format!("the double {d:?}, a fraction")))
+            } else if *d > MAX_EXACT_DOUBLE {
+                Err(refused(format!(
+                    "the double {d:?}, beyond 2^53 - 1 where doubles no longer hold every \
+                     integer (send it as an int or a string)"
+                )))
+            } else {
+                // A whole number in 0..=2^53 - 1: the conversion is exact (`-0.0` is 0).
+                Ok(*d as u64)
+            }
+        }
+        Value::StringValue(s) => {
+            let digits = s.trim();
+            let quoted = super::truncated(s, MAX_QUOTED);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(refused(format!("the string {quoted:?}")));
+            }
+            digits
+                .parse()
+                .map_err(|_| refused(format!("the string {quoted:?}, larger than 2^64 - 1")))
+        }
+        Value::BoolValue(b) => Err(refused(format!("the bool {b}"))),
+        Value::BytesValue(_) => Err(refused("bytes".into())),
+        Value::ArrayValue(_) => Err(refused("an array".into())),
+        Value::KvlistValue(_) => Err(refused("a map".into())),
+        Value::StringValueStrindex(_) => Err(refused("a string table index".into())),
     }
+}
+
+/// `server.port`: an [`integer`] from 1 to 65535.
+fn port(value: &Value) -> Result<u16, String> {
+    let port = integer("server.port", value)?;
+    u16::try_from(port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("server.port must be from 1 to 65535, got {port}"))
 }
 
 fn from_record(resource: &[KeyValue], record: &LogRecord) -> Result<HealthEvent, String> {
@@ -186,11 +245,9 @@ fn from_record(resource: &[KeyValue], record: &LogRecord) -> Result<HealthEvent,
             .map(str::to_owned)
     };
     let number = |key: &'static str| -> Result<Option<u64>, String> {
-        attr(attrs, key)
-            .map(|v| as_u64(v).ok_or_else(|| format!("{key} is not a non-negative integer")))
-            .transpose()
+        attr(attrs, key).map(|v| integer(key, v)).transpose()
     };
-    let port = number("server.port")?;
+    let port = attr(attrs, "server.port").map(port).transpose()?;
     let address = match (text("server.address"), port) {
         (Some(host), Some(port)) => Some(format!("{host}:{port}")),
         (Some(host), None) => Some(host),
@@ -355,6 +412,85 @@ mod tests {
         let message = decoded.message().unwrap();
         assert!(message.contains("sleepy"), "{message}");
         assert!(message.contains("health.ttl_ms"), "{message}");
+    }
+
+    /// Decodes one `passing` beat at 10.0.0.7 with `key` set to `value`; returns that field of
+    /// the event (the port, the TTL in ms or the seq), or the rejection message.
+    fn decode_one(key: &str, value: Value) -> Result<u64, String> {
+        let attributes = vec![
+            kv("health.status", s("passing")),
+            kv("server.address", s("10.0.0.7")),
+            kv(key, value),
+        ];
+        let decoded = decode_health_logs(&request(vec![beat(attributes, true)]));
+        if let Some(message) = decoded.message() {
+            return Err(message);
+        }
+        let event = &decoded.events[0];
+        Ok(match key {
+            "server.port" => {
+                let address = event.address.as_deref().unwrap();
+                address.strip_prefix("10.0.0.7:").unwrap().parse().unwrap()
+            }
+            "health.ttl_ms" => u64::try_from(event.ttl.as_millis()).unwrap(),
+            "health.seq" => event.seq.unwrap(),
+            _ => unreachable!("not an integer attribute: {key}"),
+        })
+    }
+
+    #[test]
+    fn integer_attributes() {
+        use Value::{BoolValue, BytesValue, DoubleValue, IntValue};
+        let port = "server.port";
+        let ttl = "health.ttl_ms";
+        let seq = "health.seq";
+        // (attribute, value, the number decoded or a part of the rejection, why)
+        #[rustfmt::skip]
+        let cases: &[(&str, Value, Result<u64, &str>, &str)] = &[
+            (port, IntValue(8080),                  Ok(8080),              "an int, as SDKs send it"),
+            (port, DoubleValue(8080.0),             Ok(8080),              "a whole double, as filelog's json_parser makes every number"),
+            (ttl,  DoubleValue(15000.0),            Ok(15000),             "a whole double TTL"),
+            (seq,  DoubleValue(1.7e12),             Ok(1_700_000_000_000), "a millisecond clock as seq, as a double"),
+            (seq,  DoubleValue(MAX_EXACT_DOUBLE),   Ok(9_007_199_254_740_991), "2^53 - 1 is the largest double kept"),
+            (seq,  DoubleValue(-0.0),               Ok(0),                 "negative zero is zero"),
+            (port, s("8080"),                       Ok(8080),              "a decimal string, as pipelines that send only strings"),
+            (ttl,  s(" 15000 "),                    Ok(15000),             "whitespace around the digits is ignored"),
+            (seq,  s("18446744073709551615"),       Ok(u64::MAX),          "a string holds every u64"),
+            (port, DoubleValue(8080.5),             Err("the double 8080.5, a fraction"), "a fraction is not a port"),
+            (ttl,  DoubleValue(0.5),                Err("0.5"),            "nor a TTL"),
+            (port, IntValue(-1),                    Err("the int -1"),     "a negative int"),
+            (seq,  DoubleValue(-1.0),               Err("the double -1.0"), "a negative double"),
+            (ttl,  s("-1"),                         Err(r#"the string "-1""#), "a negative string"),
+            (seq,  DoubleValue(f64::NAN),           Err("NaN"),            "NaN"),
+            (seq,  DoubleValue(f64::NEG_INFINITY),  Err("-inf"),           "an infinity"),
+            (seq,  DoubleValue(9_007_199_254_740_992.0), Err("beyond 2^53 - 1"), "2^53 may have been 2^53 + 1: precision is lost"),
+            (seq,  DoubleValue(1e300),              Err("1e300"),          "a huge double"),
+            (seq,  s("18446744073709551616"),       Err("larger than 2^64 - 1"), "a string beyond u64"),
+            (port, IntValue(65536),                 Err("from 1 to 65535, got 65536"), "a port past 65535"),
+            (port, DoubleValue(70000.0),            Err("got 70000"),      "a double port past 65535"),
+            (port, s("0"),                          Err("from 1 to 65535, got 0"), "port 0 is not where anything serves"),
+            (ttl,  DoubleValue(0.0),                Err("must be positive"), "a zero TTL, as a double"),
+            (ttl,  s("86400001"),                   Err("86400001 is longer than a day"), "a TTL over a day, as a string"),
+            (port, s("http"),                       Err(r#"the string "http""#), "a name is not a number"),
+            (port, s("8080.0"),                     Err(r#""8080.0""#),    "a string takes digits only, no decimal point"),
+            (port, s("+8080"),                      Err(r#""+8080""#),     "nor a sign"),
+            (ttl,  s("1e4"),                        Err(r#""1e4""#),       "nor an exponent"),
+            (port, s(" "),                          Err(r#"the string " ""#), "blank"),
+            (port, BoolValue(true),                 Err("the bool true"),  "a bool"),
+            (seq,  BytesValue(vec![1]),             Err("bytes"),          "bytes"),
+            (port, s(&"9".repeat(1000)),            Err("larger than 2^64 - 1"), "a long string is quoted in part"),
+        ];
+        for (key, value, want, why) in cases {
+            match (decode_one(key, value.clone()), want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, *want, "{why}"),
+                (Err(error), Err(part)) => {
+                    assert!(error.contains(key), "{why}: names the attribute: {error}");
+                    assert!(error.contains(part), "{why}: {error}");
+                    assert!(error.len() < 200, "{why}: a short message: {error}");
+                }
+                (got, want) => panic!("{why}: {key} = {value:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]
