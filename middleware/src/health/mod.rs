@@ -17,7 +17,10 @@
 //! - `seq` starts at the wall clock in milliseconds and grows by one a beat, so that it also
 //!   grows across restarts (the collector ignores beats older than the last one it saw).
 //! - [`Health::shutdown`] stops the beats and sends `down`; [`Health::routes`] is an axum
-//!   router with `/readyz` and `/livez` that reflect the same state.
+//!   router with `/readyz` and `/livez`, and [`Health::tonic_service`] the standard gRPC health
+//!   service, that reflect the same state.
+//! - [`GracefulShutdown`] is the sequence on SIGTERM: `down` first, a drain period, then the
+//!   servers stop accepting and finish what is in flight, up to a deadline.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -38,7 +41,9 @@
 //! ```
 
 mod checks;
+mod grpc;
 mod schedule;
+mod shutdown;
 mod transport;
 
 use std::future::Future;
@@ -55,6 +60,7 @@ use tokio::time::Instant;
 use wayfinder_api::health::HealthReport;
 
 pub use checks::{CheckResult, Status};
+pub use shutdown::{DeadlinePassed, GracefulShutdown};
 
 use checks::Check;
 use transport::Transport;
