@@ -9,6 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use reqwest_middleware::ClientWithMiddleware;
 use tonic::{Request, Response, Status};
+use wayfinder_middleware::health::{GracefulShutdown, HealthReporter};
 use wayfinder_middleware::{ReqwestTracing, ServerLayer, Telemetry};
 
 /// The generated gRPC code of `proto/inventory.proto`.
@@ -100,13 +101,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let orders = std::env::var("ORDERS_URL").unwrap_or_else(|_| "http://127.0.0.1:3000".to_owned());
     tracing::info!(%addr, "inventory listening");
-    tonic::transport::Server::builder()
+    // Registered under the tracer's name and instance id; the gRPC health service follows the
+    // same state; on SIGTERM or Ctrl-C it sends `down`, drains 5 s, then stops.
+    let health = HealthReporter::for_telemetry(&telemetry)
+        .address(addr.to_string())
+        .endpoint_from_env()
+        .start()?;
+    let shutdown = GracefulShutdown::new().health(health.clone());
+    let server = tonic::transport::Server::builder()
         .layer(ServerLayer::new())
+        .add_service(health.tonic_service())
         .add_service(service(Arc::new(Stock::new(orders))))
-        .serve_with_shutdown(addr, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+        .serve_with_shutdown(addr, shutdown.signal());
+    if let Ok(result) = shutdown.run(server).await {
+        result?;
+    }
     telemetry.shutdown().await?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tonic::transport::{Channel, Endpoint};
+use wayfinder_middleware::health::{GracefulShutdown, HealthReporter};
 use wayfinder_middleware::http::ClientService;
 use wayfinder_middleware::{ClientLayer, ServerLayer, Telemetry};
 
@@ -106,14 +107,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("INVENTORY_URL").unwrap_or_else(|_| "http://127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "orders listening");
-    axum::serve(
+    // Registered under the tracer's name and instance id, at the address it serves on; on
+    // SIGTERM or Ctrl-C it sends `down`, drains 5 s, then stops.
+    let health = HealthReporter::for_telemetry(&telemetry)
+        .address(addr.to_string())
+        .endpoint_from_env()
+        .start()?;
+    let shutdown = GracefulShutdown::new().health(health.clone());
+    let app = router(&inventory)?.merge(health.routes());
+    let server = axum::serve(
         listener,
-        router(&inventory)?.into_make_service_with_connect_info::<SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    .with_graceful_shutdown(shutdown.signal());
+    if let Ok(result) = shutdown.run(async { server.await }).await {
+        result?;
+    }
     telemetry.shutdown().await?;
     Ok(())
 }

@@ -415,7 +415,7 @@ impl Telemetry {
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_sampler(self.sampler.sampler())
-            .with_resource(resource)
+            .with_resource(resource.clone())
             .build();
         let tracer = provider.tracer("tracing-opentelemetry");
         let spans = tracing_opentelemetry::layer()
@@ -449,6 +449,7 @@ impl Telemetry {
         };
         let subscriber = tracing_subscriber::registry().with(spans).with(logs);
         Ok(TelemetryGuard {
+            resource,
             provider,
             dispatch: Dispatch::new(subscriber),
             timeout: self.export_timeout,
@@ -516,12 +517,26 @@ pub fn init() -> Result<TelemetryGuard, InitError> {
 #[must_use = "dropping the guard shuts telemetry down"]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    resource: Resource,
     dispatch: Dispatch,
     timeout: Duration,
     shut_down: bool,
 }
 
 impl TelemetryGuard {
+    /// The resource every span carries (`service.name`, `service.instance.id`, …).
+    pub fn resource(&self) -> &Resource {
+        &self.resource
+    }
+
+    /// A string attribute of the resource, e.g. `service.instance.id` (a fresh UUID unless
+    /// one was given), for the health reporter to register under the same name.
+    pub fn resource_attribute(&self, key: &'static str) -> Option<String> {
+        self.resource
+            .get(&opentelemetry::Key::from_static_str(key))
+            .map(|value| value.to_string())
+    }
+
     /// The tracer provider, for code that creates OpenTelemetry spans directly.
     pub fn provider(&self) -> &SdkTracerProvider {
         &self.provider

@@ -118,6 +118,19 @@ impl HealthReporter {
         }
     }
 
+    /// The reporter of the instance `telemetry` names: its `service.name` and
+    /// `service.instance.id`, so that its beats and its spans are one instance at the collector.
+    pub fn for_telemetry(telemetry: &crate::TelemetryGuard) -> Self {
+        HealthReporter::new(
+            telemetry
+                .resource_attribute("service.name")
+                .unwrap_or_else(|| "unknown_service".to_owned()),
+            telemetry
+                .resource_attribute("service.instance.id")
+                .unwrap_or_default(),
+        )
+    }
+
     /// Where it serves (`host:port`): the address the collector gives balancers.
     pub fn address(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
@@ -437,6 +450,62 @@ async fn beat(
         } else {
             failures = failures.saturating_add(1);
             wait = schedule::backoff_delay(interval, shared.ttl, failures, fastrand::f64());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reporter_registers_under_the_tracers_name_and_instance() {
+        let telemetry = crate::Telemetry::new()
+            .service_name("orders")
+            .instance_id("orders-7")
+            .build_with_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+            .unwrap();
+        let reporter = HealthReporter::for_telemetry(&telemetry);
+        assert_eq!(reporter.service, "orders");
+        assert_eq!(reporter.instance_id, "orders-7");
+
+        let generated = crate::Telemetry::new()
+            .service_name("orders")
+            .build_with_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
+            .unwrap();
+        let reporter = HealthReporter::for_telemetry(&generated);
+        assert_eq!(
+            Some(reporter.instance_id.clone()),
+            generated.resource_attribute("service.instance.id"),
+            "the generated instance id is the spans' one"
+        );
+        assert_eq!(reporter.instance_id.len(), 36, "a UUID");
+    }
+
+    #[test]
+    fn a_reporter_needs_a_transport_and_a_sane_ttl() {
+        let rows: [(HealthReporter, &str); 3] = [
+            (HealthReporter::new("a", "a-1"), "no transport"),
+            (
+                HealthReporter::new("a", "a-1").endpoint_from(|name| {
+                    (name == "OTEL_EXPORTER_OTLP_PROTOCOL").then(|| "carrier-pigeon".to_owned())
+                }),
+                "carrier-pigeon",
+            ),
+            (
+                HealthReporter::new("a", "a-1")
+                    .http("http://127.0.0.1:4318")
+                    .ttl(Duration::from_secs(1)),
+                "TTL",
+            ),
+        ];
+        for (reporter, expected) in rows {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let error = runtime.block_on(async { reporter.start().unwrap_err() });
+            assert!(error.to_string().contains(expected), "{expected}: {error}");
         }
     }
 }
