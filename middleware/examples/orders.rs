@@ -120,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown.signal());
-    if let Ok(result) = shutdown.run(async { server.await }).await {
+    if let Ok(result) = shutdown.run(server).await {
         result?;
     }
     telemetry.shutdown().await?;

@@ -32,6 +32,7 @@ pub mod grpc;
 pub mod health;
 pub mod http;
 mod init;
+pub mod limit;
 pub mod logs;
 pub mod propagation;
 mod tracer;

@@ -61,7 +61,7 @@ async fn instance(i: usize, otlp_http: SocketAddr) -> Instance {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.signal());
-            shutdown.run(async move { server.await }).await
+            shutdown.run(server).await
         })
     };
     Instance {

@@ -34,7 +34,7 @@
 //!         Ok(()) // e.g. `SELECT 1`
 //!     })
 //!     .start()?;
-//! let app = axum::Router::new().merge(health.routes());
+//! let app: axum::Router = axum::Router::new().merge(health.routes());
 //! // … serve `app`; on the way out:
 //! health.shutdown().await;
 //! # Ok(()) }

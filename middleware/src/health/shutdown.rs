@@ -3,7 +3,7 @@
 //! balancers and load balancers see it leave before it stops: Kubernetes' preStop pause), then
 //! lets the server stop accepting and finish what is in flight, up to a deadline.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,8 +118,8 @@ impl GracefulShutdown {
     /// Runs `server` (built with [`signal`](Self::signal)) until it returns; once the servers
     /// stop accepting, it has `deadline` to finish what is in flight, after which it is dropped
     /// (its connections closed) and `Err(DeadlinePassed)` returned.
-    pub async fn run<F: Future>(&self, server: F) -> Result<F::Output, DeadlinePassed> {
-        let mut server = std::pin::pin!(server);
+    pub async fn run<F: IntoFuture>(&self, server: F) -> Result<F::Output, DeadlinePassed> {
+        let mut server = std::pin::pin!(server.into_future());
         let mut stopping = self.stopping.subscribe();
         tokio::select! {
             output = &mut server => return Ok(output),
