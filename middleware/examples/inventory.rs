@@ -105,7 +105,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // same state; on SIGTERM or Ctrl-C it sends `down`, drains 5 s, then stops.
     let health = HealthReporter::for_telemetry(&telemetry)
         .address(addr.to_string())
-        .endpoint_from_env()
         .start()?;
     let shutdown = GracefulShutdown::new().health(health.clone());
     let server = tonic::transport::Server::builder()

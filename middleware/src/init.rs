@@ -380,7 +380,21 @@ impl Telemetry {
     /// run several services in one process).
     pub fn build(self) -> Result<TelemetryGuard, InitError> {
         let exporter = self.exporter()?;
-        self.build_with_exporter(exporter)
+        let collector = (self.protocol, self.base_endpoint());
+        let mut guard = self.build_with_exporter(exporter)?;
+        guard.collector = Some(collector);
+        Ok(guard)
+    }
+
+    /// The collector's base URL the exporter uses: the one set, else the protocol's default.
+    fn base_endpoint(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| {
+            match self.protocol {
+                Protocol::Grpc => "http://localhost:4317",
+                Protocol::HttpProtobuf => "http://localhost:4318",
+            }
+            .to_owned()
+        })
     }
 
     /// Like [`Telemetry::build`], with spans going to `exporter` (through the batch processor)
@@ -450,6 +464,7 @@ impl Telemetry {
         let subscriber = tracing_subscriber::registry().with(spans).with(logs);
         Ok(TelemetryGuard {
             resource,
+            collector: None,
             provider,
             dispatch: Dispatch::new(subscriber),
             timeout: self.export_timeout,
@@ -463,10 +478,7 @@ impl Telemetry {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(InitError::NoRuntime);
                 }
-                let endpoint = self
-                    .endpoint
-                    .clone()
-                    .unwrap_or_else(|| "http://localhost:4317".to_owned());
+                let endpoint = self.base_endpoint();
                 SpanExporter::builder()
                     .with_tonic()
                     .with_endpoint(endpoint)
@@ -474,10 +486,7 @@ impl Telemetry {
                     .build()?
             }
             Protocol::HttpProtobuf => {
-                let base = self
-                    .endpoint
-                    .clone()
-                    .unwrap_or_else(|| "http://localhost:4318".to_owned());
+                let base = self.base_endpoint();
                 let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
                 SpanExporter::builder()
                     .with_http()
@@ -518,6 +527,8 @@ pub fn init() -> Result<TelemetryGuard, InitError> {
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
     resource: Resource,
+    /// The OTLP protocol and base URL spans go to (`None` with a custom exporter).
+    collector: Option<(Protocol, String)>,
     dispatch: Dispatch,
     timeout: Duration,
     shut_down: bool,
@@ -535,6 +546,12 @@ impl TelemetryGuard {
         self.resource
             .get(&opentelemetry::Key::from_static_str(key))
             .map(|value| value.to_string())
+    }
+
+    /// The OTLP protocol and collector base URL the spans go to; `None` when built with a
+    /// custom exporter.
+    pub fn collector(&self) -> Option<(Protocol, &str)> {
+        self.collector.as_ref().map(|(p, url)| (*p, url.as_str()))
     }
 
     /// The tracer provider, for code that creates OpenTelemetry spans directly.

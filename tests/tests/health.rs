@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use wayfinder_e2e::{http_client, loopback_config, start};
 use wayfinder_middleware::health::{HealthReporter, Status};
+use wayfinder_middleware::{Protocol, Telemetry};
 
 /// The instance `id` as `GET /api/v1/instances` shows it, if it is there.
 async fn instance(query_http: std::net::SocketAddr, id: &str) -> Option<Value> {
@@ -179,15 +180,19 @@ async fn an_instance_registers_degrades_and_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beats_also_arrive_as_otlp_log_events() {
+async fn beats_also_arrive_as_otlp_log_events_where_the_spans_go() {
     let collector = start(loopback_config()).await;
     let addrs = collector.addrs();
-    let health = HealthReporter::new("inventory", "inventory-7")
+    // The tracer's settings: the reporter beats where the spans go, under the same names.
+    let telemetry = Telemetry::new()
+        .service_name("inventory")
+        .instance_id("inventory-7")
+        .endpoint(format!("http://{}", addrs.otlp_grpc))
+        .protocol(Protocol::Grpc)
+        .build()
+        .expect("telemetry builds");
+    let health = HealthReporter::for_telemetry(&telemetry)
         .address("127.0.0.1:50051")
-        .endpoint_from(|name| match name {
-            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(format!("http://{}", addrs.otlp_grpc)),
-            _ => None,
-        })
         .interval(Duration::from_millis(200))
         .ttl(Duration::from_secs(2))
         .start()

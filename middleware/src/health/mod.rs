@@ -118,17 +118,25 @@ impl HealthReporter {
         }
     }
 
-    /// The reporter of the instance `telemetry` names: its `service.name` and
-    /// `service.instance.id`, so that its beats and its spans are one instance at the collector.
+    /// The reporter of the instance `telemetry` names, beating to the collector its spans go
+    /// to: its `service.name` and `service.instance.id` (so that beats and spans are one
+    /// instance at the collector), and its OTLP endpoint and protocol (OTLP/gRPC log events
+    /// for `grpc`, `POST /v1/health` for `http/protobuf`). With a custom span exporter set a
+    /// transport yourself.
     pub fn for_telemetry(telemetry: &crate::TelemetryGuard) -> Self {
-        HealthReporter::new(
+        let reporter = HealthReporter::new(
             telemetry
                 .resource_attribute("service.name")
                 .unwrap_or_else(|| "unknown_service".to_owned()),
             telemetry
                 .resource_attribute("service.instance.id")
                 .unwrap_or_default(),
-        )
+        );
+        match telemetry.collector() {
+            Some((crate::Protocol::Grpc, endpoint)) => reporter.otlp_grpc(endpoint),
+            Some((crate::Protocol::HttpProtobuf, endpoint)) => reporter.http(endpoint),
+            None => reporter,
+        }
     }
 
     /// Where it serves (`host:port`): the address the collector gives balancers.
@@ -152,8 +160,9 @@ impl HealthReporter {
     }
 
     /// The transport from `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_EXPORTER_OTLP_PROTOCOL`, as
-    /// the tracer reads them: OTLP/gRPC logs for `grpc` (the default, `http://localhost:4317`),
-    /// `POST /v1/health` for `http/protobuf` (`http://localhost:4318`).
+    /// the tracer reads them: `POST /v1/health` for `http/protobuf` (the default, as for the
+    /// tracer, `http://localhost:4318`), OTLP/gRPC log events for `grpc`
+    /// (`http://localhost:4317`).
     pub fn endpoint_from_env(self) -> Self {
         self.endpoint_from(|name| std::env::var(name).ok())
     }
@@ -161,7 +170,8 @@ impl HealthReporter {
     /// [`endpoint_from_env`](Self::endpoint_from_env) over another source of variables.
     pub fn endpoint_from(self, lookup: impl Fn(&str) -> Option<String>) -> Self {
         let protocol = lookup("OTEL_EXPORTER_OTLP_PROTOCOL")
-            .unwrap_or_else(|| "grpc".to_owned())
+            .unwrap_or_else(|| "http/protobuf".to_owned())
+            .trim()
             .to_ascii_lowercase();
         let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT");
         match protocol.as_str() {
@@ -480,6 +490,39 @@ mod tests {
             "the generated instance id is the spans' one"
         );
         assert_eq!(reporter.instance_id.len(), 36, "a UUID");
+    }
+
+    #[test]
+    fn the_transport_follows_the_tracers_variables() {
+        let env = |protocol: Option<&'static str>| {
+            move |name: &str| match name {
+                "OTEL_EXPORTER_OTLP_PROTOCOL" => protocol.map(str::to_owned),
+                "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4999".to_owned()),
+                _ => None,
+            }
+        };
+        let rows = [
+            (
+                None,
+                "http://collector:4999/v1/health",
+                "http/protobuf by default, as the tracer",
+            ),
+            (
+                Some("http/protobuf"),
+                "http://collector:4999/v1/health",
+                "POST /v1/health",
+            ),
+            (Some(" GRPC "), "otlp", "grpc, any case: OTLP log events"),
+        ];
+        for (protocol, expected, reason) in rows {
+            let reporter = HealthReporter::new("a", "a-1").endpoint_from(env(protocol));
+            let got = match reporter.transport {
+                Some(Ok(Transport::Http { url, .. })) => url,
+                Some(Ok(Transport::OtlpGrpc { .. })) => "otlp".to_owned(),
+                other => panic!("{reason}: {other:?}"),
+            };
+            assert_eq!(got, expected, "{reason}");
+        }
     }
 
     #[test]

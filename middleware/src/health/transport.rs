@@ -1,6 +1,7 @@
 //! How a beat reaches the collector: as a `wayfinder.health` OTLP log event over OTLP/gRPC
 //! (the tracer's endpoint), or as JSON to `POST /v1/health` on the collector's OTLP/HTTP port.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -13,8 +14,12 @@ use wayfinder_api::health::HealthReport;
 /// Where beats go.
 #[derive(Debug, Clone)]
 pub(crate) enum Transport {
-    /// OTLP/gRPC logs to this channel.
-    OtlpGrpc(LogsServiceClient<tonic::transport::Channel>),
+    /// OTLP/gRPC logs to this endpoint; the channel is made on the first send (inside the
+    /// runtime), then kept.
+    OtlpGrpc {
+        endpoint: tonic::transport::Endpoint,
+        client: Arc<OnceLock<LogsServiceClient<tonic::transport::Channel>>>,
+    },
     /// `POST {base}/v1/health`.
     Http {
         client: reqwest::Client,
@@ -25,12 +30,14 @@ pub(crate) enum Transport {
 impl Transport {
     /// OTLP/gRPC logs to `endpoint` (`http://host:4317`), connected lazily.
     pub(crate) fn otlp_grpc(endpoint: &str, timeout: Duration) -> Result<Self, String> {
-        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| format!("`{endpoint}` is not an OTLP/gRPC endpoint: {e}"))?
             .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
-        Ok(Transport::OtlpGrpc(LogsServiceClient::new(channel)))
+            .timeout(timeout);
+        Ok(Transport::OtlpGrpc {
+            endpoint,
+            client: Arc::new(OnceLock::new()),
+        })
     }
 
     /// `POST /v1/health` on the collector's OTLP/HTTP `base` (`http://host:4318`).
@@ -63,8 +70,10 @@ impl Transport {
                     Err(format!("POST {url}: {status} {body}"))
                 }
             }
-            Transport::OtlpGrpc(client) => {
-                let mut client = client.clone();
+            Transport::OtlpGrpc { endpoint, client } => {
+                let mut client = client
+                    .get_or_init(|| LogsServiceClient::new(endpoint.connect_lazy()))
+                    .clone();
                 let response = client
                     .export(log_request(beat))
                     .await
