@@ -17,7 +17,7 @@ pub(crate) enum Transport {
     /// OTLP/gRPC logs to this endpoint; the channel is made on the first send (inside the
     /// runtime), then kept.
     OtlpGrpc {
-        endpoint: tonic::transport::Endpoint,
+        endpoint: Box<tonic::transport::Endpoint>,
         client: Arc<OnceLock<LogsServiceClient<tonic::transport::Channel>>>,
     },
     /// `POST {base}/v1/health`.
@@ -35,7 +35,7 @@ impl Transport {
             .connect_timeout(timeout)
             .timeout(timeout);
         Ok(Transport::OtlpGrpc {
-            endpoint,
+            endpoint: Box::new(endpoint),
             client: Arc::new(OnceLock::new()),
         })
     }
