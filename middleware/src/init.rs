@@ -16,8 +16,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::logs::TraceIdFormat;
+
+mod env;
+
 use crate::propagation::{Propagation, UnknownFormat};
 use crate::tracer;
+use env::{
+    check_endpoint, invalid, parse_bool, parse_headers, parse_resource_attributes, parse_sampler,
+    parse_timeout,
+};
 
 /// What can go wrong while setting up telemetry. Each error names the variable or setting at
 /// fault.
@@ -134,6 +141,24 @@ pub struct Telemetry {
     log_writer: Option<BoxMakeWriter>,
     span_filter: String,
     export_timeout: Duration,
+    /// The full URL of the traces signal (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), used as is.
+    traces_endpoint: Option<String>,
+    headers: Vec<(String, String)>,
+    exporter_kind: ExporterKind,
+    /// What the variables said that is worth a warning once logging is up.
+    warnings: Vec<String>,
+}
+
+/// Where spans go (`OTEL_TRACES_EXPORTER`; `OTEL_SDK_DISABLED=true` means `None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExporterKind {
+    /// OTLP to the collector (the default).
+    Otlp,
+    /// One JSON-ish line per span on standard output (`opentelemetry-stdout`).
+    Console,
+    /// Nowhere: spans are not exported.
+    None,
 }
 
 impl std::fmt::Debug for Telemetry {
@@ -163,7 +188,15 @@ pub const VARIABLES: &[&str] = &[
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_SDK_DISABLED",
     "OTEL_PROPAGATORS",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
@@ -188,6 +221,10 @@ impl Telemetry {
             log_writer: None,
             span_filter: "info".to_owned(),
             export_timeout: Duration::from_secs(10),
+            traces_endpoint: None,
+            headers: Vec::new(),
+            exporter_kind: ExporterKind::Otlp,
+            warnings: Vec::new(),
         }
     }
 
@@ -228,20 +265,30 @@ impl Telemetry {
             telemetry.service_name = name.trim().to_owned();
             telemetry.service_name_set = true;
         }
-        if let Some(protocol) = get("OTEL_EXPORTER_OTLP_PROTOCOL") {
-            telemetry.protocol = match protocol.trim() {
+        // The traces signal's own variable beats the generic one, which beats the default
+        // (the OTLP exporter specification).
+        let pick = |specific: &'static str, generic: &'static str| {
+            get(specific)
+                .map(|v| (specific, v))
+                .or_else(|| get(generic).map(|v| (generic, v)))
+        };
+        if let Some((variable, protocol)) = pick(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ) {
+            telemetry.protocol = match protocol.trim().to_ascii_lowercase().as_str() {
                 "grpc" => Protocol::Grpc,
                 "http/protobuf" => Protocol::HttpProtobuf,
                 "http/json" => {
                     return Err(invalid(
-                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        variable,
                         &protocol,
                         "http/json is not supported; use grpc or http/protobuf",
                     ));
                 }
                 _ => {
                     return Err(invalid(
-                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        variable,
                         &protocol,
                         "expected grpc or http/protobuf",
                     ));
@@ -251,6 +298,55 @@ impl Telemetry {
         if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
             telemetry.endpoint = Some(endpoint.trim().to_owned());
+        }
+        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)?;
+            telemetry.traces_endpoint = Some(endpoint.trim().to_owned());
+        }
+        if let Some((variable, timeout)) = pick(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ) {
+            telemetry.export_timeout = parse_timeout(variable, &timeout)?;
+        }
+        if let Some((variable, headers)) = pick(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ) {
+            telemetry.headers = parse_headers(variable, &headers)?;
+        }
+        if let Some(exporters) = get("OTEL_TRACES_EXPORTER") {
+            let kinds: Vec<String> = exporters
+                .split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect();
+            telemetry.exporter_kind = match kinds.as_slice() {
+                [one] if one == "otlp" => ExporterKind::Otlp,
+                [one] if one == "console" => ExporterKind::Console,
+                [one] if one == "none" => ExporterKind::None,
+                [_] => {
+                    return Err(invalid(
+                        "OTEL_TRACES_EXPORTER",
+                        &exporters,
+                        "expected otlp, console or none",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "OTEL_TRACES_EXPORTER",
+                        &exporters,
+                        "one exporter at a time: otlp, console or none",
+                    ));
+                }
+            };
+        }
+        if let Some(disabled) = get("OTEL_SDK_DISABLED") {
+            let (disabled, warning) = parse_bool("OTEL_SDK_DISABLED", &disabled);
+            telemetry.warnings.extend(warning);
+            if disabled {
+                telemetry.exporter_kind = ExporterKind::None;
+            }
         }
         if let Some(propagators) = get("OTEL_PROPAGATORS") {
             telemetry.propagation = Propagation::from_otel_propagators(&propagators)?;
@@ -265,7 +361,7 @@ impl Telemetry {
             telemetry.log_filter = filter;
         }
         if let Some(format) = get("WAYFINDER_LOG_FORMAT") {
-            telemetry.log_format = match format.trim() {
+            telemetry.log_format = match format.trim().to_ascii_lowercase().as_str() {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 _ => {
@@ -366,8 +462,12 @@ impl Telemetry {
     /// default, the tracer provider and the propagation as OpenTelemetry's globals.
     pub fn init(self) -> Result<TelemetryGuard, InitError> {
         let propagation = self.propagation.clone();
+        let warnings = self.warnings.clone();
         let guard = self.build()?;
         tracing::dispatcher::set_global_default(guard.dispatch.clone())?;
+        for warning in warnings {
+            tracing::warn!("{warning}");
+        }
         opentelemetry::global::set_tracer_provider(guard.provider.clone());
         tracer::install(guard.provider.tracer(tracer::SCOPE));
         opentelemetry::global::set_text_map_propagator(propagation.clone());
@@ -379,11 +479,25 @@ impl Telemetry {
     /// makes it the current thread's default (for example one runtime thread per service, to
     /// run several services in one process).
     pub fn build(self) -> Result<TelemetryGuard, InitError> {
-        let exporter = self.exporter()?;
-        let collector = (self.protocol, self.base_endpoint());
-        let mut guard = self.build_with_exporter(exporter)?;
-        guard.collector = Some(collector);
-        Ok(guard)
+        match self.exporter_kind {
+            ExporterKind::Otlp => {
+                let exporter = self.exporter()?;
+                let collector = (self.protocol, self.base_endpoint());
+                let mut guard = self.build_with_exporter(exporter)?;
+                guard.collector = Some(collector);
+                Ok(guard)
+            }
+            ExporterKind::Console => {
+                self.build_with_exporter(opentelemetry_stdout::SpanExporter::default())
+            }
+            ExporterKind::None => self.build_with_exporter(NoExporter),
+        }
+    }
+
+    /// Where spans go (`OTEL_TRACES_EXPORTER`): OTLP by default.
+    pub fn exporter_kind(mut self, kind: ExporterKind) -> Self {
+        self.exporter_kind = kind;
+        self
     }
 
     /// The collector's base URL the exporter uses: the one set, else the protocol's default.
@@ -478,25 +592,57 @@ impl Telemetry {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(InitError::NoRuntime);
                 }
-                let endpoint = self.base_endpoint();
-                SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint)
-                    .with_timeout(self.export_timeout)
-                    .build()?
+                // gRPC has one URL for every signal: the traces one, when given, as it is.
+                let endpoint = self
+                    .traces_endpoint
+                    .clone()
+                    .unwrap_or_else(|| self.base_endpoint());
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                for (key, value) in &self.headers {
+                    if let (Ok(key), Ok(value)) = (
+                        tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                        value.parse(),
+                    ) {
+                        metadata.insert(key, value);
+                    }
+                }
+                opentelemetry_otlp::WithTonicConfig::with_metadata(
+                    SpanExporter::builder().with_tonic(),
+                    metadata,
+                )
+                .with_endpoint(endpoint)
+                .with_timeout(self.export_timeout)
+                .build()?
             }
             Protocol::HttpProtobuf => {
-                let base = self.base_endpoint();
-                let endpoint = format!("{}/v1/traces", base.trim_end_matches('/'));
-                SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                    .with_endpoint(endpoint)
-                    .with_timeout(self.export_timeout)
-                    .build()?
+                // The signal's own URL is used as is; the generic one gets `/v1/traces`.
+                let endpoint = self.traces_endpoint.clone().unwrap_or_else(|| {
+                    format!("{}/v1/traces", self.base_endpoint().trim_end_matches('/'))
+                });
+                opentelemetry_otlp::WithHttpConfig::with_headers(
+                    SpanExporter::builder().with_http(),
+                    self.headers.iter().cloned().collect(),
+                )
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(self.export_timeout)
+                .build()?
             }
         };
         Ok(exporter)
+    }
+}
+
+/// A span exporter that drops everything (`OTEL_TRACES_EXPORTER=none`, `OTEL_SDK_DISABLED`).
+#[derive(Debug)]
+struct NoExporter;
+
+impl opentelemetry_sdk::trace::SpanExporter for NoExporter {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
     }
 }
 
@@ -636,108 +782,6 @@ impl Drop for TelemetryGuard {
             _ => shutdown(),
         }
     }
-}
-
-fn invalid(variable: &'static str, value: &str, reason: &str) -> InitError {
-    InitError::InvalidVariable {
-        variable,
-        value: value.to_owned(),
-        reason: reason.to_owned(),
-    }
-}
-
-/// `key1=value1,key2=value2`, values percent-decoded (the W3C Baggage octet rules the
-/// OpenTelemetry specification refers to). An entry without `=` or with an empty key fails the
-/// whole variable, so a typo does not silently drop an attribute.
-fn parse_resource_attributes(value: &str) -> Result<Vec<KeyValue>, InitError> {
-    let mut attributes = Vec::new();
-    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let Some((key, raw)) = entry.split_once('=') else {
-            return Err(invalid(
-                "OTEL_RESOURCE_ATTRIBUTES",
-                value,
-                &format!("entry {entry:?} has no '='"),
-            ));
-        };
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(invalid(
-                "OTEL_RESOURCE_ATTRIBUTES",
-                value,
-                &format!("entry {entry:?} has an empty key"),
-            ));
-        }
-        let decoded = percent_decode(raw.trim()).ok_or_else(|| {
-            invalid(
-                "OTEL_RESOURCE_ATTRIBUTES",
-                value,
-                &format!("entry {entry:?} has a bad percent-encoding"),
-            )
-        })?;
-        attributes.push(KeyValue::new(key.to_owned(), decoded));
-    }
-    Ok(attributes)
-}
-
-fn percent_decode(raw: &str) -> Option<String> {
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = raw.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn check_endpoint(variable: &'static str, endpoint: &str) -> Result<(), InitError> {
-    let uri: http::Uri = endpoint
-        .trim()
-        .parse()
-        .map_err(|error: http::uri::InvalidUri| invalid(variable, endpoint, &error.to_string()))?;
-    match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(()),
-        _ => Err(invalid(
-            variable,
-            endpoint,
-            "expected an http:// or https:// URL with a host",
-        )),
-    }
-}
-
-fn parse_sampler(name: &str, arg: Option<&str>) -> Result<SamplerKind, InitError> {
-    let ratio = || -> Result<f64, InitError> {
-        let Some(arg) = arg else { return Ok(1.0) };
-        match arg.trim().parse::<f64>() {
-            Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
-            _ => Err(invalid(
-                "OTEL_TRACES_SAMPLER_ARG",
-                arg,
-                "expected a ratio between 0 and 1",
-            )),
-        }
-    };
-    Ok(match name.trim() {
-        "always_on" => SamplerKind::AlwaysOn,
-        "always_off" => SamplerKind::AlwaysOff,
-        "traceidratio" => SamplerKind::TraceIdRatio(ratio()?),
-        "parentbased_always_on" => SamplerKind::ParentBasedAlwaysOn,
-        "parentbased_always_off" => SamplerKind::ParentBasedAlwaysOff,
-        "parentbased_traceidratio" => SamplerKind::ParentBasedTraceIdRatio(ratio()?),
-        _ => {
-            return Err(invalid(
-                "OTEL_TRACES_SAMPLER",
-                name,
-                "expected always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio",
-            ));
-        }
-    })
 }
 
 #[cfg(test)]

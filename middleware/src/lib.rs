@@ -39,8 +39,8 @@ mod tracer;
 
 pub use http::{ClientLayer, DEFAULT_UNTRACED_PATHS, RequestId, ReqwestTracing, ServerLayer};
 pub use init::{
-    InitError, LogFormat, Protocol, SamplerKind, ScopedTelemetry, Telemetry, TelemetryGuard,
-    VARIABLES, init,
+    ExporterKind, InitError, LogFormat, Protocol, SamplerKind, ScopedTelemetry, Telemetry,
+    TelemetryGuard, VARIABLES, init,
 };
 pub use logs::{TraceIdFormat, current_span_id, current_trace_id, spawn};
 pub use propagation::{Format, Propagation};

@@ -170,3 +170,174 @@ fn grpc_without_a_runtime_is_an_error_not_a_panic() {
         .expect_err("no Tokio runtime here");
     assert!(matches!(error, InitError::NoRuntime), "{error}");
 }
+
+#[test]
+fn signal_specific_variables_beat_the_generic_ones() {
+    type Row = (&'static [(&'static str, &'static str)], &'static str);
+    let rows: [Row; 3] = [
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "HTTP/PROTOBUF"),
+            ],
+            "the traces protocol wins, in any case",
+        ),
+        (
+            &[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")],
+            "the traces protocol alone",
+        ),
+        (
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")],
+            "the generic one alone",
+        ),
+    ];
+    for (pairs, reason) in rows {
+        assert_eq!(
+            from(pairs).unwrap().protocol,
+            Protocol::HttpProtobuf,
+            "{reason}"
+        );
+    }
+    let t = from(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://traces:9999/custom/path",
+        ),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "3000"),
+        ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1500"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "x-generic=1"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "Authorization=Bearer%20abc, x-team = shop ",
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        t.traces_endpoint.as_deref(),
+        Some("http://traces:9999/custom/path"),
+        "used as is, without /v1/traces"
+    );
+    assert_eq!(t.endpoint.as_deref(), Some("http://generic:4318"));
+    assert_eq!(
+        t.export_timeout,
+        Duration::from_millis(1500),
+        "the traces timeout wins"
+    );
+    assert_eq!(
+        t.headers,
+        [
+            ("authorization".to_owned(), "Bearer abc".to_owned()),
+            ("x-team".to_owned(), "shop".to_owned())
+        ],
+        "the traces headers replace the generic ones, percent-decoded"
+    );
+}
+
+#[test]
+fn exporter_selection_and_sdk_disabled() {
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        ExporterKind,
+        &'static str,
+    );
+    let rows: [Row; 6] = [
+        (&[], ExporterKind::Otlp, "OTLP by default"),
+        (
+            &[("OTEL_TRACES_EXPORTER", "console")],
+            ExporterKind::Console,
+            "console",
+        ),
+        (
+            &[("OTEL_TRACES_EXPORTER", "NONE")],
+            ExporterKind::None,
+            "none, in any case",
+        ),
+        (
+            &[("OTEL_SDK_DISABLED", "True")],
+            ExporterKind::None,
+            "the SDK disabled",
+        ),
+        (
+            &[
+                ("OTEL_SDK_DISABLED", "false"),
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+            ],
+            ExporterKind::Otlp,
+            "not disabled",
+        ),
+        (
+            &[("OTEL_SDK_DISABLED", "yes")],
+            ExporterKind::Otlp,
+            "anything but true is false (the specification), with a warning",
+        ),
+    ];
+    for (pairs, expected, reason) in rows {
+        assert_eq!(from(pairs).unwrap().exporter_kind, expected, "{reason}");
+    }
+    let t = from(&[("OTEL_SDK_DISABLED", "yes")]).unwrap();
+    assert_eq!(t.warnings.len(), 1, "the odd value is warned about");
+}
+
+#[test]
+fn malformed_exporter_variables_are_errors_naming_the_variable() {
+    let rows = [
+        (
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "a pair without =",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "=v"),
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "an empty key",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_HEADERS", "bad key=v"),
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "not a header name",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_HEADERS", "k=%zz"),
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "a bad percent-encoding",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"),
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+            "milliseconds, not a duration",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "0"),
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "zero",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "traces:4318"),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "no scheme",
+        ),
+        (
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "udp"),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "unknown protocol",
+        ),
+        (
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            "OTEL_TRACES_EXPORTER",
+            "an exporter not built in",
+        ),
+        (
+            ("OTEL_TRACES_EXPORTER", "otlp,console"),
+            "OTEL_TRACES_EXPORTER",
+            "one at a time",
+        ),
+    ];
+    for ((name, value), variable, reason) in rows {
+        let error = from(&[(name, value)]).expect_err(reason);
+        assert!(
+            matches!(&error, InitError::InvalidVariable { variable: v, .. } if *v == variable),
+            "{reason}: {error}"
+        );
+    }
+}

@@ -1,0 +1,117 @@
+//! The `OTEL_EXPORTER_OTLP_*` variables as the exporter really uses them: spans arrive at a
+//! real collector on the traces signal's own endpoint while the generic one points nowhere.
+
+use opentelemetry::trace::{Span, Tracer, TracerProvider};
+use wayfinder_e2e::{loopback_config, start, wait_for_rows};
+use wayfinder_middleware::{Protocol, Telemetry};
+
+/// One span of `service` through telemetry made from `vars`.
+async fn send_one(
+    service: &str,
+    vars: Vec<(&'static str, String)>,
+) -> wayfinder_middleware::TelemetryGuard {
+    let telemetry = Telemetry::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .expect("valid variables")
+    .service_name(service)
+    .build()
+    .expect("telemetry builds");
+    let tracer = telemetry.provider().tracer("otel-env-test");
+    let mut span = tracer.start("work");
+    span.end();
+    telemetry.flush().await.expect("the export succeeds");
+    telemetry
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_traces_endpoint_and_protocol_beat_the_generic_ones() {
+    let collector = start(loopback_config()).await;
+    let addrs = collector.addrs();
+    let nowhere = "http://127.0.0.1:9".to_owned();
+
+    // HTTP: the signal's URL is used as is; the generic endpoint (and protocol) are not used.
+    let guard = send_one(
+        "env-http",
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                "http/protobuf".to_owned(),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("http://{}/v1/traces", addrs.otlp_http),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "x-team=shop".to_owned(),
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "5000".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'env-http'", 1).await,
+        1
+    );
+    guard.shutdown().await.expect("shut down");
+
+    // gRPC: the traces protocol picks gRPC over the generic http/protobuf.
+    let guard = send_one(
+        "env-grpc",
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", nowhere.clone()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "GRPC".to_owned()),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                format!("http://{}", addrs.otlp_grpc),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20t".to_owned(),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'env-grpc'", 1).await,
+        1
+    );
+    assert_eq!(
+        guard.collector().map(|(p, _)| p),
+        Some(Protocol::Grpc),
+        "the health reporter would follow the same protocol"
+    );
+    guard.shutdown().await.expect("shut down");
+
+    // Disabled: nothing is exported, and nothing fails.
+    let guard = send_one(
+        "env-off",
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", addrs.otlp_http),
+            ),
+            ("OTEL_SDK_DISABLED", "true".to_owned()),
+        ],
+    )
+    .await;
+    assert!(guard.collector().is_none(), "no collector when disabled");
+    // The enabled services' spans are in; the disabled one's never came.
+    assert_eq!(
+        wait_for_rows(&collector, "service_name LIKE 'env-%'", 2).await,
+        2
+    );
+    let counted = wayfinder_e2e::count(
+        &collector,
+        "SELECT count(*) FROM spans WHERE service_name = 'env-off'",
+    )
+    .await;
+    assert_eq!(counted, 0);
+    collector.shutdown().await;
+}
