@@ -17,6 +17,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::logs::TraceIdFormat;
 
+mod counted;
 mod env;
 
 use crate::propagation::{Propagation, UnknownFormat};
@@ -517,6 +518,8 @@ impl Telemetry {
     where
         E: opentelemetry_sdk::trace::SpanExporter + 'static,
     {
+        let failures = std::sync::Arc::new(counted::Failures::default());
+        let exporter = counted::Counted::new(exporter, failures.clone());
         let span_filter = EnvFilter::try_new(&self.span_filter)
             .map_err(|error| invalid("span filter", &self.span_filter, &error.to_string()))?;
         let log_filter = EnvFilter::try_new(&self.log_filter)
@@ -579,6 +582,7 @@ impl Telemetry {
         Ok(TelemetryGuard {
             resource,
             collector: None,
+            failures,
             provider,
             dispatch: Dispatch::new(subscriber),
             timeout: self.export_timeout,
@@ -675,6 +679,7 @@ pub struct TelemetryGuard {
     resource: Resource,
     /// The OTLP protocol and base URL spans go to (`None` with a custom exporter).
     collector: Option<(Protocol, String)>,
+    failures: std::sync::Arc<counted::Failures>,
     dispatch: Dispatch,
     timeout: Duration,
     shut_down: bool,
@@ -698,6 +703,16 @@ impl TelemetryGuard {
     /// custom exporter.
     pub fn collector(&self) -> Option<(Protocol, &str)> {
         self.collector.as_ref().map(|(p, url)| (*p, url.as_str()))
+    }
+
+    /// Batches of spans, and spans, whose export failed so far (each failure is also a
+    /// `tracing` warning, at most one every 10 s).
+    pub fn export_failures(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.failures.batches.load(Ordering::Relaxed),
+            self.failures.spans.load(Ordering::Relaxed),
+        )
     }
 
     /// The tracer provider, for code that creates OpenTelemetry spans directly.

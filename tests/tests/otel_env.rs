@@ -115,3 +115,56 @@ async fn the_traces_endpoint_and_protocol_beat_the_generic_ones() {
     assert_eq!(counted, 0);
     collector.shutdown().await;
 }
+
+/// Log lines written by the global subscriber.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// The only test of this binary that installs the global subscriber (the batch processor
+// exports on a thread of its own, so its warnings go to the global one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_failures_are_counted_and_logged() {
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let telemetry = Telemetry::new()
+        .service_name("env-failing")
+        .endpoint(format!("http://{nowhere}"))
+        .log_writer(tracing_subscriber::fmt::writer::BoxMakeWriter::new(
+            move || writer.clone(),
+        ))
+        .init()
+        .expect("telemetry installs");
+    let tracer = telemetry.provider().tracer("otel-env-test");
+    // Three batches of one span each, each export failing.
+    for _ in 0..3 {
+        tracer.start("lost").end();
+        let _ = telemetry.flush().await;
+    }
+    let (batches, spans) = telemetry.export_failures();
+    assert_eq!(batches, 3, "each failed export is counted");
+    assert_eq!(spans, 3, "with its spans");
+    let text = String::from_utf8_lossy(&logs.0.lock()).to_string();
+    assert!(
+        text.contains("span export failed"),
+        "and said in a warning: {text}"
+    );
+    assert_eq!(
+        text.matches("span export failed").count(),
+        1,
+        "one warning for three failures within 10 s"
+    );
+}
