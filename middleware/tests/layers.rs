@@ -217,15 +217,15 @@ async fn http_server_spans_follow_the_semantic_conventions() {
             absent: vec![],
         },
         Row {
-            reason: "a proxy's X-Forwarded-For gives client.address",
+            reason: "X-Forwarded-For is not trusted by default: anyone can send it",
             uri: "/users/9",
             headers: vec![("x-forwarded-for", "203.0.113.7, 10.0.0.1".into())],
             name: "GET /users/{id}",
             status: 200,
             error: false,
             remote_parent: false,
-            expected: vec![("client.address", "203.0.113.7")],
-            absent: vec![],
+            expected: vec![],
+            absent: vec!["client.address"],
         },
     ];
     for row in rows {
@@ -962,4 +962,101 @@ async fn balanced_attempts_are_client_spans_of_their_own() {
         timed_out["error.type"], "timeout",
         "the attempt deadline is recorded as a timeout, not a cancellation"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn forwarded_headers_count_only_from_a_trusted_proxy() {
+    let peer: std::net::SocketAddr = "10.0.0.1:45678".parse().unwrap();
+    type Row = (
+        bool,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+    let rows: [Row; 6] = [
+        (
+            false,
+            &[],
+            "10.0.0.1",
+            "http",
+            "without a proxy: the socket's peer",
+        ),
+        (
+            false,
+            &[
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-proto", "https"),
+            ],
+            "10.0.0.1",
+            "http",
+            "untrusted headers are ignored",
+        ),
+        (
+            true,
+            &[
+                ("x-forwarded-for", "203.0.113.7, 10.0.0.9"),
+                ("x-forwarded-proto", "https"),
+            ],
+            "203.0.113.7",
+            "https",
+            "a trusted proxy's X-Forwarded-*",
+        ),
+        (
+            true,
+            &[(
+                "forwarded",
+                "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.9",
+            )],
+            "2001:db8::1",
+            "https",
+            "RFC 7239 Forwarded, brackets and port removed",
+        ),
+        (
+            true,
+            &[
+                ("forwarded", "for=198.51.100.17:8080"),
+                ("x-forwarded-for", "203.0.113.7"),
+            ],
+            "198.51.100.17",
+            "http",
+            "Forwarded beats X-Forwarded-For",
+        ),
+        (
+            true,
+            &[("forwarded", "for=unknown")],
+            "10.0.0.1",
+            "http",
+            "an unknown client falls back to the peer",
+        ),
+    ];
+    for (trust, headers, client, scheme, reason) in rows {
+        let harness = Harness::new(LogFormat::Text);
+        let mut request = get_request("/users/1", headers);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        call(
+            app().layer(ServerLayer::new().trust_forwarded_headers(trust)),
+            request,
+        )
+        .await;
+        let spans = harness.spans().await;
+        let server = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .expect(reason);
+        let attributes = attributes(server);
+        assert_eq!(attributes["client.address"], client, "{reason}");
+        assert_eq!(attributes["url.scheme"], scheme, "{reason}");
+        assert_eq!(
+            attributes["network.peer.address"], "10.0.0.1",
+            "{reason}: always the socket"
+        );
+        assert_eq!(attributes["network.peer.port"], "45678", "{reason}");
+        assert!(
+            attributes["http.request.header.x-request-id"].len() > 2,
+            "{reason}: the request id is on the span"
+        );
+    }
 }

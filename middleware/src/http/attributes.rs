@@ -110,11 +110,23 @@ pub(crate) fn scheme_static(uri: &Uri) -> opentelemetry::Value {
 }
 
 /// The attributes HTTP and gRPC server spans share: `server.*`, `client.address`,
-/// `network.protocol.version`, `user_agent.original`.
-pub(crate) fn push_common<B>(attributes: &mut Vec<KeyValue>, request: &Request<B>) {
+/// `network.peer.*`, `network.protocol.version`, `user_agent.original`. With
+/// `trust_forwarded`, `client.address` comes from the proxy's `Forwarded` or
+/// `X-Forwarded-For`; otherwise, and always for `network.peer.*`, from the socket.
+pub(crate) fn push_common<B>(
+    attributes: &mut Vec<KeyValue>,
+    request: &Request<B>,
+    trust_forwarded: bool,
+) {
     push_server(attributes, request);
-    if let Some(client) = client_address(request) {
+    let peer = peer_address(request);
+    let forwarded = trust_forwarded.then(|| forwarded_for(request)).flatten();
+    if let Some(client) = forwarded.or_else(|| peer.map(|p| p.ip().to_string())) {
         attributes.push(KeyValue::new("client.address", client));
+    }
+    if let Some(peer) = peer {
+        attributes.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
+        attributes.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
     }
     if let Some(version) = protocol_version(request.version()) {
         attributes.push(KeyValue::new("network.protocol.version", version));
@@ -154,21 +166,72 @@ pub(crate) fn scheme(uri: &Uri) -> &str {
     uri.scheme_str().unwrap_or("http")
 }
 
-/// `client.address`: the first address in `X-Forwarded-For` when a proxy set one, else the
-/// peer of the connection as axum (`ConnectInfo<SocketAddr>`) or tonic (`TcpConnectInfo`)
-/// recorded it.
-pub(crate) fn client_address<B>(request: &Request<B>) -> Option<String> {
-    if let Some(forwarded) = request
-        .headers()
+/// The original client as a trusted proxy says: the first `for=` of `Forwarded` (RFC 7239,
+/// quotes, brackets and port removed), else the first address of `X-Forwarded-For`.
+pub(crate) fn forwarded_for<B>(request: &Request<B>) -> Option<String> {
+    let headers = request.headers();
+    if let Some(value) = forwarded_param(headers, "for") {
+        let value = value.trim_matches('"');
+        let host = if let Some(rest) = value.strip_prefix('[') {
+            rest.split(']').next().unwrap_or(rest)
+        } else {
+            value.rsplit_once(':').map_or(value, |(host, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) && !host.contains(':') {
+                    host
+                } else {
+                    value
+                }
+            })
+        };
+        if !host.is_empty() && !host.starts_with('_') && host != "unknown" {
+            return Some(host.to_owned());
+        }
+    }
+    headers
         .get("x-forwarded-for")
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(',').next())
         .map(str::trim)
         .filter(|value| !value.is_empty())
-    {
-        return Some(forwarded.to_owned());
-    }
-    let peer: Option<SocketAddr> = request
+        .map(str::to_owned)
+}
+
+/// The scheme a trusted proxy says the client used: `Forwarded: proto=`, else
+/// `X-Forwarded-Proto`.
+pub(crate) fn forwarded_proto<B>(request: &Request<B>) -> Option<String> {
+    let headers = request.headers();
+    forwarded_param(headers, "proto")
+        .map(|p| p.trim_matches('"').to_ascii_lowercase())
+        .or_else(|| {
+            headers
+                .get("x-forwarded-proto")
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(',').next())
+                .map(|value| value.trim().to_ascii_lowercase())
+        })
+        .filter(|proto| proto == "http" || proto == "https")
+}
+
+/// The first value of `name` in the first element of `Forwarded`.
+fn forwarded_param<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    let first = headers
+        .get(http::header::FORWARDED)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?;
+    first.split(';').find_map(|pair| {
+        let (key, value) = pair.trim().split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then_some(value.trim())
+    })
+}
+
+/// The peer of the connection as axum (`ConnectInfo<SocketAddr>`) or tonic (`TcpConnectInfo`)
+/// recorded it.
+pub(crate) fn peer_address<B>(request: &Request<B>) -> Option<SocketAddr> {
+    request
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|info| info.0)
@@ -177,8 +240,7 @@ pub(crate) fn client_address<B>(request: &Request<B>) -> Option<String> {
                 .extensions()
                 .get::<tonic::transport::server::TcpConnectInfo>()
                 .and_then(|info| info.remote_addr())
-        });
-    peer.map(|addr| addr.ip().to_string())
+        })
 }
 
 /// Query parameters whose values the semantic conventions ask to redact (signed-URL secrets).

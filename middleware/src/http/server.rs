@@ -63,6 +63,7 @@ struct Config {
     propagation: Propagation,
     filter: PathFilter,
     response_traceparent: bool,
+    trust_forwarded: bool,
 }
 
 impl fmt::Debug for ServerLayer {
@@ -89,8 +90,19 @@ impl ServerLayer {
                 propagation: Propagation::current(),
                 filter: Arc::new(|path| !DEFAULT_UNTRACED_PATHS.contains(&path)),
                 response_traceparent: false,
+                trust_forwarded: false,
             }),
         }
+    }
+
+    /// Trusts a proxy in front: `client.address` from its `Forwarded` (`for=`) or
+    /// `X-Forwarded-For`, and `url.scheme` from `Forwarded` (`proto=`) or `X-Forwarded-Proto`.
+    /// Off by default: any caller can send those headers, so without a proxy that sets them
+    /// they are ignored and both come from the connection. `network.peer.address` and
+    /// `network.peer.port` always do.
+    pub fn trust_forwarded_headers(mut self, trust: bool) -> Self {
+        self.config_mut().trust_forwarded = trust;
+        self
     }
 
     fn config_mut(&mut self) -> &mut Config {
@@ -182,11 +194,24 @@ where
             };
         }
         let grpc = grpc::is_grpc(request.headers());
-        let builder = if grpc {
-            grpc_span(&request)
+        let trust = self.config.trust_forwarded;
+        let mut builder = if grpc {
+            grpc_span(&request, trust)
         } else {
-            http_span(&request)
+            http_span(&request, trust)
         };
+        if let Ok(id) = request_id.0.to_str() {
+            builder
+                .attributes
+                .get_or_insert_with(Vec::new)
+                .push(KeyValue::new(
+                    "http.request.header.x-request-id",
+                    // A header attribute is a string array in the conventions.
+                    opentelemetry::Value::Array(opentelemetry::Array::String(vec![
+                        opentelemetry::StringValue::from(id.to_owned()),
+                    ])),
+                ));
+        }
         let header_value = request_id.0.clone();
         let parent = self
             .config
@@ -208,7 +233,7 @@ where
 }
 
 /// The HTTP SERVER span of `request`.
-fn http_span<B>(request: &Request<B>) -> SpanBuilder {
+fn http_span<B>(request: &Request<B>, trust_forwarded: bool) -> SpanBuilder {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
@@ -231,19 +256,26 @@ fn http_span<B>(request: &Request<B>) -> SpanBuilder {
             attributes::redact_query(query).into_owned(),
         ));
     }
-    attributes.push(KeyValue::new("url.scheme", attributes::scheme_static(uri)));
-    attributes::push_common(&mut attributes, request);
+    let scheme = match trust_forwarded
+        .then(|| attributes::forwarded_proto(request))
+        .flatten()
+    {
+        Some(proto) => proto.into(),
+        None => attributes::scheme_static(uri),
+    };
+    attributes.push(KeyValue::new("url.scheme", scheme));
+    attributes::push_common(&mut attributes, request, trust_forwarded);
     SpanBuilder::from_name(name)
         .with_kind(SpanKind::Server)
         .with_attributes(attributes)
 }
 
 /// The gRPC SERVER span of `request`.
-fn grpc_span<B>(request: &Request<B>) -> SpanBuilder {
+fn grpc_span<B>(request: &Request<B>, trust_forwarded: bool) -> SpanBuilder {
     let path = request.uri().path();
     let mut attributes = Vec::with_capacity(10);
     attributes::push_rpc(&mut attributes, path);
-    attributes::push_common(&mut attributes, request);
+    attributes::push_common(&mut attributes, request, trust_forwarded);
     SpanBuilder::from_name(grpc::span_name(path))
         .with_kind(SpanKind::Server)
         .with_attributes(attributes)
