@@ -480,6 +480,15 @@ impl Telemetry {
     /// makes it the current thread's default (for example one runtime thread per service, to
     /// run several services in one process).
     pub fn build(self) -> Result<TelemetryGuard, InitError> {
+        // Endpoints set in code are checked as the variables are: no TLS in this build.
+        if self.exporter_kind == ExporterKind::Otlp {
+            if let Some(endpoint) = &self.endpoint {
+                env::check_endpoint("endpoint", endpoint)?;
+            }
+            if let Some(endpoint) = &self.traces_endpoint {
+                env::check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", endpoint)?;
+            }
+        }
         match self.exporter_kind {
             ExporterKind::Otlp => {
                 let exporter = self.exporter()?;

@@ -527,7 +527,11 @@ mod tests {
 
     #[test]
     fn a_reporter_needs_a_transport_and_a_sane_ttl() {
-        let rows: [(HealthReporter, &str); 3] = [
+        let rows: [(HealthReporter, &str); 4] = [
+            (
+                HealthReporter::new("a", "a-1").http("https://collector:4318"),
+                "TLS",
+            ),
             (HealthReporter::new("a", "a-1"), "no transport"),
             (
                 HealthReporter::new("a", "a-1").endpoint_from(|name| {

@@ -30,6 +30,7 @@ pub(crate) enum Transport {
 impl Transport {
     /// OTLP/gRPC logs to `endpoint` (`http://host:4317`), connected lazily.
     pub(crate) fn otlp_grpc(endpoint: &str, timeout: Duration) -> Result<Self, String> {
+        refuse_tls(endpoint)?;
         let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
             .map_err(|e| format!("`{endpoint}` is not an OTLP/gRPC endpoint: {e}"))?
             .connect_timeout(timeout)
@@ -42,6 +43,7 @@ impl Transport {
 
     /// `POST /v1/health` on the collector's OTLP/HTTP `base` (`http://host:4318`).
     pub(crate) fn http(base: &str, timeout: Duration) -> Result<Self, String> {
+        refuse_tls(base)?;
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
@@ -88,6 +90,17 @@ impl Transport {
                 }
             }
         }
+    }
+}
+
+/// No TLS in this build: an `https://` endpoint is refused at once, not at the first beat.
+fn refuse_tls(endpoint: &str) -> Result<(), String> {
+    if endpoint.trim().to_ascii_lowercase().starts_with("https://") {
+        Err(format!(
+            "`{endpoint}`: https:// needs TLS, which this build does not include; use http://"
+        ))
+    } else {
+        Ok(())
     }
 }
 

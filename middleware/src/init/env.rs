@@ -69,11 +69,16 @@ pub(super) fn check_endpoint(variable: &'static str, endpoint: &str) -> Result<(
         .parse()
         .map_err(|error: http::uri::InvalidUri| invalid(variable, endpoint, &error.to_string()))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http" | "https"), Some(_)) => Ok(()),
+        (Some("http"), Some(_)) => Ok(()),
+        (Some("https"), Some(_)) => Err(invalid(
+            variable,
+            endpoint,
+            "https:// needs TLS, which this build does not include: use http:// (a sidecar or mesh can add TLS)",
+        )),
         _ => Err(invalid(
             variable,
             endpoint,
-            "expected an http:// or https:// URL with a host",
+            "expected an http:// URL with a host",
         )),
     }
 }

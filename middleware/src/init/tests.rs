@@ -104,6 +104,11 @@ fn invalid_variables_are_errors_naming_the_variable() {
             "no scheme: the exporter would fail later with a worse message",
         ),
         (
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "https without TLS in the build: refused at once, not a failed export later",
+        ),
+        (
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://host"),
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "wrong scheme",
