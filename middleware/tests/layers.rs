@@ -1060,3 +1060,41 @@ async fn forwarded_headers_count_only_from_a_trusted_proxy() {
         );
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_panicking_handler_answers_500_and_its_span_says_panic() {
+    let harness = Harness::new(LogFormat::Text);
+    let app = Router::new()
+        .route(
+            "/boom",
+            get(|| async {
+                if true {
+                    panic!("the handler broke");
+                }
+                "never"
+            }),
+        )
+        .route("/fine", get(|| async { "fine" }))
+        .layer(ServerLayer::new());
+    let response = call(app.clone(), get_request("/boom", &[])).await;
+    assert_eq!(
+        response.status(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a 500, not a dropped connection"
+    );
+    let response = call(app, get_request("/fine", &[])).await;
+    assert_eq!(response.status(), StatusCode::OK, "the service goes on");
+    let spans = harness.spans().await;
+    let boom = spans
+        .iter()
+        .find(|s| s.name == "GET /boom")
+        .expect("the panicking request has its span");
+    let attributes = attributes(boom);
+    assert_eq!(attributes["error.type"], "panic");
+    assert_eq!(attributes["http.response.status_code"], "500");
+    assert!(
+        matches!(&boom.status, Status::Error { description } if description.contains("the handler broke")),
+        "the message is the status description: {:?}",
+        boom.status
+    );
+}

@@ -91,6 +91,18 @@ impl Completion {
         }
     }
 
+    /// Records a handler that panicked: its response is the 500 the panic handler made
+    /// (`error.type = "panic"`; for gRPC also `rpc.grpc.status_code = 13`, INTERNAL).
+    pub(crate) fn panicked(&mut self, message: &str) {
+        if self.grpc {
+            self.set("rpc.grpc.status_code", 13_i64);
+        } else {
+            self.set("http.response.status_code", 500_i64);
+        }
+        self.fail("panic", format!("panic: {message}"));
+        self.stage = Stage::Done;
+    }
+
     /// The call failed before a response: `error_type` is a low-cardinality class
     /// (`timeout`, `_OTHER`), `description` the error's message. A gRPC call gets the status
     /// tonic would report: DEADLINE_EXCEEDED for a timeout, UNAVAILABLE for a client's

@@ -13,4 +13,6 @@ pub use body::TracedBody;
 pub use client::{BoxError, ClientFuture, ClientLayer, ClientService};
 pub use request_id::RequestId;
 pub use reqwest::ReqwestTracing;
-pub use server::{DEFAULT_UNTRACED_PATHS, PathFilter, ResponseFuture, ServerLayer, ServerService};
+pub use server::{
+    DEFAULT_UNTRACED_PATHS, PanicResponse, PathFilter, ResponseFuture, ServerLayer, ServerService,
+};

@@ -11,6 +11,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
+use tower_http::catch_panic::{CatchPanic, ResponseForPanic};
 
 use super::attributes;
 use super::body::{Completion, Side, TracedBody};
@@ -144,13 +145,43 @@ impl ServerLayer {
 }
 
 impl<S> Layer<S> for ServerLayer {
-    type Service = ServerService<S>;
+    type Service = ServerService<CatchPanic<S, PanicResponse>>;
 
+    /// Wraps `inner` in tower-http's `CatchPanic` first: a handler that panics answers 500 and
+    /// its span says `error.type = "panic"`, instead of dropping the connection.
     fn layer(&self, inner: S) -> Self::Service {
         ServerService {
-            inner,
+            inner: CatchPanic::custom(inner, PanicResponse),
             config: self.config.clone(),
         }
+    }
+}
+
+/// The answer to a handler that panicked: 500, empty, with the panic's message in an
+/// extension for the span.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PanicResponse;
+
+/// The message of a panic, on the response the panic handler made.
+#[derive(Clone, Debug)]
+pub(crate) struct Panicked(pub(crate) String);
+
+impl ResponseForPanic for PanicResponse {
+    type ResponseBody = http_body_util::Empty<bytes::Bytes>;
+
+    fn response_for_panic(
+        &mut self,
+        error: Box<dyn std::any::Any + Send + 'static>,
+    ) -> Response<Self::ResponseBody> {
+        let message = error
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| error.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        let mut response = Response::new(http_body_util::Empty::new());
+        *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+        response.extensions_mut().insert(Panicked(message));
+        response
     }
 }
 
@@ -324,7 +355,10 @@ where
                     .entry(request_id::HEADER)
                     .or_insert_with(|| this.request_id.clone());
                 if let Some(completion) = completion.as_mut() {
-                    completion.response(parts.status, &parts.headers);
+                    match parts.extensions.get::<Panicked>() {
+                        Some(Panicked(message)) => completion.panicked(message),
+                        None => completion.response(parts.status, &parts.headers),
+                    }
                     if *this.traceparent {
                         write_traceparent(completion.context(), &mut parts.headers);
                     }
