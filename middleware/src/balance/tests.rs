@@ -267,16 +267,20 @@ async fn a_failing_probe_ejects_again_for_longer() {
         Duration::from_secs(60),
         "the second ejection lasts 2 × 30 s"
     );
-    // And the longest ejection is capped.
-    for _ in 0..20 {
-        tokio::time::advance(Duration::from_secs(301)).await;
-        bad.record(Instant::now(), true, &config, 0.99);
+    // Probes that keep failing right at their return: 30 s × n grows until the 5 min cap binds.
+    let mut lengths = Vec::new();
+    for _ in 0..12 {
+        let ejected_for = balancer.endpoints()[0].ejected_for.unwrap();
+        lengths.push(ejected_for.as_secs());
+        tokio::time::advance(ejected_for + Duration::from_millis(1)).await;
+        assert!(
+            bad.record(Instant::now(), true, &config, 0.99),
+            "re-ejected"
+        );
     }
-    let ejected_for = balancer.endpoints()[0].ejected_for.unwrap();
-    assert!(
-        ejected_for <= Duration::from_secs(300),
-        "at most 5 min: {ejected_for:?}"
-    );
+    assert_eq!(lengths[..3], [60, 98, 131], "n × 30 s with +9.8% jitter");
+    let last = balancer.endpoints()[0].ejected_for.unwrap();
+    assert_eq!(last, Duration::from_secs(300), "at most 5 min");
 }
 
 #[tokio::test(start_paused = true)]
