@@ -470,7 +470,7 @@ impl Telemetry {
             tracing::warn!("{warning}");
         }
         opentelemetry::global::set_tracer_provider(guard.provider.clone());
-        tracer::install(guard.provider.tracer(tracer::SCOPE));
+        tracer::install(tracer::from_provider(&guard.provider));
         opentelemetry::global::set_text_map_propagator(propagation.clone());
         propagation.install();
         Ok(guard)
@@ -752,7 +752,7 @@ impl TelemetryGuard {
     /// ```
     pub fn set_default(&self) -> ScopedTelemetry {
         ScopedTelemetry {
-            _tracer: tracer::set_scoped(self.provider.tracer(tracer::SCOPE)),
+            _tracer: tracer::set_scoped(tracer::from_provider(&self.provider)),
             _dispatch: tracing::dispatcher::set_default(&self.dispatch),
         }
     }

@@ -19,10 +19,30 @@ use std::sync::OnceLock;
 use opentelemetry::Context;
 use opentelemetry::global;
 use opentelemetry::trace::{SpanBuilder, TraceContextExt, Tracer};
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 /// The instrumentation scope of the layers' spans.
 pub(crate) const SCOPE: &str = "wayfinder-middleware";
+
+/// The scope with its version and the schema URL of the conventions the spans follow: 1.37.0
+/// with the experimental RPC conventions (the last release that had them), 1.44.0 with the
+/// stable ones.
+pub(crate) fn scope() -> opentelemetry::InstrumentationScope {
+    let schema = match crate::grpc::RpcConventions::from_env() {
+        crate::grpc::RpcConventions::Experimental => "https://opentelemetry.io/schemas/1.37.0",
+        _ => "https://opentelemetry.io/schemas/1.44.0",
+    };
+    opentelemetry::InstrumentationScope::builder(SCOPE)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(schema)
+        .build()
+}
+
+/// The layers' tracer from `provider`.
+pub(crate) fn from_provider(provider: &SdkTracerProvider) -> SdkTracer {
+    use opentelemetry::trace::TracerProvider as _;
+    provider.tracer_with_scope(scope())
+}
 
 thread_local! {
     static SCOPED: RefCell<Option<SdkTracer>> = const { RefCell::new(None) };
@@ -37,7 +57,7 @@ pub(crate) fn start(builder: SpanBuilder, parent: &Context) -> Context {
     match scoped.as_ref().or_else(|| INSTALLED.get()) {
         Some(tracer) => parent.with_span(tracer.build_with_context(builder, parent)),
         None => {
-            let tracer = global::tracer(SCOPE);
+            let tracer = global::tracer_with_scope(scope());
             parent.with_span(tracer.build_with_context(builder, parent))
         }
     }

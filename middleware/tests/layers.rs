@@ -734,13 +734,13 @@ async fn grpc_status_comes_from_headers_or_trailers() {
             error: Some("INTERNAL"),
         },
         Row {
-            reason: "a trailers-only response: the status is in the headers",
+            reason: "a trailers-only response: the status is in the headers; NOT_FOUND is the caller's business, not a server error",
             http_status: 200,
             header_status: Some("5"),
             frames: vec![],
             read_to_end: true,
             code: "5",
-            error: Some("NOT_FOUND"),
+            error: None,
         },
         Row {
             reason: "a body that ends without a status is UNKNOWN",
@@ -752,13 +752,13 @@ async fn grpc_status_comes_from_headers_or_trailers() {
             error: Some("UNKNOWN"),
         },
         Row {
-            reason: "a body dropped before its status: the peer went away, CANCELLED",
+            reason: "a body dropped before its status: the peer went away, CANCELLED, not a server error",
             http_status: 200,
             header_status: None,
             frames: vec![data(), data(), trailers("0")],
             read_to_end: false,
             code: "1",
-            error: Some("CANCELLED"),
+            error: None,
         },
         Row {
             reason: "an HTTP 503 without grpc-status maps to UNAVAILABLE",
@@ -823,7 +823,7 @@ async fn grpc_status_comes_from_headers_or_trailers() {
         assert_eq!(
             matches!(span.status, Status::Error { .. }),
             row.error.is_some(),
-            "{}: every code but OK is an error",
+            "{}: only the server's own codes are errors on the server",
             row.reason
         );
     }
@@ -1097,4 +1097,127 @@ async fn a_panicking_handler_answers_500_and_its_span_says_panic() {
         "the message is the status description: {:?}",
         boom.status
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn rpc_spans_follow_the_conventions_opted_in() {
+    use wayfinder_middleware::grpc::RpcConventions;
+    struct Row {
+        conventions: RpcConventions,
+        path: &'static str,
+        name: &'static str,
+        expected: Vec<(&'static str, &'static str)>,
+        absent: Vec<&'static str>,
+        reason: &'static str,
+    }
+    let rows = vec![
+        Row {
+            conventions: RpcConventions::Experimental,
+            path: "/shop.v1.Orders/Get",
+            name: "shop.v1.Orders/Get",
+            expected: vec![
+                ("rpc.system", "grpc"),
+                ("rpc.service", "shop.v1.Orders"),
+                ("rpc.method", "Get"),
+                ("rpc.grpc.status_code", "5"),
+            ],
+            absent: vec!["rpc.system.name", "rpc.response.status_code"],
+            reason: "the default: the experimental conventions, as before",
+        },
+        Row {
+            conventions: RpcConventions::Stable,
+            path: "/shop.v1.Orders/Get",
+            name: "shop.v1.Orders/Get",
+            expected: vec![
+                ("rpc.system.name", "grpc"),
+                ("rpc.method", "shop.v1.Orders/Get"),
+                ("rpc.response.status_code", "NOT_FOUND"),
+            ],
+            absent: vec![
+                "rpc.system",
+                "rpc.service",
+                "rpc.grpc.status_code",
+                "error.type",
+            ],
+            reason: "rpc: the stable conventions only",
+        },
+        Row {
+            conventions: RpcConventions::Stable,
+            path: "/not-a-method",
+            name: "grpc",
+            expected: vec![
+                ("rpc.method", "_OTHER"),
+                ("rpc.method_original", "/not-a-method"),
+            ],
+            absent: vec![],
+            reason: "rpc: an unparsable path is _OTHER, the span named after the system",
+        },
+        Row {
+            conventions: RpcConventions::Both,
+            path: "/shop.v1.Orders/Get",
+            name: "shop.v1.Orders/Get",
+            expected: vec![
+                ("rpc.system", "grpc"),
+                ("rpc.system.name", "grpc"),
+                ("rpc.service", "shop.v1.Orders"),
+                ("rpc.method", "shop.v1.Orders/Get"),
+                ("rpc.grpc.status_code", "5"),
+                ("rpc.response.status_code", "NOT_FOUND"),
+            ],
+            absent: vec![],
+            reason: "rpc/dup: both, rpc.method with its stable value",
+        },
+    ];
+    for row in rows {
+        let harness = Harness::new(LogFormat::Text);
+        let service = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "application/grpc")
+                    .header("grpc-status", "5")
+                    .body(Full::new(Bytes::new()))
+                    .expect("a response"),
+            )
+        });
+        let request = Request::post(format!("http://inventory.local:50051{}", row.path))
+            .header("content-type", "application/grpc")
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let response = ServerLayer::new()
+            .rpc_conventions(row.conventions)
+            .layer(service)
+            .oneshot(request)
+            .await
+            .expect("infallible");
+        let mut body = response.into_body();
+        while body.frame().await.is_some() {}
+        drop(body);
+        let spans = harness.spans().await;
+        let span = &spans[0];
+        assert_eq!(span.name, row.name, "{}", row.reason);
+        let scope = &span.instrumentation_scope;
+        assert_eq!(scope.name(), "wayfinder-middleware");
+        assert_eq!(scope.version(), Some(env!("CARGO_PKG_VERSION")), "the tracer's version");
+        assert_eq!(
+            scope.schema_url(),
+            Some("https://opentelemetry.io/schemas/1.37.0"),
+            "the schema of the conventions (no OTEL_SEMCONV_STABILITY_OPT_IN here)"
+        );
+        let attrs = attributes(span);
+        for (key, value) in &row.expected {
+            assert_eq!(
+                attrs.get(*key).map(String::as_str),
+                Some(*value),
+                "{}: {key}",
+                row.reason
+            );
+        }
+        for key in &row.absent {
+            assert!(
+                !attrs.contains_key(*key),
+                "{}: {key} must be absent",
+                row.reason
+            );
+        }
+    }
 }

@@ -37,13 +37,96 @@ pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
 }
 
-/// The span name of a gRPC path: `{package.Service}/{Method}`, or `gRPC` for a path that is
-/// not one (a caller must not be able to mint span names).
-pub(crate) fn span_name(path: &str) -> String {
+/// Which RPC semantic conventions the spans follow, as `OTEL_SEMCONV_STABILITY_OPT_IN` says
+/// (the migration rule of the RPC conventions, v1.44.0): `rpc` for the stable ones only,
+/// `rpc/dup` for both (it wins over `rpc`), else the experimental ones emitted so far.
+///
+/// | | experimental (default) | stable (`rpc`) |
+/// |---|---|---|
+/// | system | `rpc.system = "grpc"` | `rpc.system.name = "grpc"` |
+/// | method | `rpc.service`, `rpc.method` (`Get`) | `rpc.method` (`shop.v1.Orders/Get`, or `_OTHER` with `rpc.method_original`) |
+/// | status | `rpc.grpc.status_code` (an integer) | `rpc.response.status_code` (`NOT_FOUND`) |
+/// | name of an unknown method | `gRPC` | `grpc` |
+///
+/// With `rpc/dup` both sets are written; `rpc.method` then has its stable (fully qualified)
+/// value, the one key the two sets share.
+///
+/// ```
+/// use wayfinder_middleware::grpc::RpcConventions;
+///
+/// assert_eq!(RpcConventions::from_opt_in("http,rpc"), RpcConventions::Stable);
+/// assert_eq!(RpcConventions::from_opt_in("rpc, rpc/dup"), RpcConventions::Both);
+/// assert_eq!(RpcConventions::from_opt_in("http"), RpcConventions::Experimental);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RpcConventions {
+    /// The experimental conventions (v1.37.0 and before).
+    #[default]
+    Experimental,
+    /// The stable conventions only.
+    Stable,
+    /// Both.
+    Both,
+}
+
+impl RpcConventions {
+    /// From the value of `OTEL_SEMCONV_STABILITY_OPT_IN` (a comma-separated list).
+    pub fn from_opt_in(value: &str) -> Self {
+        let tokens: Vec<String> = value
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        if tokens.iter().any(|t| t == "rpc/dup") {
+            RpcConventions::Both
+        } else if tokens.iter().any(|t| t == "rpc") {
+            RpcConventions::Stable
+        } else {
+            RpcConventions::Experimental
+        }
+    }
+
+    /// From the process's `OTEL_SEMCONV_STABILITY_OPT_IN`, read once.
+    pub fn from_env() -> Self {
+        static FROM_ENV: std::sync::OnceLock<RpcConventions> = std::sync::OnceLock::new();
+        *FROM_ENV.get_or_init(|| {
+            std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN")
+                .map(|v| RpcConventions::from_opt_in(&v))
+                .unwrap_or_default()
+        })
+    }
+
+    /// Whether the experimental attributes are written.
+    pub(crate) fn experimental(self) -> bool {
+        self != RpcConventions::Stable
+    }
+
+    /// Whether the stable attributes are written.
+    pub(crate) fn stable(self) -> bool {
+        self != RpcConventions::Experimental
+    }
+}
+
+/// The gRPC codes a server counts as its own errors (the gRPC semantic conventions): the
+/// others (`NOT_FOUND`, `INVALID_ARGUMENT`, …) are the caller's business on the server; on the
+/// client every code but `OK` is an error.
+pub(crate) fn is_server_error(code: i32) -> bool {
+    matches!(code, 2 | 4 | 12 | 13 | 14 | 15)
+}
+
+/// The span name of a gRPC path: `{package.Service}/{Method}`, or for a path that is not one
+/// (a caller must not be able to mint span names) `gRPC` (experimental) or `grpc` (stable:
+/// `{rpc.system.name}`).
+pub(crate) fn span_name(path: &str, conventions: RpcConventions) -> String {
     match service_and_method(path) {
         Some((service, method)) => format!("{service}/{method}"),
-        None => "gRPC".to_owned(),
+        None => unknown_method_name(conventions).to_owned(),
     }
+}
+
+/// The span name of a method the server does not know.
+pub(crate) fn unknown_method_name(conventions: RpcConventions) -> &'static str {
+    if conventions.stable() { "grpc" } else { "gRPC" }
 }
 
 /// `(rpc.service, rpc.method)` of a gRPC path `/{package.Service}/{Method}`.
@@ -144,9 +227,11 @@ mod tests {
             headers.insert(http::header::CONTENT_TYPE, value.parse().expect("a value"));
             assert_eq!(is_grpc(&headers), expected, "{reason}");
         }
-        assert_eq!(span_name("/shop.Orders/Get"), "shop.Orders/Get");
+        let old = RpcConventions::Experimental;
+        assert_eq!(span_name("/shop.Orders/Get", old), "shop.Orders/Get");
+        assert_eq!(span_name("/nope", RpcConventions::Stable), "grpc");
         assert_eq!(
-            span_name("/anything/the/caller/likes"),
+            span_name("/anything/the/caller/likes", old),
             "gRPC",
             "no minted names"
         );

@@ -151,12 +151,37 @@ pub(crate) fn push_server<B>(attributes: &mut Vec<KeyValue>, request: &Request<B
     }
 }
 
-/// `rpc.system`, `rpc.service`, `rpc.method` of a gRPC path.
-pub(crate) fn push_rpc(attributes: &mut Vec<KeyValue>, path: &str) {
-    attributes.push(KeyValue::new("rpc.system", "grpc"));
-    if let Some((service, method)) = crate::grpc::service_and_method(path) {
-        attributes.push(KeyValue::new("rpc.service", service.to_owned()));
-        attributes.push(KeyValue::new("rpc.method", method.to_owned()));
+/// The RPC attributes of a gRPC path, by `conventions`: `rpc.system`, `rpc.service`,
+/// `rpc.method` (experimental) and/or `rpc.system.name`, the fully qualified `rpc.method` (or
+/// `_OTHER` and `rpc.method_original` for a path that is not a method) (stable).
+pub(crate) fn push_rpc(
+    attributes: &mut Vec<KeyValue>,
+    path: &str,
+    conventions: crate::grpc::RpcConventions,
+) {
+    let parsed = crate::grpc::service_and_method(path);
+    if conventions.experimental() {
+        attributes.push(KeyValue::new("rpc.system", "grpc"));
+        if let Some((service, method)) = parsed
+            && !conventions.stable()
+        {
+            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+            attributes.push(KeyValue::new("rpc.method", method.to_owned()));
+        } else if let Some((service, _)) = parsed {
+            attributes.push(KeyValue::new("rpc.service", service.to_owned()));
+        }
+    }
+    if conventions.stable() {
+        attributes.push(KeyValue::new("rpc.system.name", "grpc"));
+        match parsed {
+            Some((service, method)) => {
+                attributes.push(KeyValue::new("rpc.method", format!("{service}/{method}")));
+            }
+            None => {
+                attributes.push(KeyValue::new("rpc.method", "_OTHER"));
+                attributes.push(KeyValue::new("rpc.method_original", path.to_owned()));
+            }
+        }
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) struct Completion {
     side: Side,
     grpc: bool,
     stage: Stage,
+    conventions: grpc::RpcConventions,
 }
 
 impl Completion {
@@ -51,7 +52,14 @@ impl Completion {
             side,
             grpc,
             stage: Stage::Pending,
+            conventions: grpc::RpcConventions::default(),
         }
+    }
+
+    /// Follows `conventions` for the RPC attributes.
+    pub(crate) fn with_conventions(mut self, conventions: grpc::RpcConventions) -> Self {
+        self.conventions = conventions;
+        self
     }
 
     /// The context with the call's span.
@@ -95,7 +103,12 @@ impl Completion {
     /// (`error.type = "panic"`; for gRPC also `rpc.grpc.status_code = 13`, INTERNAL).
     pub(crate) fn panicked(&mut self, message: &str) {
         if self.grpc {
-            self.set("rpc.grpc.status_code", 13_i64);
+            if self.conventions.experimental() {
+                self.set("rpc.grpc.status_code", 13_i64);
+            }
+            if self.conventions.stable() {
+                self.set("rpc.response.status_code", "INTERNAL");
+            }
         } else {
             self.set("http.response.status_code", 500_i64);
         }
@@ -155,14 +168,31 @@ impl Completion {
 
     /// Records a gRPC status; `error.type` is the code's name for every code but OK.
     fn grpc_status_with(&mut self, code: i32, description: String) {
-        self.set("rpc.grpc.status_code", i64::from(code));
-        if code != 0 {
+        if self.conventions.experimental() {
+            self.set("rpc.grpc.status_code", i64::from(code));
+        }
+        if self.conventions.stable() {
+            self.set("rpc.response.status_code", grpc::code_name(code));
+        }
+        // On the server only the server's own codes are errors (the gRPC conventions); on the
+        // client every code but OK is.
+        let failed = match self.side {
+            Side::Server => grpc::is_server_error(code),
+            Side::Client => code != 0,
+        };
+        if failed {
             self.fail(grpc::code_name(code), description);
         }
         if code == 12 && self.side == Side::Server {
             // UNIMPLEMENTED: the method does not exist, so its name is the caller's invention;
             // keep it out of span names (the attributes keep the path).
-            self.cx.span().update_name("gRPC _OTHER");
+            if self.conventions.stable() {
+                self.cx
+                    .span()
+                    .update_name(grpc::unknown_method_name(self.conventions));
+            } else {
+                self.cx.span().update_name("gRPC _OTHER");
+            }
         }
         self.stage = Stage::Done;
     }

@@ -52,6 +52,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync>;
 #[derive(Clone, Debug)]
 pub struct ClientLayer {
     propagation: Propagation,
+    conventions: grpc::RpcConventions,
 }
 
 impl Default for ClientLayer {
@@ -66,12 +67,20 @@ impl ClientLayer {
     pub fn new() -> Self {
         ClientLayer {
             propagation: Propagation::current(),
+            conventions: grpc::RpcConventions::from_env(),
         }
     }
 
     /// Injects with `propagation` instead (for example also B3 for a mesh).
     pub fn propagation(mut self, propagation: Propagation) -> Self {
         self.propagation = propagation;
+        self
+    }
+
+    /// Follows these RPC conventions for gRPC spans (default: what
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN` says).
+    pub fn rpc_conventions(mut self, conventions: grpc::RpcConventions) -> Self {
+        self.conventions = conventions;
         self
     }
 }
@@ -83,6 +92,7 @@ impl<S> Layer<S> for ClientLayer {
         ClientService {
             inner,
             propagation: self.propagation.clone(),
+            conventions: self.conventions,
         }
     }
 }
@@ -92,6 +102,7 @@ impl<S> Layer<S> for ClientLayer {
 pub struct ClientService<S> {
     inner: S,
     propagation: Propagation,
+    conventions: grpc::RpcConventions,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientService<S>
@@ -110,7 +121,7 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let grpc = grpc::is_grpc(request.headers());
         let builder = if grpc {
-            grpc_span(&request)
+            grpc_span(&request, self.conventions)
         } else {
             http_span(&request)
         };
@@ -121,7 +132,9 @@ where
         let inner = self.inner.call(request);
         ClientFuture {
             inner,
-            completion: Some(Completion::new(cx, Side::Client, grpc)),
+            completion: Some(
+                Completion::new(cx, Side::Client, grpc).with_conventions(self.conventions),
+            ),
             deadline,
         }
     }
@@ -185,12 +198,12 @@ fn http_span<B>(request: &Request<B>) -> SpanBuilder {
         .with_attributes(attributes)
 }
 
-fn grpc_span<B>(request: &Request<B>) -> SpanBuilder {
+fn grpc_span<B>(request: &Request<B>, conventions: grpc::RpcConventions) -> SpanBuilder {
     let path = request.uri().path();
     let mut attributes = Vec::with_capacity(6);
-    attributes::push_rpc(&mut attributes, path);
+    attributes::push_rpc(&mut attributes, path, conventions);
     attributes::push_server(&mut attributes, request);
-    SpanBuilder::from_name(grpc::span_name(path))
+    SpanBuilder::from_name(grpc::span_name(path, conventions))
         .with_kind(SpanKind::Client)
         .with_attributes(attributes)
 }

@@ -65,6 +65,7 @@ struct Config {
     filter: PathFilter,
     response_traceparent: bool,
     trust_forwarded: bool,
+    conventions: grpc::RpcConventions,
 }
 
 impl fmt::Debug for ServerLayer {
@@ -92,8 +93,16 @@ impl ServerLayer {
                 filter: Arc::new(|path| !DEFAULT_UNTRACED_PATHS.contains(&path)),
                 response_traceparent: false,
                 trust_forwarded: false,
+                conventions: grpc::RpcConventions::from_env(),
             }),
         }
+    }
+
+    /// Follows these RPC conventions for gRPC spans (default: what
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN` says, see [`RpcConventions`](crate::grpc::RpcConventions)).
+    pub fn rpc_conventions(mut self, conventions: grpc::RpcConventions) -> Self {
+        self.config_mut().conventions = conventions;
+        self
     }
 
     /// Trusts a proxy in front: `client.address` from its `Forwarded` (`for=`) or
@@ -227,7 +236,7 @@ where
         let grpc = grpc::is_grpc(request.headers());
         let trust = self.config.trust_forwarded;
         let mut builder = if grpc {
-            grpc_span(&request, trust)
+            grpc_span(&request, trust, self.config.conventions)
         } else {
             http_span(&request, trust)
         };
@@ -256,7 +265,9 @@ where
         };
         ResponseFuture {
             inner,
-            completion: Some(Completion::new(cx, Side::Server, grpc)),
+            completion: Some(
+                Completion::new(cx, Side::Server, grpc).with_conventions(self.config.conventions),
+            ),
             request_id: header_value,
             traceparent: self.config.response_traceparent,
         }
@@ -302,12 +313,16 @@ fn http_span<B>(request: &Request<B>, trust_forwarded: bool) -> SpanBuilder {
 }
 
 /// The gRPC SERVER span of `request`.
-fn grpc_span<B>(request: &Request<B>, trust_forwarded: bool) -> SpanBuilder {
+fn grpc_span<B>(
+    request: &Request<B>,
+    trust_forwarded: bool,
+    conventions: grpc::RpcConventions,
+) -> SpanBuilder {
     let path = request.uri().path();
     let mut attributes = Vec::with_capacity(10);
-    attributes::push_rpc(&mut attributes, path);
+    attributes::push_rpc(&mut attributes, path, conventions);
     attributes::push_common(&mut attributes, request, trust_forwarded);
-    SpanBuilder::from_name(grpc::span_name(path))
+    SpanBuilder::from_name(grpc::span_name(path, conventions))
         .with_kind(SpanKind::Server)
         .with_attributes(attributes)
 }
