@@ -1197,7 +1197,11 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
         assert_eq!(span.name, row.name, "{}", row.reason);
         let scope = &span.instrumentation_scope;
         assert_eq!(scope.name(), "wayfinder-middleware");
-        assert_eq!(scope.version(), Some(env!("CARGO_PKG_VERSION")), "the tracer's version");
+        assert_eq!(
+            scope.version(),
+            Some(env!("CARGO_PKG_VERSION")),
+            "the tracer's version"
+        );
         assert_eq!(
             scope.schema_url(),
             Some("https://opentelemetry.io/schemas/1.37.0"),
