@@ -1225,3 +1225,58 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
         }
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn handlers_add_attributes_and_an_edge_can_refuse_baggage() {
+    use opentelemetry::baggage::BaggageExt;
+    let app = || {
+        Router::new().route(
+            "/orders/{id}",
+            get(|| async {
+                // The documented way: the request's span is the active OpenTelemetry span.
+                opentelemetry::trace::get_active_span(|span| {
+                    span.set_attribute(opentelemetry::KeyValue::new("order.id", "o-42"))
+                });
+                let cx = opentelemetry::Context::current();
+                let member = cx.baggage().get("tenant").map(|v| v.to_string());
+                member.unwrap_or_else(|| "no baggage".to_owned())
+            }),
+        )
+    };
+    let headers = [
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
+        ("baggage", "tenant=acme"),
+    ];
+    type Row = (bool, &'static str, &'static str);
+    let rows: [Row; 2] = [
+        (true, "acme", "baggage is taken in by default"),
+        (false, "no baggage", "an edge that refuses baggage drops it"),
+    ];
+    for (accept, expected, reason) in rows {
+        let harness = Harness::new(LogFormat::Text);
+        let response = call(
+            app().layer(ServerLayer::new().accept_baggage(accept)),
+            get_request("/orders/42", &headers),
+        )
+        .await;
+        assert_eq!(response.body(), expected, "{reason}");
+        let spans = harness.spans().await;
+        let server = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Server)
+            .expect(reason);
+        assert_eq!(
+            server.span_context.trace_id().to_string(),
+            TRACE,
+            "{reason}: the trace context is kept either way"
+        );
+        assert_eq!(
+            attributes(server)["order.id"],
+            "o-42",
+            "{reason}: the handler's attribute"
+        );
+    }
+}

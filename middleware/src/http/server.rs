@@ -66,6 +66,7 @@ struct Config {
     response_traceparent: bool,
     trust_forwarded: bool,
     conventions: grpc::RpcConventions,
+    accept_baggage: bool,
 }
 
 impl fmt::Debug for ServerLayer {
@@ -94,8 +95,17 @@ impl ServerLayer {
                 response_traceparent: false,
                 trust_forwarded: false,
                 conventions: grpc::RpcConventions::from_env(),
+                accept_baggage: true,
             }),
         }
+    }
+
+    /// Whether callers' `baggage` is taken in (default yes). At a public edge, refuse it: the
+    /// trace context is still read, the baggage dropped, so that outside callers cannot plant
+    /// entries that later services trust.
+    pub fn accept_baggage(mut self, accept: bool) -> Self {
+        self.config_mut().accept_baggage = accept;
+        self
     }
 
     /// Follows these RPC conventions for gRPC spans (default: what
@@ -253,11 +263,12 @@ where
                 ));
         }
         let header_value = request_id.0.clone();
-        let parent = self
-            .config
-            .propagation
-            .extract(request.headers())
-            .with_value(request_id);
+        let mut parent = self.config.propagation.extract(request.headers());
+        if !self.config.accept_baggage {
+            use opentelemetry::baggage::BaggageExt;
+            parent = parent.with_cleared_baggage();
+        }
+        let parent = parent.with_value(request_id);
         let cx = tracer::start(builder, &parent);
         let inner = {
             let _attached = cx.clone().attach();
