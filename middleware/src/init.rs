@@ -17,8 +17,11 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::logs::TraceIdFormat;
 
-mod counted;
 mod env;
+mod exporters;
+mod guard;
+
+pub use guard::{ScopedTelemetry, TelemetryGuard};
 
 use crate::propagation::{Propagation, UnknownFormat};
 use crate::tracer;
@@ -500,7 +503,7 @@ impl Telemetry {
             ExporterKind::Console => {
                 self.build_with_exporter(opentelemetry_stdout::SpanExporter::default())
             }
-            ExporterKind::None => self.build_with_exporter(NoExporter),
+            ExporterKind::None => self.build_with_exporter(exporters::NoExporter),
         }
     }
 
@@ -527,8 +530,8 @@ impl Telemetry {
     where
         E: opentelemetry_sdk::trace::SpanExporter + 'static,
     {
-        let failures = std::sync::Arc::new(counted::Failures::default());
-        let exporter = counted::Counted::new(exporter, failures.clone());
+        let failures = std::sync::Arc::new(exporters::Failures::default());
+        let exporter = exporters::Counted::new(exporter, failures.clone());
         let span_filter = EnvFilter::try_new(&self.span_filter)
             .map_err(|error| invalid("span filter", &self.span_filter, &error.to_string()))?;
         let log_filter = EnvFilter::try_new(&self.log_filter)
@@ -646,19 +649,6 @@ impl Telemetry {
     }
 }
 
-/// A span exporter that drops everything (`OTEL_TRACES_EXPORTER=none`, `OTEL_SDK_DISABLED`).
-#[derive(Debug)]
-struct NoExporter;
-
-impl opentelemetry_sdk::trace::SpanExporter for NoExporter {
-    async fn export(
-        &self,
-        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
-    ) -> opentelemetry_sdk::error::OTelSdkResult {
-        Ok(())
-    }
-}
-
 /// Sets up telemetry from the `OTEL_*` variables and installs it process-wide; keep the guard
 /// alive for as long as the service runs.
 ///
@@ -673,139 +663,6 @@ impl opentelemetry_sdk::trace::SpanExporter for NoExporter {
 /// ```
 pub fn init() -> Result<TelemetryGuard, InitError> {
     Telemetry::from_env()?.init()
-}
-
-/// Keeps the tracer provider alive; flushes the spans still buffered and shuts the exporter
-/// down when dropped.
-///
-/// Dropping it blocks until the export is done (at most the export timeout). On a
-/// current-thread Tokio runtime prefer [`TelemetryGuard::shutdown`]: the gRPC exporter's
-/// connection runs on the runtime that a blocking drop would stall.
-#[derive(Debug)]
-#[must_use = "dropping the guard shuts telemetry down"]
-pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
-    resource: Resource,
-    /// The OTLP protocol and base URL spans go to (`None` with a custom exporter).
-    collector: Option<(Protocol, String)>,
-    failures: std::sync::Arc<counted::Failures>,
-    dispatch: Dispatch,
-    timeout: Duration,
-    shut_down: bool,
-}
-
-impl TelemetryGuard {
-    /// The resource every span carries (`service.name`, `service.instance.id`, …).
-    pub fn resource(&self) -> &Resource {
-        &self.resource
-    }
-
-    /// A string attribute of the resource, e.g. `service.instance.id` (a fresh UUID unless
-    /// one was given), for the health reporter to register under the same name.
-    pub fn resource_attribute(&self, key: &'static str) -> Option<String> {
-        self.resource
-            .get(&opentelemetry::Key::from_static_str(key))
-            .map(|value| value.to_string())
-    }
-
-    /// The OTLP protocol and collector base URL the spans go to; `None` when built with a
-    /// custom exporter.
-    pub fn collector(&self) -> Option<(Protocol, &str)> {
-        self.collector.as_ref().map(|(p, url)| (*p, url.as_str()))
-    }
-
-    /// Batches of spans, and spans, whose export failed so far (each failure is also a
-    /// `tracing` warning, at most one every 10 s).
-    pub fn export_failures(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering;
-        (
-            self.failures.batches.load(Ordering::Relaxed),
-            self.failures.spans.load(Ordering::Relaxed),
-        )
-    }
-
-    /// The tracer provider, for code that creates OpenTelemetry spans directly.
-    pub fn provider(&self) -> &SdkTracerProvider {
-        &self.provider
-    }
-
-    /// The `tracing` dispatcher: the subscriber with the OpenTelemetry and log layers.
-    pub fn dispatch(&self) -> &Dispatch {
-        &self.dispatch
-    }
-
-    /// Makes this telemetry the current thread's default, for `tracing` and for the layers'
-    /// spans, until the returned guard is dropped. [`Telemetry::init`] makes it the process's
-    /// default instead.
-    ///
-    /// ```
-    /// use wayfinder_middleware::Telemetry;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let telemetry = Telemetry::new()
-    ///     .service_name("orders")
-    ///     .build_with_exporter(opentelemetry_sdk::trace::InMemorySpanExporter::default())
-    ///     .unwrap();
-    /// let _default = telemetry.set_default();
-    /// tracing::info!("goes to this telemetry's log writer");
-    /// # }
-    /// ```
-    pub fn set_default(&self) -> ScopedTelemetry {
-        ScopedTelemetry {
-            _tracer: tracer::set_scoped(tracer::from_provider(&self.provider)),
-            _dispatch: tracing::dispatcher::set_default(&self.dispatch),
-        }
-    }
-
-    /// Exports every finished span now, without blocking the runtime.
-    pub async fn flush(&self) -> Result<(), InitError> {
-        let provider = self.provider.clone();
-        run_blocking(move || provider.force_flush()).await
-    }
-
-    /// Flushes and shuts down, without blocking the runtime.
-    pub async fn shutdown(mut self) -> Result<(), InitError> {
-        self.shut_down = true;
-        let provider = self.provider.clone();
-        let timeout = self.timeout;
-        run_blocking(move || provider.shutdown_with_timeout(timeout)).await
-    }
-}
-
-/// The guard of [`TelemetryGuard::set_default`]; restores the previous defaults when dropped.
-#[derive(Debug)]
-#[must_use = "the defaults are restored when this is dropped"]
-pub struct ScopedTelemetry {
-    _tracer: tracer::Scope,
-    _dispatch: tracing::dispatcher::DefaultGuard,
-}
-
-async fn run_blocking(
-    work: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
-) -> Result<(), InitError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(InitError::from),
-        Err(join) => Err(InitError::Flush(
-            opentelemetry_sdk::error::OTelSdkError::InternalFailure(join.to_string()),
-        )),
-    }
-}
-
-impl Drop for TelemetryGuard {
-    fn drop(&mut self) {
-        if self.shut_down {
-            return;
-        }
-        let shutdown = || {
-            if let Err(error) = self.provider.shutdown_with_timeout(self.timeout) {
-                eprintln!("wayfinder-middleware: flushing spans at shutdown failed: {error}");
-            }
-        };
-        match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(shutdown),
-            _ => shutdown(),
-        }
-    }
 }
 
 #[cfg(test)]

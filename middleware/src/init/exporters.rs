@@ -1,4 +1,4 @@
-//! Export failures made visible: the SDK's batch processor drops a failed export quietly (its
+//! The exporters around the configured one. [`Counted`] makes export failures visible: the SDK's batch processor drops a failed export quietly (its
 //! internal logs are off in this build), so the exporter is wrapped to count every failed
 //! batch and its spans, and to say so in a `tracing` warning at most once every
 //! [`WARN_EVERY`], with the count since the last warning.
@@ -78,5 +78,18 @@ impl<E: SpanExporter> SpanExporter for Counted<E> {
 
     fn set_resource(&mut self, resource: &Resource) {
         self.inner.set_resource(resource);
+    }
+}
+
+/// A span exporter that drops everything (`OTEL_TRACES_EXPORTER=none`, `OTEL_SDK_DISABLED`).
+#[derive(Debug)]
+pub(crate) struct NoExporter;
+
+impl opentelemetry_sdk::trace::SpanExporter for NoExporter {
+    async fn export(
+        &self,
+        _batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
     }
 }
