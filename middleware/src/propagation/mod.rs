@@ -273,7 +273,22 @@ impl TextMapPropagator for Propagation {
         {
             let extracted = TraceContextPropagator::new().extract_with_context(&cx, extractor);
             if extracted.has_active_span() {
-                return extracted;
+                let state_ok = extractor
+                    .get(w3c::TRACESTATE)
+                    .is_none_or(w3c::is_valid_tracestate);
+                if state_ok {
+                    return extracted;
+                }
+                // An invalid tracestate is dropped whole; the parent stays.
+                let parent = extracted.span().span_context().clone();
+                let parent = SpanContext::new(
+                    parent.trace_id(),
+                    parent.span_id(),
+                    parent.trace_flags(),
+                    true,
+                    TraceState::NONE,
+                );
+                return cx.with_remote_span_context(parent);
             }
         }
         match b3::extract_single(extractor)
@@ -354,6 +369,13 @@ fn joined(map: &HeaderMap, name: &str) -> Option<String> {
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
+        // Two traceparent headers are no parent at all (W3C: start a new trace).
+        if key == w3c::TRACEPARENT
+            && let Some(name) = header_name(key)
+            && self.map.get_all(name).iter().nth(1).is_some()
+        {
+            return None;
+        }
         match key {
             w3c::TRACESTATE if self.tracestate.is_some() => return self.tracestate.as_deref(),
             BAGGAGE if self.baggage.is_some() => return self.baggage.as_deref(),

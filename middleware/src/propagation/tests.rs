@@ -456,3 +456,97 @@ fn otel_propagators_values() {
         "none reads nothing either"
     );
 }
+
+#[test]
+fn tracestate_follows_the_w3c_grammar_and_an_invalid_one_is_dropped_whole() {
+    let traceparent = format!("00-{TRACE}-{SPAN}-01");
+    let long_key = format!("a{}", "b".repeat(255));
+    let too_long_key = format!("a{}", "b".repeat(256));
+    let tenant_key = format!("{}@sys", "t".repeat(241));
+    let thirty_two: String = (0..32)
+        .map(|i| format!("k{i}=v"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let thirty_three: String = (0..33)
+        .map(|i| format!("k{i}=v"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let long_value = format!("k={}", "v".repeat(256));
+    let too_long_value = format!("k={}", "v".repeat(257));
+    let rows: Vec<(String, bool, &str)> = vec![
+        ("foo=bar,baz=qux".into(), true, "two plain members"),
+        ("foo@vendor=bar".into(), true, "a tenant@system key"),
+        (
+            "1tenant@sys=x".into(),
+            true,
+            "a tenant may start with a digit",
+        ),
+        (format!("{long_key}=v"), true, "a 256-character key"),
+        (format!("{tenant_key}=v"), true, "a 241-character tenant"),
+        (thirty_two, true, "32 members"),
+        (
+            "foo=bar,,  ,baz=qux".into(),
+            true,
+            "empty members between commas",
+        ),
+        (long_value, true, "a 256-character value"),
+        ("foo=".into(), false, "an empty value"),
+        (format!("{too_long_key}=v"), false, "a 257-character key"),
+        (too_long_value, false, "a 257-character value"),
+        (thirty_three, false, "33 members: discarded, not truncated"),
+        ("foo=bar,foo=baz".into(), false, "the same key twice"),
+        ("Foo=bar".into(), false, "an uppercase key"),
+        ("foo=b,ar=x,=y".into(), false, "an empty key"),
+        ("foo@=x".into(), false, "an empty system"),
+        (
+            "foo@toolongsystemid=x".into(),
+            false,
+            "a 15-character system",
+        ),
+        (
+            "foo=bar ".into(),
+            true,
+            "a trailing space is OWS around the member",
+        ),
+        ("foo=ba r".into(), true, "a space inside a value"),
+        (
+            "foo=b\tr".into(),
+            false,
+            "a tab inside a value (not a tracestate character)",
+        ),
+        ("foo".into(), false, "a member without ="),
+    ];
+    for (tracestate, kept, reason) in rows {
+        let extracted = Propagation::default().extract(&headers(&[
+            ("traceparent", &traceparent),
+            ("tracestate", &tracestate),
+        ]));
+        let span = extracted.span();
+        let context = span.span_context();
+        assert_eq!(
+            context.trace_id().to_string(),
+            TRACE,
+            "{reason}: the parent is kept"
+        );
+        let state = context.trace_state().header();
+        if kept {
+            assert!(!state.is_empty(), "{reason}: kept, got nothing");
+        } else {
+            assert_eq!(state, "", "{reason}: dropped whole");
+        }
+    }
+}
+
+#[test]
+fn two_traceparent_headers_start_a_new_trace() {
+    let first = format!("00-{TRACE}-{SPAN}-01");
+    let second = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let extracted = Propagation::default().extract(&headers(&[
+        ("traceparent", &first),
+        ("traceparent", second),
+    ]));
+    assert!(
+        !extracted.span().span_context().is_valid(),
+        "neither of two traceparents is the parent"
+    );
+}

@@ -43,6 +43,68 @@ pub(crate) fn is_valid_traceparent(value: &str) -> bool {
         && !all_zero(parent_id)
 }
 
+/// Whether a (combined) `tracestate` value is one a receiver may pass on, by the W3C grammar:
+/// at most 32 list members (empty ones between commas are allowed), no key twice, each key a
+/// `simple-key` (a lowercase letter, then up to 255 of `a-z 0-9 _ - * /`) or a
+/// `tenant@system` key (a tenant of 1–241 characters starting with a letter or digit, a system
+/// of 1–14 starting with a letter), each value 1–256 printable characters but `,` and `=`,
+/// not ending in a space. The SDK's parser keeps the first 32 members of a longer list and
+/// accepts an empty value; the specification wants such a list discarded, so a failed check
+/// drops the whole `tracestate` (the trace context itself is kept).
+pub(crate) fn is_valid_tracestate(value: &str) -> bool {
+    let mut keys: Vec<&str> = Vec::new();
+    for member in value.split(',') {
+        let member = member.trim_matches([' ', '\t']);
+        if member.is_empty() {
+            continue;
+        }
+        let Some((key, value)) = member.split_once('=') else {
+            return false;
+        };
+        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
+            return false;
+        }
+        keys.push(key);
+        if keys.len() > 32 {
+            return false;
+        }
+    }
+    true
+}
+
+fn key_char(byte: u8) -> bool {
+    matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/')
+}
+
+fn valid_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    match key.split_once('@') {
+        None => {
+            (1..=256).contains(&bytes.len())
+                && bytes[0].is_ascii_lowercase()
+                && bytes.iter().all(|&b| key_char(b))
+        }
+        Some((tenant, system)) => {
+            let (t, s) = (tenant.as_bytes(), system.as_bytes());
+            (1..=241).contains(&t.len())
+                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
+                && t.iter().all(|&b| key_char(b))
+                && (1..=14).contains(&s.len())
+                && s[0].is_ascii_lowercase()
+                && s.iter().all(|&b| key_char(b))
+        }
+    }
+}
+
+fn valid_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    (1..=256).contains(&bytes.len())
+        && bytes
+            .iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && bytes[bytes.len() - 1] != b' '
+}
+
 fn all_zero(field: &[u8]) -> bool {
     field.iter().all(|&byte| byte == b'0')
 }
