@@ -40,7 +40,7 @@ where
 {
     let config = &balancer.shared.config;
     let start = Instant::now();
-    let (mut parts, body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     let is_grpc = grpc::is_grpc(&parts.headers);
     let mut limit = config.deadline;
     let caller_timeout = is_grpc
@@ -134,7 +134,6 @@ where
         tokio::time::sleep(wait).await;
         tried.push(endpoint.address.clone());
         resend_count += 1;
-        parts.extensions.remove::<Attempt>();
     }
 }
 
