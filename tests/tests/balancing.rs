@@ -319,16 +319,23 @@ async fn http_traffic_leaves_slow_failing_and_departing_instances() {
     // Phase 3: the collector stops. The client keeps its last weights, then (TTL 3 s) falls
     // back to Peak-EWMA, and no call fails for it.
     phase.store(3, Ordering::Relaxed);
+    assert!(
+        matches!(balancer.source(), WeightSource::Weights { .. }),
+        "fresh weights before the stop: {:?}",
+        balancer.source()
+    );
+    // The last update may still arrive while the collector stops: take the version once it
+    // has stopped.
+    collector.shutdown().await;
     let version = match balancer.source() {
         WeightSource::Weights { version } => version,
-        other => panic!("fresh weights before the stop: {other:?}"),
+        other => panic!("the last weights hold after the stop: {other:?}"),
     };
-    collector.shutdown().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         balancer.source(),
         WeightSource::Weights { version },
-        "the last weights hold until their TTL"
+        "the last weights hold until their TTL, and nothing newer comes"
     );
     eventually("weights turn stale", Duration::from_secs(5), || {
         balancer.source() == WeightSource::Stale { version }
