@@ -242,7 +242,7 @@ impl TextMapPropagator for Propagation {
         let span = cx.span();
         let span_context = span.span_context();
         if self.inject_trace_context {
-            w3c::inject(span_context, injector);
+            w3c::inject(span_context, cx.get::<w3c::ForwardedTraceState>(), injector);
         }
         if self.inject_b3_single {
             b3::inject_single(span_context, injector);
@@ -273,22 +273,15 @@ impl TextMapPropagator for Propagation {
         {
             let extracted = TraceContextPropagator::new().extract_with_context(&cx, extractor);
             if extracted.has_active_span() {
-                let state_ok = extractor
-                    .get(w3c::TRACESTATE)
-                    .is_none_or(w3c::is_valid_tracestate);
-                if state_ok {
-                    return extracted;
-                }
-                // An invalid tracestate is dropped whole; the parent stays.
-                let parent = extracted.span().span_context().clone();
-                let parent = SpanContext::new(
-                    parent.trace_id(),
-                    parent.span_id(),
-                    parent.trace_flags(),
-                    true,
-                    TraceState::NONE,
+                let (parent, forwarded) = w3c::with_tracestate(
+                    extracted.span().span_context(),
+                    extractor.get(w3c::TRACESTATE),
                 );
-                return cx.with_remote_span_context(parent);
+                let cx = cx.with_remote_span_context(parent);
+                return match forwarded {
+                    Some(forwarded) => cx.with_value(forwarded),
+                    None => cx,
+                };
             }
         }
         match b3::extract_single(extractor)

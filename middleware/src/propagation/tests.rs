@@ -462,7 +462,8 @@ fn tracestate_follows_the_w3c_grammar_and_an_invalid_one_is_dropped_whole() {
     let traceparent = format!("00-{TRACE}-{SPAN}-01");
     let long_key = format!("a{}", "b".repeat(255));
     let too_long_key = format!("a{}", "b".repeat(256));
-    let tenant_key = format!("{}@sys", "t".repeat(241));
+    let tenant_key = format!("{}@{}", "t".repeat(241), "v".repeat(14));
+    let long_tenant_key = format!("{}@v", "t".repeat(242));
     let thirty_two: String = (0..32)
         .map(|i| format!("k{i}=v"))
         .collect::<Vec<_>>()
@@ -473,68 +474,135 @@ fn tracestate_follows_the_w3c_grammar_and_an_invalid_one_is_dropped_whole() {
         .join(",");
     let long_value = format!("k={}", "v".repeat(256));
     let too_long_value = format!("k={}", "v".repeat(257));
-    let rows: Vec<(String, bool, &str)> = vec![
-        ("foo=bar,baz=qux".into(), true, "two plain members"),
-        ("foo@vendor=bar".into(), true, "a tenant@system key"),
+    let same = |value: &str| Some(value.to_owned());
+    // (the caller's tracestate, what the service forwards, why)
+    let rows: Vec<(String, Option<String>, &str)> = vec![
+        (
+            "foo=bar,baz=qux".into(),
+            same("foo=bar,baz=qux"),
+            "two plain members",
+        ),
+        (
+            "foo@vendor=bar".into(),
+            same("foo@vendor=bar"),
+            "a tenant@system key",
+        ),
         (
             "1tenant@sys=x".into(),
-            true,
-            "a tenant may start with a digit",
+            same("1tenant@sys=x"),
+            "a key may start with a digit",
         ),
-        (format!("{long_key}=v"), true, "a 256-character key"),
-        (format!("{tenant_key}=v"), true, "a 241-character tenant"),
-        (thirty_two, true, "32 members"),
         (
-            "foo=bar,,  ,baz=qux".into(),
-            true,
-            "empty members between commas",
+            format!("{long_key}=v"),
+            Some(format!("{long_key}=v")),
+            "a 256-character key",
         ),
-        (long_value, true, "a 256-character value"),
-        ("foo=".into(), false, "an empty value"),
-        (format!("{too_long_key}=v"), false, "a 257-character key"),
-        (too_long_value, false, "a 257-character value"),
-        (thirty_three, false, "33 members: discarded, not truncated"),
-        ("foo=bar,foo=baz".into(), false, "the same key twice"),
-        ("Foo=bar".into(), false, "an uppercase key"),
-        ("foo=b,ar=x,=y".into(), false, "an empty key"),
-        ("foo@=x".into(), false, "an empty system"),
         (
-            "foo@toolongsystemid=x".into(),
-            false,
+            format!("{tenant_key}=v"),
+            Some(format!("{tenant_key}=v")),
+            "a 256-character tenant@system key",
+        ),
+        (
+            format!("{long_tenant_key}=v"),
+            Some(format!("{long_tenant_key}=v")),
+            "a 242-character tenant: the SDK refuses it, the grammar allows it",
+        ),
+        (
+            "foo@=1,bar=2".into(),
+            same("foo@=1,bar=2"),
+            "a key ending in @",
+        ),
+        ("foo@@bar=1".into(), same("foo@@bar=1"), "two @ in a row"),
+        ("foo@bar@baz=1".into(), same("foo@bar@baz=1"), "two @ apart"),
+        (
+            "t@vvvvvvvvvvvvvvv=1".into(),
+            same("t@vvvvvvvvvvvvvvv=1"),
             "a 15-character system",
         ),
+        (thirty_two.clone(), Some(thirty_two), "32 members"),
+        (
+            "foo=bar,,  ,baz=qux".into(),
+            same("foo=bar,baz=qux"),
+            "empty members skipped",
+        ),
+        (
+            long_value.clone(),
+            Some(long_value),
+            "a 256-character value",
+        ),
+        (
+            "foo=1,foo=2".into(),
+            same("foo=1"),
+            "a key twice: the first is kept",
+        ),
+        ("foo=1,foo=1".into(), same("foo=1"), "a member twice: once"),
         (
             "foo=bar ".into(),
-            true,
+            same("foo=bar"),
             "a trailing space is OWS around the member",
         ),
-        ("foo=ba r".into(), true, "a space inside a value"),
+        (
+            "foo=ba r".into(),
+            same("foo=ba r"),
+            "a space inside a value",
+        ),
+        ("foo=".into(), None, "an empty value"),
+        (format!("{too_long_key}=v"), None, "a 257-character key"),
+        (too_long_value, None, "a 257-character value"),
+        (thirty_three, None, "33 members: discarded, not truncated"),
+        ("Foo=bar".into(), None, "an uppercase key"),
+        ("foo=b,ar=x,=y".into(), None, "an empty key"),
+        ("@foo=1,bar=2".into(), None, "a key starting with @"),
+        ("foo.bar=1".into(), None, "a dot in a key"),
         (
             "foo=b\tr".into(),
-            false,
+            None,
             "a tab inside a value (not a tracestate character)",
         ),
-        ("foo".into(), false, "a member without ="),
+        ("foo".into(), None, "a member without ="),
     ];
-    for (tracestate, kept, reason) in rows {
+    for (tracestate, forwarded, reason) in rows {
         let extracted = Propagation::default().extract(&headers(&[
             ("traceparent", &traceparent),
             ("tracestate", &tracestate),
         ]));
-        let span = extracted.span();
-        let context = span.span_context();
         assert_eq!(
-            context.trace_id().to_string(),
+            extracted.span().span_context().trace_id().to_string(),
             TRACE,
             "{reason}: the parent is kept"
         );
-        let state = context.trace_state().header();
-        if kept {
-            assert!(!state.is_empty(), "{reason}: kept, got nothing");
-        } else {
-            assert_eq!(state, "", "{reason}: dropped whole");
-        }
+        let mut out = HeaderMap::new();
+        Propagation::default().inject_into(&extracted, &mut out);
+        let sent = out
+            .get("tracestate")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(sent, forwarded, "{reason}");
     }
+}
+
+#[test]
+fn a_forwarded_tracestate_stays_on_its_own_trace() {
+    // A state the SDK cannot hold travels in the context; a span of another trace started
+    // under that context must not carry it.
+    let extracted = Propagation::default().extract(&headers(&[
+        ("traceparent", &format!("00-{TRACE}-{SPAN}-01")),
+        ("tracestate", "foo@@bar=1"),
+    ]));
+    let other = SpanContext::new(
+        TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+        SpanId::from_hex("b7ad6b7169203331").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::NONE,
+    );
+    let mut out = HeaderMap::new();
+    Propagation::default().inject_into(&extracted.with_remote_span_context(other), &mut out);
+    assert!(out.contains_key("traceparent"), "the other trace is sent");
+    assert_eq!(
+        out.get("tracestate"),
+        None,
+        "without the first trace's state"
+    );
 }
 
 #[test]

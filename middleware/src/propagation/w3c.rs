@@ -12,6 +12,8 @@
 /// - a later version: at least 55 characters, and anything after the first 55 starts with `-`;
 /// - version `ff` is invalid, and every hex digit is lowercase;
 /// - an all-zero trace id or parent id is invalid.
+use opentelemetry::trace::{SpanContext, TraceState};
+
 use super::is_lower_hex;
 
 pub(crate) fn is_valid_traceparent(value: &str) -> bool {
@@ -43,57 +45,84 @@ pub(crate) fn is_valid_traceparent(value: &str) -> bool {
         && !all_zero(parent_id)
 }
 
-/// Whether a (combined) `tracestate` value is one a receiver may pass on, by the W3C grammar:
-/// at most 32 list members (empty ones between commas are allowed), no key twice, each key a
-/// `simple-key` (a lowercase letter, then up to 255 of `a-z 0-9 _ - * /`) or a
-/// `tenant@system` key (a tenant of 1–241 characters starting with a letter or digit, a system
-/// of 1–14 starting with a letter), each value 1–256 printable characters but `,` and `=`,
-/// not ending in a space. The SDK's parser keeps the first 32 members of a longer list and
-/// accepts an empty value; the specification wants such a list discarded, so a failed check
-/// drops the whole `tracestate` (the trace context itself is kept).
-pub(crate) fn is_valid_tracestate(value: &str) -> bool {
-    let mut keys: Vec<&str> = Vec::new();
+/// The members of a (combined) `tracestate` value a receiver may pass on, by the W3C grammar
+/// of the current Trace Context recommendation, or `None` when the list must be discarded.
+///
+/// - at most 32 list members (empty ones between commas, and spaces or tabs around a member,
+///   are allowed and skipped); a 33rd makes the whole list invalid: discarded, not truncated;
+/// - a key starts with a lowercase letter or a digit and has up to 256 characters of
+///   `a-z 0-9 _ - * / @` (the `@` of vendor keys such as `tenant@system` is an ordinary key
+///   character since the grammar was simplified);
+/// - a value has 1–256 printable characters but `,` and `=`, not ending in a space;
+/// - a key given twice keeps its first member (the specification lets a receiver discard
+///   duplicates it did not generate).
+///
+/// The SDK's own parser keeps the first 32 members of a longer list, accepts an empty value,
+/// and refuses keys the current grammar allows (`foo@`, `a@b@c`, a 242-character tenant), so
+/// the list is parsed here and the SDK never sees the raw header.
+pub(crate) fn tracestate_members(value: &str) -> Option<Vec<(&str, &str)>> {
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    let mut count = 0;
     for member in value.split(',') {
         let member = member.trim_matches([' ', '\t']);
         if member.is_empty() {
             continue;
         }
-        let Some((key, value)) = member.split_once('=') else {
-            return false;
-        };
-        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
-            return false;
+        let (key, value) = member.split_once('=')?;
+        if !valid_key(key) || !valid_value(value) {
+            return None;
         }
-        keys.push(key);
-        if keys.len() > 32 {
-            return false;
+        count += 1;
+        if count > 32 {
+            return None;
+        }
+        if !members.iter().any(|(seen, _)| *seen == key) {
+            members.push((key, value));
         }
     }
-    true
+    Some(members)
 }
 
-fn key_char(byte: u8) -> bool {
-    matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/')
+/// The caller's parent with the caller's `tracestate` checked by [`tracestate_members`]: an
+/// invalid list is dropped whole (the parent stays), and a valid one the SDK's `TraceState`
+/// refuses travels beside it as a [`ForwardedTraceState`].
+pub(crate) fn with_tracestate(
+    parent: &SpanContext,
+    tracestate: Option<&str>,
+) -> (SpanContext, Option<ForwardedTraceState>) {
+    let members = tracestate.and_then(tracestate_members).unwrap_or_default();
+    let (state, forwarded) = match TraceState::from_key_value(members.iter().copied()) {
+        Ok(state) => (state, None),
+        Err(_) => {
+            let header = members
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let forwarded = ForwardedTraceState {
+                trace_id: parent.trace_id(),
+                header,
+            };
+            (TraceState::NONE, Some(forwarded))
+        }
+    };
+    let parent = SpanContext::new(
+        parent.trace_id(),
+        parent.span_id(),
+        parent.trace_flags(),
+        true,
+        state,
+    );
+    (parent, forwarded)
 }
 
 fn valid_key(key: &str) -> bool {
     let bytes = key.as_bytes();
-    match key.split_once('@') {
-        None => {
-            (1..=256).contains(&bytes.len())
-                && bytes[0].is_ascii_lowercase()
-                && bytes.iter().all(|&b| key_char(b))
-        }
-        Some((tenant, system)) => {
-            let (t, s) = (tenant.as_bytes(), system.as_bytes());
-            (1..=241).contains(&t.len())
-                && (t[0].is_ascii_lowercase() || t[0].is_ascii_digit())
-                && t.iter().all(|&b| key_char(b))
-                && (1..=14).contains(&s.len())
-                && s[0].is_ascii_lowercase()
-                && s.iter().all(|&b| key_char(b))
-        }
-    }
+    (1..=256).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|&b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'*' | b'/' | b'@'))
 }
 
 fn valid_value(value: &str) -> bool {
@@ -105,14 +134,24 @@ fn valid_value(value: &str) -> bool {
         && bytes[bytes.len() - 1] != b' '
 }
 
+/// A caller's `tracestate` that the SDK's `TraceState` cannot hold (a key its older grammar
+/// refuses), kept in the context so that it is forwarded unchanged on the same trace.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardedTraceState {
+    pub(crate) trace_id: opentelemetry::trace::TraceId,
+    pub(crate) header: String,
+}
+
 fn all_zero(field: &[u8]) -> bool {
     field.iter().all(|&byte| byte == b'0')
 }
 
 /// Writes `traceparent` and, when the trace state is not empty, `tracestate`. (The SDK's
 /// propagator writes an empty `tracestate` header for an empty state.)
+/// A state the SDK could not hold is taken from `forwarded` when it belongs to the same trace.
 pub(crate) fn inject(
     context: &opentelemetry::trace::SpanContext,
+    forwarded: Option<&ForwardedTraceState>,
     injector: &mut dyn opentelemetry::propagation::Injector,
 ) {
     if !context.is_valid() {
@@ -122,6 +161,8 @@ pub(crate) fn inject(
     let state = context.trace_state().header();
     if !state.is_empty() {
         injector.set(TRACESTATE, state);
+    } else if let Some(forwarded) = forwarded.filter(|f| f.trace_id == context.trace_id()) {
+        injector.set(TRACESTATE, forwarded.header.clone());
     }
 }
 
