@@ -168,3 +168,124 @@ async fn export_failures_are_counted_and_logged() {
         "one warning for three failures within 10 s"
     );
 }
+
+/// What a receiving server saw: the headers of each export request.
+type Seen = std::sync::Arc<parking_lot::Mutex<Vec<http::HeaderMap>>>;
+
+/// An OTLP/gRPC trace receiver that records each request's metadata.
+#[derive(Clone, Default)]
+struct GrpcReceiver(Seen);
+
+#[tonic::async_trait]
+impl opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceService
+    for GrpcReceiver
+{
+    async fn export(
+        &self,
+        request: tonic::Request<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        >,
+    ) -> Result<
+        tonic::Response<
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse,
+        >,
+        tonic::Status,
+    > {
+        self.0
+            .lock()
+            .push(request.metadata().clone().into_headers());
+        Ok(tonic::Response::new(Default::default()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_headers_variables_reach_the_receiving_server() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+
+    // OTLP/HTTP: an axum receiver at /v1/traces that answers an empty (valid) response.
+    let http_seen = Seen::default();
+    let recorder = http_seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |headers: http::HeaderMap| {
+            let recorder = recorder.clone();
+            async move {
+                recorder.lock().push(headers);
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = listener.local_addr().unwrap();
+    let http_server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    // OTLP/gRPC: a tonic TraceService.
+    let grpc = GrpcReceiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    let grpc_server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(grpc.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+
+    // (variables, the receiver's record, the headers it must have seen, why)
+    type Row = (
+        Vec<(&'static str, String)>,
+        Seen,
+        Vec<(&'static str, &'static str)>,
+        &'static str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            vec![
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{http_addr}")),
+                (
+                    "OTEL_EXPORTER_OTLP_HEADERS",
+                    "x-team=shop,authorization=Bearer%20abc".to_owned(),
+                ),
+            ],
+            http_seen.clone(),
+            vec![("x-team", "shop"), ("authorization", "Bearer abc")],
+            "generic headers over HTTP, the value percent-decoded",
+        ),
+        (
+            vec![
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc".to_owned()),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    format!("http://{grpc_addr}"),
+                ),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "x-team=generic".to_owned()),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                    "x-team=traces".to_owned(),
+                ),
+            ],
+            grpc.0.clone(),
+            vec![("x-team", "traces")],
+            "the traces headers win over the generic ones, as gRPC metadata",
+        ),
+    ];
+    for (vars, seen, expected, reason) in rows {
+        let guard = send_one("env-headers", vars).await;
+        guard.shutdown().await.expect("shut down");
+        let seen = seen.lock();
+        let last = seen
+            .last()
+            .unwrap_or_else(|| panic!("{reason}: no export arrived"));
+        for (name, value) in expected {
+            assert_eq!(
+                last.get(name).and_then(|v| v.to_str().ok()),
+                Some(value),
+                "{reason}: {name}"
+            );
+        }
+    }
+    http_server.abort();
+    grpc_server.abort();
+}
