@@ -2,6 +2,9 @@
 //! (a protobuf compiler in Rust) and `tonic-prost-build`, so that building needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("CARGO_FEATURE_GRPC").is_none() {
+        return Ok(()); // the JSON types only: nothing to generate
+    }
     let protos = ["proto/wayfinder/v1/weights.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

@@ -23,6 +23,7 @@ pub mod weights;
 
 /// The gRPC API (`proto/wayfinder/v1/*.proto`): messages, the `Weights` client the middleware's
 /// balancer uses, and the server trait the collector implements.
+#[cfg(feature = "grpc")]
 #[allow(missing_docs, unreachable_pub, clippy::all)]
 pub mod grpc {
     tonic::include_proto!("wayfinder.v1");

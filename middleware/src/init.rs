@@ -53,6 +53,11 @@ pub enum InitError {
         "the OTLP/gRPC exporter needs a Tokio runtime: call init() from inside one, or use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
     )]
     NoRuntime,
+    /// OTLP/gRPC was asked for in a build without the `tonic` feature.
+    #[error(
+        "OTLP/gRPC needs the `tonic` feature of wayfinder-middleware: enable it, or use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
+    )]
+    NoGrpc,
     /// The OTLP exporter could not be built.
     #[error("OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
@@ -604,32 +609,7 @@ impl Telemetry {
 
     fn exporter(&self) -> Result<SpanExporter, InitError> {
         let exporter = match self.protocol {
-            Protocol::Grpc => {
-                if tokio::runtime::Handle::try_current().is_err() {
-                    return Err(InitError::NoRuntime);
-                }
-                // gRPC has one URL for every signal: the traces one, when given, as it is.
-                let endpoint = self
-                    .traces_endpoint
-                    .clone()
-                    .unwrap_or_else(|| self.base_endpoint());
-                let mut metadata = tonic::metadata::MetadataMap::new();
-                for (key, value) in &self.headers {
-                    if let (Ok(key), Ok(value)) = (
-                        tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                        value.parse(),
-                    ) {
-                        metadata.insert(key, value);
-                    }
-                }
-                opentelemetry_otlp::WithTonicConfig::with_metadata(
-                    SpanExporter::builder().with_tonic(),
-                    metadata,
-                )
-                .with_endpoint(endpoint)
-                .with_timeout(self.export_timeout)
-                .build()?
-            }
+            Protocol::Grpc => self.grpc_exporter()?,
             Protocol::HttpProtobuf => {
                 // The signal's own URL is used as is; the generic one gets `/v1/traces`.
                 let endpoint = self.traces_endpoint.clone().unwrap_or_else(|| {
@@ -646,6 +626,40 @@ impl Telemetry {
             }
         };
         Ok(exporter)
+    }
+
+    #[cfg(feature = "tonic")]
+    fn grpc_exporter(&self) -> Result<SpanExporter, InitError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(InitError::NoRuntime);
+        }
+        // gRPC has one URL for every signal: the traces one, when given, as it is.
+        let endpoint = self
+            .traces_endpoint
+            .clone()
+            .unwrap_or_else(|| self.base_endpoint());
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        for (key, value) in &self.headers {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                value.parse(),
+            ) {
+                metadata.insert(key, value);
+            }
+        }
+        let exporter = opentelemetry_otlp::WithTonicConfig::with_metadata(
+            SpanExporter::builder().with_tonic(),
+            metadata,
+        )
+        .with_endpoint(endpoint)
+        .with_timeout(self.export_timeout)
+        .build()?;
+        Ok(exporter)
+    }
+
+    #[cfg(not(feature = "tonic"))]
+    fn grpc_exporter(&self) -> Result<SpanExporter, InitError> {
+        Err(InitError::NoGrpc)
     }
 }
 

@@ -37,7 +37,9 @@ pub mod logs;
 pub mod propagation;
 mod tracer;
 
-pub use http::{ClientLayer, DEFAULT_UNTRACED_PATHS, RequestId, ReqwestTracing, ServerLayer};
+#[cfg(feature = "reqwest")]
+pub use http::ReqwestTracing;
+pub use http::{ClientLayer, DEFAULT_UNTRACED_PATHS, RequestId, ServerLayer};
 pub use init::{
     ExporterKind, InitError, LogFormat, Protocol, SamplerKind, ScopedTelemetry, Telemetry,
     TelemetryGuard, VARIABLES, init,

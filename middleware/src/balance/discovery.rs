@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use backon::BackoffBuilder;
 use tokio::sync::oneshot;
-use wayfinder_api::grpc;
-use wayfinder_api::grpc::weights_client::WeightsClient;
-use wayfinder_api::weights::{Endpoint, EndpointLatency, ServiceWeights};
+#[cfg(feature = "tonic")]
+use wayfinder_api::grpc::{self, weights_client::WeightsClient};
+use wayfinder_api::weights::ServiceWeights;
+#[cfg(feature = "tonic")]
+use wayfinder_api::weights::{Endpoint, EndpointLatency};
 
 use super::balancer::Shared;
 
@@ -76,10 +78,11 @@ pub(crate) fn full_jitter(cap: Duration, unit: f64) -> Duration {
     cap.mul_f64(unit.clamp(0.0, 1.0))
 }
 
-/// One session: gRPC first, the long-poll when gRPC cannot be had. Returns whether any
-/// weights (or a "nothing for this service") came.
+/// One session: gRPC first, the long-poll when gRPC cannot be had (or the `tonic` feature is
+/// off). Returns whether any weights (or a "nothing for this service") came.
 async fn session(collector: &Collector, shared: &Weak<Shared>) -> bool {
     let mut got = false;
+    #[cfg(feature = "tonic")]
     if let Some(url) = &collector.grpc {
         match watch_grpc(url, shared, &mut got).await {
             Ok(()) => return got,
@@ -114,6 +117,7 @@ fn apply(shared: &Weak<Shared>, weights: Option<&ServiceWeights>) -> bool {
     }
 }
 
+#[cfg(feature = "tonic")]
 async fn watch_grpc(
     url: &str,
     shared: &Weak<Shared>,
@@ -234,6 +238,7 @@ fn form_path(service: &str) -> String {
 }
 
 /// The JSON form of a `Watch` message.
+#[cfg(feature = "tonic")]
 pub(crate) fn from_message(message: grpc::ServiceWeights) -> ServiceWeights {
     ServiceWeights {
         service: message.service,

@@ -149,7 +149,10 @@ fn finish<ResBody>(
             if Instant::now() >= deadline {
                 Err(for_caller(BalanceError::DeadlineExceeded(limit), grpc))
             } else if grpc {
-                Err(tonic::Status::deadline_exceeded(format!("attempt timed out: {error}")).into())
+                Err(grpc_status(
+                    GrpcCode::DeadlineExceeded,
+                    format!("attempt timed out: {error}"),
+                ))
             } else {
                 Err(error)
             }
@@ -165,12 +168,36 @@ fn for_caller(error: BalanceError, grpc: bool) -> BoxError {
         return error.into();
     }
     let message = error.to_string();
-    let status = match error {
-        BalanceError::NoEndpoints { .. } => tonic::Status::unavailable(message),
-        BalanceError::DeadlineExceeded(_) => tonic::Status::deadline_exceeded(message),
-        _ => tonic::Status::internal(message),
+    let code = match error {
+        BalanceError::NoEndpoints { .. } => GrpcCode::Unavailable,
+        BalanceError::DeadlineExceeded(_) => GrpcCode::DeadlineExceeded,
+        _ => GrpcCode::Internal,
     };
-    status.into()
+    grpc_status(code, message)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum GrpcCode {
+    Unavailable,
+    DeadlineExceeded,
+    Internal,
+}
+
+/// A `tonic::Status` (without the `tonic` feature no tonic client can be the caller, and the
+/// [`BalanceError`] message is the error).
+#[cfg(feature = "tonic")]
+fn grpc_status(code: GrpcCode, message: String) -> BoxError {
+    let code = match code {
+        GrpcCode::Unavailable => tonic::Code::Unavailable,
+        GrpcCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        GrpcCode::Internal => tonic::Code::Internal,
+    };
+    tonic::Status::new(code, message).into()
+}
+
+#[cfg(not(feature = "tonic"))]
+fn grpc_status(_code: GrpcCode, message: String) -> BoxError {
+    message.into()
 }
 
 fn is_elapsed(error: &(dyn std::error::Error + 'static)) -> bool {

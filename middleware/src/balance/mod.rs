@@ -62,7 +62,9 @@ mod future;
 mod layer;
 mod load;
 mod outlier;
+#[cfg(feature = "tonic")]
 mod pool;
+#[cfg(feature = "reqwest")]
 mod reqwest;
 mod retry;
 
@@ -82,7 +84,9 @@ pub use config::BalanceConfig;
 pub use error::BalanceError;
 pub use future::ResponseFuture;
 pub use layer::BalanceLayer;
+#[cfg(feature = "tonic")]
 pub use pool::{ChannelPool, TonicChannel};
+#[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestBalance;
 
 use crate::http::BoxError;

@@ -121,12 +121,14 @@ pub(crate) fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
         {
             return true;
         }
+        #[cfg(feature = "hyper-client")]
         if let Some(hyper) = error.downcast_ref::<hyper_util::client::legacy::Error>()
             && hyper.is_connect()
         {
             return true;
         }
         // tonic wraps every failure to connect (refused, timed out, unreachable) in this.
+        #[cfg(feature = "tonic")]
         if error.is::<tonic::ConnectError>() {
             return true;
         }

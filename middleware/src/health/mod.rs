@@ -41,6 +41,7 @@
 //! ```
 
 mod checks;
+#[cfg(feature = "tonic")]
 mod grpc;
 mod schedule;
 mod shutdown;
@@ -51,9 +52,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::Router;
-use axum::http::StatusCode;
-use axum::routing::get;
+#[cfg(feature = "axum")]
+use axum::{Router, http::StatusCode, routing::get};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
@@ -384,6 +384,7 @@ impl Health {
 
     /// An axum router with `GET /readyz` (200 while [`ready`](Self::ready), else 503) and
     /// `GET /livez` (200 until the instance is critical or down), for Kubernetes probes.
+    #[cfg(feature = "axum")]
     pub fn routes<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let ready = self.clone();
         let live = self.clone();
@@ -421,6 +422,7 @@ impl Health {
     }
 }
 
+#[cfg(feature = "axum")]
 fn probe(ok: bool, status: Status) -> (StatusCode, &'static str) {
     let code = if ok {
         StatusCode::OK

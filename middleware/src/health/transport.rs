@@ -1,13 +1,22 @@
 //! How a beat reaches the collector: as a `wayfinder.health` OTLP log event over OTLP/gRPC
 //! (the tracer's endpoint), or as JSON to `POST /v1/health` on the collector's OTLP/HTTP port.
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+#[cfg(feature = "tonic")]
+use std::{
+    sync::{Arc, OnceLock},
+    time::SystemTime,
+};
 
+#[cfg(feature = "tonic")]
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+#[cfg(feature = "tonic")]
 use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+#[cfg(feature = "tonic")]
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+#[cfg(feature = "tonic")]
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+#[cfg(feature = "tonic")]
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use wayfinder_api::health::HealthReport;
 
@@ -16,6 +25,7 @@ use wayfinder_api::health::HealthReport;
 pub(crate) enum Transport {
     /// OTLP/gRPC logs to this endpoint; the channel is made on the first send (inside the
     /// runtime), then kept.
+    #[cfg(feature = "tonic")]
     OtlpGrpc {
         endpoint: Box<tonic::transport::Endpoint>,
         client: Arc<OnceLock<LogsServiceClient<tonic::transport::Channel>>>,
@@ -29,6 +39,7 @@ pub(crate) enum Transport {
 
 impl Transport {
     /// OTLP/gRPC logs to `endpoint` (`http://host:4317`), connected lazily.
+    #[cfg(feature = "tonic")]
     pub(crate) fn otlp_grpc(endpoint: &str, timeout: Duration) -> Result<Self, String> {
         refuse_tls(endpoint)?;
         let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
@@ -39,6 +50,15 @@ impl Transport {
             endpoint: Box::new(endpoint),
             client: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Without tonic there is no OTLP/gRPC: a clear error when the reporter starts.
+    #[cfg(not(feature = "tonic"))]
+    pub(crate) fn otlp_grpc(endpoint: &str, _timeout: Duration) -> Result<Self, String> {
+        Err(format!(
+            "`{endpoint}`: health over OTLP/gRPC needs the `tonic` feature of \
+             wayfinder-middleware; use http/protobuf (POST /v1/health) or enable it"
+        ))
     }
 
     /// `POST /v1/health` on the collector's OTLP/HTTP `base` (`http://host:4318`).
@@ -72,6 +92,7 @@ impl Transport {
                     Err(format!("POST {url}: {status} {body}"))
                 }
             }
+            #[cfg(feature = "tonic")]
             Transport::OtlpGrpc { endpoint, client } => {
                 let mut client = client
                     .get_or_init(|| LogsServiceClient::new(endpoint.connect_lazy()))
@@ -104,6 +125,7 @@ fn refuse_tls(endpoint: &str) -> Result<(), String> {
     }
 }
 
+#[cfg(feature = "tonic")]
 fn string(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
@@ -114,6 +136,7 @@ fn string(key: &str, value: &str) -> KeyValue {
     }
 }
 
+#[cfg(feature = "tonic")]
 fn int(key: &str, value: u64) -> KeyValue {
     KeyValue {
         key: key.to_owned(),
@@ -128,6 +151,7 @@ fn int(key: &str, value: u64) -> KeyValue {
 
 /// The OTLP form of a beat: a log record with event name `wayfinder.health`, the instance in
 /// the resource.
+#[cfg(feature = "tonic")]
 pub(crate) fn log_request(beat: &HealthReport) -> ExportLogsServiceRequest {
     let mut attributes = vec![string("health.status", &beat.status)];
     if let Some(ttl) = beat.ttl_ms {

@@ -254,18 +254,31 @@ fn forwarded_param<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a s
 }
 
 /// The peer of the connection as axum (`ConnectInfo<SocketAddr>`) or tonic (`TcpConnectInfo`)
-/// recorded it.
+/// recorded it, or a plain `SocketAddr` extension (what a hyper server can insert itself).
 pub(crate) fn peer_address<B>(request: &Request<B>) -> Option<SocketAddr> {
-    request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
-        .or_else(|| {
-            request
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|info| info.remote_addr())
-        })
+    let extensions = request.extensions();
+    #[cfg(feature = "axum")]
+    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
+        return Some(info.0);
+    }
+    #[cfg(feature = "tonic")]
+    if let Some(address) = extensions
+        .get::<tonic::transport::server::TcpConnectInfo>()
+        .and_then(|info| info.remote_addr())
+    {
+        return Some(address);
+    }
+    extensions.get::<SocketAddr>().copied()
+}
+
+/// The route template axum matched (`/users/{id}`), when axum routed the request.
+pub(crate) fn matched_route(extensions: &http::Extensions) -> Option<&str> {
+    #[cfg(feature = "axum")]
+    if let Some(path) = extensions.get::<axum::extract::MatchedPath>() {
+        return Some(path.as_str());
+    }
+    let _ = extensions;
+    None
 }
 
 /// Query parameters whose values the semantic conventions ask to redact (signed-URL secrets).
@@ -406,5 +419,50 @@ mod tests {
         );
         let uri: Uri = "http://api.local/a".parse().expect("uri");
         assert_eq!(url_full(&uri), "http://api.local/a");
+    }
+
+    #[test]
+    fn the_peer_comes_from_the_servers_connection_info() {
+        let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let bare = || Request::new(());
+        // (the request's extensions, the peer read, why)
+        let mut axum = bare();
+        axum.extensions_mut()
+            .insert(axum::extract::ConnectInfo(at(1001)));
+        let mut tonic = bare();
+        tonic
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: Some(at(50051)),
+                remote_addr: Some(at(1002)),
+            });
+        let mut plain = bare();
+        plain.extensions_mut().insert(at(1003));
+        let mut both = bare();
+        both.extensions_mut()
+            .insert(axum::extract::ConnectInfo(at(1004)));
+        both.extensions_mut().insert(at(1005));
+        let rows = [
+            (axum, Some(at(1001)), "axum's ConnectInfo"),
+            (
+                tonic,
+                Some(at(1002)),
+                "tonic's TcpConnectInfo, the remote side",
+            ),
+            (
+                plain,
+                Some(at(1003)),
+                "a SocketAddr a hyper server inserted",
+            ),
+            (
+                both,
+                Some(at(1004)),
+                "axum's ConnectInfo before a plain SocketAddr",
+            ),
+            (bare(), None, "no connection info: no peer"),
+        ];
+        for (request, peer, reason) in rows {
+            assert_eq!(peer_address(&request), peer, "{reason}");
+        }
     }
 }

@@ -219,8 +219,8 @@ pub(crate) fn error_type(error: &(dyn StdError + 'static)) -> &'static str {
                 .downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
             || error
-                .downcast_ref::<reqwest::Error>()
-                .is_some_and(reqwest::Error::is_timeout);
+                .downcast_ref::<::reqwest::Error>()
+                .is_some_and(::reqwest::Error::is_timeout);
         if timed_out {
             return "timeout";
         }

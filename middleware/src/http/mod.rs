@@ -5,13 +5,16 @@ mod attributes;
 pub(crate) mod body;
 pub(crate) mod client;
 pub(crate) mod request_id;
+#[cfg(feature = "reqwest")]
 mod reqwest;
 mod routes;
 mod server;
 
+pub(crate) use attributes::{matched_route, peer_address};
 pub use body::TracedBody;
 pub use client::{BoxError, ClientFuture, ClientLayer, ClientService};
 pub use request_id::RequestId;
+#[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestTracing;
 pub use server::{
     DEFAULT_UNTRACED_PATHS, PanicResponse, PathFilter, ResponseFuture, ServerLayer, ServerService,

@@ -287,10 +287,7 @@ where
 
 /// The HTTP SERVER span of `request`.
 fn http_span<B>(request: &Request<B>, trust_forwarded: bool) -> SpanBuilder {
-    let route = request
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|path| path.as_str());
+    let route = attributes::matched_route(request.extensions());
     let uri = request.uri();
     let mut attributes = Vec::with_capacity(14);
     let method = attributes::push_method(&mut attributes, request.method());

@@ -23,11 +23,11 @@ mod reject;
 mod shed;
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -67,6 +67,14 @@ pub enum KeyBy {
     Route,
 }
 
+/// One bucket for everything: no table, no key to build.
+type Direct = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    TokioClock,
+    governor::middleware::NoOpMiddleware<std::time::Instant>,
+>;
+
 type Keyed = RateLimiter<
     String,
     governor::state::keyed::DashMapStateStore<String>,
@@ -80,13 +88,20 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// The key every request without its own shares, and every new key once the table is full.
 const SHARED_KEY: &str = "";
 
+/// How often (in calls) the size of the key table is read while it is far from full: reading
+/// it locks every shard of the map, which is too dear for every request.
+const SIZE_CHECK_EVERY: u64 = 64;
+
 /// A token-bucket rate limit as a tower layer.
 #[derive(Clone)]
 pub struct RateLimitLayer {
+    direct: Arc<Direct>,
     limiter: Arc<Keyed>,
     key: KeyBy,
     max_keys: usize,
     refused: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
+    near_full: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RateLimitLayer {
@@ -110,10 +125,43 @@ impl RateLimitLayer {
     /// Any `governor` quota.
     pub fn quota(quota: Quota) -> Self {
         RateLimitLayer {
+            direct: Arc::new(RateLimiter::direct_with_clock(quota, TokioClock)),
             limiter: Arc::new(RateLimiter::dashmap_with_clock(quota, TokioClock)),
             key: KeyBy::Global,
             max_keys: DEFAULT_MAX_KEYS,
             refused: Arc::new(AtomicU64::new(0)),
+            calls: Arc::new(AtomicU64::new(0)),
+            near_full: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The bucket `key` is counted in: its own, or the shared one once the table is full
+    /// (after dropping the keys that have refilled). The table's size is read every
+    /// [`SIZE_CHECK_EVERY`] calls, and on every call once it is within that many of the cap,
+    /// so that it never grows past `max_keys`.
+    fn bucket(&self, key: String) -> String {
+        let periodic = self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SIZE_CHECK_EVERY);
+        if !periodic && !self.near_full.load(Ordering::Relaxed) {
+            return key;
+        }
+        let limiter = &self.limiter;
+        let mut len = limiter.len();
+        if len >= self.max_keys {
+            limiter.retain_recent();
+            len = limiter.len();
+        }
+        let margin = usize::try_from(SIZE_CHECK_EVERY).unwrap_or(usize::MAX);
+        self.near_full.store(
+            len.saturating_add(margin) >= self.max_keys,
+            Ordering::Relaxed,
+        );
+        if len >= self.max_keys {
+            SHARED_KEY.to_owned()
+        } else {
+            key
         }
     }
 
@@ -180,58 +228,91 @@ fn key_of<B>(request: &Request<B>, by: &KeyBy) -> String {
             .and_then(|v| v.to_str().ok())
             .unwrap_or(SHARED_KEY)
             .to_owned(),
-        KeyBy::Route => request
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .map_or_else(
-                || request.uri().path().to_owned(),
-                |p| p.as_str().to_owned(),
-            ),
+        KeyBy::Route => crate::http::matched_route(request.extensions())
+            .unwrap_or_else(|| request.uri().path())
+            .to_owned(),
     }
 }
 
 fn client_ip<B>(request: &Request<B>) -> Option<IpAddr> {
-    let extensions = request.extensions();
-    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>() {
-        return Some(info.0.ip());
-    }
-    extensions
-        .get::<tonic::transport::server::TcpConnectInfo>()
-        .and_then(|info| info.remote_addr())
-        .map(|addr| addr.ip())
+    crate::http::peer_address(request).map(|address| address.ip())
 }
 
 impl<S, B, ResBody> Service<Request<B>> for RateLimit<S>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: Default + Send + 'static,
-    S::Error: Send + 'static,
+    ResBody: Default,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<ResBody>, S::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let limiter = &self.layer.limiter;
-        let mut key = key_of(&request, &self.layer.key);
-        if limiter.len() >= self.layer.max_keys {
-            limiter.retain_recent();
-            if limiter.len() >= self.layer.max_keys {
-                key = SHARED_KEY.to_owned();
+        let checked = match &self.layer.key {
+            KeyBy::Global => self.layer.direct.check(),
+            by => {
+                let key = self.layer.bucket(key_of(&request, by));
+                self.layer.limiter.check_key(&key)
             }
-        }
-        match limiter.check_key(&key) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+        };
+        match checked {
+            Ok(()) => ResponseFuture::admitted(self.inner.call(request)),
             Err(not_until) => {
                 self.layer.refused.fetch_add(1, Ordering::Relaxed);
                 let wait = not_until.wait_time_from(TokioClock.now());
-                let response = refuse(request.headers(), Refusal::Rate, wait);
-                Box::pin(async move { Ok(response) })
+                ResponseFuture::refused(refuse(request.headers(), Refusal::Rate, wait))
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RateLimit`]: the inner service's, or the refusal at once.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Admitted { #[pin] inner: F },
+        Refused { response: Option<Response<B>> },
+    }
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    fn admitted(inner: F) -> Self {
+        ResponseFuture {
+            state: State::Admitted { inner },
+        }
+    }
+
+    fn refused(response: Response<B>) -> Self {
+        ResponseFuture {
+            state: State::Refused {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProj::Admitted { inner } => inner.poll(cx),
+            StateProj::Refused { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode};
+#[cfg(feature = "tonic")]
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::grpc;
@@ -30,16 +31,7 @@ pub(crate) fn refuse<B: Default>(
             Refusal::Rate => "rate limit exceeded",
             Refusal::Overloaded => "too many requests in flight",
         };
-        let details = ErrorDetails::with_retry_info(Some(wait));
-        let status = match refusal {
-            Refusal::Rate => {
-                tonic::Status::with_error_details(tonic::Code::ResourceExhausted, message, details)
-            }
-            Refusal::Overloaded => {
-                tonic::Status::with_error_details(tonic::Code::Unavailable, message, details)
-            }
-        };
-        let (mut parts, _) = status.into_http::<B>().into_parts();
+        let mut parts = grpc_refusal(refusal, message, wait);
         let pushback = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
         parts.headers.insert(
             "grpc-retry-pushback-ms",
@@ -58,4 +50,38 @@ pub(crate) fn refuse<B: Default>(
         HeaderValue::from_str(&seconds.max(1).to_string()).expect("digits"),
     );
     response
+}
+
+/// A trailers-only gRPC answer with `RetryInfo` in `grpc-status-details-bin`.
+#[cfg(feature = "tonic")]
+fn grpc_refusal(refusal: Refusal, message: &str, wait: Duration) -> http::response::Parts {
+    let details = ErrorDetails::with_retry_info(Some(wait));
+    let code = match refusal {
+        Refusal::Rate => tonic::Code::ResourceExhausted,
+        Refusal::Overloaded => tonic::Code::Unavailable,
+    };
+    let status = tonic::Status::with_error_details(code, message, details);
+    status.into_http::<()>().into_parts().0
+}
+
+/// A trailers-only gRPC answer from the headers alone (`grpc-status`, `grpc-message`); without
+/// tonic there is no protobuf `RetryInfo`, and `grpc-retry-pushback-ms` carries the wait.
+#[cfg(not(feature = "tonic"))]
+fn grpc_refusal(refusal: Refusal, message: &str, _wait: Duration) -> http::response::Parts {
+    let code = match refusal {
+        Refusal::Rate => "8",        // RESOURCE_EXHAUSTED
+        Refusal::Overloaded => "14", // UNAVAILABLE
+    };
+    let mut response = Response::new(());
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static(code));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_str(&message.replace(' ', "%20")).expect("ascii"),
+    );
+    response.into_parts().0
 }
