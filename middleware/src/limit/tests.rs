@@ -89,15 +89,42 @@ async fn keys_have_buckets_of_their_own() {
 
 #[tokio::test(start_paused = true)]
 async fn the_key_table_is_bounded() {
-    let limit = RateLimitLayer::per_second(1, 1)
-        .key(KeyBy::Header(HeaderName::from_static("x-api-key")))
-        .max_keys(10);
-    let app = app(limit.clone());
-    for i in 0..100 {
-        let key = format!("k{i}");
-        call(&app, get_with(&[("x-api-key", &key)])).await;
+    // (cap, distinct keys sent, why): the size is read every 64 calls while the table is far
+    // from full, so caps below, around and above that period must all hold exactly.
+    let rows = [
+        (
+            10,
+            100,
+            "a cap below the check period: checked on every call from the start",
+        ),
+        (
+            100,
+            300,
+            "a cap just above the period: the first periodic check finds it near",
+        ),
+        (
+            1000,
+            3000,
+            "a cap far above the period: periodic checks, then every call",
+        ),
+    ];
+    for (cap, keys, reason) in rows {
+        let limit = RateLimitLayer::per_second(1, 1)
+            .key(KeyBy::Header(HeaderName::from_static("x-api-key")))
+            .max_keys(cap);
+        let app = app(limit.clone());
+        for i in 0..keys {
+            let key = format!("k{i}");
+            call(&app, get_with(&[("x-api-key", &key)])).await;
+        }
+        // The cap, plus the shared bucket new keys fall into once it is reached.
+        let len = limit.limiter.len();
+        assert!(len <= cap + 1, "{reason}: {len} keys for a cap of {cap}");
+        assert!(
+            len >= cap,
+            "{reason}: the table fills up to its cap ({len})"
+        );
     }
-    assert!(limit.limiter.len() <= 11, "keys: {}", limit.limiter.len());
 }
 
 #[tokio::test(start_paused = true)]
