@@ -1104,6 +1104,10 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
     use wayfinder_middleware::grpc::RpcConventions;
     struct Row {
         conventions: RpcConventions,
+        /// The server's known methods (`ServerLayer::rpc_methods`), if given.
+        methods: Option<Vec<&'static str>>,
+        /// The `grpc-status` the service answers.
+        status: &'static str,
         path: &'static str,
         name: &'static str,
         expected: Vec<(&'static str, &'static str)>,
@@ -1113,6 +1117,8 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
     let rows = vec![
         Row {
             conventions: RpcConventions::Experimental,
+            methods: None,
+            status: "5",
             path: "/shop.v1.Orders/Get",
             name: "shop.v1.Orders/Get",
             expected: vec![
@@ -1126,6 +1132,8 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
         },
         Row {
             conventions: RpcConventions::Stable,
+            methods: None,
+            status: "5",
             path: "/shop.v1.Orders/Get",
             name: "shop.v1.Orders/Get",
             expected: vec![
@@ -1143,6 +1151,8 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
         },
         Row {
             conventions: RpcConventions::Stable,
+            methods: None,
+            status: "5",
             path: "/not-a-method",
             name: "grpc",
             expected: vec![
@@ -1154,6 +1164,8 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
         },
         Row {
             conventions: RpcConventions::Both,
+            methods: None,
+            status: "5",
             path: "/shop.v1.Orders/Get",
             name: "shop.v1.Orders/Get",
             expected: vec![
@@ -1167,14 +1179,69 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
             absent: vec![],
             reason: "rpc/dup: both, rpc.method with its stable value",
         },
+        Row {
+            conventions: RpcConventions::Stable,
+            methods: None,
+            status: "12",
+            path: "/shop.v1.Orders/Nope",
+            name: "grpc",
+            expected: vec![
+                ("rpc.method", "_OTHER"),
+                ("rpc.method_original", "shop.v1.Orders/Nope"),
+                ("rpc.response.status_code", "UNIMPLEMENTED"),
+                ("error.type", "UNIMPLEMENTED"),
+            ],
+            absent: vec![],
+            reason: "rpc: UNIMPLEMENTED means the server does not know the method: _OTHER",
+        },
+        Row {
+            conventions: RpcConventions::Both,
+            methods: None,
+            status: "12",
+            path: "/shop.v1.Orders/Nope",
+            name: "grpc",
+            expected: vec![
+                ("rpc.service", "shop.v1.Orders"),
+                ("rpc.method", "_OTHER"),
+                ("rpc.method_original", "shop.v1.Orders/Nope"),
+                ("rpc.grpc.status_code", "12"),
+            ],
+            absent: vec![],
+            reason: "rpc/dup: the shared rpc.method key takes the stable _OTHER",
+        },
+        Row {
+            conventions: RpcConventions::Stable,
+            methods: Some(vec!["shop.v1.Orders/Get"]),
+            status: "5",
+            path: "/shop.v1.Orders/Get",
+            name: "shop.v1.Orders/Get",
+            expected: vec![("rpc.method", "shop.v1.Orders/Get")],
+            absent: vec!["rpc.method_original"],
+            reason: "rpc with a method list: a listed method by its name from the start",
+        },
+        Row {
+            conventions: RpcConventions::Stable,
+            methods: Some(vec!["shop.v1.Orders/Get"]),
+            status: "0",
+            path: "/shop.v1.Orders/Other",
+            name: "grpc",
+            expected: vec![
+                ("rpc.method", "_OTHER"),
+                ("rpc.method_original", "shop.v1.Orders/Other"),
+                ("rpc.response.status_code", "OK"),
+            ],
+            absent: vec!["error.type"],
+            reason: "rpc with a method list: an unlisted method is _OTHER even when it answers",
+        },
     ];
     for row in rows {
         let harness = Harness::new(LogFormat::Text);
-        let service = tower::service_fn(|_request: Request<Full<Bytes>>| async {
+        let status = row.status;
+        let service = tower::service_fn(move |_request: Request<Full<Bytes>>| async move {
             Ok::<_, std::convert::Infallible>(
                 http::Response::builder()
                     .header("content-type", "application/grpc")
-                    .header("grpc-status", "5")
+                    .header("grpc-status", status)
                     .body(Full::new(Bytes::new()))
                     .expect("a response"),
             )
@@ -1183,8 +1250,11 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
             .header("content-type", "application/grpc")
             .body(Full::new(Bytes::new()))
             .expect("a request");
-        let response = ServerLayer::new()
-            .rpc_conventions(row.conventions)
+        let mut layer = ServerLayer::new().rpc_conventions(row.conventions);
+        if let Some(methods) = &row.methods {
+            layer = layer.rpc_methods(methods.iter().copied());
+        }
+        let response = layer
             .layer(service)
             .oneshot(request)
             .await
@@ -1207,6 +1277,11 @@ async fn rpc_spans_follow_the_conventions_opted_in() {
             Some("https://opentelemetry.io/schemas/1.37.0"),
             "the schema of the conventions (no OTEL_SEMCONV_STABILITY_OPT_IN here)"
         );
+        let mut keys: Vec<&str> = span.attributes.iter().map(|kv| kv.key.as_str()).collect();
+        keys.sort_unstable();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), before, "{}: no attribute twice", row.reason);
         let attrs = attributes(span);
         for (key, value) in &row.expected {
             assert_eq!(

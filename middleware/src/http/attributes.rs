@@ -151,13 +151,27 @@ pub(crate) fn push_server<B>(attributes: &mut Vec<KeyValue>, request: &Request<B
     }
 }
 
+/// Whether the called method is one the server knows, for the stable `rpc.method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recognized {
+    /// Known (a client's stub, or a server's configured list): the full name.
+    Yes,
+    /// Not in the server's configured list: `_OTHER` and `rpc.method_original`.
+    No,
+    /// Not known yet: the server's answer tells (UNIMPLEMENTED or not), so the stable
+    /// `rpc.method` is written when the call completes.
+    Later,
+}
+
 /// The RPC attributes of a gRPC path, by `conventions`: `rpc.system`, `rpc.service`,
 /// `rpc.method` (experimental) and/or `rpc.system.name`, the fully qualified `rpc.method` (or
-/// `_OTHER` and `rpc.method_original` for a path that is not a method) (stable).
+/// `_OTHER` and `rpc.method_original` for a path that is not a method, or a method not
+/// recognized; nothing yet for [`Recognized::Later`]) (stable).
 pub(crate) fn push_rpc(
     attributes: &mut Vec<KeyValue>,
     path: &str,
     conventions: crate::grpc::RpcConventions,
+    recognized: Recognized,
 ) {
     let parsed = crate::grpc::service_and_method(path);
     if conventions.experimental() {
@@ -173,11 +187,19 @@ pub(crate) fn push_rpc(
     }
     if conventions.stable() {
         attributes.push(KeyValue::new("rpc.system.name", "grpc"));
-        match parsed {
-            Some((service, method)) => {
+        match (parsed, recognized) {
+            (Some(_), Recognized::Later) => {}
+            (Some((service, method)), Recognized::Yes) => {
                 attributes.push(KeyValue::new("rpc.method", format!("{service}/{method}")));
             }
-            None => {
+            (Some((service, method)), Recognized::No) => {
+                attributes.push(KeyValue::new("rpc.method", "_OTHER"));
+                attributes.push(KeyValue::new(
+                    "rpc.method_original",
+                    format!("{service}/{method}"),
+                ));
+            }
+            (None, _) => {
                 attributes.push(KeyValue::new("rpc.method", "_OTHER"));
                 attributes.push(KeyValue::new("rpc.method_original", path.to_owned()));
             }

@@ -42,6 +42,8 @@ pub(crate) struct Completion {
     grpc: bool,
     stage: Stage,
     conventions: grpc::RpcConventions,
+    /// The stable `rpc.method` to write when the call completes (`package.Service/Method`).
+    deferred_method: Option<String>,
 }
 
 impl Completion {
@@ -53,6 +55,26 @@ impl Completion {
             grpc,
             stage: Stage::Pending,
             conventions: grpc::RpcConventions::default(),
+            deferred_method: None,
+        }
+    }
+
+    /// Writes the stable `rpc.method` when the call completes: `_OTHER` with
+    /// `rpc.method_original` if the server answers UNIMPLEMENTED, else `method`.
+    pub(crate) fn with_deferred_method(mut self, method: Option<String>) -> Self {
+        self.deferred_method = method;
+        self
+    }
+
+    /// The deferred `rpc.method`, once: `unimplemented` says the server did not know it.
+    fn record_method(&mut self, unimplemented: bool) {
+        if let Some(method) = self.deferred_method.take() {
+            if unimplemented {
+                self.set("rpc.method", "_OTHER");
+                self.set("rpc.method_original", method);
+            } else {
+                self.set("rpc.method", method);
+            }
         }
     }
 
@@ -113,6 +135,7 @@ impl Completion {
             self.set("http.response.status_code", 500_i64);
         }
         self.fail("panic", format!("panic: {message}"));
+        self.record_method(false);
         self.stage = Stage::Done;
     }
 
@@ -168,6 +191,7 @@ impl Completion {
 
     /// Records a gRPC status; `error.type` is the code's name for every code but OK.
     fn grpc_status_with(&mut self, code: i32, description: String) {
+        self.record_method(code == 12);
         if self.conventions.experimental() {
             self.set("rpc.grpc.status_code", i64::from(code));
         }
@@ -209,6 +233,9 @@ impl Drop for Completion {
             Stage::Streaming if self.grpc => self.grpc_status(1),
             Stage::Streaming | Stage::Done => {}
         }
+        // A call that ended with no status at all (a non-gRPC answer on a gRPC path): the
+        // method as called.
+        self.record_method(false);
         self.cx.span().end();
     }
 }

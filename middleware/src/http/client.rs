@@ -201,7 +201,13 @@ fn http_span<B>(request: &Request<B>) -> SpanBuilder {
 fn grpc_span<B>(request: &Request<B>, conventions: grpc::RpcConventions) -> SpanBuilder {
     let path = request.uri().path();
     let mut attributes = Vec::with_capacity(6);
-    attributes::push_rpc(&mut attributes, path, conventions);
+    // A client calls through its stub: the method is the one it means.
+    attributes::push_rpc(
+        &mut attributes,
+        path,
+        conventions,
+        attributes::Recognized::Yes,
+    );
     attributes::push_server(&mut attributes, request);
     SpanBuilder::from_name(grpc::span_name(path, conventions))
         .with_kind(SpanKind::Client)

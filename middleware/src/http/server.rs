@@ -1,5 +1,6 @@
 //! The server layer: extracts the caller's trace context and opens a SERVER span per request.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -67,6 +68,7 @@ struct Config {
     trust_forwarded: bool,
     conventions: grpc::RpcConventions,
     accept_baggage: bool,
+    rpc_methods: Option<Arc<HashSet<String>>>,
 }
 
 impl fmt::Debug for ServerLayer {
@@ -96,6 +98,7 @@ impl ServerLayer {
                 trust_forwarded: false,
                 conventions: grpc::RpcConventions::from_env(),
                 accept_baggage: true,
+                rpc_methods: None,
             }),
         }
     }
@@ -112,6 +115,27 @@ impl ServerLayer {
     /// `OTEL_SEMCONV_STABILITY_OPT_IN` says, see [`RpcConventions`](crate::grpc::RpcConventions)).
     pub fn rpc_conventions(mut self, conventions: grpc::RpcConventions) -> Self {
         self.config_mut().conventions = conventions;
+        self
+    }
+
+    /// The gRPC methods this server implements (`package.Service/Method`), for the stable
+    /// conventions' `rpc.method`: a call to any other is `_OTHER` with `rpc.method_original`
+    /// from the start. Without a list the server's answer decides (UNIMPLEMENTED means the
+    /// method is unknown), so the stable `rpc.method` is set when the call completes, and a
+    /// sampler does not see it.
+    ///
+    /// ```
+    /// let layer = wayfinder_middleware::ServerLayer::new()
+    ///     .rpc_methods(["inventory.v1.Inventory/Reserve", "inventory.v1.Inventory/Stock"]);
+    /// # let _ = layer;
+    /// ```
+    pub fn rpc_methods<I, M>(mut self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<String>,
+    {
+        let methods = methods.into_iter().map(Into::into).collect();
+        self.config_mut().rpc_methods = Some(Arc::new(methods));
         self
     }
 
@@ -245,8 +269,13 @@ where
         }
         let grpc = grpc::is_grpc(request.headers());
         let trust = self.config.trust_forwarded;
+        let recognized = if grpc {
+            recognized(request.uri().path(), self.config.rpc_methods.as_deref())
+        } else {
+            attributes::Recognized::Yes
+        };
         let mut builder = if grpc {
-            grpc_span(&request, trust, self.config.conventions)
+            grpc_span(&request, trust, self.config.conventions, recognized)
         } else {
             http_span(&request, trust)
         };
@@ -270,6 +299,13 @@ where
         }
         let parent = parent.with_value(request_id);
         let cx = tracer::start(builder, &parent);
+        // The stable `rpc.method` the call's outcome decides (see `rpc_methods`).
+        let deferred = (grpc
+            && self.config.conventions.stable()
+            && recognized == attributes::Recognized::Later)
+            .then(|| grpc::service_and_method(request.uri().path()))
+            .flatten()
+            .map(|(service, method)| format!("{service}/{method}"));
         let inner = {
             let _attached = cx.clone().attach();
             self.inner.call(request)
@@ -277,7 +313,9 @@ where
         ResponseFuture {
             inner,
             completion: Some(
-                Completion::new(cx, Side::Server, grpc).with_conventions(self.config.conventions),
+                Completion::new(cx, Side::Server, grpc)
+                    .with_conventions(self.config.conventions)
+                    .with_deferred_method(deferred),
             ),
             request_id: header_value,
             traceparent: self.config.response_traceparent,
@@ -320,17 +358,34 @@ fn http_span<B>(request: &Request<B>, trust_forwarded: bool) -> SpanBuilder {
         .with_attributes(attributes)
 }
 
+/// Whether the server knows the method at `path`: by the configured list, else later.
+fn recognized(path: &str, methods: Option<&HashSet<String>>) -> attributes::Recognized {
+    match methods {
+        None => attributes::Recognized::Later,
+        Some(methods) => match path.strip_prefix('/') {
+            Some(method) if methods.contains(method) => attributes::Recognized::Yes,
+            _ => attributes::Recognized::No,
+        },
+    }
+}
+
 /// The gRPC SERVER span of `request`.
 fn grpc_span<B>(
     request: &Request<B>,
     trust_forwarded: bool,
     conventions: grpc::RpcConventions,
+    recognized: attributes::Recognized,
 ) -> SpanBuilder {
     let path = request.uri().path();
     let mut attributes = Vec::with_capacity(10);
-    attributes::push_rpc(&mut attributes, path, conventions);
+    attributes::push_rpc(&mut attributes, path, conventions, recognized);
     attributes::push_common(&mut attributes, request, trust_forwarded);
-    SpanBuilder::from_name(grpc::span_name(path, conventions))
+    let name = if recognized == attributes::Recognized::No {
+        grpc::unknown_method_name(conventions).to_owned()
+    } else {
+        grpc::span_name(path, conventions)
+    };
+    SpanBuilder::from_name(name)
         .with_kind(SpanKind::Server)
         .with_attributes(attributes)
 }
