@@ -1,0 +1,12 @@
+//! `wayfinder-demo`: a collector and a small instrumented fleet on loopback, with traffic and
+//! a live table. See the crate's documentation and `README.md`.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = wayfinder_demo::Options::parse();
+    let mut stdout = std::io::stdout();
+    wayfinder_demo::run(options, &mut stdout).await?;
+    Ok(())
+}
