@@ -293,6 +293,8 @@ async fn run_instance(
         .service_name(service)
         .instance_id(knobs.instance.clone())
         .endpoint(collector.otlp_http.clone())
+        // Spans reach the collector within a second, so the first table already has weights.
+        .export_delay(Duration::from_secs(1))
         .log_filter("warn")
         .build()
         .with_context(|| format!("{}: telemetry", knobs.instance))?;

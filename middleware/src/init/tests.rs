@@ -346,3 +346,29 @@ fn malformed_exporter_variables_are_errors_naming_the_variable() {
         );
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_export_delay_sends_finished_spans_sooner_than_the_default() {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    // The batch processor runs on a thread of its own with the real clock (a paused tokio
+    // clock cannot reach it), so this waits for real, bounded: with a 50 ms delay the span is
+    // exported well within 3 s; with the SDK's default (5 s) it would not be.
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let telemetry = Telemetry::new()
+        .service_name("delay-test")
+        .log_writer(BoxMakeWriter::new(std::io::sink))
+        .export_delay(Duration::from_millis(50))
+        .build_with_exporter(exporter.clone())
+        .expect("telemetry builds");
+    let tracer = telemetry.provider().tracer("test");
+    tracer.start("work").end();
+    let started = std::time::Instant::now();
+    while exporter.get_finished_spans().expect("spans").is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the span was not exported within 3 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    telemetry.shutdown().await.expect("shut down");
+}
