@@ -21,8 +21,8 @@ pub struct Options {
     /// Make an instance fail a share of its calls: `payments-2:0.3`, `checkout-1:0.5@45s`.
     #[arg(long)]
     pub fail: Vec<Fault>,
-    /// How often to print the table.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    /// How often to print the table (at least 1s).
+    #[arg(long, value_parser = table_period, default_value = "5s")]
     pub every: Duration,
     /// Run the collector on its default ports (4317, 4318, 16686, 16685); with `false`, on free
     /// ports (for tests, or when the defaults are taken).
@@ -45,6 +45,15 @@ impl Default for Options {
             quiet: false,
         }
     }
+}
+
+/// `--every`: a duration of at least a second.
+fn table_period(text: &str) -> Result<Duration, String> {
+    let period = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if period < Duration::from_secs(1) {
+        return Err(format!("{text}: print tables at most once a second"));
+    }
+    Ok(period)
 }
 
 /// What a fault does to its instance.
@@ -129,6 +138,43 @@ impl FromStr for Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_command_line_is_read_or_refused_clearly() {
+        use clap::Parser;
+        // (arguments, accepted, why)
+        let rows: [(&[&str], bool, &str); 6] = [
+            (&[], true, "the defaults"),
+            (
+                &["--rps", "100", "--duration", "2m"],
+                true,
+                "traffic and a time limit",
+            ),
+            (
+                &["--slow", "checkout-2@30s", "--fail", "payments-2:0.3"],
+                true,
+                "two faults",
+            ),
+            (&["--every", "0s"], false, "tables every 0 s would spin"),
+            (&["--fail", "payments-2:3"], false, "a failure rate above 1"),
+            (&["--default-ports", "maybe"], false, "not a boolean"),
+        ];
+        for (args, accepted, why) in rows {
+            let parsed = Options::try_parse_from(
+                std::iter::once("wayfinder-demo").chain(args.iter().copied()),
+            );
+            assert_eq!(parsed.is_ok(), accepted, "{why}: {parsed:?}");
+        }
+        let options = Options::try_parse_from(["wayfinder-demo"]).expect("defaults");
+        let defaults = Options::default();
+        assert_eq!(options.rps, defaults.rps);
+        assert_eq!(
+            options.slow, defaults.slow,
+            "checkout-3 slow unless told otherwise"
+        );
+        assert_eq!(options.every, defaults.every);
+        assert!(options.default_ports);
+    }
 
     #[test]
     fn faults_parse_or_say_why_not() {
