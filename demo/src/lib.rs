@@ -66,11 +66,7 @@ pub async fn run(options: Options, out: &mut (dyn Write + Send)) -> anyhow::Resu
         .await
         .context("starting the collector (are its ports free? try --default-ports false)")?;
     let addrs = collector.addrs();
-    let urls = fleet::CollectorUrls {
-        otlp_http: format!("http://{}", addrs.otlp_http),
-        query_grpc: format!("http://{}", addrs.query_grpc),
-        query_http: format!("http://{}", addrs.query_http),
-    };
+    let urls = fleet::CollectorUrls::of(&addrs);
     let api = report::Api::new(urls.query_http.clone())?;
     let fleet = fleet::Fleet::start(&urls)?;
 

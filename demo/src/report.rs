@@ -27,13 +27,26 @@ impl Api {
         })
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+    /// `GET path`; `None` for a 404.
+    async fn get_or_none<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<Option<T>> {
         let response = self.http.get(format!("{}{path}", self.base)).send().await?;
         let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
         if !status.is_success() {
             anyhow::bail!("GET {path}: {status}");
         }
-        Ok(response.json().await?)
+        Ok(Some(response.json().await?))
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.get_or_none(path)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("GET {path}: 404 Not Found"))
     }
 
     /// `GET /api/v1/topology?window=…`.
@@ -43,11 +56,8 @@ impl Api {
 
     /// `GET /api/v1/weights/{service}`; `None` while the collector has none.
     pub async fn weights(&self, service: &str) -> anyhow::Result<Option<ServiceWeights>> {
-        match self.get(&format!("/api/v1/weights/{service}")).await {
-            Ok(weights) => Ok(Some(weights)),
-            Err(error) if error.to_string().contains("404") => Ok(None),
-            Err(error) => Err(error),
-        }
+        self.get_or_none(&format!("/api/v1/weights/{service}"))
+            .await
     }
 
     /// `POST /api/v1/sql`.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::{SdkProvidedResourceDetector, TelemetryResourceDetector};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
@@ -20,6 +19,7 @@ use crate::logs::TraceIdFormat;
 mod env;
 mod exporters;
 mod guard;
+mod otlp;
 
 pub use guard::{ScopedTelemetry, TelemetryGuard};
 
@@ -629,61 +629,6 @@ impl Telemetry {
             timeout: self.export_timeout,
             shut_down: false,
         })
-    }
-
-    fn exporter(&self) -> Result<SpanExporter, InitError> {
-        let exporter = match self.protocol {
-            Protocol::Grpc => self.grpc_exporter()?,
-            Protocol::HttpProtobuf => {
-                // The signal's own URL is used as is; the generic one gets `/v1/traces`.
-                let endpoint = self.traces_endpoint.clone().unwrap_or_else(|| {
-                    format!("{}/v1/traces", self.base_endpoint().trim_end_matches('/'))
-                });
-                opentelemetry_otlp::WithHttpConfig::with_headers(
-                    SpanExporter::builder().with_http(),
-                    self.headers.iter().cloned().collect(),
-                )
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint)
-                .with_timeout(self.export_timeout)
-                .build()?
-            }
-        };
-        Ok(exporter)
-    }
-
-    #[cfg(feature = "tonic")]
-    fn grpc_exporter(&self) -> Result<SpanExporter, InitError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(InitError::NoRuntime);
-        }
-        // gRPC has one URL for every signal: the traces one, when given, as it is.
-        let endpoint = self
-            .traces_endpoint
-            .clone()
-            .unwrap_or_else(|| self.base_endpoint());
-        let mut metadata = tonic::metadata::MetadataMap::new();
-        for (key, value) in &self.headers {
-            if let (Ok(key), Ok(value)) = (
-                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
-                value.parse(),
-            ) {
-                metadata.insert(key, value);
-            }
-        }
-        let exporter = opentelemetry_otlp::WithTonicConfig::with_metadata(
-            SpanExporter::builder().with_tonic(),
-            metadata,
-        )
-        .with_endpoint(endpoint)
-        .with_timeout(self.export_timeout)
-        .build()?;
-        Ok(exporter)
-    }
-
-    #[cfg(not(feature = "tonic"))]
-    fn grpc_exporter(&self) -> Result<SpanExporter, InitError> {
-        Err(InitError::NoGrpc)
     }
 }
 

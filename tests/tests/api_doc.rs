@@ -177,11 +177,7 @@ fn the_shape_check_finds_what_drifted() {
 async fn every_documented_example_answers_with_the_documented_shape() {
     let collector = start(loopback_config()).await;
     let addrs = collector.addrs();
-    let urls = wayfinder_demo::fleet::CollectorUrls {
-        otlp_http: format!("http://{}", addrs.otlp_http),
-        query_grpc: format!("http://{}", addrs.query_grpc),
-        query_http: format!("http://{}", addrs.query_http),
-    };
+    let urls = wayfinder_demo::fleet::CollectorUrls::of(&addrs);
     let fleet = wayfinder_demo::fleet::Fleet::start(&urls).expect("the fleet starts");
     let counts = std::sync::Arc::new(wayfinder_demo::drive::Counts::default());
     let driver = wayfinder_demo::drive::start(fleet.frontend(), 40, counts);

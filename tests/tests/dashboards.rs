@@ -174,11 +174,7 @@ async fn live_metrics() -> (BTreeMap<String, BTreeSet<String>>, String) {
     config.max_store_bytes = 256 * 1024;
     let collector = start(config).await;
     let addrs = collector.addrs();
-    let urls = wayfinder_demo::fleet::CollectorUrls {
-        otlp_http: format!("http://{}", addrs.otlp_http),
-        query_grpc: format!("http://{}", addrs.query_grpc),
-        query_http: format!("http://{}", addrs.query_http),
-    };
+    let urls = wayfinder_demo::fleet::CollectorUrls::of(&addrs);
     let fleet = wayfinder_demo::fleet::Fleet::start(&urls).expect("the fleet starts");
     fleet
         .knobs("checkout-3")

@@ -80,6 +80,17 @@ pub struct CollectorUrls {
     pub query_http: String,
 }
 
+impl CollectorUrls {
+    /// The URLs of a collector listening on `addrs`.
+    pub fn of(addrs: &wayfinder_collector::BoundAddrs) -> Self {
+        CollectorUrls {
+            otlp_http: format!("http://{}", addrs.otlp_http),
+            query_grpc: format!("http://{}", addrs.query_grpc),
+            query_http: format!("http://{}", addrs.query_http),
+        }
+    }
+}
+
 /// One running instance.
 #[derive(Debug)]
 pub struct Instance {
@@ -367,29 +378,17 @@ async fn run_instance(
                 inventory,
                 queue,
             };
-            let server = tonic::transport::Server::builder()
-                .layer(ServerLayer::new())
-                .add_service(health.tonic_service())
-                .add_service(CheckoutServer::new(checkout))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener.expect("a listener")),
-                    graceful.signal(),
-                );
-            finish(graceful.run(server).await)?;
+            let routes = tonic::service::Routes::new(health.tonic_service())
+                .add_service(CheckoutServer::new(checkout));
+            serve_grpc(&graceful, listener.expect("a listener"), routes).await?;
         }
         Role::Inventory => {
             let inventory = services::InventoryService {
                 knobs: Arc::clone(&knobs),
             };
-            let server = tonic::transport::Server::builder()
-                .layer(ServerLayer::new())
-                .add_service(health.tonic_service())
-                .add_service(InventoryServer::new(inventory))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(listener.expect("a listener")),
-                    graceful.signal(),
-                );
-            finish(graceful.run(server).await)?;
+            let routes = tonic::service::Routes::new(health.tonic_service())
+                .add_service(InventoryServer::new(inventory));
+            serve_grpc(&graceful, listener.expect("a listener"), routes).await?;
         }
         Role::Notifications(events) => {
             let (stopped_tx, stopped) = watch::channel(false);
@@ -424,6 +423,21 @@ async fn serve_http(
             .await
             .map(|r| r.map_err(anyhow::Error::from)),
     )
+}
+
+async fn serve_grpc(
+    graceful: &GracefulShutdown,
+    listener: tokio::net::TcpListener,
+    routes: tonic::service::Routes,
+) -> anyhow::Result<()> {
+    let server = tonic::transport::Server::builder()
+        .layer(ServerLayer::new())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener),
+            graceful.signal(),
+        );
+    finish(graceful.run(server).await)
 }
 
 /// A server's outcome: what it returned, or that its requests outlived the deadline.

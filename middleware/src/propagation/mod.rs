@@ -271,7 +271,10 @@ impl TextMapPropagator for Propagation {
             .get(w3c::TRACEPARENT)
             .is_some_and(|value| w3c::is_valid_traceparent(value.trim()))
         {
-            let extracted = TraceContextPropagator::new().extract_with_context(&cx, extractor);
+            // The SDK reads the traceparent; the tracestate is parsed once, here, by the
+            // current grammar (`w3c::with_tracestate`), so the SDK does not see it.
+            let extracted = TraceContextPropagator::new()
+                .extract_with_context(&cx, &w3c::WithoutTracestate(extractor));
             if extracted.has_active_span() {
                 let (parent, forwarded) = w3c::with_tracestate(
                     extracted.span().span_context(),

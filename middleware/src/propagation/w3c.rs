@@ -134,6 +134,36 @@ fn valid_value(value: &str) -> bool {
         && bytes[bytes.len() - 1] != b' '
 }
 
+/// The caller's headers without `tracestate`, for the SDK's propagator: it would parse the
+/// list by its older grammar only for the result to be replaced.
+pub(crate) struct WithoutTracestate<'a>(pub(crate) &'a dyn opentelemetry::propagation::Extractor);
+
+impl opentelemetry::propagation::Extractor for WithoutTracestate<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        if key.eq_ignore_ascii_case(TRACESTATE) {
+            None
+        } else {
+            self.0.get(key)
+        }
+    }
+
+    fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+        if key.eq_ignore_ascii_case(TRACESTATE) {
+            None
+        } else {
+            self.0.get_all(key)
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .into_iter()
+            .filter(|key| !key.eq_ignore_ascii_case(TRACESTATE))
+            .collect()
+    }
+}
+
 /// A caller's `tracestate` that the SDK's `TraceState` cannot hold (a key its older grammar
 /// refuses), kept in the context so that it is forwarded unchanged on the same trace.
 #[derive(Debug, Clone)]
