@@ -259,8 +259,11 @@ impl Collector {
             ready: ready.clone(),
             stop: query_stop.clone(),
         });
-        let query = axum::serve(query_listener, crate::query::http::router(state))
-            .with_graceful_shutdown(query_stop.clone().cancelled_owned());
+        let query = axum::serve(
+            query_listener,
+            crate::query::http::router(state).merge(crate::ui::router()),
+        )
+        .with_graceful_shutdown(query_stop.clone().cancelled_owned());
         let query_grpc = tonic::transport::Server::builder()
             // Watchers hold a stream each: let many share one connection.
             .max_concurrent_streams(Some(QUERY_GRPC_MAX_STREAMS))

@@ -8,7 +8,8 @@
 //! [`receivers`] (OTLP/gRPC, OTLP/HTTP) → [`decode`] (OTLP → Arrow, once) →
 //! [`pipeline`] (the bounded ingest queue) → [`store`] (Arrow batches, retention),
 //! [`registry`] (live instances, heartbeats) and [`topology`] (the service graph) →
-//! [`query`] (DataFusion SQL, the topology, Jaeger and Prometheus endpoints).
+//! [`query`] (DataFusion SQL, the topology, Jaeger and Prometheus endpoints), with [`ui`] (the
+//! web UI over the query API) on the same port.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), wayfinder_collector::StartError> {
@@ -34,6 +35,7 @@ pub mod registry;
 pub mod store;
 pub mod testing;
 pub mod topology;
+pub mod ui;
 pub mod weights;
 
 mod collector;

@@ -92,12 +92,14 @@ pub async fn run(options: Options, out: &mut (dyn Write + Send)) -> anyhow::Resu
     writeln!(
         out,
         "Wayfinder demo: a collector and {} instances on loopback.\n\
+         \x20 web UI     http://{}/  (the service map, the weights, the traces, SQL)\n\
          \x20 query API  http://{}  (try /api/v1/topology, /api/v1/weights/checkout, /metrics)\n\
          \x20 OTLP       grpc {}  http {}\n\
          \x20 traffic    {} requests/s to frontend at http://{}/orders\n\
          \x20 faults     {}\n\
          Ctrl-C to stop.",
         fleet.instances.len(),
+        addrs.query_http,
         addrs.query_http,
         addrs.otlp_grpc,
         addrs.otlp_http,
