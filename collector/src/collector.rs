@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::pipeline::IngestQueue;
+use crate::pipeline::{IngestQueue, PipelineMetrics};
 use crate::query::http::ApiState;
 use crate::query::{QueryEngine, QueryLimits};
 use crate::receivers::grpc::{LogsService, TraceService};
@@ -162,6 +162,8 @@ impl Collector {
             dispatcher = dispatcher.with_consumer(topology.clone());
         }
         let gauge = queue.gauge();
+        let pipeline = dispatcher.health();
+        metrics.register_collector(Box::new(PipelineMetrics(pipeline.clone())));
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
         let ingest = Arc::new(
             Ingest::new(queue, metrics.clone())
@@ -257,6 +259,7 @@ impl Collector {
             metrics: metrics.clone(),
             queue: gauge,
             ready: ready.clone(),
+            pipeline,
             stop: query_stop.clone(),
         });
         let query = axum::serve(

@@ -119,6 +119,110 @@ async fn full_queue_is_refused_retryably_and_acknowledged_spans_are_kept() {
     );
 }
 
+/// Writes `head` and then whatever `body` yields (stopping at the first failed write: the
+/// server may answer and close before it), and returns the status line of the answer, read
+/// while writing (so that a reset after the answer cannot hide it).
+async fn raw_request(addr: std::net::SocketAddr, head: &str, body: Vec<Vec<u8>>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let reading = tokio::spawn(async move {
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+        answer
+    });
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // Bounded: a server that neither reads nor closes must not hang the test.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        for chunk in body {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), reading)
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    text.lines().next().unwrap_or("").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_remaining_budget_is_refused_before_it_is_read() {
+    // Room for 64 KiB, of which one request takes some; the consumer never runs.
+    let metrics = Arc::new(Metrics::new());
+    let (queue, _dispatcher) = IngestQueue::new(64 * 1024);
+    let ingest = Arc::new(Ingest::new(queue, metrics.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        axum::serve(listener, otlp_http::router(ingest.clone(), 20 << 20)).into_future(),
+    );
+    let first = wayfinder_e2e::http_client()
+        .post(format!("http://{addr}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200, "the first request fits");
+
+    // A declared megabyte: refused on its headers alone (no byte of the body is ever sent).
+    let status = raw_request(
+        addr,
+        &format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-protobuf\r\n\
+             content-length: {}\r\n\r\n",
+            1 << 20
+        ),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        status, "HTTP/1.1 503 Service Unavailable",
+        "refused retryably"
+    );
+
+    // A chunked body without a length: refused once what came in no longer fits, long before
+    // its 20 MiB limit.
+    let chunk = {
+        let mut chunk = format!("{:x}\r\n", 16 * 1024).into_bytes();
+        chunk.extend(std::iter::repeat_n(0u8, 16 * 1024));
+        chunk.extend_from_slice(b"\r\n");
+        chunk
+    };
+    let status = raw_request(
+        addr,
+        &format!(
+            "POST /v1/traces HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/x-protobuf\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+        ),
+        vec![chunk; 16],
+    )
+    .await;
+    assert_eq!(
+        status, "HTTP/1.1 503 Service Unavailable",
+        "refused retryably"
+    );
+
+    let text = metrics.encode();
+    assert!(
+        text.contains(
+            "wayfinder_receiver_refused_requests_total{protocol=\"http/protobuf\",reason=\"queue_full\"} 2"
+        ),
+        "both refused as queue_full, not as too large or malformed:\n{text}"
+    );
+    server.abort();
+}
+
 fn tokio_stream_from(
     listener: tokio::net::TcpListener,
 ) -> impl futures_core_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {

@@ -1,7 +1,9 @@
-//! The bounded ingest queue between the receivers and the consumers of decoded spans.
+//! The bounded ingest queue between the receivers and the stages that take decoded spans: the
+//! store, and the facts consumers (registry, weights, topology), each on its own task
+//! ([`stages`]).
 //!
 //! The queue is bounded by memory, not by count: each queued [`SpanBatch`] holds a share of the
-//! budget (`--max-ingest-bytes`) until the consumers have taken it. When the budget is spent,
+//! budget (`--max-ingest-bytes`) until every stage is done with it. When the budget is spent,
 //! [`IngestQueue::try_push`] refuses at once and the receivers answer with a retryable error
 //! (gRPC `UNAVAILABLE` with `RetryInfo`, HTTP 503 with `Retry-After`): a span is either
 //! acknowledged and kept, or refused and counted, never silently dropped.
@@ -16,24 +18,33 @@
 //! let metrics = Arc::new(wayfinder_collector::metrics::Metrics::new());
 //! let store = Arc::new(MemoryStore::new(Default::default(), metrics.clone()));
 //! let (queue, dispatcher) = IngestQueue::new(64 * 1024 * 1024);
+//! let health = dispatcher.health();
 //! let task = tokio::spawn(dispatcher.run(store.clone()));
-//! drop(queue); // the receivers are gone: the dispatcher drains what is queued and stops
+//! drop(queue); // the receivers are gone: the stages drain what is queued and stop
 //! task.await.unwrap();
+//! assert!(health.all_up());
 //! assert_eq!(store.stats().rows, 0);
 //! # }
 //! ```
 
+pub mod stages;
+
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::decode::{SpanBatch, SpanFacts};
 use crate::store::SpanStore;
+use stages::{FactsWork, StoreWork};
+pub use stages::{PipelineHealth, PipelineMetrics};
 
 /// A stage fed with the topology facts of every accepted span (the topology builder, the instance
-/// registry), after the store has the batch.
+/// registry), on a task of its own.
 pub trait FactsConsumer: Send + Sync + std::fmt::Debug {
-    /// Takes in the facts of one batch; must not block for long (it runs on the dispatcher).
+    /// The stage's name in metrics and logs (`registry`, `weights`, `topology`).
+    fn name(&self) -> &'static str;
+
+    /// Takes in the facts of one batch; must not block for long (it runs on an async task).
     fn consume(&self, facts: &[SpanFacts]);
 
     /// Like [`FactsConsumer::consume`], for the last consumer, which may take the facts apart
@@ -49,17 +60,10 @@ const UNIT: usize = 1024;
 /// The sending side of the ingest queue, cloned into every receiver.
 #[derive(Debug, Clone)]
 pub struct IngestQueue {
-    tx: mpsc::UnboundedSender<Queued>,
+    store_tx: mpsc::UnboundedSender<StoreWork>,
+    facts_tx: mpsc::UnboundedSender<FactsWork>,
     budget: Arc<Semaphore>,
     capacity_units: usize,
-}
-
-/// A batch in the queue with its share of the budget.
-#[derive(Debug)]
-struct Queued {
-    batch: SpanBatch,
-    facts: Vec<SpanFacts>,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// Why the queue refused a batch.
@@ -80,17 +84,23 @@ impl IngestQueue {
         let capacity_units = capacity_bytes
             .div_ceil(UNIT)
             .clamp(1, Semaphore::MAX_PERMITS);
-        let (tx, rx) = mpsc::unbounded_channel();
+        // Unbounded channels, bounded together by the budget: a batch holds its share until
+        // every stage is done with it.
+        let (store_tx, store_rx) = mpsc::unbounded_channel();
+        let (facts_tx, facts_rx) = mpsc::unbounded_channel();
         let budget = Arc::new(Semaphore::new(capacity_units));
         (
             Self {
-                tx,
+                store_tx,
+                facts_tx,
                 budget: budget.clone(),
                 capacity_units,
             },
             Dispatcher {
-                rx,
+                store_rx,
+                facts_rx,
                 consumers: Vec::new(),
+                health: Arc::default(),
             },
         )
     }
@@ -114,13 +124,20 @@ impl IngestQueue {
                 tokio::sync::TryAcquireError::Closed => Refusal::Closed,
                 tokio::sync::TryAcquireError::NoPermits => Refusal::Full,
             })?;
-        self.tx
-            .send(Queued {
+        let permit = Arc::new(permit);
+        // The store first: once it has the batch, the spans are acknowledged.
+        self.store_tx
+            .send(StoreWork {
                 batch,
-                facts,
-                _permit: permit,
+                _permit: permit.clone(),
             })
-            .map_err(|_| Refusal::Closed)
+            .map_err(|_| Refusal::Closed)?;
+        // The facts chain only feeds derived state; it is open while the store's stage is.
+        let _ = self.facts_tx.send(FactsWork {
+            facts,
+            _permit: permit,
+        });
+        Ok(())
     }
 
     /// A read-only view of the queue's fill, for metrics; it does not keep the queue open.
@@ -172,38 +189,48 @@ impl QueueGauge {
     }
 }
 
-/// The receiving side: hands each batch to the consumers, in order.
+/// The receiving side: starts the stages that take each batch.
 #[derive(Debug)]
 pub struct Dispatcher {
-    rx: mpsc::UnboundedReceiver<Queued>,
+    store_rx: mpsc::UnboundedReceiver<StoreWork>,
+    facts_rx: mpsc::UnboundedReceiver<FactsWork>,
     consumers: Vec<Arc<dyn FactsConsumer>>,
+    health: Arc<PipelineHealth>,
 }
 
 impl Dispatcher {
-    /// Also feeds the facts of every batch to `consumer` (after the consumers added before; the
-    /// last one added gets the facts to keep).
+    /// Also feeds the facts of every batch to `consumer`, on a stage of its own after the
+    /// consumers added before (the last one added gets the facts to keep).
     pub fn with_consumer(mut self, consumer: Arc<dyn FactsConsumer>) -> Self {
         self.consumers.push(consumer);
         self
     }
 
-    /// Runs until every [`IngestQueue`] clone is dropped and the queue is drained.
-    pub async fn run(mut self, store: Arc<dyn SpanStore>) {
-        while let Some(queued) = self.rx.recv().await {
-            store.append(queued.batch);
-            if let Some((last, others)) = self.consumers.split_last() {
-                for consumer in others {
-                    consumer.consume(&queued.facts);
-                }
-                last.consume_owned(queued.facts);
-            }
-            // The permit is released here, after every stage has the batch.
+    /// Whether the stages are up, for `/readyz` and `/metrics`.
+    pub fn health(&self) -> Arc<PipelineHealth> {
+        self.health.clone()
+    }
+
+    /// Runs the stages until every [`IngestQueue`] clone is dropped and every queue is drained.
+    pub async fn run(self, store: Arc<dyn SpanStore>) {
+        let tasks = stages::spawn(
+            &self.health,
+            store,
+            self.store_rx,
+            self.facts_rx,
+            self.consumers,
+        );
+        for task in tasks {
+            // A stage's panics are caught inside it; a task only fails when the runtime stops.
+            let _ = task.await;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::decode::decode_traces;
     use crate::testing::{span, trace_request};
@@ -232,11 +259,209 @@ mod tests {
             "third is over the budget"
         );
         assert!(!queue.has_room(one.bytes()));
-        let taken = dispatcher.rx.try_recv().expect("queued");
+        let taken = dispatcher.store_rx.try_recv().expect("queued");
         drop(taken);
+        assert!(
+            !queue.has_room(one.bytes()),
+            "the facts stages still hold the batch's share"
+        );
+        drop(dispatcher.facts_rx.try_recv().expect("queued"));
         queue
             .try_push(one, Vec::new())
             .expect("room again once the consumer took a batch");
+    }
+
+    /// Panics on a batch of exactly one span; counts the spans of the others.
+    #[derive(Debug, Default)]
+    struct Poisoned {
+        spans: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Poisoned {
+        fn check(&self, spans: usize) {
+            assert_ne!(spans, 1, "a poisoned batch");
+            self.spans
+                .fetch_add(spans, std::sync::atomic::Ordering::Relaxed);
+        }
+
+        fn spans(&self) -> usize {
+            self.spans.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    impl FactsConsumer for Poisoned {
+        fn name(&self) -> &'static str {
+            "poisoned"
+        }
+        fn consume(&self, facts: &[SpanFacts]) {
+            self.check(facts.len());
+        }
+    }
+
+    /// Counts every span it is given.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::atomic::AtomicUsize);
+
+    impl FactsConsumer for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn consume(&self, facts: &[SpanFacts]) {
+            self.0
+                .fetch_add(facts.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A memory store that panics on a batch of one span.
+    #[derive(Debug)]
+    struct PoisonedStore(crate::store::MemoryStore);
+
+    impl SpanStore for PoisonedStore {
+        fn append(&self, batch: SpanBatch) {
+            assert_ne!(batch.rows(), 1, "a poisoned batch");
+            self.0.append(batch);
+        }
+        fn snapshot(&self) -> Vec<datafusion::arrow::record_batch::RecordBatch> {
+            self.0.snapshot()
+        }
+        fn maintain(&self, now: std::time::SystemTime) {
+            self.0.maintain(now);
+        }
+        fn stats(&self) -> crate::store::StoreStats {
+            self.0.stats()
+        }
+    }
+
+    fn facts(spans: usize) -> (SpanBatch, Vec<SpanFacts>) {
+        let spans = (0..spans as u64)
+            .map(|i| span([7; 16], i + 1, "op", 1, 2))
+            .collect();
+        let decoded = decode_traces(&trace_request(None, spans)).unwrap();
+        (decoded.batch.unwrap(), decoded.facts)
+    }
+
+    fn memory_store() -> crate::store::MemoryStore {
+        crate::store::MemoryStore::new(Default::default(), Arc::new(crate::metrics::Metrics::new()))
+    }
+
+    /// Pushes 10 spans, a poisoned batch of 1, and 10 more, and waits until `stage` is down.
+    async fn push_with_poison(queue: &IngestQueue, health: &PipelineHealth, stage: &str) {
+        for spans in [10, 1, 10] {
+            let (batch, facts) = facts(spans);
+            queue.try_push(batch, facts).expect("room");
+        }
+        // Busy, so that the paused clock does not skip the backoff while we look.
+        while !health.down().contains(&stage) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_panics_loses_one_batch_to_itself_and_nothing_else() {
+        let store = Arc::new(memory_store());
+        let poisoned = Arc::new(Poisoned::default());
+        let after = Arc::new(Counting::default());
+        let (queue, dispatcher) = IngestQueue::new(1 << 20);
+        let health = dispatcher.health();
+        let run = tokio::spawn(
+            dispatcher
+                .with_consumer(poisoned.clone())
+                .with_consumer(after.clone())
+                .run(store.clone()),
+        );
+        push_with_poison(&queue, &health, "poisoned").await;
+        assert!(!health.all_up(), "down during its backoff");
+        assert_eq!(health.panics("poisoned"), 1);
+
+        tokio::time::sleep(stages::MAX_BACKOFF).await;
+        assert!(health.all_up(), "up again after its backoff");
+        drop(queue);
+        run.await.unwrap();
+        assert_eq!(store.stats().rows, 21, "the store has every batch");
+        assert_eq!(
+            poisoned.spans(),
+            20,
+            "the stage resumed after the poisoned batch"
+        );
+        assert_eq!(
+            after.0.load(std::sync::atomic::Ordering::Relaxed),
+            21,
+            "the next stage got every batch's facts, the poisoned one's too"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_store_that_panics_keeps_every_other_batch() {
+        let store = Arc::new(PoisonedStore(memory_store()));
+        let after = Arc::new(Counting::default());
+        let (queue, dispatcher) = IngestQueue::new(1 << 20);
+        let health = dispatcher.health();
+        let metrics = PipelineMetrics(health.clone());
+        let run = tokio::spawn(dispatcher.with_consumer(after.clone()).run(store.clone()));
+        push_with_poison(&queue, &health, "store").await;
+
+        let registry_text = |metrics: PipelineMetrics| {
+            let mut registry = prometheus_client::registry::Registry::default();
+            registry.register_collector(Box::new(metrics));
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+            text
+        };
+        let text = registry_text(PipelineMetrics(health.clone()));
+        assert!(
+            text.contains("wayfinder_pipeline_stage_up{stage=\"store\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wayfinder_pipeline_stage_up{stage=\"counting\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wayfinder_pipeline_stage_panics_total{stage=\"store\"} 1"),
+            "{text}"
+        );
+
+        drop(queue);
+        run.await.unwrap();
+        assert_eq!(store.stats().rows, 20, "only the poisoned batch is missing");
+        assert_eq!(after.0.load(std::sync::atomic::Ordering::Relaxed), 21);
+        assert!(health.all_up());
+        assert!(registry_text(metrics).contains("wayfinder_pipeline_stage_up{stage=\"store\"} 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_doubles_and_a_good_batch_resets_it() {
+        let store = Arc::new(PoisonedStore(memory_store()));
+        let (queue, dispatcher) = IngestQueue::new(1 << 20);
+        let health = dispatcher.health();
+        let run = tokio::spawn(dispatcher.run(store.clone()));
+        let push = |spans| {
+            let (batch, facts) = facts(spans);
+            queue.try_push(batch, facts).unwrap();
+        };
+        let started = tokio::time::Instant::now();
+        let at = |ms| tokio::time::sleep_until(started + Duration::from_millis(ms));
+        // Two poisoned batches in a row: down 1 s, then 2 s.
+        push(1);
+        push(1);
+        at(900).await;
+        assert_eq!((health.panics("store"), health.all_up()), (1, false));
+        at(1100).await;
+        assert_eq!((health.panics("store"), health.all_up()), (2, false));
+        at(2900).await;
+        assert!(!health.all_up(), "the second backoff is 2 s");
+        at(3100).await;
+        assert!(health.all_up());
+        // A good batch, then a poisoned one: back to 1 s.
+        push(10);
+        push(1);
+        at(3200).await;
+        assert_eq!((health.panics("store"), health.all_up()), (3, false));
+        at(4200).await;
+        assert!(health.all_up(), "a good batch reset the backoff to 1 s");
+        drop(queue);
+        run.await.unwrap();
+        assert_eq!(store.stats().rows, 10);
     }
 
     #[test]

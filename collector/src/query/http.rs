@@ -42,6 +42,8 @@ pub struct ApiState {
     pub queue: QueueGauge,
     /// Whether the collector is ready (listeners up, not shutting down).
     pub ready: Arc<AtomicBool>,
+    /// Whether every ingest stage is up (none backing off after a panic).
+    pub pipeline: Arc<crate::pipeline::PipelineHealth>,
     /// Cancelled when the query API stops: long-polls answer at once then.
     pub stop: tokio_util::sync::CancellationToken,
 }
@@ -255,9 +257,14 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
 }
 
 async fn ready(State(state): State<Arc<ApiState>>) -> Response {
-    if state.ready.load(Ordering::Acquire) {
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    let down = state.pipeline.down();
+    if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        let body = format!("not ready: ingest stage down: {}\n", down.join(", "));
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
     }
 }

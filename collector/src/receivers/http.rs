@@ -168,7 +168,8 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
     };
     let protocol = format.protocol();
     let result = async {
-        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let room = |bytes| Ok(state.ingest.check_room(protocol, bytes)?);
+        let body = read_body(&headers, body, state.max_body_bytes, room).await?;
         state.ingest.check_room(protocol, body.len())?;
         let request: ExportTraceServiceRequest =
             decode(format, &body, "ExportTraceServiceRequest")?;
@@ -199,7 +200,7 @@ async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bod
     };
     let protocol = format.protocol();
     let result = async {
-        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let body = read_body(&headers, body, state.max_body_bytes, |_| Ok(())).await?;
         let request: ExportLogsServiceRequest = decode(format, &body, "ExportLogsServiceRequest")?;
         Ok::<_, Refused>(state.ingest.export_logs(protocol, &request))
     }
@@ -224,7 +225,7 @@ async fn health(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
                 "send the heartbeat as application/json",
             ));
         }
-        let body = read_body(&headers, body, state.max_body_bytes).await?;
+        let body = read_body(&headers, body, state.max_body_bytes, |_| Ok(())).await?;
         let report: wayfinder_api::health::HealthReport =
             serde_json::from_slice(&body).map_err(|e| {
                 Refused::new(
@@ -293,8 +294,24 @@ fn too_large(limit: usize) -> Refused {
     )
 }
 
-/// Reads the body within the limit and undoes its `Content-Encoding`.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Refused> {
+/// How much a gzip body is assumed to grow, to check the ingest budget before reading it (the
+/// decompressed size is checked again once it is known).
+const GZIP_GROWTH: usize = 4;
+
+/// While a body without `Content-Length` streams in, the budget is checked again every this
+/// many bytes.
+const ROOM_CHECK_STEP: usize = 64 * 1024;
+
+/// Reads the body within the limit and undoes its `Content-Encoding`. `room(bytes)` is asked
+/// before a byte is read when the length is declared, and every [`ROOM_CHECK_STEP`] bytes
+/// while a body without one streams in, so that an overloaded collector refuses at once rather
+/// than reading what it would refuse.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    room: impl Fn(usize) -> Result<(), Refused>,
+) -> Result<Bytes, Refused> {
     let encoding = headers
         .get(header::CONTENT_ENCODING)
         .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
@@ -310,6 +327,7 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             ));
         }
     };
+    let growth = if gzip { GZIP_GROWTH } else { 1 };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -317,18 +335,36 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large(limit));
     }
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(limit)),
-        Err(e) => {
-            return Err(Refused::new(
-                StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
-                "malformed",
-                format!("could not read the request body: {e}"),
-            ));
+    if let Some(declared) = declared {
+        room(declared.saturating_mul(growth))?;
+    }
+    let mut body = Limited::new(body, limit);
+    let mut raw = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut next_check = ROOM_CHECK_STEP;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                return Err(too_large(limit));
+            }
+            Err(e) => {
+                return Err(Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    tonic::Code::InvalidArgument,
+                    "malformed",
+                    format!("could not read the request body: {e}"),
+                ));
+            }
+        };
+        if let Ok(data) = frame.into_data() {
+            raw.extend_from_slice(&data);
         }
-    };
+        if declared.is_none() && raw.len() >= next_check {
+            room(raw.len().saturating_mul(growth))?;
+            next_check = raw.len() + ROOM_CHECK_STEP;
+        }
+    }
+    let raw = raw.freeze();
     if !gzip {
         return Ok(raw);
     }

@@ -539,6 +539,10 @@ impl Registry {
 }
 
 impl crate::pipeline::FactsConsumer for Registry {
+    fn name(&self) -> &'static str {
+        "registry"
+    }
+
     fn consume(&self, facts: &[SpanFacts]) {
         let now = self.clock.now();
         let mut inner = self.inner.lock();

@@ -125,7 +125,9 @@ impl MemoryStore {
     }
 
     /// Drops the oldest segments (or, with a single segment, its oldest batches) until the
-    /// store is within its memory budget.
+    /// store is within its memory budget, but never the batch just appended: it was just
+    /// acknowledged, and a query must be able to see it. A batch larger than the whole budget
+    /// thus stays until the next one comes (the store exceeds its budget by at most one batch).
     fn evict_over_budget(&self, inner: &mut Inner) {
         let mut evicted = 0usize;
         while inner.bytes > self.config.max_bytes {
@@ -137,7 +139,8 @@ impl MemoryStore {
                     evicted += old.rows;
                 }
             } else if let Some(only) = inner.segments.front_mut() {
-                if only.batches.is_empty() {
+                // The last batch of the only segment is the one just appended.
+                if only.batches.len() <= 1 {
                     break;
                 }
                 let old = only.batches.remove(0);
@@ -414,5 +417,33 @@ mod tests {
             const_hex::encode(1u64.to_be_bytes()),
             "the oldest span went first"
         );
+    }
+
+    #[test]
+    fn the_batch_just_appended_is_never_evicted() {
+        // Each row is a reason: a batch over the whole budget, alone and after others.
+        let big = batch(0, 200);
+        let cases = [
+            ("alone: it stays although over budget", 0usize),
+            ("after older batches: they go, it stays", 3),
+        ];
+        for (reason, older) in cases {
+            let (store, metrics) = store(StoreConfig {
+                max_bytes: big.bytes() / 2,
+                segment_rows: 10_000,
+                ..Default::default()
+            });
+            let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+            for i in 0..older {
+                store.append_at(batch(1_000 + i as u64 * 10, 10), t0);
+            }
+            store.append_at(big.clone(), t0);
+            let stats = store.stats();
+            assert_eq!(stats.rows, 200, "{reason}: {stats:?}");
+            assert_eq!(evicted(&metrics, "size") as usize, older * 10, "{reason}");
+            // The next append evicts it: the budget holds again but for the newest batch.
+            store.append_at(batch(5_000, 10), t0);
+            assert_eq!(store.stats().rows, 10, "{reason}: the old big batch went");
+        }
     }
 }

@@ -101,6 +101,10 @@ impl Topology {
 }
 
 impl crate::pipeline::FactsConsumer for Topology {
+    fn name(&self) -> &'static str {
+        "topology"
+    }
+
     fn consume(&self, facts: &[SpanFacts]) {
         self.ingest(&mut facts.to_vec());
     }

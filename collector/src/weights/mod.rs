@@ -371,6 +371,10 @@ impl WeightsEngine {
 }
 
 impl crate::pipeline::FactsConsumer for WeightsEngine {
+    fn name(&self) -> &'static str {
+        "weights"
+    }
+
     // Records SERVER spans per instance and CLIENT spans per address.
     fn consume(&self, facts: &[SpanFacts]) {
         self.record_at(self.clock.now(), facts);
