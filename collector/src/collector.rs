@@ -14,11 +14,11 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{IngestQueue, PipelineMetrics};
-use crate::query::http::ApiState;
-use crate::query::{QueryEngine, QueryLimits};
+use crate::query::ApiState;
 use crate::receivers::grpc::{LogsService, TraceService};
 use crate::receivers::{Ingest, http as otlp_http};
 use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
+use crate::sql::{QueryEngine, QueryLimits};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
@@ -264,7 +264,7 @@ impl Collector {
         });
         let query = axum::serve(
             query_listener,
-            crate::query::http::router(state).merge(crate::ui::router()),
+            crate::query::router(state).merge(crate::ui::router()),
         )
         .with_graceful_shutdown(query_stop.clone().cancelled_owned());
         let query_grpc = tonic::transport::Server::builder()

@@ -8,8 +8,9 @@
 //! [`receivers`] (OTLP/gRPC, OTLP/HTTP) → [`decode`] (OTLP → Arrow, once) →
 //! [`pipeline`] (the bounded ingest queue) → [`store`] (Arrow batches, retention),
 //! [`registry`] (live instances, heartbeats) and [`topology`] (the service graph) →
-//! [`query`] (DataFusion SQL, the topology, Jaeger and Prometheus endpoints), with [`ui`] (the
-//! web UI over the query API) on the same port.
+//! [`sql`] (DataFusion over the store) and [`query`] (the API: SQL, the topology, Jaeger and
+//! Prometheus endpoints, the weights over gRPC), with [`ui`] (the web UI over the query API) on
+//! the same port.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), wayfinder_collector::StartError> {
@@ -32,6 +33,7 @@ pub mod pipeline;
 pub mod query;
 pub mod receivers;
 pub mod registry;
+pub mod sql;
 pub mod store;
 pub mod testing;
 pub mod topology;

@@ -1,115 +1,25 @@
-//! The query HTTP API: `POST /api/v1/sql`, `GET /api/v1/traces/{trace_id}`,
-//! `GET /api/v1/topology`, `GET /api/v1/services`, `GET /api/v1/instances`, the
-//! Jaeger-compatible `/api/…` endpoints, `GET /metrics`, `GET /healthz`, `GET /readyz`.
-//!
-//! Errors are answered in one place ([`ApiError`]): a status code and `{"error": "…"}`.
+//! The SQL, trace, metrics and probe endpoints: `POST /api/v1/sql`,
+//! `GET /api/v1/traces/{trace_id}`, `GET /metrics`, `GET /readyz`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
 use datafusion::arrow::compute::{filter_record_batch, kernels::cmp::eq};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Map, Value};
-use wayfinder_api::ErrorBody;
 use wayfinder_api::sql::{ARROW_STREAM_MEDIA_TYPE, Column, SqlRequest, SqlResponse};
 
-use super::json::{column_values, type_name, value_at};
-use super::{QueryEngine, QueryError, QueryResult};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::decode::schema::col;
-use crate::metrics::Metrics;
-use crate::pipeline::QueueGauge;
+use crate::sql::QueryResult;
+use crate::sql::json::{column_values, type_name, value_at};
 
-/// What the query API's handlers share.
-#[derive(Debug)]
-pub struct ApiState {
-    /// The SQL engine (and through it, the store).
-    pub engine: QueryEngine,
-    /// The service graph, unless the topology is off.
-    pub topology: Option<Arc<crate::topology::Topology>>,
-    /// The instance registry.
-    pub registry: Arc<crate::registry::Registry>,
-    /// The load-balancing weights.
-    pub weights: Arc<crate::weights::WeightsEngine>,
-    /// The collector's metrics.
-    pub metrics: Arc<Metrics>,
-    /// The ingest queue's fill, for its gauges.
-    pub queue: QueueGauge,
-    /// Whether the collector is ready (listeners up, not shutting down).
-    pub ready: Arc<AtomicBool>,
-    /// Whether every ingest stage is up (none backing off after a panic).
-    pub pipeline: Arc<crate::pipeline::PipelineHealth>,
-    /// Cancelled when the query API stops: long-polls answer at once then.
-    pub stop: tokio_util::sync::CancellationToken,
-}
-
-/// The router of the query port.
-pub fn router(state: Arc<ApiState>) -> Router {
-    Router::new()
-        .route("/api/v1/sql", post(sql))
-        .route("/api/v1/traces/{trace_id}", get(trace))
-        .route("/api/v1/topology", get(super::topology::get_topology))
-        .route("/api/v1/services", get(super::topology::get_services))
-        .route("/api/v1/instances", get(super::topology::get_instances))
-        .route(
-            "/api/v1/weights/{service}",
-            get(super::weights::get_weights),
-        )
-        .route("/api/services", get(super::jaeger::services))
-        .route(
-            "/api/services/{service}/operations",
-            get(super::jaeger::service_operations),
-        )
-        .route("/api/operations", get(super::jaeger::operations))
-        .route("/api/traces", get(super::jaeger::search))
-        .route("/api/traces/{trace_id}", get(super::jaeger::trace))
-        .route("/api/dependencies", get(super::jaeger::dependencies))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(state)
-}
-
-/// An error answer of the query API.
-#[derive(Debug)]
-pub enum ApiError {
-    /// 400: the request is wrong.
-    BadRequest(String),
-    /// 404: nothing there.
-    NotFound(String),
-    /// A query error, mapped to its status.
-    Query(QueryError),
-    /// 500.
-    Internal(String),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, error) = match self {
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
-            ApiError::Query(e) => {
-                let status = match e {
-                    QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,
-                    QueryError::Execution(_) | QueryError::TooManyRows(_) => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
-                    QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                (status, e.to_string())
-            }
-        };
-        (status, axum::Json(ErrorBody { error })).into_response()
-    }
-}
-
-async fn sql(
+pub(super) async fn sql(
     State(state): State<Arc<ApiState>>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -181,7 +91,7 @@ pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
     Ok(SqlResponse { columns, rows })
 }
 
-async fn trace(
+pub(super) async fn trace(
     State(state): State<Arc<ApiState>>,
     Path(trace_id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -237,7 +147,7 @@ fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>,
     Ok(spans.into_iter().map(|(_, span)| span).collect())
 }
 
-async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let m = &state.metrics;
     m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
     m.ingest_queue_capacity_bytes
@@ -256,7 +166,7 @@ async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     if !state.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }

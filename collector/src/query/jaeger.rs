@@ -17,8 +17,9 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::QueryError;
-use super::http::{ApiState, sql_response};
+use super::http::sql_response;
+use super::state::ApiState;
+use crate::sql::QueryError;
 
 /// Jaeger's default and largest number of traces per search.
 const DEFAULT_LIMIT: usize = 20;
@@ -54,8 +55,8 @@ impl From<QueryError> for JaegerError {
     }
 }
 
-impl From<super::http::ApiError> for JaegerError {
-    fn from(error: super::http::ApiError) -> Self {
+impl From<super::error::ApiError> for JaegerError {
+    fn from(error: super::error::ApiError) -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!("{error:?}"),

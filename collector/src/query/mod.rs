@@ -1,272 +1,46 @@
-//! SQL over the span store with DataFusion, and the HTTP query API.
+//! The query API: HTTP JSON (SQL, traces, the service graph, the registry, the weights), the
+//! Jaeger-compatible endpoints, Prometheus metrics and probes, and the weights over gRPC.
 //!
-//! Each query sees a snapshot of the store taken when it starts (batches are shared, not
-//! copied), runs on the query runtime (its own threads, so that a heavy query never stalls
-//! ingest), and is bounded: a time limit, a memory limit for its operators, and a row limit
-//! for its answer. Only read queries are planned: DDL, DML, `COPY` and `SET` are refused.
+//! Each route module imports only [`state`] and [`error`] (and, for Jaeger, the SQL answer's
+//! JSON form from [`http`]); this module wires them into the router. The SQL engine is in
+//! [`crate::sql`].
 
+mod error;
 pub mod grpc;
 pub mod http;
 mod jaeger;
-pub mod json;
+mod state;
 mod topology;
 mod weights;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::MemTable;
-use datafusion::error::DataFusionError;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::logical_expr::LogicalPlan;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use futures::StreamExt as _;
+use axum::Router;
+use axum::routing::{get, post};
 
-use crate::decode::schema::span_schema;
-use crate::metrics::{Metrics, OutcomeLabels};
-use crate::registry::{Registry, health_events_schema};
-use crate::store::SpanStore;
+pub use error::ApiError;
+pub use state::ApiState;
 
-/// Limits of the query engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueryLimits {
-    /// Time limit of one query.
-    pub timeout: Duration,
-    /// Memory limit of one query's operators.
-    pub memory_bytes: usize,
-    /// Most rows in one answer.
-    pub max_rows: usize,
-}
-
-/// Why a query gave no answer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum QueryError {
-    /// The SQL does not parse or plan (syntax, unknown column or function, more than one
-    /// statement).
-    #[error("invalid query: {0}")]
-    Invalid(String),
-    /// The statement would change something.
-    #[error("only read queries (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE) are allowed; this is {0}")]
-    NotReadOnly(String),
-    /// The query failed while running (including its memory limit).
-    #[error("query failed: {0}")]
-    Execution(String),
-    /// The answer has more rows than allowed.
-    #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
-    TooManyRows(usize),
-    /// The query ran past its time limit.
-    #[error("the query ran longer than {0:?} and was cancelled")]
-    Timeout(Duration),
-}
-
-impl QueryError {
-    fn outcome(&self) -> &'static str {
-        match self {
-            QueryError::Invalid(_) | QueryError::NotReadOnly(_) => "invalid",
-            QueryError::Execution(_) => "failed",
-            QueryError::TooManyRows(_) => "too_many_rows",
-            QueryError::Timeout(_) => "timeout",
-        }
-    }
-}
-
-/// The answer of a query.
-#[derive(Debug, Clone)]
-pub struct QueryResult {
-    /// Its schema (also when there are no rows).
-    pub schema: SchemaRef,
-    /// Its rows.
-    pub batches: Vec<RecordBatch>,
-}
-
-/// Runs SQL over a [`SpanStore`].
-#[derive(Debug, Clone)]
-pub struct QueryEngine {
-    store: Arc<dyn SpanStore>,
-    registry: Option<Arc<Registry>>,
-    limits: QueryLimits,
-    metrics: Arc<Metrics>,
-    runtime: Arc<QueryRuntime>,
-}
-
-/// The threads queries run on; shut down without waiting when dropped.
-#[derive(Debug)]
-struct QueryRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for QueryRuntime {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.0.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl QueryEngine {
-    /// An engine over `store` with its own query threads.
-    pub fn new(
-        store: Arc<dyn SpanStore>,
-        limits: QueryLimits,
-        metrics: Arc<Metrics>,
-    ) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("wayfinder-query")
-            .enable_time()
-            .build()?;
-        Ok(Self {
-            store,
-            registry: None,
-            limits,
-            metrics,
-            runtime: Arc::new(QueryRuntime(Some(runtime))),
-        })
-    }
-
-    /// Also serves the registry's `health_events` table.
-    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
-        self.registry = Some(registry);
-        self
-    }
-
-    /// The store queried.
-    pub fn store(&self) -> &Arc<dyn SpanStore> {
-        &self.store
-    }
-
-    /// Runs one read-only statement.
-    pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
-        let started = Instant::now();
-        let result = self.run(sql.to_owned()).await;
-        self.metrics
-            .sql_query_duration
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = result.as_ref().map_or_else(QueryError::outcome, |_| "ok");
-        self.metrics
-            .sql_queries
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
-        result
-    }
-
-    async fn run(&self, sql: String) -> Result<QueryResult, QueryError> {
-        let Some(runtime) = self.runtime.0.as_ref() else {
-            return Err(QueryError::Execution(
-                "the query runtime is shut down".into(),
-            ));
-        };
-        let context = self.context()?;
-        let max_rows = self.limits.max_rows;
-        let task = runtime.spawn(async move { execute(context, &sql, max_rows).await });
-        let abort = task.abort_handle();
-        match tokio::time::timeout(self.limits.timeout, task).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(join_error)) => Err(QueryError::Execution(format!(
-                "the query stopped: {join_error}"
-            ))),
-            Err(_) => {
-                abort.abort();
-                Err(QueryError::Timeout(self.limits.timeout))
-            }
-        }
-    }
-
-    /// A session with the memory limit and the `spans` table over a snapshot of the store.
-    fn context(&self) -> Result<SessionContext, QueryError> {
-        let internal = |e: DataFusionError| QueryError::Execution(e.to_string());
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.limits.memory_bytes, 1.0)
-            .build_arc()
-            .map_err(internal)?;
-        let config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_information_schema(true);
-        let context = SessionContext::new_with_config_rt(config, runtime);
-        let table = MemTable::try_new(span_schema(), partitions(self.store.snapshot(), 2))
-            .map_err(internal)?;
-        context
-            .register_table("spans", Arc::new(table))
-            .map_err(internal)?;
-        if let Some(registry) = &self.registry {
-            let batch = registry
-                .health_events()
-                .map_err(|e| QueryError::Execution(e.to_string()))?;
-            let table =
-                MemTable::try_new(health_events_schema(), vec![vec![batch]]).map_err(internal)?;
-            context
-                .register_table("health_events", Arc::new(table))
-                .map_err(internal)?;
-        }
-        Ok(context)
-    }
-}
-
-/// Deals batches round-robin into `n` partitions so that scans use every query thread.
-fn partitions(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
-    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n.max(1)];
-    for (i, batch) in batches.into_iter().enumerate() {
-        parts[i % n.max(1)].push(batch);
-    }
-    parts
-}
-
-async fn execute(
-    context: SessionContext,
-    sql: &str,
-    max_rows: usize,
-) -> Result<QueryResult, QueryError> {
-    let plan = context
-        .state()
-        .create_logical_plan(sql)
-        .await
-        .map_err(classify)?;
-    refuse_writes(&plan)?;
-    let frame = context.execute_logical_plan(plan).await.map_err(classify)?;
-    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let mut stream = frame.execute_stream().await.map_err(classify)?;
-    let mut batches = Vec::new();
-    let mut rows = 0usize;
-    while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(classify)?;
-        rows += batch.num_rows();
-        if rows > max_rows {
-            return Err(QueryError::TooManyRows(max_rows));
-        }
-        if batch.num_rows() > 0 {
-            batches.push(batch);
-        }
-    }
-    Ok(QueryResult { schema, batches })
-}
-
-fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
-    let kind = match plan {
-        LogicalPlan::Ddl(ddl) => Some(format!("DDL ({})", ddl.name())),
-        LogicalPlan::Dml(dml) => Some(format!("DML ({})", dml.op)),
-        LogicalPlan::Copy(_) => Some("COPY".to_owned()),
-        LogicalPlan::Statement(statement) => Some(format!("a statement ({})", statement.name())),
-        _ => None,
-    };
-    if let Some(kind) = kind {
-        return Err(QueryError::NotReadOnly(kind));
-    }
-    // DataFusion's own check, in case it adds kinds of writes that the match above misses.
-    SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false)
-        .verify_plan(plan)
-        .map_err(|e| QueryError::NotReadOnly(e.to_string()))
-}
-
-fn classify(error: DataFusionError) -> QueryError {
-    match error.find_root() {
-        DataFusionError::SQL(..)
-        | DataFusionError::Plan(_)
-        | DataFusionError::SchemaError(..)
-        | DataFusionError::NotImplemented(_) => QueryError::Invalid(error.to_string()),
-        _ => QueryError::Execution(error.to_string()),
-    }
+/// The router of the query port.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/sql", post(http::sql))
+        .route("/api/v1/traces/{trace_id}", get(http::trace))
+        .route("/api/v1/topology", get(topology::get_topology))
+        .route("/api/v1/services", get(topology::get_services))
+        .route("/api/v1/instances", get(topology::get_instances))
+        .route("/api/v1/weights/{service}", get(weights::get_weights))
+        .route("/api/services", get(jaeger::services))
+        .route(
+            "/api/services/{service}/operations",
+            get(jaeger::service_operations),
+        )
+        .route("/api/operations", get(jaeger::operations))
+        .route("/api/traces", get(jaeger::search))
+        .route("/api/traces/{trace_id}", get(jaeger::trace))
+        .route("/api/dependencies", get(jaeger::dependencies))
+        .route("/metrics", get(http::metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(http::ready))
+        .with_state(state)
 }

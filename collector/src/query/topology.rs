@@ -13,7 +13,8 @@ use wayfinder_api::topology::{
     SidesMs, Stats, TopologyResponse,
 };
 
-use super::http::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 use crate::registry::InstanceStatus;
 use crate::topology::stats::{Latency, Summary};
 use crate::topology::{NodeKind, Snapshot, Topology};

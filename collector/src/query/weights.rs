@@ -9,7 +9,8 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use wayfinder_api::weights::ServiceWeights;
 
-use super::http::{ApiError, ApiState};
+use super::error::ApiError;
+use super::state::ApiState;
 
 /// The query of `GET /api/v1/weights/{service}`.
 #[derive(Debug, Deserialize)]

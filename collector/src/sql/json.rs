@@ -116,7 +116,7 @@ fn timestamp(array: &dyn Array, unit: TimeUnit, i: usize) -> Result<Value, Arrow
 /// `2026-11-24T14:00:00.000000001Z`.
 ///
 /// ```
-/// assert_eq!(wayfinder_collector::query::json::rfc3339(1), "1970-01-01T00:00:00.000000001Z");
+/// assert_eq!(wayfinder_collector::sql::json::rfc3339(1), "1970-01-01T00:00:00.000000001Z");
 /// ```
 pub fn rfc3339(nanos: i64) -> String {
     let time = chrono::DateTime::from_timestamp_nanos(nanos);

@@ -1,0 +1,41 @@
+//! The query API's error answers, in one place: a status code and `{"error": "…"}`.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use wayfinder_api::ErrorBody;
+
+use crate::sql::QueryError;
+
+/// An error answer of the query API.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is wrong.
+    BadRequest(String),
+    /// 404: nothing there.
+    NotFound(String),
+    /// A query error, mapped to its status.
+    Query(QueryError),
+    /// 500.
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error) = match self {
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            ApiError::Query(e) => {
+                let status = match e {
+                    QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,
+                    QueryError::Execution(_) | QueryError::TooManyRows(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                    QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                (status, e.to_string())
+            }
+        };
+        (status, axum::Json(ErrorBody { error })).into_response()
+    }
+}

@@ -1,0 +1,31 @@
+//! What the query API's handlers share.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use crate::metrics::Metrics;
+use crate::pipeline::QueueGauge;
+use crate::sql::QueryEngine;
+
+/// What the query API's handlers share.
+#[derive(Debug)]
+pub struct ApiState {
+    /// The SQL engine (and through it, the store).
+    pub engine: QueryEngine,
+    /// The service graph, unless the topology is off.
+    pub topology: Option<Arc<crate::topology::Topology>>,
+    /// The instance registry.
+    pub registry: Arc<crate::registry::Registry>,
+    /// The load-balancing weights.
+    pub weights: Arc<crate::weights::WeightsEngine>,
+    /// The collector's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The ingest queue's fill, for its gauges.
+    pub queue: QueueGauge,
+    /// Whether the collector is ready (listeners up, not shutting down).
+    pub ready: Arc<AtomicBool>,
+    /// Whether every ingest stage is up (none backing off after a panic).
+    pub pipeline: Arc<crate::pipeline::PipelineHealth>,
+    /// Cancelled when the query API stops: long-polls answer at once then.
+    pub stop: tokio_util::sync::CancellationToken,
+}
