@@ -35,6 +35,7 @@ pub mod receivers;
 pub mod registry;
 pub mod sql;
 pub mod store;
+#[cfg(any(test, feature = "test-util"))]
 pub mod testing;
 pub mod topology;
 pub mod ui;
