@@ -168,11 +168,23 @@ struct ExportLogs(Arc<Ingest>);
 
 impl UnaryService<Bytes> for ExportTraces {
     type Response = Bytes;
-    type Future = Ready<Result<tonic::Response<Bytes>, Status>>;
+    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let body = request.into_inner();
-        ready(export_traces(&self.0, body).map(tonic::Response::new))
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let pool = ingest.pool().clone();
+            let counting = ingest.clone();
+            // Decoding is CPU work: large requests leave the runtime's workers.
+            pool.run(body.len(), move || export_traces(&ingest, body))
+                .await
+                .map_err(|e| {
+                    counting.refuse_request(Protocol::Grpc, "internal");
+                    Status::internal(e.to_string())
+                })?
+                .map(tonic::Response::new)
+        })
     }
 }
 

@@ -171,9 +171,23 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
         let room = |bytes| Ok(state.ingest.check_room(protocol, bytes)?);
         let body = read_body(&headers, body, state.max_body_bytes, room).await?;
         state.ingest.check_room(protocol, body.len())?;
-        let request: ExportTraceServiceRequest =
-            decode(format, &body, "ExportTraceServiceRequest")?;
-        Ok::<_, Refused>(state.ingest.export_traces(protocol, &request)?)
+        let ingest = state.ingest.clone();
+        let bytes = body.len();
+        // Decoding is CPU work: large requests leave the runtime's workers.
+        let decoded = state.ingest.pool().run(bytes, move || {
+            let request: ExportTraceServiceRequest =
+                decode(format, &body, "ExportTraceServiceRequest")?;
+            Ok::<_, Refused>(ingest.export_traces(protocol, &request)?)
+        });
+        decoded.await.map_err(|e| {
+            state.ingest.refuse_request(protocol, "internal");
+            Refused::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                tonic::Code::Internal,
+                "internal",
+                e.to_string(),
+            )
+        })?
     }
     .await;
     match result {

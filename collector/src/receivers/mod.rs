@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod pool;
 
 use std::sync::Arc;
 
@@ -61,6 +62,8 @@ pub enum IngestError {
 #[derive(Debug, Clone)]
 pub struct Ingest {
     queue: IngestQueue,
+    /// Where large requests are decoded.
+    pool: pool::DecodePool,
     metrics: Arc<Metrics>,
     /// Whether the topology facts are taken from each span (off when the topology is off).
     with_facts: bool,
@@ -73,10 +76,22 @@ impl Ingest {
     pub fn new(queue: IngestQueue, metrics: Arc<Metrics>) -> Self {
         Self {
             queue,
+            pool: pool::DecodePool::default(),
             metrics,
             with_facts: true,
             registry: None,
         }
+    }
+
+    /// Decodes on `pool` (default: one slot per core).
+    pub fn with_pool(mut self, pool: pool::DecodePool) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Where large requests are decoded, off the runtime's workers.
+    pub fn pool(&self) -> &pool::DecodePool {
+        &self.pool
     }
 
     /// Sends health events (OTLP log records named `wayfinder.health`, `POST /v1/health`) to
