@@ -2,14 +2,17 @@
 //! `telemetrygen`), and a measurement of the span store's memory per span.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
-use hdrhistogram::Histogram;
-use http_body_util::{BodyExt as _, Full};
+use clap::{Parser, Subcommand};
+
+mod compare;
+mod load;
+
+use load::{LoadArgs, resident_bytes};
 use prost::Message;
 use wayfinder_bench::workload::{Shape, Workload};
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
@@ -36,6 +39,9 @@ enum Command {
     /// Balancers side by side on a real fleet on loopback: round robin, tower's p2c over
     /// PeakEwma, and Wayfinder's, under five fault scenarios.
     Fleet(FleetArgs),
+    /// Wayfinder (the whole pipeline) and rotel (blackhole exporter) side by side: the same
+    /// pre-encoded OTLP/gRPC load at each in turn, spans/s and CPU per span, and their ratio.
+    CompareRotel(compare::CompareArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -85,44 +91,6 @@ struct WeightsArgs {
     period: Duration,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Protocol {
-    Grpc,
-    HttpProtobuf,
-    HttpJson,
-}
-
-#[derive(Debug, clap::Args)]
-struct LoadArgs {
-    /// OTLP protocol.
-    #[arg(long, value_enum, default_value = "grpc")]
-    protocol: Protocol,
-    /// Collector address (host:port of its OTLP/gRPC or OTLP/HTTP listener).
-    #[arg(long, default_value = "127.0.0.1:4317")]
-    endpoint: String,
-    /// Concurrent connections, one request in flight on each.
-    #[arg(long, default_value_t = 4)]
-    connections: usize,
-    /// How long to send.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Spans per second to aim at across all connections; 0 sends as fast as accepted.
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-    /// Spans per request (whole traces, so slightly more).
-    #[arg(long, default_value_t = 500)]
-    spans_per_request: usize,
-    /// Instances per service in the call graph.
-    #[arg(long, default_value_t = 3)]
-    instances: usize,
-    /// Distinct pre-encoded requests to cycle through.
-    #[arg(long, default_value_t = 64)]
-    distinct_requests: usize,
-    /// The collector's process id: its resident memory is read before and after the run.
-    #[arg(long)]
-    collector_pid: Option<u32>,
-}
-
 #[derive(Debug, clap::Args)]
 struct MemoryArgs {
     /// Spans to store.
@@ -139,7 +107,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Load(args) => runtime.block_on(load(args)),
+        Command::Load(args) => runtime.block_on(load::load(args)),
+        Command::CompareRotel(args) => runtime.block_on(compare::compare_rotel(args)),
         Command::Memory(args) => memory(args),
         Command::Weights(args) => {
             weights_memory(&args)?;
@@ -150,232 +119,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Totals of a run, shared by the connections.
-#[derive(Default)]
-struct Totals {
-    requests_ok: AtomicU64,
-    spans_ok: AtomicU64,
-    refused_retryable: AtomicU64,
-    failed: AtomicU64,
-}
-
-async fn load(args: LoadArgs) -> anyhow::Result<()> {
-    let shape = Shape {
-        instances: args.instances,
-        spans_per_request: args.spans_per_request,
-        ..Shape::default()
-    };
-    let mut workload = Workload::new(shape, 42);
-    let mut bodies = Vec::with_capacity(args.distinct_requests);
-    for _ in 0..args.distinct_requests.max(1) {
-        let request = workload.request();
-        let spans: usize = wayfinder_collector::decode::span_count(&request);
-        let body = match args.protocol {
-            Protocol::Grpc | Protocol::HttpProtobuf => Bytes::from(request.encode_to_vec()),
-            Protocol::HttpJson => Bytes::from(serde_json::to_vec(&request)?),
-        };
-        bodies.push((body, spans as u64));
-    }
-    let bodies = Arc::new(bodies);
-    let mean_spans = bodies.iter().map(|b| b.1).sum::<u64>() as f64 / bodies.len() as f64;
-    let wire_bytes = bodies.iter().map(|b| b.0.len()).sum::<usize>() / bodies.len();
-    println!(
-        "sending {:?} to {} on {} connection(s) for {:?}: {:.0} spans and {} bytes a request",
-        args.protocol, args.endpoint, args.connections, args.duration, mean_spans, wire_bytes
-    );
-    let rss_before = args.collector_pid.map(resident_bytes).transpose()?;
-
-    let totals = Arc::new(Totals::default());
-    let deadline = Instant::now() + args.duration;
-    let per_connection_interval = (args.rate > 0).then(|| {
-        let requests_per_sec = args.rate as f64 / mean_spans / args.connections as f64;
-        Duration::from_secs_f64(1.0 / requests_per_sec)
-    });
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for connection in 0..args.connections {
-        let sender = Sender::connect(args.protocol, &args.endpoint).await?;
-        let (bodies, totals) = (bodies.clone(), totals.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies = Histogram::<u64>::new(3).expect("a histogram");
-            let mut tick = per_connection_interval.map(tokio::time::interval);
-            let mut i = connection;
-            while Instant::now() < deadline {
-                if let Some(tick) = tick.as_mut() {
-                    tick.tick().await;
-                }
-                let (body, spans) = &bodies[i % bodies.len()];
-                i += 1;
-                let sent = Instant::now();
-                let outcome = sender.send(body.clone()).await;
-                let _ = latencies.record(sent.elapsed().as_micros() as u64);
-                match outcome {
-                    Outcome::Accepted => {
-                        totals.requests_ok.fetch_add(1, Ordering::Relaxed);
-                        totals.spans_ok.fetch_add(*spans, Ordering::Relaxed);
-                    }
-                    Outcome::Retryable => {
-                        totals.refused_retryable.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    Outcome::Failed(message) => {
-                        if totals.failed.fetch_add(1, Ordering::Relaxed) == 0 {
-                            eprintln!("first failure: {message}");
-                        }
-                    }
-                }
-            }
-            latencies
-        }));
-    }
-    let mut latencies = Histogram::<u64>::new(3)?;
-    for task in tasks {
-        latencies.add(task.await?)?;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let spans = totals.spans_ok.load(Ordering::Relaxed);
-    println!(
-        "accepted: {} requests, {} spans, {:.0} spans/s",
-        totals.requests_ok.load(Ordering::Relaxed),
-        spans,
-        spans as f64 / elapsed
-    );
-    println!(
-        "refused: {} retryable (UNAVAILABLE / 503), {} failed",
-        totals.refused_retryable.load(Ordering::Relaxed),
-        totals.failed.load(Ordering::Relaxed)
-    );
-    println!(
-        "latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        latencies.value_at_quantile(0.5) as f64 / 1000.0,
-        latencies.value_at_quantile(0.99) as f64 / 1000.0,
-        latencies.max() as f64 / 1000.0
-    );
-    if let (Some(pid), Some(before)) = (args.collector_pid, rss_before) {
-        let after = resident_bytes(pid)?;
-        println!(
-            "collector resident memory: {} MiB before, {} MiB after, {:.0} bytes per accepted span",
-            before >> 20,
-            after >> 20,
-            after.saturating_sub(before) as f64 / spans.max(1) as f64
-        );
-    }
-    Ok(())
-}
-
-enum Outcome {
-    Accepted,
-    Retryable,
-    Failed(String),
-}
-
-#[allow(
-    clippy::large_enum_variant,
-    reason = "one Sender per connection, made once"
-)]
-enum Sender {
-    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
-    Http {
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            Full<Bytes>,
-        >,
-        uri: http::Uri,
-        content_type: &'static str,
-    },
-}
-
-impl Sender {
-    async fn connect(protocol: Protocol, endpoint: &str) -> anyhow::Result<Self> {
-        Ok(match protocol {
-            Protocol::Grpc => {
-                let channel =
-                    tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))?
-                        .connect()
-                        .await
-                        .with_context(|| format!("cannot connect to {endpoint}"))?;
-                Sender::Grpc(tonic::client::Grpc::new(channel))
-            }
-            Protocol::HttpProtobuf | Protocol::HttpJson => {
-                let client = hyper_util::client::legacy::Client::builder(
-                    hyper_util::rt::TokioExecutor::new(),
-                )
-                .pool_max_idle_per_host(1)
-                .build_http();
-                let content_type = if matches!(protocol, Protocol::HttpJson) {
-                    "application/json"
-                } else {
-                    "application/x-protobuf"
-                };
-                Sender::Http {
-                    client,
-                    uri: format!("http://{endpoint}/v1/traces").parse()?,
-                    content_type,
-                }
-            }
-        })
-    }
-
-    async fn send(&self, body: Bytes) -> Outcome {
-        match self {
-            Sender::Grpc(grpc) => {
-                let mut grpc = grpc.clone();
-                if let Err(e) = grpc.ready().await {
-                    return Outcome::Failed(e.to_string());
-                }
-                let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
-                match grpc.unary(tonic::Request::new(body), path, RawCodec).await {
-                    Ok(_) => Outcome::Accepted,
-                    Err(status) if status.code() == tonic::Code::Unavailable => Outcome::Retryable,
-                    Err(status) => Outcome::Failed(status.to_string()),
-                }
-            }
-            Sender::Http {
-                client,
-                uri,
-                content_type,
-            } => {
-                let request = http::Request::post(uri.clone())
-                    .header("content-type", *content_type)
-                    .body(Full::new(body));
-                let request = match request {
-                    Ok(r) => r,
-                    Err(e) => return Outcome::Failed(e.to_string()),
-                };
-                match client.request(request).await {
-                    Ok(response) => {
-                        let status = response.status();
-                        let _ = response.into_body().collect().await;
-                        if status.is_success() {
-                            Outcome::Accepted
-                        } else if status.as_u16() == 503 || status.as_u16() == 429 {
-                            Outcome::Retryable
-                        } else {
-                            Outcome::Failed(format!("HTTP {status}"))
-                        }
-                    }
-                    Err(e) => Outcome::Failed(e.to_string()),
-                }
-            }
-        }
-    }
-}
-
-/// Resident memory of a process, from `/proc/PID/status`.
-fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("no process {pid}"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .context("no VmRSS value")?
-        .parse()?;
-    Ok(kib * 1024)
-}
-
 fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     use wayfinder_collector::store::{MemoryStore, SpanStore, StoreConfig};
     let metrics = Arc::new(wayfinder_collector::metrics::Metrics::new());
