@@ -23,6 +23,13 @@ use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
 
+/// The OTLP/gRPC receiver's HTTP/2 window per stream: a typical export (a few hundred KB)
+/// arrives without waiting for the client to be told it may send more.
+const OTLP_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The OTLP/gRPC receiver's HTTP/2 window per connection.
+const OTLP_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
 /// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
 const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
 
@@ -174,6 +181,11 @@ impl Collector {
         let query_stop = CancellationToken::new();
 
         let grpc = tonic::transport::Server::builder()
+            // HTTP/2's default 64 KiB windows make a 200 KB export wait for several
+            // WINDOW_UPDATE round trips: with one request in flight per connection, ingest
+            // was latency-bound with a core idle.
+            .initial_stream_window_size(Some(OTLP_STREAM_WINDOW))
+            .initial_connection_window_size(Some(OTLP_CONNECTION_WINDOW))
             .add_service(TraceService::new(
                 ingest.clone(),
                 config.grpc_max_message_bytes,

@@ -17,6 +17,7 @@
     userMoved: false,
     route: { view: 'map' },
     busy: false,
+    pending: null,
   };
 
   // ---- small helpers ---------------------------------------------------------------------
@@ -540,7 +541,11 @@
   }
 
   async function refresh(withTraces) {
-    if (state.busy) return;
+    if (state.busy) {
+      // Once the running refresh is done, run again: the route may have changed meanwhile.
+      state.pending = { withTraces: withTraces || (state.pending && state.pending.withTraces) };
+      return;
+    }
     state.busy = true;
     try {
       if (state.route.view === 'map') {
@@ -552,11 +557,24 @@
       setStatus(`Cannot reach the query API: ${error.message}`, true);
     } finally {
       state.busy = false;
+      const pending = state.pending;
+      state.pending = null;
+      if (pending) refresh(pending.withTraces);
     }
   }
 
   function route() {
+    const previous = state.route.service;
     state.route = parseRoute();
+    if (state.route.service && state.route.service !== previous) {
+      // Another service: nothing of the last one's may show while its figures load.
+      $('#panel-title').textContent = state.route.service;
+      $('#panel-summary').textContent = 'Loading…';
+      for (const selector of ['#instances tbody', '#slow-traces', '#failed-traces']) {
+        replaceChildren($(selector), []);
+      }
+      $('#weights-note').textContent = '';
+    }
     for (const view of ['map', 'trace', 'sql']) $(`#view-${view}`).hidden = state.route.view !== view;
     $('#nav-map').classList.toggle('active', state.route.view !== 'sql');
     $('#nav-sql').classList.toggle('active', state.route.view === 'sql');
