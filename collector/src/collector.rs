@@ -105,6 +105,23 @@ impl Collector {
     /// Binds every listener, then starts the receivers, the pipeline, the store's upkeep and
     /// the query API.
     pub async fn start(config: Config) -> Result<RunningCollector, StartError> {
+        Self::start_with_consumers(config, Vec::new()).await
+    }
+
+    /// [`Collector::start`], with `extra` stages fed the facts of every batch (after the
+    /// weights, before the topology): for tests of the pipeline's containment.
+    #[cfg(feature = "test-util")]
+    pub async fn start_with(
+        config: Config,
+        extra: Vec<std::sync::Arc<dyn crate::pipeline::FactsConsumer>>,
+    ) -> Result<RunningCollector, StartError> {
+        Self::start_with_consumers(config, extra).await
+    }
+
+    async fn start_with_consumers(
+        config: Config,
+        extra: Vec<Arc<dyn crate::pipeline::FactsConsumer>>,
+    ) -> Result<RunningCollector, StartError> {
         // A `Config` built in code has not been through `Config::resolve`; out-of-range rule
         // parameters would make updates panic (`f64::clamp` with crossed bounds) or publish NaN.
         config.validate()?;
@@ -165,6 +182,9 @@ impl Collector {
         let mut dispatcher = dispatcher
             .with_consumer(registry.clone())
             .with_consumer(weights.clone());
+        for consumer in extra {
+            dispatcher = dispatcher.with_consumer(consumer);
+        }
         if let Some(topology) = &topology {
             dispatcher = dispatcher.with_consumer(topology.clone());
         }
