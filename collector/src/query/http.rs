@@ -156,12 +156,20 @@ pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     m.store_rows.set(stats.rows as i64);
     m.store_bytes.set(stats.bytes as i64);
     m.store_batches.set(stats.batches as i64);
+    // Encoding walks every series (the service graph's included): off the runtime's workers.
+    let metrics = state.metrics.clone();
+    let text = match tokio::task::spawn_blocking(move || metrics.encode()).await {
+        Ok(text) => text,
+        Err(e) => {
+            return ApiError::Internal(format!("encoding the metrics failed: {e}")).into_response();
+        }
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        m.encode(),
+        text,
     )
         .into_response()
 }

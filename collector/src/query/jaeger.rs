@@ -559,7 +559,7 @@ pub(crate) async fn dependencies(
     let window = Duration::from_millis(now_ms.saturating_sub(since))
         .max(Duration::from_secs(60))
         .min(topology.retention());
-    let graph = topology.snapshot(window);
+    let graph = super::topology::snapshot(topology, window).await?;
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     for edge in &graph.edges {
         *counts

@@ -51,6 +51,18 @@ fn stats(summary: &Summary, graph: &Snapshot) -> Stats {
     }
 }
 
+/// A snapshot of the graph over `window`, merged on a blocking thread: merging every
+/// minute's sketches of every edge is CPU work that must not hold a runtime worker.
+pub(super) async fn snapshot(
+    topology: &Arc<Topology>,
+    window: Duration,
+) -> Result<crate::topology::Snapshot, ApiError> {
+    let topology = topology.clone();
+    tokio::task::spawn_blocking(move || topology.snapshot(window))
+        .await
+        .map_err(|e| ApiError::Internal(format!("the topology snapshot failed: {e}")))
+}
+
 fn topology(state: &ApiState) -> Result<&Arc<Topology>, ApiError> {
     state.topology.as_ref().ok_or_else(|| {
         ApiError::NotFound("the topology is off on this collector (--no-topology)".into())
@@ -95,7 +107,7 @@ pub(crate) async fn get_topology(
             )));
         }
     };
-    let graph = topology.snapshot(window);
+    let graph = snapshot(topology, window).await?;
     // Status and address from the registry (an address a heartbeat gave beats one learned from
     // spans).
     let registered: BTreeMap<(String, String), (InstanceStatus, Option<String>)> = state
@@ -258,7 +270,7 @@ pub(crate) async fn get_services(
 ) -> Result<Json<ServicesResponse>, ApiError> {
     let topology = topology(&state)?;
     let window = window(query.window.as_deref(), topology.retention())?;
-    let graph = topology.snapshot(window);
+    let graph = snapshot(topology, window).await?;
     let mut instance_counts: BTreeMap<String, u64> = BTreeMap::new();
     for instance in state.registry.instances(None) {
         *instance_counts
