@@ -100,6 +100,28 @@ async fn wait_for_script(browser: &Client, what: &str, script: &str) -> Value {
     panic!("{what}: never happened; last answer {last}");
 }
 
+/// Clicks the element `css` finds.
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} is on the page: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("a click on {css}: {e}"));
+}
+
+/// Types `statement` into the SQL page's box and runs it.
+async fn run_sql(browser: &Client, statement: &str) {
+    let text = browser
+        .find(Locator::Css("#sql-text"))
+        .await
+        .expect("the query box");
+    text.clear().await.expect("cleared");
+    text.send_keys(statement).await.expect("typed");
+    click(browser, "#sql-run").await;
+}
+
 async fn save_screenshot(browser: &Client, name: &str) -> PathBuf {
     let png = browser.screenshot().await.expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
@@ -270,34 +292,54 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
     let after = browser.execute(positions, vec![]).await.expect("positions");
     assert_eq!(before, after, "the layout survives a refresh");
 
-    // Clicking checkout on the canvas opens its instances with their weights.
-    let point = browser
-        .execute(
-            "const cy = window.wayfinder.cy; const node = cy.getElementById('checkout');
-             const box = cy.container().getBoundingClientRect(); const p = node.renderedPosition();
-             return [box.left + p.x, box.top + p.y];",
-            vec![],
-        )
-        .await
-        .expect("checkout's position");
-    let (x, y) = (point[0].as_f64().expect("x"), point[1].as_f64().expect("y"));
-    browser
-        .perform_actions(
-            MouseActions::new("mouse".into())
-                .then(PointerAction::MoveTo {
-                    duration: None,
-                    x: x.round(),
-                    y: y.round(),
-                })
-                .then(PointerAction::Down {
-                    button: MOUSE_BUTTON_LEFT,
-                })
-                .then(PointerAction::Up {
-                    button: MOUSE_BUTTON_LEFT,
-                }),
-        )
-        .await
-        .expect("a click on checkout");
+    // Clicking checkout on the canvas opens its instances with their weights. The click is
+    // aimed at where the node is drawn now; should a late layout move it between aiming and
+    // clicking, aim again (at most five times).
+    let mut opened = false;
+    for _ in 0..5 {
+        let point = browser
+            .execute(
+                "const cy = window.wayfinder.cy; const node = cy.getElementById('checkout');
+                 const box = cy.container().getBoundingClientRect(); const p = node.renderedPosition();
+                 return [box.left + p.x, box.top + p.y];",
+                vec![],
+            )
+            .await
+            .expect("checkout's position");
+        let (x, y) = (point[0].as_f64().expect("x"), point[1].as_f64().expect("y"));
+        browser
+            .perform_actions(
+                MouseActions::new("mouse".into())
+                    .then(PointerAction::MoveTo {
+                        duration: None,
+                        x: x.round(),
+                        y: y.round(),
+                    })
+                    .then(PointerAction::Down {
+                        button: MOUSE_BUTTON_LEFT,
+                    })
+                    .then(PointerAction::Up {
+                        button: MOUSE_BUTTON_LEFT,
+                    }),
+            )
+            .await
+            .expect("a click on checkout");
+        for _ in 0..10 {
+            let hash = browser
+                .execute("return location.hash", vec![])
+                .await
+                .expect("the address");
+            if hash == "#/service/checkout" {
+                opened = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if opened {
+            break;
+        }
+    }
+    assert!(opened, "a click on checkout's node opens its panel");
     let weights = wait_for_script(
         &browser,
         "checkout's three instances with weights, the slow one lowest",
@@ -339,15 +381,11 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
 
     // A trace opens as a waterfall; a span opens its attributes.
     let trace_id = slow[0].as_str().expect("a trace id").to_owned();
-    browser
-        .find(Locator::Css(&format!(
-            "#slow-traces a[data-trace='{trace_id}']"
-        )))
-        .await
-        .expect("the trace link")
-        .click()
-        .await
-        .expect("a click on the trace");
+    click(
+        &browser,
+        &format!("#slow-traces a[data-trace='{trace_id}']"),
+    )
+    .await;
     let services = wait_for_script(
         &browser,
         "the trace's waterfall",
@@ -361,13 +399,7 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
             "{service} in the waterfall: {services:?}"
         );
     }
-    browser
-        .find(Locator::Css("#waterfall .span-row"))
-        .await
-        .expect("the root span")
-        .click()
-        .await
-        .expect("a click on the root span");
+    click(&browser, "#waterfall .span-row").await;
     let detail = wait_for_script(
         &browser,
         "the root span's attributes",
@@ -384,21 +416,11 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
         .goto(&format!("{base}/#/sql"))
         .await
         .expect("the SQL page");
-    let text = browser
-        .find(Locator::Css("#sql-text"))
-        .await
-        .expect("the query box");
-    text.clear().await.expect("cleared");
-    text.send_keys("SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name ORDER BY service_name")
-        .await
-        .expect("typed");
-    browser
-        .find(Locator::Css("#sql-run"))
-        .await
-        .expect("the button")
-        .click()
-        .await
-        .expect("run");
+    run_sql(
+        &browser,
+        "SELECT service_name, count(*) AS spans FROM spans GROUP BY service_name ORDER BY service_name",
+    )
+    .await;
     let result = wait_for_script(
         &browser,
         "the SQL answer as a table",
@@ -421,15 +443,7 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
         "{names:?}"
     );
     // A refused statement shows the API's error.
-    text.clear().await.expect("cleared");
-    text.send_keys("DROP TABLE spans").await.expect("typed");
-    browser
-        .find(Locator::Css("#sql-run"))
-        .await
-        .expect("the button")
-        .click()
-        .await
-        .expect("run");
+    run_sql(&browser, "DROP TABLE spans").await;
     let error = wait_for_script(
         &browser,
         "the refusal",
