@@ -101,6 +101,11 @@ struct MemoryArgs {
     spans_per_request: usize,
 }
 
+/// The collector binary's allocator, so that `memory` and the in-process benchmarks measure what
+/// `wayfinder` does.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

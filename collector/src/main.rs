@@ -12,6 +12,13 @@ use wayfinder_collector::config::{Config, ServeArgs};
 /// How long shutdown may take before the process exits anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// jemalloc: glibc's allocator spent about 40% of the collector's CPU under load
+/// (`malloc_consolidate`, arena locks between the receiver threads that allocate and the stage
+/// threads that free); see "Allocator" in docs/benchmarks.md.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "wayfinder", version, about = "The Wayfinder tracing collector")]
 struct Cli {

@@ -3,6 +3,10 @@
 
 use clap::Parser;
 
+/// The collector binary's allocator (see `wayfinder-collector`'s `jemalloc` feature).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let options = wayfinder_demo::Options::parse();
