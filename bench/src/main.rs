@@ -177,7 +177,8 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         "arrow bytes per span: {:.0}",
         stats.bytes as f64 / stats.rows as f64
     );
-    let schema = wayfinder_collector::decode::schema::span_schema();
+    // The stored layout (ids in binary, resource and scope in the `origin` dictionary).
+    let schema = wayfinder_collector::decode::schema::stored_schema();
     let snapshot = store.snapshot();
     let mut by_column: Vec<(String, usize)> = schema
         .fields()

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use datafusion::arrow::array::{
-    ArrayBuilder, ArrayRef, Int64Array, ListArray, StringBuilder, StructArray,
-    TimestampNanosecondArray,
+    ArrayBuilder, ArrayRef, DictionaryArray, FixedSizeBinaryBuilder, Int32Array, Int64Array,
+    ListArray, StringBuilder, StructArray, TimestampNanosecondArray,
 };
+use datafusion::arrow::datatypes::Int32Type;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
+use hashbrown::HashMap;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -164,36 +166,42 @@ fn decode(
             .as_ref()
             .map_or(&[], |r| &r.attributes);
         let service = string_attr(resource_attrs, "service.name").unwrap_or("unknown_service");
-        let service_name = columns.service_name.intern(service);
         let namespace = string_attr(resource_attrs, "service.namespace").filter(|s| !s.is_empty());
-        let namespace = namespace.map(|n| columns.service_namespace.intern(n));
         let instance = string_attr(resource_attrs, "service.instance.id").filter(|s| !s.is_empty());
         let (fact_service, fact_instance): (Arc<str>, Option<Arc<str>>) = if with_facts {
             (Arc::from(service), instance.map(Arc::from))
         } else {
             (Arc::from(""), None)
         };
-        let instance = instance.map(|i| columns.instance_id.intern(i));
-        let resource_entries: Vec<(i32, Option<i32>)> = resource_attrs
-            .iter()
-            .map(|kv| {
-                let value = value_text(kv.value.as_ref(), &mut scratch);
-                columns.resource_attributes.intern(&kv.key, value)
-            })
-            .collect();
+        let origins = &mut columns.origins;
+        let resource = Resource {
+            service: origins.service_name.intern(service),
+            namespace: namespace.map(|n| origins.service_namespace.intern(n)),
+            instance: instance.map(|i| origins.instance_id.intern(i)),
+            attributes: resource_attrs
+                .iter()
+                .map(|kv| {
+                    let value = value_text(kv.value.as_ref(), &mut scratch);
+                    origins.resource_attributes.intern(&kv.key, value)
+                })
+                .collect(),
+        };
 
         for scope_spans in &resource_spans.scope_spans {
             let scope = scope_spans.scope.as_ref();
             let scope_name = scope.map(|s| s.name.as_str()).filter(|s| !s.is_empty());
-            let scope_name = scope_name.map(|n| columns.scope_name.intern(n));
             let scope_version = scope.map(|s| s.version.as_str()).filter(|s| !s.is_empty());
-            let scope_version = scope_version.map(|v| columns.scope_version.intern(v));
+            // One origin row per (resource, scope) that has a valid span.
+            let mut origin = None;
 
             for span in &scope_spans.spans {
                 let Some(times) = validate(span, &mut rejections) else {
                     continue;
                 };
-                columns.push_span(span, times, &mut scratch);
+                let key = *origin.get_or_insert_with(|| {
+                    columns.origins.push(&resource, scope_name, scope_version)
+                });
+                columns.push_span(span, times, key, &mut scratch);
                 if with_facts {
                     let duration = u64::try_from(times.end - times.start).unwrap_or(0);
                     facts.push(SpanFacts::of(
@@ -203,13 +211,6 @@ fn decode(
                         fact_instance.as_ref(),
                     ));
                 }
-                columns.service_name.push_key(service_name);
-                push_key_or_null(&mut columns.service_namespace, namespace);
-                push_key_or_null(&mut columns.instance_id, instance);
-                push_key_or_null(&mut columns.scope_name, scope_name);
-                push_key_or_null(&mut columns.scope_version, scope_version);
-                columns.resource_attributes.push_interned(&resource_entries);
-                columns.resource_attributes.end_row();
             }
         }
     }
@@ -348,29 +349,128 @@ fn push_hex(builder: &mut StringBuilder, bytes: &[u8]) {
     builder.append_value("");
 }
 
-/// Every column of the span schema under construction.
+/// Every column of the stored span layout under construction.
 struct Columns {
     rows: usize,
-    trace_id: StringBuilder,
-    span_id: StringBuilder,
-    parent_span_id: StringBuilder,
+    trace_id: FixedSizeBinaryBuilder,
+    span_id: FixedSizeBinaryBuilder,
+    parent_span_id: FixedSizeBinaryBuilder,
     trace_state: DictBuilder,
-    service_name: DictBuilder,
-    service_namespace: DictBuilder,
-    instance_id: DictBuilder,
+    origin: Vec<i32>,
+    origins: Origins,
     span_name: DictBuilder,
     span_kind: DictBuilder,
     start_time: Vec<i64>,
-    end_time: Vec<i64>,
     duration: Vec<i64>,
     status_code: DictBuilder,
     status_message: DictBuilder,
-    scope_name: DictBuilder,
-    scope_version: DictBuilder,
-    attributes: MapBuilder,
-    resource_attributes: MapBuilder,
+    attributes: AttributeSets,
     events: Events,
     links: Links,
+}
+
+/// The `attributes` column: a key per span into the distinct attribute sets of the request.
+struct AttributeSets {
+    keys: Vec<i32>,
+    sets: MapBuilder,
+    index: HashMap<Vec<(i32, Option<i32>)>, i32>,
+    scratch: Vec<(i32, Option<i32>)>,
+}
+
+impl AttributeSets {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(rows),
+            sets: MapBuilder::with_capacity(rows / 4, rows * 2),
+            index: HashMap::new(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, attributes: &[KeyValue], text: &mut String) {
+        self.scratch.clear();
+        for kv in attributes {
+            let value = value_text(kv.value.as_ref(), text);
+            self.scratch.push(self.sets.intern(&kv.key, value));
+        }
+        let key = match self.index.get(self.scratch.as_slice()) {
+            Some(&key) => key,
+            None => {
+                // Fewer sets than spans, and a request holds fewer than 2^31 spans.
+                let key = i32::try_from(self.index.len()).unwrap_or(i32::MAX);
+                self.sets.push_interned(&self.scratch);
+                self.sets.end_row();
+                self.index.insert(self.scratch.clone(), key);
+                key
+            }
+        };
+        self.keys.push(key);
+    }
+
+    fn finish(self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
+        DictionaryArray::try_new(Int32Array::from(self.keys), Arc::new(self.sets.finish()?))
+    }
+}
+
+/// A resource's columns, interned once for all its spans.
+struct Resource {
+    service: i32,
+    namespace: Option<i32>,
+    instance: Option<i32>,
+    attributes: Vec<(i32, Option<i32>)>,
+}
+
+/// The values of the `origin` dictionary: one row per (resource, scope).
+struct Origins {
+    rows: i32,
+    service_name: DictBuilder,
+    service_namespace: DictBuilder,
+    instance_id: DictBuilder,
+    scope_name: DictBuilder,
+    scope_version: DictBuilder,
+    resource_attributes: MapBuilder,
+}
+
+impl Origins {
+    fn new() -> Self {
+        Self {
+            rows: 0,
+            service_name: DictBuilder::default(),
+            service_namespace: DictBuilder::default(),
+            instance_id: DictBuilder::default(),
+            scope_name: DictBuilder::default(),
+            scope_version: DictBuilder::default(),
+            resource_attributes: MapBuilder::with_capacity(0, 0),
+        }
+    }
+
+    /// Adds a row and returns its key.
+    fn push(&mut self, resource: &Resource, scope: Option<&str>, version: Option<&str>) -> i32 {
+        self.service_name.push_key(resource.service);
+        push_key_or_null(&mut self.service_namespace, resource.namespace);
+        push_key_or_null(&mut self.instance_id, resource.instance);
+        self.scope_name.push_non_empty(scope);
+        self.scope_version.push_non_empty(version);
+        self.resource_attributes.push_interned(&resource.attributes);
+        self.resource_attributes.end_row();
+        self.rows += 1;
+        self.rows - 1
+    }
+
+    fn finish(self) -> Result<StructArray, ArrowError> {
+        StructArray::try_new(
+            schema::origin_fields(),
+            vec![
+                Arc::new(self.service_name.finish()?),
+                Arc::new(self.service_namespace.finish()?),
+                Arc::new(self.instance_id.finish()?),
+                Arc::new(self.scope_name.finish()?),
+                Arc::new(self.scope_version.finish()?),
+                Arc::new(self.resource_attributes.finish()?),
+            ],
+            None,
+        )
+    }
 }
 
 struct Events {
@@ -402,24 +502,19 @@ impl Columns {
     fn with_capacity(rows: usize) -> Self {
         Self {
             rows: 0,
-            trace_id: StringBuilder::with_capacity(rows, rows * 32),
-            span_id: StringBuilder::with_capacity(rows, rows * 16),
-            parent_span_id: StringBuilder::with_capacity(rows, rows * 16),
+            trace_id: FixedSizeBinaryBuilder::with_capacity(rows, 16),
+            span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
+            parent_span_id: FixedSizeBinaryBuilder::with_capacity(rows, 8),
             trace_state: DictBuilder::with_capacity(rows),
-            service_name: DictBuilder::with_capacity(rows),
-            service_namespace: DictBuilder::with_capacity(rows),
-            instance_id: DictBuilder::with_capacity(rows),
+            origin: Vec::with_capacity(rows),
+            origins: Origins::new(),
             span_name: DictBuilder::with_capacity(rows),
             span_kind: DictBuilder::with_capacity(rows),
             start_time: Vec::with_capacity(rows),
-            end_time: Vec::with_capacity(rows),
             duration: Vec::with_capacity(rows),
             status_code: DictBuilder::with_capacity(rows),
             status_message: DictBuilder::with_capacity(rows),
-            scope_name: DictBuilder::with_capacity(rows),
-            scope_version: DictBuilder::with_capacity(rows),
-            attributes: MapBuilder::with_capacity(rows, rows * 10),
-            resource_attributes: MapBuilder::with_capacity(rows, rows * 8),
+            attributes: AttributeSets::with_capacity(rows),
             events: Events {
                 offsets: ListOffsets::with_capacity(rows),
                 time: Vec::new(),
@@ -436,16 +531,19 @@ impl Columns {
         }
     }
 
-    /// Appends the span's own columns (not those that come from its resource and scope).
-    fn push_span(&mut self, span: &Span, times: Times, scratch: &mut String) {
+    /// Appends a validated span (ids of the right lengths) whose resource and scope are the
+    /// `origin` row.
+    fn push_span(&mut self, span: &Span, times: Times, origin: i32, scratch: &mut String) {
         self.rows += 1;
-        push_hex(&mut self.trace_id, &span.trace_id);
-        push_hex(&mut self.span_id, &span.span_id);
+        // `validate` checked the lengths, which is all `append_value` can refuse.
+        let _ = self.trace_id.append_value(&span.trace_id);
+        let _ = self.span_id.append_value(&span.span_id);
         if span.parent_span_id.is_empty() || span.parent_span_id.iter().all(|&b| b == 0) {
             self.parent_span_id.append_null();
         } else {
-            push_hex(&mut self.parent_span_id, &span.parent_span_id);
+            let _ = self.parent_span_id.append_value(&span.parent_span_id);
         }
+        self.origin.push(origin);
         self.trace_state.push_non_empty(Some(&span.trace_state));
         self.span_name.push(&span.name);
         let kind = usize::try_from(span.kind)
@@ -455,7 +553,6 @@ impl Columns {
             .unwrap_or(KINDS[0]);
         self.span_kind.push(kind);
         self.start_time.push(times.start);
-        self.end_time.push(times.end);
         self.duration.push(times.end - times.start);
         let status = span.status.as_ref();
         let code = status
@@ -467,11 +564,7 @@ impl Columns {
         self.status_message
             .push_non_empty(status.map(|s| s.message.as_str()));
 
-        for kv in &span.attributes {
-            let value = value_text(kv.value.as_ref(), scratch);
-            self.attributes.push_entry(&kv.key, value);
-        }
-        self.attributes.end_row();
+        self.attributes.push(&span.attributes, scratch);
 
         for event in &span.events {
             self.events
@@ -503,7 +596,6 @@ impl Columns {
 
     fn finish(mut self) -> Result<RecordBatch, ArrowError> {
         let start = Int64Array::from(std::mem::take(&mut self.start_time));
-        let end = Int64Array::from(std::mem::take(&mut self.end_time));
         let duration: ArrayRef = Arc::new(Int64Array::from(std::mem::take(&mut self.duration)));
         let to_ts = |a: Int64Array| -> ArrayRef {
             Arc::new(TimestampNanosecondArray::new(a.values().clone(), None).with_timezone("UTC"))
@@ -541,28 +633,26 @@ impl Columns {
             None,
         )?;
 
+        let origin = DictionaryArray::<Int32Type>::try_new(
+            Int32Array::from(std::mem::take(&mut self.origin)),
+            Arc::new(self.origins.finish()?),
+        )?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.trace_id.finish()),
             Arc::new(self.span_id.finish()),
             Arc::new(self.parent_span_id.finish()),
             Arc::new(self.trace_state.finish()?),
-            Arc::new(self.service_name.finish()?),
-            Arc::new(self.service_namespace.finish()?),
-            Arc::new(self.instance_id.finish()?),
+            Arc::new(origin),
             Arc::new(self.span_name.finish()?),
             Arc::new(self.span_kind.finish()?),
             to_ts(start),
-            to_ts(end),
             duration,
             Arc::new(self.status_code.finish()?),
             Arc::new(self.status_message.finish()?),
-            Arc::new(self.scope_name.finish()?),
-            Arc::new(self.scope_version.finish()?),
             Arc::new(self.attributes.finish()?),
-            Arc::new(self.resource_attributes.finish()?),
             Arc::new(events),
             Arc::new(links),
         ];
-        RecordBatch::try_new(schema::span_schema(), columns)
+        RecordBatch::try_new(schema::stored_schema(), columns)
     }
 }

@@ -4,6 +4,12 @@
 //! strings. Attributes are maps of string keys to string values: every OTLP value is turned into
 //! text (integers and doubles in their shortest decimal form, booleans as `true`/`false`, bytes
 //! as base64, arrays and key-value lists as JSON). `docs/schema.md` documents each column.
+//!
+//! Two layouts: [`span_schema`] is the `spans` table as SQL and the APIs see it, and
+//! [`stored_schema`] is how the store keeps it, smaller: ids as fixed-size binary, the columns
+//! that come from a span's resource and scope once per (resource, scope) in a dictionary, a
+//! span's attributes as a dictionary of attribute maps (spans of one operation mostly carry the
+//! same set, stored once), and `end_time` computed from `start_time + duration_ns`. `store::view` turns one into the other.
 
 use std::sync::{Arc, LazyLock};
 
@@ -127,6 +133,94 @@ pub fn span_schema() -> SchemaRef {
             Field::new("scope_version", dict_utf8(), true),
             Field::new("attributes", attribute_map(), false),
             Field::new("resource_attributes", attribute_map(), false),
+            Field::new("events", DataType::List(event_item()), false),
+            Field::new("links", DataType::List(link_item()), false),
+        ]))
+    });
+    SCHEMA.clone()
+}
+
+/// The fields of the `origin` dictionary's values: what a span takes from its resource and its
+/// instrumentation scope, once per (resource, scope) of a request.
+pub fn origin_fields() -> Fields {
+    static FIELDS: LazyLock<Fields> = LazyLock::new(|| {
+        Fields::from(vec![
+            Field::new("service_name", dict_utf8(), false),
+            Field::new("service_namespace", dict_utf8(), true),
+            Field::new("instance_id", dict_utf8(), true),
+            Field::new("scope_name", dict_utf8(), true),
+            Field::new("scope_version", dict_utf8(), true),
+            Field::new("resource_attributes", attribute_map(), false),
+        ])
+    });
+    FIELDS.clone()
+}
+
+/// The type of the stored `origin` column: a dictionary of [`origin_fields`] structs.
+pub fn origin_type() -> DataType {
+    DataType::Dictionary(
+        Box::new(DataType::Int32),
+        Box::new(DataType::Struct(origin_fields())),
+    )
+}
+
+/// The type of the stored `attributes` column: a dictionary of attribute maps, one entry per
+/// distinct set of a request.
+pub fn attribute_set_type() -> DataType {
+    DataType::Dictionary(Box::new(DataType::Int32), Box::new(attribute_map()))
+}
+
+/// Column indexes of [`stored_schema`], and of [`origin_fields`] in `origin::*`.
+#[allow(missing_docs)]
+pub mod stored {
+    pub const TRACE_ID: usize = 0;
+    pub const SPAN_ID: usize = 1;
+    pub const PARENT_SPAN_ID: usize = 2;
+    pub const TRACE_STATE: usize = 3;
+    pub const ORIGIN: usize = 4;
+    pub const SPAN_NAME: usize = 5;
+    pub const SPAN_KIND: usize = 6;
+    pub const START_TIME: usize = 7;
+    pub const DURATION_NS: usize = 8;
+    pub const STATUS_CODE: usize = 9;
+    pub const STATUS_MESSAGE: usize = 10;
+    pub const ATTRIBUTES: usize = 11;
+    pub const EVENTS: usize = 12;
+    pub const LINKS: usize = 13;
+
+    /// Fields of the `origin` dictionary's struct values.
+    pub mod origin {
+        pub const SERVICE_NAME: usize = 0;
+        pub const SERVICE_NAMESPACE: usize = 1;
+        pub const INSTANCE_ID: usize = 2;
+        pub const SCOPE_NAME: usize = 3;
+        pub const SCOPE_VERSION: usize = 4;
+        pub const RESOURCE_ATTRIBUTES: usize = 5;
+    }
+}
+
+/// How the store keeps spans (see the module documentation); [`stored`] names its columns.
+///
+/// ```
+/// use datafusion::arrow::datatypes::DataType;
+/// let schema = wayfinder_collector::decode::schema::stored_schema();
+/// assert_eq!(schema.field(0).data_type(), &DataType::FixedSizeBinary(16));
+/// ```
+pub fn stored_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("trace_id", DataType::FixedSizeBinary(16), false),
+            Field::new("span_id", DataType::FixedSizeBinary(8), false),
+            Field::new("parent_span_id", DataType::FixedSizeBinary(8), true),
+            Field::new("trace_state", dict_utf8(), true),
+            Field::new("origin", origin_type(), false),
+            Field::new("span_name", dict_utf8(), false),
+            Field::new("span_kind", dict_utf8(), false),
+            Field::new("start_time", timestamp_ns(), false),
+            Field::new("duration_ns", DataType::Int64, false),
+            Field::new("status_code", dict_utf8(), false),
+            Field::new("status_message", dict_utf8(), true),
+            Field::new("attributes", attribute_set_type(), false),
             Field::new("events", DataType::List(event_item()), false),
             Field::new("links", DataType::List(link_item()), false),
         ]))

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use datafusion::arrow::array::{AsArray, RecordBatch, StringArray};
-use datafusion::arrow::compute::{filter_record_batch, kernels::cmp::eq};
+use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::ipc::writer::StreamWriter;
 use http::{HeaderMap, StatusCode, header};
 use serde_json::{Map, Value};
@@ -15,9 +14,10 @@ use wayfinder_api::sql::{ARROW_STREAM_MEDIA_TYPE, Column, SqlRequest, SqlRespons
 
 use super::error::ApiError;
 use super::state::ApiState;
-use crate::decode::schema::col;
+use crate::decode::schema::{col, span_schema};
 use crate::sql::QueryResult;
 use crate::sql::json::{column_values, type_name, value_at};
+use crate::store::view;
 
 pub(super) async fn sql(
     State(state): State<Arc<ApiState>>,
@@ -121,14 +121,17 @@ pub(super) async fn trace(
 /// Every stored span of a trace as a JSON object (one key per column), by start time.
 fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>, ApiError> {
     let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
-    let wanted = StringArray::new_scalar(trace_id);
+    let Some(wanted) = view::parse_trace_id(trace_id) else {
+        return Ok(Vec::new());
+    };
+    let schema = span_schema();
     let mut spans: Vec<(i64, Value)> = Vec::new();
     for batch in batches {
-        let mask = eq(batch.column(col::TRACE_ID), &wanted).map_err(internal)?;
-        if mask.true_count() == 0 {
+        let Some(matched) =
+            view::public_batch(batch, &schema, None, Some(&[wanted])).map_err(internal)?
+        else {
             continue;
-        }
-        let matched = filter_record_batch(batch, &mask).map_err(internal)?;
+        };
         let starts = matched
             .column(col::START_TIME)
             .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();

@@ -7,6 +7,7 @@
 //! [`json`] turns Arrow values into the JSON of the query API.
 
 pub mod json;
+mod spans_table;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,6 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt as _;
 
-use crate::decode::schema::span_schema;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::registry::{Registry, health_events_schema};
 use crate::store::SpanStore;
@@ -180,8 +180,7 @@ impl QueryEngine {
             .with_target_partitions(2)
             .with_information_schema(true);
         let context = SessionContext::new_with_config_rt(config, runtime);
-        let table = MemTable::try_new(span_schema(), partitions(self.store.snapshot(), 2))
-            .map_err(internal)?;
+        let table = spans_table::SpansTable::new(self.store.snapshot(), 2);
         context
             .register_table("spans", Arc::new(table))
             .map_err(internal)?;
@@ -197,15 +196,6 @@ impl QueryEngine {
         }
         Ok(context)
     }
-}
-
-/// Deals batches round-robin into `n` partitions so that scans use every query thread.
-fn partitions(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
-    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n.max(1)];
-    for (i, batch) in batches.into_iter().enumerate() {
-        parts[i % n.max(1)].push(batch);
-    }
-    parts
 }
 
 async fn execute(

@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 
 use super::{SpanStore, StoreStats};
 use crate::decode::SpanBatch;
-use crate::decode::schema::span_schema;
+use crate::decode::schema::stored_schema;
 use crate::metrics::{Metrics, ReasonLabels};
 
 /// Settings of a [`MemoryStore`].
@@ -178,7 +178,7 @@ impl MemoryStore {
             }
             return;
         }
-        let merged = match concat_batches(&span_schema(), &job.batches) {
+        let merged = match concat_batches(&stored_schema(), &job.batches) {
             Ok(merged) => merged,
             Err(error) => {
                 tracing::warn!(%error, "could not compact a store segment; keeping its batches as they are");
@@ -285,8 +285,11 @@ impl SpanStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::AsArray as _;
+
     use super::*;
     use crate::decode::decode_traces;
+    use crate::decode::schema::stored;
     use crate::testing::{span, trace_request};
 
     fn batch(first_id: u64, spans: u64) -> SpanBatch {
@@ -337,13 +340,10 @@ mod tests {
         let ids: Vec<String> = snapshot
             .iter()
             .flat_map(|b| {
-                let col = b
-                    .column(1)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::StringArray>()
-                    .unwrap();
-                col.iter()
-                    .map(|v| v.unwrap().to_owned())
+                b.column(stored::SPAN_ID)
+                    .as_fixed_size_binary()
+                    .iter()
+                    .map(|v| const_hex::encode(v.unwrap()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -405,13 +405,12 @@ mod tests {
             500,
             "every evicted span is counted"
         );
-        let first = store.snapshot()[0]
-            .column(1)
-            .as_any()
-            .downcast_ref::<datafusion::arrow::array::StringArray>()
-            .unwrap()
-            .value(0)
-            .to_owned();
+        let first = const_hex::encode(
+            store.snapshot()[0]
+                .column(stored::SPAN_ID)
+                .as_fixed_size_binary()
+                .value(0),
+        );
         assert_ne!(
             first,
             const_hex::encode(1u64.to_be_bytes()),

@@ -3,6 +3,7 @@
 //! receivers or the query layer.
 
 mod memory;
+pub mod view;
 
 use std::time::{Duration, SystemTime};
 
