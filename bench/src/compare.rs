@@ -36,6 +36,9 @@ pub(crate) struct CompareArgs {
     /// Instances per service in the call graph.
     #[arg(long, default_value_t = 3)]
     instances: usize,
+    /// Copies of the call graph with their own service names: 5 distinct edges each.
+    #[arg(long, default_value_t = 1)]
+    graphs: usize,
 }
 
 /// One collector under test.
@@ -154,6 +157,7 @@ async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Resu
         spans_per_request: args.spans_per_request,
         instances: args.instances,
         distinct_requests: 64,
+        graphs: args.graphs,
         collector_pid: Some(pid),
     };
     let (collector_before, generator_before) =

@@ -47,6 +47,9 @@ pub(crate) struct LoadArgs {
     /// Distinct pre-encoded requests to cycle through.
     #[arg(long, default_value_t = 64)]
     pub(crate) distinct_requests: usize,
+    /// Copies of the call graph with their own service names: 5 distinct edges each.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) graphs: usize,
     /// The collector's process id: its resident memory is read before and after the run.
     #[arg(long)]
     pub(crate) collector_pid: Option<u32>,
@@ -85,6 +88,7 @@ pub(crate) async fn run(args: &LoadArgs, print: bool) -> anyhow::Result<LoadRepo
     let shape = Shape {
         instances: args.instances,
         spans_per_request: args.spans_per_request,
+        graphs: args.graphs,
         ..Shape::default()
     };
     let mut workload = Workload::new(shape, 42);

@@ -145,6 +145,10 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     let before = resident_bytes(pid)?;
     let started = Instant::now();
     let mut requests = 0u64;
+    // How resident memory grows with stored spans: a point every tenth of the run.
+    let step = (args.spans / 10).max(1);
+    let mut next_point = step;
+    let mut line = Vec::new();
     while store.stats().rows < args.spans {
         let request = workload.request();
         let decoded = wayfinder_collector::decode::decode_traces(&request)?;
@@ -160,6 +164,25 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         if requests.is_multiple_of(128) {
             store.maintain(SystemTime::now());
         }
+        let rows = store.stats().rows;
+        if rows >= next_point {
+            line.push((
+                rows,
+                resident_bytes(pid)?.saturating_sub(before),
+                store.stats().bytes,
+            ));
+            next_point += step;
+        }
+    }
+    println!("stored spans → resident growth (arrow bytes), bytes per span:");
+    for (rows, resident, arrow) in &line {
+        println!(
+            "  {rows:>10} → {:>5} MiB ({:>4} MiB)  {:.0} ({:.0})",
+            resident >> 20,
+            arrow >> 20,
+            *resident as f64 / *rows as f64,
+            *arrow as f64 / *rows as f64
+        );
     }
     // Seal and compact the last open segment, as the collector's upkeep does every second.
     store.maintain(SystemTime::now() + Duration::from_secs(60));

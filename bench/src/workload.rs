@@ -33,6 +33,9 @@ pub struct Shape {
     pub spans_per_request: usize,
     /// One request in this many has a failing call.
     pub error_one_in: u32,
+    /// Copies of the call graph, each with its own service names (`checkout-7`), so that the
+    /// number of distinct edges is `5 × graphs`; each trace runs in one copy, picked at random.
+    pub graphs: usize,
 }
 
 impl Default for Shape {
@@ -41,6 +44,7 @@ impl Default for Shape {
             instances: 3,
             spans_per_request: 500,
             error_one_in: 50,
+            graphs: 1,
         }
     }
 }
@@ -119,7 +123,8 @@ impl Workload {
     /// The next request.
     pub fn request(&mut self) -> ExportTraceServiceRequest {
         let instances = self.shape.instances.max(1);
-        let mut batches: Batches = vec![Vec::new(); SERVICES.len() * instances];
+        let graphs = self.shape.graphs.max(1);
+        let mut batches: Batches = vec![Vec::new(); graphs * SERVICES.len() * instances];
         let mut spans = 0;
         while spans < self.shape.spans_per_request {
             spans += self.trace(&mut batches, instances);
@@ -129,7 +134,11 @@ impl Workload {
             .enumerate()
             .filter(|(_, spans)| !spans.is_empty())
             .map(|(slot, spans)| ResourceSpans {
-                resource: Some(resource(slot / instances, slot % instances)),
+                resource: Some(resource(
+                    self.shape.graphs,
+                    slot / instances,
+                    slot % instances,
+                )),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope {
                         name: "wayfinder-middleware".into(),
@@ -154,7 +163,9 @@ impl Workload {
         let picks: Vec<usize> = (0..SERVICES.len())
             .map(|_| self.rng.random_range(0..instances))
             .collect();
-        let slot = |service: usize| service * instances + picks[service];
+        let graph = self.rng.random_range(0..self.shape.graphs.max(1));
+        let first = graph * SERVICES.len();
+        let slot = |service: usize| (first + service) * instances + picks[service];
         let mut server_span_of = [[0u8; 8]; SERVICES.len()];
         let root_id: [u8; 8] = self.rng.random();
         server_span_of[0] = root_id;
@@ -168,7 +179,7 @@ impl Workload {
             start,
             root_latency,
             false,
-            http_server_attrs("GET", "/", 200, "frontend"),
+            http_server_attrs("GET", "/", 200, &service_name(self.shape.graphs, first)),
         ));
         let mut count = 1;
         for (i, call) in CALLS.iter().enumerate() {
@@ -205,7 +216,7 @@ impl Workload {
                 continue;
             }
             let status = if fails { 500 } else { 200 };
-            let callee = SERVICES[call.callee];
+            let callee = &service_name(self.shape.graphs, first + call.callee);
             let mut client_attrs = vec![
                 kv("http.request.method", call.method),
                 kv("server.address", callee),
@@ -302,17 +313,27 @@ fn http_server_attrs(method: &str, route: &str, status: i64, host: &str) -> Vec<
     ]
 }
 
-fn resource(service: usize, instance: usize) -> Resource {
+/// The name of service `index` (counted across the copies of the graph): the plain name with
+/// one graph, `name-copy` with more.
+fn service_name(graphs: usize, index: usize) -> String {
+    let name = SERVICES[index % SERVICES.len()];
+    if graphs <= 1 {
+        name.to_owned()
+    } else {
+        format!("{name}-{}", index / SERVICES.len())
+    }
+}
+
+fn resource(graphs: usize, index: usize, instance: usize) -> Resource {
+    let service = &service_name(graphs, index);
+    let kind = index % SERVICES.len();
     Resource {
         attributes: vec![
-            kv("service.name", SERVICES[service]),
+            kv("service.name", service),
             kv("service.namespace", "shop"),
-            kv(
-                "service.instance.id",
-                &format!("{}-{instance}", SERVICES[service]),
-            ),
+            kv("service.instance.id", &format!("{service}-{instance}")),
             kv("service.version", "1.4.2"),
-            kv("host.name", &format!("node-{}", (service + instance) % 4)),
+            kv("host.name", &format!("node-{}", (kind + instance) % 4)),
             kv("deployment.environment.name", "production"),
             kv("telemetry.sdk.language", "rust"),
             kv("telemetry.sdk.name", "opentelemetry"),

@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
@@ -215,7 +216,9 @@ impl Collector {
                 config.grpc_max_message_bytes,
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                // Without TCP_NODELAY a response's last small segment waited for the client's
+                // delayed ACK: every export's p99 was 40 ms over its work.
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 receivers_stop.clone().cancelled_owned(),
             );
         let grpc = tokio::spawn(async move {
@@ -224,7 +227,11 @@ impl Collector {
             }
         });
         let http = axum::serve(
-            http_listener,
+            http_listener.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            }),
             otlp_http::router(ingest, config.http_max_body_bytes),
         )
         .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
@@ -307,7 +314,7 @@ impl Collector {
                 query_stop.clone(),
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(query_grpc_listener),
+                TcpIncoming::from(query_grpc_listener).with_nodelay(Some(true)),
                 query_stop.clone().cancelled_owned(),
             );
         let query = tokio::spawn(async move {
