@@ -374,10 +374,27 @@ mod tests {
                 instances: 2,
                 spans_per_request: 100,
                 error_one_in: 2,
+                graphs: 3,
             },
             7,
         );
         let request = workload.request();
+        for resource in &request.resource_spans {
+            let attributes = &resource.resource.as_ref().unwrap().attributes;
+            let service = attributes
+                .iter()
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+                .unwrap();
+            let any_value::Value::StringValue(service) = service else {
+                panic!("service.name is a string");
+            };
+            let copy = service.rsplit_once('-').map(|(_, copy)| copy);
+            assert!(
+                matches!(copy, Some("0" | "1" | "2")),
+                "{service}: each of the 3 copies has its own service names"
+            );
+        }
         let decoded = wayfinder_collector::decode::decode_traces(&request).unwrap();
         assert_eq!(
             decoded.rejections.total(),
