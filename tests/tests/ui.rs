@@ -93,11 +93,61 @@ async fn wait_for_script(browser: &Client, what: &str, script: &str) -> Value {
             Value::Object(_) => true,
         };
         if truthy {
+            let waited = PATIENCE.saturating_sub(deadline - tokio::time::Instant::now());
+            if waited > Duration::from_secs(5) {
+                eprintln!("{what}: took {waited:?}");
+            }
             return last;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("{what}: never happened; last answer {last}");
+}
+
+/// Waits (up to two minutes) until the weights API gives `checkout-3`, the slow one, the
+/// lowest weight of checkout's instances.
+async fn slow_instance_weighs_least(base: &str) {
+    let client = http_client();
+    let started = tokio::time::Instant::now();
+    let mut last = Value::Null;
+    while started.elapsed() < Duration::from_secs(120) {
+        if let Ok(answer) = client
+            .get(format!("{base}/api/v1/weights/checkout"))
+            .send()
+            .await
+            && let Ok(body) = answer.json::<Value>().await
+        {
+            let weights: Vec<(String, f64)> = body["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    Some((e["instance_id"].as_str()?.to_owned(), e["weight"].as_f64()?))
+                })
+                .collect();
+            let slow = weights
+                .iter()
+                .find(|(id, _)| id == "checkout-3")
+                .map(|w| w.1);
+            if weights.len() == 3
+                && let Some(slow) = slow
+                && weights
+                    .iter()
+                    .all(|(id, w)| id == "checkout-3" || *w > slow)
+            {
+                if started.elapsed() > Duration::from_secs(5) {
+                    eprintln!(
+                        "the weights API put checkout-3 lowest after {:?}",
+                        started.elapsed()
+                    );
+                }
+                return;
+            }
+            last = body;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("the weights API never put checkout-3 lowest; last answer {last}");
 }
 
 /// Clicks the element `css` finds.
@@ -340,6 +390,9 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
         }
     }
     assert!(opened, "a click on checkout's node opens its panel");
+    // How fast the weights converge is the weights engine's business (tests/balancing.rs);
+    // here the UI must show what the API says once it says it.
+    slow_instance_weighs_least(&base).await;
     let weights = wait_for_script(
         &browser,
         "checkout's three instances with weights, the slow one lowest",
