@@ -43,6 +43,8 @@ pub struct Metrics {
     registry: Registry,
     /// Collectors of other stages (topology, registry), encoded at each scrape.
     collectors: parking_lot::Mutex<Registry>,
+    /// The last exposition handed out by [`Metrics::encode_shared`], and when it was made.
+    encoded: parking_lot::Mutex<Option<(std::time::Instant, bytes::Bytes)>>,
     /// Spans accepted, per protocol.
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
@@ -84,6 +86,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let m = Self {
+            encoded: parking_lot::Mutex::new(None),
             accepted_spans: Family::default(),
             refused_spans: Family::default(),
             refused_requests: Family::default(),
@@ -188,5 +191,47 @@ impl Metrics {
         let _ = text::encode_registry(&mut out, &self.collectors.lock());
         let _ = text::encode_eof(&mut out);
         out
+    }
+
+    /// [`Metrics::encode`], or the exposition made less than `reuse` ago: scrapers in a loop
+    /// cost one encoding (which walks every series of the service graph) per period, on one
+    /// thread at a time.
+    pub fn encode_shared(&self, reuse: std::time::Duration) -> bytes::Bytes {
+        let mut encoded = self.encoded.lock();
+        if let Some((made, text)) = encoded.as_ref()
+            && made.elapsed() < reuse
+        {
+            return text.clone();
+        }
+        let text = bytes::Bytes::from(self.encode());
+        *encoded = (!reuse.is_zero()).then(|| (std::time::Instant::now(), text.clone()));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn scrapes_within_the_reuse_period_share_one_exposition() {
+        let metrics = Metrics::new();
+        let labels = ProtocolLabels { protocol: "grpc" };
+        metrics.accepted_spans.get_or_create(&labels).inc_by(1);
+        let first = metrics.encode_shared(Duration::from_secs(3600));
+        metrics.accepted_spans.get_or_create(&labels).inc_by(41);
+        let again = metrics.encode_shared(Duration::from_secs(3600));
+        assert_eq!(first, again, "the same text within the period");
+        let line = |text: &[u8]| {
+            String::from_utf8_lossy(text)
+                .lines()
+                .find(|l| l.starts_with("wayfinder_receiver_accepted_spans_total{"))
+                .map(str::to_owned)
+        };
+        assert!(line(&first).unwrap().ends_with(" 1"), "{:?}", line(&first));
+        let fresh = metrics.encode_shared(Duration::ZERO);
+        assert!(line(&fresh).unwrap().ends_with(" 42"), "{:?}", line(&fresh));
     }
 }

@@ -150,6 +150,9 @@ fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>,
     Ok(spans.into_iter().map(|(_, span)| span).collect())
 }
 
+/// How long one `/metrics` exposition is handed to later scrapes.
+const METRICS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let m = &state.metrics;
     m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
@@ -159,9 +162,11 @@ pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     m.store_rows.set(stats.rows as i64);
     m.store_bytes.set(stats.bytes as i64);
     m.store_batches.set(stats.batches as i64);
-    // Encoding walks every series (the service graph's included): off the runtime's workers.
+    // Encoding walks every series (the service graph's included): off the runtime's workers,
+    // and shared by the scrapes of the same second.
     let metrics = state.metrics.clone();
-    let text = match tokio::task::spawn_blocking(move || metrics.encode()).await {
+    let text = match tokio::task::spawn_blocking(move || metrics.encode_shared(METRICS_REUSE)).await
+    {
         Ok(text) => text,
         Err(e) => {
             return ApiError::Internal(format!("encoding the metrics failed: {e}")).into_response();

@@ -52,13 +52,14 @@ fn stats(summary: &Summary, graph: &Snapshot) -> Stats {
 }
 
 /// A snapshot of the graph over `window`, merged on a blocking thread: merging every
-/// minute's sketches of every edge is CPU work that must not hold a runtime worker.
+/// minute's sketches of every edge is CPU work that must not hold a runtime worker. Readers of
+/// the same window within a second share one ([`Topology::shared_snapshot`]).
 pub(super) async fn snapshot(
     topology: &Arc<Topology>,
     window: Duration,
-) -> Result<crate::topology::Snapshot, ApiError> {
+) -> Result<Arc<crate::topology::Snapshot>, ApiError> {
     let topology = topology.clone();
-    tokio::task::spawn_blocking(move || topology.snapshot(window))
+    tokio::task::spawn_blocking(move || topology.shared_snapshot(window))
         .await
         .map_err(|e| ApiError::Internal(format!("the topology snapshot failed: {e}")))
 }

@@ -490,3 +490,43 @@ fn windows_and_retention() {
         "minutes 0 and 2 are past the retention"
     );
 }
+
+/// Readers of one window within the reuse period share one snapshot (new spans show in the
+/// next period's); with no reuse every reader gets a new one.
+#[test]
+fn readers_share_a_snapshot_within_the_reuse_period() {
+    let clock = crate::clock::Clock::starting_at(at(0));
+    let root = || span("checkout", SpanKind::Server, 1, 1, None);
+    let window = Duration::from_secs(300);
+
+    let shared = Topology::new(TopologyConfig::default(), clock.clone())
+        .with_snapshot_reuse(Duration::from_secs(3600));
+    shared.ingest(&mut [root()]);
+    let first = shared.shared_snapshot(window);
+    shared.ingest(&mut [span("checkout", SpanKind::Server, 2, 1, None)]);
+    let second = shared.shared_snapshot(window);
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "the same snapshot, within the period"
+    );
+    assert_eq!(
+        second.edges[0].summary.requests, 1,
+        "so the second root is not in it yet"
+    );
+    let other = shared.shared_snapshot(Duration::from_secs(60));
+    assert_eq!(
+        other.edges[0].summary.requests, 2,
+        "another window is its own snapshot"
+    );
+
+    let fresh = Topology::new(TopologyConfig::default(), clock).with_snapshot_reuse(Duration::ZERO);
+    fresh.ingest(&mut [root()]);
+    let first = fresh.shared_snapshot(window);
+    fresh.ingest(&mut [span("checkout", SpanKind::Server, 2, 1, None)]);
+    let second = fresh.shared_snapshot(window);
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_eq!(
+        second.edges[0].summary.requests, 2,
+        "no reuse: the new root counts"
+    );
+}
