@@ -499,7 +499,7 @@ fn readers_share_a_snapshot_within_the_reuse_period() {
     let root = || span("checkout", SpanKind::Server, 1, 1, None);
     let window = Duration::from_secs(300);
 
-    let shared = Topology::new(TopologyConfig::default(), clock.clone())
+    let shared = Topology::new(TopologyConfig::default(), clock)
         .with_snapshot_reuse(Duration::from_secs(3600));
     shared.ingest(&mut [root()]);
     let first = shared.shared_snapshot(window);
