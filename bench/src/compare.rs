@@ -158,6 +158,7 @@ async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Resu
         instances: args.instances,
         distinct_requests: 64,
         graphs: args.graphs,
+        read_urls: Vec::new(),
         collector_pid: Some(pid),
     };
     let (collector_before, generator_before) =

@@ -50,6 +50,11 @@ pub(crate) struct LoadArgs {
     /// Copies of the call graph with their own service names: 5 distinct edges each.
     #[arg(long, default_value_t = 1)]
     pub(crate) graphs: usize,
+    /// URLs (`http://host:port/path`) that a reader fetches in a loop, one after the other on
+    /// one keep-alive connection, while the load runs (e.g. the collector's `/api/v1/topology`
+    /// and `/metrics`): to see what readers do to ingest.
+    #[arg(long = "read-url")]
+    pub(crate) read_urls: Vec<String>,
     /// The collector's process id: its resident memory is read before and after the run.
     #[arg(long)]
     pub(crate) collector_pid: Option<u32>,
@@ -120,6 +125,8 @@ pub(crate) async fn run(args: &LoadArgs, print: bool) -> anyhow::Result<LoadRepo
         Duration::from_secs_f64(1.0 / requests_per_sec)
     });
     let started = Instant::now();
+    let reader = (!args.read_urls.is_empty())
+        .then(|| tokio::spawn(read_loop(args.read_urls.clone(), deadline)));
     let mut tasks = Vec::new();
     for connection in 0..args.connections {
         let sender = Sender::connect(args.protocol, &args.endpoint).await?;
@@ -161,6 +168,10 @@ pub(crate) async fn run(args: &LoadArgs, print: bool) -> anyhow::Result<LoadRepo
         latencies.add(task.await?)?;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let reads = match reader {
+        Some(reader) => Some(reader.await??),
+        None => None,
+    };
     let spans = totals.spans_ok.load(Ordering::Relaxed);
     let report = LoadReport {
         spans,
@@ -188,6 +199,15 @@ pub(crate) async fn run(args: &LoadArgs, print: bool) -> anyhow::Result<LoadRepo
         report.p99_ms,
         latencies.max() as f64 / 1000.0
     );
+    if let Some((reads, bytes, slowest)) = reads {
+        println!(
+            "reader: {reads} reads of {} ({:.1} a second, {:.1} MB each on average, slowest {:.1} ms)",
+            args.read_urls.join(" and "),
+            reads as f64 / elapsed,
+            bytes as f64 / reads.max(1) as f64 / 1e6,
+            slowest.as_secs_f64() * 1e3
+        );
+    }
     if let (Some(pid), Some(before)) = (args.collector_pid, rss_before) {
         let after = resident_bytes(pid)?;
         println!(
@@ -312,4 +332,31 @@ pub(crate) fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS value")?
         .parse()?;
     Ok(kib * 1024)
+}
+
+/// Fetches `urls` in turn on one keep-alive HTTP/1 connection until `deadline`; returns how
+/// many reads, how many bytes, and the slowest read.
+async fn read_loop(urls: Vec<String>, deadline: Instant) -> anyhow::Result<(u64, u64, Duration)> {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let urls = urls
+        .iter()
+        .map(|url| url.parse::<http::Uri>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let (mut reads, mut bytes, mut slowest) = (0u64, 0u64, Duration::ZERO);
+    for uri in urls.iter().cycle() {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let sent = Instant::now();
+        let request = http::Request::get(uri.clone()).body(Full::new(Bytes::new()))?;
+        let answer = client.request(request).await?;
+        if !answer.status().is_success() {
+            anyhow::bail!("{uri} answered {}", answer.status());
+        }
+        bytes += answer.into_body().collect().await?.to_bytes().len() as u64;
+        slowest = slowest.max(sent.elapsed());
+        reads += 1;
+    }
+    Ok((reads, bytes, slowest))
 }

@@ -300,6 +300,7 @@ impl Collector {
             ready: ready.clone(),
             pipeline,
             stop: query_stop.clone(),
+            topology_json: crate::reuse::Reuse::new(crate::topology::SNAPSHOT_REUSE),
         });
         let query = axum::serve(
             query_listener,

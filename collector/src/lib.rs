@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod query;
 pub mod receivers;
 pub mod registry;
+pub mod reuse;
 pub mod sql;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]

@@ -37,14 +37,17 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// How long one exposition is handed to later scrapes ([`Metrics::encode_shared`]).
+pub const METRICS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Every metric of the collector, registered once.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     /// Collectors of other stages (topology, registry), encoded at each scrape.
     collectors: parking_lot::Mutex<Registry>,
-    /// The last exposition handed out by [`Metrics::encode_shared`], and when it was made.
-    encoded: parking_lot::Mutex<Option<(std::time::Instant, bytes::Bytes)>>,
+    /// The expositions handed out by [`Metrics::encode_shared`], by reuse period.
+    encoded: crate::reuse::Reuse<std::time::Duration, bytes::Bytes>,
     /// Spans accepted, per protocol.
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
@@ -86,7 +89,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let m = Self {
-            encoded: parking_lot::Mutex::new(None),
+            encoded: crate::reuse::Reuse::new(METRICS_REUSE),
             accepted_spans: Family::default(),
             refused_spans: Family::default(),
             refused_requests: Family::default(),
@@ -193,26 +196,17 @@ impl Metrics {
         out
     }
 
-    /// [`Metrics::encode`], or the exposition made less than `reuse` ago: scrapers in a loop
-    /// cost one encoding (which walks every series of the service graph) per period, on one
-    /// thread at a time.
-    pub fn encode_shared(&self, reuse: std::time::Duration) -> bytes::Bytes {
-        let mut encoded = self.encoded.lock();
-        if let Some((made, text)) = encoded.as_ref()
-            && made.elapsed() < reuse
-        {
-            return text.clone();
-        }
-        let text = bytes::Bytes::from(self.encode());
-        *encoded = (!reuse.is_zero()).then(|| (std::time::Instant::now(), text.clone()));
-        text
+    /// [`Metrics::encode`], or the exposition made less than [`METRICS_REUSE`] ago: scrapers
+    /// in a loop cost one encoding (which walks every series of the service graph) a second,
+    /// on one thread at a time.
+    pub fn encode_shared(&self) -> bytes::Bytes {
+        self.encoded
+            .get_or_make(&METRICS_REUSE, || bytes::Bytes::from(self.encode()))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
@@ -220,10 +214,10 @@ mod tests {
         let metrics = Metrics::new();
         let labels = ProtocolLabels { protocol: "grpc" };
         metrics.accepted_spans.get_or_create(&labels).inc_by(1);
-        let first = metrics.encode_shared(Duration::from_secs(3600));
+        let first = metrics.encode_shared();
         metrics.accepted_spans.get_or_create(&labels).inc_by(41);
-        let again = metrics.encode_shared(Duration::from_secs(3600));
-        assert_eq!(first, again, "the same text within the period");
+        let again = metrics.encode_shared();
+        assert_eq!(first, again, "the same text within the second");
         let line = |text: &[u8]| {
             String::from_utf8_lossy(text)
                 .lines()
@@ -231,7 +225,7 @@ mod tests {
                 .map(str::to_owned)
         };
         assert!(line(&first).unwrap().ends_with(" 1"), "{:?}", line(&first));
-        let fresh = metrics.encode_shared(Duration::ZERO);
-        assert!(line(&fresh).unwrap().ends_with(" 42"), "{:?}", line(&fresh));
+        let fresh = metrics.encode();
+        assert!(line(fresh.as_bytes()).unwrap().ends_with(" 42"), "{fresh}");
     }
 }

@@ -7,7 +7,7 @@ use wayfinder_api::ErrorBody;
 use crate::sql::QueryError;
 
 /// An error answer of the query API.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum ApiError {
     /// 400: the request is wrong.
     BadRequest(String),

@@ -150,9 +150,6 @@ fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>,
     Ok(spans.into_iter().map(|(_, span)| span).collect())
 }
 
-/// How long one `/metrics` exposition is handed to later scrapes.
-const METRICS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
-
 pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     let m = &state.metrics;
     m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
@@ -165,8 +162,7 @@ pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     // Encoding walks every series (the service graph's included): off the runtime's workers,
     // and shared by the scrapes of the same second.
     let metrics = state.metrics.clone();
-    let text = match tokio::task::spawn_blocking(move || metrics.encode_shared(METRICS_REUSE)).await
-    {
+    let text = match tokio::task::spawn_blocking(move || metrics.encode_shared()).await {
         Ok(text) => text,
         Err(e) => {
             return ApiError::Internal(format!("encoding the metrics failed: {e}")).into_response();

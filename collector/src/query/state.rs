@@ -2,9 +2,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
+use bytes::Bytes;
+
+use super::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pipeline::QueueGauge;
+use crate::reuse::Reuse;
 use crate::sql::QueryEngine;
 
 /// What the query API's handlers share.
@@ -28,4 +33,7 @@ pub struct ApiState {
     pub pipeline: Arc<crate::pipeline::PipelineHealth>,
     /// Cancelled when the query API stops: long-polls answer at once then.
     pub stop: tokio_util::sync::CancellationToken,
+    /// `GET /api/v1/topology` answers by (window, instance level, service), shared for a
+    /// second.
+    pub topology_json: Reuse<(Duration, bool, Option<String>), Result<Bytes, ApiError>>,
 }

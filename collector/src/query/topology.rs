@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
+use axum::response::{IntoResponse as _, Response};
+use bytes::Bytes;
+use http::header;
 use serde::Deserialize;
 use wayfinder_api::topology::{
     Edge, Instance, InstancesResponse, LatencyMs, Node, NodeInstance, Service, ServicesResponse,
@@ -93,11 +96,14 @@ pub(crate) struct TopologyQuery {
     service: Option<String>,
 }
 
+/// `GET /api/v1/topology`: the JSON is made on a blocking thread and handed to the readers of
+/// the same window and level within a second ([`ApiState::topology_json`]): at a thousand
+/// edges it is a megabyte, and making it costs more than the snapshot.
 pub(crate) async fn get_topology(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<TopologyQuery>,
-) -> Result<Json<TopologyResponse>, ApiError> {
-    let topology = topology(&state)?;
+) -> Result<Response, ApiError> {
+    let topology = topology(&state)?.clone();
     let window = window(query.window.as_deref(), topology.retention())?;
     let instance_level = match query.level.as_deref() {
         None | Some("service") => false,
@@ -108,7 +114,33 @@ pub(crate) async fn get_topology(
             )));
         }
     };
-    let graph = snapshot(topology, window).await?;
+    let service = query.service;
+    let made = tokio::task::spawn_blocking(move || {
+        state
+            .topology_json
+            .get_or_make(&(window, instance_level, service.clone()), || {
+                let graph = topology.shared_snapshot(window);
+                let response =
+                    topology_response(&state, &graph, window, instance_level, service.as_deref())?;
+                serde_json::to_vec(&response)
+                    .map(Bytes::from)
+                    .map_err(|e| ApiError::Internal(e.to_string()))
+            })
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the topology answer failed: {e}")))?;
+    let body = made?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// The topology answer from a snapshot, with status and addresses from the registry.
+fn topology_response(
+    state: &ApiState,
+    graph: &Snapshot,
+    window: Duration,
+    instance_level: bool,
+    service: Option<&str>,
+) -> Result<TopologyResponse, ApiError> {
     // Status and address from the registry (an address a heartbeat gave beats one learned from
     // spans).
     let registered: BTreeMap<(String, String), (InstanceStatus, Option<String>)> = state
@@ -225,7 +257,7 @@ pub(crate) async fn get_topology(
         }
     }
 
-    if let Some(service) = &query.service {
+    if let Some(service) = service {
         let known = nodes.values().any(|n| &n.id == service);
         if !known {
             return Err(ApiError::NotFound(format!(
@@ -239,13 +271,13 @@ pub(crate) async fn get_topology(
         let keep: BTreeSet<String> = edges
             .iter()
             .flat_map(|e| [e.source.clone(), e.target.clone()])
-            .chain([service.clone()])
+            .chain([service.to_owned()])
             .collect();
-        nodes.retain(|_, n| keep.contains(&n.id) || n.service.as_deref() == Some(service.as_str()));
+        nodes.retain(|_, n| keep.contains(&n.id) || n.service.as_deref() == Some(service));
     }
     edges.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
 
-    Ok(Json(TopologyResponse {
+    Ok(TopologyResponse {
         window_seconds: window.as_secs(),
         generated_at: rfc3339(graph.generated_at),
         level: if instance_level {
@@ -256,7 +288,7 @@ pub(crate) async fn get_topology(
         .into(),
         nodes: nodes.into_values().collect(),
         edges,
-    }))
+    })
 }
 
 /// The query of `GET /api/v1/services`.

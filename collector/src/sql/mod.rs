@@ -37,7 +37,7 @@ pub struct QueryLimits {
 }
 
 /// Why a query gave no answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueryError {
     /// The SQL does not parse or plan (syntax, unknown column or function, more than one

@@ -33,7 +33,7 @@ mod snapshot;
 pub mod stats;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -46,6 +46,7 @@ pub use snapshot::{EdgeSnapshot, InstanceEdgeSnapshot, InstanceSnapshot, NodeSna
 
 use crate::clock::Clock;
 use crate::decode::SpanFacts;
+use crate::reuse::Reuse;
 
 /// How long a snapshot handed to readers is handed to the next ones of the same window.
 pub const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
@@ -57,9 +58,8 @@ pub const SNAPSHOT_REUSE: Duration = Duration::from_secs(1);
 pub struct Topology {
     builder: Mutex<TopologyBuilder>,
     clock: Clock,
-    /// The snapshots readers were given lately: (window, when made, snapshot).
-    shared: Mutex<Vec<(Duration, Instant, Arc<Snapshot>)>>,
-    reuse: Duration,
+    /// The snapshots readers were given lately, by window.
+    shared: Reuse<Duration, Arc<Snapshot>>,
 }
 
 impl Topology {
@@ -68,15 +68,14 @@ impl Topology {
         Self {
             builder: Mutex::new(TopologyBuilder::new(config)),
             clock,
-            shared: Mutex::new(Vec::new()),
-            reuse: SNAPSHOT_REUSE,
+            shared: Reuse::new(SNAPSHOT_REUSE),
         }
     }
 
     /// Hands [`Topology::shared_snapshot`]'s snapshots out again for `reuse` (default
     /// [`SNAPSHOT_REUSE`]; zero makes a new one for every reader).
     pub fn with_snapshot_reuse(mut self, reuse: Duration) -> Self {
-        self.reuse = reuse;
+        self.shared = Reuse::new(reuse);
         self
     }
 
@@ -85,20 +84,8 @@ impl Topology {
     /// snapshot at a time and the others wait for it, so that readers in a loop cost ingest at
     /// most one merge per window per period, on one thread.
     pub fn shared_snapshot(&self, window: Duration) -> Arc<Snapshot> {
-        let mut shared = self.shared.lock();
-        let reuse = self.reuse;
-        if let Some((_, _, snapshot)) = shared
-            .iter()
-            .find(|(w, made, _)| *w == window && made.elapsed() < reuse)
-        {
-            return snapshot.clone();
-        }
-        let snapshot = Arc::new(self.snapshot(window));
-        shared.retain(|(w, made, _)| *w != window && made.elapsed() < reuse);
-        if !reuse.is_zero() {
-            shared.push((window, Instant::now(), snapshot.clone()));
-        }
-        snapshot
+        self.shared
+            .get_or_make(&window, || Arc::new(self.snapshot(window)))
     }
 
     /// Takes in the facts of a batch of spans that arrived now (it may take parts of them).
