@@ -166,7 +166,7 @@ fn topology_response(
                         .and_then(|(_, address)| address.clone())
                         .or_else(|| i.address.clone()),
                     status: registry.map(|(status, _)| status.as_str().to_owned()),
-                    stats: stats(&i.served, &graph),
+                    stats: stats(&i.served, graph),
                 }
             })
             .collect();
@@ -177,7 +177,7 @@ fn topology_response(
                 kind: node.key.kind.as_str().to_owned(),
                 service: None,
                 instances,
-                stats: stats(&node.served, &graph),
+                stats: stats(&node.served, graph),
             },
         );
     }
@@ -213,7 +213,7 @@ fn topology_response(
             requests: edge.summary.requests,
             errors: edge.summary.errors,
             rate_per_sec: graph.rate(edge.summary.requests),
-            latency_ms: stats(&edge.summary, &graph).latency_ms,
+            latency_ms: stats(&edge.summary, graph).latency_ms,
         });
     }
     if instance_level {
@@ -243,7 +243,7 @@ fn topology_response(
                     kind: "instance".into(),
                     service: Some(edge.key.server.to_string()),
                     instances: Vec::new(),
-                    stats: stats(&Summary::default(), &graph),
+                    stats: stats(&Summary::default(), graph),
                 });
             edges.push(Edge {
                 source: edge.key.client.name.to_string(),
@@ -252,13 +252,13 @@ fn topology_response(
                 requests: edge.summary.requests,
                 errors: edge.summary.errors,
                 rate_per_sec: graph.rate(edge.summary.requests),
-                latency_ms: stats(&edge.summary, &graph).latency_ms,
+                latency_ms: stats(&edge.summary, graph).latency_ms,
             });
         }
     }
 
     if let Some(service) = service {
-        let known = nodes.values().any(|n| &n.id == service);
+        let known = nodes.values().any(|n| n.id == service);
         if !known {
             return Err(ApiError::NotFound(format!(
                 "no node named {service} in the last {}",
