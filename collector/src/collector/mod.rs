@@ -1,38 +1,35 @@
 //! Wiring: binds the listeners and starts the stages; stops them in order.
+//!
+//! The data flows: the OTLP receivers ([`serve::otlp_grpc`], [`serve::otlp_http`]) decode
+//! requests into the ingest queue; the pipeline's stages take each batch from it (the store
+//! beside the chain registry → weights → topology, `pipeline/stages.rs`); the upkeep runs every
+//! second (retention and compaction, expiry of edge halves and instances) and the weights every
+//! update period; the query API ([`serve::query`]) reads the store, the topology, the registry
+//! and the weights.
+
+mod serve;
+mod stage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
+use self::stage::Stage;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::pipeline::{IngestQueue, PipelineMetrics};
 use crate::query::ApiState;
-use crate::receivers::grpc::{LogsService, TraceService};
-use crate::receivers::{Ingest, http as otlp_http};
+use crate::receivers::Ingest;
 use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::sql::{QueryEngine, QueryLimits};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
-
-/// The OTLP/gRPC receiver's HTTP/2 window per stream: a typical export (a few hundred KB)
-/// arrives without waiting for the client to be told it may send more.
-const OTLP_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-
-/// The OTLP/gRPC receiver's HTTP/2 window per connection.
-const OTLP_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-
-/// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
-const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
 
 /// Starts collectors.
 #[derive(Debug)]
@@ -82,14 +79,14 @@ pub struct RunningCollector {
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    weights: Arc<WeightsEngine>,
     receivers_stop: CancellationToken,
     query_stop: CancellationToken,
-    receivers: Vec<JoinHandle<()>>,
-    dispatcher: JoinHandle<()>,
-    query: JoinHandle<()>,
-    maintenance: JoinHandle<()>,
-    weights_task: JoinHandle<()>,
-    weights: Arc<WeightsEngine>,
+    /// In the order they stop: the receivers, the pipeline, the query API, the periodic work.
+    receivers: Vec<Stage>,
+    pipeline: Stage,
+    query: Stage,
+    periodic: Vec<Stage>,
 }
 
 async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -201,94 +198,50 @@ impl Collector {
         let receivers_stop = CancellationToken::new();
         let query_stop = CancellationToken::new();
 
-        let grpc = tonic::transport::Server::builder()
-            // HTTP/2's default 64 KiB windows make a 200 KB export wait for several
-            // WINDOW_UPDATE round trips: with one request in flight per connection, ingest
-            // was latency-bound with a core idle.
-            .initial_stream_window_size(Some(OTLP_STREAM_WINDOW))
-            .initial_connection_window_size(Some(OTLP_CONNECTION_WINDOW))
-            .add_service(TraceService::new(
+        // Receivers → ingest queue → the pipeline's stages.
+        let receivers = vec![
+            serve::otlp_grpc(
+                grpc_listener,
                 ingest.clone(),
                 config.grpc_max_message_bytes,
-            ))
-            .add_service(LogsService::new(
-                ingest.clone(),
-                config.grpc_max_message_bytes,
-            ))
-            .serve_with_incoming_shutdown(
-                // Without TCP_NODELAY a response's last small segment waited for the client's
-                // delayed ACK: every export's p99 was 40 ms over its work.
-                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-                receivers_stop.clone().cancelled_owned(),
-            );
-        let grpc = tokio::spawn(async move {
-            if let Err(error) = grpc.await {
-                tracing::error!(%error, "the OTLP/gRPC receiver stopped");
+                receivers_stop.clone(),
+            ),
+            serve::otlp_http(
+                http_listener,
+                ingest,
+                config.http_max_body_bytes,
+                receivers_stop.clone(),
+            ),
+        ];
+        let pipeline_stage = Stage::spawn("pipeline", dispatcher.run(store.clone()));
+
+        // Periodic work.
+        let upkeep = {
+            let (store, topology, registry) = (store.clone(), topology.clone(), registry.clone());
+            move || {
+                registry.tick();
+                if let Some(topology) = &topology {
+                    topology.tick();
+                }
+                store.maintain(SystemTime::now());
             }
-        });
-        let http = axum::serve(
-            http_listener.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            }),
-            otlp_http::router(ingest, config.http_max_body_bytes),
-        )
-        .with_graceful_shutdown(receivers_stop.clone().cancelled_owned());
-        let http = tokio::spawn(async move {
-            if let Err(error) = http.await {
-                tracing::error!(%error, "the OTLP/HTTP receiver stopped");
-            }
-        });
-
-        let dispatcher = tokio::spawn(dispatcher.run(store.clone()));
-        let maintenance = {
-            let store = store.clone();
-            let topology = topology.clone();
-            let registry = registry.clone();
-            let stop = query_stop.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(MAINTENANCE_PERIOD);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            registry.tick();
-                            if let Some(topology) = &topology {
-                                topology.tick();
-                            }
-                            let store = store.clone();
-                            // Compaction is CPU work: keep it off the async threads.
-                            let _ = tokio::task::spawn_blocking(move || store.maintain(SystemTime::now())).await;
-                        }
-                        () = stop.cancelled() => break,
-                    }
-                }
-            })
         };
-
-        let weights_task = {
-            let weights = weights.clone();
-            let registry = registry.clone();
-            let stop = query_stop.clone();
-            let period = config.weight_update_period.max(Duration::from_millis(1));
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = tick.tick() => {
-                            let weights = weights.clone();
-                            let instances = registry.instances(None);
-                            // One computation for every watcher; CPU work, off the async threads.
-                            let _ = tokio::task::spawn_blocking(move || weights.update(&instances)).await;
-                        }
-                        () = stop.cancelled() => break,
-                    }
-                }
-            })
+        let update_weights = {
+            let (weights, registry) = (weights.clone(), registry.clone());
+            // One computation for every watcher.
+            move || weights.update(&registry.instances(None))
         };
+        let periodic = vec![
+            Stage::every("upkeep", MAINTENANCE_PERIOD, query_stop.clone(), upkeep),
+            Stage::every(
+                "weights",
+                config.weight_update_period,
+                query_stop.clone(),
+                update_weights,
+            ),
+        ];
 
+        // The query API.
         let ready = Arc::new(AtomicBool::new(true));
         let state = Arc::new(ApiState {
             engine,
@@ -302,31 +255,13 @@ impl Collector {
             stop: query_stop.clone(),
             topology_json: crate::reuse::Reuse::new(crate::topology::SNAPSHOT_REUSE),
         });
-        let query = axum::serve(
+        let query = serve::query(
             query_listener,
-            crate::query::router(state).merge(crate::ui::router()),
-        )
-        .with_graceful_shutdown(query_stop.clone().cancelled_owned());
-        let query_grpc = tonic::transport::Server::builder()
-            // Watchers hold a stream each: let many share one connection.
-            .max_concurrent_streams(Some(QUERY_GRPC_MAX_STREAMS))
-            .add_service(crate::query::grpc::weights_server(
-                weights.clone(),
-                query_stop.clone(),
-            ))
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(query_grpc_listener).with_nodelay(Some(true)),
-                query_stop.clone().cancelled_owned(),
-            );
-        let query = tokio::spawn(async move {
-            let (http, grpc) = tokio::join!(query, query_grpc);
-            if let Err(error) = http {
-                tracing::error!(%error, "the query API stopped");
-            }
-            if let Err(error) = grpc {
-                tracing::error!(%error, "the query gRPC API stopped");
-            }
-        });
+            query_grpc_listener,
+            state,
+            weights.clone(),
+            query_stop.clone(),
+        );
 
         tracing::info!(otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, query_http = %addrs.query_http, query_grpc = %addrs.query_grpc, "collector started");
         Ok(RunningCollector {
@@ -336,14 +271,13 @@ impl Collector {
             registry,
             metrics,
             ready,
+            weights,
             receivers_stop,
             query_stop,
-            receivers: vec![grpc, http],
-            dispatcher,
+            receivers,
+            pipeline: pipeline_stage,
             query,
-            maintenance,
-            weights_task,
-            weights,
+            periodic,
         })
     }
 }
@@ -385,13 +319,15 @@ impl RunningCollector {
         self.ready.store(false, Ordering::Release);
         self.receivers_stop.cancel();
         for receiver in self.receivers {
-            let _ = receiver.await;
+            receiver.join().await;
         }
-        let _ = self.dispatcher.await;
+        // Only the receivers held the queue: the pipeline drains it, then ends.
+        self.pipeline.join().await;
         self.query_stop.cancel();
-        let _ = self.query.await;
-        let _ = self.maintenance.await;
-        let _ = self.weights_task.await;
+        self.query.join().await;
+        for stage in self.periodic {
+            stage.join().await;
+        }
         tracing::info!("collector stopped");
     }
 }
