@@ -3,7 +3,7 @@
 //! Decoding happens once, in the receiver that got the request; the queue, the store and the
 //! query layer only ever see Arrow.
 
-mod builders;
+pub(crate) mod builders;
 pub mod facts;
 pub mod health;
 pub mod otlp;

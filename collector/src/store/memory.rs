@@ -178,7 +178,9 @@ impl MemoryStore {
             }
             return;
         }
-        let merged = match concat_batches(&stored_schema(), &job.batches) {
+        let merged = match concat_batches(&stored_schema(), &job.batches)
+            .and_then(|merged| super::dedupe::dedupe(&merged))
+        {
             Ok(merged) => merged,
             Err(error) => {
                 tracing::warn!(%error, "could not compact a store segment; keeping its batches as they are");

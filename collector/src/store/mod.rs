@@ -2,6 +2,7 @@
 //! that persistence (a write-ahead log and Parquet files) can be added without touching the
 //! receivers or the query layer.
 
+mod dedupe;
 mod memory;
 pub mod view;
 
