@@ -27,7 +27,6 @@
 
 pub mod clock;
 pub mod config;
-pub mod decode;
 pub mod metrics;
 pub mod pipeline;
 pub mod query;
@@ -46,3 +45,6 @@ mod collector;
 
 pub use collector::{BoundAddrs, Collector, RunningCollector, StartError};
 pub use config::Config;
+/// The decoders, a crate of their own (`wayfinder-decode`) so that fuzzing them does not build
+/// DataFusion.
+pub use wayfinder_decode as decode;

@@ -13,14 +13,13 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes};
 use futures::future::{BoxFuture, Ready, ready};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, IngestError, Protocol};
+use super::{Ingest, IngestError, Protocol, TraceRequest};
 
 /// How long a refused client is asked to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -215,13 +214,14 @@ fn export_traces(ingest: &Ingest, body: Bytes) -> Result<Bytes, Status> {
     ingest
         .check_room(Protocol::Grpc, body.len())
         .map_err(into_status)?;
-    let request = ExportTraceServiceRequest::decode(body).map_err(|e| {
-        ingest.refuse_request(Protocol::Grpc, "malformed");
-        Status::invalid_argument(format!("cannot decode ExportTraceServiceRequest: {e}"))
-    })?;
     let response = ingest
-        .export_traces(Protocol::Grpc, &request)
-        .map_err(into_status)?;
+        .export_traces(Protocol::Grpc, TraceRequest::Protobuf(&body))
+        .map_err(|e| {
+            if matches!(e, IngestError::Malformed(_)) {
+                ingest.refuse_request(Protocol::Grpc, "malformed");
+            }
+            into_status(e)
+        })?;
     Ok(response.encode_to_vec().into())
 }
 
@@ -233,6 +233,7 @@ pub fn into_status(error: IngestError) -> Status {
             error.to_string(),
             ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
         ),
+        IngestError::Malformed(message) => Status::invalid_argument(message),
         IngestError::Internal(_) => Status::internal(error.to_string()),
     }
 }

@@ -23,7 +23,7 @@ use prost::Message;
 use serde::Serialize;
 
 use super::grpc::RETRY_AFTER;
-use super::{Ingest, IngestError, Protocol};
+use super::{Ingest, IngestError, Protocol, TraceRequest};
 
 /// The router of the OTLP/HTTP port.
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
@@ -128,6 +128,11 @@ impl From<IngestError> for Refused {
                 tonic::Code::Unavailable,
                 "shutting_down",
             ),
+            IngestError::Malformed(_) => (
+                StatusCode::BAD_REQUEST,
+                tonic::Code::InvalidArgument,
+                "malformed",
+            ),
             IngestError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 tonic::Code::Internal,
@@ -175,9 +180,16 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
         let bytes = body.len();
         // Decoding is CPU work: large requests leave the runtime's workers.
         let decoded = state.ingest.pool().run(bytes, move || {
-            let request: ExportTraceServiceRequest =
-                decode(format, &body, "ExportTraceServiceRequest")?;
-            Ok::<_, Refused>(ingest.export_traces(protocol, &request)?)
+            let response = match format {
+                // Protobuf goes straight into Arrow; JSON through prost's messages.
+                Format::Protobuf => ingest.export_traces(protocol, TraceRequest::Protobuf(&body)),
+                Format::Json => {
+                    let request: ExportTraceServiceRequest =
+                        decode(format, &body, "ExportTraceServiceRequest")?;
+                    ingest.export_traces(protocol, TraceRequest::Message(&request))
+                }
+            };
+            Ok::<_, Refused>(response?)
         });
         decoded.await.map_err(|e| {
             state.ingest.refuse_request(protocol, "internal");

@@ -16,7 +16,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use wayfinder_api::health::{HealthAck, HealthReport};
 
 use crate::decode::health::{decode_health_logs, validate};
-use crate::decode::{decode_spans_only, decode_traces};
+use crate::decode::{
+    DecodeError, decode_spans_only, decode_spans_only_wire, decode_traces, decode_traces_wire,
+};
 use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
 use crate::pipeline::{IngestQueue, Refusal};
 use crate::registry::{BeatOutcome, Registry};
@@ -53,9 +55,22 @@ pub enum IngestError {
     /// The collector is shutting down: retry against another one, or later.
     #[error("the collector is shutting down; retry later")]
     ShuttingDown,
+    /// The request is not valid OTLP (the receiver counts it as `malformed`).
+    #[error("{0}")]
+    Malformed(String),
     /// The request could not be turned into Arrow (a bug, not bad input).
     #[error("internal error while storing spans: {0}")]
     Internal(String),
+}
+
+/// A trace request as a receiver holds it.
+#[derive(Debug, Clone, Copy)]
+pub enum TraceRequest<'a> {
+    /// The protobuf bytes of an `ExportTraceServiceRequest` (OTLP/gRPC, OTLP/HTTP protobuf):
+    /// decoded straight into Arrow, borrowing from the bytes.
+    Protobuf(&'a [u8]),
+    /// A decoded message (OTLP/JSON).
+    Message(&'a ExportTraceServiceRequest),
 }
 
 /// The shared entry point of the receivers.
@@ -133,20 +148,28 @@ impl Ingest {
     pub fn export_traces(
         &self,
         protocol: Protocol,
-        request: &ExportTraceServiceRequest,
+        request: TraceRequest<'_>,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
         let labels = |reason| RefusalLabels {
             protocol: protocol.label(),
             reason,
         };
-        let decoded = if self.with_facts {
-            decode_traces(request)
-        } else {
-            decode_spans_only(request)
+        let decoded = match (request, self.with_facts) {
+            (TraceRequest::Protobuf(bytes), true) => decode_traces_wire(bytes),
+            (TraceRequest::Protobuf(bytes), false) => decode_spans_only_wire(bytes),
+            (TraceRequest::Message(message), true) => {
+                decode_traces(message).map_err(DecodeError::from)
+            }
+            (TraceRequest::Message(message), false) => {
+                decode_spans_only(message).map_err(DecodeError::from)
+            }
         };
-        let decoded = decoded.map_err(|e| {
-            self.refuse_request(protocol, "internal");
-            IngestError::Internal(e.to_string())
+        let decoded = decoded.map_err(|e| match e {
+            DecodeError::Malformed(_) => IngestError::Malformed(e.to_string()),
+            DecodeError::Arrow(_) => {
+                self.refuse_request(protocol, "internal");
+                IngestError::Internal(e.to_string())
+            }
         })?;
         let accepted = decoded.accepted();
         if let Some(batch) = decoded.batch

@@ -4,19 +4,19 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    ArrayRef, DictionaryArray, Int32Array, MapArray, StringBuilder, StructArray,
-};
-use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
-use datafusion::arrow::datatypes::{DataType, Int32Type};
-use datafusion::arrow::error::ArrowError;
+use arrow_array::builder::StringBuilder;
+use arrow_array::types::Int32Type;
+use arrow_array::{ArrayRef, DictionaryArray, Int32Array, MapArray, StructArray};
+use arrow_buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_schema::ArrowError;
+use arrow_schema::DataType;
 use hashbrown::HashMap;
 
 use super::schema;
 
 /// A `Dictionary(Int32, Utf8)` column under construction.
 #[derive(Debug, Default)]
-pub(crate) struct DictBuilder {
+pub struct DictBuilder {
     index: HashMap<Box<str>, i32>,
     values: StringBuilder,
     keys: Vec<i32>,
@@ -25,7 +25,8 @@ pub(crate) struct DictBuilder {
 }
 
 impl DictBuilder {
-    pub(crate) fn with_capacity(rows: usize) -> Self {
+    /// A builder with room for `rows` keys.
+    pub fn with_capacity(rows: usize) -> Self {
         Self {
             keys: Vec::with_capacity(rows),
             valid: Vec::with_capacity(rows),
@@ -34,7 +35,7 @@ impl DictBuilder {
     }
 
     /// The key of `value`, adding it to the dictionary if it is new.
-    pub(crate) fn intern(&mut self, value: &str) -> i32 {
+    pub fn intern(&mut self, value: &str) -> i32 {
         if let Some(&key) = self.index.get(value) {
             return key;
         }
@@ -45,31 +46,35 @@ impl DictBuilder {
         key
     }
 
-    pub(crate) fn push(&mut self, value: &str) {
+    /// Appends `value`.
+    pub fn push(&mut self, value: &str) {
         let key = self.intern(value);
         self.push_key(key);
     }
 
-    pub(crate) fn push_key(&mut self, key: i32) {
+    /// Appends the value that [`DictBuilder::intern`] gave `key` for.
+    pub fn push_key(&mut self, key: i32) {
         self.keys.push(key);
         self.valid.push(true);
     }
 
     /// Appends `value`, or null when it is `None` or empty.
-    pub(crate) fn push_non_empty(&mut self, value: Option<&str>) {
+    pub fn push_non_empty(&mut self, value: Option<&str>) {
         match value {
             Some(v) if !v.is_empty() => self.push(v),
             _ => self.push_null(),
         }
     }
 
-    pub(crate) fn push_null(&mut self) {
+    /// Appends a null.
+    pub fn push_null(&mut self) {
         self.keys.push(0);
         self.valid.push(false);
         self.has_nulls = true;
     }
 
-    pub(crate) fn finish(mut self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
+    /// The column.
+    pub fn finish(mut self) -> Result<DictionaryArray<Int32Type>, ArrowError> {
         let nulls = self
             .has_nulls
             .then(|| NullBuffer::from(std::mem::take(&mut self.valid)));
@@ -77,7 +82,7 @@ impl DictBuilder {
         let values: ArrayRef = Arc::new(self.values.finish());
         if values.is_empty() {
             // Every key is null: point them at a one-value dictionary so that keys stay in range.
-            let values: ArrayRef = Arc::new(datafusion::arrow::array::StringArray::from(vec![""]));
+            let values: ArrayRef = Arc::new(arrow_array::StringArray::from(vec![""]));
             return DictionaryArray::try_new(keys, values);
         }
         DictionaryArray::try_new(keys, values)
@@ -86,14 +91,15 @@ impl DictBuilder {
 
 /// An attribute map column (`Map(Dictionary key, Dictionary value)`) under construction.
 #[derive(Debug)]
-pub(crate) struct MapBuilder {
+pub struct MapBuilder {
     keys: DictBuilder,
     values: DictBuilder,
     offsets: Vec<i32>,
 }
 
 impl MapBuilder {
-    pub(crate) fn with_capacity(rows: usize, entries: usize) -> Self {
+    /// A builder with room for `rows` maps of `entries` entries in all.
+    pub fn with_capacity(rows: usize, entries: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
         Self {
@@ -104,12 +110,12 @@ impl MapBuilder {
     }
 
     /// Interns one entry and gives its keys, for entries repeated in many rows.
-    pub(crate) fn intern(&mut self, key: &str, value: Option<&str>) -> (i32, Option<i32>) {
+    pub fn intern(&mut self, key: &str, value: Option<&str>) -> (i32, Option<i32>) {
         (self.keys.intern(key), value.map(|v| self.values.intern(v)))
     }
 
     /// Appends one entry to the current row.
-    pub(crate) fn push_entry(&mut self, key: &str, value: Option<&str>) {
+    pub fn push_entry(&mut self, key: &str, value: Option<&str>) {
         self.keys.push(key);
         match value {
             Some(v) => self.values.push(v),
@@ -118,7 +124,7 @@ impl MapBuilder {
     }
 
     /// Appends interned entries to the current row.
-    pub(crate) fn push_interned(&mut self, entries: &[(i32, Option<i32>)]) {
+    pub fn push_interned(&mut self, entries: &[(i32, Option<i32>)]) {
         for &(key, value) in entries {
             self.keys.push_key(key);
             match value {
@@ -129,12 +135,13 @@ impl MapBuilder {
     }
 
     /// Ends the current row.
-    pub(crate) fn end_row(&mut self) {
+    pub fn end_row(&mut self) {
         let len = i32::try_from(self.keys.keys.len()).unwrap_or(i32::MAX);
         self.offsets.push(len);
     }
 
-    pub(crate) fn finish(self) -> Result<MapArray, ArrowError> {
+    /// The column.
+    pub fn finish(self) -> Result<MapArray, ArrowError> {
         let entries_field = schema::attribute_entries();
         let DataType::Struct(fields) = entries_field.data_type() else {
             return Err(ArrowError::SchemaError(
@@ -156,20 +163,23 @@ impl MapBuilder {
 
 /// Offsets of a list column under construction.
 #[derive(Debug)]
-pub(crate) struct ListOffsets(Vec<i32>);
+pub struct ListOffsets(Vec<i32>);
 
 impl ListOffsets {
-    pub(crate) fn with_capacity(rows: usize) -> Self {
+    /// Offsets with room for `rows` lists.
+    pub fn with_capacity(rows: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
         Self(offsets)
     }
 
-    pub(crate) fn end_row(&mut self, items_so_far: usize) {
+    /// Ends a list whose last item is the `items_so_far`th.
+    pub fn end_row(&mut self, items_so_far: usize) {
         self.0.push(i32::try_from(items_so_far).unwrap_or(i32::MAX));
     }
 
-    pub(crate) fn finish(self) -> OffsetBuffer<i32> {
+    /// The offsets.
+    pub fn finish(self) -> OffsetBuffer<i32> {
         OffsetBuffer::new(ScalarBuffer::from(self.0))
     }
 }
@@ -177,7 +187,7 @@ impl ListOffsets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datafusion::arrow::array::{Array, ArrayAccessor};
+    use arrow_array::{Array, ArrayAccessor};
 
     #[test]
     fn dictionary_interns_and_keeps_nulls() {
@@ -189,9 +199,7 @@ mod tests {
         let dict = b.finish().unwrap();
         assert_eq!(dict.values().len(), 2, "two distinct values");
         assert!(dict.is_null(1), "empty string is stored as null");
-        let typed = dict
-            .downcast_dict::<datafusion::arrow::array::StringArray>()
-            .unwrap();
+        let typed = dict.downcast_dict::<arrow_array::StringArray>().unwrap();
         assert_eq!(typed.value(0), "a");
         assert_eq!(typed.value(3), "a");
         assert_eq!(typed.value(2), "b");

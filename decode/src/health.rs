@@ -116,7 +116,7 @@ impl DecodedHealth {
 ///         ..Default::default()
 ///     }],
 /// };
-/// let decoded = wayfinder_collector::decode::health::decode_health_logs(&request);
+/// let decoded = wayfinder_decode::health::decode_health_logs(&request);
 /// assert_eq!(decoded.rejected, 1, "no service.name, no instance id, no status");
 /// ```
 pub fn decode_health_logs(request: &ExportLogsServiceRequest) -> DecodedHealth {
@@ -268,7 +268,7 @@ fn from_record(resource: &[KeyValue], record: &LogRecord) -> Result<HealthEvent,
 ///
 /// ```
 /// use wayfinder_api::health::HealthReport;
-/// use wayfinder_collector::decode::health::validate;
+/// use wayfinder_decode::health::validate;
 ///
 /// let report = HealthReport {
 ///     service: "cart".into(),

@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use crate::view::{Attr, SpanView, ValueRef};
 
 /// A trace id and a span id: what a span is known by, and what its children and links point at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -116,7 +115,7 @@ fn authority_span(url: &str) -> Option<&str> {
 }
 
 /// What the topology builder and the registry know of one accepted span.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SpanFacts {
     /// Its trace and span id.
     pub id: SpanRef,
@@ -147,12 +146,12 @@ const IS_REMOTE: u32 = 0x200;
 impl SpanFacts {
     /// The facts of a span that passed validation (ids of the right length).
     pub(crate) fn of(
-        span: &Span,
+        span: &SpanView<'_>,
         duration_ns: u64,
         service: &Arc<str>,
         instance: Option<&Arc<str>>,
     ) -> Self {
-        let parent_span_id = <[u8; 8]>::try_from(span.parent_span_id.as_slice())
+        let parent_span_id = <[u8; 8]>::try_from(span.parent_span_id)
             .ok()
             .filter(|p| p.iter().any(|&b| b != 0));
         let links = span
@@ -160,22 +159,22 @@ impl SpanFacts {
             .iter()
             .filter_map(|link| {
                 Some(SpanRef {
-                    trace_id: link.trace_id.as_slice().try_into().ok()?,
-                    span_id: link.span_id.as_slice().try_into().ok()?,
+                    trace_id: link.trace_id.try_into().ok()?,
+                    span_id: link.span_id.try_into().ok()?,
                 })
             })
             .collect();
         let kind = SpanKind::from_otlp(span.kind);
         Self {
             id: SpanRef {
-                trace_id: span.trace_id.as_slice().try_into().unwrap_or_default(),
-                span_id: span.span_id.as_slice().try_into().unwrap_or_default(),
+                trace_id: span.trace_id.try_into().unwrap_or_default(),
+                span_id: span.span_id.try_into().unwrap_or_default(),
             },
             parent_span_id,
             parent_is_remote: (span.flags & HAS_IS_REMOTE != 0)
                 .then_some(span.flags & IS_REMOTE != 0),
             kind,
-            error: span.status.as_ref().is_some_and(|s| s.code == 2),
+            error: span.status_code == 2,
             duration_ns,
             service: service.clone(),
             instance: instance.cloned(),
@@ -197,19 +196,19 @@ fn slot(peer: &mut Option<Box<PeerAttributes>>) -> &mut PeerAttributes {
 }
 
 /// The peer attributes of a span; `None` when it has none of them (most in-process spans).
-fn peer_attributes(attrs: &[KeyValue]) -> Option<Box<PeerAttributes>> {
+fn peer_attributes(attrs: &[Attr<'_>]) -> Option<Box<PeerAttributes>> {
     let mut peer: Option<Box<PeerAttributes>> = None;
     for kv in attrs {
-        let Some(value) = kv.value.as_ref().and_then(|v| v.value.as_ref()) else {
+        let Some(value) = kv.value.as_ref() else {
             continue;
         };
         let text = || match value {
-            Value::StringValue(s) if !s.is_empty() => {
+            ValueRef::Str(s) if !s.is_empty() => {
                 Some(super::truncated(s, MAX_PEER_TEXT).to_owned())
             }
             _ => None,
         };
-        match kv.key.as_str() {
+        match kv.key {
             "db.system.name" => slot(&mut peer).db_system = text(),
             "db.system" => {
                 let p = slot(&mut peer);
@@ -233,8 +232,8 @@ fn peer_attributes(attrs: &[KeyValue]) -> Option<Box<PeerAttributes>> {
             }
             "server.port" | "net.peer.port" => {
                 let port = match value {
-                    Value::IntValue(i) => u16::try_from(*i).ok(),
-                    Value::StringValue(s) => s.parse().ok(),
+                    ValueRef::Int(i) => u16::try_from(*i).ok(),
+                    ValueRef::Str(s) => s.parse().ok(),
                     _ => None,
                 };
                 let p = slot(&mut peer);

@@ -13,7 +13,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 /// The type of the dictionary-encoded string columns.
 pub fn dict_utf8() -> DataType {
@@ -108,7 +108,7 @@ pub mod col {
 /// The schema of the `spans` table.
 ///
 /// ```
-/// let schema = wayfinder_collector::decode::schema::span_schema();
+/// let schema = wayfinder_decode::schema::span_schema();
 /// assert_eq!(schema.field(0).name(), "trace_id");
 /// assert!(schema.field_with_name("attributes").is_ok());
 /// ```
@@ -202,8 +202,8 @@ pub mod stored {
 /// How the store keeps spans (see the module documentation); [`stored`] names its columns.
 ///
 /// ```
-/// use datafusion::arrow::datatypes::DataType;
-/// let schema = wayfinder_collector::decode::schema::stored_schema();
+/// use arrow_schema::DataType;
+/// let schema = wayfinder_decode::schema::stored_schema();
 /// assert_eq!(schema.field(0).data_type(), &DataType::FixedSizeBinary(16));
 /// ```
 pub fn stored_schema() -> SchemaRef {

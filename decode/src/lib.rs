@@ -1,22 +1,36 @@
-//! Turns OTLP requests into the one decoded form every consumer reads: a [`SpanBatch`].
+//! Turns OTLP requests into the one decoded form every consumer reads: a [`SpanBatch`] (Arrow)
+//! and the [`SpanFacts`] the topology needs, and OTLP logs into health events.
 //!
 //! Decoding happens once, in the receiver that got the request; the queue, the store and the
-//! query layer only ever see Arrow.
+//! query layer only ever see Arrow. Trace requests are decoded two ways that give the same
+//! result: [`decode_traces_wire`] reads protobuf bytes directly, borrowing from them (the
+//! collector's path for OTLP/gRPC and OTLP/HTTP protobuf), and [`decode_traces`] reads a prost
+//! message (OTLP/JSON arrives that way). [`oracle`] compares the two; the fuzz targets in
+//! `decode/fuzz` run it on any input.
+//!
+//! A crate of its own, without DataFusion, so that fuzzing it builds quickly.
 
-pub(crate) mod builders;
+pub mod builders;
+mod columns;
 pub mod facts;
 pub mod health;
+pub mod oracle;
 pub mod otlp;
 pub mod schema;
+pub mod traces_wire;
+mod view;
+mod wire;
 
-use datafusion::arrow::record_batch::RecordBatch;
+use arrow_array::RecordBatch;
 
 pub use facts::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
 pub use otlp::{DecodedTraces, Rejections, decode_spans_only, decode_traces, span_count};
+pub use traces_wire::{DecodeError, decode_spans_only_wire, decode_traces_wire};
+pub use wire::WireError;
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary: names
 /// that become map keys and metric labels are bounded.
-pub(crate) fn truncated(text: &str, max: usize) -> &str {
+pub fn truncated(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

@@ -1,0 +1,75 @@
+//! The differential check of the wire decoder against prost: for any bytes, prost and
+//! [`decode_traces_wire`] refuse together, or they give the same batch, facts and rejections.
+//! The fuzz target `traces_wire` and the crate's tests call it.
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+
+use crate::{DecodeError, DecodedTraces, decode_traces, decode_traces_wire};
+
+/// What both decoders made of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Agreement {
+    /// Both refused the bytes.
+    BothRefused,
+    /// Both decoded them, to the same result: this many spans accepted.
+    Same {
+        /// Spans accepted.
+        accepted: usize,
+    },
+}
+
+/// Decodes `bytes` with prost (then [`decode_traces`]) and with [`decode_traces_wire`]; an
+/// error says how they differ.
+///
+/// ```
+/// use wayfinder_decode::oracle::{Agreement, compare_with_prost};
+/// assert_eq!(compare_with_prost(&[]), Ok(Agreement::Same { accepted: 0 }), "an empty request");
+/// assert_eq!(compare_with_prost(&[0x0a, 0x05]), Ok(Agreement::BothRefused), "cut short");
+/// ```
+pub fn compare_with_prost(bytes: &[u8]) -> Result<Agreement, String> {
+    let prost = ExportTraceServiceRequest::decode(bytes);
+    let wire = decode_traces_wire(bytes);
+    match (prost, wire) {
+        (Err(_), Err(DecodeError::Malformed(_))) => Ok(Agreement::BothRefused),
+        (Ok(request), Ok(wire)) => {
+            let prost = decode_traces(&request)
+                .map_err(|e| format!("prost's message did not convert: {e}"))?;
+            same(&prost, &wire)?;
+            Ok(Agreement::Same {
+                accepted: wire.accepted(),
+            })
+        }
+        (Ok(_), Err(e)) => Err(format!(
+            "prost decoded the bytes, the wire decoder refused: {e}"
+        )),
+        (Err(e), Ok(_)) => Err(format!(
+            "the wire decoder decoded bytes that prost refused: {e}"
+        )),
+        (Err(_), Err(e)) => Err(format!("the wire decoder failed inside: {e}")),
+    }
+}
+
+fn same(prost: &DecodedTraces, wire: &DecodedTraces) -> Result<(), String> {
+    if prost.rejections != wire.rejections {
+        return Err(format!(
+            "rejections differ: prost {:?}, wire {:?}",
+            prost.rejections, wire.rejections
+        ));
+    }
+    let batch = |d: &DecodedTraces| d.batch.as_ref().map(|b| b.record_batch().clone());
+    if batch(prost) != batch(wire) {
+        return Err(format!(
+            "batches differ:\nprost {:?}\nwire  {:?}",
+            batch(prost),
+            batch(wire)
+        ));
+    }
+    if prost.facts != wire.facts {
+        return Err(format!(
+            "facts differ:\nprost {:?}\nwire  {:?}",
+            prost.facts, wire.facts
+        ));
+    }
+    Ok(())
+}
