@@ -1,5 +1,6 @@
-//! The ingest hot path: protobuf bytes → `ExportTraceServiceRequest` → Arrow `RecordBatch`,
-//! by request size.
+//! The ingest hot path by request size: protobuf bytes straight into an Arrow `RecordBatch`
+//! (the wire decoder, the collector's path), against bytes → prost's `ExportTraceServiceRequest`
+//! → `RecordBatch` (OTLP/JSON's path once parsed).
 #![allow(missing_docs)] // criterion_group! makes an undocumented public function
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -27,6 +28,9 @@ fn decode_to_arrow(c: &mut Criterion) {
                     ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
                 wayfinder_collector::decode::decode_traces(&request).expect("valid spans")
             })
+        });
+        group.bench_with_input(BenchmarkId::new("wire", spans), &bytes, |b, bytes| {
+            b.iter(|| wayfinder_collector::decode::decode_traces_wire(bytes).expect("valid spans"))
         });
         group.bench_with_input(
             BenchmarkId::new("arrow_only", spans),

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 mod compare;
+mod decode;
 mod load;
+mod snapshot;
 
 use load::{LoadArgs, resident_bytes};
 use prost::Message;
@@ -42,6 +44,12 @@ enum Command {
     /// Wayfinder (the whole pipeline) and rotel (blackhole exporter) side by side: the same
     /// pre-encoded OTLP/gRPC load at each in turn, spans/s and CPU per span, and their ratio.
     CompareRotel(compare::CompareArgs),
+    /// The trace decoders side by side in this process: prost then Arrow, against the wire
+    /// decoder (protobuf bytes straight into Arrow), in nanoseconds a span.
+    Decode(decode::DecodeArgs),
+    /// Topology snapshots over a full hour of simulated traffic: what a reader costs the
+    /// builder's lock on the first snapshot of a minute and on the ones after it.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -115,6 +123,8 @@ fn main() -> anyhow::Result<()> {
         Command::Load(args) => runtime.block_on(load::load(args)),
         Command::CompareRotel(args) => runtime.block_on(compare::compare_rotel(args)),
         Command::Memory(args) => memory(args),
+        Command::Decode(args) => decode::decode(args),
+        Command::Snapshot(args) => snapshot::snapshot(args),
         Command::Weights(args) => {
             weights_memory(&args)?;
             runtime.block_on(weights_delay(args))

@@ -23,6 +23,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use wayfinder_collector::testing::string_attribute as kv;
 
 /// The size of the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -339,16 +340,6 @@ fn resource(graphs: usize, index: usize, instance: usize) -> Resource {
             kv("telemetry.sdk.name", "opentelemetry"),
             kv("telemetry.sdk.version", "0.33.0"),
         ],
-        ..Default::default()
-    }
-}
-
-fn kv(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
         ..Default::default()
     }
 }

@@ -19,16 +19,24 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use crate::decode::{SpanFacts, SpanKind, SpanRef};
 use crate::registry::{Instance, InstanceStatus, Source};
 
+/// An attribute `key` = `value`.
+pub fn attribute(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+/// A string attribute `key` = `value`.
+pub fn string_attribute(key: &str, value: &str) -> KeyValue {
+    attribute(key, any_value::Value::StringValue(value.into()))
+}
+
 /// A request with one resource (with `service.name` when given) and one scope holding `spans`.
 pub fn trace_request(service: Option<&str>, spans: Vec<Span>) -> ExportTraceServiceRequest {
     let resource = service.map(|name| Resource {
-        attributes: vec![KeyValue {
-            key: "service.name".into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(name.into())),
-            }),
-            ..Default::default()
-        }],
+        attributes: vec![string_attribute("service.name", name)],
         ..Default::default()
     });
     ExportTraceServiceRequest {

@@ -309,7 +309,10 @@ fn hand_written_requests() {
                     2,
                     &[message(
                         2,
-                        &[span_fields("s").concat(), message(9, std::slice::from_ref(&two_values))],
+                        &[
+                            span_fields("s").concat(),
+                            message(9, std::slice::from_ref(&two_values)),
+                        ],
                     )],
                 )],
             ),
@@ -431,7 +434,11 @@ fn hand_written_requests() {
             "trace_state as a varint",
         ),
         (
-            [message(1, std::slice::from_ref(&one_span)), vec![0x0a, 0x10, 0x01]].concat(),
+            [
+                message(1, std::slice::from_ref(&one_span)),
+                vec![0x0a, 0x10, 0x01],
+            ]
+            .concat(),
             None,
             "a second resource spans cut short",
         ),
@@ -539,4 +546,19 @@ fn mutations_of_a_rich_request() {
     // Both outcomes are exercised, or the test proves little.
     assert!(refused > 100, "only {refused} mutations were refused");
     assert!(same > 100, "only {same} mutations decoded");
+}
+
+/// The committed fuzz corpus (seeds, and every input that ever broke the decoder) as a
+/// regression test.
+#[test]
+fn fuzz_corpus() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/traces_wire");
+    let mut inputs = 0;
+    for entry in std::fs::read_dir(dir).expect("the corpus directory") {
+        let path = entry.expect("a corpus entry").path();
+        let bytes = std::fs::read(&path).expect("a corpus file");
+        agree(&bytes, &path.display().to_string());
+        inputs += 1;
+    }
+    assert!(inputs >= 3, "the seeds are there ({inputs} inputs)");
 }

@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message as _;
 use serde_json::{Value, json};
 use wayfinder_collector::RunningCollector;
+use wayfinder_collector::testing::attribute as kv;
 use wayfinder_e2e::{http_client, loopback_config, start};
 
 /// When the filelog receiver read the line (it sets `observed_time_unix_nano`, not the time).
@@ -27,14 +28,6 @@ fn string(text: &str) -> any_value::Value {
 
 fn double(number: f64) -> any_value::Value {
     any_value::Value::DoubleValue(number)
-}
-
-fn kv(key: &str, value: any_value::Value) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue { value: Some(value) }),
-        ..Default::default()
-    }
 }
 
 /// The numbers of one heartbeat, in the form the pipeline carries them.

@@ -194,17 +194,7 @@ mod tests {
     use crate::decode::decode_traces;
     use crate::decode::schema::{span_schema, stored_schema};
     use crate::store::view::public_batch;
-    use crate::testing::{span, trace_request};
-
-    fn kv(key: &str, value: &str) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: Some(AnyValue {
-                value: Some(any_value::Value::StringValue(value.into())),
-            }),
-            ..Default::default()
-        }
-    }
+    use crate::testing::{span, string_attribute as kv, trace_request};
 
     /// Sixty requests of two services whose spans share two attribute sets.
     fn requests() -> Vec<RecordBatch> {

@@ -70,14 +70,9 @@ pub fn public_batch(
     if batch.num_rows() == 0 {
         return Ok(None);
     }
-    let all: Vec<usize>;
-    let columns = match projection {
-        Some(columns) => columns,
-        None => {
-            all = (0..span_schema().fields().len()).collect();
-            &all
-        }
-    };
+    static ALL: std::sync::LazyLock<Vec<usize>> =
+        std::sync::LazyLock::new(|| (0..span_schema().fields().len()).collect());
+    let columns = projection.unwrap_or(ALL.as_slice());
     let arrays = columns
         .iter()
         .map(|&column| public_column(batch, column))

@@ -102,9 +102,23 @@ pub struct Observation {
 }
 
 /// Per-minute summaries of one edge, node or instance, oldest first.
+///
+/// Only the newest bucket ever changes (a late observation joins it too), so the older ones
+/// are sealed: [`Series::window`] keeps the sum of the sealed buckets of the last window it was
+/// asked for, and a reader asking again within the minute merges only the newest bucket into
+/// it, not sixty of them for an hour.
 #[derive(Debug, Default)]
 pub struct Series {
     buckets: VecDeque<(u64, Summary)>,
+    sealed: parking_lot::Mutex<Option<SealedSum>>,
+}
+
+/// The sum of the sealed buckets of one window, and which buckets those were.
+#[derive(Debug)]
+struct SealedSum {
+    /// `(since, first minute, last minute, buckets)` of the sum.
+    key: (u64, u64, u64, usize),
+    sum: Summary,
 }
 
 impl Series {
@@ -131,11 +145,38 @@ impl Series {
 
     /// The sum of the buckets from `since_minute` on; `None` when there are none.
     pub fn window(&self, since_minute: u64) -> Option<Summary> {
-        let mut total: Option<Summary> = None;
-        for (_, summary) in self.buckets.iter().filter(|(m, _)| *m >= since_minute) {
-            total.get_or_insert_with(Summary::default).merge(summary);
+        let start = self.buckets.partition_point(|(m, _)| *m < since_minute);
+        if start == self.buckets.len() {
+            return None;
         }
-        total
+        let (_, newest) = self.buckets.back()?;
+        let sealed = start..self.buckets.len() - 1;
+        if sealed.is_empty() {
+            return Some(newest.clone());
+        }
+        let key = (
+            since_minute,
+            self.buckets[sealed.start].0,
+            self.buckets[sealed.end - 1].0,
+            sealed.len(),
+        );
+        let mut cache = self.sealed.lock();
+        let mut total = match &*cache {
+            Some(cached) if cached.key == key => cached.sum.clone(),
+            _ => {
+                let mut sum = Summary::default();
+                for (_, summary) in self.buckets.range(sealed) {
+                    sum.merge(summary);
+                }
+                *cache = Some(SealedSum {
+                    key,
+                    sum: sum.clone(),
+                });
+                sum
+            }
+        };
+        total.merge(newest);
+        Some(total)
     }
 
     /// Drops the buckets before `minute`; says whether anything is left.
@@ -238,6 +279,35 @@ mod tests {
             let got = series.window(since).map(|s| (s.requests, s.errors));
             assert_eq!(got, want, "{why}");
         }
+        // Asked again (the sealed sum reused), and after the newest bucket changed.
+        assert_eq!(
+            series.window(0).map(|s| s.requests),
+            Some(4),
+            "the same sum again"
+        );
+        series.record(12, obs(50, false));
+        assert_eq!(
+            series.window(0).map(|s| s.requests),
+            Some(5),
+            "the newest bucket grew"
+        );
+        series.record(13, obs(50, false));
+        assert_eq!(
+            series.window(0).map(|s| s.requests),
+            Some(6),
+            "minute 12 sealed into the sum"
+        );
+        assert_eq!(
+            series.window(13).map(|s| s.requests),
+            Some(1),
+            "another window"
+        );
+        assert_eq!(series.window(11).map(|s| s.requests), Some(5), "and back");
+        let mut series = Series::default();
+        series.record(10, obs(10, false));
+        series.record(11, obs(20, true));
+        series.record(12, obs(30, false));
+        series.record(12, obs(40, false));
         let all = series.window(0).unwrap();
         let p50 = all.server.quantile(0.5).unwrap();
         assert!((p50 - 20.0).abs() <= 0.5, "p50 {p50} within 1% of 20 ms");
