@@ -52,7 +52,8 @@ pub(crate) struct LoadArgs {
     pub(crate) graphs: usize,
     /// URLs (`http://host:port/path`) that a reader fetches in a loop, one after the other on
     /// one keep-alive connection, while the load runs (e.g. the collector's `/api/v1/topology`
-    /// and `/metrics`): to see what readers do to ingest.
+    /// and `/metrics`): to see what readers do to ingest. It asks for gzip, as Prometheus,
+    /// browsers and Grafana do, and decompresses what it gets.
     #[arg(long = "read-url")]
     pub(crate) read_urls: Vec<String>,
     /// The collector's process id: its resident memory is read before and after the run.
@@ -349,12 +350,29 @@ async fn read_loop(urls: Vec<String>, deadline: Instant) -> anyhow::Result<(u64,
             break;
         }
         let sent = Instant::now();
-        let request = http::Request::get(uri.clone()).body(Full::new(Bytes::new()))?;
+        // As Prometheus, browsers and Grafana ask: gzip, decompressed here as they would.
+        let request = http::Request::get(uri.clone())
+            .header(http::header::ACCEPT_ENCODING, "gzip")
+            .body(Full::new(Bytes::new()))?;
         let answer = client.request(request).await?;
         if !answer.status().is_success() {
             anyhow::bail!("{uri} answered {}", answer.status());
         }
-        bytes += answer.into_body().collect().await?.to_bytes().len() as u64;
+        let gzip = answer
+            .headers()
+            .get(http::header::CONTENT_ENCODING)
+            .is_some_and(|v| v == "gzip");
+        let body = answer.into_body().collect().await?.to_bytes();
+        bytes += if gzip {
+            let mut plain = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(body.as_ref()),
+                &mut plain,
+            )?;
+            plain.len() as u64
+        } else {
+            body.len() as u64
+        };
         slowest = slowest.max(sent.elapsed());
         reads += 1;
     }

@@ -47,7 +47,7 @@ pub struct Metrics {
     /// Collectors of other stages (topology, registry), encoded at each scrape.
     collectors: parking_lot::Mutex<Registry>,
     /// The expositions handed out by [`Metrics::encode_shared`], by reuse period.
-    encoded: crate::reuse::Reuse<std::time::Duration, bytes::Bytes>,
+    encoded: crate::reuse::Reuse<std::time::Duration, crate::reuse::SharedBody>,
     /// Spans accepted, per protocol.
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
@@ -199,9 +199,10 @@ impl Metrics {
     /// [`Metrics::encode`], or the exposition made less than [`METRICS_REUSE`] ago: scrapers
     /// in a loop cost one encoding (which walks every series of the service graph) a second,
     /// on one thread at a time.
-    pub fn encode_shared(&self) -> bytes::Bytes {
-        self.encoded
-            .get_or_make(&METRICS_REUSE, || bytes::Bytes::from(self.encode()))
+    pub fn encode_shared(&self) -> crate::reuse::SharedBody {
+        self.encoded.get_or_make(&METRICS_REUSE, || {
+            crate::reuse::SharedBody::new(bytes::Bytes::from(self.encode()))
+        })
     }
 }
 
@@ -214,9 +215,9 @@ mod tests {
         let metrics = Metrics::new();
         let labels = ProtocolLabels { protocol: "grpc" };
         metrics.accepted_spans.get_or_create(&labels).inc_by(1);
-        let first = metrics.encode_shared();
+        let first = metrics.encode_shared().plain().clone();
         metrics.accepted_spans.get_or_create(&labels).inc_by(41);
-        let again = metrics.encode_shared();
+        let again = metrics.encode_shared().plain().clone();
         assert_eq!(first, again, "the same text within the second");
         let line = |text: &[u8]| {
             String::from_utf8_lossy(text)

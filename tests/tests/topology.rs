@@ -395,6 +395,34 @@ async fn known_call_graph_through_every_endpoint() {
         edges(&billing),
         [edge("order-events", "billing", "messaging", 4, 0)]
     );
+    // A client that takes gzip gets the same answer compressed (the shared answer's gzip form).
+    for path in ["/api/v1/topology?service=billing", "/metrics"] {
+        let url = format!("http://{}{path}", collector.addrs().query_http);
+        let response = http_client()
+            .get(url)
+            .header("accept-encoding", "br;q=1, gzip;q=0.8")
+            .send()
+            .await
+            .expect("the API answers");
+        assert_eq!(response.headers()["content-encoding"], "gzip", "{path}");
+        assert_eq!(response.headers()["vary"], "accept-encoding", "{path}");
+        let compressed = response.bytes().await.expect("a body");
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(compressed.as_ref()),
+            &mut text,
+        )
+        .expect("gzip of UTF-8 text");
+        if path == "/metrics" {
+            assert!(
+                text.contains("traces_service_graph_request_total{"),
+                "the metrics text: {text}"
+            );
+        } else {
+            let json: Value = serde_json::from_str(&text).expect("JSON");
+            assert_eq!(edges(&json), edges(&billing), "the same answer as plain");
+        }
+    }
     let (status, _) = get(&collector, "/api/v1/topology?window=10s").await;
     assert_eq!(status, 400, "a window under a minute is refused");
     let (status, _) = get(&collector, "/api/v1/topology?service=nobody").await;

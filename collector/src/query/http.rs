@@ -6,15 +6,17 @@ use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::ipc::writer::StreamWriter;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value};
 use wayfinder_api::sql::{ARROW_STREAM_MEDIA_TYPE, Column, SqlRequest, SqlResponse};
 
 use super::error::ApiError;
 use super::state::ApiState;
 use crate::decode::schema::{col, span_schema};
+use crate::reuse::SharedBody;
 use crate::sql::QueryResult;
 use crate::sql::json::{column_values, type_name, value_at};
 use crate::store::view;
@@ -150,7 +152,47 @@ fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>,
     Ok(spans.into_iter().map(|(_, span)| span).collect())
 }
 
-pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+/// Whether the client takes a gzip body (`Accept-Encoding: gzip`, not with `q=0`).
+pub(crate) fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip")) && !refused
+        })
+}
+
+/// A shared body, plain or in its shared gzip form (CPU work the first time in a period: call it
+/// on a blocking thread).
+pub(crate) fn shared_body(body: &SharedBody, gzip: bool) -> (Bytes, bool) {
+    if gzip {
+        (body.gzip(), true)
+    } else {
+        (body.plain().clone(), false)
+    }
+}
+
+/// The response for [`shared_body`]'s answer.
+pub(crate) fn shared_response(content_type: &'static str, (body, gzip): (Bytes, bool)) -> Response {
+    let mut response = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+pub(super) async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     let m = &state.metrics;
     m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
     m.ingest_queue_capacity_bytes
@@ -162,20 +204,15 @@ pub(super) async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
     // Encoding walks every series (the service graph's included): off the runtime's workers,
     // and shared by the scrapes of the same second.
     let metrics = state.metrics.clone();
-    let text = match tokio::task::spawn_blocking(move || metrics.encode_shared()).await {
-        Ok(text) => text,
-        Err(e) => {
-            return ApiError::Internal(format!("encoding the metrics failed: {e}")).into_response();
-        }
-    };
-    (
-        [(
-            header::CONTENT_TYPE,
+    let gzip = accepts_gzip(&headers);
+    let text = tokio::task::spawn_blocking(move || shared_body(&metrics.encode_shared(), gzip));
+    match text.await {
+        Ok(text) => shared_response(
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+            text,
+        ),
+        Err(e) => ApiError::Internal(format!("encoding the metrics failed: {e}")).into_response(),
+    }
 }
 
 pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
@@ -188,5 +225,39 @@ pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     } else {
         let body = format!("not ready: ingest stage down: {}\n", down.join(", "));
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_when_accepted() {
+        let cases: &[(&[&str], bool, &str)] = &[
+            (&[], false, "no Accept-Encoding"),
+            (&["gzip"], true, "gzip"),
+            (
+                &["gzip, deflate, br"],
+                true,
+                "as browsers and Prometheus send it",
+            ),
+            (&["br;q=1.0, GZIP;q=0.5"], true, "any case, with a weight"),
+            (&["gzip;q=0"], false, "refused with q=0"),
+            (&["identity"], false, "identity only"),
+            (
+                &["deflate", "x-gzip"],
+                true,
+                "in a second header, the old name",
+            ),
+            (&["gzipped"], false, "not a prefix match"),
+        ];
+        for (values, want, why) in cases {
+            let mut headers = HeaderMap::new();
+            for value in *values {
+                headers.append(header::ACCEPT_ENCODING, HeaderValue::from_static(value));
+            }
+            assert_eq!(accepts_gzip(&headers), *want, "{why}");
+        }
     }
 }

@@ -4,12 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use bytes::Bytes;
-
 use super::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pipeline::QueueGauge;
-use crate::reuse::Reuse;
+use crate::reuse::{Reuse, SharedBody};
 use crate::sql::QueryEngine;
 
 /// What the query API's handlers share.
@@ -35,5 +33,5 @@ pub struct ApiState {
     pub stop: tokio_util::sync::CancellationToken,
     /// `GET /api/v1/topology` answers by (window, instance level, service), shared for a
     /// second.
-    pub topology_json: Reuse<(Duration, bool, Option<String>), Result<Bytes, ApiError>>,
+    pub topology_json: Reuse<(Duration, bool, Option<String>), Result<SharedBody, ApiError>>,
 }

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::response::{IntoResponse as _, Response};
-use bytes::Bytes;
-use http::header;
+use axum::response::Response;
+use http::HeaderMap;
 use serde::Deserialize;
 use wayfinder_api::topology::{
     Edge, Instance, InstancesResponse, LatencyMs, Node, NodeInstance, Service, ServicesResponse,
@@ -17,8 +16,10 @@ use wayfinder_api::topology::{
 };
 
 use super::error::ApiError;
+use super::http::{accepts_gzip, shared_body, shared_response};
 use super::state::ApiState;
 use crate::registry::InstanceStatus;
+use crate::reuse::SharedBody;
 use crate::topology::stats::{Latency, Summary};
 use crate::topology::{NodeKind, Snapshot, Topology};
 
@@ -101,6 +102,7 @@ pub(crate) struct TopologyQuery {
 /// edges it is a megabyte, and making it costs more than the snapshot.
 pub(crate) async fn get_topology(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     Query(query): Query<TopologyQuery>,
 ) -> Result<Response, ApiError> {
     let topology = topology(&state)?.clone();
@@ -115,22 +117,29 @@ pub(crate) async fn get_topology(
         }
     };
     let service = query.service;
+    let gzip = accepts_gzip(&headers);
     let made = tokio::task::spawn_blocking(move || {
-        state
-            .topology_json
-            .get_or_make(&(window, instance_level, service.clone()), || {
-                let graph = topology.shared_snapshot(window);
-                let response =
-                    topology_response(&state, &graph, window, instance_level, service.as_deref())?;
-                serde_json::to_vec(&response)
-                    .map(Bytes::from)
-                    .map_err(|e| ApiError::Internal(e.to_string()))
-            })
+        let body =
+            state
+                .topology_json
+                .get_or_make(&(window, instance_level, service.clone()), || {
+                    let graph = topology.shared_snapshot(window);
+                    let response = topology_response(
+                        &state,
+                        &graph,
+                        window,
+                        instance_level,
+                        service.as_deref(),
+                    )?;
+                    serde_json::to_vec(&response)
+                        .map(|json| SharedBody::new(json.into()))
+                        .map_err(|e| ApiError::Internal(e.to_string()))
+                })?;
+        Ok::<_, ApiError>(shared_body(&body, gzip))
     })
     .await
     .map_err(|e| ApiError::Internal(format!("the topology answer failed: {e}")))?;
-    let body = made?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(shared_response("application/json", made?))
 }
 
 /// The topology answer from a snapshot, with status and addresses from the registry.

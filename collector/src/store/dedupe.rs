@@ -188,7 +188,6 @@ fn origins(
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::compute::concat_batches;
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
     use super::*;
     use crate::decode::decode_traces;
