@@ -48,6 +48,8 @@ pub struct Metrics {
     collectors: parking_lot::Mutex<Registry>,
     /// The expositions handed out by [`Metrics::encode_shared`], by reuse period.
     encoded: crate::reuse::Reuse<std::time::Duration, crate::reuse::SharedBody>,
+    /// The same in the Prometheus text format ([`Metrics::encode_shared_text`]).
+    encoded_text: crate::reuse::Reuse<std::time::Duration, crate::reuse::SharedBody>,
     /// Spans accepted, per protocol.
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
@@ -90,6 +92,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Self {
             encoded: crate::reuse::Reuse::new(METRICS_REUSE),
+            encoded_text: crate::reuse::Reuse::new(METRICS_REUSE),
             accepted_spans: Family::default(),
             refused_spans: Family::default(),
             refused_requests: Family::default(),
@@ -204,6 +207,64 @@ impl Metrics {
             crate::reuse::SharedBody::new(bytes::Bytes::from(self.encode()))
         })
     }
+
+    /// [`Metrics::encode_shared`] in the Prometheus text format (version 0.0.4), for scrapers
+    /// that do not ask for OpenMetrics (`promtool`, curl, older agents), shared the same way.
+    pub fn encode_shared_text(&self) -> crate::reuse::SharedBody {
+        self.encoded_text.get_or_make(&METRICS_REUSE, || {
+            let openmetrics = self.encode_shared();
+            let text = String::from_utf8_lossy(openmetrics.plain());
+            crate::reuse::SharedBody::new(bytes::Bytes::from(openmetrics_to_text(&text)))
+        })
+    }
+}
+
+/// An OpenMetrics exposition in the Prometheus text format 0.0.4: a counter family is named
+/// with its `_total` suffix in `# HELP` and `# TYPE` (OpenMetrics names the family without it,
+/// and text-format parsers such as promtool's then find no help for the samples), `# UNIT`
+/// and `# EOF` go. The samples are the same in both.
+///
+/// ```
+/// let openmetrics = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs_total 3\n\
+///     # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\n# UNIT queue_bytes bytes\n\
+///     queue_bytes 0\n# EOF\n";
+/// assert_eq!(
+///     wayfinder_collector::metrics::openmetrics_to_text(openmetrics),
+///     "# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total 3\n\
+///      # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\nqueue_bytes 0\n",
+/// );
+/// ```
+pub fn openmetrics_to_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .filter(|name| !name.ends_with("_total"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let descriptor = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
+        match descriptor {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 #[cfg(test)]

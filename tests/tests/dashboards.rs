@@ -229,7 +229,7 @@ async fn live_metrics() -> (BTreeMap<String, BTreeSet<String>>, String) {
         "traces_service_graph_request_total{",
         "traces_service_graph_request_server_seconds_bucket{",
         "wayfinder_endpoint_weight{service=\"checkout\"",
-        "wayfinder_endpoint_latency_ewma_milliseconds{service=\"checkout\"",
+        "wayfinder_endpoint_latency_ewma_seconds{service=\"checkout\"",
         "wayfinder_store_evicted_spans_total{",
         "wayfinder_sql_query_duration_seconds_bucket{",
     ];
@@ -249,6 +249,32 @@ async fn live_metrics() -> (BTreeMap<String, BTreeSet<String>>, String) {
     // The `down` transitions are in now.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let text_after = metrics_text(&collector).await;
+    // A scraper that asks for OpenMetrics (Prometheus does) gets it.
+    let openmetrics = http_client()
+        .get(format!("http://{}/metrics", collector.addrs().query_http))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .expect("the query API answers");
+    assert!(
+        openmetrics.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|t| t.starts_with("application/openmetrics-text")),
+        "{:?}",
+        openmetrics.headers()
+    );
+    let body = openmetrics.text().await.expect("a body");
+    assert!(
+        body.ends_with("# EOF\n"),
+        "an OpenMetrics exposition ends with # EOF"
+    );
+    assert!(
+        body.contains("# TYPE traces_service_graph_request counter"),
+        "OpenMetrics names the counter family without _total"
+    );
     collector.shutdown().await;
     let mut metrics = exported(&text);
     for (name, labels) in exported(&text_after) {
@@ -322,6 +348,54 @@ async fn every_panel_queries_only_what_the_collector_exports() {
         problems.is_empty(),
         "{}\n\nexported:\n{text}",
         problems.join("\n")
+    );
+    promtool_finds_nothing(&text);
+}
+
+/// `promtool check metrics` over the live exposition (the text format, as curl and promtool get
+/// it): every series with help text and in base units. Skipped without promtool unless
+/// `WAYFINDER_REQUIRE_PROMTOOL=1` (as in `.ci/run`, which installs Debian's `prometheus`).
+fn promtool_finds_nothing(text: &str) {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let required = std::env::var("WAYFINDER_REQUIRE_PROMTOOL").is_ok_and(|v| v == "1");
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) => {
+            assert!(
+                !required,
+                "WAYFINDER_REQUIRE_PROMTOOL=1 but promtool does not run: {e}"
+            );
+            eprintln!("skipped: no promtool on PATH (apt-get install prometheus): {e}");
+            return;
+        }
+    };
+    child
+        .stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(text.as_bytes())
+        .expect("the exposition written to promtool");
+    let output = child.wait_with_output().expect("promtool ends");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {}\n{said}",
+        output.status
+    );
+    assert!(
+        text.contains("# HELP traces_service_graph_request_total "),
+        "the text format names counters with _total"
     );
 }
 

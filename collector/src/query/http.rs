@@ -205,12 +205,28 @@ pub(super) async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderM
     // and shared by the scrapes of the same second.
     let metrics = state.metrics.clone();
     let gzip = accepts_gzip(&headers);
-    let text = tokio::task::spawn_blocking(move || shared_body(&metrics.encode_shared(), gzip));
+    // OpenMetrics for scrapers that ask for it (Prometheus does), else the text format 0.0.4,
+    // as Prometheus' own client libraries negotiate.
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .any(|value| value.contains("application/openmetrics-text"));
+    let text = tokio::task::spawn_blocking(move || {
+        let body = if openmetrics {
+            metrics.encode_shared()
+        } else {
+            metrics.encode_shared_text()
+        };
+        shared_body(&body, gzip)
+    });
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
     match text.await {
-        Ok(text) => shared_response(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            text,
-        ),
+        Ok(text) => shared_response(content_type, text),
         Err(e) => ApiError::Internal(format!("encoding the metrics failed: {e}")).into_response(),
     }
 }

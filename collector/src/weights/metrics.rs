@@ -25,14 +25,14 @@ impl Collector for WeightsMetrics {
                 |e| Some(e.weight),
             ),
             (
-                "wayfinder_endpoint_latency_p90_milliseconds",
+                "wayfinder_endpoint_latency_p90_seconds",
                 "p90 latency over the weight window, the rule's input",
-                |e| e.latency_ms.p90,
+                |e| e.latency_ms.p90.map(|ms| ms / 1e3),
             ),
             (
-                "wayfinder_endpoint_latency_ewma_milliseconds",
+                "wayfinder_endpoint_latency_ewma_seconds",
                 "EWMA of the mean latency, one step per update",
-                |e| e.latency_ms.ewma,
+                |e| e.latency_ms.ewma.map(|ms| ms / 1e3),
             ),
             (
                 "wayfinder_endpoint_error_rate",
