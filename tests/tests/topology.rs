@@ -576,16 +576,24 @@ async fn known_call_graph_through_every_endpoint() {
     // Metrics.
     let metrics = metrics_text(&collector).await;
     for line in [
-        r#"traces_service_graph_request_total{client="frontend",server="cart",connection_type="http"} 4"#,
-        r#"traces_service_graph_request_failed_total{client="frontend",server="cart",connection_type="http"} 1"#,
-        r#"traces_service_graph_request_server_seconds_count{client="frontend",server="cart",connection_type="http"} 4"#,
-        r#"traces_service_graph_request_client_seconds_count{client="frontend",server="cart",connection_type="http"} 4"#,
-        r#"traces_service_graph_request_total{client="user",server="frontend",connection_type="http"} 4"#,
+        // The anchors' labels: a plain call's connection_type is "", and an edge with an
+        // uninstrumented side is a virtual_node edge that names the side.
+        r#"traces_service_graph_request_total{client="frontend",server="cart",connection_type=""} 4"#,
+        r#"traces_service_graph_request_failed_total{client="frontend",server="cart",connection_type=""} 1"#,
+        r#"traces_service_graph_request_server_seconds_count{client="frontend",server="cart",connection_type=""} 4"#,
+        r#"traces_service_graph_request_client_seconds_count{client="frontend",server="cart",connection_type=""} 4"#,
+        r#"traces_service_graph_request_total{client="user",server="frontend",connection_type="virtual_node",virtual_node="client"} 4"#,
         r#"wayfinder_instance_health{service="cart",instance="cart-2",status="warning"} 1"#,
         r#"wayfinder_instance_health{service="cart",instance="cart-2",status="passing"} 0"#,
         r#"wayfinder_health_stale_beats_total 1"#,
     ] {
         assert!(metrics.contains(line), "missing {line}");
+    }
+    // No label set twice in a family (Prometheus refuses duplicate series).
+    let mut seen = BTreeSet::new();
+    for sample in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let series = sample.rsplit_once(' ').map_or(sample, |(series, _)| series);
+        assert!(seen.insert(series.to_owned()), "{series} twice");
     }
     collector.shutdown().await;
 }

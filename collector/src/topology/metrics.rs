@@ -2,6 +2,7 @@
 //! Collector's servicegraph connector and Tempo's metrics generator, so that Grafana's
 //! service-graph view reads them unchanged.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,8 +12,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::Topology;
 use super::stats::Cumulative;
+use super::{ConnectionType, EdgeKey, NodeKind, Topology};
 
 /// Encodes the topology's series at each scrape (register it with
 /// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector)).
@@ -22,15 +23,16 @@ pub struct TopologyMetrics(pub Arc<Topology>);
 impl Collector for TopologyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.0.with_builder(|builder| {
-            let labels = |key: &super::EdgeKey| {
-                [
-                    ("client", key.client.name.to_string()),
-                    ("server", key.server.name.to_string()),
-                    ("connection_type", key.connection.as_str().to_owned()),
-                ]
-            };
-            let mut edges: Vec<_> = builder.edges.iter().collect();
-            edges.sort_by(|a, b| a.0.cmp(b.0));
+            // Edges that differ only in what the anchors do not tell apart (HTTP and gRPC between
+            // the same two nodes) are one series, summed: never a duplicate series.
+            let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
+            for (key, edge) in &builder.edges {
+                let totals = series.entry(SeriesLabels::of(key)).or_default();
+                totals.requests += edge.totals.requests;
+                totals.errors += edge.totals.errors;
+                merge_histogram(&mut totals.server, edge.totals.server.as_deref());
+                merge_histogram(&mut totals.client, edge.totals.client.as_deref());
+            }
 
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request",
@@ -38,9 +40,9 @@ impl Collector for TopologyMetrics {
                 None,
                 MetricType::Counter,
             )?;
-            for (key, edge) in &edges {
-                let labels = labels(key);
-                ConstCounter::new(edge.totals.requests).encode(family.encode_family(&labels)?)?;
+            for (labels, totals) in &series {
+                ConstCounter::new(totals.requests)
+                    .encode(family.encode_family(&labels.pairs())?)?;
             }
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request_failed",
@@ -48,9 +50,8 @@ impl Collector for TopologyMetrics {
                 None,
                 MetricType::Counter,
             )?;
-            for (key, edge) in &edges {
-                let labels = labels(key);
-                ConstCounter::new(edge.totals.errors).encode(family.encode_family(&labels)?)?;
+            for (labels, totals) in &series {
+                ConstCounter::new(totals.errors).encode(family.encode_family(&labels.pairs())?)?;
             }
             for (name, help, server_side) in [
                 (
@@ -66,16 +67,15 @@ impl Collector for TopologyMetrics {
             ] {
                 let mut family =
                     encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-                for (key, edge) in &edges {
-                    let histogram: Option<&Cumulative> = if server_side {
-                        edge.totals.server.as_deref()
+                for (labels, totals) in &series {
+                    let histogram = if server_side {
+                        &totals.server
                     } else {
-                        edge.totals.client.as_deref()
+                        &totals.client
                     };
                     if let Some(h) = histogram {
-                        let labels = labels(key);
                         family
-                            .encode_family(&labels)?
+                            .encode_family(&labels.pairs())?
                             .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None)?;
                     }
                 }
@@ -129,5 +129,146 @@ impl Collector for TopologyMetrics {
             ConstGauge::new(builder.pending() as i64).encode(family)?;
             Ok(())
         })
+    }
+}
+
+/// The labels of one service-graph series, as Tempo and the servicegraph connector set them:
+/// `client`, `server`, `connection_type` (`""`, `database`, `messaging_system` or
+/// `virtual_node`), and, on an edge with an uninstrumented side, `virtual_node` naming that
+/// side (`client` for the user before a root span, `server` for a peer that sent no spans), as
+/// Tempo's `enable_virtual_node_label` does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SeriesLabels {
+    client: Arc<str>,
+    server: Arc<str>,
+    connection_type: &'static str,
+    virtual_node: Option<&'static str>,
+}
+
+impl SeriesLabels {
+    fn of(key: &EdgeKey) -> Self {
+        let uninstrumented = |kind| matches!(kind, NodeKind::User | NodeKind::External);
+        let virtual_node = if uninstrumented(key.client.kind) {
+            Some("client")
+        } else if uninstrumented(key.server.kind) {
+            Some("server")
+        } else {
+            None
+        };
+        let connection_type = match (virtual_node, key.connection) {
+            (Some(_), _) => "virtual_node",
+            (None, ConnectionType::Database) => "database",
+            (None, ConnectionType::Messaging) => "messaging_system",
+            (None, ConnectionType::Http | ConnectionType::Grpc | ConnectionType::Other) => "",
+        };
+        Self {
+            client: key.client.name.clone(),
+            server: key.server.name.clone(),
+            connection_type,
+            virtual_node,
+        }
+    }
+
+    fn pairs(&self) -> Vec<(&'static str, &str)> {
+        let mut pairs = vec![
+            ("client", &*self.client),
+            ("server", &*self.server),
+            ("connection_type", self.connection_type),
+        ];
+        if let Some(side) = self.virtual_node {
+            pairs.push(("virtual_node", side));
+        }
+        pairs
+    }
+}
+
+/// What the series of one label set add up to.
+#[derive(Debug, Default)]
+struct SeriesTotals {
+    requests: u64,
+    errors: u64,
+    server: Option<Cumulative>,
+    client: Option<Cumulative>,
+}
+
+fn merge_histogram(into: &mut Option<Cumulative>, from: Option<&Cumulative>) {
+    if let Some(from) = from {
+        into.get_or_insert_with(Cumulative::default).merge(from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::NodeKey;
+
+    fn key(
+        client: (NodeKind, &str),
+        server: (NodeKind, &str),
+        connection: ConnectionType,
+    ) -> EdgeKey {
+        let node = |(kind, name): (NodeKind, &str)| NodeKey {
+            kind,
+            name: Arc::from(name),
+        };
+        EdgeKey {
+            client: node(client),
+            server: node(server),
+            connection,
+        }
+    }
+
+    #[test]
+    fn labels_as_the_anchors_set_them() {
+        use ConnectionType as C;
+        use NodeKind as K;
+        let cases = [
+            (
+                key((K::Service, "a"), (K::Service, "b"), C::Http),
+                "",
+                None,
+                "HTTP between services: the plain type",
+            ),
+            (
+                key((K::Service, "a"), (K::Service, "b"), C::Grpc),
+                "",
+                None,
+                "gRPC too: the anchors do not tell it apart",
+            ),
+            (
+                key((K::Service, "a"), (K::Database, "orders"), C::Database),
+                "database",
+                None,
+                "a database call",
+            ),
+            (
+                key((K::Service, "a"), (K::Messaging, "topic"), C::Messaging),
+                "messaging_system",
+                None,
+                "through a broker",
+            ),
+            (
+                key((K::User, "user"), (K::Service, "a"), C::Http),
+                "virtual_node",
+                Some("client"),
+                "the user before a root span",
+            ),
+            (
+                key((K::Service, "a"), (K::External, "cart"), C::Http),
+                "virtual_node",
+                Some("server"),
+                "a peer that sent no spans",
+            ),
+        ];
+        for (key, connection_type, virtual_node, why) in cases {
+            let labels = SeriesLabels::of(&key);
+            assert_eq!(labels.connection_type, connection_type, "{why}");
+            assert_eq!(labels.virtual_node, virtual_node, "{why}");
+        }
+        assert_ne!(
+            SeriesLabels::of(&key((K::Service, "a"), (K::Service, "cart"), C::Http)),
+            SeriesLabels::of(&key((K::Service, "a"), (K::External, "cart"), C::Http)),
+            "a real and a virtual cart are two series"
+        );
     }
 }

@@ -89,29 +89,44 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
     let covered =
         Duration::from_secs((now_minute - since) * BUCKET_SECONDS + now_seconds % BUCKET_SECONDS);
 
-    let mut edges: Vec<EdgeSnapshot> = builder
-        .edges
-        .iter()
-        .filter_map(|(key, edge)| {
-            Some(EdgeSnapshot {
-                key: key.clone(),
-                summary: edge.series.window(since)?,
-            })
-        })
+    // One node per name, as the anchors have it (a node is its name there): a virtual node
+    // named like a service (a client span whose server half expired, naming its peer) is that
+    // service, and their edges are one edge.
+    let canonical = canonical_kinds(builder);
+    let canon = |key: &NodeKey| NodeKey {
+        kind: canonical.get(&key.name).copied().unwrap_or(key.kind),
+        name: key.name.clone(),
+    };
+    let mut merged: std::collections::BTreeMap<EdgeKey, Summary> = Default::default();
+    for (key, edge) in &builder.edges {
+        if let Some(summary) = edge.series.window(since) {
+            let key = EdgeKey {
+                client: canon(&key.client),
+                server: canon(&key.server),
+                connection: key.connection,
+            };
+            merged.entry(key).or_default().merge(&summary);
+        }
+    }
+    let edges: Vec<EdgeSnapshot> = merged
+        .into_iter()
+        .map(|(key, summary)| EdgeSnapshot { key, summary })
         .collect();
-    edges.sort_by(|a, b| a.key.cmp(&b.key));
 
-    let mut instance_edges: Vec<InstanceEdgeSnapshot> = builder
-        .instance_edges
-        .iter()
-        .filter_map(|(key, series)| {
-            Some(InstanceEdgeSnapshot {
-                key: key.clone(),
-                summary: series.window(since)?,
-            })
-        })
+    let mut merged: std::collections::BTreeMap<InstanceEdgeKey, Summary> = Default::default();
+    for (key, series) in &builder.instance_edges {
+        if let Some(summary) = series.window(since) {
+            let key = InstanceEdgeKey {
+                client: canon(&key.client),
+                ..key.clone()
+            };
+            merged.entry(key).or_default().merge(&summary);
+        }
+    }
+    let instance_edges: Vec<InstanceEdgeSnapshot> = merged
+        .into_iter()
+        .map(|(key, summary)| InstanceEdgeSnapshot { key, summary })
         .collect();
-    instance_edges.sort_by(|a, b| a.key.cmp(&b.key));
 
     let mut nodes: std::collections::BTreeMap<NodeKey, NodeSnapshot> = Default::default();
     fn node<'m>(
@@ -174,4 +189,30 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
         edges,
         instance_edges,
     }
+}
+
+/// The kind each node name is shown as: a service when a service has that name, else the first
+/// kind seen for it in [`NodeKind`]'s order.
+fn canonical_kinds(builder: &TopologyBuilder) -> std::collections::HashMap<Arc<str>, NodeKind> {
+    let mut kinds: std::collections::HashMap<Arc<str>, NodeKind> = Default::default();
+    let mut see = |name: &Arc<str>, kind: NodeKind| {
+        kinds
+            .entry(name.clone())
+            .and_modify(|k| *k = (*k).min(kind))
+            .or_insert(kind);
+    };
+    for service in builder.nodes.keys() {
+        see(service, NodeKind::Service);
+    }
+    for (service, _) in builder.instances.keys() {
+        see(service, NodeKind::Service);
+    }
+    for key in builder.edges.keys() {
+        see(&key.client.name, key.client.kind);
+        see(&key.server.name, key.server.kind);
+    }
+    for key in builder.instance_edges.keys() {
+        see(&key.client.name, key.client.kind);
+    }
+    kinds
 }

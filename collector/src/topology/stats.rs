@@ -215,6 +215,15 @@ impl Cumulative {
         self.count += 1;
     }
 
+    /// Adds every observation of `other`.
+    pub fn merge(&mut self, other: &Cumulative) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+
     /// `(upper bound, count)` pairs as Prometheus encoders take them.
     pub fn buckets(&self) -> Vec<(f64, u64)> {
         HISTOGRAM_BOUNDS

@@ -530,3 +530,39 @@ fn readers_share_a_snapshot_within_the_reuse_period() {
         "no reuse: the new root counts"
     );
 }
+
+#[test]
+fn a_virtual_node_named_like_a_service_is_that_service() {
+    // frontend → cart twice: once with cart's server span, once with only the client span
+    // naming `peer.service = cart` (its server half never comes). The anchors key nodes by name:
+    // one node `cart`, one edge with both requests; on `/metrics` they stay two series, told
+    // apart by `connection_type` (see topology/metrics.rs).
+    let mut builder = TopologyBuilder::new(TopologyConfig::default());
+    let mut spans = vec![
+        span("front", Client, 1, 1, None).peer(http),
+        span("cart", Server, 1, 2, Some(1)).peer(http),
+        span("front", Client, 2, 3, None).peer(|p| {
+            p.http = true;
+            p.peer_service = Some("cart".into());
+        }),
+    ];
+    builder.ingest(&mut spans, at(0));
+    builder.expire(at(30));
+    let graph = builder.snapshot(Duration::from_secs(300), at(30));
+    assert_eq!(
+        edges_of(&graph),
+        [("front".into(), "cart".into(), "http", 2, 0)],
+        "one edge"
+    );
+    let carts: Vec<_> = graph
+        .nodes
+        .iter()
+        .filter(|n| &*n.key.name == "cart")
+        .map(|n| n.key.kind)
+        .collect();
+    assert_eq!(carts, [NodeKind::Service], "one node, the service");
+    // Before the merge the builder holds two edges: the real one and the virtual one.
+    let kinds: Vec<_> = builder.edges.keys().map(|k| k.server.kind).collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    assert!(kinds.contains(&NodeKind::External), "{kinds:?}");
+}
