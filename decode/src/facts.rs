@@ -67,6 +67,10 @@ pub struct PeerAttributes {
     pub url_full: Option<String>,
     /// `rpc.system`.
     pub rpc_system: Option<String>,
+    /// `network.peer.address`: the peer's socket address.
+    pub network_peer_address: Option<String>,
+    /// `network.peer.port`.
+    pub network_peer_port: Option<u16>,
     /// Whether it has `http.request.method` (or the older `http.method`).
     pub http: bool,
 }
@@ -188,6 +192,15 @@ impl SpanFacts {
     }
 }
 
+/// A port given as an integer or as text.
+fn port(value: &ValueRef<'_>) -> Option<u16> {
+    match value {
+        ValueRef::Int(i) => u16::try_from(*i).ok(),
+        ValueRef::Str(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
 /// Peer names become node names, map keys and metric labels: at most this many bytes are kept.
 const MAX_PEER_TEXT: usize = 256;
 
@@ -230,12 +243,10 @@ fn peer_attributes(attrs: &[Attr<'_>]) -> Option<Box<PeerAttributes>> {
                     p.server_address = text();
                 }
             }
+            "network.peer.address" => slot(&mut peer).network_peer_address = text(),
+            "network.peer.port" => slot(&mut peer).network_peer_port = port(value),
             "server.port" | "net.peer.port" => {
-                let port = match value {
-                    ValueRef::Int(i) => u16::try_from(*i).ok(),
-                    ValueRef::Str(s) => s.parse().ok(),
-                    _ => None,
-                };
+                let port = port(value);
                 let p = slot(&mut peer);
                 if kv.key == "server.port" || p.server_port.is_none() {
                     p.server_port = port;

@@ -371,9 +371,16 @@ async fn known_call_graph_through_every_endpoint() {
         );
     }
     assert!(to_cart["rate_per_sec"].as_f64().unwrap() > 0.0);
+    // A database edge's server side is the client's duration, as the anchors give it.
+    assert_eq!(
+        topology["edges"][0]["latency_ms"]["server"], topology["edges"][0]["latency_ms"]["client"],
+        "a database edge's server side"
+    );
     assert!(
-        topology["edges"][0]["latency_ms"]["server"].is_null(),
-        "a database edge has no server side"
+        topology["edges"][0]["latency_ms"]["server"]["p50"]
+            .as_f64()
+            .is_some(),
+        "a database edge has a server latency: {topology:#}"
     );
 
     // Instance level: the frontend's calls split over cart's two instances.

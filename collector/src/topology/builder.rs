@@ -380,7 +380,7 @@ impl TopologyBuilder {
         if span.kind == SpanKind::Client
             && let Some(name) = peer.and_then(database_name)
         {
-            let server = NodeKey::named(NodeKind::Database, name);
+            let server = NodeKey::named(NodeKind::Database, &name);
             self.record_virtual(
                 NodeKey::service(&span.service),
                 server,
@@ -668,7 +668,12 @@ impl TopologyBuilder {
         minute: u64,
     ) {
         self.counters.virtual_edges += 1;
-        let observation = observation(client, server);
+        let mut observation = observation(client, server);
+        // A database sends no spans: as in Tempo and the servicegraph connector, its side of
+        // the edge takes the client's duration, so that database nodes show a latency.
+        if connection == ConnectionType::Database && observation.server_ns.is_none() {
+            observation.server_ns = observation.client_ns;
+        }
         // Into a service (from the user node or a topic): also per instance.
         if let Some(server) = server
             && let Some(instance) = server.instance
@@ -748,15 +753,26 @@ where
     map.get_mut(key)
 }
 
-/// The database node's name: `db.namespace` / `db.name`, else `server.address`, else the system.
-fn database_name(peer: &PeerAttributes) -> Option<&str> {
+/// The database node's name, for a span with `db.system`: `peer.service`, else `db.namespace`
+/// (`db.name`), else `server.address`, else `network.peer.address` (with `:port` when given),
+/// else the system. Tempo and the servicegraph connector take the same attributes; this order
+/// puts the logical database before the host it runs on.
+fn database_name(peer: &PeerAttributes) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
     let system = peer.db_system.as_deref()?;
-    Some(
-        peer.db_namespace
-            .as_deref()
-            .or(peer.server_address.as_deref())
-            .unwrap_or(system),
-    )
+    let named = peer
+        .peer_service
+        .as_deref()
+        .or(peer.db_namespace.as_deref())
+        .or(peer.server_address.as_deref());
+    if let Some(name) = named {
+        return Some(Cow::Borrowed(name));
+    }
+    Some(match (&peer.network_peer_address, peer.network_peer_port) {
+        (Some(address), Some(port)) => Cow::Owned(format!("{address}:{port}")),
+        (Some(address), None) => Cow::Borrowed(address),
+        (None, _) => Cow::Borrowed(system),
+    })
 }
 
 fn messaging_destination(peer: &PeerAttributes) -> Option<&str> {

@@ -194,7 +194,7 @@ fn pairing_rules() {
             unpaired_server: 0,
         },
         Case {
-            why: "database nodes are named by namespace, else address, else system, at once",
+            why: "database nodes: peer.service, namespace, server address, peer address, system",
             batches: vec![(
                 0,
                 vec![
@@ -208,11 +208,28 @@ fn pairing_rules() {
                         p.server_address = Some("cache.internal".into());
                     }),
                     span("cart", Client, 1, 3, None).peer(|p| p.db_system = Some("sqlite".into())),
+                    span("cart", Client, 1, 4, None).peer(|p| {
+                        p.db_system = Some("postgresql".into());
+                        p.peer_service = Some("cart-db".into());
+                        p.db_namespace = Some("carts".into());
+                    }),
+                    span("cart", Client, 1, 5, None).peer(|p| {
+                        p.db_system = Some("mysql".into());
+                        p.network_peer_address = Some("10.0.0.9".into());
+                        p.network_peer_port = Some(3306);
+                    }),
+                    span("cart", Client, 1, 6, None).peer(|p| {
+                        p.db_system = Some("mysql".into());
+                        p.network_peer_address = Some("10.0.0.10".into());
+                    }),
                 ],
             )],
             read_at: 0,
             edges: vec![
+                ("cart", "10.0.0.10", "database", 1, 0),
+                ("cart", "10.0.0.9:3306", "database", 1, 0),
                 ("cart", "cache.internal", "database", 1, 0),
+                ("cart", "cart-db", "database", 1, 0),
                 ("cart", "carts", "database", 1, 0),
                 ("cart", "sqlite", "database", 1, 0),
             ],
@@ -565,4 +582,34 @@ fn a_virtual_node_named_like_a_service_is_that_service() {
     let kinds: Vec<_> = builder.edges.keys().map(|k| k.server.kind).collect();
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert!(kinds.contains(&NodeKind::External), "{kinds:?}");
+}
+
+#[test]
+fn a_database_edge_takes_the_client_duration_for_its_server_side() {
+    let mut builder = TopologyBuilder::new(TopologyConfig::default());
+    let mut spans = vec![
+        span("cart", Client, 1, 1, None)
+            .ms(40)
+            .peer(|p| p.db_system = Some("postgresql".into())),
+    ];
+    builder.ingest(&mut spans, at(0));
+    let graph = builder.snapshot(Duration::from_secs(60), at(0));
+    let edge = &graph.edges[0];
+    let client = edge.summary.client.quantile(0.5).expect("a client latency");
+    let server = edge
+        .summary
+        .server
+        .quantile(0.5)
+        .expect("a server latency, as the anchors give");
+    assert_eq!(client, server, "the same observation");
+    assert!((server - 40.0).abs() < 0.5, "about 40 ms: {server}");
+    let node = graph
+        .nodes
+        .iter()
+        .find(|n| n.key.kind == NodeKind::Database)
+        .expect("the database node");
+    assert!(
+        node.served.server.quantile(0.5).is_some(),
+        "the database node shows a latency"
+    );
 }
