@@ -195,6 +195,7 @@ impl Half {
             error: self.error,
             duration_ns: Some(self.duration_ns),
             peer: self.peer.as_deref(),
+            class: None,
         }
     }
 }
@@ -207,10 +208,15 @@ enum Waiting {
 }
 
 /// A recent span, for children in other services that name it as their parent.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Parent {
     service: Arc<str>,
     instance: Option<Arc<str>>,
+    /// Whether it failed, and what its peer attributes say of the connection: what the edge
+    /// takes from the parent when the child comes second, so that failed counts and connection
+    /// types do not depend on which arrives first.
+    error: bool,
+    class: Option<ConnectionType>,
 }
 
 /// One side of an edge being recorded.
@@ -223,6 +229,8 @@ struct Side<'a> {
     /// `None` when the side is not a client or server span (the parent-to-child rule).
     duration_ns: Option<u64>,
     peer: Option<&'a PeerAttributes>,
+    /// What a remembered parent's peer attributes said of the connection.
+    class: Option<ConnectionType>,
 }
 
 impl<'a> Side<'a> {
@@ -234,17 +242,19 @@ impl<'a> Side<'a> {
             error: span.error,
             duration_ns: Some(span.duration_ns),
             peer: span.peer.as_deref(),
+            class: None,
         }
     }
 
-    fn parent(service: &'a Arc<str>, instance: Option<&'a Arc<str>>) -> Self {
+    fn parent(parent: &'a Parent) -> Self {
         Self {
-            service,
-            instance,
+            service: &parent.service,
+            instance: parent.instance.as_ref(),
             kind: SpanKind::Internal,
-            error: false,
+            error: parent.error,
             duration_ns: None,
             peer: None,
+            class: parent.class,
         }
     }
 
@@ -484,10 +494,9 @@ impl TopologyBuilder {
             None => {}
         }
         // A caller that made no CLIENT span: the parent-to-child rule.
-        if let Some((service, instance)) = self.parent_of(&key) {
-            if service != span.service {
-                let client = Side::parent(&service, instance.as_ref());
-                self.record_pair(client, Side::of(span), minute);
+        if let Some(parent) = self.parent_of(&key) {
+            if parent.service != span.service {
+                self.record_pair(Side::parent(&parent), Side::of(span), minute);
             }
             return;
         }
@@ -516,6 +525,8 @@ impl TopologyBuilder {
         let parent = Parent {
             service: span.service.clone(),
             instance: span.instance.clone(),
+            error: span.error,
+            class: span.peer.as_deref().and_then(peer_class),
         };
         self.parents.insert(span.id, parent, deadline);
     }
@@ -540,10 +551,13 @@ impl TopologyBuilder {
             }
             return;
         }
-        if let Some((service, instance)) = self.parent_of(&key) {
-            if service != span.service {
-                let client = Side::parent(&service, instance.as_ref());
-                self.record_pair(client, Side::of(span).without_latency(), minute);
+        if let Some(parent) = self.parent_of(&key) {
+            if parent.service != span.service {
+                self.record_pair(
+                    Side::parent(&parent),
+                    Side::of(span).without_latency(),
+                    minute,
+                );
             }
             return;
         }
@@ -551,11 +565,9 @@ impl TopologyBuilder {
         self.children.insert(key, Half::take(span), deadline);
     }
 
-    /// The service and instance of a recent span, if it is known.
-    fn parent_of(&self, key: &SpanRef) -> Option<(Arc<str>, Option<Arc<str>>)> {
-        self.parents
-            .get(key)
-            .map(|p| (p.service.clone(), p.instance.clone()))
+    /// A recent span, if it is known.
+    fn parent_of(&self, key: &SpanRef) -> Option<Parent> {
+        self.parents.get(key).cloned()
     }
 
     fn wait(&mut self, key: SpanRef, waiting: Waiting, minute: u64, deadline: SystemTime) {
@@ -787,23 +799,26 @@ fn connection_type(client: Option<Side<'_>>, server: Option<Side<'_>>) -> Connec
     if messaging {
         return ConnectionType::Messaging;
     }
-    for peer in [client, server]
+    [client, server]
         .into_iter()
         .flatten()
-        .filter_map(|s| s.peer)
-    {
-        if peer.rpc_system.as_deref() == Some("grpc") {
-            return ConnectionType::Grpc;
-        }
-        if peer.db_system.is_some() {
-            return ConnectionType::Database;
-        }
-        if peer.messaging_system.is_some() {
-            return ConnectionType::Messaging;
-        }
-        if peer.http || peer.url_full.is_some() {
-            return ConnectionType::Http;
-        }
+        .find_map(|side| side.class.or_else(|| side.peer.and_then(peer_class)))
+        .unwrap_or(ConnectionType::Other)
+}
+
+/// What one side's peer attributes say of the connection, if anything.
+fn peer_class(peer: &PeerAttributes) -> Option<ConnectionType> {
+    if peer.rpc_system.as_deref() == Some("grpc") {
+        return Some(ConnectionType::Grpc);
     }
-    ConnectionType::Other
+    if peer.db_system.is_some() {
+        return Some(ConnectionType::Database);
+    }
+    if peer.messaging_system.is_some() {
+        return Some(ConnectionType::Messaging);
+    }
+    if peer.http || peer.url_full.is_some() {
+        return Some(ConnectionType::Http);
+    }
+    None
 }

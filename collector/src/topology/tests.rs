@@ -613,3 +613,49 @@ fn a_database_edge_takes_the_client_duration_for_its_server_side() {
         "the database node shows a latency"
     );
 }
+
+#[test]
+fn the_parent_to_child_rule_does_not_depend_on_arrival_order() {
+    // A caller that made no CLIENT span: its span is the parent of a span in another service.
+    // Whichever comes first, the edge has the same requests, errors and connection type.
+    let grpc = |p: &mut PeerAttributes| p.rpc_system = Some("grpc".into());
+    let cases: Vec<(&str, SpanFacts, SpanFacts, Edge)> = vec![
+        (
+            "a failed INTERNAL parent, an INTERNAL child",
+            span("front", Internal, 1, 1, None).error(),
+            span("cart", Internal, 1, 2, Some(1)),
+            ("front", "cart", "other", 1, 1),
+        ),
+        (
+            "a SERVER parent whose peer says gRPC, an INTERNAL child",
+            span("front", Server, 1, 1, None).peer(grpc),
+            span("cart", Internal, 1, 2, Some(1)),
+            ("front", "cart", "grpc", 1, 0),
+        ),
+        (
+            "a failed INTERNAL parent, a SERVER child",
+            span("front", Internal, 1, 1, None).error().peer(grpc),
+            span("cart", Server, 1, 2, Some(1)),
+            ("front", "cart", "grpc", 1, 1),
+        ),
+    ];
+    for (why, parent, child, want) in cases {
+        for parent_first in [true, false] {
+            let mut builder = TopologyBuilder::new(TopologyConfig::default());
+            let (first, second) = if parent_first {
+                (parent.clone(), child.clone())
+            } else {
+                (child.clone(), parent.clone())
+            };
+            builder.ingest(&mut [first], at(0));
+            builder.ingest(&mut [second], at(1));
+            let graph = builder.snapshot(Duration::from_secs(60), at(1));
+            let edges: Vec<_> = edges_of(&graph)
+                .into_iter()
+                .filter(|e| e.0 == "front" && e.1 == "cart")
+                .collect();
+            let want = (want.0.into(), want.1.into(), want.2, want.3, want.4);
+            assert_eq!(edges, [want], "{why}, parent first: {parent_first}");
+        }
+    }
+}
