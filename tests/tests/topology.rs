@@ -542,6 +542,31 @@ async fn known_call_graph_through_every_endpoint() {
     assert_eq!(failed["data"][0]["traceID"], json!(traces[REQUESTS - 1]));
     let (_, slow) = get(&collector, "/api/traces?service=frontend&minDuration=1h").await;
     assert_eq!(slow["data"], json!([]), "no trace lasts an hour");
+    // Several ids at once, in the order asked; the unknown one is an error entry.
+    let unknown = "00000000000000000000000000000abc";
+    let (status, several) = get(
+        &collector,
+        &format!(
+            "/api/traces?traceID={}&traceID={unknown}&traceID={}",
+            traces[1],
+            traces[0].to_uppercase()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let ids: Vec<_> = several["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["traceID"].clone())
+        .collect();
+    assert_eq!(ids, [json!(traces[1]), json!(traces[0])], "{several}");
+    assert_eq!(
+        several["errors"],
+        json!([{"code": 404, "msg": "trace not found", "traceID": unknown}])
+    );
+    let (status, _) = get(&collector, "/api/traces?traceID=not-hex").await;
+    assert_eq!(status, 400, "a bad id is refused");
     let (status, one) = get(&collector, &format!("/api/traces/{}", traces[0])).await;
     assert_eq!(status, 200);
     let spans = one["data"][0]["spans"].as_array().unwrap();

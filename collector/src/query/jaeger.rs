@@ -323,6 +323,15 @@ pub(crate) async fn search(
     Query(query): Query<SearchQuery>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Value>, JaegerError> {
+    // `?traceID=a&traceID=b`: those traces, as Jaeger's query service answers it (the other
+    // parameters are then not a search); a missing one is an entry of `errors`.
+    let requested: Vec<String> = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .filter(|(key, _)| key == "traceID")
+        .map(|(_, value)| normalized_trace_id(&value))
+        .collect::<Result<_, _>>()?;
+    if !requested.is_empty() {
+        return traces_with_ids(&state, &requested).await;
+    }
     let tags = search_tags(raw.as_deref().unwrap_or(""))?;
     let filter = search_filter(&query, &tags)?;
     let limit = match query.limit.as_deref().filter(|l| !l.is_empty()) {
@@ -356,12 +365,9 @@ pub(crate) async fn search(
     Ok(envelope(Value::Array(data)))
 }
 
-pub(crate) async fn trace(
-    State(state): State<Arc<ApiState>>,
-    Path(trace_id): Path<String>,
-) -> Result<Json<Value>, JaegerError> {
-    let id = trace_id.to_ascii_lowercase();
-    // Jaeger accepts 64-bit ids too; ours are 128-bit, so pad a short one.
+/// A trace id as Jaeger takes it: hexadecimal, any case, 64-bit ids padded to our 128 bits.
+fn normalized_trace_id(text: &str) -> Result<String, JaegerError> {
+    let id = text.to_ascii_lowercase();
     let id = if id.len() < 32 {
         format!("{id:0>32}")
     } else {
@@ -369,9 +375,43 @@ pub(crate) async fn trace(
     };
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(JaegerError::bad_request(format!(
-            "{trace_id:?} is not a trace id (hexadecimal, at most 32 characters)"
+            "`{text}` is not a trace id (hexadecimal, at most 32 characters)"
         )));
     }
+    Ok(id)
+}
+
+/// The traces of `ids` in the order asked, and a 404 entry of `errors` for each one not found.
+async fn traces_with_ids(state: &ApiState, ids: &[String]) -> Result<Json<Value>, JaegerError> {
+    let traces = traces_by_id(state, ids).await?;
+    let mut data = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for id in ids {
+        if !seen.insert(id) {
+            continue;
+        }
+        match traces.get(id) {
+            Some(trace) => data.push(trace.clone()),
+            None => errors.push(json!({"code": 404, "msg": "trace not found", "traceID": id})),
+        }
+    }
+    let total = data.len();
+    let errors = if errors.is_empty() {
+        Value::Null
+    } else {
+        Value::Array(errors)
+    };
+    Ok(Json(
+        json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": errors}),
+    ))
+}
+
+pub(crate) async fn trace(
+    State(state): State<Arc<ApiState>>,
+    Path(trace_id): Path<String>,
+) -> Result<Json<Value>, JaegerError> {
+    let id = normalized_trace_id(&trace_id)?;
     let traces = traces_by_id(&state, std::slice::from_ref(&id)).await?;
     match traces.get(&id) {
         Some(trace) => Ok(envelope(Value::Array(vec![trace.clone()]))),
