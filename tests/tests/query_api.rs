@@ -245,3 +245,53 @@ fn datafusion_arrow_reader(bytes: &[u8]) -> (usize, Vec<String>) {
     let rows = reader.map(|b| b.expect("a batch").num_rows()).sum();
     (rows, names)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
+    // 4 traces of 4 spans under a 10-row limit: the 16 spans of all four do not fit, the 8 of
+    // the latest two do.
+    let mut config = loopback_config();
+    config.query_max_rows = 10;
+    let collector = start(config).await;
+    let base = 1_700_000_000_000_000_000u64;
+    let spans = (1..=4u8)
+        .flat_map(|trace| {
+            (1..=4u64).map(move |i| {
+                let start = base + u64::from(trace) * 1_000_000 + i;
+                span([trace; 16], i, "op", start, start + 10)
+            })
+        })
+        .collect();
+    let request = trace_request(Some("svc"), spans);
+    let response = http_client()
+        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(wait_for_rows(&collector, "true", 16).await, 16);
+    let url = format!(
+        "http://{}/api/traces?service=svc&limit=4",
+        collector.addrs().query_http
+    );
+    let answer = http_client().get(url).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "fewer traces, not an error");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["traceID"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "04040404040404040404040404040404",
+            "03030303030303030303030303030303"
+        ],
+        "the latest two, latest first"
+    );
+    collector.shutdown().await;
+}

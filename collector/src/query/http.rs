@@ -100,7 +100,7 @@ pub(super) async fn trace(
     let id = trace_id.to_ascii_lowercase();
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ApiError::BadRequest(format!(
-            "{trace_id:?} is not a trace id: 32 hexadecimal characters"
+            "`{trace_id}` is not a trace id: 32 hexadecimal characters"
         )));
     }
     let snapshot = state.engine.store().snapshot();

@@ -57,9 +57,19 @@ impl From<QueryError> for JaegerError {
 
 impl From<super::error::ApiError> for JaegerError {
     fn from(error: super::error::ApiError) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("{error:?}"),
+        use super::error::ApiError;
+        // The message as the API's own answer gives it, never Rust's debug form.
+        match error {
+            ApiError::BadRequest(message) => Self::bad_request(message),
+            ApiError::NotFound(message) => Self {
+                status: StatusCode::NOT_FOUND,
+                message,
+            },
+            ApiError::Internal(message) => Self {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message,
+            },
+            ApiError::Query(error) => error.into(),
         }
     }
 }
@@ -356,7 +366,18 @@ pub(crate) async fn search(
     if ids.is_empty() {
         return Ok(envelope(Value::Array(Vec::new())));
     }
-    let traces = traces_by_id(&state, &ids).await?;
+    // The spans of `limit` large traces may pass the query's row limit: then fewer traces
+    // (the latest), halving until they fit, rather than an error (one trace that alone passes
+    // the limit still fails, with the limit's message).
+    let mut ids = ids;
+    let traces = loop {
+        match traces_by_id(&state, &ids).await {
+            Err(error) if error.status == StatusCode::UNPROCESSABLE_ENTITY && ids.len() > 1 => {
+                ids.truncate(ids.len() / 2);
+            }
+            result => break result?,
+        }
+    };
     // Latest first, as the search ordered them.
     let data = ids
         .iter()

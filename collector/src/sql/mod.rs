@@ -54,7 +54,10 @@ pub enum QueryError {
     #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
     TooManyRows(usize),
     /// The query ran past its time limit.
-    #[error("the query ran longer than {0:?} and was cancelled")]
+    #[error(
+        "the query ran longer than {} and was cancelled",
+        humantime::format_duration(*.0)
+    )]
     Timeout(Duration),
 }
 
@@ -254,5 +257,29 @@ fn classify(error: DataFusionError) -> QueryError {
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => QueryError::Invalid(error.to_string()),
         _ => QueryError::Execution(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_carry_no_debug_output() {
+        let cases = [
+            (
+                QueryError::Timeout(Duration::from_millis(1500)),
+                "the query ran longer than 1s 500ms and was cancelled",
+                "a duration as people write it",
+            ),
+            (
+                QueryError::TooManyRows(10),
+                "the result has more than 10 rows; add a LIMIT or aggregate",
+                "a number",
+            ),
+        ];
+        for (error, want, why) in cases {
+            assert_eq!(error.to_string(), want, "{why}");
+        }
     }
 }
