@@ -604,6 +604,18 @@ async fn known_call_graph_through_every_endpoint() {
             .contains(&json!({"parent": "frontend", "child": "cart", "callCount": 4})),
         "{dependencies}"
     );
+    // An endTs two hours back: the hour before it saw no traffic.
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 7_200_000;
+    let (_, earlier) = get(
+        &collector,
+        &format!("/api/dependencies?endTs={two_hours_ago}&lookback=3600000"),
+    )
+    .await;
+    assert_eq!(earlier["data"], json!([]), "endTs is honoured: {earlier}");
 
     // Metrics.
     let metrics = metrics_text(&collector).await;

@@ -614,13 +614,27 @@ pub(crate) async fn dependencies(
         return Ok(envelope(Value::Array(Vec::new())));
     };
     let now_ms = crate::clock::unix_millis(SystemTime::now());
-    let end = query.end_ts.unwrap_or(now_ms);
+    let end = query.end_ts.unwrap_or(now_ms).min(now_ms);
     let lookback = query.lookback.unwrap_or(86_400_000);
     let since = end.saturating_sub(lookback);
-    let window = Duration::from_millis(now_ms.saturating_sub(since))
-        .max(Duration::from_secs(60))
-        .min(topology.retention());
-    let graph = super::topology::snapshot(topology, window).await?;
+    // A window that ends now is a shared snapshot; one that ends earlier (Jaeger's `endTs` in
+    // the past) sums the minutes from `endTs - lookback` to `endTs`.
+    let graph = if now_ms.saturating_sub(end) < 60_000 {
+        let window = Duration::from_millis(now_ms.saturating_sub(since))
+            .max(Duration::from_secs(60))
+            .min(topology.retention());
+        super::topology::snapshot(topology, window).await?
+    } else {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let (from, to) = (at(since), at(end));
+        let topology = topology.clone();
+        tokio::task::spawn_blocking(move || Arc::new(topology.snapshot_between(from, to)))
+            .await
+            .map_err(|e| JaegerError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("the topology snapshot failed: {e}"),
+            })?
+    };
     let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
     for edge in &graph.edges {
         *counts

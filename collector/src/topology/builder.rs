@@ -734,6 +734,17 @@ impl TopologyBuilder {
     pub fn snapshot(&self, window: Duration, now: SystemTime) -> super::Snapshot {
         super::snapshot::take(self, window, now)
     }
+
+    /// The figures over the whole minutes from `from` to `to` (a window that may end before
+    /// `now`).
+    pub fn snapshot_between(
+        &self,
+        from: SystemTime,
+        to: SystemTime,
+        now: SystemTime,
+    ) -> super::Snapshot {
+        super::snapshot::take_between(self, from, to, now)
+    }
 }
 
 /// The longest edge wait taken.

@@ -106,6 +106,17 @@ impl Topology {
         self.builder.lock().snapshot(window, now)
     }
 
+    /// The graph over the whole minutes from `from` to `to`, for a window that ends before now
+    /// (not shared: such readers are rare).
+    pub fn snapshot_between(
+        &self,
+        from: std::time::SystemTime,
+        to: std::time::SystemTime,
+    ) -> Snapshot {
+        let now = self.clock.now();
+        self.builder.lock().snapshot_between(from, to, now)
+    }
+
     /// The longest window that can be asked for.
     pub fn retention(&self) -> Duration {
         self.builder.lock().config().retention

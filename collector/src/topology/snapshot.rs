@@ -88,6 +88,36 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
     let since = now_minute.saturating_sub(whole);
     let covered =
         Duration::from_secs((now_minute - since) * BUCKET_SECONDS + now_seconds % BUCKET_SECONDS);
+    take_minutes(builder, since, None, window, covered, now)
+}
+
+/// The graph over the whole minutes from the one holding `from` to the one holding `to`, for a
+/// window that ends before now (Jaeger's `endTs`).
+pub(super) fn take_between(
+    builder: &TopologyBuilder,
+    from: SystemTime,
+    to: SystemTime,
+    now: SystemTime,
+) -> Snapshot {
+    let since = unix_seconds(from) / BUCKET_SECONDS;
+    let until = (unix_seconds(to) / BUCKET_SECONDS).max(since);
+    let covered = Duration::from_secs((until - since + 1) * BUCKET_SECONDS);
+    let window = to.duration_since(from).unwrap_or_default();
+    take_minutes(builder, since, Some(until), window, covered, now)
+}
+
+fn take_minutes(
+    builder: &TopologyBuilder,
+    since: u64,
+    until: Option<u64>,
+    window: Duration,
+    covered: Duration,
+    now: SystemTime,
+) -> Snapshot {
+    let sum = |series: &super::stats::Series| match until {
+        None => series.window(since),
+        Some(until) => series.between(since, until),
+    };
 
     // One node per name, as the anchors have it (a node is its name there): a virtual node
     // named like a service (a client span whose server half expired, naming its peer) is that
@@ -99,7 +129,7 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
     };
     let mut merged: std::collections::BTreeMap<EdgeKey, Summary> = Default::default();
     for (key, edge) in &builder.edges {
-        if let Some(summary) = edge.series.window(since) {
+        if let Some(summary) = sum(&edge.series) {
             let key = EdgeKey {
                 client: canon(&key.client),
                 server: canon(&key.server),
@@ -115,7 +145,7 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
 
     let mut merged: std::collections::BTreeMap<InstanceEdgeKey, Summary> = Default::default();
     for (key, series) in &builder.instance_edges {
-        if let Some(summary) = series.window(since) {
+        if let Some(summary) = sum(series) {
             let key = InstanceEdgeKey {
                 client: canon(&key.client),
                 ..key.clone()
@@ -140,7 +170,7 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
         })
     }
     for (service, series) in &builder.nodes {
-        if let Some(served) = series.window(since) {
+        if let Some(served) = sum(series) {
             node(
                 &mut nodes,
                 &NodeKey {
@@ -152,7 +182,7 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
         }
     }
     for ((service, id), state) in &builder.instances {
-        if let Some(served) = state.series.window(since) {
+        if let Some(served) = sum(&state.series) {
             node(
                 &mut nodes,
                 &NodeKey {

@@ -179,6 +179,20 @@ impl Series {
         Some(total)
     }
 
+    /// The sum of the buckets from `since_minute` to `until_minute`, both included; `None`
+    /// when there are none (not cached: for windows that end before now).
+    pub fn between(&self, since_minute: u64, until_minute: u64) -> Option<Summary> {
+        let mut total: Option<Summary> = None;
+        for (_, summary) in self
+            .buckets
+            .iter()
+            .filter(|(m, _)| (since_minute..=until_minute).contains(m))
+        {
+            total.get_or_insert_with(Summary::default).merge(summary);
+        }
+        total
+    }
+
     /// Drops the buckets before `minute`; says whether anything is left.
     pub fn prune(&mut self, minute: u64) -> bool {
         while self.buckets.front().is_some_and(|(m, _)| *m < minute) {

@@ -659,3 +659,29 @@ fn the_parent_to_child_rule_does_not_depend_on_arrival_order() {
         }
     }
 }
+
+#[test]
+fn a_window_that_ends_before_now_sums_only_its_minutes() {
+    // Jaeger's /api/dependencies?endTs=…&lookback=…: the minutes from endTs - lookback to endTs.
+    let mut builder = TopologyBuilder::new(TopologyConfig::default());
+    let pair = |trace: u8| {
+        vec![
+            span("front", Client, trace, 1, None).peer(http),
+            span("cart", Server, trace, 2, Some(1)).peer(http),
+        ]
+    };
+    builder.ingest(&mut pair(1), at(0));
+    builder.ingest(&mut pair(2), at(600));
+    builder.ingest(&mut pair(3), at(610));
+    let requests = |graph: &Snapshot| graph.edges.iter().map(|e| e.summary.requests).sum::<u64>();
+    let cases = [
+        (0, 59, 1, "the first minute only"),
+        (540, 660, 2, "the eleventh minute only"),
+        (0, 700, 3, "both"),
+        (120, 300, 0, "a quiet stretch"),
+    ];
+    for (from, to, want, why) in cases {
+        let graph = builder.snapshot_between(at(from), at(to), at(700));
+        assert_eq!(requests(&graph), want, "{why}");
+    }
+}
