@@ -49,10 +49,13 @@ pub struct Config {
     pub max_store_bytes: usize,
     /// How long one SQL query may run.
     pub query_timeout: Duration,
-    /// How much memory one SQL query's operators (sorts, joins, aggregates) may use.
+    /// How much memory the SQL queries running at once may use in all (sorts, joins,
+    /// aggregates); each of the [`Config::query_max_concurrent`] gets an equal share.
     pub query_memory_bytes: usize,
     /// Most rows one SQL answer may carry.
     pub query_max_rows: usize,
+    /// Most SQL queries running at once; more are refused with 503 and `Retry-After`.
+    pub query_max_concurrent: usize,
     /// Whether the service graph is built from the spans (on unless `--no-topology`).
     pub topology: bool,
     /// How long half of an edge waits for its other half.
@@ -106,6 +109,7 @@ impl Default for Config {
             query_timeout: Duration::from_secs(30),
             query_memory_bytes: 512 * MIB,
             query_max_rows: 100_000,
+            query_max_concurrent: 4,
             topology: true,
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
@@ -165,12 +169,16 @@ pub struct ServeArgs {
     /// Time limit of one SQL query [default: 30s].
     #[arg(long, env = "WAYFINDER_QUERY_TIMEOUT", value_parser = parse_duration)]
     pub query_timeout: Option<Duration>,
-    /// Memory limit of one SQL query's operators [default: 512MiB].
+    /// Memory of all SQL queries at once, shared equally among --query-max-concurrent
+    /// [default: 512MiB].
     #[arg(long, env = "WAYFINDER_QUERY_MEMORY_BYTES", value_parser = parse_size)]
     pub query_memory_bytes: Option<usize>,
     /// Most rows in one SQL answer [default: 100000].
     #[arg(long, env = "WAYFINDER_QUERY_MAX_ROWS")]
     pub query_max_rows: Option<usize>,
+    /// Most SQL queries running at once; more get 503 with Retry-After [default: 4].
+    #[arg(long, env = "WAYFINDER_QUERY_MAX_CONCURRENT")]
+    pub query_max_concurrent: Option<usize>,
     /// Do not build the service graph (spans are still stored and queryable).
     #[arg(long, env = "WAYFINDER_NO_TOPOLOGY")]
     pub no_topology: bool,
@@ -240,6 +248,7 @@ struct FileConfig {
     query_timeout: Option<String>,
     query_memory_bytes: Option<Size>,
     query_max_rows: Option<usize>,
+    query_max_concurrent: Option<usize>,
     topology: Option<bool>,
     edge_wait: Option<String>,
     edge_max_pending: Option<usize>,
@@ -394,6 +403,10 @@ impl Config {
                 .query_max_rows
                 .or(file.query_max_rows)
                 .unwrap_or(defaults.query_max_rows),
+            query_max_concurrent: args
+                .query_max_concurrent
+                .or(file.query_max_concurrent)
+                .unwrap_or(defaults.query_max_concurrent),
             topology: !args.no_topology && file.topology.unwrap_or(defaults.topology),
             edge_wait: args
                 .edge_wait
@@ -491,6 +504,12 @@ impl Config {
                 ))
             }
         };
+        if self.query_max_concurrent == 0 {
+            return Err(invalid(
+                "query_max_concurrent",
+                "must be at least 1, not 0".to_owned(),
+            ));
+        }
         if !(self.weight_gamma.is_finite() && self.weight_gamma > 0.0) {
             return Err(invalid(
                 "weight_gamma",

@@ -299,3 +299,53 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
     );
     collector.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_past_the_concurrency_limit_are_refused_with_retry_after() {
+    let mut config = loopback_config();
+    config.query_max_concurrent = 1;
+    config.query_timeout = std::time::Duration::from_secs(3);
+    let collector = start(config).await;
+    let url = format!("http://{}/api/v1/sql", collector.addrs().query_http);
+    let post = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            http_client()
+                .post(url)
+                .json(&serde_json::json!({ "sql": sql }))
+                .send()
+                .await
+                .expect("the query API answers")
+        }
+    };
+    // A query that runs until its timeout holds the one slot.
+    let slow = tokio::spawn(post("SELECT count(*) FROM range(0, 100000000000)"));
+    let mut refused = None;
+    for _ in 0..200 {
+        let answer = post("SELECT 1").await;
+        if answer.status() == 503 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(answer.status(), 200, "before the slow query starts");
+    }
+    let refused = refused.expect("a second query is refused while the first runs");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let body = refused.text().await.unwrap();
+    assert!(
+        body.contains("the most allowed at once; retry shortly"),
+        "{body}"
+    );
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status(), 503, "the slow one ran into its timeout");
+    assert!(
+        slow.text().await.unwrap().contains("ran longer than 3s"),
+        "and says so"
+    );
+    assert_eq!(
+        post("SELECT 1").await.status(),
+        200,
+        "the slot is free again"
+    );
+    collector.shutdown().await;
+}

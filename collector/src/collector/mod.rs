@@ -146,6 +146,7 @@ impl Collector {
             timeout: config.query_timeout,
             memory_bytes: config.query_memory_bytes,
             max_rows: config.query_max_rows,
+            max_concurrent: config.query_max_concurrent,
         };
         let clock = Clock::new();
         let registry = Arc::new(Registry::new(

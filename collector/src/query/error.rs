@@ -21,6 +21,7 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let busy = matches!(self, ApiError::Query(QueryError::Busy(_)));
         let (status, error) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
@@ -31,11 +32,19 @@ impl IntoResponse for ApiError {
                     QueryError::Execution(_) | QueryError::TooManyRows(_) => {
                         StatusCode::UNPROCESSABLE_ENTITY
                     }
-                    QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    QueryError::Timeout(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 (status, e.to_string())
             }
         };
-        (status, axum::Json(ErrorBody { error })).into_response()
+        let mut response = (status, axum::Json(ErrorBody { error })).into_response();
+        if busy {
+            // The running queries end within the query timeout; a second is a fair first wait.
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

@@ -44,7 +44,7 @@ impl JaegerError {
 impl From<QueryError> for JaegerError {
     fn from(error: QueryError) -> Self {
         let status = match error {
-            QueryError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+            QueryError::Timeout(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             QueryError::TooManyRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -16,6 +16,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::MemTable;
 use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -30,10 +31,12 @@ use crate::store::SpanStore;
 pub struct QueryLimits {
     /// Time limit of one query.
     pub timeout: Duration,
-    /// Memory limit of one query's operators.
+    /// Memory of all queries at once; each running query gets `memory_bytes / max_concurrent`.
     pub memory_bytes: usize,
     /// Most rows in one answer.
     pub max_rows: usize,
+    /// Most queries running at once; one more is refused with [`QueryError::Busy`].
+    pub max_concurrent: usize,
 }
 
 /// Why a query gave no answer.
@@ -53,6 +56,9 @@ pub enum QueryError {
     /// The answer has more rows than allowed.
     #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
     TooManyRows(usize),
+    /// As many queries as allowed are running: retry shortly.
+    #[error("{0} queries are running, the most allowed at once; retry shortly")]
+    Busy(usize),
     /// The query ran past its time limit.
     #[error(
         "the query ran longer than {} and was cancelled",
@@ -68,6 +74,7 @@ impl QueryError {
             QueryError::Execution(_) => "failed",
             QueryError::TooManyRows(_) => "too_many_rows",
             QueryError::Timeout(_) => "timeout",
+            QueryError::Busy(_) => "busy",
         }
     }
 }
@@ -89,6 +96,8 @@ pub struct QueryEngine {
     limits: QueryLimits,
     metrics: Arc<Metrics>,
     runtime: Arc<QueryRuntime>,
+    /// One permit per query running.
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 /// The threads queries run on; shut down without waiting when dropped.
@@ -121,6 +130,7 @@ impl QueryEngine {
             limits,
             metrics,
             runtime: Arc::new(QueryRuntime(Some(runtime))),
+            running: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
         })
     }
 
@@ -156,6 +166,10 @@ impl QueryEngine {
                 "the query runtime is shut down".into(),
             ));
         };
+        // Refused at once beyond the limit, not queued: the caller retries (503 + Retry-After).
+        let Ok(_permit) = self.running.clone().try_acquire_owned() else {
+            return Err(QueryError::Busy(self.limits.max_concurrent));
+        };
         let context = self.context()?;
         let max_rows = self.limits.max_rows;
         let task = runtime.spawn(async move { execute(context, &sql, max_rows).await });
@@ -175,8 +189,14 @@ impl QueryEngine {
     /// A session with the memory limit and the `spans` table over a snapshot of the store.
     fn context(&self) -> Result<SessionContext, QueryError> {
         let internal = |e: DataFusionError| QueryError::Execution(e.to_string());
+        // This query's share of the memory of all queries; nothing spills to disk (the OS temp
+        // directory is no place for a collector's overflow): past its share a query fails.
+        let share = self.limits.memory_bytes / self.limits.max_concurrent.max(1);
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(self.limits.memory_bytes, 1.0)
+            .with_memory_limit(share, 1.0)
+            .with_disk_manager_builder(
+                DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+            )
             .build_arc()
             .map_err(internal)?;
         let config = SessionConfig::new()
