@@ -62,6 +62,8 @@ pub struct Config {
     pub edge_wait: Duration,
     /// How many halves of edges may wait at once; when full, the oldest expire first.
     pub edge_max_pending: usize,
+    /// Upper bounds of the service-graph latency histograms, ascending.
+    pub service_graph_buckets: Vec<Duration>,
     /// How long an instance may stay `critical` (or silent) before the registry removes it.
     pub deregister_after: Duration,
     /// How often load-balancing weights are computed.
@@ -113,6 +115,10 @@ impl Default for Config {
             topology: true,
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
+            service_graph_buckets: crate::topology::stats::HISTOGRAM_BOUNDS
+                .iter()
+                .map(|&seconds| Duration::from_secs_f64(seconds))
+                .collect(),
             deregister_after: Duration::from_secs(60),
             weight_update_period: weights.update_period,
             weight_window: weights.window,
@@ -188,6 +194,11 @@ pub struct ServeArgs {
     /// How many halves of edges may wait at once [default: 100000].
     #[arg(long, env = "WAYFINDER_EDGE_MAX_PENDING")]
     pub edge_max_pending: Option<usize>,
+    /// Upper bounds of the service-graph latency histograms, comma-separated and ascending
+    /// [default: the servicegraph connector's, 2ms,4ms,6ms,8ms,10ms,50ms,100ms,200ms,400ms,
+    /// 800ms,1s,1400ms,2s,5s,10s,15s].
+    #[arg(long, env = "WAYFINDER_SERVICE_GRAPH_BUCKETS", value_delimiter = ',', value_parser = parse_duration)]
+    pub service_graph_buckets: Vec<Duration>,
     /// How long an instance stays critical (or silent) before it is removed [default: 60s].
     #[arg(long, env = "WAYFINDER_DEREGISTER_AFTER", value_parser = parse_duration)]
     pub deregister_after: Option<Duration>,
@@ -252,6 +263,7 @@ struct FileConfig {
     topology: Option<bool>,
     edge_wait: Option<String>,
     edge_max_pending: Option<usize>,
+    service_graph_buckets: Option<Vec<String>>,
     deregister_after: Option<String>,
     weight_update_period: Option<String>,
     weight_window: Option<String>,
@@ -416,6 +428,22 @@ impl Config {
                 .edge_max_pending
                 .or(file.edge_max_pending)
                 .unwrap_or(defaults.edge_max_pending),
+            service_graph_buckets: if !args.service_graph_buckets.is_empty() {
+                args.service_graph_buckets.clone()
+            } else if let Some(buckets) = &file.service_graph_buckets {
+                buckets
+                    .iter()
+                    .map(|text| {
+                        parse_duration(text).map_err(|message| ConfigError::Value {
+                            path: path.clone(),
+                            key: "service_graph_buckets",
+                            message,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            } else {
+                defaults.service_graph_buckets
+            },
             deregister_after: args
                 .deregister_after
                 .or(duration("deregister_after", &file.deregister_after)?)
@@ -504,6 +532,17 @@ impl Config {
                 ))
             }
         };
+        let buckets = &self.service_graph_buckets;
+        if buckets.is_empty()
+            || buckets.iter().any(Duration::is_zero)
+            || buckets.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return Err(invalid(
+                "service_graph_buckets",
+                "must be one or more durations above zero, ascending (e.g. 10ms,100ms,1s)"
+                    .to_owned(),
+            ));
+        }
         if self.query_max_concurrent == 0 {
             return Err(invalid(
                 "query_max_concurrent",
@@ -683,6 +722,16 @@ mod tests {
                 "otlp_grpc = 4317\n",
                 "invalid type",
                 "a port alone is not an address",
+            ),
+            (
+                "service_graph_buckets = [\"100ms\", \"10ms\"]\n",
+                "`service_graph_buckets` (`--service-graph-buckets`): must be one or more durations above zero, ascending",
+                "histogram bounds out of order",
+            ),
+            (
+                "service_graph_buckets = [\"fast\"]\n",
+                "`service_graph_buckets`",
+                "a bound that is not a duration names its key",
             ),
         ];
         for (i, (text, expected, reason)) in cases.iter().enumerate() {
@@ -1068,5 +1117,31 @@ mod tests {
             Some(Duration::from_millis(250))
         );
         assert!(parse_duration("1 fortnight").is_err());
+    }
+}
+
+#[cfg(test)]
+mod bucket_tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn service_graph_buckets_from_the_command_line() {
+        let args = ServeArgs::try_parse_from(["serve", "--service-graph-buckets", "10ms,100ms,1s"])
+            .unwrap();
+        let config = Config::resolve(&args).unwrap();
+        assert_eq!(
+            config.service_graph_buckets,
+            [
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+                Duration::from_secs(1)
+            ]
+        );
+        assert_eq!(
+            Config::default().service_graph_buckets.len(),
+            16,
+            "the connector's 16 bounds by default"
+        );
     }
 }

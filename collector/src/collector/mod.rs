@@ -163,6 +163,11 @@ impl Collector {
                     edge_wait: config.edge_wait,
                     max_pending: config.edge_max_pending,
                     retention: config.retention,
+                    histogram_buckets: config
+                        .service_graph_buckets
+                        .iter()
+                        .map(std::time::Duration::as_secs_f64)
+                        .collect(),
                     ..TopologyConfig::default()
                 },
                 clock,

@@ -15,7 +15,7 @@ use crate::clock::unix_seconds;
 use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
 
 /// How the builder is bounded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TopologyConfig {
     /// How long half of an edge waits for the other half (`--edge-wait`).
     pub edge_wait: Duration,
@@ -26,6 +26,10 @@ pub struct TopologyConfig {
     /// How many edges, nodes and instances each are tracked at most; past it, new ones are
     /// counted and not tracked (a guard against unbounded label cardinality).
     pub max_series: usize,
+    /// Upper bounds of the service-graph histograms, in seconds, ascending
+    /// (`--service-graph-buckets`; default [`HISTOGRAM_BOUNDS`](super::stats::HISTOGRAM_BOUNDS),
+    /// the servicegraph connector's).
+    pub histogram_buckets: Arc<[f64]>,
 }
 
 impl Default for TopologyConfig {
@@ -35,6 +39,7 @@ impl Default for TopologyConfig {
             max_pending: 100_000,
             retention: Duration::from_secs(3600),
             max_series: 10_000,
+            histogram_buckets: Arc::from(super::stats::HISTOGRAM_BOUNDS.as_slice()),
         }
     }
 }
@@ -307,11 +312,12 @@ impl TopologyBuilder {
     pub fn new(mut config: TopologyConfig) -> Self {
         // A wait past an hour is a mistake; capping it also keeps `now + wait` in range.
         config.edge_wait = config.edge_wait.min(MAX_EDGE_WAIT);
+        let max_pending = config.max_pending;
         Self {
             config,
-            halves: Expiring::new(config.max_pending),
-            children: Expiring::new(config.max_pending),
-            parents: Expiring::new(config.max_pending),
+            halves: Expiring::new(max_pending),
+            children: Expiring::new(max_pending),
+            parents: Expiring::new(max_pending),
             edges: HashMap::new(),
             nodes: HashMap::new(),
             instances: HashMap::new(),
@@ -724,7 +730,8 @@ impl TopologyBuilder {
         match bounded(&mut self.edges, &key, self.config.max_series) {
             Some(edge) => {
                 edge.series.record(minute, observation);
-                edge.totals.record(observation);
+                edge.totals
+                    .record(observation, &self.config.histogram_buckets);
             }
             None => self.counters.series_dropped += 1,
         }

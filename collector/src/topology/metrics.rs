@@ -23,6 +23,7 @@ pub struct TopologyMetrics(pub Arc<Topology>);
 impl Collector for TopologyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.0.with_builder(|builder| {
+            let bounds = &builder.config().histogram_buckets;
             // Edges that differ only in what the anchors do not tell apart (HTTP and gRPC between
             // the same two nodes) are one series, summed: never a duplicate series.
             let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
@@ -76,7 +77,12 @@ impl Collector for TopologyMetrics {
                     if let Some(h) = histogram {
                         family
                             .encode_family(&labels.pairs())?
-                            .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets(), None)?;
+                            .encode_histogram::<NoLabelSet>(
+                                h.sum,
+                                h.count,
+                                &h.buckets(bounds),
+                                None,
+                            )?;
                     }
                 }
             }
@@ -216,6 +222,53 @@ mod tests {
             server: node(server),
             connection,
         }
+    }
+
+    #[test]
+    fn histograms_use_the_configured_buckets() {
+        use crate::decode::{SpanFacts, SpanKind, SpanRef};
+        let config = crate::topology::TopologyConfig {
+            histogram_buckets: Arc::from([0.01, 0.1].as_slice()),
+            ..Default::default()
+        };
+        let topology = Arc::new(Topology::new(config, crate::clock::Clock::new()));
+        let span = |service: &str, kind, id: u8, parent: Option<u8>| SpanFacts {
+            id: SpanRef {
+                trace_id: [1; 16],
+                span_id: [id; 8],
+            },
+            parent_span_id: parent.map(|p| [p; 8]),
+            parent_is_remote: None,
+            kind,
+            error: false,
+            duration_ns: 50_000_000,
+            service: Arc::from(service),
+            instance: None,
+            links: Vec::new(),
+            peer: None,
+        };
+        topology.ingest(&mut [
+            span("front", SpanKind::Client, 1, None),
+            span("cart", SpanKind::Server, 2, Some(1)),
+        ]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(TopologyMetrics(topology)));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let bucket = |le: &str| {
+            format!(
+                "traces_service_graph_request_server_seconds_bucket{{le=\"{le}\",client=\"front\",server=\"cart\",connection_type=\"\"}}"
+            )
+        };
+        for (le, count) in [("0.01", 0), ("0.1", 1), ("+Inf", 1)] {
+            let line = format!("{} {count}", bucket(le));
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("le=\"0.002\""), "not the default bounds");
+        assert!(
+            !text.contains("le=\"inf\""),
+            "+Inf is written as OpenMetrics wants it"
+        );
     }
 
     #[test]

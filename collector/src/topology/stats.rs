@@ -208,11 +208,13 @@ pub const HISTOGRAM_BOUNDS: [f64; 16] = [
     0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
 ];
 
-/// A cumulative (since start) histogram with [`HISTOGRAM_BOUNDS`] and a `+Inf` bucket.
+/// A cumulative (since start) histogram over the configured upper bounds (by default
+/// [`HISTOGRAM_BOUNDS`]) and a `+Inf` bucket.
 #[derive(Debug, Clone, Default)]
 pub struct Cumulative {
-    /// Count per bucket (not cumulative across buckets), the last one `+Inf`.
-    pub counts: [u64; HISTOGRAM_BOUNDS.len() + 1],
+    /// Count per bucket (not cumulative across buckets), the last one `+Inf`; empty until the
+    /// first observation.
+    pub counts: Vec<u64>,
     /// Sum of the observations, in seconds.
     pub sum: f64,
     /// Number of observations.
@@ -220,31 +222,38 @@ pub struct Cumulative {
 }
 
 impl Cumulative {
-    /// Adds one observation.
-    pub fn record(&mut self, nanos: u64) {
+    /// Adds one observation, with `bounds` the upper bounds in seconds (the same every time).
+    pub fn record(&mut self, bounds: &[f64], nanos: u64) {
         let seconds = nanos as f64 / 1e9;
-        let bucket = HISTOGRAM_BOUNDS.partition_point(|&bound| bound < seconds);
+        self.counts.resize(bounds.len() + 1, 0);
+        let bucket = bounds.partition_point(|&bound| bound < seconds);
         self.counts[bucket] += 1;
         self.sum += seconds;
         self.count += 1;
     }
 
-    /// Adds every observation of `other`.
+    /// Adds every observation of `other` (made with the same bounds).
     pub fn merge(&mut self, other: &Cumulative) {
-        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
         self.sum += other.sum;
         self.count += other.count;
     }
 
-    /// `(upper bound, count)` pairs as Prometheus encoders take them.
-    pub fn buckets(&self) -> Vec<(f64, u64)> {
-        HISTOGRAM_BOUNDS
+    /// `(upper bound, count)` pairs as Prometheus encoders take them, for `bounds`; the last
+    /// bound is `f64::MAX`, which prometheus-client writes as `le="+Inf"` (`f64::INFINITY`
+    /// came out as `le="inf"`).
+    pub fn buckets(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
+        bounds
             .iter()
             .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(self.counts)
+            .chain(std::iter::once(f64::MAX))
+            .enumerate()
+            .map(|(i, bound)| (bound, self.counts.get(i).copied().unwrap_or(0)))
             .collect()
     }
 }
@@ -263,15 +272,19 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Adds one observation.
-    pub fn record(&mut self, observation: Observation) {
+    /// Adds one observation, into histograms with upper bounds `bounds` (seconds).
+    pub fn record(&mut self, observation: Observation, bounds: &[f64]) {
         self.requests += 1;
         self.errors += u64::from(observation.error);
         if let Some(ns) = observation.server_ns {
-            self.server.get_or_insert_with(Box::default).record(ns);
+            self.server
+                .get_or_insert_with(Box::default)
+                .record(bounds, ns);
         }
         if let Some(ns) = observation.client_ns {
-            self.client.get_or_insert_with(Box::default).record(ns);
+            self.client
+                .get_or_insert_with(Box::default)
+                .record(bounds, ns);
         }
     }
 }
@@ -343,13 +356,34 @@ mod tests {
     #[test]
     fn cumulative_buckets_use_upper_bounds() {
         let mut histogram = Cumulative::default();
-        histogram.record(2_000_000); // exactly 2 ms: in the le=0.002 bucket
-        histogram.record(3_000_000);
-        histogram.record(20_000_000_000); // past the last bound
-        let buckets = histogram.buckets();
+        let bounds = HISTOGRAM_BOUNDS.as_slice();
+        histogram.record(bounds, 2_000_000); // exactly 2 ms: in the le=0.002 bucket
+        histogram.record(bounds, 3_000_000);
+        histogram.record(bounds, 20_000_000_000); // past the last bound
+        let buckets = histogram.buckets(bounds);
         assert_eq!(buckets[0], (0.002, 1));
         assert_eq!(buckets[1], (0.004, 1));
-        assert_eq!(buckets[16], (f64::INFINITY, 1));
+        assert_eq!(
+            buckets[16],
+            (f64::MAX, 1),
+            "+Inf as prometheus-client wants it"
+        );
         assert_eq!(histogram.count, 3);
+
+        // Other bounds (`--service-graph-buckets 10ms,100ms`).
+        let bounds = [0.01, 0.1];
+        let mut custom = Cumulative::default();
+        for ms in [5, 50, 50, 500] {
+            custom.record(&bounds, ms * 1_000_000);
+        }
+        assert_eq!(
+            custom.buckets(&bounds),
+            [(0.01, 1), (0.1, 2), (f64::MAX, 1)],
+            "one per bound and +Inf"
+        );
+        let mut merged = custom.clone();
+        merged.merge(&custom);
+        assert_eq!(merged.count, 8);
+        assert_eq!(merged.buckets(&bounds)[1], (0.1, 4));
     }
 }
