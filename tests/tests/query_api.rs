@@ -18,7 +18,15 @@ async fn send_spans(collector: &wayfinder_collector::RunningCollector, n: u64) {
             )
         })
         .collect();
-    let request = trace_request(None, spans);
+    send_request(collector, &trace_request(None, spans), n as i64).await;
+}
+
+/// Posts `request` as OTLP/HTTP protobuf and waits until the store holds `rows` spans.
+async fn send_request(
+    collector: &wayfinder_collector::RunningCollector,
+    request: &opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+    rows: i64,
+) {
     let response = http_client()
         .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
         .header("content-type", "application/x-protobuf")
@@ -27,7 +35,7 @@ async fn send_spans(collector: &wayfinder_collector::RunningCollector, n: u64) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(wait_for_rows(collector, "true", n as i64).await, n as i64);
+    assert_eq!(wait_for_rows(collector, "true", rows).await, rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,16 +274,7 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
             })
         })
         .collect();
-    let request = trace_request(Some("svc"), spans);
-    let response = http_client()
-        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
-        .header("content-type", "application/x-protobuf")
-        .body(request.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(wait_for_rows(&collector, "true", 16).await, 16);
+    send_request(&collector, &trace_request(Some("svc"), spans), 16).await;
     let url = format!(
         "http://{}/api/traces?service=svc&limit=4",
         collector.addrs().query_http

@@ -86,8 +86,13 @@ impl IntoResponse for JaegerError {
 
 /// Jaeger's success envelope.
 fn envelope(data: Value) -> Json<Value> {
+    envelope_with_errors(data, Value::Null)
+}
+
+/// Jaeger's answer with `errors` (an array, or null when there are none).
+fn envelope_with_errors(data: Value, errors: Value) -> Json<Value> {
     let total = data.as_array().map_or(0, Vec::len);
-    Json(json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": null}))
+    Json(json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": errors}))
 }
 
 /// A SQL string literal.
@@ -417,15 +422,12 @@ async fn traces_with_ids(state: &ApiState, ids: &[String]) -> Result<Json<Value>
             None => errors.push(json!({"code": 404, "msg": "trace not found", "traceID": id})),
         }
     }
-    let total = data.len();
     let errors = if errors.is_empty() {
         Value::Null
     } else {
         Value::Array(errors)
     };
-    Ok(Json(
-        json!({"data": data, "total": total, "limit": 0, "offset": 0, "errors": errors}),
-    ))
+    Ok(envelope_with_errors(Value::Array(data), errors))
 }
 
 pub(crate) async fn trace(
