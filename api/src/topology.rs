@@ -139,6 +139,39 @@ pub struct ServicesResponse {
     pub services: Vec<Service>,
 }
 
+/// One operation of a service in `GET /api/v1/operations`: its span name and kind, every
+/// status code summed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    /// The span name.
+    pub name: String,
+    /// The span kind: `server`, `client`, `producer`, `consumer`, `internal` or `unspecified`.
+    pub span_kind: String,
+    /// Spans over the window.
+    pub requests: u64,
+    /// Spans with status Error.
+    pub errors: u64,
+    /// Spans per second.
+    pub rate_per_sec: f64,
+    /// `errors / requests`.
+    pub error_rate: f64,
+    /// The spans' durations.
+    pub latency_ms: Option<LatencyMs>,
+}
+
+/// `GET /api/v1/operations?service=`: the span metrics of one service over a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OperationsResponse {
+    /// The service asked for.
+    pub service: String,
+    /// The window asked for.
+    pub window_seconds: u64,
+    /// When it was computed.
+    pub generated_at: String,
+    /// Its operations, by name then kind.
+    pub operations: Vec<Operation>,
+}
+
 /// An instance in `GET /api/v1/instances`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {

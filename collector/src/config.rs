@@ -64,6 +64,9 @@ pub struct Config {
     pub edge_max_pending: usize,
     /// Upper bounds of the service-graph latency histograms, ascending.
     pub service_graph_buckets: Vec<Duration>,
+    /// How many span-metrics series (service, span name, kind, status) are tracked at most;
+    /// the spans of further ones are counted in one overflow series.
+    pub span_metrics_max_series: usize,
     /// How long an instance may stay `critical` (or silent) before the registry removes it.
     pub deregister_after: Duration,
     /// How often load-balancing weights are computed.
@@ -115,6 +118,7 @@ impl Default for Config {
             topology: true,
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
+            span_metrics_max_series: 10_000,
             service_graph_buckets: crate::topology::stats::HISTOGRAM_BOUNDS
                 .iter()
                 .map(|&seconds| Duration::from_secs_f64(seconds))
@@ -194,6 +198,10 @@ pub struct ServeArgs {
     /// How many halves of edges may wait at once [default: 100000].
     #[arg(long, env = "WAYFINDER_EDGE_MAX_PENDING")]
     pub edge_max_pending: Option<usize>,
+    /// How many span-metrics series are tracked at most; further ones go to the overflow
+    /// series [default: 10000].
+    #[arg(long, env = "WAYFINDER_SPAN_METRICS_MAX_SERIES")]
+    pub span_metrics_max_series: Option<usize>,
     /// Upper bounds of the service-graph latency histograms, comma-separated and ascending
     /// [default: the servicegraph connector's, 2ms,4ms,6ms,8ms,10ms,50ms,100ms,200ms,400ms,
     /// 800ms,1s,1400ms,2s,5s,10s,15s].
@@ -263,6 +271,7 @@ struct FileConfig {
     topology: Option<bool>,
     edge_wait: Option<String>,
     edge_max_pending: Option<usize>,
+    span_metrics_max_series: Option<usize>,
     service_graph_buckets: Option<Vec<String>>,
     deregister_after: Option<String>,
     weight_update_period: Option<String>,
@@ -428,6 +437,10 @@ impl Config {
                 .edge_max_pending
                 .or(file.edge_max_pending)
                 .unwrap_or(defaults.edge_max_pending),
+            span_metrics_max_series: args
+                .span_metrics_max_series
+                .or(file.span_metrics_max_series)
+                .unwrap_or(defaults.span_metrics_max_series),
             service_graph_buckets: if !args.service_graph_buckets.is_empty() {
                 args.service_graph_buckets.clone()
             } else if let Some(buckets) = &file.service_graph_buckets {

@@ -33,6 +33,7 @@ pub mod query;
 pub mod receivers;
 pub mod registry;
 pub mod reuse;
+pub mod spanmetrics;
 pub mod sql;
 pub mod store;
 #[cfg(any(test, feature = "test-util"))]

@@ -85,7 +85,7 @@ pub fn with_instance_id(
 }
 
 /// The facts of a span of `kind` from `service` (and `instance`), lasting `duration_ns`, with
-/// fixed ids and nothing else set.
+/// fixed ids, named `op`, started at 1 800 000 000 s after the epoch, and nothing else set.
 pub fn facts(
     service: &Arc<str>,
     instance: Option<&Arc<str>>,
@@ -101,6 +101,9 @@ pub fn facts(
         parent_is_remote: None,
         kind,
         error: false,
+        status_ok: false,
+        name: Arc::from("op"),
+        start_unix_nano: 1_800_000_000_000_000_000,
         duration_ns,
         service: service.clone(),
         instance: instance.cloned(),

@@ -15,8 +15,8 @@ pub struct SpanRef {
     pub span_id: [u8; 8],
 }
 
-/// OpenTelemetry's span kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// OpenTelemetry's span kind, ordered as OTLP numbers them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SpanKind {
     /// Not given.
     Unspecified,
@@ -63,6 +63,9 @@ pub struct PeerAttributes {
     pub messaging_system: Option<String>,
     /// `messaging.destination.name`.
     pub messaging_destination: Option<String>,
+    /// `messaging.operation.type` (current: `create`, `send`, `receive`, `process`, `settle`)
+    /// or the older `messaging.operation` (`publish`, `receive`, `process`).
+    pub messaging_operation: Option<String>,
     /// `url.full` (or the older `http.url`).
     pub url_full: Option<String>,
     /// `rpc.system`.
@@ -76,6 +79,14 @@ pub struct PeerAttributes {
 }
 
 impl PeerAttributes {
+    /// Whether the span receives messages (`messaging.operation.type = receive`, or the older
+    /// `messaging.operation`): a pull consumer's CLIENT span, such as SQS `ReceiveMessage`,
+    /// which the current conventions give kind CLIENT and which is the consumer's side of a
+    /// messaging edge, not a call into the broker.
+    pub fn receives_messages(&self) -> bool {
+        self.messaging_system.is_some() && self.messaging_operation.as_deref() == Some("receive")
+    }
+
     /// `host[:port]` of the peer from `server.address`/`server.port`, else from `url.full`.
     pub fn peer_address(&self) -> Option<String> {
         let mut out = String::new();
@@ -131,6 +142,12 @@ pub struct SpanFacts {
     pub kind: SpanKind,
     /// Whether its status is Error.
     pub error: bool,
+    /// Whether its status is Ok (set so by the service); neither this nor `error` when Unset.
+    pub status_ok: bool,
+    /// Its name.
+    pub name: Arc<str>,
+    /// When it started, in nanoseconds since the epoch.
+    pub start_unix_nano: u64,
     /// How long it took, in nanoseconds.
     pub duration_ns: u64,
     /// `service.name` of its resource.
@@ -151,10 +168,12 @@ impl SpanFacts {
     /// The facts of a span that passed validation (ids of the right length).
     pub(crate) fn of(
         span: &SpanView<'_>,
-        duration_ns: u64,
+        times: (u64, u64),
+        name: Arc<str>,
         service: &Arc<str>,
         instance: Option<&Arc<str>>,
     ) -> Self {
+        let (start_unix_nano, duration_ns) = times;
         let parent_span_id = <[u8; 8]>::try_from(span.parent_span_id)
             .ok()
             .filter(|p| p.iter().any(|&b| b != 0));
@@ -179,6 +198,9 @@ impl SpanFacts {
                 .then_some(span.flags & IS_REMOTE != 0),
             kind,
             error: span.status_code == 2,
+            status_ok: span.status_code == 1,
+            name,
+            start_unix_nano,
             duration_ns,
             service: service.clone(),
             instance: instance.cloned(),
@@ -255,6 +277,13 @@ fn peer_attributes(attrs: &[Attr<'_>]) -> Option<Box<PeerAttributes>> {
             "peer.service" => slot(&mut peer).peer_service = text(),
             "messaging.system" => slot(&mut peer).messaging_system = text(),
             "messaging.destination.name" => slot(&mut peer).messaging_destination = text(),
+            "messaging.operation.type" => slot(&mut peer).messaging_operation = text(),
+            "messaging.operation" => {
+                let p = slot(&mut peer);
+                if p.messaging_operation.is_none() {
+                    p.messaging_operation = text();
+                }
+            }
             "url.full" => slot(&mut peer).url_full = text(),
             "http.url" => {
                 let p = slot(&mut peer);

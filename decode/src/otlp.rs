@@ -186,6 +186,8 @@ pub(crate) struct TraceDecoder {
     rejections: Rejections,
     scratch: String,
     with_facts: bool,
+    /// Span names handed to facts, one allocation per distinct name of a request.
+    names: hashbrown::HashSet<Arc<str>>,
 }
 
 /// A resource's column keys and the names its spans' facts carry.
@@ -222,6 +224,7 @@ impl TraceDecoder {
             rejections: Rejections::default(),
             scratch: String::new(),
             with_facts,
+            names: hashbrown::HashSet::new(),
         }
     }
 
@@ -275,9 +278,19 @@ impl TraceDecoder {
         columns.push_span(span, times, origin, &mut self.scratch);
         if self.with_facts {
             let duration = u64::try_from(times.end - times.start).unwrap_or(0);
+            let start = u64::try_from(times.start).unwrap_or(0);
+            let name = match self.names.get(span.name) {
+                Some(name) => name.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(span.name);
+                    self.names.insert(name.clone());
+                    name
+                }
+            };
             self.facts.push(SpanFacts::of(
                 span,
-                duration,
+                (start, duration),
+                name,
                 &resource.service,
                 resource.instance.as_ref(),
             ));

@@ -30,7 +30,7 @@ async fn the_slow_instance_loses_traffic_and_every_instance_leaves_with_down() {
     );
     assert!(
         text.contains("checkout → shop (database)")
-            && text.contains("checkout → order-events (messaging)"),
+            && text.contains("checkout → notifications (messaging)"),
         "the database and the queue are on the map:\n{text}"
     );
     assert!(

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! user ─http─> frontend ─http─> cart ─database─> carts
-//!                                  └─messaging─> order-events ─messaging─> billing
+//!                                  └─messaging (via order-events)─> billing
 //! ```
 //! Four requests; the frontend fails the fourth, cart fails the second (on cart-2); cart has two
 //! instances that take two requests each, in turn.
@@ -58,6 +58,19 @@ fn http(endpoint: &str) -> SpanExporter {
         .expect("the HTTP exporter builds")
 }
 
+/// A context whose parent is `span` seen from another process, as a propagator's `extract`
+/// makes it (remote, so the child's OTLP flags say so).
+fn remote_parent(span: &opentelemetry::trace::SpanContext) -> Context {
+    let remote = opentelemetry::trace::SpanContext::new(
+        span.trace_id(),
+        span.span_id(),
+        span.trace_flags(),
+        true,
+        span.trace_state().clone(),
+    );
+    Context::new().with_remote_span_context(remote)
+}
+
 /// Sends the call graph; returns the trace ids in order.
 fn send_call_graph(grpc_endpoint: String, http_endpoint: String) -> Vec<String> {
     let frontend = provider("frontend", "frontend-1", grpc(&grpc_endpoint));
@@ -91,7 +104,7 @@ fn send_call_graph(grpc_endpoint: String, http_endpoint: String) -> Vec<String> 
             .start_with_context(&front, &root_cx);
 
         // Cart is another process: its parent is the frontend's client span, remote.
-        let remote = Context::new().with_remote_span_context(call.span_context().clone());
+        let remote = remote_parent(call.span_context());
         let mut served = cart
             .span_builder("POST /cart")
             .with_kind(SpanKind::Server)
@@ -117,7 +130,7 @@ fn send_call_graph(grpc_endpoint: String, http_endpoint: String) -> Vec<String> 
                 KeyValue::new("messaging.destination.name", "order-events"),
             ])
             .start_with_context(&cart, &served_cx);
-        let message = Context::new().with_remote_span_context(publish.span_context().clone());
+        let message = remote_parent(publish.span_context());
         bill.span_builder("order-events process")
             .with_kind(SpanKind::Consumer)
             .with_attributes([
@@ -288,10 +301,9 @@ async fn known_call_graph_through_every_endpoint() {
 
     // The store has every span; the topology is fed right after, so poll it briefly too.
     let expected = vec![
+        edge("cart", "billing", "messaging", 4, 0),
         edge("cart", "carts", "database", 4, 0),
-        edge("cart", "order-events", "messaging", 4, 0),
         edge("frontend", "cart", "http", 4, 1),
-        edge("order-events", "billing", "messaging", 4, 0),
         edge("user", "frontend", "http", 4, 1),
     ];
     let mut topology = Value::Null;
@@ -324,7 +336,6 @@ async fn known_call_graph_through_every_endpoint() {
         ("cart", "service"),
         ("carts", "database"),
         ("frontend", "service"),
-        ("order-events", "messaging"),
         ("user", "user"),
     ]
     .into_iter()
@@ -373,14 +384,14 @@ async fn known_call_graph_through_every_endpoint() {
     }
     assert!(to_cart["rate_per_sec"].as_f64().unwrap() > 0.0);
     // A database edge's server side is the client's duration, as the anchors give it.
+    let database = &topology["edges"][1];
+    assert_eq!(database["connection_type"], "database");
     assert_eq!(
-        topology["edges"][0]["latency_ms"]["server"], topology["edges"][0]["latency_ms"]["client"],
+        database["latency_ms"]["server"], database["latency_ms"]["client"],
         "a database edge's server side"
     );
     assert!(
-        topology["edges"][0]["latency_ms"]["server"]["p50"]
-            .as_f64()
-            .is_some(),
+        database["latency_ms"]["server"]["p50"].as_f64().is_some(),
         "a database edge has a server latency: {topology:#}"
     );
 
@@ -401,7 +412,7 @@ async fn known_call_graph_through_every_endpoint() {
     let (_, billing) = get(&collector, "/api/v1/topology?service=billing").await;
     assert_eq!(
         edges(&billing),
-        [edge("order-events", "billing", "messaging", 4, 0)]
+        [edge("cart", "billing", "messaging", 4, 0)]
     );
     // A client that takes gzip gets the same answer compressed (the shared answer's gzip form).
     for path in ["/api/v1/topology?service=billing", "/metrics"] {
@@ -454,6 +465,40 @@ async fn known_call_graph_through_every_endpoint() {
         p50.is_some_and(|p50| p50 > 0.0) && p99 >= p50,
         "cart's latency, present and ordered: {cart}"
     );
+
+    // Span metrics as JSON: cart's operations, every status summed per name and kind.
+    let (status, operations) = get(&collector, "/api/v1/operations?service=cart&window=5m").await;
+    assert_eq!(status, 200, "{operations}");
+    let listed: Vec<(Value, Value, Value, Value)> = operations["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["name"].clone(),
+                o["span_kind"].clone(),
+                o["requests"].clone(),
+                o["errors"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            (json!("POST /cart"), json!("server"), json!(4), json!(1)),
+            (json!("SELECT carts"), json!("client"), json!(4), json!(0)),
+            (json!("order-events publish"), json!("producer"), json!(4), json!(0)),
+        ],
+        "{operations:#}"
+    );
+    assert!(
+        operations["operations"][0]["latency_ms"]["p99"]
+            .as_f64()
+            .is_some_and(|p99| p99 > 0.0),
+        "a latency: {operations:#}"
+    );
+    let (status, missing) = get(&collector, "/api/v1/operations").await;
+    assert_eq!(status, 400, "the service is required: {missing}");
 
     // Instances: heartbeats and traffic.
     let (_, registry) = get(&collector, "/api/v1/instances").await;
@@ -632,6 +677,14 @@ async fn known_call_graph_through_every_endpoint() {
         r#"traces_service_graph_request_server_seconds_count{client="frontend",server="cart",connection_type=""} 4"#,
         r#"traces_service_graph_request_client_seconds_count{client="frontend",server="cart",connection_type=""} 4"#,
         r#"traces_service_graph_request_total{client="user",server="frontend",connection_type="virtual_node",virtual_node="client"} 4"#,
+        // A producer and its consumer: one edge, as the anchors pair them.
+        r#"traces_service_graph_request_total{client="cart",server="billing",connection_type="messaging_system"} 4"#,
+        // A database edge has a server side: the client's duration.
+        r#"traces_service_graph_request_server_seconds_count{client="cart",server="carts",connection_type="database"} 4"#,
+        // Span metrics, with Tempo's names and labels.
+        r#"traces_spanmetrics_calls_total{service="cart",span_name="POST /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR"} 1"#,
+        r#"traces_spanmetrics_calls_total{service="cart",span_name="POST /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET"} 3"#,
+        r#"traces_spanmetrics_duration_seconds_count{service="billing",span_name="order-events process",span_kind="SPAN_KIND_CONSUMER",status_code="STATUS_CODE_UNSET"} 4"#,
         r#"wayfinder_instance_health{service="cart",instance="cart-2",status="warning"} 1"#,
         r#"wayfinder_instance_health{service="cart",instance="cart-2",status="passing"} 0"#,
         r#"wayfinder_health_stale_beats_total 1"#,
@@ -644,5 +697,30 @@ async fn known_call_graph_through_every_endpoint() {
         let series = sample.rsplit_once(' ').map_or(sample, |(series, _)| series);
         assert!(seen.insert(series.to_owned()), "{series} twice");
     }
+    // OpenMetrics: the latency buckets carry exemplars naming traces that were sent.
+    let url = format!("http://{}/metrics", collector.addrs().query_http);
+    let openmetrics = http_client()
+        .get(url)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .expect("the query API answers")
+        .text()
+        .await
+        .expect("a body");
+    let exemplars: BTreeSet<&str> = openmetrics
+        .lines()
+        .filter(|l| {
+            l.starts_with(
+                r#"traces_service_graph_request_server_seconds_bucket{client="frontend",server="cart","#,
+            )
+        })
+        .filter_map(|l| l.split_once(r#" # {trace_id=""#))
+        .map(|(_, rest)| &rest[..32])
+        .collect();
+    assert!(
+        !exemplars.is_empty() && exemplars.iter().all(|t| traces.iter().any(|s| s == t)),
+        "exemplars {exemplars:?} among the traces sent {traces:?}:\n{openmetrics}"
+    );
     collector.shutdown().await;
 }

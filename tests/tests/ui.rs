@@ -265,8 +265,7 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
         ("checkout", "payments"),
         ("checkout", "inventory"),
         ("checkout", "shop"),
-        ("checkout", "order-events"),
-        ("order-events", "notifications"),
+        ("checkout", "notifications"),
     ];
     let edges_script =
         "return window.wayfinder.cy.edges().map(e => e.source().id() + '>' + e.target().id())";
@@ -296,7 +295,6 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
         "inventory:service",
         "notifications:service",
         "shop:database",
-        "order-events:messaging",
     ] {
         assert!(kinds.contains(node), "{node} is on the map: {kinds:?}");
     }
@@ -304,15 +302,15 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
     let shapes = browser
         .execute(
             "const cy = window.wayfinder.cy;
-             return ['checkout', 'shop', 'order-events', 'user'].map(id => cy.getElementById(id).style('shape'))",
+             return ['checkout', 'shop', 'user'].map(id => cy.getElementById(id).style('shape'))",
             vec![],
         )
         .await
         .expect("the shapes");
     assert_eq!(
         strings(&shapes).len(),
-        4,
-        "four kinds, four shapes: {shapes}"
+        3,
+        "three kinds, three shapes: {shapes}"
     );
     // The edge table lists the same edges with their figures.
     let table = browser

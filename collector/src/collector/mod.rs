@@ -26,6 +26,7 @@ use crate::pipeline::{IngestQueue, PipelineMetrics};
 use crate::query::ApiState;
 use crate::receivers::Ingest;
 use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
+use crate::spanmetrics::{SpanMetrics, SpanMetricsConfig, SpanMetricsExposition};
 use crate::sql::{QueryEngine, QueryLimits};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
@@ -173,7 +174,26 @@ impl Collector {
                 clock,
             ));
             metrics.register_collector(Box::new(TopologyMetrics(topology.clone())));
+            metrics.register_exposition(Box::new(TopologyMetrics(topology.clone())));
             topology
+        });
+        // Span metrics come from the same facts as the topology, so with it or not at all.
+        let spanmetrics = config.topology.then(|| {
+            let spanmetrics = Arc::new(SpanMetrics::new(
+                SpanMetricsConfig {
+                    max_series: config.span_metrics_max_series,
+                    histogram_buckets: config
+                        .service_graph_buckets
+                        .iter()
+                        .map(std::time::Duration::as_secs_f64)
+                        .collect(),
+                    retention: config.retention,
+                },
+                clock,
+            ));
+            metrics.register_collector(Box::new(SpanMetricsExposition(spanmetrics.clone())));
+            metrics.register_exposition(Box::new(SpanMetricsExposition(spanmetrics.clone())));
+            spanmetrics
         });
         let weights = Arc::new(WeightsEngine::new(config.weights(), clock));
         metrics.register_collector(Box::new(WeightsMetrics(weights.clone())));
@@ -188,6 +208,9 @@ impl Collector {
             .with_consumer(weights.clone());
         for consumer in extra {
             dispatcher = dispatcher.with_consumer(consumer);
+        }
+        if let Some(spanmetrics) = &spanmetrics {
+            dispatcher = dispatcher.with_consumer(spanmetrics.clone());
         }
         if let Some(topology) = &topology {
             dispatcher = dispatcher.with_consumer(topology.clone());
@@ -252,6 +275,7 @@ impl Collector {
         let state = Arc::new(ApiState {
             engine,
             topology: topology.clone(),
+            spanmetrics,
             registry: registry.clone(),
             weights: weights.clone(),
             metrics: metrics.clone(),

@@ -1,14 +1,16 @@
 //! The query API: HTTP JSON (SQL, traces, the service graph, the registry, the weights), the
 //! Jaeger-compatible endpoints, Prometheus metrics and probes, and the weights over gRPC.
 //!
-//! Each route module imports only [`state`] and [`error`] (and, for Jaeger, the SQL answer's
-//! JSON form from [`http`]); this module wires them into the router. The SQL engine is in
+//! Each route module imports only [`state`], [`error`] and `figures` (and, for Jaeger, the SQL
+//! answer's JSON form from [`http`]); this module wires them into the router. The SQL engine is in
 //! [`crate::sql`].
 
 mod error;
+mod figures;
 pub mod grpc;
 pub mod http;
 mod jaeger;
+mod operations;
 mod state;
 mod topology;
 mod weights;
@@ -28,6 +30,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/traces/{trace_id}", get(http::trace))
         .route("/api/v1/topology", get(topology::get_topology))
         .route("/api/v1/services", get(topology::get_services))
+        .route("/api/v1/operations", get(operations::get_operations))
         .route("/api/v1/instances", get(topology::get_instances))
         .route("/api/v1/weights/{service}", get(weights::get_weights))
         .route("/api/services", get(jaeger::services))

@@ -17,6 +17,8 @@ pub struct ApiState {
     pub engine: QueryEngine,
     /// The service graph, unless the topology is off.
     pub topology: Option<Arc<crate::topology::Topology>>,
+    /// The span metrics, unless the topology is off.
+    pub spanmetrics: Option<Arc<crate::spanmetrics::SpanMetrics>>,
     /// The instance registry.
     pub registry: Arc<crate::registry::Registry>,
     /// The load-balancing weights.

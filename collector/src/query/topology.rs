@@ -11,32 +11,20 @@ use axum::response::Response;
 use http::HeaderMap;
 use serde::Deserialize;
 use wayfinder_api::topology::{
-    Edge, Instance, InstancesResponse, LatencyMs, Node, NodeInstance, Service, ServicesResponse,
-    SidesMs, Stats, TopologyResponse,
+    Edge, Instance, InstancesResponse, Node, NodeInstance, Service, ServicesResponse, SidesMs,
+    Stats, TopologyResponse,
 };
 
 use super::error::ApiError;
+use super::figures::{latency, window};
 use super::http::{accepts_gzip, shared_body, shared_response};
 use super::state::ApiState;
 use crate::registry::InstanceStatus;
 use crate::reuse::SharedBody;
-use crate::topology::stats::{Latency, Summary};
+use crate::topology::stats::Summary;
 use crate::topology::{NodeKind, Snapshot, Topology};
 
-/// The default window.
-const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
-
 use crate::clock::rfc3339;
-
-fn latency(latency: &Latency) -> Option<LatencyMs> {
-    let round = |v: f64| (v * 1000.0).round() / 1000.0;
-    Some(LatencyMs {
-        p50: round(latency.quantile(0.5)?),
-        p90: round(latency.quantile(0.9)?),
-        p99: round(latency.quantile(0.99)?),
-        mean: round(latency.mean()?),
-    })
-}
 
 fn stats(summary: &Summary, graph: &Snapshot) -> Stats {
     Stats {
@@ -72,21 +60,6 @@ fn topology(state: &ApiState) -> Result<&Arc<Topology>, ApiError> {
     state.topology.as_ref().ok_or_else(|| {
         ApiError::NotFound("the topology is off on this collector (--no-topology)".into())
     })
-}
-
-/// Parses `window` (e.g. `5m`): at least a minute, at most the retention.
-fn window(text: Option<&str>, retention: Duration) -> Result<Duration, ApiError> {
-    let Some(text) = text else {
-        return Ok(DEFAULT_WINDOW.min(retention));
-    };
-    let window = crate::config::parse_duration(text).map_err(ApiError::BadRequest)?;
-    if window < Duration::from_secs(60).min(retention) || window > retention {
-        return Err(ApiError::BadRequest(format!(
-            "window must be between 1m and the retention ({}); got {text}",
-            humantime::format_duration(retention)
-        )));
-    }
-    Ok(window)
 }
 
 /// The query of `GET /api/v1/topology`.

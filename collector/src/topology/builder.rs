@@ -170,10 +170,12 @@ pub struct Counters {
 /// What one side of an edge left behind while waiting for the other.
 #[derive(Debug)]
 struct Half {
+    span: SpanRef,
     service: Arc<str>,
     instance: Option<Arc<str>>,
     kind: SpanKind,
     error: bool,
+    start_unix_nano: u64,
     duration_ns: u64,
     peer: Option<Box<PeerAttributes>>,
 }
@@ -183,10 +185,12 @@ impl Half {
     /// the builder's to consume).
     fn take(span: &mut SpanFacts) -> Self {
         Self {
+            span: span.id,
             service: span.service.clone(),
             instance: span.instance.clone(),
             kind: span.kind,
             error: span.error,
+            start_unix_nano: span.start_unix_nano,
             duration_ns: span.duration_ns,
             peer: span.peer.take(),
         }
@@ -194,10 +198,12 @@ impl Half {
 
     fn side(&self) -> Side<'_> {
         Side {
+            span: Some(self.span),
             service: &self.service,
             instance: self.instance.as_ref(),
             kind: self.kind,
             error: self.error,
+            start_unix_nano: Some(self.start_unix_nano),
             duration_ns: Some(self.duration_ns),
             peer: self.peer.as_deref(),
             class: None,
@@ -227,10 +233,14 @@ struct Parent {
 /// One side of an edge being recorded.
 #[derive(Debug, Clone, Copy)]
 struct Side<'a> {
+    /// The span (`None` for a remembered parent).
+    span: Option<SpanRef>,
     service: &'a Arc<str>,
     instance: Option<&'a Arc<str>>,
     kind: SpanKind,
     error: bool,
+    /// When the span started (`None` for a remembered parent).
+    start_unix_nano: Option<u64>,
     /// `None` when the side is not a client or server span (the parent-to-child rule).
     duration_ns: Option<u64>,
     peer: Option<&'a PeerAttributes>,
@@ -241,10 +251,12 @@ struct Side<'a> {
 impl<'a> Side<'a> {
     fn of(span: &'a SpanFacts) -> Self {
         Self {
+            span: Some(span.id),
             service: &span.service,
             instance: span.instance.as_ref(),
             kind: span.kind,
             error: span.error,
+            start_unix_nano: Some(span.start_unix_nano),
             duration_ns: Some(span.duration_ns),
             peer: span.peer.as_deref(),
             class: None,
@@ -253,10 +265,12 @@ impl<'a> Side<'a> {
 
     fn parent(parent: &'a Parent) -> Self {
         Self {
+            span: None,
             service: &parent.service,
             instance: parent.instance.as_ref(),
             kind: SpanKind::Internal,
             error: parent.error,
+            start_unix_nano: None,
             duration_ns: None,
             peer: None,
             class: parent.class,
@@ -301,6 +315,12 @@ pub struct TopologyBuilder {
     pruned_minute: u64,
     /// When the batch being ingested arrived.
     now: SystemTime,
+}
+
+/// Seconds since the epoch, with their fraction (exemplar timestamps).
+fn seconds_of(now: SystemTime) -> f64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn minute_of(now: SystemTime) -> u64 {
@@ -376,6 +396,9 @@ impl TopologyBuilder {
 
     fn ingest_one(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
         match span.kind {
+            SpanKind::Client if span.peer.as_deref().is_some_and(receives_messages) => {
+                self.on_receive(span, minute, deadline)
+            }
             SpanKind::Client | SpanKind::Producer => self.on_client(span, minute, deadline),
             SpanKind::Server | SpanKind::Consumer => {
                 self.record_served(span, minute);
@@ -389,7 +412,9 @@ impl TopologyBuilder {
         }
     }
 
-    /// A CLIENT or PRODUCER span.
+    /// A CLIENT or PRODUCER span: the client half of an edge, keyed by its own span id, as in
+    /// Tempo and the servicegraph connector (a PRODUCER is a client whose edge is
+    /// `messaging_system`). A database CLIENT span is a whole edge at once.
     fn on_client(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
         let peer = span.peer.as_deref();
         // A database is not instrumented: its clients' spans are the whole edge.
@@ -401,19 +426,6 @@ impl TopologyBuilder {
                 NodeKey::service(&span.service),
                 server,
                 ConnectionType::Database,
-                Some(Side::of(span)),
-                None,
-                minute,
-            );
-            return;
-        }
-        // A named destination is a node of its own, between producers and consumers.
-        if let Some(destination) = peer.and_then(messaging_destination) {
-            let server = NodeKey::named(NodeKind::Messaging, destination);
-            self.record_virtual(
-                NodeKey::service(&span.service),
-                server,
-                ConnectionType::Messaging,
                 Some(Side::of(span)),
                 None,
                 minute,
@@ -436,23 +448,13 @@ impl TopologyBuilder {
         self.wait(span.id, Waiting::Client(Half::take(span)), minute, deadline);
     }
 
-    /// A SERVER or CONSUMER span: find its client by parent (or, for a consumer that starts a
-    /// trace of its own, by link).
+    /// A SERVER or CONSUMER span: the server half, keyed by its parent, as in the anchors; a
+    /// consumer that starts a trace of its own finds its producers by link. A consumer under a
+    /// local span that received the message (its parent in the same service) makes no edge of
+    /// its own: the receive span is the edge. That is told by the parent's service, not by the
+    /// span's is-remote flag, which SDKs do not all set.
     fn on_server(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
-        if span.kind == SpanKind::Consumer
-            && let Some(destination) = span.peer.as_deref().and_then(messaging_destination)
-        {
-            let client = NodeKey::named(NodeKind::Messaging, destination);
-            self.record_virtual(
-                client,
-                NodeKey::service(&span.service),
-                ConnectionType::Messaging,
-                None,
-                Some(Side::of(span)),
-                minute,
-            );
-            return;
-        }
+        let consumer = span.kind == SpanKind::Consumer;
         match span.parent_span_id {
             Some(parent) => {
                 let key = SpanRef {
@@ -461,12 +463,7 @@ impl TopologyBuilder {
                 };
                 self.find_client(key, span, minute, deadline);
             }
-            None if span.kind == SpanKind::Consumer && !span.links.is_empty() => {
-                let links: Vec<SpanRef> = span.links.iter().take(MAX_LINKS).copied().collect();
-                for link in links {
-                    self.find_client(link, span, minute, deadline);
-                }
-            }
+            None if consumer && !span.links.is_empty() => self.find_linked(span, minute, deadline),
             None if span.kind == SpanKind::Server => {
                 let user = NodeKey::named(NodeKind::User, "user");
                 let connection = connection_type(None, Some(Side::of(span)));
@@ -479,7 +476,38 @@ impl TopologyBuilder {
                     minute,
                 );
             }
-            None => self.counters.unpaired_server += 1,
+            None => self.unpaired(Waiting::Server(Half::take(span)), minute),
+        }
+    }
+
+    /// A CLIENT span that receives messages (`messaging.operation.type = receive`, e.g. SQS
+    /// `ReceiveMessage`): the consumer's side of a messaging edge, found by link, never an
+    /// edge from the consumer into the broker. It is also the parent of the spans that process
+    /// what it received: a CONSUMER of its own service waiting for it is no edge.
+    fn on_receive(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
+        if matches!(self.halves.get(&span.id), Some(Waiting::Server(s)) if s.service == span.service)
+        {
+            self.halves.remove(&span.id);
+        }
+        self.on_parent(span, minute, deadline);
+        if span.links.is_empty() {
+            self.unpaired(Waiting::Server(Half::take(span)), minute);
+        } else {
+            self.find_linked(span, minute, deadline);
+        }
+    }
+
+    /// A consumer's producers, by link (a batch consumer may link to many).
+    fn find_linked(&mut self, span: &mut SpanFacts, minute: u64, deadline: SystemTime) {
+        let links: Vec<SpanRef> = span.links.iter().take(MAX_LINKS).copied().collect();
+        let last = links.len().saturating_sub(1);
+        for (i, link) in links.into_iter().enumerate() {
+            // A half that waits takes the peer attributes; the next link needs them too.
+            let peer = if i < last { span.peer.clone() } else { None };
+            self.find_client(link, span, minute, deadline);
+            if span.peer.is_none() {
+                span.peer = peer;
+            }
         }
     }
 
@@ -583,12 +611,27 @@ impl TopologyBuilder {
         }
     }
 
-    /// A half whose other half never came: an external node if the client names its peer,
-    /// else counted.
+    /// A half whose other half never came. A client that names a message destination is an
+    /// edge into that destination's node, a client that names its peer (`peer.service`, else
+    /// `server.address` or the URL's authority) an edge into an external node, a consumer
+    /// that names its destination an edge from that destination's node (Tempo's virtual
+    /// nodes, with the destination as the peer); anything else is counted.
     fn unpaired(&mut self, half: Waiting, minute: u64) {
         match half {
             Waiting::Client(client) => {
                 let peer = client.peer.as_deref();
+                if let Some(destination) = peer.and_then(messaging_destination) {
+                    let server = NodeKey::named(NodeKind::Messaging, destination);
+                    self.record_virtual(
+                        NodeKey::service(&client.service),
+                        server,
+                        ConnectionType::Messaging,
+                        Some(client.side()),
+                        None,
+                        minute,
+                    );
+                    return;
+                }
                 let name = peer
                     .and_then(|p| p.peer_service.clone())
                     .or_else(|| peer.and_then(PeerAttributes::peer_address));
@@ -607,7 +650,24 @@ impl TopologyBuilder {
                     None => self.counters.unpaired_client += 1,
                 }
             }
-            Waiting::Server(_) => self.counters.unpaired_server += 1,
+            Waiting::Server(server) => {
+                let consumes = server.kind == SpanKind::Consumer
+                    || server.peer.as_deref().is_some_and(receives_messages);
+                match server.peer.as_deref().and_then(messaging_destination) {
+                    Some(destination) if consumes => {
+                        let client = NodeKey::named(NodeKind::Messaging, destination);
+                        self.record_virtual(
+                            client,
+                            NodeKey::service(&server.service),
+                            ConnectionType::Messaging,
+                            None,
+                            Some(server.side()),
+                            minute,
+                        );
+                    }
+                    _ => self.counters.unpaired_server += 1,
+                }
+            }
         }
     }
 
@@ -617,6 +677,8 @@ impl TopologyBuilder {
             error: span.error,
             server_ns: Some(span.duration_ns),
             client_ns: None,
+            messaging_ns: None,
+            exemplar: None,
         };
         let max = self.config.max_series;
         match bounded(&mut self.nodes, &span.service, max) {
@@ -650,7 +712,11 @@ impl TopologyBuilder {
             server: NodeKey::service(server.service),
             connection,
         };
-        self.record_edge(key, client, Some(server), minute);
+        let mut seen = observation(Some(client), Some(server));
+        if connection == ConnectionType::Messaging {
+            seen.messaging_ns = time_in_broker(client, server);
+        }
+        self.record_observation(key, seen, minute);
         if let Some(instance) = server.instance {
             let key = InstanceEdgeKey {
                 client: NodeKey::service(client.service),
@@ -658,9 +724,8 @@ impl TopologyBuilder {
                 instance: instance.clone(),
                 connection,
             };
-            let observation = observation(Some(client), Some(server));
             match bounded(&mut self.instance_edges, &key, self.config.max_series) {
-                Some(series) => series.record(minute, observation),
+                Some(series) => series.record(minute, seen),
                 None => self.counters.series_dropped += 1,
             }
             // Where the instance serves, as its callers address it (looked up only until known).
@@ -715,21 +780,13 @@ impl TopologyBuilder {
         self.record_observation(key, observation, minute);
     }
 
-    fn record_edge(
-        &mut self,
-        key: EdgeKey,
-        client: Side<'_>,
-        server: Option<Side<'_>>,
-        minute: u64,
-    ) {
-        let observation = observation(Some(client), server);
-        self.record_observation(key, observation, minute);
-    }
-
-    fn record_observation(&mut self, key: EdgeKey, observation: Observation, minute: u64) {
+    fn record_observation(&mut self, key: EdgeKey, mut observation: Observation, minute: u64) {
         match bounded(&mut self.edges, &key, self.config.max_series) {
             Some(edge) => {
                 edge.series.record(minute, observation);
+                observation.exemplar = observation
+                    .exemplar
+                    .map(|(span, _)| (span, seconds_of(self.now)));
                 edge.totals
                     .record(observation, &self.config.histogram_buckets);
             }
@@ -765,7 +822,23 @@ fn observation(client: Option<Side<'_>>, server: Option<Side<'_>>) -> Observatio
         error: client.is_some_and(|c| c.error) || server.is_some_and(|s| s.error),
         server_ns: server.and_then(|s| s.duration_ns),
         client_ns: client.and_then(|c| c.duration_ns),
+        messaging_ns: None,
+        exemplar: client
+            .and_then(|c| c.span)
+            .or_else(|| server.and_then(|s| s.span))
+            .map(|span| (span, 0.0)),
     }
+}
+
+/// The time a message spent in the broker: from the producer span's end to the consumer span's
+/// start, as Tempo's `traces_service_graph_request_messaging_system_seconds` has it; `None`
+/// when the consumer seems to start first (clocks out of step), which Tempo skips too.
+fn time_in_broker(producer: Side<'_>, consumer: Side<'_>) -> Option<u64> {
+    let end = producer.start_unix_nano? + producer.duration_ns?;
+    consumer
+        .start_unix_nano?
+        .checked_sub(end)
+        .filter(|&ns| ns > 0)
 }
 
 /// The entry for `key`, created unless the map already holds `max` entries.
@@ -803,6 +876,10 @@ fn database_name(peer: &PeerAttributes) -> Option<std::borrow::Cow<'_, str>> {
         (Some(address), None) => Cow::Borrowed(address),
         (None, _) => Cow::Borrowed(system),
     })
+}
+
+fn receives_messages(peer: &PeerAttributes) -> bool {
+    peer.receives_messages()
 }
 
 fn messaging_destination(peer: &PeerAttributes) -> Option<&str> {

@@ -7,34 +7,78 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::stats::Cumulative;
 use super::{ConnectionType, EdgeKey, NodeKind, Topology};
+use crate::metrics::{Cumulative, Exposition, HistogramFamily};
 
-/// Encodes the topology's series at each scrape (register it with
-/// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector)).
+/// Encodes the topology's series at each scrape: register it both with
+/// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector) (counters)
+/// and [`Metrics::register_exposition`](crate::metrics::Metrics::register_exposition)
+/// (histograms with exemplars).
 #[derive(Debug, Clone)]
 pub struct TopologyMetrics(pub Arc<Topology>);
+
+/// The service-graph series, one per label set: edges that differ only in what the anchors do
+/// not tell apart (HTTP and gRPC between the same two nodes) are one series, summed, never a
+/// duplicate series.
+fn series_of(builder: &super::TopologyBuilder) -> BTreeMap<SeriesLabels, SeriesTotals> {
+    let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
+    for (key, edge) in &builder.edges {
+        let totals = series.entry(SeriesLabels::of(key)).or_default();
+        totals.requests += edge.totals.requests;
+        totals.errors += edge.totals.errors;
+        merge_histogram(&mut totals.server, edge.totals.server.as_deref());
+        merge_histogram(&mut totals.client, edge.totals.client.as_deref());
+        merge_histogram(&mut totals.messaging, edge.totals.messaging.as_deref());
+    }
+    series
+}
+
+impl Exposition for TopologyMetrics {
+    /// The latency histograms, with trace exemplars (which prometheus-client's collectors
+    /// cannot carry).
+    fn encode_openmetrics(&self, out: &mut String) {
+        self.0.with_builder(|builder| {
+            let bounds = &builder.config().histogram_buckets;
+            let series = series_of(builder);
+            type Side = fn(&SeriesTotals) -> &Option<Cumulative>;
+            let histograms: [(&str, &str, Side); 3] = [
+                (
+                    "traces_service_graph_request_server_seconds",
+                    "Request latency between two nodes as the server saw it",
+                    |t| &t.server,
+                ),
+                (
+                    "traces_service_graph_request_client_seconds",
+                    "Request latency between two nodes as the client saw it",
+                    |t| &t.client,
+                ),
+                (
+                    "traces_service_graph_request_messaging_system_seconds",
+                    "Time from the producer span's end to the consumer span's start on messaging edges",
+                    |t| &t.messaging,
+                ),
+            ];
+            for (name, help, side) in histograms {
+                let mut family = HistogramFamily::new(out, name, help);
+                for (labels, totals) in &series {
+                    if let Some(histogram) = side(totals) {
+                        histogram.encode(&mut family, &labels.pairs(), bounds);
+                    }
+                }
+            }
+        });
+    }
+}
 
 impl Collector for TopologyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.0.with_builder(|builder| {
-            let bounds = &builder.config().histogram_buckets;
-            // Edges that differ only in what the anchors do not tell apart (HTTP and gRPC between
-            // the same two nodes) are one series, summed: never a duplicate series.
-            let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
-            for (key, edge) in &builder.edges {
-                let totals = series.entry(SeriesLabels::of(key)).or_default();
-                totals.requests += edge.totals.requests;
-                totals.errors += edge.totals.errors;
-                merge_histogram(&mut totals.server, edge.totals.server.as_deref());
-                merge_histogram(&mut totals.client, edge.totals.client.as_deref());
-            }
-
+            let series = series_of(builder);
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request",
                 "Requests between two nodes of the service graph",
@@ -53,38 +97,6 @@ impl Collector for TopologyMetrics {
             )?;
             for (labels, totals) in &series {
                 ConstCounter::new(totals.errors).encode(family.encode_family(&labels.pairs())?)?;
-            }
-            for (name, help, server_side) in [
-                (
-                    "traces_service_graph_request_server_seconds",
-                    "Request latency between two nodes as the server saw it",
-                    true,
-                ),
-                (
-                    "traces_service_graph_request_client_seconds",
-                    "Request latency between two nodes as the client saw it",
-                    false,
-                ),
-            ] {
-                let mut family =
-                    encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
-                for (labels, totals) in &series {
-                    let histogram = if server_side {
-                        &totals.server
-                    } else {
-                        &totals.client
-                    };
-                    if let Some(h) = histogram {
-                        family
-                            .encode_family(&labels.pairs())?
-                            .encode_histogram::<NoLabelSet>(
-                                h.sum,
-                                h.count,
-                                &h.buckets(bounds),
-                                None,
-                            )?;
-                    }
-                }
             }
 
             let counters = builder.counters();
@@ -153,7 +165,13 @@ struct SeriesLabels {
 
 impl SeriesLabels {
     fn of(key: &EdgeKey) -> Self {
-        let uninstrumented = |kind| matches!(kind, NodeKind::User | NodeKind::External);
+        // A topic node exists only for a half whose other side never came.
+        let uninstrumented = |kind| {
+            matches!(
+                kind,
+                NodeKind::User | NodeKind::External | NodeKind::Messaging
+            )
+        };
         let virtual_node = if uninstrumented(key.client.kind) {
             Some("client")
         } else if uninstrumented(key.server.kind) {
@@ -195,6 +213,7 @@ struct SeriesTotals {
     errors: u64,
     server: Option<Cumulative>,
     client: Option<Cumulative>,
+    messaging: Option<Cumulative>,
 }
 
 fn merge_histogram(into: &mut Option<Cumulative>, from: Option<&Cumulative>) {
@@ -206,7 +225,19 @@ fn merge_histogram(into: &mut Option<Cumulative>, from: Option<&Cumulative>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decode::{SpanFacts, SpanKind, SpanRef};
     use crate::topology::NodeKey;
+
+    trait Ms {
+        fn with_ms(self, ms: u64) -> Self;
+    }
+
+    impl Ms for SpanFacts {
+        fn with_ms(mut self, ms: u64) -> Self {
+            self.duration_ns = ms * 1_000_000;
+            self
+        }
+    }
 
     fn key(
         client: (NodeKind, &str),
@@ -224,50 +255,148 @@ mod tests {
         }
     }
 
+    /// The exposition as a scrape sees it: counters and histograms.
+    fn exposition(topology: Arc<Topology>) -> String {
+        let metrics = crate::metrics::Metrics::new();
+        metrics.register_collector(Box::new(TopologyMetrics(topology.clone())));
+        metrics.register_exposition(Box::new(TopologyMetrics(topology)));
+        metrics.encode()
+    }
+
+    fn span(service: &str, kind: SpanKind, trace: u8, id: u8, parent: Option<u8>) -> SpanFacts {
+        let mut span = crate::testing::facts(&Arc::from(service), None, kind, 50_000_000);
+        span.id = SpanRef {
+            trace_id: [trace; 16],
+            span_id: [id; 8],
+        };
+        span.parent_span_id = parent.map(|p| [p; 8]);
+        span
+    }
+
     #[test]
     fn histograms_use_the_configured_buckets() {
-        use crate::decode::{SpanFacts, SpanKind, SpanRef};
         let config = crate::topology::TopologyConfig {
             histogram_buckets: Arc::from([0.01, 0.1].as_slice()),
             ..Default::default()
         };
         let topology = Arc::new(Topology::new(config, crate::clock::Clock::new()));
-        let span = |service: &str, kind, id: u8, parent: Option<u8>| SpanFacts {
-            id: SpanRef {
-                trace_id: [1; 16],
-                span_id: [id; 8],
-            },
-            parent_span_id: parent.map(|p| [p; 8]),
-            parent_is_remote: None,
-            kind,
-            error: false,
-            duration_ns: 50_000_000,
-            service: Arc::from(service),
-            instance: None,
-            links: Vec::new(),
-            peer: None,
-        };
         topology.ingest(&mut [
-            span("front", SpanKind::Client, 1, None),
-            span("cart", SpanKind::Server, 2, Some(1)),
+            span("front", SpanKind::Client, 1, 1, None),
+            span("cart", SpanKind::Server, 1, 2, Some(1)),
         ]);
-        let mut registry = prometheus_client::registry::Registry::default();
-        registry.register_collector(Box::new(TopologyMetrics(topology)));
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let text = exposition(topology);
         let bucket = |le: &str| {
             format!(
-                "traces_service_graph_request_server_seconds_bucket{{le=\"{le}\",client=\"front\",server=\"cart\",connection_type=\"\"}}"
+                "traces_service_graph_request_server_seconds_bucket{{client=\"front\",server=\"cart\",connection_type=\"\",le=\"{le}\"}}"
             )
         };
         for (le, count) in [("0.01", 0), ("0.1", 1), ("+Inf", 1)] {
             let line = format!("{} {count}", bucket(le));
             assert!(text.contains(&line), "{line} in\n{text}");
         }
-        assert!(!text.contains("le=\"0.002\""), "not the default bounds");
+        let graph: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("traces_service_graph"))
+            .collect();
         assert!(
-            !text.contains("le=\"inf\""),
+            !graph.iter().any(|l| l.contains("le=\"0.002\"")),
+            "not the default bounds"
+        );
+        assert!(
+            !graph.iter().any(|l| l.contains("le=\"inf\"")),
             "+Inf is written as OpenMetrics wants it"
+        );
+    }
+
+    /// Every histogram bucket line that carries an exemplar names a trace that went through
+    /// that edge, with a value inside the bucket.
+    #[test]
+    fn histogram_buckets_carry_trace_exemplars() {
+        let topology = Arc::new(Topology::new(
+            crate::topology::TopologyConfig::default(),
+            crate::clock::Clock::new(),
+        ));
+        topology.ingest(&mut [
+            span("front", SpanKind::Client, 1, 1, None).with_ms(3),
+            span("cart", SpanKind::Server, 1, 2, Some(1)).with_ms(2),
+            span("front", SpanKind::Client, 2, 1, None).with_ms(300),
+            span("cart", SpanKind::Server, 2, 2, Some(1)).with_ms(250),
+        ]);
+        let text = exposition(topology);
+        let client = |le: &str| {
+            format!(
+                "traces_service_graph_request_client_seconds_bucket{{client=\"front\",server=\"cart\",connection_type=\"\",le=\"{le}\"}}"
+            )
+        };
+        let expect = [
+            (
+                client("0.004"),
+                1,
+                "01010101010101010101010101010101",
+                0.003,
+            ),
+            (client("0.4"), 2, "02020202020202020202020202020202", 0.3),
+        ];
+        for (bucket, cumulative, trace, value) in expect {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&bucket))
+                .unwrap_or_else(|| panic!("{bucket} in\n{text}"));
+            let (count, exemplar) = line[bucket.len()..]
+                .trim()
+                .split_once(" # ")
+                .unwrap_or_else(|| panic!("an exemplar on {line}"));
+            assert_eq!(count, cumulative.to_string(), "{line}");
+            let want = format!(
+                "{{trace_id=\"{trace}\",span_id=\"{}\"}} {value} ",
+                "01".repeat(8)
+            );
+            assert!(exemplar.starts_with(&want), "{exemplar} starts with {want}");
+        }
+        let plain = crate::metrics::openmetrics_to_text(&text);
+        assert!(
+            !plain.contains("trace_id"),
+            "the text format has no exemplars"
+        );
+        assert!(plain.contains(&format!("{} 2\n", client("0.4"))), "{plain}");
+    }
+
+    #[test]
+    fn messaging_edges_have_the_time_in_the_broker() {
+        let topology = Arc::new(Topology::new(
+            crate::topology::TopologyConfig::default(),
+            crate::clock::Clock::new(),
+        ));
+        let producer = span("orders", SpanKind::Producer, 1, 1, None).with_ms(2);
+        let mut consumer = span("billing", SpanKind::Consumer, 1, 2, Some(1));
+        // 30 ms after the producer's end.
+        consumer.start_unix_nano = producer.start_unix_nano + 32_000_000;
+        let mut early = span("billing", SpanKind::Consumer, 2, 2, Some(1));
+        early.start_unix_nano -= 1; // before its producer: clocks out of step, skipped
+        topology.ingest(&mut [
+            producer,
+            consumer,
+            span("orders", SpanKind::Producer, 2, 1, None),
+            early,
+        ]);
+        let text = exposition(topology);
+        let family = "traces_service_graph_request_messaging_system_seconds";
+        let labels = "{client=\"orders\",server=\"billing\",connection_type=\"messaging_system\"}";
+        assert!(
+            text.contains(&format!("{family}_count{labels} 1\n")),
+            "one of two pairs has a time in the broker:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("{family}_sum{labels} 0.03\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("# UNIT {family} seconds\n")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("traces_service_graph_request_total{labels} 2\n")),
+            "both pairs are requests:\n{text}"
         );
     }
 
@@ -295,10 +424,22 @@ mod tests {
                 "a database call",
             ),
             (
-                key((K::Service, "a"), (K::Messaging, "topic"), C::Messaging),
+                key((K::Service, "a"), (K::Service, "b"), C::Messaging),
                 "messaging_system",
                 None,
-                "through a broker",
+                "a producer and its consumer, through a broker",
+            ),
+            (
+                key((K::Service, "a"), (K::Messaging, "topic"), C::Messaging),
+                "virtual_node",
+                Some("server"),
+                "a producer whose consumer never came: into the topic's node",
+            ),
+            (
+                key((K::Messaging, "topic"), (K::Service, "b"), C::Messaging),
+                "virtual_node",
+                Some("client"),
+                "a consumer whose producer never came: out of the topic's node",
             ),
             (
                 key((K::User, "user"), (K::Service, "a"), C::Http),

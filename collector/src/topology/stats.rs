@@ -5,6 +5,9 @@ use std::collections::VecDeque;
 
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
+use crate::decode::SpanRef;
+use crate::metrics::Cumulative;
+
 /// Width of one time bucket, in seconds. Windows are whole buckets: the last `n` minutes plus
 /// the current, partial one.
 pub const BUCKET_SECONDS: u64 = 60;
@@ -99,6 +102,11 @@ pub struct Observation {
     pub server_ns: Option<u64>,
     /// The client span's duration.
     pub client_ns: Option<u64>,
+    /// For a messaging edge, the time from the producer's end to the consumer's start.
+    pub messaging_ns: Option<u64>,
+    /// A span of the request and when it was seen (seconds since the epoch): the exemplar of
+    /// the Prometheus histograms.
+    pub exemplar: Option<(SpanRef, f64)>,
 }
 
 /// Per-minute summaries of one edge, node or instance, oldest first.
@@ -208,56 +216,6 @@ pub const HISTOGRAM_BOUNDS: [f64; 16] = [
     0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
 ];
 
-/// A cumulative (since start) histogram over the configured upper bounds (by default
-/// [`HISTOGRAM_BOUNDS`]) and a `+Inf` bucket.
-#[derive(Debug, Clone, Default)]
-pub struct Cumulative {
-    /// Count per bucket (not cumulative across buckets), the last one `+Inf`; empty until the
-    /// first observation.
-    pub counts: Vec<u64>,
-    /// Sum of the observations, in seconds.
-    pub sum: f64,
-    /// Number of observations.
-    pub count: u64,
-}
-
-impl Cumulative {
-    /// Adds one observation, with `bounds` the upper bounds in seconds (the same every time).
-    pub fn record(&mut self, bounds: &[f64], nanos: u64) {
-        let seconds = nanos as f64 / 1e9;
-        self.counts.resize(bounds.len() + 1, 0);
-        let bucket = bounds.partition_point(|&bound| bound < seconds);
-        self.counts[bucket] += 1;
-        self.sum += seconds;
-        self.count += 1;
-    }
-
-    /// Adds every observation of `other` (made with the same bounds).
-    pub fn merge(&mut self, other: &Cumulative) {
-        if self.counts.len() < other.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
-        }
-        for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
-            *mine += theirs;
-        }
-        self.sum += other.sum;
-        self.count += other.count;
-    }
-
-    /// `(upper bound, count)` pairs as Prometheus encoders take them, for `bounds`; the last
-    /// bound is `f64::MAX`, which prometheus-client writes as `le="+Inf"` (`f64::INFINITY`
-    /// came out as `le="inf"`).
-    pub fn buckets(&self, bounds: &[f64]) -> Vec<(f64, u64)> {
-        bounds
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::MAX))
-            .enumerate()
-            .map(|(i, bound)| (bound, self.counts.get(i).copied().unwrap_or(0)))
-            .collect()
-    }
-}
-
 /// Totals since start, for the Prometheus series (counters never go down).
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
@@ -269,6 +227,8 @@ pub struct Totals {
     pub server: Option<Box<Cumulative>>,
     /// Client-side latency.
     pub client: Option<Box<Cumulative>>,
+    /// Time in the broker, on messaging edges.
+    pub messaging: Option<Box<Cumulative>>,
 }
 
 impl Totals {
@@ -279,12 +239,19 @@ impl Totals {
         if let Some(ns) = observation.server_ns {
             self.server
                 .get_or_insert_with(Box::default)
-                .record(bounds, ns);
+                .record(bounds, ns, observation.exemplar);
         }
         if let Some(ns) = observation.client_ns {
             self.client
                 .get_or_insert_with(Box::default)
-                .record(bounds, ns);
+                .record(bounds, ns, observation.exemplar);
+        }
+        if let Some(ns) = observation.messaging_ns {
+            self.messaging.get_or_insert_with(Box::default).record(
+                bounds,
+                ns,
+                observation.exemplar,
+            );
         }
     }
 }
@@ -299,7 +266,7 @@ mod tests {
         let obs = |ms: u64, error| Observation {
             error,
             server_ns: Some(ms * 1_000_000),
-            client_ns: None,
+            ..Observation::default()
         };
         series.record(10, obs(10, false));
         series.record(11, obs(20, true));
@@ -351,39 +318,5 @@ mod tests {
         assert!(series.prune(12), "minute 12 is kept");
         assert_eq!(series.window(0).unwrap().requests, 2);
         assert!(!series.prune(13), "nothing left");
-    }
-
-    #[test]
-    fn cumulative_buckets_use_upper_bounds() {
-        let mut histogram = Cumulative::default();
-        let bounds = HISTOGRAM_BOUNDS.as_slice();
-        histogram.record(bounds, 2_000_000); // exactly 2 ms: in the le=0.002 bucket
-        histogram.record(bounds, 3_000_000);
-        histogram.record(bounds, 20_000_000_000); // past the last bound
-        let buckets = histogram.buckets(bounds);
-        assert_eq!(buckets[0], (0.002, 1));
-        assert_eq!(buckets[1], (0.004, 1));
-        assert_eq!(
-            buckets[16],
-            (f64::MAX, 1),
-            "+Inf as prometheus-client wants it"
-        );
-        assert_eq!(histogram.count, 3);
-
-        // Other bounds (`--service-graph-buckets 10ms,100ms`).
-        let bounds = [0.01, 0.1];
-        let mut custom = Cumulative::default();
-        for ms in [5, 50, 50, 500] {
-            custom.record(&bounds, ms * 1_000_000);
-        }
-        assert_eq!(
-            custom.buckets(&bounds),
-            [(0.01, 1), (0.1, 2), (f64::MAX, 1)],
-            "one per bound and +Inf"
-        );
-        let mut merged = custom.clone();
-        merged.merge(&custom);
-        assert_eq!(merged.count, 8);
-        assert_eq!(merged.buckets(&bounds)[1], (0.1, 4));
     }
 }

@@ -15,21 +15,13 @@ fn at(seconds: u64) -> SystemTime {
 
 /// A span of `service` with id `id` in trace `trace`, lasting `ms` milliseconds.
 fn span(service: &str, kind: SpanKind, trace: u8, id: u8, parent: Option<u8>) -> SpanFacts {
-    SpanFacts {
-        id: SpanRef {
-            trace_id: [trace; 16],
-            span_id: [id; 8],
-        },
-        parent_span_id: parent.map(|p| [p; 8]),
-        parent_is_remote: None,
-        kind,
-        error: false,
-        duration_ns: 10_000_000,
-        service: Arc::from(service),
-        instance: None,
-        links: Vec::new(),
-        peer: None,
-    }
+    let mut span = crate::testing::facts(&Arc::from(service), None, kind, 10_000_000);
+    span.id = SpanRef {
+        trace_id: [trace; 16],
+        span_id: [id; 8],
+    };
+    span.parent_span_id = parent.map(|p| [p; 8]);
+    span
 }
 
 trait Fixture {
@@ -70,6 +62,16 @@ use SpanKind::{Client, Consumer, Internal, Producer, Server};
 
 fn http(p: &mut PeerAttributes) {
     p.http = true;
+}
+
+fn kafka(p: &mut PeerAttributes) {
+    p.messaging_system = Some("kafka".into());
+    p.messaging_destination = Some("order-events".into());
+}
+
+fn receive(p: &mut PeerAttributes) {
+    kafka(p);
+    p.messaging_operation = Some("receive".into());
 }
 
 /// `(client, server, connection, requests, errors)` of every edge, sorted.
@@ -171,24 +173,94 @@ fn pairing_rules() {
             unpaired_server: 0,
         },
         Case {
-            why: "a named destination is a messaging node between producer and consumer",
+            why: "with a named destination, producer and consumer are still one direct edge",
             batches: vec![(
                 0,
                 vec![
-                    span("orders", Producer, 1, 1, None).peer(|p| {
-                        p.messaging_system = Some("kafka".into());
-                        p.messaging_destination = Some("order-events".into());
-                    }),
-                    span("billing", Consumer, 1, 2, Some(1)).peer(|p| {
-                        p.messaging_system = Some("kafka".into());
-                        p.messaging_destination = Some("order-events".into());
-                    }),
+                    span("orders", Producer, 1, 1, None).peer(kafka),
+                    span("billing", Consumer, 1, 2, Some(1)).peer(kafka),
                 ],
             )],
             read_at: 1,
+            edges: vec![("orders", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a producer whose consumer never comes: an edge into the topic, after the wait",
+            batches: vec![(0, vec![span("orders", Producer, 1, 1, None).peer(kafka)])],
+            read_at: 10,
+            edges: vec![("orders", "order-events", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a consumer with no producer to find: an edge out of the topic, at once",
+            batches: vec![(0, vec![span("billing", Consumer, 1, 2, None).peer(kafka)])],
+            read_at: 0,
+            edges: vec![("order-events", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a CLIENT receive span (SQS ReceiveMessage) is the consumer side, by its link",
+            batches: vec![(
+                0,
+                vec![
+                    span("orders", Producer, 1, 1, None).peer(kafka),
+                    span("billing", Client, 2, 7, Some(6))
+                        .peer(receive)
+                        .link(1, 1),
+                ],
+            )],
+            read_at: 1,
+            edges: vec![("orders", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a CLIENT receive span with no link: out of the topic, never into it",
+            batches: vec![(
+                0,
+                vec![span("billing", Client, 2, 7, Some(6)).peer(receive)],
+            )],
+            read_at: 10,
+            edges: vec![("order-events", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a consumer under its local receive span adds no edge of its own, even when its is-remote flag says otherwise",
+            batches: vec![(
+                0,
+                vec![
+                    span("orders", Producer, 1, 1, None).peer(kafka),
+                    span("billing", Client, 2, 7, None).peer(receive).link(1, 1),
+                    span("billing", Consumer, 2, 8, Some(7)).peer(kafka),
+                ],
+            )],
+            read_at: 10,
+            edges: vec![("orders", "billing", "messaging", 1, 0)],
+            unpaired_client: 0,
+            unpaired_server: 0,
+        },
+        Case {
+            why: "a batch consumer links to two producers: two requests",
+            batches: vec![(
+                0,
+                vec![
+                    span("orders", Producer, 1, 1, None).peer(kafka),
+                    span("refunds", Producer, 3, 1, None).peer(kafka),
+                    span("billing", Consumer, 2, 8, None)
+                        .peer(kafka)
+                        .link(1, 1)
+                        .link(3, 1),
+                ],
+            )],
+            read_at: 10,
             edges: vec![
-                ("orders", "order-events", "messaging", 1, 0),
-                ("order-events", "billing", "messaging", 1, 0),
+                ("orders", "billing", "messaging", 1, 0),
+                ("refunds", "billing", "messaging", 1, 0),
             ],
             unpaired_client: 0,
             unpaired_server: 0,
@@ -368,24 +440,48 @@ fn pairing_rules() {
         },
     ];
     for case in cases {
-        let why = case.why;
-        let want: Vec<_> = case
-            .edges
-            .iter()
-            .map(|(c, s, t, r, e)| (c.to_string(), s.to_string(), *t, *r, *e))
-            .collect();
-        let (unpaired_client, unpaired_server) = (case.unpaired_client, case.unpaired_server);
-        let (builder, graph) = run(case, TopologyConfig::default());
-        assert_eq!(edges_of(&graph), want, "{why}");
-        let counters = builder.counters();
-        assert_eq!(
-            counters.unpaired_client, unpaired_client,
-            "{why}: unpaired clients"
-        );
-        assert_eq!(
-            counters.unpaired_server, unpaired_server,
-            "{why}: unpaired servers"
-        );
+        let reversed = reversed(&case);
+        for (case, order) in [(case, "as listed"), (reversed, "in reverse")] {
+            let why = format!("{} ({order})", case.why);
+            let want: Vec<_> = case
+                .edges
+                .iter()
+                .map(|(c, s, t, r, e)| (c.to_string(), s.to_string(), *t, *r, *e))
+                .collect();
+            let (unpaired_client, unpaired_server) = (case.unpaired_client, case.unpaired_server);
+            let (builder, graph) = run(case, TopologyConfig::default());
+            assert_eq!(edges_of(&graph), want, "{why}");
+            let counters = builder.counters();
+            assert_eq!(
+                counters.unpaired_client, unpaired_client,
+                "{why}: unpaired clients"
+            );
+            assert_eq!(
+                counters.unpaired_server, unpaired_server,
+                "{why}: unpaired servers"
+            );
+        }
+    }
+}
+
+/// The same case with its spans arriving in the opposite order: the last span first, at the
+/// time the first batch came, and so on; no rule may depend on which half comes first.
+fn reversed(case: &Case) -> Case {
+    let offsets: Vec<u64> = case.batches.iter().map(|(offset, _)| *offset).collect();
+    let batches = case
+        .batches
+        .iter()
+        .rev()
+        .zip(offsets)
+        .map(|((_, spans), offset)| (offset, spans.iter().rev().cloned().collect()))
+        .collect();
+    Case {
+        why: case.why,
+        batches,
+        read_at: case.read_at,
+        edges: case.edges.clone(),
+        unpaired_client: case.unpaired_client,
+        unpaired_server: case.unpaired_server,
     }
 }
 

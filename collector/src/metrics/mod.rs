@@ -1,5 +1,11 @@
 //! The collector's own figures, served as Prometheus text on `GET /metrics`.
 
+mod cumulative;
+mod openmetrics;
+
+pub use cumulative::Cumulative;
+pub use openmetrics::{Exemplar, Exposition, HistogramFamily, openmetrics_to_text};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -46,6 +52,8 @@ pub struct Metrics {
     registry: Registry,
     /// Collectors of other stages (topology, registry), encoded at each scrape.
     collectors: parking_lot::Mutex<Registry>,
+    /// Families other stages write themselves (histograms with exemplars), at each scrape.
+    expositions: parking_lot::Mutex<Vec<Box<dyn Exposition>>>,
     /// The expositions handed out by [`Metrics::encode_shared`], by reuse period.
     encoded: crate::reuse::Reuse<std::time::Duration, crate::reuse::SharedBody>,
     /// The same in the Prometheus text format ([`Metrics::encode_shared_text`]).
@@ -109,6 +117,7 @@ impl Metrics {
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             registry: Registry::default(),
             collectors: parking_lot::Mutex::new(Registry::default()),
+            expositions: parking_lot::Mutex::new(Vec::new()),
         };
         registry.register(
             "wayfinder_receiver_accepted_spans",
@@ -188,13 +197,21 @@ impl Metrics {
         self.collectors.lock().register_collector(collector);
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// Adds families written by hand at each scrape, after the collectors'.
+    pub fn register_exposition(&self, exposition: Box<dyn Exposition>) {
+        self.expositions.lock().push(exposition);
+    }
+
+    /// The OpenMetrics exposition of every metric.
     pub fn encode(&self) -> String {
         use prometheus_client::encoding::text;
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = text::encode_registry(&mut out, &self.registry);
         let _ = text::encode_registry(&mut out, &self.collectors.lock());
+        for exposition in self.expositions.lock().iter() {
+            exposition.encode_openmetrics(&mut out);
+        }
         let _ = text::encode_eof(&mut out);
         out
     }
@@ -217,54 +234,6 @@ impl Metrics {
             crate::reuse::SharedBody::new(bytes::Bytes::from(openmetrics_to_text(&text)))
         })
     }
-}
-
-/// An OpenMetrics exposition in the Prometheus text format 0.0.4: a counter family is named
-/// with its `_total` suffix in `# HELP` and `# TYPE` (OpenMetrics names the family without it,
-/// and text-format parsers such as promtool's then find no help for the samples), `# UNIT`
-/// and `# EOF` go. The samples are the same in both.
-///
-/// ```
-/// let openmetrics = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs_total 3\n\
-///     # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\n# UNIT queue_bytes bytes\n\
-///     queue_bytes 0\n# EOF\n";
-/// assert_eq!(
-///     wayfinder_collector::metrics::openmetrics_to_text(openmetrics),
-///     "# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total 3\n\
-///      # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\nqueue_bytes 0\n",
-/// );
-/// ```
-pub fn openmetrics_to_text(openmetrics: &str) -> String {
-    let counters: std::collections::HashSet<&str> = openmetrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.strip_suffix(" counter"))
-        .filter(|name| !name.ends_with("_total"))
-        .collect();
-    let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        let descriptor = ["# HELP ", "# TYPE "]
-            .into_iter()
-            .find_map(|prefix| Some((prefix, line.strip_prefix(prefix)?)));
-        match descriptor {
-            Some((prefix, rest)) => {
-                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-                out.push_str(prefix);
-                out.push_str(name);
-                if counters.contains(name) {
-                    out.push_str("_total");
-                }
-                out.push(' ');
-                out.push_str(tail);
-            }
-            None => out.push_str(line),
-        }
-        out.push('\n');
-    }
-    out
 }
 
 #[cfg(test)]
