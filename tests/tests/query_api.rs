@@ -187,6 +187,7 @@ async fn arrow_stream_traces_health_and_metrics() {
         starts.windows(2).all(|w| w[0] <= w[1]),
         "spans by start time: {starts:?}"
     );
+    assert_eq!(trace["truncated"], false, "all four, within the row limit");
     let cases = [
         ("cd".repeat(16), 404, "a well-formed id with no spans"),
         ("xyz".to_owned(), 400, "not hex"),
@@ -299,6 +300,45 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
     collector.shutdown().await;
 }
 
+/// A trace with more spans than the row limit answers the earliest ones and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_past_the_row_limit_is_truncated() {
+    let mut config = loopback_config();
+    config.query_max_rows = 3;
+    let collector = start(config).await;
+    send_spans(&collector, 5).await;
+    let trace: serde_json::Value = http_client()
+        .get(format!(
+            "http://{}/api/v1/traces/{}",
+            collector.addrs().query_http,
+            "AB".repeat(16)
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        trace["trace_id"],
+        "ab".repeat(16),
+        "upper-case hex is the same id"
+    );
+    let ids: Vec<&str> = trace["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["0000000000000001", "0000000000000002", "0000000000000003"],
+        "the three earliest of five"
+    );
+    assert_eq!(trace["truncated"], true);
+    collector.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_past_the_concurrency_limit_are_refused_with_retry_after() {
     let mut config = loopback_config();
@@ -330,6 +370,18 @@ async fn queries_past_the_concurrency_limit_are_refused_with_retry_after() {
     }
     let refused = refused.expect("a second query is refused while the first runs");
     assert_eq!(refused.headers()["retry-after"], "1");
+    // A trace lookup reads the store too: it takes a slot as well.
+    let lookup = http_client()
+        .get(format!(
+            "http://{}/api/v1/traces/{}",
+            collector.addrs().query_http,
+            "ab".repeat(16)
+        ))
+        .send()
+        .await
+        .expect("the query API answers");
+    assert_eq!(lookup.status(), 503, "no slot for the trace lookup either");
+    assert_eq!(lookup.headers()["retry-after"], "1");
     let body = refused.text().await.unwrap();
     assert!(
         body.contains("the most allowed at once; retry shortly"),

@@ -487,7 +487,12 @@ async fn known_call_graph_through_every_endpoint() {
         [
             (json!("POST /cart"), json!("server"), json!(4), json!(1)),
             (json!("SELECT carts"), json!("client"), json!(4), json!(0)),
-            (json!("order-events publish"), json!("producer"), json!(4), json!(0)),
+            (
+                json!("order-events publish"),
+                json!("producer"),
+                json!(4),
+                json!(0)
+            ),
         ],
         "{operations:#}"
     );

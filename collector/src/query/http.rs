@@ -93,63 +93,83 @@ pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
     Ok(SqlResponse { columns, rows })
 }
 
+/// `GET /api/v1/traces/{trace_id}`: every stored span of a trace, by start time. It takes a
+/// slot of the query limit (503 + `Retry-After` beyond it), reads only the segments whose
+/// trace filter may hold the trace, and answers at most `--query-max-rows` spans (the earliest,
+/// with `"truncated": true`).
 pub(super) async fn trace(
     State(state): State<Arc<ApiState>>,
     Path(trace_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = trace_id.to_ascii_lowercase();
-    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let Some(wanted) = view::parse_trace_id(&trace_id.to_ascii_lowercase()) else {
         return Err(ApiError::BadRequest(format!(
             "`{trace_id}` is not a trace id: 32 hexadecimal characters"
         )));
-    }
-    let snapshot = state.engine.store().snapshot();
-    let spans = tokio::task::spawn_blocking(move || spans_of_trace(&snapshot, &id))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
+    };
+    let slot = state.engine.slot().map_err(ApiError::Query)?;
+    let batches = state.engine.store().stored_batches();
+    let max_rows = state.engine.limits().max_rows;
+    let (spans, truncated) = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        spans_of_trace(&batches, wanted, max_rows)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))??;
     if spans.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no spans of trace {trace_id} are stored"
         )));
     }
-    Ok(
-        axum::Json(
-            serde_json::json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans }),
-        )
-        .into_response(),
-    )
+    Ok(axum::Json(serde_json::json!({
+        "trace_id": const_hex::encode(wanted),
+        "spans": spans,
+        "truncated": truncated,
+    }))
+    .into_response())
 }
 
-/// Every stored span of a trace as a JSON object (one key per column), by start time.
-fn spans_of_trace(batches: &[RecordBatch], trace_id: &str) -> Result<Vec<Value>, ApiError> {
+/// The stored spans of a trace as JSON objects (one key per column), by start time: at most
+/// `max_rows` of them, and whether there were more.
+fn spans_of_trace(
+    batches: &[crate::store::StoredBatch],
+    wanted: view::TraceId,
+    max_rows: usize,
+) -> Result<(Vec<Value>, bool), ApiError> {
     let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
-    let Some(wanted) = view::parse_trace_id(trace_id) else {
-        return Ok(Vec::new());
-    };
     let schema = span_schema();
-    let mut spans: Vec<(i64, Value)> = Vec::new();
-    for batch in batches {
-        let Some(matched) =
-            view::public_batch(batch, &schema, None, Some(&[wanted])).map_err(internal)?
-        else {
-            continue;
-        };
-        let starts = matched
-            .column(col::START_TIME)
-            .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
-        for row in 0..matched.num_rows() {
-            let mut object = Map::new();
-            for (field, column) in matched.schema().fields().iter().zip(matched.columns()) {
-                object.insert(
-                    field.name().clone(),
-                    value_at(column.as_ref(), row).map_err(internal)?,
-                );
-            }
-            spans.push((starts.value(row), Value::Object(object)));
+    let wanted = [wanted];
+    let mut matched = Vec::new();
+    for stored in batches.iter().filter(|b| b.wanted(Some(&wanted))) {
+        if let Some(rows) =
+            view::public_batch(&stored.batch, &schema, None, Some(&wanted)).map_err(internal)?
+        {
+            matched.push(rows);
         }
     }
-    spans.sort_by_key(|(start, _)| *start);
-    Ok(spans.into_iter().map(|(_, span)| span).collect())
+    // (start, batch, row), earliest first; only the kept rows become JSON.
+    let mut order: Vec<(i64, usize, usize)> = Vec::new();
+    for (b, batch) in matched.iter().enumerate() {
+        let starts = batch
+            .column(col::START_TIME)
+            .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+        order.extend((0..batch.num_rows()).map(|row| (starts.value(row), b, row)));
+    }
+    order.sort_unstable();
+    let truncated = order.len() > max_rows;
+    order.truncate(max_rows);
+    let mut spans = Vec::with_capacity(order.len());
+    for (_, b, row) in order {
+        let batch = &matched[b];
+        let mut object = Map::new();
+        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+            object.insert(
+                field.name().clone(),
+                value_at(column.as_ref(), row).map_err(internal)?,
+            );
+        }
+        spans.push(Value::Object(object));
+    }
+    Ok((spans, truncated))
 }
 
 /// Whether the client takes a gzip body (`Accept-Encoding: gzip`, not with `q=0`).

@@ -86,6 +86,15 @@ pub struct QueryResult {
     pub schema: SchemaRef,
     /// Its rows.
     pub batches: Vec<RecordBatch>,
+    /// The query's slot of the concurrency limit, held while the answer is alive: turning it
+    /// into JSON or Arrow IPC counts as part of the query.
+    _slot: Option<Arc<QuerySlot>>,
+}
+
+/// A slot of the limit on concurrent queries, freed when dropped.
+#[derive(Debug)]
+pub struct QuerySlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Runs SQL over a [`SpanStore`].
@@ -160,6 +169,21 @@ impl QueryEngine {
         result
     }
 
+    /// A slot of the limit on concurrent queries, for work that reads the store outside SQL
+    /// (a trace lookup); refused at once like a query beyond the limit.
+    pub fn slot(&self) -> Result<QuerySlot, QueryError> {
+        self.running
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| QuerySlot { _permit: permit })
+            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> &QueryLimits {
+        &self.limits
+    }
+
     async fn run(&self, sql: String) -> Result<QueryResult, QueryError> {
         let Some(runtime) = self.runtime.0.as_ref() else {
             return Err(QueryError::Execution(
@@ -167,15 +191,16 @@ impl QueryEngine {
             ));
         };
         // Refused at once beyond the limit, not queued: the caller retries (503 + Retry-After).
-        let Ok(_permit) = self.running.clone().try_acquire_owned() else {
-            return Err(QueryError::Busy(self.limits.max_concurrent));
-        };
+        let slot = Arc::new(self.slot()?);
         let context = self.context()?;
         let max_rows = self.limits.max_rows;
         let task = runtime.spawn(async move { execute(context, &sql, max_rows).await });
         let abort = task.abort_handle();
         match tokio::time::timeout(self.limits.timeout, task).await {
-            Ok(Ok(result)) => result,
+            Ok(Ok(result)) => result.map(|result| QueryResult {
+                _slot: Some(slot),
+                ..result
+            }),
             Ok(Err(join_error)) => Err(QueryError::Execution(format!(
                 "the query stopped: {join_error}"
             ))),
@@ -203,7 +228,7 @@ impl QueryEngine {
             .with_target_partitions(2)
             .with_information_schema(true);
         let context = SessionContext::new_with_config_rt(config, runtime);
-        let table = spans_table::SpansTable::new(self.store.snapshot(), 2);
+        let table = spans_table::SpansTable::new(self.store.stored_batches(), 2);
         context
             .register_table("spans", Arc::new(table))
             .map_err(internal)?;
@@ -247,7 +272,11 @@ async fn execute(
             batches.push(batch);
         }
     }
-    Ok(QueryResult { schema, batches })
+    Ok(QueryResult {
+        schema,
+        batches,
+        _slot: None,
+    })
 }
 
 fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {

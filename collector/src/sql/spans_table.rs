@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::error::{DataFusionError, Result};
@@ -21,18 +20,19 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 
 use crate::decode::schema::span_schema;
+use crate::store::StoredBatch;
 use crate::store::view::{TraceId, parse_trace_id, projected_schema, public_batch};
 
 /// The `spans` table over stored batches, dealt into `partitions` for parallel scans.
 #[derive(Debug)]
 pub(crate) struct SpansTable {
-    partitions: Vec<Arc<[RecordBatch]>>,
+    partitions: Vec<Arc<[StoredBatch]>>,
 }
 
 impl SpansTable {
     /// Deals `batches` round-robin into `n` partitions so that scans use every query thread.
-    pub(crate) fn new(batches: Vec<RecordBatch>, n: usize) -> Self {
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); n.max(1)];
+    pub(crate) fn new(batches: Vec<StoredBatch>, n: usize) -> Self {
+        let mut parts: Vec<Vec<StoredBatch>> = vec![Vec::new(); n.max(1)];
         for (i, batch) in batches.into_iter().enumerate() {
             parts[i % n.max(1)].push(batch);
         }
@@ -155,7 +155,7 @@ fn text(expr: &Expr) -> Option<&str> {
 #[derive(Debug)]
 struct SpansPartition {
     schema: SchemaRef,
-    batches: Arc<[RecordBatch]>,
+    batches: Arc<[StoredBatch]>,
     projection: Option<Arc<[usize]>>,
     traces: Option<Arc<[TraceId]>>,
 }
@@ -170,9 +170,13 @@ impl PartitionStream for SpansPartition {
         let batches = self.batches.clone();
         let projection = self.projection.clone();
         let traces = self.traces.clone();
+        // A batch whose trace filter rules out every wanted trace is not read at all.
         let rows = (0..batches.len()).filter_map(move |i| {
+            if !batches[i].wanted(traces.as_deref()) {
+                return None;
+            }
             public_batch(
-                &batches[i],
+                &batches[i].batch,
                 &schema,
                 projection.as_deref(),
                 traces.as_deref(),
@@ -190,6 +194,7 @@ impl PartitionStream for SpansPartition {
 #[cfg(test)]
 mod tests {
     use datafusion::arrow::compute::concat_batches;
+    use datafusion::arrow::record_batch::RecordBatch;
     use datafusion::catalog::MemTable;
     use datafusion::prelude::{SessionContext, col, lit};
 
@@ -244,7 +249,16 @@ mod tests {
             .map(|b| public_batch(b, &schema, None, None).unwrap().unwrap())
             .collect();
         let lazy = SessionContext::new();
-        lazy.register_table("spans", Arc::new(SpansTable::new(stored, 2)))
+        // With each batch's trace filter, as sealed segments have them: the batches a filter
+        // rules out are skipped, and the answers stay the same.
+        let filtered = stored
+            .iter()
+            .map(|batch| StoredBatch {
+                batch: batch.clone(),
+                traces: crate::store::TraceFilter::of(batch).map(Arc::new),
+            })
+            .collect();
+        lazy.register_table("spans", Arc::new(SpansTable::new(filtered, 2)))
             .unwrap();
         let reference = SessionContext::new();
         let table = MemTable::try_new(schema, vec![plain]).unwrap();

@@ -16,6 +16,7 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 
+use super::traces::{StoredBatch, TraceFilter};
 use super::{SpanStore, StoreStats};
 use crate::decode::SpanBatch;
 use crate::decode::schema::stored_schema;
@@ -73,6 +74,8 @@ struct Segment {
     newest: SystemTime,
     sealed: bool,
     compacted: bool,
+    /// The trace ids of its one batch, once compacted.
+    traces: Option<Arc<TraceFilter>>,
 }
 
 impl MemoryStore {
@@ -104,6 +107,7 @@ impl MemoryStore {
                     newest: now,
                     sealed: false,
                     compacted: false,
+                    traces: None,
                 });
             }
             inner.rows += rows;
@@ -166,28 +170,25 @@ impl MemoryStore {
     /// Compacts a sealed segment's batches into one and swaps it in, if the segment is still
     /// there. Runs outside the lock: queries and appends go on meanwhile.
     fn compact(&self, job: CompactionJob) {
-        if job.batches.len() < 2 {
-            if let Some(segment) = self
-                .inner
-                .write()
-                .segments
-                .iter_mut()
-                .find(|s| s.id == job.id)
+        let merged = if job.batches.len() < 2 {
+            job.batches.first().cloned()
+        } else {
+            match concat_batches(&stored_schema(), &job.batches)
+                .and_then(|merged| super::dedupe::dedupe(&merged))
             {
-                segment.compacted = true;
-            }
-            return;
-        }
-        let merged = match concat_batches(&stored_schema(), &job.batches)
-            .and_then(|merged| super::dedupe::dedupe(&merged))
-        {
-            Ok(merged) => merged,
-            Err(error) => {
-                tracing::warn!(%error, "could not compact a store segment; keeping its batches as they are");
-                return;
+                Ok(merged) => Some(merged),
+                Err(error) => {
+                    tracing::warn!(%error, "could not compact a store segment; keeping its batches as they are");
+                    return;
+                }
             }
         };
-        let new_bytes = merged.get_array_memory_size();
+        let traces = merged.as_ref().and_then(TraceFilter::of).map(Arc::new);
+        let filter_bytes = traces.as_ref().map_or(0, |t| t.bytes());
+        let new_bytes = merged
+            .as_ref()
+            .map_or(0, RecordBatch::get_array_memory_size)
+            + filter_bytes;
         let mut inner = self.inner.write();
         let Some(segment) = inner.segments.iter_mut().find(|s| s.id == job.id) else {
             return;
@@ -197,11 +198,13 @@ impl MemoryStore {
         }
         let old_bytes = segment.bytes;
         let old_batches = segment.batches.len();
-        segment.batches = vec![merged];
+        segment.batches = merged.into_iter().collect();
         segment.compacted = true;
+        segment.traces = traces;
         segment.bytes = new_bytes;
+        let new_batches = segment.batches.len();
         inner.bytes = inner.bytes - old_bytes + new_bytes;
-        inner.batches = inner.batches - old_batches + 1;
+        inner.batches = inner.batches - old_batches + new_batches;
     }
 }
 
@@ -229,6 +232,20 @@ impl SpanStore for MemoryStore {
             .segments
             .iter()
             .flat_map(|s| s.batches.iter().cloned())
+            .collect()
+    }
+
+    fn stored_batches(&self) -> Vec<StoredBatch> {
+        let inner = self.inner.read();
+        inner
+            .segments
+            .iter()
+            .flat_map(|s| {
+                s.batches.iter().map(|batch| StoredBatch {
+                    batch: batch.clone(),
+                    traces: s.traces.clone(),
+                })
+            })
             .collect()
     }
 
@@ -316,6 +333,59 @@ mod tests {
             .get()
     }
 
+    /// Sealed, compacted segments carry a trace filter that rules out the traces they do not
+    /// hold; the open segment has none and is always read.
+    #[test]
+    fn compacted_segments_know_their_traces() {
+        let (store, _) = store(StoreConfig {
+            segment_rows: 20,
+            ..Default::default()
+        });
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let of_trace = |trace: u8, n: u64| {
+            let spans = (0..n)
+                .map(|i| span([trace; 16], i + 1, "op", 1, 2))
+                .collect();
+            decode_traces(&trace_request(None, spans))
+                .unwrap()
+                .batch
+                .unwrap()
+        };
+        store.append_at(of_trace(1, 20), t0);
+        store.append_at(of_trace(2, 20), t0);
+        store.append_at(of_trace(3, 10), t0);
+        store.maintain(t0);
+        let batches = store.stored_batches();
+        assert_eq!(batches.len(), 3, "two sealed segments and the open one");
+        let read: Vec<Vec<bool>> = [1u8, 2, 3, 9]
+            .iter()
+            .map(|t| {
+                batches
+                    .iter()
+                    .map(|b| b.wanted(Some(&[[*t; 16]])))
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            read,
+            [
+                [true, false, true],
+                [false, true, true],
+                [false, false, true],
+                [false, false, true],
+            ],
+            "a sealed segment is read only for its own trace; the open one always"
+        );
+        assert!(
+            batches[2].traces.is_none(),
+            "the open segment has no filter"
+        );
+        assert!(
+            batches.iter().all(|b| b.wanted(None)),
+            "a reader of every trace reads everything"
+        );
+    }
+
     #[test]
     fn compaction_keeps_every_span_in_order() {
         let (store, _) = store(StoreConfig {
@@ -353,12 +423,20 @@ mod tests {
             .map(|i| const_hex::encode(i.to_be_bytes()))
             .collect();
         assert_eq!(ids, expected);
+        let filters: usize = store
+            .stored_batches()
+            .iter()
+            .filter_map(|b| b.traces.as_ref().map(|t| t.bytes()))
+            .sum();
+        assert!(filters > 0, "compacted segments have trace filters");
         assert_eq!(
             stats.bytes,
             snapshot
                 .iter()
                 .map(|b| b.get_array_memory_size())
                 .sum::<usize>()
+                + filters,
+            "the batches and their trace filters are counted"
         );
     }
 

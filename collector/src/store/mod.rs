@@ -4,6 +4,7 @@
 
 mod dedupe;
 mod memory;
+mod traces;
 pub mod view;
 
 use std::time::{Duration, SystemTime};
@@ -13,6 +14,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use crate::decode::SpanBatch;
 
 pub use memory::{MemoryStore, StoreConfig};
+pub use traces::{StoredBatch, TraceFilter};
 
 /// A store of spans.
 pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
@@ -22,6 +24,18 @@ pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// An immutable view of everything stored now, oldest first. Cheap: batches are shared.
     fn snapshot(&self) -> Vec<RecordBatch>;
+
+    /// [`SpanStore::snapshot`] with each batch's trace filter where it has one, so that a
+    /// reader of a few traces skips the batches without them.
+    fn stored_batches(&self) -> Vec<StoredBatch> {
+        self.snapshot()
+            .into_iter()
+            .map(|batch| StoredBatch {
+                batch,
+                traces: None,
+            })
+            .collect()
+    }
 
     /// Evicts what is older than the retention at `now`, and does background upkeep.
     fn maintain(&self, now: SystemTime);
