@@ -7,14 +7,14 @@ use arrow_array::builder::{ArrayBuilder, FixedSizeBinaryBuilder, StringBuilder};
 use arrow_array::types::Int32Type;
 use arrow_array::{
     ArrayRef, DictionaryArray, Int32Array, Int64Array, ListArray, RecordBatch, StructArray,
-    TimestampNanosecondArray,
+    TimestampNanosecondArray, UInt32Array,
 };
 use arrow_schema::ArrowError;
 use hashbrown::HashMap;
 
 use crate::builders::{DictBuilder, ListOffsets, MapBuilder};
-use crate::schema;
-use crate::view::{Attr, SpanView, value_text};
+use crate::schema::{self, AttributeType};
+use crate::view::{Attr, SpanView, ValueRef, value_text};
 
 pub(crate) fn push_key_or_null(builder: &mut DictBuilder, key: Option<i32>) {
     match key {
@@ -49,6 +49,7 @@ pub(crate) struct Columns {
     span_kind: DictBuilder,
     start_time: Vec<i64>,
     duration: Vec<i64>,
+    flags: Vec<u32>,
     status_code: DictBuilder,
     status_message: DictBuilder,
     attributes: AttributeSets,
@@ -62,6 +63,20 @@ struct AttributeSets {
     sets: MapBuilder,
     index: HashMap<Vec<(i32, Option<i32>)>, i32>,
     scratch: Vec<(i32, Option<i32>)>,
+    typed: String,
+}
+
+/// The OTLP type of a value.
+fn type_of(value: &ValueRef<'_>) -> AttributeType {
+    match value {
+        ValueRef::Str(_) => AttributeType::String,
+        ValueRef::Bool(_) => AttributeType::Bool,
+        ValueRef::Int(_) | ValueRef::Strindex(_) => AttributeType::Int,
+        ValueRef::Double(_) => AttributeType::Double,
+        ValueRef::Bytes(_) => AttributeType::Bytes,
+        ValueRef::Json(serde_json::Value::Array(_)) => AttributeType::Array,
+        ValueRef::Json(_) => AttributeType::Kvlist,
+    }
 }
 
 impl AttributeSets {
@@ -71,13 +86,22 @@ impl AttributeSets {
             sets: MapBuilder::with_capacity(rows / 4, rows * 2),
             index: HashMap::new(),
             scratch: Vec::new(),
+            typed: String::new(),
         }
     }
 
     fn push(&mut self, attributes: &[Attr<'_>], text: &mut String) {
         self.scratch.clear();
         for attr in attributes {
-            let value = value_text(attr.value.as_ref(), text);
+            // The value's type goes first, as one letter, so that readers can tell the number
+            // 42 from the text "42" (`attribute_types`, Jaeger's typed tags).
+            let letter = attr.value.as_ref().map(|v| type_of(v).letter());
+            let value = value_text(attr.value.as_ref(), text).map(|value| {
+                self.typed.clear();
+                self.typed.push(char::from(letter.unwrap_or(b's')));
+                self.typed.push_str(value);
+                self.typed.as_str()
+            });
             self.scratch.push(self.sets.intern(attr.key, value));
         }
         let key = match self.index.get(self.scratch.as_slice()) {
@@ -206,6 +230,7 @@ impl Columns {
             span_kind: DictBuilder::with_capacity(rows),
             start_time: Vec::with_capacity(rows),
             duration: Vec::with_capacity(rows),
+            flags: Vec::with_capacity(rows),
             status_code: DictBuilder::with_capacity(rows),
             status_message: DictBuilder::with_capacity(rows),
             attributes: AttributeSets::with_capacity(rows),
@@ -254,6 +279,7 @@ impl Columns {
         self.span_kind.push(kind);
         self.start_time.push(times.start);
         self.duration.push(times.end - times.start);
+        self.flags.push(span.flags);
         let code = usize::try_from(span.status_code)
             .ok()
             .and_then(|c| STATUS_CODES.get(c))
@@ -351,6 +377,7 @@ impl Columns {
             Arc::new(self.attributes.finish()?),
             Arc::new(events),
             Arc::new(links),
+            Arc::new(UInt32Array::from(std::mem::take(&mut self.flags))),
         ];
         RecordBatch::try_new(schema::stored_schema(), columns)
     }

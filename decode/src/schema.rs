@@ -103,6 +103,8 @@ pub mod col {
     pub const RESOURCE_ATTRIBUTES: usize = 17;
     pub const EVENTS: usize = 18;
     pub const LINKS: usize = 19;
+    pub const ATTRIBUTE_TYPES: usize = 20;
+    pub const FLAGS: usize = 21;
 }
 
 /// The schema of the `spans` table.
@@ -135,9 +137,74 @@ pub fn span_schema() -> SchemaRef {
             Field::new("resource_attributes", attribute_map(), false),
             Field::new("events", DataType::List(event_item()), false),
             Field::new("links", DataType::List(link_item()), false),
+            Field::new("attribute_types", attribute_map(), false),
+            Field::new("flags", DataType::UInt32, false),
         ]))
     });
     SCHEMA.clone()
+}
+
+/// The OTLP type of a span attribute's value, kept in the stored layout as the first letter of
+/// its text (each distinct value once, so one byte a distinct value): the `attribute_types`
+/// column names it, and Jaeger's tags take their type from it.
+///
+/// ```
+/// use wayfinder_decode::schema::AttributeType;
+/// assert_eq!(AttributeType::of_letter(b'i'), Some(AttributeType::Int));
+/// assert_eq!(AttributeType::Int.name(), "int");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeType {
+    /// `string_value`.
+    String,
+    /// `bool_value`.
+    Bool,
+    /// `int_value`.
+    Int,
+    /// `double_value`.
+    Double,
+    /// `bytes_value` (the text is base64).
+    Bytes,
+    /// `array_value` (the text is JSON).
+    Array,
+    /// `kvlist_value` (the text is JSON).
+    Kvlist,
+}
+
+impl AttributeType {
+    const ALL: [(u8, AttributeType, &'static str); 7] = [
+        (b's', Self::String, "string"),
+        (b'b', Self::Bool, "bool"),
+        (b'i', Self::Int, "int"),
+        (b'd', Self::Double, "double"),
+        (b'y', Self::Bytes, "bytes"),
+        (b'a', Self::Array, "array"),
+        (b'k', Self::Kvlist, "kvlist"),
+    ];
+
+    /// The letter it is stored as.
+    pub fn letter(self) -> u8 {
+        Self::ALL
+            .iter()
+            .find(|(_, t, _)| *t == self)
+            .map_or(b's', |(l, _, _)| *l)
+    }
+
+    /// The type a stored letter stands for.
+    pub fn of_letter(letter: u8) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(l, _, _)| *l == letter)
+            .map(|(_, t, _)| *t)
+    }
+
+    /// Its name in the `attribute_types` column.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, t, _)| *t == self)
+            .map_or("string", |(_, _, n)| n)
+    }
 }
 
 /// The fields of the `origin` dictionary's values: what a span takes from its resource and its
@@ -164,7 +231,8 @@ pub fn origin_type() -> DataType {
     )
 }
 
-/// The type of the stored `attributes` column: a dictionary of attribute maps, one entry per
+/// The type of the stored `attributes` column (each value's text after a letter that names its
+/// [`AttributeType`]): a dictionary of attribute maps, one entry per
 /// distinct set of a request.
 pub fn attribute_set_type() -> DataType {
     DataType::Dictionary(Box::new(DataType::Int32), Box::new(attribute_map()))
@@ -187,6 +255,7 @@ pub mod stored {
     pub const ATTRIBUTES: usize = 11;
     pub const EVENTS: usize = 12;
     pub const LINKS: usize = 13;
+    pub const FLAGS: usize = 14;
 
     /// Fields of the `origin` dictionary's struct values.
     pub mod origin {
@@ -223,6 +292,7 @@ pub fn stored_schema() -> SchemaRef {
             Field::new("attributes", attribute_set_type(), false),
             Field::new("events", DataType::List(event_item()), false),
             Field::new("links", DataType::List(link_item()), false),
+            Field::new("flags", DataType::UInt32, false),
         ]))
     });
     SCHEMA.clone()
@@ -256,6 +326,8 @@ mod tests {
             (col::RESOURCE_ATTRIBUTES, "resource_attributes"),
             (col::EVENTS, "events"),
             (col::LINKS, "links"),
+            (col::ATTRIBUTE_TYPES, "attribute_types"),
+            (col::FLAGS, "flags"),
         ];
         assert_eq!(
             schema.fields().len(),

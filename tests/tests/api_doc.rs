@@ -62,7 +62,12 @@ fn examples(doc: &str) -> Vec<Example> {
 
 /// Objects whose keys are data (attribute names, Jaeger process ids), not fields: every value
 /// has the shape of the documented one.
-const MAPS: [&str; 3] = ["attributes", "resource_attributes", "processes"];
+const MAPS: [&str; 4] = [
+    "attributes",
+    "attribute_types",
+    "resource_attributes",
+    "processes",
+];
 
 /// Where `live` does not have the shape of `documented`.
 fn shape(documented: &Value, live: &Value, at: &str, problems: &mut Vec<String>) {

@@ -271,7 +271,10 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
         .flat_map(|trace| {
             (1..=4u64).map(move |i| {
                 let start = base + u64::from(trace) * 1_000_000 + i;
-                span([trace; 16], i, "op", start, start + 10)
+                let mut span = span([trace; 16], i, "op", start, start + 10);
+                // W3C trace flags in the low byte: every other span sampled.
+                span.flags = u32::from(i % 2 == 1);
+                span
             })
         })
         .collect();
@@ -296,6 +299,22 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
             "03030303030303030303030303030303"
         ],
         "the latest two, latest first"
+    );
+    let flags: Vec<(&str, u64)> = body["data"][0]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["spanID"].as_str().unwrap(), s["flags"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            ("0000000000000001", 1),
+            ("0000000000000002", 0),
+            ("0000000000000003", 1),
+            ("0000000000000004", 0)
+        ],
+        "Jaeger's flags are each span's sampled bit"
     );
     collector.shutdown().await;
 }

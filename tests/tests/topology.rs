@@ -136,6 +136,11 @@ fn send_call_graph(grpc_endpoint: String, http_endpoint: String) -> Vec<String> 
             .with_attributes([
                 KeyValue::new("messaging.system", "kafka"),
                 KeyValue::new("messaging.destination.name", "order-events"),
+                // Values of each type, and a text that reads as a number.
+                KeyValue::new("messaging.batch.message_count", 3i64),
+                KeyValue::new("messaging.kafka.message.tombstone", false),
+                KeyValue::new("billing.share", 0.5),
+                KeyValue::new("messaging.message.id", "42"),
             ])
             .start_with_context(&bill, &message)
             .end();
@@ -448,6 +453,28 @@ async fn known_call_graph_through_every_endpoint() {
     assert_eq!(status, 404);
 
     // Services.
+    // SQL: attribute values read as the text they were sent as, their types beside them.
+    let typed = sql(
+        &collector,
+        "SELECT attributes['messaging.batch.message_count'], \
+                attribute_types['messaging.batch.message_count'], \
+                attributes['messaging.message.id'], attribute_types['messaging.message.id'], \
+                attribute_types['billing.share'], attribute_types['messaging.kafka.message.tombstone'] \
+         FROM spans WHERE span_name = 'order-events process' LIMIT 1",
+    )
+    .await;
+    assert_eq!(
+        typed.rows,
+        [vec![
+            json!("3"),
+            json!("int"),
+            json!("42"),
+            json!("string"),
+            json!("double"),
+            json!("bool")
+        ]]
+    );
+
     let (_, services) = get(&collector, "/api/v1/services").await;
     let cart = services["services"]
         .as_array()
@@ -633,6 +660,10 @@ async fn known_call_graph_through_every_endpoint() {
         .iter()
         .find(|s| s["operationName"] == "order-events publish")
         .unwrap();
+    assert_eq!(
+        consumer["flags"], 1,
+        "sampled, from the W3C trace flags the SDK sent"
+    );
     assert_eq!(consumer["references"][0]["refType"], "CHILD_OF");
     assert_eq!(consumer["references"][0]["spanID"], producer["spanID"]);
     assert!(
@@ -646,6 +677,29 @@ async fn known_call_graph_through_every_endpoint() {
         .find(|t| t["key"] == "span.kind")
         .unwrap();
     assert_eq!(kind["value"], "consumer");
+    // Tags keep the types the attributes were sent with.
+    let typed: BTreeSet<String> = consumer["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            format!(
+                "{}={}:{}",
+                t["key"].as_str().unwrap(),
+                t["type"].as_str().unwrap(),
+                t["value"]
+            )
+        })
+        .collect();
+    for want in [
+        "messaging.batch.message_count=int64:3",
+        "messaging.kafka.message.tombstone=bool:false",
+        "billing.share=float64:0.5",
+        r#"messaging.message.id=string:"42""#,
+        r#"messaging.system=string:"kafka""#,
+    ] {
+        assert!(typed.contains(want), "{want} in {typed:?}");
+    }
     let process = &one["data"][0]["processes"][consumer["processID"].as_str().unwrap()];
     assert_eq!(process["serviceName"], "billing");
     let (status, missing) = get(&collector, "/api/traces/00000000000000000000000000000001").await;

@@ -458,8 +458,9 @@ async fn traces_by_id(
     let sql = format!(
         "SELECT trace_id, span_id, parent_span_id, trace_state, service_name, span_name, \
          span_kind, CAST(start_time AS BIGINT) AS start_ns, duration_ns, status_code, \
-         status_message, scope_name, scope_version, attributes, resource_attributes, events, \
-         links FROM spans WHERE trace_id IN ({list}) ORDER BY start_time, span_id"
+         status_message, scope_name, scope_version, attributes, attribute_types, \
+         resource_attributes, events, links, flags FROM spans WHERE trace_id IN ({list}) \
+         ORDER BY start_time, span_id"
     );
     let rows = rows(state, &sql).await?;
     let mut by_trace: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
@@ -484,6 +485,35 @@ fn tag(key: &str, value: &Value) -> Value {
         Value::String(s) => json!({"key": key, "type": "string", "value": s}),
         other => json!({"key": key, "type": "string", "value": other.to_string()}),
     }
+}
+
+/// A span's attributes as Jaeger tags of the types they were sent with (`attribute_types`):
+/// integers as `int64`, doubles as `float64`, booleans as `bool`, bytes as `binary` (base64),
+/// the rest (strings, arrays and maps as JSON) as `string`.
+fn typed_tags(attributes: &Value, types: &Value) -> Vec<Value> {
+    let Some(map) = attributes.as_object() else {
+        return Vec::new();
+    };
+    map.iter()
+        .map(|(key, value)| {
+            let text = value.as_str();
+            let typed = match (types[key].as_str(), text) {
+                (Some("int"), Some(t)) => t.parse::<i64>().ok().map(|n| ("int64", json!(n))),
+                (Some("double"), Some(t)) => t
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(|n| ("float64", Value::Number(n))),
+                (Some("bool"), Some(t)) => t.parse::<bool>().ok().map(|b| ("bool", json!(b))),
+                (Some("bytes"), Some(t)) => Some(("binary", json!(t))),
+                _ => None,
+            };
+            match typed {
+                Some((kind, value)) => json!({"key": key, "type": kind, "value": value}),
+                None => tag(key, value),
+            }
+        })
+        .collect()
 }
 
 fn tags_of(object: &Value, skip: &[&str]) -> Vec<Value> {
@@ -542,7 +572,7 @@ fn jaeger_trace(trace_id: &str, rows: &[BTreeMap<String, Value>]) -> Value {
             }));
         }
 
-        let mut tags = tags_of(&row["attributes"], &[]);
+        let mut tags = typed_tags(&row["attributes"], &row["attribute_types"]);
         let kind = row["span_kind"].as_str().unwrap_or("unspecified");
         if !matches!(kind, "unspecified" | "internal") {
             tags.push(tag("span.kind", &json!(kind)));
@@ -590,7 +620,9 @@ fn jaeger_trace(trace_id: &str, rows: &[BTreeMap<String, Value>]) -> Value {
             "logs": logs,
             "processID": process_id,
             "warnings": null,
-            "flags": 1,
+            // Jaeger's sampled bit is bit 0 of the W3C trace flags, which OTLP carries in
+            // the low byte of the span's flags (0 from SDKs that do not send them).
+            "flags": row["flags"].as_u64().unwrap_or(0) & 0x01,
         }));
     }
     let processes: serde_json::Map<String, Value> = processes.into_iter().collect();

@@ -1,21 +1,22 @@
 //! The stored layout ([`stored_schema`]) seen as the `spans` table ([`span_schema`]): ids back
 //! to lowercase hex, the resource and scope columns taken from the `origin` dictionary, and
-//! `end_time` as `start_time + duration_ns`. Only the columns asked for are built, one batch at
+//! `end_time` as `start_time + duration_ns`, attribute values without their stored type letter
+//! (which `attribute_types` names). Only the columns asked for are built, one batch at
 //! a time while a query reads it, and a filter on trace ids is applied to the binary ids
 //! before anything is built.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, FixedSizeBinaryArray, RecordBatch, RecordBatchOptions,
-    StringArray, TimestampNanosecondArray,
+    Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, FixedSizeBinaryArray, MapArray,
+    RecordBatch, RecordBatchOptions, StringArray, StructArray, TimestampNanosecondArray,
 };
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{Int32Type, Int64Type, SchemaRef, TimestampNanosecondType};
 use datafusion::arrow::error::ArrowError;
 
-use crate::decode::schema::{col, span_schema, stored, stored_schema};
+use crate::decode::schema::{AttributeType, col, span_schema, stored, stored_schema};
 
 /// A trace id as stored: 16 bytes.
 pub type TraceId = [u8; 16];
@@ -117,19 +118,54 @@ fn public_column(batch: &RecordBatch, column: usize) -> Result<ArrayRef, ArrowEr
         col::STATUS_MESSAGE => stored(stored::STATUS_MESSAGE),
         col::SCOPE_NAME => origin(stored::origin::SCOPE_NAME),
         col::SCOPE_VERSION => origin(stored::origin::SCOPE_VERSION),
-        col::ATTRIBUTES => {
+        col::ATTRIBUTES | col::ATTRIBUTE_TYPES => {
             let sets = batch
                 .column(stored::ATTRIBUTES)
                 .as_dictionary::<Int32Type>();
-            take(sets.values().as_ref(), sets.keys(), None)
+            // Each distinct value once: its text after the type letter, or the type's name.
+            let values = if column == col::ATTRIBUTES {
+                retyped(sets.values().as_map(), |typed| typed.get(1..).unwrap_or(""))
+            } else {
+                retyped(sets.values().as_map(), |typed| {
+                    typed
+                        .bytes()
+                        .next()
+                        .and_then(AttributeType::of_letter)
+                        .map_or("string", AttributeType::name)
+                })
+            }?;
+            take(&values, sets.keys(), None)
         }
         col::RESOURCE_ATTRIBUTES => origin(stored::origin::RESOURCE_ATTRIBUTES),
         col::EVENTS => stored(stored::EVENTS),
         col::LINKS => stored(stored::LINKS),
+        col::FLAGS => stored(stored::FLAGS),
         other => Err(ArrowError::SchemaError(format!(
             "the spans table has no column {other}"
         ))),
     }
+}
+
+/// The stored attribute sets with each distinct value's text mapped by `f` (the keys, the
+/// offsets and which value each entry has stay as they are: only the value dictionary's
+/// strings are new).
+fn retyped(sets: &MapArray, f: impl Fn(&str) -> &str) -> Result<MapArray, ArrowError> {
+    let entries = sets.entries();
+    let values = entries.column(1).as_dictionary::<Int32Type>();
+    let texts: StringArray = values
+        .values()
+        .as_string::<i32>()
+        .iter()
+        .map(|text| text.map(&f))
+        .collect();
+    let values = DictionaryArray::<Int32Type>::try_new(values.keys().clone(), Arc::new(texts))?;
+    let entries = StructArray::try_new(
+        entries.fields().clone(),
+        vec![entries.column(0).clone(), Arc::new(values)],
+        entries.nulls().cloned(),
+    )?;
+    let (field, offsets, _, nulls, ordered) = sets.clone().into_parts();
+    MapArray::try_new(field, offsets, entries, nulls, ordered)
 }
 
 /// Lowercase hex of fixed-size ids, nulls kept.
