@@ -319,6 +319,34 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
     collector.shutdown().await;
 }
 
+/// A query that needs more than its share of query memory fails alone, with a message that
+/// says what to do, and the next one runs (nothing spills to disk instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_its_memory_share_fails_alone() {
+    let mut config = loopback_config();
+    config.query_memory_bytes = 8 << 20;
+    config.query_max_concurrent = 2;
+    let collector = start(config).await;
+    let (status, body) = sql_raw(
+        &collector,
+        "SELECT value FROM range(0, 3000000) ORDER BY value DESC",
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("needed more than its 4.0 MiB of query memory")
+            && body.contains("--query-memory-bytes"),
+        "the share, and what to change: {body}"
+    );
+    let answer = sql(&collector, "SELECT count(*) FROM range(0, 1000)").await;
+    assert_eq!(
+        answer.rows,
+        [vec![serde_json::json!(1000)]],
+        "the next query runs"
+    );
+    collector.shutdown().await;
+}
+
 /// A trace with more spans than the row limit answers the earliest ones and says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_past_the_row_limit_is_truncated() {

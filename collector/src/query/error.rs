@@ -29,9 +29,9 @@ impl IntoResponse for ApiError {
             ApiError::Query(e) => {
                 let status = match e {
                     QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,
-                    QueryError::Execution(_) | QueryError::TooManyRows(_) => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
+                    QueryError::Execution(_)
+                    | QueryError::OutOfMemory(_)
+                    | QueryError::TooManyRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     QueryError::Timeout(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 };
                 (status, e.to_string())

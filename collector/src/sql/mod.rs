@@ -50,9 +50,17 @@ pub enum QueryError {
     /// The statement would change something.
     #[error("only read queries (SELECT, WITH, EXPLAIN, SHOW, DESCRIBE) are allowed; this is {0}")]
     NotReadOnly(String),
-    /// The query failed while running (including its memory limit).
+    /// The query failed while running.
     #[error("query failed: {0}")]
     Execution(String),
+    /// The query needed more memory than its share of `--query-memory-bytes` (nothing
+    /// spills to disk).
+    #[error(
+        "the query needed more than its {} of query memory; narrow it (a time range, fewer \
+         columns, a LIMIT) or raise --query-memory-bytes",
+        bytesize::ByteSize(*.0 as u64)
+    )]
+    OutOfMemory(usize),
     /// The answer has more rows than allowed.
     #[error("the result has more than {0} rows; add a LIMIT or aggregate")]
     TooManyRows(usize),
@@ -72,6 +80,7 @@ impl QueryError {
         match self {
             QueryError::Invalid(_) | QueryError::NotReadOnly(_) => "invalid",
             QueryError::Execution(_) => "failed",
+            QueryError::OutOfMemory(_) => "out_of_memory",
             QueryError::TooManyRows(_) => "too_many_rows",
             QueryError::Timeout(_) => "timeout",
             QueryError::Busy(_) => "busy",
@@ -184,6 +193,11 @@ impl QueryEngine {
         &self.limits
     }
 
+    /// The memory each query may use: an equal share of the memory of all queries.
+    fn memory_share(&self) -> usize {
+        self.limits.memory_bytes / self.limits.max_concurrent.max(1)
+    }
+
     async fn run(&self, sql: String) -> Result<QueryResult, QueryError> {
         let Some(runtime) = self.runtime.0.as_ref() else {
             return Err(QueryError::Execution(
@@ -196,11 +210,17 @@ impl QueryEngine {
         let max_rows = self.limits.max_rows;
         let task = runtime.spawn(async move { execute(context, &sql, max_rows).await });
         let abort = task.abort_handle();
+        let share = self.memory_share();
         match tokio::time::timeout(self.limits.timeout, task).await {
-            Ok(Ok(result)) => result.map(|result| QueryResult {
-                _slot: Some(slot),
-                ..result
-            }),
+            Ok(Ok(result)) => result
+                .map(|result| QueryResult {
+                    _slot: Some(slot),
+                    ..result
+                })
+                .map_err(|error| match error {
+                    QueryError::OutOfMemory(_) => QueryError::OutOfMemory(share),
+                    other => other,
+                }),
             Ok(Err(join_error)) => Err(QueryError::Execution(format!(
                 "the query stopped: {join_error}"
             ))),
@@ -216,7 +236,7 @@ impl QueryEngine {
         let internal = |e: DataFusionError| QueryError::Execution(e.to_string());
         // This query's share of the memory of all queries; nothing spills to disk (the OS temp
         // directory is no place for a collector's overflow): past its share a query fails.
-        let share = self.limits.memory_bytes / self.limits.max_concurrent.max(1);
+        let share = self.memory_share();
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_limit(share, 1.0)
             .with_disk_manager_builder(
@@ -305,6 +325,8 @@ fn classify(error: DataFusionError) -> QueryError {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_) => QueryError::Invalid(error.to_string()),
+        // The share is filled in by the caller, which knows it.
+        DataFusionError::ResourcesExhausted(_) => QueryError::OutOfMemory(0),
         _ => QueryError::Execution(error.to_string()),
     }
 }
