@@ -7,10 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hashbrown::HashMap;
-
+use super::graph::Graph;
+use super::keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 use super::pending::Expiring;
-use super::stats::{BUCKET_SECONDS, Observation, Series, Totals};
+use super::stats::{BUCKET_SECONDS, Observation};
 use crate::clock::unix_seconds;
 use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
 
@@ -42,112 +42,6 @@ impl Default for TopologyConfig {
             histogram_buckets: Arc::from(super::stats::HISTOGRAM_BOUNDS.as_slice()),
         }
     }
-}
-
-/// What a node of the graph is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum NodeKind {
-    /// An instrumented service.
-    Service,
-    /// A database, seen from its clients' spans.
-    Database,
-    /// A message topic or queue, between producers and consumers.
-    Messaging,
-    /// An uninstrumented service called by instrumented ones.
-    External,
-    /// Whoever called a root SERVER span.
-    User,
-}
-
-impl NodeKind {
-    /// The name used in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Service => "service",
-            Self::Database => "database",
-            Self::Messaging => "messaging",
-            Self::External => "external",
-            Self::User => "user",
-        }
-    }
-}
-
-/// A node: its kind and name. The name is its id in the API.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeKey {
-    /// What it is.
-    pub kind: NodeKind,
-    /// Its name.
-    pub name: Arc<str>,
-}
-
-impl NodeKey {
-    fn service(name: &Arc<str>) -> Self {
-        Self {
-            kind: NodeKind::Service,
-            name: name.clone(),
-        }
-    }
-
-    fn named(kind: NodeKind, name: &str) -> Self {
-        Self {
-            kind,
-            name: Arc::from(name),
-        }
-    }
-}
-
-/// How the client reached the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ConnectionType {
-    /// HTTP (`http.request.method` or `url.full` on a side).
-    Http,
-    /// gRPC (`rpc.system = grpc`).
-    Grpc,
-    /// A database call.
-    Database,
-    /// A message through a broker.
-    Messaging,
-    /// Anything else.
-    Other,
-}
-
-impl ConnectionType {
-    /// The label value, as in the OpenTelemetry Collector's servicegraph connector (which leaves
-    /// it empty for `other`; we name it).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Http => "http",
-            Self::Grpc => "grpc",
-            Self::Database => "database",
-            Self::Messaging => "messaging",
-            Self::Other => "other",
-        }
-    }
-}
-
-/// An edge of the service graph.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EdgeKey {
-    /// The caller.
-    pub client: NodeKey,
-    /// The callee.
-    pub server: NodeKey,
-    /// How.
-    pub connection: ConnectionType,
-}
-
-/// An edge from a caller to one instance of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceEdgeKey {
-    /// The caller.
-    pub client: NodeKey,
-    /// The callee service.
-    pub server: Arc<str>,
-    /// The callee instance (`service.instance.id`).
-    pub instance: Arc<str>,
-    /// How.
-    pub connection: ConnectionType,
 }
 
 /// Counts of what the builder could not pair or keep.
@@ -284,22 +178,6 @@ impl<'a> Side<'a> {
     }
 }
 
-/// An edge's figures: per minute for windows, and since start for Prometheus.
-#[derive(Debug, Default)]
-pub(crate) struct EdgeState {
-    pub(crate) series: Series,
-    pub(crate) totals: Totals,
-}
-
-/// A service instance's figures.
-#[derive(Debug, Default)]
-pub(crate) struct InstanceState {
-    pub(crate) series: Series,
-    /// Where it serves, learned from its own SERVER spans or its callers' CLIENT spans.
-    pub(crate) address: Option<String>,
-    pub(crate) last_seen: Option<SystemTime>,
-}
-
 /// The live service graph and the halves waiting to become edges.
 #[derive(Debug)]
 pub struct TopologyBuilder {
@@ -307,20 +185,10 @@ pub struct TopologyBuilder {
     halves: Expiring<Waiting>,
     children: Expiring<Half>,
     parents: Expiring<Parent>,
-    pub(crate) edges: HashMap<EdgeKey, EdgeState>,
-    pub(crate) nodes: HashMap<Arc<str>, Series>,
-    pub(crate) instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
-    pub(crate) instance_edges: HashMap<InstanceEdgeKey, Series>,
+    /// Where the figures the rules record are kept.
+    graph: Graph,
     counters: Counters,
     pruned_minute: u64,
-    /// When the batch being ingested arrived.
-    now: SystemTime,
-}
-
-/// Seconds since the epoch, with their fraction (exemplar timestamps).
-fn seconds_of(now: SystemTime) -> f64 {
-    now.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn minute_of(now: SystemTime) -> u64 {
@@ -334,17 +202,13 @@ impl TopologyBuilder {
         config.edge_wait = config.edge_wait.min(MAX_EDGE_WAIT);
         let max_pending = config.max_pending;
         Self {
-            config,
             halves: Expiring::new(max_pending),
             children: Expiring::new(max_pending),
             parents: Expiring::new(max_pending),
-            edges: HashMap::new(),
-            nodes: HashMap::new(),
-            instances: HashMap::new(),
-            instance_edges: HashMap::new(),
+            graph: Graph::new(config.max_series, config.histogram_buckets.clone()),
+            config,
             counters: Counters::default(),
             pruned_minute: 0,
-            now: SystemTime::UNIX_EPOCH,
         }
     }
 
@@ -355,7 +219,15 @@ impl TopologyBuilder {
 
     /// What could not be paired or kept, so far.
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters {
+            series_dropped: self.graph.series_dropped(),
+            ..self.counters
+        }
+    }
+
+    /// The figures recorded so far: what snapshots and the metrics read.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
     }
 
     /// Halves waiting for their other half.
@@ -366,7 +238,7 @@ impl TopologyBuilder {
     /// Takes in a batch of spans that arrived at `now`.
     pub fn ingest(&mut self, spans: &mut [SpanFacts], now: SystemTime) {
         self.expire(now);
-        self.now = now;
+        self.graph.now = now;
         let minute = minute_of(now);
         let deadline = now + self.config.edge_wait;
         for span in spans {
@@ -387,10 +259,7 @@ impl TopologyBuilder {
         if minute != self.pruned_minute {
             self.pruned_minute = minute;
             let keep_from = minute.saturating_sub(self.config.retention.as_secs() / BUCKET_SECONDS);
-            self.edges.retain(|_, e| e.series.prune(keep_from));
-            self.nodes.retain(|_, s| s.prune(keep_from));
-            self.instances.retain(|_, i| i.series.prune(keep_from));
-            self.instance_edges.retain(|_, s| s.prune(keep_from));
+            self.graph.prune(keep_from);
         }
     }
 
@@ -401,7 +270,7 @@ impl TopologyBuilder {
             }
             SpanKind::Client | SpanKind::Producer => self.on_client(span, minute, deadline),
             SpanKind::Server | SpanKind::Consumer => {
-                self.record_served(span, minute);
+                self.graph.served(span, minute);
                 self.on_parent(span, minute, deadline);
                 self.on_server(span, minute, deadline);
             }
@@ -671,39 +540,6 @@ impl TopologyBuilder {
         }
     }
 
-    /// Figures of what a service serves, from its SERVER and CONSUMER spans alone.
-    fn record_served(&mut self, span: &SpanFacts, minute: u64) {
-        let observation = Observation {
-            error: span.error,
-            server_ns: Some(span.duration_ns),
-            client_ns: None,
-            messaging_ns: None,
-            exemplar: None,
-        };
-        let max = self.config.max_series;
-        match bounded(&mut self.nodes, &span.service, max) {
-            Some(series) => series.record(minute, observation),
-            None => self.counters.series_dropped += 1,
-        }
-        if let Some(instance) = &span.instance {
-            let key = (span.service.clone(), instance.clone());
-            match bounded(&mut self.instances, &key, max) {
-                Some(state) => {
-                    state.series.record(minute, observation);
-                    state.last_seen = Some(self.now);
-                    // A server span's `server.address` is where it was reached.
-                    if state.address.is_none()
-                        && let Some(peer) = span.peer.as_deref()
-                        && peer.server_address.is_some()
-                    {
-                        state.address = peer.peer_address();
-                    }
-                }
-                None => self.counters.series_dropped += 1,
-            }
-        }
-    }
-
     fn record_pair(&mut self, client: Side<'_>, server: Side<'_>, minute: u64) {
         self.counters.paired += 1;
         let connection = connection_type(Some(client), Some(server));
@@ -716,7 +552,7 @@ impl TopologyBuilder {
         if connection == ConnectionType::Messaging {
             seen.messaging_ns = time_in_broker(client, server);
         }
-        self.record_observation(key, seen, minute);
+        self.graph.edge(key, seen, minute);
         if let Some(instance) = server.instance {
             let key = InstanceEdgeKey {
                 client: NodeKey::service(client.service),
@@ -724,18 +560,10 @@ impl TopologyBuilder {
                 instance: instance.clone(),
                 connection,
             };
-            match bounded(&mut self.instance_edges, &key, self.config.max_series) {
-                Some(series) => series.record(minute, seen),
-                None => self.counters.series_dropped += 1,
-            }
-            // Where the instance serves, as its callers address it (looked up only until known).
-            if let Some(peer) = client.peer
-                && let Some(state) = self
-                    .instances
-                    .get_mut(&(server.service.clone(), instance.clone()))
-                && state.address.is_none()
-            {
-                state.address = peer.peer_address();
+            self.graph.instance_edge(key, seen, minute);
+            // Where the instance serves, as its callers address it.
+            if let Some(peer) = client.peer {
+                self.graph.learn_address(server.service, instance, peer);
             }
         }
     }
@@ -767,36 +595,19 @@ impl TopologyBuilder {
                 instance: instance.clone(),
                 connection,
             };
-            match bounded(&mut self.instance_edges, &key, self.config.max_series) {
-                Some(series) => series.record(minute, observation),
-                None => self.counters.series_dropped += 1,
-            }
+            self.graph.instance_edge(key, observation, minute);
         }
         let key = EdgeKey {
             client: client_node,
             server: server_node,
             connection,
         };
-        self.record_observation(key, observation, minute);
-    }
-
-    fn record_observation(&mut self, key: EdgeKey, mut observation: Observation, minute: u64) {
-        match bounded(&mut self.edges, &key, self.config.max_series) {
-            Some(edge) => {
-                edge.series.record(minute, observation);
-                observation.exemplar = observation
-                    .exemplar
-                    .map(|(span, _)| (span, seconds_of(self.now)));
-                edge.totals
-                    .record(observation, &self.config.histogram_buckets);
-            }
-            None => self.counters.series_dropped += 1,
-        }
+        self.graph.edge(key, observation, minute);
     }
 
     /// The figures of every node and edge over the last `window`, as of `now`.
     pub fn snapshot(&self, window: Duration, now: SystemTime) -> super::Snapshot {
-        super::snapshot::take(self, window, now)
+        super::snapshot::take(&self.graph, window, now)
     }
 
     /// The figures over the whole minutes from `from` to `to` (a window that may end before
@@ -807,7 +618,7 @@ impl TopologyBuilder {
         to: SystemTime,
         now: SystemTime,
     ) -> super::Snapshot {
-        super::snapshot::take_between(self, from, to, now)
+        super::snapshot::take_between(&self.graph, from, to, now)
     }
 }
 
@@ -839,21 +650,6 @@ fn time_in_broker(producer: Side<'_>, consumer: Side<'_>) -> Option<u64> {
         .start_unix_nano?
         .checked_sub(end)
         .filter(|&ns| ns > 0)
-}
-
-/// The entry for `key`, created unless the map already holds `max` entries.
-fn bounded<'m, K, V>(map: &'m mut HashMap<K, V>, key: &K, max: usize) -> Option<&'m mut V>
-where
-    K: std::hash::Hash + Eq + Clone,
-    V: Default,
-{
-    if !map.contains_key(key) {
-        if map.len() >= max {
-            return None;
-        }
-        map.insert(key.clone(), V::default());
-    }
-    map.get_mut(key)
 }
 
 /// The database node's name, for a span with `db.system`: `peer.service`, else `db.namespace`

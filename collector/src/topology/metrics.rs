@@ -25,9 +25,9 @@ pub struct TopologyMetrics(pub Arc<Topology>);
 /// The service-graph series, one per label set: edges that differ only in what the anchors do
 /// not tell apart (HTTP and gRPC between the same two nodes) are one series, summed, never a
 /// duplicate series.
-fn series_of(builder: &super::TopologyBuilder) -> BTreeMap<SeriesLabels, SeriesTotals> {
+fn series_of(graph: &super::Graph) -> BTreeMap<SeriesLabels, SeriesTotals> {
     let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
-    for (key, edge) in &builder.edges {
+    for (key, edge) in &graph.edges {
         let totals = series.entry(SeriesLabels::of(key)).or_default();
         totals.requests += edge.totals.requests;
         totals.errors += edge.totals.errors;
@@ -44,7 +44,7 @@ impl Exposition for TopologyMetrics {
     fn encode_openmetrics(&self, out: &mut String) {
         self.0.with_builder(|builder| {
             let bounds = &builder.config().histogram_buckets;
-            let series = series_of(builder);
+            let series = series_of(builder.graph());
             type Side = fn(&SeriesTotals) -> &Option<Cumulative>;
             let histograms: [(&str, &str, Side); 3] = [
                 (
@@ -78,7 +78,7 @@ impl Exposition for TopologyMetrics {
 impl Collector for TopologyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.0.with_builder(|builder| {
-            let series = series_of(builder);
+            let series = series_of(builder.graph());
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request",
                 "Requests between two nodes of the service graph",

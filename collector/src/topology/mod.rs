@@ -1,8 +1,9 @@
 //! The live service graph, learned from spans as they arrive: who calls whom, how often, how
 //! slowly and how often it fails, per service and per instance.
 //!
-//! [`TopologyBuilder`] holds the rules and the state, and takes explicit times so that tests
-//! drive it with a fixed clock; [`Topology`] is the shared handle the collector wires in: the
+//! [`TopologyBuilder`] holds the pairing rules and what waits for them, and takes explicit times
+//! so that tests drive it with a fixed clock; the figures it records are kept in a [`Graph`],
+//! which snapshots and `/metrics` read; [`Topology`] is the shared handle the collector wires in: the
 //! ingest pipeline feeds it, the query API and `/metrics` read [`Snapshot`]s of it.
 //!
 //! ```
@@ -27,6 +28,8 @@
 //! ```
 
 mod builder;
+mod graph;
+mod keys;
 mod metrics;
 mod pending;
 mod snapshot;
@@ -37,10 +40,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-pub use builder::{
-    ConnectionType, Counters, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind, TopologyBuilder,
-    TopologyConfig,
-};
+pub use builder::{Counters, TopologyBuilder, TopologyConfig};
+pub use graph::Graph;
+pub use keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 pub use metrics::TopologyMetrics;
 pub use snapshot::{EdgeSnapshot, InstanceEdgeSnapshot, InstanceSnapshot, NodeSnapshot, Snapshot};
 

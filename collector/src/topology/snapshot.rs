@@ -1,9 +1,11 @@
-//! The graph over a window, read out of the builder: the form the query API turns into JSON.
+//! The graph over a window, read out of the [`Graph`]'s series (sealed minutes summed once and
+//! cached, the current one merged in): the form the query API turns into JSON.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::builder::{EdgeKey, InstanceEdgeKey, NodeKey, NodeKind, TopologyBuilder};
+use super::graph::Graph;
+use super::keys::{EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 use super::stats::{BUCKET_SECONDS, Summary};
 use crate::clock::unix_seconds;
 
@@ -80,7 +82,7 @@ impl Snapshot {
     }
 }
 
-pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime) -> Snapshot {
+pub(super) fn take(graph: &Graph, window: Duration, now: SystemTime) -> Snapshot {
     let now_seconds = unix_seconds(now);
     let now_minute = now_seconds / BUCKET_SECONDS;
     let whole = (window.as_secs() / BUCKET_SECONDS).max(1);
@@ -88,13 +90,13 @@ pub(super) fn take(builder: &TopologyBuilder, window: Duration, now: SystemTime)
     let since = now_minute.saturating_sub(whole);
     let covered =
         Duration::from_secs((now_minute - since) * BUCKET_SECONDS + now_seconds % BUCKET_SECONDS);
-    take_minutes(builder, since, None, window, covered, now)
+    take_minutes(graph, since, None, window, covered, now)
 }
 
 /// The graph over the whole minutes from the one holding `from` to the one holding `to`, for a
 /// window that ends before now (Jaeger's `endTs`).
 pub(super) fn take_between(
-    builder: &TopologyBuilder,
+    graph: &Graph,
     from: SystemTime,
     to: SystemTime,
     now: SystemTime,
@@ -103,11 +105,11 @@ pub(super) fn take_between(
     let until = (unix_seconds(to) / BUCKET_SECONDS).max(since);
     let covered = Duration::from_secs((until - since + 1) * BUCKET_SECONDS);
     let window = to.duration_since(from).unwrap_or_default();
-    take_minutes(builder, since, Some(until), window, covered, now)
+    take_minutes(graph, since, Some(until), window, covered, now)
 }
 
 fn take_minutes(
-    builder: &TopologyBuilder,
+    graph: &Graph,
     since: u64,
     until: Option<u64>,
     window: Duration,
@@ -122,13 +124,13 @@ fn take_minutes(
     // One node per name, as the anchors have it (a node is its name there): a virtual node
     // named like a service (a client span whose server half expired, naming its peer) is that
     // service, and their edges are one edge.
-    let canonical = canonical_kinds(builder);
+    let canonical = canonical_kinds(graph);
     let canon = |key: &NodeKey| NodeKey {
         kind: canonical.get(&key.name).copied().unwrap_or(key.kind),
         name: key.name.clone(),
     };
     let mut merged: std::collections::BTreeMap<EdgeKey, Summary> = Default::default();
-    for (key, edge) in &builder.edges {
+    for (key, edge) in &graph.edges {
         if let Some(summary) = sum(&edge.series) {
             let key = EdgeKey {
                 client: canon(&key.client),
@@ -144,7 +146,7 @@ fn take_minutes(
         .collect();
 
     let mut merged: std::collections::BTreeMap<InstanceEdgeKey, Summary> = Default::default();
-    for (key, series) in &builder.instance_edges {
+    for (key, series) in &graph.instance_edges {
         if let Some(summary) = sum(series) {
             let key = InstanceEdgeKey {
                 client: canon(&key.client),
@@ -169,7 +171,7 @@ fn take_minutes(
             instances: Vec::new(),
         })
     }
-    for (service, series) in &builder.nodes {
+    for (service, series) in &graph.nodes {
         if let Some(served) = sum(series) {
             node(
                 &mut nodes,
@@ -181,7 +183,7 @@ fn take_minutes(
             .served = served;
         }
     }
-    for ((service, id), state) in &builder.instances {
+    for ((service, id), state) in &graph.instances {
         if let Some(served) = sum(&state.series) {
             node(
                 &mut nodes,
@@ -223,7 +225,7 @@ fn take_minutes(
 
 /// The kind each node name is shown as: a service when a service has that name, else the first
 /// kind seen for it in [`NodeKind`]'s order.
-fn canonical_kinds(builder: &TopologyBuilder) -> std::collections::HashMap<Arc<str>, NodeKind> {
+fn canonical_kinds(graph: &Graph) -> std::collections::HashMap<Arc<str>, NodeKind> {
     let mut kinds: std::collections::HashMap<Arc<str>, NodeKind> = Default::default();
     let mut see = |name: &Arc<str>, kind: NodeKind| {
         kinds
@@ -231,17 +233,17 @@ fn canonical_kinds(builder: &TopologyBuilder) -> std::collections::HashMap<Arc<s
             .and_modify(|k| *k = (*k).min(kind))
             .or_insert(kind);
     };
-    for service in builder.nodes.keys() {
+    for service in graph.nodes.keys() {
         see(service, NodeKind::Service);
     }
-    for (service, _) in builder.instances.keys() {
+    for (service, _) in graph.instances.keys() {
         see(service, NodeKind::Service);
     }
-    for key in builder.edges.keys() {
+    for key in graph.edges.keys() {
         see(&key.client.name, key.client.kind);
         see(&key.server.name, key.server.kind);
     }
-    for key in builder.instance_edges.keys() {
+    for key in graph.instance_edges.keys() {
         see(&key.client.name, key.client.kind);
     }
     kinds

@@ -1,0 +1,170 @@
+//! Where the pairing rules' observations are kept: per-minute series of every edge, node,
+//! instance and caller → instance edge, and the totals behind the Prometheus series, each map
+//! bounded by `max_series`. The rules (`builder.rs`) decide what is observed under which key;
+//! this decides nothing. Snapshots and `/metrics` read it, never the rules' pending state.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use hashbrown::HashMap;
+
+use super::keys::{EdgeKey, InstanceEdgeKey};
+use super::stats::{Observation, Series, Totals};
+use crate::decode::{PeerAttributes, SpanFacts};
+
+/// An edge's figures: per minute for windows, and since start for Prometheus.
+#[derive(Debug, Default)]
+pub(crate) struct EdgeState {
+    pub(crate) series: Series,
+    pub(crate) totals: Totals,
+}
+
+/// A service instance's figures.
+#[derive(Debug, Default)]
+pub(crate) struct InstanceState {
+    pub(crate) series: Series,
+    /// Where it serves, learned from its own SERVER spans or its callers' CLIENT spans.
+    pub(crate) address: Option<String>,
+    pub(crate) last_seen: Option<SystemTime>,
+}
+
+/// The figures of the graph.
+#[derive(Debug)]
+pub struct Graph {
+    pub(crate) edges: HashMap<EdgeKey, EdgeState>,
+    pub(crate) nodes: HashMap<Arc<str>, Series>,
+    pub(crate) instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
+    pub(crate) instance_edges: HashMap<InstanceEdgeKey, Series>,
+    max_series: usize,
+    histogram_buckets: Arc<[f64]>,
+    series_dropped: u64,
+    /// When the batch being recorded arrived.
+    pub(super) now: SystemTime,
+}
+
+impl Graph {
+    /// An empty graph of at most `max_series` entries per map, with Prometheus histograms over
+    /// `histogram_buckets` (seconds).
+    pub(super) fn new(max_series: usize, histogram_buckets: Arc<[f64]>) -> Self {
+        Self {
+            edges: HashMap::new(),
+            nodes: HashMap::new(),
+            instances: HashMap::new(),
+            instance_edges: HashMap::new(),
+            max_series,
+            histogram_buckets,
+            series_dropped: 0,
+            now: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    /// Observations not kept because a map was full.
+    pub fn series_dropped(&self) -> u64 {
+        self.series_dropped
+    }
+
+    /// Figures of what a service serves, from its SERVER and CONSUMER spans alone.
+    pub(super) fn served(&mut self, span: &SpanFacts, minute: u64) {
+        let observation = Observation {
+            error: span.error,
+            server_ns: Some(span.duration_ns),
+            client_ns: None,
+            messaging_ns: None,
+            exemplar: None,
+        };
+        let max = self.max_series;
+        match bounded(&mut self.nodes, &span.service, max) {
+            Some(series) => series.record(minute, observation),
+            None => self.series_dropped += 1,
+        }
+        if let Some(instance) = &span.instance {
+            let key = (span.service.clone(), instance.clone());
+            match bounded(&mut self.instances, &key, max) {
+                Some(state) => {
+                    state.series.record(minute, observation);
+                    state.last_seen = Some(self.now);
+                    // A server span's `server.address` is where it was reached.
+                    if state.address.is_none()
+                        && let Some(peer) = span.peer.as_deref()
+                        && peer.server_address.is_some()
+                    {
+                        state.address = peer.peer_address();
+                    }
+                }
+                None => self.series_dropped += 1,
+            }
+        }
+    }
+
+    /// An observation of an edge: in its minute's series and its totals (with the exemplar's
+    /// time set to now).
+    pub(super) fn edge(&mut self, key: EdgeKey, mut observation: Observation, minute: u64) {
+        match bounded(&mut self.edges, &key, self.max_series) {
+            Some(edge) => {
+                edge.series.record(minute, observation);
+                observation.exemplar = observation
+                    .exemplar
+                    .map(|(span, _)| (span, seconds_of(self.now)));
+                edge.totals.record(observation, &self.histogram_buckets);
+            }
+            None => self.series_dropped += 1,
+        }
+    }
+
+    /// An observation of a caller → instance edge.
+    pub(super) fn instance_edge(
+        &mut self,
+        key: InstanceEdgeKey,
+        observation: Observation,
+        minute: u64,
+    ) {
+        match bounded(&mut self.instance_edges, &key, self.max_series) {
+            Some(series) => series.record(minute, observation),
+            None => self.series_dropped += 1,
+        }
+    }
+
+    /// Where an instance serves, as a caller's peer attributes address it (taken only until
+    /// one is known).
+    pub(super) fn learn_address(
+        &mut self,
+        service: &Arc<str>,
+        instance: &Arc<str>,
+        peer: &PeerAttributes,
+    ) {
+        if let Some(state) = self.instances.get_mut(&(service.clone(), instance.clone()))
+            && state.address.is_none()
+        {
+            state.address = peer.peer_address();
+        }
+    }
+
+    /// Drops the minutes before `keep_from`, and the entries left with none.
+    pub(super) fn prune(&mut self, keep_from: u64) {
+        self.edges.retain(|_, e| e.series.prune(keep_from));
+        self.nodes.retain(|_, s| s.prune(keep_from));
+        self.instances.retain(|_, i| i.series.prune(keep_from));
+        self.instance_edges.retain(|_, s| s.prune(keep_from));
+    }
+}
+
+/// Seconds since the epoch, with their fraction (exemplar timestamps).
+fn seconds_of(now: SystemTime) -> f64 {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The entry for `key`, created unless the map already holds `max` entries.
+fn bounded<'m, K, V>(map: &'m mut HashMap<K, V>, key: &K, max: usize) -> Option<&'m mut V>
+where
+    K: std::hash::Hash + Eq + Clone,
+    V: Default,
+{
+    if !map.contains_key(key) {
+        if map.len() >= max {
+            return None;
+        }
+        map.insert(key.clone(), V::default());
+    }
+    map.get_mut(key)
+}
