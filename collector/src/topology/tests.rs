@@ -675,7 +675,12 @@ fn a_virtual_node_named_like_a_service_is_that_service() {
         .collect();
     assert_eq!(carts, [NodeKind::Service], "one node, the service");
     // Before the merge the builder holds two edges: the real one and the virtual one.
-    let kinds: Vec<_> = builder.graph().edges.keys().map(|k| k.server.kind).collect();
+    let kinds: Vec<_> = builder
+        .graph()
+        .edges
+        .keys()
+        .map(|k| k.server.kind)
+        .collect();
     assert_eq!(kinds.len(), 2, "{kinds:?}");
     assert!(kinds.contains(&NodeKind::External), "{kinds:?}");
 }
