@@ -112,6 +112,23 @@ pub fn facts(
     }
 }
 
+/// [`facts`] of a span with id `[id; 8]` in trace `[trace; 16]`, under `parent` (an id of the
+/// same form) when given: the fixture of the topology's rule tables.
+pub fn linked_facts(
+    service: &str,
+    kind: SpanKind,
+    (trace, id, parent): (u8, u8, Option<u8>),
+    duration_ns: u64,
+) -> SpanFacts {
+    let mut span = facts(&Arc::from(service), None, kind, duration_ns);
+    span.id = SpanRef {
+        trace_id: [trace; 16],
+        span_id: [id; 8],
+    };
+    span.parent_span_id = parent.map(|p| [p; 8]);
+    span
+}
+
 /// A registry entry: a `passing` instance that reports health, at `address`.
 pub fn registered_instance(service: &Arc<str>, id: &str, address: Option<String>) -> Instance {
     Instance {

@@ -72,6 +72,19 @@ pub async fn wait_for_rows(collector: &RunningCollector, filter: &str, n: i64) -
     seen
 }
 
+/// `GET /api/v1/traces/{trace_id}`, answered as it came.
+pub async fn get_trace(collector: &RunningCollector, trace_id: &str) -> reqwest::Response {
+    let url = format!(
+        "http://{}/api/v1/traces/{trace_id}",
+        collector.addrs().query_http
+    );
+    http_client()
+        .get(url)
+        .send()
+        .await
+        .expect("the query API answers")
+}
+
 /// The Prometheus text of the collector's `GET /metrics`.
 pub async fn metrics_text(collector: &RunningCollector) -> String {
     let url = format!("http://{}/metrics", collector.addrs().query_http);

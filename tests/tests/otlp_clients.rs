@@ -9,7 +9,7 @@ use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::Value;
-use wayfinder_e2e::{http_client, loopback_config, sql, start, wait_for_rows};
+use wayfinder_e2e::{get_trace, loopback_config, sql, start, wait_for_rows};
 
 #[derive(Clone, Copy, Debug)]
 enum Transport {
@@ -148,18 +148,7 @@ async fn sdk_round_trip(transport: Transport) {
     assert_eq!(get(1, "ordered"), Value::Bool(true));
 
     // The same trace through the traces endpoint, with the event of the client span.
-    let url = format!(
-        "http://{}/api/v1/traces/{trace_id}",
-        collector.addrs().query_http
-    );
-    let trace: Value = http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trace: Value = get_trace(&collector, &trace_id).await.json().await.unwrap();
     let spans = trace["spans"].as_array().expect("spans");
     assert_eq!(spans.len(), 2);
     let client_span = spans

@@ -3,7 +3,7 @@
 
 use prost::Message;
 use wayfinder_collector::testing::{span, trace_request};
-use wayfinder_e2e::{http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
+use wayfinder_e2e::{get_trace, http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
 
 async fn send_spans(collector: &wayfinder_collector::RunningCollector, n: u64) {
     let base = 1_700_000_000_000_000_000;
@@ -354,15 +354,8 @@ async fn a_trace_past_the_row_limit_is_truncated() {
     config.query_max_rows = 3;
     let collector = start(config).await;
     send_spans(&collector, 5).await;
-    let trace: serde_json::Value = http_client()
-        .get(format!(
-            "http://{}/api/v1/traces/{}",
-            collector.addrs().query_http,
-            "AB".repeat(16)
-        ))
-        .send()
+    let trace: serde_json::Value = get_trace(&collector, &"AB".repeat(16))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -418,15 +411,7 @@ async fn queries_past_the_concurrency_limit_are_refused_with_retry_after() {
     let refused = refused.expect("a second query is refused while the first runs");
     assert_eq!(refused.headers()["retry-after"], "1");
     // A trace lookup reads the store too: it takes a slot as well.
-    let lookup = http_client()
-        .get(format!(
-            "http://{}/api/v1/traces/{}",
-            collector.addrs().query_http,
-            "ab".repeat(16)
-        ))
-        .send()
-        .await
-        .expect("the query API answers");
+    let lookup = get_trace(&collector, &"ab".repeat(16)).await;
     assert_eq!(lookup.status(), 503, "no slot for the trace lookup either");
     assert_eq!(lookup.headers()["retry-after"], "1");
     let body = refused.text().await.unwrap();

@@ -35,3 +35,8 @@ pub(super) fn window(text: Option<&str>, retention: Duration) -> Result<Duration
     }
     Ok(window)
 }
+
+/// `part / whole`, 0 when `whole` is 0: error rates, and requests over a window's seconds.
+pub(super) fn ratio(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use wayfinder_api::topology::{Operation, OperationsResponse};
 
 use super::error::ApiError;
-use super::figures::{latency, window};
+use super::figures::{latency, ratio, window};
 use super::state::ApiState;
 use crate::decode::SpanKind;
 
@@ -59,16 +59,8 @@ pub(crate) async fn get_operations(
                     span_kind: kind_name(op.kind).to_owned(),
                     requests: summary.requests,
                     errors: summary.errors,
-                    rate_per_sec: if seconds > 0.0 {
-                        summary.requests as f64 / seconds
-                    } else {
-                        0.0
-                    },
-                    error_rate: if summary.requests == 0 {
-                        0.0
-                    } else {
-                        summary.errors as f64 / summary.requests as f64
-                    },
+                    rate_per_sec: ratio(summary.requests as f64, seconds),
+                    error_rate: ratio(summary.errors as f64, summary.requests as f64),
                     latency_ms: latency(&summary.server),
                 }
             })

@@ -16,7 +16,7 @@ use wayfinder_api::topology::{
 };
 
 use super::error::ApiError;
-use super::figures::{latency, window};
+use super::figures::{latency, ratio, window};
 use super::http::{accepts_gzip, shared_body, shared_response};
 use super::state::ApiState;
 use crate::registry::InstanceStatus;
@@ -31,11 +31,7 @@ fn stats(summary: &Summary, graph: &Snapshot) -> Stats {
         requests: summary.requests,
         errors: summary.errors,
         rate_per_sec: graph.rate(summary.requests),
-        error_rate: if summary.requests == 0 {
-            0.0
-        } else {
-            summary.errors as f64 / summary.requests as f64
-        },
+        error_rate: ratio(summary.errors as f64, summary.requests as f64),
         latency_ms: SidesMs {
             server: latency(&summary.server),
             client: latency(&summary.client),

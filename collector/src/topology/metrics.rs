@@ -225,7 +225,7 @@ fn merge_histogram(into: &mut Option<Cumulative>, from: Option<&Cumulative>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{SpanFacts, SpanKind, SpanRef};
+    use crate::decode::{SpanFacts, SpanKind};
     use crate::topology::NodeKey;
 
     trait Ms {
@@ -264,13 +264,7 @@ mod tests {
     }
 
     fn span(service: &str, kind: SpanKind, trace: u8, id: u8, parent: Option<u8>) -> SpanFacts {
-        let mut span = crate::testing::facts(&Arc::from(service), None, kind, 50_000_000);
-        span.id = SpanRef {
-            trace_id: [trace; 16],
-            span_id: [id; 8],
-        };
-        span.parent_span_id = parent.map(|p| [p; 8]);
-        span
+        crate::testing::linked_facts(service, kind, (trace, id, parent), 50_000_000)
     }
 
     #[test]

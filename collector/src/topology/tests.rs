@@ -15,13 +15,7 @@ fn at(seconds: u64) -> SystemTime {
 
 /// A span of `service` with id `id` in trace `trace`, lasting `ms` milliseconds.
 fn span(service: &str, kind: SpanKind, trace: u8, id: u8, parent: Option<u8>) -> SpanFacts {
-    let mut span = crate::testing::facts(&Arc::from(service), None, kind, 10_000_000);
-    span.id = SpanRef {
-        trace_id: [trace; 16],
-        span_id: [id; 8],
-    };
-    span.parent_span_id = parent.map(|p| [p; 8]);
-    span
+    crate::testing::linked_facts(service, kind, (trace, id, parent), 10_000_000)
 }
 
 trait Fixture {
