@@ -67,6 +67,16 @@ pub struct Config {
     /// How many span-metrics series (service, span name, kind, status) are tracked at most;
     /// the spans of further ones are counted in one overflow series.
     pub span_metrics_max_series: usize,
+    /// Attributes (of the span, else its resource) that become extra labels of the
+    /// service-graph series, `client_<name>` and `server_<name>`.
+    pub service_graph_dimensions: Vec<String>,
+    /// Attributes that become extra labels of the span-metrics series.
+    pub span_metrics_dimensions: Vec<String>,
+    /// An attribute holding the probability a span was sampled with: its span counts for
+    /// `1 / probability` in the Prometheus series (Tempo's `span_multiplier_key`).
+    pub span_multiplier_key: Option<String>,
+    /// Where database node names come from, first found wins.
+    pub database_name_attributes: Vec<String>,
     /// How long an instance may stay `critical` (or silent) before the registry removes it.
     pub deregister_after: Duration,
     /// How often load-balancing weights are computed.
@@ -119,6 +129,18 @@ impl Default for Config {
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
             span_metrics_max_series: 10_000,
+            service_graph_dimensions: Vec::new(),
+            span_metrics_dimensions: Vec::new(),
+            span_multiplier_key: None,
+            database_name_attributes: [
+                "peer.service",
+                "db.namespace",
+                "server.address",
+                "network.peer.address",
+                "db.system",
+            ]
+            .map(String::from)
+            .to_vec(),
             service_graph_buckets: crate::topology::stats::HISTOGRAM_BOUNDS
                 .iter()
                 .map(|&seconds| Duration::from_secs_f64(seconds))
@@ -207,6 +229,30 @@ pub struct ServeArgs {
     /// 800ms,1s,1400ms,2s,5s,10s,15s].
     #[arg(long, env = "WAYFINDER_SERVICE_GRAPH_BUCKETS", value_delimiter = ',', value_parser = parse_duration)]
     pub service_graph_buckets: Vec<Duration>,
+    /// Span or resource attributes that become extra labels of the service-graph series,
+    /// `client_<name>` and `server_<name>`, comma-separated [default: none].
+    #[arg(
+        long,
+        env = "WAYFINDER_SERVICE_GRAPH_DIMENSIONS",
+        value_delimiter = ','
+    )]
+    pub service_graph_dimensions: Vec<String>,
+    /// Span or resource attributes that become extra labels of the span-metrics series,
+    /// comma-separated [default: none].
+    #[arg(long, env = "WAYFINDER_SPAN_METRICS_DIMENSIONS", value_delimiter = ',')]
+    pub span_metrics_dimensions: Vec<String>,
+    /// Attribute holding the probability a span was sampled with; the span counts for
+    /// 1/probability in the Prometheus series [default: none].
+    #[arg(long, env = "WAYFINDER_SPAN_MULTIPLIER_KEY")]
+    pub span_multiplier_key: Option<String>,
+    /// Where database node names come from, first found wins, comma-separated [default:
+    /// peer.service,db.namespace,server.address,network.peer.address,db.system].
+    #[arg(
+        long,
+        env = "WAYFINDER_DATABASE_NAME_ATTRIBUTES",
+        value_delimiter = ','
+    )]
+    pub database_name_attributes: Vec<String>,
     /// How long an instance stays critical (or silent) before it is removed [default: 60s].
     #[arg(long, env = "WAYFINDER_DEREGISTER_AFTER", value_parser = parse_duration)]
     pub deregister_after: Option<Duration>,
@@ -273,6 +319,10 @@ struct FileConfig {
     edge_max_pending: Option<usize>,
     span_metrics_max_series: Option<usize>,
     service_graph_buckets: Option<Vec<String>>,
+    service_graph_dimensions: Option<Vec<String>>,
+    span_metrics_dimensions: Option<Vec<String>>,
+    span_multiplier_key: Option<String>,
+    database_name_attributes: Option<Vec<String>>,
     deregister_after: Option<String>,
     weight_update_period: Option<String>,
     weight_window: Option<String>,
@@ -457,6 +507,26 @@ impl Config {
             } else {
                 defaults.service_graph_buckets
             },
+            service_graph_dimensions: list(
+                &args.service_graph_dimensions,
+                &file.service_graph_dimensions,
+                defaults.service_graph_dimensions,
+            ),
+            span_metrics_dimensions: list(
+                &args.span_metrics_dimensions,
+                &file.span_metrics_dimensions,
+                defaults.span_metrics_dimensions,
+            ),
+            span_multiplier_key: args
+                .span_multiplier_key
+                .clone()
+                .or(file.span_multiplier_key.clone())
+                .filter(|key| !key.is_empty()),
+            database_name_attributes: list(
+                &args.database_name_attributes,
+                &file.database_name_attributes,
+                defaults.database_name_attributes,
+            ),
             deregister_after: args
                 .deregister_after
                 .or(duration("deregister_after", &file.deregister_after)?)
@@ -556,6 +626,12 @@ impl Config {
                     .to_owned(),
             ));
         }
+        if self.database_name_attributes.is_empty() {
+            return Err(invalid(
+                "database_name_attributes",
+                "must name at least one attribute (e.g. db.namespace)".to_owned(),
+            ));
+        }
         if self.query_max_concurrent == 0 {
             return Err(invalid(
                 "query_max_concurrent",
@@ -634,6 +710,21 @@ impl Config {
         };
         Ok(file.log_level.unwrap_or_else(|| "info".to_owned()))
     }
+}
+
+/// A list setting: the flag's when given, else the file's, else the default; empty items
+/// (a trailing comma) are dropped.
+fn list(flag: &[String], file: &Option<Vec<String>>, default: Vec<String>) -> Vec<String> {
+    let chosen = if !flag.is_empty() {
+        flag.to_vec()
+    } else {
+        file.clone().unwrap_or(default)
+    };
+    chosen
+        .into_iter()
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -1156,5 +1247,70 @@ mod bucket_tests {
             16,
             "the connector's 16 bounds by default"
         );
+    }
+}
+
+#[cfg(test)]
+mod dimension_tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn dimensions_multiplier_and_database_names() {
+        let dir =
+            std::env::temp_dir().join(format!("wayfinder-config-dims-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dims.toml");
+        std::fs::write(
+            &file,
+            "service_graph_dimensions = [\"deployment.environment\"]\n\
+             span_metrics_dimensions = [\"http.route\"]\n\
+             span_multiplier_key = \"sampling.ratio\"\n\
+             database_name_attributes = [\"db.namespace\"]\n",
+        )
+        .unwrap();
+        let resolve = |flags: &[&str]| {
+            let mut all = vec!["serve", "--config", file.to_str().unwrap()];
+            all.extend_from_slice(flags);
+            Config::resolve(&ServeArgs::try_parse_from(all).unwrap())
+        };
+        let from_file = resolve(&[]).unwrap();
+        assert_eq!(
+            from_file.service_graph_dimensions,
+            ["deployment.environment"]
+        );
+        assert_eq!(from_file.span_metrics_dimensions, ["http.route"]);
+        assert_eq!(
+            from_file.span_multiplier_key.as_deref(),
+            Some("sampling.ratio")
+        );
+        assert_eq!(from_file.database_name_attributes, ["db.namespace"]);
+        let flags = resolve(&[
+            "--service-graph-dimensions",
+            "a,b,",
+            "--database-name-attributes",
+            "db.cluster,peer.service",
+        ])
+        .unwrap();
+        assert_eq!(
+            flags.service_graph_dimensions,
+            ["a", "b"],
+            "the flag wins over the file; a trailing comma adds nothing"
+        );
+        assert_eq!(
+            flags.database_name_attributes,
+            ["db.cluster", "peer.service"]
+        );
+        assert_eq!(
+            Config::default().database_name_attributes[0],
+            "peer.service",
+            "the default precedence starts with peer.service"
+        );
+        std::fs::write(&file, "database_name_attributes = []\n").unwrap();
+        let err = resolve(&[])
+            .expect_err("an empty list names no database")
+            .to_string();
+        assert!(err.contains("database_name_attributes"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

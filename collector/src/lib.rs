@@ -27,6 +27,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod dimensions;
 pub mod metrics;
 pub mod pipeline;
 pub mod query;

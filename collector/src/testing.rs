@@ -109,6 +109,8 @@ pub fn facts(
         instance: instance.cloned(),
         links: Vec::new(),
         peer: None,
+        attributes: None,
+        weight: 1.0,
     }
 }
 

@@ -158,6 +158,12 @@ pub struct SpanFacts {
     pub links: Vec<SpanRef>,
     /// What it talks to, when it says.
     pub peer: Option<Box<PeerAttributes>>,
+    /// The values of [`DecodeOptions::attributes`](crate::DecodeOptions::attributes), in that
+    /// order (its own, else its resource's); `None` when none are configured.
+    pub attributes: Option<Arc<[Option<Arc<str>>]>>,
+    /// How many spans it stands for: `1 / ratio` of the
+    /// [`DecodeOptions::multiplier_key`](crate::DecodeOptions::multiplier_key) attribute, else 1.
+    pub weight: f64,
 }
 
 /// `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK` and `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` of OTLP.
@@ -210,6 +216,8 @@ impl SpanFacts {
                 SpanKind::Internal | SpanKind::Unspecified => None,
                 _ => peer_attributes(&span.attributes),
             },
+            attributes: None,
+            weight: 1.0,
         }
     }
 }

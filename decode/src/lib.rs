@@ -14,6 +14,7 @@ pub mod builders;
 mod columns;
 pub mod facts;
 pub mod health;
+pub mod options;
 pub mod oracle;
 pub mod otlp;
 pub mod schema;
@@ -24,8 +25,13 @@ mod wire;
 use arrow_array::RecordBatch;
 
 pub use facts::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
-pub use otlp::{DecodedTraces, Rejections, decode_spans_only, decode_traces, span_count};
-pub use traces_wire::{DecodeError, decode_spans_only_wire, decode_traces_wire};
+pub use options::DecodeOptions;
+pub use otlp::{
+    DecodedTraces, Rejections, decode_spans_only, decode_traces, decode_traces_with, span_count,
+};
+pub use traces_wire::{
+    DecodeError, decode_spans_only_wire, decode_traces_wire, decode_traces_wire_with,
+};
 pub use wire::WireError;
 
 /// The longest prefix of `text` of at most `max` bytes that ends on a character boundary: names

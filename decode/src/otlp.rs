@@ -10,6 +10,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use crate::SpanBatch;
 use crate::columns::{Columns, Resource, Times};
 use crate::facts::SpanFacts;
+use crate::options::{DecodeOptions, Extractor, ResourceValues};
 use crate::view::{Attr, SpanView, attrs_from_prost, string_attr, value_text};
 
 /// What came out of one trace request.
@@ -132,19 +133,24 @@ impl Rejections {
 /// assert_eq!(decoded.rejections.invalid_trace_id, 1, "an all-zero trace id is rejected");
 /// ```
 pub fn decode_traces(request: &ExportTraceServiceRequest) -> Result<DecodedTraces, ArrowError> {
-    decode(request, true)
+    decode_traces_with(request, &DecodeOptions::default())
 }
 
 /// Like [`decode_traces`] without the topology facts, for a collector whose topology is off.
 pub fn decode_spans_only(request: &ExportTraceServiceRequest) -> Result<DecodedTraces, ArrowError> {
-    decode(request, false)
+    let options = DecodeOptions {
+        facts: false,
+        ..DecodeOptions::default()
+    };
+    decode_traces_with(request, &options)
 }
 
-fn decode(
+/// Like [`decode_traces`], taking what `options` asks for from each span.
+pub fn decode_traces_with(
     request: &ExportTraceServiceRequest,
-    with_facts: bool,
+    options: &DecodeOptions,
 ) -> Result<DecodedTraces, ArrowError> {
-    let mut decoder = TraceDecoder::new(span_count(request), with_facts);
+    let mut decoder = TraceDecoder::new(span_count(request), options);
     let mut attributes = Vec::new();
     let mut view = SpanView::default();
     for resource_spans in &request.resource_spans {
@@ -180,21 +186,24 @@ pub fn span_count(request: &ExportTraceServiceRequest) -> usize {
 
 /// The conversion both decoders share: resources, scopes and spans in, a batch, facts and
 /// rejections out.
-pub(crate) struct TraceDecoder {
+pub(crate) struct TraceDecoder<'o> {
     columns: Columns,
     facts: Vec<SpanFacts>,
     rejections: Rejections,
     scratch: String,
-    with_facts: bool,
+    options: &'o DecodeOptions,
     /// Span names handed to facts, one allocation per distinct name of a request.
     names: hashbrown::HashSet<Arc<str>>,
+    /// The configured attributes' values.
+    extractor: Extractor,
 }
 
-/// A resource's column keys and the names its spans' facts carry.
+/// A resource's column keys and the names and values its spans' facts carry.
 pub(crate) struct ResourceKeys {
     columns: Resource,
     service: Arc<str>,
     instance: Option<Arc<str>>,
+    values: ResourceValues,
 }
 
 /// A scope of a resource: its name and version, and its origin row once a span needs it.
@@ -215,16 +224,17 @@ impl<'a> Scope<'a> {
     }
 }
 
-impl TraceDecoder {
+impl<'o> TraceDecoder<'o> {
     /// A decoder with room for `count` spans.
-    pub(crate) fn new(count: usize, with_facts: bool) -> Self {
+    pub(crate) fn new(count: usize, options: &'o DecodeOptions) -> Self {
         Self {
             columns: Columns::with_capacity(count),
-            facts: Vec::with_capacity(if with_facts { count } else { 0 }),
+            facts: Vec::with_capacity(if options.facts { count } else { 0 }),
             rejections: Rejections::default(),
             scratch: String::new(),
-            with_facts,
+            options,
             names: hashbrown::HashSet::new(),
+            extractor: Extractor::default(),
         }
     }
 
@@ -246,15 +256,17 @@ impl TraceDecoder {
                 })
                 .collect(),
         };
-        let (service, instance) = if self.with_facts {
-            (Arc::from(service), instance.map(Arc::from))
+        let (service, instance, values) = if self.options.facts {
+            let values = self.extractor.resource(self.options, attributes);
+            (Arc::from(service), instance.map(Arc::from), values)
         } else {
-            (Arc::from(""), None)
+            (Arc::from(""), None, ResourceValues::default())
         };
         ResourceKeys {
             columns,
             service,
             instance,
+            values,
         }
     }
 
@@ -276,7 +288,7 @@ impl TraceDecoder {
                 .push(&resource.columns, scope.name, scope.version)
         });
         columns.push_span(span, times, origin, &mut self.scratch);
-        if self.with_facts {
+        if self.options.facts {
             let duration = u64::try_from(times.end - times.start).unwrap_or(0);
             let start = u64::try_from(times.start).unwrap_or(0);
             let name = match self.names.get(span.name) {
@@ -287,13 +299,18 @@ impl TraceDecoder {
                     name
                 }
             };
-            self.facts.push(SpanFacts::of(
+            let mut facts = SpanFacts::of(
                 span,
                 (start, duration),
                 name,
                 &resource.service,
                 resource.instance.as_ref(),
-            ));
+            );
+            facts.attributes =
+                self.extractor
+                    .span(self.options, &resource.values, &span.attributes);
+            facts.weight = Extractor::weight(self.options, &resource.values, &span.attributes);
+            self.facts.push(facts);
         }
     }
 

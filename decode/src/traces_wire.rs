@@ -11,6 +11,7 @@
 use arrow_schema::ArrowError;
 use thiserror::Error;
 
+use crate::options::DecodeOptions;
 use crate::otlp::{DecodedTraces, ResourceKeys, Scope, TraceDecoder};
 use crate::view::{Attr, EventView, LinkView, SpanView, ValueRef, scalar_json};
 use crate::wire::{Message, WireError};
@@ -53,12 +54,16 @@ pub enum DecodeError {
 /// assert!(wayfinder_decode::decode_traces_wire(&[0x0a, 0x05]).is_err(), "a cut-off message");
 /// ```
 pub fn decode_traces_wire(bytes: &[u8]) -> Result<DecodedTraces, DecodeError> {
-    decode(bytes, true)
+    decode_traces_wire_with(bytes, &DecodeOptions::default())
 }
 
 /// Like [`decode_traces_wire`] without the topology facts, for a collector whose topology is off.
 pub fn decode_spans_only_wire(bytes: &[u8]) -> Result<DecodedTraces, DecodeError> {
-    decode(bytes, false)
+    let options = DecodeOptions {
+        facts: false,
+        ..DecodeOptions::default()
+    };
+    decode_traces_wire_with(bytes, &options)
 }
 
 /// The vectors reused for every resource and span of one request.
@@ -68,8 +73,12 @@ struct Scratch<'a> {
     view: SpanView<'a>,
 }
 
-fn decode(bytes: &[u8], with_facts: bool) -> Result<DecodedTraces, DecodeError> {
-    let mut decoder = TraceDecoder::new(span_count_wire(bytes), with_facts);
+/// Like [`decode_traces_wire`], taking what `options` asks for from each span.
+pub fn decode_traces_wire_with(
+    bytes: &[u8],
+    options: &DecodeOptions,
+) -> Result<DecodedTraces, DecodeError> {
+    let mut decoder = TraceDecoder::new(span_count_wire(bytes), options);
     let mut scratch = Scratch::default();
     let mut request = Message::top(bytes);
     while let Some((tag, wire_type)) = request.next_field()? {
@@ -112,7 +121,7 @@ fn span_count_wire(bytes: &[u8]) -> usize {
 
 fn resource_spans<'a>(
     message: Message<'a>,
-    decoder: &mut TraceDecoder,
+    decoder: &mut TraceDecoder<'_>,
     scratch: &mut Scratch<'a>,
 ) -> Result<(), WireError> {
     // The resource first: it may follow its spans on the wire, and it may come in parts (a
@@ -175,7 +184,7 @@ fn entity_ref(message: Message<'_>) -> Result<(), WireError> {
 
 fn scope_spans<'a>(
     message: Message<'a>,
-    decoder: &mut TraceDecoder,
+    decoder: &mut TraceDecoder<'_>,
     resource: &ResourceKeys,
     view: &mut SpanView<'a>,
 ) -> Result<(), WireError> {

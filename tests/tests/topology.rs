@@ -783,3 +783,71 @@ async fn known_call_graph_through_every_endpoint() {
     );
     collector.shutdown().await;
 }
+
+/// Extra dimensions and the sampling weight, end to end: the OpenTelemetry SDK sends a client
+/// span sampled at 1/4 (the ratio in an attribute, Tempo's `span_multiplier_key`) with a
+/// resource attribute, and its server half from another service; `/metrics` names each side's
+/// value under `client_` / `server_` and counts the pair for four.
+#[tokio::test]
+async fn configured_dimensions_and_sampling_weight_reach_the_series() {
+    let mut config = loopback_config();
+    config.service_graph_dimensions = vec!["deployment.environment".into()];
+    config.span_metrics_dimensions = vec!["http.route".into()];
+    config.span_multiplier_key = Some("sampling.ratio".into());
+    let collector = start(config).await;
+    let endpoint = format!("http://{}", collector.addrs().otlp_grpc);
+    tokio::task::spawn_blocking(move || {
+        let with_env = |service: &str, env: &str| {
+            let resource = Resource::builder()
+                .with_service_name(service.to_owned())
+                .with_attribute(KeyValue::new("deployment.environment", env.to_owned()))
+                .build();
+            SdkTracerProvider::builder()
+                .with_simple_exporter(grpc(&endpoint))
+                .with_resource(resource)
+                .build()
+        };
+        let front = with_env("front", "prod");
+        let shop = with_env("shop", "canary");
+        let (front_tracer, shop_tracer) = (front.tracer("e2e"), shop.tracer("e2e"));
+        let mut call = front_tracer
+            .span_builder("GET /items")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("http.request.method", "GET"),
+                KeyValue::new("sampling.ratio", 0.25),
+            ])
+            .start(&front_tracer);
+        let parent = remote_parent(call.span_context());
+        let mut served = shop_tracer
+            .span_builder("GET /items")
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new("http.route", "/items"),
+                KeyValue::new("sampling.ratio", 0.25),
+            ])
+            .start_with_context(&shop_tracer, &parent);
+        served.end();
+        call.end();
+        front.shutdown().unwrap();
+        shop.shutdown().unwrap();
+    })
+    .await
+    .unwrap();
+    let want = [
+        r#"traces_service_graph_request_total{client="front",server="shop",connection_type="",client_deployment_environment="prod",server_deployment_environment="canary"} 4"#,
+        r#"traces_spanmetrics_calls_total{service="shop",span_name="GET /items",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",http_route="/items"} 4"#,
+    ];
+    let mut metrics = String::new();
+    for _ in 0..250 {
+        metrics = metrics_text(&collector).await;
+        if want.iter().all(|line| metrics.contains(line)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for line in want {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    collector.shutdown().await;
+}

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use self::stage::Stage;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
+use crate::dimensions::AttributePlan;
 use crate::metrics::Metrics;
 use crate::pipeline::{IngestQueue, PipelineMetrics};
 use crate::query::ApiState;
@@ -29,7 +30,7 @@ use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::spanmetrics::{SpanMetrics, SpanMetricsConfig, SpanMetricsExposition};
 use crate::sql::{QueryEngine, QueryLimits};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
-use crate::topology::{Topology, TopologyConfig, TopologyMetrics};
+use crate::topology::{DatabaseName, Topology, TopologyConfig, TopologyMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
 
 /// Starts collectors.
@@ -158,9 +159,30 @@ impl Collector {
             clock,
         ));
         metrics.register_collector(Box::new(RegistryMetrics(registry.clone())));
+        // The attributes the stages read from spans, each taken once by the decoder.
+        let mut plan = AttributePlan::default();
+        let graph_dimensions: Arc<[_]> = config
+            .service_graph_dimensions
+            .iter()
+            .map(|attribute| plan.dimension(attribute))
+            .collect();
+        let span_dimensions: Arc<[_]> = config
+            .span_metrics_dimensions
+            .iter()
+            .map(|attribute| plan.dimension(attribute))
+            .collect();
+        let database_names: Arc<[_]> = config
+            .database_name_attributes
+            .iter()
+            .map(|attribute| DatabaseName::of(attribute, &mut plan))
+            .collect();
+        let decode_options =
+            plan.decode_options(config.topology, config.span_multiplier_key.clone());
         let topology = config.topology.then(|| {
             let topology = Arc::new(Topology::new(
                 TopologyConfig {
+                    dimensions: graph_dimensions,
+                    database_names,
                     edge_wait: config.edge_wait,
                     max_pending: config.edge_max_pending,
                     retention: config.retention,
@@ -188,6 +210,7 @@ impl Collector {
                         .map(std::time::Duration::as_secs_f64)
                         .collect(),
                     retention: config.retention,
+                    dimensions: span_dimensions,
                 },
                 clock,
             ));
@@ -221,7 +244,7 @@ impl Collector {
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
         let ingest = Arc::new(
             Ingest::new(queue, metrics.clone())
-                .with_facts(config.topology)
+                .with_decode_options(decode_options)
                 .with_registry(registry.clone()),
         );
         let receivers_stop = CancellationToken::new();

@@ -14,33 +14,42 @@ use crate::decode::SpanRef;
 /// let bounds = [0.1, 1.0];
 /// let mut histogram = Cumulative::default();
 /// let trace = SpanRef { trace_id: [7; 16], span_id: [1; 8] };
-/// histogram.record(&bounds, 250_000_000, Some((trace, 1_800_000_000.0)));
-/// assert_eq!(histogram.counts, [0, 1, 0]);
+/// histogram.record(&bounds, 250_000_000, 1.0, Some((trace, 1_800_000_000.0)));
+/// histogram.record(&bounds, 50_000_000, 4.0, None); // a span sampled at 1/4
+/// assert_eq!(histogram.counts, [4.0, 1.0, 0.0]);
+/// assert_eq!(histogram.count, 5.0);
 /// assert_eq!(histogram.exemplars[1].unwrap().value, 0.25);
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Cumulative {
     /// Count per bucket (not cumulative across buckets), the last one `+Inf`; empty until the
-    /// first observation.
-    pub counts: Vec<u64>,
-    /// Sum of the observations, in seconds.
+    /// first observation. Observations count for their weight (1 unless sampled).
+    pub counts: Vec<f64>,
+    /// Sum of the observations (each times its weight), in seconds.
     pub sum: f64,
-    /// Number of observations.
-    pub count: u64,
+    /// Number of observations (their weights summed).
+    pub count: f64,
     /// The latest observation of each bucket that named its trace.
     pub exemplars: Vec<Option<Exemplar>>,
 }
 
 impl Cumulative {
-    /// Adds one observation of `nanos`, with `bounds` the upper bounds in seconds, and the span
-    /// it came from with the time it was seen (seconds since the epoch) as the exemplar.
-    pub fn record(&mut self, bounds: &[f64], nanos: u64, trace: Option<(SpanRef, f64)>) {
+    /// Adds one observation of `nanos` standing for `weight` spans (Tempo's span multiplier;
+    /// 1 unless sampled), with `bounds` the upper bounds in seconds, and the span it came from
+    /// with the time it was seen (seconds since the epoch) as the exemplar.
+    pub fn record(
+        &mut self,
+        bounds: &[f64],
+        nanos: u64,
+        weight: f64,
+        trace: Option<(SpanRef, f64)>,
+    ) {
         let seconds = nanos as f64 / 1e9;
-        self.counts.resize(bounds.len() + 1, 0);
+        self.counts.resize(bounds.len() + 1, 0.0);
         let bucket = bounds.partition_point(|&bound| bound < seconds);
-        self.counts[bucket] += 1;
-        self.sum += seconds;
-        self.count += 1;
+        self.counts[bucket] += weight;
+        self.sum += seconds * weight;
+        self.count += weight;
         if let Some((span, timestamp)) = trace {
             self.exemplars.resize(bounds.len() + 1, None);
             self.exemplars[bucket] = Some(Exemplar {
@@ -56,7 +65,7 @@ impl Cumulative {
     /// bucket the later stays.
     pub fn merge(&mut self, other: &Cumulative) {
         if self.counts.len() < other.counts.len() {
-            self.counts.resize(other.counts.len(), 0);
+            self.counts.resize(other.counts.len(), 0.0);
         }
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
@@ -109,11 +118,15 @@ mod tests {
     fn buckets_use_upper_bounds() {
         let bounds = [0.002, 0.004, 1.0];
         let mut histogram = Cumulative::default();
-        histogram.record(&bounds, 2_000_000, None); // exactly 2 ms: in the le=0.002 bucket
-        histogram.record(&bounds, 3_000_000, None);
-        histogram.record(&bounds, 20_000_000_000, None); // past the last bound
-        assert_eq!(histogram.counts, [1, 1, 0, 1], "one per bound and +Inf");
-        assert_eq!(histogram.count, 3);
+        histogram.record(&bounds, 2_000_000, 1.0, None); // exactly 2 ms: in the le=0.002 bucket
+        histogram.record(&bounds, 3_000_000, 1.0, None);
+        histogram.record(&bounds, 20_000_000_000, 1.0, None); // past the last bound
+        assert_eq!(
+            histogram.counts,
+            [1.0, 1.0, 0.0, 1.0],
+            "one per bound and +Inf"
+        );
+        assert_eq!(histogram.count, 3.0);
         assert!(
             histogram.exemplars.is_empty(),
             "no trace named, no exemplar"
@@ -124,14 +137,14 @@ mod tests {
     fn exemplars_keep_the_latest_per_bucket() {
         let bounds = [0.01, 0.1];
         let mut a = Cumulative::default();
-        a.record(&bounds, 5_000_000, trace(1));
-        a.record(&bounds, 50_000_000, trace(3));
+        a.record(&bounds, 5_000_000, 1.0, trace(1));
+        a.record(&bounds, 50_000_000, 1.0, trace(3));
         let mut b = Cumulative::default();
-        b.record(&bounds, 6_000_000, trace(2));
-        b.record(&bounds, 60_000_000, trace(2));
+        b.record(&bounds, 6_000_000, 1.0, trace(2));
+        b.record(&bounds, 60_000_000, 1.0, trace(2));
         a.merge(&b);
-        assert_eq!(a.counts, [2, 2, 0]);
-        assert_eq!(a.count, 4);
+        assert_eq!(a.counts, [2.0, 2.0, 0.0]);
+        assert_eq!(a.count, 4.0);
         let ids: Vec<Option<u8>> = a
             .exemplars
             .iter()

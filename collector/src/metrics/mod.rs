@@ -13,6 +13,21 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Encodes a counter whose value is a count of spans or their weights (sampled spans stand for
+/// several): whole values as integers, as Prometheus clients write counts, others as floats.
+pub fn encode_count(
+    value: f64,
+    encoder: prometheus_client::encoding::MetricEncoder<'_>,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric as _;
+    use prometheus_client::metrics::counter::ConstCounter;
+    if value.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&value) {
+        ConstCounter::new(value as u64).encode(encoder)
+    } else {
+        ConstCounter::new(value).encode(encoder)
+    }
+}
+
 /// Labels with the receiving protocol: `grpc`, `http/protobuf` or `http/json`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProtocolLabels {

@@ -34,7 +34,7 @@ pub struct Exemplar {
 /// let mut out = String::new();
 /// let mut family = HistogramFamily::new(&mut out, "rpc_seconds", "RPC latency");
 /// let exemplar = Exemplar { trace_id: [1; 16], span_id: [2; 8], value: 0.05, timestamp: 1.5 };
-/// family.series(&[("service", "cart")], &[0.1], &[1, 0], 0.05, 1, &[Some(exemplar), None]);
+/// family.series(&[("service", "cart")], &[0.1], &[1.0, 0.0], 0.05, 1.0, &[Some(exemplar), None]);
 /// assert!(out.contains(
 ///     "rpc_seconds_bucket{service=\"cart\",le=\"0.1\"} 1 # {trace_id=\"01010101010101010101010101010101\",span_id=\"0202020202020202\"} 0.05 1.5\n"
 /// ));
@@ -58,14 +58,15 @@ impl<'a> HistogramFamily<'a> {
     }
 
     /// Writes one series: `counts` per bucket (not cumulative), one per bound plus +Inf, and
-    /// at most one exemplar per bucket.
+    /// at most one exemplar per bucket. Counts are numbers of spans, or their weights when spans
+    /// stand for several (sampling): whole counts are written without a fraction.
     pub fn series(
         &mut self,
         labels: &[(&str, &str)],
         bounds: &[f64],
-        counts: &[u64],
+        counts: &[f64],
         sum: f64,
-        count: u64,
+        count: f64,
         exemplars: &[Option<Exemplar>],
     ) {
         let mut dtoa = dtoa::Buffer::new();
@@ -76,17 +77,17 @@ impl<'a> HistogramFamily<'a> {
         let _ = writeln!(out, " {}", dtoa.format(sum));
         let _ = write!(out, "{name}_count");
         write_labels(out, labels, None);
-        let _ = writeln!(out, " {count}");
-        let mut cumulative = 0;
+        let _ = writeln!(out, " {}", Count(count));
+        let mut cumulative = 0.0;
         for i in 0..=bounds.len() {
-            cumulative += counts.get(i).copied().unwrap_or(0);
+            cumulative += counts.get(i).copied().unwrap_or(0.0);
             let le = match bounds.get(i) {
                 Some(bound) => dtoa.format(*bound).to_owned(),
                 None => "+Inf".to_owned(),
             };
             let _ = write!(out, "{name}_bucket");
             write_labels(out, labels, Some(&le));
-            let _ = write!(out, " {cumulative}");
+            let _ = write!(out, " {}", Count(cumulative));
             if let Some(Some(exemplar)) = exemplars.get(i) {
                 let _ = write!(
                     out,
@@ -98,6 +99,20 @@ impl<'a> HistogramFamily<'a> {
                 );
             }
             out.push('\n');
+        }
+    }
+}
+
+/// A count: an integer when whole (as Prometheus clients write counts), else the float.
+struct Count(f64);
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Below 2^53 every whole f64 is an exact integer.
+        if self.0.fract() == 0.0 && self.0.abs() < 9_007_199_254_740_992.0 {
+            write!(f, "{}", self.0 as i64)
+        } else {
+            f.write_str(dtoa::Buffer::new().format(self.0))
         }
     }
 }
@@ -245,9 +260,9 @@ mod tests {
         family.series(
             &[("n", "a\"b\\c\nd")],
             &[0.5, 1.0],
-            &[1, 2, 3],
+            &[1.0, 2.0, 3.0],
             9.25,
-            6,
+            6.0,
             &[],
         );
         let want = "# HELP x_seconds X\n# TYPE x_seconds histogram\n# UNIT x_seconds seconds\n\
@@ -257,5 +272,14 @@ mod tests {
             x_seconds_bucket{n=\"a\\\"b\\\\c\\nd\",le=\"1.0\"} 3\n\
             x_seconds_bucket{n=\"a\\\"b\\\\c\\nd\",le=\"+Inf\"} 6\n";
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn weighted_counts_keep_their_fraction() {
+        let mut out = String::new();
+        let mut family = HistogramFamily::new(&mut out, "x_seconds", "X");
+        family.series(&[], &[1.0], &[2.5, 0.0], 1.25, 2.5, &[]);
+        assert!(out.contains("x_seconds_count 2.5\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 2.5\n"), "{out}");
     }
 }

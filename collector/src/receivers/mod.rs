@@ -16,9 +16,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use wayfinder_api::health::{HealthAck, HealthReport};
 
 use crate::decode::health::{decode_health_logs, validate};
-use crate::decode::{
-    DecodeError, decode_spans_only, decode_spans_only_wire, decode_traces, decode_traces_wire,
-};
+use crate::decode::{DecodeError, DecodeOptions, decode_traces_wire_with, decode_traces_with};
 use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
 use crate::pipeline::{IngestQueue, Refusal};
 use crate::registry::{BeatOutcome, Registry};
@@ -80,8 +78,9 @@ pub struct Ingest {
     /// Where large requests are decoded.
     pool: pool::DecodePool,
     metrics: Arc<Metrics>,
-    /// Whether the topology facts are taken from each span (off when the topology is off).
-    with_facts: bool,
+    /// What is taken from each span beyond the batch: the facts (off when the topology is
+    /// off), configured attributes, the sampling weight.
+    options: Arc<DecodeOptions>,
     /// Where health events go.
     registry: Option<Arc<Registry>>,
 }
@@ -93,7 +92,7 @@ impl Ingest {
             queue,
             pool: pool::DecodePool::default(),
             metrics,
-            with_facts: true,
+            options: Arc::new(DecodeOptions::default()),
             registry: None,
         }
     }
@@ -118,7 +117,13 @@ impl Ingest {
 
     /// Whether to take the topology facts of each span (default on).
     pub fn with_facts(mut self, on: bool) -> Self {
-        self.with_facts = on;
+        Arc::make_mut(&mut self.options).facts = on;
+        self
+    }
+
+    /// Decodes with `options` (the facts, configured attributes and sampling weight).
+    pub fn with_decode_options(mut self, options: DecodeOptions) -> Self {
+        self.options = Arc::new(options);
         self
     }
 
@@ -154,14 +159,10 @@ impl Ingest {
             protocol: protocol.label(),
             reason,
         };
-        let decoded = match (request, self.with_facts) {
-            (TraceRequest::Protobuf(bytes), true) => decode_traces_wire(bytes),
-            (TraceRequest::Protobuf(bytes), false) => decode_spans_only_wire(bytes),
-            (TraceRequest::Message(message), true) => {
-                decode_traces(message).map_err(DecodeError::from)
-            }
-            (TraceRequest::Message(message), false) => {
-                decode_spans_only(message).map_err(DecodeError::from)
+        let decoded = match request {
+            TraceRequest::Protobuf(bytes) => decode_traces_wire_with(bytes, &self.options),
+            TraceRequest::Message(message) => {
+                decode_traces_with(message, &self.options).map_err(DecodeError::from)
             }
         };
         let decoded = decoded.map_err(|e| match e {

@@ -6,12 +6,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
 
 use super::{OperationKey, OperationState, SpanMetrics, span_kind_label};
-use crate::metrics::{Exposition, HistogramFamily};
+use crate::dimensions::Dimension;
+use crate::metrics::{Exposition, HistogramFamily, encode_count};
 
 /// Encodes the span metrics at each scrape: register it both with
 /// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector) (the calls
@@ -23,13 +23,20 @@ pub struct SpanMetricsExposition(pub Arc<SpanMetrics>);
 /// The overflow series' only label, as the spanmetrics connector names it.
 const OVERFLOW: [(&str, &str); 1] = [("otel_metric_overflow", "true")];
 
-fn labels(key: &OperationKey) -> [(&'static str, &str); 4] {
-    [
-        ("service", &key.service),
-        ("span_name", &key.name),
+/// The labels of a series: the connector's four, then the configured dimensions the span had.
+fn labels<'a>(key: &'a OperationKey, dimensions: &'a [Dimension]) -> Vec<(&'a str, &'a str)> {
+    let mut labels = vec![
+        ("service", &*key.service),
+        ("span_name", &*key.name),
         ("span_kind", span_kind_label(key.kind)),
         ("status_code", key.status.as_str()),
-    ]
+    ];
+    for (dimension, value) in dimensions.iter().zip(&key.dimensions) {
+        if let Some(value) = value {
+            labels.push((&dimension.label, value));
+        }
+    }
+    labels
 }
 
 impl SpanMetricsExposition {
@@ -38,8 +45,9 @@ impl SpanMetricsExposition {
         let state = self.0.state.lock();
         let mut series: Vec<(&OperationKey, &OperationState)> = state.series.iter().collect();
         series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let dimensions = &self.0.config().dimensions;
         for (key, entry) in series {
-            f(&labels(key), entry);
+            f(&labels(key, dimensions), entry);
         }
         if let Some(overflow) = &state.overflow {
             f(&OVERFLOW, overflow);
@@ -60,7 +68,7 @@ impl Collector for SpanMetricsExposition {
             if result.is_ok() {
                 result = family
                     .encode_family(&labels)
-                    .and_then(|encoder| ConstCounter::new(entry.calls).encode(encoder));
+                    .and_then(|encoder| encode_count(entry.calls, encoder));
             }
         });
         result

@@ -38,6 +38,7 @@ pub use metrics::SpanMetricsExposition;
 
 use crate::clock::{Clock, unix_seconds};
 use crate::decode::{SpanFacts, SpanKind};
+use crate::dimensions::Dimension;
 use crate::metrics::Cumulative;
 use crate::topology::stats::{BUCKET_SECONDS, HISTOGRAM_BOUNDS, Observation, Series, Summary};
 
@@ -52,6 +53,9 @@ pub struct SpanMetricsConfig {
     pub histogram_buckets: Arc<[f64]>,
     /// How long per-minute figures are kept: the longest window `operations` can be asked for.
     pub retention: Duration,
+    /// Extra labels, from span (else resource) attributes (`--span-metrics-dimensions`), as
+    /// the connector's `dimensions`; a span without one has no such label.
+    pub dimensions: Arc<[Dimension]>,
 }
 
 impl Default for SpanMetricsConfig {
@@ -60,6 +64,7 @@ impl Default for SpanMetricsConfig {
             max_series: 10_000,
             histogram_buckets: Arc::from(HISTOGRAM_BOUNDS.as_slice()),
             retention: Duration::from_secs(3600),
+            dimensions: Arc::from([]),
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct OperationKey {
     pub kind: SpanKind,
     /// The status code.
     pub status: StatusCode,
+    /// The values of the configured dimensions (empty when none are).
+    pub dimensions: Box<[Option<Arc<str>>]>,
 }
 
 /// The figures of one series.
@@ -124,8 +131,8 @@ pub struct OperationKey {
 pub(crate) struct OperationState {
     /// Per minute, for windows.
     pub(crate) series: Series,
-    /// Calls since start.
-    pub(crate) calls: u64,
+    /// Calls since start, each span counted for its weight.
+    pub(crate) calls: f64,
     /// Durations since start.
     pub(crate) duration: Cumulative,
 }
@@ -138,9 +145,9 @@ impl OperationState {
             ..Observation::default()
         };
         self.series.record(minute, observation);
-        self.calls += 1;
+        self.calls += span.weight;
         self.duration
-            .record(bounds, span.duration_ns, Some((span.id, now)));
+            .record(bounds, span.duration_ns, span.weight, Some((span.id, now)));
     }
 }
 
@@ -211,6 +218,12 @@ impl SpanMetrics {
                 name: span.name.clone(),
                 kind: span.kind,
                 status: StatusCode::of(span),
+                dimensions: self
+                    .config
+                    .dimensions
+                    .iter()
+                    .map(|d| d.value(span.attributes.as_deref()).cloned())
+                    .collect(),
             };
             let entry = if let Some(entry) = series.get_mut(&key) {
                 entry

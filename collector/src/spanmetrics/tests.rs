@@ -187,3 +187,66 @@ async fn series_past_the_retention_are_dropped() {
         "`old` had nothing in ten minutes"
     );
 }
+
+/// A span's values of the configured attributes, as the decoder hands them over.
+fn with_values(mut span: SpanFacts, values: &[Option<&str>]) -> SpanFacts {
+    let values: Vec<Option<Arc<str>>> = values.iter().map(|v| v.map(Arc::from)).collect();
+    span.attributes = Some(Arc::from(values));
+    span
+}
+
+#[test]
+fn configured_dimensions_are_labels_and_weights_count() {
+    let mut plan = crate::dimensions::AttributePlan::default();
+    let config = SpanMetricsConfig {
+        dimensions: Arc::from([
+            plan.dimension("http.route"),
+            plan.dimension("deployment.environment"),
+        ]),
+        ..SpanMetricsConfig::default()
+    };
+    let metrics = Arc::new(SpanMetrics::new(config, Clock::starting_at(at(0))));
+    let mut sampled = with_values(
+        span("cart", "GET", SpanKind::Server, 3),
+        &[Some("/cart"), None],
+    );
+    sampled.weight = 4.0; // kept with probability 1/4
+    metrics.ingest(&[
+        sampled,
+        with_values(
+            span("cart", "GET", SpanKind::Server, 3),
+            &[Some("/cart"), None],
+        ),
+        with_values(
+            span("cart", "GET", SpanKind::Server, 3),
+            &[Some("/items"), Some("prod")],
+        ),
+    ]);
+    let text = exposition(metrics);
+    let base = r#"service="cart",span_name="GET",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET""#;
+    let cases = [
+        (
+            format!("traces_spanmetrics_calls_total{{{base},http_route=\"/cart\"}} 5\n"),
+            "a span sampled at 1/4 counts for four, the other for one; the absent dimension is no label",
+        ),
+        (
+            format!(
+                "traces_spanmetrics_calls_total{{{base},http_route=\"/items\",deployment_environment=\"prod\"}} 1\n"
+            ),
+            "each value set its own series, labels named as Prometheus allows",
+        ),
+        (
+            format!("traces_spanmetrics_duration_seconds_count{{{base},http_route=\"/cart\"}} 5\n"),
+            "the histogram counts the weight too",
+        ),
+        (
+            format!(
+                "traces_spanmetrics_duration_seconds_sum{{{base},http_route=\"/cart\"}} 0.015\n"
+            ),
+            "and its sum: five requests of 3 ms",
+        ),
+    ];
+    for (line, why) in cases {
+        assert!(text.contains(&line), "{why}: {line} in\n{text}");
+    }
+}

@@ -9,10 +9,15 @@ use std::time::{Duration, SystemTime};
 
 use super::graph::Graph;
 use super::keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
+use super::naming::{DatabaseName, database_name, edge_dimensions};
 use super::pending::Expiring;
 use super::stats::{BUCKET_SECONDS, Observation};
 use crate::clock::unix_seconds;
 use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
+use crate::dimensions::Dimension;
+
+/// The values a span's facts carry for the configured attributes.
+type Values = Option<Arc<[Option<Arc<str>>]>>;
 
 /// How the builder is bounded.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +35,13 @@ pub struct TopologyConfig {
     /// (`--service-graph-buckets`; default [`HISTOGRAM_BOUNDS`](super::stats::HISTOGRAM_BOUNDS),
     /// the servicegraph connector's).
     pub histogram_buckets: Arc<[f64]>,
+    /// Extra labels of the Prometheus series (`--service-graph-dimensions`): each is read from
+    /// the client span (label `client_<name>`) and the server span (`server_<name>`), as in
+    /// Tempo and the servicegraph connector.
+    pub dimensions: Arc<[Dimension]>,
+    /// Where database node names come from, first found wins
+    /// (`--database-name-attributes`; default [`DatabaseName::defaults`]).
+    pub database_names: Arc<[DatabaseName]>,
 }
 
 impl Default for TopologyConfig {
@@ -40,6 +52,8 @@ impl Default for TopologyConfig {
             retention: Duration::from_secs(3600),
             max_series: 10_000,
             histogram_buckets: Arc::from(super::stats::HISTOGRAM_BOUNDS.as_slice()),
+            dimensions: Arc::from([]),
+            database_names: DatabaseName::defaults().into(),
         }
     }
 }
@@ -72,6 +86,8 @@ struct Half {
     start_unix_nano: u64,
     duration_ns: u64,
     peer: Option<Box<PeerAttributes>>,
+    attributes: Values,
+    weight: f64,
 }
 
 impl Half {
@@ -87,6 +103,8 @@ impl Half {
             start_unix_nano: span.start_unix_nano,
             duration_ns: span.duration_ns,
             peer: span.peer.take(),
+            attributes: span.attributes.clone(),
+            weight: span.weight,
         }
     }
 
@@ -101,6 +119,8 @@ impl Half {
             duration_ns: Some(self.duration_ns),
             peer: self.peer.as_deref(),
             class: None,
+            attributes: self.attributes.as_deref(),
+            weight: self.weight,
         }
     }
 }
@@ -122,6 +142,8 @@ struct Parent {
     /// types do not depend on which arrives first.
     error: bool,
     class: Option<ConnectionType>,
+    attributes: Values,
+    weight: f64,
 }
 
 /// One side of an edge being recorded.
@@ -140,6 +162,10 @@ struct Side<'a> {
     peer: Option<&'a PeerAttributes>,
     /// What a remembered parent's peer attributes said of the connection.
     class: Option<ConnectionType>,
+    /// Its values of the configured attributes.
+    attributes: Option<&'a [Option<Arc<str>>]>,
+    /// How many spans it stands for.
+    weight: f64,
 }
 
 impl<'a> Side<'a> {
@@ -154,6 +180,8 @@ impl<'a> Side<'a> {
             duration_ns: Some(span.duration_ns),
             peer: span.peer.as_deref(),
             class: None,
+            attributes: span.attributes.as_deref(),
+            weight: span.weight,
         }
     }
 
@@ -168,6 +196,8 @@ impl<'a> Side<'a> {
             duration_ns: None,
             peer: None,
             class: parent.class,
+            attributes: parent.attributes.as_deref(),
+            weight: parent.weight,
         }
     }
 
@@ -288,7 +318,13 @@ impl TopologyBuilder {
         let peer = span.peer.as_deref();
         // A database is not instrumented: its clients' spans are the whole edge.
         if span.kind == SpanKind::Client
-            && let Some(name) = peer.and_then(database_name)
+            && let Some(name) = peer.and_then(|peer| {
+                database_name(
+                    peer,
+                    span.attributes.as_deref(),
+                    &self.config.database_names,
+                )
+            })
         {
             let server = NodeKey::named(NodeKind::Database, &name);
             self.record_virtual(
@@ -430,6 +466,8 @@ impl TopologyBuilder {
             instance: span.instance.clone(),
             error: span.error,
             class: span.peer.as_deref().and_then(peer_class),
+            attributes: span.attributes.clone(),
+            weight: span.weight,
         };
         self.parents.insert(span.id, parent, deadline);
     }
@@ -552,7 +590,12 @@ impl TopologyBuilder {
         if connection == ConnectionType::Messaging {
             seen.messaging_ns = time_in_broker(client, server);
         }
-        self.graph.edge(key, seen, minute);
+        let dimensions = edge_dimensions(
+            &self.config.dimensions,
+            client.attributes,
+            server.attributes,
+        );
+        self.graph.edge(key, seen, dimensions, minute);
         if let Some(instance) = server.instance {
             let key = InstanceEdgeKey {
                 client: NodeKey::service(client.service),
@@ -602,7 +645,12 @@ impl TopologyBuilder {
             server: server_node,
             connection,
         };
-        self.graph.edge(key, observation, minute);
+        let dimensions = edge_dimensions(
+            &self.config.dimensions,
+            client.and_then(|c| c.attributes),
+            server.and_then(|s| s.attributes),
+        );
+        self.graph.edge(key, observation, dimensions, minute);
     }
 
     /// The figures of every node and edge over the last `window`, as of `now`.
@@ -638,6 +686,8 @@ fn observation(client: Option<Side<'_>>, server: Option<Side<'_>>) -> Observatio
             .and_then(|c| c.span)
             .or_else(|| server.and_then(|s| s.span))
             .map(|span| (span, 0.0)),
+        // Sampling is by trace: both sides stand for the same number of requests.
+        weight: client.or(server).map_or(1.0, |side| side.weight),
     }
 }
 
@@ -650,28 +700,6 @@ fn time_in_broker(producer: Side<'_>, consumer: Side<'_>) -> Option<u64> {
         .start_unix_nano?
         .checked_sub(end)
         .filter(|&ns| ns > 0)
-}
-
-/// The database node's name, for a span with `db.system`: `peer.service`, else `db.namespace`
-/// (`db.name`), else `server.address`, else `network.peer.address` (with `:port` when given),
-/// else the system. Tempo and the servicegraph connector take the same attributes; this order
-/// puts the logical database before the host it runs on.
-fn database_name(peer: &PeerAttributes) -> Option<std::borrow::Cow<'_, str>> {
-    use std::borrow::Cow;
-    let system = peer.db_system.as_deref()?;
-    let named = peer
-        .peer_service
-        .as_deref()
-        .or(peer.db_namespace.as_deref())
-        .or(peer.server_address.as_deref());
-    if let Some(name) = named {
-        return Some(Cow::Borrowed(name));
-    }
-    Some(match (&peer.network_peer_address, peer.network_peer_port) {
-        (Some(address), Some(port)) => Cow::Owned(format!("{address}:{port}")),
-        (Some(address), None) => Cow::Borrowed(address),
-        (None, _) => Cow::Borrowed(system),
-    })
 }
 
 fn receives_messages(peer: &PeerAttributes) -> bool {

@@ -12,11 +12,15 @@ use super::keys::{EdgeKey, InstanceEdgeKey};
 use super::stats::{Observation, Series, Totals};
 use crate::decode::{PeerAttributes, SpanFacts};
 
-/// An edge's figures: per minute for windows, and since start for Prometheus.
+/// The values of an edge's extra labels (client sides, then server sides).
+pub(crate) type DimensionValues = Box<[Option<Arc<str>>]>;
+
+/// An edge's figures: per minute for windows, and since start for Prometheus, per set of
+/// extra label values (one set, empty, when none are configured).
 #[derive(Debug, Default)]
 pub(crate) struct EdgeState {
     pub(crate) series: Series,
-    pub(crate) totals: Totals,
+    pub(crate) totals: Vec<(DimensionValues, Totals)>,
 }
 
 /// A service instance's figures.
@@ -38,6 +42,8 @@ pub struct Graph {
     max_series: usize,
     histogram_buckets: Arc<[f64]>,
     series_dropped: u64,
+    /// Sets of extra label values beyond the first of each edge, bounded by `max_series` too.
+    dimension_sets: usize,
     /// When the batch being recorded arrived.
     pub(super) now: SystemTime,
 }
@@ -54,6 +60,7 @@ impl Graph {
             max_series,
             histogram_buckets,
             series_dropped: 0,
+            dimension_sets: 0,
             now: SystemTime::UNIX_EPOCH,
         }
     }
@@ -71,6 +78,7 @@ impl Graph {
             client_ns: None,
             messaging_ns: None,
             exemplar: None,
+            weight: span.weight,
         };
         let max = self.max_series;
         match bounded(&mut self.nodes, &span.service, max) {
@@ -96,19 +104,38 @@ impl Graph {
         }
     }
 
-    /// An observation of an edge: in its minute's series and its totals (with the exemplar's
-    /// time set to now).
-    pub(super) fn edge(&mut self, key: EdgeKey, mut observation: Observation, minute: u64) {
-        match bounded(&mut self.edges, &key, self.max_series) {
-            Some(edge) => {
-                edge.series.record(minute, observation);
-                observation.exemplar = observation
-                    .exemplar
-                    .map(|(span, _)| (span, seconds_of(self.now)));
-                edge.totals.record(observation, &self.histogram_buckets);
+    /// An observation of an edge: in its minute's series and in the totals of its extra label
+    /// values (with the exemplar's time set to now).
+    pub(super) fn edge(
+        &mut self,
+        key: EdgeKey,
+        mut observation: Observation,
+        dimensions: DimensionValues,
+        minute: u64,
+    ) {
+        let Some(edge) = bounded(&mut self.edges, &key, self.max_series) else {
+            self.series_dropped += 1;
+            return;
+        };
+        edge.series.record(minute, observation);
+        observation.exemplar = observation
+            .exemplar
+            .map(|(span, _)| (span, seconds_of(self.now)));
+        let totals = match edge.totals.iter().position(|(d, _)| *d == dimensions) {
+            Some(i) => &mut edge.totals[i].1,
+            None if edge.totals.is_empty() || self.dimension_sets < self.max_series => {
+                if !edge.totals.is_empty() {
+                    self.dimension_sets += 1;
+                }
+                edge.totals.push((dimensions, Totals::default()));
+                &mut edge.totals.last_mut().expect("just pushed").1
             }
-            None => self.series_dropped += 1,
-        }
+            None => {
+                self.series_dropped += 1;
+                return;
+            }
+        };
+        totals.record(observation, &self.histogram_buckets);
     }
 
     /// An observation of a caller → instance edge.
@@ -141,7 +168,15 @@ impl Graph {
 
     /// Drops the minutes before `keep_from`, and the entries left with none.
     pub(super) fn prune(&mut self, keep_from: u64) {
-        self.edges.retain(|_, e| e.series.prune(keep_from));
+        let mut sets = 0;
+        self.edges.retain(|_, e| {
+            let keep = e.series.prune(keep_from);
+            if keep {
+                sets += e.totals.len().saturating_sub(1);
+            }
+            keep
+        });
+        self.dimension_sets = sets;
         self.nodes.retain(|_, s| s.prune(keep_from));
         self.instances.retain(|_, i| i.series.prune(keep_from));
         self.instance_edges.retain(|_, s| s.prune(keep_from));

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{ConnectionType, EdgeKey, NodeKind, Topology};
-use crate::metrics::{Cumulative, Exposition, HistogramFamily};
+use crate::metrics::{Cumulative, Exposition, HistogramFamily, encode_count};
 
 /// Encodes the topology's series at each scrape: register it both with
 /// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector) (counters)
@@ -28,14 +28,27 @@ pub struct TopologyMetrics(pub Arc<Topology>);
 fn series_of(graph: &super::Graph) -> BTreeMap<SeriesLabels, SeriesTotals> {
     let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
     for (key, edge) in &graph.edges {
-        let totals = series.entry(SeriesLabels::of(key)).or_default();
-        totals.requests += edge.totals.requests;
-        totals.errors += edge.totals.errors;
-        merge_histogram(&mut totals.server, edge.totals.server.as_deref());
-        merge_histogram(&mut totals.client, edge.totals.client.as_deref());
-        merge_histogram(&mut totals.messaging, edge.totals.messaging.as_deref());
+        for (dimensions, from) in &edge.totals {
+            let totals = series.entry(SeriesLabels::of(key, dimensions)).or_default();
+            totals.requests += from.requests;
+            totals.errors += from.errors;
+            merge_histogram(&mut totals.server, from.server.as_deref());
+            merge_histogram(&mut totals.client, from.client.as_deref());
+            merge_histogram(&mut totals.messaging, from.messaging.as_deref());
+        }
     }
     series
+}
+
+/// The names of the extra labels: `client_<name>` for each dimension, then `server_<name>`.
+fn dimension_labels(builder: &super::TopologyBuilder) -> Vec<String> {
+    let dimensions = &builder.config().dimensions;
+    let side = |side: &'static str| {
+        dimensions
+            .iter()
+            .map(move |d| format!("{side}_{}", d.label))
+    };
+    side("client").chain(side("server")).collect()
 }
 
 impl Exposition for TopologyMetrics {
@@ -45,6 +58,7 @@ impl Exposition for TopologyMetrics {
         self.0.with_builder(|builder| {
             let bounds = &builder.config().histogram_buckets;
             let series = series_of(builder.graph());
+            let names = dimension_labels(builder);
             type Side = fn(&SeriesTotals) -> &Option<Cumulative>;
             let histograms: [(&str, &str, Side); 3] = [
                 (
@@ -67,7 +81,7 @@ impl Exposition for TopologyMetrics {
                 let mut family = HistogramFamily::new(out, name, help);
                 for (labels, totals) in &series {
                     if let Some(histogram) = side(totals) {
-                        histogram.encode(&mut family, &labels.pairs(), bounds);
+                        histogram.encode(&mut family, &labels.pairs(&names), bounds);
                     }
                 }
             }
@@ -79,6 +93,7 @@ impl Collector for TopologyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.0.with_builder(|builder| {
             let series = series_of(builder.graph());
+            let names = dimension_labels(builder);
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request",
                 "Requests between two nodes of the service graph",
@@ -86,8 +101,10 @@ impl Collector for TopologyMetrics {
                 MetricType::Counter,
             )?;
             for (labels, totals) in &series {
-                ConstCounter::new(totals.requests)
-                    .encode(family.encode_family(&labels.pairs())?)?;
+                encode_count(
+                    totals.requests,
+                    family.encode_family(&labels.pairs(&names))?,
+                )?;
             }
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request_failed",
@@ -96,7 +113,7 @@ impl Collector for TopologyMetrics {
                 MetricType::Counter,
             )?;
             for (labels, totals) in &series {
-                ConstCounter::new(totals.errors).encode(family.encode_family(&labels.pairs())?)?;
+                encode_count(totals.errors, family.encode_family(&labels.pairs(&names))?)?;
             }
 
             let counters = builder.counters();
@@ -154,17 +171,19 @@ impl Collector for TopologyMetrics {
 /// `client`, `server`, `connection_type` (`""`, `database`, `messaging_system` or
 /// `virtual_node`), and, on an edge with an uninstrumented side, `virtual_node` naming that
 /// side (`client` for the user before a root span, `server` for a peer that sent no spans), as
-/// Tempo's `enable_virtual_node_label` does.
+/// Tempo's `enable_virtual_node_label` does; then the configured dimensions that the spans
+/// had, `client_<name>` and `server_<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct SeriesLabels {
     client: Arc<str>,
     server: Arc<str>,
     connection_type: &'static str,
     virtual_node: Option<&'static str>,
+    dimensions: Box<[Option<Arc<str>>]>,
 }
 
 impl SeriesLabels {
-    fn of(key: &EdgeKey) -> Self {
+    fn of(key: &EdgeKey, dimensions: &[Option<Arc<str>>]) -> Self {
         // A topic node exists only for a half whose other side never came.
         let uninstrumented = |kind| {
             matches!(
@@ -190,10 +209,12 @@ impl SeriesLabels {
             server: key.server.name.clone(),
             connection_type,
             virtual_node,
+            dimensions: dimensions.into(),
         }
     }
 
-    fn pairs(&self) -> Vec<(&'static str, &str)> {
+    /// The label pairs, with `names` the extra labels' names (one per dimension value).
+    fn pairs<'a>(&'a self, names: &'a [String]) -> Vec<(&'a str, &'a str)> {
         let mut pairs = vec![
             ("client", &*self.client),
             ("server", &*self.server),
@@ -202,6 +223,11 @@ impl SeriesLabels {
         if let Some(side) = self.virtual_node {
             pairs.push(("virtual_node", side));
         }
+        for (name, value) in names.iter().zip(&self.dimensions) {
+            if let Some(value) = value {
+                pairs.push((name, value));
+            }
+        }
         pairs
     }
 }
@@ -209,8 +235,8 @@ impl SeriesLabels {
 /// What the series of one label set add up to.
 #[derive(Debug, Default)]
 struct SeriesTotals {
-    requests: u64,
-    errors: u64,
+    requests: f64,
+    errors: f64,
     server: Option<Cumulative>,
     client: Option<Cumulative>,
     messaging: Option<Cumulative>,
@@ -449,14 +475,65 @@ mod tests {
             ),
         ];
         for (key, connection_type, virtual_node, why) in cases {
-            let labels = SeriesLabels::of(&key);
+            let labels = SeriesLabels::of(&key, &[]);
             assert_eq!(labels.connection_type, connection_type, "{why}");
             assert_eq!(labels.virtual_node, virtual_node, "{why}");
         }
         assert_ne!(
-            SeriesLabels::of(&key((K::Service, "a"), (K::Service, "cart"), C::Http)),
-            SeriesLabels::of(&key((K::Service, "a"), (K::External, "cart"), C::Http)),
+            SeriesLabels::of(&key((K::Service, "a"), (K::Service, "cart"), C::Http), &[]),
+            SeriesLabels::of(&key((K::Service, "a"), (K::External, "cart"), C::Http), &[]),
             "a real and a virtual cart are two series"
         );
+    }
+
+    /// Configured dimensions become `client_`/`server_` labels from each side's own values, a
+    /// sampled-down pair counts for its weight, and a configured attribute names the database.
+    #[test]
+    fn dimensions_weights_and_database_names() {
+        let mut plan = crate::dimensions::AttributePlan::default();
+        let env = plan.dimension("deployment.environment");
+        let cluster = super::super::DatabaseName::of("db.cluster", &mut plan);
+        let config = crate::topology::TopologyConfig {
+            dimensions: Arc::from([env]),
+            database_names: Arc::from([cluster]),
+            ..Default::default()
+        };
+        let topology = Arc::new(Topology::new(config, crate::clock::Clock::new()));
+        let values = |env: Option<&str>, cluster: Option<&str>| {
+            let values: Vec<Option<Arc<str>>> = vec![env.map(Arc::from), cluster.map(Arc::from)];
+            Some(Arc::from(values))
+        };
+        let mut client = span("front", SpanKind::Client, 1, 1, None);
+        client.attributes = values(Some("prod"), None);
+        client.weight = 10.0; // sampled at 1/10
+        let mut server = span("cart", SpanKind::Server, 1, 2, Some(1));
+        server.attributes = values(Some("canary"), None);
+        server.weight = 10.0;
+        let mut db = span("cart", SpanKind::Client, 2, 3, None);
+        db.peer = Some(Box::new(crate::decode::PeerAttributes {
+            db_system: Some("postgresql".into()),
+            db_namespace: Some("orders".into()),
+            ..Default::default()
+        }));
+        db.attributes = values(None, Some("pg-east"));
+        topology.ingest(&mut [client, server, db]);
+        let text = exposition(topology);
+        let cases = [
+            (
+                "traces_service_graph_request_total{client=\"front\",server=\"cart\",connection_type=\"\",client_deployment_environment=\"prod\",server_deployment_environment=\"canary\"} 10\n",
+                "each side's value under its prefix; one sampled pair counts for ten",
+            ),
+            (
+                "traces_service_graph_request_server_seconds_count{client=\"front\",server=\"cart\",connection_type=\"\",client_deployment_environment=\"prod\",server_deployment_environment=\"canary\"} 10\n",
+                "the histograms count the weight too",
+            ),
+            (
+                "traces_service_graph_request_total{client=\"cart\",server=\"pg-east\",connection_type=\"database\"} 1\n",
+                "the configured attribute names the database, not db.namespace; no dimension value, no label",
+            ),
+        ];
+        for (line, why) in cases {
+            assert!(text.contains(line), "{why}: {line} in\n{text}");
+        }
     }
 }

@@ -31,6 +31,7 @@ mod builder;
 mod graph;
 mod keys;
 mod metrics;
+mod naming;
 mod pending;
 mod snapshot;
 pub mod stats;
@@ -44,6 +45,7 @@ pub use builder::{Counters, TopologyBuilder, TopologyConfig};
 pub use graph::Graph;
 pub use keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 pub use metrics::TopologyMetrics;
+pub use naming::DatabaseName;
 pub use snapshot::{EdgeSnapshot, InstanceEdgeSnapshot, InstanceSnapshot, NodeSnapshot, Snapshot};
 
 use crate::clock::Clock;

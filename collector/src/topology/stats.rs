@@ -94,7 +94,7 @@ impl Summary {
 }
 
 /// One observation: a request, whether it failed, and the latencies each side saw.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Observation {
     /// Either side reported Error.
     pub error: bool,
@@ -107,6 +107,23 @@ pub struct Observation {
     /// A span of the request and when it was seen (seconds since the epoch): the exemplar of
     /// the Prometheus histograms.
     pub exemplar: Option<(SpanRef, f64)>,
+    /// How many requests it stands for in the Prometheus series: 1, or more for a sampled-down
+    /// span (Tempo's span multiplier). The per-minute figures of the JSON API count spans as
+    /// they came.
+    pub weight: f64,
+}
+
+impl Default for Observation {
+    fn default() -> Self {
+        Self {
+            error: false,
+            server_ns: None,
+            client_ns: None,
+            messaging_ns: None,
+            exemplar: None,
+            weight: 1.0,
+        }
+    }
 }
 
 /// Per-minute summaries of one edge, node or instance, oldest first.
@@ -216,13 +233,14 @@ pub const HISTOGRAM_BOUNDS: [f64; 16] = [
     0.002, 0.004, 0.006, 0.008, 0.01, 0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.4, 2.0, 5.0, 10.0, 15.0,
 ];
 
-/// Totals since start, for the Prometheus series (counters never go down).
+/// Totals since start, for the Prometheus series (counters never go down), each observation
+/// counted for its weight.
 #[derive(Debug, Clone, Default)]
 pub struct Totals {
     /// Requests.
-    pub requests: u64,
+    pub requests: f64,
     /// Failed requests.
-    pub errors: u64,
+    pub errors: f64,
     /// Server-side latency.
     pub server: Option<Box<Cumulative>>,
     /// Client-side latency.
@@ -234,24 +252,25 @@ pub struct Totals {
 impl Totals {
     /// Adds one observation, into histograms with upper bounds `bounds` (seconds).
     pub fn record(&mut self, observation: Observation, bounds: &[f64]) {
-        self.requests += 1;
-        self.errors += u64::from(observation.error);
-        if let Some(ns) = observation.server_ns {
-            self.server
-                .get_or_insert_with(Box::default)
-                .record(bounds, ns, observation.exemplar);
+        let weight = observation.weight;
+        self.requests += weight;
+        if observation.error {
+            self.errors += weight;
         }
-        if let Some(ns) = observation.client_ns {
-            self.client
-                .get_or_insert_with(Box::default)
-                .record(bounds, ns, observation.exemplar);
-        }
-        if let Some(ns) = observation.messaging_ns {
-            self.messaging.get_or_insert_with(Box::default).record(
-                bounds,
-                ns,
-                observation.exemplar,
-            );
+        let sides = [
+            (&mut self.server, observation.server_ns),
+            (&mut self.client, observation.client_ns),
+            (&mut self.messaging, observation.messaging_ns),
+        ];
+        for (histogram, ns) in sides {
+            if let Some(ns) = ns {
+                histogram.get_or_insert_with(Box::default).record(
+                    bounds,
+                    ns,
+                    weight,
+                    observation.exemplar,
+                );
+            }
         }
     }
 }
