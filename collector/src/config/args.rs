@@ -1,0 +1,154 @@
+//! The flags of `wayfinder serve` (each also read from its environment variable), and the
+//! parsers of their durations and sizes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The flags of `wayfinder serve`; each one also reads its environment variable.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(about = "Run the Wayfinder collector")]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys in snake_case, e.g. `otlp_grpc`).
+    #[arg(long, env = "WAYFINDER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address of the OTLP/gRPC receiver [default: 127.0.0.1:4317].
+    #[arg(long, env = "WAYFINDER_OTLP_GRPC")]
+    pub otlp_grpc: Option<SocketAddr>,
+    /// Address of the OTLP/HTTP receiver [default: 127.0.0.1:4318].
+    #[arg(long, env = "WAYFINDER_OTLP_HTTP")]
+    pub otlp_http: Option<SocketAddr>,
+    /// Address of the query HTTP API [default: 127.0.0.1:16686].
+    #[arg(long, env = "WAYFINDER_QUERY_HTTP")]
+    pub query_http: Option<SocketAddr>,
+    /// Address of the query gRPC API [default: 127.0.0.1:16685].
+    #[arg(long, env = "WAYFINDER_QUERY_GRPC")]
+    pub query_grpc: Option<SocketAddr>,
+    /// Largest OTLP/gRPC message, after decompression [default: 4MiB].
+    #[arg(long, env = "WAYFINDER_GRPC_MAX_MESSAGE_BYTES", value_parser = parse_size)]
+    pub grpc_max_message_bytes: Option<usize>,
+    /// Largest OTLP/HTTP body, after decompression [default: 20MiB].
+    #[arg(long, env = "WAYFINDER_HTTP_MAX_BODY_BYTES", value_parser = parse_size)]
+    pub http_max_body_bytes: Option<usize>,
+    /// Memory budget of the ingest queue [default: 256MiB].
+    #[arg(long, env = "WAYFINDER_MAX_INGEST_BYTES", value_parser = parse_size)]
+    pub max_ingest_bytes: Option<usize>,
+    /// How long spans are kept [default: 1h].
+    #[arg(long, env = "WAYFINDER_RETENTION", value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// Memory budget of the span store [default: 1GiB].
+    #[arg(long, env = "WAYFINDER_MAX_STORE_BYTES", value_parser = parse_size)]
+    pub max_store_bytes: Option<usize>,
+    /// Time limit of one SQL query [default: 30s].
+    #[arg(long, env = "WAYFINDER_QUERY_TIMEOUT", value_parser = parse_duration)]
+    pub query_timeout: Option<Duration>,
+    /// Memory of all SQL queries at once, shared equally among --query-max-concurrent
+    /// [default: 512MiB].
+    #[arg(long, env = "WAYFINDER_QUERY_MEMORY_BYTES", value_parser = parse_size)]
+    pub query_memory_bytes: Option<usize>,
+    /// Most rows in one SQL answer [default: 100000].
+    #[arg(long, env = "WAYFINDER_QUERY_MAX_ROWS")]
+    pub query_max_rows: Option<usize>,
+    /// Most SQL queries running at once; more get 503 with Retry-After [default: 4].
+    #[arg(long, env = "WAYFINDER_QUERY_MAX_CONCURRENT")]
+    pub query_max_concurrent: Option<usize>,
+    /// Do not build the service graph (spans are still stored and queryable).
+    #[arg(long, env = "WAYFINDER_NO_TOPOLOGY")]
+    pub no_topology: bool,
+    /// How long half of an edge waits for its other half [default: 10s].
+    #[arg(long, env = "WAYFINDER_EDGE_WAIT", value_parser = parse_duration)]
+    pub edge_wait: Option<Duration>,
+    /// How many halves of edges may wait at once [default: 100000].
+    #[arg(long, env = "WAYFINDER_EDGE_MAX_PENDING")]
+    pub edge_max_pending: Option<usize>,
+    /// How many span-metrics series are tracked at most; further ones go to the overflow
+    /// series [default: 10000].
+    #[arg(long, env = "WAYFINDER_SPAN_METRICS_MAX_SERIES")]
+    pub span_metrics_max_series: Option<usize>,
+    /// Upper bounds of the service-graph latency histograms, comma-separated and ascending
+    /// [default: the servicegraph connector's, 2ms,4ms,6ms,8ms,10ms,50ms,100ms,200ms,400ms,
+    /// 800ms,1s,1400ms,2s,5s,10s,15s].
+    #[arg(long, env = "WAYFINDER_SERVICE_GRAPH_BUCKETS", value_delimiter = ',', value_parser = parse_duration)]
+    pub service_graph_buckets: Vec<Duration>,
+    /// Span or resource attributes that become extra labels of the service-graph series,
+    /// `client_<name>` and `server_<name>`, comma-separated [default: none].
+    #[arg(
+        long,
+        env = "WAYFINDER_SERVICE_GRAPH_DIMENSIONS",
+        value_delimiter = ','
+    )]
+    pub service_graph_dimensions: Vec<String>,
+    /// Span or resource attributes that become extra labels of the span-metrics series,
+    /// comma-separated [default: none].
+    #[arg(long, env = "WAYFINDER_SPAN_METRICS_DIMENSIONS", value_delimiter = ',')]
+    pub span_metrics_dimensions: Vec<String>,
+    /// Attribute holding the probability a span was sampled with; the span counts for
+    /// 1/probability in the Prometheus series [default: none].
+    #[arg(long, env = "WAYFINDER_SPAN_MULTIPLIER_KEY")]
+    pub span_multiplier_key: Option<String>,
+    /// Where database node names come from, first found wins, comma-separated [default:
+    /// peer.service,db.namespace,server.address,network.peer.address,db.system].
+    #[arg(
+        long,
+        env = "WAYFINDER_DATABASE_NAME_ATTRIBUTES",
+        value_delimiter = ','
+    )]
+    pub database_name_attributes: Vec<String>,
+    /// How long an instance stays critical (or silent) before it is removed [default: 60s].
+    #[arg(long, env = "WAYFINDER_DEREGISTER_AFTER", value_parser = parse_duration)]
+    pub deregister_after: Option<Duration>,
+    /// How often load-balancing weights are computed [default: 1s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_UPDATE_PERIOD", value_parser = parse_duration)]
+    pub weight_update_period: Option<Duration>,
+    /// The sliding window the weights are computed from [default: 30s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_WINDOW", value_parser = parse_duration)]
+    pub weight_window: Option<Duration>,
+    /// How long published weights hold without a newer answer [default: 60s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_TTL", value_parser = parse_duration)]
+    pub weight_ttl: Option<Duration>,
+    /// How strongly weight follows speed, `(L_ref / L)^gamma`, > 0 [default: 1].
+    #[arg(long, env = "WAYFINDER_WEIGHT_GAMMA")]
+    pub weight_gamma: Option<f64>,
+    /// How much errors inflate latency, `L · (1 + k · err)`, >= 0 [default: 10].
+    #[arg(long, env = "WAYFINDER_WEIGHT_ERROR_PENALTY")]
+    pub weight_error_penalty: Option<f64>,
+    /// Largest change of a weight per update, as a ratio, >= 1 [default: 1.25].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MAX_STEP")]
+    pub weight_max_step: Option<f64>,
+    /// Changes of a target within this ratio are ignored, >= 1 [default: 1.05].
+    #[arg(long, env = "WAYFINDER_WEIGHT_DEADBAND")]
+    pub weight_deadband: Option<f64>,
+    /// Lowest weight as a share of the mean, in (0, 1] [default: 0.1].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MIN_FACTOR")]
+    pub weight_min_factor: Option<f64>,
+    /// Highest weight as a multiple of the mean, >= 1 [default: 10].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MAX_FACTOR")]
+    pub weight_max_factor: Option<f64>,
+    /// Requests in the window below which an instance gets the mean weight [default: 10].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MIN_REQUESTS")]
+    pub weight_min_requests: Option<u64>,
+    /// How long new instances ramp up; 0s turns it off [default: 30s].
+    #[arg(long, env = "WAYFINDER_WEIGHT_SLOW_START", value_parser = parse_duration)]
+    pub weight_slow_start: Option<Duration>,
+    /// Largest share of a service's instances ejected at once, in [0, 1] [default: 0.5].
+    #[arg(long, env = "WAYFINDER_WEIGHT_MAX_EJECTION")]
+    pub weight_max_ejection: Option<f64>,
+    /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
+    #[arg(long, env = "RUST_LOG")]
+    pub log_level: Option<String>,
+}
+
+/// Parses a duration such as `30s`, `1h` or `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write e.g. 30s, 5m, 1h"))
+}
+
+/// Parses a size such as `4194304`, `256MiB` or `1GB`.
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let bytes: bytesize::ByteSize = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{text}` is not a size ({e}); write e.g. 4194304, 256MiB, 1GiB"))?;
+    usize::try_from(bytes.as_u64()).map_err(|_| format!("`{text}` is too large"))
+}

@@ -1,0 +1,537 @@
+//! Configuration of `wayfinder serve`: flags beat environment variables, which beat the
+//! optional TOML file, which beats the embedded defaults.
+//!
+//! Every setting has the three spellings, e.g. `--otlp-grpc`, `WAYFINDER_OTLP_GRPC` and
+//! `otlp_grpc = "…"` in the file given by `--config`. Durations are written the `humantime` way
+//! (`30s`, `1h`, `500ms`) and sizes in bytes or with a unit (`256MiB`, `1GiB`, `4194304`).
+//!
+//! ```
+//! use clap::Parser;
+//! use wayfinder_collector::config::{Config, ServeArgs};
+//!
+//! let args = ServeArgs::try_parse_from(["serve", "--otlp-grpc", "127.0.0.1:0", "--retention", "2h"]).unwrap();
+//! let config = Config::resolve(&args).unwrap();
+//! assert_eq!(config.otlp_grpc.port(), 0);
+//! assert_eq!(config.retention.as_secs(), 7200);
+//! assert_eq!(config.max_ingest_bytes, 256 * 1024 * 1024); // the default
+//! ```
+
+mod args;
+mod file;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use args::{ServeArgs, parse_duration, parse_size};
+use file::{FileConfig, Size, list, read_file};
+
+use crate::weights::{RuleConfig, WeightsConfig};
+
+/// The resolved configuration of one collector.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Where OTLP/gRPC is served.
+    pub otlp_grpc: SocketAddr,
+    /// Where OTLP/HTTP (`/v1/traces`, `/v1/logs`) is served.
+    pub otlp_http: SocketAddr,
+    /// Where the query API (`/api/v1/…`, `/metrics`, `/healthz`, `/readyz`) is served.
+    pub query_http: SocketAddr,
+    /// Where the query gRPC API (`wayfinder.v1.Weights`) is served.
+    pub query_grpc: SocketAddr,
+    /// Largest OTLP/gRPC message accepted, after decompression.
+    pub grpc_max_message_bytes: usize,
+    /// Largest OTLP/HTTP body accepted, after decompression.
+    pub http_max_body_bytes: usize,
+    /// Memory budget of the ingest queue; when it is spent, receivers refuse with a retryable
+    /// error.
+    pub max_ingest_bytes: usize,
+    /// How long spans are kept.
+    pub retention: Duration,
+    /// How much memory the span store may use; the oldest spans are evicted first.
+    pub max_store_bytes: usize,
+    /// How long one SQL query may run.
+    pub query_timeout: Duration,
+    /// How much memory the SQL queries running at once may use in all (sorts, joins,
+    /// aggregates); each of the [`Config::query_max_concurrent`] gets an equal share.
+    pub query_memory_bytes: usize,
+    /// Most rows one SQL answer may carry.
+    pub query_max_rows: usize,
+    /// Most SQL queries running at once; more are refused with 503 and `Retry-After`.
+    pub query_max_concurrent: usize,
+    /// Whether the service graph is built from the spans (on unless `--no-topology`).
+    pub topology: bool,
+    /// How long half of an edge waits for its other half.
+    pub edge_wait: Duration,
+    /// How many halves of edges may wait at once; when full, the oldest expire first.
+    pub edge_max_pending: usize,
+    /// Upper bounds of the service-graph latency histograms, ascending.
+    pub service_graph_buckets: Vec<Duration>,
+    /// How many span-metrics series (service, span name, kind, status) are tracked at most;
+    /// the spans of further ones are counted in one overflow series.
+    pub span_metrics_max_series: usize,
+    /// Attributes (of the span, else its resource) that become extra labels of the
+    /// service-graph series, `client_<name>` and `server_<name>`.
+    pub service_graph_dimensions: Vec<String>,
+    /// Attributes that become extra labels of the span-metrics series.
+    pub span_metrics_dimensions: Vec<String>,
+    /// An attribute holding the probability a span was sampled with: its span counts for
+    /// `1 / probability` in the Prometheus series (Tempo's `span_multiplier_key`).
+    pub span_multiplier_key: Option<String>,
+    /// Where database node names come from, first found wins.
+    pub database_name_attributes: Vec<String>,
+    /// How long an instance may stay `critical` (or silent) before the registry removes it.
+    pub deregister_after: Duration,
+    /// How often load-balancing weights are computed.
+    pub weight_update_period: Duration,
+    /// The sliding window of latency and errors the weights are computed from.
+    pub weight_window: Duration,
+    /// How long published weights hold without a newer answer (`ttl_ms`); `Watch` resends
+    /// unchanged weights, and a long-poll waits at most, half of it. Longer than
+    /// `weight_update_period`.
+    pub weight_ttl: Duration,
+    /// `γ`: how strongly weight follows speed, `w ∝ (L_ref / L)^γ`; greater than 0.
+    pub weight_gamma: f64,
+    /// `k`: how much errors count, `L · (1 + k · err)`; 0 or more.
+    pub weight_error_penalty: f64,
+    /// Largest change of an instance's multiplier per update (×step or ÷step); 1 or more.
+    pub weight_max_step: f64,
+    /// Changes of a target smaller than this ratio are ignored; 1 or more (1: no deadband).
+    pub weight_deadband: f64,
+    /// Lowest weight, as a share of the mean weight; in (0, 1].
+    pub weight_min_factor: f64,
+    /// Highest weight, as a multiple of the mean weight; 1 or more.
+    pub weight_max_factor: f64,
+    /// Below this many requests in the window an instance gets the mean weight.
+    pub weight_min_requests: u64,
+    /// How long a new (or returning) instance ramps up; 0 turns slow start off.
+    pub weight_slow_start: Duration,
+    /// Largest share of a service's instances ejected (weight 0) at once; in [0, 1].
+    pub weight_max_ejection: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let weights = WeightsConfig::default();
+        let rule = RuleConfig::default();
+        Self {
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            otlp_http: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            query_http: SocketAddr::from(([127, 0, 0, 1], 16686)),
+            query_grpc: SocketAddr::from(([127, 0, 0, 1], 16685)),
+            grpc_max_message_bytes: 4 * MIB,
+            http_max_body_bytes: 20 * MIB,
+            max_ingest_bytes: 256 * MIB,
+            retention: Duration::from_secs(3600),
+            max_store_bytes: 1024 * MIB,
+            query_timeout: Duration::from_secs(30),
+            query_memory_bytes: 512 * MIB,
+            query_max_rows: 100_000,
+            query_max_concurrent: 4,
+            topology: true,
+            edge_wait: Duration::from_secs(10),
+            edge_max_pending: 100_000,
+            span_metrics_max_series: 10_000,
+            service_graph_dimensions: Vec::new(),
+            span_metrics_dimensions: Vec::new(),
+            span_multiplier_key: None,
+            database_name_attributes: [
+                "peer.service",
+                "db.namespace",
+                "server.address",
+                "network.peer.address",
+                "db.system",
+            ]
+            .map(String::from)
+            .to_vec(),
+            service_graph_buckets: crate::topology::stats::HISTOGRAM_BOUNDS
+                .iter()
+                .map(|&seconds| Duration::from_secs_f64(seconds))
+                .collect(),
+            deregister_after: Duration::from_secs(60),
+            weight_update_period: weights.update_period,
+            weight_window: weights.window,
+            weight_ttl: weights.ttl,
+            weight_gamma: rule.gamma,
+            weight_error_penalty: rule.error_penalty,
+            weight_max_step: rule.max_step,
+            weight_deadband: rule.deadband,
+            weight_min_factor: rule.min_factor,
+            weight_max_factor: rule.max_factor,
+            weight_min_requests: rule.min_requests,
+            weight_slow_start: rule.slow_start,
+            weight_max_ejection: rule.max_ejection,
+        }
+    }
+}
+
+const MIB: usize = 1024 * 1024;
+
+/// Why the configuration could not be resolved.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file named by `--config` could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said.
+        message: String,
+    },
+    /// A value in the file is not valid for its key.
+    #[error("invalid value for `{key}` in {path}: {message}")]
+    Value {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// A setting (from a flag, the environment, the file or the code) is outside its range.
+    #[error("invalid `{key}` (`--{}`): {message}", .key.replace('_', "-"))]
+    Invalid {
+        /// The setting, as its file key.
+        key: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Resolves flags and environment (already merged in `args` by clap) over the file named by
+    /// `args.config`, over the defaults.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let (file, path) = match &args.config {
+            Some(path) => (read_file(path)?, path.clone()),
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        let defaults = Config::default();
+        let size = |key: &'static str, v: &Option<Size>| -> Result<Option<usize>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(Size::Bytes(n)) => Ok(Some(*n)),
+                Some(Size::Text(t)) => {
+                    parse_size(t)
+                        .map(Some)
+                        .map_err(|message| ConfigError::Value {
+                            path: path.clone(),
+                            key,
+                            message,
+                        })
+                }
+            }
+        };
+        let duration =
+            |key: &'static str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+                v.as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|message| ConfigError::Value {
+                        path: path.clone(),
+                        key,
+                        message,
+                    })
+            };
+        let config = Config {
+            otlp_grpc: args
+                .otlp_grpc
+                .or(file.otlp_grpc)
+                .unwrap_or(defaults.otlp_grpc),
+            otlp_http: args
+                .otlp_http
+                .or(file.otlp_http)
+                .unwrap_or(defaults.otlp_http),
+            query_http: args
+                .query_http
+                .or(file.query_http)
+                .unwrap_or(defaults.query_http),
+            query_grpc: args
+                .query_grpc
+                .or(file.query_grpc)
+                .unwrap_or(defaults.query_grpc),
+            grpc_max_message_bytes: args
+                .grpc_max_message_bytes
+                .or(size(
+                    "grpc_max_message_bytes",
+                    &file.grpc_max_message_bytes,
+                )?)
+                .unwrap_or(defaults.grpc_max_message_bytes),
+            http_max_body_bytes: args
+                .http_max_body_bytes
+                .or(size("http_max_body_bytes", &file.http_max_body_bytes)?)
+                .unwrap_or(defaults.http_max_body_bytes),
+            max_ingest_bytes: args
+                .max_ingest_bytes
+                .or(size("max_ingest_bytes", &file.max_ingest_bytes)?)
+                .unwrap_or(defaults.max_ingest_bytes),
+            retention: args
+                .retention
+                .or(duration("retention", &file.retention)?)
+                .unwrap_or(defaults.retention),
+            max_store_bytes: args
+                .max_store_bytes
+                .or(size("max_store_bytes", &file.max_store_bytes)?)
+                .unwrap_or(defaults.max_store_bytes),
+            query_timeout: args
+                .query_timeout
+                .or(duration("query_timeout", &file.query_timeout)?)
+                .unwrap_or(defaults.query_timeout),
+            query_memory_bytes: args
+                .query_memory_bytes
+                .or(size("query_memory_bytes", &file.query_memory_bytes)?)
+                .unwrap_or(defaults.query_memory_bytes),
+            query_max_rows: args
+                .query_max_rows
+                .or(file.query_max_rows)
+                .unwrap_or(defaults.query_max_rows),
+            query_max_concurrent: args
+                .query_max_concurrent
+                .or(file.query_max_concurrent)
+                .unwrap_or(defaults.query_max_concurrent),
+            topology: !args.no_topology && file.topology.unwrap_or(defaults.topology),
+            edge_wait: args
+                .edge_wait
+                .or(duration("edge_wait", &file.edge_wait)?)
+                .unwrap_or(defaults.edge_wait),
+            edge_max_pending: args
+                .edge_max_pending
+                .or(file.edge_max_pending)
+                .unwrap_or(defaults.edge_max_pending),
+            span_metrics_max_series: args
+                .span_metrics_max_series
+                .or(file.span_metrics_max_series)
+                .unwrap_or(defaults.span_metrics_max_series),
+            service_graph_buckets: if !args.service_graph_buckets.is_empty() {
+                args.service_graph_buckets.clone()
+            } else if let Some(buckets) = &file.service_graph_buckets {
+                buckets
+                    .iter()
+                    .map(|text| {
+                        parse_duration(text).map_err(|message| ConfigError::Value {
+                            path: path.clone(),
+                            key: "service_graph_buckets",
+                            message,
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            } else {
+                defaults.service_graph_buckets
+            },
+            service_graph_dimensions: list(
+                &args.service_graph_dimensions,
+                &file.service_graph_dimensions,
+                defaults.service_graph_dimensions,
+            ),
+            span_metrics_dimensions: list(
+                &args.span_metrics_dimensions,
+                &file.span_metrics_dimensions,
+                defaults.span_metrics_dimensions,
+            ),
+            span_multiplier_key: args
+                .span_multiplier_key
+                .clone()
+                .or(file.span_multiplier_key.clone())
+                .filter(|key| !key.is_empty()),
+            database_name_attributes: list(
+                &args.database_name_attributes,
+                &file.database_name_attributes,
+                defaults.database_name_attributes,
+            ),
+            deregister_after: args
+                .deregister_after
+                .or(duration("deregister_after", &file.deregister_after)?)
+                .unwrap_or(defaults.deregister_after),
+            weight_update_period: args
+                .weight_update_period
+                .or(duration(
+                    "weight_update_period",
+                    &file.weight_update_period,
+                )?)
+                .unwrap_or(defaults.weight_update_period)
+                .max(Duration::from_millis(10)),
+            weight_window: args
+                .weight_window
+                .or(duration("weight_window", &file.weight_window)?)
+                .unwrap_or(defaults.weight_window),
+            weight_ttl: args
+                .weight_ttl
+                .or(duration("weight_ttl", &file.weight_ttl)?)
+                .unwrap_or(defaults.weight_ttl),
+            weight_gamma: args
+                .weight_gamma
+                .or(file.weight_gamma)
+                .unwrap_or(defaults.weight_gamma),
+            weight_error_penalty: args
+                .weight_error_penalty
+                .or(file.weight_error_penalty)
+                .unwrap_or(defaults.weight_error_penalty),
+            weight_max_step: args
+                .weight_max_step
+                .or(file.weight_max_step)
+                .unwrap_or(defaults.weight_max_step),
+            weight_deadband: args
+                .weight_deadband
+                .or(file.weight_deadband)
+                .unwrap_or(defaults.weight_deadband),
+            weight_min_factor: args
+                .weight_min_factor
+                .or(file.weight_min_factor)
+                .unwrap_or(defaults.weight_min_factor),
+            weight_max_factor: args
+                .weight_max_factor
+                .or(file.weight_max_factor)
+                .unwrap_or(defaults.weight_max_factor),
+            weight_min_requests: args
+                .weight_min_requests
+                .or(file.weight_min_requests)
+                .unwrap_or(defaults.weight_min_requests),
+            weight_slow_start: args
+                .weight_slow_start
+                .or(duration("weight_slow_start", &file.weight_slow_start)?)
+                .unwrap_or(defaults.weight_slow_start),
+            weight_max_ejection: args
+                .weight_max_ejection
+                .or(file.weight_max_ejection)
+                .unwrap_or(defaults.weight_max_ejection),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the settings that have a range (the weight rule's, the weights' TTL); `resolve`
+    /// and [`Collector::start`](crate::Collector::start) call it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        // NaN fails every comparison, so each check below refuses it too.
+        let at_least = |key: &'static str, value: f64, lo: f64| {
+            if value.is_finite() && value >= lo {
+                Ok(())
+            } else {
+                Err(invalid(
+                    key,
+                    format!("must be a number of at least {lo}, not {value}"),
+                ))
+            }
+        };
+        let within = |key: &'static str, value: f64, lo_open: bool, lo: f64, hi: f64| {
+            let above_lo = if lo_open { value > lo } else { value >= lo };
+            if above_lo && value <= hi {
+                Ok(())
+            } else {
+                let open = if lo_open { '(' } else { '[' };
+                Err(invalid(
+                    key,
+                    format!("must be within {open}{lo}, {hi}], not {value}"),
+                ))
+            }
+        };
+        let buckets = &self.service_graph_buckets;
+        if buckets.is_empty()
+            || buckets.iter().any(Duration::is_zero)
+            || buckets.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return Err(invalid(
+                "service_graph_buckets",
+                "must be one or more durations above zero, ascending (e.g. 10ms,100ms,1s)"
+                    .to_owned(),
+            ));
+        }
+        if self.database_name_attributes.is_empty() {
+            return Err(invalid(
+                "database_name_attributes",
+                "must name at least one attribute (e.g. db.namespace)".to_owned(),
+            ));
+        }
+        if self.query_max_concurrent == 0 {
+            return Err(invalid(
+                "query_max_concurrent",
+                "must be at least 1, not 0".to_owned(),
+            ));
+        }
+        if !(self.weight_gamma.is_finite() && self.weight_gamma > 0.0) {
+            return Err(invalid(
+                "weight_gamma",
+                format!("must be a number greater than 0, not {}", self.weight_gamma),
+            ));
+        }
+        at_least("weight_error_penalty", self.weight_error_penalty, 0.0)?;
+        at_least("weight_max_step", self.weight_max_step, 1.0)?;
+        at_least("weight_deadband", self.weight_deadband, 1.0)?;
+        within("weight_min_factor", self.weight_min_factor, true, 0.0, 1.0)?;
+        at_least("weight_max_factor", self.weight_max_factor, 1.0)?;
+        within(
+            "weight_max_ejection",
+            self.weight_max_ejection,
+            false,
+            0.0,
+            1.0,
+        )?;
+        if self.weight_ttl < Duration::from_millis(1) {
+            return Err(invalid(
+                "weight_ttl",
+                format!(
+                    "must be at least 1ms (it is sent in milliseconds), not {}",
+                    humantime::format_duration(self.weight_ttl)
+                ),
+            ));
+        }
+        if self.weight_ttl <= self.weight_update_period {
+            return Err(invalid(
+                "weight_ttl",
+                format!(
+                    "must be longer than weight_update_period ({}), not {}",
+                    humantime::format_duration(self.weight_update_period),
+                    humantime::format_duration(self.weight_ttl)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The weights engine's configuration.
+    pub fn weights(&self) -> WeightsConfig {
+        WeightsConfig {
+            update_period: self.weight_update_period,
+            window: self.weight_window,
+            ttl: self.weight_ttl,
+            rule: RuleConfig {
+                gamma: self.weight_gamma,
+                error_penalty: self.weight_error_penalty,
+                max_step: self.weight_max_step,
+                deadband: self.weight_deadband,
+                min_factor: self.weight_min_factor,
+                max_factor: self.weight_max_factor,
+                min_requests: self.weight_min_requests,
+                slow_start: self.weight_slow_start,
+                max_ejection: self.weight_max_ejection,
+            },
+            ..WeightsConfig::default()
+        }
+    }
+
+    /// The log filter: the flag or `RUST_LOG`, else the file's `log_level`, else `info`.
+    pub fn log_filter(args: &ServeArgs) -> Result<String, ConfigError> {
+        if let Some(level) = &args.log_level {
+            return Ok(level.clone());
+        }
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Ok(file.log_level.unwrap_or_else(|| "info".to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,546 @@
+//! The settings' three spellings, their precedence and their errors.
+
+use clap::Parser as _;
+
+use super::*;
+
+#[test]
+fn flags_beat_file_beats_defaults() {
+    let dir = std::env::temp_dir().join(format!("wayfinder-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wayfinder.toml");
+    std::fs::write(
+        &path,
+        "otlp_grpc = \"127.0.0.1:5000\"\notlp_http = \"127.0.0.1:5001\"\nmax_store_bytes = \"2GiB\"\nquery_max_rows = 7\nretention = \"10m\"\n",
+    )
+    .unwrap();
+    let args = ServeArgs::try_parse_from([
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--otlp-grpc",
+        "127.0.0.1:6000",
+    ])
+    .unwrap();
+    let config = Config::resolve(&args).unwrap();
+    assert_eq!(
+        config.otlp_grpc,
+        "127.0.0.1:6000".parse().unwrap(),
+        "the flag beats the file"
+    );
+    assert_eq!(
+        config.otlp_http,
+        "127.0.0.1:5001".parse().unwrap(),
+        "the file beats the default"
+    );
+    assert_eq!(
+        config.max_store_bytes,
+        2 * 1024 * 1024 * 1024,
+        "sizes with units in the file"
+    );
+    assert_eq!(config.query_max_rows, 7);
+    assert_eq!(config.retention, Duration::from_secs(600));
+    assert_eq!(
+        config.query_http,
+        Config::default().query_http,
+        "unset everywhere: the default"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_files_are_clear_errors() {
+    let dir = std::env::temp_dir().join(format!("wayfinder-config-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "unknown_key = 1\n",
+            "unknown field",
+            "an unknown key is refused, not ignored",
+        ),
+        (
+            "retention = \"soon\"\n",
+            "`retention`",
+            "a bad duration names its key",
+        ),
+        (
+            "max_store_bytes = \"lots\"\n",
+            "`max_store_bytes`",
+            "a bad size names its key",
+        ),
+        (
+            "otlp_grpc = 4317\n",
+            "invalid type",
+            "a port alone is not an address",
+        ),
+        (
+            "service_graph_buckets = [\"100ms\", \"10ms\"]\n",
+            "`service_graph_buckets` (`--service-graph-buckets`): must be one or more durations above zero, ascending",
+            "histogram bounds out of order",
+        ),
+        (
+            "service_graph_buckets = [\"fast\"]\n",
+            "`service_graph_buckets`",
+            "a bound that is not a duration names its key",
+        ),
+    ];
+    for (i, (text, expected, reason)) in cases.iter().enumerate() {
+        let path = dir.join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let args =
+            ServeArgs::try_parse_from(["serve", "--config", path.to_str().unwrap()]).unwrap();
+        let err = Config::resolve(&args).expect_err(reason).to_string();
+        assert!(err.contains(expected), "{reason}: got {err}");
+    }
+    let missing =
+        ServeArgs::try_parse_from(["serve", "--config", "/nonexistent/wayfinder.toml"]).unwrap();
+    assert!(matches!(
+        Config::resolve(&missing),
+        Err(ConfigError::Read { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The weight settings, by file key.
+const WEIGHT_KEYS: [&str; 10] = [
+    "weight_ttl",
+    "weight_gamma",
+    "weight_error_penalty",
+    "weight_max_step",
+    "weight_deadband",
+    "weight_min_factor",
+    "weight_max_factor",
+    "weight_min_requests",
+    "weight_slow_start",
+    "weight_max_ejection",
+];
+
+fn resolve(flags: &[&str]) -> Result<Config, ConfigError> {
+    let args = ServeArgs::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
+        .expect("the flags parse");
+    Config::resolve(&args)
+}
+
+#[test]
+fn the_weight_defaults_are_the_engines() {
+    let config = Config::default();
+    assert_eq!(config.weights(), WeightsConfig::default());
+    assert_eq!(resolve(&[]).unwrap(), config, "nothing set: the defaults");
+    config.validate().expect("the defaults are valid");
+}
+
+#[test]
+fn every_weight_setting_has_a_flag_an_env_var_and_a_file_key() {
+    use clap::CommandFactory as _;
+    let command = ServeArgs::command();
+    for key in WEIGHT_KEYS {
+        let flag = key.replace('_', "-");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag.as_str()))
+            .unwrap_or_else(|| panic!("--{flag} exists"));
+        let env = format!("WAYFINDER_{}", key.to_uppercase());
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some(env.as_str()),
+            "--{flag} reads {env}"
+        );
+        assert!(
+            arg.get_help()
+                .is_some_and(|h| h.to_string().contains("[default: ")),
+            "--{flag} says its default"
+        );
+    }
+    let file = "weight_ttl = \"2m\"\nweight_gamma = 2\nweight_error_penalty = 5.5\n\
+                weight_max_step = 1.5\nweight_deadband = 1.1\nweight_min_factor = 0.2\n\
+                weight_max_factor = 5.0\nweight_min_requests = 20\n\
+                weight_slow_start = \"1m\"\nweight_max_ejection = 0.25\n";
+    for key in WEIGHT_KEYS {
+        assert!(
+            file.contains(&format!("{key} = ")),
+            "the file below sets {key}"
+        );
+    }
+    let parsed: FileConfig = toml::from_str(file).expect("every key is known");
+    assert_eq!(parsed.weight_gamma, Some(2.0), "an integer is a float too");
+    let dir = std::env::temp_dir().join(format!("wayfinder-config-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wayfinder.toml");
+    std::fs::write(&path, file).unwrap();
+    let config = resolve(&["--config", path.to_str().unwrap(), "--weight-gamma", "3"]).unwrap();
+    let rule = config.weights().rule;
+    assert_eq!(config.weights().ttl, Duration::from_secs(120));
+    assert_eq!(rule.gamma, 3.0, "the flag beats the file");
+    assert_eq!(rule.error_penalty, 5.5);
+    assert_eq!(rule.max_step, 1.5);
+    assert_eq!(rule.deadband, 1.1);
+    assert_eq!(rule.min_factor, 0.2);
+    assert_eq!(rule.max_factor, 5.0);
+    assert_eq!(rule.min_requests, 20);
+    assert_eq!(rule.slow_start, Duration::from_secs(60));
+    assert_eq!(rule.max_ejection, 0.25);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A row of a table of valid settings: the flags, what the configuration must then say, and
+/// why the value is valid.
+type Valid = (&'static [&'static str], fn(&Config) -> bool, &'static str);
+
+#[test]
+fn weight_settings_in_range_are_taken() {
+    let cases: [Valid; 14] = [
+        (
+            &["--weight-ttl", "10m"],
+            |c| c.weight_ttl == Duration::from_secs(600),
+            "a longer TTL",
+        ),
+        (
+            &["--weight-ttl", "2s"],
+            |c| c.weight_ttl == Duration::from_secs(2),
+            "a TTL just longer than the update period",
+        ),
+        (
+            &["--weight-gamma", "0.5"],
+            |c| c.weight_gamma == 0.5,
+            "a gentler rule",
+        ),
+        (
+            &["--weight-gamma", "3"],
+            |c| c.weight_gamma == 3.0,
+            "a sharper rule",
+        ),
+        (
+            &["--weight-error-penalty", "0"],
+            |c| c.weight_error_penalty == 0.0,
+            "errors may be ignored",
+        ),
+        (
+            &["--weight-max-step", "1"],
+            |c| c.weight_max_step == 1.0,
+            "a step of 1 holds",
+        ),
+        (
+            &["--weight-deadband", "1"],
+            |c| c.weight_deadband == 1.0,
+            "no deadband",
+        ),
+        (
+            &["--weight-min-factor", "1"],
+            |c| c.weight_min_factor == 1.0,
+            "no trickle below the mean",
+        ),
+        (
+            &["--weight-min-factor", "1", "--weight-max-factor", "1"],
+            |c| c.weight_min_factor == 1.0 && c.weight_max_factor == 1.0,
+            "every weight the mean: balancing off",
+        ),
+        (
+            &["--weight-min-requests", "0"],
+            |c| c.weight_min_requests == 0,
+            "any volume counts",
+        ),
+        (
+            &["--weight-slow-start", "0s"],
+            |c| c.weight_slow_start.is_zero(),
+            "slow start off",
+        ),
+        (
+            &["--weight-max-ejection", "0"],
+            |c| c.weight_max_ejection == 0.0,
+            "never eject",
+        ),
+        (
+            &["--weight-max-ejection", "1"],
+            |c| c.weight_max_ejection == 1.0,
+            "eject all critical but one",
+        ),
+        (
+            &["--weight-update-period", "100ms", "--weight-ttl", "200ms"],
+            |c| c.weight_ttl == Duration::from_millis(200),
+            "a short TTL with a shorter update period",
+        ),
+    ];
+    for (flags, check, reason) in cases {
+        let config = resolve(flags).unwrap_or_else(|e| panic!("{reason}: {e}"));
+        assert!(check(&config), "{reason}: {config:?}");
+    }
+}
+
+#[test]
+fn weight_settings_out_of_range_are_clear_errors() {
+    let cases: [(&[&str], &str, &str, &str); 20] = [
+        (
+            &["--weight-ttl", "0s"],
+            "weight_ttl",
+            "at least 1ms",
+            "a zero TTL",
+        ),
+        (
+            &["--weight-ttl", "1s"],
+            "weight_ttl",
+            "longer than weight_update_period (1s)",
+            "weights stale before the next update",
+        ),
+        (
+            &["--weight-gamma", "0"],
+            "weight_gamma",
+            "greater than 0",
+            "gamma 0: every weight equal",
+        ),
+        (
+            &["--weight-gamma=-1"],
+            "weight_gamma",
+            "greater than 0",
+            "a negative gamma favours slow ones",
+        ),
+        (&["--weight-gamma", "NaN"], "weight_gamma", "not NaN", "NaN"),
+        (
+            &["--weight-gamma", "inf"],
+            "weight_gamma",
+            "not inf",
+            "infinity",
+        ),
+        (
+            &["--weight-error-penalty=-1"],
+            "weight_error_penalty",
+            "at least 0",
+            "a negative penalty makes failures fast",
+        ),
+        (
+            &["--weight-max-step", "0.9"],
+            "weight_max_step",
+            "at least 1",
+            "a step below 1",
+        ),
+        (
+            &["--weight-max-step", "NaN"],
+            "weight_max_step",
+            "not NaN",
+            "NaN step",
+        ),
+        (
+            &["--weight-deadband", "0.95"],
+            "weight_deadband",
+            "at least 1",
+            "a deadband below 1",
+        ),
+        (
+            &["--weight-min-factor", "0"],
+            "weight_min_factor",
+            "within (0, 1]",
+            "no floor: no probes",
+        ),
+        (
+            &["--weight-min-factor", "1.5"],
+            "weight_min_factor",
+            "within (0, 1]",
+            "a floor above the mean",
+        ),
+        (
+            &["--weight-min-factor", "NaN"],
+            "weight_min_factor",
+            "not NaN",
+            "NaN floor",
+        ),
+        (
+            &["--weight-max-factor", "0.5"],
+            "weight_max_factor",
+            "at least 1",
+            "a ceiling below the mean",
+        ),
+        (
+            &["--weight-max-factor", "inf"],
+            "weight_max_factor",
+            "not inf",
+            "no ceiling",
+        ),
+        (
+            &["--weight-max-ejection=-0.1"],
+            "weight_max_ejection",
+            "within [0, 1]",
+            "a negative share",
+        ),
+        (
+            &["--weight-max-ejection", "1.5"],
+            "weight_max_ejection",
+            "within [0, 1]",
+            "more than every instance",
+        ),
+        (
+            &["--weight-max-ejection", "NaN"],
+            "weight_max_ejection",
+            "not NaN",
+            "NaN share",
+        ),
+        (
+            &["--weight-update-period", "5s", "--weight-ttl", "5s"],
+            "weight_ttl",
+            "longer than weight_update_period (5s)",
+            "a TTL equal to the update period",
+        ),
+        (
+            &[
+                "--weight-window",
+                "1m",
+                "--weight-gamma",
+                "0",
+                "--weight-max-step",
+                "0",
+            ],
+            "weight_gamma",
+            "greater than 0",
+            "the first bad setting is named",
+        ),
+    ];
+    for (flags, key, expected, reason) in cases {
+        let err = resolve(flags).expect_err(reason);
+        assert!(
+            matches!(&err, ConfigError::Invalid { key: k, .. } if *k == key),
+            "{reason}: names {key}, got {err:?}"
+        );
+        let text = err.to_string();
+        let flag = format!("--{}", key.replace('_', "-"));
+        assert!(
+            text.contains(expected) && text.contains(&flag),
+            "{reason}: got {text}"
+        );
+    }
+}
+
+#[test]
+fn bad_weight_values_in_the_file_are_refused_too() {
+    let dir = std::env::temp_dir().join(format!(
+        "wayfinder-config-bad-weights-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = [
+        (
+            "weight_deadband = 0.5\n",
+            "`weight_deadband`",
+            "out of range in the file",
+        ),
+        (
+            "weight_ttl = \"never\"\n",
+            "`weight_ttl`",
+            "a bad duration names its key",
+        ),
+        (
+            "weight_gamma = \"big\"\n",
+            "invalid type",
+            "a number, not a string",
+        ),
+        (
+            "weight_min_requests = -1\n",
+            "weight_min_requests",
+            "a count is not negative",
+        ),
+    ];
+    for (i, (text, expected, reason)) in cases.iter().enumerate() {
+        let path = dir.join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let err = resolve(&["--config", path.to_str().unwrap()])
+            .expect_err(reason)
+            .to_string();
+        assert!(err.contains(expected), "{reason}: got {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sizes_and_durations() {
+    let sizes = [
+        ("4194304", Some(4_194_304), "plain bytes"),
+        ("256MiB", Some(256 * 1024 * 1024), "binary unit"),
+        ("1GB", Some(1_000_000_000), "decimal unit"),
+        ("-1", None, "negative"),
+        ("many", None, "not a number"),
+    ];
+    for (text, expected, reason) in sizes {
+        assert_eq!(parse_size(text).ok(), expected, "{reason}");
+    }
+    assert_eq!(parse_duration("1h").ok(), Some(Duration::from_secs(3600)));
+    assert_eq!(
+        parse_duration("250ms").ok(),
+        Some(Duration::from_millis(250))
+    );
+    assert!(parse_duration("1 fortnight").is_err());
+}
+
+#[test]
+fn service_graph_buckets_from_the_command_line() {
+    let args =
+        ServeArgs::try_parse_from(["serve", "--service-graph-buckets", "10ms,100ms,1s"]).unwrap();
+    let config = Config::resolve(&args).unwrap();
+    assert_eq!(
+        config.service_graph_buckets,
+        [
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+            Duration::from_secs(1)
+        ]
+    );
+    assert_eq!(
+        Config::default().service_graph_buckets.len(),
+        16,
+        "the connector's 16 bounds by default"
+    );
+}
+
+#[test]
+fn dimensions_multiplier_and_database_names() {
+    let dir = std::env::temp_dir().join(format!("wayfinder-config-dims-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("dims.toml");
+    std::fs::write(
+        &file,
+        "service_graph_dimensions = [\"deployment.environment\"]\n\
+         span_metrics_dimensions = [\"http.route\"]\n\
+         span_multiplier_key = \"sampling.ratio\"\n\
+         database_name_attributes = [\"db.namespace\"]\n",
+    )
+    .unwrap();
+    let resolve = |flags: &[&str]| {
+        let mut all = vec!["serve", "--config", file.to_str().unwrap()];
+        all.extend_from_slice(flags);
+        Config::resolve(&ServeArgs::try_parse_from(all).unwrap())
+    };
+    let from_file = resolve(&[]).unwrap();
+    assert_eq!(
+        from_file.service_graph_dimensions,
+        ["deployment.environment"]
+    );
+    assert_eq!(from_file.span_metrics_dimensions, ["http.route"]);
+    assert_eq!(
+        from_file.span_multiplier_key.as_deref(),
+        Some("sampling.ratio")
+    );
+    assert_eq!(from_file.database_name_attributes, ["db.namespace"]);
+    let flags = resolve(&[
+        "--service-graph-dimensions",
+        "a,b,",
+        "--database-name-attributes",
+        "db.cluster,peer.service",
+    ])
+    .unwrap();
+    assert_eq!(
+        flags.service_graph_dimensions,
+        ["a", "b"],
+        "the flag wins over the file; a trailing comma adds nothing"
+    );
+    assert_eq!(
+        flags.database_name_attributes,
+        ["db.cluster", "peer.service"]
+    );
+    assert_eq!(
+        Config::default().database_name_attributes[0],
+        "peer.service",
+        "the default precedence starts with peer.service"
+    );
+    std::fs::write(&file, "database_name_attributes = []\n").unwrap();
+    let err = resolve(&[])
+        .expect_err("an empty list names no database")
+        .to_string();
+    assert!(err.contains("database_name_attributes"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
