@@ -206,14 +206,6 @@ struct Links {
     attributes: MapBuilder,
 }
 
-const KINDS: [&str; 6] = [
-    "unspecified",
-    "internal",
-    "server",
-    "client",
-    "producer",
-    "consumer",
-];
 const STATUS_CODES: [&str; 3] = ["unset", "ok", "error"];
 
 impl Columns {
@@ -271,12 +263,8 @@ impl Columns {
         self.origin.push(origin);
         self.trace_state.push_non_empty(Some(span.trace_state));
         self.span_name.push(span.name);
-        let kind = usize::try_from(span.kind)
-            .ok()
-            .and_then(|k| KINDS.get(k))
-            .copied()
-            .unwrap_or(KINDS[0]);
-        self.span_kind.push(kind);
+        self.span_kind
+            .push(crate::facts::SpanKind::from_otlp(span.kind).as_str());
         self.start_time.push(times.start);
         self.duration.push(times.end - times.start);
         self.flags.push(span.flags);

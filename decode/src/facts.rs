@@ -44,6 +44,30 @@ impl SpanKind {
             _ => Self::Unspecified,
         }
     }
+    /// Its name in the `span_kind` column and the JSON API: `server`, `client`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Internal => "internal",
+            Self::Server => "server",
+            Self::Client => "client",
+            Self::Producer => "producer",
+            Self::Consumer => "consumer",
+        }
+    }
+
+    /// Its OTLP enum name, the `span_kind` label value of Tempo and the spanmetrics connector:
+    /// `SPAN_KIND_SERVER`, …
+    pub fn otlp_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "SPAN_KIND_UNSPECIFIED",
+            Self::Internal => "SPAN_KIND_INTERNAL",
+            Self::Server => "SPAN_KIND_SERVER",
+            Self::Client => "SPAN_KIND_CLIENT",
+            Self::Producer => "SPAN_KIND_PRODUCER",
+            Self::Consumer => "SPAN_KIND_CONSUMER",
+        }
+    }
 }
 
 /// The attributes that name what a span talks to, when it has any of them.

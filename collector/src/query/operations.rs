@@ -11,24 +11,12 @@ use wayfinder_api::topology::{Operation, OperationsResponse};
 use super::error::ApiError;
 use super::figures::{latency, ratio, window};
 use super::state::ApiState;
-use crate::decode::SpanKind;
 
 /// The query of `GET /api/v1/operations`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct OperationsQuery {
     service: Option<String>,
     window: Option<String>,
-}
-
-fn kind_name(kind: SpanKind) -> &'static str {
-    match kind {
-        SpanKind::Unspecified => "unspecified",
-        SpanKind::Internal => "internal",
-        SpanKind::Server => "server",
-        SpanKind::Client => "client",
-        SpanKind::Producer => "producer",
-        SpanKind::Consumer => "consumer",
-    }
 }
 
 /// `GET /api/v1/operations`: one service's operations (span name and kind) with calls in the
@@ -56,7 +44,7 @@ pub(crate) async fn get_operations(
                 let summary = &op.summary;
                 Operation {
                     name: op.name.to_string(),
-                    span_kind: kind_name(op.kind).to_owned(),
+                    span_kind: op.kind.as_str().to_owned(),
                     requests: summary.requests,
                     errors: summary.errors,
                     rate_per_sec: ratio(summary.requests as f64, seconds),

@@ -9,7 +9,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 
-use super::{OperationKey, OperationState, SpanMetrics, span_kind_label};
+use super::{OperationKey, OperationState, SpanMetrics};
 use crate::dimensions::Dimension;
 use crate::metrics::{Exposition, HistogramFamily, encode_count};
 
@@ -28,7 +28,7 @@ fn labels<'a>(key: &'a OperationKey, dimensions: &'a [Dimension]) -> Vec<(&'a st
     let mut labels = vec![
         ("service", &*key.service),
         ("span_name", &*key.name),
-        ("span_kind", span_kind_label(key.kind)),
+        ("span_kind", key.kind.otlp_name()),
         ("status_code", key.status.as_str()),
     ];
     for (dimension, value) in dimensions.iter().zip(&key.dimensions) {
