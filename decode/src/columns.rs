@@ -67,7 +67,7 @@ struct AttributeSets {
 }
 
 /// The OTLP type of a value.
-fn type_of(value: &ValueRef<'_>) -> AttributeType {
+pub(crate) fn type_of(value: &ValueRef<'_>) -> AttributeType {
     match value {
         ValueRef::Str(_) => AttributeType::String,
         ValueRef::Bool(_) => AttributeType::Bool,

@@ -8,7 +8,7 @@ use arrow_schema::ArrowError;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::SpanBatch;
-use crate::columns::{Columns, Resource, Times};
+use crate::columns::{Columns, Resource, Times, type_of};
 use crate::facts::SpanFacts;
 use crate::options::{DecodeOptions, Extractor, ResourceValues};
 use crate::view::{Attr, SpanView, attrs_from_prost, string_attr, value_text};
@@ -191,6 +191,8 @@ pub(crate) struct TraceDecoder<'o> {
     facts: Vec<SpanFacts>,
     rejections: Rejections,
     scratch: String,
+    /// A resource attribute's value behind its type letter.
+    typed: String,
     options: &'o DecodeOptions,
     /// Span names handed to facts, one allocation per distinct name of a request.
     names: hashbrown::HashSet<Arc<str>>,
@@ -232,6 +234,7 @@ impl<'o> TraceDecoder<'o> {
             facts: Vec::with_capacity(if options.facts { count } else { 0 }),
             rejections: Rejections::default(),
             scratch: String::new(),
+            typed: String::new(),
             options,
             names: hashbrown::HashSet::new(),
             extractor: Extractor::default(),
@@ -248,10 +251,17 @@ impl<'o> TraceDecoder<'o> {
             service: origins.service_name.intern(service),
             namespace: namespace.map(|n| origins.service_namespace.intern(n)),
             instance: instance.map(|i| origins.instance_id.intern(i)),
+            // Typed as span attributes are: the value's type letter before its text.
             attributes: attributes
                 .iter()
                 .map(|attr| {
-                    let value = value_text(attr.value.as_ref(), &mut self.scratch);
+                    let letter = attr.value.as_ref().map(|v| type_of(v).letter());
+                    let value = value_text(attr.value.as_ref(), &mut self.scratch).map(|text| {
+                        self.typed.clear();
+                        self.typed.push(char::from(letter.unwrap_or(b's')));
+                        self.typed.push_str(text);
+                        self.typed.as_str()
+                    });
                     origins.resource_attributes.intern(attr.key, value)
                 })
                 .collect(),

@@ -105,6 +105,7 @@ pub mod col {
     pub const LINKS: usize = 19;
     pub const ATTRIBUTE_TYPES: usize = 20;
     pub const FLAGS: usize = 21;
+    pub const RESOURCE_ATTRIBUTE_TYPES: usize = 22;
 }
 
 /// The schema of the `spans` table.
@@ -139,6 +140,7 @@ pub fn span_schema() -> SchemaRef {
             Field::new("links", DataType::List(link_item()), false),
             Field::new("attribute_types", attribute_map(), false),
             Field::new("flags", DataType::UInt32, false),
+            Field::new("resource_attribute_types", attribute_map(), false),
         ]))
     });
     SCHEMA.clone()
@@ -328,6 +330,7 @@ mod tests {
             (col::LINKS, "links"),
             (col::ATTRIBUTE_TYPES, "attribute_types"),
             (col::FLAGS, "flags"),
+            (col::RESOURCE_ATTRIBUTE_TYPES, "resource_attribute_types"),
         ];
         assert_eq!(
             schema.fields().len(),

@@ -62,10 +62,11 @@ fn examples(doc: &str) -> Vec<Example> {
 
 /// Objects whose keys are data (attribute names, Jaeger process ids), not fields: every value
 /// has the shape of the documented one.
-const MAPS: [&str; 4] = [
+const MAPS: [&str; 5] = [
     "attributes",
     "attribute_types",
     "resource_attributes",
+    "resource_attribute_types",
     "processes",
 ];
 

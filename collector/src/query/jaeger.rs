@@ -459,7 +459,8 @@ async fn traces_by_id(
         "SELECT trace_id, span_id, parent_span_id, trace_state, service_name, span_name, \
          span_kind, CAST(start_time AS BIGINT) AS start_ns, duration_ns, status_code, \
          status_message, scope_name, scope_version, attributes, attribute_types, \
-         resource_attributes, events, links, flags FROM spans WHERE trace_id IN ({list}) \
+         resource_attributes, resource_attribute_types, events, links, flags FROM spans \
+         WHERE trace_id IN ({list}) \
          ORDER BY start_time, span_id"
     );
     let rows = rows(state, &sql).await?;
@@ -552,9 +553,16 @@ fn jaeger_trace(trace_id: &str, rows: &[BTreeMap<String, Value>]) -> Value {
             .entry(process_key)
             .or_insert_with(|| {
                 let id = format!("p{}", processes.len() + 1);
+                // The resource's attributes, typed as the span's are, without the service
+                // name (the process's `serviceName`).
+                let process_tags: Vec<Value> =
+                    typed_tags(resource, &row["resource_attribute_types"])
+                        .into_iter()
+                        .filter(|tag| tag["key"] != "service.name")
+                        .collect();
                 processes.push((
                     id.clone(),
-                    json!({"serviceName": service, "tags": tags_of(resource, &["service.name"])}),
+                    json!({"serviceName": service, "tags": process_tags}),
                 ));
                 id
             })
@@ -736,6 +744,32 @@ mod tests {
             filter,
             "service_name = 'o''brien' AND start_time >= to_timestamp_micros(1000) AND \
              duration_ns >= 1000000 AND (attributes['k'''] = 'v' OR resource_attributes['k'''] = 'v')"
+        );
+    }
+
+    /// A process's tags keep the types the resource's attributes were sent with.
+    #[test]
+    fn process_tags_are_typed() {
+        let row: BTreeMap<String, Value> = serde_json::from_value(json!({
+            "trace_id": "01", "span_id": "02", "parent_span_id": null, "trace_state": null,
+            "service_name": "cart", "span_name": "GET", "span_kind": "server", "start_ns": 0,
+            "duration_ns": 1000, "status_code": "unset", "status_message": null,
+            "scope_name": null, "scope_version": null, "attributes": {}, "attribute_types": {},
+            "events": [], "links": [], "flags": 1,
+            "resource_attributes": {"service.name": "cart", "host.cpus": "4", "region": "eu"},
+            "resource_attribute_types": {"service.name": "string", "host.cpus": "int", "region": "string"},
+        }))
+        .unwrap();
+        let trace = jaeger_trace("01", &[row]);
+        let process = &trace["processes"]["p1"];
+        assert_eq!(process["serviceName"], "cart");
+        assert_eq!(
+            process["tags"],
+            json!([
+                {"key": "host.cpus", "type": "int64", "value": 4},
+                {"key": "region", "type": "string", "value": "eu"},
+            ]),
+            "the number as int64, the service name not repeated"
         );
     }
 }

@@ -124,19 +124,26 @@ fn public_column(batch: &RecordBatch, column: usize) -> Result<ArrayRef, ArrowEr
                 .as_dictionary::<Int32Type>();
             // Each distinct value once: its text after the type letter, or the type's name.
             let values = if column == col::ATTRIBUTES {
-                retyped(sets.values().as_map(), |typed| typed.get(1..).unwrap_or(""))
+                retyped(sets.values().as_map(), untyped)
             } else {
-                retyped(sets.values().as_map(), |typed| {
-                    typed
-                        .bytes()
-                        .next()
-                        .and_then(AttributeType::of_letter)
-                        .map_or("string", AttributeType::name)
-                })
+                retyped(sets.values().as_map(), |t| type_name(t))
             }?;
             take(&values, sets.keys(), None)
         }
-        col::RESOURCE_ATTRIBUTES => origin(stored::origin::RESOURCE_ATTRIBUTES),
+        col::RESOURCE_ATTRIBUTES | col::RESOURCE_ATTRIBUTE_TYPES => {
+            let origins = batch.column(stored::ORIGIN).as_dictionary::<Int32Type>();
+            let maps = origins
+                .values()
+                .as_struct()
+                .column(stored::origin::RESOURCE_ATTRIBUTES)
+                .as_map();
+            let values = if column == col::RESOURCE_ATTRIBUTES {
+                retyped(maps, untyped)
+            } else {
+                retyped(maps, |t| type_name(t))
+            }?;
+            take(&values, origins.keys(), None)
+        }
         col::EVENTS => stored(stored::EVENTS),
         col::LINKS => stored(stored::LINKS),
         col::FLAGS => stored(stored::FLAGS),
@@ -144,6 +151,20 @@ fn public_column(batch: &RecordBatch, column: usize) -> Result<ArrayRef, ArrowEr
             "the spans table has no column {other}"
         ))),
     }
+}
+
+/// A stored value's text, after its type letter.
+fn untyped(typed: &str) -> &str {
+    typed.get(1..).unwrap_or("")
+}
+
+/// The name of a stored value's type, from its letter.
+fn type_name(typed: &str) -> &'static str {
+    typed
+        .bytes()
+        .next()
+        .and_then(AttributeType::of_letter)
+        .map_or("string", AttributeType::name)
 }
 
 /// The stored attribute sets with each distinct value's text mapped by `f` (the keys, the
@@ -267,5 +288,78 @@ mod tests {
             Some(&[[9; 16]]),
         );
         assert!(none.unwrap().is_none(), "no span of that trace");
+    }
+
+    /// Resource attributes come back as the text they were sent as, and their types beside
+    /// them, as span attributes do.
+    #[test]
+    fn resource_attributes_keep_their_types() {
+        use crate::testing::{attribute, string_attribute};
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut request = trace_request(Some("checkout"), vec![span([1; 16], 1, "a", 1, 2)]);
+        let resource = request.resource_spans[0].resource.as_mut().unwrap();
+        resource
+            .attributes
+            .push(attribute("host.cpus", Value::IntValue(4)));
+        resource
+            .attributes
+            .push(string_attribute("host.name", "web-1"));
+        let stored = decode_traces(&request).unwrap().batch.unwrap();
+        let public = public_batch(stored.record_batch(), &span_schema(), None, None)
+            .unwrap()
+            .unwrap();
+        let entry = |column: usize, key: &str| -> Option<String> {
+            let maps = public.column(column).as_map();
+            let entries = maps.value(0);
+            let keys = datafusion::arrow::compute::cast(
+                entries.column(0),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let values = datafusion::arrow::compute::cast(
+                entries.column(1),
+                &datafusion::arrow::datatypes::DataType::Utf8,
+            )
+            .unwrap();
+            let (keys, values) = (keys.as_string::<i32>(), values.as_string::<i32>());
+            (0..keys.len())
+                .find(|&i| keys.value(i) == key)
+                .map(|i| values.value(i).to_owned())
+        };
+        let cases = [
+            (
+                col::RESOURCE_ATTRIBUTES,
+                "host.cpus",
+                "4",
+                "the number's text, no type letter",
+            ),
+            (
+                col::RESOURCE_ATTRIBUTE_TYPES,
+                "host.cpus",
+                "int",
+                "and its type",
+            ),
+            (
+                col::RESOURCE_ATTRIBUTES,
+                "host.name",
+                "web-1",
+                "a string as sent",
+            ),
+            (
+                col::RESOURCE_ATTRIBUTE_TYPES,
+                "host.name",
+                "string",
+                "typed string",
+            ),
+            (
+                col::RESOURCE_ATTRIBUTES,
+                "service.name",
+                "checkout",
+                "the service name too",
+            ),
+        ];
+        for (column, key, want, why) in cases {
+            assert_eq!(entry(column, key).as_deref(), Some(want), "{why}");
+        }
     }
 }
