@@ -41,6 +41,7 @@ pub mod store;
 pub mod testing;
 pub mod topology;
 pub mod ui;
+pub mod wal;
 pub mod weights;
 
 mod collector;

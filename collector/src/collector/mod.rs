@@ -31,6 +31,7 @@ use crate::spanmetrics::{SpanMetrics, SpanMetricsConfig, SpanMetricsExposition};
 use crate::sql::{QueryEngine, QueryLimits};
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
 use crate::topology::{DatabaseName, Topology, TopologyConfig, TopologyMetrics};
+use crate::wal::{Recovery, Wal, WalConfig, WalMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
 
 /// Starts collectors.
@@ -70,6 +71,9 @@ pub enum StartError {
     /// A setting is outside its range (see [`Config::validate`]).
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The write-ahead log in `--data-dir` could not be opened or read.
+    #[error(transparent)]
+    Wal(#[from] crate::wal::OpenError),
 }
 
 /// A running collector. Dropping it stops nothing; call [`RunningCollector::shutdown`].
@@ -84,6 +88,7 @@ pub struct RunningCollector {
     weights: Arc<WeightsEngine>,
     receivers_stop: CancellationToken,
     query_stop: CancellationToken,
+    wal: Option<Wal>,
     /// In the order they stop: the receivers, the pipeline, the query API, the periodic work.
     receivers: Vec<Stage>,
     pipeline: Stage,
@@ -138,6 +143,28 @@ impl Collector {
         };
 
         let metrics = Arc::new(Metrics::new());
+        // The log is read before anything starts: a damaged or foreign file stops the start
+        // here, with the listeners not yet served.
+        let recovered = match &config.data_dir {
+            None => None,
+            Some(dir) => {
+                let wal_config = WalConfig::new(dir.join("wal"), config.wal_sync);
+                let (wal, recovery) = tokio::task::spawn_blocking(move || Wal::open(wal_config))
+                    .await
+                    .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??;
+                for damage in &recovery.damage {
+                    tracing::warn!(
+                        path = %damage.path.display(),
+                        offset = damage.offset,
+                        bytes = damage.bytes,
+                        reason = %damage.reason,
+                        "write-ahead log: cut a damaged tail; everything before it is kept"
+                    );
+                }
+                metrics.register_collector(Box::new(WalMetrics(wal.clone())));
+                Some((wal, recovery))
+            }
+        };
         let store_config = StoreConfig {
             retention: config.retention,
             max_bytes: config.max_store_bytes,
@@ -242,11 +269,25 @@ impl Collector {
         let pipeline = dispatcher.health();
         metrics.register_collector(Box::new(PipelineMetrics(pipeline.clone())));
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
-        let ingest = Arc::new(
-            Ingest::new(queue, metrics.clone())
-                .with_decode_options(decode_options)
-                .with_registry(registry.clone()),
-        );
+        let mut ingest = Ingest::new(queue, metrics.clone())
+            .with_decode_options(decode_options)
+            .with_registry(registry.clone());
+        if let Some((wal, _)) = &recovered {
+            ingest = ingest.with_wal(wal.clone());
+        }
+        let ingest = Arc::new(ingest);
+        // The pipeline first: the replay of the log goes through it before any receiver
+        // takes a request.
+        let pipeline_stage = Stage::spawn("pipeline", dispatcher.run(store.clone()));
+        let wal = match recovered {
+            None => None,
+            Some((wal, recovery)) => {
+                let facts_since = SystemTime::now() - config.weight_window;
+                let keep_since = SystemTime::now() - config.retention;
+                replay(&ingest, &wal, recovery, keep_since, facts_since).await;
+                Some(wal)
+            }
+        };
         let receivers_stop = CancellationToken::new();
         let query_stop = CancellationToken::new();
 
@@ -265,17 +306,22 @@ impl Collector {
                 receivers_stop.clone(),
             ),
         ];
-        let pipeline_stage = Stage::spawn("pipeline", dispatcher.run(store.clone()));
 
         // Periodic work.
         let upkeep = {
             let (store, topology, registry) = (store.clone(), topology.clone(), registry.clone());
+            let (wal, retention) = (wal.clone(), config.retention);
             move || {
                 registry.tick();
                 if let Some(topology) = &topology {
                     topology.tick();
                 }
-                store.maintain(SystemTime::now());
+                let now = SystemTime::now();
+                store.maintain(now);
+                if let Some(wal) = &wal {
+                    // What the store no longer keeps need not be replayed either.
+                    wal.retire_before(now - retention);
+                }
             }
         };
         let update_weights = {
@@ -327,12 +373,74 @@ impl Collector {
             weights,
             receivers_stop,
             query_stop,
+            wal,
             receivers,
             pipeline: pipeline_stage,
             query,
             periodic,
         })
     }
+}
+
+/// Feeds the log's records back in, oldest first, a segment at a time; records older than
+/// `keep_since` are past the retention and skipped. A record that cannot be taken (it was
+/// written by a version that took more than this one does) is logged and skipped.
+async fn replay(
+    ingest: &Ingest,
+    wal: &Wal,
+    recovery: Recovery,
+    keep_since: SystemTime,
+    facts_since: SystemTime,
+) {
+    if recovery.records == 0 {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let (mut records, mut spans, mut skipped) = (0u64, 0usize, 0u64);
+    let recovery = Arc::new(recovery);
+    for index in 0..recovery.found.len() {
+        let reading = recovery.clone();
+        let segment = tokio::task::spawn_blocking(move || {
+            reading.segment(index).expect("the segment is in the list")
+        })
+        .await;
+        let segment = match segment {
+            Ok(Ok(segment)) => segment,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "write-ahead log: cannot read a segment again; its records are not replayed");
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(%error, "write-ahead log: reading a segment failed");
+                continue;
+            }
+        };
+        for record in &segment {
+            if record.arrival < keep_since {
+                skipped += 1;
+                continue;
+            }
+            match ingest.replay(record, facts_since).await {
+                Ok(rows) => {
+                    records += 1;
+                    spans += rows;
+                }
+                Err(error) => {
+                    tracing::warn!(seq = record.seq, %error, "write-ahead log: a record could not be replayed; skipped");
+                }
+            }
+        }
+    }
+    wal.stats()
+        .replayed_records
+        .fetch_add(records, Ordering::Relaxed);
+    tracing::info!(
+        records,
+        spans,
+        skipped_past_retention = skipped,
+        elapsed = ?started.elapsed(),
+        "write-ahead log replayed"
+    );
 }
 
 impl RunningCollector {
@@ -376,6 +484,9 @@ impl RunningCollector {
         }
         // Only the receivers held the queue: the pipeline drains it, then ends.
         self.pipeline.join().await;
+        if let Some(wal) = &self.wal {
+            wal.close().await;
+        }
         self.query_stop.cancel();
         self.query.join().await;
         for stage in self.periodic {

@@ -133,9 +133,31 @@ pub struct ServeArgs {
     /// Largest share of a service's instances ejected at once, in [0, 1] [default: 0.5].
     #[arg(long, env = "WAYFINDER_WEIGHT_MAX_EJECTION")]
     pub weight_max_ejection: Option<f64>,
+    /// Directory of the write-ahead log; every accepted request is written there before it is
+    /// acknowledged and replayed at start [default: none, spans are kept in memory only].
+    #[arg(long, env = "WAYFINDER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When an accepted request is acknowledged: `always` after it is synced to disk (it
+    /// survives a power cut), `interval` once written, synced every --wal-sync-interval (a
+    /// power cut loses at most that interval) [default: interval].
+    #[arg(long, env = "WAYFINDER_WAL_SYNC", value_enum)]
+    pub wal_sync: Option<WalSyncMode>,
+    /// How often the write-ahead log is synced in `interval` mode [default: 200ms].
+    #[arg(long, env = "WAYFINDER_WAL_SYNC_INTERVAL", value_parser = parse_duration)]
+    pub wal_sync_interval: Option<Duration>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,
+}
+
+/// When the write-ahead log acknowledges, as a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalSyncMode {
+    /// After `fdatasync`.
+    Always,
+    /// After `write`, synced every interval.
+    Interval,
 }
 
 /// Parses a duration such as `30s`, `1h` or `250ms`.

@@ -23,9 +23,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use args::{ServeArgs, parse_duration, parse_size};
+pub use args::{ServeArgs, WalSyncMode, parse_duration, parse_size};
 use file::{FileConfig, Size, list, read_file};
 
+use crate::wal::WalSync;
 use crate::weights::{RuleConfig, WeightsConfig};
 
 /// The resolved configuration of one collector.
@@ -109,6 +110,10 @@ pub struct Config {
     pub weight_slow_start: Duration,
     /// Largest share of a service's instances ejected (weight 0) at once; in [0, 1].
     pub weight_max_ejection: f64,
+    /// Where the write-ahead log lives (`DIR/wal`); `None` keeps spans in memory only.
+    pub data_dir: Option<PathBuf>,
+    /// When the write-ahead log acknowledges a request.
+    pub wal_sync: WalSync,
 }
 
 impl Default for Config {
@@ -162,11 +167,16 @@ impl Default for Config {
             weight_min_requests: rule.min_requests,
             weight_slow_start: rule.slow_start,
             weight_max_ejection: rule.max_ejection,
+            data_dir: None,
+            wal_sync: WalSync::Interval(DEFAULT_WAL_SYNC_INTERVAL),
         }
     }
 }
 
 const MIB: usize = 1024 * 1024;
+
+/// How often the write-ahead log syncs in `interval` mode: what a power cut may lose.
+const DEFAULT_WAL_SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Why the configuration could not be resolved.
 #[derive(Debug, thiserror::Error)]
@@ -404,6 +414,15 @@ impl Config {
                 .weight_max_ejection
                 .or(file.weight_max_ejection)
                 .unwrap_or(defaults.weight_max_ejection),
+            data_dir: args.data_dir.clone().or(file.data_dir.clone()),
+            wal_sync: match args.wal_sync.or(file.wal_sync) {
+                Some(WalSyncMode::Always) => WalSync::Always,
+                Some(WalSyncMode::Interval) | None => WalSync::Interval(
+                    args.wal_sync_interval
+                        .or(duration("wal_sync_interval", &file.wal_sync_interval)?)
+                        .unwrap_or(DEFAULT_WAL_SYNC_INTERVAL),
+                ),
+            },
         };
         config.validate()?;
         Ok(config)
@@ -451,6 +470,12 @@ impl Config {
             return Err(invalid(
                 "database_name_attributes",
                 "must name at least one attribute (e.g. db.namespace)".to_owned(),
+            ));
+        }
+        if self.wal_sync == WalSync::Interval(Duration::ZERO) {
+            return Err(invalid(
+                "wal_sync_interval",
+                "must be above zero (use --wal-sync always to sync every request)".to_owned(),
             ));
         }
         if self.query_max_concurrent == 0 {

@@ -544,3 +544,52 @@ fn dimensions_multiplier_and_database_names() {
     assert!(err.contains("database_name_attributes"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn data_dir_and_wal_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("wal.toml");
+    std::fs::write(
+        &file,
+        "data_dir = \"/var/lib/wayfinder\"\nwal_sync = \"interval\"\nwal_sync_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let resolve = |flags: &[&str]| {
+        let mut all = vec!["serve", "--config", file.to_str().unwrap()];
+        all.extend_from_slice(flags);
+        Config::resolve(&ServeArgs::try_parse_from(all).unwrap())
+    };
+    let defaults = Config::default();
+    assert_eq!(defaults.data_dir, None, "memory only unless asked");
+    assert_eq!(
+        defaults.wal_sync,
+        WalSync::Interval(Duration::from_millis(200))
+    );
+    let from_file = resolve(&[]).unwrap();
+    assert_eq!(
+        from_file.data_dir.as_deref(),
+        Some(std::path::Path::new("/var/lib/wayfinder"))
+    );
+    assert_eq!(
+        from_file.wal_sync,
+        WalSync::Interval(Duration::from_secs(1))
+    );
+    let flags = resolve(&["--data-dir", "/data", "--wal-sync", "always"]).unwrap();
+    assert_eq!(
+        flags.data_dir.as_deref(),
+        Some(std::path::Path::new("/data"))
+    );
+    assert_eq!(
+        flags.wal_sync,
+        WalSync::Always,
+        "the flag wins over the file"
+    );
+    let err = resolve(&["--wal-sync-interval", "0s"])
+        .expect_err("an interval of zero never waits")
+        .to_string();
+    assert!(err.contains("wal_sync_interval"), "{err}");
+    assert!(
+        ServeArgs::try_parse_from(["serve", "--wal-sync", "sometimes"]).is_err(),
+        "only always and interval"
+    );
+}

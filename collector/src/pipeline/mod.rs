@@ -114,7 +114,18 @@ impl IngestQueue {
     /// Queues a batch with the facts of its spans, or refuses it at once when the budget is
     /// spent.
     pub fn try_push(&self, batch: SpanBatch, facts: Vec<SpanFacts>) -> Result<(), Refusal> {
-        let bytes = batch.bytes() + facts_bytes(&facts);
+        let bytes = Self::bytes_of(&batch, &facts);
+        self.try_reserve(bytes)?.push(batch, facts)
+    }
+
+    /// The budget a batch and its facts take.
+    pub fn bytes_of(batch: &SpanBatch, facts: &[SpanFacts]) -> usize {
+        batch.bytes() + facts_bytes(facts)
+    }
+
+    /// Takes `bytes` of the budget for a batch to be pushed later (once it is in the
+    /// write-ahead log), or refuses at once when the budget is spent.
+    pub fn try_reserve(&self, bytes: usize) -> Result<Reservation, Refusal> {
         let units = u32::try_from(self.units(bytes)).unwrap_or(u32::MAX);
         let permit = self
             .budget
@@ -124,20 +135,28 @@ impl IngestQueue {
                 tokio::sync::TryAcquireError::Closed => Refusal::Closed,
                 tokio::sync::TryAcquireError::NoPermits => Refusal::Full,
             })?;
-        let permit = Arc::new(permit);
-        // The store first: once it has the batch, the spans are acknowledged.
-        self.store_tx
-            .send(StoreWork {
-                batch,
-                _permit: permit.clone(),
-            })
+        Ok(self.reservation(permit))
+    }
+
+    /// [`IngestQueue::try_reserve`], waiting for room instead of refusing: for the replay of
+    /// the write-ahead log at start, which has nobody to refuse to.
+    pub async fn reserve(&self, bytes: usize) -> Result<Reservation, Refusal> {
+        let units = u32::try_from(self.units(bytes)).unwrap_or(u32::MAX);
+        let permit = self
+            .budget
+            .clone()
+            .acquire_many_owned(units)
+            .await
             .map_err(|_| Refusal::Closed)?;
-        // The facts chain only feeds derived state; it is open while the store's stage is.
-        let _ = self.facts_tx.send(FactsWork {
-            facts,
-            _permit: permit,
-        });
-        Ok(())
+        Ok(self.reservation(permit))
+    }
+
+    fn reservation(&self, permit: tokio::sync::OwnedSemaphorePermit) -> Reservation {
+        Reservation {
+            store_tx: self.store_tx.clone(),
+            facts_tx: self.facts_tx.clone(),
+            permit,
+        }
     }
 
     /// A read-only view of the queue's fill, for metrics; it does not keep the queue open.
@@ -186,6 +205,34 @@ impl QueueGauge {
     /// The budget in bytes.
     pub fn capacity_bytes(&self) -> usize {
         self.capacity_units * UNIT
+    }
+}
+
+/// A share of the queue's budget taken for one batch: released if dropped unused.
+#[derive(Debug)]
+pub struct Reservation {
+    store_tx: mpsc::UnboundedSender<StoreWork>,
+    facts_tx: mpsc::UnboundedSender<FactsWork>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Reservation {
+    /// Queues the batch and its facts; the budget is held until every stage is done with them.
+    pub fn push(self, batch: SpanBatch, facts: Vec<SpanFacts>) -> Result<(), Refusal> {
+        let permit = Arc::new(self.permit);
+        // The store first: once it has the batch, the spans are acknowledged.
+        self.store_tx
+            .send(StoreWork {
+                batch,
+                _permit: permit.clone(),
+            })
+            .map_err(|_| Refusal::Closed)?;
+        // The facts chain only feeds derived state; it is open while the store's stage is.
+        let _ = self.facts_tx.send(FactsWork {
+            facts,
+            _permit: permit,
+        });
+        Ok(())
     }
 }
 

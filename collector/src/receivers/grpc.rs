@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use futures::future::{BoxFuture, Ready, ready};
+use futures::future::{BoxFuture, ready};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -19,7 +19,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, IngestError, Protocol, TraceRequest};
+use super::{Ingest, IngestError, PreparedTraces, Protocol, TraceRequest};
 
 /// How long a refused client is asked to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -174,65 +174,66 @@ impl UnaryService<Bytes> for ExportTraces {
         let ingest = self.0.clone();
         Box::pin(async move {
             let pool = ingest.pool().clone();
-            let counting = ingest.clone();
+            let decoding = ingest.clone();
             // Decoding is CPU work: large requests leave the runtime's workers.
-            pool.run(body.len(), move || export_traces(&ingest, body))
+            let prepared = pool
+                .run(body.len(), move || prepare_traces(&decoding, body))
                 .await
                 .map_err(|e| {
-                    counting.refuse_request(Protocol::Grpc, "internal");
+                    ingest.refuse_request(Protocol::Grpc, "internal");
                     Status::internal(e.to_string())
-                })?
-                .map(tonic::Response::new)
+                })??;
+            let response = ingest.commit_traces(prepared).await.map_err(into_status)?;
+            Ok(tonic::Response::new(response.encode_to_vec().into()))
         })
     }
 }
 
 impl UnaryService<Bytes> for ExportLogs {
     type Response = Bytes;
-    type Future = Ready<Result<tonic::Response<Bytes>, Status>>;
+    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         let body = request.into_inner();
-        let result = match ExportLogsServiceRequest::decode(body) {
-            Ok(request) => Ok(self
-                .0
+        let ingest = self.0.clone();
+        Box::pin(async move {
+            let request = ExportLogsServiceRequest::decode(body).map_err(|e| {
+                ingest.refuse_request(Protocol::Grpc, "malformed");
+                Status::invalid_argument(format!("cannot decode ExportLogsServiceRequest: {e}"))
+            })?;
+            let response = ingest
                 .export_logs(Protocol::Grpc, &request)
-                .encode_to_vec()
-                .into()),
-            Err(e) => {
-                self.0.refuse_request(Protocol::Grpc, "malformed");
-                Err(Status::invalid_argument(format!(
-                    "cannot decode ExportLogsServiceRequest: {e}"
-                )))
-            }
-        };
-        ready(result.map(tonic::Response::new))
+                .await
+                .map_err(into_status)?;
+            Ok(tonic::Response::new(response.encode_to_vec().into()))
+        })
     }
 }
 
-fn export_traces(ingest: &Ingest, body: Bytes) -> Result<Bytes, Status> {
+fn prepare_traces(ingest: &Ingest, body: Bytes) -> Result<PreparedTraces, Status> {
     ingest
         .check_room(Protocol::Grpc, body.len())
         .map_err(into_status)?;
-    let response = ingest
-        .export_traces(Protocol::Grpc, TraceRequest::Protobuf(&body))
+    ingest
+        .prepare_traces(Protocol::Grpc, TraceRequest::Protobuf(&body))
         .map_err(|e| {
             if matches!(e, IngestError::Malformed(_)) {
                 ingest.refuse_request(Protocol::Grpc, "malformed");
             }
             into_status(e)
-        })?;
-    Ok(response.encode_to_vec().into())
+        })
 }
 
 /// The gRPC status of a refused request: `UNAVAILABLE` with `RetryInfo` for the retryable ones.
 pub fn into_status(error: IngestError) -> Status {
     match error {
-        IngestError::Overloaded | IngestError::ShuttingDown => Status::with_error_details(
-            Code::Unavailable,
-            error.to_string(),
-            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-        ),
+        IngestError::Overloaded | IngestError::ShuttingDown | IngestError::Unavailable(_) => {
+            Status::with_error_details(
+                Code::Unavailable,
+                error.to_string(),
+                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+            )
+        }
         IngestError::Malformed(message) => Status::invalid_argument(message),
         IngestError::Internal(_) => Status::internal(error.to_string()),
     }

@@ -23,7 +23,7 @@ use prost::Message;
 use serde::Serialize;
 
 use super::grpc::RETRY_AFTER;
-use super::{Ingest, IngestError, Protocol, TraceRequest};
+use super::{HealthRefusal, Ingest, IngestError, Protocol, TraceRequest};
 
 /// The router of the OTLP/HTTP port.
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
@@ -133,6 +133,11 @@ impl From<IngestError> for Refused {
                 tonic::Code::InvalidArgument,
                 "malformed",
             ),
+            IngestError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                "persistence",
+            ),
             IngestError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 tonic::Code::Internal,
@@ -180,18 +185,18 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
         let bytes = body.len();
         // Decoding is CPU work: large requests leave the runtime's workers.
         let decoded = state.ingest.pool().run(bytes, move || {
-            let response = match format {
+            let prepared = match format {
                 // Protobuf goes straight into Arrow; JSON through prost's messages.
-                Format::Protobuf => ingest.export_traces(protocol, TraceRequest::Protobuf(&body)),
+                Format::Protobuf => ingest.prepare_traces(protocol, TraceRequest::Protobuf(&body)),
                 Format::Json => {
                     let request: ExportTraceServiceRequest =
                         decode(format, &body, "ExportTraceServiceRequest")?;
-                    ingest.export_traces(protocol, TraceRequest::Message(&request))
+                    ingest.prepare_traces(protocol, TraceRequest::Message(&request))
                 }
             };
-            Ok::<_, Refused>(response?)
+            Ok::<_, Refused>(prepared?)
         });
-        decoded.await.map_err(|e| {
+        let prepared = decoded.await.map_err(|e| {
             state.ingest.refuse_request(protocol, "internal");
             Refused::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -199,14 +204,18 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
                 "internal",
                 e.to_string(),
             )
-        })?
+        })??;
+        Ok::<_, Refused>(state.ingest.commit_traces(prepared).await?)
     }
     .await;
     match result {
         Ok(response) => encode(format, StatusCode::OK, &response, response.encode_to_vec()),
         Err(refused) => {
             // The ingest counted its own refusals; count the ones found here.
-            if !matches!(refused.reason, "queue_full" | "shutting_down" | "internal") {
+            if !matches!(
+                refused.reason,
+                "queue_full" | "shutting_down" | "persistence" | "internal"
+            ) {
                 state.ingest.refuse_request(protocol, refused.reason);
             }
             refused.into_response(format)
@@ -228,13 +237,16 @@ async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bod
     let result = async {
         let body = read_body(&headers, body, state.max_body_bytes, |_| Ok(())).await?;
         let request: ExportLogsServiceRequest = decode(format, &body, "ExportLogsServiceRequest")?;
-        Ok::<_, Refused>(state.ingest.export_logs(protocol, &request))
+        Ok::<_, Refused>(state.ingest.export_logs(protocol, &request).await?)
     }
     .await;
     match result {
         Ok(response) => encode(format, StatusCode::OK, &response, response.encode_to_vec()),
         Err(refused) => {
-            state.ingest.refuse_request(protocol, refused.reason);
+            // The ingest counted its own refusals.
+            if refused.reason != "persistence" {
+                state.ingest.refuse_request(protocol, refused.reason);
+            }
             refused.into_response(format)
         }
     }
@@ -261,14 +273,19 @@ async fn health(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
                     format!("cannot decode the heartbeat: {e}"),
                 )
             })?;
-        state.ingest.export_health(report).map_err(|message| {
-            Refused::new(
-                StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
-                "invalid_health_event",
-                message,
-            )
-        })
+        state
+            .ingest
+            .export_health(report)
+            .await
+            .map_err(|refusal| match refusal {
+                HealthRefusal::Invalid(message) => Refused::new(
+                    StatusCode::BAD_REQUEST,
+                    tonic::Code::InvalidArgument,
+                    "invalid_health_event",
+                    message,
+                ),
+                HealthRefusal::Refused(error) => Refused::from(error),
+            })
     }
     .await;
     match result {

@@ -15,11 +15,18 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use wayfinder_api::health::{HealthAck, HealthReport};
 
-use crate::decode::health::{decode_health_logs, validate};
-use crate::decode::{DecodeError, DecodeOptions, decode_traces_wire_with, decode_traces_with};
+use std::time::SystemTime;
+
+use prost::Message as _;
+
+use crate::decode::health::{HealthEvent, decode_health_logs, validate};
+use crate::decode::{
+    DecodeError, DecodeOptions, DecodedTraces, decode_traces_wire_with, decode_traces_with,
+};
 use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
-use crate::pipeline::{IngestQueue, Refusal};
+use crate::pipeline::{IngestQueue, Refusal, Reservation};
 use crate::registry::{BeatOutcome, Registry};
+use crate::wal::{Record, RecordKind, Ticket, Wal};
 
 /// How a request reached the collector, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +63,38 @@ pub enum IngestError {
     /// The request is not valid OTLP (the receiver counts it as `malformed`).
     #[error("{0}")]
     Malformed(String),
+    /// The request could not be made durable (the write-ahead log could not write it, or is
+    /// behind): nothing of it is kept; retry later.
+    #[error("the collector cannot persist the request now ({0}); retry later")]
+    Unavailable(String),
     /// The request could not be turned into Arrow (a bug, not bad input).
     #[error("internal error while storing spans: {0}")]
     Internal(String),
+}
+
+impl IngestError {
+    /// The `reason` label of the refusal metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            IngestError::Overloaded => "queue_full",
+            IngestError::ShuttingDown => "shutting_down",
+            IngestError::Malformed(_) => "malformed",
+            IngestError::Unavailable(_) => "persistence",
+            IngestError::Internal(_) => "internal",
+        }
+    }
+}
+
+/// Why a `POST /v1/health` heartbeat was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HealthRefusal {
+    /// The heartbeat is not valid (400).
+    #[error("{0}")]
+    Invalid(String),
+    /// The collector cannot take it now (503, retryable).
+    #[error(transparent)]
+    Refused(#[from] IngestError),
 }
 
 /// A trace request as a receiver holds it.
@@ -83,6 +119,19 @@ pub struct Ingest {
     options: Arc<DecodeOptions>,
     /// Where health events go.
     registry: Option<Arc<Registry>>,
+    /// Where every accepted request is written before it is acknowledged (`--data-dir`).
+    wal: Option<Wal>,
+}
+
+/// A decoded trace request on its way in: its share of the queue taken and, with a
+/// write-ahead log, its record on the way to disk. [`Ingest::commit_traces`] finishes it.
+#[derive(Debug)]
+#[must_use = "a prepared request is acknowledged only once committed"]
+pub struct PreparedTraces {
+    protocol: Protocol,
+    decoded: DecodedTraces,
+    reservation: Option<Reservation>,
+    ticket: Option<Ticket>,
 }
 
 impl Ingest {
@@ -94,6 +143,7 @@ impl Ingest {
             metrics,
             options: Arc::new(DecodeOptions::default()),
             registry: None,
+            wal: None,
         }
     }
 
@@ -127,6 +177,12 @@ impl Ingest {
         self
     }
 
+    /// Writes every accepted request to `wal` before acknowledging it.
+    pub fn with_wal(mut self, wal: Wal) -> Self {
+        self.wal = Some(wal);
+        self
+    }
+
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
     pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
         self.metrics
@@ -149,16 +205,25 @@ impl Ingest {
         }
     }
 
-    /// Validates, decodes and queues the spans of one request.
-    pub fn export_traces(
+    /// Validates, decodes and queues the spans of one request ([`Ingest::prepare_traces`]
+    /// then [`Ingest::commit_traces`]).
+    pub async fn export_traces(
         &self,
         protocol: Protocol,
         request: TraceRequest<'_>,
     ) -> Result<ExportTraceServiceResponse, IngestError> {
-        let labels = |reason| RefusalLabels {
-            protocol: protocol.label(),
-            reason,
-        };
+        let prepared = self.prepare_traces(protocol, request)?;
+        self.commit_traces(prepared).await
+    }
+
+    /// The CPU part of taking a request (run it on the decode pool): decodes it, takes its
+    /// share of the queue and, with a write-ahead log, hands the log a copy. Refusals are
+    /// counted here.
+    pub fn prepare_traces(
+        &self,
+        protocol: Protocol,
+        request: TraceRequest<'_>,
+    ) -> Result<PreparedTraces, IngestError> {
         let decoded = match request {
             TraceRequest::Protobuf(bytes) => decode_traces_wire_with(bytes, &self.options),
             TraceRequest::Message(message) => {
@@ -172,24 +237,81 @@ impl Ingest {
                 IngestError::Internal(e.to_string())
             }
         })?;
-        let accepted = decoded.accepted();
-        if let Some(batch) = decoded.batch
-            && let Err(refusal) = self.queue.try_push(batch, decoded.facts)
-        {
-            let reason = match refusal {
-                Refusal::Full => "queue_full",
-                _ => "shutting_down",
-            };
-            self.refuse_request(protocol, reason);
-            let all = accepted as u64 + decoded.rejections.total();
-            self.metrics
-                .refused_spans
-                .get_or_create(&labels(reason))
-                .inc_by(all);
-            return Err(match refusal {
+        let Some(batch) = &decoded.batch else {
+            // Nothing accepted: nothing to queue or persist.
+            return Ok(PreparedTraces {
+                protocol,
+                decoded,
+                reservation: None,
+                ticket: None,
+            });
+        };
+        let bytes = IngestQueue::bytes_of(batch, &decoded.facts);
+        let reservation = self.queue.try_reserve(bytes).map_err(|refusal| {
+            let error = match refusal {
                 Refusal::Full => IngestError::Overloaded,
                 _ => IngestError::ShuttingDown,
-            });
+            };
+            self.refuse_traces(protocol, &decoded, &error);
+            error
+        })?;
+        let ticket = match &self.wal {
+            None => None,
+            Some(wal) => {
+                let appended = match request {
+                    TraceRequest::Protobuf(bytes) => {
+                        wal.append(RecordKind::Traces, SystemTime::now(), bytes)
+                    }
+                    TraceRequest::Message(message) => wal.append(
+                        RecordKind::Traces,
+                        SystemTime::now(),
+                        &message.encode_to_vec(),
+                    ),
+                };
+                Some(appended.map_err(|e| {
+                    let error = IngestError::Unavailable(e.to_string());
+                    self.refuse_traces(protocol, &decoded, &error);
+                    error
+                })?)
+            }
+        };
+        Ok(PreparedTraces {
+            protocol,
+            decoded,
+            reservation: Some(reservation),
+            ticket,
+        })
+    }
+
+    /// Waits until the request is as durable as the write-ahead log promises (at once without
+    /// one), then queues its spans and answers.
+    pub async fn commit_traces(
+        &self,
+        prepared: PreparedTraces,
+    ) -> Result<ExportTraceServiceResponse, IngestError> {
+        let PreparedTraces {
+            protocol,
+            decoded,
+            reservation,
+            ticket,
+        } = prepared;
+        if let Some(ticket) = ticket
+            && let Err(e) = ticket.durable().await
+        {
+            let error = IngestError::Unavailable(e.to_string());
+            self.refuse_traces(protocol, &decoded, &error);
+            return Err(error);
+        }
+        let accepted = decoded.accepted();
+        if let (Some(reservation), Some(batch)) = (reservation, decoded.batch) {
+            // Only a closed queue refuses a reserved push, and the receivers stop before it
+            // closes; if it does come, the spans are in the log and the client retries.
+            if reservation.push(batch, decoded.facts).is_err() {
+                let error = IngestError::ShuttingDown;
+                self.refuse_request(protocol, error.reason());
+                self.count_refused_spans(protocol, error.reason(), accepted as u64);
+                return Err(error);
+            }
         }
         self.metrics
             .accepted_spans
@@ -199,10 +321,7 @@ impl Ingest {
             .inc_by(accepted as u64);
         for (reason, count) in decoded.rejections.by_reason() {
             if count > 0 {
-                self.metrics
-                    .refused_spans
-                    .get_or_create(&labels(reason))
-                    .inc_by(count);
+                self.count_refused_spans(protocol, reason, count);
             }
         }
         let partial_success =
@@ -216,14 +335,37 @@ impl Ingest {
         Ok(ExportTraceServiceResponse { partial_success })
     }
 
+    /// Counts a whole decoded request as refused for `error`.
+    fn refuse_traces(&self, protocol: Protocol, decoded: &DecodedTraces, error: &IngestError) {
+        self.refuse_request(protocol, error.reason());
+        let all = decoded.accepted() as u64 + decoded.rejections.total();
+        self.count_refused_spans(protocol, error.reason(), all);
+    }
+
+    fn count_refused_spans(&self, protocol: Protocol, reason: &'static str, count: u64) {
+        self.metrics
+            .refused_spans
+            .get_or_create(&RefusalLabels {
+                protocol: protocol.label(),
+                reason,
+            })
+            .inc_by(count);
+    }
+
     /// Accepts the log records of one request: health events go to the registry (invalid ones
-    /// are rejected through `partial_success`); other records are counted, not stored.
-    pub fn export_logs(
+    /// are rejected through `partial_success`); other records are counted, not stored. With a
+    /// write-ahead log, a request with health events is written to it first.
+    pub async fn export_logs(
         &self,
         protocol: Protocol,
         request: &ExportLogsServiceRequest,
-    ) -> ExportLogsServiceResponse {
+    ) -> Result<ExportLogsServiceResponse, IngestError> {
         let decoded = decode_health_logs(request);
+        if !decoded.events.is_empty() {
+            self.persist(RecordKind::Logs, || request.encode_to_vec())
+                .await
+                .inspect_err(|e| self.refuse_request(protocol, e.reason()))?;
+        }
         let labels = ProtocolLabels {
             protocol: protocol.label(),
         };
@@ -233,7 +375,7 @@ impl Ingest {
             .inc_by(decoded.other_records);
         let accepted = decoded.events.len() as u64;
         for event in decoded.events.iter().cloned() {
-            self.apply_beat(event);
+            self.apply_beat(event, None);
         }
         self.metrics
             .health_events
@@ -245,29 +387,35 @@ impl Ingest {
                 .get_or_create(&labels)
                 .inc_by(decoded.rejected);
         }
-        ExportLogsServiceResponse {
+        Ok(ExportLogsServiceResponse {
             partial_success: decoded
                 .message()
                 .map(|error_message| ExportLogsPartialSuccess {
                     rejected_log_records: i64::try_from(decoded.rejected).unwrap_or(i64::MAX),
                     error_message,
                 }),
-        }
+        })
     }
 
-    /// Accepts one `POST /v1/health` heartbeat; `Err` says why it is invalid.
-    pub fn export_health(&self, report: HealthReport) -> Result<HealthAck, String> {
+    /// Accepts one `POST /v1/health` heartbeat (written to the write-ahead log first, if
+    /// there is one).
+    pub async fn export_health(&self, report: HealthReport) -> Result<HealthAck, HealthRefusal> {
         let labels = ProtocolLabels {
             protocol: Protocol::HttpJson.label(),
         };
-        let event = validate(report).inspect_err(|_| {
+        let event = validate(report.clone()).map_err(|message| {
             self.metrics
                 .refused_health_events
                 .get_or_create(&labels)
                 .inc();
+            HealthRefusal::Invalid(message)
         })?;
+        self.persist(RecordKind::Health, || {
+            serde_json::to_vec(&report).unwrap_or_default()
+        })
+        .await?;
         self.metrics.health_events.get_or_create(&labels).inc();
-        Ok(match self.apply_beat(event) {
+        Ok(match self.apply_beat(event, None) {
             BeatOutcome::Accepted => HealthAck {
                 accepted: true,
                 reason: None,
@@ -283,10 +431,75 @@ impl Ingest {
         })
     }
 
-    fn apply_beat(&self, event: crate::decode::health::HealthEvent) -> BeatOutcome {
-        match &self.registry {
-            Some(registry) => registry.beat(event),
-            None => BeatOutcome::Accepted,
+    /// Writes a record to the write-ahead log, if there is one, and waits until it is durable.
+    async fn persist(
+        &self,
+        kind: RecordKind,
+        payload: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), IngestError> {
+        let Some(wal) = &self.wal else {
+            return Ok(());
+        };
+        let unavailable = |e: crate::wal::AppendError| IngestError::Unavailable(e.to_string());
+        wal.append(kind, SystemTime::now(), &payload())
+            .map_err(unavailable)?
+            .durable()
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn apply_beat(&self, event: HealthEvent, at: Option<SystemTime>) -> BeatOutcome {
+        match (&self.registry, at) {
+            (Some(registry), None) => registry.beat(event),
+            (Some(registry), Some(at)) => registry.beat_at(event, at),
+            (None, _) => BeatOutcome::Accepted,
+        }
+    }
+
+    /// Feeds one record of the write-ahead log back in at start, as it was taken the first
+    /// time, but not logged again: spans to the store (waiting for room in the queue), and to
+    /// the topology and the other facts consumers only if they arrived at or after
+    /// `facts_since` (older spans would count as calls of the current window); heartbeats to
+    /// the registry at their arrival time. Returns the spans queued.
+    pub async fn replay(
+        &self,
+        record: &Record,
+        facts_since: SystemTime,
+    ) -> Result<usize, IngestError> {
+        match record.kind {
+            RecordKind::Traces => {
+                let mut options = (*self.options).clone();
+                options.facts &= record.arrival >= facts_since;
+                let decoded = decode_traces_wire_with(&record.payload, &options)
+                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
+                let Some(batch) = decoded.batch else {
+                    return Ok(0);
+                };
+                let rows = batch.rows();
+                let bytes = IngestQueue::bytes_of(&batch, &decoded.facts);
+                self.queue
+                    .reserve(bytes)
+                    .await
+                    .and_then(|reservation| reservation.push(batch, decoded.facts))
+                    .map_err(|_| IngestError::ShuttingDown)?;
+                Ok(rows)
+            }
+            RecordKind::Logs => {
+                let request = ExportLogsServiceRequest::decode(&record.payload[..])
+                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
+                for event in decode_health_logs(&request).events {
+                    self.apply_beat(event, Some(record.arrival));
+                }
+                Ok(0)
+            }
+            RecordKind::Health => {
+                let report: HealthReport = serde_json::from_slice(&record.payload)
+                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
+                let event = validate(report).map_err(IngestError::Malformed)?;
+                self.apply_beat(event, Some(record.arrival));
+                Ok(0)
+            }
         }
     }
 }

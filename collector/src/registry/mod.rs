@@ -521,6 +521,13 @@ impl Registry {
         self.inner.lock().beat(event, now)
     }
 
+    /// Applies a heartbeat that arrived at `at` (the replay of the write-ahead log at start:
+    /// a heartbeat keeps the age it had, so that an instance that stopped beating before the
+    /// restart is not taken for alive).
+    pub fn beat_at(&self, event: HealthEvent, at: SystemTime) -> BeatOutcome {
+        self.inner.lock().beat(event, at)
+    }
+
     /// Applies the passing of time; run every second.
     pub fn tick(&self) {
         let now = self.clock.now();
