@@ -39,6 +39,13 @@ pub(crate) struct CompareArgs {
     /// Copies of the call graph with their own service names: 5 distinct edges each.
     #[arg(long, default_value_t = 1)]
     graphs: usize,
+    /// Run Wayfinder with its write-ahead log in this mode (`always` or `interval`), each run
+    /// in a fresh data directory under `--data-parent`.
+    #[arg(long)]
+    wal_sync: Option<String>,
+    /// Where the runs' data directories go (a real disk: tmpfs syncs cost nothing).
+    #[arg(long, default_value = "target/bench-data")]
+    data_parent: PathBuf,
 }
 
 /// One collector under test.
@@ -97,12 +104,25 @@ impl Drop for Running {
     }
 }
 
-async fn start(peer: Peer, program: &Path, grpc: u16) -> anyhow::Result<Running> {
+async fn start(
+    peer: Peer,
+    program: &Path,
+    grpc: u16,
+    wal: Option<(&str, &Path)>,
+) -> anyhow::Result<Running> {
     let mut command = Command::new(program);
     match peer {
         Peer::Wayfinder => {
+            if let Some((mode, dir)) = wal {
+                command
+                    .arg("serve")
+                    .arg("--data-dir")
+                    .arg(dir)
+                    .args(["--wal-sync", mode]);
+            } else {
+                command.arg("serve");
+            }
             command.args([
-                "serve",
                 "--otlp-grpc",
                 &format!("127.0.0.1:{grpc}"),
                 "--otlp-http",
@@ -146,7 +166,14 @@ async fn start(peer: Peer, program: &Path, grpc: u16) -> anyhow::Result<Running>
 
 async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Result<Run> {
     let grpc = free_port()?;
-    let running = start(peer, program, grpc).await?;
+    // A fresh data directory a run, removed after it: a log left by the last run would be
+    // replayed at start.
+    let data_dir = args.data_parent.join(format!("run-{grpc}"));
+    let wal = args
+        .wal_sync
+        .as_deref()
+        .map(|mode| (mode, data_dir.as_path()));
+    let running = start(peer, program, grpc, wal).await?;
     let pid = running.0.id();
     let load_args = LoadArgs {
         protocol: Protocol::Grpc,
@@ -170,6 +197,9 @@ async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Resu
     let generator_cpu = cpu_seconds("self")? - generator_before;
     let rss = resident_bytes(pid)?;
     drop(running);
+    if wal.is_some() {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
     let spans = report.spans.max(1) as f64;
     Ok(Run {
         spans_per_sec: report.spans_per_sec,
@@ -219,6 +249,12 @@ pub(crate) async fn compare_rotel(args: CompareArgs) -> anyhow::Result<()> {
         "{} rounds of {:?}, OTLP/gRPC, {} connections, {} spans a request, {} instances a service",
         args.rounds, args.duration, args.connections, args.spans_per_request, args.instances
     );
+    if let Some(mode) = &args.wal_sync {
+        println!(
+            "Wayfinder with --data-dir under {} and --wal-sync {mode}",
+            args.data_parent.display()
+        );
+    }
     println!(
         "{:<6} {:<10} {:>12} {:>12} {:>7} {:>13} {:>8} {:>8} {:>8}",
         "round",
