@@ -25,6 +25,7 @@
 //! # }
 //! ```
 
+pub mod access;
 pub mod clock;
 pub mod config;
 pub mod dimensions;

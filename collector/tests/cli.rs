@@ -116,3 +116,81 @@ fn bad_configuration_is_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{reason}: no panic");
     }
 }
+
+fn post_traces(addr: SocketAddr, authorization: &str) -> String {
+    let body = b"";
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "polls a child process from a synchronous test"
+)]
+fn a_token_from_the_environment_guards_ingest_and_never_reaches_the_log() {
+    const SECRET: &str = "the-ingest-secret-4711";
+    const GUESS: &str = "a-wrong-guess-0815";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
+        .args([
+            "serve",
+            "--otlp-grpc",
+            "127.0.0.1:0",
+            "--otlp-http",
+            "127.0.0.1:0",
+        ])
+        .args(["--query-http", "127.0.0.1:0", "--query-grpc", "127.0.0.1:0"])
+        .args(["--log-level", "debug"])
+        .env("WAYFINDER_INGEST_TOKEN", SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut otlp_http = None;
+    for _ in 0..4 {
+        let line = lines.next().expect("a line").expect("text");
+        if let Some(addr) = line.strip_prefix("listening otlp-http ") {
+            otlp_http = Some(addr.parse::<SocketAddr>().unwrap());
+        }
+    }
+    let otlp_http = otlp_http.expect("the OTLP/HTTP address");
+    let refused = post_traces(otlp_http, &format!("Bearer {GUESS}"));
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    let taken = post_traces(otlp_http, &format!("Bearer {SECRET}"));
+    assert!(taken.starts_with("HTTP/1.1 200"), "{taken}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit within 10 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("collector started"),
+        "the debug log was read: {log}"
+    );
+    assert!(!log.contains(SECRET), "the token is in the log: {log}");
+    assert!(!log.contains(GUESS), "a refused token is in the log: {log}");
+}

@@ -45,8 +45,27 @@
     node.replaceChildren(...children);
   }
 
+  // With --query-token-file the API wants a bearer token: asked once on the first 401, kept
+  // for this tab only (sessionStorage), never in the URL.
+  const TOKEN_KEY = 'wayfinder.token';
+  function withToken(options) {
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return options || {};
+    const headers = Object.assign({}, (options && options.headers) || {}, {
+      authorization: `Bearer ${token}`,
+    });
+    return Object.assign({}, options || {}, { headers });
+  }
+
   async function getJson(url, options) {
-    const response = await fetch(url, options);
+    let response = await fetch(url, withToken(options));
+    if (response.status === 401) {
+      const token = window.prompt('This collector asks for a token (its --query-token-file):');
+      if (token) {
+        sessionStorage.setItem(TOKEN_KEY, token.trim());
+        response = await fetch(url, withToken(options));
+      }
+    }
     let body = null;
     try { body = await response.json(); } catch (_) { /* not JSON */ }
     if (!response.ok) {

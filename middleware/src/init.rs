@@ -17,6 +17,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::logs::TraceIdFormat;
 
 mod env;
+pub(crate) use env::parse_headers;
 mod exporters;
 mod guard;
 mod otlp;
@@ -26,8 +27,7 @@ pub use guard::{ScopedTelemetry, TelemetryGuard};
 use crate::propagation::{Propagation, UnknownFormat};
 use crate::tracer;
 use env::{
-    check_endpoint, invalid, parse_bool, parse_headers, parse_resource_attributes, parse_sampler,
-    parse_timeout,
+    check_endpoint, invalid, parse_bool, parse_resource_attributes, parse_sampler, parse_timeout,
 };
 
 /// What can go wrong while setting up telemetry. Each error names the variable or setting at

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use self::stage::Stage;
+use crate::access::Tokens;
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::dimensions::AttributePlan;
@@ -74,6 +75,9 @@ pub enum StartError {
     /// The write-ahead log in `--data-dir` could not be opened or read.
     #[error(transparent)]
     Wal(#[from] crate::wal::OpenError),
+    /// A listener's tokens could not be read.
+    #[error(transparent)]
+    Tokens(#[from] crate::access::TokenError),
 }
 
 /// A running collector. Dropping it stops nothing; call [`RunningCollector::shutdown`].
@@ -130,6 +134,8 @@ impl Collector {
         // A `Config` built in code has not been through `Config::resolve`; out-of-range rule
         // parameters would make updates panic (`f64::clamp` with crossed bounds) or publish NaN.
         config.validate()?;
+        let ingest_tokens = config.ingest_token.as_ref().map(Tokens::load).transpose()?;
+        let query_tokens = config.query_token.as_ref().map(Tokens::load).transpose()?;
         let grpc_listener = bind("otlp-grpc", config.otlp_grpc).await?;
         let http_listener = bind("otlp-http", config.otlp_http).await?;
         let query_listener = bind("query-http", config.query_http).await?;
@@ -297,12 +303,16 @@ impl Collector {
                 grpc_listener,
                 ingest.clone(),
                 config.grpc_max_message_bytes,
+                &ingest_tokens,
+                &metrics,
                 receivers_stop.clone(),
             ),
             serve::otlp_http(
                 http_listener,
                 ingest,
                 config.http_max_body_bytes,
+                &ingest_tokens,
+                &metrics,
                 receivers_stop.clone(),
             ),
         ];
@@ -311,7 +321,17 @@ impl Collector {
         let upkeep = {
             let (store, topology, registry) = (store.clone(), topology.clone(), registry.clone());
             let (wal, retention) = (wal.clone(), config.retention);
+            let tokens: Vec<(&'static str, Tokens)> = [
+                ("ingest", ingest_tokens.clone()),
+                ("query", query_tokens.clone()),
+            ]
+            .into_iter()
+            .filter_map(|(name, tokens)| Some((name, tokens?)))
+            .collect();
             move || {
+                for (listeners, tokens) in &tokens {
+                    reload_tokens(listeners, tokens);
+                }
                 registry.tick();
                 if let Some(topology) = &topology {
                     topology.tick();
@@ -359,6 +379,7 @@ impl Collector {
             query_grpc_listener,
             state,
             weights.clone(),
+            &query_tokens,
             query_stop.clone(),
         );
 
@@ -379,6 +400,23 @@ impl Collector {
             query,
             periodic,
         })
+    }
+}
+
+/// Reads a token file again if it changed, and says so (never the tokens).
+fn reload_tokens(listeners: &str, tokens: &Tokens) {
+    let file = tokens
+        .file()
+        .map(|f| f.display().to_string())
+        .unwrap_or_default();
+    match tokens.reload_if_changed() {
+        Ok(true) => tracing::info!(listeners, file, tokens = tokens.len(), "tokens reloaded"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
+            listeners,
+            %error,
+            "the token file changed but cannot be used; the tokens in force stay"
+        ),
     }
 }
 

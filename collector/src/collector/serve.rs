@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use super::stage::Stage;
+use crate::access::{RequireTokenLayer, Style, Tokens};
+use crate::metrics::{ListenerLabels, Metrics};
 use crate::query::ApiState;
 use crate::receivers::grpc::{LogsService, TraceService};
 use crate::receivers::{Ingest, http as otlp_http};
@@ -33,14 +35,43 @@ fn no_delay(
     })
 }
 
+/// The probes a load balancer or an orchestrator calls without a token.
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+
+/// The token check of one listener, or one that lets everything through.
+fn access(
+    tokens: &Option<Tokens>,
+    style: Style,
+    metrics: &Metrics,
+    listener: &'static str,
+) -> tower::util::Either<RequireTokenLayer, tower::layer::util::Identity> {
+    match tokens {
+        Some(tokens) => tower::util::Either::Left(
+            RequireTokenLayer::new(
+                tokens.clone(),
+                style,
+                metrics
+                    .unauthorized
+                    .get_or_create(&ListenerLabels { listener })
+                    .clone(),
+            )
+            .open_paths(OPEN_PATHS),
+        ),
+        None => tower::util::Either::Right(tower::layer::util::Identity::new()),
+    }
+}
+
 /// OTLP/gRPC: `TraceService/Export` and `LogsService/Export`.
 pub(super) fn otlp_grpc(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
+    tokens: &Option<Tokens>,
+    metrics: &Metrics,
     stop: CancellationToken,
 ) -> Stage {
     let server = tonic::transport::Server::builder()
+        .layer(access(tokens, Style::Grpc, metrics, "otlp-grpc"))
         // HTTP/2's default 64 KiB windows make a 200 KB export wait for several
         // WINDOW_UPDATE round trips: with one request in flight per connection, ingest
         // was latency-bound with a core idle.
@@ -64,11 +95,18 @@ pub(super) fn otlp_http(
     listener: TcpListener,
     ingest: Arc<Ingest>,
     max_body_bytes: usize,
+    tokens: &Option<Tokens>,
+    metrics: &Metrics,
     stop: CancellationToken,
 ) -> Stage {
     let server = axum::serve(
         no_delay(listener),
-        otlp_http::router(ingest, max_body_bytes),
+        otlp_http::router(ingest, max_body_bytes).layer(access(
+            tokens,
+            Style::Http,
+            metrics,
+            "otlp-http",
+        )),
     )
     .with_graceful_shutdown(stop.cancelled_owned());
     Stage::spawn("otlp-http", async move {
@@ -84,14 +122,21 @@ pub(super) fn query(
     grpc: TcpListener,
     state: Arc<ApiState>,
     weights: Arc<WeightsEngine>,
+    tokens: &Option<Tokens>,
     stop: CancellationToken,
 ) -> Stage {
+    let metrics = state.metrics.clone();
+    // The UI's own files hold no data: they load without a token, and its calls to the API
+    // carry the token the user gives it.
     let http = axum::serve(
         no_delay(http),
-        crate::query::router(state).merge(crate::ui::router()),
+        crate::query::router(state)
+            .layer(access(tokens, Style::Http, &metrics, "query-http"))
+            .merge(crate::ui::router()),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     let grpc = tonic::transport::Server::builder()
+        .layer(access(tokens, Style::Grpc, &metrics, "query-grpc"))
         // Watchers hold a stream each: let many share one connection.
         .max_concurrent_streams(Some(QUERY_GRPC_MAX_STREAMS))
         .add_service(crate::query::grpc::weights_server(weights, stop.clone()))

@@ -145,6 +145,14 @@ pub struct ServeArgs {
     /// How often the write-ahead log is synced in `interval` mode [default: 200ms].
     #[arg(long, env = "WAYFINDER_WAL_SYNC_INTERVAL", value_parser = parse_duration)]
     pub wal_sync_interval: Option<Duration>,
+    /// File of the bearer tokens the OTLP receivers admit, one a line, read again when it
+    /// changes; or the token itself in WAYFINDER_INGEST_TOKEN [default: none, ingest is open].
+    #[arg(long, env = "WAYFINDER_INGEST_TOKEN_FILE")]
+    pub ingest_token_file: Option<PathBuf>,
+    /// File of the bearer tokens the query API admits (HTTP and gRPC; /healthz and /readyz
+    /// stay open); or the token itself in WAYFINDER_QUERY_TOKEN [default: none, open].
+    #[arg(long, env = "WAYFINDER_QUERY_TOKEN_FILE")]
+    pub query_token_file: Option<PathBuf>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,

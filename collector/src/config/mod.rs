@@ -26,6 +26,7 @@ use std::time::Duration;
 pub use args::{ServeArgs, WalSyncMode, parse_duration, parse_size};
 use file::{FileConfig, Size, list, read_file};
 
+use crate::access::{Secret, TokenSource};
 use crate::wal::WalSync;
 use crate::weights::{RuleConfig, WeightsConfig};
 
@@ -114,6 +115,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// When the write-ahead log acknowledges a request.
     pub wal_sync: WalSync,
+    /// The bearer tokens the OTLP receivers admit; `None`: open.
+    pub ingest_token: Option<TokenSource>,
+    /// The bearer tokens the query API admits (not `/healthz`, `/readyz`); `None`: open.
+    pub query_token: Option<TokenSource>,
 }
 
 impl Default for Config {
@@ -169,11 +174,33 @@ impl Default for Config {
             weight_max_ejection: rule.max_ejection,
             data_dir: None,
             wal_sync: WalSync::Interval(DEFAULT_WAL_SYNC_INTERVAL),
+            ingest_token: None,
+            query_token: None,
         }
     }
 }
 
 const MIB: usize = 1024 * 1024;
+
+/// A listener's tokens: a file, or the value of a variable, not both.
+fn token_source(
+    key: &'static str,
+    file: Option<PathBuf>,
+    value: Option<String>,
+) -> Result<Option<TokenSource>, ConfigError> {
+    match (file, value.filter(|v| !v.is_empty())) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid {
+            key,
+            message: format!(
+                "both a token file and WAYFINDER_{}_TOKEN are set: keep one",
+                key.split('_').next().unwrap_or_default().to_uppercase()
+            ),
+        }),
+        (Some(path), None) => Ok(Some(TokenSource::File(path))),
+        (None, Some(value)) => Ok(Some(TokenSource::Value(Secret::new(value)))),
+        (None, None) => Ok(None),
+    }
+}
 
 /// How often the write-ahead log syncs in `interval` mode: what a power cut may lose.
 const DEFAULT_WAL_SYNC_INTERVAL: Duration = Duration::from_millis(200);
@@ -222,6 +249,15 @@ impl Config {
     /// Resolves flags and environment (already merged in `args` by clap) over the file named by
     /// `args.config`, over the defaults.
     pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        Self::resolve_with(args, |name| std::env::var(name).ok())
+    }
+
+    /// [`Config::resolve`], reading the variables that only the environment can set (the
+    /// tokens: never flags, which `ps` shows) through `var`.
+    pub fn resolve_with(
+        args: &ServeArgs,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
         let (file, path) = match &args.config {
             Some(path) => (read_file(path)?, path.clone()),
             None => (FileConfig::default(), PathBuf::new()),
@@ -415,6 +451,20 @@ impl Config {
                 .or(file.weight_max_ejection)
                 .unwrap_or(defaults.weight_max_ejection),
             data_dir: args.data_dir.clone().or(file.data_dir.clone()),
+            ingest_token: token_source(
+                "ingest_token_file",
+                args.ingest_token_file
+                    .clone()
+                    .or(file.ingest_token_file.clone()),
+                var("WAYFINDER_INGEST_TOKEN"),
+            )?,
+            query_token: token_source(
+                "query_token_file",
+                args.query_token_file
+                    .clone()
+                    .or(file.query_token_file.clone()),
+                var("WAYFINDER_QUERY_TOKEN"),
+            )?,
             wal_sync: match args.wal_sync.or(file.wal_sync) {
                 Some(WalSyncMode::Always) => WalSync::Always,
                 Some(WalSyncMode::Interval) | None => WalSync::Interval(

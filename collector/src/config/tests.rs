@@ -593,3 +593,42 @@ fn data_dir_and_wal_sync() {
         "only always and interval"
     );
 }
+
+#[test]
+fn tokens_come_from_a_file_or_a_variable_never_a_flag() {
+    let args = |flags: &[&str]| {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(flags);
+        ServeArgs::try_parse_from(all).unwrap()
+    };
+    let no_env = |_: &str| None;
+    let from_var = |name: &str| (name == "WAYFINDER_QUERY_TOKEN").then(|| "q-secret".to_owned());
+    let config =
+        Config::resolve_with(&args(&["--ingest-token-file", "/etc/wf/ingest"]), from_var).unwrap();
+    assert_eq!(
+        config.ingest_token,
+        Some(TokenSource::File("/etc/wf/ingest".into()))
+    );
+    assert_eq!(
+        config.query_token,
+        Some(TokenSource::Value(Secret::new("q-secret")))
+    );
+    assert!(
+        !format!("{config:?}").contains("q-secret"),
+        "the configuration's Debug hides the token"
+    );
+    assert_eq!(
+        Config::resolve_with(&args(&[]), no_env)
+            .unwrap()
+            .query_token,
+        None
+    );
+    let both = Config::resolve_with(&args(&["--query-token-file", "/etc/wf/query"]), from_var)
+        .expect_err("a file and a variable for one listener")
+        .to_string();
+    assert!(both.contains("WAYFINDER_QUERY_TOKEN"), "{both}");
+    assert!(
+        ServeArgs::try_parse_from(["serve", "--query-token", "x"]).is_err(),
+        "no flag carries a token"
+    );
+}

@@ -44,6 +44,13 @@ pub struct RefusalLabels {
     pub reason: &'static str,
 }
 
+/// Labels with a listener: `otlp-grpc`, `otlp-http`, `query-http`, `query-grpc`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// The listener.
+    pub listener: &'static str,
+}
+
 /// Labels with a reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -101,6 +108,8 @@ pub struct Metrics {
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// SQL query durations.
     pub sql_query_duration: Histogram,
+    /// Requests refused for a missing or invalid bearer token, per listener.
+    pub unauthorized: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,6 +139,7 @@ impl Metrics {
             store_evicted_spans: Family::default(),
             sql_queries: Family::default(),
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
+            unauthorized: Family::default(),
             registry: Registry::default(),
             collectors: parking_lot::Mutex::new(Registry::default()),
             expositions: parking_lot::Mutex::new(Vec::new()),
@@ -203,6 +213,11 @@ impl Metrics {
             "wayfinder_sql_query_duration_seconds",
             "SQL query durations",
             m.sql_query_duration.clone(),
+        );
+        registry.register(
+            "wayfinder_unauthorized_requests",
+            "Requests refused for a missing or invalid bearer token, per listener",
+            m.unauthorized.clone(),
         );
         Self { registry, ..m }
     }

@@ -420,6 +420,13 @@ impl BalancerBuilder {
         self
     }
 
+    /// Sends `Authorization: Bearer <token>` to the collector's query API, for a collector
+    /// started with `--query-token-file`.
+    pub fn collector_token(mut self, token: &str) -> Self {
+        self.collector.authorization = Some(format!("Bearer {}", token.trim()));
+        self
+    }
+
     /// All settings at once.
     pub fn config(mut self, config: BalanceConfig) -> Self {
         self.config = config;

@@ -21,11 +21,26 @@ use wayfinder_api::weights::{Endpoint, EndpointLatency};
 
 use super::balancer::Shared;
 
-/// Where the collector's query API is.
-#[derive(Debug, Clone, Default)]
+/// Where the collector's query API is, and the token it asks for.
+#[derive(Clone, Default)]
 pub(crate) struct Collector {
     pub(crate) grpc: Option<String>,
     pub(crate) http: Option<String>,
+    /// `Bearer <token>`, for a collector started with `--query-token-file`.
+    pub(crate) authorization: Option<String>,
+}
+
+impl std::fmt::Debug for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("grpc", &self.grpc)
+            .field("http", &self.http)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
 }
 
 /// How long to wait for a message when no TTL is known yet.
@@ -84,7 +99,7 @@ async fn session(collector: &Collector, shared: &Weak<Shared>) -> bool {
     let mut got = false;
     #[cfg(feature = "tonic")]
     if let Some(url) = &collector.grpc {
-        match watch_grpc(url, shared, &mut got).await {
+        match watch_grpc(url, collector.authorization.as_deref(), shared, &mut got).await {
             Ok(()) => return got,
             Err(error) => {
                 tracing::debug!(%error, url, "weights watch failed");
@@ -95,7 +110,8 @@ async fn session(collector: &Collector, shared: &Weak<Shared>) -> bool {
         }
     }
     if let Some(url) = &collector.http
-        && let Err(error) = long_poll(url, shared, &mut got).await
+        && let Err(error) =
+            long_poll(url, collector.authorization.as_deref(), shared, &mut got).await
     {
         tracing::debug!(%error, url, "weights long-poll failed");
     }
@@ -120,6 +136,7 @@ fn apply(shared: &Weak<Shared>, weights: Option<&ServiceWeights>) -> bool {
 #[cfg(feature = "tonic")]
 async fn watch_grpc(
     url: &str,
+    authorization: Option<&str>,
     shared: &Weak<Shared>,
     got: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -130,12 +147,15 @@ async fn watch_grpc(
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await??;
+    let authorization: Option<tonic::metadata::AsciiMetadataValue> =
+        authorization.map(str::parse).transpose()?;
+    let request = |message| with_authorization(message, authorization.as_ref());
     let mut client = WeightsClient::new(channel);
     let mut stream = client
-        .watch(grpc::WatchWeightsRequest {
+        .watch(request(grpc::WatchWeightsRequest {
             service: service.clone(),
             after_version: 0,
-        })
+        }))
         .await?
         .into_inner();
     let mut ttl = DEFAULT_TTL;
@@ -145,10 +165,13 @@ async fn watch_grpc(
             // Nothing for a whole TTL: the collector refreshes every half TTL, so either the
             // service is gone (the Watch waits for it silently) or the stream is stuck.
             Err(_) => {
-                let request = grpc::GetWeightsRequest {
-                    service: service.clone(),
-                };
-                match client.get(request).await {
+                let get = with_authorization(
+                    grpc::GetWeightsRequest {
+                        service: service.clone(),
+                    },
+                    authorization.as_ref(),
+                );
+                match client.get(get).await {
                     Err(status) if status.code() == tonic::Code::NotFound => {
                         *got = true;
                         if !apply(shared, None) {
@@ -172,8 +195,24 @@ async fn watch_grpc(
     }
 }
 
+/// A gRPC request carrying the collector's token, if there is one.
+#[cfg(feature = "tonic")]
+fn with_authorization<T>(
+    message: T,
+    authorization: Option<&tonic::metadata::AsciiMetadataValue>,
+) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = authorization {
+        request
+            .metadata_mut()
+            .insert("authorization", value.clone());
+    }
+    request
+}
+
 async fn long_poll(
     url: &str,
+    authorization: Option<&str>,
     shared: &Weak<Shared>,
     got: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -196,11 +235,11 @@ async fn long_poll(
             None => base.clone(),
             Some(v) => format!("{base}?after_version={v}&wait={}ms", wait.as_millis()),
         };
-        let response = client
-            .get(&url)
-            .timeout(wait + CONNECT_TIMEOUT * 2)
-            .send()
-            .await?;
+        let mut request = client.get(&url).timeout(wait + CONNECT_TIMEOUT * 2);
+        if let Some(value) = authorization {
+            request = request.header(http::header::AUTHORIZATION, value);
+        }
+        let response = request.send().await?;
         match response.status().as_u16() {
             200 => {
                 let weights: ServiceWeights = response.json().await?;

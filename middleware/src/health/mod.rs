@@ -76,6 +76,8 @@ pub struct HealthReporter {
     ttl: Duration,
     failures_before_critical: u32,
     checks: Vec<Check>,
+    /// The `authorization` header value sent with every beat (never shown by `Debug`).
+    authorization: Option<String>,
 }
 
 impl std::fmt::Debug for HealthReporter {
@@ -115,7 +117,15 @@ impl HealthReporter {
             ttl: Duration::from_secs(15),
             failures_before_critical: 3,
             checks: Vec::new(),
+            authorization: None,
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every beat, for a collector started with
+    /// `--ingest-token-file` (the token of its OTLP ports).
+    pub fn bearer_token(mut self, token: &str) -> Self {
+        self.authorization = Some(format!("Bearer {}", token.trim()));
+        self
     }
 
     /// The reporter of the instance `telemetry` names, beating to the collector its spans go
@@ -174,17 +184,35 @@ impl HealthReporter {
             .trim()
             .to_ascii_lowercase();
         let endpoint = lookup("OTEL_EXPORTER_OTLP_ENDPOINT");
+        // The exporter's headers, as the tracer reads them: the collector's token goes there.
+        let mut this = self;
+        if let Some(value) = lookup("OTEL_EXPORTER_OTLP_HEADERS") {
+            match crate::init::parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &value) {
+                Ok(headers) => {
+                    if let Some((_, value)) =
+                        headers.into_iter().find(|(k, _)| k == "authorization")
+                    {
+                        this.authorization = Some(value);
+                    }
+                }
+                Err(error) => {
+                    this.transport = Some(Err(error.to_string()));
+                    return this;
+                }
+            }
+        }
+        let this = this;
         match protocol.as_str() {
             "grpc" => {
                 let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4317".to_owned());
-                self.otlp_grpc(&endpoint)
+                this.otlp_grpc(&endpoint)
             }
             "http/protobuf" | "http/json" => {
                 let endpoint = endpoint.unwrap_or_else(|| "http://localhost:4318".to_owned());
-                self.http(&endpoint)
+                this.http(&endpoint)
             }
             other => {
-                let mut this = self;
+                let mut this = this;
                 this.transport = Some(Err(format!(
                     "OTEL_EXPORTER_OTLP_PROTOCOL `{other}` is not grpc, http/protobuf or http/json"
                 )));
@@ -253,7 +281,9 @@ impl HealthReporter {
                 ));
             }
             Some(Err(message)) => return Err(HealthError::Config(message)),
-            Some(Ok(transport)) => transport,
+            Some(Ok(transport)) => transport
+                .with_authorization(self.authorization.as_deref())
+                .map_err(HealthError::Config)?,
         };
         if self.interval.is_zero() || self.ttl < self.interval {
             return Err(HealthError::Config(format!(
@@ -525,6 +555,37 @@ mod tests {
             };
             assert_eq!(got, expected, "{reason}");
         }
+    }
+
+    #[test]
+    fn the_token_comes_from_the_exporters_headers_or_from_code() {
+        let env = |headers: &'static str| {
+            move |name: &str| (name == "OTEL_EXPORTER_OTLP_HEADERS").then(|| headers.to_owned())
+        };
+        let rows = [
+            (
+                "x-team=core,authorization=Bearer%20abc",
+                Some("Bearer abc"),
+                "percent-decoded, among other headers",
+            ),
+            ("x-team=core", None, "no authorization header"),
+        ];
+        for (headers, expected, reason) in rows {
+            let reporter = HealthReporter::new("a", "a-1").endpoint_from(env(headers));
+            assert_eq!(reporter.authorization.as_deref(), expected, "{reason}");
+        }
+        let bad = HealthReporter::new("a", "a-1").endpoint_from(env("authorization"));
+        assert!(
+            matches!(&bad.transport, Some(Err(m)) if m.contains("OTEL_EXPORTER_OTLP_HEADERS")),
+            "a malformed variable is an error, not a lost token: {:?}",
+            bad.transport
+        );
+        let coded = HealthReporter::new("a", "a-1").bearer_token(" t0ken\n");
+        assert_eq!(coded.authorization.as_deref(), Some("Bearer t0ken"));
+        assert!(
+            !format!("{coded:?}").contains("t0ken"),
+            "Debug does not show the token"
+        );
     }
 
     #[test]

@@ -29,11 +29,13 @@ pub(crate) enum Transport {
     OtlpGrpc {
         endpoint: Box<tonic::transport::Endpoint>,
         client: Arc<OnceLock<LogsServiceClient<tonic::transport::Channel>>>,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     },
     /// `POST {base}/v1/health`.
     Http {
         client: reqwest::Client,
         url: String,
+        authorization: Option<http::HeaderValue>,
     },
 }
 
@@ -49,6 +51,7 @@ impl Transport {
         Ok(Transport::OtlpGrpc {
             endpoint: Box::new(endpoint),
             client: Arc::new(OnceLock::new()),
+            authorization: None,
         })
     }
 
@@ -71,16 +74,47 @@ impl Transport {
         Ok(Transport::Http {
             client,
             url: format!("{}/v1/health", base.trim_end_matches('/')),
+            authorization: None,
         })
+    }
+
+    /// Sends `value` as the `authorization` header of every beat.
+    pub(crate) fn with_authorization(mut self, value: Option<&str>) -> Result<Self, String> {
+        let Some(value) = value else {
+            return Ok(self);
+        };
+        let invalid = |_| "the health reporter's token is not a valid header value".to_owned();
+        match &mut self {
+            Transport::Http { authorization, .. } => {
+                let mut header = http::HeaderValue::from_str(value).map_err(invalid)?;
+                header.set_sensitive(true);
+                *authorization = Some(header);
+            }
+            #[cfg(feature = "tonic")]
+            Transport::OtlpGrpc { authorization, .. } => {
+                *authorization = Some(
+                    value
+                        .parse()
+                        .map_err(|_| "the health reporter's token is not a valid header value")?,
+                );
+            }
+        }
+        Ok(self)
     }
 
     /// Sends one beat; `Err` says why it did not arrive.
     pub(crate) async fn send(&self, beat: &HealthReport) -> Result<(), String> {
         match self {
-            Transport::Http { client, url } => {
-                let response = client
-                    .post(url)
-                    .json(beat)
+            Transport::Http {
+                client,
+                url,
+                authorization,
+            } => {
+                let mut request = client.post(url).json(beat);
+                if let Some(value) = authorization {
+                    request = request.header(http::header::AUTHORIZATION, value.clone());
+                }
+                let response = request
                     .send()
                     .await
                     .map_err(|e| format!("POST {url}: {e}"))?;
@@ -93,12 +127,22 @@ impl Transport {
                 }
             }
             #[cfg(feature = "tonic")]
-            Transport::OtlpGrpc { endpoint, client } => {
+            Transport::OtlpGrpc {
+                endpoint,
+                client,
+                authorization,
+            } => {
                 let mut client = client
                     .get_or_init(|| LogsServiceClient::new(endpoint.connect_lazy()))
                     .clone();
+                let mut request = tonic::Request::new(log_request(beat));
+                if let Some(value) = authorization {
+                    request
+                        .metadata_mut()
+                        .insert("authorization", value.clone());
+                }
                 let response = client
-                    .export(log_request(beat))
+                    .export(request)
                     .await
                     .map_err(|status| format!("OTLP logs export: {status}"))?
                     .into_inner();

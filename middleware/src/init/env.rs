@@ -116,7 +116,7 @@ pub(super) fn parse_sampler(name: &str, arg: Option<&str>) -> Result<SamplerKind
 /// (the W3C Baggage octet rules the specification refers to). A pair without `=`, with an empty
 /// key, or that is not a valid header fails the whole variable: a typo must not silently drop
 /// an authorization header.
-pub(super) fn parse_headers(
+pub(crate) fn parse_headers(
     variable: &'static str,
     value: &str,
 ) -> Result<Vec<(String, String)>, InitError> {
