@@ -129,6 +129,19 @@ async fn each_listener_admits_only_its_own_tokens_and_the_probes_stay_open() {
             "{path}"
         );
     }
+    // The configuration in force names the token file and hides the token itself.
+    let shown: serde_json::Value = get(query("/api/v1/config"), Some("Bearer query-token-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["ingest_token"], "<redacted> (WAYFINDER_INGEST_TOKEN)");
+    assert_eq!(
+        shown["query_token_file"],
+        query_file.display().to_string().as_str()
+    );
+    assert!(!shown.to_string().contains(INGEST), "{shown}");
+
     // The series in /metrics is encoded at most once a second: read the counters themselves.
     for (listener, refused) in [("otlp-http", 3), ("otlp-grpc", 2), ("query-http", 6)] {
         let counted = collector

@@ -372,6 +372,7 @@ impl Collector {
             ready: ready.clone(),
             pipeline,
             stop: query_stop.clone(),
+            config: Arc::new(config.in_force()),
             topology_json: crate::reuse::Reuse::new(crate::topology::SNAPSHOT_REUSE),
         });
         let query = serve::query(

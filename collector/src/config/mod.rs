@@ -18,6 +18,7 @@
 
 mod args;
 mod file;
+mod show;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -632,3 +632,35 @@ fn tokens_come_from_a_file_or_a_variable_never_a_flag() {
         "no flag carries a token"
     );
 }
+
+#[test]
+fn the_configuration_in_force_reads_back_as_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        retention: Duration::from_secs(5400),
+        data_dir: Some(dir.path().join("data")),
+        wal_sync: WalSync::Always,
+        service_graph_dimensions: vec!["deployment.environment".into()],
+        weight_max_step: 1.5,
+        ingest_token: Some(TokenSource::File(dir.path().join("ingest-tokens"))),
+        query_token: Some(TokenSource::Value(Secret::new("never-shown"))),
+        ..Config::default()
+    };
+    let shown = config.in_force();
+    assert!(!shown.to_string().contains("never-shown"));
+    assert_eq!(shown["query_token"], "<redacted> (WAYFINDER_QUERY_TOKEN)");
+    // Every key but the redacted token is a key of the file, in the file's format.
+    let mut file = String::new();
+    for (key, value) in shown.as_object().unwrap() {
+        if value.is_null() || key == "query_token" {
+            continue;
+        }
+        file.push_str(&format!("{key} = {value}\n"));
+    }
+    let path = dir.path().join("in-force.toml");
+    std::fs::write(&path, &file).unwrap();
+    let args = ServeArgs::try_parse_from(["serve", "--config", path.to_str().unwrap()]).unwrap();
+    let var = |name: &str| (name == "WAYFINDER_QUERY_TOKEN").then(|| "never-shown".to_owned());
+    let read_back = Config::resolve_with(&args, var).unwrap_or_else(|e| panic!("{e}\n{file}"));
+    assert_eq!(read_back, config, "{file}");
+}

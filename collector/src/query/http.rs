@@ -264,6 +264,12 @@ pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     }
 }
 
+/// `GET /api/v1/config`: the configuration in force, with the config file's keys, tokens
+/// redacted.
+pub async fn config(State(state): State<Arc<ApiState>>) -> axum::Json<serde_json::Value> {
+    axum::Json((*state.config).clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

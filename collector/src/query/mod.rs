@@ -42,6 +42,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/traces", get(jaeger::search))
         .route("/api/traces/{trace_id}", get(jaeger::trace))
         .route("/api/dependencies", get(jaeger::dependencies))
+        .route("/api/v1/config", get(http::config))
         .route("/metrics", get(http::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(http::ready))
