@@ -235,3 +235,70 @@ fn tokio_stream_from(
 mod futures_core_stream {
     pub(crate) use futures::stream::{Stream, unfold};
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_polls_beyond_max_watchers_are_refused_retryably() {
+    use std::time::Duration;
+    use wayfinder_e2e::{http_client, loopback_config, start};
+
+    let mut config = loopback_config();
+    config.max_watchers = 1;
+    config.weight_update_period = Duration::from_millis(100);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+    let beat = serde_json::json!({
+        "service": "polled", "instance_id": "polled-1", "status": "passing", "seq": 1,
+        "ttl_ms": 60000, "address": "127.0.0.1:9100"
+    });
+    let client = http_client();
+    client
+        .post(format!("http://{}/v1/health", addrs.otlp_http))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    let url = format!("http://{}/api/v1/weights/polled", addrs.query_http);
+    let mut version = None;
+    for _ in 0..100 {
+        let answer = client.get(&url).send().await.unwrap();
+        if answer.status() == 200 {
+            let body: serde_json::Value = answer.json().await.unwrap();
+            version = body["version"].as_u64();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    version.expect("the service's weights appear");
+    // A version far ahead: the long-poll waits its whole wait (slow start changes the weights,
+    // and so their version, at every update).
+    let version = u64::MAX / 2;
+    // Two long-polls at once: whichever comes second finds the one place taken.
+    let poll = || {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            let answer = client
+                .get(format!("{url}?after_version={version}&wait=2s"))
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let retry_after = answer
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, retry_after, answer.text().await.unwrap())
+        })
+    };
+    let (first, second) = (poll(), poll());
+    // A plain read, which does not wait, is answered meanwhile.
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let mut answers = vec![first.await.unwrap(), second.await.unwrap()];
+    answers.sort();
+    let (waited, refused) = (&answers[0], &answers[1]);
+    assert_eq!(waited.0, 200, "one waits its whole wait: {answers:?}");
+    assert_eq!(refused.0, 503, "the other is refused: {answers:?}");
+    assert_eq!(refused.1.as_deref(), Some("1"), "with Retry-After");
+    assert!(refused.2.contains("--max-watchers"), "{}", refused.2);
+    assert_eq!(collector.metrics().refused_watchers.get(), 1);
+    collector.shutdown().await;
+}

@@ -373,6 +373,10 @@ impl Collector {
             pipeline,
             stop: query_stop.clone(),
             config: Arc::new(config.in_force()),
+            watchers: crate::query::Watchers::new(
+                config.max_watchers,
+                metrics.refused_watchers.clone(),
+            ),
             topology_json: crate::reuse::Reuse::new(crate::topology::SNAPSHOT_REUSE),
         });
         let query = serve::query(

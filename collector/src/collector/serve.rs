@@ -126,6 +126,7 @@ pub(super) fn query(
     stop: CancellationToken,
 ) -> Stage {
     let metrics = state.metrics.clone();
+    let watchers = state.watchers.clone();
     // The UI's own files hold no data: they load without a token, and its calls to the API
     // carry the token the user gives it.
     let http = axum::serve(
@@ -139,7 +140,11 @@ pub(super) fn query(
         .layer(access(tokens, Style::Grpc, &metrics, "query-grpc"))
         // Watchers hold a stream each: let many share one connection.
         .max_concurrent_streams(Some(QUERY_GRPC_MAX_STREAMS))
-        .add_service(crate::query::grpc::weights_server(weights, stop.clone()))
+        .add_service(crate::query::grpc::weights_server(
+            weights,
+            watchers,
+            stop.clone(),
+        ))
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc).with_nodelay(Some(true)),
             stop.cancelled_owned(),

@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// Largest share of a service's instances ejected at once, in [0, 1] [default: 0.5].
     #[arg(long, env = "WAYFINDER_WEIGHT_MAX_EJECTION")]
     pub weight_max_ejection: Option<f64>,
+    /// Most clients waiting for weights at once (gRPC Watch streams and HTTP long-polls); more
+    /// get a retryable refusal [default: 10000].
+    #[arg(long, env = "WAYFINDER_MAX_WATCHERS")]
+    pub max_watchers: Option<usize>,
     /// Directory of the write-ahead log; every accepted request is written there before it is
     /// acknowledged and replayed at start [default: none, spans are kept in memory only].
     #[arg(long, env = "WAYFINDER_DATA_DIR")]

@@ -112,6 +112,8 @@ pub struct Config {
     pub weight_slow_start: Duration,
     /// Largest share of a service's instances ejected (weight 0) at once; in [0, 1].
     pub weight_max_ejection: f64,
+    /// Most gRPC `Watch` streams and HTTP long-polls at once.
+    pub max_watchers: usize,
     /// Where the write-ahead log lives (`DIR/wal`); `None` keeps spans in memory only.
     pub data_dir: Option<PathBuf>,
     /// When the write-ahead log acknowledges a request.
@@ -173,6 +175,7 @@ impl Default for Config {
             weight_min_requests: rule.min_requests,
             weight_slow_start: rule.slow_start,
             weight_max_ejection: rule.max_ejection,
+            max_watchers: 10_000,
             data_dir: None,
             wal_sync: WalSync::Interval(DEFAULT_WAL_SYNC_INTERVAL),
             ingest_token: None,
@@ -451,6 +454,10 @@ impl Config {
                 .weight_max_ejection
                 .or(file.weight_max_ejection)
                 .unwrap_or(defaults.weight_max_ejection),
+            max_watchers: args
+                .max_watchers
+                .or(file.max_watchers)
+                .unwrap_or(defaults.max_watchers),
             data_dir: args.data_dir.clone().or(file.data_dir.clone()),
             ingest_token: token_source(
                 "ingest_token_file",
@@ -527,6 +534,12 @@ impl Config {
             return Err(invalid(
                 "wal_sync_interval",
                 "must be above zero (use --wal-sync always to sync every request)".to_owned(),
+            ));
+        }
+        if self.max_watchers == 0 {
+            return Err(invalid(
+                "max_watchers",
+                "must be at least 1, not 0".to_owned(),
             ));
         }
         if self.query_max_concurrent == 0 {

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// SQL query durations.
     pub sql_query_duration: Histogram,
+    /// Weight watchers (gRPC `Watch`, HTTP long-polls) refused beyond `--max-watchers`.
+    pub refused_watchers: Counter,
     /// Requests refused for a missing or invalid bearer token, per listener.
     pub unauthorized: Family<ListenerLabels, Counter>,
 }
@@ -140,6 +142,7 @@ impl Metrics {
             sql_queries: Family::default(),
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             unauthorized: Family::default(),
+            refused_watchers: Counter::default(),
             registry: Registry::default(),
             collectors: parking_lot::Mutex::new(Registry::default()),
             expositions: parking_lot::Mutex::new(Vec::new()),
@@ -213,6 +216,11 @@ impl Metrics {
             "wayfinder_sql_query_duration_seconds",
             "SQL query durations",
             m.sql_query_duration.clone(),
+        );
+        registry.register(
+            "wayfinder_refused_watchers",
+            "Weight watchers (gRPC Watch, HTTP long-polls) refused beyond --max-watchers",
+            m.refused_watchers.clone(),
         );
         registry.register(
             "wayfinder_unauthorized_requests",

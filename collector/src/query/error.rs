@@ -15,17 +15,23 @@ pub enum ApiError {
     NotFound(String),
     /// A query error, mapped to its status.
     Query(QueryError),
+    /// 503 with `Retry-After`: a cap is reached (e.g. `--max-watchers`); retry later.
+    Unavailable(String),
     /// 500.
     Internal(String),
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let busy = matches!(self, ApiError::Query(QueryError::Busy(_)));
+        let busy = matches!(
+            self,
+            ApiError::Query(QueryError::Busy(_)) | ApiError::Unavailable(_)
+        );
         let (status, error) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
             ApiError::NotFound(m) => (StatusCode::NOT_FOUND, m),
             ApiError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Query(e) => {
                 let status = match e {
                     QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,

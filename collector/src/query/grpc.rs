@@ -16,21 +16,28 @@ use tonic::{Request, Response, Status};
 use wayfinder_api::grpc;
 use wayfinder_api::grpc::weights_server::{Weights, WeightsServer};
 
+use super::watchers::{WatcherPermit, Watchers};
 use crate::weights::{WeightsEngine, WeightsSnapshot};
 
 /// The `Weights` service over `engine`, ready to add to a tonic server; `stop` ends every
 /// `Watch` stream (so that a graceful shutdown does not wait for watchers).
 pub fn weights_server(
     engine: Arc<WeightsEngine>,
+    watchers: Watchers,
     stop: CancellationToken,
 ) -> WeightsServer<WeightsService> {
-    WeightsServer::new(WeightsService { engine, stop })
+    WeightsServer::new(WeightsService {
+        engine,
+        watchers,
+        stop,
+    })
 }
 
 /// Implements `wayfinder.v1.Weights`.
 #[derive(Debug, Clone)]
 pub struct WeightsService {
     engine: Arc<WeightsEngine>,
+    watchers: Watchers,
     stop: CancellationToken,
 }
 
@@ -65,6 +72,8 @@ pub fn to_message(weights: &wayfinder_api::weights::ServiceWeights) -> grpc::Ser
 
 /// What a `Watch` stream keeps between its messages.
 struct WatchState {
+    /// The watcher's place under `--max-watchers`, held while the stream lives.
+    _place: WatcherPermit,
     updates: watch::Receiver<Arc<WeightsSnapshot>>,
     /// The last version sent (at first, the watcher's `after_version`).
     last: u64,
@@ -105,6 +114,15 @@ impl Weights for WeightsService {
         if service.is_empty() {
             return Err(Status::invalid_argument("service is empty"));
         }
+        let Some(place) = self.watchers.try_watch() else {
+            return Err(<Status as tonic_types::StatusExt>::with_error_details(
+                tonic::Code::Unavailable,
+                self.watchers.refusal(),
+                tonic_types::ErrorDetails::with_retry_info(Some(
+                    crate::receivers::grpc::RETRY_AFTER,
+                )),
+            ));
+        };
         let updates = self.engine.subscribe();
         let stop = self.stop.clone();
         // Without a change, the current weights again every half TTL (with a fresh
@@ -113,6 +131,7 @@ impl Weights for WeightsService {
         // otherwise restart the wait each time, so that it never ends.
         let refresh = self.engine.config().ttl / 2;
         let state = WatchState {
+            _place: place,
             updates,
             last: after_version,
             first: true,
@@ -201,9 +220,42 @@ mod tests {
         engine.update(instances);
         let service = WeightsService {
             engine: engine.clone(),
+            watchers: Watchers::new(1000, Default::default()),
             stop: CancellationToken::new(),
         };
         (engine, service)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn watchers_beyond_the_cap_are_refused_retryably_until_one_leaves() {
+        let (_engine, mut service) = service(&cart(&["cart-1"]));
+        let refused = prometheus_client::metrics::counter::Counter::default();
+        service.watchers = Watchers::new(1, refused.clone());
+        let first = watch(&service, 0).await;
+        let request = Request::new(grpc::WatchWeightsRequest {
+            service: "cart".into(),
+            after_version: 0,
+        });
+        let status = service
+            .watch(request)
+            .await
+            .err()
+            .expect("the second watcher is refused");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(
+            tonic_types::StatusExt::get_details_retry_info(&status).is_some(),
+            "with RetryInfo"
+        );
+        assert!(status.message().contains("--max-watchers"), "{status:?}");
+        assert_eq!(refused.get(), 1);
+        assert_eq!(service.watchers.active(), 1);
+        drop(first);
+        assert_eq!(
+            service.watchers.active(),
+            0,
+            "a dropped stream leaves its place"
+        );
+        let _again = watch(&service, 0).await;
     }
 
     async fn watch(service: &WeightsService, after_version: u64) -> WatchStream {

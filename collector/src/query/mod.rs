@@ -13,6 +13,7 @@ mod jaeger;
 mod operations;
 mod state;
 mod topology;
+mod watchers;
 mod weights;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 pub use state::ApiState;
+pub use watchers::Watchers;
 
 /// The router of the query port.
 pub fn router(state: Arc<ApiState>) -> Router {

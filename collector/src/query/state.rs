@@ -33,6 +33,8 @@ pub struct ApiState {
     pub pipeline: Arc<crate::pipeline::PipelineHealth>,
     /// Cancelled when the query API stops: long-polls answer at once then.
     pub stop: tokio_util::sync::CancellationToken,
+    /// The cap on gRPC watchers and HTTP long-polls.
+    pub watchers: super::watchers::Watchers,
     /// The configuration in force (`GET /api/v1/config`), tokens redacted.
     pub config: Arc<serde_json::Value>,
     /// `GET /api/v1/topology` answers by (window, instance level, service), shared for a

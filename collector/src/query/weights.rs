@@ -44,6 +44,17 @@ pub(crate) async fn get_weights(
     {
         return Ok(Json(weights.clone()));
     }
+    // Waiting holds a watcher's place; a long-poll that need not wait takes none.
+    let _place = if wait.is_zero() {
+        None
+    } else {
+        Some(
+            state
+                .watchers
+                .try_watch()
+                .ok_or_else(|| ApiError::Unavailable(state.watchers.refusal()))?,
+        )
+    };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let changed = tokio::select! {

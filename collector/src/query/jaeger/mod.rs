@@ -76,6 +76,10 @@ impl From<super::error::ApiError> for JaegerError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message,
             },
+            ApiError::Unavailable(message) => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message,
+            },
             ApiError::Query(error) => error.into(),
         }
     }
