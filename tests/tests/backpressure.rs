@@ -302,3 +302,63 @@ async fn long_polls_beyond_max_watchers_are_refused_retryably() {
     assert_eq!(collector.metrics().refused_watchers.get(), 1);
     collector.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_connections_are_closed_and_counted() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+    use wayfinder_collector::metrics::ListenerLabels;
+    use wayfinder_e2e::{loopback_config, start};
+
+    let mut config = loopback_config();
+    config.max_connections = 2;
+    let collector = start(config).await;
+    let addr = collector.addrs().query_http;
+    let healthz = async |stream: &mut TcpStream| {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+            .await
+            .expect("an answer or a close within 5 s")
+            .unwrap_or(0);
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    // Two connections take the two places (each answered once, and kept open).
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+    assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
+    // A third is closed before any answer.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(healthz(&mut third).await, "", "closed without an answer");
+    let refused = || {
+        collector
+            .metrics()
+            .refused_connections
+            .get_or_create(&ListenerLabels {
+                listener: "query-http",
+            })
+            .get()
+    };
+    assert_eq!(refused(), 1);
+    // The held ones still work; when one closes, its place is free again.
+    assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+    drop(second);
+    let mut answered = false;
+    for _ in 0..50 {
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        if healthz(&mut again).await.starts_with("HTTP/1.1 200") {
+            answered = true;
+            break;
+        }
+        // The server had not yet seen the close.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(answered, "a closed connection gives its place back");
+    drop(first);
+    collector.shutdown().await;
+}

@@ -7,6 +7,7 @@
 //! update period; the query API ([`serve::query`]) reads the store, the topology, the registry
 //! and the weights.
 
+mod connections;
 mod serve;
 mod stage;
 
@@ -297,6 +298,10 @@ impl Collector {
         let receivers_stop = CancellationToken::new();
         let query_stop = CancellationToken::new();
 
+        let bounds = serve::Bounds {
+            max_connections: config.max_connections,
+            metrics: metrics.clone(),
+        };
         // Receivers → ingest queue → the pipeline's stages.
         let receivers = vec![
             serve::otlp_grpc(
@@ -304,7 +309,7 @@ impl Collector {
                 ingest.clone(),
                 config.grpc_max_message_bytes,
                 &ingest_tokens,
-                &metrics,
+                &bounds,
                 receivers_stop.clone(),
             ),
             serve::otlp_http(
@@ -312,7 +317,7 @@ impl Collector {
                 ingest,
                 config.http_max_body_bytes,
                 &ingest_tokens,
-                &metrics,
+                &bounds,
                 receivers_stop.clone(),
             ),
         ];
@@ -385,6 +390,7 @@ impl Collector {
             state,
             weights.clone(),
             &query_tokens,
+            &bounds,
             query_stop.clone(),
         );
 

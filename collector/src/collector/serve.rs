@@ -5,8 +5,8 @@ use std::sync::Arc;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
+use super::connections::{Limited, incoming};
 use super::stage::Stage;
 use crate::access::{RequireTokenLayer, Style, Tokens};
 use crate::metrics::{ListenerLabels, Metrics};
@@ -23,16 +23,34 @@ const OTLP_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
 const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
 
-/// A TCP listener whose accepted connections send small segments at once: without
-/// TCP_NODELAY a response's last segment waited for the client's delayed ACK (40 ms on Linux).
-fn no_delay(
-    listener: TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
-    listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-    })
+/// How each listener is bounded: at most `max_connections` at once, refusals counted.
+#[derive(Debug, Clone)]
+pub(super) struct Bounds {
+    pub(super) max_connections: usize,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Bounds {
+    /// `listener` with at most `max_connections` connections, each with TCP_NODELAY: without
+    /// it a response's last segment waited for the client's delayed ACK (40 ms on Linux).
+    fn limit(
+        &self,
+        listener: TcpListener,
+        name: &'static str,
+    ) -> Limited<impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr>>
+    {
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        let refused = self
+            .metrics
+            .refused_connections
+            .get_or_create(&ListenerLabels { listener: name })
+            .clone();
+        Limited::new(listener, self.max_connections, name, refused)
+    }
 }
 
 /// The probes a load balancer or an orchestrator calls without a token.
@@ -67,11 +85,11 @@ pub(super) fn otlp_grpc(
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
     tokens: &Option<Tokens>,
-    metrics: &Metrics,
+    bounds: &Bounds,
     stop: CancellationToken,
 ) -> Stage {
     let server = tonic::transport::Server::builder()
-        .layer(access(tokens, Style::Grpc, metrics, "otlp-grpc"))
+        .layer(access(tokens, Style::Grpc, &bounds.metrics, "otlp-grpc"))
         // HTTP/2's default 64 KiB windows make a 200 KB export wait for several
         // WINDOW_UPDATE round trips: with one request in flight per connection, ingest
         // was latency-bound with a core idle.
@@ -80,7 +98,7 @@ pub(super) fn otlp_grpc(
         .add_service(TraceService::new(ingest.clone(), max_message_bytes))
         .add_service(LogsService::new(ingest, max_message_bytes))
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            incoming(bounds.limit(listener, "otlp-grpc")),
             stop.cancelled_owned(),
         );
     Stage::spawn("otlp-grpc", async move {
@@ -96,15 +114,15 @@ pub(super) fn otlp_http(
     ingest: Arc<Ingest>,
     max_body_bytes: usize,
     tokens: &Option<Tokens>,
-    metrics: &Metrics,
+    bounds: &Bounds,
     stop: CancellationToken,
 ) -> Stage {
     let server = axum::serve(
-        no_delay(listener),
+        bounds.limit(listener, "otlp-http"),
         otlp_http::router(ingest, max_body_bytes).layer(access(
             tokens,
             Style::Http,
-            metrics,
+            &bounds.metrics,
             "otlp-http",
         )),
     )
@@ -123,6 +141,7 @@ pub(super) fn query(
     state: Arc<ApiState>,
     weights: Arc<WeightsEngine>,
     tokens: &Option<Tokens>,
+    bounds: &Bounds,
     stop: CancellationToken,
 ) -> Stage {
     let metrics = state.metrics.clone();
@@ -130,7 +149,7 @@ pub(super) fn query(
     // The UI's own files hold no data: they load without a token, and its calls to the API
     // carry the token the user gives it.
     let http = axum::serve(
-        no_delay(http),
+        bounds.limit(http, "query-http"),
         crate::query::router(state)
             .layer(access(tokens, Style::Http, &metrics, "query-http"))
             .merge(crate::ui::router()),
@@ -146,7 +165,7 @@ pub(super) fn query(
             stop.clone(),
         ))
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc).with_nodelay(Some(true)),
+            incoming(bounds.limit(grpc, "query-grpc")),
             stop.cancelled_owned(),
         );
     Stage::spawn("query", async move {

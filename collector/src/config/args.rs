@@ -133,6 +133,9 @@ pub struct ServeArgs {
     /// Largest share of a service's instances ejected at once, in [0, 1] [default: 0.5].
     #[arg(long, env = "WAYFINDER_WEIGHT_MAX_EJECTION")]
     pub weight_max_ejection: Option<f64>,
+    /// Most connections each listener holds at once; one more is closed at once [default: 4096].
+    #[arg(long, env = "WAYFINDER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
     /// Most clients waiting for weights at once (gRPC Watch streams and HTTP long-polls); more
     /// get a retryable refusal [default: 10000].
     #[arg(long, env = "WAYFINDER_MAX_WATCHERS")]

@@ -112,6 +112,8 @@ pub struct Config {
     pub weight_slow_start: Duration,
     /// Largest share of a service's instances ejected (weight 0) at once; in [0, 1].
     pub weight_max_ejection: f64,
+    /// Most connections each listener holds at once.
+    pub max_connections: usize,
     /// Most gRPC `Watch` streams and HTTP long-polls at once.
     pub max_watchers: usize,
     /// Where the write-ahead log lives (`DIR/wal`); `None` keeps spans in memory only.
@@ -175,6 +177,7 @@ impl Default for Config {
             weight_min_requests: rule.min_requests,
             weight_slow_start: rule.slow_start,
             weight_max_ejection: rule.max_ejection,
+            max_connections: 4096,
             max_watchers: 10_000,
             data_dir: None,
             wal_sync: WalSync::Interval(DEFAULT_WAL_SYNC_INTERVAL),
@@ -454,6 +457,10 @@ impl Config {
                 .weight_max_ejection
                 .or(file.weight_max_ejection)
                 .unwrap_or(defaults.weight_max_ejection),
+            max_connections: args
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(defaults.max_connections),
             max_watchers: args
                 .max_watchers
                 .or(file.max_watchers)
@@ -534,6 +541,12 @@ impl Config {
             return Err(invalid(
                 "wal_sync_interval",
                 "must be above zero (use --wal-sync always to sync every request)".to_owned(),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid(
+                "max_connections",
+                "must be at least 1, not 0".to_owned(),
             ));
         }
         if self.max_watchers == 0 {

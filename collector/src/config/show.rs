@@ -48,7 +48,7 @@ impl Config {
             WalSync::Always => ("always", Value::Null),
             WalSync::Interval(interval) => ("interval", duration(interval)),
         };
-        let settings: [(&str, Value); 43] = [
+        let settings: [(&str, Value); 44] = [
             ("otlp_grpc", json!(self.otlp_grpc.to_string())),
             ("otlp_http", json!(self.otlp_http.to_string())),
             ("query_http", json!(self.query_http.to_string())),
@@ -102,6 +102,7 @@ impl Config {
             ("weight_min_requests", json!(self.weight_min_requests)),
             ("weight_slow_start", json!(duration(self.weight_slow_start))),
             ("weight_max_ejection", json!(self.weight_max_ejection)),
+            ("max_connections", json!(self.max_connections)),
             ("max_watchers", json!(self.max_watchers)),
             (
                 "data_dir",

@@ -108,6 +108,8 @@ pub struct Metrics {
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// SQL query durations.
     pub sql_query_duration: Histogram,
+    /// Connections closed beyond `--max-connections`, per listener.
+    pub refused_connections: Family<ListenerLabels, Counter>,
     /// Weight watchers (gRPC `Watch`, HTTP long-polls) refused beyond `--max-watchers`.
     pub refused_watchers: Counter,
     /// Requests refused for a missing or invalid bearer token, per listener.
@@ -143,6 +145,7 @@ impl Metrics {
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             unauthorized: Family::default(),
             refused_watchers: Counter::default(),
+            refused_connections: Family::default(),
             registry: Registry::default(),
             collectors: parking_lot::Mutex::new(Registry::default()),
             expositions: parking_lot::Mutex::new(Vec::new()),
@@ -216,6 +219,11 @@ impl Metrics {
             "wayfinder_sql_query_duration_seconds",
             "SQL query durations",
             m.sql_query_duration.clone(),
+        );
+        registry.register(
+            "wayfinder_refused_connections",
+            "Connections closed at once because the listener held --max-connections, per listener",
+            m.refused_connections.clone(),
         );
         registry.register(
             "wayfinder_refused_watchers",
