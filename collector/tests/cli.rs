@@ -6,19 +6,25 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
+/// One request without a body (`request_line` and `headers`, each header ending in CRLF) on
+/// a connection of its own; the whole response as text.
+fn http_request(addr: SocketAddr, request_line: &str, headers: &str) -> String {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{request_line} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    http_request(addr, &format!("GET {path}"), "")
 }
 
 #[test]
@@ -117,21 +123,15 @@ fn bad_configuration_is_a_clear_error() {
     }
 }
 
+/// An empty OTLP/HTTP export (a valid request with no spans) with `authorization`.
 fn post_traces(addr: SocketAddr, authorization: &str) -> String {
-    let body = b"";
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /v1/traces HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {authorization}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    http_request(
+        addr,
+        "POST /v1/traces",
+        &format!(
+            "Authorization: {authorization}\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n"
+        ),
     )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 #[test]

@@ -124,44 +124,69 @@ async fn send_until_refused(grpc_addr: SocketAddr, sender: u8, acked: Arc<Atomic
     }
 }
 
+/// [`SENDERS`] senders at work against one collector.
+struct Load {
+    senders: Vec<tokio::task::JoinHandle<u64>>,
+    acked_requests: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(grpc_addr: SocketAddr) -> Self {
+        let acked_requests = Arc::new(AtomicU64::new(0));
+        let senders = (0..SENDERS)
+            .map(|sender| {
+                tokio::spawn(send_until_refused(
+                    grpc_addr,
+                    sender,
+                    acked_requests.clone(),
+                ))
+            })
+            .collect();
+        Self {
+            senders,
+            acked_requests,
+        }
+    }
+
+    /// Waits (up to 30 s) until `requests` are acknowledged; whether they were.
+    async fn until_acknowledged(&self, requests: u64) -> bool {
+        for _ in 0..3000 {
+            if self.acked_requests.load(Ordering::Relaxed) >= requests {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// The spans each sender had acknowledged when it was refused.
+    async fn finish(self) -> Vec<u64> {
+        let mut acked = Vec::new();
+        for sender in self.senders {
+            acked.push(
+                tokio::time::timeout(Duration::from_secs(20), sender)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        acked
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_spans_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut first = serve(dir.path(), "always");
     let grpc_addr = first.addrs["otlp-grpc"];
-    let acked_requests = Arc::new(AtomicU64::new(0));
-    let senders: Vec<_> = (0..SENDERS)
-        .map(|sender| {
-            tokio::spawn(send_until_refused(
-                grpc_addr,
-                sender,
-                acked_requests.clone(),
-            ))
-        })
-        .collect();
+    let load = Load::start(grpc_addr);
     // Killed while the senders are at work: at least KILL_AFTER requests acknowledged, more
     // on the way.
-    for _ in 0..3000 {
-        if acked_requests.load(Ordering::Relaxed) >= KILL_AFTER {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        acked_requests.load(Ordering::Relaxed) >= KILL_AFTER,
-        "the collector acknowledged too little in 30 s"
-    );
+    let reached = load.until_acknowledged(KILL_AFTER).await;
+    assert!(reached, "the collector acknowledged too little in 30 s");
     first.child.kill().expect("SIGKILL"); // std's kill is SIGKILL on Unix
     first.child.wait().unwrap();
-    let mut acked = Vec::new();
-    for sender in senders {
-        acked.push(
-            tokio::time::timeout(Duration::from_secs(20), sender)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let acked = load.finish().await;
     assert!(
         acked.iter().all(|&n| n > 0),
         "every sender was acknowledged: {acked:?}"
@@ -238,22 +263,8 @@ async fn sigterm_under_load_exits_zero_in_time_and_keeps_every_acknowledged_span
     // written and not yet synced, and what is queued.
     let mut first = serve(dir.path(), "interval");
     let grpc_addr = first.addrs["otlp-grpc"];
-    let acked_requests = Arc::new(AtomicU64::new(0));
-    let senders: Vec<_> = (0..SENDERS)
-        .map(|sender| {
-            tokio::spawn(send_until_refused(
-                grpc_addr,
-                sender,
-                acked_requests.clone(),
-            ))
-        })
-        .collect();
-    for _ in 0..3000 {
-        if acked_requests.load(Ordering::Relaxed) >= KILL_AFTER {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let load = Load::start(grpc_addr);
+    load.until_acknowledged(KILL_AFTER).await;
     let status = Command::new("kill")
         .args(["-TERM", &first.child.id().to_string()])
         .status()
@@ -269,15 +280,7 @@ async fn sigterm_under_load_exits_zero_in_time_and_keeps_every_acknowledged_span
     }
     let exit = exit.expect("the collector exits within 10 s of SIGTERM");
     assert!(exit.success(), "{exit:?}");
-    let mut acked = Vec::new();
-    for sender in senders {
-        acked.push(
-            tokio::time::timeout(Duration::from_secs(20), sender)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let acked = load.finish().await;
     assert!(
         acked.iter().all(|&n| n > 0),
         "every sender was acknowledged: {acked:?}"

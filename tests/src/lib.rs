@@ -95,3 +95,16 @@ pub async fn metrics_text(collector: &RunningCollector) -> String {
         .expect("the query API answers");
     response.text().await.expect("a body")
 }
+
+/// A gRPC client of `addr` that sends pre-encoded messages (with
+/// [`wayfinder_collector::receivers::grpc::RawCodec`]), for requests an SDK would not send.
+pub async fn raw_grpc(
+    addr: std::net::SocketAddr,
+) -> tonic::client::Grpc<tonic::transport::Channel> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("a loopback URL")
+        .connect()
+        .await
+        .expect("the gRPC port accepts");
+    tonic::client::Grpc::new(channel)
+}

@@ -11,7 +11,7 @@ use wayfinder_collector::access::{Secret, TokenSource};
 use wayfinder_collector::metrics::ListenerLabels;
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{span, trace_request};
-use wayfinder_e2e::{http_client, loopback_config, start};
+use wayfinder_e2e::{http_client, loopback_config, raw_grpc, start};
 
 const INGEST: &str = "ingest-token-1";
 
@@ -80,12 +80,7 @@ async fn each_listener_admits_only_its_own_tokens_and_the_probes_stay_open() {
     }
 
     // OTLP/gRPC.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.otlp_grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = raw_grpc(addrs.otlp_grpc).await;
     let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
     for (why, token, code) in [
         ("no token", None, Some(tonic::Code::Unauthenticated)),

@@ -329,13 +329,7 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_requests() {
     let collector = start(loopback_config()).await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", collector.addrs().otlp_grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = wayfinder_e2e::raw_grpc(collector.addrs().otlp_grpc).await;
     let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
     let mut send = async |body: Vec<u8>| {
         grpc.ready().await.unwrap();

@@ -48,11 +48,6 @@ impl Watchers {
         self.max - self.permits.available_permits()
     }
 
-    /// The cap.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// The message of a refusal.
     pub fn refusal(&self) -> String {
         format!(

@@ -458,20 +458,14 @@ impl Ingest {
     }
 
     /// Feeds one record of the write-ahead log back in at start, as it was taken the first
-    /// time, but not logged again: spans to the store (waiting for room in the queue), and to
-    /// the topology and the other facts consumers only if they arrived at or after
-    /// `facts_since` (older spans would count as calls of the current window); heartbeats to
-    /// the registry at their arrival time. Returns the spans queued.
-    pub async fn replay(
-        &self,
-        record: &Record,
-        facts_since: SystemTime,
-    ) -> Result<usize, IngestError> {
+    /// time, but not logged again: spans to the store (waiting for room in the queue) and, if
+    /// this ingest takes facts, to the topology and the other facts consumers; heartbeats to
+    /// the registry at their arrival time. Returns the spans queued. (The caller replays
+    /// spans too old for the current window through a clone `with_facts(false)`.)
+    pub async fn replay(&self, record: &Record) -> Result<usize, IngestError> {
         match record.kind {
             RecordKind::Traces => {
-                let mut options = (*self.options).clone();
-                options.facts &= record.arrival >= facts_since;
-                let decoded = decode_traces_wire_with(&record.payload, &options)
+                let decoded = decode_traces_wire_with(&record.payload, &self.options)
                     .map_err(|e| IngestError::Malformed(e.to_string()))?;
                 let Some(batch) = decoded.batch else {
                     return Ok(0);

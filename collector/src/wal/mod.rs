@@ -37,7 +37,7 @@ pub mod record;
 pub mod segment;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -338,11 +338,6 @@ impl Wal {
                 tracing::error!("the write-ahead log's writer ended abnormally");
             }
         }
-    }
-
-    /// Its directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
