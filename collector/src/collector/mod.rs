@@ -31,7 +31,8 @@ use crate::receivers::Ingest;
 use crate::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::spanmetrics::{SpanMetrics, SpanMetricsConfig, SpanMetricsExposition};
 use crate::sql::{QueryEngine, QueryLimits};
-use crate::store::{MAINTENANCE_PERIOD, MemoryStore, SpanStore, StoreConfig};
+use crate::store::history::History;
+use crate::store::{MAINTENANCE_PERIOD, MemoryStore, Sealing, SpanStore, StoreConfig};
 use crate::topology::{DatabaseName, Topology, TopologyConfig, TopologyMetrics};
 use crate::wal::{Recovery, Wal, WalConfig, WalMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
@@ -79,6 +80,9 @@ pub enum StartError {
     /// A listener's tokens could not be read.
     #[error(transparent)]
     Tokens(#[from] crate::access::TokenError),
+    /// The sealed Parquet files could not be listed or read.
+    #[error(transparent)]
+    History(#[from] crate::store::history::HistoryError),
 }
 
 /// A running collector. Dropping it stops nothing; call [`RunningCollector::shutdown`].
@@ -152,10 +156,28 @@ impl Collector {
         let metrics = Arc::new(Metrics::new());
         // The log is read before anything starts: a damaged or foreign file stops the start
         // here, with the listeners not yet served.
+        // The sealed files first: the log's numbering continues above theirs, and a record
+        // whose spans they hold is not stored again.
+        let history = match &config.data_dir {
+            None => None,
+            Some(dir) => {
+                let location = config
+                    .history
+                    .clone()
+                    .unwrap_or_else(|| dir.join("spans").display().to_string());
+                let history = Arc::new(History::new(&location)?);
+                let files = history.list().await?;
+                Some((history, files))
+            }
+        };
         let recovered = match &config.data_dir {
             None => None,
             Some(dir) => {
-                let wal_config = WalConfig::new(dir.join("wal"), config.wal_sync);
+                let mut wal_config = WalConfig::new(dir.join("wal"), config.wal_sync);
+                wal_config.track_sealing = true;
+                wal_config.min_next_seq = history.as_ref().map_or(1, |(_, files)| {
+                    files.iter().map(|f| f.seqs.1).max().unwrap_or(0) + 1
+                });
                 let (wal, recovery) = tokio::task::spawn_blocking(move || Wal::open(wal_config))
                     .await
                     .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??;
@@ -177,7 +199,24 @@ impl Collector {
             max_bytes: config.max_store_bytes,
             ..StoreConfig::default()
         };
-        let store: Arc<dyn SpanStore> = Arc::new(MemoryStore::new(store_config, metrics.clone()));
+        let mut memory = MemoryStore::new(store_config, metrics.clone());
+        let mut sealed = SealedRecords::default();
+        if let (Some((history, files)), Some((wal, recovery))) = (history, &recovered) {
+            let oldest = recovery.found.first().map_or(u64::MAX, |s| s.first_seq);
+            sealed = SealedRecords::new(history.sealed_seqs(&files, oldest).await?);
+            let wal = wal.clone();
+            memory = memory.with_sealing(
+                Sealing {
+                    history,
+                    interval: config.seal_interval,
+                    file_rows: SEAL_FILE_ROWS,
+                    retention: config.retention,
+                    on_sealed: Arc::new(move |seqs| wal.sealed(seqs)),
+                },
+                files,
+            );
+        }
+        let store: Arc<dyn SpanStore> = Arc::new(memory);
         let limits = QueryLimits {
             timeout: config.query_timeout,
             memory_bytes: config.query_memory_bytes,
@@ -291,7 +330,7 @@ impl Collector {
             Some((wal, recovery)) => {
                 let facts_since = SystemTime::now() - config.weight_window;
                 let keep_since = SystemTime::now() - config.retention;
-                replay(&ingest, &wal, recovery, keep_since, facts_since).await;
+                replay(&ingest, &wal, recovery, &sealed, keep_since, facts_since).await;
                 Some(wal)
             }
         };
@@ -325,7 +364,14 @@ impl Collector {
         // Periodic work.
         let upkeep = {
             let (store, topology, registry) = (store.clone(), topology.clone(), registry.clone());
-            let (wal, retention) = (wal.clone(), config.retention);
+            // With sealing, the log keeps what the topology and the registry are rebuilt
+            // from (the spans' own retention is the files'); without, what the store keeps.
+            let wal_keeps = if config.data_dir.is_some() {
+                config.weight_window.max(config.deregister_after)
+            } else {
+                config.retention
+            };
+            let (wal, retention) = (wal.clone(), wal_keeps);
             let tokens: Vec<(&'static str, Tokens)> = [
                 ("ingest", ingest_tokens.clone()),
                 ("query", query_tokens.clone()),
@@ -344,7 +390,7 @@ impl Collector {
                 let now = SystemTime::now();
                 store.maintain(now);
                 if let Some(wal) = &wal {
-                    // What the store no longer keeps need not be replayed either.
+                    // What is sealed, or older than anything rebuilt from it, goes.
                     wal.retire_before(now - retention);
                 }
             }
@@ -438,6 +484,7 @@ async fn replay(
     ingest: &Ingest,
     wal: &Wal,
     recovery: Recovery,
+    sealed: &SealedRecords,
     keep_since: SystemTime,
     facts_since: SystemTime,
 ) {
@@ -476,10 +523,14 @@ async fn replay(
             } else {
                 &store_only
             };
-            match through.replay(record).await {
+            let is_sealed = sealed.holds(record.seq);
+            match through.replay(record, is_sealed).await {
                 Ok(rows) => {
                     records += 1;
                     spans += rows;
+                    if rows > 0 {
+                        wal.track(record.seq);
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(seq = record.seq, %error, "write-ahead log: a record could not be replayed; skipped");
@@ -497,6 +548,26 @@ async fn replay(
         elapsed = ?started.elapsed(),
         "write-ahead log replayed"
     );
+}
+
+/// Spans in memory are sealed at once when this many wait: about a row group per 128 Ki,
+/// eight to a file.
+const SEAL_FILE_ROWS: usize = 1 << 20;
+
+/// The log records whose spans are already in sealed files, as sorted ranges.
+#[derive(Debug, Default)]
+struct SealedRecords(Vec<(u64, u64)>);
+
+impl SealedRecords {
+    fn new(mut ranges: Vec<(u64, u64)>) -> Self {
+        ranges.sort_unstable();
+        Self(ranges)
+    }
+
+    fn holds(&self, seq: u64) -> bool {
+        let after = self.0.partition_point(|(first, _)| *first <= seq);
+        after > 0 && self.0[after - 1].1 >= seq
+    }
 }
 
 impl RunningCollector {
@@ -540,6 +611,11 @@ impl RunningCollector {
         }
         // Only the receivers held the queue: the pipeline drains it, then ends.
         self.pipeline.join().await;
+        // Everything in memory is sealed before the log closes (without sealing, nothing).
+        let store = self.store.clone();
+        if let Err(error) = tokio::task::spawn_blocking(move || store.flush()).await {
+            tracing::error!(%error, "sealing at shutdown failed; the log keeps the spans");
+        }
         if let Some(wal) = &self.wal {
             wal.close().await;
         }

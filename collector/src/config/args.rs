@@ -152,6 +152,15 @@ pub struct ServeArgs {
     /// How often the write-ahead log is synced in `interval` mode [default: 200ms].
     #[arg(long, env = "WAYFINDER_WAL_SYNC_INTERVAL", value_parser = parse_duration)]
     pub wal_sync_interval: Option<Duration>,
+    /// Where spans sealed out of memory go as Parquet files, with --data-dir: a directory,
+    /// `file:///…` or `s3://bucket/prefix` (credentials and endpoint from the `AWS_*`
+    /// variables) [default: DIR/spans].
+    #[arg(long, env = "WAYFINDER_HISTORY")]
+    pub history: Option<String>,
+    /// The longest spans wait in memory before they are sealed to Parquet (sooner when a
+    /// million wait or memory is half full) [default: 1m].
+    #[arg(long, env = "WAYFINDER_SEAL_INTERVAL", value_parser = parse_duration)]
+    pub seal_interval: Option<Duration>,
     /// File of the bearer tokens the OTLP receivers admit, one a line, read again when it
     /// changes; or the token itself in WAYFINDER_INGEST_TOKEN [default: none, ingest is open].
     #[arg(long, env = "WAYFINDER_INGEST_TOKEN_FILE")]

@@ -52,6 +52,8 @@ pub(super) struct FileConfig {
     pub(super) data_dir: Option<std::path::PathBuf>,
     pub(super) wal_sync: Option<super::WalSyncMode>,
     pub(super) wal_sync_interval: Option<String>,
+    pub(super) history: Option<String>,
+    pub(super) seal_interval: Option<String>,
     pub(super) ingest_token_file: Option<std::path::PathBuf>,
     pub(super) query_token_file: Option<std::path::PathBuf>,
     pub(super) log_level: Option<String>,

@@ -120,6 +120,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// When the write-ahead log acknowledges a request.
     pub wal_sync: WalSync,
+    /// Where sealed Parquet files go (with `data_dir`); `None`: `DIR/spans`.
+    pub history: Option<String>,
+    /// The longest spans wait in memory before they are sealed.
+    pub seal_interval: Duration,
     /// The bearer tokens the OTLP receivers admit; `None`: open.
     pub ingest_token: Option<TokenSource>,
     /// The bearer tokens the query API admits (not `/healthz`, `/readyz`); `None`: open.
@@ -181,6 +185,8 @@ impl Default for Config {
             max_watchers: 10_000,
             data_dir: None,
             wal_sync: WalSync::Interval(DEFAULT_WAL_SYNC_INTERVAL),
+            history: None,
+            seal_interval: Duration::from_secs(60),
             ingest_token: None,
             query_token: None,
         }
@@ -466,6 +472,11 @@ impl Config {
                 .or(file.max_watchers)
                 .unwrap_or(defaults.max_watchers),
             data_dir: args.data_dir.clone().or(file.data_dir.clone()),
+            history: args.history.clone().or(file.history.clone()),
+            seal_interval: args
+                .seal_interval
+                .or(duration("seal_interval", &file.seal_interval)?)
+                .unwrap_or(defaults.seal_interval),
             ingest_token: token_source(
                 "ingest_token_file",
                 args.ingest_token_file
@@ -541,6 +552,16 @@ impl Config {
             return Err(invalid(
                 "wal_sync_interval",
                 "must be above zero (use --wal-sync always to sync every request)".to_owned(),
+            ));
+        }
+        if self.seal_interval.is_zero() {
+            return Err(invalid("seal_interval", "must be above zero".to_owned()));
+        }
+        if self.history.is_some() && self.data_dir.is_none() {
+            return Err(invalid(
+                "history",
+                "needs --data-dir: sealed files are replayed from the write-ahead log there"
+                    .to_owned(),
             ));
         }
         if self.max_connections == 0 {

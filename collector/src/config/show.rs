@@ -48,7 +48,7 @@ impl Config {
             WalSync::Always => ("always", Value::Null),
             WalSync::Interval(interval) => ("interval", duration(interval)),
         };
-        let settings: [(&str, Value); 44] = [
+        let settings: [(&str, Value); 46] = [
             ("otlp_grpc", json!(self.otlp_grpc.to_string())),
             ("otlp_http", json!(self.otlp_http.to_string())),
             ("query_http", json!(self.query_http.to_string())),
@@ -110,6 +110,8 @@ impl Config {
             ),
             ("wal_sync", json!(wal_sync)),
             ("wal_sync_interval", json!(wal_sync_interval)),
+            ("history", json!(self.history)),
+            ("seal_interval", json!(duration(self.seal_interval))),
             ("ingest_token_file", json!(ingest_token_file)),
             ("ingest_token", json!(ingest_token)),
             ("query_token_file", json!(query_token_file)),

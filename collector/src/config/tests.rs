@@ -595,6 +595,46 @@ fn data_dir_and_wal_sync() {
 }
 
 #[test]
+fn sealed_history_settings() {
+    let resolve = |flags: &[&str]| {
+        let mut all = vec!["serve"];
+        all.extend_from_slice(flags);
+        Config::resolve(&ServeArgs::try_parse_from(all).unwrap())
+    };
+    let defaults = Config::default();
+    assert_eq!(defaults.history, None, "DIR/spans under --data-dir");
+    assert_eq!(defaults.seal_interval, Duration::from_secs(60));
+    let set = resolve(&[
+        "--data-dir",
+        "/data",
+        "--history",
+        "s3://bucket/spans",
+        "--seal-interval",
+        "10s",
+    ])
+    .unwrap();
+    assert_eq!(set.history.as_deref(), Some("s3://bucket/spans"));
+    assert_eq!(set.seal_interval, Duration::from_secs(10));
+    // (flags, the setting named in the error, why)
+    let refused: [(&[&str], &str, &str); 2] = [
+        (
+            &["--history", "/elsewhere"],
+            "history",
+            "sealing replays from the log, so it needs --data-dir",
+        ),
+        (
+            &["--data-dir", "/data", "--seal-interval", "0s"],
+            "seal_interval",
+            "an interval of zero would seal every tick",
+        ),
+    ];
+    for (flags, setting, why) in refused {
+        let err = resolve(flags).expect_err(why).to_string();
+        assert!(err.contains(setting), "{why}: {err}");
+    }
+}
+
+#[test]
 fn tokens_come_from_a_file_or_a_variable_never_a_flag() {
     let args = |flags: &[&str]| {
         let mut all = vec!["serve"];

@@ -104,6 +104,16 @@ pub struct Metrics {
     pub store_batches: Gauge,
     /// Spans evicted from the store, per reason (`age`, `size`).
     pub store_evicted_spans: Family<ReasonLabels, Counter>,
+    /// Spans written out of memory as Parquet.
+    pub sealed_spans: Counter,
+    /// Seals that failed (and were retried).
+    pub seal_failures: Counter,
+    /// Sealed files deleted past the retention.
+    pub expired_files: Counter,
+    /// Sealed files kept.
+    pub sealed_files: Gauge,
+    /// Bytes of the sealed files kept.
+    pub sealed_bytes: Gauge,
     /// SQL queries, per outcome.
     pub sql_queries: Family<OutcomeLabels, Counter>,
     /// SQL query durations.
@@ -141,6 +151,11 @@ impl Metrics {
             store_bytes: Gauge::default(),
             store_batches: Gauge::default(),
             store_evicted_spans: Family::default(),
+            sealed_spans: Counter::default(),
+            seal_failures: Counter::default(),
+            expired_files: Counter::default(),
+            sealed_files: Gauge::default(),
+            sealed_bytes: Gauge::default(),
             sql_queries: Family::default(),
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             unauthorized: Family::default(),
@@ -209,6 +224,31 @@ impl Metrics {
             "wayfinder_store_evicted_spans",
             "Spans evicted from the span store, per reason (age, size)",
             m.store_evicted_spans.clone(),
+        );
+        registry.register(
+            "wayfinder_sealed_spans",
+            "Spans written out of memory as Parquet files",
+            m.sealed_spans.clone(),
+        );
+        registry.register(
+            "wayfinder_seal_failures",
+            "Seals to Parquet that failed (the spans stay in memory and are sealed later)",
+            m.seal_failures.clone(),
+        );
+        registry.register(
+            "wayfinder_expired_files",
+            "Sealed Parquet files deleted past the retention",
+            m.expired_files.clone(),
+        );
+        registry.register(
+            "wayfinder_sealed_files",
+            "Sealed Parquet files kept",
+            m.sealed_files.clone(),
+        );
+        registry.register(
+            "wayfinder_sealed_bytes",
+            "Bytes of the sealed Parquet files kept",
+            m.sealed_bytes.clone(),
         );
         registry.register(
             "wayfinder_sql_queries",

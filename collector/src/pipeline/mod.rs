@@ -115,7 +115,7 @@ impl IngestQueue {
     /// spent.
     pub fn try_push(&self, batch: SpanBatch, facts: Vec<SpanFacts>) -> Result<(), Refusal> {
         let bytes = Self::bytes_of(&batch, &facts);
-        self.try_reserve(bytes)?.push(batch, facts)
+        self.try_reserve(bytes)?.push(batch, facts, None)
     }
 
     /// The budget a batch and its facts take.
@@ -217,13 +217,20 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// Queues the batch and its facts; the budget is held until every stage is done with them.
-    pub fn push(self, batch: SpanBatch, facts: Vec<SpanFacts>) -> Result<(), Refusal> {
+    /// Queues the batch (of write-ahead log record `seq`, if logged) and its facts; the budget
+    /// is held until every stage is done with them.
+    pub fn push(
+        self,
+        batch: SpanBatch,
+        facts: Vec<SpanFacts>,
+        seq: Option<u64>,
+    ) -> Result<(), Refusal> {
         let permit = Arc::new(self.permit);
         // The store first: once it has the batch, the spans are acknowledged.
         self.store_tx
             .send(StoreWork {
                 batch,
+                seq,
                 _permit: permit.clone(),
             })
             .map_err(|_| Refusal::Closed)?;
@@ -233,6 +240,16 @@ impl Reservation {
             _permit: permit,
         });
         Ok(())
+    }
+
+    /// Queues only the facts of spans already stored (replayed records whose spans are sealed).
+    pub fn push_facts(self, facts: Vec<SpanFacts>) -> Result<(), Refusal> {
+        self.facts_tx
+            .send(FactsWork {
+                facts,
+                _permit: Arc::new(self.permit),
+            })
+            .map_err(|_| Refusal::Closed)
     }
 }
 

@@ -41,6 +41,8 @@ pub(super) type Permit = Arc<OwnedSemaphorePermit>;
 #[derive(Debug)]
 pub(super) struct StoreWork {
     pub(super) batch: SpanBatch,
+    /// The write-ahead log record it came from.
+    pub(super) seq: Option<u64>,
     pub(super) _permit: Permit,
 }
 
@@ -176,8 +178,12 @@ pub(super) fn spawn(
     tasks.push(tokio::spawn(async move {
         let mut backoff = FIRST_BACKOFF;
         while let Some(work) = store_rx.recv().await {
-            let StoreWork { batch, _permit } = work;
-            contained(&stage, &mut backoff, || store.append(batch)).await;
+            let StoreWork {
+                batch,
+                seq,
+                _permit,
+            } = work;
+            contained(&stage, &mut backoff, || store.append_logged(batch, seq)).await;
         }
     }));
 

@@ -106,15 +106,28 @@ pub(super) async fn trace(
             "`{trace_id}` is not a trace id: 32 hexadecimal characters"
         )));
     };
-    let slot = state.engine.slot().map_err(ApiError::Query)?;
-    let batches = state.engine.store().stored_batches();
     let max_rows = state.engine.limits().max_rows;
-    let (spans, truncated) = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        spans_of_trace(&batches, wanted, max_rows)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))??;
+    let view = state.engine.store().view();
+    let (spans, truncated) = if view.files.is_empty() {
+        let slot = state.engine.slot().map_err(ApiError::Query)?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            spans_of_trace(&view.batches, wanted, max_rows)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))??
+    } else {
+        // Sealed spans too: SQL reads memory and the files whose Bloom filters may hold it.
+        let sql = format!(
+            "SELECT * FROM spans WHERE trace_id = '{}' ORDER BY start_time LIMIT {}",
+            const_hex::encode(wanted),
+            max_rows.saturating_add(1)
+        );
+        let result = state.engine.sql(&sql).await.map_err(ApiError::Query)?;
+        tokio::task::spawn_blocking(move || rows_as_objects(&result.batches, max_rows))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))??
+    };
     if spans.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no spans of trace {trace_id} are stored"
@@ -155,6 +168,29 @@ fn spans_of_trace(
         order.extend((0..batch.num_rows()).map(|row| (starts.value(row), b, row)));
     }
     order.sort_unstable();
+    objects_at(&matched, order, max_rows)
+}
+
+/// The rows of `spans` batches, in order, as JSON objects: at most `max_rows`, and whether
+/// there were more.
+fn rows_as_objects(
+    batches: &[datafusion::arrow::record_batch::RecordBatch],
+    max_rows: usize,
+) -> Result<(Vec<Value>, bool), ApiError> {
+    let order = batches
+        .iter()
+        .enumerate()
+        .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |row| (0, b, row)))
+        .collect();
+    objects_at(batches, order, max_rows)
+}
+
+fn objects_at(
+    matched: &[datafusion::arrow::record_batch::RecordBatch],
+    mut order: Vec<(i64, usize, usize)>,
+    max_rows: usize,
+) -> Result<(Vec<Value>, bool), ApiError> {
+    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
     let truncated = order.len() > max_rows;
     order.truncate(max_rows);
     let mut spans = Vec::with_capacity(order.len());

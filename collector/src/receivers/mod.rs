@@ -295,18 +295,22 @@ impl Ingest {
             reservation,
             ticket,
         } = prepared;
-        if let Some(ticket) = ticket
-            && let Err(e) = ticket.durable().await
-        {
-            let error = IngestError::Unavailable(e.to_string());
-            self.refuse_traces(protocol, &decoded, &error);
-            return Err(error);
+        let mut seq = None;
+        if let Some(ticket) = ticket {
+            match ticket.durable().await {
+                Ok(logged) => seq = Some(logged),
+                Err(e) => {
+                    let error = IngestError::Unavailable(e.to_string());
+                    self.refuse_traces(protocol, &decoded, &error);
+                    return Err(error);
+                }
+            }
         }
         let accepted = decoded.accepted();
         if let (Some(reservation), Some(batch)) = (reservation, decoded.batch) {
             // Only a closed queue refuses a reserved push, and the receivers stop before it
             // closes; if it does come, the spans are in the log and the client retries.
-            if reservation.push(batch, decoded.facts).is_err() {
+            if reservation.push(batch, decoded.facts, seq).is_err() {
                 let error = IngestError::ShuttingDown;
                 self.refuse_request(protocol, error.reason());
                 self.count_refused_spans(protocol, error.reason(), accepted as u64);
@@ -461,10 +465,14 @@ impl Ingest {
     /// time, but not logged again: spans to the store (waiting for room in the queue) and, if
     /// this ingest takes facts, to the topology and the other facts consumers; heartbeats to
     /// the registry at their arrival time. Returns the spans queued. (The caller replays
-    /// spans too old for the current window through a clone `with_facts(false)`.)
-    pub async fn replay(&self, record: &Record) -> Result<usize, IngestError> {
+    /// spans too old for the current window through a clone `with_facts(false)`.) A record
+    /// whose spans are `sealed` already gives only its facts, and is skipped without them.
+    pub async fn replay(&self, record: &Record, sealed: bool) -> Result<usize, IngestError> {
         match record.kind {
             RecordKind::Traces => {
+                if sealed && !self.options.facts {
+                    return Ok(0);
+                }
                 let decoded = decode_traces_wire_with(&record.payload, &self.options)
                     .map_err(|e| IngestError::Malformed(e.to_string()))?;
                 let Some(batch) = decoded.batch else {
@@ -472,10 +480,19 @@ impl Ingest {
                 };
                 let rows = batch.rows();
                 let bytes = IngestQueue::bytes_of(&batch, &decoded.facts);
-                self.queue
+                let reservation = self
+                    .queue
                     .reserve(bytes)
                     .await
-                    .and_then(|reservation| reservation.push(batch, decoded.facts))
+                    .map_err(|_| IngestError::ShuttingDown)?;
+                if sealed {
+                    reservation
+                        .push_facts(decoded.facts)
+                        .map_err(|_| IngestError::ShuttingDown)?;
+                    return Ok(0);
+                }
+                reservation
+                    .push(batch, decoded.facts, Some(record.seq))
                     .map_err(|_| IngestError::ShuttingDown)?;
                 Ok(rows)
             }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::MemTable;
+use datafusion::catalog::{MemTable, TableProvider};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
@@ -22,9 +24,11 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::StreamExt as _;
 
+use crate::decode::schema::span_schema;
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::registry::{Registry, health_events_schema};
 use crate::store::SpanStore;
+use crate::store::history::{History, SealedFile};
 
 /// Limits of the query engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,7 +252,16 @@ impl QueryEngine {
             .with_target_partitions(2)
             .with_information_schema(true);
         let context = SessionContext::new_with_config_rt(config, runtime);
-        let table = spans_table::SpansTable::new(self.store.stored_batches(), 2);
+        let view = self.store.view();
+        let mut table = spans_table::SpansTable::new(view.batches, 2);
+        if let Some(history) = &view.history
+            && !view.files.is_empty()
+        {
+            context
+                .runtime_env()
+                .register_object_store(history.store_url().as_ref(), history.store().clone());
+            table = table.with_sealed(history_table(history, &view.files).map_err(internal)?);
+        }
         context
             .register_table("spans", Arc::new(table))
             .map_err(internal)?;
@@ -264,6 +277,24 @@ impl QueryEngine {
         }
         Ok(context)
     }
+}
+
+/// The sealed files as one listing table of the `spans` schema: DataFusion prunes files and
+/// row groups by their statistics (time ranges) and Bloom filters (`trace_id`).
+fn history_table(
+    history: &History,
+    files: &[SealedFile],
+) -> datafusion::error::Result<Arc<dyn TableProvider>> {
+    let urls = files
+        .iter()
+        .map(|file| history.table_url(file))
+        .collect::<datafusion::error::Result<Vec<_>>>()?;
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(span_schema());
+    Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
 async fn execute(

@@ -18,15 +18,18 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_plan::union::UnionExec;
 
 use crate::decode::schema::span_schema;
 use crate::store::StoredBatch;
 use crate::store::view::{TraceId, parse_trace_id, projected_schema, public_batch};
 
-/// The `spans` table over stored batches, dealt into `partitions` for parallel scans.
+/// The `spans` table over stored batches, dealt into `partitions` for parallel scans, and the
+/// sealed files beside them when there are some.
 #[derive(Debug)]
 pub(crate) struct SpansTable {
     partitions: Vec<Arc<[StoredBatch]>>,
+    sealed: Option<Arc<dyn TableProvider>>,
 }
 
 impl SpansTable {
@@ -38,7 +41,14 @@ impl SpansTable {
         }
         Self {
             partitions: parts.into_iter().map(Arc::from).collect(),
+            sealed: None,
         }
+    }
+
+    /// Also reads `sealed` (a table of the same schema: the Parquet files), as a union.
+    pub(crate) fn with_sealed(mut self, sealed: Arc<dyn TableProvider>) -> Self {
+        self.sealed = Some(sealed);
+        self
     }
 }
 
@@ -54,7 +64,7 @@ impl TableProvider for SpansTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
@@ -81,7 +91,21 @@ impl TableProvider for SpansTable {
             })
             .collect();
         let exec = StreamingTableExec::try_new(schema, partitions, None, [], false, limit)?;
-        Ok(Arc::new(exec))
+        let memory: Arc<dyn ExecutionPlan> = Arc::new(exec);
+        match &self.sealed {
+            None => Ok(memory),
+            Some(sealed) => {
+                let files = sealed
+                    .scan(
+                        state,
+                        projection.as_deref().map(<[usize]>::to_vec).as_ref(),
+                        filters,
+                        limit,
+                    )
+                    .await?;
+                UnionExec::try_new(vec![memory, files])
+            }
+        }
     }
 
     fn supports_filters_pushdown(
@@ -91,6 +115,8 @@ impl TableProvider for SpansTable {
         Ok(filters
             .iter()
             .map(|filter| match trace_ids(filter) {
+                // The files prune by any filter (statistics); DataFusion applies each again.
+                _ if self.sealed.is_some() => TableProviderFilterPushDown::Inexact,
                 Some(_) => TableProviderFilterPushDown::Inexact,
                 None => TableProviderFilterPushDown::Unsupported,
             })

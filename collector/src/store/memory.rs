@@ -16,8 +16,9 @@ use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::record_batch::RecordBatch;
 use parking_lot::RwLock;
 
+use super::history::{History, SealedFile};
 use super::traces::{StoredBatch, TraceFilter};
-use super::{SpanStore, StoreStats};
+use super::{SpanStore, StoreStats, StoreView};
 use crate::decode::SpanBatch;
 use crate::decode::schema::stored_schema;
 use crate::metrics::{Metrics, ReasonLabels};
@@ -52,6 +53,37 @@ pub struct MemoryStore {
     config: StoreConfig,
     inner: RwLock<Inner>,
     metrics: Arc<Metrics>,
+    sealing: Option<Sealing>,
+    /// One seal at a time (upkeep's and shutdown's may meet).
+    seal_lock: parking_lot::Mutex<()>,
+}
+
+/// What is told the log records whose spans were sealed.
+pub type OnSealed = Arc<dyn Fn(&[u64]) + Send + Sync>;
+
+/// Where and when compacted segments are written out of memory as Parquet.
+#[derive(Clone)]
+pub struct Sealing {
+    /// Where the files go.
+    pub history: Arc<History>,
+    /// The longest a compacted segment waits in memory for more to seal with it.
+    pub interval: Duration,
+    /// Seal at once when this many spans wait.
+    pub file_rows: usize,
+    /// How long files are kept.
+    pub retention: Duration,
+    /// Told the log records whose spans were just sealed (the log may then drop them).
+    pub on_sealed: OnSealed,
+}
+
+impl std::fmt::Debug for Sealing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealing")
+            .field("history", &self.history.location())
+            .field("interval", &self.interval)
+            .field("file_rows", &self.file_rows)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -62,6 +94,8 @@ struct Inner {
     bytes: usize,
     batches: usize,
     next_id: u64,
+    /// Sealed files, with the retention's deletions applied.
+    files: Vec<SealedFile>,
 }
 
 #[derive(Debug)]
@@ -76,6 +110,8 @@ struct Segment {
     compacted: bool,
     /// The trace ids of its one batch, once compacted.
     traces: Option<Arc<TraceFilter>>,
+    /// The write-ahead log records its batches came from.
+    seqs: Vec<u64>,
 }
 
 impl MemoryStore {
@@ -85,11 +121,39 @@ impl MemoryStore {
             config,
             inner: RwLock::new(Inner::default()),
             metrics,
+            sealing: None,
+            seal_lock: parking_lot::Mutex::new(()),
         }
+    }
+
+    /// Writes compacted segments out as Parquet files (see [`Sealing`]) instead of keeping
+    /// them until the retention; `files` are those sealed before (found at start). Memory then
+    /// holds only what is not sealed yet, and neither the budget nor the retention evicts it.
+    pub fn with_sealing(mut self, sealing: Sealing, files: Vec<SealedFile>) -> Self {
+        self.inner.get_mut().files = files;
+        self.sealing = Some(sealing);
+        self
+    }
+
+    /// [`SpanStore::flush`] at `now`: with sealing, seals everything in memory, the open
+    /// segment too. Blocking; call it inside the runtime, on a blocking thread.
+    pub fn flush_at(&self, now: SystemTime) {
+        if self.sealing.is_none() {
+            return;
+        }
+        if let Some(open) = self.inner.write().segments.back_mut() {
+            open.sealed = true;
+        }
+        self.maintain_at(now, true);
     }
 
     /// Adds a batch as if it arrived at `now`.
     pub fn append_at(&self, batch: SpanBatch, now: SystemTime) {
+        self.append_logged_at(batch, None, now);
+    }
+
+    /// Adds a batch from log record `seq` as if it arrived at `now`.
+    pub fn append_logged_at(&self, batch: SpanBatch, seq: Option<u64>, now: SystemTime) {
         let rows = batch.rows();
         let bytes = batch.bytes();
         {
@@ -108,6 +172,7 @@ impl MemoryStore {
                     sealed: false,
                     compacted: false,
                     traces: None,
+                    seqs: Vec::new(),
                 });
             }
             inner.rows += rows;
@@ -122,6 +187,7 @@ impl MemoryStore {
             open.rows += rows;
             open.bytes += bytes;
             open.newest = open.newest.max(now);
+            open.seqs.extend(seq);
             // Sealed here, compacted by `maintain`, off the ingest path.
             open.sealed |= open.rows >= segment_rows;
             self.evict_over_budget(&mut inner);
@@ -133,6 +199,9 @@ impl MemoryStore {
     /// acknowledged, and a query must be able to see it. A batch larger than the whole budget
     /// thus stays until the next one comes (the store exceeds its budget by at most one batch).
     fn evict_over_budget(&self, inner: &mut Inner) {
+        if self.sealing.is_some() {
+            return; // nothing unsealed may go; sealing empties memory instead
+        }
         let mut evicted = 0usize;
         while inner.bytes > self.config.max_bytes {
             if inner.segments.len() > 1 {
@@ -226,6 +295,23 @@ impl SpanStore for MemoryStore {
         self.append_at(batch, SystemTime::now());
     }
 
+    fn append_logged(&self, batch: SpanBatch, seq: Option<u64>) {
+        self.append_logged_at(batch, seq, SystemTime::now());
+    }
+
+    fn view(&self) -> StoreView {
+        let inner = self.inner.read();
+        StoreView {
+            batches: stored_batches_of(&inner),
+            files: inner.files.clone(),
+            history: self.sealing.as_ref().map(|s| s.history.clone()),
+        }
+    }
+
+    fn flush(&self) {
+        self.flush_at(SystemTime::now());
+    }
+
     fn snapshot(&self) -> Vec<RecordBatch> {
         let inner = self.inner.read();
         inner
@@ -236,27 +322,49 @@ impl SpanStore for MemoryStore {
     }
 
     fn stored_batches(&self) -> Vec<StoredBatch> {
-        let inner = self.inner.read();
-        inner
-            .segments
-            .iter()
-            .flat_map(|s| {
-                s.batches.iter().map(|batch| StoredBatch {
-                    batch: batch.clone(),
-                    traces: s.traces.clone(),
-                })
-            })
-            .collect()
+        stored_batches_of(&self.inner.read())
     }
 
     fn maintain(&self, now: SystemTime) {
+        self.maintain_at(now, false);
+    }
+
+    fn stats(&self) -> StoreStats {
+        let inner = self.inner.read();
+        StoreStats {
+            rows: inner.rows,
+            bytes: inner.bytes,
+            batches: inner.batches,
+        }
+    }
+}
+
+fn stored_batches_of(inner: &Inner) -> Vec<StoredBatch> {
+    inner
+        .segments
+        .iter()
+        .flat_map(|s| {
+            s.batches.iter().map(|batch| StoredBatch {
+                batch: batch.clone(),
+                traces: s.traces.clone(),
+            })
+        })
+        .collect()
+}
+
+impl MemoryStore {
+    /// Upkeep: the retention, compaction, then (with sealing) the seal when one is due, or of
+    /// everything compacted when `force`.
+    fn maintain_at(&self, now: SystemTime, force: bool) {
         let cutoff = now
             .checked_sub(self.config.retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let to_compact = {
             let mut inner = self.inner.write();
             let mut evicted = 0usize;
-            while inner.segments.front().is_some_and(|s| s.newest < cutoff) {
+            while self.sealing.is_none()
+                && inner.segments.front().is_some_and(|s| s.newest < cutoff)
+            {
                 if let Some(old) = inner.segments.pop_front() {
                     inner.rows -= old.rows;
                     inner.bytes -= old.bytes;
@@ -286,19 +394,127 @@ impl SpanStore for MemoryStore {
         for job in to_compact {
             self.compact(job);
         }
+        if let Some(sealing) = &self.sealing {
+            self.seal_due(sealing, now, force);
+            self.expire_files(sealing, now);
+        }
         let stats = self.stats();
         self.metrics.store_rows.set(stats.rows as i64);
         self.metrics.store_bytes.set(stats.bytes as i64);
         self.metrics.store_batches.set(stats.batches as i64);
     }
+}
 
-    fn stats(&self) -> StoreStats {
-        let inner = self.inner.read();
-        StoreStats {
-            rows: inner.rows,
-            bytes: inner.bytes,
-            batches: inner.batches,
+impl MemoryStore {
+    /// Seals the compacted segments when a seal is due: enough spans wait, the oldest has
+    /// waited `interval`, memory is half full, or `force` (shutdown). The files are written
+    /// outside the lock; then, in one step that readers see whole, the segments leave memory
+    /// and the files join the history. A failed write keeps everything in memory and is tried
+    /// again at the next upkeep.
+    fn seal_due(&self, sealing: &Sealing, now: SystemTime, force: bool) {
+        let _one = self.seal_lock.lock();
+        let (ids, batches, seqs) = {
+            let inner = self.inner.read();
+            let ready: Vec<&Segment> = inner
+                .segments
+                .iter()
+                .filter(|s| s.sealed && (s.compacted || force))
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            let rows: usize = ready.iter().map(|s| s.rows).sum();
+            let waited = ready
+                .iter()
+                .map(|s| now.duration_since(s.opened).unwrap_or_default())
+                .max()
+                .unwrap_or_default();
+            let due = force
+                || rows >= sealing.file_rows
+                || waited >= sealing.interval
+                || inner.bytes >= self.config.max_bytes / 2;
+            if !due {
+                return;
+            }
+            let ids: Vec<u64> = ready.iter().map(|s| s.id).collect();
+            let batches: Vec<RecordBatch> = ready
+                .iter()
+                .flat_map(|s| s.batches.iter().cloned())
+                .collect();
+            let seqs: Vec<u64> = ready.iter().flat_map(|s| s.seqs.iter().copied()).collect();
+            (ids, batches, seqs)
+        };
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let bounds = (
+            seqs.iter().copied().min().unwrap_or(0),
+            seqs.iter().copied().max().unwrap_or(0),
+        );
+        let written =
+            super::history::encode::encode(&batches, &super::history::seqs::encode(&seqs))
+                .map_err(super::history::HistoryError::from)
+                .and_then(|files| match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => runtime.block_on(sealing.history.put(files, bounds)),
+                    Err(_) => Err(super::history::HistoryError::Location {
+                        location: sealing.history.location().to_owned(),
+                        reason: "sealing runs only inside the collector's runtime".into(),
+                    }),
+                });
+        let written = match written {
+            Ok(written) => written,
+            Err(error) => {
+                self.metrics.seal_failures.inc();
+                tracing::warn!(%error, spans = rows, "cannot seal spans to Parquet; they stay in memory and the log, and sealing is tried again");
+                return;
+            }
+        };
+        {
+            let mut inner = self.inner.write();
+            let (mut gone_rows, mut gone_bytes, mut gone_batches) = (0, 0, 0);
+            inner.segments.retain(|s| {
+                let sealed = ids.contains(&s.id);
+                if sealed {
+                    gone_rows += s.rows;
+                    gone_bytes += s.bytes;
+                    gone_batches += s.batches.len();
+                }
+                !sealed
+            });
+            inner.rows -= gone_rows;
+            inner.bytes -= gone_bytes;
+            inner.batches -= gone_batches;
+            inner.files.extend(written);
+            self.file_gauges(&inner.files);
         }
+        self.metrics.sealed_spans.inc_by(rows as u64);
+        (sealing.on_sealed)(&seqs);
+    }
+
+    /// Deletes the sealed files of hours past the retention.
+    fn expire_files(&self, sealing: &Sealing, now: SystemTime) {
+        let through = super::history::expired_through(now, sealing.retention);
+        let old: Vec<SealedFile> = {
+            let mut inner = self.inner.write();
+            if inner.files.iter().all(|f| f.hour > through) {
+                return;
+            }
+            let (old, keep) = std::mem::take(&mut inner.files)
+                .into_iter()
+                .partition(|f| f.hour <= through);
+            inner.files = keep;
+            self.file_gauges(&inner.files);
+            old
+        };
+        self.metrics.expired_files.inc_by(old.len() as u64);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.block_on(sealing.history.delete(&old));
+        }
+    }
+
+    fn file_gauges(&self, files: &[SealedFile]) {
+        self.metrics.sealed_files.set(files.len() as i64);
+        self.metrics
+            .sealed_bytes
+            .set(files.iter().map(|f| f.size as i64).sum());
     }
 }
 

@@ -3,17 +3,19 @@
 //! receivers or the query layer.
 
 mod dedupe;
+pub mod history;
 mod memory;
 mod traces;
 pub mod view;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::decode::SpanBatch;
 
-pub use memory::{MemoryStore, StoreConfig};
+pub use memory::{MemoryStore, OnSealed, Sealing, StoreConfig};
 pub use traces::{StoredBatch, TraceFilter};
 
 /// A store of spans.
@@ -21,6 +23,25 @@ pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
     /// Adds a batch. It never blocks on queries and never fails: when the store is over its
     /// budget it evicts its oldest spans, and counts them.
     fn append(&self, batch: SpanBatch);
+
+    /// [`SpanStore::append`] of the spans of write-ahead log record `seq`, so that the store
+    /// can tell the log once they are sealed.
+    fn append_logged(&self, batch: SpanBatch, _seq: Option<u64>) {
+        self.append(batch);
+    }
+
+    /// What a query reads: the batches in memory and the sealed files, taken together so that
+    /// no span is in both or in neither.
+    fn view(&self) -> StoreView {
+        StoreView {
+            batches: self.stored_batches(),
+            files: Vec::new(),
+            history: None,
+        }
+    }
+
+    /// Seals everything in memory now (at shutdown); blocking. Without sealing, nothing.
+    fn flush(&self) {}
 
     /// An immutable view of everything stored now, oldest first. Cheap: batches are shared.
     fn snapshot(&self) -> Vec<RecordBatch>;
@@ -42,6 +63,17 @@ pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Sizes, for metrics and tests.
     fn stats(&self) -> StoreStats;
+}
+
+/// Everything stored at one moment.
+#[derive(Debug, Clone)]
+pub struct StoreView {
+    /// The batches in memory.
+    pub batches: Vec<StoredBatch>,
+    /// The sealed files.
+    pub files: Vec<history::SealedFile>,
+    /// Where the files are.
+    pub history: Option<Arc<history::History>>,
 }
 
 /// Sizes of a store.

@@ -72,6 +72,12 @@ pub struct WalConfig {
     /// Bytes appended and not yet taken by the writer; beyond this an append is refused
     /// ([`AppendError::Full`]): the disk is slower than the ingest.
     pub max_buffered_bytes: usize,
+    /// Whether spans are sealed out of the log ([`Wal::sealed`]): a segment is then retired
+    /// only once every trace record in it is sealed.
+    pub track_sealing: bool,
+    /// The lowest sequence number the next record may take: above every record already
+    /// sealed, so that a log emptied by retirement never reuses a number.
+    pub min_next_seq: u64,
 }
 
 impl WalConfig {
@@ -83,6 +89,8 @@ impl WalConfig {
             segment_bytes: 64 << 20,
             segment_age: Duration::from_secs(600),
             max_buffered_bytes: 64 << 20,
+            track_sealing: false,
+            min_next_seq: 1,
         }
     }
 }
@@ -207,7 +215,7 @@ impl Wal {
             records: 0,
             damage: Vec::new(),
         };
-        let mut next_seq = 1;
+        let mut next_seq = config.min_next_seq.max(1);
         for (first_seq, path) in segment::list(&config.dir).map_err(dir_error)? {
             let mut records = 0u64;
             let (info, damage) = segment::scan(&path, first_seq, |_| records += 1)?;
@@ -236,6 +244,7 @@ impl Wal {
             wake: Condvar::new(),
             closed: Mutex::new(recovery.found.clone()),
             stats,
+            unsealed: config.track_sealing.then(Mutex::default),
         });
         let thread = std::thread::Builder::new()
             .name("wayfinder-wal".into())
@@ -277,6 +286,11 @@ impl Wal {
         }
         let seq = pending.next_seq;
         pending.next_seq += 1;
+        if kind == RecordKind::Traces
+            && let Some(unsealed) = &self.shared.unsealed
+        {
+            unsealed.lock().insert(seq);
+        }
         record::encode(&mut pending.buf, kind, seq, arrival, payload);
         pending.waiters.push((seq, tx));
         pending.newest = Some(pending.newest.map_or(arrival, |n| n.max(arrival)));
@@ -285,14 +299,38 @@ impl Wal {
         Ok(Ticket(rx))
     }
 
-    /// Deletes the closed segments whose newest record arrived before `cutoff`; returns how
-    /// many. Blocking: removes files.
+    /// Notes a replayed trace record whose spans are in the store, not sealed yet.
+    pub fn track(&self, seq: u64) {
+        if let Some(unsealed) = &self.shared.unsealed {
+            unsealed.lock().insert(seq);
+        }
+    }
+
+    /// Notes trace records whose spans are sealed: the log need not keep them for the store.
+    pub fn sealed(&self, seqs: &[u64]) {
+        if let Some(unsealed) = &self.shared.unsealed {
+            let mut unsealed = unsealed.lock();
+            for seq in seqs {
+                unsealed.remove(seq);
+            }
+        }
+    }
+
+    /// Deletes the closed segments whose newest record arrived before `cutoff` (and, with
+    /// sealing, whose trace records are all sealed); returns how many. Blocking: removes files.
     pub fn retire_before(&self, cutoff: SystemTime) -> usize {
+        let oldest_unsealed = self
+            .shared
+            .unsealed
+            .as_ref()
+            .and_then(|u| u.lock().first().copied())
+            .unwrap_or(u64::MAX);
         let retired: Vec<SegmentInfo> = {
             let mut closed = self.shared.closed.lock();
-            let (old, keep) = std::mem::take(&mut *closed)
-                .into_iter()
-                .partition(|s| s.newest.is_none_or(|newest| newest < cutoff));
+            let (old, keep) = std::mem::take(&mut *closed).into_iter().partition(|s| {
+                s.newest.is_none_or(|newest| newest < cutoff)
+                    && s.last_seq.is_none_or(|last| last < oldest_unsealed)
+            });
             *closed = keep;
             old
         };

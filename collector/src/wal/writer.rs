@@ -28,6 +28,9 @@ pub(super) struct Shared {
     /// Closed segments, oldest first, for retirement.
     pub(super) closed: Mutex<Vec<SegmentInfo>>,
     pub(super) stats: WalStats,
+    /// With sealing: the trace records whose spans are not sealed yet (a segment holding one
+    /// is not retired). Taken after `state` when both are.
+    pub(super) unsealed: Option<Mutex<std::collections::BTreeSet<u64>>>,
 }
 
 /// Records appended and not yet taken by the writer.
@@ -150,6 +153,12 @@ impl Writer {
             Err(error) => {
                 stats.write_errors.fetch_add(1, Ordering::Relaxed);
                 let error = AppendError::Io(Arc::new(error));
+                if let Some(unsealed) = &self.shared.unsealed {
+                    let mut unsealed = unsealed.lock();
+                    for (seq, _) in &waiters {
+                        unsealed.remove(seq);
+                    }
+                }
                 for (_, answer) in waiters {
                     let _ = answer.send(Err(error.clone()));
                 }

@@ -1,0 +1,369 @@
+//! The sealed history: spans written out of memory as Parquet files through `object_store`,
+//! in a local directory (`DIR/spans`) or an S3-compatible bucket, where the collector's SQL
+//! reads them beside memory and other engines (DuckDB, Spark, Trino, DataFusion) read them as
+//! they are.
+//!
+//! Layout: `hour=YYYY-MM-DDTHH/{first}-{last}-{tag}-{i}of{n}.parquet`. The hour is that of the
+//! rows' `start_time` (UTC); `first` and `last` bound the write-ahead log records whose spans
+//! the file holds (the exact set is in its metadata, [`encode::WAL_SEQS_KEY`]); one seal
+//! writes `n` files, one per hour its rows span, in hour order; the last commits it. At start a
+//! seal without its last file (a crash between two writes) is deleted and its records
+//! replayed from the log instead.
+
+pub mod encode;
+pub mod seqs;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+use futures::TryStreamExt as _;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
+
+pub use encode::{EncodeError, HOUR_NS, HourFile};
+
+/// One sealed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedFile {
+    /// Where it is in the store.
+    pub location: Path,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Hours since the epoch of its rows' start.
+    pub hour: i64,
+    /// The lowest and highest log record it holds spans of.
+    pub seqs: (u64, u64),
+    /// Which seal wrote it, and how many files that seal wrote.
+    seal: (String, u32),
+    /// Which of them it is, from 1.
+    part: u32,
+}
+
+/// Why the history could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// The location is not a directory or a bucket URL this build knows.
+    #[error("cannot use {location} for sealed spans: {reason}")]
+    Location {
+        /// What was given.
+        location: String,
+        /// Why.
+        reason: String,
+    },
+    /// Reading or writing the store failed.
+    #[error("sealed spans: {0}")]
+    Store(#[from] object_store::Error),
+    /// A file's metadata could not be read.
+    #[error("sealed spans: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: datafusion::parquet::errors::ParquetError,
+    },
+    /// Encoding failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// Where sealed files go.
+#[derive(Debug, Clone)]
+pub struct History {
+    store: Arc<dyn ObjectStore>,
+    /// The store's URL (`file:///`, `s3://bucket`), as DataFusion's runtime registers it.
+    store_url: ObjectStoreUrl,
+    /// The root of the layout inside the store.
+    prefix: Path,
+    /// What was configured, for messages.
+    location: String,
+}
+
+impl History {
+    /// The history at `location`: a directory (made if missing) or `file:///…`, or an
+    /// S3-compatible bucket `s3://bucket/prefix`, configured from the usual `AWS_*` variables
+    /// (`AWS_ENDPOINT` and `AWS_ALLOW_HTTP` for MinIO and other S3-compatible stores).
+    pub fn new(location: &str) -> Result<Self, HistoryError> {
+        let refuse = |reason: String| HistoryError::Location {
+            location: location.to_owned(),
+            reason,
+        };
+        let local = |dir: &std::path::Path| -> Result<Self, HistoryError> {
+            std::fs::create_dir_all(dir).map_err(|e| refuse(e.to_string()))?;
+            let dir = std::fs::canonicalize(dir).map_err(|e| refuse(e.to_string()))?;
+            let prefix = Path::from_absolute_path(&dir).map_err(|e| refuse(e.to_string()))?;
+            Ok(Self {
+                store: Arc::new(object_store::local::LocalFileSystem::new()),
+                store_url: ObjectStoreUrl::local_filesystem(),
+                prefix,
+                location: location.to_owned(),
+            })
+        };
+        let Some((scheme, rest)) = location.split_once("://") else {
+            return local(std::path::Path::new(location));
+        };
+        match scheme {
+            "file" => local(std::path::Path::new(&format!(
+                "/{}",
+                rest.trim_start_matches('/')
+            ))),
+            "s3" => {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(refuse("no bucket named".into()));
+                }
+                let store = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| refuse(e.to_string()))?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    store_url: ObjectStoreUrl::parse(format!("s3://{bucket}"))
+                        .map_err(|e| refuse(e.to_string()))?,
+                    prefix: Path::from(prefix.trim_matches('/')),
+                    location: location.to_owned(),
+                })
+            }
+            other => Err(refuse(format!(
+                "`{other}://` is not supported: give a directory, file:// or s3://"
+            ))),
+        }
+    }
+
+    /// The object store, for DataFusion's runtime.
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The URL DataFusion reaches the store by.
+    pub fn store_url(&self) -> &ObjectStoreUrl {
+        &self.store_url
+    }
+
+    /// What was configured.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A file's URL for a listing table.
+    pub fn table_url(&self, file: &SealedFile) -> datafusion::error::Result<ListingTableUrl> {
+        ListingTableUrl::parse(format!(
+            "{}{}",
+            self.store_url.as_str(),
+            file.location.as_ref()
+        ))
+    }
+
+    /// Every sealed file, oldest hour first. Files of a seal left incomplete by a crash are
+    /// deleted (their records are still in the log); files not of this layout are left alone
+    /// and reported.
+    pub async fn list(&self) -> Result<Vec<SealedFile>, HistoryError> {
+        let objects: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await?;
+        let mut files = Vec::new();
+        for object in objects {
+            match parse(&self.prefix, &object.location, object.size) {
+                Some(file) => files.push(file),
+                None => {
+                    tracing::warn!(path = %object.location, "not a sealed span file of this layout; left alone")
+                }
+            }
+        }
+        // A seal writes its files in hour order and the last one (`n` of `n`) commits it:
+        // retention deletes the older hours first, so a seal without its last file was cut
+        // short by a crash.
+        let committed: HashSet<&str> = files
+            .iter()
+            .filter(|f| f.part == f.seal.1)
+            .map(|f| f.seal.0.as_str())
+            .collect();
+        let incomplete: Vec<SealedFile> = files
+            .iter()
+            .filter(|f| !committed.contains(f.seal.0.as_str()))
+            .cloned()
+            .collect();
+        if !incomplete.is_empty() {
+            tracing::warn!(
+                files = incomplete.len(),
+                "sealed spans: a seal was cut short by a crash; its files are deleted and its spans replayed from the log"
+            );
+            self.delete(&incomplete).await;
+        }
+        files.retain(|f| !incomplete.contains(f));
+        files.sort_by_key(|f| (f.hour, f.seqs));
+        Ok(files)
+    }
+
+    /// The log records held by `files` whose ranges reach `from` or later, as ranges.
+    pub async fn sealed_seqs(
+        &self,
+        files: &[SealedFile],
+        from: u64,
+    ) -> Result<Vec<(u64, u64)>, HistoryError> {
+        let mut ranges = Vec::new();
+        for file in files.iter().filter(|f| f.seqs.1 >= from && f.seqs.1 > 0) {
+            let text = self.footer_value(file, encode::WAL_SEQS_KEY).await?;
+            match seqs::decode(&text) {
+                Some(found) => ranges.extend(found),
+                None => {
+                    tracing::warn!(path = %file.location, "sealed spans: the file's record list cannot be read; its records are treated as not sealed")
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// A key of a file's metadata, read from its footer (two ranged reads).
+    async fn footer_value(&self, file: &SealedFile, key: &str) -> Result<String, HistoryError> {
+        let read_error = |source| HistoryError::Read {
+            path: file.location.to_string(),
+            source,
+        };
+        let corrupt = || {
+            read_error(datafusion::parquet::errors::ParquetError::General(
+                "too short for a Parquet file".into(),
+            ))
+        };
+        if file.size < 8 {
+            return Err(corrupt());
+        }
+        let tail = self
+            .store
+            .get_range(&file.location, file.size - 8..file.size)
+            .await?;
+        let tail: [u8; 8] = tail[..].try_into().map_err(|_| corrupt())?;
+        let length = FooterTail::try_new(&tail)
+            .map_err(read_error)?
+            .metadata_length() as u64;
+        if length + 8 > file.size {
+            return Err(corrupt());
+        }
+        let footer = self
+            .store
+            .get_range(&file.location, file.size - 8 - length..file.size - 8)
+            .await?;
+        let metadata = ParquetMetaDataReader::decode_metadata(&footer).map_err(read_error)?;
+        Ok(metadata
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|kv| kv.key == key))
+            .and_then(|kv| kv.value.clone())
+            .unwrap_or_default())
+    }
+
+    /// Writes one seal's files (all or none usable: see the module's layout).
+    pub async fn put(
+        &self,
+        files: Vec<HourFile>,
+        seq_bounds: (u64, u64),
+    ) -> Result<Vec<SealedFile>, HistoryError> {
+        let n = files.len() as u32;
+        let tag = format!("{:016x}", fastrand::u64(..));
+        let mut written = Vec::with_capacity(files.len());
+        for (i, file) in files.into_iter().enumerate() {
+            let name = format!(
+                "{:020}-{:020}-{tag}-{}of{n}.parquet",
+                seq_bounds.0,
+                seq_bounds.1,
+                i + 1
+            );
+            let location = self
+                .prefix
+                .clone()
+                .join(format!("hour={}", hour_name(file.hour)))
+                .join(name);
+            let size = file.bytes.len() as u64;
+            if let Err(error) = self
+                .store
+                .put(&location, PutPayload::from(file.bytes))
+                .await
+            {
+                // What was written of this seal goes too: the memory keeps the spans.
+                self.delete(&written).await;
+                return Err(error.into());
+            }
+            written.push(SealedFile {
+                location,
+                size,
+                hour: file.hour,
+                seqs: seq_bounds,
+                seal: (seal_key(seq_bounds, &tag), n),
+                part: i as u32 + 1,
+            });
+        }
+        Ok(written)
+    }
+
+    /// Deletes files; a failure is logged (the next retention pass tries again).
+    pub async fn delete(&self, files: &[SealedFile]) {
+        for file in files {
+            if let Err(error) = self.store.delete(&file.location).await
+                && !matches!(error, object_store::Error::NotFound { .. })
+            {
+                tracing::warn!(%error, path = %file.location, "sealed spans: cannot delete a file");
+            }
+        }
+    }
+}
+
+/// The hours-since-epoch of the latest partition past `retention` at `now`: partitions up to
+/// it hold only spans that started before `now - retention`.
+pub fn expired_through(now: SystemTime, retention: Duration) -> i64 {
+    let cutoff = now
+        .checked_sub(retention)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as i64;
+    cutoff.div_euclid(HOUR_NS) - 1
+}
+
+/// `2026-12-03T14` for the hour that starts then (hours before 1970 are named as 1970's first).
+pub fn hour_name(hour: i64) -> String {
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(hour.max(0) as u64 * 3600);
+    humantime::format_rfc3339_seconds(at).to_string()[..13].to_owned()
+}
+
+fn parse_hour(name: &str) -> Option<i64> {
+    let at = humantime::parse_rfc3339(&format!("{name}:00:00Z")).ok()?;
+    Some((at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() / 3600) as i64)
+}
+
+fn seal_key(seqs: (u64, u64), tag: &str) -> String {
+    format!("{}-{}-{tag}", seqs.0, seqs.1)
+}
+
+/// A sealed file from its place in the layout.
+fn parse(prefix: &Path, location: &Path, size: u64) -> Option<SealedFile> {
+    let mut parts = location.prefix_match(prefix)?;
+    let hour = parts.next()?;
+    let name = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let hour = parse_hour(hour.as_ref().strip_prefix("hour=")?)?;
+    let stem = name.as_ref().strip_suffix(".parquet")?;
+    let mut fields = stem.splitn(4, '-');
+    let first: u64 = fields.next()?.parse().ok()?;
+    let last: u64 = fields.next()?.parse().ok()?;
+    let tag = fields.next()?;
+    let (i, n) = fields.next()?.split_once("of")?;
+    let (i, n): (u32, u32) = (i.parse().ok()?, n.parse().ok()?);
+    if i == 0 || i > n || tag.len() != 16 {
+        return None;
+    }
+    Some(SealedFile {
+        location: location.clone(),
+        size,
+        hour,
+        seqs: (first, last),
+        seal: (seal_key((first, last), tag), n),
+        part: i,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use std::time::{Duration, SystemTime};
+
+use datafusion::parquet::basic::Compression;
+use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+
+use super::*;
+use crate::decode::decode_traces;
+use crate::decode::schema::span_schema;
+use crate::metrics::Metrics;
+use crate::store::{MemoryStore, Sealing, SpanStore, StoreConfig};
+use crate::testing::{span, trace_request};
+
+const HOUR: u64 = 3600;
+
+/// A batch of `n` spans of trace `[trace; 16]`, starting `start_s` seconds after the epoch.
+fn batch(trace: u8, n: u64, start_s: u64) -> crate::decode::SpanBatch {
+    let start = start_s * 1_000_000_000;
+    let spans = (0..n)
+        .map(|i| span([trace; 16], i + 1, "op", start + i, start + i + 10))
+        .collect();
+    decode_traces(&trace_request(Some("svc"), spans))
+        .unwrap()
+        .batch
+        .unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    history: Arc<History>,
+    store: Arc<MemoryStore>,
+    sealed: Arc<Mutex<Vec<u64>>>,
+}
+
+fn fixture(interval: Duration) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let history = Arc::new(History::new(dir.path().join("spans").to_str().unwrap()).unwrap());
+    let sealed = Arc::new(Mutex::new(Vec::new()));
+    let told = sealed.clone();
+    let store = MemoryStore::new(
+        StoreConfig {
+            retention: Duration::from_secs(100 * 24 * HOUR),
+            segment_rows: 10,
+            ..StoreConfig::default()
+        },
+        Arc::new(Metrics::new()),
+    )
+    .with_sealing(
+        Sealing {
+            history: history.clone(),
+            interval,
+            file_rows: 1 << 20,
+            retention: Duration::from_secs(100 * 24 * HOUR),
+            on_sealed: Arc::new(move |seqs| told.lock().extend_from_slice(seqs)),
+        },
+        Vec::new(),
+    );
+    Fixture {
+        _dir: dir,
+        history,
+        store: Arc::new(store),
+        sealed,
+    }
+}
+
+/// Seals everything at `now`, on a blocking thread as upkeep does.
+async fn flush(store: &Arc<MemoryStore>, now: SystemTime) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.flush_at(now))
+        .await
+        .unwrap();
+}
+
+/// Runs upkeep at `now` where sealing may block on the runtime.
+async fn maintain(store: &Arc<MemoryStore>, now: SystemTime) {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.maintain(now))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn sealing_moves_spans_from_memory_to_hourly_parquet_files() {
+    let f = fixture(Duration::from_secs(60));
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
+    // Spans of two hours, from records 7, 8 and 9.
+    f.store
+        .append_logged_at(batch(1, 10, 1_000 * HOUR + 10), Some(7), t0);
+    f.store
+        .append_logged_at(batch(2, 10, 1_000 * HOUR + 20), Some(8), t0);
+    f.store
+        .append_logged_at(batch(3, 5, 1_001 * HOUR + 5), Some(9), t0);
+    maintain(&f.store, t0 + Duration::from_secs(1)).await;
+    assert!(
+        f.store.view().files.is_empty(),
+        "not due yet: fewer spans than a file and younger than the interval"
+    );
+    assert_eq!(f.store.stats().rows, 25);
+
+    flush(&f.store, t0 + Duration::from_secs(2)).await;
+    let view = f.store.view();
+    assert_eq!(f.store.stats().rows, 0, "sealed spans leave memory");
+    assert!(view.batches.is_empty());
+    let hours: Vec<i64> = view.files.iter().map(|f| f.hour).collect();
+    assert_eq!(hours, [1_000, 1_001], "one file per hour of start_time");
+    let mut told = f.sealed.lock().clone();
+    told.sort_unstable();
+    assert_eq!(told, [7, 8, 9], "the log is told which records are sealed");
+
+    // What is on disk is what the store knows, and readable as plain Parquet.
+    let listed = f.history.list().await.unwrap();
+    assert_eq!(listed, view.files);
+    let names: Vec<String> = listed.iter().map(|f| f.location.to_string()).collect();
+    assert!(names[0].contains("/hour=1970-02-11T16/"), "{names:?}");
+    let mut rows = 0;
+    for file in &listed {
+        let path = format!("/{}", file.location.as_ref());
+        let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+        let metadata = reader.metadata();
+        let columns: Vec<String> = metadata
+            .file_metadata()
+            .schema_descr()
+            .root_schema()
+            .get_fields()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        let want: Vec<String> = span_schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(columns, want, "the SQL table's column names");
+        for group in metadata.row_groups() {
+            rows += group.num_rows();
+            let trace_id = group.column(0);
+            assert!(
+                trace_id.bloom_filter_offset().is_some(),
+                "a Bloom filter on trace_id"
+            );
+            assert!(matches!(trace_id.compression(), Compression::ZSTD(_)));
+            assert!(trace_id.statistics().is_some(), "statistics");
+        }
+    }
+    assert_eq!(rows, 25, "every span sealed once");
+    let ranges = f.history.sealed_seqs(&listed, 0).await.unwrap();
+    assert_eq!(
+        ranges,
+        [(7, 9), (7, 9)],
+        "each file lists its seal's records"
+    );
+    assert!(
+        f.history.sealed_seqs(&listed, 10).await.unwrap().is_empty(),
+        "files wholly below the log's oldest record are not read"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_seal_is_due_after_its_interval() {
+    let f = fixture(Duration::from_secs(60));
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
+    f.store
+        .append_logged_at(batch(1, 10, 1_000 * HOUR), Some(1), t0);
+    maintain(&f.store, t0 + Duration::from_secs(30)).await;
+    assert!(f.store.view().files.is_empty(), "30 s < the 60 s interval");
+    maintain(&f.store, t0 + Duration::from_secs(61)).await;
+    assert_eq!(f.store.view().files.len(), 1, "due after the interval");
+    assert_eq!(f.store.stats().rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn start_up_deletes_a_seal_cut_short_and_leaves_foreign_files() {
+    let f = fixture(Duration::from_secs(60));
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
+    f.store
+        .append_logged_at(batch(1, 10, 1_000 * HOUR), Some(1), t0);
+    f.store
+        .append_logged_at(batch(2, 10, 1_001 * HOUR), Some(2), t0);
+    flush(&f.store, t0).await;
+    let files = f.store.view().files;
+    assert_eq!(files.len(), 2);
+    // A crash after the first of the two files: the second, which commits the seal, is missing.
+    f.history.store.delete(&files[1].location).await.unwrap();
+    let foreign = f.history.prefix.clone().join("notes.txt");
+    f.history
+        .store
+        .put(&foreign, PutPayload::from_static(b"hello"))
+        .await
+        .unwrap();
+    let listed = f.history.list().await.unwrap();
+    assert!(
+        listed.is_empty(),
+        "the incomplete seal is not used: {listed:?}"
+    );
+    assert!(
+        f.history.store.head(&files[0].location).await.is_err(),
+        "its other file is deleted (the log replays its records)"
+    );
+    assert!(
+        f.history.store.head(&foreign).await.is_ok(),
+        "a file not of the layout is left alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn retention_deletes_whole_hours() {
+    let f = fixture(Duration::from_secs(60));
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
+    f.store
+        .append_logged_at(batch(1, 10, 1_000 * HOUR), Some(1), t0);
+    f.store
+        .append_logged_at(batch(2, 10, 1_010 * HOUR), Some(2), t0);
+    flush(&f.store, t0).await;
+    assert_eq!(f.store.view().files.len(), 2);
+    // 100 days of retention: at hour 1_000 + 2_401 the first hour is past it, not the second.
+    let later = SystemTime::UNIX_EPOCH + Duration::from_secs((1_000 + 2_402) * HOUR);
+    maintain(&f.store, later).await;
+    let hours: Vec<i64> = f.store.view().files.iter().map(|f| f.hour).collect();
+    assert_eq!(hours, [1_010]);
+    assert_eq!(
+        f.history.list().await.unwrap().len(),
+        1,
+        "deleted on disk too"
+    );
+}
+
+#[test]
+fn hour_names_round_trip() {
+    // (hour, name, why)
+    let cases = [
+        (0, "1970-01-01T00", "the epoch"),
+        (492_374, "2026-03-03T14", "a recent hour"),
+        (
+            -5,
+            "1970-01-01T00",
+            "before the epoch is named as its first hour",
+        ),
+    ];
+    for (hour, name, why) in cases {
+        assert_eq!(hour_name(hour), name, "{why}");
+        assert_eq!(parse_hour(name), Some(hour.max(0)), "{why}");
+    }
+}
+
+#[test]
+fn locations_are_checked() {
+    // (location, accepted, why)
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("a").display().to_string();
+    let file_url = format!("file://{}", dir.path().join("b").display());
+    let cases = [
+        (local.as_str(), true, "a directory, made if missing"),
+        (file_url.as_str(), true, "a file:// URL"),
+        ("s3://", false, "a bucket must be named"),
+        ("gs://bucket", false, "not built in"),
+    ];
+    for (location, accepted, why) in cases {
+        assert_eq!(History::new(location).is_ok(), accepted, "{why}");
+    }
+}
