@@ -144,7 +144,8 @@ impl QueryEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("wayfinder-query")
-            .enable_time()
+            // Time for the limits; I/O for sealed files in an object store (S3's client).
+            .enable_all()
             .build()?;
         Ok(Self {
             store,
