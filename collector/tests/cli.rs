@@ -1,26 +1,17 @@
 //! The `wayfinder serve` binary: addresses from flags and environment, the `listening` lines,
 //! and a clean exit on SIGTERM.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// One request without a body (`request_line` and `headers`, each header ending in CRLF) on
 /// a connection of its own; the whole response as text.
 fn http_request(addr: SocketAddr, request_line: &str, headers: &str) -> String {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "{request_line} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
+    common::http_exchange(addr, request_line, headers, "", Duration::from_secs(5))
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> String {

@@ -4,8 +4,8 @@
 //! and nothing acknowledged lost.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -16,6 +16,8 @@ use bytes::Bytes;
 use prost::Message as _;
 use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{span, trace_request};
+
+mod common;
 
 /// Senders, each with a trace of its own, sending requests one after another.
 const SENDERS: u8 = 4;
@@ -61,18 +63,13 @@ fn serve(data_dir: &Path, sync: &str) -> Serve {
 /// One SQL query through `POST /api/v1/sql`, its rows as JSON.
 fn sql(addr: SocketAddr, query: &str) -> Vec<Vec<serde_json::Value>> {
     let body = serde_json::json!({ "sql": query }).to_string();
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "POST /api/v1/sql HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = common::http_exchange(
+        addr,
+        "POST /api/v1/sql",
+        "Content-Type: application/json\r\n",
+        &body,
+        Duration::from_secs(20),
+    );
     let (head, body) = response.split_once("\r\n\r\n").expect("a response");
     assert!(head.starts_with("HTTP/1.1 200"), "{query}: {response}");
     let answer: serde_json::Value = serde_json::from_str(body).expect("JSON");

@@ -5,7 +5,7 @@
 //! the trace endpoint, once. Skipped without Python's moto unless `WAYFINDER_REQUIRE_MOTO=1`
 //! (as in `.ci/run`, which installs it).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,20 +21,17 @@ impl Drop for Killed {
     }
 }
 
+mod common;
+
 /// One HTTP/1.1 request; the status and body.
 fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    let response = common::http_exchange(
+        addr,
+        &format!("{method} {path}"),
+        "Content-Type: application/json\r\n",
+        body,
+        Duration::from_secs(20),
+    );
     let status = response[9..12].parse().expect("a status");
     let body = response
         .split_once("\r\n\r\n")

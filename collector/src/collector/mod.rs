@@ -210,7 +210,6 @@ impl Collector {
                     history,
                     interval: config.seal_interval,
                     file_rows: SEAL_FILE_ROWS,
-                    retention: config.retention,
                     on_sealed: Arc::new(move |seqs| wal.sealed(seqs)),
                 },
                 files,

@@ -114,11 +114,14 @@ impl TableProvider for SpansTable {
     ) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|filter| match trace_ids(filter) {
-                // The files prune by any filter (statistics); DataFusion applies each again.
-                _ if self.sealed.is_some() => TableProviderFilterPushDown::Inexact,
-                Some(_) => TableProviderFilterPushDown::Inexact,
-                None => TableProviderFilterPushDown::Unsupported,
+            .map(|filter| {
+                // The files prune by any filter (statistics), memory by trace ids; DataFusion
+                // applies each filter again on what comes out.
+                if self.sealed.is_some() || trace_ids(filter).is_some() {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
             })
             .collect())
     }

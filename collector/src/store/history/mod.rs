@@ -69,6 +69,9 @@ pub enum HistoryError {
     /// Encoding failed.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// Called outside a tokio runtime (sealing blocks on the runtime's I/O).
+    #[error("sealed spans are written only inside the collector's runtime")]
+    NoRuntime,
 }
 
 /// Where sealed files go.

@@ -52,7 +52,6 @@ fn fixture(interval: Duration) -> Fixture {
             history: history.clone(),
             interval,
             file_rows: 1 << 20,
-            retention: Duration::from_secs(100 * 24 * HOUR),
             on_sealed: Arc::new(move |seqs| told.lock().extend_from_slice(seqs)),
         },
         Vec::new(),
