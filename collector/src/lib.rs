@@ -26,6 +26,7 @@
 //! ```
 
 pub mod access;
+pub mod cap;
 pub mod clock;
 pub mod config;
 pub mod dimensions;
@@ -47,7 +48,7 @@ pub mod weights;
 
 mod collector;
 
-pub use collector::{BoundAddrs, Collector, RunningCollector, StartError};
+pub use collector::{BoundAddrs, Collector, IN_PLACE, Reloaded, RunningCollector, StartError};
 pub use config::Config;
 /// The decoders, a crate of their own (`wayfinder-decode`) so that fuzzing them does not build
 /// DataFusion.

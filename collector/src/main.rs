@@ -1,11 +1,15 @@
 //! `wayfinder`: the collector's command line.
 
+mod reload;
+
 use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use wayfinder_collector::Collector;
 use wayfinder_collector::config::{Config, ServeArgs};
 
@@ -40,12 +44,19 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let filter = Config::log_filter(&args)?;
-    let filter =
-        EnvFilter::try_new(&filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let filter_text = Config::log_filter(&args)?;
+    let filter = EnvFilter::try_new(&filter_text)
+        .with_context(|| format!("invalid log filter {filter_text:?}"))?;
+    // The filter sits behind a reload handle: a reload changes the log level in place.
+    let (filter, log_filter) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours for a person at a terminal, none in a file or a log pipeline.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
         .init();
     let config = Config::resolve(&args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -62,7 +73,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         writeln!(stdout, "listening query-grpc {}", addrs.query_grpc)?;
         stdout.flush()?;
         drop(stdout);
-        shutdown_signal().await?;
+        let reloader = reload::Reloader::new(&args, &running, log_filter, filter_text);
+        tokio::select! {
+            stop = shutdown_signal() => stop?,
+            error = reloader.run() => return Err(error),
+        }
         tracing::info!("shutting down");
         if tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown())
             .await

@@ -1,5 +1,6 @@
-//! Bearer-token authentication of the listeners: one set of tokens for ingest (the OTLP
-//! receivers), one for the query API (HTTP and gRPC), each optional.
+//! Who gets in: bearer-token authentication of the listeners, one set of tokens for ingest
+//! (the OTLP receivers), one for the query API (HTTP and gRPC), each optional; and TLS on every
+//! listener, with client certificates for the OTLP receivers ([`TlsFiles`]).
 //!
 //! Tokens come from a file (one a line; blank lines and `#` comments skipped, so that a new
 //! token can be added before the old one is removed) or from an environment variable, never
@@ -19,6 +20,7 @@
 //! ```
 
 mod layer;
+mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use parking_lot::RwLock;
 use subtle::ConstantTimeEq as _;
 
 pub use layer::{RequireToken, RequireTokenLayer, Style};
+pub use tls::{Protocols, TlsError, TlsFiles, TlsPaths};
 
 /// A token, hidden from `Debug`.
 #[derive(Clone, PartialEq, Eq)]

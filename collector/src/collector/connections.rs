@@ -1,8 +1,16 @@
-//! The cap on connections a listener holds at once (`--max-connections`, per listener). A
-//! connection beyond it is accepted and closed at once (the client sees the connection end
-//! before any answer, and retries as it does for any broken connection), counted in
-//! `wayfinder_refused_connections_total{listener}` and logged at most once a minute, as
-//! Envoy's listener connection limit does. Each connection holds its place until it closes.
+//! How a listener takes connections: at most `--max-connections` at once, each with TCP_NODELAY,
+//! and each given `--header-read-timeout` to show it is a client (its first bytes, or its whole
+//! TLS handshake) before it is served. The accept loop only accepts: the wait for first bytes
+//! and the handshake run in a task per connection, so that a slow client never holds up the
+//! next one.
+//!
+//! A connection beyond the cap is accepted and closed at once (the client sees the connection
+//! end before any answer, and retries as it does for any broken connection), counted in
+//! `wayfinder_refused_connections_total{listener}` and logged at most once a minute, as Envoy's
+//! listener connection limit does. Each connection holds its place until it closes. A client
+//! too slow to start is closed and counted in `wayfinder_slow_connections_total{listener}`, one
+//! whose handshake fails (a bad or missing client certificate, a plaintext client on a TLS
+//! port) in `wayfinder_tls_handshake_failures_total{listener}`.
 
 use std::io;
 use std::pin::Pin;
@@ -10,109 +18,241 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::serve::Listener;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::transport::server::Connected;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::access::{Protocols, TlsFiles};
+use crate::cap::{Cap, Place};
+use crate::metrics::{ListenerLabels, Metrics};
 
 /// How often a refusal is logged at most.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Connections ready to serve that wait for the server to take them.
+const READY_QUEUE: usize = 64;
+/// How long the accept loop pauses after an error that is not the connection's own (out of
+/// file descriptors): retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// A listener that holds at most `max` connections.
-pub(super) struct Limited<L> {
-    inner: L,
-    places: Arc<Semaphore>,
-    max: usize,
-    name: &'static str,
-    refused: Counter,
-    logged: Mutex<Option<Instant>>,
+/// The TLS a listener speaks.
+#[derive(Debug, Clone)]
+pub(super) struct ListenerTls {
+    pub(super) files: TlsFiles,
+    pub(super) protocols: Protocols,
+    /// Whether clients must show a certificate of the client CA.
+    pub(super) mutual: bool,
 }
 
-impl<L> Limited<L> {
-    pub(super) fn new(inner: L, max: usize, name: &'static str, refused: Counter) -> Self {
-        let max = max.clamp(1, Semaphore::MAX_PERMITS);
-        Self {
-            inner,
-            places: Arc::new(Semaphore::new(max)),
-            max,
-            name,
-            refused,
-            logged: Mutex::new(None),
+/// How one listener takes its connections.
+#[derive(Debug, Clone)]
+pub(super) struct Accept {
+    pub(super) name: &'static str,
+    pub(super) cap: Cap,
+    /// How long a new connection has for its first bytes or its TLS handshake.
+    pub(super) start_timeout: Duration,
+    pub(super) tls: Option<ListenerTls>,
+    pub(super) metrics: Arc<Metrics>,
+}
+
+impl Accept {
+    /// Accepts on `listener` until `stop`; the connections come out ready to serve.
+    pub(super) fn spawn(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> mpsc::Receiver<Conn> {
+        let (ready, connections) = mpsc::channel(READY_QUEUE);
+        tokio::spawn(self.run(listener, ready, stop));
+        connections
+    }
+
+    async fn run(self, listener: TcpListener, ready: mpsc::Sender<Conn>, stop: CancellationToken) {
+        let labels = ListenerLabels {
+            listener: self.name,
+        };
+        let counters = Counters {
+            refused: self
+                .metrics
+                .refused_connections
+                .get_or_create(&labels)
+                .clone(),
+            slow: self.metrics.slow_connections.get_or_create(&labels).clone(),
+            failed: self
+                .metrics
+                .tls_handshake_failures
+                .get_or_create(&labels)
+                .clone(),
+            logged: Arc::new(Mutex::new(None)),
+        };
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = stop.cancelled() => return,
+            };
+            let (tcp, remote) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) if is_connection_error(&error) => continue,
+                Err(error) => {
+                    tracing::warn!(listener = self.name, %error, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            let Some(place) = self.cap.try_take() else {
+                drop(tcp);
+                counters.refuse(self.name, self.cap.max());
+                continue;
+            };
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            let (this, ready, counters) = (self.clone(), ready.clone(), counters.clone());
+            tokio::spawn(async move {
+                let local = tcp.local_addr().ok();
+                match tokio::time::timeout(this.start_timeout, this.start(tcp)).await {
+                    Ok(Ok(io)) => {
+                        let conn = Conn {
+                            io,
+                            info: TcpConnectInfo {
+                                local_addr: local,
+                                remote_addr: Some(remote),
+                            },
+                            _place: place,
+                        };
+                        // A server that stopped takes no more: the connection closes.
+                        let _ = ready.send(conn).await;
+                    }
+                    Ok(Err(Start::Closed)) => {}
+                    Ok(Err(Start::Handshake(error))) => {
+                        counters.failed.inc();
+                        tracing::debug!(listener = this.name, %remote, %error, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        counters.slow.inc();
+                        tracing::debug!(listener = this.name, %remote, "a connection sent nothing in time; closed");
+                    }
+                }
+            });
         }
     }
 
-    fn refuse(&self) {
+    /// Waits for the client's first bytes, or completes its TLS handshake.
+    async fn start(&self, tcp: TcpStream) -> Result<Stream, Start> {
+        match &self.tls {
+            None => {
+                let mut first = [0u8; 1];
+                match tcp.peek(&mut first).await {
+                    Ok(0) | Err(_) => Err(Start::Closed),
+                    Ok(_) => Ok(Stream::Plain(tcp)),
+                }
+            }
+            Some(tls) => {
+                let config = tls.files.server_config(tls.protocols, tls.mutual);
+                tokio_rustls::TlsAcceptor::from(config)
+                    .accept(tcp)
+                    .await
+                    .map(|tls| Stream::Tls(Box::new(tls)))
+                    .map_err(Start::Handshake)
+            }
+        }
+    }
+}
+
+/// Why a connection was not served.
+enum Start {
+    /// It closed before a byte came.
+    Closed,
+    /// Its TLS handshake failed.
+    Handshake(io::Error),
+}
+
+/// The errors of one connection that `accept` reports, after which the listener is fine.
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}
+
+#[derive(Clone)]
+struct Counters {
+    refused: Counter,
+    slow: Counter,
+    failed: Counter,
+    logged: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Counters {
+    fn refuse(&self, listener: &'static str, max: usize) {
         self.refused.inc();
         let mut logged = self.logged.lock();
         if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
             *logged = Some(Instant::now());
             tracing::warn!(
-                listener = self.name,
-                max = self.max,
+                listener,
+                max,
                 "a connection beyond --max-connections was closed (logged once a minute; counted in wayfinder_refused_connections_total)"
             );
         }
     }
 }
 
-impl<L: Listener> Listener for Limited<L>
-where
-    L::Addr: Sync,
-{
-    type Io = Held<L::Io>;
-    type Addr = L::Addr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (io, addr) = self.inner.accept().await;
-            match self.places.clone().try_acquire_owned() {
-                Ok(place) => return (Held { io, _place: place }, addr),
-                Err(_) => {
-                    drop(io);
-                    self.refuse();
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
+/// A connection's bytes: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
-/// A connection with its place under the cap, given back when it closes.
-pub(super) struct Held<Io> {
-    io: Io,
-    _place: OwnedSemaphorePermit,
+/// A connection ready to serve, with its place under the cap, given back when it closes.
+pub(super) struct Conn {
+    io: Stream,
+    info: TcpConnectInfo,
+    _place: Place,
 }
 
-impl<Io: AsyncRead + Unpin> AsyncRead for Held<Io> {
+impl AsyncRead for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        match &mut self.io {
+            Stream::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Stream::Tls(io) => Pin::new(io).poll_read(cx, buf),
+        }
     }
 }
 
-impl<Io: AsyncWrite + Unpin> AsyncWrite for Held<Io> {
+impl AsyncWrite for Conn {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match &mut self.io {
+            Stream::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Stream::Tls(io) => Pin::new(io).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        match &mut self.io {
+            Stream::Plain(io) => Pin::new(io).poll_flush(cx),
+            Stream::Tls(io) => Pin::new(io).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        match &mut self.io {
+            Stream::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Stream::Tls(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 
     fn poll_write_vectored(
@@ -120,32 +260,34 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for Held<Io> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        match &mut self.io {
+            Stream::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Stream::Tls(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Stream::Plain(io) => io.is_write_vectored(),
+            Stream::Tls(io) => io.is_write_vectored(),
+        }
     }
 }
 
-impl Connected for Held<tokio::net::TcpStream> {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.io.connect_info()
+        self.info.clone()
     }
 }
 
-/// The accepted connections of `listener` as the stream tonic serves.
-pub(super) fn incoming<L>(
-    listener: Limited<L>,
-) -> impl futures::Stream<Item = io::Result<Held<L::Io>>> + Send + 'static
-where
-    L: Listener,
-    L::Addr: Sync,
-{
-    futures::stream::unfold(listener, |mut listener| async move {
-        let (io, _) = listener.accept().await;
-        Some((Ok(io), listener))
+/// The connections of `accepted` as the stream tonic serves.
+pub(super) fn incoming(
+    accepted: mpsc::Receiver<Conn>,
+) -> impl futures::Stream<Item = io::Result<Conn>> + Send + 'static {
+    futures::stream::unfold(accepted, |mut accepted| async move {
+        let conn = accepted.recv().await?;
+        Some((Ok(conn), accepted))
     })
 }

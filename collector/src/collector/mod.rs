@@ -8,6 +8,8 @@
 //! and the weights.
 
 mod connections;
+mod http_server;
+mod reload;
 mod serve;
 mod stage;
 
@@ -19,8 +21,9 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use self::reload::{IN_PLACE, Reloaded};
 use self::stage::Stage;
-use crate::access::Tokens;
+use crate::access::{TlsFiles, Tokens};
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError};
 use crate::dimensions::AttributePlan;
@@ -80,6 +83,9 @@ pub enum StartError {
     /// A listener's tokens could not be read.
     #[error(transparent)]
     Tokens(#[from] crate::access::TokenError),
+    /// The TLS certificate, key or client CA could not be used.
+    #[error(transparent)]
+    Tls(#[from] crate::access::TlsError),
     /// The sealed Parquet files could not be listed or read.
     #[error(transparent)]
     History(#[from] crate::store::history::HistoryError),
@@ -98,6 +104,7 @@ pub struct RunningCollector {
     receivers_stop: CancellationToken,
     query_stop: CancellationToken,
     wal: Option<Wal>,
+    live: reload::Live,
     /// In the order they stop: the receivers, the pipeline, the query API, the periodic work.
     receivers: Vec<Stage>,
     pipeline: Stage,
@@ -141,6 +148,7 @@ impl Collector {
         config.validate()?;
         let ingest_tokens = config.ingest_token.as_ref().map(Tokens::load).transpose()?;
         let query_tokens = config.query_token.as_ref().map(Tokens::load).transpose()?;
+        let tls = config.tls.clone().map(TlsFiles::load).transpose()?;
         let grpc_listener = bind("otlp-grpc", config.otlp_grpc).await?;
         let http_listener = bind("otlp-http", config.otlp_http).await?;
         let query_listener = bind("query-http", config.query_http).await?;
@@ -336,8 +344,11 @@ impl Collector {
         let receivers_stop = CancellationToken::new();
         let query_stop = CancellationToken::new();
 
+        let caps = serve::Caps::new(config.max_connections);
         let bounds = serve::Bounds {
-            max_connections: config.max_connections,
+            caps: caps.clone(),
+            start_timeout: config.header_read_timeout,
+            tls: tls.clone(),
             metrics: metrics.clone(),
         };
         // Receivers → ingest queue → the pipeline's stages.
@@ -378,9 +389,13 @@ impl Collector {
             .into_iter()
             .filter_map(|(name, tokens)| Some((name, tokens?)))
             .collect();
+            let tls = tls.clone();
             move || {
                 for (listeners, tokens) in &tokens {
                     reload_tokens(listeners, tokens);
+                }
+                if let Some(tls) = &tls {
+                    reload_tls(tls);
                 }
                 registry.tick();
                 if let Some(topology) = &topology {
@@ -422,13 +437,20 @@ impl Collector {
             ready: ready.clone(),
             pipeline,
             stop: query_stop.clone(),
-            config: Arc::new(config.in_force()),
+            config: parking_lot::RwLock::new(Arc::new(config.in_force())),
             watchers: crate::query::Watchers::new(
                 config.max_watchers,
                 metrics.refused_watchers.clone(),
             ),
             topology_json: crate::reuse::Reuse::new(crate::topology::SNAPSHOT_REUSE),
         });
+        let live = reload::Live {
+            config: parking_lot::Mutex::new(config.clone()),
+            store: store.clone(),
+            api: state.clone(),
+            caps,
+            metrics: metrics.clone(),
+        };
         let query = serve::query(
             query_listener,
             query_grpc_listener,
@@ -451,6 +473,7 @@ impl Collector {
             receivers_stop,
             query_stop,
             wal,
+            live,
             receivers,
             pipeline: pipeline_stage,
             query,
@@ -472,6 +495,21 @@ fn reload_tokens(listeners: &str, tokens: &Tokens) {
             listeners,
             %error,
             "the token file changed but cannot be used; the tokens in force stay"
+        ),
+    }
+}
+
+/// Reads the TLS files again if one changed, and says so.
+fn reload_tls(tls: &TlsFiles) {
+    match tls.reload_if_changed() {
+        Ok(true) => tracing::info!(
+            cert = %tls.paths().cert.display(),
+            "TLS certificate reloaded; new connections get it"
+        ),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
+            %error,
+            "a TLS file changed but cannot be used; the certificate in force stays"
         ),
     }
 }
@@ -598,6 +636,35 @@ impl RunningCollector {
     /// Its metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// Applies a new configuration (SIGHUP, a changed config file): the settings of
+    /// [`IN_PLACE`] change at once, without dropping a connection or a span; the others that
+    /// differ keep their running values and are listed in [`Reloaded::needs_restart`]. A
+    /// configuration that does not validate changes nothing. Each outcome is logged and
+    /// counted in `wayfinder_config_reloads_total{outcome}`.
+    pub fn reload(&self, new: Config) -> Result<Reloaded, ConfigError> {
+        let result = self.live.reload(new);
+        match &result {
+            Ok(reloaded) if reloaded.applied.is_empty() && reloaded.needs_restart.is_empty() => {
+                tracing::info!("configuration reloaded: nothing changed");
+            }
+            Ok(reloaded) => tracing::info!(
+                applied = ?reloaded.applied,
+                needs_restart = ?reloaded.needs_restart,
+                "configuration reloaded; the settings that need a restart keep their running values"
+            ),
+            Err(error) => tracing::warn!(
+                %error,
+                "the new configuration is refused; the running one stays"
+            ),
+        }
+        result
+    }
+
+    /// The configuration in force (after the reloads applied).
+    pub fn config(&self) -> Config {
+        self.live.config.lock().clone()
     }
 
     /// Stops in order: the receivers stop accepting and answer what is in flight, the queue

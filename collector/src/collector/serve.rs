@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
-use axum::serve::ListenerExt as _;
+use std::time::Duration;
+
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connections::{Limited, incoming};
+use super::connections::{Accept, Conn, ListenerTls, incoming};
+use super::http_server;
 use super::stage::Stage;
-use crate::access::{RequireTokenLayer, Style, Tokens};
+use crate::access::{Protocols, RequireTokenLayer, Style, TlsFiles, Tokens};
+use crate::cap::Cap;
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::query::ApiState;
 use crate::receivers::grpc::{LogsService, TraceService};
@@ -23,33 +27,85 @@ const OTLP_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
 const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
 
-/// How each listener is bounded: at most `max_connections` at once, refusals counted.
+/// How each listener takes connections: its cap, how long a client has to start, its TLS.
 #[derive(Debug, Clone)]
 pub(super) struct Bounds {
-    pub(super) max_connections: usize,
+    pub(super) caps: Caps,
+    pub(super) start_timeout: Duration,
+    pub(super) tls: Option<TlsFiles>,
     pub(super) metrics: Arc<Metrics>,
 }
 
+/// The four listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Listener {
+    OtlpGrpc,
+    OtlpHttp,
+    QueryHttp,
+    QueryGrpc,
+}
+
+impl Listener {
+    /// The name in metrics and logs.
+    fn name(self) -> &'static str {
+        match self {
+            Self::OtlpGrpc => "otlp-grpc",
+            Self::OtlpHttp => "otlp-http",
+            Self::QueryHttp => "query-http",
+            Self::QueryGrpc => "query-grpc",
+        }
+    }
+
+    fn protocols(self) -> Protocols {
+        match self {
+            Self::OtlpGrpc | Self::QueryGrpc => Protocols::Grpc,
+            Self::OtlpHttp | Self::QueryHttp => Protocols::Http,
+        }
+    }
+
+    /// The OTLP receivers ask for client certificates when a client CA is set.
+    fn mutual(self) -> bool {
+        matches!(self, Self::OtlpGrpc | Self::OtlpHttp)
+    }
+}
+
+/// The connection cap of each listener (`--max-connections` each), kept to be changed by a
+/// reload.
+#[derive(Debug, Clone)]
+pub(crate) struct Caps([Cap; 4]);
+
+impl Caps {
+    pub(crate) fn new(max: usize) -> Self {
+        Self(std::array::from_fn(|_| Cap::new(max)))
+    }
+
+    pub(crate) fn set(&self, max: usize) {
+        for cap in &self.0 {
+            cap.set(max);
+        }
+    }
+}
+
 impl Bounds {
-    /// `listener` with at most `max_connections` connections, each with TCP_NODELAY: without
-    /// it a response's last segment waited for the client's delayed ACK (40 ms on Linux).
-    fn limit(
+    /// Starts accepting on `listener`.
+    fn accept(
         &self,
-        listener: TcpListener,
-        name: &'static str,
-    ) -> Limited<impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr>>
-    {
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let refused = self
-            .metrics
-            .refused_connections
-            .get_or_create(&ListenerLabels { listener: name })
-            .clone();
-        Limited::new(listener, self.max_connections, name, refused)
+        tcp: TcpListener,
+        listener: Listener,
+        stop: &CancellationToken,
+    ) -> mpsc::Receiver<Conn> {
+        Accept {
+            name: listener.name(),
+            cap: self.caps.0[listener as usize].clone(),
+            start_timeout: self.start_timeout,
+            tls: self.tls.clone().map(|files| ListenerTls {
+                files,
+                protocols: listener.protocols(),
+                mutual: listener.mutual(),
+            }),
+            metrics: self.metrics.clone(),
+        }
+        .spawn(tcp, stop.clone())
     }
 }
 
@@ -98,7 +154,7 @@ pub(super) fn otlp_grpc(
         .add_service(TraceService::new(ingest.clone(), max_message_bytes))
         .add_service(LogsService::new(ingest, max_message_bytes))
         .serve_with_incoming_shutdown(
-            incoming(bounds.limit(listener, "otlp-grpc")),
+            incoming(bounds.accept(listener, Listener::OtlpGrpc, &stop)),
             stop.cancelled_owned(),
         );
     Stage::spawn("otlp-grpc", async move {
@@ -117,21 +173,17 @@ pub(super) fn otlp_http(
     bounds: &Bounds,
     stop: CancellationToken,
 ) -> Stage {
-    let server = axum::serve(
-        bounds.limit(listener, "otlp-http"),
-        otlp_http::router(ingest, max_body_bytes).layer(access(
-            tokens,
-            Style::Http,
-            &bounds.metrics,
-            "otlp-http",
-        )),
+    let router = otlp_http::router(ingest, max_body_bytes).layer(access(
+        tokens,
+        Style::Http,
+        &bounds.metrics,
+        "otlp-http",
+    ));
+    let accepted = bounds.accept(listener, Listener::OtlpHttp, &stop);
+    Stage::spawn(
+        "otlp-http",
+        http_server::serve(accepted, router, bounds.start_timeout, stop),
     )
-    .with_graceful_shutdown(stop.cancelled_owned());
-    Stage::spawn("otlp-http", async move {
-        if let Err(error) = server.await {
-            tracing::error!(%error, "the OTLP/HTTP receiver stopped");
-        }
-    })
 }
 
 /// The query API: HTTP (JSON, Jaeger, `/metrics`, probes, the UI) and gRPC (weights).
@@ -148,13 +200,15 @@ pub(super) fn query(
     let watchers = state.watchers.clone();
     // The UI's own files hold no data: they load without a token, and its calls to the API
     // carry the token the user gives it.
-    let http = axum::serve(
-        bounds.limit(http, "query-http"),
-        crate::query::router(state)
-            .layer(access(tokens, Style::Http, &metrics, "query-http"))
-            .merge(crate::ui::router()),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let router = crate::query::router(state)
+        .layer(access(tokens, Style::Http, &metrics, "query-http"))
+        .merge(crate::ui::router());
+    let http = http_server::serve(
+        bounds.accept(http, Listener::QueryHttp, &stop),
+        router,
+        bounds.start_timeout,
+        stop.clone(),
+    );
     let grpc = tonic::transport::Server::builder()
         .layer(access(tokens, Style::Grpc, &metrics, "query-grpc"))
         // Watchers hold a stream each: let many share one connection.
@@ -165,14 +219,11 @@ pub(super) fn query(
             stop.clone(),
         ))
         .serve_with_incoming_shutdown(
-            incoming(bounds.limit(grpc, "query-grpc")),
+            incoming(bounds.accept(grpc, Listener::QueryGrpc, &stop)),
             stop.cancelled_owned(),
         );
     Stage::spawn("query", async move {
-        let (http, grpc) = tokio::join!(http, grpc);
-        if let Err(error) = http {
-            tracing::error!(%error, "the query API stopped");
-        }
+        let ((), grpc) = tokio::join!(http, grpc);
         if let Err(error) = grpc {
             tracing::error!(%error, "the query gRPC API stopped");
         }

@@ -169,6 +169,21 @@ pub struct ServeArgs {
     /// stay open); or the token itself in WAYFINDER_QUERY_TOKEN [default: none, open].
     #[arg(long, env = "WAYFINDER_QUERY_TOKEN_FILE")]
     pub query_token_file: Option<PathBuf>,
+    /// Certificate chain (PEM) that every listener serves over TLS, with --tls-key; read
+    /// again when it changes [default: none, plaintext].
+    #[arg(long, env = "WAYFINDER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "WAYFINDER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): the OTLP receivers then require a client certificate signed by
+    /// one of them (mutual TLS); the query API does not [default: none].
+    #[arg(long, env = "WAYFINDER_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How long a new connection has to send its first bytes (or finish its TLS handshake),
+    /// and an HTTP/1 request to send its headers, before it is closed [default: 10s].
+    #[arg(long, env = "WAYFINDER_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,

@@ -56,6 +56,10 @@ pub(super) struct FileConfig {
     pub(super) seal_interval: Option<String>,
     pub(super) ingest_token_file: Option<std::path::PathBuf>,
     pub(super) query_token_file: Option<std::path::PathBuf>,
+    pub(super) tls_cert: Option<std::path::PathBuf>,
+    pub(super) tls_key: Option<std::path::PathBuf>,
+    pub(super) tls_client_ca: Option<std::path::PathBuf>,
+    pub(super) header_read_timeout: Option<String>,
     pub(super) log_level: Option<String>,
 }
 

@@ -28,7 +28,7 @@ use std::time::Duration;
 pub use args::{ServeArgs, WalSyncMode, parse_duration, parse_size};
 use file::{FileConfig, Size, list, read_file};
 
-use crate::access::{Secret, TokenSource};
+use crate::access::{Secret, TlsPaths, TokenSource};
 use crate::wal::WalSync;
 use crate::weights::{RuleConfig, WeightsConfig};
 
@@ -129,6 +129,11 @@ pub struct Config {
     pub ingest_token: Option<TokenSource>,
     /// The bearer tokens the query API admits (not `/healthz`, `/readyz`); `None`: open.
     pub query_token: Option<TokenSource>,
+    /// The certificate, key and client CA every listener serves TLS with; `None`: plaintext.
+    pub tls: Option<TlsPaths>,
+    /// How long a new connection has for its first bytes or TLS handshake, and an HTTP/1
+    /// request for its headers.
+    pub header_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -190,6 +195,8 @@ impl Default for Config {
             seal_interval: Duration::from_secs(60),
             ingest_token: None,
             query_token: None,
+            tls: None,
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -213,6 +220,35 @@ fn token_source(
         (Some(path), None) => Ok(Some(TokenSource::File(path))),
         (None, Some(value)) => Ok(Some(TokenSource::Value(Secret::new(value)))),
         (None, None) => Ok(None),
+    }
+}
+
+/// The TLS files: a certificate and its key together, a client CA only with them.
+fn tls_paths(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+) -> Result<Option<TlsPaths>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsPaths {
+            cert,
+            key,
+            client_ca,
+        })),
+        (None, None) if client_ca.is_none() => Ok(None),
+        (None, None) => Err(ConfigError::Invalid {
+            key: "tls_client_ca",
+            message: "needs --tls-cert and --tls-key: client certificates are asked for over TLS"
+                .to_owned(),
+        }),
+        (Some(_), None) => Err(ConfigError::Invalid {
+            key: "tls_key",
+            message: "--tls-cert needs its key, --tls-key".to_owned(),
+        }),
+        (None, Some(_)) => Err(ConfigError::Invalid {
+            key: "tls_cert",
+            message: "--tls-key needs its certificate, --tls-cert".to_owned(),
+        }),
     }
 }
 
@@ -492,6 +528,15 @@ impl Config {
                     .or(file.query_token_file.clone()),
                 var("WAYFINDER_QUERY_TOKEN"),
             )?,
+            tls: tls_paths(
+                args.tls_cert.clone().or(file.tls_cert.clone()),
+                args.tls_key.clone().or(file.tls_key.clone()),
+                args.tls_client_ca.clone().or(file.tls_client_ca.clone()),
+            )?,
+            header_read_timeout: args
+                .header_read_timeout
+                .or(duration("header_read_timeout", &file.header_read_timeout)?)
+                .unwrap_or(defaults.header_read_timeout),
             wal_sync: match args.wal_sync.or(file.wal_sync) {
                 Some(WalSyncMode::Always) => WalSync::Always,
                 Some(WalSyncMode::Interval) | None => WalSync::Interval(

@@ -48,7 +48,9 @@ impl Config {
             WalSync::Always => ("always", Value::Null),
             WalSync::Interval(interval) => ("interval", duration(interval)),
         };
-        let settings: [(&str, Value); 46] = [
+        let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
+        let tls = self.tls.as_ref();
+        let settings: [(&str, Value); 50] = [
             ("otlp_grpc", json!(self.otlp_grpc.to_string())),
             ("otlp_http", json!(self.otlp_http.to_string())),
             ("query_http", json!(self.query_http.to_string())),
@@ -116,6 +118,16 @@ impl Config {
             ("ingest_token", json!(ingest_token)),
             ("query_token_file", json!(query_token_file)),
             ("query_token", json!(query_token)),
+            ("tls_cert", json!(path(tls.map(|t| &t.cert)))),
+            ("tls_key", json!(path(tls.map(|t| &t.key)))),
+            (
+                "tls_client_ca",
+                json!(path(tls.and_then(|t| t.client_ca.as_ref()))),
+            ),
+            (
+                "header_read_timeout",
+                json!(duration(self.header_read_timeout)),
+            ),
         ];
         Value::Object(
             settings

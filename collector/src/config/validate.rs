@@ -66,6 +66,12 @@ impl Config {
                     .to_owned(),
             ));
         }
+        if self.header_read_timeout.is_zero() {
+            return Err(invalid(
+                "header_read_timeout",
+                "must be above zero".to_owned(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(invalid(
                 "max_connections",

@@ -124,6 +124,14 @@ pub struct Metrics {
     pub refused_watchers: Counter,
     /// Requests refused for a missing or invalid bearer token, per listener.
     pub unauthorized: Family<ListenerLabels, Counter>,
+    /// Connections closed because they sent no first byte, or did not finish their TLS
+    /// handshake, within `--header-read-timeout`, per listener.
+    pub slow_connections: Family<ListenerLabels, Counter>,
+    /// TLS handshakes that failed (a missing or untrusted client certificate, a plaintext
+    /// client on a TLS listener), per listener.
+    pub tls_handshake_failures: Family<ListenerLabels, Counter>,
+    /// Configuration reloads, per outcome (`applied`, `unchanged`, `rejected`).
+    pub config_reloads: Family<OutcomeLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -159,6 +167,9 @@ impl Metrics {
             sql_queries: Family::default(),
             sql_query_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 18)),
             unauthorized: Family::default(),
+            slow_connections: Family::default(),
+            tls_handshake_failures: Family::default(),
+            config_reloads: Family::default(),
             refused_watchers: Counter::default(),
             refused_connections: Family::default(),
             registry: Registry::default(),
@@ -274,6 +285,21 @@ impl Metrics {
             "wayfinder_unauthorized_requests",
             "Requests refused for a missing or invalid bearer token, per listener",
             m.unauthorized.clone(),
+        );
+        registry.register(
+            "wayfinder_slow_connections",
+            "Connections closed because they sent nothing, or did not finish their TLS handshake, within --header-read-timeout, per listener",
+            m.slow_connections.clone(),
+        );
+        registry.register(
+            "wayfinder_tls_handshake_failures",
+            "TLS handshakes that failed (a missing or untrusted client certificate, a plaintext client on a TLS listener), per listener",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "wayfinder_config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), per outcome: applied, unchanged, rejected",
+            m.config_reloads.clone(),
         );
         Self { registry, ..m }
     }

@@ -303,7 +303,8 @@ pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
 /// `GET /api/v1/config`: the configuration in force, with the config file's keys, tokens
 /// redacted.
 pub async fn config(State(state): State<Arc<ApiState>>) -> axum::Json<serde_json::Value> {
-    axum::Json((*state.config).clone())
+    let config = state.config.read().clone();
+    axum::Json((*config).clone())
 }
 
 #[cfg(test)]

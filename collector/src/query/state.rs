@@ -36,7 +36,7 @@ pub struct ApiState {
     /// The cap on gRPC watchers and HTTP long-polls.
     pub watchers: super::watchers::Watchers,
     /// The configuration in force (`GET /api/v1/config`), tokens redacted.
-    pub config: Arc<serde_json::Value>,
+    pub config: parking_lot::RwLock<Arc<serde_json::Value>>,
     /// `GET /api/v1/topology` answers by (window, instance level, service), shared for a
     /// second.
     pub topology_json: Reuse<(Duration, bool, Option<String>), Result<SharedBody, ApiError>>,

@@ -515,6 +515,11 @@ impl Registry {
         }
     }
 
+    /// A new `--deregister-after` (a configuration reload), from the next tick on.
+    pub fn set_deregister_after(&self, deregister_after: Duration) {
+        self.inner.lock().config.deregister_after = deregister_after;
+    }
+
     /// Applies a heartbeat that arrived now.
     pub fn beat(&self, event: HealthEvent) -> BeatOutcome {
         let now = self.clock.now();

@@ -107,7 +107,7 @@ pub struct QueryResult {
 /// A slot of the limit on concurrent queries, freed when dropped.
 #[derive(Debug)]
 pub struct QuerySlot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _place: crate::cap::Place,
 }
 
 /// Runs SQL over a [`SpanStore`].
@@ -115,11 +115,12 @@ pub struct QuerySlot {
 pub struct QueryEngine {
     store: Arc<dyn SpanStore>,
     registry: Option<Arc<Registry>>,
-    limits: QueryLimits,
+    /// The limits in force; a configuration reload replaces them ([`QueryEngine::set_limits`]).
+    limits: Arc<parking_lot::RwLock<QueryLimits>>,
     metrics: Arc<Metrics>,
     runtime: Arc<QueryRuntime>,
-    /// One permit per query running.
-    running: Arc<tokio::sync::Semaphore>,
+    /// One place per query running.
+    running: crate::cap::Cap,
 }
 
 /// The threads queries run on; shut down without waiting when dropped.
@@ -150,10 +151,10 @@ impl QueryEngine {
         Ok(Self {
             store,
             registry: None,
-            limits,
+            limits: Arc::new(parking_lot::RwLock::new(limits)),
             metrics,
             runtime: Arc::new(QueryRuntime(Some(runtime))),
-            running: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent.max(1))),
+            running: crate::cap::Cap::new(limits.max_concurrent),
         })
     }
 
@@ -187,20 +188,27 @@ impl QueryEngine {
     /// (a trace lookup); refused at once like a query beyond the limit.
     pub fn slot(&self) -> Result<QuerySlot, QueryError> {
         self.running
-            .clone()
-            .try_acquire_owned()
-            .map(|permit| QuerySlot { _permit: permit })
-            .map_err(|_| QueryError::Busy(self.limits.max_concurrent))
+            .try_take()
+            .map(|place| QuerySlot { _place: place })
+            .ok_or_else(|| QueryError::Busy(self.running.max()))
     }
 
-    /// Its limits.
-    pub fn limits(&self) -> &QueryLimits {
-        &self.limits
+    /// Its limits in force.
+    pub fn limits(&self) -> QueryLimits {
+        *self.limits.read()
+    }
+
+    /// New limits, for the queries that start from now on (a configuration reload); queries
+    /// running keep theirs, and a lower `max_concurrent` takes effect as they end.
+    pub fn set_limits(&self, limits: QueryLimits) {
+        *self.limits.write() = limits;
+        self.running.set(limits.max_concurrent);
     }
 
     /// The memory each query may use: an equal share of the memory of all queries.
     fn memory_share(&self) -> usize {
-        self.limits.memory_bytes / self.limits.max_concurrent.max(1)
+        let limits = self.limits();
+        limits.memory_bytes / limits.max_concurrent.max(1)
     }
 
     async fn run(&self, sql: String) -> Result<QueryResult, QueryError> {
@@ -212,11 +220,12 @@ impl QueryEngine {
         // Refused at once beyond the limit, not queued: the caller retries (503 + Retry-After).
         let slot = Arc::new(self.slot()?);
         let context = self.context()?;
-        let max_rows = self.limits.max_rows;
+        let limits = self.limits();
+        let max_rows = limits.max_rows;
         let task = runtime.spawn(async move { execute(context, &sql, max_rows).await });
         let abort = task.abort_handle();
         let share = self.memory_share();
-        match tokio::time::timeout(self.limits.timeout, task).await {
+        match tokio::time::timeout(limits.timeout, task).await {
             Ok(Ok(result)) => result
                 .map(|result| QueryResult {
                     _slot: Some(slot),
@@ -231,7 +240,7 @@ impl QueryEngine {
             ))),
             Err(_) => {
                 abort.abort();
-                Err(QueryError::Timeout(self.limits.timeout))
+                Err(QueryError::Timeout(limits.timeout))
             }
         }
     }

@@ -63,6 +63,10 @@ pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Sizes, for metrics and tests.
     fn stats(&self) -> StoreStats;
+
+    /// A new retention and memory budget (a configuration reload), applied from the next
+    /// append and upkeep on; a store without them ignores it.
+    fn set_limits(&self, _retention: std::time::Duration, _max_bytes: usize) {}
 }
 
 /// Everything stored at one moment.

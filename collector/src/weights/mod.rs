@@ -112,7 +112,9 @@ struct ServiceState {
 /// Computes and publishes the weights.
 #[derive(Debug)]
 pub struct WeightsEngine {
-    config: WeightsConfig,
+    /// The rule and the TTL change in place on a configuration reload
+    /// ([`WeightsEngine::set_rule`]).
+    config: parking_lot::RwLock<WeightsConfig>,
     clock: Clock,
     inputs: Mutex<Inputs>,
     state: Mutex<HashMap<String, ServiceState>>,
@@ -131,7 +133,7 @@ impl WeightsEngine {
     pub fn new(config: WeightsConfig, clock: Clock) -> Self {
         let (tx, _) = watch::channel(Arc::new(WeightsSnapshot::default()));
         Self {
-            config,
+            config: parking_lot::RwLock::new(config),
             clock,
             inputs: Mutex::new(Inputs::default()),
             state: Mutex::new(HashMap::new()),
@@ -140,9 +142,18 @@ impl WeightsEngine {
         }
     }
 
-    /// Its configuration.
-    pub fn config(&self) -> &WeightsConfig {
-        &self.config
+    /// Its configuration in force.
+    pub fn config(&self) -> WeightsConfig {
+        *self.config.read()
+    }
+
+    /// A new rule and TTL (a configuration reload), used from the next update on. The state
+    /// kept per instance (multipliers, ejections, slow starts) carries over: the new rule
+    /// moves weights from where they are, within its own step limits.
+    pub fn set_rule(&self, rule: RuleConfig, ttl: Duration) {
+        let mut config = self.config.write();
+        config.rule = rule;
+        config.ttl = ttl;
     }
 
     /// Records the spans of a batch that arrived at `now`: SERVER spans per instance, CLIENT
@@ -150,7 +161,7 @@ impl WeightsEngine {
     pub fn record_at(&self, now: SystemTime, spans: &[SpanFacts]) {
         let mut inputs = self.inputs.lock();
         let inputs = &mut *inputs;
-        let max = self.config.max_windows;
+        let max = self.config.read().max_windows;
         let mut address = String::new();
         for span in spans {
             let full = inputs.instances.len() + inputs.addresses.len() >= max;
@@ -204,7 +215,8 @@ impl WeightsEngine {
     /// Computes every service's weights at `now` for these instances (the registry's), and
     /// publishes them.
     pub fn update_with(&self, now: SystemTime, instances: &[Instance]) {
-        let window = self.config.window;
+        let config = self.config();
+        let window = config.window;
         let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
         for instance in instances {
             by_service
@@ -213,7 +225,7 @@ impl WeightsEngine {
                 .push(instance);
         }
         let generated_at = crate::clock::rfc3339(now);
-        let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
+        let ttl_ms = u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX);
         let window_secs = window.as_secs_f64().max(1.0);
 
         let mut inputs = self.inputs.lock();
@@ -271,7 +283,7 @@ impl WeightsEngine {
             let decisions = decide(
                 &candidates,
                 |id| state.instances.get(id).and_then(|s| s.kept),
-                &self.config.rule,
+                &config.rule,
                 now,
             );
             let mut endpoints = Vec::with_capacity(decisions.len());

@@ -54,7 +54,9 @@ impl Default for StoreConfig {
 /// Spans in memory as Arrow batches.
 #[derive(Debug)]
 pub struct MemoryStore {
-    config: StoreConfig,
+    /// A configuration reload changes the retention and the budget in place
+    /// ([`SpanStore::set_limits`]).
+    config: parking_lot::RwLock<StoreConfig>,
     inner: RwLock<Inner>,
     metrics: Arc<Metrics>,
     sealing: Option<Sealing>,
@@ -94,7 +96,7 @@ impl MemoryStore {
     /// An empty store.
     pub fn new(config: StoreConfig, metrics: Arc<Metrics>) -> Self {
         Self {
-            config,
+            config: parking_lot::RwLock::new(config),
             inner: RwLock::new(Inner::default()),
             metrics,
             sealing: None,
@@ -154,7 +156,7 @@ impl MemoryStore {
             inner.rows += rows;
             inner.bytes += bytes;
             inner.batches += 1;
-            let segment_rows = self.config.segment_rows;
+            let segment_rows = self.config.read().segment_rows;
             let open = inner
                 .segments
                 .back_mut()
@@ -179,7 +181,7 @@ impl MemoryStore {
             return; // nothing unsealed may go; sealing empties memory instead
         }
         let mut evicted = 0usize;
-        while inner.bytes > self.config.max_bytes {
+        while inner.bytes > self.config.read().max_bytes {
             if inner.segments.len() > 1 {
                 if let Some(old) = inner.segments.pop_front() {
                     inner.rows -= old.rows;
@@ -267,6 +269,12 @@ fn compaction_job(segment: &Segment) -> CompactionJob {
 }
 
 impl SpanStore for MemoryStore {
+    fn set_limits(&self, retention: Duration, max_bytes: usize) {
+        let mut config = self.config.write();
+        config.retention = retention;
+        config.max_bytes = max_bytes;
+    }
+
     fn append(&self, batch: SpanBatch) {
         self.append_at(batch, SystemTime::now());
     }
@@ -333,7 +341,7 @@ impl MemoryStore {
     /// everything compacted when `force`.
     fn maintain_at(&self, now: SystemTime, force: bool) {
         let cutoff = now
-            .checked_sub(self.config.retention)
+            .checked_sub(self.config.read().retention)
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let to_compact = {
             let mut inner = self.inner.write();
@@ -354,7 +362,7 @@ impl MemoryStore {
                     .get_or_create(&ReasonLabels { reason: "age" })
                     .inc_by(evicted as u64);
             }
-            let segment_age = self.config.segment_age;
+            let segment_age = self.config.read().segment_age;
             if let Some(open) = inner.segments.back_mut()
                 && now.duration_since(open.opened).unwrap_or_default() >= segment_age
             {

@@ -62,7 +62,7 @@ impl MemoryStore {
             let due = force
                 || rows >= sealing.file_rows
                 || waited >= sealing.interval
-                || inner.bytes >= self.config.max_bytes / 2;
+                || inner.bytes >= self.config.read().max_bytes / 2;
             if !due {
                 return;
             }
@@ -120,7 +120,7 @@ impl MemoryStore {
 
     /// Deletes the sealed files of hours past the retention.
     pub(super) fn expire_files(&self, sealing: &Sealing, now: SystemTime) {
-        let through = history::expired_through(now, self.config.retention);
+        let through = history::expired_through(now, self.config.read().retention);
         if self.inner.read().files.iter().all(|f| f.hour > through) {
             return; // the common case: no write lock
         }

@@ -1,0 +1,355 @@
+//! The listeners as a client meets them: TLS on all four (with client certificates required by
+//! the OTLP receivers, and a certificate replaced on disk taken without a restart), and slow
+//! clients closed after `--header-read-timeout` while good traffic goes on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use wayfinder_collector::access::TlsPaths;
+use wayfinder_collector::metrics::ListenerLabels;
+use wayfinder_collector::testing::{span, trace_request};
+use wayfinder_e2e::{loopback_config, start};
+
+/// A CA, and certificates it signed, written as PEM files.
+struct Pki {
+    dir: tempfile::TempDir,
+    issuer: Issuer<'static, KeyPair>,
+    ca_pem: String,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            issuer: Issuer::new(params, key),
+            ca_pem: ca.pem(),
+        }
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1 (server or client), as (cert, key) PEM.
+    fn leaf(&self) -> (String, String) {
+        let params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The server's files, with the CA as the client CA.
+    fn server_files(&self) -> TlsPaths {
+        let (cert, key) = self.leaf();
+        TlsPaths {
+            cert: self.write("server.pem", &cert),
+            key: self.write("server.key", &key),
+            client_ca: Some(self.write("ca.pem", &self.ca_pem)),
+        }
+    }
+
+    /// A client configuration trusting the CA, with a client certificate or without.
+    fn client(&self, with_certificate: bool, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut config = if with_certificate {
+            let (cert, key) = self.leaf();
+            builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap()
+        } else {
+            builder.with_no_client_auth()
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(config)
+    }
+}
+
+type Tls = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn connect_tls(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// One HTTP/1.1 request on `stream`; what came back (possibly nothing) before it closed.
+async fn exchange<S>(mut stream: S, request: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let exchange = async {
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return String::new();
+        }
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        // A TLS peer that refuses may end the stream with an error: what came before counts.
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .expect("the exchange ends within 10 s")
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+}
+
+fn post_traces(service: &str) -> String {
+    let body = serde_json::json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+        "scopeSpans": [{"spans": [{
+            "traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174",
+            "name": "tls", "startTimeUnixNano": "1", "endTimeUnixNano": "2"
+        }]}]
+    }]})
+    .to_string();
+    format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn counter(
+    collector: &wayfinder_collector::RunningCollector,
+    listener: &'static str,
+) -> (u64, u64) {
+    let metrics = collector.metrics();
+    let labels = ListenerLabels { listener };
+    (
+        metrics.tls_handshake_failures.get_or_create(&labels).get(),
+        metrics.slow_connections.get_or_create(&labels).get(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_speaks_tls_and_the_otlp_receivers_require_a_client_certificate() {
+    let pki = Pki::new();
+    let mut config = loopback_config();
+    config.tls = Some(pki.server_files());
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+
+    // The query API: TLS, no client certificate asked.
+    let tls = connect_tls(addrs.query_http, pki.client(false, b"http/1.1"))
+        .await
+        .unwrap();
+    let answer = exchange(tls, &get("/healthz")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // OTLP/HTTP with a client certificate of the CA: accepted and stored.
+    let tls = connect_tls(addrs.otlp_http, pki.client(true, b"http/1.1"))
+        .await
+        .unwrap();
+    let answer = exchange(tls, &post_traces("with-cert")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // OTLP/HTTP without one: no answer, and the failed handshake is counted.
+    let (failures_before, _) = counter(&collector, "otlp-http");
+    let answer = match connect_tls(addrs.otlp_http, pki.client(false, b"http/1.1")).await {
+        // TLS 1.3: the client's side of the handshake ends before the server checks it.
+        Ok(tls) => exchange(tls, &post_traces("without-cert")).await,
+        Err(_) => String::new(),
+    };
+    assert!(
+        answer.is_empty(),
+        "no answer without a certificate: {answer}"
+    );
+    let (failures_after, _) = counter(&collector, "otlp-http");
+    assert_eq!(failures_after, failures_before + 1);
+
+    // Plaintext on a TLS port: no HTTP answer either.
+    let plain = TcpStream::connect(addrs.query_http).await.unwrap();
+    let answer = exchange(plain, &get("/healthz")).await;
+    assert!(!answer.contains("HTTP/1.1"), "{answer}");
+
+    // OTLP/gRPC and the query gRPC API over TLS (HTTP/2 by ALPN).
+    let channel = grpc_channel(addrs.otlp_grpc, pki.client(true, b"h2")).await;
+    let request = trace_request(Some("grpc-tls"), vec![span([7; 16], 1, "g", 1, 2)]);
+    TraceServiceClient::new(channel)
+        .export(request)
+        .await
+        .expect("OTLP/gRPC over TLS with a client certificate");
+    let channel = grpc_channel(addrs.query_grpc, pki.client(false, b"h2")).await;
+    // A gRPC answer over TLS: no instances are known yet.
+    let status = wayfinder_api::grpc::weights_client::WeightsClient::new(channel)
+        .get(wayfinder_api::grpc::GetWeightsRequest::default())
+        .await
+        .expect_err("no weights yet");
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+
+    // The two accepted spans reach the store (the SQL helpers speak plaintext: the store is
+    // read directly); the refused request's span never does.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while collector.store().stats().rows < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        collector.store().stats().rows,
+        2,
+        "the span sent without a certificate is not stored"
+    );
+    collector.shutdown().await;
+}
+
+async fn grpc_channel(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://localhost:{}", addr.port()))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let config = config.clone();
+            async move {
+                connect_tls(addr, config)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .expect("a TLS connection")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_on_disk_is_served_to_new_connections() {
+    let pki = Pki::new();
+    let mut config = loopback_config();
+    let files = pki.server_files();
+    config.tls = Some(TlsPaths {
+        client_ca: None,
+        ..files.clone()
+    });
+    let collector = start(config).await;
+    let addr = collector.addrs().query_http;
+    let served = |tls: &Tls| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+
+    let first = connect_tls(addr, pki.client(false, b"http/1.1"))
+        .await
+        .unwrap();
+    let old = served(&first);
+
+    // A key and certificate pair replaced as a certificate manager does: key, then cert.
+    let (cert, key) = pki.leaf();
+    std::fs::write(&files.key, key).unwrap();
+    std::fs::write(&files.cert, &cert).unwrap();
+    let new = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
+    // The files are looked at every second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tls = connect_tls(addr, pki.client(false, b"http/1.1"))
+            .await
+            .unwrap();
+        if served(&tls) == new {
+            let answer = exchange(tls, &get("/healthz")).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            break;
+        }
+        assert_eq!(
+            served(&tls),
+            old,
+            "either the old certificate or the new one"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the new certificate was not served within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection opened before the change still works, with its certificate.
+    let answer = exchange(first, &get("/healthz")).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    collector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_closed_and_good_traffic_goes_on() {
+    let mut config = loopback_config();
+    config.header_read_timeout = Duration::from_millis(300);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+
+    // Each row: a listener, what a slow client sends before it stops, and why it is closed.
+    let cases: [(SocketAddr, &'static str, &str, &str); 4] = [
+        (addrs.otlp_http, "otlp-http", "", "no first byte"),
+        (
+            addrs.otlp_http,
+            "otlp-http",
+            "POST /v1/traces HTTP/1.1\r\nHost: x\r\n",
+            "headers never finished (slow loris)",
+        ),
+        (addrs.query_http, "query-http", "", "no first byte"),
+        (addrs.otlp_grpc, "otlp-grpc", "", "no HTTP/2 preface"),
+    ];
+    let mut slow = Vec::new();
+    for (addr, _, sent, _) in &cases {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    // Good traffic beside them.
+    let answer = exchange(
+        TcpStream::connect(addrs.otlp_http).await.unwrap(),
+        &post_traces("beside-slow"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for (mut stream, (_, listener, _, why)) in slow.into_iter().zip(cases) {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+            .await
+            .is_ok();
+        assert!(closed, "{listener}, {why}: not closed within 5 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{listener}, {why}"
+        );
+    }
+    let (_, http_slow) = counter(&collector, "otlp-http");
+    let (_, query_slow) = counter(&collector, "query-http");
+    let (_, grpc_slow) = counter(&collector, "otlp-grpc");
+    // The slow loris sent its first bytes: hyper's header timeout closed it, not the start's.
+    assert_eq!((http_slow, query_slow, grpc_slow), (1, 1, 1));
+    assert_eq!(
+        wayfinder_e2e::wait_for_rows(&collector, "service_name = 'beside-slow'", 1).await,
+        1
+    );
+    collector.shutdown().await;
+}

@@ -1,0 +1,133 @@
+//! A configuration reloaded into a running collector: the settings that change in place do,
+//! at once and without dropping a connection or a span; one that needs a restart is reported
+//! and keeps its running value; an invalid configuration changes nothing.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wayfinder_collector::testing::{span, trace_request};
+use wayfinder_e2e::{http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
+
+/// One request on a kept-alive connection; the answer's status line.
+async fn keep_alive_get(stream: &mut tokio::net::TcpStream, path: &str) -> String {
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The probe's answer is short: its headers and body arrive together.
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap();
+        assert!(n > 0, "the connection was closed");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
+    let collector = start(loopback_config()).await;
+    let addrs = collector.addrs();
+    let body = trace_request(
+        Some("reloaded"),
+        (1..=3).map(|id| span([9; 16], id, "op", 1, 2)).collect(),
+    )
+    .encode_to_vec();
+    let posted = http_client()
+        .post(format!("http://{}/v1/traces", addrs.otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 200);
+    assert_eq!(
+        wait_for_rows(&collector, "service_name = 'reloaded'", 3).await,
+        3
+    );
+    let mut kept = tokio::net::TcpStream::connect(addrs.query_http)
+        .await
+        .unwrap();
+    assert!(keep_alive_get(&mut kept, "/healthz").await.contains("200"));
+
+    let running = collector.config();
+    let mut new = running.clone();
+    new.query_max_rows = 2;
+    new.weight_gamma = running.weight_gamma * 2.0;
+    new.max_watchers = 7;
+    new.retention = running.retention * 2;
+    new.otlp_grpc = "127.0.0.1:1".parse().unwrap();
+    let reloaded = collector.reload(new).expect("a valid configuration");
+    let mut applied = reloaded.applied.clone();
+    applied.sort();
+    assert_eq!(
+        applied,
+        [
+            "max_watchers",
+            "query_max_rows",
+            "retention",
+            "weight_gamma"
+        ]
+    );
+    assert_eq!(reloaded.needs_restart, ["otlp_grpc"]);
+
+    // In force at once: an answer of more rows than the new limit is refused.
+    let (status, body) = sql_raw(
+        &collector,
+        "SELECT span_id FROM spans WHERE service_name = 'reloaded'",
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("more than 2 rows"), "{body}");
+    let answer = sql(
+        &collector,
+        "SELECT span_id FROM spans WHERE service_name = 'reloaded' LIMIT 2",
+    )
+    .await;
+    assert_eq!(answer.rows.len(), 2);
+    // The configuration shown is the one in force: the new limits, the running address.
+    let shown: serde_json::Value = http_client()
+        .get(format!("http://{}/api/v1/config", addrs.query_http))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["query_max_rows"], 2);
+    assert_eq!(shown["max_watchers"], 7);
+    assert_eq!(shown["otlp_grpc"], running.otlp_grpc.to_string());
+    assert_eq!(
+        collector.weights().config().rule.gamma,
+        running.weight_gamma * 2.0
+    );
+    // The connection opened before the reload is still served.
+    assert!(keep_alive_get(&mut kept, "/healthz").await.contains("200"));
+
+    // An invalid configuration (a TTL shorter than the update period) changes nothing.
+    let mut invalid = collector.config();
+    invalid.query_max_rows = 1;
+    invalid.weight_ttl = invalid.weight_update_period / 2;
+    let error = collector.reload(invalid).expect_err("refused");
+    assert!(error.to_string().contains("weight_ttl"), "{error}");
+    assert_eq!(collector.config().query_max_rows, 2);
+    let metrics = wayfinder_e2e::metrics_text(&collector).await;
+    for outcome in ["applied", "rejected"] {
+        assert!(
+            metrics.contains(&format!(
+                "wayfinder_config_reloads_total{{outcome=\"{outcome}\"}} 1"
+            )),
+            "{outcome}: {metrics}"
+        );
+    }
+    collector.shutdown().await;
+}
