@@ -265,6 +265,7 @@ impl Collector {
                     database_names,
                     edge_wait: config.edge_wait,
                     max_pending: config.edge_max_pending,
+                    max_bytes: config.topology_max_bytes,
                     retention: config.retention,
                     histogram_buckets: config
                         .service_graph_buckets

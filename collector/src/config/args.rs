@@ -61,6 +61,10 @@ pub struct ServeArgs {
     /// How many halves of edges may wait at once [default: 100000].
     #[arg(long, env = "WAYFINDER_EDGE_MAX_PENDING")]
     pub edge_max_pending: Option<usize>,
+    /// Memory budget of the service graph's figures; over it, the oldest minutes and the edges
+    /// not seen since are evicted, and counted [default: 256MiB].
+    #[arg(long, env = "WAYFINDER_TOPOLOGY_MAX_BYTES", value_parser = parse_size)]
+    pub topology_max_bytes: Option<usize>,
     /// How many span-metrics series are tracked at most; further ones go to the overflow
     /// series [default: 10000].
     #[arg(long, env = "WAYFINDER_SPAN_METRICS_MAX_SERIES")]

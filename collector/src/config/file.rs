@@ -48,6 +48,7 @@ pub(super) struct FileConfig {
     pub(super) weight_slow_start: Option<String>,
     pub(super) weight_max_ejection: Option<f64>,
     pub(super) max_connections: Option<usize>,
+    pub(super) topology_max_bytes: Option<Size>,
     pub(super) max_watchers: Option<usize>,
     pub(super) data_dir: Option<std::path::PathBuf>,
     pub(super) wal_sync: Option<super::WalSyncMode>,

@@ -70,6 +70,9 @@ pub struct Config {
     pub edge_wait: Duration,
     /// How many halves of edges may wait at once; when full, the oldest expire first.
     pub edge_max_pending: usize,
+    /// The memory budget of the service graph's figures; over it, the oldest minutes and the
+    /// edges not seen since are evicted.
+    pub topology_max_bytes: usize,
     /// Upper bounds of the service-graph latency histograms, ascending.
     pub service_graph_buckets: Vec<Duration>,
     /// How many span-metrics series (service, span name, kind, status) are tracked at most;
@@ -157,6 +160,7 @@ impl Default for Config {
             topology: true,
             edge_wait: Duration::from_secs(10),
             edge_max_pending: 100_000,
+            topology_max_bytes: 256 * MIB,
             span_metrics_max_series: 10_000,
             service_graph_dimensions: Vec::new(),
             span_metrics_dimensions: Vec::new(),
@@ -404,6 +408,10 @@ impl Config {
                 .edge_max_pending
                 .or(file.edge_max_pending)
                 .unwrap_or(defaults.edge_max_pending),
+            topology_max_bytes: args
+                .topology_max_bytes
+                .or(size("topology_max_bytes", &file.topology_max_bytes)?)
+                .unwrap_or(defaults.topology_max_bytes),
             span_metrics_max_series: args
                 .span_metrics_max_series
                 .or(file.span_metrics_max_series)

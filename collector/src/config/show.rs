@@ -50,7 +50,7 @@ impl Config {
         };
         let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
         let tls = self.tls.as_ref();
-        let settings: [(&str, Value); 50] = [
+        let settings: [(&str, Value); 51] = [
             ("otlp_grpc", json!(self.otlp_grpc.to_string())),
             ("otlp_http", json!(self.otlp_http.to_string())),
             ("query_http", json!(self.query_http.to_string())),
@@ -67,6 +67,7 @@ impl Config {
             ("topology", json!(self.topology)),
             ("edge_wait", json!(duration(self.edge_wait))),
             ("edge_max_pending", json!(self.edge_max_pending)),
+            ("topology_max_bytes", json!(self.topology_max_bytes)),
             (
                 "span_metrics_max_series",
                 json!(self.span_metrics_max_series),

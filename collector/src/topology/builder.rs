@@ -31,6 +31,9 @@ pub struct TopologyConfig {
     /// How many edges, nodes and instances each are tracked at most; past it, new ones are
     /// counted and not tracked (a guard against unbounded label cardinality).
     pub max_series: usize,
+    /// The memory budget of the figures (`--topology-max-bytes`); over it, the oldest minutes
+    /// and the edges last seen longest ago are evicted, and counted.
+    pub max_bytes: usize,
     /// Upper bounds of the service-graph histograms, in seconds, ascending
     /// (`--service-graph-buckets`; default [`HISTOGRAM_BOUNDS`](super::stats::HISTOGRAM_BOUNDS),
     /// the servicegraph connector's).
@@ -51,6 +54,7 @@ impl Default for TopologyConfig {
             max_pending: 100_000,
             retention: Duration::from_secs(3600),
             max_series: 10_000,
+            max_bytes: 256 << 20,
             histogram_buckets: Arc::from(super::stats::HISTOGRAM_BOUNDS.as_slice()),
             dimensions: Arc::from([]),
             database_names: DatabaseName::defaults().into(),
@@ -73,6 +77,8 @@ pub struct Counters {
     pub evicted: u64,
     /// Observations not tracked because `max_series` was reached.
     pub series_dropped: u64,
+    /// Series evicted to keep within `max_bytes`.
+    pub series_evicted: u64,
 }
 
 /// What one side of an edge left behind while waiting for the other.
@@ -219,7 +225,13 @@ pub struct TopologyBuilder {
     graph: Graph,
     counters: Counters,
     pruned_minute: u64,
+    /// When the byte budget was last checked.
+    budget_checked: SystemTime,
 }
+
+/// How often the graph's memory is estimated against `--topology-max-bytes` (the estimate
+/// walks every series).
+const BUDGET_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 fn minute_of(now: SystemTime) -> u64 {
     unix_seconds(now) / BUCKET_SECONDS
@@ -235,11 +247,21 @@ impl TopologyBuilder {
             halves: Expiring::new(max_pending),
             children: Expiring::new(max_pending),
             parents: Expiring::new(max_pending),
-            graph: Graph::new(config.max_series, config.histogram_buckets.clone()),
+            graph: Graph::new(
+                config.max_series,
+                config.max_bytes,
+                config.histogram_buckets.clone(),
+            ),
             config,
             counters: Counters::default(),
             pruned_minute: 0,
+            budget_checked: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    /// The graph's estimated memory at the last budget check.
+    pub fn graph_bytes(&self) -> usize {
+        self.graph.bytes()
     }
 
     /// Its configuration.
@@ -251,6 +273,7 @@ impl TopologyBuilder {
     pub fn counters(&self) -> Counters {
         Counters {
             series_dropped: self.graph.series_dropped(),
+            series_evicted: self.graph.series_evicted(),
             ..self.counters
         }
     }
@@ -290,6 +313,22 @@ impl TopologyBuilder {
             self.pruned_minute = minute;
             let keep_from = minute.saturating_sub(self.config.retention.as_secs() / BUCKET_SECONDS);
             self.graph.prune(keep_from);
+        }
+        if now
+            .duration_since(self.budget_checked)
+            .is_ok_and(|since| since >= BUDGET_CHECK_EVERY)
+            || self.budget_checked > now
+        {
+            self.budget_checked = now;
+            let evicted = self.graph.keep_within_budget(minute);
+            if evicted > 0 {
+                tracing::warn!(
+                    evicted,
+                    bytes = self.graph.bytes(),
+                    max_bytes = self.config.max_bytes,
+                    "the service graph reached --topology-max-bytes: its oldest minutes and the edges not seen since were evicted"
+                );
+            }
         }
     }
 

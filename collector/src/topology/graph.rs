@@ -1,8 +1,12 @@
 //! Where the pairing rules' observations are kept: per-minute series of every edge, node,
 //! instance and caller → instance edge, and the totals behind the Prometheus series, each map
-//! bounded by `max_series`. The rules (`builder.rs`) decide what is observed under which key;
+//! bounded by `max_series`, and all of it by a byte budget (`--topology-max-bytes`): over it,
+//! the oldest minutes go, and with them the series that had nothing newer (the edges not seen
+//! for longest), counted. The rules (`builder.rs`) decide what is observed under which key;
 //! this decides nothing. Snapshots and `/metrics` read it, never the rules' pending state.
 
+use std::collections::BTreeMap;
+use std::mem::size_of;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -40,6 +44,12 @@ pub struct Graph {
     pub(crate) instances: HashMap<(Arc<str>, Arc<str>), InstanceState>,
     pub(crate) instance_edges: HashMap<InstanceEdgeKey, Series>,
     max_series: usize,
+    /// The byte budget of everything here (an estimate: see [`Graph::measure`]).
+    max_bytes: usize,
+    /// The estimate at the last check.
+    bytes: usize,
+    /// Series removed to keep within `max_bytes`.
+    series_evicted: u64,
     histogram_buckets: Arc<[f64]>,
     series_dropped: u64,
     /// Sets of extra label values beyond the first of each edge, bounded by `max_series` too.
@@ -51,13 +61,16 @@ pub struct Graph {
 impl Graph {
     /// An empty graph of at most `max_series` entries per map, with Prometheus histograms over
     /// `histogram_buckets` (seconds).
-    pub(super) fn new(max_series: usize, histogram_buckets: Arc<[f64]>) -> Self {
+    pub(super) fn new(max_series: usize, max_bytes: usize, histogram_buckets: Arc<[f64]>) -> Self {
         Self {
             edges: HashMap::new(),
             nodes: HashMap::new(),
             instances: HashMap::new(),
             instance_edges: HashMap::new(),
             max_series,
+            max_bytes,
+            bytes: 0,
+            series_evicted: 0,
             histogram_buckets,
             series_dropped: 0,
             dimension_sets: 0,
@@ -68,6 +81,90 @@ impl Graph {
     /// Observations not kept because a map was full.
     pub fn series_dropped(&self) -> u64 {
         self.series_dropped
+    }
+
+    /// Series removed to keep within the byte budget.
+    pub fn series_evicted(&self) -> u64 {
+        self.series_evicted
+    }
+
+    /// The memory estimate at the last budget check.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Series now, in all four maps.
+    fn series(&self) -> usize {
+        self.edges.len() + self.nodes.len() + self.instances.len() + self.instance_edges.len()
+    }
+
+    /// About how much memory the graph holds: what its entries hold whatever their age, and
+    /// what each minute's buckets hold. An estimate from the sizes of the structures, the
+    /// sketches' bins and the histograms' buckets (the maps' own slack counted at hashbrown's
+    /// 7/8 load), not an allocator's count.
+    pub(super) fn measure(&self) -> (usize, BTreeMap<u64, usize>) {
+        let mut by_minute: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut add = |series: &Series| {
+            for (minute, bytes) in series.minute_bytes() {
+                *by_minute.entry(minute).or_default() += bytes;
+            }
+        };
+        let mut entries = 0;
+        for edge in self.edges.values() {
+            entries += size_of::<(EdgeKey, EdgeState)>()
+                + edge
+                    .totals
+                    .iter()
+                    .map(|(values, totals)| {
+                        size_of::<(DimensionValues, Totals)>()
+                            + size_of_val(&**values)
+                            + totals.heap_bytes()
+                    })
+                    .sum::<usize>();
+            add(&edge.series);
+        }
+        for series in self.nodes.values() {
+            entries += size_of::<(Arc<str>, Series)>();
+            add(series);
+        }
+        for state in self.instances.values() {
+            entries += size_of::<((Arc<str>, Arc<str>), InstanceState)>()
+                + state.address.as_ref().map_or(0, String::capacity);
+            add(&state.series);
+        }
+        for series in self.instance_edges.values() {
+            entries += size_of::<(InstanceEdgeKey, Series)>();
+            add(series);
+        }
+        let total = (entries + by_minute.values().sum::<usize>()) * 8 / 7;
+        (total, by_minute)
+    }
+
+    /// Keeps the graph within its byte budget: over it, the oldest minutes go (never the
+    /// current one) until the estimate is back under nine tenths of the budget, and with them
+    /// every series that had nothing newer. Returns how many series went.
+    pub(super) fn keep_within_budget(&mut self, current_minute: u64) -> u64 {
+        let (bytes, by_minute) = self.measure();
+        self.bytes = bytes;
+        if bytes <= self.max_bytes {
+            return 0;
+        }
+        let target = self.max_bytes / 10 * 9;
+        let mut left = bytes;
+        let mut keep_from = current_minute;
+        for (&minute, &minute_bytes) in &by_minute {
+            if left <= target || minute >= current_minute {
+                keep_from = minute;
+                break;
+            }
+            left = left.saturating_sub(minute_bytes * 8 / 7);
+        }
+        let before = self.series();
+        self.prune(keep_from);
+        let evicted = (before - self.series()) as u64;
+        self.series_evicted += evicted;
+        self.bytes = self.measure().0;
+        evicted
     }
 
     /// Figures of what a service serves, from its SERVER and CONSUMER spans alone.

@@ -150,6 +150,11 @@ impl Collector for TopologyMetrics {
                     "Observations not tracked because the series limit was reached",
                     counters.series_dropped,
                 ),
+                (
+                    "wayfinder_topology_evicted_series",
+                    "Series (edges, nodes, instances) evicted with the oldest minutes to keep within --topology-max-bytes",
+                    counters.series_evicted,
+                ),
             ];
             for (name, help, value) in simple {
                 let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -162,6 +167,13 @@ impl Collector for TopologyMetrics {
                 MetricType::Gauge,
             )?;
             ConstGauge::new(builder.pending() as i64).encode(family)?;
+            let family = encoder.encode_descriptor(
+                "wayfinder_topology_bytes",
+                "Estimated memory of the service graph's figures at the last budget check (every 5 s)",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(builder.graph_bytes() as i64).encode(family)?;
             Ok(())
         })
     }

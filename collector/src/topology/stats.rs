@@ -40,6 +40,13 @@ impl Latency {
             .add(millis);
     }
 
+    /// About how much memory it holds beyond its own size: the sketch and its bins.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |sketch| {
+            std::mem::size_of::<DDSketch>() + sketch.length() * std::mem::size_of::<u64>()
+        })
+    }
+
     /// Adds every observation of `other`.
     pub fn merge(&mut self, other: &Latency) {
         let Some(theirs) = &other.0 else { return };
@@ -218,6 +225,16 @@ impl Series {
         total
     }
 
+    /// About how much memory each minute holds, oldest first: `(minute, bytes)`.
+    pub fn minute_bytes(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.buckets.iter().map(|(minute, summary)| {
+            let bytes = std::mem::size_of::<(u64, Summary)>()
+                + summary.server.heap_bytes()
+                + summary.client.heap_bytes();
+            (*minute, bytes)
+        })
+    }
+
     /// Drops the buckets before `minute`; says whether anything is left.
     pub fn prune(&mut self, minute: u64) -> bool {
         while self.buckets.front().is_some_and(|(m, _)| *m < minute) {
@@ -250,6 +267,20 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// About how much memory its histograms hold.
+    pub fn heap_bytes(&self) -> usize {
+        [&self.server, &self.client, &self.messaging]
+            .into_iter()
+            .flatten()
+            .map(|histogram| {
+                std::mem::size_of::<Cumulative>()
+                    + histogram.counts.capacity() * std::mem::size_of::<f64>()
+                    + histogram.exemplars.capacity()
+                        * std::mem::size_of::<Option<crate::metrics::Exemplar>>()
+            })
+            .sum()
+    }
+
     /// Adds one observation, into histograms with upper bounds `bounds` (seconds).
     pub fn record(&mut self, observation: Observation, bounds: &[f64]) {
         let weight = observation.weight;

@@ -780,3 +780,69 @@ fn a_window_that_ends_before_now_sums_only_its_minutes() {
         assert_eq!(requests(&graph), want, "{why}");
     }
 }
+
+#[test]
+fn over_its_byte_budget_the_graph_drops_its_oldest_minutes_and_stalest_edges() {
+    // Thirty minutes, each with an edge of its own (service names with the minute in them),
+    // as a fleet whose callers come and go.
+    let feed = |builder: &mut TopologyBuilder| {
+        for minute in 0..30u64 {
+            let (client, server) = (format!("caller-{minute}"), format!("callee-{minute}"));
+            for trace in 0..20u8 {
+                let mut pair = vec![
+                    span(&client, Client, trace, 1, None)
+                        .peer(http)
+                        .ms(u64::from(trace) + 1),
+                    span(&server, Server, trace, 2, Some(1)).peer(http),
+                ];
+                builder.ingest(&mut pair, at(minute * 60 + u64::from(trace)));
+            }
+            builder.expire(at(minute * 60 + 30));
+        }
+    };
+    let mut unbounded = TopologyBuilder::new(TopologyConfig::default());
+    feed(&mut unbounded);
+    let full = unbounded.graph_bytes();
+    assert!(full > 0, "the estimate counts something");
+    assert_eq!(
+        unbounded.counters().series_evicted,
+        0,
+        "within the default budget"
+    );
+
+    let budget = full / 2;
+    let mut bounded = TopologyBuilder::new(TopologyConfig {
+        max_bytes: budget,
+        ..TopologyConfig::default()
+    });
+    feed(&mut bounded);
+    assert!(
+        bounded.graph_bytes() <= budget,
+        "{} bytes over a budget of {budget}",
+        bounded.graph_bytes()
+    );
+    let evicted = bounded.counters().series_evicted;
+    assert!(evicted > 0, "series were evicted and counted");
+
+    let edges = |builder: &TopologyBuilder| {
+        builder
+            .snapshot(Duration::from_secs(3600), at(30 * 60))
+            .edges
+            .iter()
+            .map(|e| e.key.client.name.to_string())
+            .collect::<Vec<_>>()
+    };
+    let kept = edges(&bounded);
+    assert!(
+        kept.contains(&"caller-29".to_owned()),
+        "the newest edge stays: {kept:?}"
+    );
+    assert!(
+        !kept.contains(&"caller-0".to_owned()),
+        "the stalest edge went: {kept:?}"
+    );
+    assert_eq!(edges(&unbounded).len(), 30);
+    // Each evicted edge took the node of its callee with it (a caller that serves nothing
+    // has no node series of its own).
+    assert_eq!(evicted as usize, (30 - kept.len()) * 2, "{kept:?}");
+}
