@@ -312,6 +312,11 @@ async fn execute(
     sql: &str,
     max_rows: usize,
 ) -> Result<QueryResult, QueryError> {
+    // The statement's kind first (a parse, no planning), then the plan's.
+    wayfinder_sqlcheck::check(sql).map_err(|error| match error {
+        wayfinder_sqlcheck::SqlCheckError::NotReadOnly(kind) => QueryError::NotReadOnly(kind),
+        other => QueryError::Invalid(other.to_string()),
+    })?;
     let plan = context
         .state()
         .create_logical_plan(sql)
