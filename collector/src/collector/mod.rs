@@ -325,7 +325,8 @@ impl Collector {
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
         let mut ingest = Ingest::new(queue, metrics.clone())
             .with_decode_options(decode_options)
-            .with_registry(registry.clone());
+            .with_registry(registry.clone())
+            .with_store(store.clone());
         if let Some((wal, _)) = &recovered {
             ingest = ingest.with_wal(wal.clone());
         }

@@ -227,13 +227,14 @@ fn prepare_traces(ingest: &Ingest, body: Bytes) -> Result<PreparedTraces, Status
 /// The gRPC status of a refused request: `UNAVAILABLE` with `RetryInfo` for the retryable ones.
 pub fn into_status(error: IngestError) -> Status {
     match error {
-        IngestError::Overloaded | IngestError::ShuttingDown | IngestError::Unavailable(_) => {
-            Status::with_error_details(
-                Code::Unavailable,
-                error.to_string(),
-                ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
-            )
-        }
+        IngestError::Overloaded
+        | IngestError::StoreFull
+        | IngestError::ShuttingDown
+        | IngestError::Unavailable(_) => Status::with_error_details(
+            Code::Unavailable,
+            error.to_string(),
+            ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+        ),
         IngestError::Malformed(message) => Status::invalid_argument(message),
         IngestError::Internal(_) => Status::internal(error.to_string()),
     }

@@ -123,6 +123,11 @@ impl From<IngestError> for Refused {
                 tonic::Code::Unavailable,
                 "queue_full",
             ),
+            IngestError::StoreFull => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                "store_full",
+            ),
             IngestError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Unavailable,
@@ -214,7 +219,7 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
             // The ingest counted its own refusals; count the ones found here.
             if !matches!(
                 refused.reason,
-                "queue_full" | "shutting_down" | "persistence" | "internal"
+                "queue_full" | "store_full" | "shutting_down" | "persistence" | "internal"
             ) {
                 state.ingest.refuse_request(protocol, refused.reason);
             }

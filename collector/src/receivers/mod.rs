@@ -57,6 +57,10 @@ pub enum IngestError {
     /// The ingest queue is full: retry later.
     #[error("the collector is overloaded (ingest queue full); retry later")]
     Overloaded,
+    /// The span store is over its memory budget with nothing it may evict (spans waiting to
+    /// be sealed to disk): retry later.
+    #[error("the collector's span store is full until it seals to disk; retry later")]
+    StoreFull,
     /// The collector is shutting down: retry against another one, or later.
     #[error("the collector is shutting down; retry later")]
     ShuttingDown,
@@ -77,6 +81,7 @@ impl IngestError {
     pub fn reason(&self) -> &'static str {
         match self {
             IngestError::Overloaded => "queue_full",
+            IngestError::StoreFull => "store_full",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Malformed(_) => "malformed",
             IngestError::Unavailable(_) => "persistence",
@@ -121,6 +126,8 @@ pub struct Ingest {
     registry: Option<Arc<Registry>>,
     /// Where every accepted request is written before it is acknowledged (`--data-dir`).
     wal: Option<Wal>,
+    /// The store, asked whether it is over a budget it cannot evict from.
+    store: Option<Arc<dyn crate::store::SpanStore>>,
 }
 
 /// A decoded trace request on its way in: its share of the queue taken and, with a
@@ -144,6 +151,7 @@ impl Ingest {
             options: Arc::new(DecodeOptions::default()),
             registry: None,
             wal: None,
+            store: None,
         }
     }
 
@@ -183,6 +191,17 @@ impl Ingest {
         self
     }
 
+    /// Refuses requests, retryably, while `store` is over a budget it cannot evict from
+    /// ([`SpanStore::over_budget`](crate::store::SpanStore::over_budget)).
+    pub fn with_store(mut self, store: Arc<dyn crate::store::SpanStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    fn store_full(&self) -> bool {
+        self.store.as_ref().is_some_and(|store| store.over_budget())
+    }
+
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
     pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
         self.metrics
@@ -197,7 +216,10 @@ impl Ingest {
     /// Whether the queue has room for a request of `bytes` on the wire; refuses (and counts) it if
     /// not, before it is decoded.
     pub fn check_room(&self, protocol: Protocol, bytes: usize) -> Result<(), IngestError> {
-        if self.queue.has_room(bytes) {
+        if self.store_full() {
+            self.refuse_request(protocol, "store_full");
+            Err(IngestError::StoreFull)
+        } else if self.queue.has_room(bytes) {
             Ok(())
         } else {
             self.refuse_request(protocol, "queue_full");
@@ -246,6 +268,11 @@ impl Ingest {
                 ticket: None,
             });
         };
+        if self.store_full() {
+            let error = IngestError::StoreFull;
+            self.refuse_traces(protocol, &decoded, &error);
+            return Err(error);
+        }
         let bytes = IngestQueue::bytes_of(batch, &decoded.facts);
         let reservation = self.queue.try_reserve(bytes).map_err(|refusal| {
             let error = match refusal {
@@ -514,3 +541,6 @@ impl Ingest {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

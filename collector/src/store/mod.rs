@@ -64,6 +64,13 @@ pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
     /// Sizes, for metrics and tests.
     fn stats(&self) -> StoreStats;
 
+    /// Whether the store holds more than its memory budget and may evict none of it (with
+    /// sealing: spans a failing seal could not write yet). Ingest refuses, retryably, while
+    /// it does, so that memory stays bounded instead of growing until the seals succeed.
+    fn over_budget(&self) -> bool {
+        false
+    }
+
     /// A new retention and memory budget (a configuration reload), applied from the next
     /// append and upkeep on; a store without them ignores it.
     fn set_limits(&self, _retention: std::time::Duration, _max_bytes: usize) {}

@@ -62,6 +62,9 @@ pub struct MemoryStore {
     sealing: Option<Sealing>,
     /// One seal at a time (upkeep's and shutdown's may meet).
     seal_lock: parking_lot::Mutex<()>,
+    /// With sealing: memory holds more than its budget and none of it may be evicted (a seal
+    /// that keeps failing); ingest refuses until it is sealed ([`SpanStore::over_budget`]).
+    full: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +104,7 @@ impl MemoryStore {
             metrics,
             sealing: None,
             seal_lock: parking_lot::Mutex::new(()),
+            full: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -169,7 +173,14 @@ impl MemoryStore {
             // Sealed here, compacted by `maintain`, off the ingest path.
             open.sealed |= open.rows >= segment_rows;
             self.evict_over_budget(&mut inner);
+            self.note_fill(&inner);
         }
+    }
+
+    /// Whether memory is over its budget with nothing it may evict (only with sealing).
+    fn note_fill(&self, inner: &Inner) {
+        let full = self.sealing.is_some() && inner.bytes > self.config.read().max_bytes;
+        self.full.store(full, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drops the oldest segments (or, with a single segment, its oldest batches) until the
@@ -252,6 +263,7 @@ impl MemoryStore {
         let new_batches = segment.batches.len();
         inner.bytes = inner.bytes - old_bytes + new_bytes;
         inner.batches = inner.batches - old_batches + new_batches;
+        self.note_fill(&inner);
     }
 }
 
@@ -269,6 +281,10 @@ fn compaction_job(segment: &Segment) -> CompactionJob {
 }
 
 impl SpanStore for MemoryStore {
+    fn over_budget(&self) -> bool {
+        self.full.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn set_limits(&self, retention: Duration, max_bytes: usize) {
         let mut config = self.config.write();
         config.retention = retention;

@@ -111,6 +111,7 @@ impl MemoryStore {
             inner.rows -= gone_rows;
             inner.bytes -= gone_bytes;
             inner.batches -= gone_batches;
+            self.note_fill(&inner);
             inner.files.extend(written);
             self.file_gauges(&inner.files);
         }

@@ -1,0 +1,89 @@
+//! The receivers' refusals that no end-to-end test reaches easily.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+
+use super::*;
+use crate::metrics::{Metrics, RefusalLabels};
+use crate::pipeline::IngestQueue;
+use crate::store::history::History;
+use crate::store::{MemoryStore, Sealing, SpanStore, StoreConfig};
+use crate::testing::{span, trace_request};
+
+#[tokio::test]
+async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
+    // A store with sealing whose files cannot be written (their place is a plain file), and a
+    // budget smaller than one request: once the request is in, the store is full.
+    let dir = tempfile::tempdir().unwrap();
+    let location = dir.path().join("spans");
+    let history = Arc::new(History::new(location.to_str().unwrap()).unwrap());
+    std::fs::remove_dir(&location).unwrap();
+    std::fs::write(&location, "in the way").unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn SpanStore> = Arc::new(
+        MemoryStore::new(
+            StoreConfig {
+                max_bytes: 1,
+                ..StoreConfig::default()
+            },
+            metrics.clone(),
+        )
+        .with_sealing(
+            Sealing {
+                history,
+                interval: Duration::from_secs(60),
+                file_rows: 1 << 20,
+                on_sealed: Arc::new(|_| {}),
+            },
+            Vec::new(),
+        ),
+    );
+    let (queue, dispatcher) = IngestQueue::new(1 << 20);
+    let pipeline = tokio::spawn(dispatcher.run(store.clone()));
+    let ingest = Ingest::new(queue, metrics.clone()).with_store(store.clone());
+    let body = |id| trace_request(Some("svc"), vec![span([1; 16], id, "op", 1, 2)]).encode_to_vec();
+
+    let first = body(1);
+    ingest
+        .export_traces(Protocol::HttpProtobuf, TraceRequest::Protobuf(&first))
+        .await
+        .expect("the first request fits");
+    // The pipeline appends it; then the store is over its budget.
+    for _ in 0..100 {
+        if store.over_budget() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(store.over_budget());
+
+    let second = body(2);
+    let refused = ingest
+        .export_traces(Protocol::HttpProtobuf, TraceRequest::Protobuf(&second))
+        .await
+        .expect_err("refused while the store is full");
+    assert_eq!(refused, IngestError::StoreFull);
+    assert!(refused.to_string().contains("retry later"), "{refused}");
+    assert_eq!(
+        grpc::into_status(refused).code(),
+        tonic::Code::Unavailable,
+        "retryable over gRPC"
+    );
+    assert_eq!(
+        ingest.check_room(Protocol::HttpProtobuf, 10),
+        Err(IngestError::StoreFull)
+    );
+    let refusals = metrics
+        .refused_requests
+        .get_or_create(&RefusalLabels {
+            protocol: "http/protobuf",
+            reason: "store_full",
+        })
+        .get();
+    assert_eq!(refusals, 2, "counted under its own reason");
+    assert_eq!(store.stats().rows, 1, "the acknowledged span stays");
+    drop(ingest);
+    pipeline.await.unwrap();
+}
