@@ -49,6 +49,31 @@ impl Cap {
         self.places.clone().try_acquire_owned().ok().map(Place)
     }
 
+    /// `n` places at once (a budget counted in units), or `None` when fewer are free.
+    pub fn try_take_many(&self, n: u32) -> Option<Place> {
+        self.places
+            .clone()
+            .try_acquire_many_owned(n)
+            .ok()
+            .map(Place)
+    }
+
+    /// `n` places at once, waiting until they are free; `None` only if `n` exceeds what a cap
+    /// can ever give.
+    pub async fn take_many(&self, n: u32) -> Option<Place> {
+        self.places
+            .clone()
+            .acquire_many_owned(n)
+            .await
+            .ok()
+            .map(Place)
+    }
+
+    /// Places free now.
+    pub fn free(&self) -> usize {
+        self.places.available_permits()
+    }
+
     /// The cap in force.
     pub fn max(&self) -> usize {
         self.max.load(Ordering::Relaxed)

@@ -64,6 +64,7 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
     new.query_max_rows = 2;
     new.weight_gamma = running.weight_gamma * 2.0;
     new.max_watchers = 7;
+    new.max_ingest_bytes = running.max_ingest_bytes / 2;
     new.retention = running.retention * 2;
     new.otlp_grpc = "127.0.0.1:1".parse().unwrap();
     let reloaded = collector.reload(new).expect("a valid configuration");
@@ -72,6 +73,7 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
     assert_eq!(
         applied,
         [
+            "max_ingest_bytes",
             "max_watchers",
             "query_max_rows",
             "retention",
@@ -105,6 +107,13 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
         .unwrap();
     assert_eq!(shown["query_max_rows"], 2);
     assert_eq!(shown["max_watchers"], 7);
+    // The queue's budget, as its gauge reports it.
+    let metrics = wayfinder_e2e::metrics_text(&collector).await;
+    let capacity = format!(
+        "wayfinder_ingest_queue_capacity_bytes {}",
+        running.max_ingest_bytes / 2
+    );
+    assert!(metrics.contains(&capacity), "{capacity} in:\n{metrics}");
     assert_eq!(shown["otlp_grpc"], running.otlp_grpc.to_string());
     assert_eq!(
         collector.weights().config().rule.gamma,
@@ -120,14 +129,14 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
     let error = collector.reload(invalid).expect_err("refused");
     assert!(error.to_string().contains("weight_ttl"), "{error}");
     assert_eq!(collector.config().query_max_rows, 2);
-    let metrics = wayfinder_e2e::metrics_text(&collector).await;
+    // Counted (read from the registry: `/metrics` answers from a copy for a second).
     for outcome in ["applied", "rejected"] {
-        assert!(
-            metrics.contains(&format!(
-                "wayfinder_config_reloads_total{{outcome=\"{outcome}\"}} 1"
-            )),
-            "{outcome}: {metrics}"
-        );
+        let counted = collector
+            .metrics()
+            .config_reloads
+            .get_or_create(&wayfinder_collector::metrics::OutcomeLabels { outcome })
+            .get();
+        assert_eq!(counted, 1, "{outcome}");
     }
     collector.shutdown().await;
 }

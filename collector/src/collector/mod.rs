@@ -320,6 +320,7 @@ impl Collector {
             dispatcher = dispatcher.with_consumer(topology.clone());
         }
         let gauge = queue.gauge();
+        let queue_budget = queue.budget();
         let pipeline = dispatcher.health();
         metrics.register_collector(Box::new(PipelineMetrics(pipeline.clone())));
         // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
@@ -451,6 +452,7 @@ impl Collector {
             store: store.clone(),
             api: state.clone(),
             caps,
+            queue: queue_budget,
             metrics: metrics.clone(),
         };
         let query = serve::query(

@@ -13,12 +13,14 @@ use parking_lot::Mutex;
 use super::serve::Caps;
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, OutcomeLabels};
+use crate::pipeline::QueueBudget;
 use crate::query::ApiState;
 use crate::sql::QueryLimits;
 use crate::store::SpanStore;
 
 /// The settings (as config-file keys) that a reload changes in place.
 pub const IN_PLACE: &[&str] = &[
+    "max_ingest_bytes",
     "retention",
     "max_store_bytes",
     "query_timeout",
@@ -58,6 +60,7 @@ pub(super) struct Live {
     pub(super) store: Arc<dyn SpanStore>,
     pub(super) api: Arc<ApiState>,
     pub(super) caps: Caps,
+    pub(super) queue: QueueBudget,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -99,6 +102,7 @@ impl Live {
         if reloaded.applied.is_empty() {
             return Ok(reloaded);
         }
+        self.queue.set(merged.max_ingest_bytes);
         self.store
             .set_limits(merged.retention, merged.max_store_bytes);
         self.api.engine.set_limits(QueryLimits {
@@ -123,6 +127,7 @@ impl Live {
 /// The running configuration with the in-place settings of `new`.
 fn merged(running: &Config, new: &Config) -> Config {
     let mut merged = running.clone();
+    merged.max_ingest_bytes = new.max_ingest_bytes;
     merged.retention = new.retention;
     merged.max_store_bytes = new.max_store_bytes;
     merged.query_timeout = new.query_timeout;
@@ -155,6 +160,7 @@ mod tests {
     fn merged_takes_the_in_place_keys_and_only_them() {
         let running = Config::default();
         let mut new = Config::default();
+        new.max_ingest_bytes *= 2;
         new.retention *= 2;
         new.max_store_bytes *= 2;
         new.query_timeout *= 2;
@@ -177,7 +183,7 @@ mod tests {
         // And some that need a restart.
         new.otlp_grpc.set_port(1);
         new.edge_wait *= 2;
-        new.max_ingest_bytes *= 2;
+        new.grpc_max_message_bytes *= 2;
 
         let shown = merged(&running, &new).in_force();
         let (running, new) = (running.in_force(), new.in_force());

@@ -31,7 +31,9 @@ pub mod stages;
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
+
+use crate::cap::{Cap, Place};
 
 use crate::decode::{SpanBatch, SpanFacts};
 use crate::store::SpanStore;
@@ -54,6 +56,11 @@ pub trait FactsConsumer: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The budget's units of `bytes`, at least one.
+fn units_of(bytes: usize) -> usize {
+    bytes.div_ceil(UNIT).max(1)
+}
+
 /// Budget is counted in KiB so that a semaphore's `u32` permits cover budgets up to 4 TiB.
 const UNIT: usize = 1024;
 
@@ -62,8 +69,8 @@ const UNIT: usize = 1024;
 pub struct IngestQueue {
     store_tx: mpsc::UnboundedSender<StoreWork>,
     facts_tx: mpsc::UnboundedSender<FactsWork>,
-    budget: Arc<Semaphore>,
-    capacity_units: usize,
+    /// The budget in units of [`UNIT`] bytes, which a configuration reload may resize.
+    budget: Cap,
 }
 
 /// Why the queue refused a batch.
@@ -81,20 +88,15 @@ pub enum Refusal {
 impl IngestQueue {
     /// A queue with a budget of `capacity_bytes`, and the dispatcher that empties it.
     pub fn new(capacity_bytes: usize) -> (Self, Dispatcher) {
-        let capacity_units = capacity_bytes
-            .div_ceil(UNIT)
-            .clamp(1, Semaphore::MAX_PERMITS);
         // Unbounded channels, bounded together by the budget: a batch holds its share until
         // every stage is done with it.
         let (store_tx, store_rx) = mpsc::unbounded_channel();
         let (facts_tx, facts_rx) = mpsc::unbounded_channel();
-        let budget = Arc::new(Semaphore::new(capacity_units));
         (
             Self {
                 store_tx,
                 facts_tx,
-                budget: budget.clone(),
-                capacity_units,
+                budget: Cap::new(units_of(capacity_bytes)),
             },
             Dispatcher {
                 store_rx,
@@ -105,10 +107,16 @@ impl IngestQueue {
         )
     }
 
+    /// A handle that resizes the budget (a configuration reload); unlike a clone of the
+    /// queue, it does not keep the queue open.
+    pub fn budget(&self) -> QueueBudget {
+        QueueBudget(self.budget.clone())
+    }
+
     /// Whether `bytes` more would fit now; receivers ask before decoding a request so that an
     /// overloaded collector does not spend its CPU decoding what it will refuse.
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.budget.available_permits() >= self.units(bytes)
+        self.budget.free() >= self.units(bytes)
     }
 
     /// Queues a batch with the facts of its spans, or refuses it at once when the budget is
@@ -127,35 +135,23 @@ impl IngestQueue {
     /// write-ahead log), or refuses at once when the budget is spent.
     pub fn try_reserve(&self, bytes: usize) -> Result<Reservation, Refusal> {
         let units = u32::try_from(self.units(bytes)).unwrap_or(u32::MAX);
-        let permit = self
-            .budget
-            .clone()
-            .try_acquire_many_owned(units)
-            .map_err(|e| match e {
-                tokio::sync::TryAcquireError::Closed => Refusal::Closed,
-                tokio::sync::TryAcquireError::NoPermits => Refusal::Full,
-            })?;
-        Ok(self.reservation(permit))
+        let place = self.budget.try_take_many(units).ok_or(Refusal::Full)?;
+        Ok(self.reservation(place))
     }
 
     /// [`IngestQueue::try_reserve`], waiting for room instead of refusing: for the replay of
     /// the write-ahead log at start, which has nobody to refuse to.
     pub async fn reserve(&self, bytes: usize) -> Result<Reservation, Refusal> {
         let units = u32::try_from(self.units(bytes)).unwrap_or(u32::MAX);
-        let permit = self
-            .budget
-            .clone()
-            .acquire_many_owned(units)
-            .await
-            .map_err(|_| Refusal::Closed)?;
-        Ok(self.reservation(permit))
+        let place = self.budget.take_many(units).await.ok_or(Refusal::Closed)?;
+        Ok(self.reservation(place))
     }
 
-    fn reservation(&self, permit: tokio::sync::OwnedSemaphorePermit) -> Reservation {
+    fn reservation(&self, place: Place) -> Reservation {
         Reservation {
             store_tx: self.store_tx.clone(),
             facts_tx: self.facts_tx.clone(),
-            permit,
+            permit: place,
         }
     }
 
@@ -163,14 +159,13 @@ impl IngestQueue {
     pub fn gauge(&self) -> QueueGauge {
         QueueGauge {
             budget: self.budget.clone(),
-            capacity_units: self.capacity_units,
         }
     }
 
     /// Budget units for `bytes`; a batch larger than the whole budget takes all of it (it waits
     /// for an empty queue rather than being refused for ever).
     fn units(&self, bytes: usize) -> usize {
-        bytes.div_ceil(UNIT).clamp(1, self.capacity_units)
+        bytes.div_ceil(UNIT).clamp(1, self.budget.max())
     }
 }
 
@@ -190,21 +185,31 @@ fn facts_bytes(facts: &[SpanFacts]) -> usize {
 /// How full the ingest queue is.
 #[derive(Debug, Clone)]
 pub struct QueueGauge {
-    budget: Arc<Semaphore>,
-    capacity_units: usize,
+    /// The budget in units of [`UNIT`] bytes, which a configuration reload may resize.
+    budget: Cap,
 }
 
 impl QueueGauge {
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
-        self.capacity_units
-            .saturating_sub(self.budget.available_permits())
-            * UNIT
+        self.budget.held() * UNIT
     }
 
     /// The budget in bytes.
     pub fn capacity_bytes(&self) -> usize {
-        self.capacity_units * UNIT
+        self.budget.max() * UNIT
+    }
+}
+
+/// Resizes the ingest queue's budget.
+#[derive(Debug, Clone)]
+pub struct QueueBudget(Cap);
+
+impl QueueBudget {
+    /// A new budget: a larger one admits more at once, a smaller one takes effect as queued
+    /// batches leave (nothing queued is dropped).
+    pub fn set(&self, capacity_bytes: usize) {
+        self.0.set(units_of(capacity_bytes));
     }
 }
 
@@ -213,7 +218,7 @@ impl QueueGauge {
 pub struct Reservation {
     store_tx: mpsc::UnboundedSender<StoreWork>,
     facts_tx: mpsc::UnboundedSender<FactsWork>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: Place,
 }
 
 impl Reservation {

@@ -21,7 +21,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::FactsConsumer;
@@ -35,7 +35,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A batch's share of the ingest budget, released when every stage is done with the batch.
-pub(super) type Permit = Arc<OwnedSemaphorePermit>;
+pub(super) type Permit = Arc<crate::cap::Place>;
 
 /// What the store stage receives.
 #[derive(Debug)]
