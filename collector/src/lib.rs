@@ -48,7 +48,9 @@ pub mod weights;
 
 mod collector;
 
-pub use collector::{BoundAddrs, Collector, IN_PLACE, Reloaded, RunningCollector, StartError};
+pub use collector::{
+    BoundAddrs, Collector, IN_PLACE, Reloaded, RunningCollector, SWITCHED_IN_PLACE, StartError,
+};
 pub use config::Config;
 /// The decoders, a crate of their own (`wayfinder-decode`) so that fuzzing them does not build
 /// DataFusion.

@@ -353,3 +353,57 @@ async fn slow_clients_are_closed_and_good_traffic_goes_on() {
     );
     collector.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_names_other_certificate_files_serves_them_at_once() {
+    let pki = Pki::new();
+    let first = pki.server_files();
+    let mut config = loopback_config();
+    config.tls = Some(TlsPaths {
+        client_ca: None,
+        ..first.clone()
+    });
+    let collector = start(config).await;
+    let addr = collector.addrs().query_http;
+    let served = |tls: &Tls| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let before = served(
+        &connect_tls(addr, pki.client(false, b"http/1.1"))
+            .await
+            .unwrap(),
+    );
+
+    let (cert, key) = pki.leaf();
+    let moved = TlsPaths {
+        cert: pki.write("renewed.pem", &cert),
+        key: pki.write("renewed.key", &key),
+        client_ca: None,
+    };
+    let mut renamed = collector.config();
+    renamed.tls = Some(moved.clone());
+    let reloaded = collector.reload(renamed).unwrap();
+    let mut applied = reloaded.applied.clone();
+    applied.sort();
+    assert_eq!(applied, ["tls_cert", "tls_key"]);
+    let after = served(
+        &connect_tls(addr, pki.client(false, b"http/1.1"))
+            .await
+            .unwrap(),
+    );
+    assert_ne!(after, before);
+    assert_eq!(
+        after,
+        CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()
+    );
+
+    // Turning TLS off needs a restart: reported, and TLS stays.
+    let mut plain = collector.config();
+    plain.tls = None;
+    let reloaded = collector.reload(plain).unwrap();
+    assert_eq!(reloaded.needs_restart, ["tls_cert", "tls_key"]);
+    assert!(
+        connect_tls(addr, pki.client(false, b"http/1.1"))
+            .await
+            .is_ok()
+    );
+    collector.shutdown().await;
+}

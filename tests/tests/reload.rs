@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use wayfinder_collector::access::TokenSource;
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
 
@@ -138,5 +139,61 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
             .get();
         assert_eq!(counted, 1, "{outcome}");
     }
+    collector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_file_named_anew_is_taken_and_turning_tokens_off_waits_for_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+    std::fs::write(&old, "old-token\n").unwrap();
+    std::fs::write(&new, "new-token\n").unwrap();
+    let mut config = loopback_config();
+    config.query_token = Some(TokenSource::File(old));
+    let collector = start(config).await;
+    let url = format!("http://{}/api/v1/services", collector.addrs().query_http);
+    let status = |token: &'static str| {
+        let url = url.clone();
+        async move {
+            http_client()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("old-token").await, 200);
+
+    let mut renamed = collector.config();
+    renamed.query_token = Some(TokenSource::File(new));
+    let reloaded = collector.reload(renamed).unwrap();
+    assert_eq!(reloaded.applied, ["query_token_file"]);
+    assert_eq!(
+        status("new-token").await,
+        200,
+        "the new file's token is admitted"
+    );
+    assert_eq!(status("old-token").await, 401, "the old file's is not");
+
+    // A file that cannot be read refuses the reload; the tokens in force stay.
+    let mut missing = collector.config();
+    missing.query_token = Some(TokenSource::File(dir.path().join("missing")));
+    let error = collector
+        .reload(missing)
+        .expect_err("an unreadable token file");
+    assert!(error.to_string().contains("query_token_file"), "{error}");
+    assert_eq!(status("new-token").await, 200);
+
+    // Turning tokens off needs a restart: reported, and the API stays guarded.
+    let mut open = collector.config();
+    open.query_token = None;
+    let reloaded = collector.reload(open).unwrap();
+    assert!(reloaded.applied.is_empty(), "{reloaded:?}");
+    assert_eq!(reloaded.needs_restart, ["query_token_file"]);
+    assert_eq!(status("new-token").await, 200);
+    assert_eq!(status("no-token").await, 401);
     collector.shutdown().await;
 }

@@ -100,12 +100,13 @@ pub struct Tokens {
 
 #[derive(Debug)]
 struct Inner {
-    file: Option<PathBuf>,
     state: RwLock<State>,
 }
 
 #[derive(Debug)]
 struct State {
+    /// The file they come from, if any.
+    file: Option<PathBuf>,
     tokens: Arc<[Secret]>,
     /// The file's modification time and length when it was read.
     seen: Option<Seen>,
@@ -135,10 +136,25 @@ impl Tokens {
     fn with(file: Option<PathBuf>, tokens: Arc<[Secret]>, seen: Option<Seen>) -> Self {
         Self {
             inner: Arc::new(Inner {
-                file,
-                state: RwLock::new(State { tokens, seen }),
+                state: RwLock::new(State { file, tokens, seen }),
             }),
         }
+    }
+
+    /// Takes its tokens from `source` from now on (a configuration reload that names another
+    /// file or variable); a source that cannot be read changes nothing.
+    pub fn repoint(&self, source: &TokenSource) -> Result<(), TokenError> {
+        let (file, tokens, seen) = match source {
+            TokenSource::Value(secret) => {
+                (None, parse(secret.expose(), "the token variable")?, None)
+            }
+            TokenSource::File(path) => {
+                let (tokens, seen) = read(path)?;
+                (Some(path.clone()), tokens, seen)
+            }
+        };
+        *self.inner.state.write() = State { file, tokens, seen };
+        Ok(())
     }
 
     /// Whether an `Authorization` header carries one of the tokens (`Bearer <token>`, the
@@ -161,19 +177,23 @@ impl Tokens {
     /// error once (until the file changes again), so that a caller polling every second logs
     /// it once.
     pub fn reload_if_changed(&self) -> Result<bool, TokenError> {
-        let Some(path) = &self.inner.file else {
-            return Ok(false);
+        let (path, last) = {
+            let state = self.inner.state.read();
+            match &state.file {
+                Some(path) => (path.clone(), state.seen),
+                None => return Ok(false),
+            }
         };
-        let now_seen = stat(path).ok();
-        let last = self.inner.state.read().seen;
+        let now_seen = stat(&path).ok();
         if now_seen == last {
             return Ok(false);
         }
-        match read(path) {
+        match read(&path) {
             Ok((tokens, seen)) => {
                 let mut state = self.inner.state.write();
                 let changed = *state.tokens != *tokens;
-                *state = State { tokens, seen };
+                state.tokens = tokens;
+                state.seen = seen;
                 Ok(changed)
             }
             Err(error) => {
@@ -194,8 +214,8 @@ impl Tokens {
     }
 
     /// The file, if they come from one.
-    pub fn file(&self) -> Option<&Path> {
-        self.inner.file.as_deref()
+    pub fn file(&self) -> Option<PathBuf> {
+        self.inner.state.read().file.clone()
     }
 }
 

@@ -88,12 +88,12 @@ pub struct TlsFiles {
 
 #[derive(Debug)]
 struct Inner {
-    paths: TlsPaths,
     state: RwLock<State>,
 }
 
 #[derive(Debug)]
 struct State {
+    paths: TlsPaths,
     loaded: Loaded,
     /// Each file's modification time and length when read: what tells that one changed.
     seen: Vec<Option<(SystemTime, u64)>>,
@@ -115,10 +115,26 @@ impl TlsFiles {
         let loaded = build(&paths)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                paths,
-                state: RwLock::new(State { loaded, seen }),
+                state: RwLock::new(State {
+                    paths,
+                    loaded,
+                    seen,
+                }),
             }),
         })
+    }
+
+    /// Serves the files at `paths` from now on (a configuration reload that names other
+    /// files); files that do not load change nothing.
+    pub fn repoint(&self, paths: TlsPaths) -> Result<(), TlsError> {
+        let seen = seen(&paths);
+        let loaded = build(&paths)?;
+        *self.inner.state.write() = State {
+            paths,
+            loaded,
+            seen,
+        };
+        Ok(())
     }
 
     /// The configuration for a new connection of a listener: `mutual` asks for a client
@@ -138,11 +154,12 @@ impl TlsFiles {
     /// configurations were replaced. Files that do not load change nothing and are an error
     /// once (until a file changes again), so that a caller polling every second logs it once.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now_seen = seen(&self.inner.paths);
+        let paths = self.paths();
+        let now_seen = seen(&paths);
         if now_seen == self.inner.state.read().seen {
             return Ok(false);
         }
-        let built = build(&self.inner.paths);
+        let built = build(&paths);
         let mut state = self.inner.state.write();
         state.seen = now_seen;
         state.loaded = built?;
@@ -150,8 +167,8 @@ impl TlsFiles {
     }
 
     /// Where the files are.
-    pub fn paths(&self) -> &TlsPaths {
-        &self.inner.paths
+    pub fn paths(&self) -> TlsPaths {
+        self.inner.state.read().paths.clone()
     }
 }
 

@@ -21,7 +21,7 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use self::reload::{IN_PLACE, Reloaded};
+pub use self::reload::{IN_PLACE, Reloaded, SWITCHED_IN_PLACE};
 use self::stage::Stage;
 use crate::access::{TlsFiles, Tokens};
 use crate::clock::Clock;
@@ -453,6 +453,9 @@ impl Collector {
             api: state.clone(),
             caps,
             queue: queue_budget,
+            ingest_tokens: ingest_tokens.clone(),
+            query_tokens: query_tokens.clone(),
+            tls: tls.clone(),
             metrics: metrics.clone(),
         };
         let query = serve::query(

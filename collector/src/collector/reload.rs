@@ -3,14 +3,17 @@
 //! keep their running values and are reported as needing a restart; a configuration that does
 //! not validate changes nothing.
 //!
-//! Token files and TLS files are not settings here: their contents are read again whenever
-//! they change (every second), whichever way the collector was started.
+//! Token files and TLS files are read again whenever they change (every second), whichever way
+//! the collector was started. Which files (or variables) they are is a setting: it changes in
+//! place while the listeners keep using tokens or TLS ([`SWITCHED_IN_PLACE`]); turning tokens
+//! or TLS on or off needs a restart.
 
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::serve::Caps;
+use crate::access::{TlsFiles, Tokens};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pipeline::QueueBudget;
@@ -42,6 +45,19 @@ pub const IN_PLACE: &[&str] = &[
     "max_watchers",
 ];
 
+/// The settings (as config-file keys) that a reload changes in place while the feature they
+/// belong to stays on (the tokens of ingest, the tokens of the query API, TLS): another file or
+/// variable is taken at once; turning the feature on or off needs a restart.
+pub const SWITCHED_IN_PLACE: &[&str] = &[
+    "ingest_token_file",
+    "ingest_token",
+    "query_token_file",
+    "query_token",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+];
+
 /// What a reload did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -61,6 +77,9 @@ pub(super) struct Live {
     pub(super) api: Arc<ApiState>,
     pub(super) caps: Caps,
     pub(super) queue: QueueBudget,
+    pub(super) ingest_tokens: Option<Tokens>,
+    pub(super) query_tokens: Option<Tokens>,
+    pub(super) tls: Option<TlsFiles>,
     pub(super) metrics: Arc<Metrics>,
 }
 
@@ -87,7 +106,10 @@ impl Live {
         if let (Some(before), Some(after)) = (before.as_object(), after.as_object()) {
             for (key, value) in after {
                 if before.get(key) != Some(value) {
-                    if IN_PLACE.contains(&key.as_str()) {
+                    let in_place = IN_PLACE.contains(&key.as_str())
+                        || (SWITCHED_IN_PLACE.contains(&key.as_str())
+                            && stays_on(key, &current, &new));
+                    if in_place {
                         reloaded.applied.push(key.clone());
                     } else {
                         reloaded.needs_restart.push(key.clone());
@@ -101,6 +123,41 @@ impl Live {
         merged.validate()?;
         if reloaded.applied.is_empty() {
             return Ok(reloaded);
+        }
+        // The files named anew are read before anything changes: one that cannot be read
+        // refuses the whole reload.
+        let unreadable = |key: &'static str, error: &dyn std::fmt::Display| ConfigError::Invalid {
+            key,
+            message: format!("{error}; the running configuration stays"),
+        };
+        for (source, key) in [
+            (&merged.ingest_token, "ingest_token_file"),
+            (&merged.query_token, "query_token_file"),
+        ] {
+            if let Some(source) = source {
+                Tokens::load(source).map_err(|e| unreadable(key, &e))?;
+            }
+        }
+        if let Some(paths) = &merged.tls {
+            TlsFiles::load(paths.clone()).map_err(|e| unreadable("tls_cert", &e))?;
+        }
+        for (tokens, source, key) in [
+            (
+                &self.ingest_tokens,
+                &merged.ingest_token,
+                "ingest_token_file",
+            ),
+            (&self.query_tokens, &merged.query_token, "query_token_file"),
+        ] {
+            if let (Some(tokens), Some(source)) = (tokens, source) {
+                tokens.repoint(source).map_err(|e| unreadable(key, &e))?;
+            }
+        }
+        if let (Some(tls), Some(paths)) = (&self.tls, &merged.tls)
+            && tls.paths() != *paths
+        {
+            tls.repoint(paths.clone())
+                .map_err(|e| unreadable("tls_cert", &e))?;
         }
         self.queue.set(merged.max_ingest_bytes);
         self.store
@@ -124,9 +181,29 @@ impl Live {
     }
 }
 
+/// Whether the feature a switched key belongs to is on before and after.
+fn stays_on(key: &str, running: &Config, new: &Config) -> bool {
+    if key.starts_with("ingest_token") {
+        running.ingest_token.is_some() && new.ingest_token.is_some()
+    } else if key.starts_with("query_token") {
+        running.query_token.is_some() && new.query_token.is_some()
+    } else {
+        running.tls.is_some() && new.tls.is_some()
+    }
+}
+
 /// The running configuration with the in-place settings of `new`.
 fn merged(running: &Config, new: &Config) -> Config {
     let mut merged = running.clone();
+    if running.ingest_token.is_some() && new.ingest_token.is_some() {
+        merged.ingest_token = new.ingest_token.clone();
+    }
+    if running.query_token.is_some() && new.query_token.is_some() {
+        merged.query_token = new.query_token.clone();
+    }
+    if running.tls.is_some() && new.tls.is_some() {
+        merged.tls = new.tls.clone();
+    }
     merged.max_ingest_bytes = new.max_ingest_bytes;
     merged.retention = new.retention;
     merged.max_store_bytes = new.max_store_bytes;
