@@ -147,3 +147,30 @@ pub fn registered_instance(service: &Arc<str>, id: &str, address: Option<String>
         output: None,
     }
 }
+
+/// A store that seals into `dir/spans` but cannot write there (the place is a plain file, which
+/// refuses even root) until that file is removed: for what a failing seal does.
+pub fn unsealable_store(
+    dir: &std::path::Path,
+    config: crate::store::StoreConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Arc<crate::store::MemoryStore> {
+    use crate::store::history::History;
+    let location = dir.join("spans");
+    let history = Arc::new(
+        History::new(location.to_str().expect("a UTF-8 path")).expect("a directory to seal into"),
+    );
+    std::fs::remove_dir(&location).expect("the directory just made");
+    std::fs::write(&location, "in the way").expect("a file in its place");
+    Arc::new(
+        crate::store::MemoryStore::new(config, metrics).with_sealing(
+            crate::store::Sealing {
+                history,
+                interval: std::time::Duration::from_secs(60),
+                file_rows: 1 << 20,
+                on_sealed: Arc::new(|_| {}),
+            },
+            Vec::new(),
+        ),
+    )
+}

@@ -1,44 +1,28 @@
 //! The receivers' refusals that no end-to-end test reaches easily.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use prost::Message as _;
 
 use super::*;
 use crate::metrics::{Metrics, RefusalLabels};
 use crate::pipeline::IngestQueue;
-use crate::store::history::History;
-use crate::store::{MemoryStore, Sealing, SpanStore, StoreConfig};
-use crate::testing::{span, trace_request};
+use crate::store::{SpanStore, StoreConfig};
+use crate::testing::{span, trace_request, unsealable_store};
 
 #[tokio::test]
 async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
     // A store with sealing whose files cannot be written (their place is a plain file), and a
     // budget smaller than one request: once the request is in, the store is full.
     let dir = tempfile::tempdir().unwrap();
-    let location = dir.path().join("spans");
-    let history = Arc::new(History::new(location.to_str().unwrap()).unwrap());
-    std::fs::remove_dir(&location).unwrap();
-    std::fs::write(&location, "in the way").unwrap();
     let metrics = Arc::new(Metrics::new());
-    let store: Arc<dyn SpanStore> = Arc::new(
-        MemoryStore::new(
-            StoreConfig {
-                max_bytes: 1,
-                ..StoreConfig::default()
-            },
-            metrics.clone(),
-        )
-        .with_sealing(
-            Sealing {
-                history,
-                interval: Duration::from_secs(60),
-                file_rows: 1 << 20,
-                on_sealed: Arc::new(|_| {}),
-            },
-            Vec::new(),
-        ),
+    let store: Arc<dyn SpanStore> = unsealable_store(
+        dir.path(),
+        StoreConfig {
+            max_bytes: 1,
+            ..StoreConfig::default()
+        },
+        metrics.clone(),
     );
     let (queue, dispatcher) = IngestQueue::new(1 << 20);
     let pipeline = tokio::spawn(dispatcher.run(store.clone()));

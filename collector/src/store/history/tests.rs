@@ -263,32 +263,17 @@ fn locations_are_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_store_that_cannot_seal_says_it_is_full_until_a_seal_succeeds() {
     let dir = tempfile::tempdir().unwrap();
-    // Where the files go is a plain file: every seal fails (even for root), until it is moved.
-    let location = dir.path().join("spans");
-    let history = Arc::new(History::new(location.to_str().unwrap()).unwrap());
-    std::fs::remove_dir(&location).unwrap();
-    std::fs::write(&location, "in the way").unwrap();
     let one = batch(1, 10, 1_000 * HOUR).bytes();
     let metrics = Arc::new(Metrics::new());
-    let store = Arc::new(
-        MemoryStore::new(
-            StoreConfig {
-                retention: Duration::from_secs(100 * 24 * HOUR),
-                segment_rows: 10,
-                max_bytes: one * 3 / 2,
-                ..StoreConfig::default()
-            },
-            metrics.clone(),
-        )
-        .with_sealing(
-            Sealing {
-                history,
-                interval: Duration::from_secs(60),
-                file_rows: 1 << 20,
-                on_sealed: Arc::new(|_| {}),
-            },
-            Vec::new(),
-        ),
+    let store = crate::testing::unsealable_store(
+        dir.path(),
+        StoreConfig {
+            retention: Duration::from_secs(100 * 24 * HOUR),
+            segment_rows: 10,
+            max_bytes: one * 3 / 2,
+            ..StoreConfig::default()
+        },
+        metrics.clone(),
     );
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
     store.append_logged_at(batch(1, 10, 1_000 * HOUR), Some(1), t0);
@@ -307,7 +292,7 @@ async fn a_store_that_cannot_seal_says_it_is_full_until_a_seal_succeeds() {
     assert!(store.over_budget(), "still full: nothing left memory");
     assert_eq!(store.stats().rows, 20, "nothing unsealed was dropped");
 
-    std::fs::remove_file(&location).unwrap();
+    std::fs::remove_file(dir.path().join("spans")).unwrap();
     maintain(&store, t0 + Duration::from_secs(2)).await;
     assert_eq!(
         store.stats().rows,
