@@ -3,10 +3,8 @@
 //! row-group statistics prune time ranges, zstd, and a Bloom filter on `trace_id` in every
 //! row group so that a trace lookup reads only the groups that may hold it.
 
-use std::collections::BTreeMap;
-
 use datafusion::arrow::array::AsArray as _;
-use datafusion::arrow::compute::{concat_batches, sort_to_indices, take_record_batch};
+use datafusion::arrow::compute::{concat, interleave_record_batch, sort_to_indices};
 use datafusion::arrow::datatypes::TimestampNanosecondType;
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -17,7 +15,7 @@ use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use datafusion::parquet::schema::types::ColumnPath;
 
-use crate::decode::schema::{col, span_schema};
+use crate::decode::schema::{span_schema, stored};
 use crate::store::view::public_batch;
 
 /// Nanoseconds in an hour, the partition's width.
@@ -55,46 +53,58 @@ pub enum EncodeError {
 
 /// Encodes stored-layout batches as one Parquet file per hour of `start_time`, each noting
 /// `seqs` (the log records they came from, as [`super::seqs::encode`] writes them).
+///
+/// Only the start times are gathered and sorted whole; the rows are then taken from the stored
+/// batches one row group at a time, turned into the table's columns (attribute maps and
+/// resource columns expanded from their dictionaries) and written, so that the seal's memory
+/// is the stored batches plus one expanded row group and the compressed files, not the whole
+/// seal expanded two or three times over (concatenated, then sorted).
 pub fn encode(stored: &[RecordBatch], seqs: &str) -> Result<Vec<HourFile>, EncodeError> {
     let schema = span_schema();
-    let mut public = Vec::with_capacity(stored.len());
-    for batch in stored {
-        if let Some(rows) = public_batch(batch, &schema, None, None)? {
-            public.push(rows);
-        }
-    }
-    if public.is_empty() {
+    let stored: Vec<&RecordBatch> = stored.iter().filter(|b| b.num_rows() > 0).collect();
+    if stored.is_empty() {
         return Ok(Vec::new());
     }
-    let all = concat_batches(&schema, &public)?;
-    drop(public);
-    // Sorted by start time, so each hour is a contiguous run.
-    let order = sort_to_indices(all.column(col::START_TIME), None, None)?;
-    let sorted = take_record_batch(&all, &order)?;
-    drop(all);
-    let starts = sorted
-        .column(col::START_TIME)
-        .as_primitive::<TimestampNanosecondType>();
-    let mut runs: BTreeMap<i64, (u32, u32)> = BTreeMap::new();
-    for (row, start) in starts.values().iter().enumerate() {
-        let hour = start.div_euclid(HOUR_NS);
-        let run = runs.entry(hour).or_insert((row as u32, row as u32));
-        run.1 = row as u32 + 1;
+    // Every row as (batch, row), in start-time order.
+    let starts: Vec<&dyn datafusion::arrow::array::Array> = stored
+        .iter()
+        .map(|batch| batch.column(stored::START_TIME).as_ref())
+        .collect();
+    let starts = concat(&starts)?;
+    let order = sort_to_indices(&starts, None, None)?;
+    let starts = starts.as_primitive::<TimestampNanosecondType>();
+    let mut origin = Vec::with_capacity(starts.len());
+    for (batch, rows) in stored.iter().enumerate() {
+        origin.extend((0..rows.num_rows()).map(|row| (batch, row)));
     }
     let properties = properties(seqs);
-    let mut files = Vec::with_capacity(runs.len());
-    for (hour, (from, to)) in runs {
-        let rows = sorted.slice(from as usize, (to - from) as usize);
+    let mut files = Vec::new();
+    let mut at = 0;
+    let order = order.values();
+    while at < order.len() {
+        let hour = starts.value(order[at] as usize).div_euclid(HOUR_NS);
+        let end = at
+            + order[at..]
+                .iter()
+                .position(|&i| starts.value(i as usize).div_euclid(HOUR_NS) != hour)
+                .unwrap_or(order.len() - at);
         let mut bytes = Vec::new();
         let mut writer =
             ArrowWriter::try_new(&mut bytes, schema.clone(), Some(properties.clone()))?;
-        writer.write(&rows)?;
+        for group in order[at..end].chunks(ROW_GROUP_ROWS) {
+            let picks: Vec<(usize, usize)> = group.iter().map(|&i| origin[i as usize]).collect();
+            let rows = interleave_record_batch(&stored, &picks)?;
+            if let Some(public) = public_batch(&rows, &schema, None, None)? {
+                writer.write(&public)?;
+            }
+        }
         writer.close()?;
         files.push(HourFile {
             hour,
-            rows: rows.num_rows(),
+            rows: end - at,
             bytes,
         });
+        at = end;
     }
     Ok(files)
 }

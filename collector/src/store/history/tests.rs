@@ -301,3 +301,47 @@ async fn a_store_that_cannot_seal_says_it_is_full_until_a_seal_succeeds() {
     );
     assert!(!store.over_budget(), "and ingest may go on");
 }
+
+#[test]
+fn a_seal_writes_every_row_once_sorted_by_start_time_within_its_hour() {
+    use datafusion::arrow::array::AsArray as _;
+    use datafusion::arrow::datatypes::TimestampNanosecondType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    // Three stored batches whose start times interleave across two hours, and more rows than
+    // a row group, so that rows are gathered across batches and groups.
+    let base = 1_000 * HOUR;
+    let stored: Vec<_> = [(1u8, base + 3_000), (2, base + HOUR + 5), (3, base + 10)]
+        .into_iter()
+        .map(|(trace, start)| batch(trace, 70_000, start))
+        .map(crate::decode::SpanBatch::into_record_batch)
+        .collect();
+    let files = encode::encode(&stored, "1-3").unwrap();
+    let hours: Vec<i64> = files.iter().map(|f| f.hour).collect();
+    assert_eq!(hours, [1_000, 1_001]);
+    let mut total = 0;
+    for file in &files {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(bytes::Bytes::from(file.bytes.clone()))
+                .unwrap()
+                .build()
+                .unwrap();
+        let mut last = i64::MIN;
+        let mut rows = 0;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let starts = batch
+                .column(crate::decode::schema::col::START_TIME)
+                .as_primitive::<TimestampNanosecondType>();
+            for start in starts.values().iter().copied() {
+                assert!(start >= last, "sorted by start time");
+                assert_eq!(start.div_euclid(encode::HOUR_NS), file.hour, "in its hour");
+                last = start;
+            }
+            rows += batch.num_rows();
+        }
+        assert_eq!(rows, file.rows);
+        total += rows;
+    }
+    assert_eq!(total, 210_000, "every row once");
+}
