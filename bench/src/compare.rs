@@ -82,7 +82,7 @@ fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     Ok((utime + stime) / TICKS_PER_SEC)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -95,7 +95,7 @@ fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 /// A collector process, killed when dropped.
-struct Running(Child);
+pub(crate) struct Running(pub(crate) Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -187,6 +187,7 @@ async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Resu
         graphs: args.graphs,
         read_urls: Vec::new(),
         collector_pid: Some(pid),
+        live_timestamps: args.wal_sync.is_some(),
     };
     let (collector_before, generator_before) =
         (cpu_seconds(&pid.to_string())?, cpu_seconds("self")?);

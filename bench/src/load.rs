@@ -59,6 +59,10 @@ pub(crate) struct LoadArgs {
     /// The collector's process id: its resident memory is read before and after the run.
     #[arg(long)]
     pub(crate) collector_pid: Option<u32>,
+    /// Stamp the spans from now on, as live traffic is (a collector with `--data-dir` deletes
+    /// sealed spans older than its retention), instead of from a fixed date in 2025.
+    #[arg(long)]
+    pub(crate) live_timestamps: bool,
 }
 
 #[derive(Default)]
@@ -98,6 +102,12 @@ pub(crate) async fn run(args: &LoadArgs, print: bool) -> anyhow::Result<LoadRepo
         ..Shape::default()
     };
     let mut workload = Workload::new(shape, 42);
+    if args.live_timestamps {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        workload = workload.starting_at(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX));
+    }
     let mut bodies = Vec::with_capacity(args.distinct_requests);
     for _ in 0..args.distinct_requests.max(1) {
         let request = workload.request();

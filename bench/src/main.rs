@@ -13,6 +13,7 @@ mod compare;
 mod decode;
 mod load;
 mod snapshot;
+mod soak;
 
 use load::{LoadArgs, resident_bytes};
 use prost::Message;
@@ -44,6 +45,10 @@ enum Command {
     /// Wayfinder (the whole pipeline) and rotel (blackhole exporter) side by side: the same
     /// pre-encoded OTLP/gRPC load at each in turn, spans/s and CPU per span, and their ratio.
     CompareRotel(compare::CompareArgs),
+    /// The collector (with `--data-dir`) at about twice the rate it sustains for a bounded
+    /// time: resident memory against its budgets, readiness and queries answering, every
+    /// refusal retryable, every acknowledged span stored.
+    Soak(soak::SoakArgs),
     /// The trace decoders side by side in this process: prost then Arrow, against the wire
     /// decoder (protobuf bytes straight into Arrow), in nanoseconds a span.
     Decode(decode::DecodeArgs),
@@ -122,6 +127,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Load(args) => runtime.block_on(load::load(args)),
         Command::CompareRotel(args) => runtime.block_on(compare::compare_rotel(args)),
+        Command::Soak(args) => runtime.block_on(soak::soak(args)),
         Command::Memory(args) => memory(args),
         Command::Decode(args) => decode::decode(args),
         Command::Snapshot(args) => snapshot::snapshot(args),

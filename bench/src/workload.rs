@@ -121,6 +121,14 @@ impl Workload {
         }
     }
 
+    /// Stamps the spans from `unix_nanos` on (by default from a fixed date in 2025, so that
+    /// runs are repeatable): live traffic's timestamps, for a collector whose retention reads
+    /// them.
+    pub fn starting_at(mut self, unix_nanos: u64) -> Self {
+        self.clock = unix_nanos;
+        self
+    }
+
     /// The next request.
     pub fn request(&mut self) -> ExportTraceServiceRequest {
         let instances = self.shape.instances.max(1);
