@@ -16,9 +16,8 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -28,10 +27,8 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::access::{Protocols, TlsFiles};
 use crate::cap::{Cap, Place};
-use crate::metrics::{ListenerLabels, Metrics};
+use crate::metrics::{ListenerLabels, LogEvery, Metrics};
 
-/// How often a refusal is logged at most.
-const LOG_EVERY: Duration = Duration::from_secs(60);
 /// Connections ready to serve that wait for the server to take them.
 const READY_QUEUE: usize = 64;
 /// How long the accept loop pauses after an error that is not the connection's own (out of
@@ -86,7 +83,7 @@ impl Accept {
                 .tls_handshake_failures
                 .get_or_create(&labels)
                 .clone(),
-            logged: Arc::new(Mutex::new(None)),
+            logged: Arc::default(),
         };
         loop {
             let accepted = tokio::select! {
@@ -185,15 +182,13 @@ struct Counters {
     refused: Counter,
     slow: Counter,
     failed: Counter,
-    logged: Arc<Mutex<Option<Instant>>>,
+    logged: Arc<LogEvery>,
 }
 
 impl Counters {
     fn refuse(&self, listener: &'static str, max: usize) {
         self.refused.inc();
-        let mut logged = self.logged.lock();
-        if logged.is_none_or(|at| at.elapsed() >= LOG_EVERY) {
-            *logged = Some(Instant::now());
+        if self.logged.ready() {
             tracing::warn!(
                 listener,
                 max,

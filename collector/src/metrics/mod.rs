@@ -1,9 +1,11 @@
 //! The collector's own figures, served as Prometheus text on `GET /metrics`.
 
 mod cumulative;
+mod log_every;
 mod openmetrics;
 
 pub use cumulative::Cumulative;
+pub use log_every::{CAP_LOG_EVERY, LogEvery};
 pub use openmetrics::{Exemplar, Exposition, HistogramFamily, openmetrics_to_text};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -132,6 +134,20 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<ListenerLabels, Counter>,
     /// Configuration reloads, per outcome (`applied`, `unchanged`, `rejected`).
     pub config_reloads: Family<OutcomeLabels, Counter>,
+    /// When each cap's log line may be written next (at most once a minute each).
+    pub cap_logs: CapLogs,
+}
+
+/// The throttles of the log lines that say a cap was reached: the counts are in the metrics
+/// above, the line says once a minute that they moved.
+#[derive(Debug, Default)]
+pub struct CapLogs {
+    /// Requests refused retryably (the ingest queue, the store, the write-ahead log).
+    pub refused_requests: LogEvery,
+    /// SQL queries refused or stopped by a limit (busy, timeout, memory).
+    pub sql_limits: LogEvery,
+    /// Spans evicted from memory by `--max-store-bytes`.
+    pub store_size: LogEvery,
 }
 
 impl Default for Metrics {
@@ -170,6 +186,7 @@ impl Metrics {
             slow_connections: Family::default(),
             tls_handshake_failures: Family::default(),
             config_reloads: Family::default(),
+            cap_logs: CapLogs::default(),
             refused_watchers: Counter::default(),
             refused_connections: Family::default(),
             registry: Registry::default(),

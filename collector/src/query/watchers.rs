@@ -7,12 +7,14 @@
 use prometheus_client::metrics::counter::Counter;
 
 use crate::cap::{Cap, Place};
+use crate::metrics::LogEvery;
 
 /// Places for watchers, and the count of refusals.
 #[derive(Debug, Clone)]
 pub struct Watchers {
     cap: Cap,
     refused: Counter,
+    log: std::sync::Arc<LogEvery>,
 }
 
 /// A watcher's place; released when dropped (the stream ends or the long-poll answers).
@@ -25,6 +27,7 @@ impl Watchers {
         Self {
             cap: Cap::new(max),
             refused,
+            log: std::sync::Arc::default(),
         }
     }
 
@@ -34,6 +37,12 @@ impl Watchers {
             Some(place) => Some(WatcherPermit(place)),
             None => {
                 self.refused.inc();
+                if self.log.ready() {
+                    tracing::warn!(
+                        max = self.cap.max(),
+                        "a weight watcher beyond --max-watchers was refused, retryably (logged at most once a minute; counted in wayfinder_refused_watchers_total)"
+                    );
+                }
                 None
             }
         }

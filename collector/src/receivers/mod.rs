@@ -204,6 +204,14 @@ impl Ingest {
 
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
     pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
+        let retryable = matches!(reason, "queue_full" | "store_full" | "persistence");
+        if retryable && self.metrics.cap_logs.refused_requests.ready() {
+            tracing::warn!(
+                reason,
+                protocol = protocol.label(),
+                "refusing requests with a retryable error; exporters retry (logged at most once a minute; counted in wayfinder_receiver_refused_requests_total)"
+            );
+        }
         self.metrics
             .refused_requests
             .get_or_create(&RefusalLabels {

@@ -10,8 +10,30 @@ use crate::pipeline::IngestQueue;
 use crate::store::{SpanStore, StoreConfig};
 use crate::testing::{span, trace_request, unsealable_store};
 
+/// What the log lines written while it lives say, one a line.
+#[derive(Clone, Default)]
+struct Lines(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test]
 async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    );
     // A store with sealing whose files cannot be written (their place is a plain file), and a
     // budget smaller than one request: once the request is in, the store is full.
     let dir = tempfile::tempdir().unwrap();
@@ -67,6 +89,15 @@ async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
         })
         .get();
     assert_eq!(refusals, 2, "counted under its own reason");
+    let logged = String::from_utf8(lines.0.lock().clone()).unwrap();
+    assert_eq!(
+        logged
+            .matches("refusing requests with a retryable error")
+            .count(),
+        1,
+        "two refusals, one line a minute: {logged}"
+    );
+    assert!(logged.contains("reason=\"store_full\""), "{logged}");
     assert_eq!(store.stats().rows, 1, "the acknowledged span stays");
     drop(ingest);
     pipeline.await.unwrap();

@@ -45,6 +45,7 @@ use parking_lot::Mutex;
 use crate::clock::Clock;
 use crate::decode::health::{HealthEvent, HealthStatus};
 use crate::decode::{SpanFacts, SpanKind};
+use crate::metrics::LogEvery;
 
 mod metrics;
 mod table;
@@ -212,6 +213,8 @@ pub struct InstanceRegistry {
     /// Bumped by every transition (for caching the `health_events` batch).
     version: u64,
     tombstones: HashMap<Key, Tombstone>,
+    /// When the next "registry full" line may be written.
+    dropped_log: LogEvery,
 }
 
 impl InstanceRegistry {
@@ -226,6 +229,7 @@ impl InstanceRegistry {
             dropped: 0,
             version: 0,
             tombstones: HashMap::new(),
+            dropped_log: LogEvery::default(),
         }
     }
 
@@ -278,7 +282,7 @@ impl InstanceRegistry {
             }
         };
         if !self.instances.contains_key(&key) && self.instances.len() >= self.config.max_instances {
-            self.dropped += 1;
+            self.drop_one();
             return BeatOutcome::Full;
         }
         let previous = self.instances.get(&key).map(|i| i.status);
@@ -333,7 +337,7 @@ impl InstanceRegistry {
             return; // late spans of an instance that reported health and was removed
         }
         if self.instances.len() >= self.config.max_instances {
-            self.dropped += 1;
+            self.drop_one();
             return;
         }
         let instance = Instance {
@@ -351,6 +355,18 @@ impl InstanceRegistry {
         };
         self.record(now, &instance, None, "unknown", "traffic", None);
         self.instances.insert(key, instance);
+    }
+
+    /// Counts an instance not tracked because the registry is full, and says so (at most once a
+    /// minute).
+    fn drop_one(&mut self) {
+        self.dropped += 1;
+        if self.dropped_log.ready() {
+            tracing::warn!(
+                max_instances = self.config.max_instances,
+                "an instance beyond the registry's cap was not tracked (logged at most once a minute; counted in wayfinder_registry_dropped_instances_total)"
+            );
+        }
     }
 
     /// Applies the passing of time: TTLs run out, critical and silent instances are removed.

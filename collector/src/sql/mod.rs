@@ -177,6 +177,16 @@ impl QueryEngine {
             .sql_query_duration
             .observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or_else(QueryError::outcome, |_| "ok");
+        if matches!(outcome, "busy" | "timeout" | "out_of_memory")
+            && self.metrics.cap_logs.sql_limits.ready()
+            && let Err(error) = &result
+        {
+            tracing::warn!(
+                outcome,
+                %error,
+                "a SQL query met a limit (logged at most once a minute; counted in wayfinder_sql_queries_total)"
+            );
+        }
         self.metrics
             .sql_queries
             .get_or_create(&OutcomeLabels { outcome })

@@ -15,6 +15,7 @@ use super::stats::{BUCKET_SECONDS, Observation};
 use crate::clock::unix_seconds;
 use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
 use crate::dimensions::Dimension;
+use crate::metrics::LogEvery;
 
 /// The values a span's facts carry for the configured attributes.
 type Values = Option<Arc<[Option<Arc<str>>]>>;
@@ -227,6 +228,10 @@ pub struct TopologyBuilder {
     pruned_minute: u64,
     /// When the byte budget was last checked.
     budget_checked: SystemTime,
+    /// The halves evicted and observations dropped when a cap's line was last written, and
+    /// when the next may be.
+    cap_logged: (u64, u64),
+    cap_log: LogEvery,
 }
 
 /// How often the graph's memory is estimated against `--topology-max-bytes` (the estimate
@@ -256,6 +261,8 @@ impl TopologyBuilder {
             counters: Counters::default(),
             pruned_minute: 0,
             budget_checked: SystemTime::UNIX_EPOCH,
+            cap_logged: (0, 0),
+            cap_log: LogEvery::default(),
         }
     }
 
@@ -313,6 +320,15 @@ impl TopologyBuilder {
             self.pruned_minute = minute;
             let keep_from = minute.saturating_sub(self.config.retention.as_secs() / BUCKET_SECONDS);
             self.graph.prune(keep_from);
+        }
+        let counts = (self.counters.evicted, self.graph.series_dropped());
+        if counts != self.cap_logged && self.cap_log.ready() {
+            tracing::warn!(
+                evicted_halves = counts.0 - self.cap_logged.0,
+                dropped_observations = counts.1 - self.cap_logged.1,
+                "the service graph reached a cap: halves evicted past --edge-max-pending, or observations of series past the series cap dropped (logged at most once a minute; counted in wayfinder_topology_evicted_halves_total and wayfinder_topology_dropped_series_observations_total)"
+            );
+            self.cap_logged = counts;
         }
         if now
             .duration_since(self.budget_checked)

@@ -222,6 +222,13 @@ impl MemoryStore {
                 .store_evicted_spans
                 .get_or_create(&ReasonLabels { reason: "size" })
                 .inc_by(evicted as u64);
+            if self.metrics.cap_logs.store_size.ready() {
+                tracing::warn!(
+                    evicted,
+                    max_bytes = self.config.read().max_bytes,
+                    "the span store reached --max-store-bytes; its oldest spans were evicted (logged at most once a minute; counted in wayfinder_store_evicted_spans_total{{reason=\"size\"}})"
+                );
+            }
         }
     }
 
