@@ -174,3 +174,26 @@ pub fn unsealable_store(
         ),
     )
 }
+
+/// What log lines were written through it (a `tracing_subscriber` writer: pass
+/// `move || capture.clone()`), for tests that check what was logged.
+#[derive(Debug, Clone, Default)]
+pub struct LogCapture(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -116,20 +116,6 @@ async fn the_traces_endpoint_and_protocol_beat_the_generic_ones() {
     collector.shutdown().await;
 }
 
-/// Log lines written by the global subscriber.
-#[derive(Clone, Default)]
-struct Logs(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 // The only test of this binary that installs the global subscriber (the batch processor
 // exports on a thread of its own, so its warnings go to the global one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +124,7 @@ async fn export_failures_are_counted_and_logged() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let logs = Logs::default();
+    let logs = wayfinder_collector::testing::LogCapture::default();
     let writer = logs.clone();
     let telemetry = Telemetry::new()
         .service_name("env-failing")
@@ -157,7 +143,7 @@ async fn export_failures_are_counted_and_logged() {
     let (batches, spans) = telemetry.export_failures();
     assert_eq!(batches, 3, "each failed export is counted");
     assert_eq!(spans, 3, "with its spans");
-    let text = String::from_utf8_lossy(&logs.0.lock()).to_string();
+    let text = logs.text();
     assert!(
         text.contains("span export failed"),
         "and said in a warning: {text}"

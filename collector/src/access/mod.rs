@@ -95,12 +95,7 @@ pub enum TokenError {
 /// The tokens a listener admits, swapped in place when their file changes.
 #[derive(Debug, Clone)]
 pub struct Tokens {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: RwLock<State>,
+    state: Arc<RwLock<State>>,
 }
 
 #[derive(Debug)]
@@ -135,9 +130,7 @@ impl Tokens {
 
     fn with(file: Option<PathBuf>, tokens: Arc<[Secret]>, seen: Option<Seen>) -> Self {
         Self {
-            inner: Arc::new(Inner {
-                state: RwLock::new(State { file, tokens, seen }),
-            }),
+            state: Arc::new(RwLock::new(State { file, tokens, seen })),
         }
     }
 
@@ -153,7 +146,7 @@ impl Tokens {
                 (Some(path.clone()), tokens, seen)
             }
         };
-        *self.inner.state.write() = State { file, tokens, seen };
+        *self.state.write() = State { file, tokens, seen };
         Ok(())
     }
 
@@ -163,7 +156,7 @@ impl Tokens {
         let Some(given) = authorization.and_then(|value| bearer(value.as_bytes())) else {
             return false;
         };
-        let tokens = self.inner.state.read().tokens.clone();
+        let tokens = self.state.read().tokens.clone();
         tokens
             .iter()
             .fold(subtle::Choice::from(0), |found, token| {
@@ -178,7 +171,7 @@ impl Tokens {
     /// it once.
     pub fn reload_if_changed(&self) -> Result<bool, TokenError> {
         let (path, last) = {
-            let state = self.inner.state.read();
+            let state = self.state.read();
             match &state.file {
                 Some(path) => (path.clone(), state.seen),
                 None => return Ok(false),
@@ -190,14 +183,14 @@ impl Tokens {
         }
         match read(&path) {
             Ok((tokens, seen)) => {
-                let mut state = self.inner.state.write();
+                let mut state = self.state.write();
                 let changed = *state.tokens != *tokens;
                 state.tokens = tokens;
                 state.seen = seen;
                 Ok(changed)
             }
             Err(error) => {
-                self.inner.state.write().seen = now_seen;
+                self.state.write().seen = now_seen;
                 Err(error)
             }
         }
@@ -205,7 +198,7 @@ impl Tokens {
 
     /// How many tokens are in force.
     pub fn len(&self) -> usize {
-        self.inner.state.read().tokens.len()
+        self.state.read().tokens.len()
     }
 
     /// Whether none is (never: loading refuses an empty set).
@@ -215,7 +208,7 @@ impl Tokens {
 
     /// The file, if they come from one.
     pub fn file(&self) -> Option<PathBuf> {
-        self.inner.state.read().file.clone()
+        self.state.read().file.clone()
     }
 }
 

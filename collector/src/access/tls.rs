@@ -83,12 +83,7 @@ pub enum TlsError {
 /// The listeners' TLS configurations, swapped in place when their files change.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: RwLock<State>,
+    state: Arc<RwLock<State>>,
 }
 
 #[derive(Debug)]
@@ -114,13 +109,11 @@ impl TlsFiles {
         let seen = seen(&paths);
         let loaded = build(&paths)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                state: RwLock::new(State {
-                    paths,
-                    loaded,
-                    seen,
-                }),
-            }),
+            state: Arc::new(RwLock::new(State {
+                paths,
+                loaded,
+                seen,
+            })),
         })
     }
 
@@ -129,7 +122,7 @@ impl TlsFiles {
     pub fn repoint(&self, paths: TlsPaths) -> Result<(), TlsError> {
         let seen = seen(&paths);
         let loaded = build(&paths)?;
-        *self.inner.state.write() = State {
+        *self.state.write() = State {
             paths,
             loaded,
             seen,
@@ -140,7 +133,7 @@ impl TlsFiles {
     /// The configuration for a new connection of a listener: `mutual` asks for a client
     /// certificate signed by the client CA (when one is set; without one it is ignored).
     pub fn server_config(&self, protocols: Protocols, mutual: bool) -> Arc<ServerConfig> {
-        let state = self.inner.state.read();
+        let state = self.state.read();
         let loaded = &state.loaded;
         match (protocols, mutual) {
             (Protocols::Grpc, false) => loaded.grpc.clone(),
@@ -156,11 +149,11 @@ impl TlsFiles {
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let paths = self.paths();
         let now_seen = seen(&paths);
-        if now_seen == self.inner.state.read().seen {
+        if now_seen == self.state.read().seen {
             return Ok(false);
         }
         let built = build(&paths);
-        let mut state = self.inner.state.write();
+        let mut state = self.state.write();
         state.seen = now_seen;
         state.loaded = built?;
         Ok(true)
@@ -168,7 +161,7 @@ impl TlsFiles {
 
     /// Where the files are.
     pub fn paths(&self) -> TlsPaths {
-        self.inner.state.read().paths.clone()
+        self.state.read().paths.clone()
     }
 }
 

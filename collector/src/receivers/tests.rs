@@ -8,25 +8,11 @@ use super::*;
 use crate::metrics::{Metrics, RefusalLabels};
 use crate::pipeline::IngestQueue;
 use crate::store::{SpanStore, StoreConfig};
-use crate::testing::{span, trace_request, unsealable_store};
-
-/// What the log lines written while it lives say, one a line.
-#[derive(Clone, Default)]
-struct Lines(Arc<parking_lot::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use crate::testing::{LogCapture, span, trace_request, unsealable_store};
 
 #[tokio::test]
 async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
-    let lines = Lines::default();
+    let lines = LogCapture::default();
     let writer = lines.clone();
     let _logs = tracing::subscriber::set_default(
         tracing_subscriber::fmt()
@@ -89,7 +75,7 @@ async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
         })
         .get();
     assert_eq!(refusals, 2, "counted under its own reason");
-    let logged = String::from_utf8(lines.0.lock().clone()).unwrap();
+    let logged = lines.text();
     assert_eq!(
         logged
             .matches("refusing requests with a retryable error")
