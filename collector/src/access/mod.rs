@@ -98,7 +98,7 @@ pub struct Tokens {
     state: Arc<RwLock<State>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     /// The file they come from, if any.
     file: Option<PathBuf>,
@@ -134,20 +134,11 @@ impl Tokens {
         }
     }
 
-    /// Takes its tokens from `source` from now on (a configuration reload that names another
-    /// file or variable); a source that cannot be read changes nothing.
-    pub fn repoint(&self, source: &TokenSource) -> Result<(), TokenError> {
-        let (file, tokens, seen) = match source {
-            TokenSource::Value(secret) => {
-                (None, parse(secret.expose(), "the token variable")?, None)
-            }
-            TokenSource::File(path) => {
-                let (tokens, seen) = read(path)?;
-                (Some(path.clone()), tokens, seen)
-            }
-        };
-        *self.state.write() = State { file, tokens, seen };
-        Ok(())
+    /// Takes the tokens, and the file they come from, of `other` (loaded from the source a
+    /// configuration reload names): the listeners holding these admit those from now on.
+    pub fn adopt(&self, other: &Tokens) {
+        let state = other.state.read().clone();
+        *self.state.write() = state;
     }
 
     /// Whether an `Authorization` header carries one of the tokens (`Bearer <token>`, the

@@ -86,7 +86,7 @@ pub struct TlsFiles {
     state: Arc<RwLock<State>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct State {
     paths: TlsPaths,
     loaded: Loaded,
@@ -117,17 +117,11 @@ impl TlsFiles {
         })
     }
 
-    /// Serves the files at `paths` from now on (a configuration reload that names other
-    /// files); files that do not load change nothing.
-    pub fn repoint(&self, paths: TlsPaths) -> Result<(), TlsError> {
-        let seen = seen(&paths);
-        let loaded = build(&paths)?;
-        *self.state.write() = State {
-            paths,
-            loaded,
-            seen,
-        };
-        Ok(())
+    /// Serves what `other` loaded (from the files a configuration reload names) to new
+    /// connections from now on, and watches its files.
+    pub fn adopt(&self, other: &TlsFiles) {
+        let state = other.state.read().clone();
+        *self.state.write() = state;
     }
 
     /// The configuration for a new connection of a listener: `mutual` asks for a client

@@ -10,6 +10,7 @@
 mod connections;
 mod http_server;
 mod reload;
+mod replay;
 mod serve;
 mod stage;
 
@@ -22,6 +23,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::reload::{IN_PLACE, Reloaded, SWITCHED_IN_PLACE};
+use self::reload::{reload_tls, reload_tokens};
+use self::replay::{SealedRecords, replay};
 use self::stage::Stage;
 use crate::access::{TlsFiles, Tokens};
 use crate::clock::Clock;
@@ -37,7 +40,7 @@ use crate::sql::{QueryEngine, QueryLimits};
 use crate::store::history::History;
 use crate::store::{MAINTENANCE_PERIOD, MemoryStore, Sealing, SpanStore, StoreConfig};
 use crate::topology::{DatabaseName, Topology, TopologyConfig, TopologyMetrics};
-use crate::wal::{Recovery, Wal, WalConfig, WalMetrics};
+use crate::wal::{Wal, WalConfig, WalMetrics};
 use crate::weights::{WeightsEngine, WeightsMetrics};
 
 /// Starts collectors.
@@ -489,130 +492,9 @@ impl Collector {
     }
 }
 
-/// Reads a token file again if it changed, and says so (never the tokens).
-fn reload_tokens(listeners: &str, tokens: &Tokens) {
-    let file = tokens
-        .file()
-        .map(|f| f.display().to_string())
-        .unwrap_or_default();
-    match tokens.reload_if_changed() {
-        Ok(true) => tracing::info!(listeners, file, tokens = tokens.len(), "tokens reloaded"),
-        Ok(false) => {}
-        Err(error) => tracing::warn!(
-            listeners,
-            %error,
-            "the token file changed but cannot be used; the tokens in force stay"
-        ),
-    }
-}
-
-/// Reads the TLS files again if one changed, and says so.
-fn reload_tls(tls: &TlsFiles) {
-    match tls.reload_if_changed() {
-        Ok(true) => tracing::info!(
-            cert = %tls.paths().cert.display(),
-            "TLS certificate reloaded; new connections get it"
-        ),
-        Ok(false) => {}
-        Err(error) => tracing::warn!(
-            %error,
-            "a TLS file changed but cannot be used; the certificate in force stays"
-        ),
-    }
-}
-
-/// Feeds the log's records back in, oldest first, a segment at a time; records older than
-/// `keep_since` are past the retention and skipped. A record that cannot be taken (it was
-/// written by a version that took more than this one does) is logged and skipped.
-async fn replay(
-    ingest: &Ingest,
-    wal: &Wal,
-    recovery: Recovery,
-    sealed: &SealedRecords,
-    keep_since: SystemTime,
-    facts_since: SystemTime,
-) {
-    if recovery.records == 0 {
-        return;
-    }
-    let started = std::time::Instant::now();
-    let store_only = ingest.clone().with_facts(false);
-    let (mut records, mut spans, mut skipped) = (0u64, 0usize, 0u64);
-    let recovery = Arc::new(recovery);
-    for index in 0..recovery.found.len() {
-        let reading = recovery.clone();
-        let segment = tokio::task::spawn_blocking(move || {
-            reading.segment(index).expect("the segment is in the list")
-        })
-        .await;
-        let segment = match segment {
-            Ok(Ok(segment)) => segment,
-            Ok(Err(error)) => {
-                tracing::error!(%error, "write-ahead log: cannot read a segment again; its records are not replayed");
-                continue;
-            }
-            Err(error) => {
-                tracing::error!(%error, "write-ahead log: reading a segment failed");
-                continue;
-            }
-        };
-        for record in &segment {
-            if record.arrival < keep_since {
-                skipped += 1;
-                continue;
-            }
-            // Older spans would count as calls of the current window: store only.
-            let through = if record.arrival >= facts_since {
-                ingest
-            } else {
-                &store_only
-            };
-            let is_sealed = sealed.holds(record.seq);
-            match through.replay(record, is_sealed).await {
-                Ok(rows) => {
-                    records += 1;
-                    spans += rows;
-                    if rows > 0 {
-                        wal.track(record.seq);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(seq = record.seq, %error, "write-ahead log: a record could not be replayed; skipped");
-                }
-            }
-        }
-    }
-    wal.stats()
-        .replayed_records
-        .fetch_add(records, Ordering::Relaxed);
-    tracing::info!(
-        records,
-        spans,
-        skipped_past_retention = skipped,
-        elapsed = ?started.elapsed(),
-        "write-ahead log replayed"
-    );
-}
-
 /// Spans in memory are sealed at once when this many wait: about a row group per 128 Ki,
 /// eight to a file.
 const SEAL_FILE_ROWS: usize = 1 << 20;
-
-/// The log records whose spans are already in sealed files, as sorted ranges.
-#[derive(Debug, Default)]
-struct SealedRecords(Vec<(u64, u64)>);
-
-impl SealedRecords {
-    fn new(mut ranges: Vec<(u64, u64)>) -> Self {
-        ranges.sort_unstable();
-        Self(ranges)
-    }
-
-    fn holds(&self, seq: u64) -> bool {
-        let after = self.0.partition_point(|(first, _)| *first <= seq);
-        after > 0 && self.0[after - 1].1 >= seq
-    }
-}
 
 impl RunningCollector {
     /// Where it listens.

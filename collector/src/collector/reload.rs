@@ -125,39 +125,45 @@ impl Live {
             return Ok(reloaded);
         }
         // The files named anew are read before anything changes: one that cannot be read
-        // refuses the whole reload.
+        // refuses the whole reload. Files already in force are not read again here.
         let unreadable = |key: &'static str, error: &dyn std::fmt::Display| ConfigError::Invalid {
             key,
             message: format!("{error}; the running configuration stays"),
         };
-        for (source, key) in [
-            (&merged.ingest_token, "ingest_token_file"),
-            (&merged.query_token, "query_token_file"),
-        ] {
-            if let Some(source) = source {
-                Tokens::load(source).map_err(|e| unreadable(key, &e))?;
-            }
-        }
-        if let Some(paths) = &merged.tls {
-            TlsFiles::load(paths.clone()).map_err(|e| unreadable("tls_cert", &e))?;
-        }
-        for (tokens, source, key) in [
+        let mut tokens_anew = Vec::new();
+        for (tokens, running, source, key) in [
             (
                 &self.ingest_tokens,
+                &current.ingest_token,
                 &merged.ingest_token,
                 "ingest_token_file",
             ),
-            (&self.query_tokens, &merged.query_token, "query_token_file"),
+            (
+                &self.query_tokens,
+                &current.query_token,
+                &merged.query_token,
+                "query_token_file",
+            ),
         ] {
-            if let (Some(tokens), Some(source)) = (tokens, source) {
-                tokens.repoint(source).map_err(|e| unreadable(key, &e))?;
+            if let (Some(tokens), Some(source)) = (tokens, source)
+                && running.as_ref() != Some(source)
+            {
+                let loaded = Tokens::load(source).map_err(|e| unreadable(key, &e))?;
+                tokens_anew.push((tokens, loaded));
             }
         }
-        if let (Some(tls), Some(paths)) = (&self.tls, &merged.tls)
-            && tls.paths() != *paths
-        {
-            tls.repoint(paths.clone())
-                .map_err(|e| unreadable("tls_cert", &e))?;
+        let tls_anew = match (&self.tls, &merged.tls) {
+            (Some(tls), Some(paths)) if current.tls.as_ref() != Some(paths) => Some((
+                tls,
+                TlsFiles::load(paths.clone()).map_err(|e| unreadable("tls_cert", &e))?,
+            )),
+            _ => None,
+        };
+        for (tokens, loaded) in tokens_anew {
+            tokens.adopt(&loaded);
+        }
+        if let Some((tls, loaded)) = tls_anew {
+            tls.adopt(&loaded);
         }
         self.queue.set(merged.max_ingest_bytes);
         self.store
@@ -225,6 +231,38 @@ fn merged(running: &Config, new: &Config) -> Config {
     merged.max_connections = new.max_connections;
     merged.max_watchers = new.max_watchers;
     merged
+}
+
+/// Reads a token file again if it changed, and says so (never the tokens).
+pub(super) fn reload_tokens(listeners: &str, tokens: &Tokens) {
+    let file = tokens
+        .file()
+        .map(|f| f.display().to_string())
+        .unwrap_or_default();
+    match tokens.reload_if_changed() {
+        Ok(true) => tracing::info!(listeners, file, tokens = tokens.len(), "tokens reloaded"),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
+            listeners,
+            %error,
+            "the token file changed but cannot be used; the tokens in force stay"
+        ),
+    }
+}
+
+/// Reads the TLS files again if one changed, and says so.
+pub(super) fn reload_tls(tls: &TlsFiles) {
+    match tls.reload_if_changed() {
+        Ok(true) => tracing::info!(
+            cert = %tls.paths().cert.display(),
+            "TLS certificate reloaded; new connections get it"
+        ),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(
+            %error,
+            "a TLS file changed but cannot be used; the certificate in force stays"
+        ),
+    }
 }
 
 #[cfg(test)]
