@@ -406,9 +406,11 @@ async fn the_ui_shows_the_map_the_weights_a_trace_and_sql() {
     // How fast the weights converge is the weights engine's business (tests/balancing.rs);
     // here the UI must show what the API says once it says it.
     // The weights move every second and the panel refreshes every 5 s: once seen in the API,
-    // the slow instance's lowest weight may take more than one refresh to be caught in the UI
-    // (in one run of the whole suite the API ranked it lowest after 16 s and the UI did not
-    // show it in the next 40 s: the ranking seems to come and go for a while; not pinned down).
+    // the slow instance's lowest weight may take more than one refresh to be caught in the UI.
+    // (The ranking used to come and go, or never come: once the clients' own peak-EWMA stopped
+    // sending checkout-3 requests, it fell below the minimum volume and got the mean weight.
+    // Now its few requests count in proportion and it holds what it earned; see
+    // docs/weights.md, "Quiet instances".)
     slow_instance_weighs_least(&base).await;
     let weights = wait_for_script_for(
         &browser,

@@ -128,7 +128,8 @@ pub struct ServeArgs {
     /// Highest weight as a multiple of the mean, >= 1 [default: 10].
     #[arg(long, env = "WAYFINDER_WEIGHT_MAX_FACTOR")]
     pub weight_max_factor: Option<f64>,
-    /// Requests in the window below which an instance gets the mean weight [default: 10].
+    /// Requests in the window that judge an instance fully; below, its own figures count in
+    /// proportion, the rest is the mean or the weight it earned [default: 10].
     #[arg(long, env = "WAYFINDER_WEIGHT_MIN_REQUESTS")]
     pub weight_min_requests: Option<u64>,
     /// How long new instances ramp up; 0s turns it off [default: 30s].

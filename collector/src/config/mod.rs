@@ -110,7 +110,8 @@ pub struct Config {
     pub weight_min_factor: f64,
     /// Highest weight, as a multiple of the mean weight; 1 or more.
     pub weight_max_factor: f64,
-    /// Below this many requests in the window an instance gets the mean weight.
+    /// Requests in the window that judge an instance fully; below, its own figures count in
+    /// proportion, the rest is the mean or the weight it earned, easing to the mean.
     pub weight_min_requests: u64,
     /// How long a new (or returning) instance ramps up; 0 turns slow start off.
     pub weight_slow_start: Duration,
@@ -574,6 +575,7 @@ impl Config {
                 min_requests: self.weight_min_requests,
                 slow_start: self.weight_slow_start,
                 max_ejection: self.weight_max_ejection,
+                quiet_half_life: self.weight_window,
             },
             ..WeightsConfig::default()
         }

@@ -29,6 +29,9 @@ pub struct RuleConfig {
     pub slow_start: Duration,
     /// At most this share of a service's instances is ejected (weight 0) at once.
     pub max_ejection: f64,
+    /// An instance that falls below `min_requests` keeps the multiplier it last earned, easing
+    /// back to the mean with this half-life (the window's length); zero gives it the mean at once.
+    pub quiet_half_life: Duration,
 }
 
 impl Default for RuleConfig {
@@ -43,6 +46,7 @@ impl Default for RuleConfig {
             min_requests: 10,
             slow_start: Duration::from_secs(30),
             max_ejection: 0.5,
+            quiet_half_life: Duration::from_secs(30),
         }
     }
 }
@@ -67,6 +71,35 @@ pub struct Candidate {
 pub struct Kept {
     /// The multiplier (relative to the mean, before normalisation).
     pub multiplier: f64,
+    /// Whether the multiplier was earned: the instance had enough requests to be judged (or
+    /// holds what it earned so). A new instance's ramp is not earned.
+    pub earned: bool,
+    /// Since when the instance has been below the minimum volume, and the multiplier it had
+    /// then; `None` while it has enough requests to be judged.
+    pub quiet: Option<Quiet>,
+}
+
+/// An instance gone quiet: when, and the multiplier it had earned by then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quiet {
+    /// The first update that found it below the minimum volume.
+    pub since: SystemTime,
+    /// Its multiplier at that update.
+    pub multiplier: f64,
+}
+
+impl Quiet {
+    /// The multiplier held at `now`: the one earned, eased towards the mean (1) in log space
+    /// with the given half-life, so that ×0.1 becomes ×0.32 after one half-life and ×0.56 after
+    /// two, as a peak-EWMA's idle estimate decays until the endpoint is tried again.
+    fn held(&self, now: SystemTime, half_life: Duration) -> f64 {
+        if half_life.is_zero() {
+            return 1.0;
+        }
+        let quiet_for = now.duration_since(self.since).unwrap_or(Duration::ZERO);
+        let remaining = 0.5f64.powf(quiet_for.as_secs_f64() / half_life.as_secs_f64());
+        self.multiplier.powf(remaining)
+    }
 }
 
 /// The rule's answer for one instance.
@@ -96,14 +129,20 @@ fn peak_p90(candidate: &Candidate) -> Option<f64> {
 }
 
 /// The effective latency of an instance: its peak p90 (ms), inflated by its error rate so that
-/// fast failures never look fast; `None` below the minimum volume.
+/// fast failures never look fast; `None` without requests.
 fn effective_latency(candidate: &Candidate, config: &RuleConfig) -> Option<f64> {
     let stats = &candidate.stats;
-    if stats.requests < config.min_requests {
-        return None;
-    }
     let p90 = peak_p90(candidate)?.max(1e-3);
     Some(p90 * (1.0 + config.error_penalty * stats.error_rate()))
+}
+
+/// How much an instance's own figures count: `n / min_requests` for `n` requests in the window,
+/// up to 1 (limited-fluctuation credibility, linear so that one odd request moves little).
+fn credibility(candidate: &Candidate, config: &RuleConfig) -> f64 {
+    if config.min_requests == 0 {
+        return 1.0;
+    }
+    (candidate.stats.requests as f64 / config.min_requests as f64).min(1.0)
 }
 
 fn median(values: &mut [f64]) -> Option<f64> {
@@ -130,9 +169,15 @@ pub fn decide(
     if n == 0 {
         return Vec::new();
     }
-    let latency: Vec<Option<f64>> = candidates
+    // What each instance's requests show, however few, and how much that counts; `latency`
+    // only for the instances with the full minimum volume, which alone set the reference.
+    let measured: Vec<Option<f64>> = candidates
         .iter()
         .map(|c| effective_latency(c, config))
+        .collect();
+    let credibility: Vec<f64> = candidates.iter().map(|c| credibility(c, config)).collect();
+    let latency: Vec<Option<f64>> = (0..n)
+        .map(|i| measured[i].filter(|_| credibility[i] >= 1.0))
         .collect();
 
     // Ejection: critical instances get nothing, but never more than the allowed share; when too
@@ -164,7 +209,7 @@ pub fn decide(
     // Bounded before averaging, so that one instance with a near-zero latency cannot push every
     // other target to the floor.
     let raw: Vec<f64> = (0..n)
-        .map(|i| match (latency[i], reference) {
+        .map(|i| match (measured[i], reference) {
             _ if ejected[i] => 0.0,
             (Some(l), Some(r)) => (r / l)
                 .powf(config.gamma)
@@ -175,8 +220,8 @@ pub fn decide(
     let live: Vec<usize> = (0..n).filter(|&i| !ejected[i]).collect();
     let known_raw: Vec<f64> = live
         .iter()
+        .filter(|&&i| latency[i].is_some())
         .map(|&i| raw[i])
-        .filter(|r| !r.is_nan())
         .collect();
     let mean_raw = if known_raw.is_empty() {
         1.0
@@ -187,13 +232,16 @@ pub fn decide(
     let mut decisions: Vec<Decision> = Vec::with_capacity(n);
     let mut multipliers = vec![0.0; n];
     let mut reasons = vec![String::new(); n];
+    let mut quiets: Vec<Option<Quiet>> = vec![None; n];
+    let mut earned = vec![false; n];
     for i in 0..n {
         let candidate = &candidates[i];
         if ejected[i] {
             reasons[i] = "critical".into();
             continue;
         }
-        let mut target = if raw[i].is_nan() {
+        // What its own requests say, relative to the mean.
+        let judged = if raw[i].is_nan() {
             1.0
         } else {
             (raw[i] / mean_raw).clamp(config.min_factor, config.max_factor)
@@ -206,15 +254,34 @@ pub fn decide(
         } else {
             Some((age.as_secs_f64() / config.slow_start.as_secs_f64()).max(config.min_factor))
         };
-        if let Some(ramp) = ramp {
-            target *= ramp;
+        let kept = previous(&candidate.instance_id).filter(|k| k.multiplier > 0.0);
+        let z = credibility[i];
+        // Below the minimum volume after being judged: what it earned is the prior, held and
+        // easing to the mean. Snapping to the mean would undo a slow instance's low weight as
+        // soon as its callers stopped sending it enough requests, send it traffic again, find
+        // it slow again: a see-saw. Never judged, the prior is the mean.
+        let quiet = match kept {
+            Some(k) if z < 1.0 && k.earned => Some(k.quiet.unwrap_or(Quiet {
+                since: now,
+                multiplier: k.multiplier,
+            })),
+            _ => None,
+        };
+        let held = quiet.map(|q| q.held(now, config.quiet_half_life));
+        // Its few requests count for `z` of the answer (in log space), the prior for the rest.
+        let mut target = judged.powf(z) * held.unwrap_or(1.0).powf(1.0 - z);
+        match ramp {
+            // What was held already went through the ramp when it was earned.
+            Some(ramp) if held.is_some() => target = target.min(ramp),
+            Some(ramp) => target *= ramp,
+            None => {}
         }
-        let kept = previous(&candidate.instance_id).map(|k| k.multiplier);
         let multiplier = match kept {
             // First sight: straight to the target (slow start already holds new ones back).
             None => target,
-            Some(prev) if prev <= 0.0 => target,
             Some(prev) => {
+                // A held target moves on its own clock, so the deadband cannot stall it.
+                let prev = prev.multiplier;
                 let ratio = target / prev;
                 if ratio <= config.deadband && ratio >= 1.0 / config.deadband {
                     prev
@@ -223,8 +290,10 @@ pub fn decide(
                 }
             }
         };
+        quiets[i] = quiet;
+        earned[i] = z >= 1.0 || quiet.is_some();
         multipliers[i] = multiplier;
-        reasons[i] = reason(candidate, latency[i], reference, ramp, config);
+        reasons[i] = reason(candidate, measured[i], z, reference, ramp, held, config);
     }
 
     // Keep every live weight within [min, max] × the mean, then normalise to a sum of 1.
@@ -248,6 +317,8 @@ pub fn decide(
             weight,
             kept: Kept {
                 multiplier: multipliers[i],
+                earned: earned[i],
+                quiet: quiets[i],
             },
             reason: std::mem::take(&mut reasons[i]),
         });
@@ -258,8 +329,10 @@ pub fn decide(
 fn reason(
     candidate: &Candidate,
     latency: Option<f64>,
+    credibility: f64,
     reference: Option<f64>,
     ramp: Option<f64>,
+    held: Option<f64>,
     config: &RuleConfig,
 ) -> String {
     let critical = candidate.health == InstanceStatus::Critical;
@@ -270,28 +343,46 @@ fn reason(
     if let Some(ramp) = ramp {
         parts.push(format!("slow start {:.0}%", ramp * 100.0));
     }
-    match (latency, reference) {
-        (None, _) => parts.push(format!(
-            "low volume ({} < {} requests): mean weight",
+    let relative = match (latency, reference) {
+        (Some(l), Some(r)) if r > 0.0 => Some(l / r),
+        _ => None,
+    };
+    if credibility < 1.0 {
+        let mut part = format!(
+            "low volume ({} < {} requests)",
             candidate.stats.requests, config.min_requests
-        )),
-        (Some(l), Some(r)) if r > 0.0 => {
-            let err = candidate.stats.error_rate();
-            let p90 = peak_p90(candidate).unwrap_or(0.0);
-            let ratio = l / r;
-            if err >= 0.01 {
-                parts.push(format!(
-                    "errors {:.0}%: effective p90 {:.1}x median",
-                    err * 100.0,
-                    ratio
-                ));
-            } else if ratio >= 1.5 {
-                parts.push(format!("slow: p90 {:.1}x median", p90 / r));
-            } else if ratio <= 1.0 / 1.5 {
-                parts.push(format!("fast: p90 {:.1}x median", p90 / r));
+        );
+        if let Some(ratio) = relative.filter(|_| credibility > 0.0) {
+            part.push_str(&format!(
+                ": effective p90 {ratio:.1}x median, counted {:.0}%",
+                credibility * 100.0
+            ));
+            match held {
+                Some(held) => part.push_str(&format!(", the rest held at {held:.2}x")),
+                None => part.push_str(", the rest at the mean"),
+            }
+        } else {
+            match held {
+                Some(held) => part.push_str(&format!(": held at {held:.2}x, easing to the mean")),
+                None => part.push_str(": mean weight"),
             }
         }
-        _ => {}
+        parts.push(part);
+    } else if let Some(ratio) = relative {
+        let r = reference.unwrap_or(1.0);
+        let err = candidate.stats.error_rate();
+        let p90 = peak_p90(candidate).unwrap_or(0.0);
+        if err >= 0.01 {
+            parts.push(format!(
+                "errors {:.0}%: effective p90 {:.1}x median",
+                err * 100.0,
+                ratio
+            ));
+        } else if ratio >= 1.5 {
+            parts.push(format!("slow: p90 {:.1}x median", p90 / r));
+        } else if ratio <= 1.0 / 1.5 {
+            parts.push(format!("fast: p90 {:.1}x median", p90 / r));
+        }
     }
     if candidate.health == InstanceStatus::Warning {
         parts.push("health warning".into());

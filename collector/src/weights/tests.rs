@@ -16,6 +16,9 @@ struct Sim {
     instances: Vec<Instance>,
     /// Per instance: base latency (ms) and error share.
     load: Vec<(f64, f64)>,
+    /// Per instance: `Some(k)` sends one request every `k` seconds instead of 50 a second.
+    trickle: Vec<Option<u64>>,
+    seconds: u64,
 }
 
 fn instance(id: &str) -> Instance {
@@ -31,6 +34,8 @@ impl Sim {
                 .map(|i| instance(&format!("cart-{i}")))
                 .collect(),
             load: latencies.iter().map(|&l| (l, 0.0)).collect(),
+            trickle: vec![None; latencies.len()],
+            seconds: 0,
         }
     }
 
@@ -43,8 +48,13 @@ impl Sim {
             if base.is_nan() {
                 continue; // no traffic
             }
-            let failing = (errors * 50.0).round() as usize;
-            for j in 0..50usize {
+            let count = match self.trickle.get(i).copied().flatten() {
+                Some(every) if self.seconds.is_multiple_of(every) => 1,
+                Some(_) => 0,
+                None => 50usize,
+            };
+            let failing = (errors * count as f64).round() as usize;
+            for j in 0..count {
                 let ms = base * (0.8 + 0.4 * j as f64 / 49.0);
                 let mut span = facts(
                     &instance.service,
@@ -59,6 +69,7 @@ impl Sim {
         self.engine.record_at(self.now, &spans);
         self.engine.update_with(self.now, &self.instances);
         self.now += Duration::from_secs(1);
+        self.seconds += 1;
         self.weights()
     }
 
@@ -310,6 +321,111 @@ fn low_volume_gets_the_mean() {
         quiet.reason
     );
     assert_eq!(quiet.latency_ms.p90, None);
+}
+
+#[test]
+fn a_slow_instance_gone_quiet_keeps_its_weight_and_eases_back() {
+    // Judged slow, then its callers stop sending it requests (as a client balancer does with a
+    // slow endpoint): it must not snap back to the mean weight, which would send it traffic
+    // again, find it slow again and see-saw; it holds what it earned, easing to the mean with
+    // a half-life of one window (30 s).
+    let mut sim = Sim::new(&[10.0, 10.0, 10.0, 50.0]);
+    let before = sim.run(40);
+    let earned = before[3] / before[0];
+    assert!(earned < 0.3, "judged slow first: {before:?}");
+    sim.load[3].0 = f64::NAN;
+    // Its requests stay in the window for up to 30 s; then it is quiet.
+    let mut quiet_at = None;
+    for second in 0..40 {
+        sim.second();
+        if sim.endpoint(3).reason.starts_with("low volume") {
+            quiet_at = Some(second);
+            break;
+        }
+    }
+    assert!(
+        quiet_at.is_some(),
+        "quiet once its requests left the window"
+    );
+    let held = sim.weights();
+    let ratio = |w: &[f64]| w[3] / w[0];
+    assert!(
+        (ratio(&held) / earned - 1.0).abs() < 0.3,
+        "held near its earned weight ({earned:.3}), not the mean: {held:?}"
+    );
+    let reason = sim.endpoint(3).reason;
+    assert!(reason.contains("held at"), "{reason}");
+    // One half-life on: the multiplier's log is halved (×0.2 becomes about ×0.45).
+    let half = sim.run(30);
+    let expected = (ratio(&held)).sqrt();
+    assert!(
+        (ratio(&half) / expected - 1.0).abs() < 0.15,
+        "about {expected:.3} after one half-life: {half:?}"
+    );
+    assert!(ratio(&half) > ratio(&held), "easing up: {half:?}");
+    // Five half-lives on: close to the mean, never past it.
+    let late = sim.run(120);
+    assert!(ratio(&late) > 0.9 && ratio(&late) <= 1.0 + 1e-9, "{late:?}");
+    // Traffic again, fast now: judged again, and back to an even share by bounded steps.
+    sim.load[3].0 = 10.0;
+    let back = sim.run(40);
+    assert!((ratio(&back) - 1.0).abs() < 0.1, "{back:?}");
+    assert!(!sim.endpoint(3).reason.contains("low volume"));
+    assert!((sum(&back) - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_few_slow_requests_count_in_proportion() {
+    // Its callers avoided it from the start (their own peak-EWMA saw it slow first): one request
+    // every 4 s, 7 or 8 in the window, never the 10 that judge it fully. Those few requests, all
+    // 7x slower than its peers', still lower its weight in proportion to their number; the mean
+    // weight would tell the clients it is as good as the others.
+    let mut sim = Sim::new(&[10.0, 10.0, 10.0, 70.0]);
+    sim.trickle[3] = Some(4);
+    let weights = sim.run(60);
+    let ratio = weights[3] / weights[0];
+    let requests = (sim.endpoint(3).requests_per_sec * 30.0).round();
+    assert!((1.0..10.0).contains(&requests), "{requests}");
+    // (peers' p90 / its p90)^(n/10).
+    let p90 = |i: usize| sim.endpoint(i).latency_ms.p90.expect("a p90");
+    let expected = (p90(0) / p90(3)).powf(requests / 10.0);
+    assert!(expected < 0.5, "{expected}");
+    assert!(
+        (ratio / expected - 1.0).abs() < 0.25,
+        "{ratio:.3} against about {expected:.3} ({requests} requests): {weights:?}"
+    );
+    let reason = sim.endpoint(3).reason;
+    assert!(
+        reason.starts_with(&format!(
+            "low volume ({requests} < 10 requests): effective p90 "
+        )) && reason.contains(&format!("x median, counted {}%", requests * 10.0))
+            && reason.ends_with("the rest at the mean"),
+        "{reason}"
+    );
+    assert!((sum(&weights) - 1.0).abs() < 1e-9);
+}
+
+#[test]
+fn a_new_instance_without_traffic_still_ramps_to_the_mean() {
+    // Nothing earned, nothing held: a new instance that gets no requests yet follows its slow
+    // start to the mean, as before the hold existed.
+    let mut sim = Sim::new(&[10.0, 10.0, 10.0]);
+    sim.run(40);
+    sim.instances.push(instance("cart-new"));
+    sim.load.push((f64::NAN, 0.0));
+    sim.trickle.push(None);
+    let early = sim.run(5);
+    assert!(
+        early[3] < early[0] / 2.0,
+        "held back while young: {early:?}"
+    );
+    let late = sim.run(40);
+    assert!(
+        (late[3] / late[0] - 1.0).abs() < 0.06,
+        "at the mean: {late:?}"
+    );
+    let reason = sim.endpoint(3).reason;
+    assert!(reason.ends_with("mean weight"), "{reason}");
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]
