@@ -355,6 +355,106 @@ async fn slow_clients_are_closed_and_good_traffic_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_are_refused_and_good_traffic_goes_on() {
+    let mut config = loopback_config();
+    config.body_read_timeout = Duration::from_millis(500);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+
+    // Each row: a listener, a request whose headers promise 400 bytes, how its body comes,
+    // the status expected, and why.
+    let otlp = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n";
+    let sql = "POST /api/v1/sql HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n";
+    let cases: [(SocketAddr, &str, bool, &str, &str); 3] = [
+        (
+            addrs.otlp_http,
+            otlp,
+            false,
+            "HTTP/1.1 408",
+            "10 bytes, then silence",
+        ),
+        (
+            addrs.otlp_http,
+            otlp,
+            true,
+            "HTTP/1.1 408",
+            "a byte every 50 ms: never a long pause, but 20 s in all (a gap timeout would wait)",
+        ),
+        (
+            addrs.query_http,
+            sql,
+            false,
+            "HTTP/1.1 400",
+            "the query API, 10 bytes, then silence",
+        ),
+    ];
+    let mut slow = Vec::new();
+    for (addr, head, dribble, expected, why) in cases {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        slow.push(tokio::spawn(async move {
+            let (mut read, mut write) = stream.into_split();
+            write.write_all(head.as_bytes()).await.unwrap();
+            write.write_all(b"{\"resource").await.unwrap();
+            let writer = tokio::spawn(async move {
+                if dribble {
+                    for _ in 0..390 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if write.write_all(b" ").await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                // Held open (not finished) until the reader is done.
+                write
+            });
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut answer))
+                    .await
+                    .is_ok();
+            writer.abort();
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            assert!(closed, "{why}: not closed within 5 s");
+            assert!(answer.starts_with(expected), "{why}: {answer}");
+            assert!(
+                answer.contains("did not arrive within 500ms"),
+                "{why}: the reason: {answer}"
+            );
+            started.elapsed()
+        }));
+    }
+    // Good traffic beside them.
+    let answer = exchange(
+        TcpStream::connect(addrs.otlp_http).await.unwrap(),
+        &post_traces("beside-slow-bodies"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for case in slow {
+        let took = case.await.expect("the case's checks pass");
+        assert!(
+            took < Duration::from_secs(3),
+            "refused near its deadline: {took:?}"
+        );
+    }
+    let refused = collector
+        .metrics()
+        .refused_requests
+        .get_or_create(&wayfinder_collector::metrics::RefusalLabels {
+            protocol: "http/json",
+            reason: "body_timeout",
+        })
+        .get();
+    assert_eq!(refused, 2, "both OTLP bodies counted as body_timeout");
+    assert_eq!(
+        wayfinder_e2e::wait_for_rows(&collector, "service_name = 'beside-slow-bodies'", 1).await,
+        1
+    );
+    collector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_names_other_certificate_files_serves_them_at_once() {
     let pki = Pki::new();
     let first = pki.server_files();

@@ -1,6 +1,7 @@
 //! Who gets in: bearer-token authentication of the listeners, one set of tokens for ingest
 //! (the OTLP receivers), one for the query API (HTTP and gRPC), each optional; and TLS on every
-//! listener, with client certificates for the OTLP receivers ([`TlsFiles`]).
+//! listener, with client certificates for the OTLP receivers ([`TlsFiles`]); and how long a
+//! request body may take to arrive ([`BodyTimedOut`]).
 //!
 //! Tokens come from a file (one a line; blank lines and `#` comments skipped, so that a new
 //! token can be added before the old one is removed) or from an environment variable, never
@@ -19,6 +20,7 @@
 //! assert_eq!(format!("{:?}", Secret::new("s3cret")), "Secret(\"<redacted>\")");
 //! ```
 
+mod body_deadline;
 mod layer;
 mod tls;
 
@@ -30,6 +32,8 @@ use http::HeaderValue;
 use parking_lot::RwLock;
 use subtle::ConstantTimeEq as _;
 
+pub use body_deadline::BodyTimedOut;
+pub(crate) use body_deadline::DeadlineBody;
 pub use layer::{RequireToken, RequireTokenLayer, Style};
 pub use tls::{Protocols, TlsError, TlsFiles, TlsPaths};
 

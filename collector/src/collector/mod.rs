@@ -354,6 +354,7 @@ impl Collector {
         let bounds = serve::Bounds {
             caps: caps.clone(),
             start_timeout: config.header_read_timeout,
+            body_timeout: config.body_read_timeout,
             tls: tls.clone(),
             metrics: metrics.clone(),
         };

@@ -32,6 +32,8 @@ const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
 pub(super) struct Bounds {
     pub(super) caps: Caps,
     pub(super) start_timeout: Duration,
+    /// How long an HTTP request's body may take after its headers.
+    pub(super) body_timeout: Duration,
     pub(super) tls: Option<TlsFiles>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -87,6 +89,14 @@ impl Caps {
 }
 
 impl Bounds {
+    /// The HTTP listeners' timeouts: the headers', the body's.
+    fn timeouts(&self) -> http_server::Timeouts {
+        http_server::Timeouts {
+            headers: self.start_timeout,
+            body: self.body_timeout,
+        }
+    }
+
     /// Starts accepting on `listener`.
     fn accept(
         &self,
@@ -182,7 +192,7 @@ pub(super) fn otlp_http(
     let accepted = bounds.accept(listener, Listener::OtlpHttp, &stop);
     Stage::spawn(
         "otlp-http",
-        http_server::serve(accepted, router, bounds.start_timeout, stop),
+        http_server::serve(accepted, router, bounds.timeouts(), stop),
     )
 }
 
@@ -206,7 +216,7 @@ pub(super) fn query(
     let http = http_server::serve(
         bounds.accept(http, Listener::QueryHttp, &stop),
         router,
-        bounds.start_timeout,
+        bounds.timeouts(),
         stop.clone(),
     );
     let grpc = tonic::transport::Server::builder()

@@ -189,6 +189,10 @@ pub struct ServeArgs {
     /// and an HTTP/1 request to send its headers, before it is closed [default: 10s].
     #[arg(long, env = "WAYFINDER_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,
+    /// How long an HTTP request's body may take to arrive in full after its headers, before
+    /// the request is refused and its connection closed [default: 30s].
+    #[arg(long, env = "WAYFINDER_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    pub body_read_timeout: Option<Duration>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,

@@ -138,6 +138,8 @@ pub struct Config {
     /// How long a new connection has for its first bytes or TLS handshake, and an HTTP/1
     /// request for its headers.
     pub header_read_timeout: Duration,
+    /// How long an HTTP request's body may take to arrive in full after its headers.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -202,6 +204,7 @@ impl Default for Config {
             query_token: None,
             tls: None,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -546,6 +549,10 @@ impl Config {
                 .header_read_timeout
                 .or(duration("header_read_timeout", &file.header_read_timeout)?)
                 .unwrap_or(defaults.header_read_timeout),
+            body_read_timeout: args
+                .body_read_timeout
+                .or(duration("body_read_timeout", &file.body_read_timeout)?)
+                .unwrap_or(defaults.body_read_timeout),
             wal_sync: match args.wal_sync.or(file.wal_sync) {
                 Some(WalSyncMode::Always) => WalSync::Always,
                 Some(WalSyncMode::Interval) | None => WalSync::Interval(

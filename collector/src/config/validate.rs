@@ -72,6 +72,12 @@ impl Config {
                 "must be above zero".to_owned(),
             ));
         }
+        if self.body_read_timeout.is_zero() {
+            return Err(invalid(
+                "body_read_timeout",
+                "must be above zero".to_owned(),
+            ));
+        }
         if self.max_connections == 0 {
             return Err(invalid(
                 "max_connections",

@@ -24,6 +24,7 @@ use serde::Serialize;
 
 use super::grpc::RETRY_AFTER;
 use super::{HealthRefusal, Ingest, IngestError, Protocol, TraceRequest};
+use crate::access::BodyTimedOut;
 
 /// The router of the OTLP/HTTP port.
 pub fn router(ingest: Arc<Ingest>, max_body_bytes: usize) -> Router {
@@ -394,6 +395,14 @@ async fn read_body(
             Ok(frame) => frame,
             Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
                 return Err(too_large(limit));
+            }
+            Err(e) if BodyTimedOut::is_cause_of(&*e) => {
+                return Err(Refused::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    tonic::Code::DeadlineExceeded,
+                    "body_timeout",
+                    format!("{e}; send it faster, or raise --body-read-timeout"),
+                ));
             }
             Err(e) => {
                 return Err(Refused::new(

@@ -1,0 +1,140 @@
+//! The deadline for a request body: all of it must have arrived within `--body-read-timeout`
+//! of its headers, as Go's `http.Server.ReadTimeout` (the OpenTelemetry Collector's
+//! `read_timeout`) bounds a request. Headers have hyper's header-read timeout; without this, a
+//! client that sends its headers and then one byte a minute would hold its connection for as
+//! long as it liked. A deadline for the whole body, not for the gap between two chunks (nginx's
+//! `client_body_timeout`): a gap timeout still lets a body arrive a byte at a time.
+//!
+//! Past the deadline the body yields [`BodyTimedOut`]; the OTLP receivers answer 408 with
+//! `reason="body_timeout"`, the query API refuses the request, and the connection closes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body that did not arrive in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?} of its headers")]
+pub struct BodyTimedOut(pub Duration);
+
+impl BodyTimedOut {
+    /// Whether `error` (or an error it wraps) is a body that timed out.
+    pub fn is_cause_of(error: &(dyn std::error::Error + 'static)) -> bool {
+        std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<Self>())
+    }
+}
+
+pin_project! {
+    /// `inner`, failing with [`BodyTimedOut`] once `deadline` passes before its end.
+    pub(crate) struct DeadlineBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        deadline: Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<B> DeadlineBody<B> {
+    /// `inner`, due within `timeout` from now.
+    pub(crate) fn new(inner: B, timeout: Duration) -> Self {
+        Self {
+            inner,
+            deadline: tokio::time::sleep(timeout),
+            timeout,
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        // What has arrived is taken first: a body complete at the deadline is not refused.
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.deadline.poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(*this.timeout))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn chunk(text: &'static str) -> Result<Frame<Bytes>, std::convert::Infallible> {
+        Ok(Frame::data(Bytes::from_static(text.as_bytes())))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_arrives_in_time_is_whole() {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body = DeadlineBody::new(
+            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Duration::from_secs(30),
+        );
+        tokio::spawn(async move {
+            for part in ["a", "b", "c"] {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                tx.send(chunk(part)).await.expect("the body is read");
+            }
+        });
+        let bytes = body.collect().await.expect("in time").to_bytes();
+        assert_eq!(&bytes[..], b"abc");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_dribbles_past_the_deadline_fails() {
+        // A chunk every 9 s never pauses long, but the whole takes 36 s: refused at 30 s.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let body = DeadlineBody::new(
+            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            Duration::from_secs(30),
+        );
+        tokio::spawn(async move {
+            for part in ["a", "b", "c", "d"] {
+                tokio::time::sleep(Duration::from_secs(9)).await;
+                if tx.send(chunk(part)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        let error = body.collect().await.expect_err("too slow");
+        assert!(BodyTimedOut::is_cause_of(&*error), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        assert_eq!(
+            error.to_string(),
+            "the request body did not arrive within 30s of its headers"
+        );
+    }
+}
