@@ -11,14 +11,15 @@ use super::graph::Graph;
 use super::keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 use super::naming::{DatabaseName, database_name, edge_dimensions};
 use super::pending::Expiring;
-use super::stats::{BUCKET_SECONDS, Observation};
+use super::side::{
+    Half, Parent, Side, Waiting, connection_type, messaging_destination, observation, peer_class,
+    receives_messages, time_in_broker,
+};
+use super::stats::BUCKET_SECONDS;
 use crate::clock::unix_seconds;
 use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
 use crate::dimensions::Dimension;
 use crate::metrics::LogEvery;
-
-/// The values a span's facts carry for the configured attributes.
-type Values = Option<Arc<[Option<Arc<str>>]>>;
 
 /// How the builder is bounded.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,139 +81,6 @@ pub struct Counters {
     pub series_dropped: u64,
     /// Series evicted to keep within `max_bytes`.
     pub series_evicted: u64,
-}
-
-/// What one side of an edge left behind while waiting for the other.
-#[derive(Debug)]
-struct Half {
-    span: SpanRef,
-    service: Arc<str>,
-    instance: Option<Arc<str>>,
-    kind: SpanKind,
-    error: bool,
-    start_unix_nano: u64,
-    duration_ns: u64,
-    peer: Option<Box<PeerAttributes>>,
-    attributes: Values,
-    weight: f64,
-}
-
-impl Half {
-    /// The half a span leaves behind; its peer attributes are moved, not copied (the batch is
-    /// the builder's to consume).
-    fn take(span: &mut SpanFacts) -> Self {
-        Self {
-            span: span.id,
-            service: span.service.clone(),
-            instance: span.instance.clone(),
-            kind: span.kind,
-            error: span.error,
-            start_unix_nano: span.start_unix_nano,
-            duration_ns: span.duration_ns,
-            peer: span.peer.take(),
-            attributes: span.attributes.clone(),
-            weight: span.weight,
-        }
-    }
-
-    fn side(&self) -> Side<'_> {
-        Side {
-            span: Some(self.span),
-            service: &self.service,
-            instance: self.instance.as_ref(),
-            kind: self.kind,
-            error: self.error,
-            start_unix_nano: Some(self.start_unix_nano),
-            duration_ns: Some(self.duration_ns),
-            peer: self.peer.as_deref(),
-            class: None,
-            attributes: self.attributes.as_deref(),
-            weight: self.weight,
-        }
-    }
-}
-
-/// A half waiting in the pairing map, keyed by the client span's id.
-#[derive(Debug)]
-enum Waiting {
-    Client(Half),
-    Server(Half),
-}
-
-/// A recent span, for children in other services that name it as their parent.
-#[derive(Debug, Clone)]
-struct Parent {
-    service: Arc<str>,
-    instance: Option<Arc<str>>,
-    /// Whether it failed, and what its peer attributes say of the connection: what the edge
-    /// takes from the parent when the child comes second, so that failed counts and connection
-    /// types do not depend on which arrives first.
-    error: bool,
-    class: Option<ConnectionType>,
-    attributes: Values,
-    weight: f64,
-}
-
-/// One side of an edge being recorded.
-#[derive(Debug, Clone, Copy)]
-struct Side<'a> {
-    /// The span (`None` for a remembered parent).
-    span: Option<SpanRef>,
-    service: &'a Arc<str>,
-    instance: Option<&'a Arc<str>>,
-    kind: SpanKind,
-    error: bool,
-    /// When the span started (`None` for a remembered parent).
-    start_unix_nano: Option<u64>,
-    /// `None` when the side is not a client or server span (the parent-to-child rule).
-    duration_ns: Option<u64>,
-    peer: Option<&'a PeerAttributes>,
-    /// What a remembered parent's peer attributes said of the connection.
-    class: Option<ConnectionType>,
-    /// Its values of the configured attributes.
-    attributes: Option<&'a [Option<Arc<str>>]>,
-    /// How many spans it stands for.
-    weight: f64,
-}
-
-impl<'a> Side<'a> {
-    fn of(span: &'a SpanFacts) -> Self {
-        Self {
-            span: Some(span.id),
-            service: &span.service,
-            instance: span.instance.as_ref(),
-            kind: span.kind,
-            error: span.error,
-            start_unix_nano: Some(span.start_unix_nano),
-            duration_ns: Some(span.duration_ns),
-            peer: span.peer.as_deref(),
-            class: None,
-            attributes: span.attributes.as_deref(),
-            weight: span.weight,
-        }
-    }
-
-    fn parent(parent: &'a Parent) -> Self {
-        Self {
-            span: None,
-            service: &parent.service,
-            instance: parent.instance.as_ref(),
-            kind: SpanKind::Internal,
-            error: parent.error,
-            start_unix_nano: None,
-            duration_ns: None,
-            peer: None,
-            class: parent.class,
-            attributes: parent.attributes.as_deref(),
-            weight: parent.weight,
-        }
-    }
-
-    /// Used when a span is a child in another service: its own duration is not a client's.
-    fn without_latency(mut self) -> Self {
-        self.duration_ns = None;
-        self
-    }
 }
 
 /// The live service graph and the halves waiting to become edges.
@@ -730,69 +598,3 @@ const MAX_EDGE_WAIT: Duration = Duration::from_secs(3600);
 
 /// Links followed per consumer span (a batch consumer may link to many producers).
 const MAX_LINKS: usize = 128;
-
-fn observation(client: Option<Side<'_>>, server: Option<Side<'_>>) -> Observation {
-    Observation {
-        error: client.is_some_and(|c| c.error) || server.is_some_and(|s| s.error),
-        server_ns: server.and_then(|s| s.duration_ns),
-        client_ns: client.and_then(|c| c.duration_ns),
-        messaging_ns: None,
-        exemplar: client
-            .and_then(|c| c.span)
-            .or_else(|| server.and_then(|s| s.span))
-            .map(|span| (span, 0.0)),
-        // Sampling is by trace: both sides stand for the same number of requests.
-        weight: client.or(server).map_or(1.0, |side| side.weight),
-    }
-}
-
-/// The time a message spent in the broker: from the producer span's end to the consumer span's
-/// start, as Tempo's `traces_service_graph_request_messaging_system_seconds` has it; `None`
-/// when the consumer seems to start first (clocks out of step), which Tempo skips too.
-fn time_in_broker(producer: Side<'_>, consumer: Side<'_>) -> Option<u64> {
-    let end = producer.start_unix_nano? + producer.duration_ns?;
-    consumer
-        .start_unix_nano?
-        .checked_sub(end)
-        .filter(|&ns| ns > 0)
-}
-
-fn receives_messages(peer: &PeerAttributes) -> bool {
-    peer.receives_messages()
-}
-
-fn messaging_destination(peer: &PeerAttributes) -> Option<&str> {
-    peer.messaging_system.as_ref()?;
-    peer.messaging_destination.as_deref()
-}
-
-/// The connection type: what the client side says, else what the server side says.
-fn connection_type(client: Option<Side<'_>>, server: Option<Side<'_>>) -> ConnectionType {
-    let messaging = client.is_some_and(|c| c.kind == SpanKind::Producer)
-        || server.is_some_and(|s| s.kind == SpanKind::Consumer);
-    if messaging {
-        return ConnectionType::Messaging;
-    }
-    [client, server]
-        .into_iter()
-        .flatten()
-        .find_map(|side| side.class.or_else(|| side.peer.and_then(peer_class)))
-        .unwrap_or(ConnectionType::Other)
-}
-
-/// What one side's peer attributes say of the connection, if anything.
-fn peer_class(peer: &PeerAttributes) -> Option<ConnectionType> {
-    if peer.rpc_system.as_deref() == Some("grpc") {
-        return Some(ConnectionType::Grpc);
-    }
-    if peer.db_system.is_some() {
-        return Some(ConnectionType::Database);
-    }
-    if peer.messaging_system.is_some() {
-        return Some(ConnectionType::Messaging);
-    }
-    if peer.http || peer.url_full.is_some() {
-        return Some(ConnectionType::Http);
-    }
-    None
-}

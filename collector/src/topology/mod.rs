@@ -33,6 +33,7 @@ mod keys;
 mod metrics;
 mod naming;
 mod pending;
+mod side;
 mod snapshot;
 pub mod stats;
 
