@@ -454,6 +454,114 @@ async fn slow_bodies_are_refused_and_good_traffic_goes_on() {
     collector.shutdown().await;
 }
 
+/// An OTLP/gRPC export over HTTP/2 whose message promises 400 bytes and stops after 10; the
+/// `grpc-status` and `grpc-message` it gets back, and how long that took.
+async fn stalled_grpc_export(addr: SocketAddr) -> (String, String, Duration) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    tokio::spawn(connection);
+    let (mut tx, rx) = futures::channel::mpsc::channel::<
+        Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>,
+    >(4);
+    let request = http::Request::post(format!(
+        "http://{addr}/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::StreamBody::new(rx))
+    .unwrap();
+    // The gRPC frame's prefix (uncompressed, 400 bytes), then 10 of them; the sender is kept,
+    // so the stream stays open.
+    let mut first = vec![0u8, 0, 0, 1, 144];
+    first.extend_from_slice(&[0x0a; 10]);
+    futures::SinkExt::send(&mut tx, Ok(hyper::body::Frame::data(first.into())))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(5), async {
+        let response = sender.send_request(request).await.expect("an answer");
+        let (parts, body) = response.into_parts();
+        // Trailers-only (the call failed before an answer), or trailers after the body.
+        if parts.headers.contains_key("grpc-status") {
+            return parts.headers;
+        }
+        http_body_util::BodyExt::collect(body)
+            .await
+            .expect("the answer's body")
+            .trailers()
+            .cloned()
+            .unwrap_or_default()
+    })
+    .await
+    .expect("answered within 5 s");
+    drop(tx);
+    let field = |name: &str| {
+        response
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("?").to_owned())
+            .unwrap_or_default()
+    };
+    // grpc-message is percent-encoded.
+    let raw = field("grpc-message").into_bytes();
+    let mut message = Vec::new();
+    let mut i = 0;
+    while i < raw.len() {
+        let hex = raw
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (raw[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                message.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                message.push(byte);
+                i += 1;
+            }
+        }
+    }
+    let message = String::from_utf8_lossy(&message).into_owned();
+    (field("grpc-status"), message, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_grpc_message_is_refused_deadline_exceeded() {
+    let mut config = loopback_config();
+    config.body_read_timeout = Duration::from_millis(500);
+    let collector = start(config).await;
+    let addrs = collector.addrs();
+    let (status, message, took) = stalled_grpc_export(addrs.otlp_grpc).await;
+    assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
+    assert!(message.contains("did not arrive within 500ms"), "{message}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let refused = collector
+        .metrics()
+        .refused_requests
+        .get_or_create(&wayfinder_collector::metrics::RefusalLabels {
+            protocol: "grpc",
+            reason: "body_timeout",
+        })
+        .get();
+    assert_eq!(refused, 1);
+    // An export in time on the same listener is taken.
+    let mut client = TraceServiceClient::connect(format!("http://{}", addrs.otlp_grpc))
+        .await
+        .expect("a gRPC connection");
+    client
+        .export(trace_request(
+            Some("after-stall"),
+            vec![span([8; 16], 1, "s", 1, 2)],
+        ))
+        .await
+        .expect("accepted");
+    collector.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_names_other_certificate_files_serves_them_at_once() {
     let pki = Pki::new();

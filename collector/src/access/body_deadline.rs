@@ -40,6 +40,8 @@ pin_project! {
         #[pin]
         deadline: Sleep,
         timeout: Duration,
+        // Set once the timeout was reported: the body then ends, so it is reported once.
+        timed_out: bool,
     }
 }
 
@@ -50,6 +52,7 @@ impl<B> DeadlineBody<B> {
             inner,
             deadline: tokio::time::sleep(timeout),
             timeout,
+            timed_out: false,
         }
     }
 }
@@ -67,18 +70,24 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
+        if *this.timed_out {
+            return Poll::Ready(None);
+        }
         // What has arrived is taken first: a body complete at the deadline is not refused.
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         match this.deadline.poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut(*this.timeout))))),
+            Poll::Ready(()) => {
+                *this.timed_out = true;
+                Poll::Ready(Some(Err(Box::new(BodyTimedOut(*this.timeout)))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.timed_out || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -129,7 +138,17 @@ mod tests {
             }
         });
         let started = tokio::time::Instant::now();
-        let error = body.collect().await.expect_err("too slow");
+        let mut body = std::pin::pin!(body);
+        let mut received = Vec::new();
+        let error = loop {
+            match body.frame().await.expect("an error before the end") {
+                Ok(frame) => received.extend_from_slice(&frame.into_data().expect("data")),
+                Err(error) => break error,
+            }
+        };
+        assert_eq!(&received[..], b"abc", "what arrived in time was passed on");
+        assert!(body.frame().await.is_none(), "reported once, then the end");
+        assert!(body.is_end_stream());
         assert!(BodyTimedOut::is_cause_of(&*error), "{error}");
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         assert_eq!(

@@ -161,8 +161,10 @@ pub(super) fn otlp_grpc(
         // was latency-bound with a core idle.
         .initial_stream_window_size(Some(OTLP_STREAM_WINDOW))
         .initial_connection_window_size(Some(OTLP_CONNECTION_WINDOW))
-        .add_service(TraceService::new(ingest.clone(), max_message_bytes))
-        .add_service(LogsService::new(ingest, max_message_bytes))
+        .add_service(
+            TraceService::new(ingest.clone(), max_message_bytes).body_timeout(bounds.body_timeout),
+        )
+        .add_service(LogsService::new(ingest, max_message_bytes).body_timeout(bounds.body_timeout))
         .serve_with_incoming_shutdown(
             incoming(bounds.accept(listener, Listener::OtlpGrpc, &stop)),
             stop.cancelled_owned(),

@@ -20,6 +20,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{Ingest, IngestError, PreparedTraces, Protocol, TraceRequest};
+use crate::access::{BodyTimedOut, DeadlineBody};
 
 /// How long a refused client is asked to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -73,6 +74,7 @@ pub const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsS
 pub struct TraceService {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
+    body_timeout: Duration,
 }
 
 /// The OTLP `LogsService`.
@@ -80,7 +82,12 @@ pub struct TraceService {
 pub struct LogsService {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
+    body_timeout: Duration,
 }
+
+/// How long a request's message may take to arrive after its headers, unless set
+/// (`--body-read-timeout`).
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TraceService {
     /// The service, refusing messages over `max_message_bytes` after decompression.
@@ -88,7 +95,15 @@ impl TraceService {
         Self {
             ingest,
             max_message_bytes,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
+    }
+
+    /// Refuses (`DEADLINE_EXCEEDED`) a request whose message has not arrived in full within
+    /// `timeout` of its headers (30 s unless set).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 }
 
@@ -98,8 +113,36 @@ impl LogsService {
         Self {
             ingest,
             max_message_bytes,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
+
+    /// As [`TraceService::body_timeout`].
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
+    }
+}
+
+/// `request` with its body due within `timeout`: past it, the call fails `DEADLINE_EXCEEDED`
+/// (tonic answers a `Status` found in a body error as it is), counted as `body_timeout`.
+fn with_deadline(request: HttpRequest, timeout: Duration, ingest: &Arc<Ingest>) -> HttpRequest {
+    let ingest = ingest.clone();
+    request.map(|body| {
+        tonic::body::Body::new(http_body_util::BodyExt::map_err(
+            DeadlineBody::new(body, timeout),
+            move |error| -> Box<dyn std::error::Error + Send + Sync> {
+                if BodyTimedOut::is_cause_of(&*error) {
+                    ingest.refuse_request(Protocol::Grpc, "body_timeout");
+                    Box::new(Status::deadline_exceeded(format!(
+                        "{error}; send it faster, or raise --body-read-timeout"
+                    )))
+                } else {
+                    error
+                }
+            },
+        ))
+    })
 }
 
 impl NamedService for TraceService {
@@ -135,6 +178,7 @@ impl tower::Service<HttpRequest> for TraceService {
                 Status::unimplemented("no such method").into_http()
             )));
         }
+        let request = with_deadline(request, self.body_timeout, &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
         let export = ExportTraces(self.ingest.clone());
         Box::pin(async move { Ok(grpc.unary(export, request).await) })
@@ -156,6 +200,7 @@ impl tower::Service<HttpRequest> for LogsService {
                 Status::unimplemented("no such method").into_http()
             )));
         }
+        let request = with_deadline(request, self.body_timeout, &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
         let export = ExportLogs(self.ingest.clone());
         Box::pin(async move { Ok(grpc.unary(export, request).await) })
