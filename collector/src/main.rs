@@ -64,6 +64,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async {
+        // Before the collector starts and says where it listens: a SIGTERM or SIGHUP sent as
+        // soon as it answers must find the handlers in place. Both signals' default action
+        // ends the process at once, without the graceful shutdown's flush of the log.
+        let mut shutdown = ShutdownSignal::install()?;
+        let hangup = reload::Hangup::install()?;
         let running = Collector::start(config).await?;
         let addrs = running.addrs();
         let mut stdout = std::io::stdout().lock();
@@ -75,8 +80,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drop(stdout);
         let reloader = reload::Reloader::new(&args, &running, log_filter, filter_text);
         tokio::select! {
-            stop = shutdown_signal() => stop?,
-            error = reloader.run() => return Err(error),
+            stop = shutdown.recv() => stop?,
+            () = reloader.run(hangup) => {}
         }
         tracing::info!("shutting down");
         if tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown())
@@ -89,20 +94,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
+/// SIGINT and SIGTERM, listened for from [`ShutdownSignal::install`] on.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot listen for SIGINT")?,
-            _ = terminate.recv() => {}
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    /// Takes over SIGINT and SIGTERM (in the runtime).
+    fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("cannot listen for Ctrl-C")?;
-    Ok(())
+
+    /// Resolves on the next SIGINT or SIGTERM.
+    async fn recv(&mut self) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot listen for Ctrl-C")?;
+        Ok(())
+    }
 }

@@ -14,6 +14,37 @@ use wayfinder_collector::RunningCollector;
 use wayfinder_collector::config::{Config, ServeArgs};
 use wayfinder_collector::metrics::OutcomeLabels;
 
+/// SIGHUP, listened for from [`Hangup::install`] on (before the collector starts: its default
+/// action ends the process).
+pub(crate) struct Hangup {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    /// Takes over SIGHUP (in the runtime).
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        #[cfg(unix)]
+        {
+            use anyhow::Context as _;
+            let kind = tokio::signal::unix::SignalKind::hangup();
+            Ok(Self {
+                signal: tokio::signal::unix::signal(kind).context("cannot listen for SIGHUP")?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    /// The next SIGHUP; never, where there is none.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        self.signal.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
+}
+
 /// How often the config file is looked at.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
@@ -40,27 +71,15 @@ impl<'a, S: 'static> Reloader<'a, S> {
         }
     }
 
-    /// Reloads on every SIGHUP and file change; returns only if SIGHUP cannot be listened for.
-    pub(crate) async fn run(mut self) -> anyhow::Error {
-        #[cfg(unix)]
-        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        {
-            Ok(hangup) => hangup,
-            Err(error) => return anyhow::anyhow!("cannot listen for SIGHUP: {error}"),
-        };
+    /// Reloads on every SIGHUP and file change; never returns.
+    pub(crate) async fn run(mut self, mut hangup: Hangup) {
         let mut seen = stat(self.args.config.as_ref());
         let mut tick = tokio::time::interval(WATCH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            #[cfg(unix)]
             let why = tokio::select! {
-                _ = hangup.recv() => "SIGHUP",
+                () = hangup.recv() => "SIGHUP",
                 _ = tick.tick() => "the config file changed",
-            };
-            #[cfg(not(unix))]
-            let why = {
-                tick.tick().await;
-                "the config file changed"
             };
             let now_seen = stat(self.args.config.as_ref());
             if why != "SIGHUP" && now_seen == seen {

@@ -59,6 +59,13 @@ fn serve_prints_its_addresses_and_exits_cleanly_on_sigterm() {
         addrs.insert(name, addr);
     }
     assert_eq!(addrs.len(), 4, "{addrs:?}");
+    // The signals are taken before the addresses are printed: a SIGHUP at once (whose default
+    // action would end the process) is a reload, and the collector goes on.
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
     let query = addrs["query-http"];
     assert_ne!(query.port(), 1, "the flag beats the environment");
     assert!(http_get(query, "/healthz").starts_with("HTTP/1.1 200"));
