@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod compare;
 mod decode;
 mod load;
+mod sealed_sql;
 mod snapshot;
 mod soak;
 
@@ -55,6 +56,9 @@ enum Command {
     /// Topology snapshots over a full hour of simulated traffic: what a reader costs the
     /// builder's lock on the first snapshot of a minute and on the ones after it.
     Snapshot(snapshot::SnapshotArgs),
+    /// SQL over sealed Parquet files: each query's cold first run (every footer read) and its
+    /// warm runs (footers and statistics from the engine's shared caches).
+    SealedSql(sealed_sql::SealedSqlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -131,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         Command::Memory(args) => memory(args),
         Command::Decode(args) => decode::decode(args),
         Command::Snapshot(args) => snapshot::snapshot(args),
+        Command::SealedSql(args) => runtime.block_on(sealed_sql::sealed_sql(args)),
         Command::Weights(args) => {
             weights_memory(&args)?;
             runtime.block_on(weights_delay(args))

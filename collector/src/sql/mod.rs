@@ -18,6 +18,9 @@ use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
+use datafusion::execution::cache::cache_manager::{
+    CacheManager, CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
+};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
@@ -121,6 +124,50 @@ pub struct QueryEngine {
     runtime: Arc<QueryRuntime>,
     /// One place per query running.
     running: crate::cap::Cap,
+    caches: SharedCaches,
+}
+
+/// The caches every query shares, so that a sealed file's footer is read and decoded once, not
+/// once a query: its Parquet metadata (with the page index) and the statistics DataFusion
+/// collects from it for planning. Both are DataFusion's own caches, bounded by their defaults
+/// (50 MiB and 20 MiB, outside `--query-memory-bytes`, least recently used evicted), keyed by
+/// path and checked against the file's size and modification time, so that a file replaced
+/// under the same name is read again. A runtime per query (for its memory limit) used to
+/// bring fresh, empty caches each time.
+#[derive(Clone)]
+struct SharedCaches {
+    metadata: Arc<FileMetadataCache>,
+    statistics: Option<Arc<FileStatisticsCache>>,
+}
+
+impl std::fmt::Debug for SharedCaches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCaches")
+            .field("metadata_entries", &self.metadata.len())
+            .field(
+                "statistics_entries",
+                &self.statistics.as_ref().map(|c| c.len()),
+            )
+            .finish()
+    }
+}
+
+impl SharedCaches {
+    fn new() -> datafusion::error::Result<Self> {
+        let manager = CacheManager::try_new(&CacheManagerConfig::default())?;
+        Ok(Self {
+            metadata: manager.get_file_metadata_cache(),
+            statistics: manager.get_file_statistic_cache(),
+        })
+    }
+
+    /// A query's cache configuration: these caches, and its own list cache (the listing of a
+    /// query's files is its snapshot's).
+    fn config(&self) -> CacheManagerConfig {
+        CacheManagerConfig::default()
+            .with_file_metadata_cache(Some(self.metadata.clone()))
+            .with_file_statistics_cache(self.statistics.clone())
+    }
 }
 
 /// The threads queries run on; shut down without waiting when dropped.
@@ -155,7 +202,14 @@ impl QueryEngine {
             metrics,
             runtime: Arc::new(QueryRuntime(Some(runtime))),
             running: crate::cap::Cap::new(limits.max_concurrent),
+            caches: SharedCaches::new().map_err(std::io::Error::other)?,
         })
+    }
+
+    /// The sealed files whose Parquet metadata the shared cache holds.
+    #[cfg(test)]
+    pub(crate) fn cached_footers(&self) -> usize {
+        self.caches.metadata.len()
     }
 
     /// Also serves the registry's `health_events` table.
@@ -266,6 +320,7 @@ impl QueryEngine {
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
+            .with_cache_manager(self.caches.config())
             .build_arc()
             .map_err(internal)?;
         let config = SessionConfig::new()

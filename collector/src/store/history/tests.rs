@@ -157,6 +157,46 @@ async fn sealing_moves_spans_from_memory_to_hourly_parquet_files() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn queries_share_the_sealed_files_footers() {
+    let f = fixture(Duration::from_secs(60));
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
+    f.store
+        .append_logged_at(batch(1, 10, 1_000 * HOUR + 10), Some(1), t0);
+    f.store
+        .append_logged_at(batch(2, 5, 1_001 * HOUR + 5), Some(2), t0);
+    flush(&f.store, t0 + Duration::from_secs(2)).await;
+    assert_eq!(f.store.view().files.len(), 2, "two sealed files");
+    let engine = crate::sql::QueryEngine::new(
+        f.store.clone(),
+        crate::sql::QueryLimits {
+            timeout: Duration::from_secs(10),
+            memory_bytes: 64 << 20,
+            max_rows: 1_000,
+            max_concurrent: 2,
+        },
+        Arc::new(Metrics::new()),
+    )
+    .unwrap();
+    assert_eq!(engine.cached_footers(), 0);
+    for round in 0..3 {
+        let result = engine
+            .sql("SELECT count(*) FROM spans WHERE start_time IS NOT NULL")
+            .await
+            .unwrap();
+        let count = result.batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(count, 15, "round {round}: every sealed span");
+        // Each file's footer is read by the first query and kept for the next ones (a runtime
+        // of its own per query used to start each one with empty caches).
+        assert_eq!(engine.cached_footers(), 2, "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_seal_is_due_after_its_interval() {
     let f = fixture(Duration::from_secs(60));
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
