@@ -1,9 +1,13 @@
-//! Reading the standard `OTEL_*` variables: each value checked, each error naming its
+//! Reading the standard `OTEL_*` variables into [`Telemetry`]'s settings
+//! ([`Telemetry::from_env`]): each value checked, each error naming its
 //! variable.
 
 use opentelemetry::KeyValue;
 
-use super::{InitError, SamplerKind};
+use tracing_subscriber::EnvFilter;
+
+use super::{ExporterKind, InitError, LogFormat, Protocol, SamplerKind, Telemetry};
+use crate::propagation::Propagation;
 
 pub(super) fn invalid(variable: &'static str, value: &str, reason: &str) -> InitError {
     InitError::InvalidVariable {
@@ -186,5 +190,155 @@ pub(super) fn parse_bool(variable: &'static str, value: &str) -> (bool, Option<S
                 "{variable}={value:?} is not true or false; taken as false"
             )),
         )
+    }
+}
+
+impl Telemetry {
+    /// Settings from the process environment (see [`VARIABLES`]); unset variables keep the
+    /// defaults of [`Telemetry::new`].
+    pub fn from_env() -> Result<Self, InitError> {
+        Telemetry::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Settings from `lookup(name)`, read as [`Telemetry::from_env`] reads the environment.
+    ///
+    /// ```
+    /// use wayfinder_middleware::Telemetry;
+    ///
+    /// let env = |name: &str| match name {
+    ///     "OTEL_TRACES_SAMPLER" => Some("traceidratio".to_owned()),
+    ///     "OTEL_TRACES_SAMPLER_ARG" => Some("1.5".to_owned()),
+    ///     _ => None,
+    /// };
+    /// let error = Telemetry::from_lookup(env).unwrap_err();
+    /// assert!(error.to_string().contains("OTEL_TRACES_SAMPLER_ARG"));
+    /// ```
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let mut telemetry = Telemetry::new();
+        if let Some(attributes) = get("OTEL_RESOURCE_ATTRIBUTES") {
+            telemetry.resource = parse_resource_attributes(&attributes)?;
+            if let Some(name) = telemetry
+                .resource
+                .iter()
+                .find(|kv| kv.key.as_str() == "service.name")
+            {
+                telemetry.service_name = name.value.to_string();
+                telemetry.service_name_set = true;
+            }
+        }
+        if let Some(name) = get("OTEL_SERVICE_NAME") {
+            telemetry.service_name = name.trim().to_owned();
+            telemetry.service_name_set = true;
+        }
+        // The traces signal's own variable beats the generic one, which beats the default
+        // (the OTLP exporter specification).
+        let pick = |specific: &'static str, generic: &'static str| {
+            get(specific)
+                .map(|v| (specific, v))
+                .or_else(|| get(generic).map(|v| (generic, v)))
+        };
+        if let Some((variable, protocol)) = pick(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ) {
+            telemetry.protocol = match protocol.trim().to_ascii_lowercase().as_str() {
+                "grpc" => Protocol::Grpc,
+                "http/protobuf" => Protocol::HttpProtobuf,
+                "http/json" => {
+                    return Err(invalid(
+                        variable,
+                        &protocol,
+                        "http/json is not supported; use grpc or http/protobuf",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        variable,
+                        &protocol,
+                        "expected grpc or http/protobuf",
+                    ));
+                }
+            };
+        }
+        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
+            telemetry.endpoint = Some(endpoint.trim().to_owned());
+        }
+        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)?;
+            telemetry.traces_endpoint = Some(endpoint.trim().to_owned());
+        }
+        if let Some((variable, timeout)) = pick(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ) {
+            telemetry.export_timeout = parse_timeout(variable, &timeout)?;
+        }
+        if let Some((variable, headers)) = pick(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ) {
+            telemetry.headers = parse_headers(variable, &headers)?;
+        }
+        if let Some(exporters) = get("OTEL_TRACES_EXPORTER") {
+            let kinds: Vec<String> = exporters
+                .split(',')
+                .map(|e| e.trim().to_ascii_lowercase())
+                .filter(|e| !e.is_empty())
+                .collect();
+            telemetry.exporter_kind = match kinds.as_slice() {
+                [one] if one == "otlp" => ExporterKind::Otlp,
+                [one] if one == "console" => ExporterKind::Console,
+                [one] if one == "none" => ExporterKind::None,
+                [_] => {
+                    return Err(invalid(
+                        "OTEL_TRACES_EXPORTER",
+                        &exporters,
+                        "expected otlp, console or none",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "OTEL_TRACES_EXPORTER",
+                        &exporters,
+                        "one exporter at a time: otlp, console or none",
+                    ));
+                }
+            };
+        }
+        if let Some(disabled) = get("OTEL_SDK_DISABLED") {
+            let (disabled, warning) = parse_bool("OTEL_SDK_DISABLED", &disabled);
+            telemetry.warnings.extend(warning);
+            if disabled {
+                telemetry.exporter_kind = ExporterKind::None;
+            }
+        }
+        if let Some(propagators) = get("OTEL_PROPAGATORS") {
+            telemetry.propagation = Propagation::from_otel_propagators(&propagators)?;
+        }
+        let sampler_arg = get("OTEL_TRACES_SAMPLER_ARG");
+        if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
+            telemetry.sampler = parse_sampler(&sampler, sampler_arg.as_deref())?;
+        }
+        if let Some(filter) = get("RUST_LOG") {
+            EnvFilter::try_new(&filter)
+                .map_err(|error| invalid("RUST_LOG", &filter, &error.to_string()))?;
+            telemetry.log_filter = filter;
+        }
+        if let Some(format) = get("WAYFINDER_LOG_FORMAT") {
+            telemetry.log_format = match format.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(invalid(
+                        "WAYFINDER_LOG_FORMAT",
+                        &format,
+                        "expected text or json",
+                    ));
+                }
+            };
+        }
+        Ok(telemetry)
     }
 }
