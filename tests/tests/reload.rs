@@ -197,3 +197,53 @@ async fn a_token_file_named_anew_is_taken_and_turning_tokens_off_waits_for_a_res
     assert_eq!(status("no-token").await, 401);
     collector.shutdown().await;
 }
+
+/// Sends `request` on a new connection and reads until the collector closes it or `patience`
+/// runs out: what came back, or `None` when it was still open.
+async fn closed_within(
+    addr: std::net::SocketAddr,
+    request: &str,
+    patience: Duration,
+) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(patience, stream.read_to_end(&mut answer))
+        .await
+        .ok()
+        .map(|_| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_and_body_deadlines_change_in_place() {
+    let collector = start(loopback_config()).await;
+    let addrs = collector.addrs();
+    let stalled = "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{\"resource";
+    let patience = Duration::from_millis(1500);
+    // With the defaults (10 s, 30 s) neither a silent connection nor a stalled body is closed
+    // within 1.5 s.
+    assert_eq!(closed_within(addrs.otlp_http, "", patience).await, None);
+    assert_eq!(
+        closed_within(addrs.otlp_http, stalled, patience).await,
+        None
+    );
+
+    let mut new = collector.config();
+    new.header_read_timeout = Duration::from_millis(300);
+    new.body_read_timeout = Duration::from_millis(300);
+    let reloaded = collector.reload(new).expect("a valid configuration");
+    let mut applied = reloaded.applied.clone();
+    applied.sort();
+    assert_eq!(applied, ["body_read_timeout", "header_read_timeout"]);
+    assert!(reloaded.needs_restart.is_empty(), "{reloaded:?}");
+
+    // The next connections have the new limits.
+    let silent = closed_within(addrs.otlp_http, "", patience).await;
+    assert_eq!(silent.as_deref(), Some(""), "closed without an answer");
+    let answer = closed_within(addrs.otlp_http, stalled, patience)
+        .await
+        .expect("closed within 1.5 s");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("within 300ms"), "{answer}");
+    collector.shutdown().await;
+}

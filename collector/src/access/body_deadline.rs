@@ -10,6 +10,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -29,6 +31,50 @@ impl BodyTimedOut {
     /// Whether `error` (or an error it wraps) is a body that timed out.
     pub fn is_cause_of(error: &(dyn std::error::Error + 'static)) -> bool {
         std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<Self>())
+    }
+}
+
+/// The listeners' time limits, shared by every connection and changed in place by a
+/// configuration reload: how long a connection has for its first bytes or TLS handshake and an
+/// HTTP/1 request for its headers (`--header-read-timeout`), and how long a request's body may
+/// take after them (`--body-read-timeout`). A connection or request takes the limits in force
+/// when it starts.
+///
+/// ```
+/// use std::time::Duration;
+/// use wayfinder_collector::access::Deadlines;
+///
+/// let deadlines = Deadlines::new(Duration::from_secs(10), Duration::from_secs(30));
+/// let shared = deadlines.clone();
+/// deadlines.set(Duration::from_secs(5), Duration::from_secs(60));
+/// assert_eq!((shared.headers(), shared.body()), (Duration::from_secs(5), Duration::from_secs(60)));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Deadlines(Arc<[AtomicU64; 2]>);
+
+impl Deadlines {
+    /// The header and body limits.
+    pub fn new(headers: Duration, body: Duration) -> Self {
+        let deadlines = Self(Arc::new([AtomicU64::new(0), AtomicU64::new(0)]));
+        deadlines.set(headers, body);
+        deadlines
+    }
+
+    /// Changes both limits, for the connections and requests that start from now on.
+    pub fn set(&self, headers: Duration, body: Duration) {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.0[0].store(nanos(headers), Ordering::Relaxed);
+        self.0[1].store(nanos(body), Ordering::Relaxed);
+    }
+
+    /// A connection's time to start, and an HTTP/1 request's for its headers.
+    pub fn headers(&self) -> Duration {
+        Duration::from_nanos(self.0[0].load(Ordering::Relaxed))
+    }
+
+    /// A request's time for its whole body after its headers.
+    pub fn body(&self) -> Duration {
+        Duration::from_nanos(self.0[1].load(Ordering::Relaxed))
     }
 }
 

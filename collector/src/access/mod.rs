@@ -32,8 +32,8 @@ use http::HeaderValue;
 use parking_lot::RwLock;
 use subtle::ConstantTimeEq as _;
 
-pub use body_deadline::BodyTimedOut;
 pub(crate) use body_deadline::DeadlineBody;
+pub use body_deadline::{BodyTimedOut, Deadlines};
 pub use layer::{RequireToken, RequireTokenLayer, Style};
 pub use tls::{Protocols, TlsError, TlsFiles, TlsPaths};
 

@@ -12,6 +12,7 @@
 //! whose handshake fails (a bad or missing client certificate, a plaintext client on a TLS
 //! port) in `wayfinder_tls_handshake_failures_total{listener}`.
 
+use crate::access::Deadlines;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -49,8 +50,9 @@ pub(super) struct ListenerTls {
 pub(super) struct Accept {
     pub(super) name: &'static str,
     pub(super) cap: Cap,
-    /// How long a new connection has for its first bytes or its TLS handshake.
-    pub(super) start_timeout: Duration,
+    /// How long a new connection has for its first bytes or its TLS handshake: the header
+    /// limit in force when it is accepted.
+    pub(super) deadlines: Deadlines,
     pub(super) tls: Option<ListenerTls>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -110,7 +112,7 @@ impl Accept {
             let (this, ready, counters) = (self.clone(), ready.clone(), counters.clone());
             tokio::spawn(async move {
                 let local = tcp.local_addr().ok();
-                match tokio::time::timeout(this.start_timeout, this.start(tcp)).await {
+                match tokio::time::timeout(this.deadlines.headers(), this.start(tcp)).await {
                     Ok(Ok(io)) => {
                         let conn = Conn {
                             io,

@@ -4,8 +4,6 @@
 //! attack), a deadline for each request's body ([`DeadlineBody`]), and graceful shutdown that
 //! lets requests in flight finish.
 
-use std::time::Duration;
-
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -15,29 +13,16 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use super::connections::Conn;
-use crate::access::DeadlineBody;
-
-/// How long a client has for its request's headers, and then for its body.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Timeouts {
-    pub(super) headers: Duration,
-    pub(super) body: Duration,
-}
+use crate::access::{DeadlineBody, Deadlines};
 
 /// Serves `router` on each connection of `accepted` until `stop`, then waits for the requests
 /// in flight (the caller bounds how long).
 pub(super) async fn serve(
     mut accepted: mpsc::Receiver<Conn>,
     router: axum::Router,
-    timeouts: Timeouts,
+    deadlines: Deadlines,
     stop: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeouts.headers);
-    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     loop {
         let conn = tokio::select! {
@@ -47,7 +32,14 @@ pub(super) async fn serve(
             },
             () = stop.cancelled() => break,
         };
-        let body_timeout = timeouts.body;
+        // The limits in force as the connection starts (a reload changes them for the next).
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(deadlines.headers());
+        builder.http2().timer(TokioTimer::new());
+        let body_timeout = deadlines.body();
         let service = TowerToHyperService::new(router.clone().map_request(
             move |request: http::Request<hyper::body::Incoming>| {
                 request.map(|body| axum::body::Body::new(DeadlineBody::new(body, body_timeout)))

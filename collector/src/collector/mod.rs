@@ -351,10 +351,11 @@ impl Collector {
         let query_stop = CancellationToken::new();
 
         let caps = serve::Caps::new(config.max_connections);
+        let deadlines =
+            crate::access::Deadlines::new(config.header_read_timeout, config.body_read_timeout);
         let bounds = serve::Bounds {
             caps: caps.clone(),
-            start_timeout: config.header_read_timeout,
-            body_timeout: config.body_read_timeout,
+            deadlines: deadlines.clone(),
             tls: tls.clone(),
             metrics: metrics.clone(),
         };
@@ -456,6 +457,7 @@ impl Collector {
             store: store.clone(),
             api: state.clone(),
             caps,
+            deadlines,
             queue: queue_budget,
             ingest_tokens: ingest_tokens.clone(),
             query_tokens: query_tokens.clone(),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::serve::Caps;
-use crate::access::{TlsFiles, Tokens};
+use crate::access::{Deadlines, TlsFiles, Tokens};
 use crate::config::{Config, ConfigError};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::pipeline::QueueBudget;
@@ -43,6 +43,8 @@ pub const IN_PLACE: &[&str] = &[
     "weight_max_ejection",
     "max_connections",
     "max_watchers",
+    "header_read_timeout",
+    "body_read_timeout",
 ];
 
 /// The settings (as config-file keys) that a reload changes in place while the feature they
@@ -76,6 +78,7 @@ pub(super) struct Live {
     pub(super) store: Arc<dyn SpanStore>,
     pub(super) api: Arc<ApiState>,
     pub(super) caps: Caps,
+    pub(super) deadlines: Deadlines,
     pub(super) queue: QueueBudget,
     pub(super) ingest_tokens: Option<Tokens>,
     pub(super) query_tokens: Option<Tokens>,
@@ -180,6 +183,8 @@ impl Live {
         let weights = merged.weights();
         self.api.weights.set_rule(weights.rule, weights.ttl);
         self.caps.set(merged.max_connections);
+        self.deadlines
+            .set(merged.header_read_timeout, merged.body_read_timeout);
         self.api.watchers.set_max(merged.max_watchers);
         *self.api.config.write() = Arc::new(merged.in_force());
         *current = merged;
@@ -230,6 +235,8 @@ fn merged(running: &Config, new: &Config) -> Config {
     merged.weight_max_ejection = new.weight_max_ejection;
     merged.max_connections = new.max_connections;
     merged.max_watchers = new.max_watchers;
+    merged.header_read_timeout = new.header_read_timeout;
+    merged.body_read_timeout = new.body_read_timeout;
     merged
 }
 
@@ -295,6 +302,8 @@ mod tests {
         new.weight_max_ejection /= 2.0;
         new.max_connections *= 2;
         new.max_watchers *= 2;
+        new.header_read_timeout *= 2;
+        new.body_read_timeout *= 2;
         // And some that need a restart.
         new.otlp_grpc.set_port(1);
         new.edge_wait *= 2;

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use std::time::Duration;
-
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::connections::{Accept, Conn, ListenerTls, incoming};
 use super::http_server;
 use super::stage::Stage;
-use crate::access::{Protocols, RequireTokenLayer, Style, TlsFiles, Tokens};
+use crate::access::{Deadlines, Protocols, RequireTokenLayer, Style, TlsFiles, Tokens};
 use crate::cap::Cap;
 use crate::metrics::{ListenerLabels, Metrics};
 use crate::query::ApiState;
@@ -31,9 +29,8 @@ const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
 #[derive(Debug, Clone)]
 pub(super) struct Bounds {
     pub(super) caps: Caps,
-    pub(super) start_timeout: Duration,
-    /// How long an HTTP request's body may take after its headers.
-    pub(super) body_timeout: Duration,
+    /// How long a connection has to start, a request for its headers and then its body.
+    pub(super) deadlines: Deadlines,
     pub(super) tls: Option<TlsFiles>,
     pub(super) metrics: Arc<Metrics>,
 }
@@ -89,14 +86,6 @@ impl Caps {
 }
 
 impl Bounds {
-    /// The HTTP listeners' timeouts: the headers', the body's.
-    fn timeouts(&self) -> http_server::Timeouts {
-        http_server::Timeouts {
-            headers: self.start_timeout,
-            body: self.body_timeout,
-        }
-    }
-
     /// Starts accepting on `listener`.
     fn accept(
         &self,
@@ -107,7 +96,7 @@ impl Bounds {
         Accept {
             name: listener.name(),
             cap: self.caps.0[listener as usize].clone(),
-            start_timeout: self.start_timeout,
+            deadlines: self.deadlines.clone(),
             tls: self.tls.clone().map(|files| ListenerTls {
                 files,
                 protocols: listener.protocols(),
@@ -162,9 +151,12 @@ pub(super) fn otlp_grpc(
         .initial_stream_window_size(Some(OTLP_STREAM_WINDOW))
         .initial_connection_window_size(Some(OTLP_CONNECTION_WINDOW))
         .add_service(
-            TraceService::new(ingest.clone(), max_message_bytes).body_timeout(bounds.body_timeout),
+            TraceService::new(ingest.clone(), max_message_bytes)
+                .deadlines(bounds.deadlines.clone()),
         )
-        .add_service(LogsService::new(ingest, max_message_bytes).body_timeout(bounds.body_timeout))
+        .add_service(
+            LogsService::new(ingest, max_message_bytes).deadlines(bounds.deadlines.clone()),
+        )
         .serve_with_incoming_shutdown(
             incoming(bounds.accept(listener, Listener::OtlpGrpc, &stop)),
             stop.cancelled_owned(),
@@ -194,7 +186,7 @@ pub(super) fn otlp_http(
     let accepted = bounds.accept(listener, Listener::OtlpHttp, &stop);
     Stage::spawn(
         "otlp-http",
-        http_server::serve(accepted, router, bounds.timeouts(), stop),
+        http_server::serve(accepted, router, bounds.deadlines.clone(), stop),
     )
 }
 
@@ -218,7 +210,7 @@ pub(super) fn query(
     let http = http_server::serve(
         bounds.accept(http, Listener::QueryHttp, &stop),
         router,
-        bounds.timeouts(),
+        bounds.deadlines.clone(),
         stop.clone(),
     );
     let grpc = tonic::transport::Server::builder()

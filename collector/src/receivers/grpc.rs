@@ -20,7 +20,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::{Ingest, IngestError, PreparedTraces, Protocol, TraceRequest};
-use crate::access::{BodyTimedOut, DeadlineBody};
+use crate::access::{BodyTimedOut, DeadlineBody, Deadlines};
 
 /// How long a refused client is asked to wait before it retries.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
@@ -74,7 +74,7 @@ pub const LOGS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsS
 pub struct TraceService {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
-    body_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 /// The OTLP `LogsService`.
@@ -82,12 +82,15 @@ pub struct TraceService {
 pub struct LogsService {
     ingest: Arc<Ingest>,
     max_message_bytes: usize,
-    body_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 /// How long a request's message may take to arrive after its headers, unless set
 /// (`--body-read-timeout`).
 const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The header limit that goes with it in [`Deadlines`] (the listener enforces it, not these
+/// services).
+const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl TraceService {
     /// The service, refusing messages over `max_message_bytes` after decompression.
@@ -95,14 +98,20 @@ impl TraceService {
         Self {
             ingest,
             max_message_bytes,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
+            deadlines: Deadlines::new(DEFAULT_HEADER_TIMEOUT, DEFAULT_BODY_TIMEOUT),
         }
     }
 
     /// Refuses (`DEADLINE_EXCEEDED`) a request whose message has not arrived in full within
     /// `timeout` of its headers (30 s unless set).
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.body_timeout = timeout;
+        self.deadlines = Deadlines::new(DEFAULT_HEADER_TIMEOUT, timeout);
+        self
+    }
+
+    /// Takes the body limit from `deadlines` at each request (a reload changes it in place).
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
         self
     }
 }
@@ -113,13 +122,19 @@ impl LogsService {
         Self {
             ingest,
             max_message_bytes,
-            body_timeout: DEFAULT_BODY_TIMEOUT,
+            deadlines: Deadlines::new(DEFAULT_HEADER_TIMEOUT, DEFAULT_BODY_TIMEOUT),
         }
     }
 
     /// As [`TraceService::body_timeout`].
     pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.body_timeout = timeout;
+        self.deadlines = Deadlines::new(DEFAULT_HEADER_TIMEOUT, timeout);
+        self
+    }
+
+    /// Takes the body limit from `deadlines` at each request (a reload changes it in place).
+    pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
         self
     }
 }
@@ -178,7 +193,7 @@ impl tower::Service<HttpRequest> for TraceService {
                 Status::unimplemented("no such method").into_http()
             )));
         }
-        let request = with_deadline(request, self.body_timeout, &self.ingest);
+        let request = with_deadline(request, self.deadlines.body(), &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
         let export = ExportTraces(self.ingest.clone());
         Box::pin(async move { Ok(grpc.unary(export, request).await) })
@@ -200,7 +215,7 @@ impl tower::Service<HttpRequest> for LogsService {
                 Status::unimplemented("no such method").into_http()
             )));
         }
-        let request = with_deadline(request, self.body_timeout, &self.ingest);
+        let request = with_deadline(request, self.deadlines.body(), &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
         let export = ExportLogs(self.ingest.clone());
         Box::pin(async move { Ok(grpc.unary(export, request).await) })
