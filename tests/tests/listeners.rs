@@ -500,33 +500,13 @@ async fn stalled_grpc_export(addr: SocketAddr) -> (String, String, Duration) {
     .await
     .expect("answered within 5 s");
     drop(tx);
-    let field = |name: &str| {
-        response
-            .get(name)
-            .map(|v| v.to_str().unwrap_or("?").to_owned())
-            .unwrap_or_default()
-    };
-    // grpc-message is percent-encoded.
-    let raw = field("grpc-message").into_bytes();
-    let mut message = Vec::new();
-    let mut i = 0;
-    while i < raw.len() {
-        let hex = raw
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok());
-        match (raw[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(byte)) => {
-                message.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                message.push(byte);
-                i += 1;
-            }
-        }
-    }
-    let message = String::from_utf8_lossy(&message).into_owned();
-    (field("grpc-status"), message, started.elapsed())
+    // tonic reads grpc-status and the percent-encoded grpc-message.
+    let status = tonic::Status::from_header_map(&response).expect("a grpc-status");
+    (
+        (status.code() as i32).to_string(),
+        status.message().to_owned(),
+        started.elapsed(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,6 +52,18 @@ impl BodyTimedOut {
 #[derive(Debug, Clone)]
 pub struct Deadlines(Arc<[AtomicU64; 2]>);
 
+/// `--header-read-timeout`'s default.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `--body-read-timeout`'s default.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Deadlines {
+    /// The defaults of `--header-read-timeout` (10 s) and `--body-read-timeout` (30 s).
+    fn default() -> Self {
+        Self::new(DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_BODY_READ_TIMEOUT)
+    }
+}
+
 impl Deadlines {
     /// The header and body limits.
     pub fn new(headers: Duration, body: Duration) -> Self {

@@ -33,7 +33,9 @@ use parking_lot::RwLock;
 use subtle::ConstantTimeEq as _;
 
 pub(crate) use body_deadline::DeadlineBody;
-pub use body_deadline::{BodyTimedOut, Deadlines};
+pub use body_deadline::{
+    BodyTimedOut, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, Deadlines,
+};
 pub use layer::{RequireToken, RequireTokenLayer, Style};
 pub use tls::{Protocols, TlsError, TlsFiles, TlsPaths};
 

@@ -28,7 +28,9 @@ use std::time::Duration;
 pub use args::{ServeArgs, WalSyncMode, parse_duration, parse_size};
 use file::{FileConfig, Size, list, read_file};
 
-use crate::access::{Secret, TlsPaths, TokenSource};
+use crate::access::{
+    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, Secret, TlsPaths, TokenSource,
+};
 use crate::wal::WalSync;
 use crate::weights::{RuleConfig, WeightsConfig};
 
@@ -203,8 +205,8 @@ impl Default for Config {
             ingest_token: None,
             query_token: None,
             tls: None,
-            header_read_timeout: Duration::from_secs(10),
-            body_read_timeout: Duration::from_secs(30),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }

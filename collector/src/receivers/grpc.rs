@@ -85,31 +85,19 @@ pub struct LogsService {
     deadlines: Deadlines,
 }
 
-/// How long a request's message may take to arrive after its headers, unless set
-/// (`--body-read-timeout`).
-const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// The header limit that goes with it in [`Deadlines`] (the listener enforces it, not these
-/// services).
-const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl TraceService {
     /// The service, refusing messages over `max_message_bytes` after decompression.
     pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
         Self {
             ingest,
             max_message_bytes,
-            deadlines: Deadlines::new(DEFAULT_HEADER_TIMEOUT, DEFAULT_BODY_TIMEOUT),
+            deadlines: Deadlines::default(),
         }
     }
 
     /// Refuses (`DEADLINE_EXCEEDED`) a request whose message has not arrived in full within
-    /// `timeout` of its headers (30 s unless set).
-    pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.deadlines = Deadlines::new(DEFAULT_HEADER_TIMEOUT, timeout);
-        self
-    }
-
-    /// Takes the body limit from `deadlines` at each request (a reload changes it in place).
+    /// `deadlines`' body limit of its headers, read at each request (a reload changes it in
+    /// place); 30 s unless set.
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
         self.deadlines = deadlines;
         self
@@ -122,17 +110,13 @@ impl LogsService {
         Self {
             ingest,
             max_message_bytes,
-            deadlines: Deadlines::new(DEFAULT_HEADER_TIMEOUT, DEFAULT_BODY_TIMEOUT),
+            deadlines: Deadlines::default(),
         }
     }
 
-    /// As [`TraceService::body_timeout`].
-    pub fn body_timeout(mut self, timeout: Duration) -> Self {
-        self.deadlines = Deadlines::new(DEFAULT_HEADER_TIMEOUT, timeout);
-        self
-    }
-
-    /// Takes the body limit from `deadlines` at each request (a reload changes it in place).
+    /// Refuses (`DEADLINE_EXCEEDED`) a request whose message has not arrived in full within
+    /// `deadlines`' body limit of its headers, read at each request (a reload changes it in
+    /// place); 30 s unless set.
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
         self.deadlines = deadlines;
         self
