@@ -34,8 +34,11 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
             ApiError::Query(e) => {
                 let status = match e {
-                    QueryError::Invalid(_) | QueryError::NotReadOnly(_) => StatusCode::BAD_REQUEST,
+                    QueryError::Invalid(_)
+                    | QueryError::NotReadOnly(_)
+                    | QueryError::TooComplex(_) => StatusCode::BAD_REQUEST,
                     QueryError::Execution(_)
+                    | QueryError::TooLarge(_)
                     | QueryError::OutOfMemory(_)
                     | QueryError::TooManyRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     QueryError::Timeout(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -17,8 +17,8 @@ use super::error::ApiError;
 use super::state::ApiState;
 use crate::decode::schema::{col, span_schema};
 use crate::reuse::SharedBody;
-use crate::sql::QueryResult;
 use crate::sql::json::{column_values, type_name, value_at};
+use crate::sql::{AnswerBudget, QueryError, QueryResult};
 use crate::store::view;
 
 pub(super) async fn sql(
@@ -28,11 +28,6 @@ pub(super) async fn sql(
 ) -> Result<Response, ApiError> {
     let request: SqlRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the body must be {{\"sql\": \"…\"}}: {e}")))?;
-    let result = state
-        .engine
-        .sql(&request.sql)
-        .await
-        .map_err(ApiError::Query)?;
     let wants_arrow = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -40,30 +35,41 @@ pub(super) async fn sql(
             v.split(',')
                 .any(|t| t.trim().starts_with(ARROW_STREAM_MEDIA_TYPE))
         });
-    if wants_arrow {
-        let bytes = tokio::task::spawn_blocking(move || arrow_stream(&result))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??;
-        return Ok(([(header::CONTENT_TYPE, ARROW_STREAM_MEDIA_TYPE)], bytes).into_response());
-    }
-    let response = tokio::task::spawn_blocking(move || sql_response(&result))
+    // The answer is made on the query threads, within the query's time and memory.
+    let (content_type, bytes) = state
+        .engine
+        .sql_with(&request.sql, move |result| {
+            if wants_arrow {
+                Ok((ARROW_STREAM_MEDIA_TYPE, arrow_stream(result)?))
+            } else {
+                Ok(("application/json", json_body(&sql_response(result)?)?))
+            }
+        })
         .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    Ok(axum::Json(response).into_response())
+        .map_err(ApiError::Query)?;
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }
 
-fn arrow_stream(result: &QueryResult) -> Result<Vec<u8>, ApiError> {
-    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
-    let mut writer = StreamWriter::try_new(Vec::new(), &result.schema).map_err(internal)?;
+fn arrow_stream(mut result: QueryResult) -> Result<Vec<u8>, QueryError> {
+    let failed = |e: datafusion::arrow::error::ArrowError| QueryError::Execution(e.to_string());
+    let mut writer = StreamWriter::try_new(Vec::new(), &result.schema).map_err(failed)?;
     for batch in &result.batches {
-        writer.write(batch).map_err(internal)?;
+        let before = writer.get_ref().len();
+        writer.write(batch).map_err(failed)?;
+        result.budget.take(writer.get_ref().len() - before)?;
+        result.budget.check()?;
     }
-    writer.finish().map_err(internal)?;
-    writer.into_inner().map_err(internal)
+    writer.finish().map_err(failed)?;
+    writer.into_inner().map_err(failed)
 }
 
-/// The JSON form of a query result.
-pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
+/// `value` as JSON text.
+pub(crate) fn json_body(value: &impl serde::Serialize) -> Result<Vec<u8>, QueryError> {
+    serde_json::to_vec(value).map_err(|e| QueryError::Execution(e.to_string()))
+}
+
+/// The JSON form of a query result, made within the answer's budget.
+pub fn sql_response(mut result: QueryResult) -> Result<SqlResponse, QueryError> {
     let columns = result
         .schema
         .fields()
@@ -73,14 +79,14 @@ pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
             data_type: type_name(f.data_type()),
         })
         .collect();
+    let budget = &mut result.budget;
     let mut rows = Vec::with_capacity(result.batches.iter().map(RecordBatch::num_rows).sum());
     for batch in &result.batches {
         let mut columns = batch
             .columns()
             .iter()
-            .map(|c| column_values(c).map(Vec::into_iter))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map(|c| column_values(c, budget).map(Vec::into_iter))
+            .collect::<Result<Vec<_>, _>>()?;
         for _ in 0..batch.num_rows() {
             rows.push(
                 columns
@@ -96,7 +102,7 @@ pub fn sql_response(result: &QueryResult) -> Result<SqlResponse, ApiError> {
 /// `GET /api/v1/traces/{trace_id}`: every stored span of a trace, by start time. It takes a
 /// slot of the query limit (503 + `Retry-After` beyond it), reads only the segments whose
 /// trace filter may hold the trace, and answers at most `--query-max-rows` spans (the earliest,
-/// with `"truncated": true`).
+/// with `"truncated": true`), within the query limits' time and memory.
 pub(super) async fn trace(
     State(state): State<Arc<ApiState>>,
     Path(trace_id): Path<String>,
@@ -108,14 +114,26 @@ pub(super) async fn trace(
     };
     let max_rows = state.engine.limits().max_rows;
     let view = state.engine.store().view();
-    let (spans, truncated) = if view.files.is_empty() {
-        let slot = state.engine.slot().map_err(ApiError::Query)?;
-        tokio::task::spawn_blocking(move || {
-            let _slot = slot;
-            spans_of_trace(&view.batches, wanted, max_rows)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??
+    let answer = move |spans: Vec<Value>, truncated: bool| {
+        if spans.is_empty() {
+            return Ok(None);
+        }
+        json_body(&serde_json::json!({
+            "trace_id": const_hex::encode(wanted),
+            "spans": spans,
+            "truncated": truncated,
+        }))
+        .map(Some)
+    };
+    let body = if view.files.is_empty() {
+        state
+            .engine
+            .bounded(move |mut budget| {
+                let (spans, truncated) =
+                    spans_of_trace(&view.batches, wanted, max_rows, &mut budget)?;
+                answer(spans, truncated)
+            })
+            .await
     } else {
         // Sealed spans too: SQL reads memory and the files whose Bloom filters may hold it.
         let sql = format!(
@@ -123,22 +141,22 @@ pub(super) async fn trace(
             const_hex::encode(wanted),
             max_rows.saturating_add(1)
         );
-        let result = state.engine.sql(&sql).await.map_err(ApiError::Query)?;
-        tokio::task::spawn_blocking(move || rows_as_objects(&result.batches, max_rows))
+        state
+            .engine
+            .sql_with(&sql, move |mut result| {
+                let (spans, truncated) =
+                    rows_as_objects(&result.batches, max_rows, &mut result.budget)?;
+                answer(spans, truncated)
+            })
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))??
-    };
-    if spans.is_empty() {
-        return Err(ApiError::NotFound(format!(
-            "no spans of trace {trace_id} are stored"
-        )));
     }
-    Ok(axum::Json(serde_json::json!({
-        "trace_id": const_hex::encode(wanted),
-        "spans": spans,
-        "truncated": truncated,
-    }))
-    .into_response())
+    .map_err(ApiError::Query)?;
+    match body {
+        Some(body) => Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response()),
+        None => Err(ApiError::NotFound(format!(
+            "no spans of trace {trace_id} are stored"
+        ))),
+    }
 }
 
 /// The stored spans of a trace as JSON objects (one key per column), by start time: at most
@@ -147,15 +165,18 @@ fn spans_of_trace(
     batches: &[crate::store::StoredBatch],
     wanted: view::TraceId,
     max_rows: usize,
-) -> Result<(Vec<Value>, bool), ApiError> {
-    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
+    budget: &mut AnswerBudget,
+) -> Result<(Vec<Value>, bool), QueryError> {
+    let failed = |e: datafusion::arrow::error::ArrowError| QueryError::Execution(e.to_string());
     let schema = span_schema();
     let wanted = [wanted];
     let mut matched = Vec::new();
     for stored in batches.iter().filter(|b| b.wanted(Some(&wanted))) {
+        budget.check()?;
         if let Some(rows) =
-            view::public_batch(&stored.batch, &schema, None, Some(&wanted)).map_err(internal)?
+            view::public_batch(&stored.batch, &schema, None, Some(&wanted)).map_err(failed)?
         {
+            budget.take(rows.get_array_memory_size())?;
             matched.push(rows);
         }
     }
@@ -168,7 +189,7 @@ fn spans_of_trace(
         order.extend((0..batch.num_rows()).map(|row| (starts.value(row), b, row)));
     }
     order.sort_unstable();
-    objects_at(&matched, order, max_rows)
+    objects_at(&matched, order, max_rows, budget)
 }
 
 /// The rows of `spans` batches, in order, as JSON objects: at most `max_rows`, and whether
@@ -176,21 +197,22 @@ fn spans_of_trace(
 fn rows_as_objects(
     batches: &[datafusion::arrow::record_batch::RecordBatch],
     max_rows: usize,
-) -> Result<(Vec<Value>, bool), ApiError> {
+    budget: &mut AnswerBudget,
+) -> Result<(Vec<Value>, bool), QueryError> {
     let order = batches
         .iter()
         .enumerate()
         .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |row| (0, b, row)))
         .collect();
-    objects_at(batches, order, max_rows)
+    objects_at(batches, order, max_rows, budget)
 }
 
 fn objects_at(
     matched: &[datafusion::arrow::record_batch::RecordBatch],
     mut order: Vec<(i64, usize, usize)>,
     max_rows: usize,
-) -> Result<(Vec<Value>, bool), ApiError> {
-    let internal = |e: datafusion::arrow::error::ArrowError| ApiError::Internal(e.to_string());
+    budget: &mut AnswerBudget,
+) -> Result<(Vec<Value>, bool), QueryError> {
     let truncated = order.len() > max_rows;
     order.truncate(max_rows);
     let mut spans = Vec::with_capacity(order.len());
@@ -200,7 +222,7 @@ fn objects_at(
         for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
             object.insert(
                 field.name().clone(),
-                value_at(column.as_ref(), row).map_err(internal)?,
+                value_at(column.as_ref(), row, budget)?,
             );
         }
         spans.push(Value::Object(object));

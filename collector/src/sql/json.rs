@@ -1,11 +1,21 @@
 //! Arrow values as JSON: numbers, strings, booleans and `null`; timestamps as RFC 3339 strings;
 //! maps and structs as objects; lists as arrays. Dictionary encoding is invisible.
+//!
+//! Every value made is counted in the query's [`AnswerBudget`] (its bytes, and the query's time
+//! limit checked as it goes), so that turning an answer into JSON is bounded as the query was;
+//! the work is linear in the values read (a dictionary's key is read, not its keys copied).
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, TimeUnit, *};
 use datafusion::arrow::error::ArrowError;
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use serde_json::{Map, Number, Value};
+
+use super::{AnswerBudget, QueryError};
+
+/// What a JSON value costs beside its text: `serde_json::Value` itself, and a map entry's node.
+const VALUE_BYTES: usize = std::mem::size_of::<Value>();
+const ENTRY_BYTES: usize = 64;
 
 /// The type name shown for a column: the Arrow type, without dictionary encoding.
 pub fn type_name(data_type: &DataType) -> String {
@@ -16,14 +26,49 @@ pub fn type_name(data_type: &DataType) -> String {
 }
 
 /// Every value of `array`, in order.
-pub fn column_values(array: &ArrayRef) -> Result<Vec<Value>, ArrowError> {
+pub fn column_values(
+    array: &ArrayRef,
+    budget: &mut AnswerBudget,
+) -> Result<Vec<Value>, QueryError> {
     (0..array.len())
-        .map(|i| value_at(array.as_ref(), i))
+        .map(|i| value_at(array.as_ref(), i, budget))
         .collect()
 }
 
 /// The value of row `i`.
-pub fn value_at(array: &dyn Array, i: usize) -> Result<Value, ArrowError> {
+pub fn value_at(
+    array: &dyn Array,
+    i: usize,
+    budget: &mut AnswerBudget,
+) -> Result<Value, QueryError> {
+    let value = value_of(array, i, budget).map_err(|error| match error {
+        ArrowError::ExternalError(inner) => match inner.downcast::<OverBudget>() {
+            Ok(over) => over.0,
+            Err(other) => QueryError::Execution(other.to_string()),
+        },
+        other => QueryError::Execution(other.to_string()),
+    })?;
+    let text = match &value {
+        Value::String(s) => s.len(),
+        _ => 0,
+    };
+    budget.take(VALUE_BYTES + text)?;
+    Ok(value)
+}
+
+/// A value that failed its budget, told from an Arrow error on the way out of [`value_of`].
+#[derive(Debug)]
+struct OverBudget(QueryError);
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+fn value_of(array: &dyn Array, i: usize, budget: &mut AnswerBudget) -> Result<Value, ArrowError> {
     if array.is_null(i) {
         return Ok(Value::Null);
     }
@@ -46,20 +91,26 @@ pub fn value_at(array: &dyn Array, i: usize) -> Result<Value, ArrowError> {
         DataType::Timestamp(unit, _) => timestamp(array, *unit, i)?,
         DataType::Dictionary(_, _) => {
             let dict = array.as_any_dictionary();
-            let key = dict.normalized_keys()[i];
-            value_at(dict.values().as_ref(), key)?
+            value_of(
+                dict.values().as_ref(),
+                dictionary_key(dict.keys(), i)?,
+                budget,
+            )?
         }
         DataType::Map(_, _) => {
             let map = array.as_map();
-            let entries = map.value(i);
-            let (keys, values) = (entries.column(0), entries.column(1));
-            let mut object = Map::with_capacity(entries.len());
-            for j in 0..entries.len() {
-                let key = match value_at(keys.as_ref(), j)? {
+            let offsets = map.value_offsets();
+            let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
+            let (keys, values) = (map.keys(), map.values());
+            let mut object = Map::new();
+            for j in start..end {
+                let key = match value_of(keys.as_ref(), j, budget)? {
                     Value::String(s) => s,
                     other => other.to_string(),
                 };
-                object.insert(key, value_at(values.as_ref(), j)?);
+                let value = nested(values.as_ref(), j, budget)?;
+                charge(budget, ENTRY_BYTES + key.len())?;
+                object.insert(key, value);
             }
             Value::Object(object)
         }
@@ -67,12 +118,30 @@ pub fn value_at(array: &dyn Array, i: usize) -> Result<Value, ArrowError> {
             let structure = array.as_struct();
             let mut object = Map::with_capacity(fields.len());
             for (field, column) in fields.iter().zip(structure.columns()) {
-                object.insert(field.name().clone(), value_at(column.as_ref(), i)?);
+                object.insert(field.name().clone(), nested(column.as_ref(), i, budget)?);
             }
             Value::Object(object)
         }
-        DataType::List(_) => list(&array.as_list::<i32>().value(i))?,
-        DataType::LargeList(_) => list(&array.as_list::<i64>().value(i))?,
+        DataType::List(_) => {
+            let list = array.as_list::<i32>();
+            let offsets = list.value_offsets();
+            items(
+                list.values(),
+                offsets[i] as usize,
+                offsets[i + 1] as usize,
+                budget,
+            )?
+        }
+        DataType::LargeList(_) => {
+            let list = array.as_list::<i64>();
+            let offsets = list.value_offsets();
+            items(
+                list.values(),
+                offsets[i] as usize,
+                offsets[i + 1] as usize,
+                budget,
+            )?
+        }
         _ => {
             // Decimals, durations, intervals, binary and the rest: Arrow's own display text.
             let formatter = ArrayFormatter::try_new(array, &FormatOptions::default())?;
@@ -81,8 +150,55 @@ pub fn value_at(array: &dyn Array, i: usize) -> Result<Value, ArrowError> {
     })
 }
 
-fn list(items: &ArrayRef) -> Result<Value, ArrowError> {
-    Ok(Value::Array(column_values(items)?))
+/// The elements `start..end` of a list's values.
+fn items(
+    values: &ArrayRef,
+    start: usize,
+    end: usize,
+    budget: &mut AnswerBudget,
+) -> Result<Value, ArrowError> {
+    (start..end)
+        .map(|j| nested(values.as_ref(), j, budget))
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
+}
+
+/// A value inside another, counted in the budget as [`value_at`] counts a top-level one.
+fn nested(array: &dyn Array, i: usize, budget: &mut AnswerBudget) -> Result<Value, ArrowError> {
+    let value = value_of(array, i, budget)?;
+    let text = match &value {
+        Value::String(s) => s.len(),
+        _ => 0,
+    };
+    charge(budget, VALUE_BYTES + text)?;
+    Ok(value)
+}
+
+fn charge(budget: &mut AnswerBudget, bytes: usize) -> Result<(), ArrowError> {
+    budget
+        .take(bytes)
+        .map_err(|e| ArrowError::ExternalError(Box::new(OverBudget(e))))
+}
+
+/// The key of row `i` of a dictionary's keys, whatever their integer type.
+fn dictionary_key(keys: &dyn Array, i: usize) -> Result<usize, ArrowError> {
+    let key = match keys.data_type() {
+        DataType::Int8 => keys.as_primitive::<Int8Type>().value(i) as i64,
+        DataType::Int16 => keys.as_primitive::<Int16Type>().value(i) as i64,
+        DataType::Int32 => keys.as_primitive::<Int32Type>().value(i) as i64,
+        DataType::Int64 => keys.as_primitive::<Int64Type>().value(i),
+        DataType::UInt8 => keys.as_primitive::<UInt8Type>().value(i) as i64,
+        DataType::UInt16 => keys.as_primitive::<UInt16Type>().value(i) as i64,
+        DataType::UInt32 => keys.as_primitive::<UInt32Type>().value(i) as i64,
+        DataType::UInt64 => keys.as_primitive::<UInt64Type>().value(i) as i64,
+        other => {
+            return Err(ArrowError::InvalidArgumentError(format!(
+                "a dictionary keyed by {other}"
+            )));
+        }
+    };
+    usize::try_from(key)
+        .map_err(|_| ArrowError::InvalidArgumentError(format!("a dictionary key of {key}")))
 }
 
 fn float(value: f64) -> Value {
@@ -180,7 +296,12 @@ mod tests {
             ),
         ];
         for (array, expected, reason) in cases {
-            assert_eq!(value_at(array.as_ref(), 0).unwrap(), expected, "{reason}");
+            let mut budget = AnswerBudget::unbounded();
+            assert_eq!(
+                value_at(array.as_ref(), 0, &mut budget).unwrap(),
+                expected,
+                "{reason}"
+            );
         }
     }
 }

@@ -2,10 +2,27 @@
 //!
 //! Each query sees a snapshot of the store taken when it starts (batches are shared, not
 //! copied), runs on the query runtime (its own threads, so that a heavy query never stalls
-//! ingest), and is bounded: a time limit, a memory limit for its operators, and a row limit
-//! for its answer. Only read queries are planned: DDL, DML, `COPY` and `SET` are refused.
+//! ingest), and is bounded: a time limit, a memory limit, and a row limit for its answer.
+//! Only read queries are planned: DDL, DML, `COPY` and `SET` are refused.
+//!
+//! The bounds hold against hostile SQL, not only heavy SQL:
+//! - a statement is measured before it is planned (`wayfinder-sqlcheck`'s [`Complexity`]:
+//!   text, tokens, nesting, relations, nodes), and the query threads have a stack
+//!   ([`QUERY_STACK`]) deep enough for every statement within those bounds, so that no query
+//!   overflows it;
+//! - what DataFusion's memory pool does not see (scalar functions, constant folding, `UNNEST`,
+//!   regular expressions) is bounded by [`bounds`];
+//! - the answer (its batches, and its JSON or Arrow IPC form, made on the query threads
+//!   within the same time limit) is counted in the query's share ([`AnswerBudget`]);
+//! - a query past its time limit is answered at once, and its slot of `max_concurrent` is held
+//!   until its work has really stopped (a running function call cannot be interrupted, which
+//!   is why [`bounds`] bounds the work of one call too).
+//!
 //! [`json`] turns Arrow values into the JSON of the query API.
+//!
+//! [`Complexity`]: wayfinder_sqlcheck::Complexity
 
+mod bounds;
 pub mod json;
 mod spans_table;
 
@@ -18,14 +35,20 @@ use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::cache::cache_manager::{
     CacheManager, CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
 };
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt as _;
+use wayfinder_sqlcheck::{Complexity, SqlCheckError};
+
+use bounds::{BoundError, QueryBounds};
 
 use crate::decode::schema::span_schema;
 use crate::metrics::{Metrics, OutcomeLabels};
@@ -80,12 +103,22 @@ pub enum QueryError {
         humantime::format_duration(*.0)
     )]
     Timeout(Duration),
+    /// The statement passes a bound of `wayfinder-sqlcheck`'s `Complexity` (its text, tokens,
+    /// nesting, relations or nodes): refused before it is planned.
+    #[error("query too complex: {0}")]
+    TooComplex(String),
+    /// A function call, or one row of an `UNNEST`, would make more, or work longer, than one
+    /// call may.
+    #[error("query too large: {0}")]
+    TooLarge(String),
 }
 
 impl QueryError {
     fn outcome(&self) -> &'static str {
         match self {
             QueryError::Invalid(_) | QueryError::NotReadOnly(_) => "invalid",
+            QueryError::TooComplex(_) => "too_complex",
+            QueryError::TooLarge(_) => "too_large",
             QueryError::Execution(_) => "failed",
             QueryError::OutOfMemory(_) => "out_of_memory",
             QueryError::TooManyRows(_) => "too_many_rows",
@@ -95,16 +128,75 @@ impl QueryError {
     }
 }
 
-/// The answer of a query.
-#[derive(Debug, Clone)]
+/// The stack of each query thread: deep enough for DataFusion to plan and run, in a debug
+/// build, any statement within [`Complexity::LIMITS`] (a chain of 1,000 operators and 1,000
+/// CTEs planned in 64 MiB; the bounds stop at 256 and 100). It is address space, touched only
+/// as deep as a query goes.
+pub const QUERY_STACK: usize = 64 << 20;
+
+/// The answer of a query, and what it may still use while it is turned into JSON or Arrow IPC.
+#[derive(Debug)]
 pub struct QueryResult {
     /// Its schema (also when there are no rows).
     pub schema: SchemaRef,
     /// Its rows.
     pub batches: Vec<RecordBatch>,
-    /// The query's slot of the concurrency limit, held while the answer is alive: turning it
-    /// into JSON or Arrow IPC counts as part of the query.
-    _slot: Option<Arc<QuerySlot>>,
+    /// The query's time and memory left: its batches are counted in it already.
+    pub budget: AnswerBudget,
+}
+
+/// The time and memory an answer may still use: the query's deadline, and its memory
+/// reservation, which holds the answer's batches and grows with what is made of them.
+#[derive(Debug)]
+pub struct AnswerBudget {
+    /// Real time, read on the query threads (whose runtime is never paused).
+    deadline: Instant,
+    timeout: Duration,
+    share: usize,
+    reservation: Option<MemoryReservation>,
+    /// Values taken since the deadline was last looked at.
+    since_check: usize,
+}
+
+/// How many values an answer makes between two looks at the clock.
+const VALUES_PER_CHECK: usize = 1024;
+
+impl AnswerBudget {
+    /// Counts `bytes` more of the answer, and looks at the clock now and then: past the
+    /// query's share or its time limit, the answer fails.
+    pub fn take(&mut self, bytes: usize) -> Result<(), QueryError> {
+        if let Some(reservation) = &self.reservation {
+            reservation
+                .try_grow(bytes)
+                .map_err(|_| QueryError::OutOfMemory(self.share))?;
+        }
+        self.since_check += 1;
+        if self.since_check >= VALUES_PER_CHECK {
+            self.since_check = 0;
+            self.check()?;
+        }
+        Ok(())
+    }
+
+    /// Fails once the query's time limit has passed.
+    pub fn check(&self) -> Result<(), QueryError> {
+        if Instant::now() >= self.deadline {
+            return Err(QueryError::Timeout(self.timeout));
+        }
+        Ok(())
+    }
+
+    /// A budget without bounds, for tests.
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> Self {
+        Self {
+            deadline: Instant::now() + Duration::from_secs(3600),
+            timeout: Duration::from_secs(3600),
+            share: usize::MAX,
+            reservation: None,
+            since_check: 0,
+        }
+    }
 }
 
 /// A slot of the limit on concurrent queries, freed when dropped.
@@ -192,6 +284,7 @@ impl QueryEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("wayfinder-query")
+            .thread_stack_size(QUERY_STACK)
             // Time for the limits; I/O for sealed files in an object store (S3's client).
             .enable_all()
             .build()?;
@@ -223,17 +316,51 @@ impl QueryEngine {
         &self.store
     }
 
-    /// Runs one read-only statement.
+    /// Runs one read-only statement; its answer as DataFusion made it. What is made of the
+    /// answer afterwards is outside the query's bounds: the API uses [`QueryEngine::sql_with`].
     pub async fn sql(&self, sql: &str) -> Result<QueryResult, QueryError> {
+        self.sql_with(sql, Ok).await
+    }
+
+    /// Runs one read-only statement and turns its answer into what the caller sends with
+    /// `answer`, on the query threads, within the query's time limit and memory share.
+    pub async fn sql_with<T: Send + 'static>(
+        &self,
+        sql: &str,
+        answer: impl FnOnce(QueryResult) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
         let started = Instant::now();
-        let result = self.run(sql.to_owned()).await;
+        let sql = sql.to_owned();
+        let max_rows = self.limits().max_rows;
+        let result = self
+            .run(move |context, bounds, budget| async move {
+                let result = execute(context, bounds, &sql, max_rows, budget).await?;
+                answer(result)
+            })
+            .await;
+        self.record(started, &result);
+        result
+    }
+
+    /// Runs `work` (a read of the store outside SQL, and its JSON) under a slot of the
+    /// concurrency limit, on the query threads, within the query's time limit and with its
+    /// memory share as the budget of what it makes.
+    pub async fn bounded<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(AnswerBudget) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        self.run(move |_, _, budget| async move { work(budget) })
+            .await
+    }
+
+    fn record<T>(&self, started: Instant, result: &Result<T, QueryError>) {
         self.metrics
             .sql_query_duration
             .observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or_else(QueryError::outcome, |_| "ok");
-        if matches!(outcome, "busy" | "timeout" | "out_of_memory")
+        if matches!(outcome, "busy" | "timeout" | "out_of_memory" | "too_large")
             && self.metrics.cap_logs.sql_limits.ready()
-            && let Err(error) = &result
+            && let Err(error) = result
         {
             tracing::warn!(
                 outcome,
@@ -245,7 +372,6 @@ impl QueryEngine {
             .sql_queries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
-        result
     }
 
     /// A slot of the limit on concurrent queries, for work that reads the store outside SQL
@@ -275,30 +401,45 @@ impl QueryEngine {
         limits.memory_bytes / limits.max_concurrent.max(1)
     }
 
-    async fn run(&self, sql: String) -> Result<QueryResult, QueryError> {
+    /// Runs `work` on the query threads with a session over a snapshot of the store, under a
+    /// slot of the concurrency limit and the time limit. Past the time limit the caller is
+    /// answered at once and the work is cancelled at its next await; the slot is held until
+    /// the work has really ended, so that a call still running counts against the limit.
+    async fn run<T, F, W>(&self, work: W) -> Result<T, QueryError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, QueryError>> + Send + 'static,
+        W: FnOnce(SessionContext, QueryBounds, AnswerBudget) -> F + Send + 'static,
+    {
         let Some(runtime) = self.runtime.0.as_ref() else {
             return Err(QueryError::Execution(
                 "the query runtime is shut down".into(),
             ));
         };
         // Refused at once beyond the limit, not queued: the caller retries (503 + Retry-After).
-        let slot = Arc::new(self.slot()?);
-        let context = self.context()?;
+        let slot = self.slot()?;
+        let (context, bounds) = self.context()?;
         let limits = self.limits();
-        let max_rows = limits.max_rows;
-        let task = runtime.spawn(async move { execute(context, &sql, max_rows).await });
-        let abort = task.abort_handle();
         let share = self.memory_share();
+        let budget = AnswerBudget {
+            deadline: Instant::now() + limits.timeout,
+            timeout: limits.timeout,
+            share,
+            reservation: Some(
+                MemoryConsumer::new("query answer").register(&context.runtime_env().memory_pool),
+            ),
+            since_check: 0,
+        };
+        let task = runtime.spawn(async move {
+            let _slot = slot;
+            work(context, bounds, budget).await
+        });
+        let abort = task.abort_handle();
         match tokio::time::timeout(limits.timeout, task).await {
-            Ok(Ok(result)) => result
-                .map(|result| QueryResult {
-                    _slot: Some(slot),
-                    ..result
-                })
-                .map_err(|error| match error {
-                    QueryError::OutOfMemory(_) => QueryError::OutOfMemory(share),
-                    other => other,
-                }),
+            Ok(Ok(result)) => result.map_err(|error| match error {
+                QueryError::OutOfMemory(_) => QueryError::OutOfMemory(share),
+                other => other,
+            }),
             Ok(Err(join_error)) => Err(QueryError::Execution(format!(
                 "the query stopped: {join_error}"
             ))),
@@ -309,8 +450,9 @@ impl QueryEngine {
         }
     }
 
-    /// A session with the memory limit and the `spans` table over a snapshot of the store.
-    fn context(&self) -> Result<SessionContext, QueryError> {
+    /// A session with the memory limit, the bounds of [`bounds`] and the `spans` table over a
+    /// snapshot of the store.
+    fn context(&self) -> Result<(SessionContext, QueryBounds), QueryError> {
         let internal = |e: DataFusionError| QueryError::Execution(e.to_string());
         // This query's share of the memory of all queries; nothing spills to disk (the OS temp
         // directory is no place for a collector's overflow): past its share a query fails.
@@ -326,7 +468,16 @@ impl QueryEngine {
         let config = SessionConfig::new()
             .with_target_partitions(2)
             .with_information_schema(true);
-        let context = SessionContext::new_with_config_rt(config, runtime);
+        let bounds = QueryBounds::new(runtime.memory_pool.clone(), share);
+        let state = bounds
+            .session(
+                SessionStateBuilder::new()
+                    .with_config(config)
+                    .with_runtime_env(runtime)
+                    .with_default_features(),
+            )
+            .build();
+        let context = SessionContext::new_with_state(state);
         let view = self.store.view();
         let mut table = spans_table::SpansTable::new(view.batches, 2);
         if let Some(history) = &view.history
@@ -350,7 +501,7 @@ impl QueryEngine {
                 .register_table("health_events", Arc::new(table))
                 .map_err(internal)?;
         }
-        Ok(context)
+        Ok((context, bounds))
     }
 }
 
@@ -374,20 +525,28 @@ fn history_table(
 
 async fn execute(
     context: SessionContext,
+    bounds: QueryBounds,
     sql: &str,
     max_rows: usize,
+    mut budget: AnswerBudget,
 ) -> Result<QueryResult, QueryError> {
-    // The statement's kind first (a parse, no planning), then the plan's.
+    // The statement's kind and size first (a parse, no planning), then the plan's.
     wayfinder_sqlcheck::check(sql).map_err(|error| match error {
-        wayfinder_sqlcheck::SqlCheckError::NotReadOnly(kind) => QueryError::NotReadOnly(kind),
+        SqlCheckError::NotReadOnly(kind) => QueryError::NotReadOnly(kind),
+        SqlCheckError::TooComplex(passed) => QueryError::TooComplex(passed.to_string()),
         other => QueryError::Invalid(other.to_string()),
     })?;
-    let plan = context
-        .state()
-        .create_logical_plan(sql)
-        .await
-        .map_err(classify)?;
+    // DataFusion's own parse is measured too: it knows statements sqlparser alone does not.
+    let state = context.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(classify)?;
+    measure(&statement)?;
+    let plan = state.statement_to_plan(statement).await.map_err(classify)?;
     refuse_writes(&plan)?;
+    let plan = bounds.plan(plan).map_err(|error| match error {
+        BoundError::Refused(refusal) => QueryError::Invalid(refusal.to_string()),
+        BoundError::DataFusion(error) => classify(error),
+    })?;
     let frame = context.execute_logical_plan(plan).await.map_err(classify)?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let mut stream = frame.execute_stream().await.map_err(classify)?;
@@ -400,14 +559,33 @@ async fn execute(
             return Err(QueryError::TooManyRows(max_rows));
         }
         if batch.num_rows() > 0 {
+            // The answer's batches are the query's until it is sent.
+            budget.take(batch.get_array_memory_size())?;
             batches.push(batch);
         }
     }
     Ok(QueryResult {
         schema,
         batches,
-        _slot: None,
+        budget,
     })
+}
+
+/// [`Complexity::LIMITS`] over a statement as DataFusion parsed it; DataFusion's own
+/// statements that write are refused here, before planning.
+fn measure(statement: &DfStatement) -> Result<(), QueryError> {
+    match statement {
+        DfStatement::Statement(statement) => {
+            wayfinder_sqlcheck::complexity(statement, &Complexity::LIMITS)
+                .map_err(|passed| QueryError::TooComplex(passed.to_string()))
+        }
+        DfStatement::Explain(explain) => measure(&explain.statement),
+        DfStatement::CreateExternalTable(_) => {
+            Err(QueryError::NotReadOnly("CREATE EXTERNAL TABLE".into()))
+        }
+        DfStatement::CopyTo(_) => Err(QueryError::NotReadOnly("COPY".into())),
+        DfStatement::Reset(_) => Err(QueryError::NotReadOnly("RESET".into())),
+    }
 }
 
 fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
@@ -431,6 +609,11 @@ fn refuse_writes(plan: &LogicalPlan) -> Result<(), QueryError> {
 }
 
 fn classify(error: DataFusionError) -> QueryError {
+    match bounds::refusal(&error) {
+        Some(bounds::Refusal::Call(message)) => return QueryError::TooLarge(message),
+        Some(bounds::Refusal::Plan(refusal)) => return QueryError::Invalid(refusal.to_string()),
+        None => {}
+    }
     match error.find_root() {
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
@@ -445,6 +628,42 @@ fn classify(error: DataFusionError) -> QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_timed_out_query_keeps_its_slot_until_its_work_stops() {
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(50),
+            memory_bytes: 64 << 20,
+            max_rows: 10,
+            max_concurrent: 1,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn SpanStore> = Arc::new(crate::store::MemoryStore::new(
+            crate::store::StoreConfig::default(),
+            metrics.clone(),
+        ));
+        let engine = QueryEngine::new(store, limits, metrics).unwrap();
+        // Work that no abort interrupts, as a function call in the middle of a batch.
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let answer = engine
+            .bounded(move |_| {
+                let _ = wait.recv();
+                Ok(())
+            })
+            .await;
+        assert!(matches!(answer, Err(QueryError::Timeout(_))), "{answer:?}");
+        assert!(
+            matches!(engine.slot(), Err(QueryError::Busy(1))),
+            "the answer went at the time limit; the slot stays while the work runs"
+        );
+        release.send(()).unwrap();
+        let mut waited = Duration::ZERO;
+        while engine.slot().is_err() {
+            assert!(waited < Duration::from_secs(10), "the slot never came back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
+    }
 
     #[test]
     fn messages_carry_no_debug_output() {

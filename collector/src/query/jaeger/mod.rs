@@ -52,7 +52,10 @@ impl From<QueryError> for JaegerError {
     fn from(error: QueryError) -> Self {
         let status = match error {
             QueryError::Timeout(_) | QueryError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
-            QueryError::TooManyRows(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            QueryError::TooManyRows(_) | QueryError::TooLarge(_) | QueryError::OutOfMemory(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            QueryError::TooComplex(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self {
@@ -113,19 +116,31 @@ fn literal(text: &str) -> String {
 
 /// Rows of a query as JSON objects keyed by column name.
 async fn rows(state: &ApiState, sql: &str) -> Result<Vec<BTreeMap<String, Value>>, JaegerError> {
-    let result = state.engine.sql(sql).await?;
-    let response = tokio::task::spawn_blocking(move || sql_response(&result))
-        .await
-        .map_err(|e| JaegerError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: e.to_string(),
-        })??;
-    let names: Vec<String> = response.columns.into_iter().map(|c| c.name).collect();
-    Ok(response
-        .rows
-        .into_iter()
-        .map(|row| names.iter().cloned().zip(row).collect())
-        .collect())
+    rows_then(state, sql, Ok).await
+}
+
+/// Rows of a query as JSON objects keyed by column name, turned into an answer by `then`: both
+/// on the query threads, within the query's time limit.
+async fn rows_then<T: Send + 'static>(
+    state: &ApiState,
+    sql: &str,
+    then: impl FnOnce(Vec<BTreeMap<String, Value>>) -> Result<T, QueryError> + Send + 'static,
+) -> Result<T, JaegerError> {
+    let answer = state
+        .engine
+        .sql_with(sql, move |result| {
+            let response = sql_response(result)?;
+            let names: Vec<String> = response.columns.into_iter().map(|c| c.name).collect();
+            then(
+                response
+                    .rows
+                    .into_iter()
+                    .map(|row| names.iter().cloned().zip(row).collect())
+                    .collect(),
+            )
+        })
+        .await?;
+    Ok(answer)
 }
 
 pub(crate) async fn services(
@@ -319,19 +334,21 @@ async fn traces_by_id(
          WHERE trace_id IN ({list}) \
          ORDER BY start_time, span_id"
     );
-    let rows = rows(state, &sql).await?;
-    let mut by_trace: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
-    for row in rows {
-        let id = row["trace_id"].as_str().unwrap_or_default().to_owned();
-        by_trace.entry(id).or_default().push(row);
-    }
-    Ok(by_trace
-        .into_iter()
-        .map(|(id, spans)| {
-            let trace = jaeger_trace(&id, &spans);
-            (id, trace)
-        })
-        .collect())
+    rows_then(state, &sql, |rows| {
+        let mut by_trace: BTreeMap<String, Vec<BTreeMap<String, Value>>> = BTreeMap::new();
+        for row in rows {
+            let id = row["trace_id"].as_str().unwrap_or_default().to_owned();
+            by_trace.entry(id).or_default().push(row);
+        }
+        Ok(by_trace
+            .into_iter()
+            .map(|(id, spans)| {
+                let trace = jaeger_trace(&id, &spans);
+                (id, trace)
+            })
+            .collect())
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]

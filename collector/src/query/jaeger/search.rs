@@ -44,7 +44,13 @@ pub(super) fn go_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_nanos(total as u64))
 }
 
-/// The tags of a search: `tags={"k":"v"}` (Jaeger UI, Grafana) or repeated `tag=k:v`.
+/// The most tags one search may have. Each is a clause of one `AND` chain, which the SQL
+/// check bounds in depth (256): 32 leaves the rest of the filter room, and is more than the
+/// Jaeger UI or Grafana send.
+pub(super) const MAX_TAGS: usize = 32;
+
+/// The tags of a search: `tags={"k":"v"}` (Jaeger UI, Grafana) or repeated `tag=k:v`; at most
+/// [`MAX_TAGS`].
 pub(super) fn search_tags(raw: &str) -> Result<Vec<(String, String)>, JaegerError> {
     let mut tags = Vec::new();
     for (key, value) in form_urlencoded_pairs(raw) {
@@ -68,6 +74,11 @@ pub(super) fn search_tags(raw: &str) -> Result<Vec<(String, String)>, JaegerErro
                 tags.push((k.to_owned(), v.to_owned()));
             }
             _ => {}
+        }
+        if tags.len() > MAX_TAGS {
+            return Err(JaegerError::bad_request(format!(
+                "a search has at most {MAX_TAGS} tags"
+            )));
         }
     }
     tags.sort();

@@ -1,0 +1,254 @@
+//! `UNNEST` repeats every other column of a row once for each element of the row's list, and
+//! reserves nothing in the memory pool: `SELECT attributes, unnest(generate_series(1, 1000))`
+//! copies a span's attributes a thousand times. DataFusion builds at most a batch's worth of
+//! rows at once, but never splits a row, so one row's list times the row's width is what one
+//! build makes. [`GuardUnnest`] puts an [`UnnestGuardExec`] before every `UnnestExec`: it
+//! reads each row's list lengths and width (offsets, no copies) and fails the query, before
+//! anything is built, when one row would make more than a call may.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
+use datafusion::common::{Result, Statistics};
+use datafusion::config::ConfigOptions;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::unnest::UnnestExec;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
+    ReplaceChildrenOptions,
+};
+use futures::StreamExt as _;
+
+use super::refused;
+use super::sizes::{list_len, value_bytes};
+
+/// The physical rule that guards every `UnnestExec` of a plan.
+#[derive(Debug)]
+pub(crate) struct GuardUnnest {
+    /// The most bytes one row's unnesting may make.
+    pub(crate) max_bytes: u64,
+}
+
+impl PhysicalOptimizerRule for GuardUnnest {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            let Some(unnest) = node.downcast_ref::<UnnestExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if unnest.input().downcast_ref::<UnnestGuardExec>().is_some() {
+                return Ok(Transformed::no(node));
+            }
+            let lists = unnest
+                .list_column_indices()
+                .iter()
+                .map(|list| list.index_in_input_schema)
+                .collect();
+            let guard = Arc::new(UnnestGuardExec::new(
+                unnest.input().clone(),
+                lists,
+                self.max_bytes,
+            ));
+            let guarded = Arc::new(UnnestExec::new(
+                guard,
+                unnest.list_column_indices().to_vec(),
+                unnest.struct_column_indices().to_vec(),
+                unnest.schema(),
+                unnest.options().clone(),
+            )?);
+            Ok(Transformed::yes(guarded as Arc<dyn ExecutionPlan>))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "GuardUnnest"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// Passes its input's batches on unchanged, once it has checked that no row's unnesting makes
+/// more than `max_bytes`.
+#[derive(Debug, Clone)]
+pub(crate) struct UnnestGuardExec {
+    input: Arc<dyn ExecutionPlan>,
+    /// The columns whose lists are unnested.
+    lists: Vec<usize>,
+    max_bytes: u64,
+    properties: Arc<PlanProperties>,
+}
+
+impl UnnestGuardExec {
+    fn new(input: Arc<dyn ExecutionPlan>, lists: Vec<usize>, max_bytes: u64) -> Self {
+        let properties = input.properties().clone();
+        Self {
+            input,
+            lists,
+            max_bytes,
+            properties,
+        }
+    }
+}
+
+/// What unnesting the rows of `batch` makes, row by row: the longest of its lists times the
+/// row's width (the lists' elements and every other column, each repeated).
+pub(crate) fn unnest_bytes(batch: &RecordBatch, lists: &[usize]) -> impl Iterator<Item = u64> {
+    (0..batch.num_rows()).map(move |row| {
+        let elements = lists
+            .iter()
+            .filter_map(|&c| batch.columns().get(c))
+            .map(|column| list_len(column.as_ref(), row))
+            .max()
+            .unwrap_or(0);
+        let width: u64 = batch
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(c, column)| {
+                let bytes = value_bytes(column.as_ref(), row);
+                if lists.contains(&c) {
+                    bytes / elements.max(1)
+                } else {
+                    bytes.max(column.data_type().primitive_width().unwrap_or(0) as u64)
+                }
+            })
+            .sum();
+        elements.saturating_mul(width.max(1))
+    })
+}
+
+fn check(batch: RecordBatch, lists: &[usize], max: u64) -> Result<RecordBatch> {
+    if let Some(bytes) = unnest_bytes(&batch, lists).find(|&bytes| bytes > max) {
+        return Err(refused(format!(
+            "unnest would make {} from one row, more than the {} one call may make (a quarter \
+             of the query's share of --query-memory-bytes): every other column of the row is \
+             repeated once an element",
+            bytesize::ByteSize(bytes),
+            bytesize::ByteSize(max)
+        )));
+    }
+    Ok(batch)
+}
+
+impl DisplayAs for UnnestGuardExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "UnnestGuardExec: max_bytes={}", self.max_bytes)
+    }
+}
+
+impl ExecutionPlan for UnnestGuardExec {
+    fn name(&self) -> &str {
+        "UnnestGuardExec"
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.input.schema()
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let input = children.swap_remove(0);
+        Ok(Arc::new(match options.children_properties {
+            ChildrenPropertiesMode::Keep => Self {
+                input,
+                ..Self::clone(&self)
+            },
+            ChildrenPropertiesMode::Recompute => {
+                Self::new(input, self.lists.clone(), self.max_bytes)
+            }
+        }))
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(
+            children,
+            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
+        )
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let (lists, max) = (self.lists.clone(), self.max_bytes);
+        let checked = input.map(move |batch| check(batch?, &lists, max));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.input.schema(),
+            checked,
+        )))
+    }
+
+    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
+        vec![ChildStats::At(partition)]
+    }
+
+    fn statistics_from_inputs(
+        &self,
+        input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> Result<Arc<Statistics>> {
+        Ok(input_stats[0].clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, StringArray};
+    use datafusion::arrow::datatypes::Int64Type;
+
+    #[test]
+    fn a_row_costs_its_elements_times_its_width() {
+        let lists: ArrayRef = Arc::new(ListArray::from_iter_primitive::<Int64Type, _, _>(vec![
+            Some(vec![Some(1), Some(2), Some(3)]),
+            Some(vec![]),
+        ]));
+        let wide: ArrayRef = Arc::new(StringArray::from(vec!["x".repeat(100), "y".into()]));
+        let ints: ArrayRef = Arc::new(Int64Array::from(vec![1, 2]));
+        let batch = RecordBatch::try_from_iter([("l", lists), ("s", wide), ("i", ints)]).unwrap();
+        let bytes: Vec<u64> = unnest_bytes(&batch, &[0]).collect();
+        // Three elements of 8 bytes, each with 100 bytes of string and an 8-byte integer.
+        assert_eq!(bytes, vec![3 * (8 + 100 + 8), 0]);
+        assert!(check(batch.clone(), &[0], 348).is_ok());
+        assert!(check(batch, &[0], 347).is_err());
+    }
+}
