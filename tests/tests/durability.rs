@@ -76,9 +76,14 @@ async fn a_restart_brings_back_spans_and_instances_and_cuts_a_torn_tail() {
     // A crash in the middle of a later write: half a record at the end of the last segment.
     let wal_dir = dir.path().join("wal");
     let (_, last) = segment::list(&wal_dir).unwrap().pop().expect("a segment");
+    let salt = match record::Format::of(&std::fs::read(&last).unwrap()) {
+        Some((record::Format::V2 { salt }, _)) => salt,
+        other => panic!("not a segment of this version: {other:?}"),
+    };
     let mut torn = Vec::new();
     record::encode(
         &mut torn,
+        salt,
         RecordKind::Traces,
         999,
         std::time::SystemTime::now(),

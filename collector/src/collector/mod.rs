@@ -193,13 +193,31 @@ impl Collector {
                     .await
                     .map_err(|e| StartError::Runtime(std::io::Error::other(e)))??;
                 for damage in &recovery.damage {
-                    tracing::warn!(
-                        path = %damage.path.display(),
-                        offset = damage.offset,
-                        bytes = damage.bytes,
-                        reason = %damage.reason,
-                        "write-ahead log: cut a damaged tail; everything before it is kept"
-                    );
+                    let moved_to = damage
+                        .moved_to
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    if damage.is_tail() {
+                        tracing::warn!(
+                            path = %damage.path.display(),
+                            offset = damage.offset,
+                            bytes = damage.bytes,
+                            reason = %damage.reason,
+                            moved_to,
+                            "write-ahead log: skipped a damaged tail (a torn write, or damage with no good record after it); its bytes are moved aside, every record before it is kept"
+                        );
+                    } else {
+                        tracing::warn!(
+                            path = %damage.path.display(),
+                            offset = damage.offset,
+                            bytes = damage.bytes,
+                            records = damage.records.unwrap_or_default(),
+                            reason = %damage.reason,
+                            moved_to,
+                            "write-ahead log: skipped damaged records in the middle of a segment; their bytes are moved aside, every good record before and after them is kept"
+                        );
+                    }
                 }
                 metrics.register_collector(Box::new(WalMetrics(wal.clone())));
                 Some((wal, recovery))

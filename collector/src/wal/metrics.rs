@@ -53,8 +53,13 @@ impl Collector for WalMetrics {
             ),
             (
                 "wayfinder_wal_recovery_dropped_bytes",
-                "Bytes of torn or corrupt records cut from the write-ahead log at start",
+                "Bytes of torn or damaged records moved out of the write-ahead log at start (to DIR/wal/damaged)",
                 load(&stats.dropped_bytes),
+            ),
+            (
+                "wayfinder_wal_recovery_dropped_records",
+                "Records known lost in damage found in the write-ahead log at start",
+                load(&stats.dropped_records),
             ),
         ] {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

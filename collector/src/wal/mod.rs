@@ -47,7 +47,7 @@ use tokio::sync::oneshot;
 
 pub use metrics::WalMetrics;
 pub use record::{Record, RecordKind};
-pub use segment::{Damage, ScanError, SegmentInfo};
+pub use segment::{DAMAGED_DIR, Damage, ScanError, SegmentInfo};
 
 /// When the log answers an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,8 +147,10 @@ pub struct WalStats {
     pub disk_bytes: AtomicU64,
     /// Records replayed at start (counted by whoever replays them).
     pub replayed_records: AtomicU64,
-    /// Bytes cut from damaged segments at start.
+    /// Bytes of damage moved out of segments at start.
     pub dropped_bytes: AtomicU64,
+    /// Records known lost in that damage (numbered gaps between good records).
+    pub dropped_records: AtomicU64,
 }
 
 /// What was found on disk when the log was opened.
@@ -158,7 +160,7 @@ pub struct Recovery {
     pub found: Vec<SegmentInfo>,
     /// Records in them (after any cut).
     pub records: u64,
-    /// What was cut: torn or corrupt tails.
+    /// What was skipped and moved aside: torn tails and damaged records.
     pub damage: Vec<Damage>,
 }
 
@@ -172,10 +174,13 @@ impl Recovery {
     /// The records of the `index`th segment found. Blocking: reads its file.
     pub fn segment(&self, index: usize) -> Option<Result<Vec<Record>, ScanError>> {
         let info = self.found.get(index)?;
+        let newest = index + 1 == self.found.len();
         let mut records = Vec::new();
         Some(
-            segment::scan(&info.path, info.first_seq, |record| records.push(record))
-                .map(|_| records),
+            segment::scan(&info.path, info.first_seq, newest, |record| {
+                records.push(record)
+            })
+            .map(|_| records),
         )
     }
 }
@@ -202,8 +207,9 @@ impl Ticket {
 }
 
 impl Wal {
-    /// Opens the log in `config.dir`: reads every segment (cutting damaged tails, see
-    /// [`segment::scan`]), then starts the writer, which begins a new segment after them.
+    /// Opens the log in `config.dir`: reads every segment, moving damage aside (see
+    /// [`segment::scan`] and [`segment::repair`]), then starts the writer, which begins a new
+    /// segment after them.
     pub fn open(config: WalConfig) -> Result<(Self, Recovery), OpenError> {
         let dir_error = |source| OpenError::Dir {
             path: config.dir.clone(),
@@ -216,9 +222,12 @@ impl Wal {
             damage: Vec::new(),
         };
         let mut next_seq = config.min_next_seq.max(1);
-        for (first_seq, path) in segment::list(&config.dir).map_err(dir_error)? {
+        let segments = segment::list(&config.dir).map_err(dir_error)?;
+        let count = segments.len();
+        for (index, (first_seq, path)) in segments.into_iter().enumerate() {
             let mut records = 0u64;
-            let (info, damage) = segment::scan(&path, first_seq, |_| records += 1)?;
+            let scan = segment::scan(&path, first_seq, index + 1 == count, |_| records += 1)?;
+            let (info, damage) = segment::repair(&config.dir, scan)?;
             recovery.records += records;
             recovery.damage.extend(damage);
             next_seq = next_seq
@@ -226,7 +235,9 @@ impl Wal {
                 .max(info.last_seq.map_or(0, |s| s + 1));
             if info.last_seq.is_none() {
                 // Nothing to replay or keep; its name may be the next segment's.
-                std::fs::remove_file(&info.path).map_err(dir_error)?;
+                if info.path.exists() {
+                    std::fs::remove_file(&info.path).map_err(dir_error)?;
+                }
                 continue;
             }
             recovery.found.push(info);
@@ -236,6 +247,8 @@ impl Wal {
         stats.disk_bytes.store(on_disk, Ordering::Relaxed);
         let dropped: u64 = recovery.damage.iter().map(|d| d.bytes).sum();
         stats.dropped_bytes.store(dropped, Ordering::Relaxed);
+        let lost: u64 = recovery.damage.iter().filter_map(|d| d.records).sum();
+        stats.dropped_records.store(lost, Ordering::Relaxed);
         let shared = Arc::new(writer::Shared {
             state: Mutex::new(writer::Pending {
                 next_seq,
@@ -245,6 +258,9 @@ impl Wal {
             closed: Mutex::new(recovery.found.clone()),
             stats,
             unsealed: config.track_sealing.then(Mutex::default),
+            // Random, and written only in segment headers: a payload cannot carry a frame
+            // that a reader past damage would take for a record.
+            salt: fastrand::u64(..),
         });
         let thread = std::thread::Builder::new()
             .name("wayfinder-wal".into())
@@ -291,7 +307,14 @@ impl Wal {
         {
             unsealed.lock().insert(seq);
         }
-        record::encode(&mut pending.buf, kind, seq, arrival, payload);
+        record::encode(
+            &mut pending.buf,
+            self.shared.salt,
+            kind,
+            seq,
+            arrival,
+            payload,
+        );
         pending.waiters.push((seq, tx));
         pending.newest = Some(pending.newest.map_or(arrival, |n| n.max(arrival)));
         drop(pending);

@@ -9,6 +9,27 @@ fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
+/// The salt in a segment's header.
+fn salt(path: &std::path::Path) -> u64 {
+    match record::Format::of(&std::fs::read(path).unwrap()) {
+        Some((record::Format::V2 { salt }, _)) => salt,
+        other => panic!("not a version-2 segment: {other:?}"),
+    }
+}
+
+/// The records of a segment file and where each begins.
+fn frames(path: &std::path::Path) -> Vec<(usize, Record)> {
+    let bytes = std::fs::read(path).unwrap();
+    let (format, mut offset) = record::Format::of(&bytes).unwrap();
+    let mut frames = Vec::new();
+    while offset < bytes.len() {
+        let (record, used) = record::decode(&bytes[offset..], format).unwrap();
+        frames.push((offset, record));
+        offset += used;
+    }
+    frames
+}
+
 fn records(recovery: &Recovery) -> Vec<Record> {
     recovery.segments().flat_map(|s| s.unwrap()).collect()
 }
@@ -63,7 +84,14 @@ async fn a_torn_tail_is_cut_and_reported_and_everything_before_it_kept() {
     let (_, path) = segment::list(dir.path()).unwrap().pop().unwrap();
     let good_len = std::fs::metadata(&path).unwrap().len();
     let mut frame = Vec::new();
-    record::encode(&mut frame, RecordKind::Traces, 3, at(1), b"three");
+    record::encode(
+        &mut frame,
+        salt(&path),
+        RecordKind::Traces,
+        3,
+        at(1),
+        b"three",
+    );
     let mut file = std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
@@ -72,6 +100,10 @@ async fn a_torn_tail_is_cut_and_reported_and_everything_before_it_kept() {
     drop(file);
 
     let (wal, recovery) = Wal::open(config.clone()).unwrap();
+    let aside = dir.path().join(DAMAGED_DIR).join(format!(
+        "{}.{good_len}",
+        path.file_name().unwrap().to_str().unwrap()
+    ));
     assert_eq!(
         recovery.damage,
         vec![Damage {
@@ -79,7 +111,14 @@ async fn a_torn_tail_is_cut_and_reported_and_everything_before_it_kept() {
             offset: good_len,
             bytes: (frame.len() / 2) as u64,
             reason: FrameError::Truncated,
+            records: None,
+            moved_to: Some(aside.clone()),
         }]
+    );
+    assert_eq!(
+        std::fs::read(&aside).unwrap(),
+        &frame[..frame.len() / 2],
+        "the torn bytes are moved aside, not destroyed"
     );
     let kept: Vec<Vec<u8>> = records(&recovery).into_iter().map(|r| r.payload).collect();
     assert_eq!(kept, vec![b"one".to_vec(), b"two".to_vec()]);
@@ -115,6 +154,141 @@ async fn a_corrupt_record_ends_its_segment_and_later_segments_stay() {
     assert_eq!(recovery.damage.len(), 1);
     assert_eq!(recovery.damage[0].reason, FrameError::Checksum);
     assert_eq!(&recovery.damage[0].path, middle);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn damage_in_the_middle_of_a_segment_costs_only_the_records_it_touches() {
+    // Each row: which byte of the fifth record's frame is flipped, and why that one.
+    let cases: [(fn(usize, usize) -> usize, FrameError, &str); 3] = [
+        (
+            |start, len| start + len - 3,
+            FrameError::Checksum,
+            "a byte of the payload",
+        ),
+        (
+            |start, _| start + 9,
+            FrameError::Header,
+            "a byte of the length: in version 1 it lost the rest of the segment",
+        ),
+        (
+            |start, _| start + 2,
+            FrameError::Marker,
+            "a byte of the marker",
+        ),
+    ];
+    for (flip, reason, why) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = WalConfig::new(dir.path(), WalSync::Always);
+        let (wal, _) = Wal::open(config.clone()).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..10)
+            .map(|i| format!("request {i}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        append_all(&wal, &refs, at(1)).await;
+        wal.close().await;
+        let (_, path) = segment::list(dir.path()).unwrap().pop().unwrap();
+        let frames = frames(&path);
+        assert_eq!(frames.len(), 10, "{why}: one segment");
+        let start = frames[4].0;
+        let end = frames[5].0;
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[flip(start, end - start)] ^= 0x5a;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (wal, recovery) = Wal::open(config.clone()).unwrap();
+        let kept: Vec<Vec<u8>> = records(&recovery).into_iter().map(|r| r.payload).collect();
+        let mut want = payloads.clone();
+        want.remove(4);
+        assert_eq!(kept, want, "{why}: the other nine come back");
+        assert_eq!(recovery.damage.len(), 1, "{why}");
+        let damage = &recovery.damage[0];
+        assert_eq!(
+            (damage.offset, damage.bytes, damage.reason, damage.records),
+            ((start as u64), ((end - start) as u64), reason, Some(1)),
+            "{why}: the damaged record, and only it"
+        );
+        assert_eq!(
+            std::fs::read(damage.moved_to.as_ref().unwrap()).unwrap(),
+            &bytes[start..end],
+            "{why}: its bytes are moved aside"
+        );
+        assert_eq!(
+            wal.stats().dropped_records.load(Ordering::Relaxed),
+            1,
+            "{why}"
+        );
+        wal.close().await;
+        let (_wal, again) = Wal::open(config).unwrap();
+        assert!(again.damage.is_empty(), "{why}: the damage is found once");
+        assert_eq!(again.records, 9, "{why}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn segments_of_the_first_version_are_read_and_resynchronised() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = record::MAGIC_V1.to_vec();
+    let mut starts = Vec::new();
+    for seq in 1..=5u64 {
+        starts.push(bytes.len());
+        record::encode_v1(
+            &mut bytes,
+            RecordKind::Traces,
+            seq,
+            at(1),
+            format!("old {seq}").as_bytes(),
+        );
+    }
+    bytes[starts[2]] ^= 0xff; // the third record's length
+    std::fs::write(dir.path().join(segment::file_name(1)), &bytes).unwrap();
+    let config = WalConfig::new(dir.path(), WalSync::Always);
+    let (wal, recovery) = Wal::open(config).unwrap();
+    let kept: Vec<u64> = records(&recovery).into_iter().map(|r| r.seq).collect();
+    assert_eq!(kept, vec![1, 2, 4, 5]);
+    assert_eq!(recovery.damage[0].records, Some(1));
+    let next = append_all(&wal, &[b"new"], at(2)).await;
+    assert_eq!(next, vec![6], "the numbering goes on after the old records");
+}
+
+#[test]
+fn a_foreign_file_or_an_emptied_segment_stops_the_start() {
+    // Each row: the files of the log directory, and why the start stops (or not).
+    let header = record::segment_header(7);
+    let cases: [(&[(u64, &[u8])], Option<&str>, &str); 4] = [
+        (
+            &[(1, b"#!/bin/sh\n")],
+            Some("is not a write-ahead log segment"),
+            "a foreign file named like a segment",
+        ),
+        (
+            &[(1, b""), (5, &header)],
+            Some("has no segment header but is not the newest"),
+            "an empty segment before the newest",
+        ),
+        (
+            &[(1, &header), (5, b"")],
+            None,
+            "an empty newest segment: a crash between creating it and writing its header",
+        ),
+        (
+            &[(1, &header), (5, &header[..5])],
+            None,
+            "a newest segment with half a header",
+        ),
+    ];
+    for (files, refused, why) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for (seq, bytes) in files {
+            std::fs::write(dir.path().join(segment::file_name(*seq)), bytes).unwrap();
+        }
+        let opened = Wal::open(WalConfig::new(dir.path(), WalSync::Always));
+        match (opened, refused) {
+            (Ok(_), None) => {}
+            (Err(error), Some(text)) => assert!(error.to_string().contains(text), "{why}: {error}"),
+            (Ok(_), Some(text)) => panic!("{why}: started, though {text}"),
+            (Err(error), None) => panic!("{why}: {error}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

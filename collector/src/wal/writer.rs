@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::record::MAGIC;
+use super::record::{SEGMENT_HEADER, segment_header};
 use super::segment::{self, SegmentInfo};
 use super::{AppendError, WalConfig, WalStats, WalSync};
 
@@ -31,6 +31,8 @@ pub(super) struct Shared {
     /// With sealing: the trace records whose spans are not sealed yet (a segment holding one
     /// is not retired). Taken after `state` when both are.
     pub(super) unsealed: Option<Mutex<std::collections::BTreeSet<u64>>>,
+    /// The marker of this process's records, in the header of each segment it writes.
+    pub(super) salt: u64,
 }
 
 /// Records appended and not yet taken by the writer.
@@ -215,7 +217,7 @@ impl Writer {
             .create_new(true)
             .open(&path)?;
         let started = file
-            .write_all(MAGIC)
+            .write_all(&segment_header(self.shared.salt))
             .and_then(|()| file.sync_data())
             .and_then(|()| segment::sync_dir(&self.config.dir));
         if let Err(error) = started {
@@ -226,7 +228,7 @@ impl Writer {
         self.shared
             .stats
             .disk_bytes
-            .fetch_add(MAGIC.len() as u64, Ordering::Relaxed);
+            .fetch_add(SEGMENT_HEADER as u64, Ordering::Relaxed);
         Ok(Open {
             file,
             info: SegmentInfo {
@@ -234,7 +236,7 @@ impl Writer {
                 first_seq,
                 last_seq: None,
                 newest: None,
-                bytes: MAGIC.len() as u64,
+                bytes: SEGMENT_HEADER as u64,
             },
             opened: Instant::now(),
         })
