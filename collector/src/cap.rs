@@ -49,6 +49,17 @@ impl Cap {
         self.places.clone().try_acquire_owned().ok().map(Place)
     }
 
+    /// A place, once one is free (first come, first served).
+    pub async fn take(&self) -> Place {
+        Place(
+            self.places
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed"),
+        )
+    }
+
     /// `n` places at once (a budget counted in units), or `None` when fewer are free.
     pub fn try_take_many(&self, n: u32) -> Option<Place> {
         self.places

@@ -35,48 +35,69 @@ impl BodyTimedOut {
 }
 
 /// The listeners' time limits, shared by every connection and changed in place by a
-/// configuration reload: how long a connection has for its first bytes or TLS handshake and an
-/// HTTP/1 request for its headers (`--header-read-timeout`), and how long a request's body may
-/// take after them (`--body-read-timeout`). A connection or request takes the limits in force
-/// when it starts.
+/// configuration reload: how long a connection has for its first bytes or TLS handshake, for
+/// its first request, and an HTTP/1 request for its headers (`--header-read-timeout`), how
+/// long a request's body may take after them (`--body-read-timeout`), and how long a
+/// connection may have nothing open (`--idle-timeout`). A connection or request takes the
+/// limits in force when it starts.
 ///
 /// ```
 /// use std::time::Duration;
 /// use wayfinder_collector::access::Deadlines;
 ///
-/// let deadlines = Deadlines::new(Duration::from_secs(10), Duration::from_secs(30));
+/// let s = Duration::from_secs;
+/// let deadlines = Deadlines::new(s(10), s(30), s(120));
 /// let shared = deadlines.clone();
-/// deadlines.set(Duration::from_secs(5), Duration::from_secs(60));
-/// assert_eq!((shared.headers(), shared.body()), (Duration::from_secs(5), Duration::from_secs(60)));
+/// deadlines.set(s(5), s(60), s(30));
+/// assert_eq!((shared.headers(), shared.body(), shared.idle()), (s(5), s(60), s(30)));
 /// ```
 #[derive(Debug, Clone)]
-pub struct Deadlines(Arc<[AtomicU64; 2]>);
+pub struct Deadlines(Arc<[AtomicU64; 3]>);
 
 /// `--header-read-timeout`'s default.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `--body-read-timeout`'s default.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--idle-timeout`'s default: longer than the gaps between an exporter's batches or
+/// Prometheus' scrapes, so that their connections are kept (nginx keeps an idle client 75 s);
+/// a full listener closes idle connections sooner.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Default for Deadlines {
-    /// The defaults of `--header-read-timeout` (10 s) and `--body-read-timeout` (30 s).
+    /// The defaults of `--header-read-timeout` (10 s), `--body-read-timeout` (30 s) and
+    /// `--idle-timeout` (2 min).
     fn default() -> Self {
-        Self::new(DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_BODY_READ_TIMEOUT)
+        Self::new(
+            DEFAULT_HEADER_READ_TIMEOUT,
+            DEFAULT_BODY_READ_TIMEOUT,
+            DEFAULT_IDLE_TIMEOUT,
+        )
     }
 }
 
 impl Deadlines {
-    /// The header and body limits.
-    pub fn new(headers: Duration, body: Duration) -> Self {
-        let deadlines = Self(Arc::new([AtomicU64::new(0), AtomicU64::new(0)]));
-        deadlines.set(headers, body);
+    /// The header, body and idle limits.
+    pub fn new(headers: Duration, body: Duration, idle: Duration) -> Self {
+        let deadlines = Self(Arc::new([
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+            AtomicU64::new(0),
+        ]));
+        deadlines.set(headers, body, idle);
         deadlines
     }
 
-    /// Changes both limits, for the connections and requests that start from now on.
-    pub fn set(&self, headers: Duration, body: Duration) {
+    /// Changes the limits, for the connections and requests that start from now on.
+    pub fn set(&self, headers: Duration, body: Duration, idle: Duration) {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.0[0].store(nanos(headers), Ordering::Relaxed);
         self.0[1].store(nanos(body), Ordering::Relaxed);
+        self.0[2].store(nanos(idle), Ordering::Relaxed);
+    }
+
+    /// How long a connection may have nothing open before it is closed.
+    pub fn idle(&self) -> Duration {
+        Duration::from_nanos(self.0[2].load(Ordering::Relaxed))
     }
 
     /// A connection's time to start, and an HTTP/1 request's for its headers.

@@ -34,7 +34,8 @@ use subtle::ConstantTimeEq as _;
 
 pub(crate) use body_deadline::DeadlineBody;
 pub use body_deadline::{
-    BodyTimedOut, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, Deadlines,
+    BodyTimedOut, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    Deadlines,
 };
 pub use layer::{RequireToken, RequireTokenLayer, Style};
 pub use tls::{Protocols, TlsError, TlsFiles, TlsPaths};

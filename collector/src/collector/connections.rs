@@ -4,8 +4,14 @@
 //! and the handshake run in a task per connection, so that a slow client never holds up the
 //! next one.
 //!
-//! A connection beyond the cap is accepted and closed at once (the client sees the connection
-//! end before any answer, and retries as it does for any broken connection), counted in
+//! A connection that finds the cap reached squeezes the listener's [`Pressure`]: its
+//! connections idle for a second close (an HTTP/2 client that opened and never asked holds a
+//! place otherwise), and the new one waits up to [`PLACE_WAIT`] for a place; at most
+//! [`MAX_WAITING`] wait at once. On the query port a few more places are kept for probes
+//! ([`Lane::Probe`]): a connection admitted there is served `/healthz`, `/readyz` and
+//! `/livez` and nothing else, so that a full listener still reports on itself. A connection
+//! that finds no place is accepted and closed (the client sees the connection end before any
+//! answer, and retries as it does for any broken connection), counted in
 //! `wayfinder_refused_connections_total{listener}` and logged at most once a minute, as Envoy's
 //! listener connection limit does. Each connection holds its place until it closes. A client
 //! too slow to start is closed and counted in `wayfinder_slow_connections_total{listener}`, one
@@ -26,12 +32,29 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use super::activity::Pressure;
 use crate::access::{Protocols, TlsFiles};
 use crate::cap::{Cap, Place};
 use crate::metrics::{ListenerLabels, LogEvery, Metrics};
 
 /// Connections ready to serve that wait for the server to take them.
 const READY_QUEUE: usize = 64;
+/// How long a connection that found the listener full waits for a place: long enough for an
+/// idle connection to be evicted and close.
+pub(super) const PLACE_WAIT: Duration = Duration::from_secs(3);
+/// Connections that wait for a place at once; more are refused at once.
+pub(super) const MAX_WAITING: usize = 64;
+/// Places for probes beyond the cap, on the listeners that answer probes.
+pub(super) const PROBE_PLACES: usize = 8;
+
+/// How a connection was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// Under the cap: served everything.
+    Regular,
+    /// Past the cap, in a place kept for probes: served the probes only, one request.
+    Probe,
+}
 /// How long the accept loop pauses after an error that is not the connection's own (out of
 /// file descriptors): retrying at once would spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -55,6 +78,17 @@ pub(super) struct Accept {
     pub(super) deadlines: Deadlines,
     pub(super) tls: Option<ListenerTls>,
     pub(super) metrics: Arc<Metrics>,
+    /// Squeezed when a connection finds no place.
+    pub(super) pressure: Pressure,
+    /// The places kept for probes, on a listener that answers them.
+    pub(super) probes: Option<Cap>,
+}
+
+/// Where a new connection's place comes from.
+enum Admission {
+    Place(Place, Lane),
+    /// It waits for a place, holding one of [`MAX_WAITING`].
+    Wait(Place),
 }
 
 impl Accept {
@@ -87,6 +121,7 @@ impl Accept {
                 .clone(),
             logged: Arc::default(),
         };
+        let waiting = Cap::new(MAX_WAITING);
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -101,16 +136,44 @@ impl Accept {
                     continue;
                 }
             };
-            let Some(place) = self.cap.try_take() else {
-                drop(tcp);
-                counters.refuse(self.name, self.cap.max());
-                continue;
+            let admission = match self.cap.try_take() {
+                Some(place) => Admission::Place(place, Lane::Regular),
+                None => {
+                    self.pressure.squeeze();
+                    match (
+                        self.probes.as_ref().and_then(Cap::try_take),
+                        waiting.try_take(),
+                    ) {
+                        (Some(place), _) => Admission::Place(place, Lane::Probe),
+                        (None, Some(waiter)) => Admission::Wait(waiter),
+                        (None, None) => {
+                            drop(tcp);
+                            counters.refuse(self.name, self.cap.max());
+                            continue;
+                        }
+                    }
+                }
             };
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
             let (this, ready, counters) = (self.clone(), ready.clone(), counters.clone());
             tokio::spawn(async move {
+                let (place, lane) = match admission {
+                    Admission::Place(place, lane) => (place, lane),
+                    Admission::Wait(waiter) => {
+                        match tokio::time::timeout(PLACE_WAIT, this.cap.take()).await {
+                            Ok(place) => {
+                                drop(waiter);
+                                (place, Lane::Regular)
+                            }
+                            Err(_) => {
+                                counters.refuse(this.name, this.cap.max());
+                                return;
+                            }
+                        }
+                    }
+                };
                 let local = tcp.local_addr().ok();
                 match tokio::time::timeout(this.deadlines.headers(), this.start(tcp)).await {
                     Ok(Ok(io)) => {
@@ -120,6 +183,7 @@ impl Accept {
                                 local_addr: local,
                                 remote_addr: Some(remote),
                             },
+                            lane,
                             _place: place,
                         };
                         // A server that stopped takes no more: the connection closes.
@@ -210,7 +274,15 @@ enum Stream {
 pub(super) struct Conn {
     io: Stream,
     info: TcpConnectInfo,
+    lane: Lane,
     _place: Place,
+}
+
+impl Conn {
+    /// How it was admitted.
+    pub(super) fn lane(&self) -> Lane {
+        self.lane
+    }
 }
 
 impl AsyncRead for Conn {
@@ -277,14 +349,4 @@ impl Connected for Conn {
     fn connect_info(&self) -> Self::ConnectInfo {
         self.info.clone()
     }
-}
-
-/// The connections of `accepted` as the stream tonic serves.
-pub(super) fn incoming(
-    accepted: mpsc::Receiver<Conn>,
-) -> impl futures::Stream<Item = io::Result<Conn>> + Send + 'static {
-    futures::stream::unfold(accepted, |mut accepted| async move {
-        let conn = accepted.recv().await?;
-        Some((Ok(conn), accepted))
-    })
 }

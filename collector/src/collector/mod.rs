@@ -7,6 +7,7 @@
 //! update period; the query API ([`serve::query`]) reads the store, the topology, the registry
 //! and the weights.
 
+mod activity;
 mod connections;
 mod http_server;
 mod reload;
@@ -369,8 +370,11 @@ impl Collector {
         let query_stop = CancellationToken::new();
 
         let caps = serve::Caps::new(config.max_connections);
-        let deadlines =
-            crate::access::Deadlines::new(config.header_read_timeout, config.body_read_timeout);
+        let deadlines = crate::access::Deadlines::new(
+            config.header_read_timeout,
+            config.body_read_timeout,
+            config.idle_timeout,
+        );
         let bounds = serve::Bounds {
             caps: caps.clone(),
             deadlines: deadlines.clone(),

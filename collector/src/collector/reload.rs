@@ -45,6 +45,7 @@ pub const IN_PLACE: &[&str] = &[
     "max_watchers",
     "header_read_timeout",
     "body_read_timeout",
+    "idle_timeout",
 ];
 
 /// The settings (as config-file keys) that a reload changes in place while the feature they
@@ -183,8 +184,11 @@ impl Live {
         let weights = merged.weights();
         self.api.weights.set_rule(weights.rule, weights.ttl);
         self.caps.set(merged.max_connections);
-        self.deadlines
-            .set(merged.header_read_timeout, merged.body_read_timeout);
+        self.deadlines.set(
+            merged.header_read_timeout,
+            merged.body_read_timeout,
+            merged.idle_timeout,
+        );
         self.api.watchers.set_max(merged.max_watchers);
         *self.api.config.write() = Arc::new(merged.in_force());
         *current = merged;
@@ -237,6 +241,7 @@ fn merged(running: &Config, new: &Config) -> Config {
     merged.max_watchers = new.max_watchers;
     merged.header_read_timeout = new.header_read_timeout;
     merged.body_read_timeout = new.body_read_timeout;
+    merged.idle_timeout = new.idle_timeout;
     merged
 }
 
@@ -304,6 +309,7 @@ mod tests {
         new.max_watchers *= 2;
         new.header_read_timeout *= 2;
         new.body_read_timeout *= 2;
+        new.idle_timeout *= 2;
         // And some that need a restart.
         new.otlp_grpc.set_port(1);
         new.edge_wait *= 2;

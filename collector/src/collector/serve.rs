@@ -6,8 +6,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::connections::{Accept, Conn, ListenerTls, incoming};
-use super::http_server;
+use super::activity::Pressure;
+use super::connections::{Accept, Conn, ListenerTls, PROBE_PLACES};
+use super::http_server::{self, Http2, Serve};
 use super::stage::Stage;
 use crate::access::{Deadlines, Protocols, RequireTokenLayer, Style, TlsFiles, Tokens};
 use crate::cap::Cap;
@@ -24,6 +25,8 @@ const OTLP_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 const OTLP_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// HTTP/2 streams per connection on the query gRPC port (each `Watch` holds one).
 const QUERY_GRPC_MAX_STREAMS: u32 = 10_000;
+/// HTTP/2 streams per connection elsewhere: hyper's default (tonic's server set none).
+const MAX_STREAMS: u32 = 200;
 
 /// How each listener takes connections: its cap, how long a client has to start, its TLS.
 #[derive(Debug, Clone)]
@@ -86,14 +89,16 @@ impl Caps {
 }
 
 impl Bounds {
-    /// Starts accepting on `listener`.
+    /// Starts accepting on `listener`; the connections come out with the pressure that their
+    /// listener's accept loop squeezes when it is full.
     fn accept(
         &self,
         tcp: TcpListener,
         listener: Listener,
         stop: &CancellationToken,
-    ) -> mpsc::Receiver<Conn> {
-        Accept {
+    ) -> (mpsc::Receiver<Conn>, Pressure) {
+        let pressure = Pressure::default();
+        let accepted = Accept {
             name: listener.name(),
             cap: self.caps.0[listener as usize].clone(),
             deadlines: self.deadlines.clone(),
@@ -103,13 +108,54 @@ impl Bounds {
                 mutual: listener.mutual(),
             }),
             metrics: self.metrics.clone(),
+            pressure: pressure.clone(),
+            probes: (listener == Listener::QueryHttp).then(|| Cap::new(PROBE_PLACES)),
         }
-        .spawn(tcp, stop.clone())
+        .spawn(tcp, stop.clone());
+        (accepted, pressure)
+    }
+
+    /// How `listener` serves `service`.
+    fn serve<S>(
+        &self,
+        listener: Listener,
+        service: S,
+        probes: Option<S>,
+        pressure: Pressure,
+    ) -> Serve<S> {
+        let http2 = match listener {
+            Listener::OtlpGrpc => Http2 {
+                only: true,
+                max_streams: MAX_STREAMS,
+                windows: Some((OTLP_STREAM_WINDOW, OTLP_CONNECTION_WINDOW)),
+            },
+            Listener::QueryGrpc => Http2 {
+                only: true,
+                // Watchers hold a stream each: let many share one connection.
+                max_streams: QUERY_GRPC_MAX_STREAMS,
+                windows: None,
+            },
+            Listener::OtlpHttp | Listener::QueryHttp => Http2 {
+                only: false,
+                max_streams: MAX_STREAMS,
+                windows: None,
+            },
+        };
+        Serve {
+            name: listener.name(),
+            service,
+            probes,
+            http2,
+            deadlines: self.deadlines.clone(),
+            body_deadline: listener.protocols() == Protocols::Http,
+            pressure,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 /// The probes a load balancer or an orchestrator calls without a token.
-const OPEN_PATHS: &[&str] = &["/healthz", "/readyz"];
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/livez"];
 
 /// The token check of one listener, or one that lets everything through.
 fn access(
@@ -143,29 +189,23 @@ pub(super) fn otlp_grpc(
     bounds: &Bounds,
     stop: CancellationToken,
 ) -> Stage {
-    let server = tonic::transport::Server::builder()
+    let routes = tonic::service::Routes::new(
+        TraceService::new(ingest.clone(), max_message_bytes).deadlines(bounds.deadlines.clone()),
+    )
+    .add_service(LogsService::new(ingest, max_message_bytes).deadlines(bounds.deadlines.clone()))
+    .prepare();
+    let service = tower::ServiceBuilder::new()
         .layer(access(tokens, Style::Grpc, &bounds.metrics, "otlp-grpc"))
-        // HTTP/2's default 64 KiB windows make a 200 KB export wait for several
-        // WINDOW_UPDATE round trips: with one request in flight per connection, ingest
-        // was latency-bound with a core idle.
-        .initial_stream_window_size(Some(OTLP_STREAM_WINDOW))
-        .initial_connection_window_size(Some(OTLP_CONNECTION_WINDOW))
-        .add_service(
-            TraceService::new(ingest.clone(), max_message_bytes)
-                .deadlines(bounds.deadlines.clone()),
-        )
-        .add_service(
-            LogsService::new(ingest, max_message_bytes).deadlines(bounds.deadlines.clone()),
-        )
-        .serve_with_incoming_shutdown(
-            incoming(bounds.accept(listener, Listener::OtlpGrpc, &stop)),
-            stop.cancelled_owned(),
-        );
-    Stage::spawn("otlp-grpc", async move {
-        if let Err(error) = server.await {
-            tracing::error!(%error, "the OTLP/gRPC receiver stopped");
-        }
-    })
+        .service(routes);
+    let (accepted, pressure) = bounds.accept(listener, Listener::OtlpGrpc, &stop);
+    Stage::spawn(
+        "otlp-grpc",
+        http_server::serve(
+            accepted,
+            bounds.serve(Listener::OtlpGrpc, service, None, pressure),
+            stop,
+        ),
+    )
 }
 
 /// OTLP/HTTP: `/v1/traces` and `/v1/logs`, protobuf and JSON.
@@ -183,10 +223,14 @@ pub(super) fn otlp_http(
         &bounds.metrics,
         "otlp-http",
     ));
-    let accepted = bounds.accept(listener, Listener::OtlpHttp, &stop);
+    let (accepted, pressure) = bounds.accept(listener, Listener::OtlpHttp, &stop);
     Stage::spawn(
         "otlp-http",
-        http_server::serve(accepted, router, bounds.deadlines.clone(), stop),
+        http_server::serve(
+            accepted,
+            bounds.serve(Listener::OtlpHttp, router, None, pressure),
+            stop,
+        ),
     )
 }
 
@@ -202,34 +246,34 @@ pub(super) fn query(
 ) -> Stage {
     let metrics = state.metrics.clone();
     let watchers = state.watchers.clone();
+    let probes = crate::query::probes(state.clone());
     // The UI's own files hold no data: they load without a token, and its calls to the API
     // carry the token the user gives it.
     let router = crate::query::router(state)
         .layer(access(tokens, Style::Http, &metrics, "query-http"))
         .merge(crate::ui::router());
+    let (accepted, pressure) = bounds.accept(http, Listener::QueryHttp, &stop);
     let http = http_server::serve(
-        bounds.accept(http, Listener::QueryHttp, &stop),
-        router,
-        bounds.deadlines.clone(),
+        accepted,
+        bounds.serve(Listener::QueryHttp, router, Some(probes), pressure),
         stop.clone(),
     );
-    let grpc = tonic::transport::Server::builder()
+    let routes = tonic::service::Routes::new(crate::query::grpc::weights_server(
+        weights,
+        watchers,
+        stop.clone(),
+    ))
+    .prepare();
+    let service = tower::ServiceBuilder::new()
         .layer(access(tokens, Style::Grpc, &metrics, "query-grpc"))
-        // Watchers hold a stream each: let many share one connection.
-        .max_concurrent_streams(Some(QUERY_GRPC_MAX_STREAMS))
-        .add_service(crate::query::grpc::weights_server(
-            weights,
-            watchers,
-            stop.clone(),
-        ))
-        .serve_with_incoming_shutdown(
-            incoming(bounds.accept(grpc, Listener::QueryGrpc, &stop)),
-            stop.cancelled_owned(),
-        );
+        .service(routes);
+    let (accepted, pressure) = bounds.accept(grpc, Listener::QueryGrpc, &stop);
+    let grpc = http_server::serve(
+        accepted,
+        bounds.serve(Listener::QueryGrpc, service, None, pressure),
+        stop,
+    );
     Stage::spawn("query", async move {
-        let ((), grpc) = tokio::join!(http, grpc);
-        if let Err(error) = grpc {
-            tracing::error!(%error, "the query gRPC API stopped");
-        }
+        tokio::join!(http, grpc);
     })
 }

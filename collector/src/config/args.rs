@@ -193,6 +193,11 @@ pub struct ServeArgs {
     /// the request is refused and its connection closed [default: 30s].
     #[arg(long, env = "WAYFINDER_BODY_READ_TIMEOUT", value_parser = parse_duration)]
     pub body_read_timeout: Option<Duration>,
+    /// How long a connection may have no request open before it is closed (HTTP/2 with a
+    /// GOAWAY); a listener at --max-connections closes connections idle for a second
+    /// [default: 2m].
+    #[arg(long, env = "WAYFINDER_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
     /// Log filter, e.g. `info` or `wayfinder_collector=debug,info` [default: info].
     #[arg(long, env = "RUST_LOG")]
     pub log_level: Option<String>,

@@ -62,6 +62,7 @@ pub(super) struct FileConfig {
     pub(super) tls_client_ca: Option<std::path::PathBuf>,
     pub(super) header_read_timeout: Option<String>,
     pub(super) body_read_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
     pub(super) log_level: Option<String>,
 }
 

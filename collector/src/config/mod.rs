@@ -29,7 +29,8 @@ pub use args::{ServeArgs, WalSyncMode, parse_duration, parse_size};
 use file::{FileConfig, Size, list, read_file};
 
 use crate::access::{
-    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, Secret, TlsPaths, TokenSource,
+    DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, Secret, TlsPaths,
+    TokenSource,
 };
 use crate::wal::WalSync;
 use crate::weights::{RuleConfig, WeightsConfig};
@@ -142,6 +143,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// How long an HTTP request's body may take to arrive in full after its headers.
     pub body_read_timeout: Duration,
+    /// How long a connection may have no request open before it is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -207,6 +210,7 @@ impl Default for Config {
             tls: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -555,6 +559,10 @@ impl Config {
                 .body_read_timeout
                 .or(duration("body_read_timeout", &file.body_read_timeout)?)
                 .unwrap_or(defaults.body_read_timeout),
+            idle_timeout: args
+                .idle_timeout
+                .or(duration("idle_timeout", &file.idle_timeout)?)
+                .unwrap_or(defaults.idle_timeout),
             wal_sync: match args.wal_sync.or(file.wal_sync) {
                 Some(WalSyncMode::Always) => WalSync::Always,
                 Some(WalSyncMode::Interval) | None => WalSync::Interval(

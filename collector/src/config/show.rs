@@ -50,7 +50,7 @@ impl Config {
         };
         let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
         let tls = self.tls.as_ref();
-        let settings: [(&str, Value); 52] = [
+        let settings: [(&str, Value); 53] = [
             ("otlp_grpc", json!(self.otlp_grpc.to_string())),
             ("otlp_http", json!(self.otlp_http.to_string())),
             ("query_http", json!(self.query_http.to_string())),
@@ -130,6 +130,7 @@ impl Config {
                 json!(duration(self.header_read_timeout)),
             ),
             ("body_read_timeout", json!(duration(self.body_read_timeout))),
+            ("idle_timeout", json!(duration(self.idle_timeout))),
         ];
         Value::Object(
             settings

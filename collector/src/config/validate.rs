@@ -78,6 +78,9 @@ impl Config {
                 "must be above zero".to_owned(),
             ));
         }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout", "must be above zero".to_owned()));
+        }
         if self.max_connections == 0 {
             return Err(invalid(
                 "max_connections",

@@ -53,6 +53,15 @@ pub struct ListenerLabels {
     pub listener: &'static str,
 }
 
+/// Labels of a connection closed for doing nothing: its listener and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdleClosedLabels {
+    /// The listener.
+    pub listener: &'static str,
+    /// `never_started`, `idle` or `evicted`.
+    pub reason: &'static str,
+}
+
 /// Labels with a reason.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
@@ -122,6 +131,8 @@ pub struct Metrics {
     pub sql_query_duration: Histogram,
     /// Connections closed beyond `--max-connections`, per listener.
     pub refused_connections: Family<ListenerLabels, Counter>,
+    /// Connections closed for doing nothing, per listener and reason.
+    pub closed_idle_connections: Family<IdleClosedLabels, Counter>,
     /// Weight watchers (gRPC `Watch`, HTTP long-polls) refused beyond `--max-watchers`.
     pub refused_watchers: Counter,
     /// Requests refused for a missing or invalid bearer token, per listener.
@@ -189,6 +200,7 @@ impl Metrics {
             cap_logs: CapLogs::default(),
             refused_watchers: Counter::default(),
             refused_connections: Family::default(),
+            closed_idle_connections: Family::default(),
             registry: Registry::default(),
             collectors: parking_lot::Mutex::new(Registry::default()),
             expositions: parking_lot::Mutex::new(Vec::new()),
@@ -292,6 +304,11 @@ impl Metrics {
             "wayfinder_refused_connections",
             "Connections closed at once because the listener held --max-connections, per listener",
             m.refused_connections.clone(),
+        );
+        registry.register(
+            "wayfinder_closed_idle_connections",
+            "Connections closed for doing nothing, per listener and reason: never_started (no request within --header-read-timeout), idle (nothing open for --idle-timeout), evicted (idle while the listener was full)",
+            m.closed_idle_connections.clone(),
         );
         registry.register(
             "wayfinder_refused_watchers",

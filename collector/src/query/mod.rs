@@ -47,6 +47,25 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/config", get(http::config))
         .route("/metrics", get(http::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(http::ready))
+        .with_state(state)
+}
+
+/// The router of a connection admitted past the query port's cap, in a place kept for probes:
+/// the probes, and for anything else a retryable 503 that closes the connection, so that a
+/// full port still says whether the collector lives and is ready.
+pub fn probes(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(http::ready))
+        .fallback(|| async {
+            ApiError::Unavailable(
+                "the query port is at --max-connections; this connection answers only \
+                 /healthz, /readyz and /livez: retry"
+                    .into(),
+            )
+        })
         .with_state(state)
 }

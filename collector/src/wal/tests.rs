@@ -159,7 +159,9 @@ async fn a_corrupt_record_ends_its_segment_and_later_segments_stay() {
 #[tokio::test(flavor = "current_thread")]
 async fn damage_in_the_middle_of_a_segment_costs_only_the_records_it_touches() {
     // Each row: which byte of the fifth record's frame is flipped, and why that one.
-    let cases: [(fn(usize, usize) -> usize, FrameError, &str); 3] = [
+    /// Which byte of a record's frame (from its start and length) is flipped.
+    type Flip = fn(usize, usize) -> usize;
+    let cases: [(Flip, FrameError, &str); 3] = [
         (
             |start, len| start + len - 3,
             FrameError::Checksum,
@@ -254,7 +256,9 @@ async fn segments_of_the_first_version_are_read_and_resynchronised() {
 fn a_foreign_file_or_an_emptied_segment_stops_the_start() {
     // Each row: the files of the log directory, and why the start stops (or not).
     let header = record::segment_header(7);
-    let cases: [(&[(u64, &[u8])], Option<&str>, &str); 4] = [
+    /// Segment files: their names' numbers and their bytes.
+    type Files<'a> = &'a [(u64, &'a [u8])];
+    let cases: [(Files, Option<&str>, &str); 4] = [
         (
             &[(1, b"#!/bin/sh\n")],
             Some("is not a write-ahead log segment"),
