@@ -289,6 +289,21 @@ pub fn validate(report: HealthReport) -> Result<HealthEvent, String> {
     if report.instance_id.trim().is_empty() {
         return Err("instance_id (service.instance.id) is missing or empty".into());
     }
+    for (what, name) in [
+        ("service (service.name)", Some(&report.service)),
+        (
+            "instance_id (service.instance.id)",
+            Some(&report.instance_id),
+        ),
+        (
+            "address (server.address and server.port)",
+            report.address.as_ref(),
+        ),
+    ] {
+        if name.is_some_and(|name| !crate::is_clean_name(name)) {
+            return Err(format!("{what} has a control character"));
+        }
+    }
     let status = HealthStatus::parse(&report.status).ok_or_else(|| {
         format!(
             "health.status `{}` is not one of passing, warning, critical, down",
@@ -534,6 +549,21 @@ mod tests {
                 report("cart", "c1", "down", Some(u64::MAX)),
                 Err("a day"),
                 "absurd ttl",
+            ),
+            (
+                report("inj\"svc\n", "c1", "passing", None),
+                Err("service (service.name) has a control character"),
+                "a line feed in a name would start a line in logs and scrapes",
+            ),
+            (
+                report("cart", "c1\u{7}", "passing", None),
+                Err("instance_id (service.instance.id) has a control character"),
+                "a bell in an instance id",
+            ),
+            (
+                report("cart é", "c-1 😀", "passing", None),
+                Ok(DEFAULT_TTL),
+                "non-ASCII is not a control character",
             ),
         ];
         for (input, want, why) in cases {

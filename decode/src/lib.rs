@@ -47,6 +47,19 @@ pub fn truncated(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Whether `name` may name a service or an instance: it has no control character (C0, DEL or
+/// C1). No identifier needs one, and a line feed in a name would start a line of its own in a
+/// log or an exposition format downstream. Spans (their resource's `service.name` and
+/// `service.instance.id`) and heartbeats are held to it alike.
+///
+/// ```
+/// assert!(wayfinder_decode::is_clean_name("checkout-3 é"));
+/// assert!(!wayfinder_decode::is_clean_name("inj\"svc\n"));
+/// ```
+pub fn is_clean_name(name: &str) -> bool {
+    !name.chars().any(char::is_control)
+}
+
 /// Spans laid out as an Arrow [`RecordBatch`] with the [`schema::span_schema`] schema.
 #[derive(Debug, Clone)]
 pub struct SpanBatch {

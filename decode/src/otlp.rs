@@ -44,6 +44,9 @@ pub struct Rejections {
     pub end_before_start: u64,
     /// A timestamp past the year 2262 (beyond a signed 64-bit nanosecond count).
     pub timestamp_out_of_range: u64,
+    /// Its resource's `service.name` or `service.instance.id` has a control character
+    /// ([`crate::is_clean_name`]).
+    pub invalid_name: u64,
 }
 
 impl Rejections {
@@ -54,6 +57,7 @@ impl Rejections {
             + self.invalid_parent_span_id
             + self.end_before_start
             + self.timestamp_out_of_range
+            + self.invalid_name
     }
 
     /// The English message for `partial_success.error_message`; `None` when nothing was rejected.
@@ -82,6 +86,10 @@ impl Rejections {
                 self.timestamp_out_of_range,
                 "a timestamp beyond the year 2262",
             ),
+            (
+                self.invalid_name,
+                "a control character in service.name or service.instance.id",
+            ),
         ];
         let mut message = format!("rejected {} span(s): ", self.total());
         let mut first = true;
@@ -98,13 +106,14 @@ impl Rejections {
     }
 
     /// The reasons as `(label, count)` pairs, for metrics.
-    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
         [
             ("invalid_trace_id", self.invalid_trace_id),
             ("invalid_span_id", self.invalid_span_id),
             ("invalid_parent_span_id", self.invalid_parent_span_id),
             ("end_before_start", self.end_before_start),
             ("timestamp_out_of_range", self.timestamp_out_of_range),
+            ("invalid_name", self.invalid_name),
         ]
     }
 }
@@ -203,6 +212,8 @@ pub(crate) struct TraceDecoder<'o> {
 /// A resource's column keys and the names and values its spans' facts carry.
 pub(crate) struct ResourceKeys {
     columns: Resource,
+    /// Its service or instance name has a control character: its spans are rejected.
+    unclean: bool,
     service: Arc<str>,
     instance: Option<Arc<str>>,
     values: ResourceValues,
@@ -246,6 +257,8 @@ impl<'o> TraceDecoder<'o> {
         let service = string_attr(attributes, "service.name").unwrap_or("unknown_service");
         let namespace = string_attr(attributes, "service.namespace").filter(|s| !s.is_empty());
         let instance = string_attr(attributes, "service.instance.id").filter(|s| !s.is_empty());
+        let unclean =
+            !crate::is_clean_name(service) || instance.is_some_and(|i| !crate::is_clean_name(i));
         let origins = &mut self.columns.origins;
         let columns = Resource {
             service: origins.service_name.intern(service),
@@ -274,6 +287,7 @@ impl<'o> TraceDecoder<'o> {
         };
         ResourceKeys {
             columns,
+            unclean,
             service,
             instance,
             values,
@@ -287,6 +301,10 @@ impl<'o> TraceDecoder<'o> {
         scope: &mut Scope<'_>,
         span: &SpanView<'_>,
     ) {
+        if resource.unclean {
+            self.rejections.invalid_name += 1;
+            return;
+        }
         let Some(times) = validate(span, &mut self.rejections) else {
             return;
         };

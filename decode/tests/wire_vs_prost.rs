@@ -195,6 +195,14 @@ fn prost_encoded_requests() {
             0,
             "a resource spans with nothing in it",
         ),
+        (
+            request(vec![
+                resource_spans("inj\"svc\n", vec![span(1, 1), span(1, 2)]),
+                resource_spans("clean", vec![span(1, 3)]),
+            ]),
+            1,
+            "a service name with a line feed: its spans are rejected, another resource's kept",
+        ),
     ];
     for (request, accepted, why) in cases {
         let bytes = request.encode_to_vec();

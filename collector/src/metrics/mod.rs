@@ -1,10 +1,12 @@
 //! The collector's own figures, served as Prometheus text on `GET /metrics`.
 
 mod cumulative;
+mod labels;
 mod log_every;
 mod openmetrics;
 
 pub use cumulative::Cumulative;
+pub use labels::{Escaped, Labels, escape_value, escaped};
 pub use log_every::{CAP_LOG_EVERY, LogEvery};
 pub use openmetrics::{Exemplar, Exposition, HistogramFamily, openmetrics_to_text};
 

@@ -130,14 +130,7 @@ fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
         first = false;
         out.push_str(name);
         out.push_str("=\"");
-        for c in value.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
+        let _ = super::escape_value(out, value);
         out.push('"');
     }
     out.push('}');

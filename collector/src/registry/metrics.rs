@@ -10,6 +10,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{InstanceStatus, Registry};
+use crate::metrics::Labels;
 
 /// Encodes the registry's series at each scrape.
 #[derive(Debug, Clone)]
@@ -36,7 +37,7 @@ impl Collector for RegistryMetrics {
                     ("status", status.as_str()),
                 ];
                 ConstGauge::new(i64::from(instance.status == status))
-                    .encode(family.encode_family(&labels)?)?;
+                    .encode(family.encode_family(&Labels(&labels))?)?;
             }
         }
         let mut family = encoder.encode_descriptor(

@@ -11,7 +11,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::{OperationKey, OperationState, SpanMetrics};
 use crate::dimensions::Dimension;
-use crate::metrics::{Exposition, HistogramFamily, encode_count};
+use crate::metrics::{Exposition, HistogramFamily, Labels, encode_count};
 
 /// Encodes the span metrics at each scrape: register it both with
 /// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector) (the calls
@@ -67,7 +67,7 @@ impl Collector for SpanMetricsExposition {
         self.each(|labels, entry| {
             if result.is_ok() {
                 result = family
-                    .encode_family(&labels)
+                    .encode_family(&Labels(labels))
                     .and_then(|encoder| encode_count(entry.calls, encoder));
             }
         });

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::{ConnectionType, EdgeKey, NodeKind, Topology};
-use crate::metrics::{Cumulative, Exposition, HistogramFamily, encode_count};
+use crate::metrics::{Cumulative, Exposition, HistogramFamily, Labels, encode_count};
 
 /// Encodes the topology's series at each scrape: register it both with
 /// [`Metrics::register_collector`](crate::metrics::Metrics::register_collector) (counters)
@@ -103,7 +103,7 @@ impl Collector for TopologyMetrics {
             for (labels, totals) in &series {
                 encode_count(
                     totals.requests,
-                    family.encode_family(&labels.pairs(&names))?,
+                    family.encode_family(&Labels(&labels.pairs(&names)))?,
                 )?;
             }
             let mut family = encoder.encode_descriptor(
@@ -113,7 +113,7 @@ impl Collector for TopologyMetrics {
                 MetricType::Counter,
             )?;
             for (labels, totals) in &series {
-                encode_count(totals.errors, family.encode_family(&labels.pairs(&names))?)?;
+                encode_count(totals.errors, family.encode_family(&Labels(&labels.pairs(&names)))?)?;
             }
 
             let counters = builder.counters();

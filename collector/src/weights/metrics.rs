@@ -9,6 +9,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::WeightsEngine;
+use crate::metrics::Labels;
 
 /// Encodes the latest weights at each scrape.
 #[derive(Debug, Clone)]
@@ -54,7 +55,7 @@ impl Collector for WeightsMetrics {
                             ("service", weights.service.as_str()),
                             ("instance", endpoint.instance_id.as_str()),
                         ];
-                        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+                        ConstGauge::new(value).encode(family.encode_family(&Labels(&labels))?)?;
                     }
                 }
             }
@@ -68,7 +69,7 @@ impl Collector for WeightsMetrics {
         for weights in snapshot.services.values() {
             let version = i64::try_from(weights.version).unwrap_or(i64::MAX);
             ConstGauge::new(version)
-                .encode(family.encode_family(&[("service", weights.service.as_str())])?)?;
+                .encode(family.encode_family(&Labels(&[("service", weights.service.as_str())]))?)?;
         }
         Ok(())
     }
