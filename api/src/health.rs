@@ -29,9 +29,14 @@ pub struct HealthReport {
     /// 15000].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
-    /// Increases with every beat of the instance; older beats are ignored.
+    /// Increases with every beat of the instance; older beats are ignored. Not ahead of the
+    /// collector's clock in Unix milliseconds (by more than five minutes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// When the instance's process started, in Unix milliseconds: a newer incarnation is a
+    /// restart, which speaks for the instance at once (see the collector's `registry.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
     /// Free text, e.g. the output of the check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,

@@ -202,6 +202,9 @@ pub struct Instance {
 /// `GET /api/v1/instances`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstancesResponse {
-    /// The instances, by service then id.
+    /// The instances, by service then id: a page of them.
     pub instances: Vec<Instance>,
+    /// When there are more: the `page_token` that asks for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
 }

@@ -58,8 +58,8 @@ pub fn loopback_config() -> wayfinder_collector::Config {
     config
 }
 
-/// Registers `instance_id` of `service` (at `address`) as passing for an hour, as one
-/// heartbeat would.
+/// Registers `instance_id` of `service` (at `address`) as passing for ten minutes (the longest
+/// TTL the collector takes by default), as one heartbeat would.
 pub fn register(
     collector: &wayfinder_collector::RunningCollector,
     service: &str,
@@ -72,8 +72,9 @@ pub fn register(
             instance_id,
             address,
             status: "passing".into(),
-            ttl_ms: Some(3_600_000),
+            ttl_ms: Some(600_000),
             seq: None,
+            incarnation: None,
             output: None,
         })?;
     collector.registry().beat(event);

@@ -145,6 +145,7 @@ pub fn registered_instance(service: &Arc<str>, id: &str, address: Option<String>
         ttl: None,
         seq: None,
         output: None,
+        lineage: None,
     }
 }
 

@@ -76,6 +76,7 @@ fn registry() -> Arc<Registry> {
             status,
             ttl: Duration::from_secs(30),
             seq: None,
+            incarnation: None,
             output: output.map(String::from),
         });
     }

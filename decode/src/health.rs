@@ -73,6 +73,8 @@ pub struct HealthEvent {
     pub ttl: Duration,
     /// Its sequence number, when given.
     pub seq: Option<u64>,
+    /// When its process started (Unix milliseconds), when given.
+    pub incarnation: Option<u64>,
     /// Free text.
     pub output: Option<String>,
 }
@@ -260,6 +262,7 @@ fn from_record(resource: &[KeyValue], record: &LogRecord) -> Result<HealthEvent,
         status: text("health.status").unwrap_or_default(),
         ttl_ms: number("health.ttl_ms")?,
         seq: number("health.seq")?,
+        incarnation: number("health.incarnation")?,
         output: text("health.output"),
     })
 }
@@ -277,6 +280,7 @@ fn from_record(resource: &[KeyValue], record: &LogRecord) -> Result<HealthEvent,
 ///     status: "sleepy".into(),
 ///     ttl_ms: None,
 ///     seq: None,
+///     incarnation: None,
 ///     output: None,
 /// };
 /// let error = validate(report).unwrap_err();
@@ -329,6 +333,7 @@ pub fn validate(report: HealthReport) -> Result<HealthEvent, String> {
         status,
         ttl,
         seq: report.seq,
+        incarnation: report.incarnation,
         output: report.output.map(|o| bounded(o, MAX_OUTPUT)),
     })
 }
@@ -517,6 +522,7 @@ mod tests {
             status: status.into(),
             ttl_ms: ttl,
             seq: None,
+            incarnation: None,
             output: None,
         };
         let cases = [

@@ -328,7 +328,9 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_requests() {
-    let collector = start(loopback_config()).await;
+    let mut config = loopback_config();
+    config.grpc_max_message_bytes = 64 << 10;
+    let collector = start(config).await;
     let mut grpc = wayfinder_e2e::raw_grpc(collector.addrs().otlp_grpc).await;
     let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);
     let mut send = async |body: Vec<u8>| {
@@ -391,6 +393,37 @@ async fn bad_grpc_requests() {
         wait_for_rows(&collector, "service_name = 'gzip-grpc'", 1).await,
         1
     );
+
+    // A message over --grpc-max-message-bytes: one code, plain or compressed, and counted.
+    let spans = (0..2_000).map(|i| span([7; 16], i + 1)).collect();
+    let big = Bytes::from(request("too-big", spans).encode_to_vec());
+    assert!(big.len() > 64 << 10);
+    let plain = send(big.to_vec()).await.expect_err("too large");
+    gzipped.ready().await.unwrap();
+    let compressed = gzipped
+        .unary(tonic::Request::new(big), path.clone(), RawCodec)
+        .await
+        .expect_err("too large once decompressed");
+    for (status, why) in [(plain, "plain"), (compressed, "gzip")] {
+        assert_eq!(
+            status.code(),
+            tonic::Code::ResourceExhausted,
+            "{why}: {status:?}"
+        );
+        assert!(
+            status.message().contains("--grpc-max-message-bytes"),
+            "{why}"
+        );
+    }
+    let counted = collector
+        .metrics()
+        .refused_requests
+        .get_or_create(&wayfinder_collector::metrics::RefusalLabels {
+            protocol: "grpc",
+            reason: "too_large",
+        })
+        .get();
+    assert_eq!(counted, 2, "both counted as too_large");
 
     // And gzip-compressed OTLP/HTTP bodies too.
     let response = http_client()

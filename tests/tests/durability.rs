@@ -26,8 +26,19 @@ async fn send(
     first_id: u64,
     n: u64,
 ) -> reqwest::Response {
+    send_at(otlp_http, trace, first_id, n, 1_000).await
+}
+
+/// [`send`], the spans starting at `start` (Unix nanoseconds).
+async fn send_at(
+    otlp_http: std::net::SocketAddr,
+    trace: u8,
+    first_id: u64,
+    n: u64,
+    start: u64,
+) -> reqwest::Response {
     let spans = (first_id..first_id + n)
-        .map(|id| span([trace; 16], id, "durable", 1_000, 2_000))
+        .map(|id| span([trace; 16], id, "durable", start, start + 1_000))
         .collect();
     http_client()
         .post(format!("http://{otlp_http}/v1/traces"))
@@ -150,6 +161,8 @@ async fn a_full_disk_refuses_with_retryable_errors_and_loses_nothing_acknowledge
     let data = disk.0.path().join("data");
     let mut config = config_in(&data);
     config.wal_sync = wayfinder_collector::wal::WalSync::Always;
+    // No reserve: the log's own write errors are the last line (the reserve is the next test).
+    config.disk_reserve = 0;
     let collector = start(config.clone()).await;
     let otlp = collector.addrs().otlp_http;
     // Fill the disk but for a little room.
@@ -212,4 +225,75 @@ async fn a_full_disk_refuses_with_retryable_errors_and_loses_nothing_acknowledge
         "every acknowledged span once, nothing refused"
     );
     again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_short_of_space_refuses_ingest_and_frees_itself_by_sealing() {
+    let disk = Tmpfs::mount("48m");
+    let data = disk.0.path().join("data");
+    let mut config = config_in(&data);
+    config.disk_reserve = 16 << 20;
+    config.seal_interval = std::time::Duration::from_millis(200);
+    // The log keeps what the registry and weights are rebuilt from: a second of it here.
+    config.deregister_after = std::time::Duration::from_secs(1);
+    config.weight_window = std::time::Duration::from_secs(1);
+    let collector = start(config.clone()).await;
+    let otlp = collector.addrs().otlp_http;
+    // Fill the disk to a little above the reserve.
+    let filler = disk.0.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 1 << 20];
+    for _ in 0..28 {
+        file.write_all(&chunk).unwrap();
+    }
+    drop(file);
+
+    // Spans of now, so that the retention keeps their sealed files.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let (mut acked, mut refused) = (0u64, None);
+    for request in 0..2_000 {
+        let answer = send_at(otlp, 5, request * 500 + 1, 500, now).await;
+        if answer.status() == 200 {
+            acked += 500;
+            continue;
+        }
+        refused = Some(answer);
+        break;
+    }
+    let refused = refused.expect("the reserve is reached within 2,000 requests");
+    assert_eq!(refused.status(), 503, "a retryable refusal");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("--disk-reserve"), "{message}");
+    assert!(acked > 0, "some requests fit first");
+
+    // Nothing is freed by hand: sealing writes into the reserve, the log closes its segment
+    // and retires what is sealed, and ingest resumes by itself.
+    let mut resumed = false;
+    for _ in 0..300 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if send_at(otlp, 5, acked + 1, 500, now).await.status() == 200 {
+            acked += 500;
+            resumed = true;
+            break;
+        }
+    }
+    assert!(
+        resumed,
+        "ingest resumed within 30 s without anyone freeing space"
+    );
+    let metrics = metrics_text(&collector).await;
+    assert!(
+        metrics.contains("reason=\"disk_low\""),
+        "the refusals are counted: {metrics}"
+    );
+    assert_eq!(
+        wait_for_rows(&collector, "true", acked as i64).await,
+        acked as i64,
+        "every acknowledged span"
+    );
+    collector.shutdown().await;
 }

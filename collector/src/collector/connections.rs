@@ -175,7 +175,18 @@ impl Accept {
                     }
                 };
                 let local = tcp.local_addr().ok();
-                match tokio::time::timeout(this.deadlines.headers(), this.start(tcp)).await {
+                let start = this.start(tcp);
+                tokio::pin!(start);
+                // The connection is counted before it is closed (dropped with `start`), so that
+                // whoever sees the close sees the count.
+                let started = tokio::select! {
+                    started = &mut start => Ok(started),
+                    () = tokio::time::sleep(this.deadlines.headers()) => {
+                        counters.slow.inc();
+                        Err(())
+                    }
+                };
+                match started {
                     Ok(Ok(io)) => {
                         let conn = Conn {
                             io,
@@ -194,8 +205,7 @@ impl Accept {
                         counters.failed.inc();
                         tracing::debug!(listener = this.name, %remote, %error, "TLS handshake failed");
                     }
-                    Err(_) => {
-                        counters.slow.inc();
+                    Err(()) => {
                         tracing::debug!(listener = this.name, %remote, "a connection sent nothing in time; closed");
                     }
                 }

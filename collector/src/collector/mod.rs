@@ -256,6 +256,7 @@ impl Collector {
         let registry = Arc::new(Registry::new(
             RegistryConfig {
                 deregister_after: config.deregister_after,
+                max_ttl: config.max_heartbeat_ttl,
                 ..RegistryConfig::default()
             },
             clock,
@@ -350,8 +351,17 @@ impl Collector {
             .with_decode_options(decode_options)
             .with_registry(registry.clone())
             .with_store(store.clone());
+        // With a data directory, the room kept on its disk for sealing.
+        let disk = config
+            .data_dir
+            .as_ref()
+            .map(|dir| crate::wal::DiskWatch::new(dir.join("wal"), config.disk_reserve as u64));
         if let Some((wal, _)) = &recovered {
             ingest = ingest.with_wal(wal.clone());
+        }
+        if let Some(disk) = &disk {
+            disk.check();
+            ingest = ingest.with_disk(disk.clone());
         }
         let ingest = Arc::new(ingest);
         // The pipeline first: the replay of the log goes through it before any receiver
@@ -411,7 +421,7 @@ impl Collector {
             } else {
                 config.retention
             };
-            let (wal, retention) = (wal.clone(), wal_keeps);
+            let (wal, retention, disk) = (wal.clone(), wal_keeps, disk.clone());
             let tokens: Vec<(&'static str, Tokens)> = [
                 ("ingest", ingest_tokens.clone()),
                 ("query", query_tokens.clone()),
@@ -434,6 +444,11 @@ impl Collector {
                 let now = SystemTime::now();
                 store.maintain(now);
                 if let Some(wal) = &wal {
+                    // Short of space: the open segment closes, so that what is sealed of it
+                    // can go too.
+                    if disk.as_ref().is_some_and(crate::wal::DiskWatch::check) {
+                        wal.rotate();
+                    }
                     // What is sealed, or older than anything rebuilt from it, goes.
                     wal.retire_before(now - retention);
                 }

@@ -31,6 +31,7 @@ pub const IN_PLACE: &[&str] = &[
     "query_max_rows",
     "query_max_concurrent",
     "deregister_after",
+    "max_heartbeat_ttl",
     "weight_ttl",
     "weight_gamma",
     "weight_error_penalty",
@@ -181,6 +182,7 @@ impl Live {
         self.api
             .registry
             .set_deregister_after(merged.deregister_after);
+        self.api.registry.set_max_ttl(merged.max_heartbeat_ttl);
         let weights = merged.weights();
         self.api.weights.set_rule(weights.rule, weights.ttl);
         self.caps.set(merged.max_connections);
@@ -227,6 +229,7 @@ fn merged(running: &Config, new: &Config) -> Config {
     merged.query_max_rows = new.query_max_rows;
     merged.query_max_concurrent = new.query_max_concurrent;
     merged.deregister_after = new.deregister_after;
+    merged.max_heartbeat_ttl = new.max_heartbeat_ttl;
     merged.weight_ttl = new.weight_ttl;
     merged.weight_gamma = new.weight_gamma;
     merged.weight_error_penalty = new.weight_error_penalty;
@@ -295,6 +298,7 @@ mod tests {
         new.query_max_rows *= 2;
         new.query_max_concurrent *= 2;
         new.deregister_after *= 2;
+        new.max_heartbeat_ttl *= 2;
         new.weight_ttl *= 2;
         new.weight_gamma *= 2.0;
         new.weight_error_penalty *= 2.0;

@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// How long an instance stays critical (or silent) before it is removed [default: 60s].
     #[arg(long, env = "WAYFINDER_DEREGISTER_AFTER", value_parser = parse_duration)]
     pub deregister_after: Option<Duration>,
+    /// The longest TTL a heartbeat may have; a longer one is refused [default: 10m].
+    #[arg(long, env = "WAYFINDER_MAX_HEARTBEAT_TTL", value_parser = parse_duration)]
+    pub max_heartbeat_ttl: Option<Duration>,
     /// How often load-balancing weights are computed [default: 1s].
     #[arg(long, env = "WAYFINDER_WEIGHT_UPDATE_PERIOD", value_parser = parse_duration)]
     pub weight_update_period: Option<Duration>,
@@ -162,6 +165,10 @@ pub struct ServeArgs {
     /// variables) [default: DIR/spans].
     #[arg(long, env = "WAYFINDER_HISTORY")]
     pub history: Option<String>,
+    /// Free space kept on the data directory's disk, with --data-dir: below it ingest is
+    /// refused (retryably), so that sealing has room to free the log's space [default: 256MiB].
+    #[arg(long, env = "WAYFINDER_DISK_RESERVE", value_parser = parse_size)]
+    pub disk_reserve: Option<usize>,
     /// The longest spans wait in memory before they are sealed to Parquet (sooner when a
     /// million wait or memory is half full) [default: 1m].
     #[arg(long, env = "WAYFINDER_SEAL_INTERVAL", value_parser = parse_duration)]

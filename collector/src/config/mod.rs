@@ -93,6 +93,8 @@ pub struct Config {
     pub database_name_attributes: Vec<String>,
     /// How long an instance may stay `critical` (or silent) before the registry removes it.
     pub deregister_after: Duration,
+    /// The longest TTL a heartbeat may have.
+    pub max_heartbeat_ttl: Duration,
     /// How often load-balancing weights are computed.
     pub weight_update_period: Duration,
     /// The sliding window of latency and errors the weights are computed from.
@@ -130,6 +132,8 @@ pub struct Config {
     pub wal_sync: WalSync,
     /// Where sealed Parquet files go (with `data_dir`); `None`: `DIR/spans`.
     pub history: Option<String>,
+    /// Free space kept on the data directory's disk (with `data_dir`).
+    pub disk_reserve: usize,
     /// The longest spans wait in memory before they are sealed.
     pub seal_interval: Duration,
     /// The bearer tokens the OTLP receivers admit; `None`: open.
@@ -159,6 +163,7 @@ impl Default for Config {
             grpc_max_message_bytes: 4 * MIB,
             http_max_body_bytes: 20 * MIB,
             max_ingest_bytes: 256 * MIB,
+            disk_reserve: crate::wal::DEFAULT_DISK_RESERVE as usize,
             retention: Duration::from_secs(3600),
             max_store_bytes: 1024 * MIB,
             query_timeout: Duration::from_secs(30),
@@ -187,6 +192,7 @@ impl Default for Config {
                 .map(|&seconds| Duration::from_secs_f64(seconds))
                 .collect(),
             deregister_after: Duration::from_secs(60),
+            max_heartbeat_ttl: crate::registry::DEFAULT_MAX_TTL,
             weight_update_period: weights.update_period,
             weight_window: weights.window,
             weight_ttl: weights.ttl,
@@ -385,6 +391,10 @@ impl Config {
                 .max_ingest_bytes
                 .or(size("max_ingest_bytes", &file.max_ingest_bytes)?)
                 .unwrap_or(defaults.max_ingest_bytes),
+            disk_reserve: args
+                .disk_reserve
+                .or(size("disk_reserve", &file.disk_reserve)?)
+                .unwrap_or(defaults.disk_reserve),
             retention: args
                 .retention
                 .or(duration("retention", &file.retention)?)
@@ -466,6 +476,10 @@ impl Config {
                 .deregister_after
                 .or(duration("deregister_after", &file.deregister_after)?)
                 .unwrap_or(defaults.deregister_after),
+            max_heartbeat_ttl: args
+                .max_heartbeat_ttl
+                .or(duration("max_heartbeat_ttl", &file.max_heartbeat_ttl)?)
+                .unwrap_or(defaults.max_heartbeat_ttl),
             weight_update_period: args
                 .weight_update_period
                 .or(duration(

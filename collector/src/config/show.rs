@@ -50,7 +50,7 @@ impl Config {
         };
         let path = |p: Option<&std::path::PathBuf>| p.map(|p| p.display().to_string());
         let tls = self.tls.as_ref();
-        let settings: [(&str, Value); 53] = [
+        let settings: [(&str, Value); 55] = [
             ("otlp_grpc", json!(self.otlp_grpc.to_string())),
             ("otlp_http", json!(self.otlp_http.to_string())),
             ("query_http", json!(self.query_http.to_string())),
@@ -58,6 +58,7 @@ impl Config {
             ("grpc_max_message_bytes", json!(self.grpc_max_message_bytes)),
             ("http_max_body_bytes", json!(self.http_max_body_bytes)),
             ("max_ingest_bytes", json!(self.max_ingest_bytes)),
+            ("disk_reserve", json!(self.disk_reserve)),
             ("retention", json!(duration(self.retention))),
             ("max_store_bytes", json!(self.max_store_bytes)),
             ("query_timeout", json!(duration(self.query_timeout))),
@@ -90,6 +91,7 @@ impl Config {
                 json!(self.database_name_attributes),
             ),
             ("deregister_after", json!(duration(self.deregister_after))),
+            ("max_heartbeat_ttl", json!(duration(self.max_heartbeat_ttl))),
             (
                 "weight_update_period",
                 json!(duration(self.weight_update_period)),

@@ -78,6 +78,12 @@ impl Config {
                 "must be above zero".to_owned(),
             ));
         }
+        if self.max_heartbeat_ttl.is_zero() {
+            return Err(invalid(
+                "max_heartbeat_ttl",
+                "must be above zero".to_owned(),
+            ));
+        }
         if self.idle_timeout.is_zero() {
             return Err(invalid("idle_timeout", "must be above zero".to_owned()));
         }

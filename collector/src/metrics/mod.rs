@@ -78,6 +78,10 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// The most instances a per-instance family lists (`wayfinder_instance_health`, the endpoint
+/// weights): past them a scrape would grow with whatever a stranger registers.
+pub const MAX_INSTANCE_SERIES: usize = 10_000;
+
 /// How long one exposition is handed to later scrapes ([`Metrics::encode_shared`]).
 pub const METRICS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -161,6 +165,8 @@ pub struct CapLogs {
     pub sql_limits: LogEvery,
     /// Spans evicted from memory by `--max-store-bytes`.
     pub store_size: LogEvery,
+    /// Seals that failed (a full disk, an unreachable bucket): tried again every second.
+    pub seal_failures: LogEvery,
 }
 
 impl Default for Metrics {

@@ -329,15 +329,48 @@ pub(crate) async fn get_services(
 #[derive(Debug, Deserialize)]
 pub(crate) struct InstancesQuery {
     service: Option<String>,
+    limit: Option<usize>,
+    page_token: Option<String>,
+}
+
+/// Instances in one page of `GET /api/v1/instances` when `limit` does not say, and at most.
+const INSTANCES_PAGE: usize = 1_000;
+const INSTANCES_MAX_PAGE: usize = 10_000;
+
+/// A page token: the hex of the last instance's service, a NUL, and its id.
+fn page_token(service: &str, instance_id: &str) -> String {
+    const_hex::encode(format!("{service}\0{instance_id}"))
+}
+
+fn after_token(token: &str) -> Option<(String, String)> {
+    let bytes = const_hex::decode(token).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (service, id) = text.split_once('\0')?;
+    Some((service.to_owned(), id.to_owned()))
 }
 
 pub(crate) async fn get_instances(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<InstancesQuery>,
-) -> Json<InstancesResponse> {
-    let instances = state
-        .registry
-        .instances(query.service.as_deref())
+) -> Result<Json<InstancesResponse>, ApiError> {
+    let limit = query
+        .limit
+        .unwrap_or(INSTANCES_PAGE)
+        .clamp(1, INSTANCES_MAX_PAGE);
+    let after = match query.page_token.as_deref() {
+        None => None,
+        Some(token) => Some(after_token(token).ok_or_else(|| {
+            ApiError::BadRequest(format!("`{token}` is not a page token of this API"))
+        })?),
+    };
+    let (page, more) =
+        state
+            .registry
+            .instances_page(query.service.as_deref(), after.as_ref(), limit);
+    let next_page_token = more
+        .then(|| page.last().map(|i| page_token(&i.service, &i.instance_id)))
+        .flatten();
+    let instances = page
         .into_iter()
         .map(|i| Instance {
             service: i.service.to_string(),
@@ -355,5 +388,8 @@ pub(crate) async fn get_instances(
             output: i.output,
         })
         .collect();
-    Json(InstancesResponse { instances })
+    Ok(Json(InstancesResponse {
+        instances,
+        next_page_token,
+    }))
 }

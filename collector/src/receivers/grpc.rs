@@ -179,8 +179,9 @@ impl tower::Service<HttpRequest> for TraceService {
         }
         let request = with_deadline(request, self.deadlines.body(), &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
-        let export = ExportTraces(self.ingest.clone());
-        Box::pin(async move { Ok(grpc.unary(export, request).await) })
+        let ingest = self.ingest.clone();
+        let export = ExportTraces(ingest.clone());
+        Box::pin(async move { Ok(size_refusal(grpc.unary(export, request).await, &ingest)) })
     }
 }
 
@@ -201,8 +202,27 @@ impl tower::Service<HttpRequest> for LogsService {
         }
         let request = with_deadline(request, self.deadlines.body(), &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
-        let export = ExportLogs(self.ingest.clone());
-        Box::pin(async move { Ok(grpc.unary(export, request).await) })
+        let ingest = self.ingest.clone();
+        let export = ExportLogs(ingest.clone());
+        Box::pin(async move { Ok(size_refusal(grpc.unary(export, request).await, &ingest)) })
+    }
+}
+
+/// tonic refuses a message over `--grpc-max-message-bytes` with `OUT_OF_RANGE` when it came
+/// plain and `RESOURCE_EXHAUSTED` when it came compressed; gRPC's own servers answer
+/// `RESOURCE_EXHAUSTED` for both (grpc-go's "received message larger than max"), and the
+/// receivers answer neither code otherwise: one code, counted as `too_large`.
+fn size_refusal(response: HttpResponse, ingest: &Ingest) -> HttpResponse {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted) => {
+            ingest.refuse_request(Protocol::Grpc, "too_large");
+            Status::resource_exhausted(format!(
+                "{}; the most a message may have is --grpc-max-message-bytes, after decompression",
+                status.message()
+            ))
+            .into_http()
+        }
+        _ => response,
     }
 }
 
@@ -273,6 +293,7 @@ pub fn into_status(error: IngestError) -> Status {
     match error {
         IngestError::Overloaded
         | IngestError::StoreFull
+        | IngestError::DiskLow
         | IngestError::ShuttingDown
         | IngestError::Unavailable(_) => Status::with_error_details(
             Code::Unavailable,

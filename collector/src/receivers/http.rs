@@ -129,6 +129,11 @@ impl From<IngestError> for Refused {
                 tonic::Code::Unavailable,
                 "store_full",
             ),
+            IngestError::DiskLow => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unavailable,
+                "disk_low",
+            ),
             IngestError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Unavailable,
@@ -220,7 +225,12 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
             // The ingest counted its own refusals; count the ones found here.
             if !matches!(
                 refused.reason,
-                "queue_full" | "store_full" | "shutting_down" | "persistence" | "internal"
+                "queue_full"
+                    | "store_full"
+                    | "disk_low"
+                    | "shutting_down"
+                    | "persistence"
+                    | "internal"
             ) {
                 state.ingest.refuse_request(protocol, refused.reason);
             }

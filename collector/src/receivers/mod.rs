@@ -61,6 +61,12 @@ pub enum IngestError {
     /// be sealed to disk): retry later.
     #[error("the collector's span store is full until it seals to disk; retry later")]
     StoreFull,
+    /// The data directory's disk is below `--disk-reserve`: what is left is kept for
+    /// sealing, which frees the log's space: retry later.
+    #[error(
+        "the collector's disk is below its reserve (--disk-reserve) until sealing frees space; retry later"
+    )]
+    DiskLow,
     /// The collector is shutting down: retry against another one, or later.
     #[error("the collector is shutting down; retry later")]
     ShuttingDown,
@@ -82,6 +88,7 @@ impl IngestError {
         match self {
             IngestError::Overloaded => "queue_full",
             IngestError::StoreFull => "store_full",
+            IngestError::DiskLow => "disk_low",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Malformed(_) => "malformed",
             IngestError::Unavailable(_) => "persistence",
@@ -128,6 +135,8 @@ pub struct Ingest {
     wal: Option<Wal>,
     /// The store, asked whether it is over a budget it cannot evict from.
     store: Option<Arc<dyn crate::store::SpanStore>>,
+    /// The data directory's disk, asked whether it is below its reserve.
+    disk: Option<crate::wal::DiskWatch>,
 }
 
 /// A decoded trace request on its way in: its share of the queue taken and, with a
@@ -152,6 +161,7 @@ impl Ingest {
             registry: None,
             wal: None,
             store: None,
+            disk: None,
         }
     }
 
@@ -198,13 +208,34 @@ impl Ingest {
         self
     }
 
-    fn store_full(&self) -> bool {
-        self.store.as_ref().is_some_and(|store| store.over_budget())
+    /// Refuses requests, retryably, while the data directory's disk is below its reserve.
+    pub fn with_disk(mut self, disk: crate::wal::DiskWatch) -> Self {
+        self.disk = Some(disk);
+        self
+    }
+
+    /// Why nothing more can be taken now, if so: the store over a budget it cannot evict
+    /// from, or the disk below its reserve.
+    fn full(&self) -> Option<IngestError> {
+        if self.store.as_ref().is_some_and(|store| store.over_budget()) {
+            Some(IngestError::StoreFull)
+        } else if self
+            .disk
+            .as_ref()
+            .is_some_and(crate::wal::DiskWatch::is_low)
+        {
+            Some(IngestError::DiskLow)
+        } else {
+            None
+        }
     }
 
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
     pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
-        let retryable = matches!(reason, "queue_full" | "store_full" | "persistence");
+        let retryable = matches!(
+            reason,
+            "queue_full" | "store_full" | "disk_low" | "persistence"
+        );
         if retryable && self.metrics.cap_logs.refused_requests.ready() {
             tracing::warn!(
                 reason,
@@ -224,9 +255,9 @@ impl Ingest {
     /// Whether the queue has room for a request of `bytes` on the wire; refuses (and counts) it if
     /// not, before it is decoded.
     pub fn check_room(&self, protocol: Protocol, bytes: usize) -> Result<(), IngestError> {
-        if self.store_full() {
-            self.refuse_request(protocol, "store_full");
-            Err(IngestError::StoreFull)
+        if let Some(full) = self.full() {
+            self.refuse_request(protocol, full.reason());
+            Err(full)
         } else if self.queue.has_room(bytes) {
             Ok(())
         } else {
@@ -276,8 +307,7 @@ impl Ingest {
                 ticket: None,
             });
         };
-        if self.store_full() {
-            let error = IngestError::StoreFull;
+        if let Some(error) = self.full() {
             self.refuse_traces(protocol, &decoded, &error);
             return Err(error);
         }
@@ -454,19 +484,10 @@ impl Ingest {
         })
         .await?;
         self.metrics.health_events.get_or_create(&labels).inc();
-        Ok(match self.apply_beat(event, None) {
-            BeatOutcome::Accepted => HealthAck {
-                accepted: true,
-                reason: None,
-            },
-            BeatOutcome::Stale { last } => HealthAck {
-                accepted: false,
-                reason: Some(format!("seq is not newer than the last one seen ({last})")),
-            },
-            BeatOutcome::Full => HealthAck {
-                accepted: false,
-                reason: Some("the registry is full; this instance is not tracked".into()),
-            },
+        let outcome = self.apply_beat(event, None);
+        Ok(HealthAck {
+            accepted: outcome == BeatOutcome::Accepted,
+            reason: outcome.reason(),
         })
     }
 
@@ -479,6 +500,11 @@ impl Ingest {
         let Some(wal) = &self.wal else {
             return Ok(());
         };
+        if let Some(disk) = &self.disk
+            && disk.is_low()
+        {
+            return Err(IngestError::DiskLow);
+        }
         let unavailable = |e: crate::wal::AppendError| IngestError::Unavailable(e.to_string());
         wal.append(kind, SystemTime::now(), &payload())
             .map_err(unavailable)?

@@ -15,7 +15,12 @@
 //! | — | a span from an instance never heard from | `unknown` |
 //! | `unknown` | no span for `--deregister-after` | removed |
 //!
-//! A beat whose `seq` is not newer than the last one seen from that instance is ignored.
+//! Which beat speaks for an instance is [`lineage`]'s rule: a beat whose `seq` is not newer
+//! than the last one of its incarnation is ignored; a newer incarnation (a restart) takes over
+//! at once, unless the incarnation it replaces keeps beating (then the first is restored and
+//! guarded); beats from the future are refused. The registry is bounded by instances
+//! (`max_instances`) and by the bytes their names and texts take (`max_bytes`), its
+//! transitions by count and bytes, and a beat's TTL by `--max-heartbeat-ttl`.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -27,7 +32,8 @@
 //! let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
 //! let beat = validate(HealthReport {
 //!     service: "cart".into(), instance_id: "cart-1".into(), address: Some("10.0.0.7:8080".into()),
-//!     status: "passing".into(), ttl_ms: Some(5_000), seq: Some(1), output: None,
+//!     status: "passing".into(), ttl_ms: Some(5_000), seq: Some(1), incarnation: None,
+//!     output: None,
 //! }).unwrap();
 //! registry.beat(beat, t0);
 //! assert_eq!(registry.instances(None)[0].status, InstanceStatus::Passing);
@@ -46,7 +52,9 @@ use crate::clock::Clock;
 use crate::decode::health::{HealthEvent, HealthStatus};
 use crate::decode::{SpanFacts, SpanKind};
 use crate::metrics::LogEvery;
+use lineage::{Claim, Lineage, Verdict};
 
+mod lineage;
 mod metrics;
 mod table;
 
@@ -61,19 +69,40 @@ pub struct RegistryConfig {
     pub deregister_after: Duration,
     /// Most instances tracked; past it, new ones are counted and not tracked.
     pub max_instances: usize,
+    /// Most bytes the instances' names, addresses and outputs may take; past it, new ones
+    /// are counted and not tracked.
+    pub max_bytes: usize,
     /// Most transitions kept for the `health_events` table; the oldest go first.
     pub max_events: usize,
+    /// Most bytes of transitions kept (their names, addresses and outputs); the oldest go
+    /// first.
+    pub max_event_bytes: usize,
+    /// The longest TTL a beat may have (`--max-heartbeat-ttl`): an instance that stops
+    /// beating is critical at most this long after its last beat.
+    pub max_ttl: Duration,
 }
+
+/// `--max-heartbeat-ttl`'s default: a beat every few seconds with a TTL of three beats is the
+/// usual; ten minutes leaves room, and bounds how long a stranger's beats can hold a place.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(600);
 
 impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             deregister_after: Duration::from_secs(60),
             max_instances: 100_000,
+            max_bytes: 64 << 20,
             max_events: 100_000,
+            max_event_bytes: 32 << 20,
+            max_ttl: DEFAULT_MAX_TTL,
         }
     }
 }
+
+/// What an instance costs beside its strings (the map's entry, the struct, its lineage).
+const INSTANCE_OVERHEAD: usize = 320;
+/// What a transition costs beside its strings.
+const EVENT_OVERHEAD: usize = 160;
 
 /// The state of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -148,6 +177,24 @@ pub struct Instance {
     pub seq: Option<u64>,
     /// The output of its last beat.
     pub output: Option<String>,
+    /// Which incarnation speaks for it (instances that beat).
+    pub(crate) lineage: Option<Lineage>,
+}
+
+impl Instance {
+    /// The bytes it takes in the registry.
+    fn bytes(&self) -> usize {
+        INSTANCE_OVERHEAD
+            + self.service.len()
+            + self.instance_id.len()
+            + self.address.as_ref().map_or(0, String::len)
+            + self.output.as_ref().map_or(0, String::len)
+            + self
+                .lineage
+                .as_ref()
+                .and_then(|l| l.address.as_ref())
+                .map_or(0, String::len)
+    }
 }
 
 /// A change of an instance's state: a row of the `health_events` table.
@@ -171,6 +218,17 @@ pub struct Transition {
     pub output: Option<String>,
 }
 
+impl Transition {
+    /// The bytes it takes (as [`InstanceRegistry::record`] counts them).
+    fn bytes(&self) -> usize {
+        EVENT_OVERHEAD
+            + self.service.len()
+            + self.instance_id.len()
+            + self.address.as_ref().map_or(0, String::len)
+            + self.output.as_ref().map_or(0, String::len)
+    }
+}
+
 /// What became of a beat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BeatOutcome {
@@ -183,15 +241,52 @@ pub enum BeatOutcome {
     },
     /// The registry is full and this instance is new: not tracked.
     Full,
+    /// Another incarnation speaks for the instance and this one may not take over (see
+    /// [`lineage`]).
+    Contested,
+    /// Its incarnation or `seq` is ahead of the collector's clock.
+    Future,
+    /// Its TTL is longer than `--max-heartbeat-ttl`.
+    TtlTooLong {
+        /// The longest TTL taken.
+        max: Duration,
+    },
+}
+
+impl BeatOutcome {
+    /// Why the beat changed nothing, for its sender; `None` when it was accepted.
+    pub fn reason(&self) -> Option<String> {
+        Some(match self {
+            Self::Accepted => return None,
+            Self::Stale { last } => {
+                format!("seq is not newer than the last one seen of its incarnation ({last})")
+            }
+            Self::Full => "the registry is full; this instance is not tracked".into(),
+            Self::Contested => "another incarnation of this instance is beating and may not be \
+                 replaced now (a newer incarnation at another address while it lives, or while \
+                 it is guarded after a conflict)"
+                .into(),
+            Self::Future => format!(
+                "the incarnation or seq is ahead of the collector's clock in milliseconds by more \
+                 than {}",
+                humantime::format_duration(lineage::MAX_SKEW)
+            ),
+            Self::TtlTooLong { max } => format!(
+                "health.ttl_ms is longer than --max-heartbeat-ttl ({})",
+                humantime::format_duration(*max)
+            ),
+        })
+    }
 }
 
 type Key = (Arc<str>, Arc<str>);
 
 /// What is remembered of an instance that reported health and was removed: late beats and late
-/// spans (an SDK flushes spans after its `down` beat) must not bring it back.
-#[derive(Debug, Clone, Copy)]
+/// spans (an SDK flushes spans after its `down` beat) must not bring it back, and a newer
+/// incarnation (a restart) comes back at once.
+#[derive(Debug, Clone)]
 struct Tombstone {
-    seq: Option<u64>,
+    lineage: Lineage,
     removed_at: SystemTime,
     /// Removed for staying critical (not `down`): more `critical` beats keep it removed.
     deregistered: bool,
@@ -210,11 +305,20 @@ pub struct InstanceRegistry {
     transitions: HashMap<&'static str, u64>,
     stale_beats: u64,
     dropped: u64,
+    /// Beats refused: from the future, contested, or with too long a TTL.
+    refused: u64,
+    /// Takeovers undone because the replaced incarnation beat again.
+    conflicts: u64,
+    /// Bytes of the instances, and of the transitions kept.
+    bytes: usize,
+    event_bytes: usize,
     /// Bumped by every transition (for caching the `health_events` batch).
     version: u64,
     tombstones: HashMap<Key, Tombstone>,
     /// When the next "registry full" line may be written.
     dropped_log: LogEvery,
+    /// When the next line about a contested instance may be written.
+    conflict_log: LogEvery,
 }
 
 impl InstanceRegistry {
@@ -227,9 +331,14 @@ impl InstanceRegistry {
             transitions: HashMap::new(),
             stale_beats: 0,
             dropped: 0,
+            refused: 0,
+            conflicts: 0,
+            bytes: 0,
+            event_bytes: 0,
             version: 0,
             tombstones: HashMap::new(),
             dropped_log: LogEvery::default(),
+            conflict_log: LogEvery::default(),
         }
     }
 
@@ -240,24 +349,57 @@ impl InstanceRegistry {
 
     /// Applies a heartbeat that arrived at `now`.
     pub fn beat(&mut self, event: HealthEvent, now: SystemTime) -> BeatOutcome {
+        if event.ttl > self.config.max_ttl {
+            self.refused += 1;
+            return BeatOutcome::TtlTooLong {
+                max: self.config.max_ttl,
+            };
+        }
         let key: Key = (
             Arc::from(event.service.as_str()),
             Arc::from(event.instance_id.as_str()),
         );
-        let last_seq = match self.instances.get(&key) {
-            Some(existing) => existing.seq,
-            None => self.tombstones.get(&key).and_then(|t| t.seq),
+        let claim = Claim {
+            incarnation: event.incarnation,
+            seq: event.seq,
+            address: event.address.as_deref(),
         };
-        if let (Some(last), Some(seq)) = (last_seq, event.seq)
-            && seq <= last
-        {
-            self.stale_beats += 1;
-            return BeatOutcome::Stale { last };
+        let current = match self.instances.get(&key) {
+            Some(instance) => instance.lineage.as_ref(),
+            None => self.tombstones.get(&key).map(|t| &t.lineage),
+        };
+        let verdict = match current {
+            Some(current) => lineage::judge(current, &claim, now),
+            None if lineage::from_the_future(&claim, now) => Verdict::Future,
+            None => Verdict::TakeOver,
+        };
+        let previous = current.cloned();
+        match verdict {
+            Verdict::Continue | Verdict::TakeOver | Verdict::Restore => {}
+            Verdict::Stale => {
+                self.stale_beats += 1;
+                return BeatOutcome::Stale {
+                    last: previous.and_then(|l| l.seq).unwrap_or(0),
+                };
+            }
+            Verdict::Future => {
+                self.refused += 1;
+                return BeatOutcome::Future;
+            }
+            Verdict::Contested => {
+                self.refused += 1;
+                self.log_contested(&key, "a newer incarnation was refused");
+                return BeatOutcome::Contested;
+            }
         }
+        let lineage = self.next_lineage(&key, previous, verdict, &event, now);
         if let Some(tombstone) = self.tombstones.get_mut(&key) {
-            if tombstone.deregistered && event.status == HealthStatus::Critical {
+            if tombstone.deregistered
+                && event.status == HealthStatus::Critical
+                && verdict == Verdict::Continue
+            {
                 // Still critical: it stays removed until it reports itself fit again.
-                tombstone.seq = event.seq.or(tombstone.seq);
+                tombstone.lineage = lineage;
                 return BeatOutcome::Accepted;
             }
             self.tombstones.remove(&key);
@@ -267,8 +409,7 @@ impl InstanceRegistry {
             HealthStatus::Warning => InstanceStatus::Warning,
             HealthStatus::Critical => InstanceStatus::Critical,
             HealthStatus::Down => {
-                self.bury(&key, event.seq, now, false);
-                if let Some(gone) = self.instances.remove(&key) {
+                if let Some(gone) = self.remove(&key) {
                     self.record(
                         now,
                         &gone,
@@ -278,10 +419,12 @@ impl InstanceRegistry {
                         event.output,
                     );
                 }
+                self.bury(&key, lineage, now, false);
                 return BeatOutcome::Accepted;
             }
         };
-        if !self.instances.contains_key(&key) && self.instances.len() >= self.config.max_instances {
+        let before = self.instances.get(&key).map_or(0, Instance::bytes);
+        if before == 0 && !self.has_room(&event) {
             self.drop_one();
             return BeatOutcome::Full;
         }
@@ -301,6 +444,7 @@ impl InstanceRegistry {
                 ttl: None,
                 seq: None,
                 output: None,
+                lineage: None,
             });
         instance.source = Source::Health;
         instance.last_beat = Some(now);
@@ -310,10 +454,88 @@ impl InstanceRegistry {
         if event.address.is_some() {
             instance.address = event.address;
         }
-        if previous != Some(status) {
-            self.change_status(&key, previous, status, "reported", event.output, now);
+        instance.lineage = Some(lineage);
+        let after = instance.bytes();
+        self.bytes = (self.bytes + after).saturating_sub(before);
+        if previous != Some(status) || verdict == Verdict::Restore {
+            let reason = if verdict == Verdict::Restore {
+                "restored"
+            } else {
+                "reported"
+            };
+            self.change_status(&key, previous, status, reason, event.output, now);
         }
         BeatOutcome::Accepted
+    }
+
+    /// The lineage after an accepted beat.
+    fn next_lineage(
+        &mut self,
+        key: &Key,
+        previous: Option<Lineage>,
+        verdict: Verdict,
+        event: &HealthEvent,
+        now: SystemTime,
+    ) -> Lineage {
+        let mut next = Lineage {
+            incarnation: event.incarnation,
+            seq: event.seq,
+            last_beat: now,
+            ttl: event.ttl,
+            address: event.address.clone(),
+            replaced: None,
+            guarded: false,
+        };
+        match (verdict, previous) {
+            (Verdict::Continue, Some(previous)) => {
+                next.seq = event.seq.or(previous.seq);
+                next.address = event.address.clone().or(previous.address);
+                next.replaced = previous.replaced;
+                next.guarded = previous.guarded;
+            }
+            (Verdict::TakeOver, Some(previous)) => {
+                next.replaced = Some((previous.incarnation, previous.seq));
+            }
+            (Verdict::Restore, Some(previous)) => {
+                // The takeover was not a restart: two processes claim the instance. The one
+                // that was there first speaks for it again, and no newer one may take over
+                // while it beats.
+                self.conflicts += 1;
+                self.log_contested(key, "the incarnation that was replaced beats again");
+                next.replaced = Some((previous.incarnation, previous.seq));
+                next.guarded = true;
+            }
+            _ => {}
+        }
+        next
+    }
+
+    /// Whether a new instance that sent `event` fits under the caps.
+    fn has_room(&self, event: &HealthEvent) -> bool {
+        let bytes = INSTANCE_OVERHEAD
+            + event.service.len()
+            + event.instance_id.len()
+            + 2 * event.address.as_ref().map_or(0, String::len)
+            + event.output.as_ref().map_or(0, String::len);
+        self.instances.len() < self.config.max_instances
+            && self.bytes + bytes <= self.config.max_bytes
+    }
+
+    fn log_contested(&self, key: &Key, what: &str) {
+        if self.conflict_log.ready() {
+            tracing::warn!(
+                service = %key.0.escape_debug(),
+                instance = %key.1.escape_debug(),
+                "{what}: two processes claim one instance, or a stranger's beats do (logged at most once a minute; counted in wayfinder_health_refused_beats_total and wayfinder_health_conflicts_total)"
+            );
+        }
+    }
+
+    /// Removes an instance and its bytes.
+    fn remove(&mut self, key: &Key) -> Option<Instance> {
+        let gone = self.instances.remove(key)?;
+        self.bytes = self.bytes.saturating_sub(gone.bytes());
+        Some(gone)
     }
 
     /// Notes that an instance sent a span at `now` (an instance never heard from becomes
@@ -336,10 +558,6 @@ impl InstanceRegistry {
         if self.tombstones.contains_key(&key) {
             return; // late spans of an instance that reported health and was removed
         }
-        if self.instances.len() >= self.config.max_instances {
-            self.drop_one();
-            return;
-        }
         let instance = Instance {
             service: key.0.clone(),
             instance_id: key.1.clone(),
@@ -352,8 +570,17 @@ impl InstanceRegistry {
             ttl: None,
             seq: None,
             output: None,
+            lineage: None,
         };
+        let bytes = instance.bytes();
+        if self.instances.len() >= self.config.max_instances
+            || self.bytes + bytes > self.config.max_bytes
+        {
+            self.drop_one();
+            return;
+        }
         self.record(now, &instance, None, "unknown", "traffic", None);
+        self.bytes += bytes;
         self.instances.insert(key, instance);
     }
 
@@ -364,7 +591,8 @@ impl InstanceRegistry {
         if self.dropped_log.ready() {
             tracing::warn!(
                 max_instances = self.config.max_instances,
-                "an instance beyond the registry's cap was not tracked (logged at most once a minute; counted in wayfinder_registry_dropped_instances_total)"
+                max_bytes = self.config.max_bytes,
+                "an instance beyond the registry's caps was not tracked (logged at most once a minute; counted in wayfinder_registry_dropped_instances_total)"
             );
         }
     }
@@ -402,9 +630,9 @@ impl InstanceRegistry {
                     self.change_status(&key, previous, status, reason, None, now);
                 }
                 None => {
-                    if let Some(gone) = self.instances.remove(&key) {
-                        if gone.source == Source::Health {
-                            self.bury(&key, gone.seq, now, true);
+                    if let Some(gone) = self.remove(&key) {
+                        if let Some(lineage) = gone.lineage.clone() {
+                            self.bury(&key, lineage, now, true);
                         }
                         self.record(
                             now,
@@ -445,14 +673,16 @@ impl InstanceRegistry {
         self.record(now, &snapshot, previous, status.as_str(), reason, output);
     }
 
-    /// Remembers a removed instance (at most `max_instances` of them).
-    fn bury(&mut self, key: &Key, seq: Option<u64>, now: SystemTime, deregistered: bool) {
+    /// Remembers a removed instance (at most `max_instances` of them): the lineage that spoke
+    /// for it, no longer live, so that a newer incarnation takes over at once.
+    fn bury(&mut self, key: &Key, mut lineage: Lineage, now: SystemTime, deregistered: bool) {
         if self.tombstones.len() < self.config.max_instances || self.tombstones.contains_key(key) {
-            let last = self.instances.get(key).and_then(|i| i.seq);
+            lineage.ttl = Duration::ZERO;
+            lineage.last_beat = now;
             self.tombstones.insert(
                 key.clone(),
                 Tombstone {
-                    seq: seq.max(last),
+                    lineage,
                     removed_at: now,
                     deregistered,
                 },
@@ -471,9 +701,20 @@ impl InstanceRegistry {
     ) {
         *self.transitions.entry(status).or_default() += 1;
         self.version += 1;
-        if self.events.len() >= self.config.max_events {
-            self.events.pop_front();
+        let bytes = EVENT_OVERHEAD
+            + instance.service.len()
+            + instance.instance_id.len()
+            + instance.address.as_ref().map_or(0, String::len)
+            + output.as_ref().map_or(0, String::len);
+        while !self.events.is_empty()
+            && (self.events.len() >= self.config.max_events
+                || self.event_bytes + bytes > self.config.max_event_bytes)
+        {
+            if let Some(old) = self.events.pop_front() {
+                self.event_bytes = self.event_bytes.saturating_sub(old.bytes());
+            }
         }
+        self.event_bytes += bytes;
         self.events.push_back(Transition {
             time,
             service: instance.service.clone(),
@@ -509,6 +750,12 @@ impl InstanceRegistry {
         transitions.sort();
         (transitions, self.stale_beats, self.dropped)
     }
+
+    /// Beats refused (from the future, contested, too long a TTL), takeovers undone, and the
+    /// bytes of the instances and of the transitions kept.
+    pub fn guard_counts(&self) -> (u64, u64, usize, usize) {
+        (self.refused, self.conflicts, self.bytes, self.event_bytes)
+    }
 }
 
 /// The shared registry: the state machine behind a lock, with the clock.
@@ -536,6 +783,11 @@ impl Registry {
         self.inner.lock().config.deregister_after = deregister_after;
     }
 
+    /// A new `--max-heartbeat-ttl` (a configuration reload), for the beats that come next.
+    pub fn set_max_ttl(&self, max_ttl: Duration) {
+        self.inner.lock().config.max_ttl = max_ttl;
+    }
+
     /// Applies a heartbeat that arrived now.
     pub fn beat(&self, event: HealthEvent) -> BeatOutcome {
         let now = self.clock.now();
@@ -558,6 +810,31 @@ impl Registry {
     /// The instances, of one service or all.
     pub fn instances(&self, service: Option<&str>) -> Vec<Instance> {
         self.inner.lock().instances(service)
+    }
+
+    /// At most `limit` instances, of one service or all, by service then id, after the
+    /// instance `after` (service, id); and whether more follow.
+    pub fn instances_page(
+        &self,
+        service: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: usize,
+    ) -> (Vec<Instance>, bool) {
+        let inner = self.inner.lock();
+        let mut keys: Vec<&Key> = inner
+            .instances
+            .keys()
+            .filter(|(s, _)| service.is_none_or(|wanted| &**s == wanted))
+            .filter(|(s, i)| after.is_none_or(|(a, b)| (&**s, &**i) > (a.as_str(), b.as_str())))
+            .collect();
+        keys.sort_unstable();
+        let more = keys.len() > limit;
+        let page = keys
+            .into_iter()
+            .take(limit)
+            .filter_map(|key| inner.instances.get(key).cloned())
+            .collect();
+        (page, more)
     }
 
     /// Runs `f` on the state machine under the lock.

@@ -19,6 +19,7 @@ fn beat(status: HealthStatus, seq: u64) -> HealthEvent {
         status,
         ttl: Duration::from_secs(15),
         seq: Some(seq),
+        incarnation: None,
         output: None,
     }
 }
@@ -129,5 +130,136 @@ async fn ttl_expires_under_the_paused_clock() {
         batch.num_rows(),
         3,
         "passing, critical, removed: the cached batch was rebuilt"
+    );
+}
+
+/// A beat of `cart-1` from incarnation `incarnation` (ms) with `seq`, at `address`.
+fn claim(incarnation: u64, seq: u64, address: &str, status: HealthStatus) -> HealthEvent {
+    HealthEvent {
+        incarnation: Some(incarnation),
+        address: Some(address.into()),
+        ..beat(status, seq)
+    }
+}
+
+fn address(registry: &InstanceRegistry) -> Option<String> {
+    registry
+        .instances(Some("cart"))
+        .first()
+        .and_then(|i| i.address.clone())
+}
+
+#[test]
+fn a_strangers_beats_cannot_take_over_a_live_instance() {
+    use HealthStatus::{Critical, Down, Passing};
+    use InstanceStatus as S;
+    let ms = |seconds: u64| (T0 + seconds) * 1000;
+    let real = ms(0) - 3_600_000; // started an hour before t=0
+    let (here, fake) = ("10.0.0.7:8080", "10.6.6.6:1");
+    let mut registry = InstanceRegistry::new(RegistryConfig::default());
+    // (time, beat, status and address after it, why)
+    #[rustfmt::skip]
+    let steps: Vec<(u64, HealthEvent, Option<S>, &str, &str)> = vec![
+        (0, claim(real, real + 700, here, Passing), Some(S::Passing), here, "the real instance"),
+        (1, claim(real, u64::MAX, fake, Critical), Some(S::Passing), here,
+            "seq 2^64-1 is from the future: refused (it locked the instance out for good)"),
+        (2, claim(ms(2), ms(2), fake, Critical), Some(S::Passing), here,
+            "a newer incarnation at another address while the real one lives: refused"),
+        (3, claim(real, ms(3), fake, Critical), Some(S::Passing), here,
+            "seq = now in ms within the real incarnation: more beats than it could have sent"),
+        (4, claim(ms(4), ms(4), here, Critical), Some(S::Critical), here,
+            "a newer incarnation at the same address takes over at once, as a restart would"),
+        (5, claim(real, real + 701, here, Passing), Some(S::Passing), here,
+            "the replaced incarnation beats again: it is put back, and guarded"),
+        (6, claim(ms(6), ms(6), here, Down), Some(S::Passing), here,
+            "while it beats, no newer incarnation takes over"),
+        (10, claim(real, real + 702, here, Passing), Some(S::Passing), here, "the real beats go on"),
+        (40, claim(ms(40), ms(40), here, Passing), Some(S::Passing), here,
+            "quiet past its TTL (and critical), the guarded incarnation gives way to a restart"),
+        (41, claim(real, real + 703, here, Passing), Some(S::Passing), here,
+            "the restart's predecessor beats once more: a conflict again, it is put back"),
+    ];
+    for (time, event, status_after, address_after, why) in steps {
+        registry.beat(event, at(time));
+        registry.tick(at(time));
+        assert_eq!(status(&registry), status_after, "t={time}: {why}");
+        if status_after.is_some() {
+            assert_eq!(
+                address(&registry).as_deref(),
+                Some(address_after),
+                "t={time}: {why}"
+            );
+        }
+    }
+    let (refused, conflicts, _, _) = registry.guard_counts();
+    assert_eq!((refused, conflicts), (4, 2));
+}
+
+#[test]
+fn a_restarted_instance_is_back_at_once() {
+    use HealthStatus::{Down, Passing};
+    let ms = |seconds: u64| (T0 + seconds) * 1000;
+    let here = "10.0.0.7:8080";
+    // Each row: how the first process ended, and why the second is back at once.
+    let cases: [(Option<HealthStatus>, &str); 2] = [
+        (
+            Some(Down),
+            "after it said down (its tombstone lasts an hour)",
+        ),
+        (None, "after a crash, before its TTL ran out"),
+    ];
+    for (end, why) in cases {
+        let mut registry = InstanceRegistry::new(RegistryConfig::default());
+        registry.beat(claim(ms(0), ms(0), here, Passing), at(0));
+        if let Some(end) = end {
+            registry.beat(claim(ms(0), ms(0) + 1, here, end), at(1));
+        }
+        assert_eq!(
+            registry.beat(claim(ms(2), ms(2), here, Passing), at(2)),
+            BeatOutcome::Accepted,
+            "{why}"
+        );
+        assert_eq!(status(&registry), Some(InstanceStatus::Passing), "{why}");
+    }
+}
+
+#[test]
+fn the_registry_is_bounded_by_bytes_and_ttl() {
+    let config = RegistryConfig {
+        max_bytes: 64 << 10,
+        max_event_bytes: 16 << 10,
+        ..RegistryConfig::default()
+    };
+    let mut registry = InstanceRegistry::new(config);
+    let big = |i: usize| HealthEvent {
+        instance_id: format!("{i:0>256}"),
+        address: Some("a".repeat(256)),
+        output: Some("o".repeat(4096)),
+        ..beat(HealthStatus::Passing, 1)
+    };
+    let mut full = 0;
+    for i in 0..100 {
+        if registry.beat(big(i), at(0)) == BeatOutcome::Full {
+            full += 1;
+        }
+    }
+    let (_, _, bytes, event_bytes) = registry.guard_counts();
+    assert!(
+        full > 80,
+        "about 13 instances of 5 KB fit in 64 KiB: {full} refused"
+    );
+    assert!(
+        bytes <= 64 << 10 && event_bytes <= 16 << 10,
+        "{bytes} {event_bytes}"
+    );
+    let too_long = HealthEvent {
+        ttl: Duration::from_secs(86_400),
+        ..beat(HealthStatus::Passing, 1)
+    };
+    assert_eq!(
+        registry.beat(too_long, at(0)),
+        BeatOutcome::TtlTooLong {
+            max: DEFAULT_MAX_TTL
+        }
     );
 }

@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+mod disk;
 mod metrics;
 pub mod record;
 pub mod segment;
@@ -45,6 +46,7 @@ use std::time::{Duration, SystemTime};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
+pub use disk::{DEFAULT_DISK_RESERVE, DiskWatch};
 pub use metrics::WalMetrics;
 pub use record::{Record, RecordKind};
 pub use segment::{DAMAGED_DIR, Damage, ScanError, SegmentInfo};
@@ -377,6 +379,14 @@ impl Wal {
             let _ = segment::sync_dir(&self.dir);
         }
         count
+    }
+
+    /// Closes the open segment after what is appended so far (the next record begins a new
+    /// one), so that retirement can take it once its records are sealed and old enough: what
+    /// a disk short of space does.
+    pub fn rotate(&self) {
+        self.shared.state.lock().rotate = true;
+        self.shared.wake.notify_one();
     }
 
     /// Its counters.

@@ -44,6 +44,8 @@ pub(super) struct Pending {
     pub(super) newest: Option<SystemTime>,
     pub(super) next_seq: u64,
     pub(super) closing: bool,
+    /// Asked to close the open segment (so that retirement may take it).
+    pub(super) rotate: bool,
 }
 
 /// The segment being written.
@@ -79,7 +81,7 @@ impl Writer {
     fn run(&mut self) {
         loop {
             let mut pending = self.shared.state.lock();
-            while pending.buf.is_empty() && !pending.closing {
+            while pending.buf.is_empty() && !pending.closing && !pending.rotate {
                 match self.config.sync {
                     WalSync::Interval(interval) if self.dirty => {
                         let deadline = self.last_sync + interval;
@@ -97,6 +99,7 @@ impl Writer {
                 }
             }
             let closing = pending.closing;
+            let rotate = std::mem::take(&mut pending.rotate);
             let mut buf = std::mem::take(&mut self.spare);
             std::mem::swap(&mut buf, &mut pending.buf);
             let waiters = std::mem::take(&mut pending.waiters);
@@ -105,6 +108,9 @@ impl Writer {
 
             if !buf.is_empty() {
                 self.write_group(&buf, waiters, newest);
+            }
+            if rotate && let Some(open) = self.open.take() {
+                self.close(open);
             }
             buf.clear();
             self.spare = buf;

@@ -9,7 +9,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::WeightsEngine;
-use crate::metrics::Labels;
+use crate::metrics::{Labels, MAX_INSTANCE_SERIES};
 
 /// Encodes the latest weights at each scrape.
 #[derive(Debug, Clone)]
@@ -48,8 +48,15 @@ impl Collector for WeightsMetrics {
         ];
         for (name, help, pick) in series {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for weights in snapshot.services.values() {
-                for endpoint in &weights.endpoints {
+            let endpoints = snapshot.services.values().flat_map(|weights| {
+                weights
+                    .endpoints
+                    .iter()
+                    .map(move |endpoint| (weights, endpoint))
+            });
+            // Bounded, as every per-instance family.
+            for (weights, endpoint) in endpoints.take(MAX_INSTANCE_SERIES) {
+                {
                     if let Some(value) = pick(endpoint) {
                         let labels = [
                             ("service", weights.service.as_str()),

@@ -291,7 +291,9 @@ impl HealthReporter {
                 self.ttl, self.interval
             )));
         }
-        let seq = SystemTime::now()
+        // The process's start: its incarnation, and the first `seq` (so that a collector that
+        // orders by `seq` alone also takes a restart's beats as newer).
+        let started = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
@@ -302,7 +304,8 @@ impl HealthReporter {
             address: self.address,
             ttl: self.ttl,
             transport,
-            seq: AtomicU64::new(seq),
+            seq: AtomicU64::new(started),
+            incarnation: started,
             status,
             output: Mutex::new(None),
             stop: Notify::new(),
@@ -329,6 +332,7 @@ struct Shared {
     ttl: Duration,
     transport: Transport,
     seq: AtomicU64,
+    incarnation: u64,
     status: watch::Sender<Status>,
     output: Mutex<Option<String>>,
     stop: Notify,
@@ -345,6 +349,7 @@ impl Shared {
             status: status.as_str().to_owned(),
             ttl_ms: Some(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)),
             seq: Some(self.seq.fetch_add(1, Ordering::Relaxed)),
+            incarnation: Some(self.incarnation),
             output: self.output.lock().clone(),
         }
     }

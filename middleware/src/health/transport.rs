@@ -204,6 +204,9 @@ pub(crate) fn log_request(beat: &HealthReport) -> ExportLogsServiceRequest {
     if let Some(seq) = beat.seq {
         attributes.push(int("health.seq", seq));
     }
+    if let Some(incarnation) = beat.incarnation {
+        attributes.push(int("health.incarnation", incarnation));
+    }
     if let Some(address) = &beat.address {
         match address.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
             Some((host, Ok(port))) => {

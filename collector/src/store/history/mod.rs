@@ -35,6 +35,9 @@ pub struct SealedFile {
     pub size: u64,
     /// Hours since the epoch of its rows' start.
     pub hour: i64,
+    /// When it was written (its object's modification time): retention goes by it too, so
+    /// that spans stamped in the future (an hour of 2200) do not outlive `--retention`.
+    pub sealed_at: SystemTime,
     /// The lowest and highest log record it holds spans of.
     pub seqs: (u64, u64),
     /// Which seal wrote it, and how many files that seal wrote.
@@ -168,7 +171,8 @@ impl History {
         let objects: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await?;
         let mut files = Vec::new();
         for object in objects {
-            match parse(&self.prefix, &object.location, object.size) {
+            let sealed_at = SystemTime::from(object.last_modified);
+            match parse(&self.prefix, &object.location, object.size, sealed_at) {
                 Some(file) => files.push(file),
                 None => {
                     tracing::warn!(path = %object.location, "not a sealed span file of this layout; left alone")
@@ -292,6 +296,7 @@ impl History {
                 location,
                 size,
                 hour: file.hour,
+                sealed_at: SystemTime::now(),
                 seqs: seq_bounds,
                 seal: (seal_key(seq_bounds, &tag), n),
                 part: i as u32 + 1,
@@ -310,6 +315,17 @@ impl History {
             }
         }
     }
+}
+
+/// Whether `file` is past `retention` at `now`: its hour is (every span in it started before
+/// `now - retention`), or it was written more than an hour beyond the retention ago (every span
+/// in it arrived before then, whatever its timestamps say).
+pub fn expired(file: &SealedFile, now: SystemTime, retention: Duration) -> bool {
+    file.hour <= expired_through(now, retention)
+        || file
+            .sealed_at
+            .checked_add(retention + Duration::from_secs(3600))
+            .is_some_and(|deadline| deadline < now)
 }
 
 /// The hours-since-epoch of the latest partition past `retention` at `now`: partitions up to
@@ -340,7 +356,7 @@ fn seal_key(seqs: (u64, u64), tag: &str) -> String {
 }
 
 /// A sealed file from its place in the layout.
-fn parse(prefix: &Path, location: &Path, size: u64) -> Option<SealedFile> {
+fn parse(prefix: &Path, location: &Path, size: u64, sealed_at: SystemTime) -> Option<SealedFile> {
     let mut parts = location.prefix_match(prefix)?;
     let hour = parts.next()?;
     let name = parts.next()?;
@@ -362,6 +378,7 @@ fn parse(prefix: &Path, location: &Path, size: u64) -> Option<SealedFile> {
         location: location.clone(),
         size,
         hour,
+        sealed_at,
         seqs: (first, last),
         seal: (seal_key((first, last), tag), n),
         part: i,

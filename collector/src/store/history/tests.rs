@@ -385,3 +385,44 @@ fn a_seal_writes_every_row_once_sorted_by_start_time_within_its_hour() {
     }
     assert_eq!(total, 210_000, "every row once");
 }
+
+#[test]
+fn retention_holds_for_every_partition_whatever_the_timestamps() {
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let hour = |t: SystemTime| {
+        i64::try_from(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() / 3600).unwrap()
+    };
+    let file = |hour: i64, sealed_ago: u64| SealedFile {
+        location: Path::from("spans/x.parquet"),
+        size: 1,
+        hour,
+        sealed_at: now - Duration::from_secs(sealed_ago),
+        seqs: (1, 1),
+        seal: ("x".into(), 1),
+        part: 1,
+    };
+    let retention = Duration::from_secs(3600);
+    let year_2200 = hour(SystemTime::UNIX_EPOCH + Duration::from_secs(7_258_118_400));
+    // Each row: the file, whether it is past the retention, and why.
+    let cases = [
+        (file(hour(now), 60), false, "this hour, sealed a minute ago"),
+        (
+            file(hour(now) - 3, 7_200),
+            true,
+            "an hour three hours back: its spans are older than the retention",
+        ),
+        (
+            file(year_2200, 60),
+            false,
+            "stamped in 2200, sealed a minute ago: kept for now",
+        ),
+        (
+            file(year_2200, 7_201),
+            true,
+            "stamped in 2200, sealed over two hours ago: it escaped the retention before",
+        ),
+    ];
+    for (file, want, why) in cases {
+        assert_eq!(expired(&file, now, retention), want, "{why}");
+    }
+}

@@ -92,7 +92,9 @@ impl MemoryStore {
             Ok(written) => written,
             Err(error) => {
                 self.metrics.seal_failures.inc();
-                tracing::warn!(%error, spans = rows, "cannot seal spans to Parquet; they stay in memory and the log, and sealing is tried again");
+                if self.metrics.cap_logs.seal_failures.ready() {
+                    tracing::warn!(%error, spans = rows, "cannot seal spans to Parquet; they stay in memory and the log, and sealing is tried again (logged at most once a minute; counted in wayfinder_seal_failures_total)");
+                }
                 return;
             }
         };
@@ -119,17 +121,18 @@ impl MemoryStore {
         (sealing.on_sealed)(&seqs);
     }
 
-    /// Deletes the sealed files of hours past the retention.
+    /// Deletes the sealed files past the retention ([`history::expired`]).
     pub(super) fn expire_files(&self, sealing: &Sealing, now: SystemTime) {
-        let through = history::expired_through(now, self.config.read().retention);
-        if self.inner.read().files.iter().all(|f| f.hour > through) {
+        let retention = self.config.read().retention;
+        let expired = |f: &SealedFile| history::expired(f, now, retention);
+        if !self.inner.read().files.iter().any(expired) {
             return; // the common case: no write lock
         }
         let old: Vec<SealedFile> = {
             let mut inner = self.inner.write();
             let (old, keep) = std::mem::take(&mut inner.files)
                 .into_iter()
-                .partition(|f| f.hour <= through);
+                .partition(expired);
             inner.files = keep;
             self.file_gauges(&inner.files);
             old
