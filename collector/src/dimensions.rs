@@ -70,6 +70,8 @@ impl AttributePlan {
             facts,
             attributes: self.attributes.clone(),
             multiplier_key,
+            // A span with an invalid value costs itself, not the request.
+            salvage: true,
         }
     }
 }

@@ -62,6 +62,12 @@ pub struct DecodeOptions {
     /// `span_multiplier_key`). Spans without it, or with a value that is not a positive
     /// number, weigh 1.
     pub multiplier_key: Option<String>,
+    /// Whether the protobuf decoder rejects a span one by one when a string of it is not
+    /// UTF-8 or its values nest past the recursion limit, keeping the request's other spans
+    /// (a partial success, as the OTLP specification has for spans a server cannot take), or
+    /// refuses the whole request, as prost does (the default: the decoder then agrees with
+    /// prost exactly, which `oracle` checks). The collector's receivers salvage.
+    pub salvage: bool,
 }
 
 impl Default for DecodeOptions {
@@ -70,6 +76,7 @@ impl Default for DecodeOptions {
             facts: true,
             attributes: Vec::new(),
             multiplier_key: None,
+            salvage: false,
         }
     }
 }

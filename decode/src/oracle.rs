@@ -1,11 +1,17 @@
 //! The differential check of the wire decoder against prost: for any bytes, prost and
 //! [`decode_traces_wire`] refuse together, or they give the same batch, facts and rejections.
-//! The fuzz target `traces_wire` and the crate's tests call it.
+//! With [`DecodeOptions::salvage`] the wire decoder gives the same answer wherever it decodes
+//! the bytes without it, and where it refuses them, it either refuses them again or accepts
+//! them with spans rejected for an invalid value. The fuzz target `traces_wire` and the
+//! crate's tests call it.
 
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
-use crate::{DecodeError, DecodedTraces, decode_traces, decode_traces_wire};
+use crate::{
+    DecodeError, DecodeOptions, DecodedTraces, decode_traces, decode_traces_wire,
+    decode_traces_wire_with,
+};
 
 /// What both decoders made of the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +34,30 @@ pub enum Agreement {
 /// assert_eq!(compare_with_prost(&[0x0a, 0x05]), Ok(Agreement::BothRefused), "cut short");
 /// ```
 pub fn compare_with_prost(bytes: &[u8]) -> Result<Agreement, String> {
+    let agreement = strictly(bytes)?;
+    let salvaging = DecodeOptions {
+        salvage: true,
+        ..DecodeOptions::default()
+    };
+    match (agreement, decode_traces_wire_with(bytes, &salvaging)) {
+        (Agreement::Same { .. }, Ok(salvaged)) => {
+            let strict = decode_traces_wire(bytes).map_err(|e| e.to_string())?;
+            same(&strict, &salvaged).map_err(|e| format!("salvaging changed an answer: {e}"))?;
+        }
+        (Agreement::Same { .. }, Err(e)) => {
+            return Err(format!(
+                "salvaging refused what the strict decoder took: {e}"
+            ));
+        }
+        (Agreement::BothRefused, Ok(salvaged)) if salvaged.rejections.invalid_value == 0 => {
+            return Err("salvaging took refused bytes without rejecting a span".into());
+        }
+        (Agreement::BothRefused, _) => {}
+    }
+    Ok(agreement)
+}
+
+fn strictly(bytes: &[u8]) -> Result<Agreement, String> {
     let prost = ExportTraceServiceRequest::decode(bytes);
     let wire = decode_traces_wire(bytes);
     match (prost, wire) {

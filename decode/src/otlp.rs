@@ -47,6 +47,9 @@ pub struct Rejections {
     /// Its resource's `service.name` or `service.instance.id` has a control character
     /// ([`crate::is_clean_name`]).
     pub invalid_name: u64,
+    /// A string of it is not UTF-8, or its values nest past the recursion limit (with
+    /// [`DecodeOptions::salvage`]; without, the request is refused).
+    pub invalid_value: u64,
 }
 
 impl Rejections {
@@ -58,6 +61,7 @@ impl Rejections {
             + self.end_before_start
             + self.timestamp_out_of_range
             + self.invalid_name
+            + self.invalid_value
     }
 
     /// The English message for `partial_success.error_message`; `None` when nothing was rejected.
@@ -90,6 +94,10 @@ impl Rejections {
                 self.invalid_name,
                 "a control character in service.name or service.instance.id",
             ),
+            (
+                self.invalid_value,
+                "a string that is not UTF-8 or values nested past the recursion limit",
+            ),
         ];
         let mut message = format!("rejected {} span(s): ", self.total());
         let mut first = true;
@@ -106,7 +114,7 @@ impl Rejections {
     }
 
     /// The reasons as `(label, count)` pairs, for metrics.
-    pub fn by_reason(&self) -> [(&'static str, u64); 6] {
+    pub fn by_reason(&self) -> [(&'static str, u64); 7] {
         [
             ("invalid_trace_id", self.invalid_trace_id),
             ("invalid_span_id", self.invalid_span_id),
@@ -114,6 +122,7 @@ impl Rejections {
             ("end_before_start", self.end_before_start),
             ("timestamp_out_of_range", self.timestamp_out_of_range),
             ("invalid_name", self.invalid_name),
+            ("invalid_value", self.invalid_value),
         ]
     }
 }
@@ -292,6 +301,16 @@ impl<'o> TraceDecoder<'o> {
             instance,
             values,
         }
+    }
+
+    /// Whether a span that cannot be read is rejected alone ([`DecodeOptions::salvage`]).
+    pub(crate) fn salvages(&self) -> bool {
+        self.options.salvage
+    }
+
+    /// Counts a span that could not be read (an invalid value): rejected alone.
+    pub(crate) fn reject_invalid_value(&mut self) {
+        self.rejections.invalid_value += 1;
     }
 
     /// Validates a span and, when it is valid, appends it.

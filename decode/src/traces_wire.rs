@@ -202,10 +202,14 @@ fn scope_spans<'a>(
     let mut fields = message;
     while let Some((tag, wire_type)) = fields.next_field()? {
         match tag {
-            2 => {
-                span(fields.message(tag, wire_type)?, view)?;
-                decoder.span(resource, &mut scope, view);
-            }
+            2 => match span(fields.message(tag, wire_type)?, view) {
+                Ok(()) => decoder.span(resource, &mut scope, view),
+                // The span's own bytes are framed: what is wrong inside them costs it alone.
+                Err(WireError::InvalidUtf8 | WireError::RecursionLimit) if decoder.salvages() => {
+                    decoder.reject_invalid_value();
+                }
+                Err(error) => return Err(error),
+            },
             _ => fields.skip(tag, wire_type)?,
         }
     }

@@ -570,3 +570,60 @@ fn fuzz_corpus() {
     }
     assert!(inputs >= 3, "the seeds are there ({inputs} inputs)");
 }
+
+#[test]
+fn salvaging_rejects_a_span_with_an_invalid_value_and_keeps_the_others() {
+    use wayfinder_decode::{DecodeOptions, decode_traces_wire_with};
+    let deep = {
+        let array = nested_arrays(60);
+        let key_value = [field(1, 2, b"deep"), message(2, &[message(5, &[array])])].concat();
+        [span_fields("deep").concat(), message(9, &[key_value])].concat()
+    };
+    let mut not_utf8 = span_fields("x");
+    not_utf8[2] = field(5, 2, b"\xff\xfe name");
+    let good = |name: &str| span_fields(name).concat();
+    // Each row: the spans of one scope, how many a salvaging decoder keeps and rejects, why.
+    let cases: [(Vec<Vec<u8>>, u64, u64, &str); 3] = [
+        (
+            vec![good("a"), not_utf8.concat(), good("b")],
+            2,
+            1,
+            "a span name that is not UTF-8",
+        ),
+        (
+            vec![deep, good("c")],
+            1,
+            1,
+            "an attribute nested 60 arrays deep (past prost's recursion limit)",
+        ),
+        (
+            vec![good("d")],
+            1,
+            0,
+            "nothing wrong: the same as the strict decoder",
+        ),
+    ];
+    let salvaging = DecodeOptions {
+        salvage: true,
+        ..DecodeOptions::default()
+    };
+    for (spans, kept, rejected, why) in cases {
+        let spans: Vec<Vec<u8>> = spans
+            .iter()
+            .map(|s| message(2, std::slice::from_ref(s)))
+            .collect();
+        let bytes = message(1, &[message(2, &spans)]);
+        let strict = agree(&bytes, why);
+        assert_eq!(
+            strict == Agreement::BothRefused,
+            rejected > 0,
+            "{why}: prost and the strict decoder refuse it whole"
+        );
+        let decoded = decode_traces_wire_with(&bytes, &salvaging).expect(why);
+        assert_eq!(
+            (decoded.accepted() as u64, decoded.rejections.invalid_value),
+            (kept, rejected),
+            "{why}"
+        );
+    }
+}

@@ -147,6 +147,15 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
     let mut end_before_start = span([3; 16], 1);
     end_before_start.end_time_unix_nano = end_before_start.start_time_unix_nano - 1;
     let backwards = request("backwards", vec![end_before_start]).encode_to_vec();
+    // A span whose name is not UTF-8 beside a valid one: prost refuses such a request whole.
+    let mut not_utf8 = span([8; 16], 1);
+    not_utf8.name = "MARKMARK".into();
+    let mut not_utf8 = request("salvaged", vec![not_utf8, span([8; 16], 2)]).encode_to_vec();
+    let at = not_utf8
+        .windows(8)
+        .position(|w| w == b"MARKMARK")
+        .expect("the name");
+    not_utf8[at..at + 8].copy_from_slice(b"\xff\xfe\xfd\xfcMARK");
     let base64_ids = r#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"W47/95gDgQPSabYzgT/GDA==","spanId":"7uGbfsPBsXQ=","name":"x"}]}]}]}"#;
     let oversize = request("big", (1..3000).map(|i| span([5; 16], i)).collect()).encode_to_vec();
     assert!(oversize.len() > 64 * 1024);
@@ -252,6 +261,15 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
             status: 200,
             rejected: 1,
         },
+        Case {
+            name: "a span name that is not UTF-8: that span rejected, the valid one kept",
+            method: "POST",
+            content_type: "application/x-protobuf",
+            content_encoding: None,
+            body: not_utf8,
+            status: 200,
+            rejected: 1,
+        },
     ];
 
     let client = http_client();
@@ -318,8 +336,10 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
         "wayfinder_receiver_refused_spans_total{protocol=\"http/protobuf\",reason=\"end_before_start\"} 1",
         "wayfinder_receiver_refused_requests_total{protocol=\"http/protobuf\",reason=\"too_large\"} 1",
         "wayfinder_receiver_refused_requests_total{protocol=\"http/json\",reason=\"too_large\"} 1",
-        // 11 good requests of one span each, and the one valid span of the zero-id request.
-        "wayfinder_receiver_accepted_spans_total{protocol=\"http/protobuf\"} 12",
+        "wayfinder_receiver_refused_spans_total{protocol=\"http/protobuf\",reason=\"invalid_value\"} 1",
+        // 12 good requests of one span each, and the valid spans of the zero-id and not-UTF-8
+        // requests.
+        "wayfinder_receiver_accepted_spans_total{protocol=\"http/protobuf\"} 14",
     ] {
         assert!(metrics.contains(line), "metrics lack {line}:\n{metrics}");
     }

@@ -262,9 +262,10 @@ impl BeatOutcome {
                 format!("seq is not newer than the last one seen of its incarnation ({last})")
             }
             Self::Full => "the registry is full; this instance is not tracked".into(),
-            Self::Contested => "another incarnation of this instance is beating and may not be \
-                 replaced now (a newer incarnation at another address while it lives, or while \
-                 it is guarded after a conflict)"
+            Self::Contested => "this beat may not speak for the instance now: another \
+                 incarnation of it is beating (a newer incarnation at another address while it \
+                 lives, or while it is guarded after a conflict), or its seq leaps past the beats \
+                 its incarnation could have sent"
                 .into(),
             Self::Future => format!(
                 "the incarnation or seq is ahead of the collector's clock in milliseconds by more \
