@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
+mod bounds;
 mod compare;
 mod decode;
 mod load;
@@ -59,6 +60,10 @@ enum Command {
     /// SQL over sealed Parquet files: each query's cold first run (every footer read) and its
     /// warm runs (footers and statistics from the engine's shared caches).
     SealedSql(sealed_sql::SealedSqlArgs),
+    /// The bounds against hostile input: the largest statements taken and their time, the
+    /// time from a query's limit to its slot coming back, trace answers by attribute count, a
+    /// damaged log's recovery.
+    Bounds(bounds::BoundsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -136,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         Command::Decode(args) => decode::decode(args),
         Command::Snapshot(args) => snapshot::snapshot(args),
         Command::SealedSql(args) => runtime.block_on(sealed_sql::sealed_sql(args)),
+        Command::Bounds(args) => runtime.block_on(bounds::bounds(args)),
         Command::Weights(args) => {
             weights_memory(&args)?;
             runtime.block_on(weights_delay(args))

@@ -15,8 +15,9 @@
 //! - the answer (its batches, and its JSON or Arrow IPC form, made on the query threads
 //!   within the same time limit) is counted in the query's share ([`AnswerBudget`]);
 //! - a query past its time limit is answered at once, and its slot of `max_concurrent` is held
-//!   until its work has really stopped (a running function call cannot be interrupted, which
-//!   is why [`bounds`] bounds the work of one call too).
+//!   until its work has really stopped ([`slot`]: the slot is the query's memory pool's, which
+//!   every task and reservation of the query holds; a running function call cannot be
+//!   interrupted, which is why [`bounds`] bounds the work of one call too).
 //!
 //! [`json`] turns Arrow values into the JSON of the query API.
 //!
@@ -24,6 +25,7 @@
 
 mod bounds;
 pub mod json;
+mod slot;
 mod spans_table;
 
 use std::sync::Arc;
@@ -40,7 +42,9 @@ use datafusion::execution::cache::cache_manager::{
     CacheManager, CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
 };
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryReservation, TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -417,8 +421,10 @@ impl QueryEngine {
             ));
         };
         // Refused at once beyond the limit, not queued: the caller retries (503 + Retry-After).
+        // The slot goes into the query's memory pool: it comes back when nothing of the
+        // query is left, its own tasks (DataFusion's partitions) included.
         let slot = self.slot()?;
-        let (context, bounds) = self.context()?;
+        let (context, bounds) = self.context(slot._place)?;
         let limits = self.limits();
         let share = self.memory_share();
         let budget = AnswerBudget {
@@ -430,10 +436,7 @@ impl QueryEngine {
             ),
             since_check: 0,
         };
-        let task = runtime.spawn(async move {
-            let _slot = slot;
-            work(context, bounds, budget).await
-        });
+        let task = runtime.spawn(work(context, bounds, budget));
         let abort = task.abort_handle();
         match tokio::time::timeout(limits.timeout, task).await {
             Ok(Ok(result)) => result.map_err(|error| match error {
@@ -452,13 +455,20 @@ impl QueryEngine {
 
     /// A session with the memory limit, the bounds of [`bounds`] and the `spans` table over a
     /// snapshot of the store.
-    fn context(&self) -> Result<(SessionContext, QueryBounds), QueryError> {
+    fn context(
+        &self,
+        slot: crate::cap::Place,
+    ) -> Result<(SessionContext, QueryBounds), QueryError> {
         let internal = |e: DataFusionError| QueryError::Execution(e.to_string());
         // This query's share of the memory of all queries; nothing spills to disk (the OS temp
         // directory is no place for a collector's overflow): past its share a query fails.
         let share = self.memory_share();
+        let pool = Arc::new(TrackConsumersPool::new(
+            GreedyMemoryPool::new(share),
+            std::num::NonZeroUsize::new(5).expect("five"),
+        ));
         let runtime = RuntimeEnvBuilder::new()
-            .with_memory_limit(share, 1.0)
+            .with_memory_pool(Arc::new(slot::SlotPool::new(pool, slot)))
             .with_disk_manager_builder(
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
             )
@@ -628,6 +638,48 @@ fn classify(error: DataFusionError) -> QueryError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_query_past_its_time_limit_stops_its_work() {
+        let limits = QueryLimits {
+            timeout: Duration::from_millis(500),
+            memory_bytes: 256 << 20,
+            max_rows: 10,
+            max_concurrent: 1,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let store = Arc::new(crate::store::MemoryStore::new(
+            crate::store::StoreConfig::default(),
+            metrics.clone(),
+        ));
+        let spans = (0..5_000u64)
+            .map(|i| crate::testing::span([3; 16], i + 1, "op", 1_000 + i, 1_010 + i))
+            .collect();
+        let request = crate::testing::trace_request(Some("svc"), spans);
+        let batch = crate::decode::decode_traces(&request)
+            .unwrap()
+            .batch
+            .unwrap();
+        SpanStore::append(store.as_ref(), batch);
+        let engine = QueryEngine::new(store, limits, metrics).unwrap();
+        // 1.25·10^11 rows: a partial aggregate loops over the join's batches without its
+        // leaves being asked, and kept a core busy for over 20 s after this answer.
+        let answer = engine
+            .sql("SELECT count(*) FROM spans a CROSS JOIN spans b CROSS JOIN spans c")
+            .await;
+        assert!(matches!(answer, Err(QueryError::Timeout(_))), "{answer:?}");
+        // The slot is held by the query's memory pool, which every task of the query holds:
+        // it comes back when the work has stopped.
+        let mut waited = Duration::ZERO;
+        while engine.slot().is_err() {
+            assert!(
+                waited < Duration::from_secs(5),
+                "the query's work went on past its time limit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += Duration::from_millis(10);
+        }
+    }
 
     #[tokio::test]
     async fn a_timed_out_query_keeps_its_slot_until_its_work_stops() {

@@ -12,15 +12,18 @@
 //! - `UNNEST` is guarded ([`unnest`]) so that one row repeated for each element of its list
 //!   makes no more than a call may;
 //! - the lambda functions (`array_transform` and its kind) are not offered: what their lambda
-//!   makes is not bounded here.
+//!   makes is not bounded here;
+//! - every operator yields now and then ([`yielding`]), so that an abort stops the work.
 //!
 //! A query past a bound fails with `query too large` (422); a plan refused, with
 //! `invalid query` (400).
 
 mod functions;
+mod pass;
 mod plan;
 mod sizes;
 mod unnest;
+mod yielding;
 
 use std::sync::Arc;
 
@@ -117,6 +120,7 @@ impl QueryBounds {
             .with_physical_optimizer_rule(Arc::new(unnest::GuardUnnest {
                 max_bytes: self.budget.bytes,
             }))
+            .with_physical_optimizer_rule(Arc::new(yielding::YieldEverywhere))
     }
 
     /// `plan` checked and with its functions bounded (the SQL planner builds a few itself).

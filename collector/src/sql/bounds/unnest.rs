@@ -2,29 +2,21 @@
 //! reserves nothing in the memory pool: `SELECT attributes, unnest(generate_series(1, 1000))`
 //! copies a span's attributes a thousand times. DataFusion builds at most a batch's worth of
 //! rows at once, but never splits a row, so one row's list times the row's width is what one
-//! build makes. [`GuardUnnest`] puts an [`UnnestGuardExec`] before every `UnnestExec`: it
-//! reads each row's list lengths and width (offsets, no copies) and fails the query, before
+//! build makes. [`GuardUnnest`] puts a [`PassExec`] watching for it before every `UnnestExec`:
+//! it reads each row's list lengths and width (offsets, no copies) and fails the query, before
 //! anything is built, when one row would make more than a call may.
 
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
-use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
-use datafusion::common::{Result, Statistics};
+use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode as _};
 use datafusion::config::ConfigOptions;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
-use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::unnest::UnnestExec;
-use datafusion::physical_plan::{
-    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
-    ReplaceChildrenOptions,
-};
-use futures::StreamExt as _;
 
+use super::pass::{PassExec, Watch};
 use super::refused;
 use super::sizes::{list_len, value_bytes};
 
@@ -45,7 +37,11 @@ impl PhysicalOptimizerRule for GuardUnnest {
             let Some(unnest) = node.downcast_ref::<UnnestExec>() else {
                 return Ok(Transformed::no(node));
             };
-            if unnest.input().downcast_ref::<UnnestGuardExec>().is_some() {
+            if unnest
+                .input()
+                .downcast_ref::<PassExec>()
+                .is_some_and(|pass| matches!(pass.watch(), Watch::Unnest { .. }))
+            {
                 return Ok(Transformed::no(node));
             }
             let lists = unnest
@@ -53,10 +49,12 @@ impl PhysicalOptimizerRule for GuardUnnest {
                 .iter()
                 .map(|list| list.index_in_input_schema)
                 .collect();
-            let guard = Arc::new(UnnestGuardExec::new(
+            let guard = Arc::new(PassExec::new(
                 unnest.input().clone(),
-                lists,
-                self.max_bytes,
+                Watch::Unnest {
+                    lists,
+                    max_bytes: self.max_bytes,
+                },
             ));
             let guarded = Arc::new(UnnestExec::new(
                 guard,
@@ -76,29 +74,6 @@ impl PhysicalOptimizerRule for GuardUnnest {
 
     fn schema_check(&self) -> bool {
         true
-    }
-}
-
-/// Passes its input's batches on unchanged, once it has checked that no row's unnesting makes
-/// more than `max_bytes`.
-#[derive(Debug, Clone)]
-pub(crate) struct UnnestGuardExec {
-    input: Arc<dyn ExecutionPlan>,
-    /// The columns whose lists are unnested.
-    lists: Vec<usize>,
-    max_bytes: u64,
-    properties: Arc<PlanProperties>,
-}
-
-impl UnnestGuardExec {
-    fn new(input: Arc<dyn ExecutionPlan>, lists: Vec<usize>, max_bytes: u64) -> Self {
-        let properties = input.properties().clone();
-        Self {
-            input,
-            lists,
-            max_bytes,
-            properties,
-        }
     }
 }
 
@@ -129,7 +104,8 @@ pub(crate) fn unnest_bytes(batch: &RecordBatch, lists: &[usize]) -> impl Iterato
     })
 }
 
-fn check(batch: RecordBatch, lists: &[usize], max: u64) -> Result<RecordBatch> {
+/// `batch`, or the refusal of the first row that would make more than `max`.
+pub(super) fn check(batch: RecordBatch, lists: &[usize], max: u64) -> Result<RecordBatch> {
     if let Some(bytes) = unnest_bytes(&batch, lists).find(|&bytes| bytes > max) {
         return Err(refused(format!(
             "unnest would make {} from one row, more than the {} one call may make (a quarter \
@@ -140,94 +116,6 @@ fn check(batch: RecordBatch, lists: &[usize], max: u64) -> Result<RecordBatch> {
         )));
     }
     Ok(batch)
-}
-
-impl DisplayAs for UnnestGuardExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "UnnestGuardExec: max_bytes={}", self.max_bytes)
-    }
-}
-
-impl ExecutionPlan for UnnestGuardExec {
-    fn name(&self) -> &str {
-        "UnnestGuardExec"
-    }
-
-    fn schema(&self) -> SchemaRef {
-        self.input.schema()
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn replace_children(
-        self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
-        options: ReplaceChildrenOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let input = children.swap_remove(0);
-        Ok(Arc::new(match options.children_properties {
-            ChildrenPropertiesMode::Keep => Self {
-                input,
-                ..Self::clone(&self)
-            },
-            ChildrenPropertiesMode::Recompute => {
-                Self::new(input, self.lists.clone(), self.max_bytes)
-            }
-        }))
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.replace_children(
-            children,
-            ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-        )
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let (lists, max) = (self.lists.clone(), self.max_bytes);
-        let checked = input.map(move |batch| check(batch?, &lists, max));
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.input.schema(),
-            checked,
-        )))
-    }
-
-    fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
-        vec![ChildStats::At(partition)]
-    }
-
-    fn statistics_from_inputs(
-        &self,
-        input_stats: &[Arc<Statistics>],
-        _args: &StatisticsArgs,
-    ) -> Result<Arc<Statistics>> {
-        Ok(input_stats[0].clone())
-    }
 }
 
 #[cfg(test)]

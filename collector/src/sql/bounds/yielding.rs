@@ -1,0 +1,59 @@
+//! Every operator of a query yields to the runtime now and then, so that a query past its
+//! time limit stops.
+//!
+//! An abort reaches a task only when it yields. DataFusion makes its leaves cooperative (they
+//! spend tokio's task budget per batch), but an operator that makes many batches from little
+//! input is polled again and again without its leaves being asked: a cross join of three
+//! 5,000-span tables kept a core busy for twenty seconds after its query was answered
+//! `timeout`, its partial aggregate looping over the join's batches without ever returning
+//! `Pending`. DataFusion's own `CooperativeExec` spends tokio's budget per batch and yields
+//! after 128 of them, which for batches of expensive calls is many seconds. [`YieldEverywhere`]
+//! puts a [`PassExec`] watching the time above every operator: it returns `Pending` once
+//! [`SLICE`] has passed since it last did, so that the work stops within the batch it is on
+//! (whose calls [`super::CALL_WORK`] bounds).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::common::Result;
+use datafusion::common::tree_node::{Transformed, TreeNode as _};
+use datafusion::config::ConfigOptions;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
+
+use super::pass::{PassExec, Watch};
+
+/// How long an operator runs before it yields: short against a second, long against the
+/// cost of a yield (a wake-up and a poll, about a microsecond).
+pub(crate) const SLICE: Duration = Duration::from_millis(10);
+
+/// The physical rule of this module.
+#[derive(Debug)]
+pub(crate) struct YieldEverywhere;
+
+impl PhysicalOptimizerRule for YieldEverywhere {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| {
+            if node.downcast_ref::<PassExec>().is_some() {
+                return Ok(Transformed::no(node));
+            }
+            Ok(Transformed::yes(
+                Arc::new(PassExec::new(node, Watch::Yield { slice: SLICE }))
+                    as Arc<dyn ExecutionPlan>,
+            ))
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "YieldEverywhere"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
