@@ -245,3 +245,28 @@ async fn probes_get_through_a_full_query_port_and_the_rest_is_refused_retryably(
     drop((busy, silent));
     collector.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_client_never_takes_does_not_hold_the_connection() {
+    let mut config = loopback_config();
+    config.idle_timeout = Duration::from_secs(1);
+    let collector = start(config).await;
+    let mut stream = TcpStream::connect(collector.addrs().query_http)
+        .await
+        .unwrap();
+    // A client that opens its window to nothing (SETTINGS_INITIAL_WINDOW_SIZE = 0) and asks for
+    // /metrics: the answer's headers go out, its body can never follow.
+    let settings = b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x04\x00\x00\x00\x00";
+    let block: &[u8] = b"\x82\x86\x44\x08/metrics\x41\x09localhost";
+    let mut headers = vec![0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1];
+    headers.extend_from_slice(block);
+    stream.write_all(&PREFACE[..24]).await.unwrap();
+    stream.write_all(settings).await.unwrap();
+    stream.write_all(&headers).await.unwrap();
+    assert!(
+        closes_within(&mut stream, Duration::from_secs(10)).await,
+        "a stalled answer holds its connection"
+    );
+    assert_eq!(closed(&collector, "query-http", "stalled"), 1);
+    collector.shutdown().await;
+}

@@ -10,8 +10,11 @@
 //! the stream, and when the connection goes), so a `Watch` stream or a long-poll counts as
 //! open for as long as it lasts. [`Activity::closing`] says when and why the connection should
 //! close: it never served a request within the first-request deadline, it has had nothing
-//! open for the idle timeout, or the listener is full and it has been idle a while
-//! ([`Pressure`]), as Envoy's overload manager shortens idle timeouts near its limits.
+//! open for the idle timeout, the listener is full and it has been idle a while
+//! ([`Pressure`]), as Envoy's overload manager shortens idle timeouts near its limits, or a
+//! frame of an answer has waited for the client to take it for the idle timeout (a client
+//! that opens its window to nothing, or never reads, would otherwise hold its place with an
+//! answer it never takes: nginx's `send_timeout`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +62,11 @@ struct Streams {
     since: Instant,
     /// Whether any request came.
     served: bool,
+    /// Answers waiting for the connection to ask for their next frame (a frame handed and
+    /// the body not asked for more, or the first frame not asked for yet), and since when
+    /// one has been.
+    stalled: usize,
+    stalled_since: Instant,
 }
 
 /// The activity of one connection, shared by its service and its serve task.
@@ -74,6 +82,8 @@ pub(super) enum Closing {
     Idle,
     /// Idle while its listener is full.
     Evicted,
+    /// An answer's frame waited for the client to take it for the idle timeout.
+    Stalled,
 }
 
 impl Closing {
@@ -83,6 +93,7 @@ impl Closing {
             Self::NeverStarted => "never_started",
             Self::Idle => "idle",
             Self::Evicted => "evicted",
+            Self::Stalled => "stalled",
         }
     }
 }
@@ -95,6 +106,8 @@ impl Activity {
                 open: 0,
                 since: Instant::now(),
                 served: false,
+                stalled: 0,
+                stalled_since: Instant::now(),
             })
             .0,
         ))
@@ -107,6 +120,20 @@ impl Activity {
             s.since = Instant::now();
         });
         StreamGuard(self.clone())
+    }
+
+    /// An answer handed a frame, or had it taken.
+    fn stall(&self, stalled: bool) {
+        self.0.send_modify(|s| {
+            if stalled {
+                if s.stalled == 0 {
+                    s.stalled_since = Instant::now();
+                }
+                s.stalled += 1;
+            } else {
+                s.stalled = s.stalled.saturating_sub(1);
+            }
+        });
     }
 
     /// Waits until the connection should close: the first request has not come within `first`
@@ -123,8 +150,16 @@ impl Activity {
         loop {
             let now = *streams.borrow_and_update();
             if now.open > 0 {
-                if streams.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+                let stalled = now.stalled > 0;
+                tokio::select! {
+                    () = tokio::time::sleep_until(now.stalled_since + idle), if stalled => {
+                        return Closing::Stalled;
+                    }
+                    changed = streams.changed() => {
+                        if changed.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
                 }
                 continue;
             }
@@ -218,19 +253,37 @@ where
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
         let guard = this.guard.take();
+        // The answer is ready: it waits for the connection to ask for its first frame (a
+        // client whose window is zero never lets it).
+        if let Some(guard) = &guard {
+            guard.0.stall(true);
+        }
         Poll::Ready(Ok(response.map(|inner| GuardedBody {
             inner,
-            _guard: guard,
+            handed: guard.is_some(),
+            guard,
         })))
     }
 }
 
 pin_project! {
-    /// A response body that keeps its stream open until it is dropped.
+    /// A response body that keeps its stream open until it is dropped, and says whether a
+    /// frame it handed is still waiting for the client to take it.
     pub(super) struct GuardedBody<B> {
         #[pin]
         inner: B,
-        _guard: Option<StreamGuard>,
+        guard: Option<StreamGuard>,
+        // A data frame was handed, and the body not asked for more since.
+        handed: bool,
+    }
+
+    impl<B> PinnedDrop for GuardedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.handed && let Some(guard) = this.guard.as_ref() {
+                guard.0.stall(false);
+            }
+        }
     }
 }
 
@@ -245,7 +298,22 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let activity = this.guard.as_ref().map(|guard| &guard.0);
+        if std::mem::take(this.handed)
+            && let Some(activity) = activity
+        {
+            activity.stall(false);
+        }
+        let frame = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && frame.is_data()
+            && let Some(activity) = activity
+        {
+            *this.handed = true;
+            activity.stall(true);
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -262,6 +330,25 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt as _, Full};
     use hyper::service::Service as _;
+
+    /// A service whose answer never has a frame (a Watch stream between updates).
+    #[derive(Clone)]
+    struct Quiet;
+
+    impl hyper::service::Service<()> for Quiet {
+        type Response = http::Response<
+            http_body_util::StreamBody<
+                futures::stream::Pending<Result<Frame<Bytes>, std::convert::Infallible>>,
+            >,
+        >;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn call(&self, (): ()) -> Self::Future {
+            let body = http_body_util::StreamBody::new(futures::stream::pending());
+            std::future::ready(Ok(http::Response::new(body)))
+        }
+    }
 
     /// A service that answers "hi".
     #[derive(Clone)]
@@ -293,7 +380,7 @@ mod tests {
     async fn an_open_stream_holds_the_connection_and_idleness_counts_from_its_end() {
         let activity = Activity::new();
         let pressure = Pressure::default();
-        let response = Counted::new(Hello, activity.clone())
+        let response = Counted::new(Quiet, activity.clone())
             .call(())
             .await
             .unwrap();
@@ -309,19 +396,74 @@ mod tests {
                     .await
             }
         });
-        // A long answer (a Watch stream): an hour open is not idle.
+        // A long answer (a Watch stream), asked for its next frame and waiting for one: an
+        // hour open is not idle, nor stalled.
+        let reader = tokio::spawn(async move {
+            let mut body = response.into_body();
+            let _ = body.frame().await;
+        });
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(
             !watcher.is_finished(),
             "a connection with a stream open stays"
         );
         let ended = Instant::now();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, "hi");
-        // The body is read; the stream ends when it is dropped.
+        // The stream ends when its body is dropped.
+        reader.abort();
         assert_eq!(watcher.await.unwrap(), Closing::Idle);
         assert_eq!(ended.elapsed(), Duration::from_secs(120));
         drop(pressure);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_never_takes_closes_its_connection() {
+        let activity = Activity::new();
+        let pressure = Pressure::default();
+        // The answer is ready, and nobody asks for it (an HTTP/2 window of zero).
+        let response = Counted::new(Hello, activity.clone())
+            .call(())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let why = activity
+            .closing(Duration::from_secs(10), Duration::from_secs(120), &pressure)
+            .await;
+        assert_eq!(why, Closing::Stalled);
+        assert_eq!(started.elapsed(), Duration::from_secs(120));
+        drop(response);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_taken_frame_by_frame_is_not_stalled() {
+        let activity = Activity::new();
+        let mut response = Counted::new(Hello, activity.clone())
+            .call(())
+            .await
+            .unwrap();
+        let watcher = tokio::spawn({
+            let activity = activity.clone();
+            async move {
+                activity
+                    .closing(
+                        Duration::from_secs(10),
+                        Duration::from_secs(120),
+                        &Pressure::default(),
+                    )
+                    .await
+            }
+        });
+        // Its one frame is taken, and the body asked again (it has ended); the stream stays
+        // open past the timeout while the body lives, without being stalled.
+        let body = response.body_mut();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert!(body.frame().await.is_none());
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(
+            !watcher.is_finished(),
+            "open, and not waiting on the client"
+        );
+        drop(response);
+        assert_eq!(watcher.await.unwrap(), Closing::Idle);
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected as _;
 
-use super::activity::{Activity, Counted, Pressure};
+use super::activity::{Activity, Closing, Counted, Pressure};
 use super::connections::{Conn, Lane};
 use crate::access::Deadlines;
 use crate::metrics::{IdleClosedLabels, Metrics};
@@ -181,9 +181,10 @@ where
                 }
                 why = activity.closing(first, idle, &pressure), if !closing => {
                     closed.get_or_create(&IdleClosedLabels { listener, reason: why.label() }).inc();
-                    if why == super::activity::Closing::NeverStarted {
-                        // A client that never made a request may not finish a handshake:
-                        // a graceful close would wait for it.
+                    if matches!(why, Closing::NeverStarted | Closing::Stalled) {
+                        // A client that never made a request may not finish a handshake, and
+                        // one that does not take its answers would not take a GOAWAY: a
+                        // graceful close would wait for them.
                         break;
                     }
                     connection.as_mut().graceful_shutdown();

@@ -315,7 +315,7 @@ impl Metrics {
         );
         registry.register(
             "wayfinder_closed_idle_connections",
-            "Connections closed for doing nothing, per listener and reason: never_started (no request within --header-read-timeout), idle (nothing open for --idle-timeout), evicted (idle while the listener was full)",
+            "Connections closed for doing nothing, per listener and reason: never_started (no request within --header-read-timeout), idle (nothing open for --idle-timeout), evicted (idle while the listener was full), stalled (an answer not taken for --idle-timeout)",
             m.closed_idle_connections.clone(),
         );
         registry.register(

@@ -20,9 +20,10 @@
 //! than the beats its incarnation could have sent since its last one (ten a second, and ten
 //! besides) is refused, so that one beat cannot outrank every later beat of the process.
 //!
-//! Beats without an incarnation (older middleware, other senders) form one incarnation of
-//! their own, ordered by `seq` alone; once an instance has been heard with an incarnation,
-//! beats without one are refused for it.
+//! Beats without an incarnation (older middleware, other senders) are the oldest incarnation
+//! of all, ordered by `seq`: an instance heard with an incarnation takes no beat without one,
+//! unless it is the incarnation replaced, beating again; and a sender without incarnations
+//! that restarts (its `seq` leaping ahead) comes back once its old beats are quiet.
 
 use std::time::{Duration, SystemTime};
 
@@ -47,12 +48,22 @@ pub(crate) struct Lineage {
     pub(crate) ttl: Duration,
     /// Where it serves.
     pub(crate) address: Option<String>,
-    /// The incarnation it took over from, and that one's last `seq`: if that one beats again,
-    /// two processes claim the instance.
-    pub(crate) replaced: Option<(Option<u64>, Option<u64>)>,
+    /// The incarnation it took over from: if that one beats again, two processes claim the
+    /// instance.
+    pub(crate) replaced: Option<Replaced>,
     /// Set once a replaced incarnation came back: newer incarnations are refused while it
     /// keeps beating.
     pub(crate) guarded: bool,
+}
+
+/// An incarnation that was taken over from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Replaced {
+    pub(crate) incarnation: Option<u64>,
+    /// Its last `seq`.
+    pub(crate) seq: Option<u64>,
+    /// When its last beat runs out: until then it may still live.
+    pub(crate) until: SystemTime,
 }
 
 /// A beat, as the arbitration sees it.
@@ -96,22 +107,16 @@ pub(crate) fn from_the_future(claim: &Claim<'_>, now: SystemTime) -> bool {
 }
 
 /// Judges `claim` at `now` against `current`, the lineage that speaks for the instance.
+/// Incarnations compare as options: a beat without one is older than any with one.
 pub(crate) fn judge(current: &Lineage, claim: &Claim<'_>, now: SystemTime) -> Verdict {
     if from_the_future(claim, now) {
         return Verdict::Future;
-    }
-    match (claim.incarnation, current.incarnation) {
-        (None, Some(_)) => return Verdict::Contested,
-        (Some(_), None) => {
-            // The first beat with an incarnation from an instance that sent none (an upgrade).
-            return Verdict::TakeOver;
-        }
-        _ => {}
     }
     let newer_seq = |last: Option<u64>| match (claim.seq, last) {
         (Some(seq), Some(last)) => seq > last,
         _ => true,
     };
+    let live = now < current.last_beat + current.ttl;
     if claim.incarnation == current.incarnation {
         if !newer_seq(current.seq) {
             return Verdict::Stale;
@@ -119,18 +124,20 @@ pub(crate) fn judge(current: &Lineage, claim: &Claim<'_>, now: SystemTime) -> Ve
         let elapsed = now.duration_since(current.last_beat).unwrap_or_default();
         let possible = BEATS_BESIDES
             .saturating_add(BEATS_PER_SECOND.saturating_mul(elapsed.as_secs().saturating_add(1)));
-        let leap = match (claim.incarnation, claim.seq, current.seq) {
-            (Some(_), Some(seq), Some(last)) => seq - last > possible,
+        let leap = match (claim.seq, current.seq) {
+            (Some(seq), Some(last)) => seq.saturating_sub(last) > possible,
             _ => false,
         };
-        return if leap {
+        // A leap while the instance lives is not its next beat. Without incarnations, a
+        // restarted sender's seq leaps too (it starts at its clock): it comes back once the
+        // old beats are quiet.
+        return if leap && live {
             Verdict::Contested
         } else {
             Verdict::Continue
         };
     }
     if claim.incarnation > current.incarnation {
-        let live = now < current.last_beat + current.ttl;
         // A claim without an address, for an instance that has one, is elsewhere too.
         let elsewhere = current
             .address
@@ -143,11 +150,25 @@ pub(crate) fn judge(current: &Lineage, claim: &Claim<'_>, now: SystemTime) -> Ve
         };
     }
     // An older incarnation: the one replaced, beating again, or a late beat.
-    match current.replaced {
-        Some((incarnation, last)) if incarnation == claim.incarnation && newer_seq(last) => {
+    match &current.replaced {
+        Some(replaced) if replaced.incarnation == claim.incarnation && newer_seq(replaced.seq) => {
             Verdict::Restore
         }
         _ => Verdict::Stale,
+    }
+}
+
+/// What `current` remembers as replaced when a newer incarnation takes over from it at `now`:
+/// itself, unless it took over from one that may still live (its TTL not run out), which it
+/// keeps, so that a second claim cannot push the first claimant out of reach.
+pub(crate) fn replaced_by_takeover(current: &Lineage, now: SystemTime) -> Replaced {
+    match &current.replaced {
+        Some(earlier) if now < earlier.until => earlier.clone(),
+        _ => Replaced {
+            incarnation: current.incarnation,
+            seq: current.seq,
+            until: current.last_beat + current.ttl,
+        },
     }
 }
 
@@ -186,7 +207,7 @@ mod tests {
         let started = NOW_MS - 3_600_000;
         let live = current(Some(started), started + 700);
         let mut taken = current(Some(NOW_MS - 5_000), NOW_MS - 4_999);
-        taken.replaced = Some((Some(started), Some(started + 700)));
+        taken.replaced = Some(replaced_by_takeover(&live, at(NOW_MS - 5_000)));
         let mut guarded = live.clone();
         guarded.guarded = true;
         let mut quiet_guarded = guarded.clone();
@@ -276,8 +297,8 @@ mod tests {
             (
                 &live,
                 claim(None, NOW_MS, here),
-                Verdict::Contested,
-                "no incarnation for an instance that has one",
+                Verdict::Stale,
+                "no incarnation for an instance that has one: the oldest of all",
             ),
             (
                 &legacy,
@@ -287,13 +308,50 @@ mod tests {
             ),
             (
                 &legacy,
+                claim(None, NOW_MS + 200_000, here),
+                Verdict::Contested,
+                "without incarnations, a seq leap while the instance lives",
+            ),
+            (
+                &legacy,
                 claim(Some(started), started + 1, here),
                 Verdict::TakeOver,
-                "an upgraded instance starts sending one",
+                "an upgraded instance starts sending one, at its address",
+            ),
+            (
+                &legacy,
+                claim(Some(NOW_MS), NOW_MS, "10.6.6.6:1"),
+                Verdict::Contested,
+                "an incarnation elsewhere while the instance without one lives",
             ),
         ];
         for (current, claim, want, why) in cases {
             assert_eq!(judge(current, &claim, at(NOW_MS)), want, "{why}");
         }
+    }
+
+    #[test]
+    fn a_second_claim_keeps_the_first_claimant_within_reach() {
+        let started = NOW_MS - 3_600_000;
+        let live = current(Some(started), started + 700);
+        let here = "10.0.0.7:8080";
+        // A stranger claims A+1, then A+2, at the instance's address.
+        let first = Lineage {
+            replaced: Some(replaced_by_takeover(&live, at(NOW_MS))),
+            ..current(Some(started + 1), started + 1)
+        };
+        let second = Lineage {
+            replaced: Some(replaced_by_takeover(&first, at(NOW_MS))),
+            ..current(Some(started + 2), started + 2)
+        };
+        assert_eq!(
+            judge(
+                &second,
+                &claim(Some(started), started + 701, here),
+                at(NOW_MS)
+            ),
+            Verdict::Restore,
+            "the real incarnation, beating again, is restored past both claims"
+        );
     }
 }

@@ -52,7 +52,7 @@ use crate::clock::Clock;
 use crate::decode::health::{HealthEvent, HealthStatus};
 use crate::decode::{SpanFacts, SpanKind};
 use crate::metrics::LogEvery;
-use lineage::{Claim, Lineage, Verdict};
+use lineage::{Claim, Lineage, Verdict, replaced_by_takeover};
 
 mod lineage;
 mod metrics;
@@ -495,7 +495,7 @@ impl InstanceRegistry {
                 next.guarded = previous.guarded;
             }
             (Verdict::TakeOver, Some(previous)) => {
-                next.replaced = Some((previous.incarnation, previous.seq));
+                next.replaced = Some(replaced_by_takeover(&previous, now));
             }
             (Verdict::Restore, Some(previous)) => {
                 // The takeover was not a restart: two processes claim the instance. The one
@@ -503,7 +503,11 @@ impl InstanceRegistry {
                 // while it beats.
                 self.conflicts += 1;
                 self.log_contested(key, "the incarnation that was replaced beats again");
-                next.replaced = Some((previous.incarnation, previous.seq));
+                next.replaced = Some(lineage::Replaced {
+                    incarnation: previous.incarnation,
+                    seq: previous.seq,
+                    until: previous.last_beat + previous.ttl,
+                });
                 next.guarded = true;
             }
             _ => {}
