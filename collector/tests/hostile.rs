@@ -244,6 +244,14 @@ fn the_sql_endpoint_refuses_what_would_take_the_process() {
         }
         sql + " SELECT x FROM a1999"
     };
+    let joined = chain("repeat('x', 30000000)", " || ", 200);
+    let doubling = {
+        let mut sql = String::from("WITH a0 AS (SELECT repeat(span_name, 1000) AS s FROM spans)");
+        for i in 1..40 {
+            sql += &format!(", a{i} AS (SELECT s || s AS s FROM a{})", i - 1);
+        }
+        sql + " SELECT max(length(s)) FROM a39"
+    };
     let sql = |query: String| -> Request<'_> {
         let serve = &serve;
         Box::new(move || serve.sql(&query))
@@ -276,6 +284,14 @@ fn the_sql_endpoint_refuses_what_would_take_the_process() {
                 "B: lpad is repeat by another name"),
             (sql("SELECT levenshtein(repeat('a', 100000), repeat('b', 100000))".into()), 422,
                 "query too large: levenshtein", "D: one call that no timeout can interrupt"),
+            (sql(format!("SELECT length({joined})")), 422, "query too large: ||",
+                "B (review of the change): || is an operator, folded outside any bound"),
+            (sql(doubling), 422, "query too large: ||",
+                "B (review): a chain of CTEs doubling a string"),
+            (sql("WITH RECURSIVE t(s, n) AS (SELECT 'x', 0 UNION ALL SELECT s || s, n + 1 FROM t WHERE n < 40) SELECT max(length(s)) FROM t".into()),
+                422, "query", "B (review): a recursive CTE doubling a string"),
+            (sql("SELECT max(length(v)) FROM (SELECT repeat('x', 30000000) AS v, value FROM range(8192))".into()),
+                422, "query too large", "B (review): one literal copied into every row of a batch"),
             (sql("SELECT count(*) FROM spans s1 CROSS JOIN spans s2 CROSS JOIN spans s3".into()),
                 503, "ran longer than", "held: a cross join meets the time limit"),
             (sql("SELECT count(*) FROM spans WHERE span_name ~ '^GET'".into()), 200, "2000",

@@ -556,7 +556,9 @@ impl InstanceRegistry {
         if let Some(instance) = self.instances.get_mut(&key) {
             instance.last_seen = Some(now);
             if instance.address.is_none() {
+                let before = instance.bytes();
                 instance.address = address;
+                self.bytes = (self.bytes + instance.bytes()).saturating_sub(before);
             }
             return;
         }

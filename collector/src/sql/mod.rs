@@ -289,6 +289,9 @@ impl QueryEngine {
             .worker_threads(2)
             .thread_name("wayfinder-query")
             .thread_stack_size(QUERY_STACK)
+            // Its blocking threads have the same stack (as address space): a few are enough
+            // (the answers made in place, local file reads of sealed history).
+            .max_blocking_threads(16)
             // Time for the limits; I/O for sealed files in an object store (S3's client).
             .enable_all()
             .build()?;
@@ -339,7 +342,8 @@ impl QueryEngine {
         let result = self
             .run(move |context, bounds, budget| async move {
                 let result = execute(context, bounds, &sql, max_rows, budget).await?;
-                answer(result)
+                // CPU work without awaits: the other queries' tasks move to another thread.
+                tokio::task::block_in_place(|| answer(result))
             })
             .await;
         self.record(started, &result);
@@ -353,7 +357,7 @@ impl QueryEngine {
         &self,
         work: impl FnOnce(AnswerBudget) -> Result<T, QueryError> + Send + 'static,
     ) -> Result<T, QueryError> {
-        self.run(move |_, _, budget| async move { work(budget) })
+        self.run(move |_, _, budget| async move { tokio::task::block_in_place(|| work(budget)) })
             .await
     }
 
@@ -540,6 +544,8 @@ async fn execute(
     max_rows: usize,
     mut budget: AnswerBudget,
 ) -> Result<QueryResult, QueryError> {
+    // Nothing is made yet by this query's calls on this thread.
+    bounds::new_batch();
     // The statement's kind and size first (a parse, no planning), then the plan's.
     wayfinder_sqlcheck::check(sql).map_err(|error| match error {
         SqlCheckError::NotReadOnly(kind) => QueryError::NotReadOnly(kind),

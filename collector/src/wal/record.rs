@@ -53,6 +53,9 @@ pub const MAX_BODY: usize = 1 << 30;
 /// bytes inside a payload.
 const V1_SEQ_WINDOW: u64 = 1 << 20;
 
+/// How many times over its bytes a version-1 resync may checksum candidates.
+const V1_CHECKSUM_PASSES: usize = 4;
+
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -293,20 +296,30 @@ pub fn resync(bytes: &[u8], from: usize, format: Format, next_seq: u64) -> Optio
             }
             None
         }
-        Format::V1 => (from..bytes.len()).find(|&at| {
-            let Some(frame) = bytes.get(at..at + FRAME_HEADER_V1 + BODY_HEADER) else {
-                return false;
-            };
-            let plausible = RecordKind::of(frame[FRAME_HEADER_V1]).is_some() && {
-                let seq = u64::from_le_bytes(
-                    frame[FRAME_HEADER_V1 + 1..FRAME_HEADER_V1 + 9]
-                        .try_into()
-                        .expect("8 bytes"),
-                );
-                (next_seq..next_seq.saturating_add(V1_SEQ_WINDOW)).contains(&seq)
-            };
-            plausible && good(at)
-        }),
+        Format::V1 => {
+            // Checksums are what costs: at most a few times the segment's bytes in all, so
+            // that a segment crafted with many plausible candidates cannot stall the start.
+            let mut budget = bytes.len().saturating_mul(V1_CHECKSUM_PASSES);
+            (from..bytes.len()).find(|&at| {
+                let Some(frame) = bytes.get(at..at + FRAME_HEADER_V1 + BODY_HEADER) else {
+                    return false;
+                };
+                let plausible = RecordKind::of(frame[FRAME_HEADER_V1]).is_some() && {
+                    let seq = u64::from_le_bytes(
+                        frame[FRAME_HEADER_V1 + 1..FRAME_HEADER_V1 + 9]
+                            .try_into()
+                            .expect("8 bytes"),
+                    );
+                    (next_seq..next_seq.saturating_add(V1_SEQ_WINDOW)).contains(&seq)
+                };
+                if !plausible || budget == 0 {
+                    return false;
+                }
+                let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+                budget = budget.saturating_sub(len);
+                good(at)
+            })
+        }
     }
 }
 

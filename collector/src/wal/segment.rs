@@ -264,9 +264,13 @@ pub fn repair(dir: &Path, scan: Scan) -> Result<(SegmentInfo, Vec<Damage>), Scan
         .file_name()
         .map_or_else(|| "segment".into(), |n| n.to_string_lossy().into_owned());
     for stretch in &mut damage {
-        let to = aside.join(format!("{name}.{}", stretch.offset));
         let start = stretch.offset as usize;
-        write_synced(&to, &bytes[start..start + stretch.bytes as usize]).map_err(io_error)?;
+        let to = write_aside(
+            &aside,
+            &format!("{name}.{}", stretch.offset),
+            &bytes[start..start + stretch.bytes as usize],
+        )
+        .map_err(io_error)?;
         stretch.moved_to = Some(to);
     }
     sync_dir(&aside).map_err(io_error)?;
@@ -284,6 +288,30 @@ pub fn repair(dir: &Path, scan: Scan) -> Result<(SegmentInfo, Vec<Damage>), Scan
     sync_dir(dir).map_err(io_error)?;
     info.bytes = kept.len() as u64;
     Ok((info, damage))
+}
+
+/// Writes `bytes` to a new file `name` in `dir` (`name.1`, `name.2`… if it is taken: what was
+/// moved aside before is never written over), synced; returns its path.
+fn write_aside(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    for attempt in 0..=u32::MAX {
+        let path = match attempt {
+            0 => dir.join(name),
+            n => dir.join(format!("{name}.{n}")),
+        };
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut file) => {
+                file.write_all(bytes)?;
+                file.sync_all()?;
+                return Ok(path);
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    Err(io::Error::other(format!(
+        "no free name for {name} in {}",
+        dir.display()
+    )))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {

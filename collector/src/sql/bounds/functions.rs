@@ -42,6 +42,20 @@ pub(crate) struct CallBudget {
     pub(crate) work: u64,
 }
 
+thread_local! {
+    /// What the bounded calls of the batch an operator is evaluating have made so far on this
+    /// thread (an operator evaluates a batch's expressions in one go, without yielding); while
+    /// a query is planned, what the constants folded so far have made.
+    static MADE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A new batch, or a new query, is about to be evaluated on this thread: nothing is made yet.
+/// Every operator's input passes a [`super::pass::PassExec`], which calls this as it hands on
+/// a batch; the query calls it before it is planned.
+pub(crate) fn new_batch() {
+    MADE.set(0);
+}
+
 /// How a function's call is estimated before it runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Rule {
@@ -110,10 +124,12 @@ pub(crate) fn rule(name: &str) -> Option<Rule> {
         "concat_ws" => Rule::Separated,
         // One element per character, each with its offset and validity: up to 17 bytes for one.
         "string_to_array" => Rule::Arguments(17),
+        // Hex doubles its input, base64 grows it by a third.
+        "encode" => Rule::Arguments(2),
         // One list per argument, padded to the longest.
         "arrays_zip" => Rule::Arguments(8),
-        // Combinations of their arguments.
-        "concat" | "make_array" | "array_append" | "array_prepend" | "array_concat"
+        // Combinations of their arguments (`||` as a function: `strings`).
+        "concat" | "||" | "make_array" | "array_append" | "array_prepend" | "array_concat"
         | "array_union" | "array_intersect" | "array_except" | "map" | "named_struct"
         | "struct" | "overlay" | "to_char" | "arrow_cast" | "arrow_try_cast" | "cast_to_type"
         | "try_cast_to_type" | "with_metadata" | "union_extract" | "flatten" => Rule::Arguments(1),
@@ -165,7 +181,6 @@ fn answers_at_most_their_arguments(name: &str) -> bool {
         "to_hex",
         "translate",
         "uuid",
-        "encode",
         "decode",
         // Date and time: fixed-width answers.
         "current_date",
@@ -348,7 +363,10 @@ impl Bounded {
                 let Some(n) = arg(1)? else {
                     return Ok((0, 0));
                 };
-                (per_row(&|i| 4 * n.int(i).unwrap_or(0).max(0) as u64), 0)
+                (
+                    per_row(&|i| 4u64.saturating_mul(n.int(i).unwrap_or(0).max(0) as u64)),
+                    0,
+                )
             }
             Rule::Series => (series_bytes(args)?, 0),
             Rule::ArrayRepeat => {
@@ -599,8 +617,11 @@ impl ScalarUDFImpl for Bounded {
                 self.budget.work
             )));
         }
-        if bytes > self.budget.bytes {
-            return Err(too_large(name, bytes, self.budget.bytes));
+        // What the other calls of this batch (or, while planning, every constant folded)
+        // made and still hold counts too: a function's arguments are all made before it runs.
+        let before = MADE.get();
+        if before.saturating_add(bytes) > self.budget.bytes {
+            return Err(too_large(name, before, bytes, self.budget.bytes));
         }
         // What it makes is the query's while it makes it: past the pool, the call is refused.
         let reservation =
@@ -611,9 +632,11 @@ impl ScalarUDFImpl for Bounded {
             ColumnarValue::Array(array) => array.get_array_memory_size() as u64,
             ColumnarValue::Scalar(scalar) => scalar.size() as u64,
         };
-        if made > self.budget.bytes {
-            return Err(too_large(name, made, self.budget.bytes));
+        let total = before.saturating_add(made);
+        if total > self.budget.bytes {
+            return Err(too_large(name, before, made, self.budget.bytes));
         }
+        MADE.set(total);
         reservation.try_resize(made as usize)?;
         Ok(answer)
     }
@@ -704,10 +727,20 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
-fn too_large(name: &str, bytes: u64, max: u64) -> DataFusionError {
+/// The refusal of a call that would make `bytes` after the calls of the same batch (or the
+/// constants folded while planning) made `before`.
+fn too_large(name: &str, before: u64, bytes: u64, max: u64) -> DataFusionError {
+    let others = if before > 0 {
+        format!(
+            " beside the {} the calls before it on the same batch made",
+            bytesize::ByteSize(before)
+        )
+    } else {
+        String::new()
+    };
     refused(format!(
-        "{name} would make {} in one call, more than the {} one call may make (a quarter of \
-         the query's share of --query-memory-bytes)",
+        "{name} would make {} in one call{others}, more than the {} one call may make (a \
+         quarter of the query's share of --query-memory-bytes)",
         bytesize::ByteSize(bytes),
         bytesize::ByteSize(max),
     ))

@@ -10,7 +10,8 @@
 //! - the plan is checked ([`plan`]) for regular-expression operators with patterns from
 //!   columns, aggregates whose answer grows with a window, and casts to huge fixed-size types;
 //! - `UNNEST` is guarded ([`unnest`]) so that one row repeated for each element of its list
-//!   makes no more than a call may;
+//!   makes no more than a call may, and so is what an operator's expressions copy without a
+//!   function ([`expressions`]: a literal into every row, `||`);
 //! - the lambda functions (`array_transform` and its kind) are not offered: what their lambda
 //!   makes is not bounded here;
 //! - every operator yields now and then ([`yielding`]), so that an abort stops the work.
@@ -18,10 +19,12 @@
 //! A query past a bound fails with `query too large` (422); a plan refused, with
 //! `invalid query` (400).
 
+mod expressions;
 mod functions;
 mod pass;
 mod plan;
 mod sizes;
+mod strings;
 mod unnest;
 mod yielding;
 
@@ -34,6 +37,7 @@ use datafusion::logical_expr::LogicalPlan;
 
 pub(crate) use plan::PlanRefusal;
 
+pub(crate) use functions::new_batch;
 use functions::{Bounded, CallBudget};
 
 /// The share of a query's memory one function call may make: a quarter, so that a few
@@ -118,6 +122,9 @@ impl QueryBounds {
                 budget: self.budget.clone(),
             }))
             .with_physical_optimizer_rule(Arc::new(unnest::GuardUnnest {
+                max_bytes: self.budget.bytes,
+            }))
+            .with_physical_optimizer_rule(Arc::new(expressions::GuardExpressions {
                 max_bytes: self.budget.bytes,
             }))
             .with_physical_optimizer_rule(Arc::new(yielding::YieldEverywhere))

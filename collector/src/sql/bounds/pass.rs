@@ -21,13 +21,21 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt as _};
 
 /// What a [`PassExec`] watches its batches for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Watch {
     /// That no row's unnesting of the columns `lists` makes more than `max_bytes`.
     Unnest { lists: Vec<usize>, max_bytes: u64 },
     /// Time: it returns `Pending` once `slice` has passed since it last did, so that the task
     /// that polls it yields, and an abort takes effect.
     Yield { slice: Duration },
+    /// That the expressions of the operator above it make no more than `max_bytes` from one
+    /// batch (`projection`: they are a projection's columns, a literal among them copied into
+    /// every row).
+    Expressions {
+        exprs: Arc<Vec<Arc<dyn PhysicalExpr>>>,
+        projection: bool,
+        max_bytes: u64,
+    },
 }
 
 /// Passes its input's batches on unchanged, under its [`Watch`].
@@ -118,12 +126,28 @@ impl ExecutionPlan for PassExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
+        // Each batch handed on is a new batch for the operator above: its calls start afresh.
+        let input = Box::pin(RecordBatchStreamAdapter::new(
+            self.input.schema(),
+            self.input.execute(partition, context)?.inspect(|_| {
+                super::functions::new_batch();
+            }),
+        ));
         let schema = self.input.schema();
         Ok(match &self.watch {
             Watch::Unnest { lists, max_bytes } => {
                 let (lists, max) = (lists.clone(), *max_bytes);
                 let checked = input.map(move |batch| super::unnest::check(batch?, &lists, max));
+                Box::pin(RecordBatchStreamAdapter::new(schema, checked))
+            }
+            Watch::Expressions {
+                exprs,
+                projection,
+                max_bytes,
+            } => {
+                let (exprs, projection, max) = (exprs.clone(), *projection, *max_bytes);
+                let checked = input
+                    .map(move |batch| super::expressions::check(batch?, &exprs, projection, max));
                 Box::pin(RecordBatchStreamAdapter::new(schema, checked))
             }
             Watch::Yield { slice } => Box::pin(RecordBatchStreamAdapter::new(

@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr::{Cast, Like, TryCast, WindowFunction};
 use datafusion::logical_expr::{Expr, LogicalPlan, Operator, WindowFunctionDefinition};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::functions::{CallBudget, wrap_all};
 use super::sizes::fixed_width;
+use super::strings;
 
 /// Why a plan is refused; each is a 400 (`invalid query`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -81,6 +83,15 @@ fn refusal_of(expr: &Expr) -> Option<PlanRefusal> {
         Expr::SimilarTo(Like { pattern, .. }) => {
             (!one_value(pattern)).then(|| PlanRefusal::RegexPattern("SIMILAR TO".into()))
         }
+        // A LIKE pattern from a column is compiled again whenever it changes, without the
+        // regular-expression crate's size limit.
+        Expr::Like(Like {
+            pattern,
+            case_insensitive,
+            ..
+        }) => (!one_value(pattern)).then(|| {
+            PlanRefusal::RegexPattern(if *case_insensitive { "ILIKE" } else { "LIKE" }.into())
+        }),
         // The regular-expression functions, named as the user wrote them (the optimizer turns
         // some into the operators above); their wrappers refuse a pattern column again.
         Expr::ScalarFunction(call) if call.func.name().starts_with("regexp_") => call
@@ -137,12 +148,48 @@ fn one_value(expr: &Expr) -> bool {
     one
 }
 
-/// `plan` with every scalar function in its bounded form.
+/// `plan` with every scalar function in its bounded form, and every chain of `||` on strings
+/// one call of [`JoinStrings`] (which answers as the operator does): `a || b` is an operator,
+/// which constant folding evaluates outside any bound (two hundred `repeat(…)`s joined made
+/// gigabytes while the query was planned).
 pub(crate) fn bound_functions(
     plan: LogicalPlan,
     budget: &Arc<CallBudget>,
 ) -> datafusion::error::Result<Transformed<LogicalPlan>> {
-    plan.transform_up_with_subqueries(|node| node.map_expressions(|expr| wrap_all(expr, budget)))
+    plan.transform_up_with_subqueries(|node| {
+        let rewritten = node.map_expressions(|expr| {
+            let joined = expr.transform_up(|e| match e {
+                Expr::BinaryExpr(binary) if binary.op == Operator::StringConcat => {
+                    // The chain's terms (bottom up, the left side is already one call).
+                    let mut terms = Vec::new();
+                    for side in [*binary.left, *binary.right] {
+                        match side {
+                            Expr::ScalarFunction(call) if call.func.name() == strings::NAME => {
+                                terms.extend(call.args);
+                            }
+                            other => terms.push(other),
+                        }
+                    }
+                    Ok(Transformed::yes(Expr::ScalarFunction(
+                        ScalarFunction::new_udf(strings::JoinStrings::udf(), terms),
+                    )))
+                }
+                other => Ok(Transformed::no(other)),
+            })?;
+            let changed = joined.transformed;
+            let wrapped = wrap_all(joined.data, budget)?;
+            Ok(Transformed::new_transformed(
+                wrapped.data,
+                changed || wrapped.transformed,
+            ))
+        })?;
+        if rewritten.transformed {
+            // A `||` of two types may answer another type than `concat` does.
+            rewritten.map_data(LogicalPlan::recompute_schema)
+        } else {
+            Ok(rewritten)
+        }
+    })
 }
 
 /// The checks and the wrapping again, as the last rule of the optimizer: its rules rewrite

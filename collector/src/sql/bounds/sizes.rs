@@ -191,7 +191,7 @@ pub(crate) fn fixed_width(data_type: &DataType) -> Option<u64> {
         DataType::Struct(fields) => fields
             .iter()
             .map(|f| fixed_width(f.data_type()))
-            .sum::<Option<u64>>(),
+            .try_fold(0u64, |sum, width| Some(sum.saturating_add(width?))),
         DataType::Boolean => Some(1),
         DataType::Null => Some(0),
         other => other.primitive_width().map(|w| w as u64),
