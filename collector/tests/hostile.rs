@@ -292,6 +292,8 @@ fn the_sql_endpoint_refuses_what_would_take_the_process() {
                 422, "query", "B (review): a recursive CTE doubling a string"),
             (sql("SELECT max(length(v)) FROM (SELECT repeat('x', 30000000) AS v, value FROM range(8192))".into()),
                 422, "query too large", "B (review): one literal copied into every row of a batch"),
+            (sql("SELECT max(length(s)), count(*) FROM (SELECT repeat('x', 500000) AS s) CROSS JOIN range(8192)".into()),
+                200, "8192", "B (review): a wide row crossed with a batch made 4 GB in one batch; now in slices"),
             (sql("SELECT count(*) FROM spans s1 CROSS JOIN spans s2 CROSS JOIN spans s3".into()),
                 503, "ran longer than", "held: a cross join meets the time limit"),
             (sql("SELECT count(*) FROM spans WHERE span_name ~ '^GET'".into()), 200, "2000",

@@ -21,6 +21,7 @@
 
 mod expressions;
 mod functions;
+mod joins;
 mod pass;
 mod plan;
 mod sizes;
@@ -122,6 +123,9 @@ impl QueryBounds {
                 budget: self.budget.clone(),
             }))
             .with_physical_optimizer_rule(Arc::new(unnest::GuardUnnest {
+                max_bytes: self.budget.bytes,
+            }))
+            .with_physical_optimizer_rule(Arc::new(joins::GuardCrossJoins {
                 max_bytes: self.budget.bytes,
             }))
             .with_physical_optimizer_rule(Arc::new(expressions::GuardExpressions {

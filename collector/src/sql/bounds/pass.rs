@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,14 @@ pub(crate) enum Watch {
     /// Time: it returns `Pending` once `slice` has passed since it last did, so that the task
     /// that polls it yields, and an abort takes effect.
     Yield { slice: Duration },
+    /// The widest row that passes, noted in `width` (a cross join's left side).
+    Widest { width: Arc<AtomicU64> },
+    /// Batches cut so that the row of `width` repeated over one makes at most `max_bytes` (a
+    /// cross join's right side).
+    Split {
+        width: Arc<AtomicU64>,
+        max_bytes: u64,
+    },
     /// That the expressions of the operator above it make no more than `max_bytes` from one
     /// batch (`projection`: they are a projection's columns, a literal among them copied into
     /// every row).
@@ -149,6 +158,28 @@ impl ExecutionPlan for PassExec {
                 let checked = input
                     .map(move |batch| super::expressions::check(batch?, &exprs, projection, max));
                 Box::pin(RecordBatchStreamAdapter::new(schema, checked))
+            }
+            Watch::Widest { width } => {
+                let width = width.clone();
+                let noted = input.inspect(move |batch| {
+                    if let Ok(batch) = batch {
+                        super::joins::widest(batch, &width);
+                    }
+                });
+                Box::pin(RecordBatchStreamAdapter::new(schema, noted))
+            }
+            Watch::Split { width, max_bytes } => {
+                let (width, max) = (width.clone(), *max_bytes);
+                let cut = input.flat_map(move |batch| {
+                    futures::stream::iter(match batch {
+                        Ok(batch) => super::joins::split(batch, &width, max)
+                            .into_iter()
+                            .map(Ok)
+                            .collect::<Vec<_>>(),
+                        Err(error) => vec![Err(error)],
+                    })
+                });
+                Box::pin(RecordBatchStreamAdapter::new(schema, cut))
             }
             Watch::Yield { slice } => Box::pin(RecordBatchStreamAdapter::new(
                 schema,
