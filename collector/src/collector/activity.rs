@@ -331,6 +331,17 @@ mod tests {
     use http_body_util::{BodyExt as _, Full};
     use hyper::service::Service as _;
 
+    /// Why `activity`'s connection closes, awaited in a task: 10 s for its first request,
+    /// 2 minutes of idleness.
+    fn closing_of(activity: &Activity, pressure: &Pressure) -> tokio::task::JoinHandle<Closing> {
+        let (activity, pressure) = (activity.clone(), pressure.clone());
+        tokio::spawn(async move {
+            activity
+                .closing(Duration::from_secs(10), Duration::from_secs(120), &pressure)
+                .await
+        })
+    }
+
     /// A service whose answer never has a frame (a Watch stream between updates).
     #[derive(Clone)]
     struct Quiet;
@@ -384,18 +395,7 @@ mod tests {
             .call(())
             .await
             .unwrap();
-        let watcher = tokio::spawn({
-            let activity = activity.clone();
-            async move {
-                activity
-                    .closing(
-                        Duration::from_secs(10),
-                        Duration::from_secs(120),
-                        &Pressure::default(),
-                    )
-                    .await
-            }
-        });
+        let watcher = closing_of(&activity, &Pressure::default());
         // A long answer (a Watch stream), asked for its next frame and waiting for one: an
         // hour open is not idle, nor stalled.
         let reader = tokio::spawn(async move {
@@ -440,18 +440,7 @@ mod tests {
             .call(())
             .await
             .unwrap();
-        let watcher = tokio::spawn({
-            let activity = activity.clone();
-            async move {
-                activity
-                    .closing(
-                        Duration::from_secs(10),
-                        Duration::from_secs(120),
-                        &Pressure::default(),
-                    )
-                    .await
-            }
-        });
+        let watcher = closing_of(&activity, &Pressure::default());
         // Its one frame is taken, and the body asked again (it has ended); the stream stays
         // open past the timeout while the body lives, without being stalled.
         let body = response.body_mut();
@@ -470,14 +459,7 @@ mod tests {
     async fn a_full_listener_closes_connections_idle_for_a_while() {
         let pressure = Pressure::default();
         let fresh = Activity::new();
-        let watcher = tokio::spawn({
-            let (fresh, pressure) = (fresh.clone(), pressure.clone());
-            async move {
-                fresh
-                    .closing(Duration::from_secs(10), Duration::from_secs(120), &pressure)
-                    .await
-            }
-        });
+        let watcher = closing_of(&fresh, &pressure);
         tokio::task::yield_now().await;
         pressure.squeeze();
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -13,16 +13,14 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::common::Result;
-use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
-use datafusion::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, Literal};
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{ExecutionPlan, ReplaceChildrenOptions};
 
-use super::pass::{PassExec, Watch};
+use super::pass::{Guard, PassExec, Watch};
 use super::refused;
 
 /// The physical rule of this module.
@@ -32,47 +30,33 @@ pub(crate) struct GuardExpressions {
     pub(crate) max_bytes: u64,
 }
 
-impl PhysicalOptimizerRule for GuardExpressions {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let children = node.children();
-            if children.len() != 1 || node.downcast_ref::<PassExec>().is_some() {
-                return Ok(Transformed::no(node));
-            }
-            let mut exprs = Vec::new();
-            node.apply_expressions(&mut |expr| {
-                exprs.push(expr.clone());
-                Ok(TreeNodeRecursion::Continue)
-            })?;
-            if !exprs.iter().any(copies) {
-                return Ok(Transformed::no(node));
-            }
-            let watch = Watch::Expressions {
-                exprs: Arc::new(exprs),
-                projection: node.downcast_ref::<ProjectionExec>().is_some(),
-                max_bytes: self.max_bytes,
-            };
-            let guarded = Arc::new(PassExec::new(children[0].clone(), watch));
-            let options = ReplaceChildrenOptions::new(
-                datafusion::physical_plan::ChildrenPropertiesMode::Keep,
-            );
-            Ok(Transformed::yes(
-                node.replace_children(vec![guarded], options)?,
-            ))
-        })
-        .map(|t| t.data)
-    }
+impl Guard for GuardExpressions {
+    const NAME: &'static str = "GuardExpressions";
 
-    fn name(&self) -> &str {
-        "GuardExpressions"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
+    fn guard(&self, node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+        let children = node.children();
+        if children.len() != 1 || node.downcast_ref::<PassExec>().is_some() {
+            return Ok(Transformed::no(node));
+        }
+        let mut exprs = Vec::new();
+        node.apply_expressions(&mut |expr| {
+            exprs.push(expr.clone());
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if !exprs.iter().any(copies) {
+            return Ok(Transformed::no(node));
+        }
+        let watch = Watch::Expressions {
+            exprs: Arc::new(exprs),
+            projection: node.downcast_ref::<ProjectionExec>().is_some(),
+            max_bytes: self.max_bytes,
+        };
+        let guarded = Arc::new(PassExec::new(children[0].clone(), watch));
+        let options =
+            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Keep);
+        Ok(Transformed::yes(
+            node.replace_children(vec![guarded], options)?,
+        ))
     }
 }
 

@@ -12,13 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::common::Result;
-use datafusion::common::tree_node::{Transformed, TreeNode as _};
-use datafusion::config::ConfigOptions;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::common::tree_node::Transformed;
 use datafusion::physical_plan::joins::CrossJoinExec;
 use datafusion::physical_plan::{ChildrenPropertiesMode, ExecutionPlan, ReplaceChildrenOptions};
 
-use super::pass::{PassExec, Watch};
+use super::pass::{Guard, PassExec, Watch};
 use super::sizes::value_bytes;
 
 /// The physical rule of this module.
@@ -28,52 +26,39 @@ pub(crate) struct GuardCrossJoins {
     pub(crate) max_bytes: u64,
 }
 
-impl PhysicalOptimizerRule for GuardCrossJoins {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            if node.downcast_ref::<CrossJoinExec>().is_none() {
-                return Ok(Transformed::no(node));
-            }
-            let children = node.children();
-            let [left, right] = children.as_slice() else {
-                return Ok(Transformed::no(node));
-            };
-            if left.downcast_ref::<PassExec>().is_some() {
-                return Ok(Transformed::no(node));
-            }
-            let width = Arc::new(AtomicU64::new(0));
-            let left = Arc::new(PassExec::new(
-                (*left).clone(),
-                Watch::Widest {
-                    width: width.clone(),
-                },
-            ));
-            let right = Arc::new(PassExec::new(
-                (*right).clone(),
-                Watch::Split {
-                    width,
-                    max_bytes: self.max_bytes,
-                },
-            ));
-            let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
-            Ok(Transformed::yes(node.replace_children(
-                vec![left as Arc<dyn ExecutionPlan>, right],
-                options,
-            )?))
-        })
-        .map(|t| t.data)
-    }
+impl Guard for GuardCrossJoins {
+    const NAME: &'static str = "GuardCrossJoins";
 
-    fn name(&self) -> &str {
-        "GuardCrossJoins"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
+    fn guard(&self, node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+        if node.downcast_ref::<CrossJoinExec>().is_none() {
+            return Ok(Transformed::no(node));
+        }
+        let children = node.children();
+        let [left, right] = children.as_slice() else {
+            return Ok(Transformed::no(node));
+        };
+        if left.downcast_ref::<PassExec>().is_some() {
+            return Ok(Transformed::no(node));
+        }
+        let width = Arc::new(AtomicU64::new(0));
+        let left = Arc::new(PassExec::new(
+            (*left).clone(),
+            Watch::Widest {
+                width: width.clone(),
+            },
+        ));
+        let right = Arc::new(PassExec::new(
+            (*right).clone(),
+            Watch::Split {
+                width,
+                max_bytes: self.max_bytes,
+            },
+        ));
+        let options = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
+        Ok(Transformed::yes(node.replace_children(
+            vec![left as Arc<dyn ExecutionPlan>, right],
+            options,
+        )?))
     }
 }
 
@@ -108,6 +93,7 @@ pub(super) fn split(batch: RecordBatch, width: &AtomicU64, max: u64) -> Vec<Reco
 
 #[cfg(test)]
 mod tests {
+    use super::super::pass::GuardRule;
     use super::*;
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::SessionContext;
@@ -141,9 +127,9 @@ mod tests {
     async fn a_wide_row_crossed_with_a_batch_comes_out_in_slices() {
         let state = SessionStateBuilder::new()
             .with_default_features()
-            .with_physical_optimizer_rule(Arc::new(GuardCrossJoins {
+            .with_physical_optimizer_rule(Arc::new(GuardRule(GuardCrossJoins {
                 max_bytes: 1_000_000,
-            }))
+            })))
             .build();
         let batches = SessionContext::new_with_state(state)
             .sql("SELECT s, value FROM (SELECT repeat('x', 100000) AS s) CROSS JOIN range(3000)")

@@ -40,6 +40,7 @@ pub(crate) use plan::PlanRefusal;
 
 pub(crate) use functions::new_batch;
 use functions::{Bounded, CallBudget};
+use pass::GuardRule;
 
 /// The share of a query's memory one function call may make: a quarter, so that a few
 /// batches in flight between operators stay within the query's share and its slack.
@@ -122,16 +123,16 @@ impl QueryBounds {
             .with_optimizer_rule(Arc::new(plan::BoundPlan {
                 budget: self.budget.clone(),
             }))
-            .with_physical_optimizer_rule(Arc::new(unnest::GuardUnnest {
+            .with_physical_optimizer_rule(Arc::new(GuardRule(unnest::GuardUnnest {
                 max_bytes: self.budget.bytes,
-            }))
-            .with_physical_optimizer_rule(Arc::new(joins::GuardCrossJoins {
+            })))
+            .with_physical_optimizer_rule(Arc::new(GuardRule(joins::GuardCrossJoins {
                 max_bytes: self.budget.bytes,
-            }))
-            .with_physical_optimizer_rule(Arc::new(expressions::GuardExpressions {
+            })))
+            .with_physical_optimizer_rule(Arc::new(GuardRule(expressions::GuardExpressions {
                 max_bytes: self.budget.bytes,
-            }))
-            .with_physical_optimizer_rule(Arc::new(yielding::YieldEverywhere))
+            })))
+            .with_physical_optimizer_rule(Arc::new(GuardRule(yielding::YieldEverywhere)))
     }
 
     /// `plan` checked and with its functions bounded (the SQL planner builds a few itself).

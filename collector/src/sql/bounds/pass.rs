@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode as _, TreeNodeRecursion};
 use datafusion::common::{Result, Statistics};
+use datafusion::config::ConfigOptions;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::statistics::{ChildStats, StatisticsArgs};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -20,6 +22,38 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions,
 };
 use futures::{Stream, StreamExt as _};
+
+/// A physical rule that puts [`PassExec`]s into a plan, as a [`GuardRule`]: it sees each node,
+/// from the leaves up.
+pub(crate) trait Guard: std::fmt::Debug + Send + Sync + 'static {
+    /// The rule's name, as `EXPLAIN VERBOSE` shows it.
+    const NAME: &'static str;
+
+    /// `node` guarded, or as it was.
+    fn guard(&self, node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>>;
+}
+
+/// The [`PhysicalOptimizerRule`] of a [`Guard`].
+#[derive(Debug)]
+pub(crate) struct GuardRule<G>(pub(crate) G);
+
+impl<G: Guard> PhysicalOptimizerRule for GuardRule<G> {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|node| self.0.guard(node)).map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        G::NAME
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
 
 /// What a [`PassExec`] watches its batches for.
 #[derive(Debug, Clone)]

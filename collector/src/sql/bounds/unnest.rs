@@ -10,13 +10,11 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::common::Result;
-use datafusion::common::tree_node::{Transformed, TreeNode as _};
-use datafusion::config::ConfigOptions;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::common::tree_node::Transformed;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::unnest::UnnestExec;
 
-use super::pass::{PassExec, Watch};
+use super::pass::{Guard, PassExec, Watch};
 use super::refused;
 use super::sizes::{list_len, value_bytes};
 
@@ -27,53 +25,40 @@ pub(crate) struct GuardUnnest {
     pub(crate) max_bytes: u64,
 }
 
-impl PhysicalOptimizerRule for GuardUnnest {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            let Some(unnest) = node.downcast_ref::<UnnestExec>() else {
-                return Ok(Transformed::no(node));
-            };
-            if unnest
-                .input()
-                .downcast_ref::<PassExec>()
-                .is_some_and(|pass| matches!(pass.watch(), Watch::Unnest { .. }))
-            {
-                return Ok(Transformed::no(node));
-            }
-            let lists = unnest
-                .list_column_indices()
-                .iter()
-                .map(|list| list.index_in_input_schema)
-                .collect();
-            let guard = Arc::new(PassExec::new(
-                unnest.input().clone(),
-                Watch::Unnest {
-                    lists,
-                    max_bytes: self.max_bytes,
-                },
-            ));
-            let guarded = Arc::new(UnnestExec::new(
-                guard,
-                unnest.list_column_indices().to_vec(),
-                unnest.struct_column_indices().to_vec(),
-                unnest.schema(),
-                unnest.options().clone(),
-            )?);
-            Ok(Transformed::yes(guarded as Arc<dyn ExecutionPlan>))
-        })
-        .map(|t| t.data)
-    }
+impl Guard for GuardUnnest {
+    const NAME: &'static str = "GuardUnnest";
 
-    fn name(&self) -> &str {
-        "GuardUnnest"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
+    fn guard(&self, node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+        let Some(unnest) = node.downcast_ref::<UnnestExec>() else {
+            return Ok(Transformed::no(node));
+        };
+        if unnest
+            .input()
+            .downcast_ref::<PassExec>()
+            .is_some_and(|pass| matches!(pass.watch(), Watch::Unnest { .. }))
+        {
+            return Ok(Transformed::no(node));
+        }
+        let lists = unnest
+            .list_column_indices()
+            .iter()
+            .map(|list| list.index_in_input_schema)
+            .collect();
+        let guard = Arc::new(PassExec::new(
+            unnest.input().clone(),
+            Watch::Unnest {
+                lists,
+                max_bytes: self.max_bytes,
+            },
+        ));
+        let guarded = Arc::new(UnnestExec::new(
+            guard,
+            unnest.list_column_indices().to_vec(),
+            unnest.struct_column_indices().to_vec(),
+            unnest.schema(),
+            unnest.options().clone(),
+        )?);
+        Ok(Transformed::yes(guarded as Arc<dyn ExecutionPlan>))
     }
 }
 

@@ -16,12 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::common::Result;
-use datafusion::common::tree_node::{Transformed, TreeNode as _};
-use datafusion::config::ConfigOptions;
-use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::common::tree_node::Transformed;
 use datafusion::physical_plan::ExecutionPlan;
 
-use super::pass::{PassExec, Watch};
+use super::pass::{Guard, PassExec, Watch};
 
 /// How long an operator runs before it yields: short against a second, long against the
 /// cost of a yield (a wake-up and a poll, about a microsecond).
@@ -31,29 +29,15 @@ pub(crate) const SLICE: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub(crate) struct YieldEverywhere;
 
-impl PhysicalOptimizerRule for YieldEverywhere {
-    fn optimize(
-        &self,
-        plan: Arc<dyn ExecutionPlan>,
-        _config: &ConfigOptions,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            if node.downcast_ref::<PassExec>().is_some() {
-                return Ok(Transformed::no(node));
-            }
-            Ok(Transformed::yes(
-                Arc::new(PassExec::new(node, Watch::Yield { slice: SLICE }))
-                    as Arc<dyn ExecutionPlan>,
-            ))
-        })
-        .map(|t| t.data)
-    }
+impl Guard for YieldEverywhere {
+    const NAME: &'static str = "YieldEverywhere";
 
-    fn name(&self) -> &str {
-        "YieldEverywhere"
-    }
-
-    fn schema_check(&self) -> bool {
-        true
+    fn guard(&self, node: Arc<dyn ExecutionPlan>) -> Result<Transformed<Arc<dyn ExecutionPlan>>> {
+        if node.downcast_ref::<PassExec>().is_some() {
+            return Ok(Transformed::no(node));
+        }
+        Ok(Transformed::yes(
+            Arc::new(PassExec::new(node, Watch::Yield { slice: SLICE })) as Arc<dyn ExecutionPlan>,
+        ))
     }
 }
