@@ -46,17 +46,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use hashbrown::HashMap;
-use parking_lot::Mutex;
 
-use crate::clock::Clock;
 use crate::decode::health::{HealthEvent, HealthStatus};
-use crate::decode::{SpanFacts, SpanKind};
 use crate::metrics::LogEvery;
 use lineage::{Claim, Lineage, Verdict, replaced_by_takeover};
 
+mod handle;
+mod instance;
 mod lineage;
 mod metrics;
 mod table;
+
+pub use handle::Registry;
+pub use instance::{BeatOutcome, Instance, InstanceStatus, Source, Transition};
+use instance::{EVENT_OVERHEAD, INSTANCE_OVERHEAD};
 
 pub use metrics::RegistryMetrics;
 pub use table::health_events_schema;
@@ -96,187 +99,6 @@ impl Default for RegistryConfig {
             max_event_bytes: 32 << 20,
             max_ttl: DEFAULT_MAX_TTL,
         }
-    }
-}
-
-/// What an instance costs beside its strings (the map's entry, the struct, its lineage).
-const INSTANCE_OVERHEAD: usize = 320;
-/// What a transition costs beside its strings.
-const EVENT_OVERHEAD: usize = 160;
-
-/// The state of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum InstanceStatus {
-    /// Healthy, by its own word.
-    Passing,
-    /// Serving, with a warning.
-    Warning,
-    /// Not fit to serve: reported, or its beats stopped.
-    Critical,
-    /// Seen only in spans: alive while it keeps sending them.
-    Unknown,
-}
-
-impl InstanceStatus {
-    /// The name in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Passing => "passing",
-            Self::Warning => "warning",
-            Self::Critical => "critical",
-            Self::Unknown => "unknown",
-        }
-    }
-
-    /// Every status, for metrics.
-    pub const ALL: [InstanceStatus; 4] =
-        [Self::Passing, Self::Warning, Self::Critical, Self::Unknown];
-}
-
-/// Where the registry learned of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// Its health events.
-    Health,
-    /// Only its spans.
-    Traces,
-}
-
-impl Source {
-    /// The name in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Health => "health",
-            Self::Traces => "traces",
-        }
-    }
-}
-
-/// One instance in the registry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Instance {
-    /// `service.name`.
-    pub service: Arc<str>,
-    /// `service.instance.id`.
-    pub instance_id: Arc<str>,
-    /// Its state.
-    pub status: InstanceStatus,
-    /// Where the registry learned of it.
-    pub source: Source,
-    /// Where it serves, when known.
-    pub address: Option<String>,
-    /// When its last accepted beat came.
-    pub last_beat: Option<SystemTime>,
-    /// When its last span came.
-    pub last_seen: Option<SystemTime>,
-    /// Since when it has had its current status.
-    pub since: SystemTime,
-    /// The TTL of its last beat.
-    pub ttl: Option<Duration>,
-    /// The `seq` of its last beat.
-    pub seq: Option<u64>,
-    /// The output of its last beat.
-    pub output: Option<String>,
-    /// Which incarnation speaks for it (instances that beat).
-    pub(crate) lineage: Option<Lineage>,
-}
-
-impl Instance {
-    /// The bytes it takes in the registry.
-    fn bytes(&self) -> usize {
-        INSTANCE_OVERHEAD
-            + self.service.len()
-            + self.instance_id.len()
-            + self.address.as_ref().map_or(0, String::len)
-            + self.output.as_ref().map_or(0, String::len)
-            + self
-                .lineage
-                .as_ref()
-                .and_then(|l| l.address.as_ref())
-                .map_or(0, String::len)
-    }
-}
-
-/// A change of an instance's state: a row of the `health_events` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    /// When.
-    pub time: SystemTime,
-    /// `service.name`.
-    pub service: Arc<str>,
-    /// `service.instance.id`.
-    pub instance_id: Arc<str>,
-    /// The status before; `None` for a new instance.
-    pub previous: Option<&'static str>,
-    /// The status after: a status, or `removed`.
-    pub status: &'static str,
-    /// Why: `reported`, `ttl_expired`, `deregistered`, `down`, `traffic`, `no_traffic`.
-    pub reason: &'static str,
-    /// Its address then.
-    pub address: Option<String>,
-    /// The output of the beat, when a beat caused it.
-    pub output: Option<String>,
-}
-
-impl Transition {
-    /// The bytes it takes (as [`InstanceRegistry::record`] counts them).
-    fn bytes(&self) -> usize {
-        EVENT_OVERHEAD
-            + self.service.len()
-            + self.instance_id.len()
-            + self.address.as_ref().map_or(0, String::len)
-            + self.output.as_ref().map_or(0, String::len)
-    }
-}
-
-/// What became of a beat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BeatOutcome {
-    /// It updated the registry.
-    Accepted,
-    /// Its `seq` was not newer than `last`: ignored.
-    Stale {
-        /// The newest `seq` seen from the instance.
-        last: u64,
-    },
-    /// The registry is full and this instance is new: not tracked.
-    Full,
-    /// Another incarnation speaks for the instance and this one may not take over (see
-    /// [`lineage`]).
-    Contested,
-    /// Its incarnation or `seq` is ahead of the collector's clock.
-    Future,
-    /// Its TTL is longer than `--max-heartbeat-ttl`.
-    TtlTooLong {
-        /// The longest TTL taken.
-        max: Duration,
-    },
-}
-
-impl BeatOutcome {
-    /// Why the beat changed nothing, for its sender; `None` when it was accepted.
-    pub fn reason(&self) -> Option<String> {
-        Some(match self {
-            Self::Accepted => return None,
-            Self::Stale { last } => {
-                format!("seq is not newer than the last one seen of its incarnation ({last})")
-            }
-            Self::Full => "the registry is full; this instance is not tracked".into(),
-            Self::Contested => "this beat may not speak for the instance now: another \
-                 incarnation of it is beating (a newer incarnation at another address while it \
-                 lives, or while it is guarded after a conflict), or its seq leaps past the beats \
-                 its incarnation could have sent"
-                .into(),
-            Self::Future => format!(
-                "the incarnation or seq is ahead of the collector's clock in milliseconds by more \
-                 than {}",
-                humantime::format_duration(lineage::MAX_SKEW)
-            ),
-            Self::TtlTooLong { max } => format!(
-                "health.ttl_ms is longer than --max-heartbeat-ttl ({})",
-                humantime::format_duration(*max)
-            ),
-        })
     }
 }
 
@@ -762,127 +584,6 @@ impl InstanceRegistry {
     /// bytes of the instances and of the transitions kept.
     pub fn guard_counts(&self) -> (u64, u64, usize, usize) {
         (self.refused, self.conflicts, self.bytes, self.event_bytes)
-    }
-}
-
-/// The shared registry: the state machine behind a lock, with the clock.
-#[derive(Debug)]
-pub struct Registry {
-    inner: Mutex<InstanceRegistry>,
-    clock: Clock,
-    /// The `health_events` batch of a registry version: every SQL query registers the table,
-    /// and transitions are rare.
-    table: Mutex<Option<(u64, datafusion::arrow::record_batch::RecordBatch)>>,
-}
-
-impl Registry {
-    /// An empty registry reading time from `clock`.
-    pub fn new(config: RegistryConfig, clock: Clock) -> Self {
-        Self {
-            inner: Mutex::new(InstanceRegistry::new(config)),
-            clock,
-            table: Mutex::new(None),
-        }
-    }
-
-    /// A new `--deregister-after` (a configuration reload), from the next tick on.
-    pub fn set_deregister_after(&self, deregister_after: Duration) {
-        self.inner.lock().config.deregister_after = deregister_after;
-    }
-
-    /// A new `--max-heartbeat-ttl` (a configuration reload), for the beats that come next.
-    pub fn set_max_ttl(&self, max_ttl: Duration) {
-        self.inner.lock().config.max_ttl = max_ttl;
-    }
-
-    /// Applies a heartbeat that arrived now.
-    pub fn beat(&self, event: HealthEvent) -> BeatOutcome {
-        let now = self.clock.now();
-        self.inner.lock().beat(event, now)
-    }
-
-    /// Applies a heartbeat that arrived at `at` (the replay of the write-ahead log at start:
-    /// a heartbeat keeps the age it had, so that an instance that stopped beating before the
-    /// restart is not taken for alive).
-    pub fn beat_at(&self, event: HealthEvent, at: SystemTime) -> BeatOutcome {
-        self.inner.lock().beat(event, at)
-    }
-
-    /// Applies the passing of time; run every second.
-    pub fn tick(&self) {
-        let now = self.clock.now();
-        self.inner.lock().tick(now);
-    }
-
-    /// The instances, of one service or all.
-    pub fn instances(&self, service: Option<&str>) -> Vec<Instance> {
-        self.inner.lock().instances(service)
-    }
-
-    /// At most `limit` instances, of one service or all, by service then id, after the
-    /// instance `after` (service, id); and whether more follow.
-    pub fn instances_page(
-        &self,
-        service: Option<&str>,
-        after: Option<&(String, String)>,
-        limit: usize,
-    ) -> (Vec<Instance>, bool) {
-        let inner = self.inner.lock();
-        let mut keys: Vec<&Key> = inner
-            .instances
-            .keys()
-            .filter(|(s, _)| service.is_none_or(|wanted| &**s == wanted))
-            .filter(|(s, i)| after.is_none_or(|(a, b)| (&**s, &**i) > (a.as_str(), b.as_str())))
-            .collect();
-        keys.sort_unstable();
-        let more = keys.len() > limit;
-        let page = keys
-            .into_iter()
-            .take(limit)
-            .filter_map(|key| inner.instances.get(key).cloned())
-            .collect();
-        (page, more)
-    }
-
-    /// Runs `f` on the state machine under the lock.
-    pub fn with<R>(&self, f: impl FnOnce(&InstanceRegistry) -> R) -> R {
-        f(&self.inner.lock())
-    }
-}
-
-impl crate::pipeline::FactsConsumer for Registry {
-    fn name(&self) -> &'static str {
-        "registry"
-    }
-
-    fn consume(&self, facts: &[SpanFacts]) {
-        let now = self.clock.now();
-        let mut inner = self.inner.lock();
-        // Spans of one resource are adjacent and share their strings: one look-up per run.
-        let mut i = 0;
-        while i < facts.len() {
-            let span = &facts[i];
-            let Some(instance) = &span.instance else {
-                i += 1;
-                continue;
-            };
-            let same = |other: &SpanFacts| {
-                Arc::ptr_eq(&other.service, &span.service)
-                    && other
-                        .instance
-                        .as_ref()
-                        .is_some_and(|x| Arc::ptr_eq(x, instance))
-            };
-            let end = i + facts[i..].iter().take_while(|s| same(s)).count();
-            // Where it serves: the `server.address` of one of its SERVER spans.
-            let address = facts[i..end]
-                .iter()
-                .filter(|s| matches!(s.kind, SpanKind::Server | SpanKind::Consumer))
-                .find_map(|s| s.peer.as_deref().filter(|p| p.server_address.is_some()))
-                .and_then(crate::decode::PeerAttributes::peer_address);
-            inner.observe(&span.service, instance, address, now);
-            i = end.max(i + 1);
-        }
     }
 }
 

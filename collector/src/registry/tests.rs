@@ -3,6 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::*;
+use crate::clock::Clock;
 use crate::decode::health::{HealthEvent, HealthStatus};
 
 const T0: u64 = 1_800_000_000;

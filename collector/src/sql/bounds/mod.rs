@@ -24,6 +24,7 @@ mod functions;
 mod joins;
 mod pass;
 mod plan;
+mod rules;
 mod sizes;
 mod strings;
 mod unnest;
