@@ -500,6 +500,7 @@ impl Collector {
             query_tokens: query_tokens.clone(),
             tls: tls.clone(),
             metrics: metrics.clone(),
+            disk: disk.clone(),
         };
         let query = serve::query(
             query_listener,

@@ -47,6 +47,7 @@ pub const IN_PLACE: &[&str] = &[
     "header_read_timeout",
     "body_read_timeout",
     "idle_timeout",
+    "disk_reserve",
 ];
 
 /// The settings (as config-file keys) that a reload changes in place while the feature they
@@ -86,6 +87,8 @@ pub(super) struct Live {
     pub(super) query_tokens: Option<Tokens>,
     pub(super) tls: Option<TlsFiles>,
     pub(super) metrics: Arc<Metrics>,
+    /// The data directory's free space, with a data directory.
+    pub(super) disk: Option<crate::wal::DiskWatch>,
 }
 
 impl Live {
@@ -192,6 +195,9 @@ impl Live {
             merged.idle_timeout,
         );
         self.api.watchers.set_max(merged.max_watchers);
+        if let Some(disk) = &self.disk {
+            disk.set_reserve(merged.disk_reserve as u64);
+        }
         *self.api.config.write() = Arc::new(merged.in_force());
         *current = merged;
         Ok(reloaded)
@@ -245,6 +251,7 @@ fn merged(running: &Config, new: &Config) -> Config {
     merged.header_read_timeout = new.header_read_timeout;
     merged.body_read_timeout = new.body_read_timeout;
     merged.idle_timeout = new.idle_timeout;
+    merged.disk_reserve = new.disk_reserve;
     merged
 }
 
@@ -314,6 +321,7 @@ mod tests {
         new.header_read_timeout *= 2;
         new.body_read_timeout *= 2;
         new.idle_timeout *= 2;
+        new.disk_reserve *= 2;
         // And some that need a restart.
         new.otlp_grpc.set_port(1);
         new.edge_wait *= 2;
