@@ -19,33 +19,29 @@ fn decode_to_arrow(c: &mut Criterion) {
             42,
         );
         let request = workload.request();
-        let count: usize = wayfinder_collector::decode::span_count(&request);
+        let count: usize = wayfinder_decode::span_count(&request);
         let bytes = request.encode_to_vec();
         group.throughput(Throughput::Elements(count as u64));
         group.bench_with_input(BenchmarkId::new("protobuf", spans), &bytes, |b, bytes| {
             b.iter(|| {
                 let request =
                     ExportTraceServiceRequest::decode(bytes.as_slice()).expect("valid protobuf");
-                wayfinder_collector::decode::decode_traces(&request).expect("valid spans")
+                wayfinder_decode::decode_traces(&request).expect("valid spans")
             })
         });
         group.bench_with_input(BenchmarkId::new("wire", spans), &bytes, |b, bytes| {
-            b.iter(|| wayfinder_collector::decode::decode_traces_wire(bytes).expect("valid spans"))
+            b.iter(|| wayfinder_decode::decode_traces_wire(bytes).expect("valid spans"))
         });
         group.bench_with_input(
             BenchmarkId::new("arrow_only", spans),
             &request,
-            |b, request| {
-                b.iter(|| wayfinder_collector::decode::decode_traces(request).expect("valid spans"))
-            },
+            |b, request| b.iter(|| wayfinder_decode::decode_traces(request).expect("valid spans")),
         );
         group.bench_with_input(
             BenchmarkId::new("arrow_only_without_facts", spans),
             &request,
             |b, request| {
-                b.iter(|| {
-                    wayfinder_collector::decode::decode_spans_only(request).expect("valid spans")
-                })
+                b.iter(|| wayfinder_decode::decode_spans_only(request).expect("valid spans"))
             },
         );
     }

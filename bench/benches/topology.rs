@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use wayfinder_bench::workload::{Shape, Workload};
-use wayfinder_collector::decode::{SpanFacts, decode_traces};
-use wayfinder_collector::topology::{TopologyBuilder, TopologyConfig};
+use wayfinder_collector::testing::{TopologyBuilder, TopologyConfig};
+use wayfinder_decode::{SpanFacts, decode_traces};
 
 fn topology_builder(c: &mut Criterion) {
     let mut workload = Workload::new(

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use wayfinder_bench::fleet;
-use wayfinder_collector::clock::Clock;
-use wayfinder_collector::weights::{WeightsConfig, WeightsEngine};
+use wayfinder_collector::testing::Clock;
+use wayfinder_collector::testing::{WeightsConfig, WeightsEngine};
 
 const SERVICES: usize = 1000;
 const INSTANCES: usize = 20;

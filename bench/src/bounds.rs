@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use wayfinder_collector::wal::{RecordKind, Wal, WalConfig, WalSync};
+use wayfinder_collector::testing::wal::{RecordKind, Wal, WalConfig, WalSync};
 
 /// Arguments of `wayfinder-bench bounds`.
 #[derive(Debug, clap::Args)]
@@ -274,7 +274,7 @@ async fn damaged_log(args: &BoundsArgs) -> anyhow::Result<()> {
             .await?;
     }
     wal.close().await;
-    let (_, segment) = wayfinder_collector::wal::segment::list(dir.path())?
+    let (_, segment) = wayfinder_collector::testing::wal::segment::list(dir.path())?
         .pop()
         .context("a segment")?;
     let mut bytes = std::fs::read(&segment)?;

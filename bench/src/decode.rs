@@ -10,7 +10,7 @@ use anyhow::bail;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use wayfinder_bench::workload::{Shape, Workload};
-use wayfinder_collector::decode::{self, oracle};
+use wayfinder_decode::{self as decode, oracle};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DecodeArgs {

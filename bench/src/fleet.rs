@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use wayfinder_collector::decode::{SpanFacts, SpanKind};
-use wayfinder_collector::registry::Instance;
+use wayfinder_collector::testing::Instance;
 use wayfinder_collector::testing::{facts, registered_instance};
+use wayfinder_decode::{SpanFacts, SpanKind};
 
 /// `services × instances` passing instances, `service-S-I` at `10.S/256.S%256.I:8080`.
 pub fn instances(services: usize, instances: usize) -> Vec<Instance> {
@@ -66,17 +66,16 @@ pub fn register(
     instance_id: String,
     address: Option<String>,
 ) -> Result<(), String> {
-    let event =
-        wayfinder_collector::decode::health::validate(wayfinder_api::health::HealthReport {
-            service: service.to_owned(),
-            instance_id,
-            address,
-            status: "passing".into(),
-            ttl_ms: Some(600_000),
-            seq: None,
-            incarnation: None,
-            output: None,
-        })?;
+    let event = wayfinder_decode::health::validate(wayfinder_api::health::HealthReport {
+        service: service.to_owned(),
+        instance_id,
+        address,
+        status: "passing".into(),
+        ttl_ms: Some(600_000),
+        seq: None,
+        incarnation: None,
+        output: None,
+    })?;
     collector.registry().beat(event);
     Ok(())
 }

@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Full};
 use prost::Message;
 use wayfinder_bench::workload::{Shape, Workload};
-use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
+use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub(crate) enum Protocol {
@@ -111,7 +111,7 @@ pub(crate) async fn run(args: &LoadArgs, print: bool) -> anyhow::Result<LoadRepo
     let mut bodies = Vec::with_capacity(args.distinct_requests);
     for _ in 0..args.distinct_requests.max(1) {
         let request = workload.request();
-        let spans: usize = wayfinder_collector::decode::span_count(&request);
+        let spans: usize = wayfinder_decode::span_count(&request);
         let body = match args.protocol {
             Protocol::Grpc | Protocol::HttpProtobuf => Bytes::from(request.encode_to_vec()),
             Protocol::HttpJson => Bytes::from(serde_json::to_vec(&request)?),

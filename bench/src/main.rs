@@ -20,7 +20,7 @@ mod soak;
 use load::{LoadArgs, resident_bytes};
 use prost::Message;
 use wayfinder_bench::workload::{Shape, Workload};
-use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
+use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -152,8 +152,8 @@ fn main() -> anyhow::Result<()> {
 
 /// Totals of a run, shared by the connections.
 fn memory(args: MemoryArgs) -> anyhow::Result<()> {
-    use wayfinder_collector::store::{MemoryStore, SpanStore, StoreConfig};
-    let metrics = Arc::new(wayfinder_collector::metrics::Metrics::new());
+    use wayfinder_collector::testing::{MemoryStore, SpanStore, StoreConfig};
+    let metrics = Arc::new(wayfinder_collector::testing::Metrics::new());
     let store = MemoryStore::new(
         StoreConfig {
             max_bytes: usize::MAX,
@@ -178,7 +178,7 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     let mut line = Vec::new();
     while store.stats().rows < args.spans {
         let request = workload.request();
-        let decoded = wayfinder_collector::decode::decode_traces(&request)?;
+        let decoded = wayfinder_decode::decode_traces(&request)?;
         if decoded.rejections.total() > 0 {
             bail!("the workload made invalid spans");
         }
@@ -228,7 +228,7 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
         stats.bytes as f64 / stats.rows as f64
     );
     // The stored layout (ids in binary, resource and scope in the `origin` dictionary).
-    let schema = wayfinder_collector::decode::schema::stored_schema();
+    let schema = wayfinder_decode::schema::stored_schema();
     let snapshot = store.snapshot();
     let mut by_column: Vec<(String, usize)> = schema
         .fields()
@@ -261,14 +261,14 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
 
 fn weights_memory(args: &WeightsArgs) -> anyhow::Result<()> {
     use wayfinder_bench::fleet;
-    use wayfinder_collector::weights::{WeightsConfig, WeightsEngine};
+    use wayfinder_collector::testing::{WeightsConfig, WeightsEngine};
     let pid = std::process::id();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let instances = fleet::instances(args.services, args.instances);
     let before = resident_bytes(pid)?;
     let engine = WeightsEngine::new(
         WeightsConfig::default(),
-        wayfinder_collector::clock::Clock::new(),
+        wayfinder_collector::testing::Clock::new(),
     );
     for second in 0..30u64 {
         let now = t0 + Duration::from_secs(second);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use wayfinder_bench::workload::{Shape, Workload};
-use wayfinder_collector::decode::decode_traces;
-use wayfinder_collector::topology::{TopologyBuilder, TopologyConfig};
+use wayfinder_collector::testing::{TopologyBuilder, TopologyConfig};
+use wayfinder_decode::decode_traces;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SnapshotArgs {

@@ -10,7 +10,7 @@
 //! use wayfinder_bench::workload::{Shape, Workload};
 //! let mut workload = Workload::new(Shape::default(), 1);
 //! let request = workload.request();
-//! let spans: usize = wayfinder_collector::decode::span_count(&request);
+//! let spans: usize = wayfinder_decode::span_count(&request);
 //! assert!(spans >= Shape::default().spans_per_request);
 //! ```
 
@@ -394,7 +394,7 @@ mod tests {
                 "{service}: each of the 3 copies has its own service names"
             );
         }
-        let decoded = wayfinder_collector::decode::decode_traces(&request).unwrap();
+        let decoded = wayfinder_decode::decode_traces(&request).unwrap();
         assert_eq!(
             decoded.rejections.total(),
             0,

@@ -25,33 +25,22 @@
 //! # }
 //! ```
 
-pub mod access;
-pub mod cap;
-pub mod clock;
-pub mod config;
-pub mod dimensions;
-pub mod metrics;
-pub mod pipeline;
-pub mod query;
-pub mod receivers;
-pub mod registry;
-pub mod reuse;
-pub mod spanmetrics;
-pub mod sql;
-pub mod store;
+pub(crate) mod app;
+pub(crate) mod graph;
+pub(crate) mod ingest;
+pub(crate) mod metrics;
+pub(crate) mod net;
+pub(crate) mod pipeline;
+pub(crate) mod serve;
+pub(crate) mod store;
 #[cfg(any(test, feature = "test-util"))]
 pub mod testing;
-pub mod topology;
-pub mod ui;
-pub mod wal;
-pub mod weights;
+pub(crate) mod util;
 
-mod collector;
-
-pub use collector::{
+pub use app::config::{self, Config};
+pub use app::{
     BoundAddrs, Collector, IN_PLACE, Reloaded, RunningCollector, SWITCHED_IN_PLACE, StartError,
 };
-pub use config::Config;
-/// The decoders, a crate of their own (`wayfinder-decode`) so that fuzzing them does not build
-/// DataFusion.
-pub use wayfinder_decode as decode;
+// The decoders, a crate of their own (`wayfinder-decode`) so that fuzzing them does not build
+// DataFusion.
+pub(crate) use wayfinder_decode as decode;

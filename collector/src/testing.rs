@@ -5,7 +5,7 @@
 //! ```
 //! use wayfinder_collector::testing::{span, trace_request};
 //! let request = trace_request(Some("checkout"), vec![span([1; 16], 1, "op", 1, 2)]);
-//! assert_eq!(wayfinder_collector::decode::span_count(&request), 1);
+//! assert_eq!(wayfinder_decode::span_count(&request), 1);
 //! ```
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 use crate::decode::{SpanFacts, SpanKind, SpanRef};
-use crate::registry::{Instance, InstanceStatus, Source};
+pub use crate::graph::registry::{Instance, InstanceStatus, Source};
 
 /// An attribute `key` = `value`.
 pub fn attribute(key: &str, value: any_value::Value) -> KeyValue {
@@ -198,3 +198,17 @@ impl std::io::Write for LogCapture {
         Ok(())
     }
 }
+
+// The collector's parts that the end-to-end tests and the benchmarks drive on their own, without
+// a whole collector (the library's public API is `Collector` and its settings; these are not).
+pub use crate::graph::registry::{Registry, RegistryConfig};
+pub use crate::graph::topology::{TopologyBuilder, TopologyConfig};
+pub use crate::graph::weights::{WeightsConfig, WeightsEngine};
+pub use crate::ingest::grpc::{RawCodec, TRACE_EXPORT_PATH, TraceService};
+pub use crate::ingest::{Ingest, http as otlp_http};
+pub use crate::metrics::{IdleClosedLabels, ListenerLabels, Metrics, OutcomeLabels, RefusalLabels};
+pub use crate::pipeline::{FactsConsumer, IngestQueue};
+pub use crate::serve::sql::{QueryEngine, QueryError, QueryLimits};
+pub use crate::store::log as wal;
+pub use crate::store::{MemoryStore, SpanStore, StoreConfig};
+pub use crate::util::clock::Clock;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message as _;
-use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
+use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{span, trace_request};
 
 mod common;

@@ -508,7 +508,7 @@ fn a_damaged_log_costs_only_the_damaged_record() {
     let _ = serve.child.wait();
     // Four bytes flipped in the middle of the segment: in version 1 the rest of it was cut.
     let wal = Path::new(&data).join("wal");
-    let (_, segment) = wayfinder_collector::wal::segment::list(&wal)
+    let (_, segment) = wayfinder_collector::testing::wal::segment::list(&wal)
         .unwrap()
         .pop()
         .expect("a segment");

@@ -10,14 +10,14 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{Status, status::StatusCode};
 use sqllogictest::{DBOutput, DefaultColumnType};
-use wayfinder_collector::clock::Clock;
-use wayfinder_collector::decode::decode_traces;
-use wayfinder_collector::decode::health::{HealthEvent, HealthStatus};
-use wayfinder_collector::metrics::Metrics;
-use wayfinder_collector::registry::{Registry, RegistryConfig};
-use wayfinder_collector::sql::{QueryEngine, QueryError, QueryLimits};
-use wayfinder_collector::store::{MemoryStore, SpanStore, StoreConfig};
+use wayfinder_collector::testing::Clock;
+use wayfinder_collector::testing::Metrics;
+use wayfinder_collector::testing::{MemoryStore, SpanStore, StoreConfig};
+use wayfinder_collector::testing::{QueryEngine, QueryError, QueryLimits};
+use wayfinder_collector::testing::{Registry, RegistryConfig};
 use wayfinder_collector::testing::{attribute, span, string_attribute, trace_request};
+use wayfinder_decode::decode_traces;
+use wayfinder_decode::health::{HealthEvent, HealthStatus};
 
 /// 2026-12-03T00:00:00Z, in nanoseconds.
 const T0: u64 = 1_796_256_000_000_000_000;

@@ -46,3 +46,5 @@ pub use init::{
 };
 pub use logs::{TraceIdFormat, current_span_id, current_trace_id, spawn};
 pub use propagation::{Format, Propagation};
+/// The error of the middleware's services: any error, boxed, as tower's layers return it.
+pub use tower::BoxError;

@@ -97,7 +97,7 @@ pub async fn metrics_text(collector: &RunningCollector) -> String {
 }
 
 /// A gRPC client of `addr` that sends pre-encoded messages (with
-/// [`wayfinder_collector::receivers::grpc::RawCodec`]), for requests an SDK would not send.
+/// [`wayfinder_collector::testing::RawCodec`]), for requests an SDK would not send.
 pub async fn raw_grpc(
     addr: std::net::SocketAddr,
 ) -> tonic::client::Grpc<tonic::transport::Channel> {

@@ -7,9 +7,9 @@ use bytes::Bytes;
 use prost::Message as _;
 use wayfinder_api::grpc::GetWeightsRequest;
 use wayfinder_api::grpc::weights_client::WeightsClient;
-use wayfinder_collector::access::{Secret, TokenSource};
-use wayfinder_collector::metrics::ListenerLabels;
-use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
+use wayfinder_collector::config::{Secret, TokenSource};
+use wayfinder_collector::testing::ListenerLabels;
+use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{http_client, loopback_config, raw_grpc, start};
 

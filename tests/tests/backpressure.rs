@@ -7,11 +7,11 @@ use bytes::Bytes;
 
 use prost::Message;
 use tonic_types::StatusExt;
-use wayfinder_collector::metrics::Metrics;
-use wayfinder_collector::pipeline::IngestQueue;
-use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH, TraceService};
-use wayfinder_collector::receivers::{Ingest, http as otlp_http};
-use wayfinder_collector::store::{MemoryStore, SpanStore};
+use wayfinder_collector::testing::IngestQueue;
+use wayfinder_collector::testing::Metrics;
+use wayfinder_collector::testing::{Ingest, otlp_http};
+use wayfinder_collector::testing::{MemoryStore, SpanStore};
+use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH, TraceService};
 use wayfinder_collector::testing::{span, trace_request};
 
 fn body(first: u64) -> Vec<u8> {

@@ -10,8 +10,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::Value;
-use wayfinder_collector::receivers::grpc::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{self, trace_request};
+use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_e2e::{count, http_client, loopback_config, metrics_text, sql, start, wait_for_rows};
 
 const SPEC_EXAMPLE: &str = include_str!("../fixtures/otlp-spec-trace.json");
@@ -438,7 +438,7 @@ async fn bad_grpc_requests() {
     let counted = collector
         .metrics()
         .refused_requests
-        .get_or_create(&wayfinder_collector::metrics::RefusalLabels {
+        .get_or_create(&wayfinder_collector::testing::RefusalLabels {
             protocol: "grpc",
             reason: "too_large",
         })

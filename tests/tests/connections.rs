@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use wayfinder_api::grpc::GetWeightsRequest;
 use wayfinder_api::grpc::weights_client::WeightsClient;
 use wayfinder_collector::RunningCollector;
-use wayfinder_collector::metrics::{IdleClosedLabels, ListenerLabels};
+use wayfinder_collector::testing::{IdleClosedLabels, ListenerLabels};
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{loopback_config, start};
 

@@ -9,8 +9,8 @@ use std::process::Command;
 
 use prost::Message as _;
 use wayfinder_collector::Config;
+use wayfinder_collector::testing::wal::{RecordKind, record, segment};
 use wayfinder_collector::testing::{span, trace_request};
-use wayfinder_collector::wal::{RecordKind, record, segment};
 use wayfinder_e2e::{count, http_client, loopback_config, metrics_text, start, wait_for_rows};
 
 fn config_in(dir: &Path) -> Config {
@@ -160,7 +160,7 @@ async fn a_full_disk_refuses_with_retryable_errors_and_loses_nothing_acknowledge
     let disk = Tmpfs::mount("2m");
     let data = disk.0.path().join("data");
     let mut config = config_in(&data);
-    config.wal_sync = wayfinder_collector::wal::WalSync::Always;
+    config.wal_sync = wayfinder_collector::testing::wal::WalSync::Always;
     // No reserve: the log's own write errors are the last line (the reserve is the next test).
     config.disk_reserve = 0;
     let collector = start(config.clone()).await;

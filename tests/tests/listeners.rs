@@ -12,8 +12,8 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use wayfinder_collector::access::TlsPaths;
-use wayfinder_collector::metrics::ListenerLabels;
+use wayfinder_collector::config::TlsPaths;
+use wayfinder_collector::testing::ListenerLabels;
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{loopback_config, start};
 
@@ -441,7 +441,7 @@ async fn slow_bodies_are_refused_and_good_traffic_goes_on() {
     let refused = collector
         .metrics()
         .refused_requests
-        .get_or_create(&wayfinder_collector::metrics::RefusalLabels {
+        .get_or_create(&wayfinder_collector::testing::RefusalLabels {
             protocol: "http/json",
             reason: "body_timeout",
         })
@@ -522,7 +522,7 @@ async fn a_stalled_grpc_message_is_refused_deadline_exceeded() {
     let refused = collector
         .metrics()
         .refused_requests
-        .get_or_create(&wayfinder_collector::metrics::RefusalLabels {
+        .get_or_create(&wayfinder_collector::testing::RefusalLabels {
             protocol: "grpc",
             reason: "body_timeout",
         })

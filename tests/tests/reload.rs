@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use wayfinder_collector::access::TokenSource;
+use wayfinder_collector::config::TokenSource;
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{http_client, loopback_config, sql, sql_raw, start, wait_for_rows};
 
@@ -135,7 +135,7 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
         let counted = collector
             .metrics()
             .config_reloads
-            .get_or_create(&wayfinder_collector::metrics::OutcomeLabels { outcome })
+            .get_or_create(&wayfinder_collector::testing::OutcomeLabels { outcome })
             .get();
         assert_eq!(counted, 1, "{outcome}");
     }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use prost::Message;
 use wayfinder_collector::Collector;
-use wayfinder_collector::decode::SpanFacts;
-use wayfinder_collector::pipeline::FactsConsumer;
+use wayfinder_collector::testing::FactsConsumer;
 use wayfinder_collector::testing::{span, trace_request};
+use wayfinder_decode::SpanFacts;
 use wayfinder_e2e::{count, http_client, loopback_config, metrics_text};
 
 /// Panics on a batch of exactly one span; counts the spans of the others.

@@ -7,21 +7,9 @@ use crate::decode::SpanRef;
 /// A cumulative (since start) histogram over upper bounds given at each observation (the same
 /// every time) and a `+Inf` bucket, with the latest trace of each bucket as its exemplar.
 ///
-/// ```
-/// use wayfinder_collector::decode::SpanRef;
-/// use wayfinder_collector::metrics::Cumulative;
-///
-/// let bounds = [0.1, 1.0];
-/// let mut histogram = Cumulative::default();
-/// let trace = SpanRef { trace_id: [7; 16], span_id: [1; 8] };
-/// histogram.record(&bounds, 250_000_000, 1.0, Some((trace, 1_800_000_000.0)));
-/// histogram.record(&bounds, 50_000_000, 4.0, None); // a span sampled at 1/4
-/// assert_eq!(histogram.counts, [4.0, 1.0, 0.0]);
-/// assert_eq!(histogram.count, 5.0);
-/// assert_eq!(histogram.exemplars[1].unwrap().value, 0.25);
-/// ```
+/// (Its example runs as the unit test `examples::example_cumulative`.)
 #[derive(Debug, Clone, Default)]
-pub struct Cumulative {
+pub(crate) struct Cumulative {
     /// Count per bucket (not cumulative across buckets), the last one `+Inf`; empty until the
     /// first observation. Observations count for their weight (1 unless sampled).
     pub counts: Vec<f64>,
@@ -37,7 +25,7 @@ impl Cumulative {
     /// Adds one observation of `nanos` standing for `weight` spans (Tempo's span multiplier;
     /// 1 unless sampled), with `bounds` the upper bounds in seconds, and the span it came from
     /// with the time it was seen (seconds since the epoch) as the exemplar.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         bounds: &[f64],
         nanos: u64,
@@ -63,7 +51,7 @@ impl Cumulative {
 
     /// Adds every observation of `other` (made with the same bounds); of two exemplars of a
     /// bucket the later stays.
-    pub fn merge(&mut self, other: &Cumulative) {
+    pub(crate) fn merge(&mut self, other: &Cumulative) {
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0.0);
         }
@@ -85,7 +73,7 @@ impl Cumulative {
     }
 
     /// Writes it as one series of `family`.
-    pub fn encode(
+    pub(crate) fn encode(
         &self,
         family: &mut HistogramFamily<'_>,
         labels: &[(&str, &str)],
@@ -156,5 +144,29 @@ mod tests {
             "the later exemplar of each bucket, none where nothing fell"
         );
         assert_eq!(a.exemplars[1].unwrap().value, 0.05, "the value in seconds");
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    //! The examples of this module's documentation, run as unit tests (the items are
+    //! internal to the crate, which doc tests cannot reach).
+
+    #[test]
+    fn example_cumulative() {
+        use crate::decode::SpanRef;
+        use crate::metrics::Cumulative;
+
+        let bounds = [0.1, 1.0];
+        let mut histogram = Cumulative::default();
+        let trace = SpanRef {
+            trace_id: [7; 16],
+            span_id: [1; 8],
+        };
+        histogram.record(&bounds, 250_000_000, 1.0, Some((trace, 1_800_000_000.0)));
+        histogram.record(&bounds, 50_000_000, 4.0, None); // a span sampled at 1/4
+        assert_eq!(histogram.counts, [4.0, 1.0, 0.0]);
+        assert_eq!(histogram.count, 5.0);
+        assert_eq!(histogram.exemplars[1].unwrap().value, 0.25);
     }
 }

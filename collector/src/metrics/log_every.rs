@@ -2,21 +2,14 @@
 //! is in a metric; the line tells an operator who reads logs first that the metric moved, and
 //! why, without a line per refused request under overload.
 //!
-//! ```
-//! use std::time::Duration;
-//! use wayfinder_collector::metrics::LogEvery;
-//!
-//! let log = LogEvery::new(Duration::from_secs(60));
-//! assert!(log.ready(), "the first time");
-//! assert!(!log.ready(), "not again within the minute");
-//! ```
+//! (Its example runs as the unit test `examples::example`.)
 
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 /// How often the collector's cap log lines are written at most.
-pub const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
+pub(crate) const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Says when a throttled log line may be written.
 #[derive(Debug)]
@@ -49,5 +42,21 @@ impl LogEvery {
 impl Default for LogEvery {
     fn default() -> Self {
         Self::new(CAP_LOG_EVERY)
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    //! The examples of this module's documentation, run as unit tests (the items are
+    //! internal to the crate, which doc tests cannot reach).
+
+    #[test]
+    fn example() {
+        use crate::metrics::LogEvery;
+        use std::time::Duration;
+
+        let log = LogEvery::new(Duration::from_secs(60));
+        assert!(log.ready(), "the first time");
+        assert!(!log.ready(), "not again within the minute");
     }
 }

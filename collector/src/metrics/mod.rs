@@ -5,10 +5,10 @@ mod labels;
 mod log_every;
 mod openmetrics;
 
-pub use cumulative::Cumulative;
-pub use labels::{Escaped, Labels, escape_value, escaped};
-pub use log_every::{CAP_LOG_EVERY, LogEvery};
-pub use openmetrics::{Exemplar, Exposition, HistogramFamily, openmetrics_to_text};
+pub(crate) use cumulative::Cumulative;
+pub(crate) use labels::{Labels, escape_value};
+pub(crate) use log_every::LogEvery;
+pub(crate) use openmetrics::{Exemplar, Exposition, HistogramFamily, openmetrics_to_text};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 /// Encodes a counter whose value is a count of spans or their weights (sampled spans stand for
 /// several): whole values as integers, as Prometheus clients write counts, others as floats.
-pub fn encode_count(
+pub(crate) fn encode_count(
     value: f64,
     encoder: prometheus_client::encoding::MetricEncoder<'_>,
 ) -> Result<(), std::fmt::Error> {
@@ -80,10 +80,10 @@ pub struct OutcomeLabels {
 
 /// The most instances a per-instance family lists (`wayfinder_instance_health`, the endpoint
 /// weights): past them a scrape would grow with whatever a stranger registers.
-pub const MAX_INSTANCE_SERIES: usize = 10_000;
+pub(crate) const MAX_INSTANCE_SERIES: usize = 10_000;
 
 /// How long one exposition is handed to later scrapes ([`Metrics::encode_shared`]).
-pub const METRICS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const METRICS_REUSE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Every metric of the collector, registered once.
 #[derive(Debug)]
@@ -94,9 +94,9 @@ pub struct Metrics {
     /// Families other stages write themselves (histograms with exemplars), at each scrape.
     expositions: parking_lot::Mutex<Vec<Box<dyn Exposition>>>,
     /// The expositions handed out by [`Metrics::encode_shared`], by reuse period.
-    encoded: crate::reuse::Reuse<std::time::Duration, crate::reuse::SharedBody>,
+    encoded: crate::util::reuse::Reuse<std::time::Duration, crate::util::reuse::SharedBody>,
     /// The same in the Prometheus text format ([`Metrics::encode_shared_text`]).
-    encoded_text: crate::reuse::Reuse<std::time::Duration, crate::reuse::SharedBody>,
+    encoded_text: crate::util::reuse::Reuse<std::time::Duration, crate::util::reuse::SharedBody>,
     /// Spans accepted, per protocol.
     pub accepted_spans: Family<ProtocolLabels, Counter>,
     /// Spans refused, per protocol and reason (invalid spans and whole refused requests).
@@ -180,8 +180,8 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let m = Self {
-            encoded: crate::reuse::Reuse::new(METRICS_REUSE),
-            encoded_text: crate::reuse::Reuse::new(METRICS_REUSE),
+            encoded: crate::util::reuse::Reuse::new(METRICS_REUSE),
+            encoded_text: crate::util::reuse::Reuse::new(METRICS_REUSE),
             accepted_spans: Family::default(),
             refused_spans: Family::default(),
             refused_requests: Family::default(),
@@ -373,19 +373,19 @@ impl Metrics {
     /// [`Metrics::encode`], or the exposition made less than [`METRICS_REUSE`] ago: scrapers
     /// in a loop cost one encoding (which walks every series of the service graph) a second,
     /// on one thread at a time.
-    pub fn encode_shared(&self) -> crate::reuse::SharedBody {
+    pub fn encode_shared(&self) -> crate::util::reuse::SharedBody {
         self.encoded.get_or_make(&METRICS_REUSE, || {
-            crate::reuse::SharedBody::new(bytes::Bytes::from(self.encode()))
+            crate::util::reuse::SharedBody::new(bytes::Bytes::from(self.encode()))
         })
     }
 
     /// [`Metrics::encode_shared`] in the Prometheus text format (version 0.0.4), for scrapers
     /// that do not ask for OpenMetrics (`promtool`, curl, older agents), shared the same way.
-    pub fn encode_shared_text(&self) -> crate::reuse::SharedBody {
+    pub fn encode_shared_text(&self) -> crate::util::reuse::SharedBody {
         self.encoded_text.get_or_make(&METRICS_REUSE, || {
             let openmetrics = self.encode_shared();
             let text = String::from_utf8_lossy(openmetrics.plain());
-            crate::reuse::SharedBody::new(bytes::Bytes::from(openmetrics_to_text(&text)))
+            crate::util::reuse::SharedBody::new(bytes::Bytes::from(openmetrics_to_text(&text)))
         })
     }
 }

@@ -15,7 +15,7 @@ pub trait Exposition: Send + Sync + std::fmt::Debug {
 /// A trace that one observation of a histogram bucket came from: what lets Grafana jump from a
 /// latency spike to a trace.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Exemplar {
+pub(crate) struct Exemplar {
     /// The trace, written as the `trace_id` label (as OpenTelemetry's Prometheus exporters do).
     pub trace_id: [u8; 16],
     /// The span, written as `span_id`.
@@ -28,27 +28,16 @@ pub struct Exemplar {
 
 /// Writes the series of one histogram family.
 ///
-/// ```
-/// use wayfinder_collector::metrics::{Exemplar, HistogramFamily};
-///
-/// let mut out = String::new();
-/// let mut family = HistogramFamily::new(&mut out, "rpc_seconds", "RPC latency");
-/// let exemplar = Exemplar { trace_id: [1; 16], span_id: [2; 8], value: 0.05, timestamp: 1.5 };
-/// family.series(&[("service", "cart")], &[0.1], &[1.0, 0.0], 0.05, 1.0, &[Some(exemplar), None]);
-/// assert!(out.contains(
-///     "rpc_seconds_bucket{service=\"cart\",le=\"0.1\"} 1 # {trace_id=\"01010101010101010101010101010101\",span_id=\"0202020202020202\"} 0.05 1.5\n"
-/// ));
-/// assert!(out.contains("rpc_seconds_bucket{service=\"cart\",le=\"+Inf\"} 1\n"));
-/// ```
+/// (Its example runs as the unit test `examples::example_histogram_family`.)
 #[derive(Debug)]
-pub struct HistogramFamily<'a> {
+pub(crate) struct HistogramFamily<'a> {
     out: &'a mut String,
     name: &'a str,
 }
 
 impl<'a> HistogramFamily<'a> {
     /// Writes the family's `# HELP`, `# TYPE` and `# UNIT` (when the name ends in `_seconds`).
-    pub fn new(out: &'a mut String, name: &'a str, help: &str) -> Self {
+    pub(crate) fn new(out: &'a mut String, name: &'a str, help: &str) -> Self {
         let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(out, "# TYPE {name} histogram");
         if name.ends_with("_seconds") {
@@ -60,7 +49,7 @@ impl<'a> HistogramFamily<'a> {
     /// Writes one series: `counts` per bucket (not cumulative), one per bound plus +Inf, and
     /// at most one exemplar per bucket. Counts are numbers of spans, or their weights when spans
     /// stand for several (sampling): whole counts are written without a fraction.
-    pub fn series(
+    pub(crate) fn series(
         &mut self,
         labels: &[(&str, &str)],
         bounds: &[f64],
@@ -146,17 +135,8 @@ fn escape_help(help: &str) -> String {
 /// and `# EOF` go, and so do exemplars, which that format has not. The samples are the same in
 /// both.
 ///
-/// ```
-/// let openmetrics = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs_total 3\n\
-///     # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\n# UNIT queue_bytes bytes\n\
-///     queue_bytes 0\n# EOF\n";
-/// assert_eq!(
-///     wayfinder_collector::metrics::openmetrics_to_text(openmetrics),
-///     "# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total 3\n\
-///      # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\nqueue_bytes 0\n",
-/// );
-/// ```
-pub fn openmetrics_to_text(openmetrics: &str) -> String {
+/// (Its example runs as the unit test `examples::example_openmetrics_to_text`.)
+pub(crate) fn openmetrics_to_text(openmetrics: &str) -> String {
     let counters: std::collections::HashSet<&str> = openmetrics
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -274,5 +254,49 @@ mod tests {
         family.series(&[], &[1.0], &[2.5, 0.0], 1.25, 2.5, &[]);
         assert!(out.contains("x_seconds_count 2.5\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{le=\"+Inf\"} 2.5\n"), "{out}");
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    //! The examples of this module's documentation, run as unit tests (the items are
+    //! internal to the crate, which doc tests cannot reach).
+
+    #[test]
+    fn example_histogram_family() {
+        use crate::metrics::{Exemplar, HistogramFamily};
+
+        let mut out = String::new();
+        let mut family = HistogramFamily::new(&mut out, "rpc_seconds", "RPC latency");
+        let exemplar = Exemplar {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            value: 0.05,
+            timestamp: 1.5,
+        };
+        family.series(
+            &[("service", "cart")],
+            &[0.1],
+            &[1.0, 0.0],
+            0.05,
+            1.0,
+            &[Some(exemplar), None],
+        );
+        assert!(out.contains(
+            "rpc_seconds_bucket{service=\"cart\",le=\"0.1\"} 1 # {trace_id=\"01010101010101010101010101010101\",span_id=\"0202020202020202\"} 0.05 1.5\n"
+        ));
+        assert!(out.contains("rpc_seconds_bucket{service=\"cart\",le=\"+Inf\"} 1\n"));
+    }
+
+    #[test]
+    fn example_openmetrics_to_text() {
+        let openmetrics = "# HELP jobs Jobs done.\n# TYPE jobs counter\njobs_total 3\n\
+            # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\n# UNIT queue_bytes bytes\n\
+            queue_bytes 0\n# EOF\n";
+        assert_eq!(
+            crate::metrics::openmetrics_to_text(openmetrics),
+            "# HELP jobs_total Jobs done.\n# TYPE jobs_total counter\njobs_total 3\n\
+             # HELP queue_bytes Queued.\n# TYPE queue_bytes gauge\nqueue_bytes 0\n",
+        );
     }
 }

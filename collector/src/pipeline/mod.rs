@@ -8,37 +8,20 @@
 //! (gRPC `UNAVAILABLE` with `RetryInfo`, HTTP 503 with `Retry-After`): a span is either
 //! acknowledged and kept, or refused and counted, never silently dropped.
 //!
-//! ```
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! use std::sync::Arc;
-//! use wayfinder_collector::pipeline::IngestQueue;
-//! use wayfinder_collector::store::{MemoryStore, SpanStore};
-//!
-//! let metrics = Arc::new(wayfinder_collector::metrics::Metrics::new());
-//! let store = Arc::new(MemoryStore::new(Default::default(), metrics.clone()));
-//! let (queue, dispatcher) = IngestQueue::new(64 * 1024 * 1024);
-//! let health = dispatcher.health();
-//! let task = tokio::spawn(dispatcher.run(store.clone()));
-//! drop(queue); // the receivers are gone: the stages drain what is queued and stop
-//! task.await.unwrap();
-//! assert!(health.all_up());
-//! assert_eq!(store.stats().rows, 0);
-//! # }
-//! ```
+//! (Its example runs as the unit test `examples::example`.)
 
-pub mod stages;
+pub(crate) mod stages;
 
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::cap::{Cap, Place};
+use crate::util::cap::{Cap, Place};
 
 use crate::decode::{SpanBatch, SpanFacts};
 use crate::store::SpanStore;
 use stages::{FactsWork, StoreWork};
-pub use stages::{PipelineHealth, PipelineMetrics};
+pub(crate) use stages::{PipelineHealth, PipelineMetrics};
 
 /// A stage fed with the topology facts of every accepted span (the topology builder, the instance
 /// registry), on a task of its own.
@@ -538,5 +521,28 @@ mod tests {
         let (queue, dispatcher) = IngestQueue::new(1 << 20);
         drop(dispatcher);
         assert_eq!(queue.try_push(batch(1), Vec::new()), Err(Refusal::Closed));
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    //! The examples of this module's documentation, run as unit tests (the items are
+    //! internal to the crate, which doc tests cannot reach).
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn example() {
+        use crate::pipeline::IngestQueue;
+        use crate::store::{MemoryStore, SpanStore};
+        use std::sync::Arc;
+
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let store = Arc::new(MemoryStore::new(Default::default(), metrics.clone()));
+        let (queue, dispatcher) = IngestQueue::new(64 * 1024 * 1024);
+        let health = dispatcher.health();
+        let task = tokio::spawn(dispatcher.run(store.clone()));
+        drop(queue); // the receivers are gone: the stages drain what is queued and stop
+        task.await.unwrap();
+        assert!(health.all_up());
+        assert_eq!(store.stats().rows, 0);
     }
 }

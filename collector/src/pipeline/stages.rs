@@ -29,13 +29,13 @@ use crate::decode::{SpanBatch, SpanFacts};
 use crate::store::SpanStore;
 
 /// The longest a stage stays down after a panic.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The first backoff after a panic.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A batch's share of the ingest budget, released when every stage is done with the batch.
-pub(super) type Permit = Arc<crate::cap::Place>;
+pub(super) type Permit = Arc<crate::util::cap::Place>;
 
 /// What the store stage receives.
 #[derive(Debug)]
@@ -109,7 +109,7 @@ impl PipelineHealth {
 
 /// `wayfinder_pipeline_stage_up` and `wayfinder_pipeline_stage_panics_total`, per stage.
 #[derive(Debug)]
-pub struct PipelineMetrics(pub Arc<PipelineHealth>);
+pub(crate) struct PipelineMetrics(pub Arc<PipelineHealth>);
 
 impl prometheus_client::collector::Collector for PipelineMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {

@@ -3,10 +3,11 @@
 //! receivers or the query layer.
 
 mod dedupe;
-pub mod history;
+pub(crate) mod history;
+pub mod log;
 mod memory;
 mod traces;
-pub mod view;
+pub(crate) mod view;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,8 +16,11 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::decode::SpanBatch;
 
-pub use memory::{MemoryStore, OnSealed, Sealing, StoreConfig};
-pub use traces::{StoredBatch, TraceFilter};
+pub(crate) use memory::Sealing;
+pub use memory::{MemoryStore, StoreConfig};
+pub(crate) use traces::StoredBatch;
+#[cfg(test)]
+pub(crate) use traces::TraceFilter;
 
 /// A store of spans.
 pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
@@ -99,4 +103,4 @@ pub struct StoreStats {
 }
 
 /// How often [`SpanStore::maintain`] runs.
-pub const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);
+pub(crate) const MAINTENANCE_PERIOD: Duration = Duration::from_secs(1);

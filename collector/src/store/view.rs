@@ -19,18 +19,13 @@ use datafusion::arrow::error::ArrowError;
 use crate::decode::schema::{AttributeType, col, span_schema, stored, stored_schema};
 
 /// A trace id as stored: 16 bytes.
-pub type TraceId = [u8; 16];
+pub(crate) type TraceId = [u8; 16];
 
 /// Parses a trace id as SQL compares it: 32 lowercase hexadecimal characters. Anything else
 /// equals no stored id (they are always lowercase hex), so it has no binary form.
 ///
-/// ```
-/// use wayfinder_collector::store::view::parse_trace_id;
-/// assert!(parse_trace_id("4bf92f3577b34da6a3ce929d0e0e4736").is_some());
-/// assert!(parse_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736").is_none(), "SQL = is case-sensitive");
-/// assert!(parse_trace_id("4bf92f35").is_none());
-/// ```
-pub fn parse_trace_id(text: &str) -> Option<TraceId> {
+/// (Its example runs as the unit test `examples::example_parse_trace_id`.)
+pub(crate) fn parse_trace_id(text: &str) -> Option<TraceId> {
     if text.len() != 32 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
@@ -40,7 +35,7 @@ pub fn parse_trace_id(text: &str) -> Option<TraceId> {
 }
 
 /// The schema of [`public_batch`]'s output for a projection of [`span_schema`].
-pub fn projected_schema(projection: Option<&[usize]>) -> Result<SchemaRef, ArrowError> {
+pub(crate) fn projected_schema(projection: Option<&[usize]>) -> Result<SchemaRef, ArrowError> {
     match projection {
         None => Ok(span_schema()),
         Some(columns) => Ok(Arc::new(span_schema().project(columns)?)),
@@ -49,7 +44,7 @@ pub fn projected_schema(projection: Option<&[usize]>) -> Result<SchemaRef, Arrow
 
 /// The rows of a stored batch as `spans` rows, with only the `projection`'s columns (all when
 /// `None`), and only the spans of `traces` when given. `None` when no row is left.
-pub fn public_batch(
+pub(crate) fn public_batch(
     batch: &RecordBatch,
     schema: &SchemaRef,
     projection: Option<&[usize]>,
@@ -361,5 +356,22 @@ mod tests {
         for (column, key, want, why) in cases {
             assert_eq!(entry(column, key).as_deref(), Some(want), "{why}");
         }
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    //! The examples of this module's documentation, run as unit tests (the items are
+    //! internal to the crate, which doc tests cannot reach).
+
+    #[test]
+    fn example_parse_trace_id() {
+        use crate::store::view::parse_trace_id;
+        assert!(parse_trace_id("4bf92f3577b34da6a3ce929d0e0e4736").is_some());
+        assert!(
+            parse_trace_id("4BF92F3577B34DA6A3CE929D0E0E4736").is_none(),
+            "SQL = is case-sensitive"
+        );
+        assert!(parse_trace_id("4bf92f35").is_none());
     }
 }

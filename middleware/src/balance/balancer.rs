@@ -12,7 +12,7 @@ use wayfinder_api::weights::ServiceWeights;
 
 use super::choose::{Candidate, choose};
 use super::config::BalanceConfig;
-use super::discovery::{self, Collector};
+use super::discovery::{self, Collector, Found, Publish};
 use super::endpoint::Endpoint;
 use super::error::BalanceError;
 
@@ -490,12 +490,30 @@ impl BalancerBuilder {
                     "a balancer with a collector is built inside a tokio runtime".to_owned(),
                 )
             })?;
-            handle.spawn(discovery::run(
-                self.collector,
-                Arc::downgrade(&shared),
-                stopped,
-            ));
+            let (found, taken) = watch::channel(Found::Nothing);
+            let publish = Publish {
+                service: shared.service.clone(),
+                found,
+            };
+            handle.spawn(discovery::run(self.collector, publish, stopped));
+            handle.spawn(take_found(taken, Arc::downgrade(&shared)));
         }
         Ok(Balancer { shared })
+    }
+}
+
+/// Applies what discovery publishes, the newest each time, until discovery ends or the
+/// balancer is gone (its dropping of this task's receiver then ends discovery too).
+async fn take_found(mut taken: watch::Receiver<Found>, shared: std::sync::Weak<Shared>) {
+    while taken.changed().await.is_ok() {
+        let found = taken.borrow_and_update().clone();
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match found {
+            Found::Nothing => {}
+            Found::Weights(weights) => shared.apply(Some(&weights)),
+            Found::Unknown => shared.apply(None),
+        }
     }
 }

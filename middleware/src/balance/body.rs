@@ -17,7 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 
-use crate::http::BoxError;
+use crate::BoxError;
 
 /// The body of a balanced request, as the inner client receives it: build your hyper-util
 /// client over it (`Client::builder(…).build_http::<RequestBody>()`).

@@ -8,18 +8,16 @@
 //! a row that brought nothing (n ≥ 1; after a session that brought weights, up to 100 ms) (AWS's "full jitter", so that clients that lost the collector
 //! together do not come back together). A session that brought weights resets the count.
 
-use std::sync::Weak;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 #[cfg(feature = "tonic")]
 use wayfinder_api::grpc::{self, weights_client::WeightsClient};
 use wayfinder_api::weights::ServiceWeights;
 #[cfg(feature = "tonic")]
 use wayfinder_api::weights::{Endpoint, EndpointLatency};
-
-use super::balancer::Shared;
 
 /// Where the collector's query API is, and the token it asks for.
 #[derive(Clone, Default)]
@@ -48,19 +46,47 @@ const DEFAULT_TTL: Duration = Duration::from_secs(60);
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs until the balancer is gone or `stop` fires.
-pub(crate) async fn run(
-    collector: Collector,
-    shared: Weak<Shared>,
-    mut stop: oneshot::Receiver<()>,
-) {
+/// What discovery has found for the service, published on a `watch` channel for the balancer
+/// to take: each answer replaces the last (a balancer that falls behind takes the newest).
+#[derive(Debug, Clone)]
+pub(crate) enum Found {
+    /// No answer yet.
+    Nothing,
+    /// The collector's weights for the service.
+    Weights(Arc<ServiceWeights>),
+    /// The collector has nothing for the service.
+    Unknown,
+}
+
+/// Where discovery publishes, and for which service.
+#[derive(Debug)]
+pub(crate) struct Publish {
+    /// The service whose weights are watched.
+    pub(crate) service: String,
+    /// Every answer, for the balancer.
+    pub(crate) found: watch::Sender<Found>,
+}
+
+impl Publish {
+    /// Publishes an answer; `false` when nobody takes them any more (the balancer is gone).
+    fn publish(&self, weights: Option<ServiceWeights>) -> bool {
+        let found = match weights {
+            Some(weights) => Found::Weights(Arc::new(weights)),
+            None => Found::Unknown,
+        };
+        self.found.send(found).is_ok()
+    }
+}
+
+/// Runs until the balancer is gone (nobody takes what is published) or `stop` fires.
+pub(crate) async fn run(collector: Collector, publish: Publish, mut stop: oneshot::Receiver<()>) {
     let mut idle_sessions = 0u32;
     loop {
         let got = tokio::select! {
-            got = session(&collector, &shared) => got,
+            got = session(&collector, &publish) => got,
             _ = &mut stop => return,
         };
-        if shared.strong_count() == 0 {
+        if publish.found.is_closed() {
             return;
         }
         if got {
@@ -95,11 +121,11 @@ pub(crate) fn full_jitter(cap: Duration, unit: f64) -> Duration {
 
 /// One session: gRPC first, the long-poll when gRPC cannot be had (or the `tonic` feature is
 /// off). Returns whether any weights (or a "nothing for this service") came.
-async fn session(collector: &Collector, shared: &Weak<Shared>) -> bool {
+async fn session(collector: &Collector, publish: &Publish) -> bool {
     let mut got = false;
     #[cfg(feature = "tonic")]
     if let Some(url) = &collector.grpc {
-        match watch_grpc(url, collector.authorization.as_deref(), shared, &mut got).await {
+        match watch_grpc(url, collector.authorization.as_deref(), publish, &mut got).await {
             Ok(()) => return got,
             Err(error) => {
                 tracing::debug!(%error, url, "weights watch failed");
@@ -111,38 +137,21 @@ async fn session(collector: &Collector, shared: &Weak<Shared>) -> bool {
     }
     if let Some(url) = &collector.http
         && let Err(error) =
-            long_poll(url, collector.authorization.as_deref(), shared, &mut got).await
+            long_poll(url, collector.authorization.as_deref(), publish, &mut got).await
     {
         tracing::debug!(%error, url, "weights long-poll failed");
     }
     got
 }
 
-fn service(shared: &Weak<Shared>) -> Option<String> {
-    shared.upgrade().map(|s| s.service.clone())
-}
-
-/// Applies an answer; `false` when the balancer is gone.
-fn apply(shared: &Weak<Shared>, weights: Option<&ServiceWeights>) -> bool {
-    match shared.upgrade() {
-        Some(shared) => {
-            shared.apply(weights);
-            true
-        }
-        None => false,
-    }
-}
-
 #[cfg(feature = "tonic")]
 async fn watch_grpc(
     url: &str,
     authorization: Option<&str>,
-    shared: &Weak<Shared>,
+    publish: &Publish,
     got: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let Some(service) = service(shared) else {
-        return Ok(());
-    };
+    let service = publish.service.clone();
     let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
@@ -174,7 +183,7 @@ async fn watch_grpc(
                 match client.get(get).await {
                     Err(status) if status.code() == tonic::Code::NotFound => {
                         *got = true;
-                        if !apply(shared, None) {
+                        if !publish.publish(None) {
                             return Ok(());
                         }
                         continue;
@@ -189,7 +198,7 @@ async fn watch_grpc(
         };
         ttl = Duration::from_millis(weights.ttl_ms.max(1)).max(Duration::from_secs(1));
         *got = true;
-        if !apply(shared, Some(&weights)) {
+        if !publish.publish(Some(weights)) {
             return Ok(());
         }
     }
@@ -213,12 +222,10 @@ fn with_authorization<T>(
 async fn long_poll(
     url: &str,
     authorization: Option<&str>,
-    shared: &Weak<Shared>,
+    publish: &Publish,
     got: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let Some(service) = service(shared) else {
-        return Ok(());
-    };
+    let service = publish.service.clone();
     let client = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .build()?;
@@ -246,13 +253,13 @@ async fn long_poll(
                 ttl = Duration::from_millis(weights.ttl_ms.max(1)).max(Duration::from_secs(1));
                 after = Some(weights.version);
                 *got = true;
-                if !apply(shared, Some(&weights)) {
+                if !publish.publish(Some(weights)) {
                     return Ok(());
                 }
             }
             404 => {
                 *got = true;
-                if !apply(shared, None) {
+                if !publish.publish(None) {
                     return Ok(());
                 }
                 // Wait for the service to appear.

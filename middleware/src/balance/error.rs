@@ -15,7 +15,7 @@ pub enum BalanceError {
     DeadlineExceeded(std::time::Duration),
     /// The request body could not be read.
     #[error("reading the request body failed: {0}")]
-    Body(#[source] crate::http::BoxError),
+    Body(#[source] crate::BoxError),
     /// An invalid setting.
     #[error("invalid balancer setting: {0}")]
     Config(String),

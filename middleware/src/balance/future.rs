@@ -13,12 +13,12 @@ use tower::retry::budget::Budget;
 use tower::{Service, ServiceExt};
 
 use super::Balancer;
-use super::attempt::Attempt;
 use super::body::{Buffered, RequestBody};
 use super::error::BalanceError;
 use super::retry::{self, Verdict};
+use crate::BoxError;
 use crate::grpc;
-use crate::http::BoxError;
+use crate::http::Attempt;
 
 /// The response future of [`Balance`](super::Balance).
 pub type ResponseFuture<ResBody> =

@@ -50,7 +50,6 @@
 //! slow-start ramp; the ramp alone when the weights are stale or absent) and the one with the
 //! lower Peak-EWMA cost (`rtt × (in_flight + 1)`) is sent the request.
 
-mod attempt;
 mod balancer;
 mod body;
 mod choose;
@@ -77,7 +76,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
-pub use attempt::Attempt;
 pub use balancer::{Balancer, BalancerBuilder, EndpointView, WeightSource};
 pub use body::RequestBody;
 pub use config::BalanceConfig;
@@ -89,7 +87,7 @@ pub use pool::{ChannelPool, TonicChannel};
 #[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestBalance;
 
-use crate::http::BoxError;
+use crate::BoxError;
 
 /// Spreads the requests for one logical service over its endpoints (see the
 /// [module](self)). `S` is the client that sends one attempt to the endpoint in its URI: a

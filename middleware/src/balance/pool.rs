@@ -14,8 +14,9 @@ use tower::{Service, ServiceExt};
 
 use super::body::RequestBody;
 use super::{Balance, BalanceLayer, Balancer};
+use crate::BoxError;
 use crate::ClientLayer;
-use crate::http::{BoxError, ClientService};
+use crate::http::ClientService;
 
 /// Most channels kept; past it the pool starts afresh (endpoints that left are not kept
 /// forever).

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::Balancer;
-use super::attempt::Attempt;
 use super::retry::{self, Verdict};
+use crate::http::Attempt;
 
 /// A [`reqwest_middleware::Middleware`] that sends every request of its client to a chosen
 /// endpoint of the balancer's service (the URL's host and port are replaced, whatever they

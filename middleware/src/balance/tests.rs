@@ -10,6 +10,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use parking_lot::Mutex;
 use tokio::time::Instant;
+
+use crate::http::Attempt;
 use tower::{Service, ServiceExt};
 use wayfinder_api::weights::{Endpoint as WireEndpoint, EndpointLatency, ServiceWeights};
 

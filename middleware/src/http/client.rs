@@ -14,17 +14,14 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::Attempt;
 use super::attributes;
 use super::body::{Completion, Side, TracedBody};
 use super::request_id::{self, RequestId};
-use crate::balance::Attempt;
+use crate::BoxError;
 use crate::grpc;
 use crate::propagation::Propagation;
 use crate::tracer;
-
-/// The error type of a traced client: the inner service's error, boxed (as tower's own
-/// `Timeout` does), so that timeouts can be told apart from other failures.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// A tower [`Layer`] for outgoing calls: a hyper-util client, a tonic `Channel`, any
 /// `Service<http::Request<B>>`. Each call gets a CLIENT span (HTTP or gRPC attributes by the

@@ -6,10 +6,10 @@ use opentelemetry::trace::{SpanBuilder, SpanKind};
 use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next, Result};
 
+use super::Attempt;
 use super::attributes;
 use super::body::{Completion, Side};
 use super::client::{error_type, start, with_attempt};
-use crate::balance::Attempt;
 use crate::propagation::Propagation;
 
 /// A [`reqwest_middleware::Middleware`] that opens a CLIENT span per request and writes its

@@ -19,15 +19,15 @@ use crate::decode::schema::{span_schema, stored};
 use crate::store::view::public_batch;
 
 /// Nanoseconds in an hour, the partition's width.
-pub const HOUR_NS: i64 = 3_600_000_000_000;
+pub(crate) const HOUR_NS: i64 = 3_600_000_000_000;
 
 /// Rows in a row group: large enough for scans to read whole column chunks, small enough that
 /// a trace lookup skips most of a file by its Bloom filters (at 10 bits a trace, a group's
 /// filter is about 160 KiB).
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// The key of the file metadata that lists the write-ahead log records a file holds.
-pub const WAL_SEQS_KEY: &str = "wayfinder.wal_seqs";
+pub(crate) const WAL_SEQS_KEY: &str = "wayfinder.wal_seqs";
 
 /// One hour's rows, ready to write.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ pub enum EncodeError {
 /// resource columns expanded from their dictionaries) and written, so that the seal's memory
 /// is the stored batches plus one expanded row group and the compressed files, not the whole
 /// seal expanded two or three times over (concatenated, then sorted).
-pub fn encode(stored: &[RecordBatch], seqs: &str) -> Result<Vec<HourFile>, EncodeError> {
+pub(crate) fn encode(stored: &[RecordBatch], seqs: &str) -> Result<Vec<HourFile>, EncodeError> {
     let schema = span_schema();
     let stored: Vec<&RecordBatch> = stored.iter().filter(|b| b.num_rows() > 0).collect();
     if stored.is_empty() {

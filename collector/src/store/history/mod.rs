@@ -10,8 +10,8 @@
 //! seal without its last file (a crash between two writes) is deleted and its records
 //! replayed from the log instead.
 
-pub mod encode;
-pub mod seqs;
+pub(crate) mod encode;
+pub(crate) mod seqs;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ use futures::TryStreamExt as _;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
-pub use encode::{EncodeError, HOUR_NS, HourFile};
+pub(crate) use encode::{EncodeError, HOUR_NS, HourFile};
 
 /// One sealed file.
 #[derive(Debug, Clone)]
@@ -344,7 +344,7 @@ impl History {
 /// Whether `file` is past `retention` at `now`: its hour is (every span in it started before
 /// `now - retention`), or it was written more than an hour beyond the retention ago (every span
 /// in it arrived before then, whatever its timestamps say).
-pub fn expired(file: &SealedFile, now: SystemTime, retention: Duration) -> bool {
+pub(crate) fn expired(file: &SealedFile, now: SystemTime, retention: Duration) -> bool {
     file.hour <= expired_through(now, retention)
         || file
             .sealed_at
@@ -354,7 +354,7 @@ pub fn expired(file: &SealedFile, now: SystemTime, retention: Duration) -> bool 
 
 /// The hours-since-epoch of the latest partition past `retention` at `now`: partitions up to
 /// it hold only spans that started before `now - retention`.
-pub fn expired_through(now: SystemTime, retention: Duration) -> i64 {
+pub(crate) fn expired_through(now: SystemTime, retention: Duration) -> i64 {
     let cutoff = now
         .checked_sub(retention)
         .unwrap_or(SystemTime::UNIX_EPOCH)
@@ -365,7 +365,7 @@ pub fn expired_through(now: SystemTime, retention: Duration) -> i64 {
 }
 
 /// `2026-12-03T14` for the hour that starts then (hours before 1970 are named as 1970's first).
-pub fn hour_name(hour: i64) -> String {
+pub(crate) fn hour_name(hour: i64) -> String {
     let at = SystemTime::UNIX_EPOCH + Duration::from_secs(hour.max(0) as u64 * 3600);
     humantime::format_rfc3339_seconds(at).to_string()[..13].to_owned()
 }

@@ -2,7 +2,7 @@
 //! (`1-5,7,9-12`): at start, a record whose spans are already in a file is not stored again.
 
 /// Sorted, distinct sequence numbers as ranges.
-pub fn encode(seqs: &[u64]) -> String {
+pub(crate) fn encode(seqs: &[u64]) -> String {
     let mut sorted = seqs.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
@@ -29,7 +29,7 @@ pub fn encode(seqs: &[u64]) -> String {
 }
 
 /// The ranges [`encode`] wrote, as `(first, last)` pairs; `None` when the text is not that.
-pub fn decode(text: &str) -> Option<Vec<(u64, u64)>> {
+pub(crate) fn decode(text: &str) -> Option<Vec<(u64, u64)>> {
     if text.is_empty() {
         return Some(Vec::new());
     }

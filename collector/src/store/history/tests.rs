@@ -166,9 +166,9 @@ async fn queries_share_the_sealed_files_footers() {
         .append_logged_at(batch(2, 5, 1_001 * HOUR + 5), Some(2), t0);
     flush(&f.store, t0 + Duration::from_secs(2)).await;
     assert_eq!(f.store.view().files.len(), 2, "two sealed files");
-    let engine = crate::sql::QueryEngine::new(
+    let engine = crate::serve::sql::QueryEngine::new(
         f.store.clone(),
-        crate::sql::QueryLimits {
+        crate::serve::sql::QueryLimits {
             timeout: Duration::from_secs(10),
             memory_bytes: 64 << 20,
             max_rows: 1_000,

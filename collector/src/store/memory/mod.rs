@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, ReasonLabels};
 
 mod seal;
 
-pub use seal::{OnSealed, Sealing};
+pub(crate) use seal::Sealing;
 
 /// Settings of a [`MemoryStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

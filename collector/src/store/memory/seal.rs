@@ -10,7 +10,7 @@ use super::{MemoryStore, Segment};
 use crate::store::history::{self, History, HistoryError, SealedFile};
 
 /// What is told the log records whose spans were sealed.
-pub type OnSealed = Arc<dyn Fn(&[u64]) + Send + Sync>;
+pub(crate) type OnSealed = Arc<dyn Fn(&[u64]) + Send + Sync>;
 
 /// Where and when compacted segments are written out of memory as Parquet.
 #[derive(Clone)]

@@ -1,0 +1,43 @@
+//! What the query API's handlers share.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::error::ApiError;
+use crate::metrics::Metrics;
+use crate::pipeline::QueueGauge;
+use crate::serve::sql::QueryEngine;
+use crate::util::reuse::{Reuse, SharedBody};
+
+/// What the query API's handlers share.
+#[derive(Debug)]
+pub(crate) struct ApiState {
+    /// The SQL engine (and through it, the store).
+    pub engine: QueryEngine,
+    /// The service graph, unless the topology is off.
+    pub topology: Option<Arc<crate::graph::topology::Topology>>,
+    /// The span metrics, unless the topology is off.
+    pub spanmetrics: Option<Arc<crate::graph::spanmetrics::SpanMetrics>>,
+    /// The instance registry.
+    pub registry: Arc<crate::graph::registry::Registry>,
+    /// The load-balancing weights.
+    pub weights: Arc<crate::graph::weights::WeightsEngine>,
+    /// The collector's metrics.
+    pub metrics: Arc<Metrics>,
+    /// The ingest queue's fill, for its gauges.
+    pub queue: QueueGauge,
+    /// Whether the collector is ready (listeners up, not shutting down).
+    pub ready: Arc<AtomicBool>,
+    /// Whether every ingest stage is up (none backing off after a panic).
+    pub pipeline: Arc<crate::pipeline::PipelineHealth>,
+    /// Cancelled when the query API stops: long-polls answer at once then.
+    pub stop: tokio_util::sync::CancellationToken,
+    /// The cap on gRPC watchers and HTTP long-polls.
+    pub watchers: super::watchers::Watchers,
+    /// The configuration in force (`GET /api/v1/config`), tokens redacted.
+    pub config: parking_lot::RwLock<Arc<serde_json::Value>>,
+    /// `GET /api/v1/topology` answers by (window, instance level, service), shared for a
+    /// second.
+    pub topology_json: Reuse<(Duration, bool, Option<String>), Result<SharedBody, ApiError>>,
+}
