@@ -40,6 +40,7 @@ pub(crate) mod util;
 pub use app::config::{self, Config};
 pub use app::{
     BoundAddrs, Collector, IN_PLACE, Reloaded, RunningCollector, SWITCHED_IN_PLACE, StartError,
+    TaskExit,
 };
 // The decoders, a crate of their own (`wayfinder-decode`) so that fuzzing them does not build
 // DataFusion.

@@ -110,3 +110,44 @@ async fn a_panicking_stage_loses_nothing_acknowledged_and_readyz_says_so() {
     );
     collector.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_ends_while_the_collector_runs_is_named_counted_and_stops_it() {
+    let mut collector = Collector::start(loopback_config())
+        .await
+        .expect("the collector starts");
+    let addrs = collector.addrs();
+    let readyz = || async {
+        let answer = http_client()
+            .get(format!("http://{}/readyz", addrs.query_http))
+            .send()
+            .await
+            .expect("the query API answers");
+        (
+            answer.status().as_u16(),
+            answer.text().await.unwrap_or_default(),
+        )
+    };
+    assert_eq!(readyz().await.0, 200, "ready while every task runs");
+    // A task that returns at once, as a receiver whose listener broke would.
+    collector.spawn_supervised("probe", async {});
+    let exit = tokio::time::timeout(Duration::from_secs(10), collector.exited())
+        .await
+        .expect("the exit is reported");
+    assert_eq!(
+        (exit.tier, exit.task, exit.panicked),
+        ("query", "probe", false)
+    );
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("task ended: probe (query) ended"), "{body}");
+    let text = metrics_text(&collector).await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("wayfinder_task_early_exits_total{"))
+        .unwrap_or_default();
+    assert!(line.contains("tier=\"query\""), "{line}");
+    assert!(line.contains("task=\"probe\""), "{line}");
+    assert!(line.ends_with(" 1"), "counted once: {line}");
+    collector.shutdown().await;
+}

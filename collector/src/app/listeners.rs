@@ -1,5 +1,6 @@
 //! The network servers: the OTLP receivers and the query API, each a [`Stage`].
 
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -16,7 +17,6 @@ use crate::net::connections::{Accept, Conn, ListenerTls, PROBE_PLACES};
 use crate::net::http_server::{self, Http2, Serve};
 use crate::serve::query::ApiState;
 use crate::util::cap::Cap;
-use crate::util::stage::Stage;
 
 /// The OTLP/gRPC receiver's HTTP/2 window per stream: a typical export (a few hundred KB)
 /// arrives without waiting for the client to be told it may send more.
@@ -188,7 +188,7 @@ pub(super) fn otlp_grpc(
     tokens: &Option<Tokens>,
     bounds: &Bounds,
     stop: CancellationToken,
-) -> Stage {
+) -> impl Future<Output = ()> + Send + 'static {
     let routes = tonic::service::Routes::new(
         TraceService::new(ingest.clone(), max_message_bytes).deadlines(bounds.deadlines.clone()),
     )
@@ -198,13 +198,10 @@ pub(super) fn otlp_grpc(
         .layer(access(tokens, Style::Grpc, &bounds.metrics, "otlp-grpc"))
         .service(routes);
     let (accepted, pressure) = bounds.accept(listener, Listener::OtlpGrpc, &stop);
-    Stage::spawn(
-        "otlp-grpc",
-        http_server::serve(
-            accepted,
-            bounds.serve(Listener::OtlpGrpc, service, None, pressure),
-            stop,
-        ),
+    http_server::serve(
+        accepted,
+        bounds.serve(Listener::OtlpGrpc, service, None, pressure),
+        stop,
     )
 }
 
@@ -216,7 +213,7 @@ pub(super) fn otlp_http(
     tokens: &Option<Tokens>,
     bounds: &Bounds,
     stop: CancellationToken,
-) -> Stage {
+) -> impl Future<Output = ()> + Send + 'static {
     let router = otlp_http::router(ingest, max_body_bytes).layer(access(
         tokens,
         Style::Http,
@@ -224,13 +221,10 @@ pub(super) fn otlp_http(
         "otlp-http",
     ));
     let (accepted, pressure) = bounds.accept(listener, Listener::OtlpHttp, &stop);
-    Stage::spawn(
-        "otlp-http",
-        http_server::serve(
-            accepted,
-            bounds.serve(Listener::OtlpHttp, router, None, pressure),
-            stop,
-        ),
+    http_server::serve(
+        accepted,
+        bounds.serve(Listener::OtlpHttp, router, None, pressure),
+        stop,
     )
 }
 
@@ -243,7 +237,7 @@ pub(super) fn query(
     tokens: &Option<Tokens>,
     bounds: &Bounds,
     stop: CancellationToken,
-) -> Stage {
+) -> impl Future<Output = ()> + Send + 'static {
     let metrics = state.metrics.clone();
     let watchers = state.watchers.clone();
     let probes = crate::serve::query::probes(state.clone());
@@ -273,7 +267,7 @@ pub(super) fn query(
         bounds.serve(Listener::QueryGrpc, service, None, pressure),
         stop,
     );
-    Stage::spawn("query", async move {
+    async move {
         tokio::join!(http, grpc);
-    })
+    }
 }

@@ -255,38 +255,6 @@ fn merged(running: &Config, new: &Config) -> Config {
     merged
 }
 
-/// Reads a token file again if it changed, and says so (never the tokens).
-pub(super) fn reload_tokens(listeners: &str, tokens: &Tokens) {
-    let file = tokens
-        .file()
-        .map(|f| f.display().to_string())
-        .unwrap_or_default();
-    match tokens.reload_if_changed() {
-        Ok(true) => tracing::info!(listeners, file, tokens = tokens.len(), "tokens reloaded"),
-        Ok(false) => {}
-        Err(error) => tracing::warn!(
-            listeners,
-            %error,
-            "the token file changed but cannot be used; the tokens in force stay"
-        ),
-    }
-}
-
-/// Reads the TLS files again if one changed, and says so.
-pub(super) fn reload_tls(tls: &TlsFiles) {
-    match tls.reload_if_changed() {
-        Ok(true) => tracing::info!(
-            cert = %tls.paths().cert.display(),
-            "TLS certificate reloaded; new connections get it"
-        ),
-        Ok(false) => {}
-        Err(error) => tracing::warn!(
-            %error,
-            "a TLS file changed but cannot be used; the certificate in force stays"
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -346,6 +346,16 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Registers a metric that the part it belongs to created and counts.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.collectors.lock().register(name, help, metric);
+    }
+
     /// Adds a collector whose series are encoded at each scrape, after the collector's own.
     pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
         self.collectors.lock().register_collector(collector);

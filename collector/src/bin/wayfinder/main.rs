@@ -79,10 +79,13 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         stdout.flush()?;
         drop(stdout);
         let reloader = reload::Reloader::new(&args, &running, log_filter, filter_text);
-        tokio::select! {
-            stop = shutdown.recv() => stop?,
-            () = reloader.run(hangup) => {}
-        }
+        // A task of the collector that ends while it runs (a receiver, the pipeline, the query
+        // API, a part's upkeep) leaves it half there: it stops, and says why in its status.
+        let failed = tokio::select! {
+            stop = shutdown.recv() => { stop?; None }
+            () = reloader.run(hangup) => None,
+            exit = running.exited() => Some(exit),
+        };
         tracing::info!("shutting down");
         if tokio::time::timeout(SHUTDOWN_GRACE, running.shutdown())
             .await
@@ -90,7 +93,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         {
             tracing::warn!("shutdown took longer than {SHUTDOWN_GRACE:?}; exiting anyway");
         }
-        anyhow::Ok(())
+        match failed {
+            None => anyhow::Ok(()),
+            Some(exit) => Err(anyhow::anyhow!("the collector stopped: {exit}")),
+        }
     })
 }
 

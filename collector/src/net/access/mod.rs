@@ -187,6 +187,24 @@ impl Tokens {
         }
     }
 
+    /// The tokens' upkeep, every second: reads the file again if it changed, and says so
+    /// (never the tokens).
+    pub(crate) fn upkeep(&self, listeners: &str) {
+        let file = self
+            .file()
+            .map(|f| f.display().to_string())
+            .unwrap_or_default();
+        match self.reload_if_changed() {
+            Ok(true) => tracing::info!(listeners, file, tokens = self.len(), "tokens reloaded"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(
+                listeners,
+                %error,
+                "the token file changed but cannot be used; the tokens in force stay"
+            ),
+        }
+    }
+
     /// How many tokens are in force.
     pub(crate) fn len(&self) -> usize {
         self.state.read().tokens.len()

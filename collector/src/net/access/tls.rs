@@ -140,6 +140,21 @@ impl TlsFiles {
         Ok(true)
     }
 
+    /// The TLS files' upkeep, every second: reads them again if one changed, and says so.
+    pub(crate) fn upkeep(&self) {
+        match self.reload_if_changed() {
+            Ok(true) => tracing::info!(
+                cert = %self.paths().cert.display(),
+                "TLS certificate reloaded; new connections get it"
+            ),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(
+                %error,
+                "a TLS file changed but cannot be used; the certificate in force stays"
+            ),
+        }
+    }
+
     /// Where the files are.
     pub(crate) fn paths(&self) -> TlsPaths {
         self.state.read().paths.clone()

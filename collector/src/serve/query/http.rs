@@ -313,6 +313,12 @@ pub(super) async fn ready(State(state): State<Arc<ApiState>>) -> Response {
     if !state.ready.load(Ordering::Acquire) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }
+    let exits = state.tasks.exits();
+    if !exits.is_empty() {
+        let ended: Vec<String> = exits.iter().map(ToString::to_string).collect();
+        let body = format!("not ready: task ended: {}\n", ended.join(", "));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
     let down = state.pipeline.down();
     if down.is_empty() {
         (StatusCode::OK, "ready\n").into_response()

@@ -31,6 +31,8 @@ pub(crate) struct ApiState {
     pub ready: Arc<AtomicBool>,
     /// Whether every ingest stage is up (none backing off after a panic).
     pub pipeline: Arc<crate::pipeline::PipelineHealth>,
+    /// The collector's tasks: any that ended while it runs makes it not ready.
+    pub tasks: crate::util::tasks::Supervision,
     /// Cancelled when the query API stops: long-polls answer at once then.
     pub stop: tokio_util::sync::CancellationToken,
     /// The cap on gRPC watchers and HTTP long-polls.

@@ -363,6 +363,15 @@ impl Wal {
         count
     }
 
+    /// The log's upkeep, every second: short of space on `disk`, the open segment closes, so
+    /// that what is sealed of it can go too; then what is sealed, or older than `keep`, goes.
+    pub(crate) fn upkeep(&self, disk: Option<&DiskWatch>, keep: Duration, now: SystemTime) {
+        if disk.is_some_and(DiskWatch::check) {
+            self.rotate();
+        }
+        self.retire_before(now - keep);
+    }
+
     /// Closes the open segment after what is appended so far (the next record begins a new
     /// one), so that retirement can take it once its records are sealed and old enough: what
     /// a disk short of space does.
