@@ -45,7 +45,7 @@ fn chain(term: &str, op: &str, n: usize) -> String {
 
 async fn statements(args: &BoundsArgs, client: &Client) -> anyhow::Result<()> {
     let mut config = wayfinder_bench::fleet::loopback_config();
-    config.query_timeout = Duration::from_secs(60);
+    config.query.query_timeout = Duration::from_secs(60);
     let collector = wayfinder_collector::Collector::start(config).await?;
     let query = collector.addrs().query_http;
     let otlp = collector.addrs().otlp_http;
@@ -132,8 +132,8 @@ async fn statements(args: &BoundsArgs, client: &Client) -> anyhow::Result<()> {
 /// has stopped) is free again.
 async fn timeouts(client: &Client) -> anyhow::Result<()> {
     let mut config = wayfinder_bench::fleet::loopback_config();
-    config.query_timeout = Duration::from_secs(2);
-    config.query_max_concurrent = 1;
+    config.query.query_timeout = Duration::from_secs(2);
+    config.query.query_max_concurrent = 1;
     let collector = wayfinder_collector::Collector::start(config).await?;
     let query = collector.addrs().query_http;
     post(

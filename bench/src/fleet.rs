@@ -51,10 +51,10 @@ pub fn second_of_traffic(fleet: &[Instance], second: u64, errors: bool) -> Vec<S
 pub fn loopback_config() -> wayfinder_collector::Config {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
     let mut config = wayfinder_collector::Config::default();
-    config.otlp_grpc = any;
-    config.otlp_http = any;
-    config.query_http = any;
-    config.query_grpc = any;
+    config.listeners.otlp_grpc = any;
+    config.listeners.otlp_http = any;
+    config.listeners.query_http = any;
+    config.listeners.query_grpc = any;
     config
 }
 

@@ -292,7 +292,7 @@ async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
     use wayfinder_api::grpc::weights_client::WeightsClient;
 
     let mut config = wayfinder_bench::fleet::loopback_config();
-    config.weight_update_period = args.period;
+    config.weights.weight_update_period = args.period;
     let collector = wayfinder_collector::Collector::start(config).await?;
     let addrs = collector.addrs();
     for i in 0..3 {

@@ -43,9 +43,9 @@ pub(crate) async fn sealed_sql(args: SealedSqlArgs) -> anyhow::Result<()> {
 
 fn config(dir: &std::path::Path) -> wayfinder_collector::Config {
     let mut config = wayfinder_bench::fleet::loopback_config();
-    config.data_dir = Some(dir.to_owned());
-    config.seal_interval = Duration::from_millis(500);
-    config.retention = Duration::from_secs(24 * 3600);
+    config.store.data_dir = Some(dir.to_owned());
+    config.store.seal_interval = Duration::from_millis(500);
+    config.store.retention = Duration::from_secs(24 * 3600);
     config
 }
 

@@ -17,13 +17,21 @@
 //! use wayfinder_collector::{Collector, Config};
 //!
 //! let mut config = Config::default();
-//! config.otlp_grpc = "127.0.0.1:0".parse().unwrap();
+//! config.listeners.otlp_grpc = "127.0.0.1:0".parse().unwrap();
 //! let running = Collector::start(config).await?;
 //! println!("OTLP/gRPC on {}", running.addrs().otlp_grpc);
 //! running.shutdown().await;
 //! # Ok(())
 //! # }
 //! ```
+
+// Without `test-util` (the `wayfinder` binary, an embedder), the parts that only the tests and
+// benchmarks drive alone (through `testing`) are unreachable, though public for `testing` to
+// hand them out; the workspace's lints (clippy with `-D warnings`) run with `test-util` on.
+#![cfg_attr(
+    not(any(test, feature = "test-util")),
+    allow(dead_code, unused_imports, unreachable_pub)
+)]
 
 pub(crate) mod app;
 pub(crate) mod graph;

@@ -57,10 +57,10 @@ pub async fn run(options: Options, out: &mut (dyn Write + Send)) -> anyhow::Resu
     let mut config = Config::default();
     if !options.default_ports {
         let any = "127.0.0.1:0".parse().expect("a loopback address");
-        config.otlp_grpc = any;
-        config.otlp_http = any;
-        config.query_http = any;
-        config.query_grpc = any;
+        config.listeners.otlp_grpc = any;
+        config.listeners.otlp_http = any;
+        config.listeners.query_http = any;
+        config.listeners.query_grpc = any;
     }
     let collector = Collector::start(config)
         .await

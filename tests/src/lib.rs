@@ -9,10 +9,10 @@ use wayfinder_collector::{Collector, Config, RunningCollector};
 pub fn loopback_config() -> Config {
     let mut config = Config::default();
     let any = "127.0.0.1:0".parse().expect("a loopback address");
-    config.otlp_grpc = any;
-    config.otlp_http = any;
-    config.query_http = any;
-    config.query_grpc = any;
+    config.listeners.otlp_grpc = any;
+    config.listeners.otlp_http = any;
+    config.listeners.query_http = any;
+    config.listeners.query_grpc = any;
     config
 }
 

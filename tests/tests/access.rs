@@ -44,8 +44,12 @@ async fn each_listener_admits_only_its_own_tokens_and_the_probes_stay_open() {
     let query_file = dir.path().join("query-tokens");
     std::fs::write(&query_file, "# the query API\nquery-token-1\n").unwrap();
     let mut config = loopback_config();
-    config.ingest_token = Some(TokenSource::Value(Secret::new(INGEST)));
-    config.query_token = Some(TokenSource::File(query_file.clone()));
+    config
+        .access
+        .set_ingest_tokens(Some(TokenSource::Value(Secret::new(INGEST))));
+    config
+        .access
+        .set_query_tokens(Some(TokenSource::File(query_file.clone())));
     let collector = start(config).await;
     let addrs = collector.addrs();
 
@@ -198,9 +202,13 @@ async fn the_middleware_beats_and_balances_against_a_guarded_collector_with_its_
     use wayfinder_middleware::health::HealthReporter;
 
     let mut config = loopback_config();
-    config.ingest_token = Some(TokenSource::Value(Secret::new(INGEST)));
-    config.query_token = Some(TokenSource::Value(Secret::new("query-token-1")));
-    config.weight_update_period = Duration::from_millis(100);
+    config
+        .access
+        .set_ingest_tokens(Some(TokenSource::Value(Secret::new(INGEST))));
+    config
+        .access
+        .set_query_tokens(Some(TokenSource::Value(Secret::new("query-token-1"))));
+    config.weights.weight_update_period = Duration::from_millis(100);
     let collector = start(config).await;
     let addrs = collector.addrs();
     let beating = |instance: &str, port: u16, token: Option<&str>, grpc: bool| {

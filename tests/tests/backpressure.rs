@@ -242,8 +242,8 @@ async fn long_polls_beyond_max_watchers_are_refused_retryably() {
     use wayfinder_e2e::{http_client, loopback_config, start};
 
     let mut config = loopback_config();
-    config.max_watchers = 1;
-    config.weight_update_period = Duration::from_millis(100);
+    config.query.max_watchers = 1;
+    config.weights.weight_update_period = Duration::from_millis(100);
     let collector = start(config).await;
     let addrs = collector.addrs();
     let beat = serde_json::json!({

@@ -133,7 +133,7 @@ struct Case {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
     let mut config = loopback_config();
-    config.http_max_body_bytes = 64 * 1024;
+    config.ingest.http_max_body_bytes = 64 * 1024;
     let collector = start(config).await;
     let url = format!("http://{}/v1/traces", collector.addrs().otlp_http);
     let good = request("good", vec![span([7; 16], 1)]).encode_to_vec();
@@ -349,7 +349,7 @@ async fn bad_http_requests_get_their_status_and_lose_nothing_else() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_grpc_requests() {
     let mut config = loopback_config();
-    config.grpc_max_message_bytes = 64 << 10;
+    config.ingest.grpc_max_message_bytes = 64 << 10;
     let collector = start(config).await;
     let mut grpc = wayfinder_e2e::raw_grpc(collector.addrs().otlp_grpc).await;
     let path = http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH);

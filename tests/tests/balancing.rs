@@ -156,8 +156,8 @@ async fn depart(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_traffic_leaves_slow_failing_and_departing_instances() {
     let mut config = loopback_config();
-    config.weight_update_period = Duration::from_millis(250);
-    config.weight_ttl = Duration::from_secs(3);
+    config.weights.weight_update_period = Duration::from_millis(250);
+    config.weights.weight_ttl = Duration::from_secs(3);
     let collector = start(config).await;
     let addrs = collector.addrs();
 
@@ -409,7 +409,7 @@ async fn grpc_instance(id: &str, delay: Duration) -> Instance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_traffic_leaves_slow_and_departing_instances() {
     let mut config = loopback_config();
-    config.weight_update_period = Duration::from_millis(250);
+    config.weights.weight_update_period = Duration::from_millis(250);
     let collector = start(config).await;
     let addrs = collector.addrs();
     let mut instances = Vec::new();
@@ -491,8 +491,8 @@ async fn grpc_traffic_leaves_slow_and_departing_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_watcher_returns_to_the_seed_when_the_service_disappears() {
     let mut config = loopback_config();
-    config.weight_update_period = Duration::from_millis(100);
-    config.weight_ttl = Duration::from_secs(2);
+    config.weights.weight_update_period = Duration::from_millis(100);
+    config.weights.weight_ttl = Duration::from_secs(2);
     let collector = start(config).await;
     let addrs = collector.addrs();
     let instance = grpc_instance("inventory-9", Duration::from_millis(1)).await;

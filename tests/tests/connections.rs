@@ -51,7 +51,7 @@ async fn closes_within(stream: &mut TcpStream, within: Duration) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_http2_client_is_closed_and_comes_back_when_it_asks() {
     let mut config = loopback_config();
-    config.idle_timeout = Duration::from_secs(1);
+    config.listeners.idle_timeout = Duration::from_secs(1);
     let collector = start(config).await;
     let addr = collector.addrs().query_grpc;
     let mut weights = WeightsClient::connect(format!("http://{addr}"))
@@ -77,7 +77,7 @@ async fn an_idle_http2_client_is_closed_and_comes_back_when_it_asks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefaces_that_never_ask_are_dropped_and_exports_go_on() {
     let mut config = loopback_config();
-    config.header_read_timeout = Duration::from_millis(500);
+    config.listeners.header_read_timeout = Duration::from_millis(500);
     let collector = start(config).await;
     let addrs = collector.addrs();
     // Each row: a listener that speaks HTTP/2, and its name.
@@ -127,7 +127,7 @@ async fn prefaces_that_never_ask_are_dropped_and_exports_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_listener_closes_idle_connections_for_a_new_client() {
     let mut config = loopback_config();
-    config.max_connections = 4;
+    config.listeners.max_connections = 4;
     let collector = start(config).await;
     let addr = collector.addrs().otlp_grpc;
     // Four prefaces take the four places, and would hold them for the first-request deadline.
@@ -177,7 +177,7 @@ async fn status_line(addr: SocketAddr, request: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_get_through_a_full_query_port_and_the_rest_is_refused_retryably() {
     let mut config = loopback_config();
-    config.max_connections = 2;
+    config.listeners.max_connections = 2;
     let collector = start(config).await;
     let addr = collector.addrs().query_http;
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -249,7 +249,7 @@ async fn probes_get_through_a_full_query_port_and_the_rest_is_refused_retryably(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_the_client_never_takes_does_not_hold_the_connection() {
     let mut config = loopback_config();
-    config.idle_timeout = Duration::from_secs(1);
+    config.listeners.idle_timeout = Duration::from_secs(1);
     let collector = start(config).await;
     let mut stream = TcpStream::connect(collector.addrs().query_http)
         .await

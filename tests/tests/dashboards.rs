@@ -171,7 +171,7 @@ fn check_expr(
 async fn live_metrics() -> (BTreeMap<String, BTreeSet<String>>, String) {
     let mut config = loopback_config();
     // Small enough that the traffic below evicts by size, so the eviction series exist.
-    config.max_store_bytes = 256 * 1024;
+    config.store.max_store_bytes = 256 * 1024;
     let collector = start(config).await;
     let addrs = collector.addrs();
     let urls = wayfinder_demo::fleet::CollectorUrls::of(&addrs);

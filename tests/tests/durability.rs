@@ -15,7 +15,7 @@ use wayfinder_e2e::{count, http_client, loopback_config, metrics_text, start, wa
 
 fn config_in(dir: &Path) -> Config {
     let mut config = loopback_config();
-    config.data_dir = Some(dir.to_path_buf());
+    config.store.data_dir = Some(dir.to_path_buf());
     config
 }
 
@@ -160,9 +160,11 @@ async fn a_full_disk_refuses_with_retryable_errors_and_loses_nothing_acknowledge
     let disk = Tmpfs::mount("2m");
     let data = disk.0.path().join("data");
     let mut config = config_in(&data);
-    config.wal_sync = wayfinder_collector::testing::wal::WalSync::Always;
+    config
+        .store
+        .set_wal_sync(wayfinder_collector::testing::wal::WalSync::Always);
     // No reserve: the log's own write errors are the last line (the reserve is the next test).
-    config.disk_reserve = 0;
+    config.store.disk_reserve = 0;
     let collector = start(config.clone()).await;
     let otlp = collector.addrs().otlp_http;
     // Fill the disk but for a little room.
@@ -232,11 +234,11 @@ async fn a_disk_short_of_space_refuses_ingest_and_frees_itself_by_sealing() {
     let disk = Tmpfs::mount("48m");
     let data = disk.0.path().join("data");
     let mut config = config_in(&data);
-    config.disk_reserve = 16 << 20;
-    config.seal_interval = std::time::Duration::from_millis(200);
+    config.store.disk_reserve = 16 << 20;
+    config.store.seal_interval = std::time::Duration::from_millis(200);
     // The log keeps what the registry and weights are rebuilt from: a second of it here.
-    config.deregister_after = std::time::Duration::from_secs(1);
-    config.weight_window = std::time::Duration::from_secs(1);
+    config.registry.deregister_after = std::time::Duration::from_secs(1);
+    config.weights.weight_window = std::time::Duration::from_secs(1);
     let collector = start(config.clone()).await;
     let otlp = collector.addrs().otlp_http;
     // Fill the disk to a little above the reserve.

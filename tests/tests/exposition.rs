@@ -95,7 +95,7 @@ fn parsed(format: &str, scrape: &str) -> Option<Vec<(String, BTreeMap<String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_name_reads_back_from_the_scrape_in_both_formats() {
     let mut config = loopback_config();
-    config.edge_wait = Duration::from_millis(100);
+    config.topology.edge_wait = Duration::from_millis(100);
     let collector = start(config).await;
     let client = http_client();
     let otlp = format!("http://{}", collector.addrs().otlp_http);

@@ -12,7 +12,7 @@ use wayfinder_e2e::{count, get_trace, http_client, loopback_config, start, wait_
 
 fn config_in(dir: &Path) -> Config {
     let mut config = loopback_config();
-    config.data_dir = Some(dir.to_path_buf());
+    config.store.data_dir = Some(dir.to_path_buf());
     config
 }
 

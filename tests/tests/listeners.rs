@@ -163,7 +163,7 @@ fn counter(
 async fn every_listener_speaks_tls_and_the_otlp_receivers_require_a_client_certificate() {
     let pki = Pki::new();
     let mut config = loopback_config();
-    config.tls = Some(pki.server_files());
+    config.access.set_tls(Some(pki.server_files()));
     let collector = start(config).await;
     let addrs = collector.addrs();
 
@@ -252,10 +252,10 @@ async fn a_certificate_replaced_on_disk_is_served_to_new_connections() {
     let pki = Pki::new();
     let mut config = loopback_config();
     let files = pki.server_files();
-    config.tls = Some(TlsPaths {
+    config.access.set_tls(Some(TlsPaths {
         client_ca: None,
         ..files.clone()
-    });
+    }));
     let collector = start(config).await;
     let addr = collector.addrs().query_http;
     let served = |tls: &Tls| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -301,7 +301,7 @@ async fn a_certificate_replaced_on_disk_is_served_to_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_closed_and_good_traffic_goes_on() {
     let mut config = loopback_config();
-    config.header_read_timeout = Duration::from_millis(300);
+    config.listeners.header_read_timeout = Duration::from_millis(300);
     let collector = start(config).await;
     let addrs = collector.addrs();
 
@@ -357,7 +357,7 @@ async fn slow_clients_are_closed_and_good_traffic_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_bodies_are_refused_and_good_traffic_goes_on() {
     let mut config = loopback_config();
-    config.body_read_timeout = Duration::from_millis(500);
+    config.listeners.body_read_timeout = Duration::from_millis(500);
     let collector = start(config).await;
     let addrs = collector.addrs();
 
@@ -512,7 +512,7 @@ async fn stalled_grpc_export(addr: SocketAddr) -> (String, String, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_grpc_message_is_refused_deadline_exceeded() {
     let mut config = loopback_config();
-    config.body_read_timeout = Duration::from_millis(500);
+    config.listeners.body_read_timeout = Duration::from_millis(500);
     let collector = start(config).await;
     let addrs = collector.addrs();
     let (status, message, took) = stalled_grpc_export(addrs.otlp_grpc).await;
@@ -547,10 +547,10 @@ async fn a_reload_that_names_other_certificate_files_serves_them_at_once() {
     let pki = Pki::new();
     let first = pki.server_files();
     let mut config = loopback_config();
-    config.tls = Some(TlsPaths {
+    config.access.set_tls(Some(TlsPaths {
         client_ca: None,
         ..first.clone()
-    });
+    }));
     let collector = start(config).await;
     let addr = collector.addrs().query_http;
     let served = |tls: &Tls| tls.get_ref().1.peer_certificates().unwrap()[0].clone();
@@ -567,7 +567,7 @@ async fn a_reload_that_names_other_certificate_files_serves_them_at_once() {
         client_ca: None,
     };
     let mut renamed = collector.config();
-    renamed.tls = Some(moved.clone());
+    renamed.access.set_tls(Some(moved.clone()));
     let reloaded = collector.reload(renamed).unwrap();
     let mut applied = reloaded.applied.clone();
     applied.sort();
@@ -585,7 +585,7 @@ async fn a_reload_that_names_other_certificate_files_serves_them_at_once() {
 
     // Turning TLS off needs a restart: reported, and TLS stays.
     let mut plain = collector.config();
-    plain.tls = None;
+    plain.access.set_tls(None);
     let reloaded = collector.reload(plain).unwrap();
     assert_eq!(reloaded.needs_restart, ["tls_cert", "tls_key"]);
     assert!(

@@ -41,7 +41,7 @@ async fn send_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_read_queries_run() {
     let mut config = loopback_config();
-    config.query_max_rows = 30;
+    config.query.query_max_rows = 30;
     let collector = start(config).await;
     send_spans(&collector, 6).await;
     let cases = [
@@ -264,7 +264,7 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
     // 4 traces of 4 spans under a 10-row limit: the 16 spans of all four do not fit, the 8 of
     // the latest two do.
     let mut config = loopback_config();
-    config.query_max_rows = 10;
+    config.query.query_max_rows = 10;
     let collector = start(config).await;
     let base = 1_700_000_000_000_000_000u64;
     let spans = (1..=4u8)
@@ -324,8 +324,8 @@ async fn a_jaeger_search_past_the_row_limit_gives_fewer_traces_not_an_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_past_its_memory_share_fails_alone() {
     let mut config = loopback_config();
-    config.query_memory_bytes = 8 << 20;
-    config.query_max_concurrent = 2;
+    config.query.query_memory_bytes = 8 << 20;
+    config.query.query_max_concurrent = 2;
     let collector = start(config).await;
     let (status, body) = sql_raw(
         &collector,
@@ -351,7 +351,7 @@ async fn a_query_past_its_memory_share_fails_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_past_the_row_limit_is_truncated() {
     let mut config = loopback_config();
-    config.query_max_rows = 3;
+    config.query.query_max_rows = 3;
     let collector = start(config).await;
     send_spans(&collector, 5).await;
     let trace: serde_json::Value = get_trace(&collector, &"AB".repeat(16))
@@ -382,8 +382,8 @@ async fn a_trace_past_the_row_limit_is_truncated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_past_the_concurrency_limit_are_refused_with_retry_after() {
     let mut config = loopback_config();
-    config.query_max_concurrent = 1;
-    config.query_timeout = std::time::Duration::from_secs(3);
+    config.query.query_max_concurrent = 1;
+    config.query.query_timeout = std::time::Duration::from_secs(3);
     let collector = start(config).await;
     let url = format!("http://{}/api/v1/sql", collector.addrs().query_http);
     let post = |sql: &'static str| {

@@ -62,12 +62,12 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
 
     let running = collector.config();
     let mut new = running.clone();
-    new.query_max_rows = 2;
-    new.weight_gamma = running.weight_gamma * 2.0;
-    new.max_watchers = 7;
-    new.max_ingest_bytes = running.max_ingest_bytes / 2;
-    new.retention = running.retention * 2;
-    new.otlp_grpc = "127.0.0.1:1".parse().unwrap();
+    new.query.query_max_rows = 2;
+    new.weights.weight_gamma = running.weights.weight_gamma * 2.0;
+    new.query.max_watchers = 7;
+    new.ingest.max_ingest_bytes = running.ingest.max_ingest_bytes / 2;
+    new.store.retention = running.store.retention * 2;
+    new.listeners.otlp_grpc = "127.0.0.1:1".parse().unwrap();
     let reloaded = collector.reload(new).expect("a valid configuration");
     let mut applied = reloaded.applied.clone();
     applied.sort();
@@ -112,24 +112,24 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
     let metrics = wayfinder_e2e::metrics_text(&collector).await;
     let capacity = format!(
         "wayfinder_ingest_queue_capacity_bytes {}",
-        running.max_ingest_bytes / 2
+        running.ingest.max_ingest_bytes / 2
     );
     assert!(metrics.contains(&capacity), "{capacity} in:\n{metrics}");
-    assert_eq!(shown["otlp_grpc"], running.otlp_grpc.to_string());
+    assert_eq!(shown["otlp_grpc"], running.listeners.otlp_grpc.to_string());
     assert_eq!(
         collector.weights().config().rule.gamma,
-        running.weight_gamma * 2.0
+        running.weights.weight_gamma * 2.0
     );
     // The connection opened before the reload is still served.
     assert!(keep_alive_get(&mut kept, "/healthz").await.contains("200"));
 
     // An invalid configuration (a TTL shorter than the update period) changes nothing.
     let mut invalid = collector.config();
-    invalid.query_max_rows = 1;
-    invalid.weight_ttl = invalid.weight_update_period / 2;
+    invalid.query.query_max_rows = 1;
+    invalid.weights.weight_ttl = invalid.weights.weight_update_period / 2;
     let error = collector.reload(invalid).expect_err("refused");
     assert!(error.to_string().contains("weight_ttl"), "{error}");
-    assert_eq!(collector.config().query_max_rows, 2);
+    assert_eq!(collector.config().query.query_max_rows, 2);
     // Counted (read from the registry: `/metrics` answers from a copy for a second).
     for outcome in ["applied", "rejected"] {
         let counted = collector
@@ -149,7 +149,7 @@ async fn a_token_file_named_anew_is_taken_and_turning_tokens_off_waits_for_a_res
     std::fs::write(&old, "old-token\n").unwrap();
     std::fs::write(&new, "new-token\n").unwrap();
     let mut config = loopback_config();
-    config.query_token = Some(TokenSource::File(old));
+    config.access.set_query_tokens(Some(TokenSource::File(old)));
     let collector = start(config).await;
     let url = format!("http://{}/api/v1/services", collector.addrs().query_http);
     let status = |token: &'static str| {
@@ -168,7 +168,9 @@ async fn a_token_file_named_anew_is_taken_and_turning_tokens_off_waits_for_a_res
     assert_eq!(status("old-token").await, 200);
 
     let mut renamed = collector.config();
-    renamed.query_token = Some(TokenSource::File(new));
+    renamed
+        .access
+        .set_query_tokens(Some(TokenSource::File(new)));
     let reloaded = collector.reload(renamed).unwrap();
     assert_eq!(reloaded.applied, ["query_token_file"]);
     assert_eq!(
@@ -180,7 +182,9 @@ async fn a_token_file_named_anew_is_taken_and_turning_tokens_off_waits_for_a_res
 
     // A file that cannot be read refuses the reload; the tokens in force stay.
     let mut missing = collector.config();
-    missing.query_token = Some(TokenSource::File(dir.path().join("missing")));
+    missing
+        .access
+        .set_query_tokens(Some(TokenSource::File(dir.path().join("missing"))));
     let error = collector
         .reload(missing)
         .expect_err("an unreadable token file");
@@ -189,7 +193,7 @@ async fn a_token_file_named_anew_is_taken_and_turning_tokens_off_waits_for_a_res
 
     // Turning tokens off needs a restart: reported, and the API stays guarded.
     let mut open = collector.config();
-    open.query_token = None;
+    open.access.set_query_tokens(None);
     let reloaded = collector.reload(open).unwrap();
     assert!(reloaded.applied.is_empty(), "{reloaded:?}");
     assert_eq!(reloaded.needs_restart, ["query_token_file"]);
@@ -229,8 +233,8 @@ async fn header_and_body_deadlines_change_in_place() {
     );
 
     let mut new = collector.config();
-    new.header_read_timeout = Duration::from_millis(300);
-    new.body_read_timeout = Duration::from_millis(300);
+    new.listeners.header_read_timeout = Duration::from_millis(300);
+    new.listeners.body_read_timeout = Duration::from_millis(300);
     let reloaded = collector.reload(new).expect("a valid configuration");
     let mut applied = reloaded.applied.clone();
     applied.sort();

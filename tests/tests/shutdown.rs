@@ -75,7 +75,7 @@ async fn instance(i: usize, otlp_http: SocketAddr) -> Instance {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_leaving_under_load_fails_no_request() {
     let mut config = loopback_config();
-    config.weight_update_period = Duration::from_millis(100);
+    config.weights.weight_update_period = Duration::from_millis(100);
     let collector = start(config).await;
     let addrs = collector.addrs();
     let mut instances = Vec::new();

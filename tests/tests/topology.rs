@@ -791,9 +791,9 @@ async fn known_call_graph_through_every_endpoint() {
 #[tokio::test]
 async fn configured_dimensions_and_sampling_weight_reach_the_series() {
     let mut config = loopback_config();
-    config.service_graph_dimensions = vec!["deployment.environment".into()];
-    config.span_metrics_dimensions = vec!["http.route".into()];
-    config.span_multiplier_key = Some("sampling.ratio".into());
+    config.topology.service_graph_dimensions = vec!["deployment.environment".into()];
+    config.spanmetrics.span_metrics_dimensions = vec!["http.route".into()];
+    config.spanmetrics.span_multiplier_key = Some("sampling.ratio".into());
     let collector = start(config).await;
     let endpoint = format!("http://{}", collector.addrs().otlp_grpc);
     tokio::task::spawn_blocking(move || {

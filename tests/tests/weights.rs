@@ -30,7 +30,7 @@ fn server_spans(instance: &str, ms: u64, seed: u8) -> Vec<u8> {
 /// A collector that updates weights every 50 ms, with cart-1..3 registered by heartbeats.
 async fn start_with_three() -> (wayfinder_collector::RunningCollector, reqwest::Client) {
     let mut config = loopback_config();
-    config.weight_update_period = Duration::from_millis(50);
+    config.weights.weight_update_period = Duration::from_millis(50);
     let collector = start(config).await;
     let client = http_client();
     register_three(&client, collector.addrs().otlp_http).await;

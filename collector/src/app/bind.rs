@@ -30,16 +30,16 @@ async fn one(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, St
 
 /// Binds the OTLP and query listeners of `config` (port 0: any free port).
 pub(super) async fn bind(config: &Config) -> Result<Bound, StartError> {
-    let otlp_grpc = one("otlp-grpc", config.otlp_grpc).await?;
-    let otlp_http = one("otlp-http", config.otlp_http).await?;
-    let query_http = one("query-http", config.query_http).await?;
-    let query_grpc = one("query-grpc", config.query_grpc).await?;
+    let otlp_grpc = one("otlp-grpc", config.listeners.otlp_grpc).await?;
+    let otlp_http = one("otlp-http", config.listeners.otlp_http).await?;
+    let query_http = one("query-http", config.listeners.query_http).await?;
+    let query_grpc = one("query-grpc", config.listeners.query_grpc).await?;
     let local = |l: &TcpListener, asked: SocketAddr| l.local_addr().unwrap_or(asked);
     let addrs = BoundAddrs {
-        otlp_grpc: local(&otlp_grpc, config.otlp_grpc),
-        otlp_http: local(&otlp_http, config.otlp_http),
-        query_http: local(&query_http, config.query_http),
-        query_grpc: local(&query_grpc, config.query_grpc),
+        otlp_grpc: local(&otlp_grpc, config.listeners.otlp_grpc),
+        otlp_http: local(&otlp_http, config.listeners.otlp_http),
+        query_http: local(&query_http, config.listeners.query_http),
+        query_grpc: local(&query_grpc, config.listeners.query_grpc),
     };
     Ok(Bound {
         otlp_grpc,

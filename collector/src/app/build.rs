@@ -69,8 +69,8 @@ pub(super) async fn build_components(
     let (store, sealed) = build_store(config, metrics, &durable).await?;
     let registry = Arc::new(Registry::new(
         RegistryConfig {
-            deregister_after: config.deregister_after,
-            max_ttl: config.max_heartbeat_ttl,
+            deregister_after: config.registry.deregister_after,
+            max_ttl: config.registry.max_heartbeat_ttl,
             ..RegistryConfig::default()
         },
         clock,
@@ -79,35 +79,42 @@ pub(super) async fn build_components(
     // The attributes the stages read from spans, each taken once by the decoder.
     let mut plan = AttributePlan::default();
     let graph_dimensions: Arc<[_]> = config
+        .topology
         .service_graph_dimensions
         .iter()
         .map(|attribute| plan.dimension(attribute))
         .collect();
     let span_dimensions: Arc<[_]> = config
+        .spanmetrics
         .span_metrics_dimensions
         .iter()
         .map(|attribute| plan.dimension(attribute))
         .collect();
     let database_names: Arc<[_]> = config
+        .topology
         .database_name_attributes
         .iter()
         .map(|attribute| DatabaseName::of(attribute, &mut plan))
         .collect();
-    let decode_options = plan.decode_options(config.topology, config.span_multiplier_key.clone());
+    let decode_options = plan.decode_options(
+        config.topology.topology,
+        config.spanmetrics.span_multiplier_key.clone(),
+    );
     let buckets: Arc<[f64]> = config
+        .topology
         .service_graph_buckets
         .iter()
         .map(std::time::Duration::as_secs_f64)
         .collect();
-    let topology = config.topology.then(|| {
+    let topology = config.topology.topology.then(|| {
         let topology = Arc::new(Topology::new(
             TopologyConfig {
                 dimensions: graph_dimensions,
                 database_names,
-                edge_wait: config.edge_wait,
-                max_pending: config.edge_max_pending,
-                max_bytes: config.topology_max_bytes,
-                retention: config.retention,
+                edge_wait: config.topology.edge_wait,
+                max_pending: config.topology.edge_max_pending,
+                max_bytes: config.topology.topology_max_bytes,
+                retention: config.store.retention,
                 histogram_buckets: buckets.clone(),
                 ..TopologyConfig::default()
             },
@@ -118,12 +125,12 @@ pub(super) async fn build_components(
         topology
     });
     // Span metrics come from the same facts as the topology, so with it or not at all.
-    let spanmetrics = config.topology.then(|| {
+    let spanmetrics = config.topology.topology.then(|| {
         let spanmetrics = Arc::new(SpanMetrics::new(
             SpanMetricsConfig {
-                max_series: config.span_metrics_max_series,
+                max_series: config.spanmetrics.span_metrics_max_series,
                 histogram_buckets: buckets,
-                retention: config.retention,
+                retention: config.store.retention,
                 dimensions: span_dimensions,
             },
             clock,
@@ -132,19 +139,19 @@ pub(super) async fn build_components(
         metrics.register_exposition(Box::new(SpanMetricsExposition(spanmetrics.clone())));
         spanmetrics
     });
-    let weights = Arc::new(WeightsEngine::new(config.weights(), clock));
+    let weights = Arc::new(WeightsEngine::new(config.weights.engine(), clock));
     metrics.register_collector(Box::new(WeightsMetrics(weights.clone())));
     let limits = QueryLimits {
-        timeout: config.query_timeout,
-        memory_bytes: config.query_memory_bytes,
-        max_rows: config.query_max_rows,
-        max_concurrent: config.query_max_concurrent,
+        timeout: config.query.query_timeout,
+        memory_bytes: config.query.query_memory_bytes,
+        max_rows: config.query.query_max_rows,
+        max_concurrent: config.query.query_max_concurrent,
     };
     let engine = QueryEngine::new(store.clone(), limits, metrics.clone())
         .map_err(StartError::Runtime)?
         .with_registry(registry.clone());
 
-    let (queue, dispatcher) = IngestQueue::new(config.max_ingest_bytes);
+    let (queue, dispatcher) = IngestQueue::new(config.ingest.max_ingest_bytes);
     // The topology comes last: it takes the facts it keeps instead of copying them.
     let mut dispatcher = dispatcher
         .with_consumer(registry.clone())
@@ -168,9 +175,10 @@ pub(super) async fn build_components(
         .with_store(store.clone());
     // With a data directory, the room kept on its disk for sealing.
     let disk = config
+        .store
         .data_dir
         .as_ref()
-        .map(|dir| DiskWatch::new(dir.join("wal"), config.disk_reserve as u64));
+        .map(|dir| DiskWatch::new(dir.join("wal"), config.store.disk_reserve as u64));
     let log = durable.log;
     if let Some((wal, _)) = &log {
         ingest = ingest.with_wal(wal.clone());
@@ -204,8 +212,8 @@ async fn build_store(
     durable: &Durable,
 ) -> Result<(Arc<dyn SpanStore>, SealedRecords), StartError> {
     let store_config = StoreConfig {
-        retention: config.retention,
-        max_bytes: config.max_store_bytes,
+        retention: config.store.retention,
+        max_bytes: config.store.max_store_bytes,
         ..StoreConfig::default()
     };
     let mut memory = MemoryStore::new(store_config, metrics.clone());
@@ -217,7 +225,7 @@ async fn build_store(
         memory = memory.with_sealing(
             Sealing {
                 history: history.clone(),
-                interval: config.seal_interval,
+                interval: config.store.seal_interval,
                 file_rows: SEAL_FILE_ROWS,
                 on_sealed: Arc::new(move |seqs| wal.sealed(seqs)),
             },

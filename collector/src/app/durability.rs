@@ -19,23 +19,24 @@ pub(super) struct Durable {
     pub(super) log: Option<(Wal, Recovery)>,
 }
 
-/// Opens the history and the log of `config.data_dir`, if it names one.
+/// Opens the history and the log of `config.store.data_dir`, if it names one.
 pub(super) async fn open_durability(
     config: &Config,
     metrics: &Metrics,
 ) -> Result<Durable, StartError> {
-    let Some(dir) = &config.data_dir else {
+    let Some(dir) = &config.store.data_dir else {
         return Ok(Durable::default());
     };
     // The sealed files first: the log's numbering continues above theirs, and a record whose
     // spans they hold is not stored again.
     let location = config
+        .store
         .history
         .clone()
         .unwrap_or_else(|| dir.join("spans").display().to_string());
     let history = Arc::new(History::new(&location)?);
     let files = history.list().await?;
-    let mut wal_config = WalConfig::new(dir.join("wal"), config.wal_sync);
+    let mut wal_config = WalConfig::new(dir.join("wal"), config.store.wal_sync());
     wal_config.track_sealing = true;
     wal_config.min_next_seq = files.iter().map(|f| f.seqs.1).max().unwrap_or(0) + 1;
     let (wal, recovery) = tokio::task::spawn_blocking(move || Wal::open(wal_config))

@@ -125,9 +125,21 @@ impl Collector {
         // A `Config` built in code has not been through `Config::resolve`; out-of-range rule
         // parameters would make updates panic (`f64::clamp` with crossed bounds) or publish NaN.
         config.validate()?;
-        let ingest_tokens = config.ingest_token.as_ref().map(Tokens::load).transpose()?;
-        let query_tokens = config.query_token.as_ref().map(Tokens::load).transpose()?;
-        let tls = config.tls.clone().map(TlsFiles::load).transpose()?;
+        let sources = |error| StartError::Config(ConfigError::from_setting(error));
+        let ingest_tokens = (config.access.ingest_tokens().map_err(sources)?)
+            .as_ref()
+            .map(Tokens::load)
+            .transpose()?;
+        let query_tokens = (config.access.query_tokens().map_err(sources)?)
+            .as_ref()
+            .map(Tokens::load)
+            .transpose()?;
+        let tls = config
+            .access
+            .tls()
+            .map_err(sources)?
+            .map(TlsFiles::load)
+            .transpose()?;
         let bound = bind::bind(&config).await?;
         let metrics = Arc::new(Metrics::new());
         let supervision = Supervision::new();
@@ -164,12 +176,8 @@ impl Collector {
             &mut tiers.periodic,
         );
 
-        let caps = listeners::Caps::new(config.max_connections);
-        let deadlines = crate::net::access::Deadlines::new(
-            config.header_read_timeout,
-            config.body_read_timeout,
-            config.idle_timeout,
-        );
+        let caps = listeners::Caps::new(config.listeners.max_connections);
+        let deadlines = config.listeners.deadlines();
         let bounds = listeners::Bounds {
             caps: caps.clone(),
             deadlines: deadlines.clone(),
@@ -193,7 +201,7 @@ impl Collector {
             stop: query_stop.clone(),
             config: parking_lot::RwLock::new(Arc::new(config.in_force())),
             watchers: crate::serve::query::Watchers::new(
-                config.max_watchers,
+                config.query.max_watchers,
                 metrics.refused_watchers.clone(),
             ),
             topology_json: crate::util::reuse::Reuse::new(crate::graph::topology::SNAPSHOT_REUSE),

@@ -71,8 +71,8 @@ async fn replay_log(
     recovery: Recovery,
     sealed: &SealedRecords,
 ) {
-    let facts_since = SystemTime::now() - config.weight_window;
-    let keep_since = SystemTime::now() - config.retention;
+    let facts_since = SystemTime::now() - config.weights.weight_window;
+    let keep_since = SystemTime::now() - config.store.retention;
     replay(ingest, wal, recovery, sealed, keep_since, facts_since).await;
 }
 
@@ -121,7 +121,10 @@ pub(super) fn start_periodic(config: &Config, upkeep: Upkeep, tier: &mut Tier) {
     if let Some(wal) = wal {
         // With sealing, the log keeps what the topology and the registry are rebuilt from (the
         // spans' own retention is the files').
-        let keep = config.weight_window.max(config.deregister_after);
+        let keep = config
+            .weights
+            .weight_window
+            .max(config.registry.deregister_after);
         tier.every("log", MAINTENANCE_PERIOD, move || {
             wal.upkeep(disk.as_ref(), keep, SystemTime::now());
         });
@@ -132,7 +135,7 @@ pub(super) fn start_periodic(config: &Config, upkeep: Upkeep, tier: &mut Tier) {
         tier.every("topology", MAINTENANCE_PERIOD, move || topology.tick());
     }
     // One computation for every watcher.
-    tier.every("weights", config.weight_update_period, move || {
+    tier.every("weights", config.weights.weight_update_period, move || {
         weights.update(&registry.instances(None));
     });
 }
@@ -152,7 +155,7 @@ pub(super) fn start_receivers(
         listeners::otlp_grpc(
             bound.0,
             ingest.clone(),
-            config.grpc_max_message_bytes,
+            config.ingest.grpc_max_message_bytes,
             tokens,
             bounds,
             stop.clone(),
@@ -163,7 +166,7 @@ pub(super) fn start_receivers(
         listeners::otlp_http(
             bound.1,
             ingest,
-            config.http_max_body_bytes,
+            config.ingest.http_max_body_bytes,
             tokens,
             bounds,
             stop,

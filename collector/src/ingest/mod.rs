@@ -5,6 +5,9 @@ pub(crate) mod grpc;
 pub mod http;
 pub(crate) mod pool;
 pub(crate) mod replay;
+mod settings;
+
+pub use settings::IngestSettings;
 
 use std::sync::Arc;
 

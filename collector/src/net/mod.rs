@@ -7,3 +7,6 @@ pub(crate) mod access;
 pub(crate) mod activity;
 pub(crate) mod connections;
 pub(crate) mod http_server;
+mod settings;
+
+pub use settings::ListenerSettings;

@@ -3,5 +3,8 @@
 //! Prometheus' endpoints) and the web UI ([`ui`]) on the same port.
 
 pub(crate) mod query;
+mod settings;
 pub(crate) mod sql;
 pub(crate) mod ui;
+
+pub use settings::QuerySettings;

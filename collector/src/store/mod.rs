@@ -6,6 +6,7 @@ mod dedupe;
 pub(crate) mod history;
 pub mod log;
 mod memory;
+mod settings;
 mod traces;
 pub(crate) mod view;
 
@@ -18,6 +19,7 @@ use crate::decode::SpanBatch;
 
 pub(crate) use memory::Sealing;
 pub use memory::{MemoryStore, StoreConfig};
+pub use settings::{StoreSettings, WalSyncMode};
 pub(crate) use traces::StoredBatch;
 #[cfg(test)]
 pub(crate) use traces::TraceFilter;

@@ -4,5 +4,6 @@
 pub(crate) mod cap;
 pub(crate) mod clock;
 pub(crate) mod reuse;
+pub(crate) mod settings;
 pub(crate) mod tasks;
 pub(crate) mod units;

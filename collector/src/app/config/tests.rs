@@ -2,7 +2,10 @@
 
 use clap::Parser as _;
 
+use std::time::Duration;
+
 use super::*;
+use crate::graph::weights::WeightsConfig;
 
 #[test]
 fn flags_beat_file_beats_defaults() {
@@ -24,25 +27,25 @@ fn flags_beat_file_beats_defaults() {
     .unwrap();
     let config = Config::resolve(&args).unwrap();
     assert_eq!(
-        config.otlp_grpc,
+        config.listeners.otlp_grpc,
         "127.0.0.1:6000".parse().unwrap(),
         "the flag beats the file"
     );
     assert_eq!(
-        config.otlp_http,
+        config.listeners.otlp_http,
         "127.0.0.1:5001".parse().unwrap(),
         "the file beats the default"
     );
     assert_eq!(
-        config.max_store_bytes,
+        config.store.max_store_bytes,
         2 * 1024 * 1024 * 1024,
         "sizes with units in the file"
     );
-    assert_eq!(config.query_max_rows, 7);
-    assert_eq!(config.retention, Duration::from_secs(600));
+    assert_eq!(config.query.query_max_rows, 7);
+    assert_eq!(config.store.retention, Duration::from_secs(600));
     assert_eq!(
-        config.query_http,
-        Config::default().query_http,
+        config.listeners.query_http,
+        Config::default().listeners.query_http,
         "unset everywhere: the default"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -124,7 +127,7 @@ fn resolve(flags: &[&str]) -> Result<Config, ConfigError> {
 #[test]
 fn the_weight_defaults_are_the_engines() {
     let config = Config::default();
-    assert_eq!(config.weights(), WeightsConfig::default());
+    assert_eq!(config.weights.engine(), WeightsConfig::default());
     assert_eq!(resolve(&[]).unwrap(), config, "nothing set: the defaults");
     config.validate().expect("the defaults are valid");
 }
@@ -146,9 +149,8 @@ fn every_weight_setting_has_a_flag_an_env_var_and_a_file_key() {
             "--{flag} reads {env}"
         );
         assert!(
-            arg.get_help()
-                .is_some_and(|h| h.to_string().contains("[default: ")),
-            "--{flag} says its default"
+            !arg.get_default_values().is_empty(),
+            "--{flag} says its default (clap shows it in --help)"
         );
     }
     let file = "weight_ttl = \"2m\"\nweight_gamma = 2\nweight_error_penalty = 5.5\n\
@@ -161,15 +163,18 @@ fn every_weight_setting_has_a_flag_an_env_var_and_a_file_key() {
             "the file below sets {key}"
         );
     }
-    let parsed: FileConfig = toml::from_str(file).expect("every key is known");
-    assert_eq!(parsed.weight_gamma, Some(2.0), "an integer is a float too");
     let dir = std::env::temp_dir().join(format!("wayfinder-config-weights-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("wayfinder.toml");
     std::fs::write(&path, file).unwrap();
+    let parsed = resolve(&["--config", path.to_str().unwrap()]).expect("every key is known");
+    assert_eq!(
+        parsed.weights.weight_gamma, 2.0,
+        "an integer is a float too"
+    );
     let config = resolve(&["--config", path.to_str().unwrap(), "--weight-gamma", "3"]).unwrap();
-    let rule = config.weights().rule;
-    assert_eq!(config.weights().ttl, Duration::from_secs(120));
+    let rule = config.weights.engine().rule;
+    assert_eq!(config.weights.engine().ttl, Duration::from_secs(120));
     assert_eq!(rule.gamma, 3.0, "the flag beats the file");
     assert_eq!(rule.error_penalty, 5.5);
     assert_eq!(rule.max_step, 1.5);
@@ -191,72 +196,72 @@ fn weight_settings_in_range_are_taken() {
     let cases: [Valid; 14] = [
         (
             &["--weight-ttl", "10m"],
-            |c| c.weight_ttl == Duration::from_secs(600),
+            |c| c.weights.weight_ttl == Duration::from_secs(600),
             "a longer TTL",
         ),
         (
             &["--weight-ttl", "2s"],
-            |c| c.weight_ttl == Duration::from_secs(2),
+            |c| c.weights.weight_ttl == Duration::from_secs(2),
             "a TTL just longer than the update period",
         ),
         (
             &["--weight-gamma", "0.5"],
-            |c| c.weight_gamma == 0.5,
+            |c| c.weights.weight_gamma == 0.5,
             "a gentler rule",
         ),
         (
             &["--weight-gamma", "3"],
-            |c| c.weight_gamma == 3.0,
+            |c| c.weights.weight_gamma == 3.0,
             "a sharper rule",
         ),
         (
             &["--weight-error-penalty", "0"],
-            |c| c.weight_error_penalty == 0.0,
+            |c| c.weights.weight_error_penalty == 0.0,
             "errors may be ignored",
         ),
         (
             &["--weight-max-step", "1"],
-            |c| c.weight_max_step == 1.0,
+            |c| c.weights.weight_max_step == 1.0,
             "a step of 1 holds",
         ),
         (
             &["--weight-deadband", "1"],
-            |c| c.weight_deadband == 1.0,
+            |c| c.weights.weight_deadband == 1.0,
             "no deadband",
         ),
         (
             &["--weight-min-factor", "1"],
-            |c| c.weight_min_factor == 1.0,
+            |c| c.weights.weight_min_factor == 1.0,
             "no trickle below the mean",
         ),
         (
             &["--weight-min-factor", "1", "--weight-max-factor", "1"],
-            |c| c.weight_min_factor == 1.0 && c.weight_max_factor == 1.0,
+            |c| c.weights.weight_min_factor == 1.0 && c.weights.weight_max_factor == 1.0,
             "every weight the mean: balancing off",
         ),
         (
             &["--weight-min-requests", "0"],
-            |c| c.weight_min_requests == 0,
+            |c| c.weights.weight_min_requests == 0,
             "any volume counts",
         ),
         (
             &["--weight-slow-start", "0s"],
-            |c| c.weight_slow_start.is_zero(),
+            |c| c.weights.weight_slow_start.is_zero(),
             "slow start off",
         ),
         (
             &["--weight-max-ejection", "0"],
-            |c| c.weight_max_ejection == 0.0,
+            |c| c.weights.weight_max_ejection == 0.0,
             "never eject",
         ),
         (
             &["--weight-max-ejection", "1"],
-            |c| c.weight_max_ejection == 1.0,
+            |c| c.weights.weight_max_ejection == 1.0,
             "eject all critical but one",
         ),
         (
             &["--weight-update-period", "100ms", "--weight-ttl", "200ms"],
-            |c| c.weight_ttl == Duration::from_millis(200),
+            |c| c.weights.weight_ttl == Duration::from_millis(200),
             "a short TTL with a shorter update period",
         ),
     ];
@@ -473,7 +478,7 @@ fn service_graph_buckets_from_the_command_line() {
         ServeArgs::try_parse_from(["serve", "--service-graph-buckets", "10ms,100ms,1s"]).unwrap();
     let config = Config::resolve(&args).unwrap();
     assert_eq!(
-        config.service_graph_buckets,
+        config.topology.service_graph_buckets,
         [
             Duration::from_millis(10),
             Duration::from_millis(100),
@@ -481,7 +486,7 @@ fn service_graph_buckets_from_the_command_line() {
         ]
     );
     assert_eq!(
-        Config::default().service_graph_buckets.len(),
+        Config::default().topology.service_graph_buckets.len(),
         16,
         "the connector's 16 bounds by default"
     );
@@ -507,15 +512,21 @@ fn dimensions_multiplier_and_database_names() {
     };
     let from_file = resolve(&[]).unwrap();
     assert_eq!(
-        from_file.service_graph_dimensions,
+        from_file.topology.service_graph_dimensions,
         ["deployment.environment"]
     );
-    assert_eq!(from_file.span_metrics_dimensions, ["http.route"]);
     assert_eq!(
-        from_file.span_multiplier_key.as_deref(),
+        from_file.spanmetrics.span_metrics_dimensions,
+        ["http.route"]
+    );
+    assert_eq!(
+        from_file.spanmetrics.span_multiplier_key.as_deref(),
         Some("sampling.ratio")
     );
-    assert_eq!(from_file.database_name_attributes, ["db.namespace"]);
+    assert_eq!(
+        from_file.topology.database_name_attributes,
+        ["db.namespace"]
+    );
     let flags = resolve(&[
         "--service-graph-dimensions",
         "a,b,",
@@ -524,16 +535,16 @@ fn dimensions_multiplier_and_database_names() {
     ])
     .unwrap();
     assert_eq!(
-        flags.service_graph_dimensions,
+        flags.topology.service_graph_dimensions,
         ["a", "b"],
         "the flag wins over the file; a trailing comma adds nothing"
     );
     assert_eq!(
-        flags.database_name_attributes,
+        flags.topology.database_name_attributes,
         ["db.cluster", "peer.service"]
     );
     assert_eq!(
-        Config::default().database_name_attributes[0],
+        Config::default().topology.database_name_attributes[0],
         "peer.service",
         "the default precedence starts with peer.service"
     );
@@ -560,27 +571,27 @@ fn data_dir_and_wal_sync() {
         Config::resolve(&ServeArgs::try_parse_from(all).unwrap())
     };
     let defaults = Config::default();
-    assert_eq!(defaults.data_dir, None, "memory only unless asked");
+    assert_eq!(defaults.store.data_dir, None, "memory only unless asked");
     assert_eq!(
-        defaults.wal_sync,
+        defaults.store.wal_sync(),
         WalSync::Interval(Duration::from_millis(200))
     );
     let from_file = resolve(&[]).unwrap();
     assert_eq!(
-        from_file.data_dir.as_deref(),
+        from_file.store.data_dir.as_deref(),
         Some(std::path::Path::new("/var/lib/wayfinder"))
     );
     assert_eq!(
-        from_file.wal_sync,
+        from_file.store.wal_sync(),
         WalSync::Interval(Duration::from_secs(1))
     );
     let flags = resolve(&["--data-dir", "/data", "--wal-sync", "always"]).unwrap();
     assert_eq!(
-        flags.data_dir.as_deref(),
+        flags.store.data_dir.as_deref(),
         Some(std::path::Path::new("/data"))
     );
     assert_eq!(
-        flags.wal_sync,
+        flags.store.wal_sync(),
         WalSync::Always,
         "the flag wins over the file"
     );
@@ -602,8 +613,8 @@ fn sealed_history_settings() {
         Config::resolve(&ServeArgs::try_parse_from(all).unwrap())
     };
     let defaults = Config::default();
-    assert_eq!(defaults.history, None, "DIR/spans under --data-dir");
-    assert_eq!(defaults.seal_interval, Duration::from_secs(60));
+    assert_eq!(defaults.store.history, None, "DIR/spans under --data-dir");
+    assert_eq!(defaults.store.seal_interval, Duration::from_secs(60));
     let set = resolve(&[
         "--data-dir",
         "/data",
@@ -613,8 +624,8 @@ fn sealed_history_settings() {
         "10s",
     ])
     .unwrap();
-    assert_eq!(set.history.as_deref(), Some("s3://bucket/spans"));
-    assert_eq!(set.seal_interval, Duration::from_secs(10));
+    assert_eq!(set.store.history.as_deref(), Some("s3://bucket/spans"));
+    assert_eq!(set.store.seal_interval, Duration::from_secs(10));
     // (flags, the setting named in the error, why)
     let refused: [(&[&str], &str, &str); 2] = [
         (
@@ -646,11 +657,11 @@ fn tokens_come_from_a_file_or_a_variable_never_a_flag() {
     let config =
         Config::resolve_with(&args(&["--ingest-token-file", "/etc/wf/ingest"]), from_var).unwrap();
     assert_eq!(
-        config.ingest_token,
+        config.access.ingest_tokens().unwrap(),
         Some(TokenSource::File("/etc/wf/ingest".into()))
     );
     assert_eq!(
-        config.query_token,
+        config.access.query_tokens().unwrap(),
         Some(TokenSource::Value(Secret::new("q-secret")))
     );
     assert!(
@@ -660,7 +671,9 @@ fn tokens_come_from_a_file_or_a_variable_never_a_flag() {
     assert_eq!(
         Config::resolve_with(&args(&[]), no_env)
             .unwrap()
-            .query_token,
+            .access
+            .query_tokens()
+            .unwrap(),
         None
     );
     let both = Config::resolve_with(&args(&["--query-token-file", "/etc/wf/query"]), from_var)
@@ -676,16 +689,18 @@ fn tokens_come_from_a_file_or_a_variable_never_a_flag() {
 #[test]
 fn the_configuration_in_force_reads_back_as_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        retention: Duration::from_secs(5400),
-        data_dir: Some(dir.path().join("data")),
-        wal_sync: WalSync::Always,
-        service_graph_dimensions: vec!["deployment.environment".into()],
-        weight_max_step: 1.5,
-        ingest_token: Some(TokenSource::File(dir.path().join("ingest-tokens"))),
-        query_token: Some(TokenSource::Value(Secret::new("never-shown"))),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.store.retention = Duration::from_secs(5400);
+    config.store.data_dir = Some(dir.path().join("data"));
+    config.store.set_wal_sync(WalSync::Always);
+    config.topology.service_graph_dimensions = vec!["deployment.environment".into()];
+    config.weights.weight_max_step = 1.5;
+    config
+        .access
+        .set_ingest_tokens(Some(TokenSource::File(dir.path().join("ingest-tokens"))));
+    config
+        .access
+        .set_query_tokens(Some(TokenSource::Value(Secret::new("never-shown"))));
     let shown = config.in_force();
     assert!(!shown.to_string().contains("never-shown"));
     assert_eq!(shown["query_token"], "<redacted> (WAYFINDER_QUERY_TOKEN)");
@@ -703,4 +718,76 @@ fn the_configuration_in_force_reads_back_as_a_config_file() {
     let var = |name: &str| (name == "WAYFINDER_QUERY_TOKEN").then(|| "never-shown".to_owned());
     let read_back = Config::resolve_with(&args, var).unwrap_or_else(|e| panic!("{e}\n{file}"));
     assert_eq!(read_back, config, "{file}");
+}
+
+#[test]
+fn each_part_reads_its_section_and_flat_keys_still_load_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wayfinder.toml");
+    std::fs::write(
+        &path,
+        "log_level = \"debug\"\nretention = \"2h\"\n\n[weights]\nweight_gamma = 2.5\n\n\
+         [store]\nmax_store_bytes = \"2GiB\"\n\n[listeners]\notlp_grpc = \"127.0.0.1:5000\"\n",
+    )
+    .unwrap();
+    let capture = crate::testing::LogCapture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let config = tracing::subscriber::with_default(subscriber, || {
+        resolve(&["--config", path.to_str().unwrap(), "--weight-max-step", "2"])
+    })
+    .unwrap();
+    assert_eq!(config.weights.weight_gamma, 2.5, "[weights] is read");
+    assert_eq!(
+        config.weights.weight_max_step, 2.0,
+        "the flag beats the file"
+    );
+    assert_eq!(config.store.max_store_bytes, 2 << 30, "[store] is read");
+    assert_eq!(
+        config.listeners.otlp_grpc.port(),
+        5000,
+        "[listeners] is read"
+    );
+    assert_eq!(
+        config.store.retention.as_secs(),
+        7200,
+        "a flat key still loads"
+    );
+    let logged = capture.text();
+    assert!(
+        logged.contains("write `retention` under [store]"),
+        "the warning names the new place: {logged}"
+    );
+    assert!(
+        !logged.contains("weight_gamma"),
+        "keys in their sections are quiet: {logged}"
+    );
+    // (file, the error's words, why)
+    let refused = [
+        (
+            "[weights]\nretention = \"2h\"\n",
+            "unknown field `retention` in [weights]",
+            "a key in another part's section",
+        ),
+        (
+            "[nowhere]\nx = 1\n",
+            "unknown field `nowhere`",
+            "a section no part has",
+        ),
+        (
+            "[store]\nretention = \"soon\"\n",
+            "`retention`",
+            "a bad value in a section names its key",
+        ),
+    ];
+    for (text, expected, why) in refused {
+        std::fs::write(&path, text).unwrap();
+        let error = resolve(&["--config", path.to_str().unwrap()])
+            .expect_err(why)
+            .to_string();
+        assert!(error.contains(expected), "{why}: {error}");
+    }
 }

@@ -38,6 +38,7 @@ mod handle;
 mod instance;
 mod lineage;
 mod metrics;
+mod settings;
 mod table;
 
 pub use handle::Registry;
@@ -46,6 +47,7 @@ use instance::{EVENT_OVERHEAD, INSTANCE_OVERHEAD};
 pub use instance::{Instance, InstanceStatus, Source};
 
 pub(crate) use metrics::RegistryMetrics;
+pub use settings::RegistrySettings;
 pub(crate) use table::health_events_schema;
 
 /// How the registry is bounded.

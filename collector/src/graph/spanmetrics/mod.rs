@@ -11,6 +11,7 @@
 //! (Its example runs as the unit test `examples::example`.)
 
 mod metrics;
+mod settings;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +20,7 @@ use hashbrown::HashMap;
 use parking_lot::Mutex;
 
 pub(crate) use metrics::SpanMetricsExposition;
+pub use settings::SpanMetricsSettings;
 
 use crate::decode::{SpanFacts, SpanKind};
 use crate::graph::dimensions::Dimension;

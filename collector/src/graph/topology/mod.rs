@@ -14,6 +14,7 @@ mod keys;
 mod metrics;
 mod naming;
 mod pending;
+mod settings;
 mod side;
 mod snapshot;
 pub(crate) mod stats;
@@ -31,6 +32,7 @@ pub(crate) use keys::NodeKey;
 pub(crate) use keys::{ConnectionType, EdgeKey, NodeKind};
 pub(crate) use metrics::TopologyMetrics;
 pub(crate) use naming::DatabaseName;
+pub use settings::TopologySettings;
 pub(crate) use snapshot::Snapshot;
 
 use crate::decode::SpanFacts;

@@ -8,6 +8,7 @@ pub(crate) mod rule;
 pub(crate) mod window;
 
 mod metrics;
+mod settings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use wayfinder_api::weights::{Endpoint, EndpointLatency, ServiceWeights};
 
 pub(crate) use metrics::WeightsMetrics;
 pub(crate) use rule::RuleConfig;
+pub use settings::WeightsSettings;
 
 use self::rule::{Candidate, Kept, decide};
 use self::window::Window;

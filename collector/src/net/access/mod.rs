@@ -14,6 +14,7 @@
 
 mod body_deadline;
 mod layer;
+mod settings;
 mod tls;
 
 use std::path::{Path, PathBuf};
@@ -25,11 +26,9 @@ use parking_lot::RwLock;
 use subtle::ConstantTimeEq as _;
 
 pub(crate) use body_deadline::DeadlineBody;
-pub(crate) use body_deadline::{
-    BodyTimedOut, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    Deadlines,
-};
+pub(crate) use body_deadline::{BodyTimedOut, Deadlines};
 pub(crate) use layer::{RequireTokenLayer, Style};
+pub use settings::{AccessSettings, SWITCHED_IN_PLACE};
 pub use tls::TlsPaths;
 pub(crate) use tls::{Protocols, TlsError, TlsFiles};
 

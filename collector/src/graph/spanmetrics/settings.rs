@@ -1,0 +1,44 @@
+//! Span metrics' settings (`[spanmetrics]`): how many series, their extra labels, and the
+//! sampling multiplier.
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::settings::{self, Settings, tidy};
+
+/// Span metrics' settings.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct SpanMetricsSettings {
+    /// How many span-metrics series are tracked at most; further ones go to the overflow
+    /// series.
+    #[arg(
+        long,
+        env = "WAYFINDER_SPAN_METRICS_MAX_SERIES",
+        default_value = "10000"
+    )]
+    pub span_metrics_max_series: usize,
+    /// Span or resource attributes that become extra labels of the span-metrics series,
+    /// comma-separated.
+    #[arg(long, env = "WAYFINDER_SPAN_METRICS_DIMENSIONS", value_delimiter = ',')]
+    pub span_metrics_dimensions: Vec<String>,
+    /// Attribute holding the probability a span was sampled with; the span counts for
+    /// 1/probability in the Prometheus series.
+    #[arg(long, env = "WAYFINDER_SPAN_MULTIPLIER_KEY")]
+    pub span_multiplier_key: Option<String>,
+}
+
+impl Default for SpanMetricsSettings {
+    fn default() -> Self {
+        settings::defaults()
+    }
+}
+
+impl Settings for SpanMetricsSettings {
+    const SECTION: &'static str = "spanmetrics";
+
+    fn normalize(&mut self) {
+        tidy(&mut self.span_metrics_dimensions);
+        self.span_multiplier_key = self.span_multiplier_key.take().filter(|k| !k.is_empty());
+    }
+}

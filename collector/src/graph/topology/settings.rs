@@ -1,0 +1,104 @@
+//! The service graph's settings (`[topology]`): whether it is built, how long halves of an
+//! edge wait, its memory, its histograms and its extra labels.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::settings::{self, SettingError, Settings, duration, durations, size, tidy};
+use crate::util::units::{parse_duration, parse_size};
+
+/// The service graph's settings.
+#[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TopologySettings {
+    /// Whether the service graph (and the span metrics, from the same facts) is built; spans
+    /// are stored and queryable either way. Off with `--no-topology`.
+    #[arg(skip = true)]
+    pub topology: bool,
+    /// Do not build the service graph (spans are still stored and queryable).
+    #[arg(long, env = "WAYFINDER_NO_TOPOLOGY")]
+    #[serde(skip)]
+    no_topology: bool,
+    /// How long half of an edge waits for its other half.
+    #[arg(long, env = "WAYFINDER_EDGE_WAIT", default_value = "10s", value_parser = parse_duration)]
+    #[serde(with = "duration")]
+    pub edge_wait: Duration,
+    /// How many halves of edges may wait at once.
+    #[arg(long, env = "WAYFINDER_EDGE_MAX_PENDING", default_value = "100000")]
+    pub edge_max_pending: usize,
+    /// Memory budget of the service graph's figures; over it, the oldest minutes and the edges
+    /// not seen since are evicted, and counted.
+    #[arg(long, env = "WAYFINDER_TOPOLOGY_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    #[serde(with = "size")]
+    pub topology_max_bytes: usize,
+    /// Upper bounds of the service-graph latency histograms, comma-separated and ascending (the
+    /// servicegraph connector's by default).
+    #[arg(
+        long,
+        env = "WAYFINDER_SERVICE_GRAPH_BUCKETS",
+        value_delimiter = ',',
+        value_parser = parse_duration,
+        default_value = "2ms,4ms,6ms,8ms,10ms,50ms,100ms,200ms,400ms,800ms,1s,1400ms,2s,5s,10s,15s"
+    )]
+    #[serde(with = "durations")]
+    pub service_graph_buckets: Vec<Duration>,
+    /// Span or resource attributes that become extra labels of the service-graph series,
+    /// `client_<name>` and `server_<name>`, comma-separated.
+    #[arg(
+        long,
+        env = "WAYFINDER_SERVICE_GRAPH_DIMENSIONS",
+        value_delimiter = ','
+    )]
+    pub service_graph_dimensions: Vec<String>,
+    /// Where database node names come from, first found wins, comma-separated.
+    #[arg(
+        long,
+        env = "WAYFINDER_DATABASE_NAME_ATTRIBUTES",
+        value_delimiter = ',',
+        default_value = "peer.service,db.namespace,server.address,network.peer.address,db.system"
+    )]
+    pub database_name_attributes: Vec<String>,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        settings::defaults()
+    }
+}
+
+impl Settings for TopologySettings {
+    const SECTION: &'static str = "topology";
+
+    fn validate(&self) -> Result<(), SettingError> {
+        let buckets = &self.service_graph_buckets;
+        if buckets.is_empty()
+            || buckets.iter().any(Duration::is_zero)
+            || buckets.windows(2).any(|pair| pair[0] >= pair[1])
+        {
+            return Err(SettingError::invalid(
+                "service_graph_buckets",
+                "must be one or more durations above zero, ascending (e.g. 10ms,100ms,1s)",
+            ));
+        }
+        if self.database_name_attributes.is_empty() {
+            return Err(SettingError::invalid(
+                "database_name_attributes",
+                "must name at least one attribute (e.g. db.namespace)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn given(&mut self, matches: &clap::ArgMatches) {
+        if matches.get_flag("no_topology") {
+            self.topology = false;
+        }
+    }
+
+    fn normalize(&mut self) {
+        tidy(&mut self.service_graph_dimensions);
+        tidy(&mut self.database_name_attributes);
+    }
+}
