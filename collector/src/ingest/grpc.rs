@@ -19,7 +19,7 @@ use tonic::server::{NamedService, UnaryService};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{Ingest, IngestError, PreparedTraces, Protocol, TraceRequest};
+use super::{Ingest, IngestError, PreparedTraces, Protocol, Refusal, TraceRequest};
 use crate::net::access::{BodyTimedOut, DeadlineBody, Deadlines};
 
 /// How long a refused client is asked to wait before it retries.
@@ -70,29 +70,52 @@ pub const TRACE_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.Tra
 pub(crate) const LOGS_EXPORT_PATH: &str =
     "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
+/// What one OTLP export service takes: its name, its one method's path, and what it does
+/// with a message (traces and logs differ only there).
+pub trait Export: Send + Sync + 'static {
+    /// The service's gRPC name.
+    const NAME: &'static str;
+    /// Its `Export` method's path.
+    const PATH: &'static str;
+
+    /// Takes one message (the request's protobuf bytes), answering the response's bytes.
+    fn export(ingest: Arc<Ingest>, body: Bytes) -> BoxFuture<'static, Result<Bytes, Status>>;
+}
+
+/// An OTLP export service (`TraceService`, `LogsService`) on tonic's server machinery with the
+/// pass-through codec.
+#[derive(Debug)]
+pub struct ExportService<E> {
+    ingest: Arc<Ingest>,
+    max_message_bytes: usize,
+    deadlines: Deadlines,
+    export: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E> Clone for ExportService<E> {
+    fn clone(&self) -> Self {
+        Self {
+            ingest: self.ingest.clone(),
+            max_message_bytes: self.max_message_bytes,
+            deadlines: self.deadlines.clone(),
+            export: std::marker::PhantomData,
+        }
+    }
+}
+
 /// The OTLP `TraceService`.
-#[derive(Debug, Clone)]
-pub struct TraceService {
-    ingest: Arc<Ingest>,
-    max_message_bytes: usize,
-    deadlines: Deadlines,
-}
-
+pub type TraceService = ExportService<Traces>;
 /// The OTLP `LogsService`.
-#[derive(Debug, Clone)]
-pub(crate) struct LogsService {
-    ingest: Arc<Ingest>,
-    max_message_bytes: usize,
-    deadlines: Deadlines,
-}
+pub(crate) type LogsService = ExportService<Logs>;
 
-impl TraceService {
+impl<E: Export> ExportService<E> {
     /// The service, refusing messages over `max_message_bytes` after decompression.
     pub fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
         Self {
             ingest,
             max_message_bytes,
             deadlines: Deadlines::default(),
+            export: std::marker::PhantomData,
         }
     }
 
@@ -100,25 +123,6 @@ impl TraceService {
     /// `deadlines`' body limit of its headers, read at each request (a reload changes it in
     /// place); 30 s unless set.
     pub fn deadlines(mut self, deadlines: Deadlines) -> Self {
-        self.deadlines = deadlines;
-        self
-    }
-}
-
-impl LogsService {
-    /// The service, refusing messages over `max_message_bytes` after decompression.
-    pub(crate) fn new(ingest: Arc<Ingest>, max_message_bytes: usize) -> Self {
-        Self {
-            ingest,
-            max_message_bytes,
-            deadlines: Deadlines::default(),
-        }
-    }
-
-    /// Refuses (`DEADLINE_EXCEEDED`) a request whose message has not arrived in full within
-    /// `deadlines`' body limit of its headers, read at each request (a reload changes it in
-    /// place); 30 s unless set.
-    pub(crate) fn deadlines(mut self, deadlines: Deadlines) -> Self {
         self.deadlines = deadlines;
         self
     }
@@ -133,7 +137,7 @@ fn with_deadline(request: HttpRequest, timeout: Duration, ingest: &Arc<Ingest>) 
             DeadlineBody::new(body, timeout),
             move |error| -> Box<dyn std::error::Error + Send + Sync> {
                 if BodyTimedOut::is_cause_of(&*error) {
-                    ingest.refuse_request(Protocol::Grpc, "body_timeout");
+                    ingest.refuse_request(Protocol::Grpc, Refusal::BodyTimeout);
                     Box::new(Status::deadline_exceeded(format!(
                         "{error}; send it faster, or raise --body-read-timeout"
                     )))
@@ -145,12 +149,8 @@ fn with_deadline(request: HttpRequest, timeout: Duration, ingest: &Arc<Ingest>) 
     })
 }
 
-impl NamedService for TraceService {
-    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
-}
-
-impl NamedService for LogsService {
-    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+impl<E: Export> NamedService for ExportService<E> {
+    const NAME: &'static str = E::NAME;
 }
 
 type HttpRequest = http::Request<tonic::body::Body>;
@@ -163,7 +163,7 @@ fn grpc(max_message_bytes: usize) -> tonic::server::Grpc<RawCodec> {
         .apply_max_message_size_config(Some(max_message_bytes), None)
 }
 
-impl tower::Service<HttpRequest> for TraceService {
+impl<E: Export> tower::Service<HttpRequest> for ExportService<E> {
     type Response = HttpResponse;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
@@ -173,7 +173,7 @@ impl tower::Service<HttpRequest> for TraceService {
     }
 
     fn call(&mut self, request: HttpRequest) -> Self::Future {
-        if request.uri().path() != TRACE_EXPORT_PATH {
+        if request.uri().path() != E::PATH {
             return Box::pin(ready(Ok(
                 Status::unimplemented("no such method").into_http()
             )));
@@ -181,30 +181,7 @@ impl tower::Service<HttpRequest> for TraceService {
         let request = with_deadline(request, self.deadlines.body(), &self.ingest);
         let mut grpc = grpc(self.max_message_bytes);
         let ingest = self.ingest.clone();
-        let export = ExportTraces(ingest.clone());
-        Box::pin(async move { Ok(size_refusal(grpc.unary(export, request).await, &ingest)) })
-    }
-}
-
-impl tower::Service<HttpRequest> for LogsService {
-    type Response = HttpResponse;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<HttpResponse, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: HttpRequest) -> Self::Future {
-        if request.uri().path() != LOGS_EXPORT_PATH {
-            return Box::pin(ready(Ok(
-                Status::unimplemented("no such method").into_http()
-            )));
-        }
-        let request = with_deadline(request, self.deadlines.body(), &self.ingest);
-        let mut grpc = grpc(self.max_message_bytes);
-        let ingest = self.ingest.clone();
-        let export = ExportLogs(ingest.clone());
+        let export = Unary::<E>(ingest.clone(), std::marker::PhantomData);
         Box::pin(async move { Ok(size_refusal(grpc.unary(export, request).await, &ingest)) })
     }
 }
@@ -216,7 +193,7 @@ impl tower::Service<HttpRequest> for LogsService {
 fn size_refusal(response: HttpResponse, ingest: &Ingest) -> HttpResponse {
     match Status::from_header_map(response.headers()) {
         Some(status) if matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted) => {
-            ingest.refuse_request(Protocol::Grpc, "too_large");
+            ingest.refuse_request(Protocol::Grpc, Refusal::TooLarge);
             Status::resource_exhausted(format!(
                 "{}; the most a message may have is --grpc-max-message-bytes, after decompression",
                 status.message()
@@ -227,16 +204,28 @@ fn size_refusal(response: HttpResponse, ingest: &Ingest) -> HttpResponse {
     }
 }
 
-struct ExportTraces(Arc<Ingest>);
-struct ExportLogs(Arc<Ingest>);
+/// One export call, as tonic's unary machinery runs it.
+struct Unary<E>(Arc<Ingest>, std::marker::PhantomData<fn() -> E>);
 
-impl UnaryService<Bytes> for ExportTraces {
+impl<E: Export> UnaryService<Bytes> for Unary<E> {
     type Response = Bytes;
     type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let body = request.into_inner();
-        let ingest = self.0.clone();
+        let export = E::export(self.0.clone(), request.into_inner());
+        Box::pin(async move { Ok(tonic::Response::new(export.await?)) })
+    }
+}
+
+/// Traces: decoded straight into Arrow (on the decode pool when large), then queued.
+#[derive(Debug)]
+pub struct Traces;
+
+impl Export for Traces {
+    const NAME: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
+    const PATH: &'static str = TRACE_EXPORT_PATH;
+
+    fn export(ingest: Arc<Ingest>, body: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
         Box::pin(async move {
             let pool = ingest.pool().clone();
             let decoding = ingest.clone();
@@ -245,32 +234,34 @@ impl UnaryService<Bytes> for ExportTraces {
                 .run(body.len(), move || prepare_traces(&decoding, body))
                 .await
                 .map_err(|e| {
-                    ingest.refuse_request(Protocol::Grpc, "internal");
+                    ingest.refuse_request(Protocol::Grpc, Refusal::Internal);
                     Status::internal(e.to_string())
                 })??;
             let response = ingest.commit_traces(prepared).await.map_err(into_status)?;
-            Ok(tonic::Response::new(response.encode_to_vec().into()))
+            Ok(response.encode_to_vec().into())
         })
     }
 }
 
-impl UnaryService<Bytes> for ExportLogs {
-    type Response = Bytes;
-    type Future = BoxFuture<'static, Result<tonic::Response<Bytes>, Status>>;
+/// Logs: the health events among them go to the registry.
+#[derive(Debug)]
+pub(crate) struct Logs;
 
-    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
-        let body = request.into_inner();
-        let ingest = self.0.clone();
+impl Export for Logs {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+    const PATH: &'static str = LOGS_EXPORT_PATH;
+
+    fn export(ingest: Arc<Ingest>, body: Bytes) -> BoxFuture<'static, Result<Bytes, Status>> {
         Box::pin(async move {
             let request = ExportLogsServiceRequest::decode(body).map_err(|e| {
-                ingest.refuse_request(Protocol::Grpc, "malformed");
+                ingest.refuse_request(Protocol::Grpc, Refusal::Malformed);
                 Status::invalid_argument(format!("cannot decode ExportLogsServiceRequest: {e}"))
             })?;
             let response = ingest
                 .export_logs(Protocol::Grpc, &request)
                 .await
                 .map_err(into_status)?;
-            Ok(tonic::Response::new(response.encode_to_vec().into()))
+            Ok(response.encode_to_vec().into())
         })
     }
 }
@@ -283,7 +274,7 @@ fn prepare_traces(ingest: &Ingest, body: Bytes) -> Result<PreparedTraces, Status
         .prepare_traces(Protocol::Grpc, TraceRequest::Protobuf(&body))
         .map_err(|e| {
             if matches!(e, IngestError::Malformed(_)) {
-                ingest.refuse_request(Protocol::Grpc, "malformed");
+                ingest.refuse_request(Protocol::Grpc, Refusal::Malformed);
             }
             into_status(e)
         })

@@ -23,7 +23,7 @@ use prost::Message;
 use serde::Serialize;
 
 use super::grpc::RETRY_AFTER;
-use super::{HealthRefusal, Ingest, IngestError, Protocol, TraceRequest};
+use super::{HealthRefusal, Ingest, IngestError, Protocol, Refusal, TraceRequest};
 use crate::net::access::BodyTimedOut;
 
 /// The router of the OTLP/HTTP port.
@@ -82,14 +82,14 @@ struct Refused {
     status: StatusCode,
     code: tonic::Code,
     message: String,
-    reason: &'static str,
+    reason: Refusal,
 }
 
 impl Refused {
     fn new(
         status: StatusCode,
         code: tonic::Code,
-        reason: &'static str,
+        reason: Refusal,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -118,42 +118,11 @@ impl Refused {
 
 impl From<IngestError> for Refused {
     fn from(error: IngestError) -> Self {
-        let (status, code, reason) = match error {
-            IngestError::Overloaded => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
-                "queue_full",
-            ),
-            IngestError::StoreFull => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
-                "store_full",
-            ),
-            IngestError::DiskLow => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
-                "disk_low",
-            ),
-            IngestError::ShuttingDown => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
-                "shutting_down",
-            ),
-            IngestError::Malformed(_) => (
-                StatusCode::BAD_REQUEST,
-                tonic::Code::InvalidArgument,
-                "malformed",
-            ),
-            IngestError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::Unavailable,
-                "persistence",
-            ),
-            IngestError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                tonic::Code::Internal,
-                "internal",
-            ),
+        let reason = error.reason();
+        let (status, code) = match error {
+            _ if reason.retryable() => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+            IngestError::Malformed(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
         };
         Refused::new(status, code, reason, error.to_string())
     }
@@ -208,11 +177,11 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
             Ok::<_, Refused>(prepared?)
         });
         let prepared = decoded.await.map_err(|e| {
-            state.ingest.refuse_request(protocol, "internal");
+            state.ingest.refuse_request(protocol, Refusal::Internal);
             Refused::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 tonic::Code::Internal,
-                "internal",
+                Refusal::Internal,
                 e.to_string(),
             )
         })??;
@@ -223,15 +192,7 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
         Ok(response) => encode(format, StatusCode::OK, &response, response.encode_to_vec()),
         Err(refused) => {
             // The ingest counted its own refusals; count the ones found here.
-            if !matches!(
-                refused.reason,
-                "queue_full"
-                    | "store_full"
-                    | "disk_low"
-                    | "shutting_down"
-                    | "persistence"
-                    | "internal"
-            ) {
+            if !(refused.reason.retryable() || refused.reason == Refusal::Internal) {
                 state.ingest.refuse_request(protocol, refused.reason);
             }
             refused.into_response(format)
@@ -260,7 +221,7 @@ async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Bod
         Ok(response) => encode(format, StatusCode::OK, &response, response.encode_to_vec()),
         Err(refused) => {
             // The ingest counted its own refusals.
-            if refused.reason != "persistence" {
+            if refused.reason != Refusal::Persistence {
                 state.ingest.refuse_request(protocol, refused.reason);
             }
             refused.into_response(format)
@@ -275,7 +236,7 @@ async fn health(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
             return Err(Refused::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 tonic::Code::InvalidArgument,
-                "unsupported_media_type",
+                Refusal::UnsupportedMediaType,
                 "send the heartbeat as application/json",
             ));
         }
@@ -285,7 +246,7 @@ async fn health(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
                 Refused::new(
                     StatusCode::BAD_REQUEST,
                     tonic::Code::InvalidArgument,
-                    "malformed",
+                    Refusal::Malformed,
                     format!("cannot decode the heartbeat: {e}"),
                 )
             })?;
@@ -297,7 +258,7 @@ async fn health(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
                 HealthRefusal::Invalid(message) => Refused::new(
                     StatusCode::BAD_REQUEST,
                     tonic::Code::InvalidArgument,
-                    "invalid_health_event",
+                    Refusal::InvalidHealthEvent,
                     message,
                 ),
                 HealthRefusal::Refused(error) => Refused::from(error),
@@ -320,7 +281,7 @@ fn format_of(headers: &HeaderMap) -> Result<Format, Refused> {
         Refused::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             tonic::Code::InvalidArgument,
-            "unsupported_media_type",
+            Refusal::UnsupportedMediaType,
             format!(
                 "unsupported Content-Type {got:?}: use application/x-protobuf or application/json"
             ),
@@ -346,7 +307,7 @@ fn too_large(limit: usize) -> Refused {
     Refused::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         tonic::Code::ResourceExhausted,
-        "too_large",
+        Refusal::TooLarge,
         format!(
             "the request body is larger than {limit} bytes (after decompression); send smaller batches"
         ),
@@ -381,7 +342,7 @@ async fn read_body(
             return Err(Refused::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 tonic::Code::InvalidArgument,
-                "unsupported_encoding",
+                Refusal::UnsupportedEncoding,
                 format!("unsupported Content-Encoding {other:?}: use gzip or none"),
             ));
         }
@@ -410,7 +371,7 @@ async fn read_body(
                 return Err(Refused::new(
                     StatusCode::REQUEST_TIMEOUT,
                     tonic::Code::DeadlineExceeded,
-                    "body_timeout",
+                    Refusal::BodyTimeout,
                     format!("{e}; send it faster, or raise --body-read-timeout"),
                 ));
             }
@@ -418,7 +379,7 @@ async fn read_body(
                 return Err(Refused::new(
                     StatusCode::BAD_REQUEST,
                     tonic::Code::InvalidArgument,
-                    "malformed",
+                    Refusal::Malformed,
                     format!("could not read the request body: {e}"),
                 ));
             }
@@ -466,7 +427,7 @@ fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Refused> {
         Err(GunzipError::Invalid(e)) => Err(Refused::new(
             StatusCode::BAD_REQUEST,
             tonic::Code::InvalidArgument,
-            "malformed",
+            Refusal::Malformed,
             format!("the body is not valid gzip: {e}"),
         )),
     }
@@ -484,7 +445,7 @@ where
         Refused::new(
             StatusCode::BAD_REQUEST,
             tonic::Code::InvalidArgument,
-            "malformed",
+            Refusal::Malformed,
             format!("cannot decode {what} from {}: {e}", format.content_type()),
         )
     })

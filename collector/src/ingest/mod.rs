@@ -4,9 +4,11 @@
 pub(crate) mod grpc;
 pub mod http;
 pub(crate) mod pool;
+mod refusal;
 pub(crate) mod replay;
 mod settings;
 
+pub use refusal::Refusal;
 pub use settings::IngestSettings;
 
 use std::sync::Arc;
@@ -29,7 +31,7 @@ use crate::decode::{
 };
 use crate::graph::registry::{BeatOutcome, Registry};
 use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
-use crate::pipeline::{IngestQueue, Refusal, Reservation};
+use crate::pipeline::{IngestQueue, Refusal as QueueRefusal, Reservation};
 use crate::store::log::{Record, RecordKind, Ticket, Wal};
 
 /// How a request reached the collector, as a metric label.
@@ -87,16 +89,16 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    /// The `reason` label of the refusal metrics.
-    pub fn reason(&self) -> &'static str {
+    /// Why, as the refusal metrics count it.
+    pub fn reason(&self) -> Refusal {
         match self {
-            IngestError::Overloaded => "queue_full",
-            IngestError::StoreFull => "store_full",
-            IngestError::DiskLow => "disk_low",
-            IngestError::ShuttingDown => "shutting_down",
-            IngestError::Malformed(_) => "malformed",
-            IngestError::Unavailable(_) => "persistence",
-            IngestError::Internal(_) => "internal",
+            IngestError::Overloaded => Refusal::QueueFull,
+            IngestError::StoreFull => Refusal::StoreFull,
+            IngestError::DiskLow => Refusal::DiskLow,
+            IngestError::ShuttingDown => Refusal::ShuttingDown,
+            IngestError::Malformed(_) => Refusal::Malformed,
+            IngestError::Unavailable(_) => Refusal::Persistence,
+            IngestError::Internal(_) => Refusal::Internal,
         }
     }
 }
@@ -235,14 +237,12 @@ impl Ingest {
     }
 
     /// Counts a request refused before it could be decoded (bad body, wrong type, too large).
-    pub fn refuse_request(&self, protocol: Protocol, reason: &'static str) {
-        let retryable = matches!(
-            reason,
-            "queue_full" | "store_full" | "disk_low" | "persistence"
-        );
-        if retryable && self.metrics.cap_logs.refused_requests.ready() {
+    pub fn refuse_request(&self, protocol: Protocol, reason: Refusal) {
+        // Shutting down is said once, at shutdown.
+        let short_of_room = reason.retryable() && reason != Refusal::ShuttingDown;
+        if short_of_room && self.metrics.cap_logs.refused_requests.ready() {
             tracing::warn!(
-                reason,
+                reason = reason.label(),
                 protocol = protocol.label(),
                 "refusing requests with a retryable error; exporters retry (logged at most once a minute; counted in wayfinder_receiver_refused_requests_total)"
             );
@@ -251,7 +251,7 @@ impl Ingest {
             .refused_requests
             .get_or_create(&RefusalLabels {
                 protocol: protocol.label(),
-                reason,
+                reason: reason.label(),
             })
             .inc();
     }
@@ -265,7 +265,7 @@ impl Ingest {
         } else if self.queue.has_room(bytes) {
             Ok(())
         } else {
-            self.refuse_request(protocol, "queue_full");
+            self.refuse_request(protocol, Refusal::QueueFull);
             Err(IngestError::Overloaded)
         }
     }
@@ -298,7 +298,7 @@ impl Ingest {
         let decoded = decoded.map_err(|e| match e {
             DecodeError::Malformed(_) => IngestError::Malformed(e.to_string()),
             DecodeError::Arrow(_) => {
-                self.refuse_request(protocol, "internal");
+                self.refuse_request(protocol, Refusal::Internal);
                 IngestError::Internal(e.to_string())
             }
         })?;
@@ -318,7 +318,7 @@ impl Ingest {
         let bytes = IngestQueue::bytes_of(batch, &decoded.facts);
         let reservation = self.queue.try_reserve(bytes).map_err(|refusal| {
             let error = match refusal {
-                Refusal::Full => IngestError::Overloaded,
+                QueueRefusal::Full => IngestError::Overloaded,
                 _ => IngestError::ShuttingDown,
             };
             self.refuse_traces(protocol, &decoded, &error);
@@ -382,7 +382,7 @@ impl Ingest {
             if reservation.push(batch, decoded.facts, seq).is_err() {
                 let error = IngestError::ShuttingDown;
                 self.refuse_request(protocol, error.reason());
-                self.count_refused_spans(protocol, error.reason(), accepted as u64);
+                self.count_refused_spans(protocol, error.reason().label(), accepted as u64);
                 return Err(error);
             }
         }
@@ -412,9 +412,11 @@ impl Ingest {
     fn refuse_traces(&self, protocol: Protocol, decoded: &DecodedTraces, error: &IngestError) {
         self.refuse_request(protocol, error.reason());
         let all = decoded.accepted() as u64 + decoded.rejections.total();
-        self.count_refused_spans(protocol, error.reason(), all);
+        self.count_refused_spans(protocol, error.reason().label(), all);
     }
 
+    /// Counts spans refused for `reason` (a [`Refusal`]'s label, or a span's own from the
+    /// decoder).
     fn count_refused_spans(&self, protocol: Protocol, reason: &'static str, count: u64) {
         self.metrics
             .refused_spans
