@@ -23,6 +23,7 @@
 //!
 //! [`Complexity`]: wayfinder_sqlcheck::Complexity
 
+mod answer;
 mod bounds;
 pub(crate) mod json;
 mod slot;
@@ -32,7 +33,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{MemTable, TableProvider};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
@@ -42,9 +42,7 @@ use datafusion::execution::cache::cache_manager::{
     CacheManager, CacheManagerConfig, FileMetadataCache, FileStatisticsCache,
 };
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{
-    GreedyMemoryPool, MemoryConsumer, MemoryReservation, TrackConsumersPool,
-};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, TrackConsumersPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -52,6 +50,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt as _;
 use wayfinder_sqlcheck::{Complexity, SqlCheckError};
 
+pub(crate) use answer::{AnswerBudget, QueryResult};
 use bounds::{BoundError, QueryBounds};
 
 use crate::decode::schema::span_schema;
@@ -137,71 +136,6 @@ impl QueryError {
 /// CTEs planned in 64 MiB; the bounds stop at 256 and 100). It is address space, touched only
 /// as deep as a query goes.
 pub(crate) const QUERY_STACK: usize = 64 << 20;
-
-/// The answer of a query, and what it may still use while it is turned into JSON or Arrow IPC.
-#[derive(Debug)]
-pub struct QueryResult {
-    /// Its schema (also when there are no rows).
-    pub schema: SchemaRef,
-    /// Its rows.
-    pub batches: Vec<RecordBatch>,
-    /// The query's time and memory left: its batches are counted in it already.
-    pub budget: AnswerBudget,
-}
-
-/// The time and memory an answer may still use: the query's deadline, and its memory
-/// reservation, which holds the answer's batches and grows with what is made of them.
-#[derive(Debug)]
-pub struct AnswerBudget {
-    /// Real time, read on the query threads (whose runtime is never paused).
-    deadline: Instant,
-    timeout: Duration,
-    share: usize,
-    reservation: Option<MemoryReservation>,
-    /// Values taken since the deadline was last looked at.
-    since_check: usize,
-}
-
-/// How many values an answer makes between two looks at the clock.
-const VALUES_PER_CHECK: usize = 1024;
-
-impl AnswerBudget {
-    /// Counts `bytes` more of the answer, and looks at the clock now and then: past the
-    /// query's share or its time limit, the answer fails.
-    pub fn take(&mut self, bytes: usize) -> Result<(), QueryError> {
-        if let Some(reservation) = &self.reservation {
-            reservation
-                .try_grow(bytes)
-                .map_err(|_| QueryError::OutOfMemory(self.share))?;
-        }
-        self.since_check += 1;
-        if self.since_check >= VALUES_PER_CHECK {
-            self.since_check = 0;
-            self.check()?;
-        }
-        Ok(())
-    }
-
-    /// Fails once the query's time limit has passed.
-    pub fn check(&self) -> Result<(), QueryError> {
-        if Instant::now() >= self.deadline {
-            return Err(QueryError::Timeout(self.timeout));
-        }
-        Ok(())
-    }
-
-    /// A budget without bounds, for tests.
-    #[cfg(test)]
-    pub(crate) fn unbounded() -> Self {
-        Self {
-            deadline: Instant::now() + Duration::from_secs(3600),
-            timeout: Duration::from_secs(3600),
-            share: usize::MAX,
-            reservation: None,
-            since_check: 0,
-        }
-    }
-}
 
 /// A slot of the limit on concurrent queries, freed when dropped.
 #[derive(Debug)]
