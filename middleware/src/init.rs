@@ -70,7 +70,7 @@ pub enum InitError {
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Protocol {
+pub enum OtlpProtocol {
     /// OTLP/gRPC, default port 4317.
     Grpc,
     /// OTLP/HTTP with protobuf bodies, default port 4318; the OpenTelemetry default.
@@ -124,13 +124,13 @@ pub enum LogFormat {
 /// [`Telemetry::new`] (defaults), change what you need, then [`Telemetry::init`].
 ///
 /// ```no_run
-/// use wayfinder_middleware::{Protocol, Telemetry};
+/// use wayfinder_middleware::{OtlpProtocol, Telemetry};
 ///
 /// # #[tokio::main] async fn main() -> Result<(), wayfinder_middleware::InitError> {
 /// let _guard = Telemetry::from_env()?
 ///     .service_name("checkout")
 ///     .endpoint("http://127.0.0.1:4317")
-///     .protocol(Protocol::Grpc)
+///     .protocol(OtlpProtocol::Grpc)
 ///     .init()?;
 /// tracing::info!("spans and logs are set up");
 /// # Ok(()) }
@@ -140,7 +140,7 @@ pub struct Telemetry {
     service_name_set: bool,
     resource: Vec<KeyValue>,
     endpoint: Option<String>,
-    protocol: Protocol,
+    protocol: OtlpProtocol,
     propagation: Propagation,
     sampler: SamplerKind,
     log_format: LogFormat,
@@ -221,7 +221,7 @@ impl Telemetry {
             service_name_set: false,
             resource: Vec::new(),
             endpoint: None,
-            protocol: Protocol::HttpProtobuf,
+            protocol: OtlpProtocol::HttpProtobuf,
             propagation: Propagation::default(),
             sampler: SamplerKind::ParentBasedAlwaysOn,
             log_format: LogFormat::Text,
@@ -274,7 +274,7 @@ impl Telemetry {
     }
 
     /// The OTLP transport.
-    pub fn protocol(mut self, protocol: Protocol) -> Self {
+    pub fn protocol(mut self, protocol: OtlpProtocol) -> Self {
         self.protocol = protocol;
         self
     }
@@ -389,8 +389,8 @@ impl Telemetry {
     fn base_endpoint(&self) -> String {
         self.endpoint.clone().unwrap_or_else(|| {
             match self.protocol {
-                Protocol::Grpc => "http://localhost:4317",
-                Protocol::HttpProtobuf => "http://localhost:4318",
+                OtlpProtocol::Grpc => "http://localhost:4317",
+                OtlpProtocol::HttpProtobuf => "http://localhost:4318",
             }
             .to_owned()
         })

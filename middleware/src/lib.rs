@@ -41,10 +41,14 @@ mod tracer;
 pub use http::ReqwestTracing;
 pub use http::{ClientLayer, DEFAULT_UNTRACED_PATHS, RequestId, ServerLayer};
 pub use init::{
-    ExporterKind, InitError, LogFormat, Protocol, SamplerKind, ScopedTelemetry, Telemetry,
+    ExporterKind, InitError, LogFormat, OtlpProtocol, SamplerKind, ScopedTelemetry, Telemetry,
     TelemetryGuard, VARIABLES, init,
 };
+// Every layer and what builds it, from the root as from its module.
+pub use balance::{BalanceConfig, BalanceLayer, Balancer};
+pub use health::{GracefulShutdown, HealthReporter};
+pub use limit::{RateLimitLayer, ShedLayer};
 pub use logs::{TraceIdFormat, current_span_id, current_trace_id, spawn};
-pub use propagation::{Format, Propagation};
+pub use propagation::{Propagation, PropagationFormat};
 /// The error of the middleware's services: any error, boxed, as tower's layers return it.
 pub use tower::BoxError;

@@ -31,7 +31,7 @@ use serde_json::json;
 use tower::ServiceExt;
 use wayfinder_e2e::{http_client, loopback_config, start};
 use wayfinder_middleware::balance::{BalanceLayer, Balancer, RequestBody, WeightSource};
-use wayfinder_middleware::{ClientLayer, Protocol, Telemetry};
+use wayfinder_middleware::{ClientLayer, OtlpProtocol, Telemetry};
 
 /// How one instance behaves.
 struct Behaviour {
@@ -202,7 +202,7 @@ async fn http_traffic_leaves_slow_failing_and_departing_instances() {
                 let telemetry = Telemetry::new()
                     .service_name("frontend")
                     .endpoint(otlp)
-                    .protocol(Protocol::Grpc)
+                    .protocol(OtlpProtocol::Grpc)
                     .build()
                     .unwrap();
                 let _default = telemetry.set_default();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use wayfinder_e2e::{http_client, loopback_config, start};
 use wayfinder_middleware::health::{HealthReporter, Status};
-use wayfinder_middleware::{Protocol, Telemetry};
+use wayfinder_middleware::{OtlpProtocol, Telemetry};
 
 /// The instance `id` as `GET /api/v1/instances` shows it, if it is there.
 async fn instance(query_http: std::net::SocketAddr, id: &str) -> Option<Value> {
@@ -188,7 +188,7 @@ async fn beats_also_arrive_as_otlp_log_events_where_the_spans_go() {
         .service_name("inventory")
         .instance_id("inventory-7")
         .endpoint(format!("http://{}", addrs.otlp_grpc))
-        .protocol(Protocol::Grpc)
+        .protocol(OtlpProtocol::Grpc)
         .build()
         .expect("telemetry builds");
     let health = HealthReporter::for_telemetry(&telemetry)

@@ -32,7 +32,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use wayfinder_e2e::{http_client, loopback_config, sql, start, wait_for_rows};
-use wayfinder_middleware::{ClientLayer, Protocol, ServerLayer, Telemetry};
+use wayfinder_middleware::{ClientLayer, OtlpProtocol, ServerLayer, Telemetry};
 
 /// Log lines of one service.
 #[derive(Clone, Default)]
@@ -57,7 +57,7 @@ struct Service {
 }
 
 impl Service {
-    fn start<F, Fut>(name: &'static str, protocol: Protocol, endpoint: String, serve: F) -> Self
+    fn start<F, Fut>(name: &'static str, protocol: OtlpProtocol, endpoint: String, serve: F) -> Self
     where
         F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
         Fut: Future<Output = ()>,
@@ -245,7 +245,7 @@ async fn a_trace_crosses_axum_hyper_tonic_and_reqwest_into_the_collector() {
 
     let mut c = Service::start(
         "inventory",
-        Protocol::Grpc,
+        OtlpProtocol::Grpc,
         grpc.clone(),
         move |stop| async move {
             let stock = Arc::new(inventory::Stock::new(format!("http://{b_addr}")));
@@ -265,7 +265,7 @@ async fn a_trace_crosses_axum_hyper_tonic_and_reqwest_into_the_collector() {
     );
     let mut b = Service::start(
         "orders",
-        Protocol::HttpProtobuf,
+        OtlpProtocol::HttpProtobuf,
         http,
         move |stop| async move {
             let router = orders::router(&format!("http://{c_addr}")).expect("the orders router");
@@ -281,15 +281,20 @@ async fn a_trace_crosses_axum_hyper_tonic_and_reqwest_into_the_collector() {
             .expect("orders serves");
         },
     );
-    let mut a = Service::start("gateway", Protocol::Grpc, grpc, move |stop| async move {
-        let listener = tokio::net::TcpListener::from_std(a_listener).expect("a listener");
-        axum::serve(listener, gateway(b_addr))
-            .with_graceful_shutdown(async {
-                let _ = stop.await;
-            })
-            .await
-            .expect("the gateway serves");
-    });
+    let mut a = Service::start(
+        "gateway",
+        OtlpProtocol::Grpc,
+        grpc,
+        move |stop| async move {
+            let listener = tokio::net::TcpListener::from_std(a_listener).expect("a listener");
+            axum::serve(listener, gateway(b_addr))
+                .with_graceful_shutdown(async {
+                    let _ = stop.await;
+                })
+                .await
+                .expect("the gateway serves");
+        },
+    );
 
     let client = http_client();
     let checkout = |query: &'static str| {

@@ -3,7 +3,7 @@
 
 use opentelemetry::trace::{Span, Tracer, TracerProvider};
 use wayfinder_e2e::{loopback_config, start, wait_for_rows};
-use wayfinder_middleware::{Protocol, Telemetry};
+use wayfinder_middleware::{OtlpProtocol, Telemetry};
 
 /// One span of `service` through telemetry made from `vars`.
 async fn send_one(
@@ -84,7 +84,7 @@ async fn the_traces_endpoint_and_protocol_beat_the_generic_ones() {
     );
     assert_eq!(
         guard.collector().map(|(p, _)| p),
-        Some(Protocol::Grpc),
+        Some(OtlpProtocol::Grpc),
         "the health reporter would follow the same protocol"
     );
     guard.shutdown().await.expect("shut down");

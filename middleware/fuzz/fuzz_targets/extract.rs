@@ -7,7 +7,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use opentelemetry::trace::TraceContextExt as _;
-use wayfinder_middleware::{Format, Propagation};
+use wayfinder_middleware::{PropagationFormat, Propagation};
 
 /// The headers the propagators read; a byte of the input picks one.
 const NAMES: [&str; 11] = [
@@ -26,11 +26,11 @@ const NAMES: [&str; 11] = [
 
 /// The formats that carry a span context (baggage carries none). Extraction reads every
 /// format whatever is injected; the round trip goes through each of these alone.
-const FORMATS: [Format; 4] = [
-    Format::TraceContext,
-    Format::B3,
-    Format::B3Multi,
-    Format::Jaeger,
+const FORMATS: [PropagationFormat; 4] = [
+    PropagationFormat::TraceContext,
+    PropagationFormat::B3,
+    PropagationFormat::B3Multi,
+    PropagationFormat::Jaeger,
 ];
 
 fuzz_target!(|data: &[u8]| {

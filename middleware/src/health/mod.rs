@@ -143,8 +143,8 @@ impl HealthReporter {
                 .unwrap_or_default(),
         );
         match telemetry.collector() {
-            Some((crate::Protocol::Grpc, endpoint)) => reporter.otlp_grpc(endpoint),
-            Some((crate::Protocol::HttpProtobuf, endpoint)) => reporter.http(endpoint),
+            Some((crate::OtlpProtocol::Grpc, endpoint)) => reporter.otlp_grpc(endpoint),
+            Some((crate::OtlpProtocol::HttpProtobuf, endpoint)) => reporter.http(endpoint),
             None => reporter,
         }
     }

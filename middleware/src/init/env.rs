@@ -6,7 +6,7 @@ use opentelemetry::KeyValue;
 
 use tracing_subscriber::EnvFilter;
 
-use super::{ExporterKind, InitError, LogFormat, Protocol, SamplerKind, Telemetry};
+use super::{ExporterKind, InitError, LogFormat, OtlpProtocol, SamplerKind, Telemetry};
 use crate::propagation::Propagation;
 
 pub(super) fn invalid(variable: &'static str, value: &str, reason: &str) -> InitError {
@@ -243,8 +243,8 @@ impl Telemetry {
             "OTEL_EXPORTER_OTLP_PROTOCOL",
         ) {
             telemetry.protocol = match protocol.trim().to_ascii_lowercase().as_str() {
-                "grpc" => Protocol::Grpc,
-                "http/protobuf" => Protocol::HttpProtobuf,
+                "grpc" => OtlpProtocol::Grpc,
+                "http/protobuf" => OtlpProtocol::HttpProtobuf,
                 "http/json" => {
                     return Err(invalid(
                         variable,

@@ -7,7 +7,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Dispatch;
 
-use super::{InitError, Protocol, exporters};
+use super::{InitError, OtlpProtocol, exporters};
 use crate::tracer;
 
 /// Keeps the tracer provider alive; flushes the spans still buffered and shuts the exporter
@@ -22,7 +22,7 @@ pub struct TelemetryGuard {
     pub(super) provider: SdkTracerProvider,
     pub(super) resource: Resource,
     /// The OTLP protocol and base URL spans go to (`None` with a custom exporter).
-    pub(super) collector: Option<(Protocol, String)>,
+    pub(super) collector: Option<(OtlpProtocol, String)>,
     pub(super) failures: std::sync::Arc<exporters::Failures>,
     pub(super) dispatch: Dispatch,
     pub(super) timeout: Duration,
@@ -45,7 +45,7 @@ impl TelemetryGuard {
 
     /// The OTLP protocol and collector base URL the spans go to; `None` when built with a
     /// custom exporter.
-    pub fn collector(&self) -> Option<(Protocol, &str)> {
+    pub fn collector(&self) -> Option<(OtlpProtocol, &str)> {
         self.collector.as_ref().map(|(p, url)| (*p, url.as_str()))
     }
 

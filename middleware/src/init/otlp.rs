@@ -4,13 +4,13 @@
 
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 
-use super::{InitError, Protocol, Telemetry};
+use super::{InitError, OtlpProtocol, Telemetry};
 
 impl Telemetry {
     pub(super) fn exporter(&self) -> Result<SpanExporter, InitError> {
         let exporter = match self.protocol {
-            Protocol::Grpc => self.grpc_exporter()?,
-            Protocol::HttpProtobuf => {
+            OtlpProtocol::Grpc => self.grpc_exporter()?,
+            OtlpProtocol::HttpProtobuf => {
                 // The signal's own URL is used as is; the generic one gets `/v1/traces`.
                 let endpoint = self.traces_endpoint.clone().unwrap_or_else(|| {
                     format!("{}/v1/traces", self.base_endpoint().trim_end_matches('/'))

@@ -19,7 +19,7 @@ fn valid_variables() {
     assert_eq!(t.service_name, "unknown_service");
     assert_eq!(
         t.protocol,
-        Protocol::HttpProtobuf,
+        OtlpProtocol::HttpProtobuf,
         "the OpenTelemetry default"
     );
     assert_eq!(t.sampler, SamplerKind::ParentBasedAlwaysOn);
@@ -43,7 +43,7 @@ fn valid_variables() {
         "OTEL_SERVICE_NAME wins over the attribute"
     );
     assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
-    assert_eq!(t.protocol, Protocol::Grpc);
+    assert_eq!(t.protocol, OtlpProtocol::Grpc);
     assert_eq!(t.sampler, SamplerKind::ParentBasedTraceIdRatio(0.25));
     assert_eq!(t.log_format, LogFormat::Json);
     let written: Vec<&str> =
@@ -170,7 +170,7 @@ fn invalid_variables_are_errors_naming_the_variable() {
 #[test]
 fn grpc_without_a_runtime_is_an_error_not_a_panic() {
     let error = Telemetry::new()
-        .protocol(Protocol::Grpc)
+        .protocol(OtlpProtocol::Grpc)
         .build()
         .expect_err("no Tokio runtime here");
     assert!(matches!(error, InitError::NoRuntime), "{error}");
@@ -199,7 +199,7 @@ fn signal_specific_variables_beat_the_generic_ones() {
     for (pairs, reason) in rows {
         assert_eq!(
             from(pairs).unwrap().protocol,
-            Protocol::HttpProtobuf,
+            OtlpProtocol::HttpProtobuf,
             "{reason}"
         );
     }

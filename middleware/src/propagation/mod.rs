@@ -14,7 +14,7 @@
 //! ```
 //! use http::HeaderMap;
 //! use opentelemetry::trace::TraceContextExt;
-//! use wayfinder_middleware::propagation::{Format, Propagation};
+//! use wayfinder_middleware::propagation::{PropagationFormat, Propagation};
 //!
 //! let mut incoming = HeaderMap::new();
 //! incoming.insert("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1".parse().unwrap());
@@ -25,7 +25,7 @@
 //! );
 //!
 //! // Forward the same trace as W3C and B3 single.
-//! let propagation = Propagation::inject([Format::TraceContext, Format::B3]);
+//! let propagation = Propagation::inject([PropagationFormat::TraceContext, PropagationFormat::B3]);
 //! let mut outgoing = HeaderMap::new();
 //! propagation.inject_into(&cx, &mut outgoing);
 //! assert!(outgoing["traceparent"].to_str().unwrap().starts_with("00-80f198ee"));
@@ -52,7 +52,7 @@ use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 /// One trace-context format, as named in `OTEL_PROPAGATORS`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Format {
+pub enum PropagationFormat {
     /// W3C `traceparent` and `tracestate` (`tracecontext`).
     TraceContext,
     /// W3C `baggage` (`baggage`).
@@ -65,20 +65,20 @@ pub enum Format {
     Jaeger,
 }
 
-impl Format {
+impl PropagationFormat {
     /// The name `OTEL_PROPAGATORS` uses for this format.
     pub fn name(self) -> &'static str {
         match self {
-            Format::TraceContext => "tracecontext",
-            Format::Baggage => "baggage",
-            Format::B3 => "b3",
-            Format::B3Multi => "b3multi",
-            Format::Jaeger => "jaeger",
+            PropagationFormat::TraceContext => "tracecontext",
+            PropagationFormat::Baggage => "baggage",
+            PropagationFormat::B3 => "b3",
+            PropagationFormat::B3Multi => "b3multi",
+            PropagationFormat::Jaeger => "jaeger",
         }
     }
 }
 
-impl fmt::Display for Format {
+impl fmt::Display for PropagationFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -89,16 +89,16 @@ impl fmt::Display for Format {
 #[error("unknown propagator {0:?} (known: tracecontext, baggage, b3, b3multi, jaeger, none)")]
 pub struct UnknownFormat(pub String);
 
-impl FromStr for Format {
+impl FromStr for PropagationFormat {
     type Err = UnknownFormat;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
         match name.trim() {
-            "tracecontext" => Ok(Format::TraceContext),
-            "baggage" => Ok(Format::Baggage),
-            "b3" => Ok(Format::B3),
-            "b3multi" => Ok(Format::B3Multi),
-            "jaeger" => Ok(Format::Jaeger),
+            "tracecontext" => Ok(PropagationFormat::TraceContext),
+            "baggage" => Ok(PropagationFormat::Baggage),
+            "b3" => Ok(PropagationFormat::B3),
+            "b3multi" => Ok(PropagationFormat::B3Multi),
+            "jaeger" => Ok(PropagationFormat::Jaeger),
             other => Err(UnknownFormat(other.to_owned())),
         }
     }
@@ -122,13 +122,13 @@ pub struct Propagation {
 
 impl Default for Propagation {
     fn default() -> Self {
-        Propagation::inject([Format::TraceContext, Format::Baggage])
+        Propagation::inject([PropagationFormat::TraceContext, PropagationFormat::Baggage])
     }
 }
 
 impl Propagation {
     /// Extracts every format and injects exactly `formats`.
-    pub fn inject(formats: impl IntoIterator<Item = Format>) -> Self {
+    pub fn inject(formats: impl IntoIterator<Item = PropagationFormat>) -> Self {
         let mut propagation = Propagation {
             extract: true,
             inject_trace_context: false,
@@ -140,11 +140,11 @@ impl Propagation {
         };
         for format in formats {
             match format {
-                Format::TraceContext => propagation.inject_trace_context = true,
-                Format::Baggage => propagation.inject_baggage = true,
-                Format::Jaeger => propagation.inject_jaeger = true,
-                Format::B3 => propagation.inject_b3_single = true,
-                Format::B3Multi => propagation.inject_b3_multi = true,
+                PropagationFormat::TraceContext => propagation.inject_trace_context = true,
+                PropagationFormat::Baggage => propagation.inject_baggage = true,
+                PropagationFormat::Jaeger => propagation.inject_jaeger = true,
+                PropagationFormat::B3 => propagation.inject_b3_single = true,
+                PropagationFormat::B3Multi => propagation.inject_b3_multi = true,
             }
         }
         propagation.fields = propagation.header_names();
@@ -195,7 +195,7 @@ impl Propagation {
         }
         let formats = names
             .into_iter()
-            .map(Format::from_str)
+            .map(PropagationFormat::from_str)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Propagation::inject(formats))
     }

@@ -5,7 +5,7 @@ use opentelemetry::{Context, KeyValue};
 
 use opentelemetry::propagation::TextMapPropagator;
 
-use super::{Format, Propagation};
+use super::{Propagation, PropagationFormat};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SPAN: &str = "00f067aa0ba902b7";
@@ -316,12 +316,12 @@ fn injection_writes_the_configured_formats_only() {
         ),
         (
             "B3 single only, for a mesh",
-            Propagation::inject([Format::B3]),
+            Propagation::inject([PropagationFormat::B3]),
             vec![("b3", &b3)],
         ),
         (
             "B3 multi only",
-            Propagation::inject([Format::B3Multi]),
+            Propagation::inject([PropagationFormat::B3Multi]),
             vec![
                 ("x-b3-traceid", TRACE),
                 ("x-b3-spanid", SPAN),
@@ -330,7 +330,7 @@ fn injection_writes_the_configured_formats_only() {
         ),
         (
             "W3C and Jaeger",
-            Propagation::inject([Format::TraceContext, Format::Jaeger]),
+            Propagation::inject([PropagationFormat::TraceContext, PropagationFormat::Jaeger]),
             vec![
                 ("traceparent", &traceparent),
                 ("tracestate", "vendor=abc"),
@@ -366,18 +366,22 @@ fn injection_writes_the_configured_formats_only() {
 #[test]
 fn injection_of_an_empty_context_writes_no_trace_headers() {
     let mut out = HeaderMap::new();
-    Propagation::inject([Format::TraceContext, Format::B3, Format::Jaeger])
-        .inject_into(&Context::new(), &mut out);
+    Propagation::inject([
+        PropagationFormat::TraceContext,
+        PropagationFormat::B3,
+        PropagationFormat::Jaeger,
+    ])
+    .inject_into(&Context::new(), &mut out);
     assert!(out.is_empty(), "nothing to propagate: {out:?}");
 }
 
 #[test]
 fn extract_then_inject_round_trips_every_format() {
     for format in [
-        Format::TraceContext,
-        Format::B3,
-        Format::B3Multi,
-        Format::Jaeger,
+        PropagationFormat::TraceContext,
+        PropagationFormat::B3,
+        PropagationFormat::B3Multi,
+        PropagationFormat::Jaeger,
     ] {
         let mut wire = HeaderMap::new();
         Propagation::inject([format]).inject_into(&sampled_context(), &mut wire);
