@@ -52,6 +52,20 @@ pub struct BoundAddrs {
 }
 
 /// Why a collector could not start.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// use wayfinder_collector::{Collector, Config, StartError};
+///
+/// let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let mut config = Config::default();
+/// config.listeners.otlp_grpc = taken.local_addr().unwrap();
+/// match Collector::start(config).await {
+///     Err(StartError::Bind { listener, .. }) => assert_eq!(listener, "otlp-grpc"),
+///     other => panic!("a port in use fails the start: {other:?}"),
+/// }
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -301,6 +315,29 @@ impl RunningCollector {
     /// differ keep their running values and are listed in [`Reloaded::needs_restart`]. A
     /// configuration that does not validate changes nothing. Each outcome is logged and
     /// counted in `wayfinder_config_reloads_total{outcome}`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)] async fn main() {
+    /// use std::time::Duration;
+    /// use wayfinder_collector::{Collector, Config};
+    ///
+    /// let mut config = Config::default();
+    /// let any = "127.0.0.1:0".parse().unwrap();
+    /// config.listeners.otlp_grpc = any;
+    /// config.listeners.otlp_http = any;
+    /// config.listeners.query_http = any;
+    /// config.listeners.query_grpc = any;
+    /// let running = Collector::start(config).await.unwrap();
+    /// let mut new = running.config();
+    /// new.store.retention = Duration::from_secs(7200);
+    /// new.ingest.grpc_max_message_bytes *= 2;
+    /// let reloaded = running.reload(new).unwrap();
+    /// assert_eq!(reloaded.applied, ["retention"]);
+    /// assert_eq!(reloaded.needs_restart, ["grpc_max_message_bytes"]);
+    /// assert_eq!(running.config().store.retention, Duration::from_secs(7200));
+    /// running.shutdown().await;
+    /// # }
+    /// ```
     pub fn reload(&self, new: Config) -> Result<Reloaded, ConfigError> {
         let result = self.live.reload(new);
         match &result {

@@ -108,6 +108,16 @@ impl Settings for StoreSettings {
 
 impl StoreSettings {
     /// When the log acknowledges.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wayfinder_collector::config::{StoreSettings, WalSync};
+    ///
+    /// let mut store = StoreSettings::default();
+    /// assert_eq!(store.wal_sync(), WalSync::Interval(Duration::from_millis(200)));
+    /// store.set_wal_sync(WalSync::Always);
+    /// assert_eq!(store.wal_sync(), WalSync::Always);
+    /// ```
     pub fn wal_sync(&self) -> WalSync {
         match self.wal_sync {
             WalSyncMode::Always => WalSync::Always,

@@ -22,7 +22,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// A task of the collector that ended while the collector was not stopping.
+/// A task of the collector that ended while the collector was not stopping, as
+/// [`RunningCollector::exited`](crate::RunningCollector::exited) returns it.
+///
+/// ```
+/// use wayfinder_collector::TaskExit;
+///
+/// let exit = TaskExit { tier: "receivers", task: "otlp-grpc", panicked: true };
+/// assert_eq!(exit.to_string(), "otlp-grpc (receivers) panicked");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskExit {
     /// Its tier: `receivers`, `pipeline`, `query` or `periodic`.

@@ -187,6 +187,15 @@ impl AccessSettings {
     }
 
     /// Admits the tokens of `source` on the OTLP receivers (`None`: open).
+    ///
+    /// ```
+    /// use wayfinder_collector::Config;
+    /// use wayfinder_collector::config::{Secret, TokenSource};
+    ///
+    /// let mut config = Config::default();
+    /// config.access.set_ingest_tokens(Some(TokenSource::Value(Secret::new("t0ken"))));
+    /// assert_eq!(config.in_force()["ingest_token"], "<redacted> (WAYFINDER_INGEST_TOKEN)");
+    /// ```
     pub fn set_ingest_tokens(&mut self, source: Option<TokenSource>) {
         (self.ingest_token_file, self.ingest_token) = split(source);
     }
