@@ -146,15 +146,21 @@ fn encode<T: Serialize>(
         .into_response()
 }
 
+/// The format of an export's body, or its refusal, counted and answered (in JSON: the body's
+/// own format is what is unknown).
+fn export_format(state: &HttpState, headers: &HeaderMap) -> Result<Format, Response> {
+    format_of(headers).map_err(|refused| {
+        state
+            .ingest
+            .refuse_request(Protocol::HttpProtobuf, refused.reason);
+        refused.into_response(Format::Json)
+    })
+}
+
 async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    let format = match format_of(&headers) {
+    let format = match export_format(&state, &headers) {
         Ok(format) => format,
-        Err(refused) => {
-            state
-                .ingest
-                .refuse_request(Protocol::HttpProtobuf, refused.reason);
-            return refused.into_response(Format::Json);
-        }
+        Err(refused) => return refused,
     };
     let protocol = format.protocol();
     let result = async {
@@ -201,14 +207,9 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
 }
 
 async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
-    let format = match format_of(&headers) {
+    let format = match export_format(&state, &headers) {
         Ok(format) => format,
-        Err(refused) => {
-            state
-                .ingest
-                .refuse_request(Protocol::HttpProtobuf, refused.reason);
-            return refused.into_response(Format::Json);
-        }
+        Err(refused) => return refused,
     };
     let protocol = format.protocol();
     let result = async {

@@ -264,3 +264,34 @@ fn the_registry_is_bounded_by_bytes_and_ttl() {
         }
     );
 }
+
+mod examples {
+    //! The examples of this module's documentation, run as unit tests (the items are
+    //! internal to the crate, which doc tests cannot reach).
+
+    #[test]
+    fn example() {
+        use crate::decode::health::validate;
+        use crate::graph::registry::{InstanceRegistry, InstanceStatus, RegistryConfig};
+        use std::time::{Duration, SystemTime};
+        use wayfinder_api::health::HealthReport;
+
+        let mut registry = InstanceRegistry::new(RegistryConfig::default());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let beat = validate(HealthReport {
+            service: "cart".into(),
+            instance_id: "cart-1".into(),
+            address: Some("10.0.0.7:8080".into()),
+            status: "passing".into(),
+            ttl_ms: Some(5_000),
+            seq: Some(1),
+            incarnation: None,
+            output: None,
+        })
+        .unwrap();
+        registry.beat(beat, t0);
+        assert_eq!(registry.instances(None)[0].status, InstanceStatus::Passing);
+        registry.tick(t0 + Duration::from_secs(6)); // the beat's TTL ran out
+        assert_eq!(registry.instances(None)[0].status, InstanceStatus::Critical);
+    }
+}
