@@ -146,21 +146,20 @@ fn encode<T: Serialize>(
         .into_response()
 }
 
-/// The format of an export's body, or its refusal, counted and answered (in JSON: the body's
-/// own format is what is unknown).
-fn export_format(state: &HttpState, headers: &HeaderMap) -> Result<Format, Response> {
-    format_of(headers).map_err(|refused| {
+/// The format of an export's body, or its refusal, counted (answered in JSON: the body's own
+/// format is what is unknown).
+fn export_format(state: &HttpState, headers: &HeaderMap) -> Result<Format, Refused> {
+    format_of(headers).inspect_err(|refused| {
         state
             .ingest
             .refuse_request(Protocol::HttpProtobuf, refused.reason);
-        refused.into_response(Format::Json)
     })
 }
 
 async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     let format = match export_format(&state, &headers) {
         Ok(format) => format,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(Format::Json),
     };
     let protocol = format.protocol();
     let result = async {
@@ -209,7 +208,7 @@ async fn traces(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: B
 async fn logs(State(state): State<Arc<HttpState>>, headers: HeaderMap, body: Body) -> Response {
     let format = match export_format(&state, &headers) {
         Ok(format) => format,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(Format::Json),
     };
     let protocol = format.protocol();
     let result = async {
