@@ -84,18 +84,18 @@ async fn run(args: &SealedSqlArgs, dir: &std::path::Path) -> anyhow::Result<()> 
         }
         total += sent as u64;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while collector.metrics().sealed_files.get() <= file as i64 {
+        while collector.metrics().value("wayfinder_sealed_files", &[]) <= file as f64 {
             if Instant::now() > deadline {
                 bail!("file {} was not sealed within 30 s", file + 1);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let files = collector.metrics().sealed_files.get();
-    let bytes = collector.metrics().sealed_bytes.get();
+    let files = collector.metrics().value("wayfinder_sealed_files", &[]);
+    let bytes = collector.metrics().value("wayfinder_sealed_bytes", &[]);
     println!(
         "{files} sealed files, {:.1} MB, {total} spans, built in {:.1?}",
-        bytes as f64 / 1e6,
+        bytes / 1e6,
         started.elapsed()
     );
     collector.shutdown().await;

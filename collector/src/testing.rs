@@ -206,7 +206,7 @@ pub use crate::graph::topology::{TopologyBuilder, TopologyConfig};
 pub use crate::graph::weights::{WeightsConfig, WeightsEngine};
 pub use crate::ingest::grpc::{RawCodec, TRACE_EXPORT_PATH, TraceService};
 pub use crate::ingest::{Ingest, Refusal, http as otlp_http};
-pub use crate::metrics::{IdleClosedLabels, ListenerLabels, Metrics, OutcomeLabels, RefusalLabels};
+pub use crate::metrics::Metrics;
 pub use crate::pipeline::{FactsConsumer, IngestQueue};
 pub use crate::serve::sql::{QueryEngine, QueryError, QueryLimits};
 pub use crate::store::log as wal;

@@ -8,7 +8,6 @@ use prost::Message as _;
 use wayfinder_api::grpc::GetWeightsRequest;
 use wayfinder_api::grpc::weights_client::WeightsClient;
 use wayfinder_collector::config::{Secret, TokenSource};
-use wayfinder_collector::testing::ListenerLabels;
 use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{http_client, loopback_config, raw_grpc, start};
@@ -141,13 +140,12 @@ async fn each_listener_admits_only_its_own_tokens_and_the_probes_stay_open() {
     );
     assert!(!shown.to_string().contains(INGEST), "{shown}");
 
-    // The series in /metrics is encoded at most once a second: read the counters themselves.
+    // The series in /metrics is encoded at most once a second: read a fresh exposition.
     for (listener, refused) in [("otlp-http", 3), ("otlp-grpc", 2), ("query-http", 6)] {
-        let counted = collector
-            .metrics()
-            .unauthorized
-            .get_or_create(&ListenerLabels { listener })
-            .get();
+        let counted = collector.metrics().value(
+            "wayfinder_unauthorized_requests_total",
+            &[("listener", listener)],
+        ) as u64;
         assert_eq!(counted, refused, "{listener}");
     }
 

@@ -299,6 +299,11 @@ async fn long_polls_beyond_max_watchers_are_refused_retryably() {
     assert_eq!(refused.0, 503, "the other is refused: {answers:?}");
     assert_eq!(refused.1.as_deref(), Some("1"), "with Retry-After");
     assert!(refused.2.contains("--max-watchers"), "{}", refused.2);
-    assert_eq!(collector.metrics().refused_watchers.get(), 1);
+    assert_eq!(
+        collector
+            .metrics()
+            .value("wayfinder_refused_watchers_total", &[]),
+        1.0
+    );
     collector.shutdown().await;
 }

@@ -435,14 +435,10 @@ async fn bad_grpc_requests() {
             "{why}"
         );
     }
-    let counted = collector
-        .metrics()
-        .refused_requests
-        .get_or_create(&wayfinder_collector::testing::RefusalLabels {
-            protocol: "grpc",
-            reason: "too_large",
-        })
-        .get();
+    let counted = collector.metrics().value(
+        "wayfinder_receiver_refused_requests_total",
+        &[("protocol", "grpc"), ("reason", "too_large")],
+    ) as u64;
     assert_eq!(counted, 2, "both counted as too_large");
 
     // And gzip-compressed OTLP/HTTP bodies too.

@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use wayfinder_api::grpc::GetWeightsRequest;
 use wayfinder_api::grpc::weights_client::WeightsClient;
 use wayfinder_collector::RunningCollector;
-use wayfinder_collector::testing::{IdleClosedLabels, ListenerLabels};
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{loopback_config, start};
 
@@ -22,11 +21,10 @@ use wayfinder_e2e::{loopback_config, start};
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 fn closed(collector: &RunningCollector, listener: &'static str, reason: &'static str) -> u64 {
-    collector
-        .metrics()
-        .closed_idle_connections
-        .get_or_create(&IdleClosedLabels { listener, reason })
-        .get()
+    collector.metrics().value(
+        "wayfinder_closed_idle_connections_total",
+        &[("listener", listener), ("reason", reason)],
+    ) as u64
 }
 
 /// Waits (up to 10 s) until `check` holds.
@@ -150,14 +148,11 @@ async fn a_full_listener_closes_idle_connections_for_a_new_client() {
         .await
         .expect("the export gets a place");
     assert!(closed(&collector, "otlp-grpc", "evicted") >= 1);
-    let refused = collector
-        .metrics()
-        .refused_connections
-        .get_or_create(&ListenerLabels {
-            listener: "otlp-grpc",
-        })
-        .get();
-    assert_eq!(refused, 0, "nobody was turned away");
+    let refused = collector.metrics().value(
+        "wayfinder_refused_connections_total",
+        &[("listener", "otlp-grpc")],
+    );
+    assert_eq!(refused, 0.0, "nobody was turned away");
     collector.shutdown().await;
 }
 
@@ -207,13 +202,10 @@ async fn probes_get_through_a_full_query_port_and_the_rest_is_refused_retryably(
         assert_eq!(status_line(addr, &get(path)).await, want, "{why}");
     }
     let refused = || {
-        collector
-            .metrics()
-            .refused_connections
-            .get_or_create(&ListenerLabels {
-                listener: "query-http",
-            })
-            .get()
+        collector.metrics().value(
+            "wayfinder_refused_connections_total",
+            &[("listener", "query-http")],
+        ) as u64
     };
     assert_eq!(refused(), 0);
     // With the probes' places taken too (by clients that send nothing), one more waits for a

@@ -13,7 +13,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use wayfinder_collector::config::TlsPaths;
-use wayfinder_collector::testing::ListenerLabels;
 use wayfinder_collector::testing::{span, trace_request};
 use wayfinder_e2e::{loopback_config, start};
 
@@ -152,10 +151,10 @@ fn counter(
     listener: &'static str,
 ) -> (u64, u64) {
     let metrics = collector.metrics();
-    let labels = ListenerLabels { listener };
+    let labels = [("listener", listener)];
     (
-        metrics.tls_handshake_failures.get_or_create(&labels).get(),
-        metrics.slow_connections.get_or_create(&labels).get(),
+        metrics.value("wayfinder_tls_handshake_failures_total", &labels) as u64,
+        metrics.value("wayfinder_slow_connections_total", &labels) as u64,
     )
 }
 
@@ -438,14 +437,10 @@ async fn slow_bodies_are_refused_and_good_traffic_goes_on() {
             "refused near its deadline: {took:?}"
         );
     }
-    let refused = collector
-        .metrics()
-        .refused_requests
-        .get_or_create(&wayfinder_collector::testing::RefusalLabels {
-            protocol: "http/json",
-            reason: "body_timeout",
-        })
-        .get();
+    let refused = collector.metrics().value(
+        "wayfinder_receiver_refused_requests_total",
+        &[("protocol", "http/json"), ("reason", "body_timeout")],
+    ) as u64;
     assert_eq!(refused, 2, "both OTLP bodies counted as body_timeout");
     assert_eq!(
         wayfinder_e2e::wait_for_rows(&collector, "service_name = 'beside-slow-bodies'", 1).await,
@@ -519,14 +514,10 @@ async fn a_stalled_grpc_message_is_refused_deadline_exceeded() {
     assert_eq!(status, "4", "DEADLINE_EXCEEDED: {message}");
     assert!(message.contains("did not arrive within 500ms"), "{message}");
     assert!(took < Duration::from_secs(3), "{took:?}");
-    let refused = collector
-        .metrics()
-        .refused_requests
-        .get_or_create(&wayfinder_collector::testing::RefusalLabels {
-            protocol: "grpc",
-            reason: "body_timeout",
-        })
-        .get();
+    let refused = collector.metrics().value(
+        "wayfinder_receiver_refused_requests_total",
+        &[("protocol", "grpc"), ("reason", "body_timeout")],
+    ) as u64;
     assert_eq!(refused, 1);
     // An export in time on the same listener is taken.
     let mut client = TraceServiceClient::connect(format!("http://{}", addrs.otlp_grpc))

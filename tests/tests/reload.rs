@@ -130,13 +130,12 @@ async fn limits_change_in_place_and_a_listen_address_waits_for_a_restart() {
     let error = collector.reload(invalid).expect_err("refused");
     assert!(error.to_string().contains("weight_ttl"), "{error}");
     assert_eq!(collector.config().query.query_max_rows, 2);
-    // Counted (read from the registry: `/metrics` answers from a copy for a second).
+    // Counted (read from a fresh exposition: `/metrics` answers from a copy for a second).
     for outcome in ["applied", "rejected"] {
         let counted = collector
             .metrics()
-            .config_reloads
-            .get_or_create(&wayfinder_collector::testing::OutcomeLabels { outcome })
-            .get();
+            .value("wayfinder_config_reloads_total", &[("outcome", outcome)])
+            as u64;
         assert_eq!(counted, 1, "{outcome}");
     }
     collector.shutdown().await;

@@ -18,7 +18,6 @@ use crate::ingest::replay::SealedRecords;
 use crate::metrics::Metrics;
 use crate::pipeline::{
     Dispatcher, FactsConsumer, IngestQueue, PipelineHealth, PipelineMetrics, QueueBudget,
-    QueueGauge,
 };
 use crate::serve::sql::{QueryEngine, QueryLimits};
 use crate::store::log::{DiskWatch, Recovery, Wal};
@@ -38,8 +37,6 @@ pub(super) struct Parts {
     pub(super) weights: Arc<WeightsEngine>,
     pub(super) engine: QueryEngine,
     pub(super) ingest: Arc<Ingest>,
-    /// What the ingest queue holds, for the query API's figures.
-    pub(super) queue_gauge: QueueGauge,
     /// The ingest queue's budget, which a reload may change.
     pub(super) queue_budget: QueueBudget,
     /// Whether each stage behind the queue is up, for `/readyz`.
@@ -167,7 +164,8 @@ pub(super) async fn build_components(
     }
     let pipeline_health = dispatcher.health();
     metrics.register_collector(Box::new(PipelineMetrics(pipeline_health.clone())));
-    let (queue_gauge, queue_budget) = (queue.gauge(), queue.budget());
+    metrics.register_collector(Box::new(queue.gauge()));
+    let queue_budget = queue.budget();
     // Only the receivers hold the queue: when they stop, the dispatcher drains and ends.
     let mut ingest = Ingest::new(queue, metrics.clone())
         .with_decode_options(decode_options)
@@ -195,7 +193,6 @@ pub(super) async fn build_components(
         weights,
         engine,
         ingest: Arc::new(ingest),
-        queue_gauge,
         queue_budget,
         pipeline_health,
         disk,

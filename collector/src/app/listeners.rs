@@ -10,11 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::graph::weights::WeightsEngine;
 use crate::ingest::grpc::{LogsService, TraceService};
 use crate::ingest::{Ingest, http as otlp_http};
-use crate::metrics::{ListenerLabels, Metrics};
 use crate::net::access::{Deadlines, Protocols, RequireTokenLayer, Style, TlsFiles, Tokens};
 use crate::net::activity::Pressure;
 use crate::net::connections::{Accept, Conn, ListenerTls, PROBE_PLACES};
 use crate::net::http_server::{self, Http2, Serve};
+use crate::net::metrics::{ListenerLabels, ListenerMetrics};
 use crate::serve::query::ApiState;
 use crate::util::cap::Cap;
 
@@ -35,7 +35,7 @@ pub(super) struct Bounds {
     /// How long a connection has to start, a request for its headers and then its body.
     pub(super) deadlines: Deadlines,
     pub(super) tls: Option<TlsFiles>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) metrics: Arc<ListenerMetrics>,
 }
 
 /// The four listeners.
@@ -161,7 +161,7 @@ const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/livez"];
 fn access(
     tokens: &Option<Tokens>,
     style: Style,
-    metrics: &Metrics,
+    metrics: &ListenerMetrics,
     listener: &'static str,
 ) -> tower::util::Either<RequireTokenLayer, tower::layer::util::Identity> {
     match tokens {
@@ -238,13 +238,12 @@ pub(super) fn query(
     bounds: &Bounds,
     stop: CancellationToken,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let metrics = state.metrics.clone();
     let watchers = state.watchers.clone();
     let probes = crate::serve::query::probes(state.clone());
     // The UI's own files hold no data: they load without a token, and its calls to the API
     // carry the token the user gives it.
     let router = crate::serve::query::router(state)
-        .layer(access(tokens, Style::Http, &metrics, "query-http"))
+        .layer(access(tokens, Style::Http, &bounds.metrics, "query-http"))
         .merge(crate::serve::ui::router());
     let (accepted, pressure) = bounds.accept(http, Listener::QueryHttp, &stop);
     let http = http_server::serve(
@@ -259,7 +258,7 @@ pub(super) fn query(
     ))
     .prepare();
     let service = tower::ServiceBuilder::new()
-        .layer(access(tokens, Style::Grpc, &metrics, "query-grpc"))
+        .layer(access(tokens, Style::Grpc, &bounds.metrics, "query-grpc"))
         .service(routes);
     let (accepted, pressure) = bounds.accept(grpc, Listener::QueryGrpc, &stop);
     let grpc = http_server::serve(

@@ -28,6 +28,7 @@ use crate::graph::topology::Topology;
 use crate::graph::weights::WeightsEngine;
 use crate::metrics::Metrics;
 use crate::net::access::{TlsFiles, Tokens};
+use crate::net::metrics::ListenerMetrics;
 use crate::serve::query::ApiState;
 use crate::store::SpanStore;
 use crate::store::log::Wal;
@@ -196,7 +197,7 @@ impl Collector {
             caps: caps.clone(),
             deadlines: deadlines.clone(),
             tls: tls.clone(),
-            metrics: metrics.clone(),
+            metrics: Arc::new(ListenerMetrics::register(&metrics)),
         };
         // The query API.
         let ready = Arc::new(AtomicBool::new(true));
@@ -208,16 +209,12 @@ impl Collector {
             registry: parts.registry.clone(),
             weights: parts.weights.clone(),
             metrics: metrics.clone(),
-            queue: parts.queue_gauge.clone(),
             ready: ready.clone(),
             pipeline: parts.pipeline_health.clone(),
             tasks: supervision.clone(),
             stop: query_stop.clone(),
             config: parking_lot::RwLock::new(Arc::new(config.in_force())),
-            watchers: crate::serve::query::Watchers::new(
-                config.query.max_watchers,
-                metrics.refused_watchers.clone(),
-            ),
+            watchers: crate::serve::query::Watchers::register(config.query.max_watchers, &metrics),
             topology_json: crate::util::reuse::Reuse::new(crate::graph::topology::SNAPSHOT_REUSE),
         });
         let live = reload::Live {
@@ -230,7 +227,7 @@ impl Collector {
             ingest_tokens: ingest_tokens.clone(),
             query_tokens: query_tokens.clone(),
             tls: tls.clone(),
-            metrics: metrics.clone(),
+            reloads: reload::Live::counter(&metrics),
             disk: parts.disk.clone(),
         };
         tiers.query.spawn(
@@ -361,12 +358,7 @@ impl RunningCollector {
     /// or a flag that did not parse): `wayfinder_config_reloads_total{outcome="rejected"}`, as
     /// for one [`reload`](Self::reload) refuses.
     pub fn reload_refused(&self, error: &ConfigError) {
-        self.metrics
-            .config_reloads
-            .get_or_create(&crate::metrics::OutcomeLabels {
-                outcome: "rejected",
-            })
-            .inc();
+        self.live.count("rejected");
         tracing::warn!(%error, "the new configuration is refused; the running one stays");
     }
 

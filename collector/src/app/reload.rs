@@ -14,6 +14,9 @@ use parking_lot::Mutex;
 
 use super::listeners::Caps;
 use crate::app::config::{Config, ConfigError};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::net::access::{Deadlines, TlsFiles, Tokens};
 use crate::pipeline::QueueBudget;
@@ -45,7 +48,8 @@ pub(super) struct Live {
     pub(super) ingest_tokens: Option<Tokens>,
     pub(super) query_tokens: Option<Tokens>,
     pub(super) tls: Option<TlsFiles>,
-    pub(super) metrics: Arc<Metrics>,
+    /// `wayfinder_config_reloads_total`, per outcome ([`Live::count`]).
+    pub(super) reloads: Family<OutcomeLabels, Counter>,
     /// The data directory's free space, with a data directory.
     pub(super) disk: Option<crate::store::log::DiskWatch>,
 }
@@ -59,11 +63,24 @@ impl Live {
             Ok(_) => "applied",
             Err(_) => "rejected",
         };
-        self.metrics
-            .config_reloads
-            .get_or_create(&OutcomeLabels { outcome })
-            .inc();
+        self.count(outcome);
         result
+    }
+
+    /// Counts a reload's outcome: `applied`, `unchanged` or `rejected`.
+    pub(super) fn count(&self, outcome: &'static str) {
+        self.reloads.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// The counter of reloads per outcome, registered in `metrics`.
+    pub(super) fn counter(metrics: &Metrics) -> Family<OutcomeLabels, Counter> {
+        let reloads = Family::default();
+        metrics.register(
+            "wayfinder_config_reloads",
+            "Configuration reloads (SIGHUP or a changed file), per outcome: applied, unchanged, rejected",
+            reloads.clone(),
+        );
+        reloads
     }
 
     fn apply(&self, new: Config) -> Result<Reloaded, ConfigError> {

@@ -3,6 +3,7 @@
 
 pub(crate) mod grpc;
 pub mod http;
+mod metrics;
 pub(crate) mod pool;
 mod refusal;
 pub(crate) mod replay;
@@ -30,9 +31,10 @@ use crate::decode::{
     DecodeError, DecodeOptions, DecodedTraces, decode_traces_wire_with, decode_traces_with,
 };
 use crate::graph::registry::{BeatOutcome, Registry};
-use crate::metrics::{Metrics, ProtocolLabels, RefusalLabels};
+use crate::metrics::Metrics;
 use crate::pipeline::{IngestQueue, Refusal as QueueRefusal, Reservation};
 use crate::store::log::{Record, RecordKind, Ticket, Wal};
+pub(crate) use metrics::{IngestMetrics, ProtocolLabels, RefusalLabels};
 
 /// How a request reached the collector, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,7 +133,7 @@ pub struct Ingest {
     queue: IngestQueue,
     /// Where large requests are decoded.
     pool: pool::DecodePool,
-    metrics: Arc<Metrics>,
+    metrics: Arc<IngestMetrics>,
     /// What is taken from each span beyond the batch: the facts (off when the topology is
     /// off), configured attributes, the sampling weight.
     options: Arc<DecodeOptions>,
@@ -157,12 +159,12 @@ pub struct PreparedTraces {
 }
 
 impl Ingest {
-    /// Receivers that push into `queue` and count into `metrics`.
+    /// Receivers that push into `queue`; their figures are registered in `metrics`.
     pub fn new(queue: IngestQueue, metrics: Arc<Metrics>) -> Self {
         Self {
             queue,
             pool: pool::DecodePool::default(),
-            metrics,
+            metrics: Arc::new(IngestMetrics::register(&metrics)),
             options: Arc::new(DecodeOptions::default()),
             registry: None,
             wal: None,
@@ -240,7 +242,7 @@ impl Ingest {
     pub fn refuse_request(&self, protocol: Protocol, reason: Refusal) {
         // Shutting down is said once, at shutdown.
         let short_of_room = reason.retryable() && reason != Refusal::ShuttingDown;
-        if short_of_room && self.metrics.cap_logs.refused_requests.ready() {
+        if short_of_room && self.metrics.refusal_log.ready() {
             tracing::warn!(
                 reason = reason.label(),
                 protocol = protocol.label(),

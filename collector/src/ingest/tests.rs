@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
+use super::RefusalLabels;
 use super::*;
-use crate::metrics::{Metrics, RefusalLabels};
+use crate::metrics::Metrics;
 use crate::pipeline::IngestQueue;
 use crate::store::{SpanStore, StoreConfig};
 use crate::testing::{LogCapture, span, trace_request, unsealable_store};
@@ -67,7 +68,8 @@ async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
         ingest.check_room(Protocol::HttpProtobuf, 10),
         Err(IngestError::StoreFull)
     );
-    let refusals = metrics
+    let refusals = ingest
+        .metrics
         .refused_requests
         .get_or_create(&RefusalLabels {
             protocol: "http/protobuf",

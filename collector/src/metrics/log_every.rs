@@ -13,14 +13,14 @@ pub(crate) const CAP_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Says when a throttled log line may be written.
 #[derive(Debug)]
-pub struct LogEvery {
+pub(crate) struct LogEvery {
     every: Duration,
     last: Mutex<Option<Instant>>,
 }
 
 impl LogEvery {
     /// At most once every `every`.
-    pub fn new(every: Duration) -> Self {
+    pub(crate) fn new(every: Duration) -> Self {
         Self {
             every,
             last: Mutex::new(None),
@@ -28,7 +28,7 @@ impl LogEvery {
     }
 
     /// Whether a line may be written now; if so, the next may be written `every` later.
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         let mut last = self.last.lock();
         if last.is_none_or(|at| at.elapsed() >= self.every) {
             *last = Some(Instant::now());

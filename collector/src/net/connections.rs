@@ -32,7 +32,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::metrics::{ListenerLabels, LogEvery, Metrics};
+use super::metrics::{ListenerLabels, ListenerMetrics};
+use crate::metrics::LogEvery;
 use crate::net::access::{Protocols, TlsFiles};
 use crate::net::activity::Pressure;
 use crate::util::cap::{Cap, Place};
@@ -77,7 +78,7 @@ pub(crate) struct Accept {
     /// limit in force when it is accepted.
     pub(crate) deadlines: Deadlines,
     pub(crate) tls: Option<ListenerTls>,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<ListenerMetrics>,
     /// Squeezed when a connection finds no place.
     pub(crate) pressure: Pressure,
     /// The places kept for probes, on a listener that answers them.

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::server::Connected as _;
 
-use crate::metrics::{IdleClosedLabels, Metrics};
+use super::metrics::{IdleClosedLabels, ListenerMetrics};
 use crate::net::access::Deadlines;
 use crate::net::activity::{Activity, Closing, Counted, Pressure};
 use crate::net::connections::{Conn, Lane};
@@ -62,7 +62,7 @@ pub(crate) struct Serve<S> {
     /// Whether request bodies get `--body-read-timeout` here (the HTTP listeners).
     pub(crate) body_deadline: bool,
     pub(crate) pressure: Pressure,
-    pub(crate) metrics: std::sync::Arc<Metrics>,
+    pub(crate) metrics: std::sync::Arc<ListenerMetrics>,
 }
 
 /// Serves each connection of `accepted` until `stop`, then waits for the requests in flight

@@ -7,6 +7,7 @@ pub(crate) mod access;
 pub(crate) mod activity;
 pub(crate) mod connections;
 pub(crate) mod http_server;
+pub(crate) mod metrics;
 mod settings;
 
 pub use settings::ListenerSettings;

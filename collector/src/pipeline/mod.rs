@@ -184,6 +184,34 @@ impl QueueGauge {
     }
 }
 
+/// `wayfinder_ingest_queue_bytes` and `wayfinder_ingest_queue_capacity_bytes`, read at each
+/// scrape.
+impl prometheus_client::collector::Collector for QueueGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::{MetricType, gauge::ConstGauge};
+        for (name, help, bytes) in [
+            (
+                "wayfinder_ingest_queue_bytes",
+                "Bytes waiting in the ingest queue",
+                self.queued_bytes(),
+            ),
+            (
+                "wayfinder_ingest_queue_capacity_bytes",
+                "Memory budget of the ingest queue",
+                self.capacity_bytes(),
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(i64::try_from(bytes).unwrap_or(i64::MAX)).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
 /// Resizes the ingest queue's budget.
 #[derive(Debug, Clone)]
 pub struct QueueBudget(Cap);

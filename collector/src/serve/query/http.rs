@@ -271,14 +271,6 @@ pub(crate) fn shared_response(content_type: &'static str, (body, gzip): (Bytes, 
 }
 
 pub(super) async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    let m = &state.metrics;
-    m.ingest_queue_bytes.set(state.queue.queued_bytes() as i64);
-    m.ingest_queue_capacity_bytes
-        .set(state.queue.capacity_bytes() as i64);
-    let stats = state.engine.store().stats();
-    m.store_rows.set(stats.rows as i64);
-    m.store_bytes.set(stats.bytes as i64);
-    m.store_batches.set(stats.batches as i64);
     // Encoding walks every series (the service graph's included): off the runtime's workers,
     // and shared by the scrapes of the same second.
     let metrics = state.metrics.clone();

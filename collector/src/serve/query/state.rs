@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use super::error::ApiError;
 use crate::metrics::Metrics;
-use crate::pipeline::QueueGauge;
 use crate::serve::sql::QueryEngine;
 use crate::util::reuse::{Reuse, SharedBody};
 
@@ -25,8 +24,6 @@ pub(crate) struct ApiState {
     pub weights: Arc<crate::graph::weights::WeightsEngine>,
     /// The collector's metrics.
     pub metrics: Arc<Metrics>,
-    /// The ingest queue's fill, for its gauges.
-    pub queue: QueueGauge,
     /// Whether the collector is ready (listeners up, not shutting down).
     pub ready: Arc<AtomicBool>,
     /// Whether every ingest stage is up (none backing off after a panic).

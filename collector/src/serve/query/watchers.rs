@@ -6,7 +6,7 @@
 
 use prometheus_client::metrics::counter::Counter;
 
-use crate::metrics::LogEvery;
+use crate::metrics::{LogEvery, Metrics};
 use crate::util::cap::{Cap, Place};
 
 /// Places for watchers, and the count of refusals.
@@ -22,6 +22,18 @@ pub(crate) struct Watchers {
 pub(crate) struct WatcherPermit(#[allow(dead_code, reason = "held, not read")] Place);
 
 impl Watchers {
+    /// At most `max` (at least 1) watchers at once; refusals counted in
+    /// `wayfinder_refused_watchers_total`, registered in `metrics`.
+    pub(crate) fn register(max: usize, metrics: &Metrics) -> Self {
+        let refused = Counter::default();
+        metrics.register(
+            "wayfinder_refused_watchers",
+            "Weight watchers (gRPC Watch, HTTP long-polls) refused beyond --max-watchers",
+            refused.clone(),
+        );
+        Self::new(max, refused)
+    }
+
     /// At most `max` (at least 1) watchers at once; refusals counted in `refused`.
     pub(crate) fn new(max: usize, refused: Counter) -> Self {
         Self {

@@ -26,6 +26,7 @@
 mod answer;
 mod bounds;
 pub(crate) mod json;
+mod metrics;
 mod slot;
 mod spans_table;
 
@@ -58,6 +59,7 @@ use crate::graph::registry::{Registry, health_events_schema};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::store::SpanStore;
 use crate::store::history::{History, SealedFile};
+use metrics::SqlMetrics;
 
 /// Limits of the query engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,7 +152,7 @@ pub struct QueryEngine {
     registry: Option<Arc<Registry>>,
     /// The limits in force; a configuration reload replaces them ([`QueryEngine::set_limits`]).
     limits: Arc<parking_lot::RwLock<QueryLimits>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<SqlMetrics>,
     runtime: Arc<QueryRuntime>,
     /// One place per query running.
     running: crate::util::cap::Cap,
@@ -233,7 +235,7 @@ impl QueryEngine {
             store,
             registry: None,
             limits: Arc::new(parking_lot::RwLock::new(limits)),
-            metrics,
+            metrics: Arc::new(SqlMetrics::register(&metrics)),
             runtime: Arc::new(QueryRuntime(Some(runtime))),
             running: crate::util::cap::Cap::new(limits.max_concurrent),
             caches: SharedCaches::new().map_err(std::io::Error::other)?,
@@ -297,11 +299,11 @@ impl QueryEngine {
 
     fn record<T>(&self, started: Instant, result: &Result<T, QueryError>) {
         self.metrics
-            .sql_query_duration
+            .duration
             .observe(started.elapsed().as_secs_f64());
         let outcome = result.as_ref().map_or_else(QueryError::outcome, |_| "ok");
         if matches!(outcome, "busy" | "timeout" | "out_of_memory" | "too_large")
-            && self.metrics.cap_logs.sql_limits.ready()
+            && self.metrics.limit_log.ready()
             && let Err(error) = result
         {
             tracing::warn!(
@@ -311,7 +313,7 @@ impl QueryEngine {
             );
         }
         self.metrics
-            .sql_queries
+            .queries
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }

@@ -326,7 +326,7 @@ async fn a_store_that_cannot_seal_says_it_is_full_until_a_seal_succeeds() {
 
     maintain(&store, t0 + Duration::from_secs(1)).await;
     assert!(
-        metrics.seal_failures.get() > 0,
+        metrics.value("wayfinder_seal_failures_total", &[]) > 0.0,
         "the seal was tried and failed"
     );
     assert!(store.over_budget(), "still full: nothing left memory");

@@ -21,8 +21,10 @@ use super::traces::{StoredBatch, TraceFilter};
 use super::{SpanStore, StoreStats, StoreView};
 use crate::decode::SpanBatch;
 use crate::decode::schema::stored_schema;
-use crate::metrics::{Metrics, ReasonLabels};
+use crate::metrics::Metrics;
+use metrics::{EvictionLabels, StoreMetrics};
 
+mod metrics;
 mod seal;
 
 pub(crate) use seal::Sealing;
@@ -57,8 +59,9 @@ pub struct MemoryStore {
     /// A configuration reload changes the retention and the budget in place
     /// ([`SpanStore::set_limits`]).
     config: parking_lot::RwLock<StoreConfig>,
-    inner: RwLock<Inner>,
-    metrics: Arc<Metrics>,
+    /// Shared with the gauges, which read it at each scrape.
+    inner: Arc<RwLock<Inner>>,
+    metrics: StoreMetrics,
     sealing: Option<Sealing>,
     /// One seal at a time (upkeep's and shutdown's may meet).
     seal_lock: parking_lot::Mutex<()>,
@@ -98,9 +101,11 @@ struct Segment {
 impl MemoryStore {
     /// An empty store.
     pub fn new(config: StoreConfig, metrics: Arc<Metrics>) -> Self {
+        let inner = Arc::new(RwLock::new(Inner::default()));
+        let metrics = StoreMetrics::register(&metrics, &inner);
         Self {
             config: parking_lot::RwLock::new(config),
-            inner: RwLock::new(Inner::default()),
+            inner,
             metrics,
             sealing: None,
             seal_lock: parking_lot::Mutex::new(()),
@@ -112,7 +117,7 @@ impl MemoryStore {
     /// them until the retention; `files` are those sealed before (found at start). Memory then
     /// holds only what is not sealed yet, and neither the budget nor the retention evicts it.
     pub fn with_sealing(mut self, sealing: Sealing, files: Vec<SealedFile>) -> Self {
-        self.inner.get_mut().files = files;
+        self.inner.write().files = files;
         self.sealing = Some(sealing);
         self
     }
@@ -219,10 +224,10 @@ impl MemoryStore {
         }
         if evicted > 0 {
             self.metrics
-                .store_evicted_spans
-                .get_or_create(&ReasonLabels { reason: "size" })
+                .evicted_spans
+                .get_or_create(&EvictionLabels { reason: "size" })
                 .inc_by(evicted as u64);
-            if self.metrics.cap_logs.store_size.ready() {
+            if self.metrics.size_log.ready() {
                 tracing::warn!(
                     evicted,
                     max_bytes = self.config.read().max_bytes,
@@ -381,8 +386,8 @@ impl MemoryStore {
             }
             if evicted > 0 {
                 self.metrics
-                    .store_evicted_spans
-                    .get_or_create(&ReasonLabels { reason: "age" })
+                    .evicted_spans
+                    .get_or_create(&EvictionLabels { reason: "age" })
                     .inc_by(evicted as u64);
             }
             let segment_age = self.config.read().segment_age;
@@ -405,10 +410,6 @@ impl MemoryStore {
             self.seal_due(sealing, now, force);
             self.expire_files(sealing, now);
         }
-        let stats = self.stats();
-        self.metrics.store_rows.set(stats.rows as i64);
-        self.metrics.store_bytes.set(stats.bytes as i64);
-        self.metrics.store_batches.set(stats.batches as i64);
     }
 }
 

@@ -92,7 +92,7 @@ impl MemoryStore {
             Ok(written) => written,
             Err(error) => {
                 self.metrics.seal_failures.inc();
-                if self.metrics.cap_logs.seal_failures.ready() {
+                if self.metrics.seal_failure_log.ready() {
                     tracing::warn!(%error, spans = rows, "cannot seal spans to Parquet; they stay in memory and the log, and sealing is tried again (logged at most once a minute; counted in wayfinder_seal_failures_total)");
                 }
                 return;
@@ -115,7 +115,6 @@ impl MemoryStore {
             inner.batches -= gone_batches;
             self.note_fill(&inner);
             inner.files.extend(written);
-            self.file_gauges(&inner.files);
         }
         self.metrics.sealed_spans.inc_by(rows as u64);
         (sealing.on_sealed)(&seqs);
@@ -134,19 +133,11 @@ impl MemoryStore {
                 .into_iter()
                 .partition(expired);
             inner.files = keep;
-            self.file_gauges(&inner.files);
             old
         };
         self.metrics.expired_files.inc_by(old.len() as u64);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.block_on(sealing.history.delete(&old));
         }
-    }
-
-    fn file_gauges(&self, files: &[SealedFile]) {
-        self.metrics.sealed_files.set(files.len() as i64);
-        self.metrics
-            .sealed_bytes
-            .set(files.iter().map(|f| f.size as i64).sum());
     }
 }

@@ -21,10 +21,7 @@ fn store(config: StoreConfig) -> (MemoryStore, Arc<Metrics>) {
 }
 
 fn evicted(metrics: &Metrics, reason: &'static str) -> u64 {
-    metrics
-        .store_evicted_spans
-        .get_or_create(&ReasonLabels { reason })
-        .get()
+    metrics.value("wayfinder_store_evicted_spans_total", &[("reason", reason)]) as u64
 }
 
 /// Sealed, compacted segments carry a trace filter that rules out the traces they do not
