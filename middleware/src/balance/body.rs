@@ -64,6 +64,19 @@ impl RequestBody {
     pub fn empty() -> Self {
         RequestBody::full(Bytes::new())
     }
+
+    /// A copy, while the body is held whole (read for replay); `None` when it streams.
+    pub(crate) fn try_clone(&self) -> Option<RequestBody> {
+        match &self.inner {
+            Inner::Full { data, trailers } => Some(RequestBody {
+                inner: Inner::Full {
+                    data: data.clone(),
+                    trailers: trailers.clone(),
+                },
+            }),
+            Inner::Stream { .. } => None,
+        }
+    }
 }
 
 impl Default for RequestBody {
@@ -145,6 +158,7 @@ impl Buffered {
     }
 
     /// Whether the request can be sent again.
+    #[cfg(test)]
     pub(crate) fn replayable(&self) -> bool {
         matches!(self, Buffered::Replayable { .. })
     }

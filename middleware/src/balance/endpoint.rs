@@ -137,6 +137,13 @@ pub(crate) struct InFlight {
     endpoint: Arc<Endpoint>,
 }
 
+impl InFlight {
+    /// The endpoint it counts on.
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.endpoint.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -50,6 +50,7 @@
 //! slow-start ramp; the ramp alone when the weights are stale or absent) and the one with the
 //! lower Peak-EWMA cost (`rtt × (in_flight + 1)`) is sent the request.
 
+mod attempt;
 mod balancer;
 mod body;
 mod choose;
@@ -61,6 +62,7 @@ mod future;
 mod layer;
 mod load;
 mod outlier;
+mod policy;
 #[cfg(feature = "tonic")]
 mod pool;
 #[cfg(feature = "reqwest")]
@@ -74,7 +76,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{Request, Response};
+use tokio::time::Instant;
 use tower::Service;
+use tower::retry::Retry;
+use tower::retry::budget::Budget as _;
 
 pub use balancer::{Balancer, BalancerBuilder, EndpointView, WeightSource};
 pub use body::RequestBody;
@@ -87,7 +92,11 @@ pub use pool::{ChannelPool, TonicChannel};
 #[cfg(feature = "reqwest")]
 pub use reqwest::ReqwestBalance;
 
+use attempt::Attempts;
+use policy::{ResendPolicy, Tried};
+
 use crate::BoxError;
+use crate::grpc;
 
 /// Spreads the requests for one logical service over its endpoints (see the
 /// [module](self)). `S` is the client that sends one attempt to the endpoint in its URI: a
@@ -128,16 +137,14 @@ impl<S> Balance<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Balance<S>
 where
-    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<BoxError> + Send,
+    S: Service<Request<RequestBody>, Response = Response<ResBody>> + Clone,
+    S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
-    ResBody: Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = ResponseFuture<ResBody>;
+    type Future = ResponseFuture<S, ResBody>;
 
     /// Always ready: each attempt waits for its own clone of the inner client.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -145,10 +152,34 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        Box::pin(future::call(
-            self.balancer.clone(),
-            self.inner.clone(),
-            request,
-        ))
+        let config = &self.balancer.shared.config;
+        let (mut parts, body) = request.into_parts();
+        let grpc = grpc::is_grpc(&parts.headers);
+        let caller_timeout = grpc.then(|| retry::grpc_timeout(&parts.headers)).flatten();
+        let limit = caller_timeout.map_or(config.deadline, |t| t.min(config.deadline));
+        let deadline = Instant::now() + limit;
+        let idempotent = retry::is_idempotent(
+            &parts.method,
+            parts.uri.path(),
+            &parts.headers,
+            grpc,
+            &config.idempotent_grpc_methods,
+        );
+        let replay = (config.max_attempts > 1).then_some(config.max_replay_bytes);
+        self.balancer.shared.budget.deposit();
+        parts
+            .extensions
+            .insert(Tried::new(deadline, caller_timeout.is_some()));
+        let policy = ResendPolicy::new(self.balancer.clone(), idempotent, grpc, deadline);
+        let attempts = Attempts::new(self.balancer.clone(), self.inner.clone(), grpc);
+        ResponseFuture::new(
+            parts,
+            body,
+            Retry::new(policy, attempts),
+            replay,
+            deadline,
+            limit,
+            grpc,
+        )
     }
 }

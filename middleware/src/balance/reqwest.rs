@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use tower::retry::budget::Budget;
 
 use super::Balancer;
+use super::policy::ResendPolicy;
 use super::retry::{self, Verdict};
 use crate::http::Attempt;
 
@@ -77,6 +78,7 @@ impl Middleware for ReqwestBalance {
             .unwrap_or(true);
         let replayable = small && request.try_clone().is_some();
         shared.budget.deposit();
+        let policy = ResendPolicy::new(self.balancer.clone(), idempotent, false, deadline);
 
         let mut original = Some(request);
         let mut tried: Vec<Arc<str>> = Vec::new();
@@ -119,21 +121,11 @@ impl Middleware for ReqwestBalance {
             endpoint.record(sent, verdict.failed(), config, fastrand::f64());
             extensions.remove::<Attempt>();
 
-            let may_retry = verdict.allows_retry(idempotent)
-                && replayable
-                && original.is_some()
-                && resend_count + 1 < config.max_attempts;
-            if !may_retry {
+            if !replayable || original.is_none() {
                 return result;
             }
             let headers = result.as_ref().ok().map(Response::headers);
-            let Some(wait) = retry::wait_before_retry(
-                config,
-                resend_count + 1,
-                headers,
-                deadline,
-                &shared.budget,
-            ) else {
+            let Some(wait) = policy.resend_after(resend_count + 1, verdict, headers) else {
                 return result;
             };
             tokio::time::sleep(wait).await;
