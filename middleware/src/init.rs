@@ -17,7 +17,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::logs::TraceIdFormat;
 
 mod env;
-pub(crate) use env::parse_headers;
+pub(crate) use env::OtlpEnv;
 mod exporters;
 mod guard;
 mod otlp;
@@ -75,6 +75,17 @@ pub enum OtlpProtocol {
     Grpc,
     /// OTLP/HTTP with protobuf bodies, default port 4318; the OpenTelemetry default.
     HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// The collector's base URL when none is set: `http://localhost:4317` for gRPC,
+    /// `http://localhost:4318` for HTTP (the specification's defaults).
+    pub(crate) fn default_endpoint(self) -> &'static str {
+        match self {
+            OtlpProtocol::Grpc => "http://localhost:4317",
+            OtlpProtocol::HttpProtobuf => "http://localhost:4318",
+        }
+    }
 }
 
 /// Which sampler decides whether a new trace is recorded (`OTEL_TRACES_SAMPLER`).
@@ -387,13 +398,9 @@ impl Telemetry {
 
     /// The collector's base URL the exporter uses: the one set, else the protocol's default.
     fn base_endpoint(&self) -> String {
-        self.endpoint.clone().unwrap_or_else(|| {
-            match self.protocol {
-                OtlpProtocol::Grpc => "http://localhost:4317",
-                OtlpProtocol::HttpProtobuf => "http://localhost:4318",
-            }
-            .to_owned()
-        })
+        self.endpoint
+            .clone()
+            .unwrap_or_else(|| self.protocol.default_endpoint().to_owned())
     }
 
     /// Like [`Telemetry::build`], with spans going to `exporter` (through the batch processor)

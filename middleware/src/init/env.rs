@@ -120,10 +120,7 @@ pub(super) fn parse_sampler(name: &str, arg: Option<&str>) -> Result<SamplerKind
 /// (the W3C Baggage octet rules the specification refers to). A pair without `=`, with an empty
 /// key, or that is not a valid header fails the whole variable: a typo must not silently drop
 /// an authorization header.
-pub(crate) fn parse_headers(
-    variable: &'static str,
-    value: &str,
-) -> Result<Vec<(String, String)>, InitError> {
+fn parse_headers(variable: &'static str, value: &str) -> Result<Vec<(String, String)>, InitError> {
     let mut headers = Vec::new();
     for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
         let Some((key, raw)) = entry.split_once('=') else {
@@ -158,6 +155,57 @@ pub(crate) fn parse_headers(
         headers.push((key, decoded));
     }
     Ok(headers)
+}
+
+/// The generic OTLP exporter variables, as this crate's other senders read them (the health
+/// reporter's beats): the transport, the collector's base URL and its token, so that they go
+/// where the spans go. An empty variable counts as unset, as for [`Telemetry::from_env`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OtlpEnv {
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc`, else HTTP (`http/protobuf`, the default, or
+    /// `http/json`: the beats' own body does not depend on it).
+    pub(crate) protocol: OtlpProtocol,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else the protocol's default.
+    pub(crate) endpoint: String,
+    /// The `authorization` entry of `OTEL_EXPORTER_OTLP_HEADERS`.
+    pub(crate) authorization: Option<String>,
+}
+
+impl OtlpEnv {
+    /// Reads them through `lookup`; a malformed variable is an error naming it.
+    pub(crate) fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, InitError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+        let authorization = match get("OTEL_EXPORTER_OTLP_HEADERS") {
+            Some(value) => parse_headers("OTEL_EXPORTER_OTLP_HEADERS", &value)?
+                .into_iter()
+                .find(|(key, _)| key == "authorization")
+                .map(|(_, value)| value),
+            None => None,
+        };
+        let protocol = match get("OTEL_EXPORTER_OTLP_PROTOCOL") {
+            None => OtlpProtocol::HttpProtobuf,
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "grpc" => OtlpProtocol::Grpc,
+                "http/protobuf" | "http/json" => OtlpProtocol::HttpProtobuf,
+                _ => {
+                    return Err(invalid(
+                        "OTEL_EXPORTER_OTLP_PROTOCOL",
+                        &value,
+                        "expected grpc, http/protobuf or http/json",
+                    ));
+                }
+            },
+        };
+        let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").map_or_else(
+            || protocol.default_endpoint().to_owned(),
+            |e| e.trim().to_owned(),
+        );
+        Ok(OtlpEnv {
+            protocol,
+            endpoint,
+            authorization,
+        })
+    }
 }
 
 /// A timeout in milliseconds (`OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT`).
