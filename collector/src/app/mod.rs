@@ -36,10 +36,50 @@ use crate::util::tasks::Supervision;
 pub use crate::util::tasks::TaskExit;
 
 /// Starts collectors.
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)] async fn main() {
+/// use wayfinder_collector::{Collector, Config};
+///
+/// let mut config = Config::default();
+/// // Any free port on loopback, for each listener.
+/// config.listeners.otlp_grpc = "127.0.0.1:0".parse().unwrap();
+/// config.listeners.otlp_http = "127.0.0.1:0".parse().unwrap();
+/// config.listeners.query_http = "127.0.0.1:0".parse().unwrap();
+/// config.listeners.query_grpc = "127.0.0.1:0".parse().unwrap();
+/// let collector = Collector::start(config).await.unwrap();
+/// let addrs = collector.addrs(); // BoundAddrs: the ports given
+/// assert_ne!(addrs.otlp_grpc.port(), 0);
+/// assert_eq!(collector.config().listeners.otlp_grpc.port(), 0, "the settings as asked");
+/// collector.shutdown().await;
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct Collector;
 
 /// The addresses a running collector listens on (with the real ports when port 0 was asked).
+///
+/// ```
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)] async fn main() {
+/// use wayfinder_collector::{Collector, Config};
+///
+/// let mut config = Config::default();
+/// config.listeners.otlp_grpc = "127.0.0.1:0".parse().unwrap();
+/// config.listeners.otlp_http = "127.0.0.1:0".parse().unwrap();
+/// config.listeners.query_http = "127.0.0.1:0".parse().unwrap();
+/// config.listeners.query_grpc = "127.0.0.1:0".parse().unwrap();
+/// let collector = Collector::start(config).await.unwrap();
+/// let query = collector.addrs().query_http;
+/// // The query API answers there: GET /healthz.
+/// let mut tcp = tokio::net::TcpStream::connect(query).await.unwrap();
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+/// let mut answer = String::new();
+/// tcp.read_to_string(&mut answer).await.unwrap();
+/// assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+/// collector.shutdown().await;
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BoundAddrs {
     /// OTLP/gRPC.
@@ -357,6 +397,27 @@ impl RunningCollector {
     /// Counts and logs a new configuration that was refused before it could be applied (a file
     /// or a flag that did not parse): `wayfinder_config_reloads_total{outcome="rejected"}`, as
     /// for one [`reload`](Self::reload) refuses.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)] async fn main() {
+    /// use clap::Parser;
+    /// use wayfinder_collector::config::{Config, ServeArgs};
+    /// use wayfinder_collector::Collector;
+    ///
+    /// let mut config = Config::default();
+    /// config.listeners.otlp_grpc = "127.0.0.1:0".parse().unwrap();
+    /// config.listeners.otlp_http = "127.0.0.1:0".parse().unwrap();
+    /// config.listeners.query_http = "127.0.0.1:0".parse().unwrap();
+    /// config.listeners.query_grpc = "127.0.0.1:0".parse().unwrap();
+    /// let collector = Collector::start(config.clone()).await.unwrap();
+    /// // SIGHUP, and the file named by --config is gone: the running settings stay.
+    /// let args = ServeArgs::try_parse_from(["serve", "--config", "/nowhere.toml"]).unwrap();
+    /// let error = Config::resolve(&args).unwrap_err();
+    /// collector.reload_refused(&error);
+    /// assert_eq!(collector.config(), config);
+    /// collector.shutdown().await;
+    /// # }
+    /// ```
     pub fn reload_refused(&self, error: &ConfigError) {
         self.live.count("rejected");
         tracing::warn!(%error, "the new configuration is refused; the running one stays");

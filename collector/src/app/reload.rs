@@ -25,7 +25,14 @@ use crate::store::SpanStore;
 
 pub use crate::app::config::{IN_PLACE, SWITCHED_IN_PLACE};
 
-/// What a reload did.
+/// What a reload did (see [`RunningCollector::reload`](crate::RunningCollector::reload)).
+///
+/// ```
+/// use wayfinder_collector::Reloaded;
+///
+/// let nothing = Reloaded::default();
+/// assert!(nothing.applied.is_empty() && nothing.needs_restart.is_empty());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Reloaded {

@@ -7,6 +7,15 @@ use crate::util::settings::{self, Settings, size};
 use crate::util::units::parse_size;
 
 /// Ingest's settings.
+///
+/// ```
+/// use clap::Parser;
+/// use wayfinder_collector::config::{Config, ServeArgs};
+///
+/// let args = ServeArgs::try_parse_from(["serve", "--max-ingest-bytes", "64MiB"]).unwrap();
+/// let config = Config::resolve(&args).unwrap();
+/// assert_eq!(config.ingest.max_ingest_bytes, 64 << 20);
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

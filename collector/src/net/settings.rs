@@ -10,6 +10,16 @@ use crate::util::settings::{self, SettingError, Settings, above_zero, duration};
 use crate::util::units::parse_duration;
 
 /// The listeners' settings.
+///
+/// ```
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// assert_eq!(config.listeners.otlp_grpc.port(), 4317);
+/// config.listeners.max_connections = 0;
+/// let error = config.validate().unwrap_err();
+/// assert!(error.to_string().contains("max_connections"), "{error}");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

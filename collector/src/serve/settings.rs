@@ -9,6 +9,16 @@ use crate::util::settings::{self, SettingError, Settings, duration, size};
 use crate::util::units::{parse_duration, parse_size};
 
 /// The query API's settings.
+///
+/// ```
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// config.query.query_max_rows = 1_000;
+/// config.validate().unwrap();
+/// config.query.max_watchers = 0;
+/// assert!(config.validate().is_err(), "at least one watcher");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

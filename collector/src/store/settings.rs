@@ -12,6 +12,14 @@ use crate::util::settings::{self, SettingError, Settings, above_zero, duration, 
 use crate::util::units::{parse_duration, parse_size};
 
 /// When the write-ahead log acknowledges, as a flag.
+///
+/// ```
+/// use clap::Parser;
+/// use wayfinder_collector::config::{Config, ServeArgs, WalSyncMode};
+///
+/// let args = ServeArgs::try_parse_from(["serve", "--wal-sync", "interval"]).unwrap();
+/// assert_eq!(Config::resolve(&args).unwrap().store.wal_sync, WalSyncMode::Interval);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WalSyncMode {
@@ -22,6 +30,17 @@ pub enum WalSyncMode {
 }
 
 /// The store's settings.
+///
+/// ```
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// assert_eq!(config.store.retention.as_secs(), 3600);
+/// // Sealed history is replayed from the write-ahead log: it needs a data directory.
+/// config.store.history = Some("file:///var/lib/wayfinder/history".into());
+/// let error = config.validate().unwrap_err();
+/// assert!(error.to_string().contains("--data-dir"), "{error}");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -65,6 +65,14 @@ pub struct Config {
 }
 
 /// Why the configuration could not be resolved.
+///
+/// ```
+/// use clap::Parser;
+/// use wayfinder_collector::config::{Config, ConfigError, ServeArgs};
+///
+/// let args = ServeArgs::try_parse_from(["serve", "--config", "/nowhere/wayfinder.toml"]).unwrap();
+/// assert!(matches!(Config::resolve(&args), Err(ConfigError::Read { .. })));
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
@@ -157,6 +165,13 @@ fn sections() -> Vec<(&'static str, Vec<String>)> {
 }
 
 /// The settings (as config-file keys) that a reload changes in place: each part's own.
+///
+/// ```
+/// use wayfinder_collector::IN_PLACE;
+///
+/// assert!(IN_PLACE.contains(&"weight_gamma"));
+/// assert!(!IN_PLACE.contains(&"otlp_grpc"), "a listener's address needs a restart");
+/// ```
 pub static IN_PLACE: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
     [
         ListenerSettings::IN_PLACE,
@@ -181,6 +196,16 @@ impl Config {
 
     /// [`Config::resolve`], reading the variables that only the environment can set (the
     /// tokens: never flags, which `ps` shows) through `var`.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use wayfinder_collector::config::{Config, ServeArgs};
+    ///
+    /// let args = ServeArgs::try_parse_from(["serve"]).unwrap();
+    /// let env = |name: &str| (name == "WAYFINDER_QUERY_TOKEN").then(|| "s3cret".to_owned());
+    /// let config = Config::resolve_with(&args, env).unwrap();
+    /// assert!(config.access.query_token.is_some());
+    /// ```
     pub fn resolve_with(
         args: &ServeArgs,
         var: impl Fn(&str) -> Option<String>,
@@ -216,6 +241,16 @@ impl Config {
 
     /// Checks every part's settings that have a range; `resolve` and
     /// [`Collector::start`](crate::Collector::start) call it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wayfinder_collector::Config;
+    ///
+    /// let mut config = Config::default();
+    /// config.validate().unwrap();
+    /// config.weights.weight_ttl = Duration::from_millis(500); // below the 1 s update period
+    /// assert!(config.validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |error| ConfigError::of(error, std::path::Path::new(""));
         self.topology.validate().map_err(invalid)?;
@@ -273,6 +308,14 @@ impl Config {
     }
 
     /// The log filter: the flag or `RUST_LOG`, else the file's `log_level`, else `info`.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use wayfinder_collector::config::{Config, ServeArgs};
+    ///
+    /// let args = ServeArgs::try_parse_from(["serve", "--log-level", "debug"]).unwrap();
+    /// assert_eq!(Config::log_filter(&args).unwrap(), "debug");
+    /// ```
     pub fn log_filter(args: &ServeArgs) -> Result<String, ConfigError> {
         if let Some(level) = &args.log_level {
             return Ok(level.clone());

@@ -8,6 +8,17 @@ use crate::util::settings::{self, SettingError, Settings, above_zero, duration};
 use crate::util::units::parse_duration;
 
 /// The instance registry's settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// config.registry.deregister_after = Duration::from_secs(120);
+/// config.validate().unwrap();
+/// config.registry.max_heartbeat_ttl = Duration::ZERO;
+/// assert!(config.validate().is_err(), "a beat must hold for some time");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -6,6 +6,16 @@ use serde::{Deserialize, Serialize};
 use crate::util::settings::{self, Settings, tidy};
 
 /// Span metrics' settings.
+///
+/// ```
+/// use clap::Parser;
+/// use wayfinder_collector::config::{Config, ServeArgs};
+///
+/// let args = ServeArgs::try_parse_from(["serve", "--span-metrics-dimensions", "http.route"])
+///     .unwrap();
+/// let config = Config::resolve(&args).unwrap();
+/// assert_eq!(config.spanmetrics.span_metrics_dimensions, ["http.route"]);
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -9,6 +9,17 @@ use crate::util::settings::{self, SettingError, Settings, duration, durations, s
 use crate::util::units::{parse_duration, parse_size};
 
 /// The service graph's settings.
+///
+/// ```
+/// use std::time::Duration;
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// assert!(config.topology.topology, "on by default");
+/// config.topology.service_graph_buckets = vec![Duration::from_secs(1), Duration::from_millis(10)];
+/// let error = config.validate().unwrap_err();
+/// assert!(error.to_string().contains("ascending"), "{error}");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -10,6 +10,17 @@ use crate::util::settings::{self, SettingError, Settings, at_least, duration, wi
 use crate::util::units::parse_duration;
 
 /// The weights' settings.
+///
+/// ```
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// config.weights.weight_gamma = 2.0; // weight follows speed more strongly
+/// config.validate().unwrap();
+/// config.weights.weight_gamma = 0.0;
+/// let error = config.validate().unwrap_err();
+/// assert!(error.to_string().contains("weight_gamma"), "{error}");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

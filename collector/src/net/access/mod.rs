@@ -33,6 +33,13 @@ pub use tls::TlsPaths;
 pub(crate) use tls::{Protocols, TlsError, TlsFiles};
 
 /// A token, hidden from `Debug`.
+///
+/// ```
+/// use wayfinder_collector::config::Secret;
+///
+/// let token = Secret::new("s3cret");
+/// assert!(!format!("{token:?}").contains("s3cret"));
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Arc<str>);
 
@@ -55,6 +62,15 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Where a listener's tokens come from.
+///
+/// ```
+/// use wayfinder_collector::Config;
+/// use wayfinder_collector::config::TokenSource;
+///
+/// let mut config = Config::default();
+/// config.access.set_query_tokens(Some(TokenSource::File("/etc/wayfinder/query.tokens".into())));
+/// assert!(config.access.query_token_file.is_some());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// A file, one token a line, read again when it changes.

@@ -13,6 +13,13 @@ use crate::util::settings::{self, SettingError, Settings};
 /// The settings (as config-file keys) that a reload changes in place while the feature they
 /// belong to stays on (the tokens of ingest, the tokens of the query API, TLS): another file or
 /// variable is taken at once; turning the feature on or off needs a restart.
+///
+/// ```
+/// use wayfinder_collector::{IN_PLACE, SWITCHED_IN_PLACE};
+///
+/// assert!(SWITCHED_IN_PLACE.contains(&"tls_cert"));
+/// assert!(!IN_PLACE.contains(&"tls_cert"), "turning TLS on or off needs a restart");
+/// ```
 pub const SWITCHED_IN_PLACE: &[&str] = &[
     "ingest_token_file",
     "ingest_token",
@@ -23,7 +30,16 @@ pub const SWITCHED_IN_PLACE: &[&str] = &[
     "tls_client_ca",
 ];
 
-/// Access settings.
+/// Access settings: bearer tokens per listener and TLS.
+///
+/// ```
+/// use wayfinder_collector::Config;
+///
+/// let mut config = Config::default();
+/// config.access.tls_cert = Some("/etc/wayfinder/cert.pem".into());
+/// let error = config.validate().unwrap_err();
+/// assert!(error.to_string().contains("--tls-key"), "a certificate needs its key: {error}");
+/// ```
 #[derive(Debug, Clone, PartialEq, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 #[non_exhaustive]

@@ -20,6 +20,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
 /// Where the certificate, its key and the client CA are.
+///
+/// ```
+/// use wayfinder_collector::Config;
+/// use wayfinder_collector::config::TlsPaths;
+///
+/// let mut config = Config::default();
+/// config.access.set_tls(Some(TlsPaths {
+///     cert: "/etc/wayfinder/cert.pem".into(),
+///     key: "/etc/wayfinder/key.pem".into(),
+///     client_ca: None,
+/// }));
+/// config.validate().unwrap(); // the files are read when the collector starts
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPaths {
     /// The certificate chain (PEM), the listener's own first.

@@ -34,6 +34,16 @@ pub use record::{Record, RecordKind};
 pub use segment::{DAMAGED_DIR, Damage, ScanError, SegmentInfo};
 
 /// When the log answers an append.
+///
+/// ```
+/// use std::time::Duration;
+/// use wayfinder_collector::Config;
+/// use wayfinder_collector::config::WalSync;
+///
+/// let mut config = Config::default();
+/// config.store.set_wal_sync(WalSync::Interval(Duration::from_millis(10)));
+/// assert_eq!(config.store.wal_sync(), WalSync::Interval(Duration::from_millis(10)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WalSync {
     /// After the record is synced to disk.
