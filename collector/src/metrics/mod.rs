@@ -257,9 +257,9 @@ mod tests {
         let cases: [(&str, Labels<'_>, f64, &str); 5] = [
             (
                 "wayfinder_pairs_total",
-                &[("b", "y\"z"), ("a", "x")],
+                &[("b", "y,z="), ("a", "x")],
                 3.0,
-                "labels in another order, an escaped quote",
+                "labels in another order, a comma and = in a value",
             ),
             (
                 "wayfinder_pairs_total",
