@@ -52,6 +52,10 @@ pub(super) struct Parts {
 pub(super) struct ToStart {
     pub(super) dispatcher: Dispatcher,
     pub(super) log: Option<(Wal, Recovery)>,
+    /// Fleet mode: this collector's share of the spans topic, fed through an ingest that
+    /// queues (the receivers' produces).
+    #[cfg(feature = "kafka")]
+    pub(super) consumer: Option<(crate::ingest::kafka::consume::SpanConsumer, Ingest)>,
 }
 
 /// Builds the parts from `config` over what `durable` holds; `extra` stages are fed the facts
@@ -185,6 +189,17 @@ pub(super) async fn build_components(
         disk.check();
         ingest = ingest.with_disk(disk.clone());
     }
+    #[cfg(feature = "kafka")]
+    let consumer = if config.kafka.fleet() {
+        use crate::ingest::kafka::{consume::SpanConsumer, ensure_topics, produce::SpanProducer};
+        ensure_topics(&config.kafka, config.store.retention).await?;
+        let consumer = SpanConsumer::new(&config.kafka, config.weights.weight_window, metrics)?;
+        let queueing = ingest.clone();
+        ingest = ingest.with_producer(SpanProducer::new(&config.kafka)?);
+        Some((consumer, queueing))
+    } else {
+        None
+    };
     let parts = Parts {
         store,
         registry,
@@ -198,7 +213,15 @@ pub(super) async fn build_components(
         disk,
         sealed,
     };
-    Ok((parts, ToStart { dispatcher, log }))
+    Ok((
+        parts,
+        ToStart {
+            dispatcher,
+            log,
+            #[cfg(feature = "kafka")]
+            consumer,
+        },
+    ))
 }
 
 /// The memory store, sealing into the history with a data directory, and the log's records

@@ -138,6 +138,10 @@ pub enum StartError {
     /// The sealed Parquet files could not be listed or read.
     #[error(transparent)]
     History(#[from] crate::store::history::HistoryError),
+    /// Fleet mode: the brokers could not be reached, or the topics made.
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] crate::ingest::kafka::KafkaError),
 }
 
 /// A running collector. Dropping it stops nothing; call [`RunningCollector::shutdown`].
@@ -292,6 +296,15 @@ impl Collector {
             &bounds,
             &mut tiers.receivers,
         );
+        // Fleet mode: this collector's partitions of the spans topic, stopped with the
+        // receivers (it feeds the queue as they do).
+        #[cfg(feature = "kafka")]
+        if let Some((consumer, queueing)) = to_start.consumer {
+            let stop = tiers.receivers.stop_token();
+            tiers
+                .receivers
+                .spawn("kafka-consumer", consumer.run(queueing, stop));
+        }
 
         let addrs = bound.addrs;
         tracing::info!(otlp_grpc = %addrs.otlp_grpc, otlp_http = %addrs.otlp_http, query_http = %addrs.query_http, query_grpc = %addrs.query_grpc, "collector started");

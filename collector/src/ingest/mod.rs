@@ -3,6 +3,7 @@
 
 pub(crate) mod grpc;
 pub mod http;
+pub(crate) mod kafka;
 mod metrics;
 pub(crate) mod pool;
 mod refusal;
@@ -33,7 +34,7 @@ use crate::decode::{
 use crate::graph::registry::{BeatOutcome, Registry};
 use crate::metrics::Metrics;
 use crate::pipeline::{IngestQueue, Refusal as QueueRefusal, Reservation};
-use crate::store::log::{Record, RecordKind, Ticket, Wal};
+use crate::store::log::{RecordKind, Ticket, Wal};
 pub(crate) use metrics::{IngestMetrics, ProtocolLabels, RefusalLabels};
 
 /// How a request reached the collector, as a metric label.
@@ -145,6 +146,9 @@ pub struct Ingest {
     store: Option<Arc<dyn crate::store::SpanStore>>,
     /// The data directory's disk, asked whether it is below its reserve.
     disk: Option<crate::store::log::DiskWatch>,
+    /// Fleet mode: accepted spans go to the brokers, not to this collector's queue.
+    #[cfg(feature = "kafka")]
+    producer: Option<kafka::produce::SpanProducer>,
 }
 
 /// A decoded trace request on its way in: its share of the queue taken and, with a
@@ -156,6 +160,9 @@ pub struct PreparedTraces {
     decoded: DecodedTraces,
     reservation: Option<Reservation>,
     ticket: Option<Ticket>,
+    /// Fleet mode: the messages on their way to the brokers.
+    #[cfg(feature = "kafka")]
+    produced: Option<kafka::produce::Produced>,
 }
 
 impl Ingest {
@@ -170,7 +177,17 @@ impl Ingest {
             wal: None,
             store: None,
             disk: None,
+            #[cfg(feature = "kafka")]
+            producer: None,
         }
+    }
+
+    /// Fleet mode: hands accepted spans to the brokers through `producer`, and answers once
+    /// they have them; the spans come back through the consumer group.
+    #[cfg(feature = "kafka")]
+    pub(crate) fn with_producer(mut self, producer: kafka::produce::SpanProducer) -> Self {
+        self.producer = Some(producer);
+        self
     }
 
     /// Decodes on `pool` (default: one slot per core).
@@ -311,11 +328,24 @@ impl Ingest {
                 decoded,
                 reservation: None,
                 ticket: None,
+                #[cfg(feature = "kafka")]
+                produced: None,
             });
         };
         if let Some(error) = self.full() {
             self.refuse_traces(protocol, &decoded, &error);
             return Err(error);
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(producer) = &self.producer {
+            let produced = self.produce(producer, protocol, request, &decoded)?;
+            return Ok(PreparedTraces {
+                protocol,
+                decoded,
+                reservation: None,
+                ticket: None,
+                produced: Some(produced),
+            });
         }
         let bytes = IngestQueue::bytes_of(batch, &decoded.facts);
         let reservation = self.queue.try_reserve(bytes).map_err(|refusal| {
@@ -351,6 +381,8 @@ impl Ingest {
             decoded,
             reservation: Some(reservation),
             ticket,
+            #[cfg(feature = "kafka")]
+            produced: None,
         })
     }
 
@@ -365,7 +397,17 @@ impl Ingest {
             decoded,
             reservation,
             ticket,
+            #[cfg(feature = "kafka")]
+            produced,
         } = prepared;
+        #[cfg(feature = "kafka")]
+        if let Some(produced) = produced
+            && let Err(refused) = produced.acknowledged().await
+        {
+            let error = IngestError::Unavailable(refused.to_string());
+            self.refuse_traces(protocol, &decoded, &error);
+            return Err(error);
+        }
         let mut seq = None;
         if let Some(ticket) = ticket {
             match ticket.durable().await {
@@ -528,59 +570,6 @@ impl Ingest {
             (Some(registry), None) => registry.beat(event),
             (Some(registry), Some(at)) => registry.beat_at(event, at),
             (None, _) => BeatOutcome::Accepted,
-        }
-    }
-
-    /// Feeds one record of the write-ahead log back in at start, as it was taken the first
-    /// time, but not logged again: spans to the store (waiting for room in the queue) and, if
-    /// this ingest takes facts, to the topology and the other facts consumers; heartbeats to
-    /// the registry at their arrival time. Returns the spans queued. (The caller replays
-    /// spans too old for the current window through a clone `with_facts(false)`.) A record
-    /// whose spans are `sealed` already gives only its facts, and is skipped without them.
-    pub async fn replay(&self, record: &Record, sealed: bool) -> Result<usize, IngestError> {
-        match record.kind {
-            RecordKind::Traces => {
-                if sealed && !self.options.facts {
-                    return Ok(0);
-                }
-                let decoded = decode_traces_wire_with(&record.payload, &self.options)
-                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
-                let Some(batch) = decoded.batch else {
-                    return Ok(0);
-                };
-                let rows = batch.rows();
-                let bytes = IngestQueue::bytes_of(&batch, &decoded.facts);
-                let reservation = self
-                    .queue
-                    .reserve(bytes)
-                    .await
-                    .map_err(|_| IngestError::ShuttingDown)?;
-                if sealed {
-                    reservation
-                        .push_facts(decoded.facts)
-                        .map_err(|_| IngestError::ShuttingDown)?;
-                    return Ok(0);
-                }
-                reservation
-                    .push(batch, decoded.facts, Some(record.seq))
-                    .map_err(|_| IngestError::ShuttingDown)?;
-                Ok(rows)
-            }
-            RecordKind::Logs => {
-                let request = ExportLogsServiceRequest::decode(&record.payload[..])
-                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
-                for event in decode_health_logs(&request).events {
-                    self.apply_beat(event, Some(record.arrival));
-                }
-                Ok(0)
-            }
-            RecordKind::Health => {
-                let report: HealthReport = serde_json::from_slice(&record.payload)
-                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
-                let event = validate(report).map_err(IngestError::Malformed)?;
-                self.apply_beat(event, Some(record.arrival));
-                Ok(0)
-            }
         }
     }
 }

@@ -5,8 +5,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use crate::ingest::Ingest;
-use crate::store::log::{Recovery, Wal};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message as _;
+use wayfinder_api::health::HealthReport;
+
+use crate::decode::decode_traces_wire_with;
+use crate::decode::health::{decode_health_logs, validate};
+use crate::ingest::{Ingest, IngestError};
+use crate::pipeline::IngestQueue;
+use crate::store::log::{Record, RecordKind, Recovery, Wal};
 
 /// Feeds the log's records back in, oldest first, a segment at a time; records older than
 /// `keep_since` are past the retention and skipped. A record that cannot be taken (it was
@@ -94,5 +101,60 @@ impl SealedRecords {
     fn holds(&self, seq: u64) -> bool {
         let after = self.0.partition_point(|(first, _)| *first <= seq);
         after > 0 && self.0[after - 1].1 >= seq
+    }
+}
+
+impl Ingest {
+    /// Feeds one record of the write-ahead log back in at start, as it was taken the first
+    /// time, but not logged again: spans to the store (waiting for room in the queue) and, if
+    /// this ingest takes facts, to the topology and the other facts consumers; heartbeats to
+    /// the registry at their arrival time. Returns the spans queued. (The caller replays
+    /// spans too old for the current window through a clone `with_facts(false)`.) A record
+    /// whose spans are `sealed` already gives only its facts, and is skipped without them.
+    pub async fn replay(&self, record: &Record, sealed: bool) -> Result<usize, IngestError> {
+        match record.kind {
+            RecordKind::Traces => {
+                if sealed && !self.options.facts {
+                    return Ok(0);
+                }
+                let decoded = decode_traces_wire_with(&record.payload, &self.options)
+                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
+                let Some(batch) = decoded.batch else {
+                    return Ok(0);
+                };
+                let rows = batch.rows();
+                let bytes = IngestQueue::bytes_of(&batch, &decoded.facts);
+                let reservation = self
+                    .queue
+                    .reserve(bytes)
+                    .await
+                    .map_err(|_| IngestError::ShuttingDown)?;
+                if sealed {
+                    reservation
+                        .push_facts(decoded.facts)
+                        .map_err(|_| IngestError::ShuttingDown)?;
+                    return Ok(0);
+                }
+                reservation
+                    .push(batch, decoded.facts, Some(record.seq))
+                    .map_err(|_| IngestError::ShuttingDown)?;
+                Ok(rows)
+            }
+            RecordKind::Logs => {
+                let request = ExportLogsServiceRequest::decode(&record.payload[..])
+                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
+                for event in decode_health_logs(&request).events {
+                    self.apply_beat(event, Some(record.arrival));
+                }
+                Ok(0)
+            }
+            RecordKind::Health => {
+                let report: HealthReport = serde_json::from_slice(&record.payload)
+                    .map_err(|e| IngestError::Malformed(e.to_string()))?;
+                let event = validate(report).map_err(IngestError::Malformed)?;
+                self.apply_beat(event, Some(record.arrival));
+                Ok(0)
+            }
+        }
     }
 }

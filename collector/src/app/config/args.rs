@@ -10,6 +10,7 @@ use crate::graph::spanmetrics::SpanMetricsSettings;
 use crate::graph::topology::TopologySettings;
 use crate::graph::weights::WeightsSettings;
 use crate::ingest::IngestSettings;
+use crate::ingest::kafka::KafkaSettings;
 use crate::net::ListenerSettings;
 use crate::net::access::AccessSettings;
 use crate::serve::QuerySettings;
@@ -61,6 +62,7 @@ impl Args for ServeArgs {
         let cmd = ListenerSettings::augment_args(cmd.next_help_heading("Listeners"));
         let cmd = AccessSettings::augment_args(cmd.next_help_heading("Access"));
         let cmd = IngestSettings::augment_args(cmd.next_help_heading("Ingest"));
+        let cmd = KafkaSettings::augment_args(cmd.next_help_heading("Fleet (Kafka)"));
         let cmd = StoreSettings::augment_args(cmd.next_help_heading("Store"));
         let cmd = RegistrySettings::augment_args(cmd.next_help_heading("Registry"));
         let cmd = TopologySettings::augment_args(cmd.next_help_heading("Topology"));

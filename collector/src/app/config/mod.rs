@@ -31,6 +31,7 @@ pub use crate::graph::spanmetrics::SpanMetricsSettings;
 pub use crate::graph::topology::TopologySettings;
 pub use crate::graph::weights::WeightsSettings;
 pub use crate::ingest::IngestSettings;
+pub use crate::ingest::kafka::{KafkaSaslMechanism, KafkaSecurity, KafkaSettings};
 pub use crate::net::ListenerSettings;
 /// The types of the settings' values: a token and where it comes from, TLS files, log syncing.
 pub use crate::net::access::{AccessSettings, SWITCHED_IN_PLACE, Secret, TlsPaths, TokenSource};
@@ -50,6 +51,8 @@ pub struct Config {
     pub access: AccessSettings,
     /// The receivers' limits and the ingest queue (`[ingest]`).
     pub ingest: IngestSettings,
+    /// Fleet mode: the brokers, topics and group (`[kafka]`).
+    pub kafka: KafkaSettings,
     /// The span store, the log and the history (`[store]`).
     pub store: StoreSettings,
     /// The instance registry (`[registry]`).
@@ -161,6 +164,7 @@ fn sections() -> Vec<(&'static str, Vec<String>)> {
             settings::keys::<WeightsSettings>(),
         ),
         (QuerySettings::SECTION, settings::keys::<QuerySettings>()),
+        (KafkaSettings::SECTION, settings::keys::<KafkaSettings>()),
     ]
 }
 
@@ -183,6 +187,7 @@ pub static IN_PLACE: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLoc
         SpanMetricsSettings::IN_PLACE,
         WeightsSettings::IN_PLACE,
         QuerySettings::IN_PLACE,
+        KafkaSettings::IN_PLACE,
     ]
     .concat()
 });
@@ -231,10 +236,12 @@ impl Config {
             weights: settings::layer(&file.section(WeightsSettings::SECTION), matches)
                 .map_err(of)?,
             query: settings::layer(&file.section(QuerySettings::SECTION), matches).map_err(of)?,
+            kafka: settings::layer(&file.section(KafkaSettings::SECTION), matches).map_err(of)?,
         };
         let secret = |name: &str| var(name).filter(|v| !v.is_empty()).map(Secret::new);
         config.access.ingest_token = secret("WAYFINDER_INGEST_TOKEN");
         config.access.query_token = secret("WAYFINDER_QUERY_TOKEN");
+        config.kafka.kafka_sasl_password = secret("WAYFINDER_KAFKA_SASL_PASSWORD");
         config.validate()?;
         Ok(config)
     }
@@ -262,6 +269,7 @@ impl Config {
         self.access.validate().map_err(invalid)?;
         self.ingest.validate().map_err(invalid)?;
         self.spanmetrics.validate().map_err(invalid)?;
+        self.kafka.validate().map_err(invalid)?;
         Ok(())
     }
 
@@ -291,6 +299,7 @@ impl Config {
         shown.extend(self.spanmetrics.shown());
         shown.extend(self.weights.shown());
         shown.extend(self.query.shown());
+        shown.extend(self.kafka.shown());
         serde_json::Value::Object(shown)
     }
 
@@ -305,6 +314,7 @@ impl Config {
         self.spanmetrics.take_in_place(&new.spanmetrics);
         self.weights.take_in_place(&new.weights);
         self.query.take_in_place(&new.query);
+        self.kafka.take_in_place(&new.kafka);
     }
 
     /// The log filter: the flag or `RUST_LOG`, else the file's `log_level`, else `info`.

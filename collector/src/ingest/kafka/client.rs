@@ -1,0 +1,152 @@
+//! The brokers as every client of the fleet reaches them, the topics made when missing, and
+//! where a key's records go.
+
+use rdkafka::ClientConfig;
+
+use super::KafkaSettings;
+
+/// The partition a key goes to among `partitions`: murmur2 (seed `0x9747b28c`) with the sign
+/// bit cleared, modulo the count — Kafka's Java client's default partitioner and librdkafka's
+/// `murmur2_random` for a keyed record. A trace's spans all land where its key says, whoever
+/// produced them (a collector, or an OpenTelemetry Collector gateway set to murmur2). The
+/// producer leaves the choice to librdkafka's `murmur2_random`, which is this.
+#[cfg(test)]
+pub(crate) fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    (murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// The librdkafka settings every client of the fleet shares: the brokers and how to reach them.
+pub(crate) fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", settings.kafka_brokers.join(","))
+        .set(
+            "security.protocol",
+            settings.kafka_security_protocol.librdkafka(),
+        )
+        .set("client.id", "wayfinder");
+    if let Some(mechanism) = settings.kafka_sasl_mechanism {
+        config.set("sasl.mechanism", mechanism.librdkafka());
+    }
+    if let Some(username) = &settings.kafka_sasl_username {
+        config.set("sasl.username", username);
+    }
+    if let Some(password) = &settings.kafka_sasl_password {
+        config.set("sasl.password", password.expose());
+    }
+    if let Some(ca) = &settings.kafka_ca {
+        config.set("ssl.ca.location", ca.to_string_lossy());
+    }
+    config
+}
+
+/// Why fleet mode could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KafkaError {
+    /// A client could not be made from the settings.
+    #[error("kafka: cannot create the {what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka's reason.
+        source: rdkafka::error::KafkaError,
+    },
+    /// A topic could not be created or checked.
+    #[error("kafka: topic {topic}: {reason}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Creates the spans topic when it is missing (`--kafka-partitions`, `--kafka-replication-
+/// factor`); one that exists is taken as it is, whatever its partition count.
+/// Its messages are kept for `retention` (the store's): what a collector that takes a partition
+/// reads again.
+pub(crate) async fn ensure_topics(
+    settings: &KafkaSettings,
+    retention: std::time::Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(settings)
+            .create()
+            .map_err(|source| KafkaError::Client {
+                what: "admin client",
+                source,
+            })?;
+    let partitions = i32::try_from(settings.kafka_partitions).unwrap_or(i32::MAX);
+    let topics = [settings.spans_topic()];
+    let retention_ms = retention.as_millis().to_string();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|name| {
+            NewTopic::new(
+                name,
+                partitions,
+                TopicReplication::Fixed(settings.kafka_replication_factor),
+            )
+            .set("retention.ms", &retention_ms)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(|e| KafkaError::Topic {
+            topic: topics.join(", "),
+            reason: e.to_string(),
+        })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::Topic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_is_kafkas() {
+        // Kafka's own vectors (`UtilsTest.testMurmur2`), as the signed ints Java prints.
+        let cases: [(&[u8], i32); 6] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+        ];
+        for (key, java) in cases {
+            assert_eq!(
+                murmur2::murmur2(key, murmur2::KAFKA_SEED) as i32,
+                java,
+                "{}",
+                String::from_utf8_lossy(key)
+            );
+        }
+        // The partition: the sign bit cleared, modulo the count.
+        assert_eq!(
+            partition_of(b"21", 12),
+            (-973_932_308i32 & 0x7fff_ffff) as u32 % 12
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The stores' side of fleet mode: the collectors of one consumer group share the partitions of
+//! the spans topic (cooperative-sticky: a rebalance moves only the partitions that change
+//! hands), and each feeds what it consumes through the same decoder and pipeline as a request,
+//! as the write-ahead log's replay does — the topic is the fleet's log. Spans older than the
+//! weights' window are stored without their facts, so that a replay does not count old calls
+//! in the current window.
+//!
+//! Offsets are not committed yet: a collector that takes a partition reads it from the start
+//! of the topic's retention, which rebuilds its memory (`docs/fleet.md` says what that costs
+//! and what comes with sealing).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use tokio_util::sync::CancellationToken;
+
+use super::{KafkaError, KafkaSettings, client_config};
+use crate::ingest::Ingest;
+use crate::metrics::{LogEvery, Metrics};
+use crate::store::log::{Record, RecordKind};
+
+/// How long to wait after the brokers' error before asking again.
+const ERROR_PAUSE: Duration = Duration::from_millis(500);
+
+/// A consumed message's place as a record sequence: the partition in the top 16 bits, its
+/// offset in the low 48 (the sealing callbacks hand these back).
+pub(crate) fn seq_of(partition: i32, offset: i64) -> u64 {
+    (u64::from(partition as u16) << 48) | (offset as u64 & ((1 << 48) - 1))
+}
+
+/// Consumes this collector's partitions of the spans topic.
+pub(crate) struct SpanConsumer {
+    consumer: Arc<StreamConsumer>,
+    /// Older spans are stored without their facts.
+    facts_window: Duration,
+}
+
+impl std::fmt::Debug for SpanConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanConsumer").finish_non_exhaustive()
+    }
+}
+
+impl SpanConsumer {
+    /// Joins the group of `settings` on its spans topic; the partitions it owns are shown in
+    /// `metrics` (`wayfinder_kafka_owned_partition{partition}`).
+    pub(crate) fn new(
+        settings: &KafkaSettings,
+        facts_window: Duration,
+        metrics: &Metrics,
+    ) -> Result<Self, KafkaError> {
+        let consumer: StreamConsumer = client_config(settings)
+            .set("group.id", &settings.kafka_group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set(
+                "session.timeout.ms",
+                settings.kafka_session_timeout.as_millis().to_string(),
+            )
+            // A third of the session, as Kafka's clients advise.
+            .set(
+                "heartbeat.interval.ms",
+                (settings.kafka_session_timeout.as_millis() / 3).to_string(),
+            )
+            .create()
+            .map_err(|source| KafkaError::Client {
+                what: "consumer",
+                source,
+            })?;
+        consumer
+            .subscribe(&[&settings.spans_topic()])
+            .map_err(|source| KafkaError::Client {
+                what: "consumer's subscription",
+                source,
+            })?;
+        let consumer = Arc::new(consumer);
+        metrics.register_collector(Box::new(OwnedPartitions(consumer.clone())));
+        Ok(SpanConsumer {
+            consumer,
+            facts_window,
+        })
+    }
+
+    /// Feeds every message into `ingest` until `stop`; then leaves the group, so that the
+    /// others take its partitions at once rather than after the session timeout.
+    pub(crate) async fn run(self, ingest: Ingest, stop: CancellationToken) {
+        let store_only = ingest.clone().with_facts(false);
+        let logged = LogEvery::default();
+        loop {
+            let message = tokio::select! {
+                message = self.consumer.recv() => message,
+                () = stop.cancelled() => break,
+            };
+            let message = match message {
+                Ok(message) => message,
+                Err(error) => {
+                    if logged.ready() {
+                        tracing::warn!(%error, "kafka: cannot consume; trying again (logged at most once a minute)");
+                    }
+                    tokio::time::sleep(ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            // Taken out of the message, which borrows the consumer, before anything waits.
+            let Some(payload) = message.payload().map(<[u8]>::to_vec) else {
+                continue;
+            };
+            let (partition, offset) = (message.partition(), message.offset());
+            let produced = message
+                .timestamp()
+                .to_millis()
+                .and_then(|ms| u64::try_from(ms).ok())
+                .map_or_else(SystemTime::now, |ms| {
+                    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+                });
+            drop(message);
+            let record = Record {
+                kind: RecordKind::Traces,
+                seq: seq_of(partition, offset),
+                arrival: produced,
+                payload,
+            };
+            let fresh = produced + self.facts_window >= SystemTime::now();
+            let through = if fresh { &ingest } else { &store_only };
+            if let Err(error) = through.replay(&record, false).await {
+                tracing::warn!(
+                    partition,
+                    offset,
+                    %error,
+                    "kafka: a message of the spans topic is not an OTLP trace request; skipped"
+                );
+            }
+        }
+        self.consumer.unsubscribe();
+    }
+}
+
+/// `wayfinder_kafka_owned_partition{partition}`: 1 for each partition of the spans topic this
+/// collector owns now, read from the consumer at each scrape.
+struct OwnedPartitions(Arc<StreamConsumer>);
+
+impl std::fmt::Debug for OwnedPartitions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OwnedPartitions")
+    }
+}
+
+impl prometheus_client::collector::Collector for OwnedPartitions {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::{MetricType, gauge::ConstGauge};
+        let mut owned: Vec<i32> = self
+            .0
+            .assignment()
+            .map(|list| list.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        owned.sort_unstable();
+        let mut family = encoder.encode_descriptor(
+            "wayfinder_kafka_owned_partition",
+            "Partitions of the spans topic this collector owns (1 each)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for partition in owned {
+            let partition = partition.to_string();
+            let labels = [("partition", partition.as_str())];
+            ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seq_keeps_partition_and_offset_apart_and_grows_with_the_offset() {
+        assert_eq!(seq_of(0, 5), 5);
+        assert_eq!(seq_of(3, 0) >> 48, 3);
+        assert!(seq_of(3, 7) < seq_of(3, 8), "later in a partition, higher");
+        assert_eq!(seq_of(2, 1) & ((1 << 48) - 1), 1);
+    }
+}

