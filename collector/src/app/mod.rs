@@ -12,6 +12,8 @@ pub(crate) mod bind;
 pub(crate) mod build;
 pub mod config;
 pub(crate) mod durability;
+#[cfg(feature = "kafka")]
+mod fleet;
 mod listeners;
 mod reload;
 pub(crate) mod start;
@@ -208,7 +210,9 @@ impl Collector {
             supervision.counted(),
         );
         let durable = durability::open_durability(&config, &metrics).await?;
-        let (parts, to_start) = build::build_components(&config, &metrics, durable, extra).await?;
+        let (parts, to_start) =
+            build::build_components(&config, &metrics, durable, extra, bound.addrs.query_http)
+                .await?;
 
         let mut tiers = Tiers::new(&supervision);
         let wal = start::start_pipeline_and_replay(
@@ -260,6 +264,10 @@ impl Collector {
             config: parking_lot::RwLock::new(Arc::new(config.in_force())),
             watchers: crate::serve::query::Watchers::register(config.query.max_watchers, &metrics),
             topology_json: crate::util::reuse::Reuse::new(crate::graph::topology::SNAPSHOT_REUSE),
+            #[cfg(feature = "kafka")]
+            owners: parts.owners.clone(),
+            #[cfg(feature = "kafka")]
+            forwarder: crate::serve::query::forward::Forwarder::default(),
         });
         let live = reload::Live {
             config: parking_lot::Mutex::new(config.clone()),
@@ -299,11 +307,8 @@ impl Collector {
         // Fleet mode: this collector's partitions of the spans topic, stopped with the
         // receivers (it feeds the queue as they do).
         #[cfg(feature = "kafka")]
-        if let Some((consumer, queueing)) = to_start.consumer {
-            let stop = tiers.receivers.stop_token();
-            tiers
-                .receivers
-                .spawn("kafka-consumer", consumer.run(queueing, stop));
+        if let Some(fleet) = to_start.fleet {
+            fleet.start(&mut tiers.receivers);
         }
 
         let addrs = bound.addrs;

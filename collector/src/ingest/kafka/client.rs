@@ -10,7 +10,6 @@ use super::KafkaSettings;
 /// `murmur2_random` for a keyed record. A trace's spans all land where its key says, whoever
 /// produced them (a collector, or an OpenTelemetry Collector gateway set to murmur2). The
 /// producer leaves the choice to librdkafka's `murmur2_random`, which is this.
-#[cfg(test)]
 pub(crate) fn partition_of(key: &[u8], partitions: u32) -> u32 {
     (murmur2::murmur2(key, murmur2::KAFKA_SEED) & 0x7fff_ffff) % partitions.max(1)
 }
@@ -62,7 +61,7 @@ pub enum KafkaError {
     },
 }
 
-/// Creates the spans topic when it is missing (`--kafka-partitions`, `--kafka-replication-
+/// Creates the spans and owners topics when they are missing (`--kafka-partitions`, `--kafka-replication-
 /// factor`); one that exists is taken as it is, whatever its partition count.
 /// Its messages are kept for `retention` (the store's): what a collector that takes a partition
 /// reads again.
@@ -82,19 +81,15 @@ pub(crate) async fn ensure_topics(
                 source,
             })?;
     let partitions = i32::try_from(settings.kafka_partitions).unwrap_or(i32::MAX);
-    let topics = [settings.spans_topic()];
+    let (spans, owners) = (settings.spans_topic(), settings.owners_topic());
+    let topics = [spans.clone(), owners.clone()];
     let retention_ms = retention.as_millis().to_string();
-    let new: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|name| {
-            NewTopic::new(
-                name,
-                partitions,
-                TopicReplication::Fixed(settings.kafka_replication_factor),
-            )
-            .set("retention.ms", &retention_ms)
-        })
-        .collect();
+    let replication = || TopicReplication::Fixed(settings.kafka_replication_factor);
+    let new = [
+        NewTopic::new(&spans, partitions, replication()).set("retention.ms", &retention_ms),
+        // Each collector's latest claim is all that matters.
+        NewTopic::new(&owners, 1, replication()).set("cleanup.policy", "compact"),
+    ];
     let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     let results = admin
         .create_topics(&new, &options)
@@ -115,6 +110,47 @@ pub(crate) async fn ensure_topics(
         }
     }
     Ok(())
+}
+
+/// The spans topic's partition count, as the brokers report it (an operator may have made the
+/// topic with another count than `--kafka-partitions`).
+pub(crate) async fn spans_partitions(settings: &KafkaSettings) -> Result<u32, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+    let settings = settings.clone();
+    let topic = settings.spans_topic();
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer =
+            client_config(&settings)
+                .create()
+                .map_err(|source| KafkaError::Client {
+                    what: "metadata client",
+                    source,
+                })?;
+        let metadata = client
+            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+            .map_err(|e| KafkaError::Topic {
+                topic: topic.clone(),
+                reason: e.to_string(),
+            })?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map_or(0, |t| t.partitions().len());
+        match u32::try_from(count) {
+            Ok(count) if count > 0 => Ok(count),
+            _ => Err(KafkaError::Topic {
+                topic,
+                reason: "the brokers report no partitions".into(),
+            }),
+        }
+    })
+    .await
+    .map_err(|e| KafkaError::Topic {
+        topic: "metadata".into(),
+        reason: e.to_string(),
+    })?
 }
 
 #[cfg(test)]

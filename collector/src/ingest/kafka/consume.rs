@@ -84,6 +84,11 @@ impl SpanConsumer {
         })
     }
 
+    /// The consumer, for what reads its assignment (the owners' publisher).
+    pub(crate) fn handle(&self) -> Arc<StreamConsumer> {
+        self.consumer.clone()
+    }
+
     /// Feeds every message into `ingest` until `stop`; then leaves the group, so that the
     /// others take its partitions at once rather than after the session timeout.
     pub(crate) async fn run(self, ingest: Ingest, stop: CancellationToken) {

@@ -16,11 +16,13 @@ mod client;
 #[cfg(feature = "kafka")]
 pub(crate) mod consume;
 #[cfg(feature = "kafka")]
+pub(crate) mod owners;
+#[cfg(feature = "kafka")]
 pub(crate) mod produce;
 mod settings;
 #[cfg(feature = "kafka")]
 pub(crate) mod split;
 
 #[cfg(feature = "kafka")]
-pub(crate) use client::{KafkaError, client_config, ensure_topics};
+pub(crate) use client::{KafkaError, client_config, ensure_topics, partition_of, spans_partitions};
 pub use settings::{KafkaSaslMechanism, KafkaSecurity, KafkaSettings};

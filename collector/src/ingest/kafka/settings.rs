@@ -140,6 +140,10 @@ pub struct KafkaSettings {
     /// `sasl_ssl` [default: the system's].
     #[arg(long, env = "WAYFINDER_KAFKA_CA")]
     pub kafka_ca: Option<PathBuf>,
+    /// The URL other collectors reach this one's query API at, to ask it for the traces of
+    /// its partitions [default: http:// and --query-http, when that is not 0.0.0.0 or ::].
+    #[arg(long, env = "WAYFINDER_KAFKA_QUERY_URL")]
+    pub kafka_query_url: Option<String>,
 }
 
 impl Default for KafkaSettings {
@@ -162,6 +166,12 @@ impl KafkaSettings {
     /// The topic of the health events, keyed by `service.name`.
     pub fn health_topic(&self) -> String {
         format!("{}health", self.kafka_topic_prefix)
+    }
+
+    /// The topic where each collector says which partitions it owns (one partition,
+    /// compacted), keyed by its query URL.
+    pub fn owners_topic(&self) -> String {
+        format!("{}owners", self.kafka_topic_prefix)
     }
 }
 

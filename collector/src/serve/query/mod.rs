@@ -2,11 +2,17 @@
 //! Jaeger-compatible endpoints, Prometheus metrics and probes, and the weights over gRPC.
 //!
 //! Each route module imports only [`state`], [`error`] and `figures` (and, for Jaeger, the SQL
-//! answer's JSON form from [`http`]); this module wires them into the router. The SQL engine is in
+//! answer's JSON form from [`http`]); this module wires them into the router. In fleet mode the
+//! trace routes pass through `fleet`, which asks the owner of a trace's partition through
+//! `forward`. The SQL engine is in
 //! [`crate::serve::sql`].
 
 mod error;
 mod figures;
+#[cfg(feature = "kafka")]
+mod fleet;
+#[cfg(feature = "kafka")]
+pub(crate) mod forward;
 pub(crate) mod grpc;
 pub(crate) mod http;
 mod jaeger;
@@ -29,7 +35,10 @@ pub(crate) use watchers::Watchers;
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/api/v1/sql", post(http::sql))
-        .route("/api/v1/traces/{trace_id}", get(http::trace))
+        .route(
+            "/api/v1/traces/{trace_id}",
+            traced(get(http::trace), &state),
+        )
         .route("/api/v1/topology", get(topology::get_topology))
         .route("/api/v1/services", get(topology::get_services))
         .route("/api/v1/operations", get(operations::get_operations))
@@ -42,7 +51,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/operations", get(jaeger::operations))
         .route("/api/traces", get(jaeger::search))
-        .route("/api/traces/{trace_id}", get(jaeger::trace))
+        .route("/api/traces/{trace_id}", traced(get(jaeger::trace), &state))
         .route("/api/dependencies", get(jaeger::dependencies))
         .route("/api/v1/config", get(http::config))
         .route("/metrics", get(http::metrics))
@@ -50,6 +59,21 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(http::ready))
         .with_state(state)
+}
+
+/// A trace route: in fleet mode, asked of the collector that owns the trace's partition.
+fn traced(
+    route: axum::routing::MethodRouter<Arc<ApiState>>,
+    state: &Arc<ApiState>,
+) -> axum::routing::MethodRouter<Arc<ApiState>> {
+    #[cfg(feature = "kafka")]
+    let route = route.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        fleet::to_owner,
+    ));
+    #[cfg(not(feature = "kafka"))]
+    let _ = state;
+    route
 }
 
 /// The router of a connection admitted past the query port's cap, in a place kept for probes:

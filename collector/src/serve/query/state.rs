@@ -36,6 +36,12 @@ pub(crate) struct ApiState {
     pub watchers: super::watchers::Watchers,
     /// The configuration in force (`GET /api/v1/config`), tokens redacted.
     pub config: parking_lot::RwLock<Arc<serde_json::Value>>,
+    /// Fleet mode: who owns which partition (a trace lookup goes to its owner).
+    #[cfg(feature = "kafka")]
+    pub owners: Option<Arc<crate::ingest::kafka::owners::Owners>>,
+    /// The client that asks the owners.
+    #[cfg(feature = "kafka")]
+    pub forwarder: super::forward::Forwarder,
     /// `GET /api/v1/topology` answers by (window, instance level, service), shared for a
     /// second.
     pub topology_json: Reuse<(Duration, bool, Option<String>), Result<SharedBody, ApiError>>,

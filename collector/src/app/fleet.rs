@@ -1,0 +1,97 @@
+//! Fleet mode's part of the build and start phases: the topics made, the receivers switched to
+//! producing, this collector's share of the spans topic consumed into its pipeline, and the
+//! owners topic written and read (`docs/fleet.md`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::StartError;
+use crate::app::config::Config;
+use crate::ingest::Ingest;
+use crate::ingest::kafka::consume::SpanConsumer;
+use crate::ingest::kafka::owners::{self, Owners};
+use crate::ingest::kafka::produce::SpanProducer;
+use crate::ingest::kafka::{KafkaSettings, ensure_topics, spans_partitions};
+use crate::metrics::Metrics;
+use crate::util::tasks::Tier;
+
+/// Fleet mode, built and not yet running.
+pub(super) struct Fleet {
+    settings: KafkaSettings,
+    consumer: SpanConsumer,
+    /// The ingest the consumer feeds: it queues, as the receivers did in one process.
+    queueing: Ingest,
+    pub(super) owners: Arc<Owners>,
+}
+
+/// With `--kafka-brokers`: the topics, the consumer and the owners directory, and `ingest`
+/// switched to producing; without, `ingest` as it is.
+pub(super) async fn build(
+    config: &Config,
+    metrics: &Metrics,
+    ingest: Ingest,
+    query_http: SocketAddr,
+) -> Result<(Ingest, Option<Fleet>), StartError> {
+    let settings = &config.kafka;
+    if !settings.fleet() {
+        return Ok((ingest, None));
+    }
+    let query = match &settings.kafka_query_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if query_http.ip().is_unspecified() => {
+            return Err(StartError::Config(
+                crate::app::config::ConfigError::Invalid {
+                    key: "kafka_query_url",
+                    message: format!(
+                        "--query-http {query_http} listens on every address: say which one the other collectors reach it at"
+                    ),
+                },
+            ));
+        }
+        None => format!("http://{query_http}"),
+    };
+    ensure_topics(settings, config.store.retention).await?;
+    let partitions = spans_partitions(settings).await?;
+    let consumer = SpanConsumer::new(settings, config.weights.weight_window, metrics)?;
+    let producing = ingest.clone().with_producer(SpanProducer::new(settings)?);
+    let fleet = Fleet {
+        settings: settings.clone(),
+        consumer,
+        queueing: ingest,
+        owners: Arc::new(Owners::new(query, partitions)),
+    };
+    Ok((producing, Some(fleet)))
+}
+
+impl Fleet {
+    /// Starts consuming and the owners' tasks in `tier` (the receivers': they stop with them).
+    pub(super) fn start(self, tier: &mut Tier) {
+        let stop = tier.stop_token();
+        let Fleet {
+            settings,
+            consumer,
+            queueing,
+            owners,
+        } = self;
+        tier.spawn(
+            "kafka-owners-publish",
+            log_error(owners::publish(
+                settings.clone(),
+                consumer.handle(),
+                owners.clone(),
+                stop.clone(),
+            )),
+        );
+        tier.spawn(
+            "kafka-owners-read",
+            log_error(owners::read(settings, owners, stop.clone())),
+        );
+        tier.spawn("kafka-consumer", consumer.run(queueing, stop));
+    }
+}
+
+async fn log_error(task: impl Future<Output = Result<(), crate::ingest::kafka::KafkaError>>) {
+    if let Err(error) = task.await {
+        tracing::error!(%error, "kafka: a fleet task could not start");
+    }
+}
