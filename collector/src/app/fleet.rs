@@ -9,9 +9,10 @@ use super::StartError;
 use crate::app::config::Config;
 use crate::ingest::Ingest;
 use crate::ingest::kafka::consume::SpanConsumer;
+use crate::ingest::kafka::consume::read_health;
 use crate::ingest::kafka::owners::{self, Owners};
 use crate::ingest::kafka::produce::SpanProducer;
-use crate::ingest::kafka::{KafkaSettings, ensure_topics, spans_partitions};
+use crate::ingest::kafka::{KafkaSettings, ensure_topics, partitions_of};
 use crate::metrics::Metrics;
 use crate::util::tasks::Tier;
 
@@ -21,6 +22,7 @@ pub(super) struct Fleet {
     consumer: SpanConsumer,
     /// The ingest the consumer feeds: it queues, as the receivers did in one process.
     queueing: Ingest,
+    health_partitions: u32,
     pub(super) owners: Arc<Owners>,
 }
 
@@ -50,14 +52,18 @@ pub(super) async fn build(
         }
         None => format!("http://{query_http}"),
     };
-    ensure_topics(settings, config.store.retention).await?;
-    let partitions = spans_partitions(settings).await?;
+    // Beats older than the longest TTL tell nothing of the instances now.
+    let health_retention = config.registry.max_heartbeat_ttl * 2;
+    ensure_topics(settings, config.store.retention, health_retention).await?;
+    let partitions = partitions_of(settings, settings.spans_topic()).await?;
+    let health_partitions = partitions_of(settings, settings.health_topic()).await?;
     let consumer = SpanConsumer::new(settings, config.weights.weight_window, metrics)?;
     let producing = ingest.clone().with_producer(SpanProducer::new(settings)?);
     let fleet = Fleet {
         settings: settings.clone(),
         consumer,
         queueing: ingest,
+        health_partitions,
         owners: Arc::new(Owners::new(query, partitions)),
     };
     Ok((producing, Some(fleet)))
@@ -71,6 +77,7 @@ impl Fleet {
             settings,
             consumer,
             queueing,
+            health_partitions,
             owners,
         } = self;
         tier.spawn(
@@ -84,7 +91,16 @@ impl Fleet {
         );
         tier.spawn(
             "kafka-owners-read",
-            log_error(owners::read(settings, owners, stop.clone())),
+            log_error(owners::read(settings.clone(), owners, stop.clone())),
+        );
+        tier.spawn(
+            "kafka-health-read",
+            log_error(read_health(
+                settings.clone(),
+                health_partitions,
+                queueing.clone(),
+                stop.clone(),
+            )),
         );
         tier.spawn("kafka-consumer", consumer.run(queueing, stop));
     }

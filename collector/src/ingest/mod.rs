@@ -481,9 +481,11 @@ impl Ingest {
     ) -> Result<ExportLogsServiceResponse, IngestError> {
         let decoded = decode_health_logs(request);
         if !decoded.events.is_empty() {
-            self.persist(RecordKind::Logs, || request.encode_to_vec())
-                .await
-                .inspect_err(|e| self.refuse_request(protocol, e.reason()))?;
+            self.persist_beats(&decoded.events, RecordKind::Logs, || {
+                request.encode_to_vec()
+            })
+            .await
+            .inspect_err(|e| self.refuse_request(protocol, e.reason()))?;
         }
         let labels = ProtocolLabels {
             protocol: protocol.label(),
@@ -529,7 +531,7 @@ impl Ingest {
                 .inc();
             HealthRefusal::Invalid(message)
         })?;
-        self.persist(RecordKind::Health, || {
+        self.persist_beats(std::slice::from_ref(&event), RecordKind::Health, || {
             serde_json::to_vec(&report).unwrap_or_default()
         })
         .await?;
@@ -539,6 +541,33 @@ impl Ingest {
             accepted: outcome == BeatOutcome::Accepted,
             reason: outcome.reason(),
         })
+    }
+
+    /// Makes health events durable before they are applied: in fleet mode on the health topic
+    /// (every collector's registry takes them from there, this one's too), else as a record of
+    /// the write-ahead log, if there is one.
+    async fn persist_beats(
+        &self,
+        events: &[HealthEvent],
+        kind: RecordKind,
+        payload: impl FnOnce() -> Vec<u8>,
+    ) -> Result<(), IngestError> {
+        #[cfg(feature = "kafka")]
+        if let Some(producer) = &self.producer {
+            let unavailable = |e: kafka::produce::ProduceError| match e {
+                kafka::produce::ProduceError::Full => IngestError::Overloaded,
+                kafka::produce::ProduceError::Unavailable(why) => IngestError::Unavailable(why),
+            };
+            return producer
+                .send_beats(events)
+                .map_err(unavailable)?
+                .acknowledged()
+                .await
+                .map_err(unavailable);
+        }
+        #[cfg(not(feature = "kafka"))]
+        let _ = events;
+        self.persist(kind, payload).await
     }
 
     /// Writes a record to the write-ahead log, if there is one, and waits until it is durable.

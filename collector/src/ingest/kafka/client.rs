@@ -63,11 +63,13 @@ pub enum KafkaError {
 
 /// Creates the spans and owners topics when they are missing (`--kafka-partitions`, `--kafka-replication-
 /// factor`); one that exists is taken as it is, whatever its partition count.
-/// Its messages are kept for `retention` (the store's): what a collector that takes a partition
-/// reads again.
+/// The spans are kept for `retention` (the store's: what a collector that takes a partition
+/// reads again), the health events for `health_retention` (what a starting collector reads to
+/// know every instance).
 pub(crate) async fn ensure_topics(
     settings: &KafkaSettings,
     retention: std::time::Duration,
+    health_retention: std::time::Duration,
 ) -> Result<(), KafkaError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -82,11 +84,15 @@ pub(crate) async fn ensure_topics(
             })?;
     let partitions = i32::try_from(settings.kafka_partitions).unwrap_or(i32::MAX);
     let (spans, owners) = (settings.spans_topic(), settings.owners_topic());
-    let topics = [spans.clone(), owners.clone()];
+    let health = settings.health_topic();
+    let topics = [spans.clone(), health.clone(), owners.clone()];
     let retention_ms = retention.as_millis().to_string();
+    let health_retention_ms = health_retention.as_millis().to_string();
     let replication = || TopicReplication::Fixed(settings.kafka_replication_factor);
     let new = [
         NewTopic::new(&spans, partitions, replication()).set("retention.ms", &retention_ms),
+        // Keyed by service: the same count, so that a service's beats meet its figures.
+        NewTopic::new(&health, partitions, replication()).set("retention.ms", &health_retention_ms),
         // Each collector's latest claim is all that matters.
         NewTopic::new(&owners, 1, replication()).set("cleanup.policy", "compact"),
     ];
@@ -112,13 +118,15 @@ pub(crate) async fn ensure_topics(
     Ok(())
 }
 
-/// The spans topic's partition count, as the brokers report it (an operator may have made the
-/// topic with another count than `--kafka-partitions`).
-pub(crate) async fn spans_partitions(settings: &KafkaSettings) -> Result<u32, KafkaError> {
+/// A topic's partition count, as the brokers report it (an operator may have made the topic
+/// with another count than `--kafka-partitions`).
+pub(crate) async fn partitions_of(
+    settings: &KafkaSettings,
+    topic: String,
+) -> Result<u32, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
     let settings = settings.clone();
-    let topic = settings.spans_topic();
     tokio::task::spawn_blocking(move || {
         let client: BaseConsumer =
             client_config(&settings)

@@ -114,13 +114,7 @@ impl SpanConsumer {
                 continue;
             };
             let (partition, offset) = (message.partition(), message.offset());
-            let produced = message
-                .timestamp()
-                .to_millis()
-                .and_then(|ms| u64::try_from(ms).ok())
-                .map_or_else(SystemTime::now, |ms| {
-                    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
-                });
+            let produced = produced_at(&message);
             drop(message);
             let record = Record {
                 kind: RecordKind::Traces,
@@ -141,6 +135,83 @@ impl SpanConsumer {
         }
         self.consumer.unsubscribe();
     }
+}
+
+/// Reads every partition of the health topic, from its start, into `ingest`'s registry, until
+/// `stop`: every collector knows every instance, whichever collector its beats reached. Beats
+/// are applied at the time they were produced, so that old ones only tell what was.
+pub(crate) async fn read_health(
+    settings: KafkaSettings,
+    partitions: u32,
+    ingest: Ingest,
+    stop: CancellationToken,
+) -> Result<(), KafkaError> {
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let topic = settings.health_topic();
+    // No group: each collector reads it all and commits nothing.
+    let consumer: StreamConsumer = client_config(&settings)
+        .set(
+            "group.id",
+            format!("{}-health-{}", settings.kafka_group, fastrand::u64(..)),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|source| KafkaError::Client {
+            what: "health reader",
+            source,
+        })?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(&topic, partition as i32, Offset::Beginning)
+            .map_err(|source| KafkaError::Client {
+                what: "health reader's assignment",
+                source,
+            })?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|source| KafkaError::Client {
+            what: "health reader's assignment",
+            source,
+        })?;
+    let logged = LogEvery::default();
+    loop {
+        let message = tokio::select! {
+            message = consumer.recv() => message,
+            () = stop.cancelled() => return Ok(()),
+        };
+        let record = match message {
+            Ok(message) => Record {
+                kind: RecordKind::Health,
+                seq: 0,
+                arrival: produced_at(&message),
+                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            },
+            Err(error) => {
+                if logged.ready() {
+                    tracing::warn!(%error, "kafka: cannot read the health topic; trying again (logged at most once a minute)");
+                }
+                tokio::time::sleep(ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        if let Err(error) = ingest.replay(&record, false).await {
+            tracing::debug!(%error, "kafka: a message of the health topic is not a beat; skipped");
+        }
+    }
+}
+
+/// When a message was produced (its timestamp), else now.
+fn produced_at(message: &rdkafka::message::BorrowedMessage<'_>) -> SystemTime {
+    message
+        .timestamp()
+        .to_millis()
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map_or_else(SystemTime::now, |ms| {
+            SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+        })
 }
 
 /// `wayfinder_kafka_owned_partition{partition}`: 1 for each partition of the spans topic this

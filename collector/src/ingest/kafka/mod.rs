@@ -24,5 +24,5 @@ mod settings;
 pub(crate) mod split;
 
 #[cfg(feature = "kafka")]
-pub(crate) use client::{KafkaError, client_config, ensure_topics, partition_of, spans_partitions};
+pub(crate) use client::{KafkaError, client_config, ensure_topics, partition_of, partitions_of};
 pub use settings::{KafkaSaslMechanism, KafkaSecurity, KafkaSettings};

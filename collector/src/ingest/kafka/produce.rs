@@ -15,7 +15,9 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::{KafkaError, KafkaSettings, client_config, split};
 use crate::decode::DecodedTraces;
+use crate::decode::health::HealthEvent;
 use crate::ingest::{Ingest, IngestError, Protocol, TraceRequest};
+use wayfinder_api::health::HealthReport;
 
 /// How long the brokers have to acknowledge a message (librdkafka retries within it): an
 /// exporter's own timeout is 10 s, so that a refusal reaches it before it gives up.
@@ -24,11 +26,12 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(8);
 /// The most the producer buffers for the brokers; past it requests are refused retryably.
 const BUFFER_KBYTES: usize = 256 * 1024;
 
-/// Produces the spans of accepted requests.
+/// Produces the spans and health events of accepted requests.
 #[derive(Clone)]
 pub(crate) struct SpanProducer {
     producer: FutureProducer,
     topic: String,
+    health_topic: String,
 }
 
 impl std::fmt::Debug for SpanProducer {
@@ -72,7 +75,28 @@ impl SpanProducer {
         Ok(SpanProducer {
             producer,
             topic: settings.spans_topic(),
+            health_topic: settings.health_topic(),
         })
+    }
+
+    /// Hands health events to the producer, each as the JSON of a `POST /v1/health` beat keyed
+    /// by its `service.name` (so that a service's beats stay in order on one partition).
+    pub(crate) fn send_beats(&self, events: &[HealthEvent]) -> Result<Produced, ProduceError> {
+        let mut deliveries = Vec::with_capacity(events.len());
+        for event in events {
+            let payload = serde_json::to_vec(&report_of(event)).unwrap_or_default();
+            let record = FutureRecord::to(&self.health_topic)
+                .key(&event.service)
+                .payload(&payload);
+            match self.producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((RdKafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    return Err(ProduceError::Full);
+                }
+                Err((error, _)) => return Err(ProduceError::Unavailable(error.to_string())),
+            }
+        }
+        Ok(Produced(deliveries))
     }
 
     /// Hands the traces of `request` to the producer; the answer says when the brokers have
@@ -95,6 +119,20 @@ impl SpanProducer {
             }
         }
         Ok(Produced(deliveries))
+    }
+}
+
+/// A valid health event as the beat it came as (or as the beat an OTLP log event says).
+fn report_of(event: &HealthEvent) -> HealthReport {
+    HealthReport {
+        service: event.service.clone(),
+        instance_id: event.instance_id.clone(),
+        address: event.address.clone(),
+        status: event.status.as_str().to_owned(),
+        ttl_ms: Some(u64::try_from(event.ttl.as_millis()).unwrap_or(u64::MAX)),
+        seq: event.seq,
+        incarnation: event.incarnation,
+        output: event.output.clone(),
     }
 }
 
