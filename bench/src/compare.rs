@@ -71,7 +71,7 @@ struct Run {
 const TICKS_PER_SEC: f64 = 100.0;
 
 /// User + system CPU seconds of a process so far, from `/proc/PID/stat`.
-fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("no process {pid}"))?;
     // The command name is in parentheses and may hold spaces: count fields after it.
@@ -213,7 +213,7 @@ async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Resu
     })
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => f64::NAN,

@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 
 mod bounds;
 mod compare;
+mod compare_fleet;
 mod decode;
+mod fleet_failover;
 mod load;
 mod sealed_sql;
 mod snapshot;
@@ -47,6 +49,13 @@ enum Command {
     /// Wayfinder (the whole pipeline) and rotel (blackhole exporter) side by side: the same
     /// pre-encoded OTLP/gRPC load at each in turn, spans/s and CPU per span, and their ratio.
     CompareRotel(compare::CompareArgs),
+    /// The `wayfinder` binary memory-only, with its write-ahead log, and in fleet mode on a
+    /// Kafka-protocol broker (tansu), on the same load in one run: spans/s, CPU per span until
+    /// every acknowledged span is stored (the broker's apart), and the export p99.
+    CompareFleet(compare_fleet::CompareFleetArgs),
+    /// Three collectors in fleet mode, one killed with SIGKILL: how long until the others own
+    /// every partition again, and until a trace the dead one owned is answered.
+    FleetFailover(fleet_failover::FleetFailoverArgs),
     /// The collector (with `--data-dir`) at about twice the rate it sustains for a bounded
     /// time: resident memory against its budgets, readiness and queries answering, every
     /// refusal retryable, every acknowledged span stored.
@@ -136,6 +145,8 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Load(args) => runtime.block_on(load::load(args)),
         Command::CompareRotel(args) => runtime.block_on(compare::compare_rotel(args)),
+        Command::CompareFleet(args) => runtime.block_on(compare_fleet::compare_fleet(args)),
+        Command::FleetFailover(args) => runtime.block_on(fleet_failover::fleet_failover(args)),
         Command::Soak(args) => runtime.block_on(soak::soak(args)),
         Command::Memory(args) => memory(args),
         Command::Decode(args) => decode::decode(args),
