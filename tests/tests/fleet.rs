@@ -257,6 +257,61 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A fourth collector joins: the partitions it takes are read again from the start, but the
+    // calls the others counted are not counted again.
+    let mut config = loopback_config();
+    config.kafka.kafka_brokers = vec![broker.1.to_string()];
+    config.kafka.kafka_partitions = PARTITIONS;
+    collectors.push(start(config).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owners: Vec<BTreeSet<u32>> = collectors.iter().map(|c| owned(c.metrics())).collect();
+        let all: Vec<u32> = owners.iter().flatten().copied().collect();
+        if all.len() == PARTITIONS as usize
+            && all.iter().collect::<BTreeSet<_>>().len() == all.len()
+            && !owners[3].is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fourth collector got no partition within 30 s: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let newcomer = &collectors[3];
+    // It has read its partitions again: every trace it owns is whole there.
+    for n in 1..=TRACES {
+        let hex = const_hex::encode(trace_id(n));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let response = loop {
+            let response = get_trace(newcomer, &hex).await;
+            if response.status() != 503 || Instant::now() > deadline {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(response.status(), 200, "the newcomer answers trace {hex}");
+    }
+    let total: f64 = collectors
+        .iter()
+        .map(|c| {
+            c.metrics().value(
+                "traces_service_graph_request_total",
+                &[
+                    ("client", "front"),
+                    ("server", "back"),
+                    ("connection_type", ""),
+                ],
+            )
+        })
+        .sum();
+    assert_eq!(
+        total,
+        f64::from(TRACES),
+        "the moved partitions' calls are not counted again"
+    );
+
     // A beat sent to one collector (`POST /v1/health`) is known to all: the health topic
     // carries it to every registry.
     let beat = serde_json::json!({

@@ -91,7 +91,7 @@ impl Fleet {
         );
         tier.spawn(
             "kafka-owners-read",
-            log_error(owners::read(settings.clone(), owners, stop.clone())),
+            log_error(owners::read(settings.clone(), owners.clone(), stop.clone())),
         );
         tier.spawn(
             "kafka-health-read",
@@ -102,7 +102,7 @@ impl Fleet {
                 stop.clone(),
             )),
         );
-        tier.spawn("kafka-consumer", consumer.run(queueing, stop));
+        tier.spawn("kafka-consumer", consumer.run(queueing, owners, stop));
     }
 }
 

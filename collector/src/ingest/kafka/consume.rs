@@ -16,6 +16,7 @@ use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
+use super::owners::Owners;
 use super::{KafkaError, KafkaSettings, client_config};
 use crate::ingest::Ingest;
 use crate::metrics::{LogEvery, Metrics};
@@ -55,6 +56,9 @@ impl SpanConsumer {
             .set("group.id", &settings.kafka_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
+            // Says when a partition is read to its end: until then, a trace of it not found
+            // here may be still to come.
+            .set("enable.partition.eof", "true")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set(
                 "session.timeout.ms",
@@ -91,7 +95,9 @@ impl SpanConsumer {
 
     /// Feeds every message into `ingest` until `stop`; then leaves the group, so that the
     /// others take its partitions at once rather than after the session timeout.
-    pub(crate) async fn run(self, ingest: Ingest, stop: CancellationToken) {
+    /// `owners` says how far other collectors fed a partition this one takes: their calls are
+    /// counted already, so the messages up to there are stored without their facts.
+    pub(crate) async fn run(self, ingest: Ingest, owners: Arc<Owners>, stop: CancellationToken) {
         let store_only = ingest.clone().with_facts(false);
         let logged = LogEvery::default();
         loop {
@@ -101,6 +107,10 @@ impl SpanConsumer {
             };
             let message = match message {
                 Ok(message) => message,
+                Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                    owners.caught_up(partition);
+                    continue;
+                }
                 Err(error) => {
                     if logged.ready() {
                         tracing::warn!(%error, "kafka: cannot consume; trying again (logged at most once a minute)");
@@ -122,7 +132,8 @@ impl SpanConsumer {
                 arrival: produced,
                 payload,
             };
-            let fresh = produced + self.facts_window >= SystemTime::now();
+            let fresh = produced + self.facts_window >= SystemTime::now()
+                && offset > owners.counted_through(partition);
             let through = if fresh { &ingest } else { &store_only };
             if let Err(error) = through.replay(&record, false).await {
                 tracing::warn!(
@@ -132,6 +143,7 @@ impl SpanConsumer {
                     "kafka: a message of the spans topic is not an OTLP trace request; skipped"
                 );
             }
+            owners.fed(partition, offset);
         }
         self.consumer.unsubscribe();
     }

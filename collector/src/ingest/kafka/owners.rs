@@ -6,12 +6,18 @@
 //!
 //! Where two collectors claim a partition (one lost it but has not said so yet), the newer
 //! claim wins; a collector that leaves publishes an empty claim.
+//!
+//! A claim also says how far the collector has fed each partition through its pipeline. A
+//! collector that takes a partition reads it again from the start (the spans are stored again)
+//! but takes the facts — the calls its service graph and span metrics count — only of the
+//! messages past that point: the fleet's Prometheus series count a moved partition's calls
+//! once. After a crash the point is the last one published, at most a second old.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -23,6 +29,8 @@ use super::{KafkaError, KafkaSettings, client_config, partition_of};
 
 /// How often a collector says again what it owns, changed or not.
 const REPUBLISH: Duration = Duration::from_secs(10);
+/// How often a collector says how far it has fed its partitions, when that moved.
+const PROGRESS: Duration = Duration::from_secs(1);
 /// How often a collector looks at its assignment.
 const CHECK: Duration = Duration::from_millis(250);
 
@@ -35,6 +43,9 @@ pub(crate) struct Claim {
     pub(crate) partitions: Vec<i32>,
     /// When it said so, in milliseconds since the epoch.
     pub(crate) at_ms: u64,
+    /// The last offset of each partition it fed through its pipeline (owned now or before).
+    #[serde(default)]
+    pub(crate) fed: BTreeMap<i32, i64>,
 }
 
 /// The fleet's claims, as this collector has read them.
@@ -45,6 +56,10 @@ pub(crate) struct Owners {
     /// The spans topic's partition count (as the brokers report it).
     partitions: u32,
     claims: RwLock<HashMap<String, Claim>>,
+    /// How far this collector has fed each partition.
+    fed: Mutex<BTreeMap<i32, i64>>,
+    /// The partitions this collector owns and has read to their end since it took them.
+    caught_up: Mutex<BTreeSet<i32>>,
 }
 
 /// Where a trace's spans are.
@@ -64,12 +79,54 @@ impl Owners {
             me,
             partitions,
             claims: RwLock::new(HashMap::new()),
+            fed: Mutex::new(BTreeMap::new()),
+            caught_up: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The partition of `trace_id` (32 lowercase hex characters).
+    pub(crate) fn partition_of(&self, trace_id: &str) -> i32 {
+        partition_of(trace_id.as_bytes(), self.partitions) as i32
+    }
+
+    /// Notes that this collector has read `partition` to its end.
+    pub(crate) fn caught_up(&self, partition: i32) {
+        self.caught_up.lock().insert(partition);
+    }
+
+    /// Whether this collector is still reading `partition` again after taking it: a trace of
+    /// it not found here may not have been read yet.
+    pub(crate) fn catching_up(&self, partition: i32) -> bool {
+        !self.caught_up.lock().contains(&partition)
+    }
+
+    /// Forgets the partitions this collector no longer owns: taken again, they are read again.
+    fn keep_only(&self, owned: &[i32]) {
+        self.caught_up.lock().retain(|p| owned.contains(p));
+    }
+
+    /// Notes that this collector fed `offset` of `partition` through its pipeline.
+    pub(crate) fn fed(&self, partition: i32, offset: i64) {
+        let mut fed = self.fed.lock();
+        let last = fed.entry(partition).or_insert(offset);
+        *last = (*last).max(offset);
+    }
+
+    /// The highest offset of `partition` that another collector has said it fed (and so
+    /// counted the calls of); -1 when none has.
+    pub(crate) fn counted_through(&self, partition: i32) -> i64 {
+        self.claims
+            .read()
+            .values()
+            .filter(|claim| claim.query != self.me)
+            .filter_map(|claim| claim.fed.get(&partition).copied())
+            .max()
+            .unwrap_or(-1)
     }
 
     /// The collector that owns the partition of `trace_id` (32 lowercase hex characters).
     pub(crate) fn owner_of(&self, trace_id: &str) -> Owner {
-        let partition = partition_of(trace_id.as_bytes(), self.partitions) as i32;
+        let partition = self.partition_of(trace_id);
         let claims = self.claims.read();
         claims
             .values()
@@ -176,6 +233,7 @@ pub(crate) async fn publish(
             query: owners.me.clone(),
             partitions,
             at_ms: now_ms(),
+            fed: owners.fed.lock().clone(),
         };
         // Our own claim counts at once, before the topic brings it back.
         owners.take(claim.clone());
@@ -191,6 +249,7 @@ pub(crate) async fn publish(
         }
     };
     let mut published: Option<Vec<i32>> = None;
+    let mut published_fed = BTreeMap::new();
     let mut last = tokio::time::Instant::now();
     loop {
         tokio::select! {
@@ -205,9 +264,13 @@ pub(crate) async fn publish(
             .map(|list| list.elements().iter().map(|e| e.partition()).collect())
             .unwrap_or_default();
         owned.sort_unstable();
-        if published.as_ref() != Some(&owned) || last.elapsed() >= REPUBLISH {
+        owners.keep_only(&owned);
+        let fed = owners.fed.lock().clone();
+        let moved = fed != published_fed && last.elapsed() >= PROGRESS;
+        if published.as_ref() != Some(&owned) || moved || last.elapsed() >= REPUBLISH {
             send(owned.clone()).await;
             published = Some(owned);
+            published_fed = fed;
             last = tokio::time::Instant::now();
         }
     }
@@ -222,7 +285,28 @@ mod tests {
             query: query.into(),
             partitions: partitions.to_vec(),
             at_ms,
+            fed: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn calls_are_counted_past_what_another_collector_fed() {
+        let owners = Owners::new("http://a".into(), 6);
+        assert_eq!(owners.counted_through(3), -1, "nobody fed partition 3");
+        let mut b = claim("http://b", &[], 10);
+        b.fed.insert(3, 41);
+        owners.take(b);
+        assert_eq!(owners.counted_through(3), 41, "b counted through 41");
+        owners.fed(3, 90);
+        assert_eq!(
+            owners.counted_through(3),
+            41,
+            "what this collector fed itself does not hold it back"
+        );
+        let mut c = claim("http://c", &[3], 20);
+        c.fed.insert(3, 7);
+        owners.take(c);
+        assert_eq!(owners.counted_through(3), 41, "the furthest any other fed");
     }
 
     #[test]

@@ -41,7 +41,20 @@ pub(super) async fn to_owner(
         return next.run(request).await;
     }
     match owners.owner_of(&id) {
-        Owner::Me => next.run(request).await,
+        Owner::Me => {
+            let answer = next.run(request).await;
+            if answer.status() == http::StatusCode::NOT_FOUND
+                && owners.catching_up(owners.partition_of(&id))
+            {
+                ApiError::Unavailable(
+                    "this collector has just taken this trace's partition and is still reading it; retry"
+                        .into(),
+                )
+                .into_response()
+            } else {
+                answer
+            }
+        }
         // Right after a rebalance, before the new owner has said so: a trace not found here
         // may be there, so not finding it is not an answer yet.
         Owner::Unknown => {
