@@ -82,10 +82,11 @@ async fn metric(query: u16, name: &str) -> f64 {
         .sum()
 }
 
-/// Spans the collector has stored (those evicted since included).
+/// Spans the collector has stored (those evicted or sealed out of memory since included).
 async fn stored(query: u16) -> f64 {
     metric(query, "wayfinder_store_spans").await
         + metric(query, "wayfinder_store_evicted_spans_total").await
+        + metric(query, "wayfinder_sealed_spans_total").await
 }
 
 async fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {

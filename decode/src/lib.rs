@@ -18,6 +18,7 @@ pub mod options;
 pub mod oracle;
 pub mod otlp;
 pub mod schema;
+pub mod split;
 pub mod traces_wire;
 mod view;
 mod wire;

@@ -103,3 +103,84 @@ fn same(prost: &DecodedTraces, wire: &DecodedTraces) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The split by trace ([`crate::split::by_trace`]) against prost: where prost decodes `bytes`,
+/// the split's pieces decode too, each holds the spans of one trace id alone, under the
+/// resource and scope they had, and together they hold every span with a valid trace id once,
+/// in order; where prost refuses `bytes`, so may the split (it reads only the ids). The fuzz
+/// target `split_traces` and the crate's tests call it.
+///
+/// ```
+/// assert_eq!(wayfinder_decode::oracle::check_split(&[]), Ok(0), "an empty request");
+/// ```
+pub fn check_split(bytes: &[u8]) -> Result<usize, String> {
+    let Ok(request) = ExportTraceServiceRequest::decode(bytes) else {
+        return Ok(0);
+    };
+    let pieces = crate::split::by_trace(bytes)
+        .map_err(|e| format!("prost decodes the request, the split refuses it: {e}"))?;
+    // Every span with a valid id, with its resource and scope, in request order; compared as
+    // bytes (a NaN attribute is not equal to itself as a value).
+    type Placed = (
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        String,
+        String,
+        Vec<u8>,
+        Vec<u8>,
+    );
+    let place = |request: &ExportTraceServiceRequest| -> Vec<Placed> {
+        let mut spans = Vec::new();
+        for resource in &request.resource_spans {
+            for scope in &resource.scope_spans {
+                for span in &scope.spans {
+                    let valid = span.trace_id.len() == 16 && span.trace_id.iter().any(|b| *b != 0);
+                    if valid {
+                        spans.push((
+                            resource
+                                .resource
+                                .as_ref()
+                                .map(prost::Message::encode_to_vec),
+                            scope.scope.as_ref().map(prost::Message::encode_to_vec),
+                            resource.schema_url.clone(),
+                            scope.schema_url.clone(),
+                            span.trace_id.clone(),
+                            span.encode_to_vec(),
+                        ));
+                    }
+                }
+            }
+        }
+        spans
+    };
+    let expected = place(&request);
+    let mut found: Vec<Placed> = Vec::new();
+    for (id, piece) in &pieces {
+        let piece = ExportTraceServiceRequest::decode(&piece[..])
+            .map_err(|e| format!("a piece does not decode: {e}"))?;
+        let spans = place(&piece);
+        if spans.iter().any(|placed| placed.4 != id[..]) {
+            return Err(format!("the piece of {id:02x?} holds another trace's span"));
+        }
+        found.extend(spans);
+    }
+    // The pieces go trace by trace: compare each trace's spans in order.
+    let by_trace = |spans: &[Placed]| {
+        let mut traces: Vec<(Vec<u8>, Vec<Placed>)> = Vec::new();
+        for placed in spans {
+            match traces.iter_mut().find(|(id, _)| *id == placed.4) {
+                Some((_, list)) => list.push(placed.clone()),
+                None => traces.push((placed.4.clone(), vec![placed.clone()])),
+            }
+        }
+        traces
+    };
+    if by_trace(&expected) != by_trace(&found) {
+        return Err(format!(
+            "the pieces hold other spans than the request: {} expected, {} found",
+            expected.len(),
+            found.len()
+        ));
+    }
+    Ok(found.len())
+}

@@ -70,6 +70,12 @@ impl<'a> Message<'a> {
         }
     }
 
+    /// What is left of the message: with the slice before a field, it bounds the field's bytes
+    /// (key, length and value), for copying it as it is.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.buf
+    }
+
     /// The next field's tag and wire type; `None` at the end of the message.
     #[inline]
     pub(crate) fn next_field(&mut self) -> Result<Option<(u32, WireType)>, WireError> {

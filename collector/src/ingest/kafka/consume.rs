@@ -94,48 +94,159 @@ impl SpanConsumer {
     }
 
     /// Feeds every message into `ingest` until `stop`; then leaves the group, so that the
-    /// others take its partitions at once rather than after the session timeout.
+    /// others take its partitions at once rather than after the session timeout. The messages
+    /// that are there at once go as one batch (OTLP requests concatenated are one request):
+    /// a message is one trace, and the pipeline's cost is per batch.
     /// `owners` says how far other collectors fed a partition this one takes: their calls are
     /// counted already, so the messages up to there are stored without their facts.
     pub(crate) async fn run(self, ingest: Ingest, owners: Arc<Owners>, stop: CancellationToken) {
+        use futures::FutureExt as _;
+
         let store_only = ingest.clone().with_facts(false);
         let logged = LogEvery::default();
+        let mut pending: Option<Taken> = None;
         loop {
-            let message = tokio::select! {
-                message = self.consumer.recv() => message,
-                () = stop.cancelled() => break,
-            };
-            let message = match message {
-                Ok(message) => message,
-                Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
-                    owners.caught_up(partition);
-                    continue;
-                }
-                Err(error) => {
-                    if logged.ready() {
-                        tracing::warn!(%error, "kafka: cannot consume; trying again (logged at most once a minute)");
+            let first = match pending.take() {
+                Some(taken) => taken,
+                None => {
+                    let message = tokio::select! {
+                        message = self.consumer.recv() => message,
+                        () = stop.cancelled() => break,
+                    };
+                    match message {
+                        Ok(message) => self.take(&message, &owners),
+                        Err(rdkafka::error::KafkaError::PartitionEOF(partition)) => {
+                            owners.caught_up(partition);
+                            continue;
+                        }
+                        Err(error) => {
+                            if logged.ready() {
+                                tracing::warn!(%error, "kafka: cannot consume; trying again (logged at most once a minute)");
+                            }
+                            tokio::time::sleep(ERROR_PAUSE).await;
+                            continue;
+                        }
                     }
-                    tokio::time::sleep(ERROR_PAUSE).await;
-                    continue;
                 }
             };
-            // Taken out of the message, which borrows the consumer, before anything waits.
-            let Some(payload) = message.payload().map(<[u8]>::to_vec) else {
-                continue;
-            };
-            let (partition, offset) = (message.partition(), message.offset());
-            let produced = produced_at(&message);
-            drop(message);
+            let mut batch = Batch::new(first);
+            let mut read_to_end = Vec::new();
+            while batch.payload.len() < BATCH_BYTES && batch.messages.len() < BATCH_MESSAGES {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(message)) => {
+                        let taken = self.take(&message, &owners);
+                        if taken.fresh == batch.fresh {
+                            batch.push(taken);
+                        } else {
+                            // The facts are taken of a whole batch or of none of it.
+                            pending = Some(taken);
+                            break;
+                        }
+                    }
+                    Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                        read_to_end.push(partition);
+                    }
+                    Some(Err(_)) | None => break,
+                }
+            }
+            let through = if batch.fresh { &ingest } else { &store_only };
+            let fed = batch.messages.clone();
+            batch.feed(through).await;
+            for (partition, offset) in fed {
+                owners.fed(partition, offset);
+            }
+            // Read to its end, and now in the store.
+            for partition in read_to_end {
+                owners.caught_up(partition);
+            }
+        }
+        self.consumer.unsubscribe();
+    }
+
+    /// A message's payload, place and time, taken out of it (it borrows the consumer).
+    fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>, owners: &Owners) -> Taken {
+        let (partition, offset) = (message.partition(), message.offset());
+        let produced = produced_at(message);
+        Taken {
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            partition,
+            offset,
+            produced,
+            fresh: produced + self.facts_window >= SystemTime::now()
+                && offset > owners.counted_through(partition),
+        }
+    }
+}
+
+/// Most bytes of messages fed as one batch.
+const BATCH_BYTES: usize = 4 << 20;
+/// Most messages fed as one batch.
+const BATCH_MESSAGES: usize = 4_096;
+
+/// One consumed message.
+struct Taken {
+    payload: Vec<u8>,
+    partition: i32,
+    offset: i64,
+    produced: SystemTime,
+    /// Whether its facts are taken (it is recent, and no other collector counted it).
+    fresh: bool,
+}
+
+/// Messages fed through the pipeline as one request.
+struct Batch {
+    payload: Vec<u8>,
+    /// Each message's partition and offset, and where its bytes end in `payload`.
+    messages: Vec<(i32, i64)>,
+    ends: Vec<usize>,
+    newest: SystemTime,
+    fresh: bool,
+}
+
+impl Batch {
+    fn new(first: Taken) -> Self {
+        let mut batch = Batch {
+            payload: Vec::new(),
+            messages: Vec::new(),
+            ends: Vec::new(),
+            newest: first.produced,
+            fresh: first.fresh,
+        };
+        batch.push(first);
+        batch
+    }
+
+    fn push(&mut self, taken: Taken) {
+        self.payload.extend_from_slice(&taken.payload);
+        self.ends.push(self.payload.len());
+        self.messages.push((taken.partition, taken.offset));
+        self.newest = self.newest.max(taken.produced);
+    }
+
+    /// Feeds the batch through `ingest` as one record; if it does not decode (a message that is
+    /// not OTLP, from another producer), each message alone, so that one bad message costs
+    /// only itself.
+    async fn feed(self, ingest: &Ingest) {
+        let (partition, offset) = *self.messages.last().expect("a batch has a message");
+        let whole = Record {
+            kind: RecordKind::Traces,
+            seq: seq_of(partition, offset),
+            arrival: self.newest,
+            payload: self.payload,
+        };
+        if ingest.replay(&whole, false).await.is_ok() {
+            return;
+        }
+        let mut start = 0;
+        for (end, (partition, offset)) in self.ends.iter().zip(&self.messages) {
             let record = Record {
                 kind: RecordKind::Traces,
-                seq: seq_of(partition, offset),
-                arrival: produced,
-                payload,
+                seq: seq_of(*partition, *offset),
+                arrival: self.newest,
+                payload: whole.payload[start..*end].to_vec(),
             };
-            let fresh = produced + self.facts_window >= SystemTime::now()
-                && offset > owners.counted_through(partition);
-            let through = if fresh { &ingest } else { &store_only };
-            if let Err(error) = through.replay(&record, false).await {
+            start = *end;
+            if let Err(error) = ingest.replay(&record, false).await {
                 tracing::warn!(
                     partition,
                     offset,
@@ -143,9 +254,7 @@ impl SpanConsumer {
                     "kafka: a message of the spans topic is not an OTLP trace request; skipped"
                 );
             }
-            owners.fed(partition, offset);
         }
-        self.consumer.unsubscribe();
     }
 }
 

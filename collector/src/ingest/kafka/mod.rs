@@ -20,8 +20,6 @@ pub(crate) mod owners;
 #[cfg(feature = "kafka")]
 pub(crate) mod produce;
 mod settings;
-#[cfg(feature = "kafka")]
-pub(crate) mod split;
 
 #[cfg(feature = "kafka")]
 pub(crate) use client::{KafkaError, client_config, ensure_topics, partition_of, partitions_of};

@@ -1,5 +1,5 @@
 //! The receivers' side of fleet mode: each accepted request goes to the spans topic as one
-//! message per trace ([`split::by_trace`]), keyed by the hex trace id and partitioned by
+//! message per trace (split at the wire level, `wayfinder_decode::split`), keyed by the hex trace id and partitioned by
 //! murmur2, from an idempotent producer with `acks=all`; the request is answered once every
 //! message is acknowledged. A full producer buffer, or brokers that do not answer within the
 //! delivery timeout, refuse the request retryably: the exporter sends it again (a request
@@ -7,13 +7,12 @@
 
 use std::time::Duration;
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 
-use super::{KafkaError, KafkaSettings, client_config, split};
+use super::{KafkaError, KafkaSettings, client_config};
 use crate::decode::DecodedTraces;
 use crate::decode::health::HealthEvent;
 use crate::ingest::{Ingest, IngestError, Protocol, TraceRequest};
@@ -99,16 +98,15 @@ impl SpanProducer {
         Ok(Produced(deliveries))
     }
 
-    /// Hands the traces of `request` to the producer; the answer says when the brokers have
-    /// them all.
-    pub(crate) fn send(
-        &self,
-        request: ExportTraceServiceRequest,
-    ) -> Result<Produced, ProduceError> {
-        let traces = split::by_trace(request);
+    /// Hands the traces of `request` (an encoded `ExportTraceServiceRequest`) to the producer,
+    /// split at the wire level (its bytes copied as they came); the answer says when the
+    /// brokers have them all.
+    pub(crate) fn send(&self, request: &[u8]) -> Result<Produced, ProduceError> {
+        let traces = crate::decode::split::by_trace(request)
+            .map_err(|e| ProduceError::Unavailable(format!("the request cannot be split: {e}")))?;
         let mut deliveries = Vec::with_capacity(traces.len());
-        for (key, trace) in traces {
-            let payload = trace.encode_to_vec();
+        for (id, payload) in traces {
+            let key = const_hex::encode(id);
             let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
             match self.producer.send_result(record) {
                 Ok(delivery) => deliveries.push(delivery),
@@ -174,12 +172,15 @@ impl Ingest {
         request: TraceRequest<'_>,
         decoded: &DecodedTraces,
     ) -> Result<Produced, IngestError> {
-        let message = match request {
-            TraceRequest::Protobuf(bytes) => ExportTraceServiceRequest::decode(bytes)
-                .map_err(|e| IngestError::Malformed(e.to_string()))?,
-            TraceRequest::Message(message) => message.clone(),
+        let encoded;
+        let bytes = match request {
+            TraceRequest::Protobuf(bytes) => bytes,
+            TraceRequest::Message(message) => {
+                encoded = message.encode_to_vec();
+                &encoded
+            }
         };
-        producer.send(message).map_err(|refused| {
+        producer.send(bytes).map_err(|refused| {
             let error = match refused {
                 ProduceError::Full => IngestError::Overloaded,
                 ProduceError::Unavailable(why) => IngestError::Unavailable(why),
