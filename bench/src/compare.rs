@@ -222,8 +222,10 @@ pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-pub(crate) async fn compare_rotel(args: CompareArgs) -> anyhow::Result<()> {
-    let wayfinder = match &args.wayfinder {
+/// The `wayfinder` binary: `given`, else the one next to this program; an error naming how to
+/// build it when it is not there.
+pub(crate) fn wayfinder_binary(given: Option<&PathBuf>) -> anyhow::Result<PathBuf> {
+    let wayfinder = match given {
         Some(path) => path.clone(),
         None => std::env::current_exe()?
             .parent()
@@ -236,6 +238,11 @@ pub(crate) async fn compare_rotel(args: CompareArgs) -> anyhow::Result<()> {
             wayfinder.display()
         );
     }
+    Ok(wayfinder)
+}
+
+pub(crate) async fn compare_rotel(args: CompareArgs) -> anyhow::Result<()> {
+    let wayfinder = wayfinder_binary(args.wayfinder.as_ref())?;
     let rotel = args
         .rotel
         .clone()

@@ -13,17 +13,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::compare::{Running, cpu_seconds, free_port, median};
+use crate::compare::{Running, cpu_seconds, free_port, median, wayfinder_binary};
 use crate::load::{self, LoadArgs, Protocol};
+use wayfinder_collector::testing::Broker;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct CompareFleetArgs {
     /// The `wayfinder` binary (default: the one next to this program).
     #[arg(long)]
     wayfinder: Option<PathBuf>,
-    /// The `tansu` broker (default: `$WAYFINDER_TANSU`, or on `PATH`).
-    #[arg(long)]
-    tansu: Option<PathBuf>,
     /// Rounds; each runs every mode.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -103,23 +101,7 @@ async fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
     bail!("{what} did not listen on 127.0.0.1:{port} within 15 s")
 }
 
-fn tansu(args: &CompareFleetArgs) -> Option<PathBuf> {
-    args.tansu
-        .clone()
-        .or_else(|| std::env::var_os("WAYFINDER_TANSU").map(PathBuf::from))
-        .or_else(|| {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|dir| dir.join("tansu"))
-                .find(|candidate| candidate.is_file())
-        })
-}
-
-async fn run_one(
-    mode: Mode,
-    wayfinder: &Path,
-    tansu: &Path,
-    args: &CompareFleetArgs,
-) -> anyhow::Result<Run> {
+async fn run_one(mode: Mode, wayfinder: &Path, args: &CompareFleetArgs) -> anyhow::Result<Run> {
     let (grpc, query) = (free_port()?, free_port()?);
     let mut command = Command::new(wayfinder);
     command.arg("serve").args([
@@ -143,23 +125,10 @@ async fn run_one(
                 .args(["--wal-sync", "interval"]);
         }
         Mode::Fleet => {
-            let port = free_port()?;
-            let url = format!("tcp://127.0.0.1:{port}");
-            let child = Command::new(tansu)
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &url,
-                    "--advertised-listener-url",
-                    &url,
-                ])
-                .args(["--storage-engine", "memory://tansu/"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .with_context(|| format!("cannot start {}", tansu.display()))?;
-            broker = Some(Running(child));
-            wait_listening(port, "tansu").await?;
+            let started = Broker::start()
+                .context("no tansu broker: set WAYFINDER_TANSU or put it on PATH")?;
+            let port = started.addr.port();
+            broker = Some(started);
             command
                 .args(["--kafka-brokers", &format!("127.0.0.1:{port}")])
                 .args(["--kafka-partitions", &args.partitions.to_string()]);
@@ -184,7 +153,7 @@ async fn run_one(
         }
     }
     let pid = collector.0.id();
-    let broker_pid = broker.as_ref().map(|b| b.0.id());
+    let broker_pid = broker.as_ref().map(Broker::pid);
     let load_args = LoadArgs {
         protocol: Protocol::Grpc,
         endpoint: format!("127.0.0.1:{grpc}"),
@@ -237,19 +206,7 @@ async fn run_one(
 }
 
 pub(crate) async fn compare_fleet(args: CompareFleetArgs) -> anyhow::Result<()> {
-    let wayfinder = match &args.wayfinder {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this program's folder")?
-            .join("wayfinder"),
-    };
-    if !wayfinder.is_file() {
-        bail!("no wayfinder binary at {}", wayfinder.display());
-    }
-    let Some(tansu) = tansu(&args) else {
-        bail!("no tansu broker: pass --tansu, set WAYFINDER_TANSU or put it on PATH");
-    };
+    let wayfinder = wayfinder_binary(args.wayfinder.as_ref())?;
     println!(
         "{} rounds of {:?}, OTLP/gRPC, {} connections, {} spans a request; fleet: {} partitions, tansu in memory",
         args.rounds, args.duration, args.connections, args.spans_per_request, args.partitions
@@ -269,7 +226,7 @@ pub(crate) async fn compare_fleet(args: CompareFleetArgs) -> anyhow::Result<()> 
     let mut results: Vec<(Mode, Run)> = Vec::new();
     for round in 0..args.rounds {
         for &mode in &modes {
-            let run = run_one(mode, &wayfinder, &tansu, &args).await?;
+            let run = run_one(mode, &wayfinder, &args).await?;
             println!(
                 "{:<6} {:<7} {:>10.0} {:>12.2} {:>14} {:>8.2} {:>8} {:>9}",
                 round + 1,

@@ -10,16 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use prost::Message as _;
 
-use crate::compare::{Running, free_port, median};
+use crate::compare::{Running, free_port, median, wayfinder_binary};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct FleetFailoverArgs {
     /// The `wayfinder` binary (default: the one next to this program).
     #[arg(long)]
     wayfinder: Option<PathBuf>,
-    /// The `tansu` broker (default: `$WAYFINDER_TANSU`).
-    #[arg(long)]
-    tansu: Option<PathBuf>,
     /// Rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -97,36 +94,11 @@ async fn post(port: u16, body: &[u8]) -> bool {
 
 async fn round(
     wayfinder: &PathBuf,
-    tansu: &PathBuf,
     args: &FleetFailoverArgs,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let port = free_port()?;
-    let url = format!("tcp://127.0.0.1:{port}");
-    let _broker = Running(
-        Command::new(tansu)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start tansu")?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("tansu did not listen");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let broker = wayfinder_collector::testing::Broker::start()
+        .context("no tansu broker: set WAYFINDER_TANSU or put it on PATH")?;
+    let port = broker.addr.port();
     let mut members = Vec::new();
     for _ in 0..3 {
         let (otlp_http, query) = (free_port()?, free_port()?);
@@ -215,25 +187,14 @@ async fn round(
 }
 
 pub(crate) async fn fleet_failover(args: FleetFailoverArgs) -> anyhow::Result<()> {
-    let wayfinder = match &args.wayfinder {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("this program's folder")?
-            .join("wayfinder"),
-    };
-    let tansu = args
-        .tansu
-        .clone()
-        .or_else(|| std::env::var_os("WAYFINDER_TANSU").map(PathBuf::from))
-        .context("no tansu: pass --tansu or set WAYFINDER_TANSU")?;
+    let wayfinder = wayfinder_binary(args.wayfinder.as_ref())?;
     println!(
         "{} rounds: three collectors, {} partitions, --kafka-session-timeout {}; SIGKILL one",
         args.rounds, args.partitions, args.session_timeout
     );
     let (mut owned, mut answered) = (Vec::new(), Vec::new());
     for n in 0..args.rounds {
-        let (o, a) = round(&wayfinder, &tansu, &args).await?;
+        let (o, a) = round(&wayfinder, &args).await?;
         println!(
             "round {}: partitions owned again after {:.2} s; the dead collector's trace answered after {:.2} s",
             n + 1,

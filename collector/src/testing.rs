@@ -199,6 +199,74 @@ impl std::io::Write for LogCapture {
     }
 }
 
+/// A Kafka-protocol broker for the fleet's tests and benchmarks: tansu (`WAYFINDER_TANSU`, else
+/// `tansu` on `PATH`), in memory, on a free loopback port; killed when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+}
+
+impl Broker {
+    /// Starts one and waits (at most 10 s) until it accepts; `None` when tansu is not installed.
+    ///
+    /// # Panics
+    ///
+    /// When it starts but does not listen within 10 s.
+    pub fn start() -> Option<Broker> {
+        use std::process::{Command, Stdio};
+        let binary = std::env::var("WAYFINDER_TANSU").unwrap_or_else(|_| "tansu".to_owned());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .ok()?
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let broker = Broker { child, addr };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "tansu did not listen within 10 s"
+            );
+            std::thread::park_timeout(std::time::Duration::from_millis(20));
+        }
+        Some(broker)
+    }
+
+    /// Its process id, for its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the fleet's tests must run (`WAYFINDER_REQUIRE_KAFKA=1`, as in `.ci/run`): without a
+/// broker they fail rather than skip.
+pub fn kafka_required() -> bool {
+    std::env::var("WAYFINDER_REQUIRE_KAFKA").is_ok_and(|v| v == "1")
+}
+
 // The collector's parts that the end-to-end tests and the benchmarks drive on their own, without
 // a whole collector (the library's public API is `Collector` and its settings; these are not).
 pub use crate::graph::registry::{Registry, RegistryConfig};

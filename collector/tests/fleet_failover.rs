@@ -9,13 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use wayfinder_collector::testing::{span, trace_request};
+use wayfinder_collector::testing::{Broker, kafka_required, span, trace_request};
 
 mod common;
 
@@ -29,41 +29,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// tansu on a free loopback port, once it accepts; `None` when it is not installed.
-fn broker() -> Option<(Killed, SocketAddr)> {
-    let binary = std::env::var("WAYFINDER_TANSU").unwrap_or_else(|_| "tansu".to_owned());
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&binary)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let broker = Killed(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen within 10 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    Some((broker, addr))
 }
 
 /// A collector of the fleet: its process and its addresses.
@@ -178,15 +143,15 @@ fn stored(collectors: &[&Collector]) -> BTreeMap<String, u64> {
 
 #[test]
 fn a_killed_collectors_partitions_move_and_nothing_acknowledged_is_lost() {
-    let Some((_broker, broker)) = broker() else {
+    let Some(broker) = Broker::start() else {
         assert!(
-            !std::env::var("WAYFINDER_REQUIRE_KAFKA").is_ok_and(|v| v == "1"),
+            !kafka_required(),
             "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
         );
         eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
         return;
     };
-    let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker)).collect();
+    let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker.addr)).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !shared(&fleet.iter().collect::<Vec<_>>()) {
         assert!(

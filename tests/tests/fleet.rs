@@ -10,67 +10,15 @@
 //! `WAYFINDER_REQUIRE_KAFKA=1`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use wayfinder_collector::RunningCollector;
-use wayfinder_collector::testing::{Metrics, span, trace_request};
+use wayfinder_collector::testing::{Broker, Metrics, kafka_required, span, trace_request};
 use wayfinder_e2e::{count, get_trace, http_client, loopback_config, start, wait_for_rows};
 
 const PARTITIONS: u32 = 6;
 const TRACES: u8 = 30;
-
-/// A broker killed when dropped.
-struct Broker(Child, SocketAddr);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// tansu on a free loopback port, once it accepts; `None` when it is not installed.
-fn broker() -> Option<Broker> {
-    let binary = std::env::var("WAYFINDER_TANSU").unwrap_or_else(|_| "tansu".to_owned());
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(&binary)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let broker = Broker(child, addr);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tansu did not listen within 10 s"
-        );
-        std::thread::yield_now();
-    }
-    Some(broker)
-}
-
-fn required() -> bool {
-    std::env::var("WAYFINDER_REQUIRE_KAFKA").is_ok_and(|v| v == "1")
-}
 
 /// The partitions `metrics` says its collector owns.
 fn owned(metrics: &Metrics) -> BTreeSet<u32> {
@@ -120,9 +68,9 @@ async fn post_spans(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
-    let Some(broker) = broker() else {
+    let Some(broker) = Broker::start() else {
         assert!(
-            !required(),
+            !kafka_required(),
             "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
         );
         eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
@@ -131,7 +79,7 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     let mut collectors = Vec::new();
     for _ in 0..3 {
         let mut config = loopback_config();
-        config.kafka.kafka_brokers = vec![broker.1.to_string()];
+        config.kafka.kafka_brokers = vec![broker.addr.to_string()];
         config.kafka.kafka_partitions = PARTITIONS;
         collectors.push(start(config).await);
     }
@@ -260,7 +208,7 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     // A fourth collector joins: the partitions it takes are read again from the start, but the
     // calls the others counted are not counted again.
     let mut config = loopback_config();
-    config.kafka.kafka_brokers = vec![broker.1.to_string()];
+    config.kafka.kafka_brokers = vec![broker.addr.to_string()];
     config.kafka.kafka_partitions = PARTITIONS;
     collectors.push(start(config).await);
     let deadline = Instant::now() + Duration::from_secs(30);
