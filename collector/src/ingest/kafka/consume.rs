@@ -384,4 +384,70 @@ mod tests {
         assert!(seq_of(3, 7) < seq_of(3, 8), "later in a partition, higher");
         assert_eq!(seq_of(2, 1) & ((1 << 48) - 1), 1);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_message_that_is_not_otlp_costs_only_itself() {
+        use prost::Message as _;
+
+        use crate::metrics::Metrics;
+        use crate::pipeline::IngestQueue;
+        use crate::store::{MemoryStore, SpanStore};
+        use crate::testing::{span, trace_request};
+
+        let store: Arc<dyn SpanStore> = Arc::new(MemoryStore::new(
+            Default::default(),
+            Arc::new(Metrics::new()),
+        ));
+        let (queue, dispatcher) = IngestQueue::new(1 << 20);
+        let pipeline = tokio::spawn(dispatcher.run(store.clone()));
+        let ingest = Ingest::new(queue, Arc::new(Metrics::new()));
+        let message = |payload: Vec<u8>, offset: i64| Taken {
+            payload,
+            partition: 0,
+            offset,
+            produced: SystemTime::now(),
+            fresh: true,
+        };
+        let trace = |n: u8, spans: u64| {
+            let spans = (1..=spans)
+                .map(|id| span([n; 16], id, "op", 1, 2))
+                .collect();
+            trace_request(Some("svc"), spans).encode_to_vec()
+        };
+        // Each row: the messages of one batch, the spans that must be stored, and why.
+        let cases: [(Vec<Vec<u8>>, usize, &str); 2] = [
+            (
+                vec![trace(1, 2), trace(2, 3)],
+                5,
+                "two good messages, as one batch",
+            ),
+            (
+                vec![trace(3, 2), vec![0xff, 0xff, 0xff], trace(4, 1)],
+                3,
+                "junk between two good messages: each good one is stored",
+            ),
+        ];
+        let mut stored = 0;
+        for (offset, (messages, spans, why)) in cases.into_iter().enumerate() {
+            let mut batch: Option<Batch> = None;
+            for (i, payload) in messages.into_iter().enumerate() {
+                let taken = message(payload, (offset * 10 + i) as i64);
+                match &mut batch {
+                    None => batch = Some(Batch::new(taken)),
+                    Some(batch) => batch.push(taken),
+                }
+            }
+            batch.expect("a message").feed(&ingest).await;
+            stored += spans;
+            for _ in 0..200 {
+                if store.stats().rows >= stored {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert_eq!(store.stats().rows, stored, "{why}");
+        }
+        drop(ingest);
+        pipeline.await.unwrap();
+    }
 }
