@@ -58,7 +58,12 @@ pub(super) async fn build(
     let partitions = partitions_of(settings, settings.spans_topic()).await?;
     let health_partitions = partitions_of(settings, settings.health_topic()).await?;
     let consumer = SpanConsumer::new(settings, config.weights.weight_window, metrics)?;
-    let producing = ingest.clone().with_producer(SpanProducer::new(settings)?);
+    // The receivers decode to check a request and answer its partial success; the facts are
+    // taken by the consumer that stores the spans, not here.
+    let producing = ingest
+        .clone()
+        .with_facts(false)
+        .with_producer(SpanProducer::new(settings)?);
     let fleet = Fleet {
         settings: settings.clone(),
         consumer,
