@@ -4,7 +4,6 @@
 //! and nothing acknowledged lost.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -49,14 +48,7 @@ fn serve(data_dir: &Path, sync: &str) -> Serve {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut addrs = HashMap::new();
-    for _ in 0..4 {
-        let line = lines.next().expect("a listening line").expect("text");
-        let words: Vec<&str> = line.split(' ').collect();
-        assert_eq!(words.first(), Some(&"listening"), "{line}");
-        addrs.insert(words[1].to_owned(), words[2].parse().expect("an address"));
-    }
+    let addrs = common::listening(&mut child);
     Serve { child, addrs }
 }
 

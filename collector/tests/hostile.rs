@@ -6,7 +6,6 @@
 //! slack over what it held before the attacks), and the acknowledged spans are all there.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -57,14 +56,7 @@ impl Serve {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("prlimit and the binary start");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut addrs = HashMap::new();
-        for _ in 0..4 {
-            let line = lines.next().expect("a listening line").expect("text");
-            let words: Vec<&str> = line.split(' ').collect();
-            assert_eq!(words.first(), Some(&"listening"), "{line}");
-            addrs.insert(words[1].to_owned(), words[2].parse().expect("an address"));
-        }
+        let addrs = common::listening(&mut child);
         let mut serve = Self {
             child,
             addrs,

@@ -66,6 +66,20 @@ async fn post_spans(
     );
 }
 
+/// `GET /api/v1/traces/{id}` once the fleet has settled: a collector learns who owns what from
+/// the owners topic a moment after the group does, and a new owner reads its partitions again;
+/// until then it says "retry" (503), never "not found". Retries for at most 10 s.
+async fn get_trace_settled(collector: &RunningCollector, hex: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = get_trace(collector, hex).await;
+        if response.status() != 503 || Instant::now() > deadline {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     let Some(broker) = Broker::start() else {
@@ -145,16 +159,7 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
                     "trace {hex} is stored on its owner alone, not on {i}"
                 );
             }
-            // A collector learns who owns what from the owners topic, a moment after the
-            // group settles: until then it says "retry" (503), never "not found".
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let response = loop {
-                let response = get_trace(collector, &hex).await;
-                if response.status() != 503 || Instant::now() > deadline {
-                    break response;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let response = get_trace_settled(collector, &hex).await;
             assert_eq!(response.status(), 200, "collector {i} answers trace {hex}");
             let body: serde_json::Value = response.json().await.unwrap();
             assert_eq!(
@@ -231,14 +236,7 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     // It has read its partitions again: every trace it owns is whole there.
     for n in 1..=TRACES {
         let hex = const_hex::encode(trace_id(n));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let response = loop {
-            let response = get_trace(newcomer, &hex).await;
-            if response.status() != 503 || Instant::now() > deadline {
-                break response;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let response = get_trace_settled(newcomer, &hex).await;
         assert_eq!(response.status(), 200, "the newcomer answers trace {hex}");
     }
     let total: f64 = collectors

@@ -55,8 +55,8 @@ pub(super) async fn build(
     // Beats older than the longest TTL tell nothing of the instances now.
     let health_retention = config.registry.max_heartbeat_ttl * 2;
     ensure_topics(settings, config.store.retention, health_retention).await?;
-    let partitions = partitions_of(settings, settings.spans_topic()).await?;
-    let health_partitions = partitions_of(settings, settings.health_topic()).await?;
+    let [partitions, health_partitions] =
+        partitions_of(settings, [settings.spans_topic(), settings.health_topic()]).await?;
     let consumer = SpanConsumer::new(settings, config.weights.weight_window, metrics)?;
     // The receivers decode to check a request and answer its partial success; the facts are
     // taken by the consumer that stores the spans, not here.

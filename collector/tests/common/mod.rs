@@ -31,3 +31,25 @@ pub(crate) fn http_exchange(
     stream.read_to_string(&mut response).unwrap();
     response
 }
+
+/// The four `listening LISTENER ADDRESS` lines `wayfinder serve` writes first on its standard
+/// output (which `child` pipes), as a map from listener to address.
+#[allow(
+    dead_code,
+    reason = "not every test file that shares this module starts the binary"
+)]
+pub(crate) fn listening(
+    child: &mut std::process::Child,
+) -> std::collections::HashMap<String, SocketAddr> {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("the child's stdout is piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut addrs = std::collections::HashMap::new();
+    for _ in 0..4 {
+        let line = lines.next().expect("a listening line").expect("text");
+        let words: Vec<&str> = line.split(' ').collect();
+        assert_eq!(words.first(), Some(&"listening"), "{line}");
+        addrs.insert(words[1].to_owned(), words[2].parse().expect("an address"));
+    }
+    addrs
+}

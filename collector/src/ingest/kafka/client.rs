@@ -118,12 +118,12 @@ pub(crate) async fn ensure_topics(
     Ok(())
 }
 
-/// A topic's partition count, as the brokers report it (an operator may have made the topic
-/// with another count than `--kafka-partitions`).
-pub(crate) async fn partitions_of(
+/// The partition counts of `topics`, as the brokers report them (an operator may have made a
+/// topic with another count than `--kafka-partitions`): one client, one metadata request.
+pub(crate) async fn partitions_of<const N: usize>(
     settings: &KafkaSettings,
-    topic: String,
-) -> Result<u32, KafkaError> {
+    topics: [String; N],
+) -> Result<[u32; N], KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
     let settings = settings.clone();
@@ -136,23 +136,29 @@ pub(crate) async fn partitions_of(
                     source,
                 })?;
         let metadata = client
-            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(10))
+            .fetch_metadata(None, std::time::Duration::from_secs(10))
             .map_err(|e| KafkaError::Topic {
-                topic: topic.clone(),
+                topic: topics.join(", "),
                 reason: e.to_string(),
             })?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .map_or(0, |t| t.partitions().len());
-        match u32::try_from(count) {
-            Ok(count) if count > 0 => Ok(count),
-            _ => Err(KafkaError::Topic {
-                topic,
-                reason: "the brokers report no partitions".into(),
-            }),
+        let mut counts = [0u32; N];
+        for (count, topic) in counts.iter_mut().zip(&topics) {
+            let found = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == topic)
+                .map_or(0, |t| t.partitions().len());
+            *count = match u32::try_from(found) {
+                Ok(found) if found > 0 => found,
+                _ => {
+                    return Err(KafkaError::Topic {
+                        topic: topic.clone(),
+                        reason: "the brokers report no partitions".into(),
+                    });
+                }
+            };
         }
+        Ok(counts)
     })
     .await
     .map_err(|e| KafkaError::Topic {
