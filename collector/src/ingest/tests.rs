@@ -21,6 +21,9 @@ async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
             .with_ansi(false)
             .finish(),
     );
+    // A callsite first reached on another test's thread, with no subscriber there, keeps its
+    // cached "never" unless asked again.
+    tracing::callsite::rebuild_interest_cache();
     // A store with sealing whose files cannot be written (their place is a plain file), and a
     // budget smaller than one request: once the request is in, the store is full.
     let dir = tempfile::tempdir().unwrap();
