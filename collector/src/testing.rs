@@ -170,6 +170,7 @@ pub fn unsealable_store(
                 interval: std::time::Duration::from_secs(60),
                 file_rows: 1 << 20,
                 on_sealed: Arc::new(|_| {}),
+                partitioned: false,
             },
             Vec::new(),
         ),

@@ -48,7 +48,22 @@ pub(super) struct Parts {
     /// Fleet mode: who owns which partition, for the query API.
     #[cfg(feature = "kafka")]
     pub(super) owners: Option<Arc<crate::ingest::kafka::owners::Owners>>,
+    /// Fleet mode with a history: the offsets committed as they are sealed.
+    #[cfg(feature = "kafka")]
+    pub(super) offsets: Option<Arc<crate::ingest::kafka::commit::Offsets>>,
 }
+
+/// Fleet mode with a history: the store that seals per partition and where it seals, for the
+/// offsets the consumer commits as they are sealed.
+pub(super) struct FleetHistory {
+    pub(super) store: Arc<dyn SpanStore>,
+    pub(super) history: Arc<crate::store::history::History>,
+    /// Told the sealed offsets once the consumer is built.
+    pub(super) sealed_to: SealedTo,
+}
+
+/// Where the store's seals are told, once the consumer that commits them is built.
+pub(super) type SealedTo = Arc<std::sync::OnceLock<Arc<dyn Fn(&[u64]) + Send + Sync>>>;
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and
 /// the log with what it holds to replay (with a data directory).
@@ -71,7 +86,7 @@ pub(super) async fn build_components(
     query_http: std::net::SocketAddr,
 ) -> Result<(Parts, ToStart), StartError> {
     let clock = Clock::new();
-    let (store, sealed) = build_store(config, metrics, &durable).await?;
+    let (store, sealed, fleet_history) = build_store(config, metrics, &durable).await?;
     let registry = Arc::new(Registry::new(
         RegistryConfig {
             deregister_after: config.registry.deregister_after,
@@ -194,9 +209,10 @@ pub(super) async fn build_components(
         ingest = ingest.with_disk(disk.clone());
     }
     #[cfg(feature = "kafka")]
-    let (ingest, fleet) = super::fleet::build(config, metrics, ingest, query_http).await?;
+    let (ingest, fleet) =
+        super::fleet::build(config, metrics, ingest, query_http, fleet_history).await?;
     #[cfg(not(feature = "kafka"))]
-    let _ = query_http;
+    let _ = (query_http, fleet_history);
     let parts = Parts {
         store,
         registry,
@@ -211,6 +227,8 @@ pub(super) async fn build_components(
         sealed,
         #[cfg(feature = "kafka")]
         owners: fleet.as_ref().map(|fleet| fleet.owners.clone()),
+        #[cfg(feature = "kafka")]
+        offsets: fleet.as_ref().and_then(|fleet| fleet.offsets.clone()),
     };
     Ok((
         parts,
@@ -223,13 +241,13 @@ pub(super) async fn build_components(
     ))
 }
 
-/// The memory store, sealing into the history with a data directory, and the log's records
-/// whose spans the history already holds.
+/// The memory store, sealing into the history with a data directory (or, in fleet mode, with
+/// `--history`), and the log's records whose spans the history already holds.
 async fn build_store(
     config: &Config,
     metrics: &Arc<Metrics>,
     durable: &Durable,
-) -> Result<(Arc<dyn SpanStore>, SealedRecords), StartError> {
+) -> Result<(Arc<dyn SpanStore>, SealedRecords, Option<FleetHistory>), StartError> {
     let store_config = StoreConfig {
         retention: config.store.retention,
         max_bytes: config.store.max_store_bytes,
@@ -247,9 +265,41 @@ async fn build_store(
                 interval: config.store.seal_interval,
                 file_rows: SEAL_FILE_ROWS,
                 on_sealed: Arc::new(move |seqs| wal.sealed(seqs)),
+                partitioned: false,
             },
             files.clone(),
         );
     }
-    Ok((Arc::new(memory), sealed))
+    // Fleet mode: each partition seals under its prefix; the offsets are committed as sealed.
+    if let (true, Some(location)) = (config.kafka.fleet(), &config.store.history) {
+        let history = Arc::new(crate::store::history::History::new(location)?);
+        let files = history.list_fleet().await?;
+        let sealed_to: SealedTo = Arc::default();
+        let told = sealed_to.clone();
+        memory = memory.with_sealing(
+            Sealing {
+                history: history.clone(),
+                interval: config.store.seal_interval,
+                file_rows: SEAL_FILE_ROWS,
+                on_sealed: Arc::new(move |seqs| {
+                    if let Some(tell) = told.get() {
+                        tell(seqs);
+                    }
+                }),
+                partitioned: true,
+            },
+            files,
+        );
+        let store: Arc<dyn SpanStore> = Arc::new(memory);
+        return Ok((
+            store.clone(),
+            sealed,
+            Some(FleetHistory {
+                store,
+                history,
+                sealed_to,
+            }),
+        ));
+    }
+    Ok((Arc::new(memory), sealed, None))
 }

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::StartError;
+use super::build::FleetHistory;
 use crate::app::config::Config;
 use crate::ingest::Ingest;
+use crate::ingest::kafka::commit::Offsets;
 use crate::ingest::kafka::consume::SpanConsumer;
 use crate::ingest::kafka::consume::read_health;
 use crate::ingest::kafka::owners::{self, Owners};
@@ -24,6 +26,8 @@ pub(super) struct Fleet {
     queueing: Ingest,
     health_partitions: u32,
     pub(super) owners: Arc<Owners>,
+    /// With a history: the offsets, committed as they are sealed.
+    pub(super) offsets: Option<Arc<Offsets>>,
 }
 
 /// With `--kafka-brokers`: the topics, the consumer and the owners directory, and `ingest`
@@ -33,6 +37,7 @@ pub(super) async fn build(
     metrics: &Metrics,
     ingest: Ingest,
     query_http: SocketAddr,
+    history: Option<FleetHistory>,
 ) -> Result<(Ingest, Option<Fleet>), StartError> {
     let settings = &config.kafka;
     if !settings.fleet() {
@@ -57,7 +62,24 @@ pub(super) async fn build(
     ensure_topics(settings, config.store.retention, health_retention).await?;
     let [partitions, health_partitions] =
         partitions_of(settings, [settings.spans_topic(), settings.health_topic()]).await?;
-    let consumer = SpanConsumer::new(settings, config.weights.weight_window, metrics)?;
+    let offsets = history.map(|fleet| {
+        let offsets = Arc::new(Offsets::new(
+            settings.spans_topic(),
+            fleet.history,
+            fleet.store,
+        ));
+        let told = offsets.clone();
+        let _ = fleet
+            .sealed_to
+            .set(Arc::new(move |seqs: &[u64]| told.sealed(seqs)));
+        offsets
+    });
+    let consumer = SpanConsumer::new(
+        settings,
+        config.weights.weight_window,
+        metrics,
+        offsets.clone(),
+    )?;
     // The receivers decode to check a request and answer its partial success; the facts are
     // taken by the consumer that stores the spans, not here.
     let producing = ingest
@@ -70,6 +92,7 @@ pub(super) async fn build(
         queueing: ingest,
         health_partitions,
         owners: Arc::new(Owners::new(query, partitions)),
+        offsets,
     };
     Ok((producing, Some(fleet)))
 }
@@ -84,6 +107,7 @@ impl Fleet {
             queueing,
             health_partitions,
             owners,
+            offsets: _,
         } = self;
         tier.spawn(
             "kafka-owners-publish",

@@ -157,6 +157,10 @@ pub struct RunningCollector {
     ready: Arc<AtomicBool>,
     weights: Arc<WeightsEngine>,
     wal: Option<Wal>,
+    /// Fleet mode with a history: the offsets committed as sealed, and the group left, once
+    /// the store sealed everything at shutdown.
+    #[cfg(feature = "kafka")]
+    fleet_offsets: Option<Arc<crate::ingest::kafka::commit::Offsets>>,
     live: reload::Live,
     supervision: Supervision,
     tiers: Tiers,
@@ -213,6 +217,8 @@ impl Collector {
         let (parts, to_start) =
             build::build_components(&config, &metrics, durable, extra, bound.addrs.query_http)
                 .await?;
+        #[cfg(feature = "kafka")]
+        let parts_offsets = parts.offsets.clone();
 
         let mut tiers = Tiers::new(&supervision);
         let wal = start::start_pipeline_and_replay(
@@ -322,6 +328,8 @@ impl Collector {
             ready,
             weights: parts.weights,
             wal,
+            #[cfg(feature = "kafka")]
+            fleet_offsets: parts_offsets,
             live,
             supervision,
             tiers,
@@ -486,6 +494,11 @@ impl RunningCollector {
         }
         if let Some(wal) = &self.wal {
             wal.close().await;
+        }
+        // In fleet mode: the sealed offsets committed, then the group left.
+        #[cfg(feature = "kafka")]
+        if let Some(offsets) = &self.fleet_offsets {
+            offsets.close().await;
         }
         query.stop().await;
         periodic.stop().await;

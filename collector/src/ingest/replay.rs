@@ -98,7 +98,7 @@ impl SealedRecords {
         Self(ranges)
     }
 
-    fn holds(&self, seq: u64) -> bool {
+    pub(crate) fn holds(&self, seq: u64) -> bool {
         let after = self.0.partition_point(|(first, _)| *first <= seq);
         after > 0 && self.0[after - 1].1 >= seq
     }

@@ -49,6 +49,10 @@ pub trait SpanStore: Send + Sync + std::fmt::Debug + 'static {
     /// Seals everything in memory now (at shutdown); blocking. Without sealing, nothing.
     fn flush(&self) {}
 
+    /// Fleet mode: seals everything in memory of one partition of the spans topic (this
+    /// collector lets the partition go); blocking. Without sealing, nothing.
+    fn flush_partition(&self, _partition: u16) {}
+
     /// An immutable view of everything stored now, oldest first. Cheap: batches are shared.
     fn snapshot(&self) -> Vec<RecordBatch>;
 

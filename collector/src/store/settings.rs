@@ -106,12 +106,6 @@ impl Settings for StoreSettings {
             ));
         }
         above_zero("seal_interval", self.seal_interval)?;
-        if self.history.is_some() && self.data_dir.is_none() {
-            return Err(SettingError::invalid(
-                "history",
-                "needs --data-dir: sealed files are replayed from the write-ahead log there",
-            ));
-        }
         Ok(())
     }
 

@@ -270,6 +270,20 @@ impl Config {
         self.ingest.validate().map_err(invalid)?;
         self.spanmetrics.validate().map_err(invalid)?;
         self.kafka.validate().map_err(invalid)?;
+        // Where the spans are logged before they are sealed: the data directory's write-ahead
+        // log, or in fleet mode the spans topic.
+        if self.kafka.fleet() && self.store.data_dir.is_some() {
+            return Err(invalid(SettingError::invalid(
+                "data_dir",
+                "is not used in fleet mode (--kafka-brokers): the spans topic is the fleet's log; give --history for the sealed files",
+            )));
+        }
+        if self.store.history.is_some() && self.store.data_dir.is_none() && !self.kafka.fleet() {
+            return Err(invalid(SettingError::invalid(
+                "history",
+                "needs --data-dir (sealed files are replayed from the write-ahead log there) or, in fleet mode, --kafka-brokers",
+            )));
+        }
         Ok(())
     }
 

@@ -5,9 +5,10 @@
 //! weights' window are stored without their facts, so that a replay does not count old calls
 //! in the current window.
 //!
-//! Offsets are not committed yet: a collector that takes a partition reads it from the start
-//! of the topic's retention, which rebuilds its memory (`docs/fleet.md` says what that costs
-//! and what comes with sealing).
+//! With a history, offsets are committed up to what is sealed ([`super::commit`]): a collector
+//! that takes a partition reads it from there, skipping what a seal holds. Without one, nothing
+//! is committed: a collector that takes a partition reads it from the start of the topic's
+//! retention, which rebuilds its memory (`docs/fleet.md` says what that costs).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,10 +17,12 @@ use rdkafka::Message as _;
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
+use super::commit::{GroupConsumer, GroupContext, Offsets};
 use super::owners::Owners;
 use super::{KafkaError, KafkaSettings, client_config};
 use crate::ingest::Ingest;
 use crate::metrics::{LogEvery, Metrics};
+use crate::store::history::partition_seq;
 use crate::store::log::{Record, RecordKind};
 
 /// How long to wait after the brokers' error before asking again.
@@ -28,14 +31,18 @@ const ERROR_PAUSE: Duration = Duration::from_millis(500);
 /// A consumed message's place as a record sequence: the partition in the top 16 bits, its
 /// offset in the low 48 (the sealing callbacks hand these back).
 pub(crate) fn seq_of(partition: i32, offset: i64) -> u64 {
-    (u64::from(partition as u16) << 48) | (offset as u64 & ((1 << 48) - 1))
+    partition_seq(partition as u16, offset as u64)
 }
 
 /// Consumes this collector's partitions of the spans topic.
 pub(crate) struct SpanConsumer {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<GroupConsumer>,
     /// Older spans are stored without their facts.
     facts_window: Duration,
+    /// With a history: what is handed over, sealed and committed.
+    offsets: Option<Arc<Offsets>>,
+    /// Messages not fed because a seal holds them already.
+    skipped_sealed: prometheus_client::metrics::counter::Counter,
 }
 
 impl std::fmt::Debug for SpanConsumer {
@@ -51,8 +58,12 @@ impl SpanConsumer {
         settings: &KafkaSettings,
         facts_window: Duration,
         metrics: &Metrics,
+        offsets: Option<Arc<Offsets>>,
     ) -> Result<Self, KafkaError> {
-        let consumer: StreamConsumer = client_config(settings)
+        let context = GroupContext {
+            offsets: offsets.clone(),
+        };
+        let consumer: GroupConsumer = client_config(settings)
             .set("group.id", &settings.kafka_group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -69,7 +80,7 @@ impl SpanConsumer {
                 "heartbeat.interval.ms",
                 (settings.kafka_session_timeout.as_millis() / 3).to_string(),
             )
-            .create()
+            .create_with_context(context)
             .map_err(|source| KafkaError::Client {
                 what: "consumer",
                 source,
@@ -81,15 +92,26 @@ impl SpanConsumer {
                 source,
             })?;
         let consumer = Arc::new(consumer);
+        if let Some(offsets) = &offsets {
+            offsets.attach(&consumer);
+        }
         metrics.register_collector(Box::new(OwnedPartitions(consumer.clone())));
+        let skipped_sealed = prometheus_client::metrics::counter::Counter::default();
+        metrics.register(
+            "wayfinder_kafka_sealed_skipped_messages",
+            "Messages of the spans topic read again after a move and not stored again, because a seal in the bucket holds them already",
+            skipped_sealed.clone(),
+        );
         Ok(SpanConsumer {
             consumer,
             facts_window,
+            offsets,
+            skipped_sealed,
         })
     }
 
     /// The consumer, for what reads its assignment (the owners' publisher).
-    pub(crate) fn handle(&self) -> Arc<StreamConsumer> {
+    pub(crate) fn handle(&self) -> Arc<GroupConsumer> {
         self.consumer.clone()
     }
 
@@ -129,16 +151,43 @@ impl SpanConsumer {
                     }
                 }
             };
+            // A message held back while its partition was revoked is not this collector's.
+            if !self.owns(first.partition) {
+                continue;
+            }
+            if let Some(offsets) = &self.offsets
+                && offsets.needs_seals(first.partition)
+                && let Err(error) = offsets.read_seals(first.partition, first.offset).await
+            {
+                // Without them the sealed messages would be stored twice: wait.
+                if logged.ready() {
+                    tracing::warn!(%error, partition = first.partition, "kafka: cannot read which offsets the bucket's seals hold; the partition waits (logged at most once a minute)");
+                }
+                if stop.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(ERROR_PAUSE).await;
+                pending = Some(first);
+                continue;
+            }
+            if self.is_sealed(&first) {
+                self.skip_sealed(first, &ingest, &owners).await;
+                continue;
+            }
             let mut batch = Batch::new(first);
             let mut read_to_end = Vec::new();
             while batch.payload.len() < BATCH_BYTES && batch.messages.len() < BATCH_MESSAGES {
                 match self.consumer.recv().now_or_never() {
                     Some(Ok(message)) => {
                         let taken = self.take(&message, &owners);
-                        if taken.fresh == batch.fresh {
+                        // A batch is one partition's (one record of it, sealed and committed
+                        // whole), all with its facts or none, and nothing a seal holds.
+                        let joins = taken.partition == batch.partition
+                            && taken.fresh == batch.fresh
+                            && !self.is_sealed(&taken);
+                        if joins {
                             batch.push(taken);
                         } else {
-                            // The facts are taken of a whole batch or of none of it.
                             pending = Some(taken);
                             break;
                         }
@@ -151,7 +200,7 @@ impl SpanConsumer {
             }
             let through = if batch.fresh { &ingest } else { &store_only };
             let fed = batch.messages.clone();
-            batch.feed(through).await;
+            batch.feed(through, self.offsets.as_deref()).await;
             for (partition, offset) in fed {
                 owners.fed(partition, offset);
             }
@@ -160,7 +209,42 @@ impl SpanConsumer {
                 owners.caught_up(partition);
             }
         }
-        self.consumer.unsubscribe();
+        // With a history the consumer stays in the group until the store has sealed what it
+        // fed and the offsets are committed ([`Offsets::close`]).
+        if self.offsets.is_none() {
+            self.consumer.unsubscribe();
+        }
+    }
+
+    /// Whether this collector owns `partition` (without a history, what it reads is its own).
+    fn owns(&self, partition: i32) -> bool {
+        self.offsets.as_ref().is_none_or(|o| o.owns(partition))
+    }
+
+    /// Whether a seal in the bucket holds `taken` already (it was read again after a move).
+    fn is_sealed(&self, taken: &Taken) -> bool {
+        self.offsets
+            .as_ref()
+            .is_some_and(|o| o.is_sealed(taken.partition, taken.offset))
+    }
+
+    /// A message a seal holds: not stored again; its facts are taken if no collector counted
+    /// them.
+    async fn skip_sealed(&self, taken: Taken, ingest: &Ingest, owners: &Owners) {
+        if taken.fresh {
+            let record = Record {
+                kind: RecordKind::Traces,
+                seq: seq_of(taken.partition, taken.offset),
+                arrival: taken.produced,
+                payload: taken.payload,
+            };
+            let _ = ingest.replay(&record, true).await;
+        }
+        self.skipped_sealed.inc();
+        if let Some(offsets) = &self.offsets {
+            offsets.skipped(taken.partition, taken.offset);
+        }
+        owners.fed(taken.partition, taken.offset);
     }
 
     /// A message's payload, place and time, taken out of it (it borrows the consumer).
@@ -193,8 +277,9 @@ struct Taken {
     fresh: bool,
 }
 
-/// Messages fed through the pipeline as one request.
+/// Messages of one partition fed through the pipeline as one request.
 struct Batch {
+    partition: i32,
     payload: Vec<u8>,
     /// Each message's partition and offset, and where its bytes end in `payload`.
     messages: Vec<(i32, i64)>,
@@ -206,6 +291,7 @@ struct Batch {
 impl Batch {
     fn new(first: Taken) -> Self {
         let mut batch = Batch {
+            partition: first.partition,
             payload: Vec::new(),
             messages: Vec::new(),
             ends: Vec::new(),
@@ -225,28 +311,44 @@ impl Batch {
 
     /// Feeds the batch through `ingest` as one record; if it does not decode (a message that is
     /// not OTLP, from another producer), each message alone, so that one bad message costs
-    /// only itself.
-    async fn feed(self, ingest: &Ingest) {
-        let (partition, offset) = *self.messages.last().expect("a batch has a message");
+    /// only itself. `offsets` is told what waits for a seal.
+    async fn feed(self, ingest: &Ingest, offsets: Option<&Offsets>) {
+        let partition = self.partition;
+        let first = self.messages.first().map_or(0, |m| m.1);
+        let last = self.messages.last().map_or(0, |m| m.1);
         let whole = Record {
             kind: RecordKind::Traces,
-            seq: seq_of(partition, offset),
+            seq: seq_of(partition, last),
             arrival: self.newest,
             payload: self.payload,
         };
-        if ingest.replay(&whole, false).await.is_ok() {
+        if let Some(offsets) = offsets {
+            offsets.feeding(partition, first, last);
+        }
+        let rows = ingest.replay(&whole, false).await;
+        if let Some(offsets) = offsets {
+            offsets.fed(partition, last, *rows.as_ref().unwrap_or(&0));
+        }
+        if rows.is_ok() {
             return;
         }
         let mut start = 0;
-        for (end, (partition, offset)) in self.ends.iter().zip(&self.messages) {
+        for (end, (_, offset)) in self.ends.iter().zip(&self.messages) {
             let record = Record {
                 kind: RecordKind::Traces,
-                seq: seq_of(*partition, *offset),
+                seq: seq_of(partition, *offset),
                 arrival: self.newest,
                 payload: whole.payload[start..*end].to_vec(),
             };
             start = *end;
-            if let Err(error) = ingest.replay(&record, false).await {
+            if let Some(offsets) = offsets {
+                offsets.feeding(partition, *offset, *offset);
+            }
+            let rows = ingest.replay(&record, false).await;
+            if let Some(offsets) = offsets {
+                offsets.fed(partition, *offset, *rows.as_ref().unwrap_or(&0));
+            }
+            if let Err(error) = rows {
                 tracing::warn!(
                     partition,
                     offset,
@@ -337,7 +439,7 @@ fn produced_at(message: &rdkafka::message::BorrowedMessage<'_>) -> SystemTime {
 
 /// `wayfinder_kafka_owned_partition{partition}`: 1 for each partition of the spans topic this
 /// collector owns now, read from the consumer at each scrape.
-struct OwnedPartitions(Arc<StreamConsumer>);
+struct OwnedPartitions(Arc<GroupConsumer>);
 
 impl std::fmt::Debug for OwnedPartitions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -437,7 +539,7 @@ mod tests {
                     Some(batch) => batch.push(taken),
                 }
             }
-            batch.expect("a message").feed(&ingest).await;
+            batch.expect("a message").feed(&ingest, None).await;
             stored += spans;
             for _ in 0..200 {
                 if store.stats().rows >= stored {

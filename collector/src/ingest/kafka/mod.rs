@@ -5,7 +5,8 @@
 //! and answer only once the brokers acknowledged them ([`produce`]). The collectors of one
 //! consumer group share the partitions and feed what they consume through the same decoder and
 //! pipeline as a request ([`consume`]): every span of a trace reaches one collector, which
-//! pairs its calls.
+//! pairs its calls. With a history, each partition's spans are sealed under its own prefix of
+//! the bucket and the group's offsets committed only up to what is sealed ([`commit`]).
 //!
 //! The client is librdkafka (`rdkafka`), the reference client: consumer groups with
 //! cooperative rebalancing and the idempotent producer. It brings OpenSSL for TLS and SCRAM to
@@ -13,6 +14,8 @@
 
 #[cfg(feature = "kafka")]
 mod client;
+#[cfg(feature = "kafka")]
+pub(crate) mod commit;
 #[cfg(feature = "kafka")]
 pub(crate) mod consume;
 #[cfg(feature = "kafka")]

@@ -216,7 +216,7 @@ pub(crate) async fn read(
 /// and every [`REPUBLISH`]; at `stop`, an empty claim.
 pub(crate) async fn publish(
     settings: KafkaSettings,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<super::commit::GroupConsumer>,
     owners: Arc<Owners>,
     stop: CancellationToken,
 ) -> Result<(), KafkaError> {

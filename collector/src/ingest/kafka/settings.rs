@@ -186,10 +186,10 @@ impl Settings for KafkaSettings {
                 "this build has no fleet mode (it was built without the `kafka` feature)",
             ));
         }
-        if self.kafka_partitions == 0 {
+        if self.kafka_partitions == 0 || self.kafka_partitions > 1 << 16 {
             return Err(SettingError::invalid(
                 "kafka_partitions",
-                "must be at least 1, not 0",
+                format!("must be from 1 to 65536, not {}", self.kafka_partitions),
             ));
         }
         if self.kafka_replication_factor == 0 || self.kafka_replication_factor < -1 {

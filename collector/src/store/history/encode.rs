@@ -29,6 +29,13 @@ pub(crate) const ROW_GROUP_ROWS: usize = 128 * 1024;
 /// The key of the file metadata that lists the write-ahead log records a file holds.
 pub(crate) const WAL_SEQS_KEY: &str = "wayfinder.wal_seqs";
 
+/// In fleet mode, the key of the file metadata that lists the offsets of the spans topic's
+/// messages a file holds (ranges, as [`super::seqs::encode`] writes them).
+pub(crate) const KAFKA_OFFSETS_KEY: &str = "wayfinder.kafka_offsets";
+
+/// In fleet mode, the key of the file metadata that names the partition of those offsets.
+pub(crate) const KAFKA_PARTITION_KEY: &str = "wayfinder.kafka_partition";
+
 /// One hour's rows, ready to write.
 #[derive(Debug)]
 pub struct HourFile {
@@ -51,15 +58,19 @@ pub enum EncodeError {
     Parquet(#[from] ParquetError),
 }
 
-/// Encodes stored-layout batches as one Parquet file per hour of `start_time`, each noting
-/// `seqs` (the log records they came from, as [`super::seqs::encode`] writes them).
+/// Encodes stored-layout batches as one Parquet file per hour of `start_time`, each with
+/// `metadata` (the log records or the offsets they came from, as [`super::seqs::encode`]
+/// writes them, under [`WAL_SEQS_KEY`] or [`KAFKA_OFFSETS_KEY`]).
 ///
 /// Only the start times are gathered and sorted whole; the rows are then taken from the stored
 /// batches one row group at a time, turned into the table's columns (attribute maps and
 /// resource columns expanded from their dictionaries) and written, so that the seal's memory
 /// is the stored batches plus one expanded row group and the compressed files, not the whole
 /// seal expanded two or three times over (concatenated, then sorted).
-pub(crate) fn encode(stored: &[RecordBatch], seqs: &str) -> Result<Vec<HourFile>, EncodeError> {
+pub(crate) fn encode(
+    stored: &[RecordBatch],
+    metadata: &[(&str, String)],
+) -> Result<Vec<HourFile>, EncodeError> {
     let schema = span_schema();
     let stored: Vec<&RecordBatch> = stored.iter().filter(|b| b.num_rows() > 0).collect();
     if stored.is_empty() {
@@ -77,7 +88,7 @@ pub(crate) fn encode(stored: &[RecordBatch], seqs: &str) -> Result<Vec<HourFile>
     for (batch, rows) in stored.iter().enumerate() {
         origin.extend((0..rows.num_rows()).map(|row| (batch, row)));
     }
-    let properties = properties(seqs);
+    let properties = properties(metadata);
     let mut files = Vec::new();
     let mut at = 0;
     let order = order.values();
@@ -111,7 +122,7 @@ pub(crate) fn encode(stored: &[RecordBatch], seqs: &str) -> Result<Vec<HourFile>
 
 /// zstd (level 3: about as fast as the ingest, a third of the size of LZ4 on span text), page
 /// statistics on every column, a Bloom filter on `trace_id`.
-fn properties(seqs: &str) -> WriterProperties {
+fn properties(metadata: &[(&str, String)]) -> WriterProperties {
     let level = ZstdLevel::try_new(3).unwrap_or_default();
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(level))
@@ -119,9 +130,11 @@ fn properties(seqs: &str) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(ColumnPath::from("trace_id"), true)
         .set_column_bloom_filter_fpp(ColumnPath::from("trace_id"), 0.01)
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            WAL_SEQS_KEY.to_owned(),
-            seqs.to_owned(),
-        )]))
+        .set_key_value_metadata(Some(
+            metadata
+                .iter()
+                .map(|(key, value)| KeyValue::new((*key).to_owned(), value.clone()))
+                .collect(),
+        ))
         .build()
 }

@@ -9,6 +9,12 @@
 //! writes `n` files, one per hour its rows span, in hour order; the last commits it. At start a
 //! seal without its last file (a crash between two writes) is deleted and its records
 //! replayed from the log instead.
+//!
+//! In fleet mode the files of each partition of the spans topic are under `partition=P/`
+//! (`partition=P/hour=…/…`), `first` and `last` are the partition's offsets, and the exact
+//! offsets are in [`encode::KAFKA_OFFSETS_KEY`]: a partition that moves keeps its prefix, and
+//! its new owner skips the offsets already sealed. There a seal without its last file is left
+//! for the partition's next owner to delete (another collector may be writing it now).
 
 pub(crate) mod encode;
 pub(crate) mod seqs;
@@ -26,6 +32,14 @@ use object_store::{ObjectStore, ObjectStoreExt as _, PutPayload};
 
 pub(crate) use encode::{EncodeError, HOUR_NS, HourFile};
 
+/// The offset's bits of a fleet record's sequence number (the partition is above them).
+pub(crate) const OFFSET_BITS: u32 = 48;
+
+/// A fleet record's sequence number: its partition above [`OFFSET_BITS`], its offset below.
+pub(crate) fn partition_seq(partition: u16, offset: u64) -> u64 {
+    (u64::from(partition) << OFFSET_BITS) | (offset & ((1 << OFFSET_BITS) - 1))
+}
+
 /// One sealed file.
 #[derive(Debug, Clone)]
 pub struct SealedFile {
@@ -38,8 +52,11 @@ pub struct SealedFile {
     /// When it was written (its object's modification time): retention goes by it too, so
     /// that spans stamped in the future (an hour of 2200) do not outlive `--retention`.
     pub sealed_at: SystemTime,
-    /// The lowest and highest log record it holds spans of.
+    /// The lowest and highest log record it holds spans of (in fleet mode, as
+    /// [`partition_seq`]s).
     pub seqs: (u64, u64),
+    /// In fleet mode, the partition of the spans topic its spans came from.
+    pub partition: Option<u16>,
     /// Which seal wrote it, and how many files that seal wrote.
     seal: (String, u32),
     /// Which of them it is, from 1.
@@ -55,6 +72,7 @@ impl PartialEq for SealedFile {
             self.size,
             self.hour,
             self.seqs,
+            self.partition,
             &self.seal,
             self.part,
         ) == (
@@ -62,6 +80,7 @@ impl PartialEq for SealedFile {
             other.size,
             other.hour,
             other.seqs,
+            other.partition,
             &other.seal,
             other.part,
         )
@@ -192,7 +211,49 @@ impl History {
     /// deleted (their records are still in the log); files not of this layout are left alone
     /// and reported.
     pub async fn list(&self) -> Result<Vec<SealedFile>, HistoryError> {
-        let objects: Vec<_> = self.store.list(Some(&self.prefix)).try_collect().await?;
+        let (files, incomplete) = self.listing(None).await?;
+        if !incomplete.is_empty() {
+            tracing::warn!(
+                files = incomplete.len(),
+                "sealed spans: a seal was cut short by a crash; its files are deleted and its spans replayed from the log"
+            );
+            self.delete(&incomplete).await;
+        }
+        Ok(files)
+    }
+
+    /// Fleet mode: every complete seal of every partition, oldest hour first; an incomplete
+    /// one is left alone (its collector may be writing it now: [`Self::take_partition`]).
+    pub async fn list_fleet(&self) -> Result<Vec<SealedFile>, HistoryError> {
+        Ok(self.listing(None).await?.0)
+    }
+
+    /// Fleet mode, when this collector takes `partition`: its complete seals; an incomplete
+    /// one was cut short by its last owner's crash (a graceful owner seals before it lets
+    /// go), and is deleted: its offsets were not committed, and are read again.
+    pub async fn take_partition(&self, partition: u16) -> Result<Vec<SealedFile>, HistoryError> {
+        let (files, incomplete) = self.listing(Some(partition)).await?;
+        if !incomplete.is_empty() {
+            tracing::warn!(
+                partition,
+                files = incomplete.len(),
+                "sealed spans: a seal of the partition was cut short by its last owner's crash; its files are deleted and its offsets read again"
+            );
+            self.delete(&incomplete).await;
+        }
+        Ok(files)
+    }
+
+    /// The complete and the incomplete seals' files, under `partition`'s prefix or all.
+    async fn listing(
+        &self,
+        partition: Option<u16>,
+    ) -> Result<(Vec<SealedFile>, Vec<SealedFile>), HistoryError> {
+        let under = match partition {
+            Some(p) => self.prefix.clone().join(partition_dir(p)),
+            None => self.prefix.clone(),
+        };
+        let objects: Vec<_> = self.store.list(Some(&under)).try_collect().await?;
         let mut files = Vec::new();
         for object in objects {
             let sealed_at = SystemTime::from(object.last_modified);
@@ -205,30 +266,22 @@ impl History {
         }
         // A seal writes its files in hour order and the last one (`n` of `n`) commits it:
         // retention deletes the older hours first, so a seal without its last file was cut
-        // short by a crash.
+        // short by a crash (or, in a fleet, is being written).
         let committed: HashSet<&str> = files
             .iter()
             .filter(|f| f.part == f.seal.1)
             .map(|f| f.seal.0.as_str())
             .collect();
-        let incomplete: Vec<SealedFile> = files
+        let (mut complete, incomplete): (Vec<SealedFile>, Vec<SealedFile>) = files
             .iter()
-            .filter(|f| !committed.contains(f.seal.0.as_str()))
             .cloned()
-            .collect();
-        if !incomplete.is_empty() {
-            tracing::warn!(
-                files = incomplete.len(),
-                "sealed spans: a seal was cut short by a crash; its files are deleted and its spans replayed from the log"
-            );
-            self.delete(&incomplete).await;
-        }
-        files.retain(|f| !incomplete.contains(f));
-        files.sort_by_key(|f| (f.hour, f.seqs));
-        Ok(files)
+            .partition(|f| committed.contains(f.seal.0.as_str()));
+        complete.sort_by_key(|f| (f.hour, f.seqs));
+        Ok((complete, incomplete))
     }
 
-    /// The log records held by `files` whose ranges reach `from` or later, as ranges.
+    /// The log records held by `files` whose ranges reach `from` or later, as ranges (in fleet
+    /// mode, the offsets as [`partition_seq`]s).
     pub async fn sealed_seqs(
         &self,
         files: &[SealedFile],
@@ -236,9 +289,16 @@ impl History {
     ) -> Result<Vec<(u64, u64)>, HistoryError> {
         let mut ranges = Vec::new();
         for file in files.iter().filter(|f| f.seqs.1 >= from && f.seqs.1 > 0) {
-            let text = self.footer_value(file, encode::WAL_SEQS_KEY).await?;
+            let key = match file.partition {
+                None => encode::WAL_SEQS_KEY,
+                Some(_) => encode::KAFKA_OFFSETS_KEY,
+            };
+            let text = self.footer_value(file, key).await?;
             match seqs::decode(&text) {
-                Some(found) => ranges.extend(found),
+                Some(found) => ranges.extend(found.into_iter().map(|(a, b)| match file.partition {
+                    None => (a, b),
+                    Some(p) => (partition_seq(p, a), partition_seq(p, b)),
+                })),
                 None => {
                     tracing::warn!(path = %file.location, "sealed spans: the file's record list cannot be read; its records are treated as not sealed")
                 }
@@ -285,24 +345,32 @@ impl History {
             .unwrap_or_default())
     }
 
-    /// Writes one seal's files (all or none usable: see the module's layout).
+    /// Writes one seal's files (all or none usable: see the module's layout); in fleet mode
+    /// under `partition`'s prefix, named by its offsets.
     pub async fn put(
         &self,
         files: Vec<HourFile>,
         seq_bounds: (u64, u64),
+        partition: Option<u16>,
     ) -> Result<Vec<SealedFile>, HistoryError> {
         let n = files.len() as u32;
         let tag = format!("{:016x}", fastrand::u64(..));
         let mut written = Vec::with_capacity(files.len());
+        let (root, named) = match partition {
+            None => (self.prefix.clone(), seq_bounds),
+            Some(p) => (
+                self.prefix.clone().join(partition_dir(p)),
+                (offset_of(seq_bounds.0), offset_of(seq_bounds.1)),
+            ),
+        };
         for (i, file) in files.into_iter().enumerate() {
             let name = format!(
                 "{:020}-{:020}-{tag}-{}of{n}.parquet",
-                seq_bounds.0,
-                seq_bounds.1,
+                named.0,
+                named.1,
                 i + 1
             );
-            let location = self
-                .prefix
+            let location = root
                 .clone()
                 .join(format!("hour={}", hour_name(file.hour)))
                 .join(name);
@@ -322,7 +390,8 @@ impl History {
                 hour: file.hour,
                 sealed_at: SystemTime::now(),
                 seqs: seq_bounds,
-                seal: (seal_key(seq_bounds, &tag), n),
+                partition,
+                seal: (seal_key(named, &tag), n),
                 part: i as u32 + 1,
             });
         }
@@ -381,7 +450,15 @@ fn seal_key(seqs: (u64, u64), tag: &str) -> String {
 
 /// A sealed file from its place in the layout.
 fn parse(prefix: &Path, location: &Path, size: u64, sealed_at: SystemTime) -> Option<SealedFile> {
-    let mut parts = location.prefix_match(prefix)?;
+    let mut parts = location.prefix_match(prefix)?.peekable();
+    let partition = match parts.peek()?.as_ref().strip_prefix("partition=") {
+        Some(p) => {
+            let p: u16 = p.parse().ok()?;
+            parts.next();
+            Some(p)
+        }
+        None => None,
+    };
     let hour = parts.next()?;
     let name = parts.next()?;
     if parts.next().is_some() {
@@ -398,15 +475,35 @@ fn parse(prefix: &Path, location: &Path, size: u64, sealed_at: SystemTime) -> Op
     if i == 0 || i > n || tag.len() != 16 {
         return None;
     }
+    let seqs = match partition {
+        None => (first, last),
+        Some(p) => (partition_seq(p, first), partition_seq(p, last)),
+    };
     Some(SealedFile {
         location: location.clone(),
         size,
         hour,
         sealed_at,
-        seqs: (first, last),
+        seqs,
+        partition,
         seal: (seal_key((first, last), tag), n),
         part: i,
     })
+}
+
+/// `partition=P`, a partition's prefix.
+fn partition_dir(partition: u16) -> String {
+    format!("partition={partition}")
+}
+
+/// A fleet record's partition and offset.
+pub(crate) fn split_seq(seq: u64) -> (u16, u64) {
+    ((seq >> OFFSET_BITS) as u16, offset_of(seq))
+}
+
+/// A fleet record's offset in its partition.
+pub(crate) fn offset_of(seq: u64) -> u64 {
+    seq & ((1 << OFFSET_BITS) - 1)
 }
 
 #[cfg(test)]

@@ -35,6 +35,10 @@ struct Fixture {
 }
 
 fn fixture(interval: Duration) -> Fixture {
+    fixture_with(interval, false)
+}
+
+fn fixture_with(interval: Duration, partitioned: bool) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let history = Arc::new(History::new(dir.path().join("spans").to_str().unwrap()).unwrap());
     let sealed = Arc::new(Mutex::new(Vec::new()));
@@ -53,6 +57,7 @@ fn fixture(interval: Duration) -> Fixture {
             interval,
             file_rows: 1 << 20,
             on_sealed: Arc::new(move |seqs| told.lock().extend_from_slice(seqs)),
+            partitioned,
         },
         Vec::new(),
     );
@@ -356,7 +361,7 @@ fn a_seal_writes_every_row_once_sorted_by_start_time_within_its_hour() {
         .map(|(trace, start)| batch(trace, 70_000, start))
         .map(crate::decode::SpanBatch::into_record_batch)
         .collect();
-    let files = encode::encode(&stored, "1-3").unwrap();
+    let files = encode::encode(&stored, &[(encode::WAL_SEQS_KEY, "1-3".into())]).unwrap();
     let hours: Vec<i64> = files.iter().map(|f| f.hour).collect();
     assert_eq!(hours, [1_000, 1_001]);
     let mut total = 0;
@@ -398,6 +403,7 @@ fn retention_holds_for_every_partition_whatever_the_timestamps() {
         hour,
         sealed_at: now - Duration::from_secs(sealed_ago),
         seqs: (1, 1),
+        partition: None,
         seal: ("x".into(), 1),
         part: 1,
     };
@@ -425,4 +431,97 @@ fn retention_holds_for_every_partition_whatever_the_timestamps() {
     for (file, want, why) in cases {
         assert_eq!(expired(&file, now, retention), want, "{why}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
+    let f = fixture_with(Duration::from_secs(60), true);
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000 * HOUR);
+    // Partition 1's offsets 5 and 6, partition 2's offset 7, interleaved as a consumer feeds.
+    f.store.append_logged_at(
+        batch(1, 10, 1_000 * HOUR + 10),
+        Some(partition_seq(1, 5)),
+        t0,
+    );
+    f.store.append_logged_at(
+        batch(2, 4, 1_000 * HOUR + 20),
+        Some(partition_seq(2, 7)),
+        t0,
+    );
+    f.store.append_logged_at(
+        batch(3, 3, 1_000 * HOUR + 30),
+        Some(partition_seq(1, 6)),
+        t0,
+    );
+
+    // Letting partition 2 go seals only its spans.
+    let store = f.store.clone();
+    tokio::task::spawn_blocking(move || store.flush_partition_at(2, t0))
+        .await
+        .unwrap();
+    assert_eq!(f.store.stats().rows, 13, "partition 1's spans stay in memory");
+    assert_eq!(*f.sealed.lock(), [partition_seq(2, 7)]);
+
+    flush(&f.store, t0 + Duration::from_secs(1)).await;
+    assert_eq!(f.store.stats().rows, 0);
+    let listed = f.history.list_fleet().await.unwrap();
+    let mut names: Vec<String> = listed
+        .iter()
+        .map(|file| {
+            let path = file.location.as_ref();
+            path[path.find("partition=").unwrap()..].to_owned()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names[0].starts_with("partition=1/hour=1970-02-11T16/00000000000000000005-00000000000000000006-"),
+        "under the partition's prefix, named by its offsets: {names:?}"
+    );
+    assert!(
+        names[1].starts_with("partition=2/hour=1970-02-11T16/00000000000000000007-00000000000000000007-"),
+        "{names:?}"
+    );
+    let partitions: Vec<Option<u16>> = listed.iter().map(|f| f.partition).collect();
+    assert!(partitions.contains(&Some(1)) && partitions.contains(&Some(2)));
+
+    // A new owner of partition 1 reads which offsets are sealed from the files' metadata.
+    let taken = f.history.take_partition(1).await.unwrap();
+    assert_eq!(taken.len(), 1, "only the partition's own files");
+    let ranges = f
+        .history
+        .sealed_seqs(&taken, partition_seq(1, 0))
+        .await
+        .unwrap();
+    assert_eq!(ranges, [(partition_seq(1, 5), partition_seq(1, 6))]);
+    assert!(
+        f.history
+            .sealed_seqs(&taken, partition_seq(1, 7))
+            .await
+            .unwrap()
+            .is_empty(),
+        "a file wholly below the committed offset is not read"
+    );
+
+    // A seal cut short in partition 1 is left alone by a listing (its collector may be writing
+    // it) and deleted when the partition is taken (its owner crashed).
+    let short = f
+        .history
+        .prefix
+        .clone()
+        .join("partition=1")
+        .join("hour=1970-02-11T16")
+        .join(format!("{:020}-{:020}-{:016x}-1of2.parquet", 8, 9, 1));
+    f.history
+        .store
+        .put(&short, PutPayload::from_static(b"PAR1"))
+        .await
+        .unwrap();
+    assert_eq!(f.history.list_fleet().await.unwrap().len(), 2);
+    assert!(f.history.store.head(&short).await.is_ok(), "left alone");
+    assert_eq!(f.history.take_partition(1).await.unwrap().len(), 1);
+    assert!(
+        f.history.store.head(&short).await.is_err(),
+        "deleted by the partition's new owner"
+    );
 }

@@ -78,8 +78,11 @@ struct Inner {
     bytes: usize,
     batches: usize,
     next_id: u64,
-    /// Sealed files, with the retention's deletions applied.
+    /// Sealed files, with the retention's deletions applied (in fleet mode, every
+    /// collector's).
     files: Vec<SealedFile>,
+    /// Fleet mode: when the fleet's files were last listed.
+    listed_at: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -96,6 +99,9 @@ struct Segment {
     traces: Option<Arc<TraceFilter>>,
     /// The write-ahead log records its batches came from.
     seqs: Vec<u64>,
+    /// Fleet mode with sealing: the partition of the spans topic its batches came from
+    /// (each partition seals into its own prefix).
+    lane: Option<u16>,
 }
 
 impl MemoryStore {
@@ -128,10 +134,35 @@ impl MemoryStore {
         if self.sealing.is_none() {
             return;
         }
-        if let Some(open) = self.inner.write().segments.back_mut() {
+        for open in self.inner.write().segments.iter_mut() {
             open.sealed = true;
         }
         self.maintain_at(now, true);
+    }
+
+    /// Fleet mode: seals everything in memory of `partition` (this collector lets it go).
+    /// Blocking; call it inside the runtime, on a blocking thread.
+    pub fn flush_partition_at(&self, partition: u16, now: SystemTime) {
+        let Some(sealing) = &self.sealing else {
+            return;
+        };
+        let lane = Some(partition);
+        let to_compact: Vec<CompactionJob> = {
+            let mut inner = self.inner.write();
+            for segment in inner.segments.iter_mut().filter(|s| s.lane == lane) {
+                segment.sealed = true;
+            }
+            inner
+                .segments
+                .iter()
+                .filter(|s| s.lane == lane && !s.compacted)
+                .map(compaction_job)
+                .collect()
+        };
+        for job in to_compact {
+            self.compact(job);
+        }
+        self.seal_due(sealing, now, true, lane);
     }
 
     /// Adds a batch as if it arrived at `now`.
@@ -143,10 +174,22 @@ impl MemoryStore {
     pub fn append_logged_at(&self, batch: SpanBatch, seq: Option<u64>, now: SystemTime) {
         let rows = batch.rows();
         let bytes = batch.bytes();
+        // In fleet mode each partition has its own open segment.
+        let lane = match (&self.sealing, seq) {
+            (Some(sealing), Some(seq)) if sealing.partitioned => {
+                Some((seq >> crate::store::history::OFFSET_BITS) as u16)
+            }
+            _ => None,
+        };
         {
             let mut inner = self.inner.write();
-            let needs_new = inner.segments.back().is_none_or(|s| s.sealed);
-            if needs_new {
+            let open = inner
+                .segments
+                .iter()
+                .rposition(|s| !s.sealed && s.lane == lane);
+            let open = match open {
+                Some(open) => open,
+                None => {
                 let id = inner.next_id;
                 inner.next_id += 1;
                 inner.segments.push_back(Segment {
@@ -160,16 +203,16 @@ impl MemoryStore {
                     compacted: false,
                     traces: None,
                     seqs: Vec::new(),
+                    lane,
                 });
-            }
+                inner.segments.len() - 1
+                }
+            };
             inner.rows += rows;
             inner.bytes += bytes;
             inner.batches += 1;
             let segment_rows = self.config.read().segment_rows;
-            let open = inner
-                .segments
-                .back_mut()
-                .expect("an open segment was just ensured");
+            let open = &mut inner.segments[open];
             open.batches.push(batch.into_record_batch());
             open.rows += rows;
             open.bytes += bytes;
@@ -324,6 +367,10 @@ impl SpanStore for MemoryStore {
         self.flush_at(SystemTime::now());
     }
 
+    fn flush_partition(&self, partition: u16) {
+        self.flush_partition_at(partition, SystemTime::now());
+    }
+
     fn snapshot(&self) -> Vec<RecordBatch> {
         let inner = self.inner.read();
         inner
@@ -391,10 +438,10 @@ impl MemoryStore {
                     .inc_by(evicted as u64);
             }
             let segment_age = self.config.read().segment_age;
-            if let Some(open) = inner.segments.back_mut()
-                && now.duration_since(open.opened).unwrap_or_default() >= segment_age
-            {
-                open.sealed = true;
+            for open in inner.segments.iter_mut().filter(|s| !s.sealed) {
+                if now.duration_since(open.opened).unwrap_or_default() >= segment_age {
+                    open.sealed = true;
+                }
             }
             inner
                 .segments
@@ -407,7 +454,10 @@ impl MemoryStore {
             self.compact(job);
         }
         if let Some(sealing) = &self.sealing {
-            self.seal_due(sealing, now, force);
+            self.seal_due(sealing, now, force, None);
+            if sealing.partitioned {
+                self.list_fleet_files(sealing, now);
+            }
             self.expire_files(sealing, now);
         }
     }

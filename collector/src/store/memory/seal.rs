@@ -1,10 +1,12 @@
 //! Sealing: compacted segments written out of memory as Parquet files ([`crate::store::history`]),
 //! and the files' retention.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use datafusion::arrow::record_batch::RecordBatch;
+use object_store::path::Path;
 
 use super::{MemoryStore, Segment};
 use crate::store::history::{self, History, HistoryError, SealedFile};
@@ -21,8 +23,24 @@ pub struct Sealing {
     pub interval: Duration,
     /// Seal at once when this many spans wait.
     pub file_rows: usize,
-    /// Told the log records whose spans were just sealed (the log may then drop them).
+    /// Told the log records whose spans were just sealed (the log may then drop them; in
+    /// fleet mode, the offsets may be committed).
     pub on_sealed: OnSealed,
+    /// Fleet mode: the records are a partition's offsets ([`history::partition_seq`]), sealed
+    /// per partition under its prefix, and the files of every collector are listed again
+    /// now and then for SQL.
+    pub partitioned: bool,
+}
+
+/// How often, in fleet mode, the sealed files of every collector are listed again.
+pub(crate) const FLEET_LISTING: Duration = Duration::from_secs(5);
+
+/// One lane's segments ready to seal.
+#[derive(Default)]
+struct Ready {
+    ids: Vec<u64>,
+    batches: Vec<RecordBatch>,
+    seqs: Vec<u64>,
 }
 
 impl std::fmt::Debug for Sealing {
@@ -31,24 +49,33 @@ impl std::fmt::Debug for Sealing {
             .field("history", &self.history.location())
             .field("interval", &self.interval)
             .field("file_rows", &self.file_rows)
+            .field("partitioned", &self.partitioned)
             .finish_non_exhaustive()
     }
 }
 
 impl MemoryStore {
     /// Seals the compacted segments when a seal is due: enough spans wait, the oldest has
-    /// waited `interval`, memory is half full, or `force` (shutdown). The files are written
-    /// outside the lock; then, in one step that readers see whole, the segments leave memory
-    /// and the files join the history. A failed write keeps everything in memory and is tried
-    /// again at the next upkeep.
-    pub(super) fn seal_due(&self, sealing: &Sealing, now: SystemTime, force: bool) {
+    /// waited `interval`, memory is half full, or `force` (shutdown; a revoked partition when
+    /// `only` names it). The files are written outside the lock, one seal per lane (in fleet
+    /// mode, per partition); then, in one step that readers see whole, the segments leave
+    /// memory and the files join the history. A failed write keeps its segments in memory and
+    /// is tried again at the next upkeep.
+    pub(super) fn seal_due(
+        &self,
+        sealing: &Sealing,
+        now: SystemTime,
+        force: bool,
+        only: Option<u16>,
+    ) {
         let _one = self.seal_lock.lock();
-        let (ids, batches, seqs) = {
+        let lanes: BTreeMap<Option<u16>, Ready> = {
             let inner = self.inner.read();
             let ready: Vec<&Segment> = inner
                 .segments
                 .iter()
                 .filter(|s| s.sealed && (s.compacted || force))
+                .filter(|s| only.is_none() || s.lane == only)
                 .collect();
             if ready.is_empty() {
                 return;
@@ -66,23 +93,58 @@ impl MemoryStore {
             if !due {
                 return;
             }
-            let ids: Vec<u64> = ready.iter().map(|s| s.id).collect();
-            let batches: Vec<RecordBatch> = ready
-                .iter()
-                .flat_map(|s| s.batches.iter().cloned())
-                .collect();
-            let seqs: Vec<u64> = ready.iter().flat_map(|s| s.seqs.iter().copied()).collect();
-            (ids, batches, seqs)
+            let mut lanes: BTreeMap<Option<u16>, Ready> = BTreeMap::new();
+            for segment in ready {
+                let lane = lanes.entry(segment.lane).or_default();
+                lane.ids.push(segment.id);
+                lane.batches.extend(segment.batches.iter().cloned());
+                lane.seqs.extend(segment.seqs.iter().copied());
+            }
+            lanes
         };
+        let mut sealed_seqs = Vec::new();
+        for (lane, ready) in lanes {
+            if let Some(seqs) = self.seal_lane(sealing, lane, ready) {
+                sealed_seqs.extend(seqs);
+            }
+        }
+        if !sealed_seqs.is_empty() {
+            (sealing.on_sealed)(&sealed_seqs);
+        }
+    }
+
+    /// Writes one lane's ready segments as one seal and takes them out of memory; the log
+    /// records (or offsets) they held, or `None` when the write failed.
+    fn seal_lane(&self, sealing: &Sealing, lane: Option<u16>, ready: Ready) -> Option<Vec<u64>> {
+        let Ready { ids, batches, seqs } = ready;
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let bounds = (
             seqs.iter().copied().min().unwrap_or(0),
             seqs.iter().copied().max().unwrap_or(0),
         );
-        let written = history::encode::encode(&batches, &history::seqs::encode(&seqs))
+        let metadata = match lane {
+            None => vec![(
+                history::encode::WAL_SEQS_KEY,
+                history::seqs::encode(&seqs),
+            )],
+            Some(partition) => {
+                let offsets: Vec<u64> = seqs.iter().map(|s| history::offset_of(*s)).collect();
+                vec![
+                    (
+                        history::encode::KAFKA_OFFSETS_KEY,
+                        history::seqs::encode(&offsets),
+                    ),
+                    (
+                        history::encode::KAFKA_PARTITION_KEY,
+                        partition.to_string(),
+                    ),
+                ]
+            }
+        };
+        let written = history::encode::encode(&batches, &metadata)
             .map_err(HistoryError::from)
             .and_then(|files| match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => runtime.block_on(sealing.history.put(files, bounds)),
+                Ok(runtime) => runtime.block_on(sealing.history.put(files, bounds, lane)),
                 Err(_) => Err(HistoryError::Location {
                     location: sealing.history.location().to_owned(),
                     reason: "sealing runs only inside the collector's runtime".into(),
@@ -95,7 +157,7 @@ impl MemoryStore {
                 if self.metrics.seal_failure_log.ready() {
                     tracing::warn!(%error, spans = rows, "cannot seal spans to Parquet; they stay in memory and the log, and sealing is tried again (logged at most once a minute; counted in wayfinder_seal_failures_total)");
                 }
-                return;
+                return None;
             }
         };
         {
@@ -117,7 +179,47 @@ impl MemoryStore {
             inner.files.extend(written);
         }
         self.metrics.sealed_spans.inc_by(rows as u64);
-        (sealing.on_sealed)(&seqs);
+        Some(seqs)
+    }
+
+    /// Fleet mode: the files every collector sealed, listed again from the history (at most
+    /// every [`FLEET_LISTING`]), so that SQL here reads every partition's sealed spans. A file
+    /// this collector sealed while the listing ran is kept.
+    pub(super) fn list_fleet_files(&self, sealing: &Sealing, now: SystemTime) {
+        {
+            let mut inner = self.inner.write();
+            if inner
+                .listed_at
+                .is_some_and(|at| now.duration_since(at).unwrap_or_default() < FLEET_LISTING)
+            {
+                return;
+            }
+            inner.listed_at = Some(now);
+        }
+        let started = SystemTime::now();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let listed = match runtime.block_on(sealing.history.list_fleet()) {
+            Ok(listed) => listed,
+            Err(error) => {
+                if self.metrics.seal_failure_log.ready() {
+                    tracing::warn!(%error, "cannot list the fleet's sealed spans; SQL reads the files listed before (logged at most once a minute)");
+                }
+                return;
+            }
+        };
+        let mut inner = self.inner.write();
+        let mut files = listed;
+        let known: HashSet<Path> = files.iter().map(|f| f.location.clone()).collect();
+        files.extend(
+            inner
+                .files
+                .iter()
+                .filter(|f| f.sealed_at >= started && !known.contains(&f.location))
+                .cloned(),
+        );
+        inner.files = files;
     }
 
     /// Deletes the sealed files past the retention ([`history::expired`]).

@@ -1,0 +1,352 @@
+//! Fleet mode with a history: the group's offsets are committed only up to what is sealed to
+//! the bucket, as Tempo's block-builder commits only what is flushed. A collector that takes a
+//! partition reads it from the committed offset, skipping the messages a seal holds already
+//! (a crash between a seal and its commit); a collector that lets a partition go seals what
+//! it holds of it and commits before the group moves it (the revoke waits for that).
+//!
+//! The consumer says which offsets it hands to the pipeline ([`Offsets::feeding`],
+//! [`Offsets::fed`]) and which it skips; the store says which it sealed ([`Offsets::sealed`]).
+//! A partition's commit point is the first offset handed over and not sealed yet, or past the
+//! last one read when every one is sealed or held no span.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::ingest::replay::SealedRecords;
+use crate::store::SpanStore;
+use crate::store::history::{History, HistoryError, partition_seq};
+
+/// The longest a revoke waits for what was handed to the pipeline of a partition to be sealed.
+const REVOKE_WAIT: Duration = Duration::from_secs(10);
+
+/// The longest a collector that stops waits for the group to take its partitions.
+const LEAVE_WAIT: Duration = Duration::from_secs(3);
+
+/// The consumer of the spans topic, with the fleet's rebalance callbacks.
+pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
+
+/// The consumer's callbacks: with a history, a revoke seals and commits first.
+#[derive(Debug, Default)]
+pub(crate) struct GroupContext {
+    pub(crate) offsets: Option<Arc<Offsets>>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(offsets), Rebalance::Revoke(list)) = (&self.offsets, rebalance) {
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            offsets.release(consumer, &partitions);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(offsets), Rebalance::Assign(list)) = (&self.offsets, rebalance) {
+            let mut state = offsets.state.lock();
+            for element in list.elements() {
+                state.entry(element.partition()).or_default();
+            }
+        }
+    }
+}
+
+/// What the consumer handed over, what was sealed, and what is committed, per owned partition.
+pub(crate) struct Offsets {
+    topic: String,
+    history: Arc<History>,
+    store: Arc<dyn SpanStore>,
+    /// The consumer, once made (it holds these offsets in its context).
+    consumer: OnceLock<Weak<GroupConsumer>>,
+    /// The partitions owned now; a revoke removes one.
+    state: Mutex<HashMap<i32, Partition>>,
+}
+
+impl std::fmt::Debug for Offsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Offsets")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Partition {
+    /// Handed to the pipeline with spans, not sealed yet: last offset → first offset.
+    pending: BTreeMap<i64, i64>,
+    /// Past the last offset read.
+    next: Option<i64>,
+    /// The offset committed last.
+    committed: i64,
+    /// The offsets the bucket's seals hold from where this collector began reading, once read.
+    sealed: Option<SealedRecords>,
+}
+
+impl Partition {
+    /// Where a consumer that takes the partition must begin.
+    fn position(&self) -> Option<i64> {
+        self.pending
+            .values()
+            .next()
+            .copied()
+            .or(self.next)
+            .filter(|at| *at > self.committed)
+    }
+}
+
+impl Offsets {
+    pub(crate) fn new(topic: String, history: Arc<History>, store: Arc<dyn SpanStore>) -> Self {
+        Self {
+            topic,
+            history,
+            store,
+            consumer: OnceLock::new(),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The consumer these offsets commit through.
+    pub(crate) fn attach(&self, consumer: &Arc<GroupConsumer>) {
+        let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// Whether this collector owns `partition` now.
+    pub(crate) fn owns(&self, partition: i32) -> bool {
+        self.state.lock().contains_key(&partition)
+    }
+
+    /// Whether the seals of `partition` are still to be read before its message at `offset`
+    /// is fed (the first message read since the partition was taken).
+    pub(crate) fn needs_seals(&self, partition: i32) -> bool {
+        self.state
+            .lock()
+            .get(&partition)
+            .is_some_and(|p| p.sealed.is_none())
+    }
+
+    /// Reads which offsets of `partition` from `from` on the bucket's seals hold: the new
+    /// owner skips them. A seal its last owner's crash cut short is deleted.
+    pub(crate) async fn read_seals(&self, partition: i32, from: i64) -> Result<(), HistoryError> {
+        let p = partition as u16;
+        let files = self.history.take_partition(p).await?;
+        let ranges = self
+            .history
+            .sealed_seqs(&files, partition_seq(p, from as u64))
+            .await?;
+        if let Some(state) = self.state.lock().get_mut(&partition) {
+            state.sealed = Some(SealedRecords::new(ranges));
+        }
+        Ok(())
+    }
+
+    /// Whether a seal holds the message at `offset` of `partition` already.
+    pub(crate) fn is_sealed(&self, partition: i32, offset: i64) -> bool {
+        self.state.lock().get(&partition).is_some_and(|p| {
+            p.sealed
+                .as_ref()
+                .is_some_and(|s| s.holds(partition_seq(partition as u16, offset as u64)))
+        })
+    }
+
+    /// The messages `first..=last` of `partition` are handed to the pipeline as one record
+    /// (said before, so that a seal of them cannot come first).
+    pub(crate) fn feeding(&self, partition: i32, first: i64, last: i64) {
+        if let Some(state) = self.state.lock().get_mut(&partition) {
+            state.pending.insert(last, first);
+            state.next = Some(state.next.unwrap_or(0).max(last + 1));
+        }
+    }
+
+    /// The record ending at `last` went through with `rows` spans: with none, nothing of it
+    /// waits for a seal.
+    pub(crate) fn fed(&self, partition: i32, last: i64, rows: usize) {
+        if rows == 0
+            && let Some(state) = self.state.lock().get_mut(&partition)
+        {
+            state.pending.remove(&last);
+        }
+    }
+
+    /// The message at `offset` of `partition` was read and needs no seal (a seal holds it).
+    pub(crate) fn skipped(&self, partition: i32, offset: i64) {
+        if let Some(state) = self.state.lock().get_mut(&partition) {
+            state.next = Some(state.next.unwrap_or(0).max(offset + 1));
+        }
+    }
+
+    /// The store sealed the records `seqs` ([`partition_seq`]s): their partitions' commit
+    /// points move past them. Blocking (a synchronous commit); the store calls it on its
+    /// upkeep's blocking thread.
+    pub(crate) fn sealed(&self, seqs: &[u64]) {
+        {
+            let mut state = self.state.lock();
+            for seq in seqs {
+                let (partition, offset) = crate::store::history::split_seq(*seq);
+                if let Some(state) = state.get_mut(&i32::from(partition)) {
+                    state.pending.remove(&(offset as i64));
+                }
+            }
+        }
+        if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) {
+            self.commit(consumer.as_ref(), None);
+        }
+    }
+
+    /// Commits the partitions whose commit point moved (all owned, or only `only`).
+    fn commit<C: Consumer<GroupContext>>(&self, consumer: &C, only: Option<&[i32]>) {
+        let mut list = TopicPartitionList::new();
+        let mut moved = Vec::new();
+        {
+            let state = self.state.lock();
+            for (partition, state) in state.iter() {
+                if only.is_some_and(|only| !only.contains(partition)) {
+                    continue;
+                }
+                if let Some(at) = state.position()
+                    && list
+                        .add_partition_offset(&self.topic, *partition, Offset::Offset(at))
+                        .is_ok()
+                {
+                    moved.push((*partition, at));
+                }
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        match consumer.commit(&list, CommitMode::Sync) {
+            Ok(()) => {
+                let mut state = self.state.lock();
+                for (partition, at) in moved {
+                    if let Some(state) = state.get_mut(&partition) {
+                        state.committed = state.committed.max(at);
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "kafka: cannot commit the sealed offsets; they are committed at the next seal (a new owner reads the tail again, skipping what is sealed)");
+            }
+        }
+    }
+
+    /// A revoke: everything handed to the pipeline of `partitions` is sealed (waiting up to
+    /// [`REVOKE_WAIT`] for the pipeline), committed, and forgotten, before the group moves them.
+    fn release(&self, consumer: &BaseConsumer<GroupContext>, partitions: &[i32]) {
+        let can_block = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let seal = || {
+            let deadline = Instant::now() + REVOKE_WAIT;
+            for &partition in partitions {
+                loop {
+                    let waiting = self
+                        .state
+                        .lock()
+                        .get(&partition)
+                        .is_some_and(|p| !p.pending.is_empty());
+                    if !waiting {
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        tracing::warn!(
+                            partition,
+                            "kafka: a revoked partition's spans could not all be sealed in time; its next owner reads them again (they may be sealed twice)"
+                        );
+                        break;
+                    }
+                    self.store.flush_partition(partition as u16);
+                    std::thread::park_timeout(Duration::from_millis(20));
+                }
+            }
+        };
+        if can_block {
+            tokio::task::block_in_place(seal);
+        }
+        self.commit(consumer, Some(partitions));
+        let mut state = self.state.lock();
+        for partition in partitions {
+            state.remove(partition);
+        }
+    }
+
+    /// At shutdown, once the store sealed everything: commits every owned partition's point,
+    /// then leaves the group (the others take the partitions at once, from there).
+    pub(crate) async fn close(&self) {
+        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        self.commit(consumer.as_ref(), None);
+        consumer.unsubscribe();
+        // The revoke is served by polling; a message read meanwhile is not fed (and not
+        // committed).
+        let deadline = tokio::time::Instant::now() + LEAVE_WAIT;
+        while consumer.assignment().is_ok_and(|a| a.count() > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_point_is_the_first_offset_not_sealed() {
+        // Each row: what happened to the partition, the commit point, and why.
+        type Step = fn(&mut Partition);
+        let cases: [(&[Step], Option<i64>, &str); 5] = [
+            (&[], None, "nothing read: nothing to commit"),
+            (
+                &[|p| {
+                    p.pending.insert(9, 0);
+                    p.next = Some(10);
+                }],
+                None,
+                "one record handed over, not sealed: the start, committed already",
+            ),
+            (
+                &[
+                    |p| {
+                        p.pending.insert(9, 0);
+                        p.pending.insert(19, 10);
+                        p.next = Some(20);
+                    },
+                    |p| {
+                        p.pending.remove(&9);
+                    },
+                ],
+                Some(10),
+                "the first of two sealed: up to the second",
+            ),
+            (
+                &[|p| {
+                    p.pending.insert(19, 10);
+                    p.next = Some(25);
+                    p.committed = 10;
+                }],
+                None,
+                "the point is where it was committed already",
+            ),
+            (
+                &[|p| p.next = Some(30)],
+                Some(30),
+                "everything read sealed or empty: past the last read",
+            ),
+        ];
+        for (steps, want, why) in cases {
+            let mut partition = Partition::default();
+            for step in steps {
+                step(&mut partition);
+            }
+            assert_eq!(partition.position(), want, "{why}");
+        }
+    }
+}
