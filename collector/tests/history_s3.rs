@@ -5,20 +5,12 @@
 //! the trace endpoint, once. Skipped without Python's moto unless `WAYFINDER_REQUIRE_MOTO=1`
 //! (as in `.ci/run`, which installs it).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-/// A child process killed when dropped, so that no test leaves one behind.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::Killed;
 
 mod common;
 
@@ -37,39 +29,6 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String)
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
-}
-
-/// moto's S3 server on a free loopback port, once it answers; `None` when moto is missing.
-fn moto() -> Option<(Killed, SocketAddr)> {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("python3")
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let child = Killed(child);
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Some((child, addr));
-        }
-        #[allow(clippy::disallowed_methods)] // a child process's start, no tokio clock to pause
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
 }
 
 /// The binary with its history in `s3://spans-test/spans` at `endpoint`; its query and OTLP/HTTP
@@ -110,7 +69,7 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 #[test]
 fn sealed_spans_go_to_the_bucket_and_come_back_from_it() {
     let required = std::env::var("WAYFINDER_REQUIRE_MOTO").is_ok_and(|v| v == "1");
-    let Some((_moto, endpoint)) = moto() else {
+    let Some((_moto, endpoint)) = common::moto("spans-test") else {
         assert!(
             !required,
             "WAYFINDER_REQUIRE_MOTO=1 but moto's server does not start"
@@ -118,11 +77,6 @@ fn sealed_spans_go_to_the_bucket_and_come_back_from_it() {
         eprintln!("skipped: no moto for python3 (pip install 'moto[server]')");
         return;
     };
-    assert_eq!(
-        http(endpoint, "PUT", "/spans-test", "").0,
-        200,
-        "the bucket"
-    );
     let dir = tempfile::tempdir().unwrap();
     let (collector, _, otlp) = serve(dir.path(), endpoint);
     let now = std::time::SystemTime::now()

@@ -53,3 +53,58 @@ pub(crate) fn listening(
     }
     addrs
 }
+
+/// A child process killed when dropped, so that no test leaves one behind.
+#[allow(
+    dead_code,
+    reason = "not every test file that shares this module starts a process"
+)]
+pub(crate) struct Killed(pub(crate) std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// moto's S3 server on a free loopback port, once it answers, with the bucket `bucket` made;
+/// `None` when moto is missing.
+#[allow(
+    dead_code,
+    reason = "only the tests of the bucket history start moto"
+)]
+pub(crate) fn moto(bucket: &str) -> Option<(Killed, SocketAddr)> {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("python3")
+        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let child = Killed(child);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let made = http_exchange(
+                addr,
+                &format!("PUT /{bucket}"),
+                "",
+                "",
+                Duration::from_secs(20),
+            );
+            assert!(made.starts_with("HTTP/1.1 200"), "the bucket: {made}");
+            return Some((child, addr));
+        }
+        std::thread::park_timeout(Duration::from_millis(100));
+    }
+    None
+}

@@ -10,6 +10,7 @@
 //! is committed: a collector that takes a partition reads it from the start of the topic's
 //! retention, which rebuilds its memory (`docs/fleet.md` says what that costs).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +44,17 @@ pub(crate) struct SpanConsumer {
     offsets: Option<Arc<Offsets>>,
     /// Messages not fed because a seal holds them already.
     skipped_sealed: prometheus_client::metrics::counter::Counter,
+    /// At a stop: the partitions still to read, and their ends.
+    drain: parking_lot::Mutex<Option<HashMap<i32, i64>>>,
 }
+
+/// The longest a stopping collector reads what its partitions hold (the binary's whole stop is
+/// bounded by 10 s; what is left is read by the next owner).
+const DRAIN_WAIT: Duration = Duration::from_secs(3);
+/// How long a drain waits for a message before it looks again whether it is done.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+/// How long a stop's drain waits for the brokers' watermarks and committed offsets.
+const WATERMARK_WAIT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for SpanConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -107,6 +118,7 @@ impl SpanConsumer {
             facts_window,
             offsets,
             skipped_sealed,
+            drain: parking_lot::Mutex::new(None),
         })
     }
 
@@ -127,13 +139,34 @@ impl SpanConsumer {
         let store_only = ingest.clone().with_facts(false);
         let logged = LogEvery::default();
         let mut pending: Option<Taken> = None;
+        let mut drain_until: Option<tokio::time::Instant> = None;
         loop {
             let first = match pending.take() {
                 Some(taken) => taken,
                 None => {
-                    let message = tokio::select! {
-                        message = self.consumer.recv() => message,
-                        () = stop.cancelled() => break,
+                    let message = match drain_until {
+                        None => tokio::select! {
+                            message = self.consumer.recv() => message,
+                            () = stop.cancelled() => {
+                                if self.offsets.is_none() {
+                                    break;
+                                }
+                                // With a history: what was acknowledged up to now is read into
+                                // the store, which seals it before the collector leaves.
+                                *self.drain.lock() = Some(self.ends().await);
+                                drain_until = Some(tokio::time::Instant::now() + DRAIN_WAIT);
+                                continue;
+                            }
+                        },
+                        Some(until) => {
+                            if self.drained() || tokio::time::Instant::now() >= until {
+                                break;
+                            }
+                            match tokio::time::timeout(DRAIN_POLL, self.consumer.recv()).await {
+                                Ok(message) => message,
+                                Err(_) => continue,
+                            }
+                        }
                     };
                     match message {
                         Ok(message) => self.take(&message, &owners),
@@ -216,6 +249,45 @@ impl SpanConsumer {
         }
     }
 
+    /// For each partition owned now with messages still to read, where its end is (its high
+    /// watermark): at a stop, what is there is read before the collector leaves.
+    async fn ends(&self) -> HashMap<i32, i64> {
+        let consumer = self.consumer.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let assigned = consumer.assignment().unwrap_or_default();
+            let positions = consumer.position().unwrap_or_default();
+            let committed = consumer
+                .committed(WATERMARK_WAIT)
+                .unwrap_or_default();
+            let offset = |list: &rdkafka::TopicPartitionList, topic: &str, p: i32| {
+                list.find_partition(topic, p)
+                    .and_then(|e| e.offset().to_raw())
+                    .filter(|o| *o >= 0)
+            };
+            let mut ends = HashMap::new();
+            for element in assigned.elements() {
+                let (topic, p) = (element.topic(), element.partition());
+                let Ok((low, high)) = consumer.fetch_watermarks(topic, p, WATERMARK_WAIT) else {
+                    continue;
+                };
+                let from = offset(&positions, topic, p)
+                    .or_else(|| offset(&committed, topic, p))
+                    .unwrap_or(low);
+                if from < high {
+                    ends.insert(p, high);
+                }
+            }
+            ends
+        })
+        .await;
+        read.unwrap_or_default()
+    }
+
+    /// Whether every partition of a stop's drain is read to the end it had.
+    fn drained(&self) -> bool {
+        self.drain.lock().as_ref().is_none_or(HashMap::is_empty)
+    }
+
     /// Whether this collector owns `partition` (without a history, what it reads is its own).
     fn owns(&self, partition: i32) -> bool {
         self.offsets.as_ref().is_none_or(|o| o.owns(partition))
@@ -250,6 +322,11 @@ impl SpanConsumer {
     /// A message's payload, place and time, taken out of it (it borrows the consumer).
     fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>, owners: &Owners) -> Taken {
         let (partition, offset) = (message.partition(), message.offset());
+        if let Some(ends) = self.drain.lock().as_mut()
+            && ends.get(&partition).is_some_and(|end| offset + 1 >= *end)
+        {
+            ends.remove(&partition);
+        }
         let produced = produced_at(message);
         Taken {
             payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
