@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray as _};
@@ -24,7 +25,7 @@ use wayfinder_collector::testing::{Broker, kafka_required};
 mod common;
 mod fleet;
 
-use fleet::{Collector, PARTITIONS, collector, send, shared, trace_id};
+use fleet::{Collector, PARTITIONS, collector, send, shared, stored, trace_id};
 
 const BUCKET: &str = "fleet-test";
 
@@ -35,6 +36,11 @@ fn java_partition(key: &str) -> u32 {
 
 /// One number of a collector's SQL answer.
 fn sql_count(collector: &Collector, sql: &str) -> u64 {
+    sql_answer(collector, sql).0
+}
+
+/// One number of a collector's SQL answer, and its `Wayfinder-Freshness` header.
+fn sql_answer(collector: &Collector, sql: &str) -> (u64, String) {
     let body = serde_json::json!({ "sql": sql }).to_string();
     let response = common::http_exchange(
         collector.query_http,
@@ -46,7 +52,15 @@ fn sql_count(collector: &Collector, sql: &str) -> u64 {
     let (head, body) = response.split_once("\r\n\r\n").expect("a response");
     assert!(head.starts_with("HTTP/1.1 200"), "{response}");
     let answer: serde_json::Value = serde_json::from_str(body).expect("JSON");
-    answer["rows"][0][0].as_u64().expect("a count")
+    let freshness = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("wayfinder-freshness: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    (answer["rows"][0][0].as_u64().expect("a count"), freshness)
 }
 
 /// Every span in the bucket, read by DataFusion as one table over `spans/`, with the
@@ -117,23 +131,24 @@ fn bucket(s3: SocketAddr) -> Vec<(String, String, String)> {
     })
 }
 
-#[test]
-fn each_partition_seals_into_one_bucket_once_and_sql_on_any_collector_counts_the_fleet() {
+/// A broker, a bucket and three collectors sealing into it, settled; `None` when tansu or moto
+/// is missing (and not required).
+fn fleet_with_history() -> Option<(Broker, common::Killed, SocketAddr, Vec<Collector>)> {
     let Some(broker) = Broker::start() else {
         assert!(
             !kafka_required(),
             "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
         );
         eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
-        return;
+        return None;
     };
-    let Some((_moto, s3)) = common::moto(BUCKET) else {
+    let Some((moto, s3)) = common::moto(BUCKET) else {
         assert!(
-            std::env::var("WAYFINDER_REQUIRE_MOTO").is_ok_and(|v| v == "1"),
+            !std::env::var("WAYFINDER_REQUIRE_MOTO").is_ok_and(|v| v == "1"),
             "WAYFINDER_REQUIRE_MOTO=1 but moto's server does not start"
         );
         eprintln!("skipped: no moto for python3 (pip install 'moto[server]')");
-        return;
+        return None;
     };
     let env = [
         ("AWS_ENDPOINT", format!("http://{s3}")),
@@ -155,6 +170,14 @@ fn each_partition_seals_into_one_bucket_once_and_sql_on_any_collector_counts_the
         );
         std::thread::park_timeout(Duration::from_millis(50));
     }
+    Some((broker, moto, s3, fleet))
+}
+
+#[test]
+fn each_partition_seals_into_one_bucket_once_and_sql_on_any_collector_counts_the_fleet() {
+    let Some((_broker, _moto, s3, fleet)) = fleet_with_history() else {
+        return;
+    };
 
     // Traces sent each to one collector in turn: each lands on the partition of its id.
     let first_round = 1..=90u32;
@@ -184,14 +207,27 @@ fn each_partition_seals_into_one_bucket_once_and_sql_on_any_collector_counts_the
             );
             std::thread::park_timeout(Duration::from_millis(200));
         }
-        assert_eq!(
-            sql_count(
-                collector,
-                "SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)"
-            ),
-            spans,
-            "each span once"
+        let (distinct, freshness) = sql_answer(
+            collector,
+            "SELECT count(*) FROM (SELECT DISTINCT trace_id, span_id FROM spans)",
         );
+        assert_eq!(distinct, spans, "each span once");
+        // The answer says which partitions it holds live and which as sealed.
+        let mine = fleet::owned(collector.query_http);
+        let said: Vec<&str> = freshness.split(", ").collect();
+        assert_eq!(said.len(), PARTITIONS as usize, "{freshness}");
+        for (p, part) in said.iter().enumerate() {
+            let (number, state) = part.split_once('=').expect("P=STATE");
+            assert_eq!(number, p.to_string(), "{freshness}");
+            if mine.contains(&(p as u32)) {
+                assert_eq!(state, "live", "an owned partition: {freshness}");
+            } else {
+                assert!(
+                    state.starts_with("sealed@20"),
+                    "another's partition, sealed: {freshness}"
+                );
+            }
+        }
     }
 
     // More traces, not sealed yet; then SIGTERM to all three at once: each seals what it
@@ -244,4 +280,102 @@ fn each_partition_seals_into_one_bucket_once_and_sql_on_any_collector_counts_the
             "trace {trace} is sealed under the prefix of the partition murmur2 puts it in"
         );
     }
+}
+
+#[test]
+fn a_killed_collectors_partitions_resume_from_what_is_sealed_without_loss_or_duplicates() {
+    let Some((_broker, _moto, _s3, mut fleet)) = fleet_with_history() else {
+        return;
+    };
+    // Load on all three, long enough that the one killed has sealed some of its spans (after
+    // 5 s) and holds others in memory only.
+    let targets: Vec<SocketAddr> = fleet.iter().map(|c| c.otlp_http).collect();
+    let running = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut n = 0u32;
+            while running.load(Ordering::Relaxed) {
+                n += 1;
+                if send(targets[n as usize % 3], n) {
+                    acked.push(n);
+                }
+            }
+            acked
+        })
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(7) {
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    let dead = fleet.remove(0);
+    drop(dead.process);
+    let killed = Instant::now();
+    let survivors: Vec<&Collector> = fleet.iter().collect();
+    while !shared(&survivors) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the survivors did not take the dead collector's partitions within 15 s"
+        );
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    let moved = killed.elapsed();
+    while killed.elapsed() < moved + Duration::from_secs(1) {
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+    running.store(false, Ordering::Relaxed);
+    let acked = sender.join().expect("the sender");
+    assert!(
+        acked.len() > 50,
+        "load was sent: {} acknowledged",
+        acked.len()
+    );
+
+    // Once everything is sealed, one survivor's SQL (every partition's files, and its own
+    // memory) has every acknowledged trace whole: the dead one's sealed spans from its files,
+    // the rest read again from its last commit, and none twice.
+    let one = &survivors[..1];
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let counts = loop {
+        let counts = stored(one);
+        let whole = acked
+            .iter()
+            .all(|n| counts.get(&const_hex::encode(trace_id(*n))) == Some(&2));
+        if whole || Instant::now() > deadline {
+            break counts;
+        }
+        std::thread::park_timeout(Duration::from_millis(200));
+    };
+    for n in &acked {
+        assert_eq!(
+            counts.get(&const_hex::encode(trace_id(*n))),
+            Some(&2),
+            "acknowledged trace {n} is stored whole, once"
+        );
+    }
+    assert!(
+        counts.values().all(|&c| c == 2),
+        "no span is stored twice: {:?}",
+        counts
+            .iter()
+            .filter(|(_, c)| **c != 2)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    let skipped: f64 = survivors
+        .iter()
+        .map(|c| {
+            common::http_exchange(c.query_http, "GET /metrics", "", "", Duration::from_secs(10))
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("wayfinder_kafka_sealed_skipped_messages_total ")
+                        .and_then(|v| v.parse::<f64>().ok())
+                })
+                .expect("the skipped messages' counter")
+        })
+        .sum();
+    eprintln!(
+        "partitions owned again {moved:?} after the kill; {skipped} messages read again were held by a seal already"
+    );
 }

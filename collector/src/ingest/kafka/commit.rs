@@ -50,10 +50,8 @@ impl ConsumerContext for GroupContext {
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let (Some(offsets), Rebalance::Assign(list)) = (&self.offsets, rebalance) {
-            let mut state = offsets.state.lock();
-            for element in list.elements() {
-                state.entry(element.partition()).or_default();
-            }
+            let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+            offsets.assigned(&partitions);
         }
     }
 }
@@ -115,6 +113,14 @@ impl Offsets {
     /// The consumer these offsets commit through.
     pub(crate) fn attach(&self, consumer: &Arc<GroupConsumer>) {
         let _ = self.consumer.set(Arc::downgrade(consumer));
+    }
+
+    /// The group gave this collector `partitions`.
+    fn assigned(&self, partitions: &[i32]) {
+        let mut state = self.state.lock();
+        for partition in partitions {
+            state.entry(*partition).or_default();
+        }
     }
 
     /// Whether this collector owns `partition` now.
@@ -297,6 +303,67 @@ impl Offsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::store::{MemoryStore, Sealing, StoreConfig};
+    use crate::testing::{span, trace_request};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_new_owner_skips_the_offsets_a_seal_holds_and_commits_past_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let history = Arc::new(History::new(dir.path().to_str().unwrap()).unwrap());
+        let store = Arc::new(
+            MemoryStore::new(StoreConfig::default(), Arc::new(Metrics::new())).with_sealing(
+                Sealing {
+                    history: history.clone(),
+                    interval: Duration::from_secs(60),
+                    file_rows: 1 << 20,
+                    on_sealed: Arc::new(|_| {}),
+                    partitioned: true,
+                },
+                Vec::new(),
+            ),
+        );
+        // The last owner sealed offsets 3 and 4 of partition 2, and crashed before committing.
+        let batch = || {
+            let spans = vec![span([7; 16], 1, "op", 1, 2)];
+            crate::decode::decode_traces(&trace_request(Some("svc"), spans))
+                .unwrap()
+                .batch
+                .unwrap()
+        };
+        store.append_logged_at(batch(), Some(partition_seq(2, 3)), std::time::SystemTime::now());
+        store.append_logged_at(batch(), Some(partition_seq(2, 4)), std::time::SystemTime::now());
+        let sealing = store.clone();
+        tokio::task::spawn_blocking(move || sealing.flush_partition_at(2, std::time::SystemTime::now()))
+            .await
+            .unwrap();
+
+        let offsets = Offsets::new("spans".into(), history, store);
+        offsets.assigned(&[2]);
+        assert!(offsets.needs_seals(2), "taken, its seals not read yet");
+        offsets.read_seals(2, 3).await.unwrap();
+        assert!(!offsets.needs_seals(2));
+        // Each row: an offset, whether a seal holds it, and why.
+        let cases = [
+            (3, true, "sealed by the last owner"),
+            (4, true, "sealed by the last owner"),
+            (5, false, "never sealed: read and stored again"),
+        ];
+        for (offset, sealed, why) in cases {
+            assert_eq!(offsets.is_sealed(2, offset), sealed, "offset {offset}: {why}");
+        }
+        assert!(!offsets.is_sealed(1, 3), "another partition's offset 3");
+        // The skipped ones move the commit point past them; one fed waits for its seal.
+        offsets.skipped(2, 3);
+        offsets.skipped(2, 4);
+        offsets.feeding(2, 5, 5);
+        offsets.fed(2, 5, 1);
+        let position = offsets.state.lock()[&2].position();
+        assert_eq!(position, Some(5), "up to the one waiting for its seal");
+        offsets.sealed(&[partition_seq(2, 5)]);
+        let position = offsets.state.lock()[&2].position();
+        assert_eq!(position, Some(6), "sealed: past it");
+    }
 
     #[test]
     fn the_commit_point_is_the_first_offset_not_sealed() {

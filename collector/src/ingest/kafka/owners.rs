@@ -126,7 +126,16 @@ impl Owners {
 
     /// The collector that owns the partition of `trace_id` (32 lowercase hex characters).
     pub(crate) fn owner_of(&self, trace_id: &str) -> Owner {
-        let partition = self.partition_of(trace_id);
+        self.owner_of_partition(self.partition_of(trace_id))
+    }
+
+    /// How many partitions the spans topic has.
+    pub(crate) fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The collector that owns `partition`.
+    pub(crate) fn owner_of_partition(&self, partition: i32) -> Owner {
         let claims = self.claims.read();
         claims
             .values()

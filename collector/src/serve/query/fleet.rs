@@ -3,6 +3,9 @@
 //! owners topic says, and its answer passed back as it came: any collector answers any trace.
 //! The forwarded request carries the caller's token and a mark, so that it is answered where
 //! it lands and never sent on again.
+//!
+//! SQL in fleet mode reads every partition's sealed files and this collector's own unsealed
+//! spans; [`freshness`] says, per partition, which the answer holds.
 
 use std::sync::Arc;
 
@@ -87,4 +90,36 @@ pub(super) async fn to_owner(
             forward(&state.forwarder, &base, &path, headers).await
         }
     }
+}
+
+/// Adds the `Wayfinder-Freshness` header to a SQL answer in fleet mode: for each partition of the
+/// spans topic, `P=live` when this collector owns it (its unsealed spans are in the answer),
+/// else `P=sealed@TIME`, the time its newest sealed file was written (spans acknowledged since
+/// about then are not in the answer yet), or `P=none` when nothing of it is sealed.
+pub(super) fn with_freshness(state: &ApiState, mut response: Response) -> Response {
+    if let Some(fresh) = freshness(state) {
+        response.headers_mut().insert(super::FRESHNESS, fresh);
+    }
+    response
+}
+
+fn freshness(state: &ApiState) -> Option<http::HeaderValue> {
+    let owners = state.owners.as_ref()?;
+    let mut newest: std::collections::BTreeMap<u16, std::time::SystemTime> = Default::default();
+    for file in state.engine.sealed_files() {
+        if let Some(partition) = file.partition {
+            let at = newest.entry(partition).or_insert(file.sealed_at);
+            *at = (*at).max(file.sealed_at);
+        }
+    }
+    let parts: Vec<String> = (0..owners.partitions())
+        .map(|p| match owners.owner_of_partition(p as i32) {
+            Owner::Me => format!("{p}=live"),
+            _ => match newest.get(&(p as u16)) {
+                Some(at) => format!("{p}=sealed@{}", humantime::format_rfc3339_seconds(*at)),
+                None => format!("{p}=none"),
+            },
+        })
+        .collect();
+    http::HeaderValue::from_str(&parts.join(", ")).ok()
 }

@@ -47,7 +47,10 @@ pub(super) async fn sql(
         })
         .await
         .map_err(ApiError::Query)?;
-    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+    let response = ([(header::CONTENT_TYPE, content_type)], bytes).into_response();
+    #[cfg(feature = "kafka")]
+    let response = super::fleet::with_freshness(&state, response);
+    Ok(response)
 }
 
 fn arrow_stream(mut result: QueryResult) -> Result<Vec<u8>, QueryError> {

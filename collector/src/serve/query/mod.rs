@@ -11,6 +11,11 @@ mod error;
 mod figures;
 #[cfg(feature = "kafka")]
 mod fleet;
+
+/// In fleet mode, the header of a SQL answer that says how fresh each partition's spans in it
+/// are ([`fleet::freshness`]).
+#[cfg(feature = "kafka")]
+pub(crate) const FRESHNESS: &str = "wayfinder-freshness";
 #[cfg(feature = "kafka")]
 pub(crate) mod forward;
 pub(crate) mod grpc;

@@ -159,6 +159,13 @@ pub struct QueryEngine {
     caches: SharedCaches,
 }
 
+impl QueryEngine {
+    /// The sealed files a query reads now (in fleet mode, every collector's).
+    pub(crate) fn sealed_files(&self) -> Vec<crate::store::history::SealedFile> {
+        self.store.view().files
+    }
+}
+
 /// The caches every query shares, so that a sealed file's footer is read and decoded once, not
 /// once a query: its Parquet metadata (with the page index) and the statistics DataFusion
 /// collects from it for planning. Both are DataFusion's own caches, bounded by their defaults
