@@ -453,17 +453,35 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
         Some(partition_seq(1, 6)),
         t0,
     );
+    // The same three spans again (an exporter's retry), at offset 8 of partition 1.
+    f.store.append_logged_at(
+        batch(3, 3, 1_000 * HOUR + 30),
+        Some(partition_seq(1, 8)),
+        t0,
+    );
 
     // Letting partition 2 go seals only its spans.
     let store = f.store.clone();
     tokio::task::spawn_blocking(move || store.flush_partition_at(2, t0))
         .await
         .unwrap();
-    assert_eq!(f.store.stats().rows, 13, "partition 1's spans stay in memory");
+    assert_eq!(f.store.stats().rows, 16, "partition 1's spans stay in memory");
     assert_eq!(*f.sealed.lock(), [partition_seq(2, 7)]);
 
     flush(&f.store, t0 + Duration::from_secs(1)).await;
     assert_eq!(f.store.stats().rows, 0);
+    let sealed_rows: usize = f
+        .store
+        .view()
+        .files
+        .iter()
+        .map(|file| {
+            let path = format!("/{}", file.location.as_ref());
+            let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+            reader.metadata().file_metadata().num_rows() as usize
+        })
+        .sum();
+    assert_eq!(sealed_rows, 17, "the retried spans are sealed once (10 + 3 + 4)");
     let listed = f.history.list_fleet().await.unwrap();
     let mut names: Vec<String> = listed
         .iter()
@@ -475,7 +493,7 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(
-        names[0].starts_with("partition=1/hour=1970-02-11T16/00000000000000000005-00000000000000000006-"),
+        names[0].starts_with("partition=1/hour=1970-02-11T16/00000000000000000005-00000000000000000008-"),
         "under the partition's prefix, named by its offsets: {names:?}"
     );
     assert!(
@@ -493,10 +511,16 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
         .sealed_seqs(&taken, partition_seq(1, 0))
         .await
         .unwrap();
-    assert_eq!(ranges, [(partition_seq(1, 5), partition_seq(1, 6))]);
+    assert_eq!(
+        ranges,
+        [
+            (partition_seq(1, 5), partition_seq(1, 6)),
+            (partition_seq(1, 8), partition_seq(1, 8))
+        ]
+    );
     assert!(
         f.history
-            .sealed_seqs(&taken, partition_seq(1, 7))
+            .sealed_seqs(&taken, partition_seq(1, 9))
             .await
             .unwrap()
             .is_empty(),
@@ -511,7 +535,7 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
         .clone()
         .join("partition=1")
         .join("hour=1970-02-11T16")
-        .join(format!("{:020}-{:020}-{:016x}-1of2.parquet", 8, 9, 1));
+        .join(format!("{:020}-{:020}-{:016x}-1of2.parquet", 9, 10, 1));
     f.history
         .store
         .put(&short, PutPayload::from_static(b"PAR1"))

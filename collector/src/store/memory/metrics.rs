@@ -33,6 +33,8 @@ pub(crate) struct StoreMetrics {
     pub(crate) seal_failures: Counter,
     /// Sealed files deleted past the retention.
     pub(crate) expired_files: Counter,
+    /// Fleet mode: spans dropped at a seal because the seal held the same span already.
+    pub(crate) duplicate_spans: Counter,
     /// When the line that says the budget evicted spans may be written next.
     pub(crate) size_log: LogEvery,
     /// When the line that says a seal failed may be written next (tried every second).
@@ -48,6 +50,7 @@ impl StoreMetrics {
             sealed_spans: Counter::default(),
             seal_failures: Counter::default(),
             expired_files: Counter::default(),
+            duplicate_spans: Counter::default(),
             size_log: LogEvery::default(),
             seal_failure_log: LogEvery::default(),
         };
@@ -70,6 +73,11 @@ impl StoreMetrics {
             "wayfinder_expired_files",
             "Sealed Parquet files deleted past the retention",
             m.expired_files.clone(),
+        );
+        metrics.register(
+            "wayfinder_store_duplicate_spans",
+            "Fleet mode: spans not sealed because the same span (trace and span id) of the same partition was in the seal already (an exporter's retry, a partition read twice)",
+            m.duplicate_spans.clone(),
         );
         metrics.register_collector(Box::new(StoreGauges(inner.clone())));
         m

@@ -116,7 +116,23 @@ impl MemoryStore {
     /// Writes one lane's ready segments as one seal and takes them out of memory; the log
     /// records (or offsets) they held, or `None` when the write failed.
     fn seal_lane(&self, sealing: &Sealing, lane: Option<u16>, ready: Ready) -> Option<Vec<u64>> {
-        let Ready { ids, batches, seqs } = ready;
+        let Ready {
+            ids,
+            mut batches,
+            seqs,
+        } = ready;
+        // A partition's spans once each, whatever read them twice.
+        if lane.is_some() {
+            match without_duplicates(&batches) {
+                Ok((unique, dropped)) => {
+                    batches = unique;
+                    self.metrics.duplicate_spans.inc_by(dropped as u64);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for duplicate spans in a seal; sealing them as they are");
+                }
+            }
+        }
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         let bounds = (
             seqs.iter().copied().min().unwrap_or(0),
@@ -242,4 +258,34 @@ impl MemoryStore {
             runtime.block_on(sealing.history.delete(&old));
         }
     }
+}
+
+/// The batches without the spans whose trace and span id came earlier in them, and how many
+/// were dropped.
+fn without_duplicates(
+    batches: &[RecordBatch],
+) -> Result<(Vec<RecordBatch>, usize), datafusion::arrow::error::ArrowError> {
+    use datafusion::arrow::array::{AsArray as _, BooleanArray};
+    use datafusion::arrow::compute::filter_record_batch;
+
+    use crate::decode::schema::stored;
+
+    let mut seen: HashSet<(&[u8], &[u8])> = HashSet::new();
+    let mut dropped = 0;
+    let mut unique = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let traces = batch.column(stored::TRACE_ID).as_fixed_size_binary();
+        let spans = batch.column(stored::SPAN_ID).as_fixed_size_binary();
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|row| Some(seen.insert((traces.value(row), spans.value(row)))))
+            .collect();
+        let kept = keep.true_count();
+        dropped += batch.num_rows() - kept;
+        unique.push(if kept == batch.num_rows() {
+            batch.clone()
+        } else {
+            filter_record_batch(batch, &keep)?
+        });
+    }
+    Ok((unique, dropped))
 }
