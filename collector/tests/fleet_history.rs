@@ -366,13 +366,19 @@ fn a_killed_collectors_partitions_resume_from_what_is_sealed_without_loss_or_dup
     let skipped: f64 = survivors
         .iter()
         .map(|c| {
-            common::http_exchange(c.query_http, "GET /metrics", "", "", Duration::from_secs(10))
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("wayfinder_kafka_sealed_skipped_messages_total ")
-                        .and_then(|v| v.parse::<f64>().ok())
-                })
-                .expect("the skipped messages' counter")
+            common::http_exchange(
+                c.query_http,
+                "GET /metrics",
+                "",
+                "",
+                Duration::from_secs(10),
+            )
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("wayfinder_kafka_sealed_skipped_messages_total ")
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .expect("the skipped messages' counter")
         })
         .sum();
     eprintln!(

@@ -11,7 +11,7 @@ use crate::app::config::Config;
 use crate::ingest::Ingest;
 use crate::ingest::kafka::commit::Offsets;
 use crate::ingest::kafka::consume::SpanConsumer;
-use crate::ingest::kafka::consume::read_health;
+use crate::ingest::kafka::health::read_health;
 use crate::ingest::kafka::owners::{self, Owners};
 use crate::ingest::kafka::produce::SpanProducer;
 use crate::ingest::kafka::{KafkaSettings, ensure_topics, partitions_of};

@@ -70,10 +70,7 @@ impl Drop for Killed {
 
 /// moto's S3 server on a free loopback port, once it answers, with the bucket `bucket` made;
 /// `None` when moto is missing.
-#[allow(
-    dead_code,
-    reason = "only the tests of the bucket history start moto"
-)]
+#[allow(dead_code, reason = "only the tests of the bucket history start moto")]
 pub(crate) fn moto(bucket: &str) -> Option<(Killed, SocketAddr)> {
     use std::process::{Command, Stdio};
     use std::time::Instant;
@@ -84,7 +81,14 @@ pub(crate) fn moto(bucket: &str) -> Option<(Killed, SocketAddr)> {
         .ok()?
         .port();
     let child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -100,7 +100,10 @@ pub(crate) fn send(to: SocketAddr, n: u32) -> bool {
 }
 
 /// Each trace id's span count over `collectors`' stores (SQL on each: their own partitions).
-#[allow(dead_code, reason = "the failover test counts per trace; the history test by SQL")]
+#[allow(
+    dead_code,
+    reason = "the failover test counts per trace; the history test by SQL"
+)]
 pub(crate) fn stored(collectors: &[&Collector]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for collector in collectors {
@@ -125,4 +128,3 @@ pub(crate) fn stored(collectors: &[&Collector]) -> BTreeMap<String, u64> {
     }
     counts
 }
-

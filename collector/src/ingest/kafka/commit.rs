@@ -331,12 +331,22 @@ mod tests {
                 .batch
                 .unwrap()
         };
-        store.append_logged_at(batch(), Some(partition_seq(2, 3)), std::time::SystemTime::now());
-        store.append_logged_at(batch(), Some(partition_seq(2, 4)), std::time::SystemTime::now());
+        store.append_logged_at(
+            batch(),
+            Some(partition_seq(2, 3)),
+            std::time::SystemTime::now(),
+        );
+        store.append_logged_at(
+            batch(),
+            Some(partition_seq(2, 4)),
+            std::time::SystemTime::now(),
+        );
         let sealing = store.clone();
-        tokio::task::spawn_blocking(move || sealing.flush_partition_at(2, std::time::SystemTime::now()))
-            .await
-            .unwrap();
+        tokio::task::spawn_blocking(move || {
+            sealing.flush_partition_at(2, std::time::SystemTime::now())
+        })
+        .await
+        .unwrap();
 
         let offsets = Offsets::new("spans".into(), history, store);
         offsets.assigned(&[2]);
@@ -350,7 +360,11 @@ mod tests {
             (5, false, "never sealed: read and stored again"),
         ];
         for (offset, sealed, why) in cases {
-            assert_eq!(offsets.is_sealed(2, offset), sealed, "offset {offset}: {why}");
+            assert_eq!(
+                offsets.is_sealed(2, offset),
+                sealed,
+                "offset {offset}: {why}"
+            );
         }
         assert!(!offsets.is_sealed(1, 3), "another partition's offset 3");
         // The skipped ones move the commit point past them; one fed waits for its seal.

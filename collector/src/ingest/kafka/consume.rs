@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
+use rdkafka::consumer::Consumer as _;
 use tokio_util::sync::CancellationToken;
 
 use super::commit::{GroupConsumer, GroupContext, Offsets};
@@ -256,9 +256,7 @@ impl SpanConsumer {
         let read = tokio::task::spawn_blocking(move || {
             let assigned = consumer.assignment().unwrap_or_default();
             let positions = consumer.position().unwrap_or_default();
-            let committed = consumer
-                .committed(WATERMARK_WAIT)
-                .unwrap_or_default();
+            let committed = consumer.committed(WATERMARK_WAIT).unwrap_or_default();
             let offset = |list: &rdkafka::TopicPartitionList, topic: &str, p: i32| {
                 list.find_partition(topic, p)
                     .and_then(|e| e.offset().to_raw())
@@ -437,74 +435,8 @@ impl Batch {
     }
 }
 
-/// Reads every partition of the health topic, from its start, into `ingest`'s registry, until
-/// `stop`: every collector knows every instance, whichever collector its beats reached. Beats
-/// are applied at the time they were produced, so that old ones only tell what was.
-pub(crate) async fn read_health(
-    settings: KafkaSettings,
-    partitions: u32,
-    ingest: Ingest,
-    stop: CancellationToken,
-) -> Result<(), KafkaError> {
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let topic = settings.health_topic();
-    // No group: each collector reads it all and commits nothing.
-    let consumer: StreamConsumer = client_config(&settings)
-        .set(
-            "group.id",
-            format!("{}-health-{}", settings.kafka_group, fastrand::u64(..)),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|source| KafkaError::Client {
-            what: "health reader",
-            source,
-        })?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(&topic, partition as i32, Offset::Beginning)
-            .map_err(|source| KafkaError::Client {
-                what: "health reader's assignment",
-                source,
-            })?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|source| KafkaError::Client {
-            what: "health reader's assignment",
-            source,
-        })?;
-    let logged = LogEvery::default();
-    loop {
-        let message = tokio::select! {
-            message = consumer.recv() => message,
-            () = stop.cancelled() => return Ok(()),
-        };
-        let record = match message {
-            Ok(message) => Record {
-                kind: RecordKind::Health,
-                seq: 0,
-                arrival: produced_at(&message),
-                payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            },
-            Err(error) => {
-                if logged.ready() {
-                    tracing::warn!(%error, "kafka: cannot read the health topic; trying again (logged at most once a minute)");
-                }
-                tokio::time::sleep(ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        if let Err(error) = ingest.replay(&record, false).await {
-            tracing::debug!(%error, "kafka: a message of the health topic is not a beat; skipped");
-        }
-    }
-}
-
 /// When a message was produced (its timestamp), else now.
-fn produced_at(message: &rdkafka::message::BorrowedMessage<'_>) -> SystemTime {
+pub(super) fn produced_at(message: &rdkafka::message::BorrowedMessage<'_>) -> SystemTime {
     message
         .timestamp()
         .to_millis()

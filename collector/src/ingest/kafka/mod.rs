@@ -19,6 +19,8 @@ pub(crate) mod commit;
 #[cfg(feature = "kafka")]
 pub(crate) mod consume;
 #[cfg(feature = "kafka")]
+pub(crate) mod health;
+#[cfg(feature = "kafka")]
 pub(crate) mod owners;
 #[cfg(feature = "kafka")]
 pub(crate) mod produce;

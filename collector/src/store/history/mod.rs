@@ -295,10 +295,12 @@ impl History {
             };
             let text = self.footer_value(file, key).await?;
             match seqs::decode(&text) {
-                Some(found) => ranges.extend(found.into_iter().map(|(a, b)| match file.partition {
-                    None => (a, b),
-                    Some(p) => (partition_seq(p, a), partition_seq(p, b)),
-                })),
+                Some(found) => {
+                    ranges.extend(found.into_iter().map(|(a, b)| match file.partition {
+                        None => (a, b),
+                        Some(p) => (partition_seq(p, a), partition_seq(p, b)),
+                    }))
+                }
                 None => {
                     tracing::warn!(path = %file.location, "sealed spans: the file's record list cannot be read; its records are treated as not sealed")
                 }

@@ -465,7 +465,11 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
     tokio::task::spawn_blocking(move || store.flush_partition_at(2, t0))
         .await
         .unwrap();
-    assert_eq!(f.store.stats().rows, 16, "partition 1's spans stay in memory");
+    assert_eq!(
+        f.store.stats().rows,
+        16,
+        "partition 1's spans stay in memory"
+    );
     assert_eq!(*f.sealed.lock(), [partition_seq(2, 7)]);
 
     flush(&f.store, t0 + Duration::from_secs(1)).await;
@@ -481,7 +485,10 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
             reader.metadata().file_metadata().num_rows() as usize
         })
         .sum();
-    assert_eq!(sealed_rows, 17, "the retried spans are sealed once (10 + 3 + 4)");
+    assert_eq!(
+        sealed_rows, 17,
+        "the retried spans are sealed once (10 + 3 + 4)"
+    );
     let listed = f.history.list_fleet().await.unwrap();
     let mut names: Vec<String> = listed
         .iter()
@@ -493,11 +500,15 @@ async fn in_a_fleet_each_partition_seals_under_its_prefix_with_its_offsets() {
     names.sort();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(
-        names[0].starts_with("partition=1/hour=1970-02-11T16/00000000000000000005-00000000000000000008-"),
+        names[0].starts_with(
+            "partition=1/hour=1970-02-11T16/00000000000000000005-00000000000000000008-"
+        ),
         "under the partition's prefix, named by its offsets: {names:?}"
     );
     assert!(
-        names[1].starts_with("partition=2/hour=1970-02-11T16/00000000000000000007-00000000000000000007-"),
+        names[1].starts_with(
+            "partition=2/hour=1970-02-11T16/00000000000000000007-00000000000000000007-"
+        ),
         "{names:?}"
     );
     let partitions: Vec<Option<u16>> = listed.iter().map(|f| f.partition).collect();

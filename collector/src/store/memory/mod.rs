@@ -190,22 +190,22 @@ impl MemoryStore {
             let open = match open {
                 Some(open) => open,
                 None => {
-                let id = inner.next_id;
-                inner.next_id += 1;
-                inner.segments.push_back(Segment {
-                    id,
-                    batches: Vec::new(),
-                    rows: 0,
-                    bytes: 0,
-                    opened: now,
-                    newest: now,
-                    sealed: false,
-                    compacted: false,
-                    traces: None,
-                    seqs: Vec::new(),
-                    lane,
-                });
-                inner.segments.len() - 1
+                    let id = inner.next_id;
+                    inner.next_id += 1;
+                    inner.segments.push_back(Segment {
+                        id,
+                        batches: Vec::new(),
+                        rows: 0,
+                        bytes: 0,
+                        opened: now,
+                        newest: now,
+                        sealed: false,
+                        compacted: false,
+                        traces: None,
+                        seqs: Vec::new(),
+                        lane,
+                    });
+                    inner.segments.len() - 1
                 }
             };
             inner.rows += rows;

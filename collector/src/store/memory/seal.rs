@@ -139,10 +139,7 @@ impl MemoryStore {
             seqs.iter().copied().max().unwrap_or(0),
         );
         let metadata = match lane {
-            None => vec![(
-                history::encode::WAL_SEQS_KEY,
-                history::seqs::encode(&seqs),
-            )],
+            None => vec![(history::encode::WAL_SEQS_KEY, history::seqs::encode(&seqs))],
             Some(partition) => {
                 let offsets: Vec<u64> = seqs.iter().map(|s| history::offset_of(*s)).collect();
                 vec![
@@ -150,10 +147,7 @@ impl MemoryStore {
                         history::encode::KAFKA_OFFSETS_KEY,
                         history::seqs::encode(&offsets),
                     ),
-                    (
-                        history::encode::KAFKA_PARTITION_KEY,
-                        partition.to_string(),
-                    ),
+                    (history::encode::KAFKA_PARTITION_KEY, partition.to_string()),
                 ]
             }
         };
