@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::StartError;
-use super::durability::Durable;
+use super::durability::{Durable, FleetHistory, SealedTo};
 use crate::app::config::Config;
 use crate::graph::dimensions::AttributePlan;
 use crate::graph::registry::{Registry, RegistryConfig, RegistryMetrics};
@@ -53,17 +53,6 @@ pub(super) struct Parts {
     pub(super) offsets: Option<Arc<crate::ingest::kafka::commit::Offsets>>,
 }
 
-/// Fleet mode with a history: the store that seals per partition and where it seals, for the
-/// offsets the consumer commits as they are sealed.
-pub(super) struct FleetHistory {
-    pub(super) store: Arc<dyn SpanStore>,
-    pub(super) history: Arc<crate::store::history::History>,
-    /// Told the sealed offsets once the consumer is built.
-    pub(super) sealed_to: SealedTo,
-}
-
-/// Where the store's seals are told, once the consumer that commits them is built.
-pub(super) type SealedTo = Arc<std::sync::OnceLock<Arc<dyn Fn(&[u64]) + Send + Sync>>>;
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and
 /// the log with what it holds to replay (with a data directory).

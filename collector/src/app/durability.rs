@@ -19,6 +19,18 @@ pub(super) struct Durable {
     pub(super) log: Option<(Wal, Recovery)>,
 }
 
+/// Fleet mode with a history: the store that seals per partition and where it seals, for the
+/// offsets the consumer commits as they are sealed.
+pub(super) struct FleetHistory {
+    pub(super) store: Arc<dyn crate::store::SpanStore>,
+    pub(super) history: Arc<crate::store::history::History>,
+    /// Told the sealed offsets once the consumer is built.
+    pub(super) sealed_to: SealedTo,
+}
+
+/// Where the store's seals are told, once the consumer that commits them is built.
+pub(super) type SealedTo = Arc<std::sync::OnceLock<Arc<dyn Fn(&[u64]) + Send + Sync>>>;
+
 /// Opens the history and the log of `config.store.data_dir`, if it names one.
 pub(super) async fn open_durability(
     config: &Config,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::StartError;
-use super::build::FleetHistory;
+use super::durability::FleetHistory;
 use crate::app::config::Config;
 use crate::ingest::Ingest;
 use crate::ingest::kafka::commit::Offsets;
