@@ -212,15 +212,18 @@ impl SpanConsumer {
             while batch.payload.len() < BATCH_BYTES && batch.messages.len() < BATCH_MESSAGES {
                 match self.consumer.recv().now_or_never() {
                     Some(Ok(message)) => {
-                        let taken = self.take(&message, &owners);
+                        let mut taken = self.place(&message, &owners);
+                        let payload = message.payload().unwrap_or_default();
                         // A batch is one partition's (one record of it, sealed and committed
                         // whole), all with its facts or none, and nothing a seal holds.
                         let joins = taken.partition == batch.partition
                             && taken.fresh == batch.fresh
                             && !self.is_sealed(&taken);
                         if joins {
-                            batch.push(taken);
+                            // Copied once, from the consumer's buffer into the batch.
+                            batch.push(payload, &taken);
                         } else {
+                            taken.payload = payload.to_vec();
                             pending = Some(taken);
                             break;
                         }
@@ -319,6 +322,13 @@ impl SpanConsumer {
 
     /// A message's payload, place and time, taken out of it (it borrows the consumer).
     fn take(&self, message: &rdkafka::message::BorrowedMessage<'_>, owners: &Owners) -> Taken {
+        let mut taken = self.place(message, owners);
+        taken.payload = message.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        taken
+    }
+
+    /// A message's place and time, without its payload.
+    fn place(&self, message: &rdkafka::message::BorrowedMessage<'_>, owners: &Owners) -> Taken {
         let (partition, offset) = (message.partition(), message.offset());
         if let Some(ends) = self.drain.lock().as_mut()
             && ends.get(&partition).is_some_and(|end| offset + 1 >= *end)
@@ -327,7 +337,7 @@ impl SpanConsumer {
         }
         let produced = produced_at(message);
         Taken {
-            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            payload: Vec::new(),
             partition,
             offset,
             produced,
@@ -364,21 +374,23 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch of `first`, whose payload it keeps as its buffer.
     fn new(first: Taken) -> Self {
         let mut batch = Batch {
             partition: first.partition,
-            payload: Vec::new(),
-            messages: Vec::new(),
-            ends: Vec::new(),
+            ends: vec![first.payload.len()],
+            messages: vec![(first.partition, first.offset)],
+            payload: first.payload,
             newest: first.produced,
             fresh: first.fresh,
         };
-        batch.push(first);
+        batch.payload.reserve(BATCH_BYTES.min(batch.payload.len() * 8));
         batch
     }
 
-    fn push(&mut self, taken: Taken) {
-        self.payload.extend_from_slice(&taken.payload);
+    /// Adds the message `taken` places, whose bytes are `payload`.
+    fn push(&mut self, payload: &[u8], taken: &Taken) {
+        self.payload.extend_from_slice(payload);
         self.ends.push(self.payload.len());
         self.messages.push((taken.partition, taken.offset));
         self.newest = self.newest.max(taken.produced);
@@ -545,7 +557,7 @@ mod tests {
                 let taken = message(payload, (offset * 10 + i) as i64);
                 match &mut batch {
                     None => batch = Some(Batch::new(taken)),
-                    Some(batch) => batch.push(taken),
+                    Some(batch) => batch.push(&taken.payload, &taken),
                 }
             }
             batch.expect("a message").feed(&ingest, None).await;
