@@ -171,6 +171,7 @@ pub fn unsealable_store(
                 file_rows: 1 << 20,
                 on_sealed: Arc::new(|_| {}),
                 partitioned: false,
+                records: None,
             },
             Vec::new(),
         ),

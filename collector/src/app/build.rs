@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use super::StartError;
-use super::durability::{Durable, FleetHistory, SealedTo};
+use super::durability::{Durable, FleetHistory, SealHooks};
 use crate::app::config::Config;
 use crate::graph::dimensions::AttributePlan;
 use crate::graph::registry::{Registry, RegistryConfig, RegistryMetrics};
@@ -52,7 +52,6 @@ pub(super) struct Parts {
     #[cfg(feature = "kafka")]
     pub(super) offsets: Option<Arc<crate::ingest::kafka::commit::Offsets>>,
 }
-
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and
 /// the log with what it holds to replay (with a data directory).
@@ -255,6 +254,7 @@ async fn build_store(
                 file_rows: SEAL_FILE_ROWS,
                 on_sealed: Arc::new(move |seqs| wal.sealed(seqs)),
                 partitioned: false,
+                records: None,
             },
             files.clone(),
         );
@@ -263,19 +263,23 @@ async fn build_store(
     if let (true, Some(location)) = (config.kafka.fleet(), &config.store.history) {
         let history = Arc::new(crate::store::history::History::new(location)?);
         let files = history.list_fleet().await?;
-        let sealed_to: SealedTo = Arc::default();
-        let told = sealed_to.clone();
+        let hooks = Arc::new(SealHooks::default());
+        let (told, asked) = (hooks.clone(), hooks.clone());
         memory = memory.with_sealing(
             Sealing {
                 history: history.clone(),
                 interval: config.store.seal_interval,
                 file_rows: SEAL_FILE_ROWS,
                 on_sealed: Arc::new(move |seqs| {
-                    if let Some(tell) = told.get() {
+                    if let Some(tell) = told.sealed.get() {
                         tell(seqs);
                     }
                 }),
                 partitioned: true,
+                records: Some(Arc::new(move |seqs| match asked.ranges.get() {
+                    Some(ask) => ask(seqs),
+                    None => seqs.iter().map(|&s| (s, s)).collect(),
+                })),
             },
             files,
         );
@@ -286,7 +290,7 @@ async fn build_store(
             Some(FleetHistory {
                 store,
                 history,
-                sealed_to,
+                hooks,
             }),
         ));
     }

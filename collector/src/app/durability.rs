@@ -24,12 +24,18 @@ pub(super) struct Durable {
 pub(super) struct FleetHistory {
     pub(super) store: Arc<dyn crate::store::SpanStore>,
     pub(super) history: Arc<crate::store::history::History>,
-    /// Told the sealed offsets once the consumer is built.
-    pub(super) sealed_to: SealedTo,
+    /// What the store's seals ask and tell the consumer's offsets, once it is built.
+    pub(super) hooks: Arc<SealHooks>,
 }
 
-/// Where the store's seals are told, once the consumer that commits them is built.
-pub(super) type SealedTo = Arc<std::sync::OnceLock<Arc<dyn Fn(&[u64]) + Send + Sync>>>;
+/// The store's seals in fleet mode, hooked to the consumer's offsets once it is built.
+#[derive(Default)]
+pub(super) struct SealHooks {
+    /// Told the records just sealed (their offsets may be committed).
+    pub(super) sealed: std::sync::OnceLock<crate::store::OnSealed>,
+    /// Asked which offsets each record stands for.
+    pub(super) ranges: std::sync::OnceLock<crate::store::RecordRanges>,
+}
 
 /// Opens the history and the log of `config.store.data_dir`, if it names one.
 pub(super) async fn open_durability(

@@ -68,10 +68,15 @@ pub(super) async fn build(
             fleet.history,
             fleet.store,
         ));
-        let told = offsets.clone();
+        let (told, asked) = (offsets.clone(), offsets.clone());
         let _ = fleet
-            .sealed_to
+            .hooks
+            .sealed
             .set(Arc::new(move |seqs: &[u64]| told.sealed(seqs)));
+        let _ = fleet
+            .hooks
+            .ranges
+            .set(Arc::new(move |seqs: &[u64]| asked.ranges(seqs)));
         offsets
     });
     let consumer = SpanConsumer::new(

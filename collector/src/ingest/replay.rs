@@ -93,9 +93,10 @@ pub(crate) async fn replay(
 pub(crate) struct SealedRecords(Vec<(u64, u64)>);
 
 impl SealedRecords {
-    pub(crate) fn new(mut ranges: Vec<(u64, u64)>) -> Self {
-        ranges.sort_unstable();
-        Self(ranges)
+    /// Sorted and merged: two seals of the same records (a partition sealed twice) may
+    /// overlap.
+    pub(crate) fn new(ranges: Vec<(u64, u64)>) -> Self {
+        Self(crate::store::history::seqs::merge(ranges))
     }
 
     pub(crate) fn holds(&self, seq: u64) -> bool {

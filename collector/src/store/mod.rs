@@ -17,8 +17,8 @@ use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::decode::SpanBatch;
 
-pub(crate) use memory::Sealing;
 pub use memory::{MemoryStore, StoreConfig};
+pub(crate) use memory::{OnSealed, RecordRanges, Sealing};
 pub use settings::{StoreSettings, WalSyncMode};
 pub(crate) use traces::StoredBatch;
 #[cfg(test)]

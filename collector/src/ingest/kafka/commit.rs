@@ -10,7 +10,8 @@
 //! last one read when every one is sealed or held no span.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -27,7 +28,9 @@ use crate::store::history::{History, HistoryError, partition_seq};
 const REVOKE_WAIT: Duration = Duration::from_secs(10);
 
 /// The longest a collector that stops waits for the group to take its partitions.
-const LEAVE_WAIT: Duration = Duration::from_secs(3);
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+/// The longest a collector that stops waits for its last commit.
+const CLOSE_COMMIT_WAIT: Duration = Duration::from_secs(2);
 
 /// The consumer of the spans topic, with the fleet's rebalance callbacks.
 pub(crate) type GroupConsumer = StreamConsumer<GroupContext>;
@@ -61,10 +64,13 @@ pub(crate) struct Offsets {
     topic: String,
     history: Arc<History>,
     store: Arc<dyn SpanStore>,
-    /// The consumer, once made (it holds these offsets in its context).
-    consumer: OnceLock<Weak<GroupConsumer>>,
+    /// The consumer, once made, until [`Offsets::close`] (it holds these offsets in its
+    /// context: the cycle is broken at the close).
+    consumer: Mutex<Option<Arc<GroupConsumer>>>,
     /// The partitions owned now; a revoke removes one.
     state: Mutex<HashMap<i32, Partition>>,
+    /// The store has sealed everything for the last time: a revoke no longer waits for it.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Offsets {
@@ -105,14 +111,39 @@ impl Offsets {
             topic,
             history,
             store,
-            consumer: OnceLock::new(),
+            consumer: Mutex::new(None),
             state: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
         }
     }
 
     /// The consumer these offsets commit through.
     pub(crate) fn attach(&self, consumer: &Arc<GroupConsumer>) {
-        let _ = self.consumer.set(Arc::downgrade(consumer));
+        *self.consumer.lock() = Some(consumer.clone());
+    }
+
+    /// The offsets each record (numbered by its last message) stands for, as inclusive
+    /// [`partition_seq`] ranges: what a seal writes into its file.
+    pub(crate) fn ranges(&self, seqs: &[u64]) -> Vec<(u64, u64)> {
+        let state = self.state.lock();
+        seqs.iter()
+            .map(|&seq| {
+                let (partition, last) = crate::store::history::split_seq(seq);
+                let first = state
+                    .get(&i32::from(partition))
+                    .and_then(|p| p.pending.get(&(last as i64)))
+                    .map_or(last, |first| *first as u64);
+                (partition_seq(partition, first), seq)
+            })
+            .collect()
+    }
+
+    /// The seals of `partition` could not be read: it is fed as if none held anything past
+    /// the commit (what a crash left sealed and uncommitted may be stored again).
+    pub(crate) fn without_seals(&self, partition: i32) {
+        if let Some(state) = self.state.lock().get_mut(&partition) {
+            state.sealed = Some(SealedRecords::default());
+        }
     }
 
     /// The group gave this collector `partitions`.
@@ -200,13 +231,21 @@ impl Offsets {
                 }
             }
         }
-        if let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) {
-            self.commit(consumer.as_ref(), None);
+        // Asynchronous: a seal holds the store's seal lock, and a coordinator that is away
+        // must not hold it (a failed commit is made again at the next seal or the close).
+        let consumer = self.consumer.lock().clone();
+        if let Some(consumer) = consumer {
+            self.commit(consumer.as_ref(), None, CommitMode::Async);
         }
     }
 
     /// Commits the partitions whose commit point moved (all owned, or only `only`).
-    fn commit<C: Consumer<GroupContext>>(&self, consumer: &C, only: Option<&[i32]>) {
+    fn commit<C: Consumer<GroupContext>>(
+        &self,
+        consumer: &C,
+        only: Option<&[i32]>,
+        mode: CommitMode,
+    ) {
         let mut list = TopicPartitionList::new();
         let mut moved = Vec::new();
         {
@@ -227,7 +266,7 @@ impl Offsets {
         if moved.is_empty() {
             return;
         }
-        match consumer.commit(&list, CommitMode::Sync) {
+        match consumer.commit(&list, mode) {
             Ok(()) => {
                 let mut state = self.state.lock();
                 for (partition, at) in moved {
@@ -271,10 +310,11 @@ impl Offsets {
                 }
             }
         };
-        if can_block {
+        // At the close the store has sealed all it will: nothing to wait for.
+        if can_block && !self.closing.load(Ordering::Acquire) {
             tokio::task::block_in_place(seal);
         }
-        self.commit(consumer, Some(partitions));
+        self.commit(consumer, Some(partitions), CommitMode::Sync);
         let mut state = self.state.lock();
         for partition in partitions {
             state.remove(partition);
@@ -282,12 +322,25 @@ impl Offsets {
     }
 
     /// At shutdown, once the store sealed everything: commits every owned partition's point,
-    /// then leaves the group (the others take the partitions at once, from there).
-    pub(crate) async fn close(&self) {
-        let Some(consumer) = self.consumer.get().and_then(Weak::upgrade) else {
+    /// then leaves the group (the others take the partitions at once, from there). Bounded:
+    /// the commit by [`CLOSE_COMMIT_WAIT`], the leave by [`LEAVE_WAIT`].
+    pub(crate) async fn close(self: &Arc<Self>) {
+        self.closing.store(true, Ordering::Release);
+        let Some(consumer) = self.consumer.lock().take() else {
             return;
         };
-        self.commit(consumer.as_ref(), None);
+        let (offsets, committing) = (self.clone(), consumer.clone());
+        let commit = tokio::task::spawn_blocking(move || {
+            offsets.commit(committing.as_ref(), None, CommitMode::Sync)
+        });
+        if tokio::time::timeout(CLOSE_COMMIT_WAIT, commit)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "kafka: the brokers did not take the last commit in time; the partitions' next owners read from the one before (skipping what is sealed)"
+            );
+        }
         consumer.unsubscribe();
         // The revoke is served by polling; a message read meanwhile is not fed (and not
         // committed).
@@ -311,19 +364,27 @@ mod tests {
     async fn a_new_owner_skips_the_offsets_a_seal_holds_and_commits_past_them() {
         let dir = tempfile::tempdir().unwrap();
         let history = Arc::new(History::new(dir.path().to_str().unwrap()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        // The last owner: its consumer fed messages 3 and 4 of partition 2 as one record
+        // (numbered by its last message), and messages 6 and 7 as two.
+        let elsewhere: Arc<dyn SpanStore> =
+            Arc::new(MemoryStore::new(StoreConfig::default(), metrics.clone()));
+        let last_owner = Arc::new(Offsets::new("spans".into(), history.clone(), elsewhere));
+        last_owner.assigned(&[2]);
+        let asked = last_owner.clone();
         let store = Arc::new(
-            MemoryStore::new(StoreConfig::default(), Arc::new(Metrics::new())).with_sealing(
+            MemoryStore::new(StoreConfig::default(), metrics).with_sealing(
                 Sealing {
                     history: history.clone(),
                     interval: Duration::from_secs(60),
                     file_rows: 1 << 20,
                     on_sealed: Arc::new(|_| {}),
                     partitioned: true,
+                    records: Some(Arc::new(move |seqs| asked.ranges(seqs))),
                 },
                 Vec::new(),
             ),
         );
-        // The last owner sealed offsets 3 and 4 of partition 2, and crashed before committing.
         let batch = || {
             let spans = vec![span([7; 16], 1, "op", 1, 2)];
             crate::decode::decode_traces(&trace_request(Some("svc"), spans))
@@ -331,16 +392,16 @@ mod tests {
                 .batch
                 .unwrap()
         };
-        store.append_logged_at(
-            batch(),
-            Some(partition_seq(2, 3)),
-            std::time::SystemTime::now(),
-        );
-        store.append_logged_at(
-            batch(),
-            Some(partition_seq(2, 4)),
-            std::time::SystemTime::now(),
-        );
+        for (first, last) in [(3, 4), (6, 6), (7, 7)] {
+            last_owner.feeding(2, first, last);
+            store.append_logged_at(
+                batch(),
+                Some(partition_seq(2, last as u64)),
+                std::time::SystemTime::now(),
+            );
+            last_owner.fed(2, last, 1);
+        }
+        // It sealed them, and crashed before committing.
         let sealing = store.clone();
         tokio::task::spawn_blocking(move || {
             sealing.flush_partition_at(2, std::time::SystemTime::now())
@@ -355,9 +416,15 @@ mod tests {
         assert!(!offsets.needs_seals(2));
         // Each row: an offset, whether a seal holds it, and why.
         let cases = [
-            (3, true, "sealed by the last owner"),
-            (4, true, "sealed by the last owner"),
-            (5, false, "never sealed: read and stored again"),
+            (
+                3,
+                true,
+                "the first message of a record the last owner sealed",
+            ),
+            (4, true, "its last message, which numbers the record"),
+            (5, false, "never fed with spans: read again"),
+            (6, true, "a record of one message"),
+            (8, false, "never sealed: read and stored again"),
         ];
         for (offset, sealed, why) in cases {
             assert_eq!(
@@ -377,6 +444,11 @@ mod tests {
         offsets.sealed(&[partition_seq(2, 5)]);
         let position = offsets.state.lock()[&2].position();
         assert_eq!(position, Some(6), "sealed: past it");
+        assert_eq!(
+            offsets.ranges(&[partition_seq(2, 9)]),
+            [(partition_seq(2, 9), partition_seq(2, 9))],
+            "a record it does not know stands for itself"
+        );
     }
 
     #[test]

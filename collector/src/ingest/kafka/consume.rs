@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::commit::{GroupConsumer, GroupContext, Offsets};
 use super::owners::Owners;
 use super::{KafkaError, KafkaSettings, client_config};
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, IngestError};
 use crate::metrics::{LogEvery, Metrics};
 use crate::store::history::partition_seq;
 use crate::store::log::{Record, RecordKind};
@@ -53,8 +53,10 @@ pub(crate) struct SpanConsumer {
 const DRAIN_WAIT: Duration = Duration::from_secs(3);
 /// How long a drain waits for a message before it looks again whether it is done.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
-/// How long a stop's drain waits for the brokers' watermarks and committed offsets.
+/// How long a stop's drain waits for the brokers' watermarks and committed offsets, in all.
 const WATERMARK_WAIT: Duration = Duration::from_secs(1);
+/// How many times the seals of a partition just taken are read before it is read without.
+const SEAL_READ_TRIES: u32 = 3;
 
 impl std::fmt::Debug for SpanConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +142,7 @@ impl SpanConsumer {
         let logged = LogEvery::default();
         let mut pending: Option<Taken> = None;
         let mut drain_until: Option<tokio::time::Instant> = None;
+        let mut seal_failures: HashMap<i32, u32> = HashMap::new();
         loop {
             let first = match pending.take() {
                 Some(taken) => taken,
@@ -190,18 +193,31 @@ impl SpanConsumer {
             }
             if let Some(offsets) = &self.offsets
                 && offsets.needs_seals(first.partition)
-                && let Err(error) = offsets.read_seals(first.partition, first.offset).await
             {
-                // Without them the sealed messages would be stored twice: wait.
-                if logged.ready() {
-                    tracing::warn!(%error, partition = first.partition, "kafka: cannot read which offsets the bucket's seals hold; the partition waits (logged at most once a minute)");
+                match offsets.read_seals(first.partition, first.offset).await {
+                    Ok(()) => {
+                        seal_failures.remove(&first.partition);
+                    }
+                    Err(error) => {
+                        let failures = seal_failures.entry(first.partition).or_insert(0u32);
+                        *failures += 1;
+                        if *failures >= SEAL_READ_TRIES {
+                            // Consuming every partition matters more than the rare crash tail
+                            // that could be stored twice (a seal's duplicate check still
+                            // holds within it).
+                            tracing::warn!(%error, partition = first.partition, "kafka: cannot read which offsets the bucket's seals hold; the partition is read without them (what a crash left sealed and uncommitted may be stored again)");
+                            offsets.without_seals(first.partition);
+                        } else {
+                            // While it waits no other partition is read: briefly.
+                            if stop.is_cancelled() {
+                                break;
+                            }
+                            tokio::time::sleep(ERROR_PAUSE).await;
+                            pending = Some(first);
+                            continue;
+                        }
+                    }
                 }
-                if stop.is_cancelled() {
-                    break;
-                }
-                tokio::time::sleep(ERROR_PAUSE).await;
-                pending = Some(first);
-                continue;
             }
             if self.is_sealed(&first) {
                 self.skip_sealed(first, &ingest, &owners).await;
@@ -214,9 +230,10 @@ impl SpanConsumer {
                     Some(Ok(message)) => {
                         let mut taken = self.place(&message, &owners);
                         let payload = message.payload().unwrap_or_default();
-                        // A batch is one partition's (one record of it, sealed and committed
-                        // whole), all with its facts or none, and nothing a seal holds.
-                        let joins = taken.partition == batch.partition
+                        // With a history a batch is one partition's (one record of it, sealed
+                        // and committed whole), and nothing a seal holds; always all with its
+                        // facts or none.
+                        let joins = (self.offsets.is_none() || taken.partition == batch.partition)
                             && taken.fresh == batch.fresh
                             && !self.is_sealed(&taken);
                         if joins {
@@ -233,6 +250,11 @@ impl SpanConsumer {
                     }
                     Some(Err(_)) | None => break,
                 }
+            }
+            // Revoked while the batch was gathered (a rebalance is served inside `recv`): its
+            // next owner reads it.
+            if !self.owns(batch.partition) {
+                continue;
             }
             let through = if batch.fresh { &ingest } else { &store_only };
             let fed = batch.messages.clone();
@@ -257,9 +279,10 @@ impl SpanConsumer {
     async fn ends(&self) -> HashMap<i32, i64> {
         let consumer = self.consumer.clone();
         let read = tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + WATERMARK_WAIT;
             let assigned = consumer.assignment().unwrap_or_default();
             let positions = consumer.position().unwrap_or_default();
-            let committed = consumer.committed(WATERMARK_WAIT).unwrap_or_default();
+            let committed = consumer.committed(WATERMARK_WAIT / 2).unwrap_or_default();
             let offset = |list: &rdkafka::TopicPartitionList, topic: &str, p: i32| {
                 list.find_partition(topic, p)
                     .and_then(|e| e.offset().to_raw())
@@ -268,7 +291,11 @@ impl SpanConsumer {
             let mut ends = HashMap::new();
             for element in assigned.elements() {
                 let (topic, p) = (element.topic(), element.partition());
-                let Ok((low, high)) = consumer.fetch_watermarks(topic, p, WATERMARK_WAIT) else {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break; // what is not read now is read by the partition's next owner
+                }
+                let Ok((low, high)) = consumer.fetch_watermarks(topic, p, left) else {
                     continue;
                 };
                 let from = offset(&positions, topic, p)
@@ -279,9 +306,11 @@ impl SpanConsumer {
                 }
             }
             ends
-        })
-        .await;
-        read.unwrap_or_default()
+        });
+        match tokio::time::timeout(WATERMARK_WAIT * 2, read).await {
+            Ok(Ok(ends)) => ends,
+            _ => HashMap::new(),
+        }
     }
 
     /// Whether every partition of a stop's drain is read to the end it had.
@@ -384,7 +413,9 @@ impl Batch {
             newest: first.produced,
             fresh: first.fresh,
         };
-        batch.payload.reserve(BATCH_BYTES.min(batch.payload.len() * 8));
+        batch
+            .payload
+            .reserve(BATCH_BYTES.min(batch.payload.len() * 8));
         batch
     }
 
@@ -412,12 +443,23 @@ impl Batch {
         if let Some(offsets) = offsets {
             offsets.feeding(partition, first, last);
         }
-        let rows = ingest.replay(&whole, false).await;
-        if let Some(offsets) = offsets {
-            offsets.fed(partition, last, *rows.as_ref().unwrap_or(&0));
+        match ingest.replay(&whole, false).await {
+            Ok(rows) => {
+                if let Some(offsets) = offsets {
+                    offsets.fed(partition, last, rows);
+                }
+                return;
+            }
+            Err(IngestError::Malformed(_)) => {} // one message at a time, below
+            // Stopping: what was not queued stays uncommitted, for the next owner.
+            Err(_) => return,
         }
-        if rows.is_ok() {
-            return;
+        // Each message on its own, each waiting for its seal before the batch's entry goes
+        // (the last message's entry replaces it): the commit point never passes one of them.
+        if let Some(offsets) = offsets {
+            for (_, offset) in &self.messages {
+                offsets.feeding(partition, *offset, *offset);
+            }
         }
         let mut start = 0;
         for (end, (_, offset)) in self.ends.iter().zip(&self.messages) {
@@ -428,20 +470,24 @@ impl Batch {
                 payload: whole.payload[start..*end].to_vec(),
             };
             start = *end;
-            if let Some(offsets) = offsets {
-                offsets.feeding(partition, *offset, *offset);
-            }
-            let rows = ingest.replay(&record, false).await;
-            if let Some(offsets) = offsets {
-                offsets.fed(partition, *offset, *rows.as_ref().unwrap_or(&0));
-            }
-            if let Err(error) = rows {
-                tracing::warn!(
-                    partition,
-                    offset,
-                    %error,
-                    "kafka: a message of the spans topic is not an OTLP trace request; skipped"
-                );
+            match ingest.replay(&record, false).await {
+                Ok(rows) => {
+                    if let Some(offsets) = offsets {
+                        offsets.fed(partition, *offset, rows);
+                    }
+                }
+                Err(IngestError::Malformed(error)) => {
+                    if let Some(offsets) = offsets {
+                        offsets.fed(partition, *offset, 0);
+                    }
+                    tracing::warn!(
+                        partition,
+                        offset,
+                        %error,
+                        "kafka: a message of the spans topic is not an OTLP trace request; skipped"
+                    );
+                }
+                Err(_) => return,
             }
         }
     }

@@ -288,7 +288,9 @@ impl History {
         from: u64,
     ) -> Result<Vec<(u64, u64)>, HistoryError> {
         let mut ranges = Vec::new();
-        for file in files.iter().filter(|f| f.seqs.1 >= from && f.seqs.1 > 0) {
+        // A log's records count from 1 (0 is none); a partition's offsets from 0.
+        let holds_any = |f: &&SealedFile| f.partition.is_some() || f.seqs.1 > 0;
+        for file in files.iter().filter(|f| f.seqs.1 >= from).filter(holds_any) {
             let key = match file.partition {
                 None => encode::WAL_SEQS_KEY,
                 Some(_) => encode::KAFKA_OFFSETS_KEY,

@@ -3,18 +3,15 @@
 
 /// Sorted, distinct sequence numbers as ranges.
 pub(crate) fn encode(seqs: &[u64]) -> String {
-    let mut sorted = seqs.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
+    let ranges: Vec<(u64, u64)> = seqs.iter().map(|&s| (s, s)).collect();
+    encode_ranges(&ranges)
+}
+
+/// Inclusive ranges, in any order and overlapping or not, as the sorted, merged ranges they
+/// cover.
+pub(crate) fn encode_ranges(ranges: &[(u64, u64)]) -> String {
     let mut out = String::new();
-    let mut i = 0;
-    while i < sorted.len() {
-        let start = sorted[i];
-        let mut end = start;
-        while i + 1 < sorted.len() && sorted[i + 1] == end + 1 {
-            i += 1;
-            end = sorted[i];
-        }
+    for (start, end) in merge(ranges.to_vec()) {
         if !out.is_empty() {
             out.push(',');
         }
@@ -23,9 +20,22 @@ pub(crate) fn encode(seqs: &[u64]) -> String {
         } else {
             out.push_str(&format!("{start}-{end}"));
         }
-        i += 1;
     }
     out
+}
+
+/// Inclusive ranges sorted and merged where they overlap or touch.
+pub(crate) fn merge(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.retain(|(a, b)| a <= b);
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for (start, end) in ranges {
+        match merged.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => merged.push((start, end)),
+        }
+    }
+    merged
 }
 
 /// The ranges [`encode`] wrote, as `(first, last)` pairs; `None` when the text is not that.
@@ -77,6 +87,21 @@ mod tests {
             want.sort_unstable();
             want.dedup();
             assert_eq!(expanded, want, "{why}");
+        }
+    }
+
+    #[test]
+    fn ranges_are_merged_where_they_overlap_or_touch() {
+        // (ranges, text, why)
+        type Case = (&'static [(u64, u64)], &'static str, &'static str);
+        let cases: [Case; 4] = [
+            (&[(3, 5), (0, 2)], "0-5", "touching, out of order"),
+            (&[(0, 9), (4, 6)], "0-9", "one inside another"),
+            (&[(7, 9), (1, 1), (8, 12)], "1,7-12", "overlapping"),
+            (&[(5, 4)], "", "an empty range"),
+        ];
+        for (ranges, text, why) in cases {
+            assert_eq!(encode_ranges(ranges), text, "{why}");
         }
     }
 

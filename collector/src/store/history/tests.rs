@@ -58,6 +58,7 @@ fn fixture_with(interval: Duration, partitioned: bool) -> Fixture {
             file_rows: 1 << 20,
             on_sealed: Arc::new(move |seqs| told.lock().extend_from_slice(seqs)),
             partitioned,
+            records: None,
         },
         Vec::new(),
     );

@@ -27,7 +27,7 @@ use metrics::{EvictionLabels, StoreMetrics};
 mod metrics;
 mod seal;
 
-pub(crate) use seal::Sealing;
+pub(crate) use seal::{OnSealed, RecordRanges, Sealing};
 
 /// Settings of a [`MemoryStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

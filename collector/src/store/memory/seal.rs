@@ -14,6 +14,11 @@ use crate::store::history::{self, History, HistoryError, SealedFile};
 /// What is told the log records whose spans were sealed.
 pub(crate) type OnSealed = Arc<dyn Fn(&[u64]) + Send + Sync>;
 
+/// Fleet mode: the offsets each record stands for, as inclusive [`history::partition_seq`]
+/// ranges. A record is a batch of consecutive messages of one partition, numbered by its
+/// last; its file must say every offset it holds, so that a new owner skips them all.
+pub(crate) type RecordRanges = Arc<dyn Fn(&[u64]) -> Vec<(u64, u64)> + Send + Sync>;
+
 /// Where and when compacted segments are written out of memory as Parquet.
 #[derive(Clone)]
 pub struct Sealing {
@@ -30,6 +35,8 @@ pub struct Sealing {
     /// per partition under its prefix, and the files of every collector are listed again
     /// now and then for SQL.
     pub partitioned: bool,
+    /// Fleet mode: the offsets each record stands for (without: the record's own number).
+    pub records: Option<RecordRanges>,
 }
 
 /// How often, in fleet mode, the sealed files of every collector are listed again.
@@ -134,21 +141,37 @@ impl MemoryStore {
             }
         }
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        let bounds = (
-            seqs.iter().copied().min().unwrap_or(0),
-            seqs.iter().copied().max().unwrap_or(0),
-        );
-        let metadata = match lane {
-            None => vec![(history::encode::WAL_SEQS_KEY, history::seqs::encode(&seqs))],
+        let (bounds, metadata) = match lane {
+            None => (
+                (
+                    seqs.iter().copied().min().unwrap_or(0),
+                    seqs.iter().copied().max().unwrap_or(0),
+                ),
+                vec![(history::encode::WAL_SEQS_KEY, history::seqs::encode(&seqs))],
+            ),
             Some(partition) => {
-                let offsets: Vec<u64> = seqs.iter().map(|s| history::offset_of(*s)).collect();
-                vec![
-                    (
-                        history::encode::KAFKA_OFFSETS_KEY,
-                        history::seqs::encode(&offsets),
-                    ),
-                    (history::encode::KAFKA_PARTITION_KEY, partition.to_string()),
-                ]
+                let ranges = match &sealing.records {
+                    Some(expand) => expand(&seqs),
+                    None => seqs.iter().map(|&s| (s, s)).collect(),
+                };
+                let bounds = (
+                    ranges.iter().map(|r| r.0).min().unwrap_or(0),
+                    ranges.iter().map(|r| r.1).max().unwrap_or(0),
+                );
+                let offsets: Vec<(u64, u64)> = ranges
+                    .iter()
+                    .map(|(a, b)| (history::offset_of(*a), history::offset_of(*b)))
+                    .collect();
+                (
+                    bounds,
+                    vec![
+                        (
+                            history::encode::KAFKA_OFFSETS_KEY,
+                            history::seqs::encode_ranges(&offsets),
+                        ),
+                        (history::encode::KAFKA_PARTITION_KEY, partition.to_string()),
+                    ],
+                )
             }
         };
         let written = history::encode::encode(&batches, &metadata)
