@@ -55,7 +55,11 @@ pub(super) async fn build(
                 },
             ));
         }
-        None => format!("http://{query_http}"),
+        None => {
+            // The query API speaks TLS when the listeners do.
+            let tls = config.access.tls().ok().flatten().is_some();
+            format!("{}://{query_http}", if tls { "https" } else { "http" })
+        }
     };
     // Beats older than the longest TTL tell nothing of the instances now.
     let health_retention = config.registry.max_heartbeat_ttl * 2;

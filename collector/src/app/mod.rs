@@ -273,7 +273,15 @@ impl Collector {
             #[cfg(feature = "kafka")]
             owners: parts.owners.clone(),
             #[cfg(feature = "kafka")]
-            forwarder: crate::serve::query::forward::Forwarder::default(),
+            forwarder: crate::serve::query::forward::Forwarder::new(
+                config.kafka.kafka_query_ca.as_deref(),
+            )
+            .map_err(|message| {
+                StartError::Config(ConfigError::Invalid {
+                    key: "kafka_query_ca",
+                    message,
+                })
+            })?,
         });
         let live = reload::Live {
             config: parking_lot::Mutex::new(config.clone()),

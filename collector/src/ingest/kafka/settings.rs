@@ -141,9 +141,14 @@ pub struct KafkaSettings {
     #[arg(long, env = "WAYFINDER_KAFKA_CA")]
     pub kafka_ca: Option<PathBuf>,
     /// The URL other collectors reach this one's query API at, to ask it for the traces of
-    /// its partitions [default: http:// and --query-http, when that is not 0.0.0.0 or ::].
+    /// its partitions [default: http:// (https:// with --tls-cert) and --query-http, when
+    /// that is not 0.0.0.0 or ::].
     #[arg(long, env = "WAYFINDER_KAFKA_QUERY_URL")]
     pub kafka_query_url: Option<String>,
+    /// CA certificates (PEM) that the other collectors' query certificates must chain to,
+    /// when their query URLs are https:// [default: the system's].
+    #[arg(long, env = "WAYFINDER_KAFKA_QUERY_CA")]
+    pub kafka_query_ca: Option<PathBuf>,
 }
 
 impl Default for KafkaSettings {
