@@ -13,6 +13,9 @@ pub(super) struct FileConfig {
     pub(super) sections: std::collections::BTreeMap<String, toml::Table>,
     /// The log filter, if the file sets one.
     pub(super) log_level: Option<String>,
+    /// The flat keys of an earlier release, in the file's order, each with the section it was
+    /// moved into (each is warned about as it is read).
+    pub(super) moved: Vec<(String, &'static str)>,
 }
 
 impl FileConfig {
@@ -64,6 +67,7 @@ pub(super) fn read_file(
             section = name,
             "a setting at the top of the configuration file is read for this release only: write `{key}` under [{name}]"
         );
+        file.moved.push((key.clone(), name));
         // The section's own spelling wins over the old one.
         let section = file.sections.entry((*name).to_owned()).or_default();
         section.entry(key).or_insert(value);
