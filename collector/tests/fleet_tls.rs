@@ -10,7 +10,6 @@
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,10 +20,9 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use wayfinder_collector::testing::{Broker, kafka_required, span, trace_request};
 
 mod common;
+mod fleet;
 
-use common::Killed;
-
-const PARTITIONS: u32 = 6;
+use fleet::{Collector, PARTITIONS, collector, wait_for};
 
 /// A CA and a certificate it signed for 127.0.0.1, written as PEM files in `dir`: the CA's
 /// path, the certificate's and the key's.
@@ -85,54 +83,35 @@ fn get(addr: SocketAddr, ca: &Path, path: &str) -> String {
     exchange(addr, ca, request.as_bytes())
 }
 
-/// A collector of the fleet with TLS on every listener, trusting `query_ca` for the others.
-fn collector(broker: SocketAddr, own: &(PathBuf, PathBuf, PathBuf), query_ca: &Path) -> Collector {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wayfinder"))
-        .arg("serve")
-        .args(["--otlp-grpc", "127.0.0.1:0", "--otlp-http", "127.0.0.1:0"])
-        .args(["--query-http", "127.0.0.1:0", "--query-grpc", "127.0.0.1:0"])
-        .args(["--kafka-brokers", &broker.to_string()])
-        .args(["--kafka-partitions", &PARTITIONS.to_string()])
-        .arg("--tls-cert")
-        .arg(&own.1)
-        .arg("--tls-key")
-        .arg(&own.2)
-        .arg("--kafka-query-ca")
-        .arg(query_ca)
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("the binary starts");
-    let addrs = common::listening(&mut child);
-    Collector {
-        _process: Killed(child),
-        otlp_http: addrs["otlp-http"],
-        query_http: addrs["query-http"],
-        ca: own.0.clone(),
-    }
+/// A collector of the fleet with TLS on every listener (`own`: its CA, certificate and key),
+/// trusting `query_ca` for the others; with the CA that signed its certificate.
+fn tls_collector(
+    broker: SocketAddr,
+    own: &(PathBuf, PathBuf, PathBuf),
+    query_ca: &Path,
+) -> (Collector, PathBuf) {
+    let paths = [&own.1, &own.2, &query_ca.to_path_buf()].map(|p| p.display().to_string());
+    let args = [
+        "--tls-cert",
+        paths[0].as_str(),
+        "--tls-key",
+        paths[1].as_str(),
+        "--kafka-query-ca",
+        paths[2].as_str(),
+    ];
+    (collector(broker, &args, &[]), own.0.clone())
 }
 
-struct Collector {
-    _process: Killed,
-    otlp_http: SocketAddr,
-    query_http: SocketAddr,
-    /// The CA that signed its certificate.
-    ca: PathBuf,
-}
-
-impl Collector {
-    /// The partitions its `/metrics` says it owns.
-    fn owned(&self) -> Vec<u32> {
-        let text = get(self.query_http, &self.ca, "/metrics");
-        (0..PARTITIONS)
-            .filter(|p| {
-                text.contains(&format!(
-                    "wayfinder_kafka_owned_partition{{partition=\"{p}\"}} 1"
-                ))
-            })
-            .collect()
-    }
+/// The partitions a collector's `/metrics` (over TLS) says it owns.
+fn owned((collector, ca): &(Collector, PathBuf)) -> Vec<u32> {
+    let text = get(collector.query_http, ca, "/metrics");
+    (0..PARTITIONS)
+        .filter(|p| {
+            text.contains(&format!(
+                "wayfinder_kafka_owned_partition{{partition=\"{p}\"}} 1"
+            ))
+        })
+        .collect()
 }
 
 fn trace_id(n: u8) -> [u8; 16] {
@@ -156,22 +135,15 @@ fn over_tls_any_collector_answers_any_trace_and_a_wrong_ca_is_said() {
     let other_pki = pki(dir.path(), "other");
     // Two collectors that trust the fleet's CA, and a third whose trust is another CA.
     let fleet = [
-        collector(broker.addr, &fleet_pki, &fleet_pki.0),
-        collector(broker.addr, &fleet_pki, &fleet_pki.0),
-        collector(broker.addr, &fleet_pki, &other_pki.0),
+        tls_collector(broker.addr, &fleet_pki, &fleet_pki.0),
+        tls_collector(broker.addr, &fleet_pki, &fleet_pki.0),
+        tls_collector(broker.addr, &fleet_pki, &other_pki.0),
     ];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let owned: Vec<u32> = fleet.iter().flat_map(Collector::owned).collect();
-        if owned.len() == PARTITIONS as usize && fleet.iter().all(|c| !c.owned().is_empty()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the group did not settle within 30 s"
-        );
-        std::thread::park_timeout(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(30), "the group did not settle", || {
+        let each: Vec<Vec<u32>> = fleet.iter().map(owned).collect();
+        each.iter().map(Vec::len).sum::<usize>() == PARTITIONS as usize
+            && each.iter().all(|mine| !mine.is_empty())
+    });
 
     // Twelve traces, each sent over TLS to the first collector.
     let traces: Vec<String> = (1..=12u8).map(|n| const_hex::encode(trace_id(n))).collect();
@@ -187,21 +159,17 @@ fn over_tls_any_collector_answers_any_trace_and_a_wrong_ca_is_said() {
         )
         .into_bytes();
         request.extend_from_slice(&body);
-        let answer = exchange(fleet[0].otlp_http, &fleet[0].ca, &request);
+        let answer = exchange(fleet[0].0.otlp_http, &fleet[0].1, &request);
         assert!(answer.starts_with("HTTP/1.1 200"), "trace {n}: {answer}");
     }
 
     // The two that trust the fleet's CA answer every trace whole: their own from their store,
     // the others' asked over https of their owners.
-    for collector in &fleet[..2] {
+    for (collector, ca) in &fleet[..2] {
         for trace in &traces {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                let answer = get(
-                    collector.query_http,
-                    &collector.ca,
-                    &format!("/api/v1/traces/{trace}"),
-                );
+                let answer = get(collector.query_http, ca, &format!("/api/v1/traces/{trace}"));
                 if answer.starts_with("HTTP/1.1 200") {
                     let body: serde_json::Value =
                         serde_json::from_str(answer.split_once("\r\n\r\n").unwrap().1).unwrap();
@@ -218,7 +186,7 @@ fn over_tls_any_collector_answers_any_trace_and_a_wrong_ca_is_said() {
     }
 
     // The third cannot verify the others: a trace of theirs is a retryable 503 saying so.
-    let mine = fleet[2].owned();
+    let mine = owned(&fleet[2]);
     let theirs = (1..=12u8)
         .map(|n| const_hex::encode(trace_id(n)))
         .find(|hex| {
@@ -228,8 +196,8 @@ fn over_tls_any_collector_answers_any_trace_and_a_wrong_ca_is_said() {
         })
         .expect("a trace of another collector's partitions");
     let answer = get(
-        fleet[2].query_http,
-        &fleet[2].ca,
+        fleet[2].0.query_http,
+        &fleet[2].1,
         &format!("/api/v1/traces/{theirs}"),
     );
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");

@@ -1,10 +1,17 @@
 //! What the fleet's tests share: a collector process of the fleet, the partitions each owns,
 //! traces sent and counted.
 
+#![allow(
+    dead_code,
+    reason = "each of the fleet's test files uses its part of this module"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use wayfinder_collector::testing::{span, trace_request};
@@ -100,31 +107,94 @@ pub(crate) fn send(to: SocketAddr, n: u32) -> bool {
 }
 
 /// Each trace id's span count over `collectors`' stores (SQL on each: their own partitions).
-#[allow(
-    dead_code,
-    reason = "the failover test counts per trace; the history test by SQL"
-)]
 pub(crate) fn stored(collectors: &[&Collector]) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     for collector in collectors {
-        let body = serde_json::json!({
-            "sql": "SELECT trace_id, count(*) FROM spans GROUP BY trace_id"
-        })
-        .to_string();
-        let response = common::http_exchange(
-            collector.query_http,
-            "POST /api/v1/sql",
-            "Content-Type: application/json\r\n",
-            &body,
-            Duration::from_secs(20),
+        let (_, answer) = sql(
+            collector,
+            "SELECT trace_id, count(*) FROM spans GROUP BY trace_id",
         );
-        let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-        assert!(head.starts_with("HTTP/1.1 200"), "{response}");
-        let answer: serde_json::Value = serde_json::from_str(body).expect("JSON");
         for row in answer["rows"].as_array().expect("rows") {
             let id = row[0].as_str().expect("a trace id").to_owned();
             *counts.entry(id).or_insert(0) += row[1].as_u64().expect("a count");
         }
     }
     counts
+}
+
+/// Waits until `ready` holds, for at most `within`; `what` says what did not happen.
+pub(crate) fn wait_for(within: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within {within:?}");
+        std::thread::park_timeout(Duration::from_millis(50));
+    }
+}
+
+/// Load on every collector of `fleet` from a thread of its own; after `before`, the first is
+/// killed with SIGKILL (no goodbye to the group, which waits out the session timeout) and
+/// removed; once the survivors own every partition (within 15 s), and a second more, the load
+/// stops. The traces acknowledged, and how long after the kill the partitions were owned again.
+pub(crate) fn kill_under_load(
+    fleet: &mut Vec<Collector>,
+    before: Duration,
+) -> (Vec<u32>, Duration) {
+    let targets: Vec<SocketAddr> = fleet.iter().map(|c| c.otlp_http).collect();
+    let running = Arc::new(AtomicBool::new(true));
+    let sender = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut n = 0u32;
+            while running.load(Ordering::Relaxed) {
+                n += 1;
+                if send(targets[n as usize % targets.len()], n) {
+                    acked.push(n);
+                }
+            }
+            acked
+        })
+    };
+    let started = Instant::now();
+    wait_for(before * 2, "the load's start", || {
+        started.elapsed() >= before
+    });
+    let dead = fleet.remove(0);
+    drop(dead.process);
+    let killed = Instant::now();
+    let survivors: Vec<&Collector> = fleet.iter().collect();
+    wait_for(
+        Duration::from_secs(15),
+        "the survivors did not take the dead collector's partitions",
+        || shared(&survivors),
+    );
+    let moved = killed.elapsed();
+    wait_for(
+        Duration::from_secs(2),
+        "a second of load after the move",
+        || killed.elapsed() >= moved + Duration::from_secs(1),
+    );
+    running.store(false, Ordering::Relaxed);
+    let acked = sender.join().expect("the sender");
+    assert!(
+        acked.len() > 50,
+        "load was sent: {} acknowledged",
+        acked.len()
+    );
+    (acked, moved)
+}
+
+/// `sql` on `collector`: the response's head and its JSON answer (a 200 is asserted).
+pub(crate) fn sql(collector: &Collector, sql: &str) -> (String, serde_json::Value) {
+    let body = serde_json::json!({ "sql": sql }).to_string();
+    let response = common::http_exchange(
+        collector.query_http,
+        "POST /api/v1/sql",
+        "Content-Type: application/json\r\n",
+        &body,
+        Duration::from_secs(20),
+    );
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{response}");
+    (head.to_owned(), serde_json::from_str(body).expect("JSON"))
 }
