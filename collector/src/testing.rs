@@ -188,6 +188,51 @@ impl LogCapture {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock()).into_owned()
     }
+
+    /// Captures what this thread logs (INFO and above) from now on, through a process-wide
+    /// subscriber installed once that writes each thread's lines to its capture. A scoped
+    /// subscriber (`set_default`) is not enough in a test binary: a log callsite first reached
+    /// on another test's thread while no subscriber was set caches "never", for every thread,
+    /// and the capture stays empty; with a global subscriber in place no callsite is "never".
+    pub fn on_this_thread() -> LogCapture {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        INSTALLED.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .with_max_level(tracing::Level::INFO)
+                .with_writer(|| ThreadCapture)
+                .finish();
+            // Another global subscriber would mean no capture: the test then fails on it.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+        });
+        let capture = LogCapture::default();
+        THREAD_CAPTURE.with(|slot| *slot.borrow_mut() = Some(capture.clone()));
+        capture
+    }
+}
+
+thread_local! {
+    /// This thread's capture ([`LogCapture::on_this_thread`]).
+    static THREAD_CAPTURE: std::cell::RefCell<Option<LogCapture>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Writes a log line to the capture of the thread that logs it, if it has one.
+struct ThreadCapture;
+
+impl std::io::Write for ThreadCapture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        THREAD_CAPTURE.with(|slot| {
+            if let Some(capture) = slot.borrow_mut().as_mut() {
+                capture.0.lock().extend_from_slice(bytes);
+            }
+        });
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl std::io::Write for LogCapture {

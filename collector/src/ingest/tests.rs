@@ -13,17 +13,7 @@ use crate::testing::{LogCapture, span, trace_request, unsealable_store};
 
 #[tokio::test]
 async fn a_store_over_a_budget_it_cannot_evict_from_refuses_ingest_retryably() {
-    let lines = LogCapture::default();
-    let writer = lines.clone();
-    let _logs = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish(),
-    );
-    // A callsite first reached on another test's thread, with no subscriber there, keeps its
-    // cached "never" unless asked again.
-    tracing::callsite::rebuild_interest_cache();
+    let lines = LogCapture::on_this_thread();
     // A store with sealing whose files cannot be written (their place is a plain file), and a
     // budget smaller than one request: once the request is in, the store is full.
     let dir = tempfile::tempdir().unwrap();
