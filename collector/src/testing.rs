@@ -222,7 +222,8 @@ struct ThreadCapture;
 
 impl std::io::Write for ThreadCapture {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        THREAD_CAPTURE.with(|slot| {
+        // `try_with`: a line logged while the thread's locals are torn down is dropped.
+        let _ = THREAD_CAPTURE.try_with(|slot| {
             if let Some(capture) = slot.borrow_mut().as_mut() {
                 capture.0.lock().extend_from_slice(bytes);
             }

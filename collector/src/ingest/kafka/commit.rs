@@ -71,6 +71,9 @@ pub(crate) struct Offsets {
     state: Mutex<HashMap<i32, Partition>>,
     /// The store has sealed everything for the last time: a revoke no longer waits for it.
     closing: AtomicBool,
+    /// Records of partitions let go before they were sealed (a revoke past its wait): last
+    /// offset → first, for the seal that still comes, until the partition is taken again.
+    released: Mutex<HashMap<i32, BTreeMap<i64, i64>>>,
 }
 
 impl std::fmt::Debug for Offsets {
@@ -114,6 +117,7 @@ impl Offsets {
             consumer: Mutex::new(None),
             state: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
+            released: Mutex::new(HashMap::new()),
         }
     }
 
@@ -126,12 +130,16 @@ impl Offsets {
     /// [`partition_seq`] ranges: what a seal writes into its file.
     pub(crate) fn ranges(&self, seqs: &[u64]) -> Vec<(u64, u64)> {
         let state = self.state.lock();
+        let released = self.released.lock();
         seqs.iter()
             .map(|&seq| {
                 let (partition, last) = crate::store::history::split_seq(seq);
+                let partition_key = i32::from(partition);
                 let first = state
-                    .get(&i32::from(partition))
-                    .and_then(|p| p.pending.get(&(last as i64)))
+                    .get(&partition_key)
+                    .map(|p| &p.pending)
+                    .or_else(|| released.get(&partition_key))
+                    .and_then(|pending| pending.get(&(last as i64)))
                     .map_or(last, |first| *first as u64);
                 (partition_seq(partition, first), seq)
             })
@@ -149,8 +157,12 @@ impl Offsets {
     /// The group gave this collector `partitions`.
     fn assigned(&self, partitions: &[i32]) {
         let mut state = self.state.lock();
+        let mut released = self.released.lock();
         for partition in partitions {
             state.entry(*partition).or_default();
+            // Its old records' late seal would be taken for the new ones: they stand for
+            // their own offsets from now on (the documented duplicates of a late revoke).
+            released.remove(partition);
         }
     }
 
@@ -224,10 +236,17 @@ impl Offsets {
     pub(crate) fn sealed(&self, seqs: &[u64]) {
         {
             let mut state = self.state.lock();
+            let mut released = self.released.lock();
             for seq in seqs {
                 let (partition, offset) = crate::store::history::split_seq(*seq);
-                if let Some(state) = state.get_mut(&i32::from(partition)) {
-                    state.pending.remove(&(offset as i64));
+                let (partition, offset) = (i32::from(partition), offset as i64);
+                if let Some(state) = state.get_mut(&partition) {
+                    state.pending.remove(&offset);
+                } else if let Some(pending) = released.get_mut(&partition) {
+                    pending.remove(&offset);
+                    if pending.is_empty() {
+                        released.remove(&partition);
+                    }
                 }
             }
         }
@@ -310,14 +329,28 @@ impl Offsets {
                 }
             }
         };
-        // At the close the store has sealed all it will: nothing to wait for.
-        if can_block && !self.closing.load(Ordering::Acquire) {
-            tokio::task::block_in_place(seal);
+        let closing = self.closing.load(Ordering::Acquire);
+        // At the close the store has sealed all it will, and the close has committed (within
+        // its bound): nothing to wait for, and an asynchronous commit of what is left.
+        if closing {
+            self.commit(consumer, Some(partitions), CommitMode::Async);
+        } else if can_block {
+            tokio::task::block_in_place(|| {
+                seal();
+                self.commit(consumer, Some(partitions), CommitMode::Sync);
+            });
+        } else {
+            self.commit(consumer, Some(partitions), CommitMode::Async);
         }
-        self.commit(consumer, Some(partitions), CommitMode::Sync);
         let mut state = self.state.lock();
+        let mut released = self.released.lock();
         for partition in partitions {
-            state.remove(partition);
+            // What was not sealed in time keeps its ranges, for the seal that comes later.
+            if let Some(gone) = state.remove(partition)
+                && !gone.pending.is_empty()
+            {
+                released.insert(*partition, gone.pending);
+            }
         }
     }
 

@@ -207,6 +207,7 @@ impl SpanConsumer {
                             // holds within it).
                             tracing::warn!(%error, partition = first.partition, "kafka: cannot read which offsets the bucket's seals hold; the partition is read without them (what a crash left sealed and uncommitted may be stored again)");
                             offsets.without_seals(first.partition);
+                            seal_failures.remove(&first.partition);
                         } else {
                             // While it waits no other partition is read: briefly.
                             if stop.is_cancelled() {
@@ -254,13 +255,18 @@ impl SpanConsumer {
             // Revoked while the batch was gathered (a rebalance is served inside `recv`): its
             // next owner reads it.
             if !self.owns(batch.partition) {
+                for partition in read_to_end {
+                    owners.caught_up(partition);
+                }
                 continue;
             }
             let through = if batch.fresh { &ingest } else { &store_only };
             let fed = batch.messages.clone();
-            batch.feed(through, self.offsets.as_deref()).await;
-            for (partition, offset) in fed {
-                owners.fed(partition, offset);
+            // Stopping half-way: what was not queued is neither stored nor counted here.
+            if batch.feed(through, self.offsets.as_deref()).await {
+                for (partition, offset) in fed {
+                    owners.fed(partition, offset);
+                }
             }
             // Read to its end, and now in the store.
             for partition in read_to_end {
@@ -429,8 +435,9 @@ impl Batch {
 
     /// Feeds the batch through `ingest` as one record; if it does not decode (a message that is
     /// not OTLP, from another producer), each message alone, so that one bad message costs
-    /// only itself. `offsets` is told what waits for a seal.
-    async fn feed(self, ingest: &Ingest, offsets: Option<&Offsets>) {
+    /// only itself. `offsets` is told what waits for a seal. False when the collector stopped
+    /// before all of it was queued.
+    async fn feed(self, ingest: &Ingest, offsets: Option<&Offsets>) -> bool {
         let partition = self.partition;
         let first = self.messages.first().map_or(0, |m| m.1);
         let last = self.messages.last().map_or(0, |m| m.1);
@@ -448,11 +455,11 @@ impl Batch {
                 if let Some(offsets) = offsets {
                     offsets.fed(partition, last, rows);
                 }
-                return;
+                return true;
             }
             Err(IngestError::Malformed(_)) => {} // one message at a time, below
             // Stopping: what was not queued stays uncommitted, for the next owner.
-            Err(_) => return,
+            Err(_) => return false,
         }
         // Each message on its own, each waiting for its seal before the batch's entry goes
         // (the last message's entry replaces it): the commit point never passes one of them.
@@ -487,9 +494,10 @@ impl Batch {
                         "kafka: a message of the spans topic is not an OTLP trace request; skipped"
                     );
                 }
-                Err(_) => return,
+                Err(_) => return false,
             }
         }
+        true
     }
 }
 
@@ -606,7 +614,10 @@ mod tests {
                     Some(batch) => batch.push(&taken.payload, &taken),
                 }
             }
-            batch.expect("a message").feed(&ingest, None).await;
+            assert!(
+                batch.expect("a message").feed(&ingest, None).await,
+                "queued: {why}"
+            );
             stored += spans;
             for _ in 0..200 {
                 if store.stats().rows >= stored {
