@@ -26,6 +26,11 @@ pub(crate) struct FleetFailoverArgs {
     /// The collectors' `--kafka-session-timeout`.
     #[arg(long, default_value = "6s")]
     session_timeout: String,
+    /// With it, the collectors seal into a history they share (a directory under this one, a
+    /// fresh one each round; `--seal-interval 1s`) and commit their offsets as they seal; the
+    /// new owners then resume from what is sealed.
+    #[arg(long)]
+    history_dir: Option<PathBuf>,
 }
 
 struct Member {
@@ -95,10 +100,24 @@ async fn post(port: u16, body: &[u8]) -> bool {
 async fn round(
     wayfinder: &PathBuf,
     args: &FleetFailoverArgs,
+    number: usize,
 ) -> anyhow::Result<(Duration, Duration)> {
     let broker = wayfinder_collector::testing::Broker::start()
         .context("no tansu broker: set WAYFINDER_TANSU or put it on PATH")?;
     let port = broker.addr.port();
+    let history: Vec<String> = match &args.history_dir {
+        Some(dir) => {
+            let round = dir.join(format!("round-{number}-{}", std::process::id()));
+            std::fs::create_dir_all(&round).context("cannot make the history directory")?;
+            vec![
+                "--history".into(),
+                round.display().to_string(),
+                "--seal-interval".into(),
+                "1s".into(),
+            ]
+        }
+        None => Vec::new(),
+    };
     let mut members = Vec::new();
     for _ in 0..3 {
         let (otlp_http, query) = (free_port()?, free_port()?);
@@ -111,6 +130,7 @@ async fn round(
             .args(["--kafka-brokers", &format!("127.0.0.1:{port}")])
             .args(["--kafka-partitions", &args.partitions.to_string()])
             .args(["--kafka-session-timeout", &args.session_timeout])
+            .args(&history)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -138,8 +158,16 @@ async fn round(
         let partition =
             (murmur2::murmur2(hex.as_bytes(), murmur2::KAFKA_SEED) & 0x7fff_ffff) % args.partitions;
         if theirs.contains(&partition) {
+            // Started now: a history deletes what is past the retention.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64;
             let spans = vec![wayfinder_collector::testing::span(
-                id, 1, "GET /", 1_000, 2_000,
+                id,
+                1,
+                "GET /",
+                now,
+                now + 1_000,
             )];
             let body =
                 wayfinder_collector::testing::trace_request(Some("bench"), spans).encode_to_vec();
@@ -189,12 +217,19 @@ async fn round(
 pub(crate) async fn fleet_failover(args: FleetFailoverArgs) -> anyhow::Result<()> {
     let wayfinder = wayfinder_binary(args.wayfinder.as_ref())?;
     println!(
-        "{} rounds: three collectors, {} partitions, --kafka-session-timeout {}; SIGKILL one",
-        args.rounds, args.partitions, args.session_timeout
+        "{} rounds: three collectors, {} partitions, --kafka-session-timeout {}{}; SIGKILL one",
+        args.rounds,
+        args.partitions,
+        args.session_timeout,
+        if args.history_dir.is_some() {
+            ", sealing into a shared history"
+        } else {
+            ""
+        }
     );
     let (mut owned, mut answered) = (Vec::new(), Vec::new());
     for n in 0..args.rounds {
-        let (o, a) = round(&wayfinder, &args).await?;
+        let (o, a) = round(&wayfinder, &args, n).await?;
         println!(
             "round {}: partitions owned again after {:.2} s; the dead collector's trace answered after {:.2} s",
             n + 1,
