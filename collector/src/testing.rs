@@ -315,6 +315,20 @@ pub fn kafka_required() -> bool {
     std::env::var("WAYFINDER_REQUIRE_KAFKA").is_ok_and(|v| v == "1")
 }
 
+/// A broker for a fleet test ([`Broker::start`]); without tansu, `None` after saying the test
+/// is skipped, or a failure when [`kafka_required`].
+pub fn broker_or_skip() -> Option<Broker> {
+    let broker = Broker::start();
+    if broker.is_none() {
+        assert!(
+            !kafka_required(),
+            "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
+        );
+        eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
+    }
+    broker
+}
+
 // The collector's parts that the end-to-end tests and the benchmarks drive on their own, without
 // a whole collector (the library's public API is `Collector` and its settings; these are not).
 pub use crate::graph::registry::{Registry, RegistryConfig};

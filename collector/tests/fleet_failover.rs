@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use wayfinder_collector::testing::{Broker, kafka_required};
+use wayfinder_collector::testing::broker_or_skip;
 
 mod common;
 mod fleet;
@@ -18,12 +18,7 @@ use fleet::{Collector, collector, kill_under_load, shared, stored, trace_id, wai
 
 #[test]
 fn a_killed_collectors_partitions_move_and_nothing_acknowledged_is_lost() {
-    let Some(broker) = Broker::start() else {
-        assert!(
-            !kafka_required(),
-            "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
-        );
-        eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
+    let Some(broker) = broker_or_skip() else {
         return;
     };
     let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker.addr, &[], &[])).collect();

@@ -19,7 +19,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::ListingOptions;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::prelude::SessionContext;
-use wayfinder_collector::testing::{Broker, kafka_required};
+use wayfinder_collector::testing::{Broker, broker_or_skip};
 
 mod common;
 mod fleet;
@@ -125,14 +125,7 @@ fn bucket(s3: SocketAddr) -> Vec<(String, String, String)> {
 /// A broker, a bucket and three collectors sealing into it, settled; `None` when tansu or moto
 /// is missing (and not required).
 fn fleet_with_history() -> Option<(Broker, common::Killed, SocketAddr, Vec<Collector>)> {
-    let Some(broker) = Broker::start() else {
-        assert!(
-            !kafka_required(),
-            "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
-        );
-        eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
-        return None;
-    };
+    let broker = broker_or_skip()?;
     let Some((moto, s3)) = common::moto(BUCKET) else {
         assert!(
             !std::env::var("WAYFINDER_REQUIRE_MOTO").is_ok_and(|v| v == "1"),

@@ -17,7 +17,7 @@ use prost::Message as _;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use wayfinder_collector::testing::{Broker, kafka_required, span, trace_request};
+use wayfinder_collector::testing::{broker_or_skip, span, trace_request};
 
 mod common;
 mod fleet;
@@ -122,12 +122,7 @@ fn trace_id(n: u8) -> [u8; 16] {
 
 #[test]
 fn over_tls_any_collector_answers_any_trace_and_a_wrong_ca_is_said() {
-    let Some(broker) = Broker::start() else {
-        assert!(
-            !kafka_required(),
-            "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
-        );
-        eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
+    let Some(broker) = broker_or_skip() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use wayfinder_collector::RunningCollector;
-use wayfinder_collector::testing::{Broker, Metrics, kafka_required, span, trace_request};
+use wayfinder_collector::testing::{Metrics, broker_or_skip, span, trace_request};
 use wayfinder_e2e::{count, get_trace, http_client, loopback_config, start, wait_for_rows};
 
 const PARTITIONS: u32 = 6;
@@ -82,12 +82,7 @@ async fn get_trace_settled(collector: &RunningCollector, hex: &str) -> reqwest::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
-    let Some(broker) = Broker::start() else {
-        assert!(
-            !kafka_required(),
-            "WAYFINDER_REQUIRE_KAFKA=1 but tansu is not installed"
-        );
-        eprintln!("skipped: no tansu (set WAYFINDER_TANSU or put it on PATH)");
+    let Some(broker) = broker_or_skip() else {
         return;
     };
     let mut collectors = Vec::new();
