@@ -13,6 +13,8 @@
 //! the brokers: the one exception to the rustls-with-ring rule.
 
 #[cfg(feature = "kafka")]
+mod batch;
+#[cfg(feature = "kafka")]
 mod client;
 #[cfg(feature = "kafka")]
 pub(crate) mod commit;
