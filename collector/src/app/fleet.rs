@@ -8,6 +8,9 @@ use std::sync::Arc;
 use super::StartError;
 use super::durability::FleetHistory;
 use crate::app::config::Config;
+use crate::graph::fleet::{Owner, PartialSender, Views, read_views};
+use crate::graph::registry::Registry;
+use crate::graph::weights::WeightsEngine;
 use crate::ingest::Ingest;
 use crate::ingest::kafka::commit::Offsets;
 use crate::ingest::kafka::consume::SpanConsumer;
@@ -16,7 +19,17 @@ use crate::ingest::kafka::owners::{self, Owners};
 use crate::ingest::kafka::produce::SpanProducer;
 use crate::ingest::kafka::{KafkaSettings, ensure_topics, partitions_of};
 use crate::metrics::Metrics;
+use crate::util::clock::Clock;
 use crate::util::tasks::Tier;
+
+/// The parts of the graph the fleet's second stage reads and feeds.
+pub(super) struct Graph {
+    pub(super) registry: Arc<Registry>,
+    /// The engine the query API serves: its windows are sent as partials, and the weights the
+    /// views topic holds are published through it.
+    pub(super) weights: Arc<WeightsEngine>,
+    pub(super) clock: Clock,
+}
 
 /// Fleet mode, built and not yet running.
 pub(super) struct Fleet {
@@ -28,6 +41,12 @@ pub(super) struct Fleet {
     pub(super) owners: Arc<Owners>,
     /// With a history: the offsets, committed as they are sealed.
     pub(super) offsets: Option<Arc<Offsets>>,
+    /// The views topic as read here.
+    pub(super) views: Arc<Views>,
+    views_partitions: u32,
+    owner: Owner,
+    sender: PartialSender,
+    period: std::time::Duration,
 }
 
 /// With `--kafka-brokers`: the topics, the consumer and the owners directory, and `ingest`
@@ -38,6 +57,7 @@ pub(super) async fn build(
     ingest: Ingest,
     query_http: SocketAddr,
     history: Option<FleetHistory>,
+    graph: Graph,
 ) -> Result<(Ingest, Option<Fleet>), StartError> {
     let settings = &config.kafka;
     if !settings.fleet() {
@@ -63,9 +83,41 @@ pub(super) async fn build(
     };
     // Beats older than the longest TTL tell nothing of the instances now.
     let health_retention = config.registry.max_heartbeat_ttl * 2;
-    ensure_topics(settings, config.store.retention, health_retention).await?;
-    let [partitions, health_partitions] =
-        partitions_of(settings, [settings.spans_topic(), settings.health_topic()]).await?;
+    // A new owner reads the partials of a weight window again.
+    let partials_retention =
+        (config.weights.weight_window * 4).max(std::time::Duration::from_secs(300));
+    ensure_topics(
+        settings,
+        config.store.retention,
+        health_retention,
+        partials_retention,
+    )
+    .await?;
+    let [
+        partitions,
+        health_partitions,
+        partials_partitions,
+        views_partitions,
+    ] = partitions_of(
+        settings,
+        [
+            settings.spans_topic(),
+            settings.health_topic(),
+            settings.partials_topic(),
+            settings.views_topic(),
+        ],
+    )
+    .await?;
+    if views_partitions < partials_partitions {
+        return Err(crate::ingest::kafka::KafkaError::Topic {
+            topic: settings.views_topic(),
+            reason: format!(
+                "has {views_partitions} partitions, fewer than the {partials_partitions} of {}: each owner of a partition of the partials topic publishes to the same partition of the views topic",
+                settings.partials_topic()
+            ),
+        }
+        .into());
+    }
     let offsets = history.map(|fleet| {
         let offsets = Arc::new(Offsets::new(
             settings.spans_topic(),
@@ -95,6 +147,21 @@ pub(super) async fn build(
         .clone()
         .with_facts(false)
         .with_producer(SpanProducer::new(settings)?);
+    // One id per process start: a restarted collector's counts start again, and add up with
+    // what it said before.
+    let me = format!("{query}#{:016x}", fastrand::u64(..));
+    let views = Arc::new(Views::new(graph.weights.clone(), metrics));
+    let owner = Owner::new(
+        me.clone(),
+        settings.clone(),
+        partials_partitions,
+        config.weights.engine(),
+        graph.clock,
+        graph.registry.clone(),
+        views.clone(),
+        metrics,
+    )?;
+    let sender = PartialSender::new(me, settings, graph.weights, graph.registry, graph.clock)?;
     let fleet = Fleet {
         settings: settings.clone(),
         consumer,
@@ -102,6 +169,11 @@ pub(super) async fn build(
         health_partitions,
         owners: Arc::new(Owners::new(query, partitions)),
         offsets,
+        views,
+        views_partitions,
+        owner,
+        sender,
+        period: config.weights.weight_update_period,
     };
     Ok((producing, Some(fleet)))
 }
@@ -117,7 +189,23 @@ impl Fleet {
             health_partitions,
             owners,
             offsets: _,
+            views,
+            views_partitions,
+            owner,
+            sender,
+            period,
         } = self;
+        tier.spawn(
+            "kafka-views-read",
+            log_error(read_views(
+                settings.clone(),
+                views_partitions,
+                views,
+                stop.clone(),
+            )),
+        );
+        tier.spawn("kafka-services-own", log_error(owner.run(stop.clone())));
+        tier.spawn("kafka-partials-send", sender.run(period, stop.clone()));
         tier.spawn(
             "kafka-owners-publish",
             log_error(owners::publish(

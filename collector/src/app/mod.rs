@@ -273,6 +273,8 @@ impl Collector {
             #[cfg(feature = "kafka")]
             owners: parts.owners.clone(),
             #[cfg(feature = "kafka")]
+            views: parts.views.clone(),
+            #[cfg(feature = "kafka")]
             forwarder: crate::serve::query::forward::Forwarder::new(
                 config.kafka.kafka_query_ca.as_deref(),
             )

@@ -408,15 +408,23 @@ impl BalancerBuilder {
     }
 
     /// The collector's query gRPC API (`http://host:16685`): weights come from its `Watch`.
+    /// A fleet's collectors all serve the same weights: give several (comma-separated, or one
+    /// call each), or a name that resolves to several addresses, and discovery moves to another
+    /// when its `Watch` breaks, never going back in version.
     pub fn collector_grpc(mut self, url: impl Into<String>) -> Self {
-        self.collector.grpc = Some(url.into());
+        self.collector
+            .grpc
+            .extend(discovery::split_urls(&url.into()));
         self
     }
 
     /// The collector's query HTTP API (`http://host:16686`): the long-poll, used when the gRPC
-    /// `Watch` cannot be had (or alone).
+    /// `Watch` cannot be had (or alone). Several, as with
+    /// [`collector_grpc`](Self::collector_grpc).
     pub fn collector_http(mut self, url: impl Into<String>) -> Self {
-        self.collector.http = Some(url.into());
+        self.collector
+            .http
+            .extend(discovery::split_urls(&url.into()));
         self
     }
 
@@ -463,7 +471,7 @@ impl BalancerBuilder {
                 "seed address `{bad}` is not host:port"
             )));
         }
-        let discover = self.collector.grpc.is_some() || self.collector.http.is_some();
+        let discover = !self.collector.grpc.is_empty() || !self.collector.http.is_empty();
         let (stop, stopped) = oneshot::channel();
         let budget = TpsBudget::new(
             self.config.retry_budget_window,
@@ -491,10 +499,7 @@ impl BalancerBuilder {
                 )
             })?;
             let (found, taken) = watch::channel(Found::Nothing);
-            let publish = Publish {
-                service: shared.service.clone(),
-                found,
-            };
+            let publish = Publish::new(shared.service.clone(), found);
             handle.spawn(discovery::run(self.collector, publish, stopped));
             handle.spawn(take_found(taken, Arc::downgrade(&shared)));
         }

@@ -2,6 +2,12 @@
 //! (`wayfinder.v1.Weights/Watch`), else from the HTTP long-poll
 //! (`GET /api/v1/weights/{service}?after_version=N&wait=…`).
 //!
+//! A fleet's collectors serve the same weights with the same versions: given several (or a
+//! name that resolves to several addresses), discovery starts at a random one (so that clients
+//! spread) and moves to the next when a session ends, asking from the version it holds: an
+//! answer older than what it holds is dropped, and a collector that has nothing for the service
+//! yet (one that is starting) does not take the weights away while they are fresh.
+//!
 //! A session watches until the stream ends or fails, or until nothing (not even the half-TTL
 //! refresh) has come for a whole TTL; then the task reconnects after an exponential backoff
 //! with full jitter: a random wait in `[0, min(10 s, 100 ms × 2ⁿ⁻¹)]` after the n-th session in
@@ -19,11 +25,11 @@ use wayfinder_api::weights::ServiceWeights;
 #[cfg(feature = "tonic")]
 use wayfinder_api::weights::{Endpoint, EndpointLatency};
 
-/// Where the collector's query API is, and the token it asks for.
+/// Where the collectors' query APIs are, and the token they ask for.
 #[derive(Clone, Default)]
 pub(crate) struct Collector {
-    pub(crate) grpc: Option<String>,
-    pub(crate) http: Option<String>,
+    pub(crate) grpc: Vec<String>,
+    pub(crate) http: Vec<String>,
     /// `Bearer <token>`, for a collector started with `--query-token-file`.
     pub(crate) authorization: Option<String>,
 }
@@ -65,25 +71,144 @@ pub(crate) struct Publish {
     pub(crate) service: String,
     /// Every answer, for the balancer.
     pub(crate) found: watch::Sender<Found>,
+    /// The weights last published: their version, when, and their TTL.
+    pub(crate) held: parking_lot::Mutex<Option<Held>>,
+}
+
+/// The weights last published.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Held {
+    version: u64,
+    at: tokio::time::Instant,
+    ttl: Duration,
 }
 
 impl Publish {
+    /// A publisher of the answers for `service`.
+    pub(crate) fn new(service: String, found: watch::Sender<Found>) -> Self {
+        Publish {
+            service,
+            found,
+            held: parking_lot::Mutex::new(None),
+        }
+    }
+
     /// Publishes an answer; `false` when nobody takes them any more (the balancer is gone).
+    /// Weights older than those held are dropped (another collector behind the one before);
+    /// "nothing for the service" is dropped while the weights held are fresher than their TTL.
     fn publish(&self, weights: Option<ServiceWeights>) -> bool {
+        let mut held = self.held.lock();
+        let now = tokio::time::Instant::now();
         let found = match weights {
-            Some(weights) => Found::Weights(Arc::new(weights)),
-            None => Found::Unknown,
+            Some(weights) => {
+                if held.is_some_and(|h| weights.version < h.version) {
+                    return !self.found.is_closed();
+                }
+                *held = Some(Held {
+                    version: weights.version,
+                    at: now,
+                    ttl: Duration::from_millis(weights.ttl_ms),
+                });
+                Found::Weights(Arc::new(weights))
+            }
+            None => {
+                if held.is_some_and(|h| now.duration_since(h.at) < h.ttl) {
+                    return !self.found.is_closed();
+                }
+                *held = None;
+                Found::Unknown
+            }
         };
         self.found.send(found).is_ok()
     }
+
+    /// The version to ask from: one below the version held, so that the collector answers at
+    /// once with what it has (the same version again, or newer); 0 without weights.
+    fn ask_after(&self) -> u64 {
+        self.held.lock().map_or(0, |h| h.version.saturating_sub(1))
+    }
+}
+
+/// The collectors of `urls` (comma-separated), trimmed.
+pub(crate) fn split_urls(urls: &str) -> Vec<String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One collector to ask: its gRPC and HTTP URLs (either may be missing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    grpc: Option<String>,
+    http: Option<String>,
+}
+
+/// The collectors to go round: the n-th gRPC URL with the n-th HTTP URL; a URL whose host
+/// name resolves to several addresses stands for one collector per address.
+async fn targets(collector: &Collector) -> Vec<Target> {
+    let mut grpc = Vec::new();
+    for url in &collector.grpc {
+        grpc.extend(resolve(url).await);
+    }
+    let mut http = Vec::new();
+    for url in &collector.http {
+        http.extend(resolve(url).await);
+    }
+    let n = grpc.len().max(http.len());
+    (0..n)
+        .map(|i| Target {
+            grpc: (!grpc.is_empty()).then(|| grpc[i % grpc.len()].clone()),
+            http: (!http.is_empty()).then(|| http[i % http.len()].clone()),
+        })
+        .collect()
+}
+
+/// `url` once per address its host name resolves to; as it is when the host is an address, or
+/// does not resolve now (the connection says why).
+async fn resolve(url: &str) -> Vec<String> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return vec![url.to_owned()];
+    };
+    let (Some(host), Some(scheme)) = (uri.host(), uri.scheme_str()) else {
+        return vec![url.to_owned()];
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return vec![url.to_owned()];
+    }
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let lookup = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((bare, port))).await;
+    let mut addresses: Vec<std::net::SocketAddr> = match lookup {
+        Ok(Ok(found)) => found.collect(),
+        _ => return vec![url.to_owned()],
+    };
+    addresses.sort();
+    addresses.dedup();
+    if addresses.len() < 2 {
+        return vec![url.to_owned()];
+    }
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    let path = if path == "/" { "" } else { path };
+    addresses
+        .into_iter()
+        .map(|a| format!("{scheme}://{a}{path}"))
+        .collect()
 }
 
 /// Runs until the balancer is gone (nobody takes what is published) or `stop` fires.
 pub(crate) async fn run(collector: Collector, publish: Publish, mut stop: oneshot::Receiver<()>) {
     let mut idle_sessions = 0u32;
+    let mut targets = targets(&collector).await;
+    // Clients start at a random collector, so that they spread over the fleet.
+    let mut at = fastrand::usize(..targets.len().max(1));
     loop {
+        let target = targets[at % targets.len().max(1)].clone();
         let got = tokio::select! {
-            got = session(&collector, &publish) => got,
+            got = session(&target, collector.authorization.as_deref(), &publish) => got,
             _ = &mut stop => return,
         };
         if publish.found.is_closed() {
@@ -94,7 +219,18 @@ pub(crate) async fn run(collector: Collector, publish: Publish, mut stop: onesho
         } else {
             idle_sessions = idle_sessions.saturating_add(1);
         }
-        let delay = full_jitter(reconnect_cap(idle_sessions.max(1)), fastrand::f64());
+        // The next collector; after a round, the names are resolved again.
+        at += 1;
+        if at % targets.len().max(1) == 0 {
+            targets = self::targets(&collector).await;
+        }
+        if targets.len() > 1 {
+            tracing::debug!(service = %publish.service, next = ?targets.get(at % targets.len()), "weights: moving to another collector");
+        }
+        // Backing off counts whole rounds that brought nothing: a fleet's next collector is
+        // tried at once.
+        let rounds = idle_sessions.div_ceil(u32::try_from(targets.len().max(1)).unwrap_or(1));
+        let delay = full_jitter(reconnect_cap(rounds.max(1)), fastrand::f64());
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             _ = &mut stop => return,
@@ -119,13 +255,13 @@ pub(crate) fn full_jitter(cap: Duration, unit: f64) -> Duration {
     cap.mul_f64(unit.clamp(0.0, 1.0))
 }
 
-/// One session: gRPC first, the long-poll when gRPC cannot be had (or the `tonic` feature is
-/// off). Returns whether any weights (or a "nothing for this service") came.
-async fn session(collector: &Collector, publish: &Publish) -> bool {
+/// One session with one collector: gRPC first, the long-poll when gRPC cannot be had (or the
+/// `tonic` feature is off). Returns whether any weights (or a "nothing for this service") came.
+async fn session(target: &Target, authorization: Option<&str>, publish: &Publish) -> bool {
     let mut got = false;
     #[cfg(feature = "tonic")]
-    if let Some(url) = &collector.grpc {
-        match watch_grpc(url, collector.authorization.as_deref(), publish, &mut got).await {
+    if let Some(url) = &target.grpc {
+        match watch_grpc(url, authorization, publish, &mut got).await {
             Ok(()) => return got,
             Err(error) => {
                 tracing::debug!(%error, url, "weights watch failed");
@@ -135,9 +271,8 @@ async fn session(collector: &Collector, publish: &Publish) -> bool {
             }
         }
     }
-    if let Some(url) = &collector.http
-        && let Err(error) =
-            long_poll(url, collector.authorization.as_deref(), publish, &mut got).await
+    if let Some(url) = &target.http
+        && let Err(error) = long_poll(url, authorization, publish, &mut got).await
     {
         tracing::debug!(%error, url, "weights long-poll failed");
     }
@@ -163,7 +298,7 @@ async fn watch_grpc(
     let mut stream = client
         .watch(request(grpc::WatchWeightsRequest {
             service: service.clone(),
-            after_version: 0,
+            after_version: publish.ask_after(),
         }))
         .await?
         .into_inner();
@@ -234,7 +369,11 @@ async fn long_poll(
         url.trim_end_matches('/'),
         form_path(&service)
     );
-    let mut after: Option<u64> = None;
+    // Without weights, the current answer at once; with, the next one from the version held.
+    let mut after: Option<u64> = match publish.ask_after() {
+        0 => None,
+        v => Some(v),
+    };
     let mut ttl = DEFAULT_TTL;
     loop {
         let wait = ttl / 2;
@@ -348,6 +487,92 @@ mod tests {
         for _ in 0..1000 {
             assert!(full_jitter(cap, rng.f64()) <= cap, "never past the cap");
         }
+    }
+
+    fn weights(version: u64) -> ServiceWeights {
+        ServiceWeights {
+            service: "cart".into(),
+            version,
+            generated_at: String::new(),
+            ttl_ms: 10_000,
+            endpoints: vec![],
+        }
+    }
+
+    fn version(found: &Found) -> Option<u64> {
+        match found {
+            Found::Weights(w) => Some(w.version),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failover_never_goes_back_in_version_nor_drops_fresh_weights() {
+        let (tx, rx) = watch::channel(Found::Nothing);
+        let publish = Publish::new("cart".into(), tx);
+        assert_eq!(
+            publish.ask_after(),
+            0,
+            "without weights: the current answer"
+        );
+        // Rows: (after this long, the answer, the version the balancer then holds, why).
+        let rows: [(u64, Option<u64>, Option<u64>, &str); 6] = [
+            (0, Some(7), Some(7), "the first collector's weights"),
+            (1, Some(5), Some(7), "a collector behind the first: dropped"),
+            (
+                1,
+                None,
+                Some(7),
+                "a collector that has nothing yet: the fresh weights stay",
+            ),
+            (
+                1,
+                Some(7),
+                Some(7),
+                "the next collector at the same version",
+            ),
+            (1, Some(8), Some(8), "then newer"),
+            (
+                11,
+                None,
+                None,
+                "nothing for the service, and the weights past their TTL",
+            ),
+        ];
+        for (secs, answer, held, why) in rows {
+            tokio::time::advance(Duration::from_secs(secs)).await;
+            assert!(publish.publish(answer.map(weights)), "{why}");
+            assert_eq!(version(&rx.borrow()), held, "{why}");
+        }
+        assert_eq!(publish.ask_after(), 0);
+        publish.publish(Some(weights(9)));
+        assert_eq!(publish.ask_after(), 8, "one below the version held");
+    }
+
+    #[tokio::test]
+    async fn several_collectors_are_gone_round_in_pairs() {
+        let collector = Collector {
+            grpc: split_urls("http://127.0.0.1:1, http://127.0.0.2:1,"),
+            http: split_urls("http://127.0.0.1:2"),
+            authorization: None,
+        };
+        let targets = targets(&collector).await;
+        assert_eq!(
+            targets,
+            [
+                Target {
+                    grpc: Some("http://127.0.0.1:1".into()),
+                    http: Some("http://127.0.0.1:2".into())
+                },
+                Target {
+                    grpc: Some("http://127.0.0.2:1".into()),
+                    http: Some("http://127.0.0.1:2".into())
+                },
+            ]
+        );
+        // An address stays as it is; a name is expanded only when it resolves to several.
+        assert_eq!(resolve("http://[::1]:7").await, ["http://[::1]:7"]);
+        assert_eq!(resolve("not a url").await, ["not a url"]);
     }
 
     #[test]

@@ -54,6 +54,19 @@ impl Registry {
         self.inner.lock().beat(event, at)
     }
 
+    /// Notes that `instance` of `service` sent spans at `at` (another collector saw them).
+    pub(crate) fn observe_at(&self, service: &Arc<str>, instance: &Arc<str>, at: SystemTime) {
+        let mut inner = self.inner.lock();
+        let key: Key = (service.clone(), instance.clone());
+        let newer = inner
+            .instances
+            .get(&key)
+            .is_none_or(|i| i.last_seen.is_none_or(|seen| seen < at));
+        if newer {
+            inner.observe(service, instance, None, at);
+        }
+    }
+
     /// Applies the passing of time; run every second.
     pub fn tick(&self) {
         let now = self.clock.now();

@@ -90,6 +90,26 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// Its form in `GET /api/v1/instances`.
+    pub(crate) fn to_api(&self) -> wayfinder_api::topology::Instance {
+        use crate::util::clock::rfc3339;
+        wayfinder_api::topology::Instance {
+            service: self.service.to_string(),
+            instance_id: self.instance_id.to_string(),
+            status: self.status.as_str().to_owned(),
+            address: self.address.clone(),
+            source: self.source.as_str().to_owned(),
+            last_beat: self.last_beat.map(rfc3339),
+            last_seen: self.last_seen.map(rfc3339),
+            since: rfc3339(self.since),
+            ttl_ms: self
+                .ttl
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            seq: self.seq,
+            output: self.output.clone(),
+        }
+    }
+
     /// The bytes it takes in the registry.
     pub(super) fn bytes(&self) -> usize {
         INSTANCE_OVERHEAD

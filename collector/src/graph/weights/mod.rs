@@ -65,7 +65,55 @@ pub struct WeightsSnapshot {
     pub services: BTreeMap<String, Arc<ServiceWeights>>,
 }
 
-type Key = (Arc<str>, Arc<str>);
+/// `(service, instance)`.
+pub(crate) type Key = (Arc<str>, Arc<str>);
+
+/// The buckets of a window.
+pub(crate) type Buckets = Vec<(u64, window::Bucket)>;
+
+fn buckets(window: &Window, slot: u64) -> Buckets {
+    window.since(slot).map(|(s, b)| (s, b.clone())).collect()
+}
+
+/// Every window's recent buckets ([`WeightsEngine::windows_since`]).
+#[derive(Debug, Default)]
+pub(crate) struct Windows {
+    /// By `(service, instance)`: its SERVER spans.
+    pub instances: Vec<(Key, Buckets)>,
+    /// By address: its callers' CLIENT spans.
+    pub addresses: Vec<(String, Buckets)>,
+}
+
+/// What the rule keeps of a service between updates ([`WeightsEngine::memory`]), as it
+/// travels between collectors.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ServiceMemory {
+    /// Its last version.
+    pub version: u64,
+    /// Per instance.
+    pub instances: Vec<InstanceMemory>,
+    /// The last published `(instance, address, weight, health)`.
+    pub last: Vec<(String, Option<String>, f64, String)>,
+}
+
+/// What the rule keeps of an instance.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct InstanceMemory {
+    /// `service.instance.id`.
+    pub id: String,
+    /// Its multiplier, when it has one (not ejected).
+    pub multiplier: Option<f64>,
+    /// Whether the multiplier was earned.
+    pub earned: bool,
+    /// Since when it has been quiet, in milliseconds since the epoch.
+    pub quiet_since_ms: Option<u64>,
+    /// The multiplier it had when it went quiet.
+    pub quiet_multiplier: Option<f64>,
+    /// When its ramp started, in milliseconds since the epoch.
+    pub first_seen_ms: u64,
+    /// Its latency's EWMA.
+    pub ewma_ms: Option<f64>,
+}
 
 /// A [`Key`] by reference: hashes and compares as the key does.
 #[derive(Hash)]
@@ -366,6 +414,111 @@ impl WeightsEngine {
     /// The latest snapshot.
     pub fn snapshot(&self) -> Arc<WeightsSnapshot> {
         self.tx.borrow().clone()
+    }
+
+    /// The buckets of every instance's and every address's window from `slot` on: what this
+    /// collector tells a service's owner in fleet mode.
+    pub(crate) fn windows_since(&self, slot: u64) -> Windows {
+        let inputs = self.inputs.lock();
+        let instances = inputs
+            .instances
+            .iter()
+            .map(|(key, window)| (key.clone(), buckets(window, slot)))
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        let addresses = inputs
+            .addresses
+            .iter()
+            .map(|(address, window)| (address.clone(), buckets(window, slot)))
+            .filter(|(_, b)| !b.is_empty())
+            .collect();
+        Windows {
+            instances,
+            addresses,
+        }
+    }
+
+    /// Replaces every window with these (a service's owner in fleet mode computes from the
+    /// fleet's figures, not from spans of its own).
+    pub(crate) fn set_windows(
+        &self,
+        instances: impl IntoIterator<Item = (Key, Window)>,
+        addresses: impl IntoIterator<Item = (String, Window)>,
+    ) {
+        let mut inputs = self.inputs.lock();
+        inputs.instances = instances.into_iter().collect();
+        inputs.addresses = addresses.into_iter().collect();
+    }
+
+    /// What the rule keeps of `service` between updates, to carry to another collector.
+    pub(crate) fn memory(&self, service: &str) -> Option<ServiceMemory> {
+        let states = self.state.lock();
+        let state = states.get(service)?;
+        let ms = |t: SystemTime| crate::util::clock::unix_millis(t);
+        let mut instances: Vec<InstanceMemory> = state
+            .instances
+            .iter()
+            .map(|(id, s)| InstanceMemory {
+                id: id.to_string(),
+                multiplier: s.kept.map(|k| k.multiplier),
+                earned: s.kept.is_some_and(|k| k.earned),
+                quiet_since_ms: s.kept.and_then(|k| k.quiet).map(|q| ms(q.since)),
+                quiet_multiplier: s.kept.and_then(|k| k.quiet).map(|q| q.multiplier),
+                first_seen_ms: ms(s.first_seen),
+                ewma_ms: s.ewma_ms,
+            })
+            .collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        Some(ServiceMemory {
+            version: state.version,
+            instances,
+            last: state.last.clone(),
+        })
+    }
+
+    /// Takes up `service` where another collector left it: the rule's state, and a version that
+    /// the next change goes past.
+    pub(crate) fn restore(&self, service: &str, memory: &ServiceMemory) {
+        let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let instances = memory
+            .instances
+            .iter()
+            .map(|m| {
+                let kept = m.multiplier.map(|multiplier| Kept {
+                    multiplier,
+                    earned: m.earned,
+                    quiet: m
+                        .quiet_since_ms
+                        .zip(m.quiet_multiplier)
+                        .map(|(since, multiplier)| rule::Quiet {
+                            since: at(since),
+                            multiplier,
+                        }),
+                });
+                let state = InstanceState {
+                    kept,
+                    first_seen: at(m.first_seen_ms),
+                    ewma_ms: m.ewma_ms,
+                };
+                (Arc::<str>::from(m.id.as_str()), state)
+            })
+            .collect();
+        self.state.lock().insert(
+            service.to_owned(),
+            ServiceState {
+                version: memory.version,
+                instances,
+                last: memory.last.clone(),
+            },
+        );
+        let mut next = self.next_version.lock();
+        *next = (*next).max(memory.version.saturating_add(1));
+    }
+
+    /// Publishes `snapshot` as its own (fleet mode: the fleet's weights, as every collector
+    /// reads them).
+    pub(crate) fn publish(&self, snapshot: WeightsSnapshot) {
+        self.tx.send_replace(Arc::new(snapshot));
     }
 
     /// Windows not tracked because the limit was reached.

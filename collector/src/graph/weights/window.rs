@@ -9,15 +9,20 @@ use crate::graph::topology::stats::Latency;
 /// Width of one bucket.
 pub(crate) const BUCKET: Duration = Duration::from_secs(5);
 
-fn slot_of(time: SystemTime) -> u64 {
+/// The bucket `time` falls in (5-second slots since the epoch).
+pub(crate) fn slot_of(time: SystemTime) -> u64 {
     crate::util::clock::unix_millis(time) / (BUCKET.as_millis() as u64)
 }
 
+/// What one bucket holds.
 #[derive(Debug, Default, Clone)]
-struct Bucket {
-    requests: u64,
-    errors: u64,
-    latency: Latency,
+pub(crate) struct Bucket {
+    /// Requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Latency, in milliseconds.
+    pub latency: Latency,
 }
 
 /// A sliding window of buckets, oldest first.
@@ -62,6 +67,27 @@ impl Window {
         bucket.requests += 1;
         bucket.errors += u64::from(error);
         bucket.latency.record(duration_ns);
+    }
+
+    /// Adds a bucket's figures to the bucket of `slot` (made where missing, in order): how the
+    /// fleet's figures of one instance are summed from every collector's.
+    pub(crate) fn add(&mut self, slot: u64, bucket: &Bucket) {
+        let at = self.buckets.partition_point(|(s, _)| *s < slot);
+        if self.buckets.get(at).is_none_or(|(s, _)| *s != slot) {
+            self.buckets.insert(at, (slot, Bucket::default()));
+        }
+        let mine = &mut self.buckets[at].1;
+        mine.requests += bucket.requests;
+        mine.errors += bucket.errors;
+        mine.latency.merge(&bucket.latency);
+    }
+
+    /// Its buckets from `slot` on, oldest first.
+    pub(crate) fn since(&self, slot: u64) -> impl Iterator<Item = (u64, &Bucket)> {
+        self.buckets
+            .iter()
+            .filter(move |(s, _)| *s >= slot)
+            .map(|(s, b)| (*s, b))
     }
 
     /// Drops buckets older than `window` before `now`; says whether any are left.

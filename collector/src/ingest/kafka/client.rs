@@ -61,7 +61,7 @@ pub enum KafkaError {
     },
 }
 
-/// Creates the spans and owners topics when they are missing (`--kafka-partitions`, `--kafka-replication-
+/// Creates the spans, health, owners, partials and views topics when they are missing (`--kafka-partitions`, `--kafka-replication-
 /// factor`); one that exists is taken as it is, whatever its partition count.
 /// The spans are kept for `retention` (the store's: what a collector that takes a partition
 /// reads again), the health events for `health_retention` (what a starting collector reads to
@@ -70,6 +70,7 @@ pub(crate) async fn ensure_topics(
     settings: &KafkaSettings,
     retention: std::time::Duration,
     health_retention: std::time::Duration,
+    partials_retention: std::time::Duration,
 ) -> Result<(), KafkaError> {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -85,9 +86,17 @@ pub(crate) async fn ensure_topics(
     let partitions = i32::try_from(settings.kafka_partitions).unwrap_or(i32::MAX);
     let (spans, owners) = (settings.spans_topic(), settings.owners_topic());
     let health = settings.health_topic();
-    let topics = [spans.clone(), health.clone(), owners.clone()];
+    let (partials, views) = (settings.partials_topic(), settings.views_topic());
+    let topics = [
+        spans.clone(),
+        health.clone(),
+        owners.clone(),
+        partials.clone(),
+        views.clone(),
+    ];
     let retention_ms = retention.as_millis().to_string();
     let health_retention_ms = health_retention.as_millis().to_string();
+    let partials_retention_ms = partials_retention.as_millis().to_string();
     let replication = || TopicReplication::Fixed(settings.kafka_replication_factor);
     let new = [
         NewTopic::new(&spans, partitions, replication()).set("retention.ms", &retention_ms),
@@ -95,6 +104,11 @@ pub(crate) async fn ensure_topics(
         NewTopic::new(&health, partitions, replication()).set("retention.ms", &health_retention_ms),
         // Each collector's latest claim is all that matters.
         NewTopic::new(&owners, 1, replication()).set("cleanup.policy", "compact"),
+        // Partials matter for a weight window: a new owner reads them again from its start.
+        NewTopic::new(&partials, partitions, replication())
+            .set("retention.ms", &partials_retention_ms),
+        // Each service's last weights and instances, and each owner's last claim.
+        NewTopic::new(&views, partitions, replication()).set("cleanup.policy", "compact"),
     ];
     let options = AdminOptions::new().operation_timeout(Some(std::time::Duration::from_secs(10)));
     let results = admin

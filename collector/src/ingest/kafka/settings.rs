@@ -103,7 +103,8 @@ pub struct KafkaSettings {
         allow_hyphen_values = true
     )]
     pub kafka_replication_factor: i32,
-    /// The start of every topic's name: `PREFIXspans`, `PREFIXhealth`, `PREFIXowners`.
+    /// The start of every topic's name: `PREFIXspans`, `PREFIXhealth`, `PREFIXowners`,
+    /// `PREFIXpartials`, `PREFIXviews`.
     #[arg(
         long,
         env = "WAYFINDER_KAFKA_TOPIC_PREFIX",
@@ -177,6 +178,20 @@ impl KafkaSettings {
     /// compacted), keyed by its query URL.
     pub fn owners_topic(&self) -> String {
         format!("{}owners", self.kafka_topic_prefix)
+    }
+}
+
+impl KafkaSettings {
+    /// The topic of the partials: each collector's figures per server service, keyed by
+    /// `service.name`; its partitions are the services' owners'.
+    pub fn partials_topic(&self) -> String {
+        format!("{}partials", self.kafka_topic_prefix)
+    }
+
+    /// The topic (compacted) where each service's owner publishes its weights and instances,
+    /// one partition per partition of the partials topic.
+    pub fn views_topic(&self) -> String {
+        format!("{}views", self.kafka_topic_prefix)
     }
 }
 

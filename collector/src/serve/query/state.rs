@@ -39,6 +39,9 @@ pub(crate) struct ApiState {
     /// Fleet mode: who owns which partition (a trace lookup goes to its owner).
     #[cfg(feature = "kafka")]
     pub owners: Option<Arc<crate::ingest::kafka::owners::Owners>>,
+    /// Fleet mode: the weights and instances their services' owners published.
+    #[cfg(feature = "kafka")]
+    pub views: Option<Arc<crate::graph::fleet::Views>>,
     /// The client that asks the owners.
     #[cfg(feature = "kafka")]
     pub forwarder: super::forward::Forwarder,

@@ -11,8 +11,8 @@ use axum::response::Response;
 use http::HeaderMap;
 use serde::Deserialize;
 use wayfinder_api::topology::{
-    Edge, Instance, InstancesResponse, Node, NodeInstance, Service, ServicesResponse, SidesMs,
-    Stats, TopologyResponse,
+    Edge, InstancesResponse, Node, NodeInstance, Service, ServicesResponse, SidesMs, Stats,
+    TopologyResponse,
 };
 
 use super::error::ApiError;
@@ -363,6 +363,23 @@ pub(crate) async fn get_instances(
             ApiError::BadRequest(format!("`{token}` is not a page token of this API"))
         })?),
     };
+    // In fleet mode, the instances their services' owners published: the same everywhere.
+    #[cfg(feature = "kafka")]
+    if let Some(views) = &state.views {
+        let (instances, more) =
+            views.instances_page(query.service.as_deref(), after.as_ref(), limit);
+        let next_page_token = more
+            .then(|| {
+                instances
+                    .last()
+                    .map(|i| page_token(&i.service, &i.instance_id))
+            })
+            .flatten();
+        return Ok(Json(InstancesResponse {
+            instances,
+            next_page_token,
+        }));
+    }
     let (page, more) =
         state
             .registry
@@ -371,22 +388,8 @@ pub(crate) async fn get_instances(
         .then(|| page.last().map(|i| page_token(&i.service, &i.instance_id)))
         .flatten();
     let instances = page
-        .into_iter()
-        .map(|i| Instance {
-            service: i.service.to_string(),
-            instance_id: i.instance_id.to_string(),
-            status: i.status.as_str().to_owned(),
-            address: i.address,
-            source: i.source.as_str().to_owned(),
-            last_beat: i.last_beat.map(rfc3339),
-            last_seen: i.last_seen.map(rfc3339),
-            since: rfc3339(i.since),
-            ttl_ms: i
-                .ttl
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-            seq: i.seq,
-            output: i.output,
-        })
+        .iter()
+        .map(crate::graph::registry::Instance::to_api)
         .collect();
     Ok(Json(InstancesResponse {
         instances,

@@ -1,0 +1,181 @@
+//! Every collector's partials: each weight period, what its share of the spans (the partitions
+//! of the spans topic it owns) says of each server service — per instance and per address its
+//! callers aimed at, the slots that changed since the last send — to the partials topic, keyed
+//! by the service, so that they reach the service's owner ([`super::owner`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use super::partial::{FORMAT, KeyFigures, Partial};
+use crate::graph::registry::Registry;
+use crate::graph::weights::window::slot_of;
+use crate::graph::weights::{Buckets, WeightsEngine};
+use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config};
+use crate::metrics::LogEvery;
+use crate::util::clock::Clock;
+
+/// What was sent of a slot: `(service, address?, key, slot)` → its requests then. A slot whose
+/// count did not move has nothing new (errors and latency move only with requests).
+type Sent = HashMap<(Arc<str>, bool, String, u64), u64>;
+
+/// Sends this collector's partials every `period` until `stop`.
+pub(crate) struct PartialSender {
+    me: String,
+    topic: String,
+    producer: FutureProducer,
+    engine: Arc<WeightsEngine>,
+    registry: Arc<Registry>,
+    clock: Clock,
+    sent: Sent,
+    log: LogEvery,
+}
+
+impl PartialSender {
+    /// A sender named `me` (one id per process start) of `engine`'s windows.
+    pub(crate) fn new(
+        me: String,
+        settings: &KafkaSettings,
+        engine: Arc<WeightsEngine>,
+        registry: Arc<Registry>,
+        clock: Clock,
+    ) -> Result<Self, KafkaError> {
+        let producer = client_config(settings)
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            // Where the owners' group looks for a service: murmur2 over its name.
+            .set("partitioner", "murmur2_random")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create()
+            .map_err(|source| KafkaError::Client {
+                what: "partials producer",
+                source,
+            })?;
+        Ok(PartialSender {
+            me,
+            topic: settings.partials_topic(),
+            producer,
+            engine,
+            registry,
+            clock,
+            sent: HashMap::new(),
+            log: LogEvery::default(),
+        })
+    }
+
+    /// Sends every `period` until `stop`.
+    pub(crate) async fn run(mut self, period: Duration, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => self.send().await,
+            }
+        }
+    }
+
+    /// The partials of the slots that changed since the last send.
+    pub(crate) fn partials(&mut self) -> Vec<Partial> {
+        let now = self.clock.now();
+        // The open slot and the one before: the last send may have missed the end of it.
+        let from = slot_of(now).saturating_sub(1);
+        self.sent.retain(|(_, _, _, slot), _| *slot >= from);
+        let windows = self.engine.windows_since(from);
+        // An address belongs to the service of the instance registered at it.
+        let owners: HashMap<String, Arc<str>> = self
+            .registry
+            .instances(None)
+            .into_iter()
+            .filter_map(|i| Some((i.address?, i.service)))
+            .collect();
+        let mut by_service: BTreeMap<Arc<str>, (Vec<KeyFigures>, Vec<KeyFigures>)> =
+            BTreeMap::new();
+        for ((service, instance), buckets) in &windows.instances {
+            if let Some(changed) = self.changed(service, false, instance, buckets) {
+                by_service
+                    .entry(service.clone())
+                    .or_default()
+                    .0
+                    .push(KeyFigures::new(instance.to_string(), &changed));
+            }
+        }
+        for (address, buckets) in &windows.addresses {
+            let Some(service) = owners.get(address) else {
+                continue;
+            };
+            if let Some(changed) = self.changed(service, true, address, buckets) {
+                by_service
+                    .entry(service.clone())
+                    .or_default()
+                    .1
+                    .push(KeyFigures::new(address.clone(), &changed));
+            }
+        }
+        let sent_ms = crate::util::clock::unix_millis(now);
+        by_service
+            .into_iter()
+            .map(|(service, (instances, addresses))| Partial {
+                format: FORMAT,
+                collector: self.me.clone(),
+                service: service.to_string(),
+                sent_ms,
+                instances,
+                addresses,
+            })
+            .collect()
+    }
+
+    /// The buckets whose count moved since they were last sent (noted as sent).
+    fn changed(
+        &mut self,
+        service: &Arc<str>,
+        address: bool,
+        key: &str,
+        buckets: &Buckets,
+    ) -> Option<Buckets> {
+        let changed: Buckets = buckets
+            .iter()
+            .filter(|(slot, bucket)| {
+                let entry = self
+                    .sent
+                    .entry((service.clone(), address, key.to_owned(), *slot))
+                    .or_insert(u64::MAX);
+                let moved = *entry != bucket.requests;
+                *entry = bucket.requests;
+                moved
+            })
+            .cloned()
+            .collect();
+        (!changed.is_empty()).then_some(changed)
+    }
+
+    async fn send(&mut self) {
+        let partials = self.partials();
+        let payloads: Vec<(String, Vec<u8>)> = partials
+            .iter()
+            .map(|p| (p.service.clone(), prost::Message::encode_to_vec(p)))
+            .collect();
+        let sent = futures::future::join_all(payloads.iter().map(|(service, payload)| {
+            self.producer.send(
+                FutureRecord::to(&self.topic).key(service).payload(payload),
+                Duration::from_secs(5),
+            )
+        }))
+        .await;
+        for ((service, _), result) in payloads.iter().zip(sent) {
+            if let Err((error, _)) = result {
+                // Sent again at the next period: its slots count as unsent.
+                self.sent.retain(|(s, _, _, _), _| &**s != service.as_str());
+                if self.log.ready() {
+                    tracing::warn!(%error, service, "kafka: cannot send a partial; trying again (logged at most once a minute)");
+                }
+            }
+        }
+    }
+}
