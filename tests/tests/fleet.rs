@@ -516,3 +516,155 @@ async fn every_collector_serves_the_same_weights_and_instances_computed_once() {
     }
     drop(broker);
 }
+
+/// An HTTP instance of `backend` on loopback that answers `GET /work` with its id.
+async fn backend_instance(id: &'static str) -> std::net::SocketAddr {
+    let app = axum::Router::new().route("/work", axum::routing::get(move || async move { id }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The weight watchers `collector` serves now.
+fn watchers(collector: &RunningCollector) -> f64 {
+    collector.metrics().value("wayfinder_weight_watchers", &[])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_moves_to_another_collector_when_its_collector_stops() {
+    use http_body_util::{BodyExt as _, Empty};
+    use tower::ServiceExt as _;
+    use wayfinder_middleware::balance::{BalanceLayer, Balancer, RequestBody, WeightSource};
+
+    let Some(broker) = broker_or_skip() else {
+        return;
+    };
+    let mut collectors = Vec::new();
+    for _ in 0..3 {
+        let mut config = loopback_config();
+        config.kafka.kafka_brokers = vec![broker.addr.to_string()];
+        config.kafka.kafka_partitions = PARTITIONS;
+        config.weights.weight_update_period = Duration::from_millis(250);
+        // A short TTL: a failover that left the balancer without fresh weights for longer
+        // would show as stale weights.
+        config.weights.weight_ttl = Duration::from_secs(3);
+        collectors.push(start(config).await);
+    }
+    let mut addresses = Vec::new();
+    for (i, id) in ["backend-1", "backend-2", "backend-3"]
+        .into_iter()
+        .enumerate()
+    {
+        let addr = backend_instance(id).await;
+        let beat = serde_json::json!({
+            "service": "backend", "instance_id": id, "address": addr.to_string(),
+            "status": "passing", "ttl_ms": 60_000, "seq": 1,
+        });
+        let response = http_client()
+            .post(format!(
+                "http://{}/v1/health",
+                collectors[i].addrs().otlp_http
+            ))
+            .json(&beat)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        addresses.push(addr);
+    }
+    let urls: Vec<String> = collectors
+        .iter()
+        .map(|c| format!("http://{}", c.addrs().query_grpc))
+        .collect();
+    let balancer = Balancer::builder("backend")
+        .collector_grpc(urls.join(","))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(balancer.source(), WeightSource::Weights { .. })
+        || balancer.endpoints().len() != 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no weights within 30 s: {:?}",
+            balancer.source()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let WeightSource::Weights {
+        version: before, ..
+    } = balancer.source()
+    else {
+        unreachable!()
+    };
+    // The collector it watches: the one with a watcher.
+    let watched = (0..3)
+        .find(|i| watchers(&collectors[*i]) == 1.0)
+        .expect("one collector serves the balancer's Watch");
+
+    // Requests go on while the watched collector stops.
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<RequestBody>();
+    let service = tower::ServiceBuilder::new()
+        .layer(BalanceLayer::new(balancer.clone()))
+        .service(client);
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let running = running.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = http::Request::get("http://backend/work")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                match service.clone().oneshot(request).await {
+                    Ok(response) if response.status() == 200 => {
+                        let _ = response.into_body().collect().await;
+                        ok += 1;
+                    }
+                    Ok(response) => failed.push(response.status().to_string()),
+                    Err(error) => failed.push(error.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stopped = collectors.remove(watched);
+    stopped.shutdown().await;
+    // It watches another collector, and its weights stay fresh and never go back in version.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !collectors.iter().any(|c| watchers(c) == 1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the balancer did not move within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let moved_at = Instant::now();
+    while moved_at.elapsed() < Duration::from_secs(4) {
+        match balancer.source() {
+            WeightSource::Weights { version, .. } => {
+                assert!(
+                    version >= before,
+                    "the version went back: {version} < {before}"
+                );
+            }
+            other => panic!("the balancer's weights went {other:?} during the failover"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 100, "requests were balanced: {ok}");
+    assert!(
+        failed.is_empty(),
+        "no request failed for the failover: {failed:?}"
+    );
+    for collector in collectors {
+        collector.shutdown().await;
+    }
+    drop(broker);
+}

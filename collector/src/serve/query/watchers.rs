@@ -31,7 +31,9 @@ impl Watchers {
             "Weight watchers (gRPC Watch, HTTP long-polls) refused beyond --max-watchers",
             refused.clone(),
         );
-        Self::new(max, refused)
+        let watchers = Self::new(max, refused);
+        metrics.register_collector(Box::new(Waiting(watchers.cap.clone())));
+        watchers
     }
 
     /// At most `max` (at least 1) watchers at once; refusals counted in `refused`.
@@ -77,5 +79,27 @@ impl Watchers {
             "the collector serves {} weight watchers at most (--max-watchers); retry later",
             self.cap.max()
         )
+    }
+}
+
+/// `wayfinder_weight_watchers`: the gRPC `Watch` streams and HTTP long-polls waiting now, read
+/// at each scrape.
+#[derive(Debug)]
+struct Waiting(Cap);
+
+impl prometheus_client::collector::Collector for Waiting {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::{MetricType, gauge::ConstGauge};
+        let family = encoder.encode_descriptor(
+            "wayfinder_weight_watchers",
+            "Weight watchers (gRPC Watch streams, HTTP long-polls) waiting now",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::try_from(self.0.held()).unwrap_or(i64::MAX)).encode(family)
     }
 }
