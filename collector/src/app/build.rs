@@ -53,7 +53,7 @@ pub(super) struct Parts {
     pub(super) offsets: Option<Arc<crate::ingest::kafka::commit::Offsets>>,
     /// Fleet mode: the weights and instances their services' owners published.
     #[cfg(feature = "kafka")]
-    pub(super) views: Option<Arc<crate::graph::fleet::Views>>,
+    pub(super) views: Option<Arc<crate::ingest::kafka::services::Views>>,
 }
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and

@@ -134,7 +134,7 @@ pub(super) fn start_periodic(config: &Config, upkeep: Upkeep, tier: &mut Tier) {
     if let Some(topology) = topology {
         tier.every("topology", MAINTENANCE_PERIOD, move || topology.tick());
     }
-    // One computation for every watcher (in fleet mode, each service's owner's: `graph/fleet`).
+    // One computation for every watcher (in fleet mode, each service's owner's: `ingest/kafka/services`).
     if !config.kafka.fleet() {
         tier.every("weights", config.weights.weight_update_period, move || {
             weights.update(&registry.instances(None));

@@ -1,12 +1,9 @@
 //! What the collector learns from the spans and heartbeats: the live instances ([`registry`]),
 //! the service graph ([`topology`]), Tempo's span metrics ([`spanmetrics`]) and the weights of
-//! each instance ([`weights`]), in fleet mode computed once per service for the whole fleet
-//! (`fleet`); [`dimensions`] names the attributes they read beyond the fixed
+//! each instance ([`weights`]); [`dimensions`] names the attributes they read beyond the fixed
 //! facts. Each is a consumer of the pipeline's batches.
 
 pub(crate) mod dimensions;
-#[cfg(feature = "kafka")]
-pub(crate) mod fleet;
 pub(crate) mod registry;
 pub(crate) mod spanmetrics;
 pub(crate) mod topology;

@@ -26,6 +26,8 @@ pub(crate) mod health;
 pub(crate) mod owners;
 #[cfg(feature = "kafka")]
 pub(crate) mod produce;
+#[cfg(feature = "kafka")]
+pub(crate) mod services;
 mod settings;
 
 #[cfg(feature = "kafka")]

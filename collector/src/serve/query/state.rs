@@ -41,7 +41,7 @@ pub(crate) struct ApiState {
     pub owners: Option<Arc<crate::ingest::kafka::owners::Owners>>,
     /// Fleet mode: the weights and instances their services' owners published.
     #[cfg(feature = "kafka")]
-    pub views: Option<Arc<crate::graph::fleet::Views>>,
+    pub views: Option<Arc<crate::ingest::kafka::services::Views>>,
     /// The client that asks the owners.
     #[cfg(feature = "kafka")]
     pub forwarder: super::forward::Forwarder,
