@@ -156,5 +156,8 @@ fn a_killed_owners_services_are_published_again_by_a_survivor() {
         took < Duration::from_secs(20),
         "owned again within the session timeout and a rebalance: {took:?}"
     );
+    // The collectors before the broker, which they would otherwise miss in their logs.
+    drop(survivors);
+    drop(fleet);
     drop(broker);
 }

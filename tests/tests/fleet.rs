@@ -89,13 +89,7 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     let Some(broker) = broker_or_skip() else {
         return;
     };
-    let mut collectors = Vec::new();
-    for _ in 0..3 {
-        let mut config = loopback_config();
-        config.kafka.kafka_brokers = vec![broker.addr.to_string()];
-        config.kafka.kafka_partitions = PARTITIONS;
-        collectors.push(start(config).await);
-    }
+    let mut collectors = fleet_of_three(&broker, |_| {}).await;
 
     // The group settles: the partitions are disjoint and cover all six.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -306,17 +300,17 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     drop(broker);
 }
 
-/// Three collectors on `broker`, updating weights every `period`.
+/// Three collectors on `broker`, each config changed by `change`.
 async fn fleet_of_three(
     broker: &wayfinder_collector::testing::Broker,
-    period: Duration,
+    change: impl Fn(&mut wayfinder_collector::Config),
 ) -> Vec<RunningCollector> {
     let mut collectors = Vec::new();
     for _ in 0..3 {
         let mut config = loopback_config();
         config.kafka.kafka_brokers = vec![broker.addr.to_string()];
         config.kafka.kafka_partitions = PARTITIONS;
-        config.weights.weight_update_period = period;
+        change(&mut config);
         collectors.push(start(config).await);
     }
     collectors
@@ -409,7 +403,10 @@ async fn every_collector_serves_the_same_weights_and_instances_computed_once() {
     let Some(broker) = broker_or_skip() else {
         return;
     };
-    let collectors = fleet_of_three(&broker, Duration::from_millis(250)).await;
+    let collectors = fleet_of_three(&broker, |config| {
+        config.weights.weight_update_period = Duration::from_millis(250);
+    })
+    .await;
     // Each instance's beats reach a different collector.
     for (i, collector) in collectors.iter().enumerate() {
         beat(collector, &format!("cart-{}", i + 1), "passing", 1).await;
@@ -540,17 +537,13 @@ async fn a_balancer_moves_to_another_collector_when_its_collector_stops() {
     let Some(broker) = broker_or_skip() else {
         return;
     };
-    let mut collectors = Vec::new();
-    for _ in 0..3 {
-        let mut config = loopback_config();
-        config.kafka.kafka_brokers = vec![broker.addr.to_string()];
-        config.kafka.kafka_partitions = PARTITIONS;
+    let mut collectors = fleet_of_three(&broker, |config| {
         config.weights.weight_update_period = Duration::from_millis(250);
         // A short TTL: a failover that left the balancer without fresh weights for longer
         // would show as stale weights.
         config.weights.weight_ttl = Duration::from_secs(3);
-        collectors.push(start(config).await);
-    }
+    })
+    .await;
     let mut addresses = Vec::new();
     for (i, id) in ["backend-1", "backend-2", "backend-3"]
         .into_iter()

@@ -39,6 +39,70 @@ pub(crate) fn client_config(settings: &KafkaSettings) -> ClientConfig {
     config
 }
 
+/// The settings of a member of consumer group `group`: cooperative-sticky rebalancing (a
+/// rebalance moves only the partitions that change hands), offsets committed by hand, the
+/// partitions' ends said (until then a partition is still being read), and the session of
+/// `--kafka-session-timeout` with heartbeats at a third of it, as Kafka's clients advise.
+pub(crate) fn group_config(settings: &KafkaSettings, group: &str) -> ClientConfig {
+    let mut config = client_config(settings);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set(
+            "session.timeout.ms",
+            settings.kafka_session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.kafka_session_timeout.as_millis() / 3).to_string(),
+        );
+    config
+}
+
+/// A consumer of every partition of `topic` (it has `partitions`), from its start, in no group
+/// of the fleet (a group id of its own, that commits nothing): for the topics every collector
+/// reads whole. `config` adds settings.
+pub(crate) fn read_whole(
+    settings: &KafkaSettings,
+    topic: &str,
+    partitions: u32,
+    what: &'static str,
+    config: impl FnOnce(&mut ClientConfig),
+) -> Result<rdkafka::consumer::StreamConsumer, KafkaError> {
+    use rdkafka::consumer::Consumer as _;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let mut client = client_config(settings);
+    client
+        .set(
+            "group.id",
+            format!(
+                "{}-{}-{}",
+                settings.kafka_group,
+                what.replace(' ', "-"),
+                fastrand::u64(..)
+            ),
+        )
+        .set("enable.auto.commit", "false");
+    config(&mut client);
+    let consumer: rdkafka::consumer::StreamConsumer = client
+        .create()
+        .map_err(|source| KafkaError::Client { what, source })?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition as i32, Offset::Beginning)
+            .map_err(|source| KafkaError::Client { what, source })?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|source| KafkaError::Client { what, source })?;
+    Ok(consumer)
+}
+
 /// Why fleet mode could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::batch::{BATCH_BYTES, BATCH_MESSAGES, Batch, Taken, seq_of};
 use super::commit::{GroupConsumer, GroupContext, Offsets};
 use super::owners::Owners;
-use super::{KafkaError, KafkaSettings, client_config};
+use super::{KafkaError, KafkaSettings, group_config};
 use crate::ingest::Ingest;
 use crate::metrics::{LogEvery, Metrics};
 use crate::store::log::{Record, RecordKind};
@@ -70,23 +70,9 @@ impl SpanConsumer {
         let context = GroupContext {
             offsets: offsets.clone(),
         };
-        let consumer: GroupConsumer = client_config(settings)
-            .set("group.id", &settings.kafka_group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            // Says when a partition is read to its end: until then, a trace of it not found
-            // here may be still to come.
-            .set("enable.partition.eof", "true")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                settings.kafka_session_timeout.as_millis().to_string(),
-            )
-            // A third of the session, as Kafka's clients advise.
-            .set(
-                "heartbeat.interval.ms",
-                (settings.kafka_session_timeout.as_millis() / 3).to_string(),
-            )
+        // `enable.partition.eof` says when a partition is read to its end: until then, a trace
+        // of it not found here may be still to come.
+        let consumer: GroupConsumer = group_config(settings, &settings.kafka_group)
             .create_with_context(context)
             .map_err(|source| KafkaError::Client {
                 what: "consumer",

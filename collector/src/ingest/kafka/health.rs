@@ -4,11 +4,10 @@
 use std::time::Duration;
 
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio_util::sync::CancellationToken;
 
 use super::consume::produced_at;
-use super::{KafkaError, KafkaSettings, client_config};
+use super::{KafkaError, KafkaSettings, read_whole};
 use crate::ingest::Ingest;
 use crate::metrics::LogEvery;
 use crate::store::log::{Record, RecordKind};
@@ -25,36 +24,14 @@ pub(crate) async fn read_health(
     ingest: Ingest,
     stop: CancellationToken,
 ) -> Result<(), KafkaError> {
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let topic = settings.health_topic();
     // No group: each collector reads it all and commits nothing.
-    let consumer: StreamConsumer = client_config(&settings)
-        .set(
-            "group.id",
-            format!("{}-health-{}", settings.kafka_group, fastrand::u64(..)),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .map_err(|source| KafkaError::Client {
-            what: "health reader",
-            source,
-        })?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(&topic, partition as i32, Offset::Beginning)
-            .map_err(|source| KafkaError::Client {
-                what: "health reader's assignment",
-                source,
-            })?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|source| KafkaError::Client {
-            what: "health reader's assignment",
-            source,
-        })?;
+    let consumer = read_whole(
+        &settings,
+        &settings.health_topic(),
+        partitions,
+        "health reader",
+        |_| {},
+    )?;
     let logged = LogEvery::default();
     loop {
         let message = tokio::select! {

@@ -31,5 +31,7 @@ pub(crate) mod services;
 mod settings;
 
 #[cfg(feature = "kafka")]
-pub(crate) use client::{KafkaError, client_config, ensure_topics, partition_of, partitions_of};
+pub(crate) use client::{
+    KafkaError, client_config, ensure_topics, group_config, partition_of, partitions_of, read_whole,
+};
 pub use settings::{KafkaSaslMechanism, KafkaSecurity, KafkaSettings};

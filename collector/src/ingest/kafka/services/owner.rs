@@ -30,7 +30,7 @@ use super::view::{Body, ViewRecord, Views, claim_key, instances_key, weights_key
 use crate::graph::registry::{Instance, Registry};
 use crate::graph::weights::window::slot_of;
 use crate::graph::weights::{WeightsConfig, WeightsEngine};
-use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config, partition_of};
+use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config, group_config, partition_of};
 use crate::metrics::{LogEvery, Metrics};
 use crate::util::clock::Clock;
 
@@ -195,25 +195,13 @@ impl Owner {
     pub(crate) async fn run(mut self, stop: CancellationToken) -> Result<(), KafkaError> {
         let (tx, mut moved) = mpsc::unbounded_channel();
         let settings = &self.settings;
-        let consumer: StreamConsumer<OwnerContext> = client_config(settings)
-            .set("group.id", format!("{}-services", settings.kafka_group))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set(
-                "session.timeout.ms",
-                settings.kafka_session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (settings.kafka_session_timeout.as_millis() / 3).to_string(),
-            )
-            .create_with_context(OwnerContext(tx))
-            .map_err(|source| KafkaError::Client {
-                what: "owners' consumer",
-                source,
-            })?;
+        let consumer: StreamConsumer<OwnerContext> =
+            group_config(settings, &format!("{}-services", settings.kafka_group))
+                .create_with_context(OwnerContext(tx))
+                .map_err(|source| KafkaError::Client {
+                    what: "owners' consumer",
+                    source,
+                })?;
         consumer
             .subscribe(&[&settings.partials_topic()])
             .map_err(|source| KafkaError::Client {

@@ -16,14 +16,13 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use wayfinder_api::topology::Instance;
 use wayfinder_api::weights::ServiceWeights;
 
 use crate::graph::weights::{ServiceMemory, WeightsEngine, WeightsSnapshot};
-use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config};
+use crate::ingest::kafka::{KafkaError, KafkaSettings, read_whole};
 use crate::metrics::{LogEvery, Metrics};
 use prometheus_client::metrics::counter::Counter;
 
@@ -276,36 +275,16 @@ pub(crate) async fn read_views(
     views: Arc<Views>,
     stop: CancellationToken,
 ) -> Result<(), KafkaError> {
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let topic = settings.views_topic();
-    let consumer: StreamConsumer = client_config(&settings)
-        .set(
-            "group.id",
-            format!("{}-views-{}", settings.kafka_group, fastrand::u64(..)),
-        )
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .map_err(|source| KafkaError::Client {
-            what: "views reader",
-            source,
-        })?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(&topic, partition as i32, Offset::Beginning)
-            .map_err(|source| KafkaError::Client {
-                what: "views reader's assignment",
-                source,
-            })?;
-    }
-    consumer
-        .assign(&assignment)
-        .map_err(|source| KafkaError::Client {
-            what: "views reader's assignment",
-            source,
-        })?;
+    let consumer = read_whole(
+        &settings,
+        &settings.views_topic(),
+        partitions,
+        "views reader",
+        |c| {
+            // Owners wait for their claim to be read: no need to wait for a fuller fetch.
+            c.set("fetch.wait.max.ms", "50");
+        },
+    )?;
     let logged = LogEvery::default();
     let mut unpublished = false;
     loop {
