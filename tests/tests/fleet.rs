@@ -661,3 +661,144 @@ async fn a_balancer_moves_to_another_collector_when_its_collector_stops() {
     }
     drop(broker);
 }
+
+/// `GET /api/v1/topology` on `collector`: each edge's `(source, target)` with its requests,
+/// errors and server and client p50/p99.
+async fn topology_edges(
+    collector: &RunningCollector,
+) -> BTreeMap<(String, String), (u64, u64, [f64; 4])> {
+    let body: serde_json::Value = http_client()
+        .get(format!(
+            "http://{}/api/v1/topology?window=10m",
+            collector.addrs().query_http
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let side = |e: &serde_json::Value, side: &str, q: &str| {
+        e["latency_ms"][side][q].as_f64().unwrap_or(f64::NAN)
+    };
+    body["edges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                (
+                    e["source"].as_str().unwrap_or_default().to_owned(),
+                    e["target"].as_str().unwrap_or_default().to_owned(),
+                ),
+                (
+                    e["requests"].as_u64().unwrap_or(0),
+                    e["errors"].as_u64().unwrap_or(0),
+                    [
+                        side(e, "server", "p50"),
+                        side(e, "server", "p99"),
+                        side(e, "client", "p50"),
+                        side(e, "client", "p99"),
+                    ],
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_collector_serves_one_topology_equal_to_one_process() {
+    let Some(broker) = broker_or_skip() else {
+        return;
+    };
+    let fleet = fleet_of_three(&broker, |config| {
+        config.weights.weight_update_period = Duration::from_millis(250);
+    })
+    .await;
+    let single = start(loopback_config()).await;
+
+    // The same calls to the fleet (each trace's halves through different collectors) and to
+    // one process: front → back, back taking 1..=40 ms, one in seven failing.
+    const CALLS: u8 = 40;
+    for n in 1..=CALLS {
+        let mut id = trace_id(n);
+        id[2] = 0x77;
+        let client_id = u64::from(n) * 2;
+        let ms = u64::from(n) * 1_000_000;
+        let mut client = span(id, client_id, "GET /back", 1_000, 3_000_000 + ms);
+        client.kind = 3; // CLIENT
+        let mut server = span(id, client_id + 1, "GET /back", 2_000, 2_000 + ms);
+        server.kind = 2; // SERVER
+        server.parent_span_id = client_id.to_be_bytes().to_vec();
+        if n % 7 == 0 {
+            server.status = Some(opentelemetry_proto::tonic::trace::v1::Status {
+                code: 2,
+                message: String::new(),
+            });
+        }
+        let first = usize::from(n) % 3;
+        post_spans(&fleet[first], "front", vec![client.clone()]).await;
+        post_spans(&fleet[(first + 1) % 3], "back", vec![server.clone()]).await;
+        post_spans(&single, "front", vec![client]).await;
+        post_spans(&single, "back", vec![server]).await;
+    }
+    let key = ("front".to_owned(), "back".to_owned());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let one = loop {
+        let one = topology_edges(&single).await;
+        if one.get(&key).is_some_and(|e| e.0 == u64::from(CALLS)) {
+            break one;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one process paired every call: {one:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Every collector answers the same graph, each call counted once.
+    let answers = loop {
+        let mut answers = Vec::new();
+        for collector in &fleet {
+            answers.push(topology_edges(collector).await);
+        }
+        let counted = answers
+            .iter()
+            .all(|a| a.get(&key).is_some_and(|e| e.0 == u64::from(CALLS)));
+        if counted && answers.windows(2).all(|w| w[0] == w[1]) {
+            break answers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the collectors did not serve one graph within 30 s: {answers:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The same as one process: the counts exactly, the quantiles within the sketches' 1%.
+    let fleet_edges = &answers[0];
+    assert_eq!(
+        fleet_edges.keys().collect::<Vec<_>>(),
+        one.keys().collect::<Vec<_>>(),
+        "the same edges"
+    );
+    for (edge, (requests, errors, quantiles)) in &one {
+        let (fleet_requests, fleet_errors, fleet_quantiles) = &fleet_edges[edge];
+        assert_eq!(fleet_requests, requests, "{edge:?}");
+        assert_eq!(fleet_errors, errors, "{edge:?}");
+        for (fleet, one) in fleet_quantiles.iter().zip(quantiles) {
+            if one.is_nan() {
+                assert!(fleet.is_nan(), "{edge:?}: a side one process has not");
+            } else {
+                assert!(
+                    (fleet - one).abs() <= 0.02 * one.abs(),
+                    "{edge:?}: {fleet} against one process's {one}"
+                );
+            }
+        }
+    }
+    assert_eq!(one[&key].1, u64::from(CALLS / 7), "the failures counted");
+    for collector in fleet {
+        collector.shutdown().await;
+    }
+    single.shutdown().await;
+    drop(broker);
+}

@@ -54,6 +54,8 @@ pub(super) struct Parts {
     /// Fleet mode: the weights and instances their services' owners published.
     #[cfg(feature = "kafka")]
     pub(super) views: Option<Arc<crate::ingest::kafka::services::Views>>,
+    /// The graph the query API serves: this collector's, or in fleet mode the fleet's.
+    pub(super) served_topology: Option<Arc<Topology>>,
 }
 
 /// What is started once: the queue's far end, whose stages feed the store and the graph, and
@@ -209,12 +211,20 @@ pub(super) async fn build_components(
         super::fleet::Graph {
             registry: registry.clone(),
             weights: weights.clone(),
+            topology: topology.clone(),
             clock,
         },
     )
     .await?;
     #[cfg(not(feature = "kafka"))]
     let _ = (query_http, fleet_history);
+    #[cfg(feature = "kafka")]
+    let served_topology = match &fleet {
+        Some(fleet) => fleet.topology.clone(),
+        None => topology.clone(),
+    };
+    #[cfg(not(feature = "kafka"))]
+    let served_topology = topology.clone();
     let parts = Parts {
         store,
         registry,
@@ -233,6 +243,7 @@ pub(super) async fn build_components(
         offsets: fleet.as_ref().and_then(|fleet| fleet.offsets.clone()),
         #[cfg(feature = "kafka")]
         views: fleet.as_ref().map(|fleet| fleet.views.clone()),
+        served_topology,
     };
     Ok((
         parts,

@@ -9,6 +9,7 @@ use super::StartError;
 use super::durability::FleetHistory;
 use crate::app::config::Config;
 use crate::graph::registry::Registry;
+use crate::graph::topology::{Topology, TopologyConfig};
 use crate::graph::weights::WeightsEngine;
 use crate::ingest::Ingest;
 use crate::ingest::kafka::commit::Offsets;
@@ -28,6 +29,8 @@ pub(super) struct Graph {
     /// The engine the query API serves: its windows are sent as partials, and the weights the
     /// views topic holds are published through it.
     pub(super) weights: Arc<WeightsEngine>,
+    /// This collector's service graph: its series are sent as partials (unless it is off).
+    pub(super) topology: Option<Arc<Topology>>,
     pub(super) clock: Clock,
 }
 
@@ -43,6 +46,8 @@ pub(super) struct Fleet {
     pub(super) offsets: Option<Arc<Offsets>>,
     /// The views topic as read here.
     pub(super) views: Arc<Views>,
+    /// The fleet's service graph, as read from the views topic: what the query API serves.
+    pub(super) topology: Option<Arc<Topology>>,
     views_partitions: u32,
     owner: Owner,
     sender: PartialSender,
@@ -150,7 +155,22 @@ pub(super) async fn build(
     // One id per process start: a restarted collector's counts start again, and add up with
     // what it said before.
     let me = format!("{query}#{:016x}", fastrand::u64(..));
-    let views = Arc::new(Views::new(graph.weights.clone(), metrics));
+    // The graph the query API serves: the fleet's, set from the views topic.
+    let fleet_topology = graph.topology.as_ref().map(|_| {
+        Arc::new(Topology::new(
+            TopologyConfig {
+                retention: config.store.retention,
+                max_bytes: config.topology.topology_max_bytes,
+                ..TopologyConfig::default()
+            },
+            graph.clock,
+        ))
+    });
+    let views = Arc::new(Views::new(
+        graph.weights.clone(),
+        fleet_topology.clone(),
+        metrics,
+    ));
     let owner = Owner::new(
         me.clone(),
         settings.clone(),
@@ -160,8 +180,16 @@ pub(super) async fn build(
         graph.registry.clone(),
         views.clone(),
         metrics,
+    )?
+    .with_graph_retention(config.store.retention);
+    let sender = PartialSender::new(
+        me,
+        settings,
+        graph.weights,
+        graph.registry,
+        graph.topology,
+        graph.clock,
     )?;
-    let sender = PartialSender::new(me, settings, graph.weights, graph.registry, graph.clock)?;
     let fleet = Fleet {
         settings: settings.clone(),
         consumer,
@@ -170,6 +198,7 @@ pub(super) async fn build(
         owners: Arc::new(Owners::new(query, partitions)),
         offsets,
         views,
+        topology: fleet_topology,
         views_partitions,
         owner,
         sender,
@@ -190,11 +219,22 @@ impl Fleet {
             owners,
             offsets: _,
             views,
+            topology,
             views_partitions,
             owner,
             sender,
             period,
         } = self;
+        if let Some(topology) = topology {
+            // Minutes past the retention go, as in the graph of one process.
+            tier.every(
+                "fleet-topology",
+                std::time::Duration::from_secs(1),
+                move || {
+                    topology.tick();
+                },
+            );
+        }
         tier.spawn(
             "kafka-views-read",
             log_error(read_views(

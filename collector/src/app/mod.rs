@@ -258,7 +258,7 @@ impl Collector {
         let query_stop = tiers.query.stop_token();
         let state = Arc::new(ApiState {
             engine: parts.engine,
-            topology: parts.topology.clone(),
+            topology: parts.served_topology.clone(),
             spanmetrics: parts.spanmetrics,
             registry: parts.registry.clone(),
             weights: parts.weights.clone(),

@@ -576,6 +576,11 @@ impl TopologyBuilder {
         self.graph.edge(key, observation, dimensions, minute);
     }
 
+    /// The figures, to read or (in fleet mode, from the fleet's view) to set.
+    pub(crate) fn graph_mut(&mut self) -> &mut Graph {
+        &mut self.graph
+    }
+
     /// The figures of every node and edge over the last `window`, as of `now`.
     pub fn snapshot(&self, window: Duration, now: SystemTime) -> super::Snapshot {
         super::snapshot::take(&self.graph, window, now)

@@ -61,7 +61,7 @@ pub struct Graph {
 impl Graph {
     /// An empty graph of at most `max_series` entries per map, with Prometheus histograms over
     /// `histogram_buckets` (seconds).
-    pub(super) fn new(max_series: usize, max_bytes: usize, histogram_buckets: Arc<[f64]>) -> Self {
+    pub(crate) fn new(max_series: usize, max_bytes: usize, histogram_buckets: Arc<[f64]>) -> Self {
         Self {
             edges: HashMap::new(),
             nodes: HashMap::new(),

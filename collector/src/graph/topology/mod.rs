@@ -27,9 +27,7 @@ use parking_lot::Mutex;
 pub(crate) use builder::Counters;
 pub use builder::{TopologyBuilder, TopologyConfig};
 pub(crate) use graph::Graph;
-#[cfg(test)]
-pub(crate) use keys::NodeKey;
-pub(crate) use keys::{ConnectionType, EdgeKey, NodeKind};
+pub(crate) use keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 pub(crate) use metrics::TopologyMetrics;
 pub(crate) use naming::DatabaseName;
 pub use settings::TopologySettings;
@@ -117,6 +115,12 @@ impl Topology {
     pub fn counters(&self) -> (Counters, usize) {
         let builder = self.builder.lock();
         (builder.counters(), builder.pending())
+    }
+
+    /// Runs `f` on the figures under the lock: what this collector sends of them in fleet
+    /// mode, and the fleet's figures set from the views topic.
+    pub(crate) fn with_graph<R>(&self, f: impl FnOnce(&mut Graph) -> R) -> R {
+        f(self.builder.lock().graph_mut())
     }
 
     /// Runs `f` on the builder under the lock (for the metrics collector).

@@ -206,6 +206,26 @@ impl Series {
         }
     }
 
+    /// Sets the bucket of `minute` to `summary` (made where missing, in order): the fleet's
+    /// figures of a minute, as its owner published them, replace what was there.
+    pub(crate) fn set(&mut self, minute: u64, summary: Summary) {
+        let at = self.buckets.partition_point(|(m, _)| *m < minute);
+        match self.buckets.get_mut(at) {
+            Some((m, bucket)) if *m == minute => *bucket = summary,
+            _ => self.buckets.insert(at, (minute, summary)),
+        }
+        // A sealed minute may have changed.
+        *self.sealed.lock() = None;
+    }
+
+    /// Its buckets from `minute` on, oldest first.
+    pub(crate) fn since(&self, minute: u64) -> impl Iterator<Item = (u64, &Summary)> {
+        self.buckets
+            .iter()
+            .filter(move |(m, _)| *m >= minute)
+            .map(|(m, s)| (*m, s))
+    }
+
     /// The sum of the buckets from `since_minute` on; `None` when there are none.
     pub(crate) fn window(&self, since_minute: u64) -> Option<Summary> {
         let start = self.buckets.partition_point(|(m, _)| *m < since_minute);

@@ -8,10 +8,12 @@
 //! the owner of each service, which sums the partials exactly, runs the weights rule and
 //! publishes the service's weights and instances to the compacted views topic, fenced by its
 //! claim ([`owner`]); every collector reads the views topic in full and serves it ([`view`]).
+//! The service graph's figures travel the same way, per minute ([`topology`]).
 
 mod owner;
 mod partial;
 mod send;
+mod topology;
 mod view;
 
 pub(crate) use owner::Owner;

@@ -26,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 use wayfinder_api::topology::Instance as ApiInstance;
 
 use super::partial::{Figures, Partial, PartialError};
-use super::view::{Body, ViewRecord, Views, claim_key, instances_key, weights_key};
+use super::topology::{TopologySums, minute_of};
+use super::view::{Body, ViewRecord, Views, claim_key, instances_key, topology_key, weights_key};
 use crate::graph::registry::{Instance, Registry};
 use crate::graph::weights::window::slot_of;
 use crate::graph::weights::{WeightsConfig, WeightsEngine};
@@ -39,6 +40,8 @@ use crate::util::clock::Clock;
 const REFRESH: Duration = Duration::from_secs(5);
 /// A slot's width in milliseconds.
 const BUCKET_MS: u64 = crate::graph::weights::window::BUCKET.as_millis() as u64;
+/// Weight slots in a minute of the graph.
+const SLOTS_PER_MINUTE: u64 = 60_000 / BUCKET_MS;
 /// How often the oldest partial still needed is committed.
 const COMMIT_EVERY: Duration = Duration::from_secs(5);
 
@@ -141,6 +144,10 @@ pub(crate) struct Owner {
     producer: FutureProducer,
     owned: BTreeMap<i32, Owned>,
     figures: HashMap<String, Figures>,
+    /// The service graph's series per server, for the minutes that may still change.
+    topology: HashMap<String, TopologySums>,
+    /// How many minutes of a server's graph the views topic keeps (its keys go round).
+    ring: u64,
     published: HashMap<String, Published>,
     /// Per partition: the offsets read and the newest slot of each, for the commit.
     read: BTreeMap<i32, VecDeque<(i64, u64)>>,
@@ -184,11 +191,19 @@ impl Owner {
             settings,
             owned: BTreeMap::new(),
             figures: HashMap::new(),
+            topology: HashMap::new(),
+            ring: 62,
             published: HashMap::new(),
             read: BTreeMap::new(),
             metrics: OwnerMetrics::register(metrics),
             log: LogEvery::default(),
         })
+    }
+
+    /// Keeps `retention` of each server's graph in the views topic (an hour by default).
+    pub(crate) fn with_graph_retention(mut self, retention: Duration) -> Self {
+        self.ring = retention.as_secs().div_ceil(60) + 2;
+        self
     }
 
     /// Joins the owners' group and owns its share of the services until `stop`.
@@ -292,6 +307,7 @@ impl Owner {
             partition_of(service.as_bytes(), self.partitions) as i32 == partition
         };
         self.figures.retain(|service, _| !mine(service));
+        self.topology.retain(|service, _| !mine(service));
         self.published.retain(|service, _| !mine(service));
     }
 
@@ -352,8 +368,29 @@ impl Owner {
             .iter()
             .chain(&partial.addresses)
             .flat_map(|k| k.slots.iter().map(|s| s.slot))
+            .chain(
+                partial
+                    .topology
+                    .iter()
+                    .flat_map(|s| s.minutes.iter().map(|m| m.minute * SLOTS_PER_MINUTE)),
+            )
             .max()
             .unwrap_or(0);
+        if !partial.topology.is_empty() {
+            let collector: Arc<str> = Arc::from(partial.collector.as_str());
+            let taken = self
+                .topology
+                .entry_ref(partial.service.as_str())
+                .or_default()
+                .take(&collector, &partial.topology);
+            if let Err(error) = taken {
+                self.metrics.refused.inc();
+                if self.log.ready() {
+                    tracing::warn!(partition, offset, %error, "kafka: a partial's graph figures were refused (logged at most once a minute)");
+                }
+                return;
+            }
+        }
         self.read
             .entry(partition)
             .or_default()
@@ -384,10 +421,17 @@ impl Owner {
         slot_of(window)
     }
 
+    /// The oldest slot a new owner must read again: the window's, and the start of the
+    /// previous minute (the graph's minutes are summed whole).
+    fn oldest_needed(&self, now: SystemTime) -> u64 {
+        let minute = minute_of(now).saturating_sub(1);
+        self.oldest_slot(now).min(minute * SLOTS_PER_MINUTE)
+    }
+
     /// Commits, per owned partition, the oldest partial still inside the window: a new owner
     /// reads from there.
     fn commit(&mut self, consumer: &StreamConsumer<OwnerContext>) {
-        let oldest = self.oldest_slot(self.clock.now());
+        let oldest = self.oldest_needed(self.clock.now());
         let topic = self.settings.partials_topic();
         let mut list = TopicPartitionList::new();
         for (partition, read) in &mut self.read {
@@ -416,6 +460,9 @@ impl Owner {
         let now = self.clock.now();
         let oldest = self.oldest_slot(now);
         self.figures.retain(|_, f| f.prune(oldest));
+        // The minute before the previous one no longer changes.
+        let oldest_minute = minute_of(now).saturating_sub(2);
+        self.topology.retain(|_, t| t.prune(oldest_minute));
         self.settle();
         let ready: BTreeSet<i32> = self
             .owned
@@ -425,6 +472,28 @@ impl Owner {
             .collect();
         if ready.is_empty() {
             return;
+        }
+        let mut writes = Vec::new();
+        // The graph's minutes that changed, summed over the collectors.
+        for (service, sums) in &mut self.topology {
+            let partition = partition_of(service.as_bytes(), self.partitions) as i32;
+            let Some(Owned::Ready { epoch }) = self.owned.get(&partition) else {
+                continue;
+            };
+            for minute in sums.take_changed(service) {
+                let key = topology_key(service, minute.minute, self.ring);
+                let figures = const_hex::encode(prost::Message::encode_to_vec(&minute));
+                let record = ViewRecord {
+                    format: 1,
+                    epoch: *epoch,
+                    owner: self.me.clone(),
+                    body: Body::Topology {
+                        minute: minute.minute,
+                        figures,
+                    },
+                };
+                writes.push((partition, key, record));
+            }
         }
         // An instance only known from spans is known to the registries of the collectors that
         // own its spans' partitions: the owner learns it from their partials.
@@ -463,7 +532,6 @@ impl Owner {
         self.engine.set_windows(windows, addresses);
         self.engine.update_with(now, &instances);
         let snapshot = self.engine.snapshot();
-        let mut writes = Vec::new();
         for (service, list) in &by_service {
             let Some(weights) = snapshot.services.get(&**service) else {
                 continue;

@@ -40,6 +40,9 @@ pub(crate) struct Partial {
     /// Per address of an instance of the service (its callers' CLIENT spans).
     #[prost(message, repeated, tag = "6")]
     pub addresses: Vec<KeyFigures>,
+    /// The service graph's series that belong to the service, per minute.
+    #[prost(message, repeated, tag = "7")]
+    pub topology: Vec<super::topology::SeriesFigures>,
 }
 
 /// An instance's or an address's slots.
@@ -227,6 +230,7 @@ mod tests {
             sent_ms: 0,
             instances: vec![KeyFigures::new("cart-1".into(), &buckets)],
             addresses: vec![],
+            topology: vec![],
         }
     }
 

@@ -12,7 +12,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::partial::{FORMAT, KeyFigures, Partial};
+use super::topology::{SeriesFigures, SeriesKey, collect, minute_of, to_wire};
 use crate::graph::registry::Registry;
+use crate::graph::topology::Topology;
 use crate::graph::weights::window::slot_of;
 use crate::graph::weights::{Buckets, WeightsEngine};
 use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config};
@@ -23,6 +25,9 @@ use crate::util::clock::Clock;
 /// count did not move has nothing new (errors and latency move only with requests).
 type Sent = HashMap<(Arc<str>, bool, String, u64), u64>;
 
+/// A service's figures in one partial: instances, addresses, and the graph's series.
+type PerService = (Vec<KeyFigures>, Vec<KeyFigures>, Vec<SeriesFigures>);
+
 /// Sends this collector's partials every `period` until `stop`.
 pub(crate) struct PartialSender {
     me: String,
@@ -30,8 +35,12 @@ pub(crate) struct PartialSender {
     producer: FutureProducer,
     engine: Arc<WeightsEngine>,
     registry: Arc<Registry>,
+    /// The service graph whose series are sent, unless the topology is off.
+    topology: Option<Arc<Topology>>,
     clock: Clock,
     sent: Sent,
+    /// What was sent of a series' minute: its requests then.
+    sent_minutes: HashMap<(SeriesKey, u64), u64>,
     log: LogEvery,
 }
 
@@ -42,6 +51,7 @@ impl PartialSender {
         settings: &KafkaSettings,
         engine: Arc<WeightsEngine>,
         registry: Arc<Registry>,
+        topology: Option<Arc<Topology>>,
         clock: Clock,
     ) -> Result<Self, KafkaError> {
         let producer = client_config(settings)
@@ -62,8 +72,10 @@ impl PartialSender {
             producer,
             engine,
             registry,
+            topology,
             clock,
             sent: HashMap::new(),
+            sent_minutes: HashMap::new(),
             log: LogEvery::default(),
         })
     }
@@ -94,8 +106,10 @@ impl PartialSender {
             .into_iter()
             .filter_map(|i| Some((i.address?, i.service)))
             .collect();
-        let mut by_service: BTreeMap<Arc<str>, (Vec<KeyFigures>, Vec<KeyFigures>)> =
-            BTreeMap::new();
+        let mut by_service: BTreeMap<Arc<str>, PerService> = BTreeMap::new();
+        for (server, figures) in self.topology_changed(now) {
+            by_service.entry(server).or_default().2.push(figures);
+        }
         for ((service, instance), buckets) in &windows.instances {
             if let Some(changed) = self.changed(service, false, instance, buckets) {
                 by_service
@@ -120,15 +134,47 @@ impl PartialSender {
         let sent_ms = crate::util::clock::unix_millis(now);
         by_service
             .into_iter()
-            .map(|(service, (instances, addresses))| Partial {
+            .map(|(service, (instances, addresses, topology))| Partial {
                 format: FORMAT,
                 collector: self.me.clone(),
                 service: service.to_string(),
                 sent_ms,
                 instances,
                 addresses,
+                topology,
             })
             .collect()
+    }
+
+    /// The service graph's series whose minutes (this one and the one before) moved since they
+    /// were last sent, by the server they belong to (noted as sent).
+    fn topology_changed(&mut self, now: std::time::SystemTime) -> Vec<(Arc<str>, SeriesFigures)> {
+        let Some(topology) = &self.topology else {
+            return Vec::new();
+        };
+        let from = minute_of(now).saturating_sub(1);
+        self.sent_minutes.retain(|(_, minute), _| *minute >= from);
+        let series = topology.with_graph(|graph| collect(graph, from));
+        let mut out = Vec::new();
+        for (key, extras, minutes) in series {
+            let moved: Vec<(u64, &crate::graph::topology::stats::Summary)> = minutes
+                .iter()
+                .filter(|(minute, summary)| {
+                    let last = self
+                        .sent_minutes
+                        .entry((key.clone(), *minute))
+                        .or_insert(u64::MAX);
+                    let moved = *last != summary.requests;
+                    *last = summary.requests;
+                    moved
+                })
+                .map(|(minute, summary)| (*minute, summary))
+                .collect();
+            if !moved.is_empty() {
+                out.push((key.server().clone(), to_wire(&key, &extras, &moved)));
+            }
+        }
+        out
     }
 
     /// The buckets whose count moved since they were last sent (noted as sent).
@@ -172,6 +218,8 @@ impl PartialSender {
             if let Err((error, _)) = result {
                 // Sent again at the next period: its slots count as unsent.
                 self.sent.retain(|(s, _, _, _), _| &**s != service.as_str());
+                self.sent_minutes
+                    .retain(|(key, _), _| &**key.server() != service.as_str());
                 if self.log.ready() {
                     tracing::warn!(%error, service, "kafka: cannot send a partial; trying again (logged at most once a minute)");
                 }

@@ -21,6 +21,8 @@ use tokio_util::sync::CancellationToken;
 use wayfinder_api::topology::Instance;
 use wayfinder_api::weights::ServiceWeights;
 
+use super::topology::{TopologyMinute, from_wire, set};
+use crate::graph::topology::Topology;
 use crate::graph::weights::{ServiceMemory, WeightsEngine, WeightsSnapshot};
 use crate::ingest::kafka::{KafkaError, KafkaSettings, read_whole};
 use crate::metrics::{LogEvery, Metrics};
@@ -56,6 +58,9 @@ pub(crate) enum Body {
     },
     /// A service's instances, as `GET /api/v1/instances` lists them.
     Instances { instances: Vec<Instance> },
+    /// The service graph's series of one server for one minute, summed over the fleet (a
+    /// [`super::topology::TopologyMinute`], protobuf, in hexadecimal).
+    Topology { minute: u64, figures: String },
     /// The service has no instances any more.
     Removed,
 }
@@ -68,6 +73,12 @@ pub(crate) fn weights_key(service: &str) -> String {
 /// The key of a service's instances.
 pub(crate) fn instances_key(service: &str) -> String {
     format!("instances/{service}")
+}
+
+/// The key of a server's graph of `minute`: the keys go round `ring` minutes, so that
+/// compaction keeps the last `ring` minutes of each server and no more.
+pub(crate) fn topology_key(service: &str, minute: u64, ring: u64) -> String {
+    format!("topology/{}/{service}", minute % ring.max(1))
 }
 
 /// The key of a claim: one per owner, so that compaction keeps every owner's last claim.
@@ -96,6 +107,8 @@ pub(crate) struct Views {
     state: RwLock<ViewState>,
     /// Where the weights read are published: the engine the query API serves.
     served: Arc<WeightsEngine>,
+    /// Where the graph's figures read are set: the graph the query API serves.
+    topology: Option<Arc<Topology>>,
     /// Records dropped: a zombie's, an older version, or unreadable.
     dropped: Counter,
 }
@@ -114,7 +127,11 @@ pub(crate) enum Applied {
 impl Views {
     /// Views that publish the weights they read to `served`; what they drop is counted in
     /// `wayfinder_fleet_view_records_dropped_total`, registered in `metrics`.
-    pub(crate) fn new(served: Arc<WeightsEngine>, metrics: &Metrics) -> Self {
+    pub(crate) fn new(
+        served: Arc<WeightsEngine>,
+        topology: Option<Arc<Topology>>,
+        metrics: &Metrics,
+    ) -> Self {
         let dropped = Counter::default();
         metrics.register(
             "wayfinder_fleet_view_records_dropped",
@@ -124,6 +141,7 @@ impl Views {
         Views {
             state: RwLock::default(),
             served,
+            topology,
             dropped,
         }
     }
@@ -136,7 +154,18 @@ impl Views {
         let applied = match serde_json::from_slice::<ViewRecord>(payload) {
             Ok(record) if record.format == FORMAT => {
                 let key = String::from_utf8_lossy(key);
-                apply(&mut state, partition, offset, &key, record)
+                match apply(&mut state, partition, offset, &key, record) {
+                    Ok(applied) => applied,
+                    // The graph's figures are set outside the views' own lock.
+                    Err(figures) => {
+                        drop(state);
+                        let applied = self.set_topology(&figures);
+                        if applied != Applied::Taken {
+                            self.dropped.inc();
+                        }
+                        return applied;
+                    }
+                }
             }
             _ => Applied::Unreadable,
         };
@@ -144,6 +173,31 @@ impl Views {
             self.dropped.inc();
         }
         applied
+    }
+
+    /// Sets a server's minute of the graph (hexadecimal protobuf) into the served graph.
+    fn set_topology(&self, figures: &str) -> Applied {
+        let Some(topology) = &self.topology else {
+            return Applied::Taken;
+        };
+        let decoded = const_hex::decode(figures)
+            .ok()
+            .and_then(|bytes| <TopologyMinute as prost::Message>::decode(bytes.as_slice()).ok());
+        let Some(minute) = decoded else {
+            return Applied::Unreadable;
+        };
+        let series: Result<Vec<_>, String> = minute.series.iter().map(from_wire).collect();
+        let Ok(series) = series else {
+            return Applied::Unreadable;
+        };
+        topology.with_graph(|graph| {
+            for (key, extras, minutes) in series {
+                for (m, summary) in minutes {
+                    set(graph, key.clone(), extras.clone(), m, summary);
+                }
+            }
+        });
+        Applied::Taken
     }
 
     /// Publishes the weights read to the served engine.
@@ -218,26 +272,28 @@ impl Views {
     }
 }
 
+/// Applies a record to the views' state; a graph record that passes the fence is handed back
+/// (`Err`, its figures) to be set into the served graph.
 fn apply(
     state: &mut ViewState,
     partition: i32,
     offset: i64,
     key: &str,
     record: ViewRecord,
-) -> Applied {
+) -> Result<Applied, String> {
     let view = state.partitions.entry(partition).or_default();
     if let Body::Claim = record.body {
         // A claim's epoch is its own offset (the owner learns it when the write is
         // acknowledged, and cannot say it in the record).
         view.epoch = view.epoch.max(offset);
-        return Applied::Taken;
+        return Ok(Applied::Taken);
     }
     if record.epoch < view.epoch {
-        return Applied::Fenced;
+        return Ok(Applied::Fenced);
     }
     view.epoch = record.epoch;
     let Some((kind, service)) = key.split_once('/') else {
-        return Applied::Unreadable;
+        return Ok(Applied::Unreadable);
     };
     match (kind, record.body) {
         ("weights", Body::Weights { weights, memory }) => {
@@ -246,7 +302,7 @@ fn apply(
                 .get(service)
                 .is_some_and(|(old, _)| old.version > weights.version)
             {
-                return Applied::Fenced;
+                return Ok(Applied::Fenced);
             }
             state.weights.insert(service.to_owned(), (weights, memory));
         }
@@ -259,9 +315,10 @@ fn apply(
         ("instances", Body::Removed) => {
             state.instances.remove(service);
         }
-        _ => return Applied::Unreadable,
+        ("topology", Body::Topology { figures, .. }) => return Err(figures),
+        _ => return Ok(Applied::Unreadable),
     }
-    Applied::Taken
+    Ok(Applied::Taken)
 }
 
 /// How long to wait after the brokers' error before asking again.
@@ -367,6 +424,7 @@ mod tests {
     fn views() -> Views {
         Views::new(
             Arc::new(WeightsEngine::new(WeightsConfig::default(), Clock::new())),
+            None,
             &Metrics::new(),
         )
     }
