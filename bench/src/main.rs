@@ -2,17 +2,16 @@
 //! `telemetrygen`), and a measurement of the span store's memory per span.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context as _, bail};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 mod bounds;
 mod compare;
 mod compare_fleet;
 mod decode;
+mod delay;
 mod fleet_failover;
 mod load;
 mod sealed_sql;
@@ -20,9 +19,7 @@ mod snapshot;
 mod soak;
 
 use load::{LoadArgs, resident_bytes};
-use prost::Message;
 use wayfinder_bench::workload::{Shape, Workload};
-use wayfinder_collector::testing::{RawCodec, TRACE_EXPORT_PATH};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,6 +117,11 @@ struct WeightsArgs {
     /// The collector's `--weight-update-period`.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     period: Duration,
+    /// Also on a fleet of three collectors on a Kafka-protocol broker (tansu:
+    /// `WAYFINDER_TANSU` or `tansu` on PATH), the watcher on a collector the spans do not reach;
+    /// and the partials' bytes.
+    #[arg(long)]
+    fleet: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -297,11 +299,10 @@ fn weights_memory(args: &WeightsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Times, over `trials` latency changes, how long a `Watch`er waits for a version that reacts.
+/// Times, over `trials` latency changes, how long a `Watch`er waits for a version that reacts:
+/// on one collector, and with `--fleet` on a fleet of three (spans into two, the watcher on the
+/// third), in the same run.
 async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
-    use wayfinder_api::grpc::WatchWeightsRequest;
-    use wayfinder_api::grpc::weights_client::WeightsClient;
-
     let mut config = wayfinder_bench::fleet::loopback_config();
     config.weights.weight_update_period = args.period;
     let collector = wayfinder_collector::Collector::start(config).await?;
@@ -310,129 +311,25 @@ async fn weights_delay(args: WeightsArgs) -> anyhow::Result<()> {
         wayfinder_bench::fleet::register(&collector, "cart", format!("cart-{i}"), None)
             .map_err(anyhow::Error::msg)?;
     }
-
-    // Traffic: every 100 ms, 10 SERVER spans of each instance over OTLP/gRPC; cart-2's latency
-    // is switched by the trials.
-    let slow = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", addrs.otlp_grpc))?
-        .connect()
-        .await?;
-    let sender = {
-        let slow = slow.clone();
-        tokio::spawn(async move {
-            let mut grpc = tonic::client::Grpc::new(channel);
-            let mut seq = 0u64;
-            loop {
-                for i in 0..3u64 {
-                    let ms = if i == 2 && slow.load(Ordering::Relaxed) {
-                        50
-                    } else {
-                        10
-                    };
-                    seq += 1;
-                    let spans = (0..10u64)
-                        .map(|j| {
-                            let mut span = wayfinder_collector::testing::span(
-                                [((seq % 250) + 1) as u8; 16],
-                                seq * 100 + j + 1,
-                                "GET /cart",
-                                1_000,
-                                1_000 + ms * 1_000_000,
-                            );
-                            span.kind = 2;
-                            span
-                        })
-                        .collect();
-                    let request = wayfinder_collector::testing::with_instance_id(
-                        wayfinder_collector::testing::trace_request(Some("cart"), spans),
-                        &format!("cart-{i}"),
-                    );
-                    if grpc.ready().await.is_err() {
-                        return;
-                    }
-                    let body = Bytes::from(request.encode_to_vec());
-                    let _ = grpc
-                        .unary(
-                            tonic::Request::new(body),
-                            http::uri::PathAndQuery::from_static(TRACE_EXPORT_PATH),
-                            RawCodec,
-                        )
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
-    };
-
-    let mut client = WeightsClient::connect(format!("http://{}", addrs.query_grpc)).await?;
-    let mut stream = client
-        .watch(WatchWeightsRequest {
-            service: "cart".into(),
-            after_version: 0,
-        })
-        .await?
-        .into_inner();
-    let weight_of_2 = |w: &wayfinder_api::grpc::ServiceWeights| {
-        w.endpoints
-            .iter()
-            .find(|e| e.instance_id == "cart-2")
-            .map_or(0.0, |e| e.weight)
-    };
-    // Past the slow start, with a full window.
-    let warm = Duration::from_secs(35);
-    println!("warming up for {warm:?} (slow start and a full window)");
-    let warm_until = Instant::now() + warm;
-    let mut latest = None;
-    while Instant::now() < warm_until {
-        if let Ok(Ok(Some(message))) =
-            tokio::time::timeout(Duration::from_secs(1), stream.message()).await
-        {
-            latest = Some(message);
-        }
-    }
-    let mut delays = Vec::new();
-    for trial in 0..args.trials {
-        let before = latest.as_ref().map_or(1.0 / 3.0, weight_of_2);
-        slow.store(true, Ordering::Relaxed);
-        let changed = Instant::now();
-        loop {
-            let message = stream.message().await?.context("the stream ended")?;
-            let weight = weight_of_2(&message);
-            latest = Some(message);
-            if weight < before * 0.95 {
-                break;
-            }
-        }
-        let delay = changed.elapsed();
-        println!(
-            "trial {trial}: a watcher saw cart-2's weight fall {:.0} ms after it turned 5x slower",
-            delay.as_secs_f64() * 1e3
-        );
-        delays.push(delay);
-        // Back to normal, and wait until the slow spell has left the window.
-        slow.store(false, Ordering::Relaxed);
-        let recover_until = Instant::now() + Duration::from_secs(40);
-        while Instant::now() < recover_until {
-            if let Ok(Ok(Some(message))) =
-                tokio::time::timeout(Duration::from_secs(1), stream.message()).await
-            {
-                latest = Some(message);
-            }
-        }
-    }
-    delays.sort();
-    let periods: Vec<String> = delays
-        .iter()
-        .map(|d| format!("{:.2}", d.as_secs_f64() / args.period.as_secs_f64()))
-        .collect();
-    println!(
-        "delay from a latency change to a watcher seeing it: median {:.0} ms, max {:.0} ms ({} update periods)",
-        delays[delays.len() / 2].as_secs_f64() * 1e3,
-        delays.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
-        periods.join(", ")
-    );
-    sender.abort();
+    let one = delay::latency_change_delays(
+        &[addrs.otlp_grpc],
+        addrs.query_grpc,
+        args.period,
+        args.trials,
+    )
+    .await?;
     collector.shutdown().await;
+    if !args.fleet {
+        delay::report("one collector", &one, args.period);
+    } else {
+        let fleet = delay::fleet_delays(args.period, args.trials).await?;
+        delay::report("one collector", &one, args.period);
+        delay::report(
+            "a fleet of three (spans into two, the watcher on the third)",
+            &fleet,
+            args.period,
+        );
+    }
     Ok(())
 }
 

@@ -189,6 +189,7 @@ pub(super) async fn build(
         graph.registry,
         graph.topology,
         graph.clock,
+        metrics,
     )?;
     let fleet = Fleet {
         settings: settings.clone(),

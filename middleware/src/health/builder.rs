@@ -87,16 +87,20 @@ impl HealthReporter {
     }
 
     /// Beats as `wayfinder.health` OTLP log events to the OTLP/gRPC `endpoint`
-    /// (`http://host:4317`, the tracer's).
+    /// (`http://host:4317`, the tracer's). A fleet's collectors, comma-separated: a beat goes to
+    /// the one that took the last, else to the next that takes it.
     pub fn otlp_grpc(mut self, endpoint: &str) -> Self {
-        self.transport = Some(Transport::otlp_grpc(endpoint, SEND_TIMEOUT));
+        self.transport = Some(Transport::each(endpoint, |e| {
+            Transport::otlp_grpc(e, SEND_TIMEOUT)
+        }));
         self
     }
 
     /// Beats as JSON to `POST /v1/health` on the collector's OTLP/HTTP `base`
-    /// (`http://host:4318`).
+    /// (`http://host:4318`); several, comma-separated, as with
+    /// [`otlp_grpc`](Self::otlp_grpc).
     pub fn http(mut self, base: &str) -> Self {
-        self.transport = Some(Transport::http(base, SEND_TIMEOUT));
+        self.transport = Some(Transport::each(base, |b| Transport::http(b, SEND_TIMEOUT)));
         self
     }
 

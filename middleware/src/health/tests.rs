@@ -128,3 +128,100 @@ fn a_reporter_needs_a_transport_and_a_sane_ttl() {
         assert!(error.to_string().contains(expected), "{expected}: {error}");
     }
 }
+
+/// A collector stand-in on loopback that answers every `POST /v1/health` with 200 and counts
+/// them.
+async fn counting_collector() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 8192];
+                let mut read = 0;
+                // The head and a JSON body of its Content-Length.
+                loop {
+                    let Ok(n) = stream.read(&mut buffer[read..]).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    read += n;
+                    let text = String::from_utf8_lossy(&buffer[..read]).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            break;
+                        }
+                    }
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+#[tokio::test]
+async fn beats_go_to_the_next_collector_when_one_is_down() {
+    let (up, count) = counting_collector().await;
+    // Nothing listens on port 1 of loopback: that collector refuses at once.
+    let transport = Transport::each(&format!("http://127.0.0.1:1, http://{up}"), |b| {
+        Transport::http(b, Duration::from_secs(2))
+    })
+    .unwrap();
+    let Transport::Several { current, .. } = &transport else {
+        panic!("two collectors: {transport:?}");
+    };
+    let beat = wayfinder_api::health::HealthReport {
+        service: "a".into(),
+        instance_id: "a-1".into(),
+        address: None,
+        status: "passing".into(),
+        ttl_ms: Some(15_000),
+        seq: Some(1),
+        incarnation: None,
+        output: None,
+    };
+    transport
+        .send(&beat)
+        .await
+        .expect("the second collector takes it");
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        current.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the next beat goes straight to the collector that took this one"
+    );
+    transport.send(&beat).await.expect("again");
+    assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 2);
+    // None takes it: the error names both.
+    let none = Transport::each("http://127.0.0.1:1,http://127.0.0.1:2", |b| {
+        Transport::http(b, Duration::from_secs(2))
+    })
+    .unwrap();
+    let error = none.send(&beat).await.unwrap_err();
+    assert!(
+        error.contains("127.0.0.1:1") && error.contains("127.0.0.1:2"),
+        "{error}"
+    );
+    assert!(Transport::each(" , ", |b| Transport::http(b, Duration::from_secs(1))).is_err());
+}

@@ -1,12 +1,11 @@
 //! How a beat reaches the collector: as a `wayfinder.health` OTLP log event over OTLP/gRPC
 //! (the tracer's endpoint), or as JSON to `POST /v1/health` on the collector's OTLP/HTTP port.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 #[cfg(feature = "tonic")]
-use std::{
-    sync::{Arc, OnceLock},
-    time::SystemTime,
-};
+use std::{sync::OnceLock, time::SystemTime};
 
 #[cfg(feature = "tonic")]
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -36,6 +35,12 @@ pub(crate) enum Transport {
         client: reqwest::Client,
         url: String,
         authorization: Option<http::HeaderValue>,
+    },
+    /// A fleet's collectors, which all pass beats to every registry (the health topic): a
+    /// beat goes to the one that took the last, else to the next that takes it.
+    Several {
+        all: Arc<[Transport]>,
+        current: Arc<AtomicUsize>,
     },
 }
 
@@ -78,6 +83,28 @@ impl Transport {
         })
     }
 
+    /// One transport per endpoint of `endpoints` (comma-separated), made by `make`: the
+    /// transport itself for one, [`Transport::Several`] for more.
+    pub(crate) fn each(
+        endpoints: &str,
+        make: impl Fn(&str) -> Result<Transport, String>,
+    ) -> Result<Self, String> {
+        let mut all = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(make)
+            .collect::<Result<Vec<_>, String>>()?;
+        match all.len() {
+            0 => Err(format!("`{endpoints}` names no collector")),
+            1 => Ok(all.remove(0)),
+            _ => Ok(Transport::Several {
+                all: all.into(),
+                current: Arc::new(AtomicUsize::new(0)),
+            }),
+        }
+    }
+
     /// Sends `value` as the `authorization` header of every beat.
     pub(crate) fn with_authorization(mut self, value: Option<&str>) -> Result<Self, String> {
         let Some(value) = value else {
@@ -98,13 +125,42 @@ impl Transport {
                         .map_err(|_| "the health reporter's token is not a valid header value")?,
                 );
             }
+            Transport::Several { all, current } => {
+                let all = all
+                    .iter()
+                    .cloned()
+                    .map(|t| t.with_authorization(Some(value)))
+                    .collect::<Result<Vec<_>, String>>()?;
+                return Ok(Transport::Several {
+                    all: all.into(),
+                    current: current.clone(),
+                });
+            }
         }
         Ok(self)
     }
 
     /// Sends one beat; `Err` says why it did not arrive.
     pub(crate) async fn send(&self, beat: &HealthReport) -> Result<(), String> {
+        if let Transport::Several { all, current } = self {
+            // The collector that took the last beat first, then the others in turn: a beat
+            // reaches the fleet while any collector takes it.
+            let start = current.load(Ordering::Relaxed);
+            let mut errors = Vec::new();
+            for k in 0..all.len() {
+                let i = (start + k) % all.len();
+                match Box::pin(all[i].send(beat)).await {
+                    Ok(()) => {
+                        current.store(i, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    Err(error) => errors.push(error),
+                }
+            }
+            return Err(errors.join("; "));
+        }
         match self {
+            Transport::Several { .. } => unreachable!("sent above"),
             Transport::Http {
                 client,
                 url,

@@ -18,8 +18,9 @@ use crate::graph::topology::Topology;
 use crate::graph::weights::window::slot_of;
 use crate::graph::weights::{Buckets, WeightsEngine};
 use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config};
-use crate::metrics::LogEvery;
+use crate::metrics::{LogEvery, Metrics};
 use crate::util::clock::Clock;
+use prometheus_client::metrics::counter::Counter;
 
 /// What was sent of a slot: `(service, address?, key, slot)` → its requests then. A slot whose
 /// count did not move has nothing new (errors and latency move only with requests).
@@ -41,7 +42,41 @@ pub(crate) struct PartialSender {
     sent: Sent,
     /// What was sent of a series' minute: its requests then.
     sent_minutes: HashMap<(SeriesKey, u64), u64>,
+    metrics: SenderMetrics,
     log: LogEvery,
+}
+
+/// What the partials cost: `wayfinder_fleet_partials_sent_total`,
+/// `wayfinder_fleet_partial_bytes_sent_total` (encoded, before the producer's compression) and
+/// `wayfinder_fleet_partial_slots_sent_total` (an instance's or address's slot, or a graph
+/// series' minute).
+#[derive(Debug, Clone, Default)]
+struct SenderMetrics {
+    partials: Counter,
+    bytes: Counter,
+    slots: Counter,
+}
+
+impl SenderMetrics {
+    fn register(metrics: &Metrics) -> Self {
+        let m = SenderMetrics::default();
+        metrics.register(
+            "wayfinder_fleet_partials_sent",
+            "Partials (this collector's figures of one service) the brokers took",
+            m.partials.clone(),
+        );
+        metrics.register(
+            "wayfinder_fleet_partial_bytes_sent",
+            "Bytes of the partials the brokers took, as encoded (before compression)",
+            m.bytes.clone(),
+        );
+        metrics.register(
+            "wayfinder_fleet_partial_slots_sent",
+            "Slots of instances and addresses, and minutes of graph series, in the partials the brokers took",
+            m.slots.clone(),
+        );
+        m
+    }
 }
 
 impl PartialSender {
@@ -53,6 +88,7 @@ impl PartialSender {
         registry: Arc<Registry>,
         topology: Option<Arc<Topology>>,
         clock: Clock,
+        metrics: &Metrics,
     ) -> Result<Self, KafkaError> {
         let producer = client_config(settings)
             .set("acks", "all")
@@ -76,6 +112,7 @@ impl PartialSender {
             clock,
             sent: HashMap::new(),
             sent_minutes: HashMap::new(),
+            metrics: SenderMetrics::register(metrics),
             log: LogEvery::default(),
         })
     }
@@ -203,18 +240,36 @@ impl PartialSender {
 
     async fn send(&mut self) {
         let partials = self.partials();
-        let payloads: Vec<(String, Vec<u8>)> = partials
+        let payloads: Vec<(String, Vec<u8>, u64)> = partials
             .iter()
-            .map(|p| (p.service.clone(), prost::Message::encode_to_vec(p)))
+            .map(|p| {
+                let slots = p
+                    .instances
+                    .iter()
+                    .chain(&p.addresses)
+                    .map(|k| k.slots.len())
+                    .chain(p.topology.iter().map(|s| s.minutes.len()))
+                    .sum::<usize>();
+                (
+                    p.service.clone(),
+                    prost::Message::encode_to_vec(p),
+                    slots as u64,
+                )
+            })
             .collect();
-        let sent = futures::future::join_all(payloads.iter().map(|(service, payload)| {
+        let sent = futures::future::join_all(payloads.iter().map(|(service, payload, _)| {
             self.producer.send(
                 FutureRecord::to(&self.topic).key(service).payload(payload),
                 Duration::from_secs(5),
             )
         }))
         .await;
-        for ((service, _), result) in payloads.iter().zip(sent) {
+        for ((service, payload, slots), result) in payloads.iter().zip(sent) {
+            if result.is_ok() {
+                self.metrics.partials.inc();
+                self.metrics.bytes.inc_by(payload.len() as u64);
+                self.metrics.slots.inc_by(*slots);
+            }
             if let Err((error, _)) = result {
                 // Sent again at the next period: its slots count as unsent.
                 self.sent.retain(|(s, _, _, _), _| &**s != service.as_str());
