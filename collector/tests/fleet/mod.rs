@@ -26,6 +26,7 @@ pub(crate) struct Collector {
     pub(crate) process: Killed,
     pub(crate) otlp_http: SocketAddr,
     pub(crate) query_http: SocketAddr,
+    pub(crate) query_grpc: SocketAddr,
 }
 
 /// A `wayfinder serve` of the fleet on `broker`, with `args` and `env` added.
@@ -48,6 +49,7 @@ pub(crate) fn collector(broker: SocketAddr, args: &[&str], env: &[(&str, String)
         process: Killed(child),
         otlp_http: addrs["otlp-http"],
         query_http: addrs["query-http"],
+        query_grpc: addrs["query-grpc"],
     }
 }
 

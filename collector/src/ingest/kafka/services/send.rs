@@ -43,8 +43,17 @@ pub(crate) struct PartialSender {
     /// What was sent of a series' minute: its requests then.
     sent_minutes: HashMap<(SeriesKey, u64), u64>,
     metrics: SenderMetrics,
+    /// The graph's series go with every this many partials (every [`GRAPH_PERIOD`]).
+    graph_every: u64,
+    /// Sends so far.
+    sends: u64,
     log: LogEvery,
 }
+
+/// How often the graph's series are sent: the graph is read by the minute, and its series
+/// are more than an instance's weights' (an instance, its node, the edges into it), so a few
+/// seconds' freshness costs a fraction of the bytes of every period's.
+const GRAPH_PERIOD: Duration = Duration::from_secs(5);
 
 /// What the partials cost: `wayfinder_fleet_partials_sent_total`,
 /// `wayfinder_fleet_partial_bytes_sent_total` (encoded, before the producer's compression) and
@@ -113,12 +122,15 @@ impl PartialSender {
             sent: HashMap::new(),
             sent_minutes: HashMap::new(),
             metrics: SenderMetrics::register(metrics),
+            graph_every: 1,
+            sends: 0,
             log: LogEvery::default(),
         })
     }
 
     /// Sends every `period` until `stop`.
     pub(crate) async fn run(mut self, period: Duration, stop: CancellationToken) {
+        self.graph_every = graph_every(period);
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -144,8 +156,11 @@ impl PartialSender {
             .filter_map(|i| Some((i.address?, i.service)))
             .collect();
         let mut by_service: BTreeMap<Arc<str>, PerService> = BTreeMap::new();
-        for (server, figures) in self.topology_changed(now) {
-            by_service.entry(server).or_default().2.push(figures);
+        self.sends += 1;
+        if self.sends % self.graph_every == 1 % self.graph_every {
+            for (server, figures) in self.topology_changed(now) {
+                by_service.entry(server).or_default().2.push(figures);
+            }
         }
         for ((service, instance), buckets) in &windows.instances {
             if let Some(changed) = self.changed(service, false, instance, buckets) {
@@ -279,6 +294,38 @@ impl PartialSender {
                     tracing::warn!(%error, service, "kafka: cannot send a partial; trying again (logged at most once a minute)");
                 }
             }
+        }
+    }
+}
+
+/// Every how many sends of `period` the graph's series go: every [`GRAPH_PERIOD`], at least
+/// every send.
+fn graph_every(period: Duration) -> u64 {
+    let period = period.as_millis().max(1);
+    u64::try_from(GRAPH_PERIOD.as_millis() / period)
+        .unwrap_or(1)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_graph_goes_every_five_seconds_or_with_every_partial() {
+        let rows = [
+            (Duration::from_secs(1), 5, "a 1 s period: every fifth"),
+            (Duration::from_millis(250), 20, "250 ms: every twentieth"),
+            (Duration::from_secs(5), 1, "5 s: every one"),
+            (Duration::from_secs(30), 1, "longer: every one"),
+            (
+                Duration::ZERO,
+                5000,
+                "no period (refused by the settings): bounded",
+            ),
+        ];
+        for (period, every, why) in rows {
+            assert_eq!(graph_every(period), every, "{why}");
         }
     }
 }
