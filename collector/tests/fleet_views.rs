@@ -63,8 +63,8 @@ fn weights(collector: &Collector) -> Option<(u64, Vec<(String, String)>)> {
     Some((json["version"].as_u64()?, endpoints))
 }
 
-/// How many view records `collector` has published as an owner.
-fn published(collector: &Collector) -> f64 {
+/// The value of the unlabelled series `name` in `collector`'s `/metrics` (0 when absent).
+fn metric(collector: &Collector, name: &str) -> f64 {
     let text = common::http_exchange(
         collector.query_http,
         "GET /metrics",
@@ -73,9 +73,14 @@ fn published(collector: &Collector) -> f64 {
         Duration::from_secs(10),
     );
     text.lines()
-        .find_map(|l| l.strip_prefix("wayfinder_fleet_view_records_published_total "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0.0)
+}
+
+/// How many view records `collector` has published as an owner.
+fn published(collector: &Collector) -> f64 {
+    metric(collector, "wayfinder_fleet_view_records_published_total")
 }
 
 /// Waits until every collector of `fleet` serves the same weights of cart, with `instances`
@@ -165,17 +170,7 @@ fn a_killed_owners_services_are_published_again_by_a_survivor() {
 
 /// The weight watchers `collector` serves now.
 fn watchers(collector: &Collector) -> f64 {
-    let text = common::http_exchange(
-        collector.query_http,
-        "GET /metrics",
-        "",
-        "",
-        Duration::from_secs(10),
-    );
-    text.lines()
-        .find_map(|l| l.strip_prefix("wayfinder_weight_watchers "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    metric(collector, "wayfinder_weight_watchers")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
