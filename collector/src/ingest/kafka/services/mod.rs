@@ -7,11 +7,12 @@
 //! keyed by the service ([`send`]); a second consumer group over that topic makes one collector
 //! the owner of each service, which sums the partials exactly, runs the weights rule and
 //! publishes the service's weights and instances to the compacted views topic, fenced by its
-//! claim ([`owner`]); every collector reads the views topic in full and serves it ([`view`]).
+//! claim ([`owner`], what it writes and when: [`publish`]); every collector reads the views topic in full and serves it ([`view`]).
 //! The service graph's figures travel the same way, per minute ([`topology`]).
 
 mod owner;
 mod partial;
+mod publish;
 mod send;
 mod topology;
 mod view;

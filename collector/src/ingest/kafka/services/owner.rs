@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use wayfinder_api::topology::Instance as ApiInstance;
 
 use super::partial::{Figures, Partial, PartialError};
+use super::publish::Publisher;
 use super::topology::{TopologySums, minute_of};
-use super::view::{Body, ViewRecord, Views, claim_key, instances_key, topology_key, weights_key};
+use super::view::{Body, ViewRecord, Views, claim_key};
 use crate::graph::registry::{Instance, Registry};
 use crate::graph::weights::window::slot_of;
 use crate::graph::weights::{WeightsConfig, WeightsEngine};
@@ -35,9 +36,6 @@ use crate::ingest::kafka::{KafkaError, KafkaSettings, client_config, group_confi
 use crate::metrics::{LogEvery, Metrics};
 use crate::util::clock::Clock;
 
-/// A service's weights and instances are written again at least this often, changed or not:
-/// `generated_at` stays fresh, and a record compaction left behind a zombie's is replaced.
-const REFRESH: Duration = Duration::from_secs(5);
 /// A slot's width in milliseconds.
 const BUCKET_MS: u64 = crate::graph::weights::window::BUCKET.as_millis() as u64;
 /// Weight slots in a minute of the graph.
@@ -91,15 +89,6 @@ impl Owned {
     }
 }
 
-/// What was last written of a service.
-#[derive(Debug)]
-struct Published {
-    version: u64,
-    weights_at: SystemTime,
-    instances: Vec<ApiInstance>,
-    instances_at: SystemTime,
-}
-
 /// The owner's metrics.
 #[derive(Debug, Clone, Default)]
 struct OwnerMetrics {
@@ -146,9 +135,8 @@ pub(crate) struct Owner {
     figures: HashMap<String, Figures>,
     /// The service graph's series per server, for the minutes that may still change.
     topology: HashMap<String, TopologySums>,
-    /// How many minutes of a server's graph the views topic keeps (its keys go round).
-    ring: u64,
-    published: HashMap<String, Published>,
+    /// What was last written of each service, and what is due.
+    publisher: Publisher,
     /// Per partition: the offsets read and the newest slot of each, for the commit.
     read: BTreeMap<i32, VecDeque<(i64, u64)>>,
     metrics: OwnerMetrics,
@@ -179,6 +167,7 @@ impl Owner {
                 what: "views producer",
                 source,
             })?;
+        let publisher = Publisher::new(&me);
         Ok(Owner {
             me,
             partitions,
@@ -192,8 +181,7 @@ impl Owner {
             owned: BTreeMap::new(),
             figures: HashMap::new(),
             topology: HashMap::new(),
-            ring: 62,
-            published: HashMap::new(),
+            publisher,
             read: BTreeMap::new(),
             metrics: OwnerMetrics::register(metrics),
             log: LogEvery::default(),
@@ -202,7 +190,7 @@ impl Owner {
 
     /// Keeps `retention` of each server's graph in the views topic (an hour by default).
     pub(crate) fn with_graph_retention(mut self, retention: Duration) -> Self {
-        self.ring = retention.as_secs().div_ceil(60) + 2;
+        self.publisher = self.publisher.with_graph_retention(retention);
         self
     }
 
@@ -303,22 +291,16 @@ impl Owner {
     fn let_go(&mut self, partition: i32) {
         self.owned.remove(&partition);
         self.read.remove(&partition);
-        let mine = |service: &String| {
-            partition_of(service.as_bytes(), self.partitions) as i32 == partition
-        };
+        let partitions = self.partitions;
+        let mine = |service: &str| partition_of(service.as_bytes(), partitions) as i32 == partition;
         self.figures.retain(|service, _| !mine(service));
         self.topology.retain(|service, _| !mine(service));
-        self.published.retain(|service, _| !mine(service));
+        self.publisher.forget(mine);
     }
 
     /// Writes a claim to `partition` of the views topic; its offset is the epoch.
     async fn claim(&self, partition: i32) -> Result<i64, String> {
-        let record = ViewRecord {
-            format: 1,
-            epoch: -1,
-            owner: self.me.clone(),
-            body: Body::Claim,
-        };
+        let record = self.publisher.record(-1, Body::Claim);
         let key = claim_key(partition, &self.me);
         self.write(partition, &key, &record).await
     }
@@ -481,18 +463,7 @@ impl Owner {
                 continue;
             };
             for minute in sums.take_changed(service) {
-                let key = topology_key(service, minute.minute, self.ring);
-                let figures = const_hex::encode(prost::Message::encode_to_vec(&minute));
-                let record = ViewRecord {
-                    format: 1,
-                    epoch: *epoch,
-                    owner: self.me.clone(),
-                    body: Body::Topology {
-                        minute: minute.minute,
-                        figures,
-                    },
-                };
-                writes.push((partition, key, record));
+                writes.push(self.publisher.topology(partition, *epoch, &minute));
             }
         }
         // An instance only known from spans is known to the registries of the collectors that
@@ -538,74 +509,23 @@ impl Owner {
             };
             let partition = self.partition_of(service);
             let epoch = self.owned[&partition].epoch();
-            let published = self.published.get(&**service);
-            let stale = |at: SystemTime| now.duration_since(at).unwrap_or_default() >= REFRESH;
-            let weights_due =
-                published.is_none_or(|p| p.version != weights.version || stale(p.weights_at));
-            // A beat or a span moves only `last_beat`, `last_seen` and `seq`: those are written
-            // with the refresh; any other change at once.
-            let instances_due =
-                published.is_none_or(|p| !same_states(&p.instances, list) || stale(p.instances_at));
-            if weights_due && let Some(memory) = self.engine.memory(service) {
-                writes.push((
-                    partition,
-                    weights_key(service),
-                    self.record(
-                        epoch,
-                        Body::Weights {
-                            weights: weights.clone(),
-                            memory,
-                        },
-                    ),
-                ));
-            }
-            if instances_due {
-                writes.push((
-                    partition,
-                    instances_key(service),
-                    self.record(
-                        epoch,
-                        Body::Instances {
-                            instances: list.clone(),
-                        },
-                    ),
-                ));
-            }
-            let entry = self
-                .published
-                .entry_ref(&**service)
-                .or_insert_with(|| Published {
-                    version: 0,
-                    weights_at: SystemTime::UNIX_EPOCH,
-                    instances: Vec::new(),
-                    instances_at: SystemTime::UNIX_EPOCH,
-                });
-            if weights_due {
-                entry.version = weights.version;
-                entry.weights_at = now;
-            }
-            if instances_due {
-                entry.instances = list.clone();
-                entry.instances_at = now;
-            }
+            let memory = || self.engine.memory(service);
+            let due =
+                self.publisher
+                    .service(now, (partition, epoch), service, weights, memory, list);
+            writes.extend(due);
         }
         // Services of ready partitions that have no instances any more.
-        let gone: Vec<String> = self
-            .published
-            .keys()
-            .filter(|s| {
-                !by_service.contains_key(s.as_str()) && ready.contains(&self.partition_of(s))
-            })
-            .cloned()
-            .collect();
-        for service in gone {
-            self.published.remove(&service);
-            let partition = self.partition_of(&service);
-            let epoch = self.owned[&partition].epoch();
-            for key in [weights_key(&service), instances_key(&service)] {
-                writes.push((partition, key, self.record(epoch, Body::Removed)));
+        let (partitions, owned) = (self.partitions, &self.owned);
+        writes.extend(self.publisher.gone(|service| {
+            let partition = partition_of(service.as_bytes(), partitions) as i32;
+            match owned.get(&partition) {
+                Some(Owned::Ready { epoch }) if !by_service.contains_key(service) => {
+                    Some((partition, *epoch))
+                }
+                _ => None,
             }
-        }
+        }));
         let sent = futures::future::join_all(
             writes
                 .iter()
@@ -619,23 +539,12 @@ impl Owner {
                 }
                 Err(error) => {
                     // Written again at the next change or refresh.
-                    if let Some(service) = key.split_once('/').map(|(_, s)| s) {
-                        self.published.remove(service);
-                    }
+                    self.publisher.failed(key);
                     if self.log.ready() {
                         tracing::warn!(%error, key, "kafka: cannot publish to the views topic; trying again (logged at most once a minute)");
                     }
                 }
             }
-        }
-    }
-
-    fn record(&self, epoch: i64, body: Body) -> ViewRecord {
-        ViewRecord {
-            format: 1,
-            epoch,
-            owner: self.me.clone(),
-            body,
         }
     }
 
@@ -669,18 +578,4 @@ impl Owner {
             }
         }
     }
-}
-
-/// Whether two lists of instances say the same but for the times of the last beat and span.
-fn same_states(a: &[ApiInstance], b: &[ApiInstance]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|(a, b)| {
-            a.instance_id == b.instance_id
-                && a.status == b.status
-                && a.address == b.address
-                && a.source == b.source
-                && a.since == b.since
-                && a.ttl_ms == b.ttl_ms
-                && a.output == b.output
-        })
 }

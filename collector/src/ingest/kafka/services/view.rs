@@ -29,7 +29,7 @@ use crate::metrics::{LogEvery, Metrics};
 use prometheus_client::metrics::counter::Counter;
 
 /// The views' format; a record of another is skipped (and counted).
-const FORMAT: u32 = 1;
+pub(super) const FORMAT: u32 = 1;
 
 /// One record of the views topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
