@@ -12,6 +12,7 @@ mod compare;
 mod compare_fleet;
 mod decode;
 mod delay;
+mod export_tls;
 mod fleet_failover;
 mod load;
 mod sealed_sql;
@@ -70,6 +71,9 @@ enum Command {
     /// time from a query's limit to its slot coming back, trace answers by attribute count, a
     /// damaged log's recovery.
     Bounds(bounds::BoundsArgs),
+    /// The middleware's span exporter over TLS against plaintext, OTLP/HTTP and OTLP/gRPC, to
+    /// the `wayfinder` binary: CPU per span of the exporting process.
+    ExportTls(export_tls::ExportTlsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -155,6 +159,7 @@ fn main() -> anyhow::Result<()> {
         Command::Snapshot(args) => snapshot::snapshot(args),
         Command::SealedSql(args) => runtime.block_on(sealed_sql::sealed_sql(args)),
         Command::Bounds(args) => runtime.block_on(bounds::bounds(args)),
+        Command::ExportTls(args) => runtime.block_on(export_tls::export_tls(args)),
         Command::Weights(args) => {
             weights_memory(&args)?;
             runtime.block_on(weights_delay(args))

@@ -17,7 +17,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::logs::TraceIdFormat;
 
 mod env;
-pub(crate) use env::OtlpEnv;
+pub(crate) use env::{OtlpEnv, check_url};
 mod exporters;
 mod guard;
 mod otlp;
@@ -25,6 +25,7 @@ mod otlp;
 pub use guard::{ScopedTelemetry, TelemetryGuard};
 
 use crate::propagation::{Propagation, UnknownFormat};
+use crate::tls::ClientTls;
 use crate::tracer;
 use env::invalid;
 
@@ -56,6 +57,13 @@ pub enum InitError {
         "OTLP/gRPC needs the `tonic` feature of wayfinder-middleware: enable it, or use OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf"
     )]
     NoGrpc,
+    /// The TLS settings cannot be used (a file missing or unreadable, a key without its
+    /// certificate, no root certificates).
+    #[error("OTLP exporter TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    /// The OTLP/HTTP exporter's thread could not be started.
+    #[error("the OTLP/HTTP exporter's thread: {0}")]
+    Thread(#[from] std::io::Error),
     /// The OTLP exporter could not be built.
     #[error("OTLP exporter: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
@@ -163,6 +171,8 @@ pub struct Telemetry {
     /// The full URL of the traces signal (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`), used as is.
     traces_endpoint: Option<String>,
     headers: Vec<(String, String)>,
+    /// TLS for an `https://` endpoint.
+    tls: ClientTls,
     exporter_kind: ExporterKind,
     /// What the variables said that is worth a warning once logging is up.
     warnings: Vec<String>,
@@ -214,6 +224,14 @@ pub const VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_HEADERS",
     "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
     "OTEL_TRACES_EXPORTER",
     "OTEL_SDK_DISABLED",
     "OTEL_PROPAGATORS",
@@ -243,6 +261,7 @@ impl Telemetry {
             export_delay: None,
             traces_endpoint: None,
             headers: Vec::new(),
+            tls: ClientTls::new(),
             exporter_kind: ExporterKind::Otlp,
             warnings: Vec::new(),
         }
@@ -278,9 +297,20 @@ impl Telemetry {
         self.resource_attribute("service.instance.id", id)
     }
 
-    /// The collector's base URL (`http://host:port`); for OTLP/HTTP `/v1/traces` is appended.
+    /// The collector's base URL (`http://host:port`, or `https://host:port` for TLS); for
+    /// OTLP/HTTP `/v1/traces` is appended.
     pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
         self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// TLS settings for an `https://` endpoint: the CA that signs the collector (the system's
+    /// roots by default) and a client certificate for mutual TLS. From the environment they
+    /// are `OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY`.
+    /// The files are read by [`init`](Self::init) and [`build`](Self::build): a missing one is
+    /// an error there.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -366,7 +396,7 @@ impl Telemetry {
     /// makes it the current thread's default (for example one runtime thread per service, to
     /// run several services in one process).
     pub fn build(self) -> Result<TelemetryGuard, InitError> {
-        // Endpoints set in code are checked as the variables are: no TLS in this build.
+        // Endpoints set in code are checked as the variables are.
         if self.exporter_kind == ExporterKind::Otlp {
             if let Some(endpoint) = &self.endpoint {
                 env::check_endpoint("endpoint", endpoint)?;
@@ -377,10 +407,13 @@ impl Telemetry {
         }
         match self.exporter_kind {
             ExporterKind::Otlp => {
-                let exporter = self.exporter()?;
+                let failures = std::sync::Arc::new(exporters::Failures::default());
+                let exporter = self.exporter(failures.cause.clone())?;
                 let collector = (self.protocol, self.base_endpoint());
-                let mut guard = self.build_with_exporter(exporter)?;
+                let tls = self.tls.clone();
+                let mut guard = self.build_with(exporter, failures)?;
                 guard.collector = Some(collector);
+                guard.tls = tls;
                 Ok(guard)
             }
             ExporterKind::Console => {
@@ -409,7 +442,17 @@ impl Telemetry {
     where
         E: opentelemetry_sdk::trace::SpanExporter + 'static,
     {
-        let failures = std::sync::Arc::new(exporters::Failures::default());
+        self.build_with(exporter, std::sync::Arc::default())
+    }
+
+    fn build_with<E>(
+        self,
+        exporter: E,
+        failures: std::sync::Arc<exporters::Failures>,
+    ) -> Result<TelemetryGuard, InitError>
+    where
+        E: opentelemetry_sdk::trace::SpanExporter + 'static,
+    {
         let exporter = exporters::Counted::new(exporter, failures.clone());
         let span_filter = EnvFilter::try_new(&self.span_filter)
             .map_err(|error| invalid("span filter", &self.span_filter, &error.to_string()))?;
@@ -480,6 +523,7 @@ impl Telemetry {
         Ok(TelemetryGuard {
             resource,
             collector: None,
+            tls: ClientTls::new(),
             failures,
             provider,
             dispatch: Dispatch::new(subscriber),

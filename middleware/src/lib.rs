@@ -35,6 +35,7 @@ mod init;
 pub mod limit;
 pub mod logs;
 pub mod propagation;
+pub mod tls;
 mod tracer;
 
 #[cfg(feature = "reqwest")]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+pub mod pki;
+
 use wayfinder_api::sql::SqlResponse;
 use wayfinder_collector::{Collector, Config, RunningCollector};
 

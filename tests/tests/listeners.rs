@@ -7,91 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use wayfinder_collector::config::TlsPaths;
 use wayfinder_collector::testing::{span, trace_request};
+use wayfinder_e2e::pki::Pki;
 use wayfinder_e2e::{loopback_config, start};
-
-/// A CA, and certificates it signed, written as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-    issuer: Issuer<'static, KeyPair>,
-    ca_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&key).unwrap();
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-            issuer: Issuer::new(params, key),
-            ca_pem: ca.pem(),
-        }
-    }
-
-    /// A certificate for `localhost` and 127.0.0.1 (server or client), as (cert, key) PEM.
-    fn leaf(&self) -> (String, String) {
-        let params =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-
-    fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    /// The server's files, with the CA as the client CA.
-    fn server_files(&self) -> TlsPaths {
-        let (cert, key) = self.leaf();
-        TlsPaths {
-            cert: self.write("server.pem", &cert),
-            key: self.write("server.key", &key),
-            client_ca: Some(self.write("ca.pem", &self.ca_pem)),
-        }
-    }
-
-    /// A client configuration trusting the CA, with a client certificate or without.
-    fn client(&self, with_certificate: bool, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-        let mut config = if with_certificate {
-            let (cert, key) = self.leaf();
-            builder
-                .with_client_auth_cert(
-                    vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                    PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-                )
-                .unwrap()
-        } else {
-            builder.with_no_client_auth()
-        };
-        config.alpn_protocols = vec![alpn.to_vec()];
-        Arc::new(config)
-    }
-}
 
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 

@@ -225,6 +225,42 @@ impl Balancer {
         }
     }
 
+    /// A connector for a hyper-util `Client` under [`BalanceLayer`]: TLS to `https://`
+    /// requests (HTTP/1.1), each endpoint's certificate checked for
+    /// [`ClientTls::server_name`] if set, else for the endpoint's host when it is a name, else
+    /// for this balancer's service. The files are read now.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hyper_util::client::legacy::Client;
+    /// use hyper_util::rt::TokioExecutor;
+    /// use wayfinder_middleware::tls::ClientTls;
+    /// use wayfinder_middleware::balance::RequestBody;
+    /// use wayfinder_middleware::{BalanceLayer, Balancer, ClientLayer};
+    ///
+    /// let balancer = Balancer::builder("inventory").seed(["10.0.0.7:8443"]).build()?;
+    /// let tls = ClientTls::new().ca_file("/etc/inventory/ca.pem");
+    /// let client = Client::builder(TokioExecutor::new())
+    ///     .build::<_, RequestBody>(balancer.https_connector(&tls)?);
+    /// let service = tower::ServiceBuilder::new()
+    ///     .layer(BalanceLayer::new(balancer))
+    ///     .layer(ClientLayer::new())
+    ///     .service(client);
+    /// // Requests go to `https://inventory/...`; the balancer picks the address.
+    /// # let _ = service; Ok(()) }
+    /// ```
+    pub fn https_connector(
+        &self,
+        tls: &crate::tls::ClientTls,
+    ) -> Result<crate::tls::HttpsConnector, crate::tls::TlsError> {
+        Ok(crate::tls::https_connector(
+            &tls.load()?,
+            crate::tls::ServerName::EndpointOr(self.service().to_owned()),
+            false,
+            None,
+        ))
+    }
+
     /// The local state of the current endpoints.
     #[cfg(test)]
     pub(crate) fn endpoints_arc(&self) -> Vec<Arc<Endpoint>> {
@@ -435,6 +471,16 @@ impl BalancerBuilder {
         self
     }
 
+    /// TLS settings for `https://` collector URLs: the CA that signs the collector and a
+    /// client certificate. Without them an `https://` URL uses the
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY` variables (the
+    /// query API is on the collector the spans go to), else the system's roots. The files are
+    /// read by [`build`](Self::build).
+    pub fn collector_tls(mut self, tls: crate::tls::ClientTls) -> Self {
+        self.collector.tls = Some(tls);
+        self
+    }
+
     /// All settings at once.
     pub fn config(mut self, config: BalanceConfig) -> Self {
         self.config = config;
@@ -459,8 +505,11 @@ impl BalancerBuilder {
 
     /// The balancer; with a collector configured it starts the discovery task on the current
     /// tokio runtime (it ends with the last handle).
-    pub fn build(self) -> Result<Balancer, BalanceError> {
+    pub fn build(mut self) -> Result<Balancer, BalanceError> {
         self.config.validate().map_err(BalanceError::Config)?;
+        self.collector
+            .load()
+            .map_err(|e| BalanceError::Config(format!("the collector's TLS: {e}")))?;
         if let Some(bad) = self.seed.iter().find(|a| {
             a.parse::<http::uri::Authority>()
                 .ok()

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
+
+use crate::tls::{ClientTls, HttpClient, Loaded, TlsError};
 use tokio::sync::{oneshot, watch};
 #[cfg(feature = "tonic")]
 use wayfinder_api::grpc::{self, weights_client::WeightsClient};
@@ -32,6 +34,26 @@ pub(crate) struct Collector {
     pub(crate) http: Vec<String>,
     /// `Bearer <token>`, for a collector started with `--query-token-file`.
     pub(crate) authorization: Option<String>,
+    /// TLS settings for `https://` URLs; `None`: the `OTEL_EXPORTER_OTLP_*` ones.
+    pub(crate) tls: Option<ClientTls>,
+    /// The settings read, when a URL is `https://` (by [`Collector::load`]).
+    pub(crate) loaded: Option<Loaded>,
+}
+
+impl Collector {
+    /// Reads the TLS files when a URL asks for TLS: a missing file fails the balancer's build.
+    pub(crate) fn load(&mut self) -> Result<(), TlsError> {
+        let https = self
+            .grpc
+            .iter()
+            .chain(&self.http)
+            .any(|u| crate::tls::is_https(u));
+        if https {
+            let tls = self.tls.clone().unwrap_or_else(ClientTls::from_env);
+            self.loaded = Some(tls.load()?);
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for Collector {
@@ -43,7 +65,8 @@ impl std::fmt::Debug for Collector {
                 "authorization",
                 &self.authorization.as_ref().map(|_| "<redacted>"),
             )
-            .finish()
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }
 
@@ -202,13 +225,14 @@ async fn resolve(url: &str) -> Vec<String> {
 /// Runs until the balancer is gone (nobody takes what is published) or `stop` fires.
 pub(crate) async fn run(collector: Collector, publish: Publish, mut stop: oneshot::Receiver<()>) {
     let mut idle_sessions = 0u32;
+    let mut warned = Warned::default();
     let mut targets = targets(&collector).await;
     // Clients start at a random collector, so that they spread over the fleet.
     let mut at = fastrand::usize(..targets.len().max(1));
     loop {
         let target = targets[at % targets.len().max(1)].clone();
         let got = tokio::select! {
-            got = session(&target, collector.authorization.as_deref(), &publish) => got,
+            got = session(&target, &collector, &publish, &mut warned) => got,
             _ = &mut stop => return,
         };
         if publish.found.is_closed() {
@@ -257,14 +281,21 @@ pub(crate) fn full_jitter(cap: Duration, unit: f64) -> Duration {
 
 /// One session with one collector: gRPC first, the long-poll when gRPC cannot be had (or the
 /// `tonic` feature is off). Returns whether any weights (or a "nothing for this service") came.
-async fn session(target: &Target, authorization: Option<&str>, publish: &Publish) -> bool {
+async fn session(
+    target: &Target,
+    collector: &Collector,
+    publish: &Publish,
+    warned: &mut Warned,
+) -> bool {
+    let authorization = collector.authorization.as_deref();
+    let tls = collector.loaded.as_ref();
     let mut got = false;
     #[cfg(feature = "tonic")]
     if let Some(url) = &target.grpc {
-        match watch_grpc(url, authorization, publish, &mut got).await {
+        match watch_grpc(url, tls, authorization, publish, &mut got).await {
             Ok(()) => return got,
             Err(error) => {
-                tracing::debug!(%error, url, "weights watch failed");
+                warned.failed(&publish.service, url, &*error);
                 if got {
                     return got;
                 }
@@ -272,25 +303,59 @@ async fn session(target: &Target, authorization: Option<&str>, publish: &Publish
         }
     }
     if let Some(url) = &target.http
-        && let Err(error) = long_poll(url, authorization, publish, &mut got).await
+        && let Err(error) = long_poll(url, tls, authorization, publish, &mut got).await
     {
-        tracing::debug!(%error, url, "weights long-poll failed");
+        warned.failed(&publish.service, url, &*error);
     }
     got
+}
+
+/// Failed sessions: each at `debug`, and a warning at most every [`WARN_EVERY`] with the
+/// count since the last (a certificate that does not verify fails every session alike).
+#[derive(Debug, Default)]
+struct Warned {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+/// At most one warning this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Warned {
+    fn failed(&mut self, service: &str, url: &str, error: &(dyn std::error::Error + 'static)) {
+        let error = crate::tls::describe(error);
+        tracing::debug!(%error, url, service, "weights session failed");
+        self.since += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last
+            .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+        {
+            tracing::warn!(
+                target: "wayfinder_middleware::balance",
+                service,
+                url,
+                failed_sessions = std::mem::take(&mut self.since),
+                "weights from the collector failed: {error}"
+            );
+            self.last = Some(now);
+        }
+    }
 }
 
 #[cfg(feature = "tonic")]
 async fn watch_grpc(
     url: &str,
+    tls: Option<&Loaded>,
     authorization: Option<&str>,
     publish: &Publish,
     got: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let service = publish.service.clone();
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect()).await??;
+    let target = crate::tls::grpc_channel(url, tls, crate::tls::ServerName::Url, |e| {
+        e.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true)
+    })?;
+    let channel = tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await??;
     let authorization: Option<tonic::metadata::AsciiMetadataValue> =
         authorization.map(str::parse).transpose()?;
     let request = |message| with_authorization(message, authorization.as_ref());
@@ -356,14 +421,13 @@ fn with_authorization<T>(
 
 async fn long_poll(
     url: &str,
+    tls: Option<&Loaded>,
     authorization: Option<&str>,
     publish: &Publish,
     got: &mut bool,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let service = publish.service.clone();
-    let client = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .build()?;
+    let client = HttpClient::new(tls, CONNECT_TIMEOUT);
     let base = format!(
         "{}/api/v1/weights/{}",
         url.trim_end_matches('/'),
@@ -381,14 +445,19 @@ async fn long_poll(
             None => base.clone(),
             Some(v) => format!("{base}?after_version={v}&wait={}ms", wait.as_millis()),
         };
-        let mut request = client.get(&url).timeout(wait + CONNECT_TIMEOUT * 2);
+        let mut request = http::Request::get(&url);
         if let Some(value) = authorization {
             request = request.header(http::header::AUTHORIZATION, value);
         }
-        let response = request.send().await?;
+        let response = client
+            .send(
+                request.body(bytes::Bytes::new())?,
+                wait + CONNECT_TIMEOUT * 2,
+            )
+            .await?;
         match response.status().as_u16() {
             200 => {
-                let weights: ServiceWeights = response.json().await?;
+                let weights: ServiceWeights = serde_json::from_slice(response.body())?;
                 ttl = Duration::from_millis(weights.ttl_ms.max(1)).max(Duration::from_secs(1));
                 after = Some(weights.version);
                 *got = true;
@@ -554,7 +623,7 @@ mod tests {
         let collector = Collector {
             grpc: split_urls("http://127.0.0.1:1, http://127.0.0.2:1,"),
             http: split_urls("http://127.0.0.1:2"),
-            authorization: None,
+            ..Collector::default()
         };
         let targets = targets(&collector).await;
         assert_eq!(

@@ -17,6 +17,7 @@ use super::{Balance, BalanceLayer, Balancer};
 use crate::BoxError;
 use crate::ClientLayer;
 use crate::http::ClientService;
+use crate::tls::{ClientTls, Loaded, ServerName, TlsError};
 
 /// Most channels kept; past it the pool starts afresh (endpoints that left are not kept
 /// forever).
@@ -28,6 +29,8 @@ const MAX_CHANNELS: usize = 1024;
 pub struct ChannelPool {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     configure: Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>,
+    /// TLS to every endpoint, and the name their certificates carry.
+    tls: Option<(Loaded, ServerName)>,
 }
 
 impl std::fmt::Debug for ChannelPool {
@@ -51,12 +54,22 @@ impl ChannelPool {
     }
 
     /// Channels whose `Endpoint` is set up by `configure` (timeouts, keep-alive, window sizes
-    /// …). The endpoints are `http://host:port`: TLS is not supported yet.
+    /// …).
     pub fn configure(configure: impl Fn(Endpoint) -> Endpoint + Send + Sync + 'static) -> Self {
         ChannelPool {
             channels: Arc::new(Mutex::new(HashMap::new())),
             configure: Arc::new(configure),
+            tls: None,
         }
+    }
+
+    /// TLS to every endpoint with `tls`, each endpoint's certificate checked for
+    /// [`ClientTls::server_name`] if set, else for the endpoint's host when it is a name, else
+    /// for `service` (endpoints registered by address carry their service's certificate). The
+    /// files are read now.
+    pub fn tls(mut self, tls: &ClientTls, service: &str) -> Result<Self, TlsError> {
+        self.tls = Some((tls.load()?, ServerName::EndpointOr(service.to_owned())));
+        Ok(self)
     }
 
     fn channel(&self, authority: &str) -> Result<Channel, BoxError> {
@@ -67,8 +80,20 @@ impl ChannelPool {
         if channels.len() >= MAX_CHANNELS {
             channels.clear();
         }
-        let endpoint = Endpoint::from_shared(format!("http://{authority}"))?.tcp_nodelay(true);
-        let channel = (self.configure)(endpoint).connect_lazy();
+        let channel = match &self.tls {
+            None => {
+                let endpoint =
+                    Endpoint::from_shared(format!("http://{authority}"))?.tcp_nodelay(true);
+                (self.configure)(endpoint).connect_lazy()
+            }
+            Some((tls, name)) => crate::tls::grpc_channel(
+                &format!("https://{authority}"),
+                Some(tls),
+                name.clone(),
+                |endpoint| (self.configure)(endpoint.tcp_nodelay(true)),
+            )?
+            .connect_lazy(),
+        };
         channels.insert(authority.to_owned(), channel.clone());
         Ok(channel)
     }
@@ -110,5 +135,14 @@ impl Balancer {
             .layer(BalanceLayer::new(self.clone()))
             .layer(ClientLayer::new())
             .service(ChannelPool::new())
+    }
+
+    /// [`tonic_channel`](Self::tonic_channel) over TLS to every endpoint (see
+    /// [`ChannelPool::tls`] for the name each certificate must carry).
+    pub fn tonic_channel_tls(&self, tls: &ClientTls) -> Result<TonicChannel, TlsError> {
+        Ok(tower::ServiceBuilder::new()
+            .layer(BalanceLayer::new(self.clone()))
+            .layer(ClientLayer::new())
+            .service(ChannelPool::new().tls(tls, self.service())?))
     }
 }

@@ -30,7 +30,12 @@ pub(super) struct Shared {
     pub(super) stop: Notify,
     pub(super) sent: AtomicU64,
     pub(super) failed: AtomicU64,
+    /// When a failure was last a warning, and the failures since.
+    warned: Mutex<(Option<tokio::time::Instant>, u64)>,
 }
+
+/// At most one warning about failed beats this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 impl Shared {
     /// The state of a reporter about to start: `seq` and the incarnation from the wall clock.
@@ -61,6 +66,7 @@ impl Shared {
             stop: Notify::new(),
             sent: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            warned: Mutex::new((None, 0)),
         }
     }
 
@@ -88,6 +94,24 @@ impl Shared {
             Err(error) => {
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%error, "health beat not delivered");
+                let mut warned = self.warned.lock();
+                warned.1 += 1;
+                let now = tokio::time::Instant::now();
+                if warned
+                    .0
+                    .is_none_or(|at| now.duration_since(at) >= WARN_EVERY)
+                {
+                    let failed = std::mem::take(&mut warned.1);
+                    warned.0 = Some(now);
+                    drop(warned);
+                    tracing::warn!(
+                        target: "wayfinder_middleware::health",
+                        service = %self.service,
+                        instance = %self.instance_id,
+                        failed_beats = failed,
+                        "health beats not delivered: {error}"
+                    );
+                }
                 false
             }
         }

@@ -7,6 +7,7 @@ use super::beat::Shared;
 use super::checks::{Check, CheckResult};
 use super::transport::Transport;
 use super::{Health, HealthError, SEND_TIMEOUT};
+use crate::tls::ClientTls;
 
 /// Builds the health reporter of one instance.
 #[must_use]
@@ -21,6 +22,8 @@ pub struct HealthReporter {
     checks: Vec<Check>,
     /// The `authorization` header value sent with every beat (never shown by `Debug`).
     pub(super) authorization: Option<String>,
+    /// TLS for `https://` collectors.
+    tls: ClientTls,
 }
 
 impl std::fmt::Debug for HealthReporter {
@@ -49,6 +52,7 @@ impl HealthReporter {
             failures_before_critical: 3,
             checks: Vec::new(),
             authorization: None,
+            tls: ClientTls::new(),
         }
     }
 
@@ -73,6 +77,7 @@ impl HealthReporter {
                 .resource_attribute("service.instance.id")
                 .unwrap_or_default(),
         );
+        let reporter = reporter.tls(telemetry.collector_tls().clone());
         match telemetry.collector() {
             Some((crate::OtlpProtocol::Grpc, endpoint)) => reporter.otlp_grpc(endpoint),
             Some((crate::OtlpProtocol::HttpProtobuf, endpoint)) => reporter.http(endpoint),
@@ -86,21 +91,36 @@ impl HealthReporter {
         self
     }
 
+    /// TLS settings for `https://` collectors (the system's roots by default; a CA file and a
+    /// client certificate for mutual TLS). Set it before the transport
+    /// ([`otlp_grpc`](Self::otlp_grpc), [`http`](Self::http)), which reads its files.
+    /// [`for_telemetry`](Self::for_telemetry) and [`endpoint_from_env`](Self::endpoint_from_env)
+    /// take the exporter's.
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Beats as `wayfinder.health` OTLP log events to the OTLP/gRPC `endpoint`
-    /// (`http://host:4317`, the tracer's). A fleet's collectors, comma-separated: a beat goes to
-    /// the one that took the last, else to the next that takes it.
+    /// (`http://host:4317`, the tracer's; `https://` for TLS). A fleet's collectors,
+    /// comma-separated: a beat goes to the one that took the last, else to the next that takes
+    /// it.
     pub fn otlp_grpc(mut self, endpoint: &str) -> Self {
+        let tls = &self.tls;
         self.transport = Some(Transport::each(endpoint, |e| {
-            Transport::otlp_grpc(e, SEND_TIMEOUT)
+            Transport::otlp_grpc(e, SEND_TIMEOUT, tls)
         }));
         self
     }
 
     /// Beats as JSON to `POST /v1/health` on the collector's OTLP/HTTP `base`
-    /// (`http://host:4318`); several, comma-separated, as with
+    /// (`http://host:4318`; `https://` for TLS); several, comma-separated, as with
     /// [`otlp_grpc`](Self::otlp_grpc).
     pub fn http(mut self, base: &str) -> Self {
-        self.transport = Some(Transport::each(base, |b| Transport::http(b, SEND_TIMEOUT)));
+        let tls = &self.tls;
+        self.transport = Some(Transport::each(base, |b| {
+            Transport::http(b, SEND_TIMEOUT, tls)
+        }));
         self
     }
 
@@ -120,6 +140,7 @@ impl HealthReporter {
                 if env.authorization.is_some() {
                     self.authorization = env.authorization;
                 }
+                self.tls = env.tls;
                 match env.protocol {
                     crate::OtlpProtocol::Grpc => self.otlp_grpc(&env.endpoint),
                     crate::OtlpProtocol::HttpProtobuf => self.http(&env.endpoint),

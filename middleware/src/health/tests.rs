@@ -102,8 +102,10 @@ fn the_token_comes_from_the_exporters_headers_or_from_code() {
 fn a_reporter_needs_a_transport_and_a_sane_ttl() {
     let rows: [(HealthReporter, &str); 4] = [
         (
-            HealthReporter::new("a", "a-1").http("https://collector:4318"),
-            "TLS",
+            HealthReporter::new("a", "a-1")
+                .tls(crate::tls::ClientTls::new().ca_file("/nonexistent/wayfinder-ca.pem"))
+                .http("https://collector:4318"),
+            "wayfinder-ca.pem",
         ),
         (HealthReporter::new("a", "a-1"), "no transport"),
         (
@@ -185,7 +187,7 @@ async fn beats_go_to_the_next_collector_when_one_is_down() {
     let (up, count) = counting_collector().await;
     // Nothing listens on port 1 of loopback: that collector refuses at once.
     let transport = Transport::each(&format!("http://127.0.0.1:1, http://{up}"), |b| {
-        Transport::http(b, Duration::from_secs(2))
+        Transport::http(b, Duration::from_secs(2), &crate::tls::ClientTls::new())
     })
     .unwrap();
     let Transport::Several { current, .. } = &transport else {
@@ -215,7 +217,7 @@ async fn beats_go_to_the_next_collector_when_one_is_down() {
     assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 2);
     // None takes it: the error names both.
     let none = Transport::each("http://127.0.0.1:1,http://127.0.0.1:2", |b| {
-        Transport::http(b, Duration::from_secs(2))
+        Transport::http(b, Duration::from_secs(2), &crate::tls::ClientTls::new())
     })
     .unwrap();
     let error = none.send(&beat).await.unwrap_err();
@@ -223,5 +225,12 @@ async fn beats_go_to_the_next_collector_when_one_is_down() {
         error.contains("127.0.0.1:1") && error.contains("127.0.0.1:2"),
         "{error}"
     );
-    assert!(Transport::each(" , ", |b| Transport::http(b, Duration::from_secs(1))).is_err());
+    assert!(
+        Transport::each(" , ", |b| Transport::http(
+            b,
+            Duration::from_secs(1),
+            &crate::tls::ClientTls::new()
+        ))
+        .is_err()
+    );
 }

@@ -19,6 +19,9 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use wayfinder_api::health::HealthReport;
 
+use super::SEND_TIMEOUT;
+use crate::tls::{ClientTls, HttpClient, Loaded};
+
 /// Where beats go.
 #[derive(Debug, Clone)]
 pub(crate) enum Transport {
@@ -26,13 +29,13 @@ pub(crate) enum Transport {
     /// runtime), then kept.
     #[cfg(feature = "tonic")]
     OtlpGrpc {
-        endpoint: Box<tonic::transport::Endpoint>,
+        endpoint: Box<crate::tls::GrpcTarget>,
         client: Arc<OnceLock<LogsServiceClient<tonic::transport::Channel>>>,
         authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     },
     /// `POST {base}/v1/health`.
     Http {
-        client: reqwest::Client,
+        client: HttpClient,
         url: String,
         authorization: Option<http::HeaderValue>,
     },
@@ -45,16 +48,24 @@ pub(crate) enum Transport {
 }
 
 impl Transport {
-    /// OTLP/gRPC logs to `endpoint` (`http://host:4317`), connected lazily.
+    /// OTLP/gRPC logs to `endpoint` (`http://host:4317`, or `https://` with `tls`), connected
+    /// lazily.
     #[cfg(feature = "tonic")]
-    pub(crate) fn otlp_grpc(endpoint: &str, timeout: Duration) -> Result<Self, String> {
-        refuse_tls(endpoint)?;
-        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| format!("`{endpoint}` is not an OTLP/gRPC endpoint: {e}"))?
-            .connect_timeout(timeout)
-            .timeout(timeout);
+    pub(crate) fn otlp_grpc(
+        endpoint: &str,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> Result<Self, String> {
+        let loaded = Loaded::for_url(endpoint, tls).map_err(|e| e.to_string())?;
+        let target = crate::tls::grpc_channel(
+            endpoint.trim(),
+            loaded.as_ref(),
+            crate::tls::ServerName::Url,
+            |e| e.connect_timeout(timeout).timeout(timeout),
+        )
+        .map_err(|e| format!("`{endpoint}` is not an OTLP/gRPC endpoint: {e}"))?;
         Ok(Transport::OtlpGrpc {
-            endpoint: Box::new(endpoint),
+            endpoint: Box::new(target),
             client: Arc::new(OnceLock::new()),
             authorization: None,
         })
@@ -62,20 +73,23 @@ impl Transport {
 
     /// Without tonic there is no OTLP/gRPC: a clear error when the reporter starts.
     #[cfg(not(feature = "tonic"))]
-    pub(crate) fn otlp_grpc(endpoint: &str, _timeout: Duration) -> Result<Self, String> {
+    pub(crate) fn otlp_grpc(
+        endpoint: &str,
+        _timeout: Duration,
+        _tls: &ClientTls,
+    ) -> Result<Self, String> {
         Err(format!(
             "`{endpoint}`: health over OTLP/gRPC needs the `tonic` feature of \
              wayfinder-middleware; use http/protobuf (POST /v1/health) or enable it"
         ))
     }
 
-    /// `POST /v1/health` on the collector's OTLP/HTTP `base` (`http://host:4318`).
-    pub(crate) fn http(base: &str, timeout: Duration) -> Result<Self, String> {
-        refuse_tls(base)?;
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| format!("no HTTP client for health reports: {e}"))?;
+    /// `POST /v1/health` on the collector's OTLP/HTTP `base` (`http://host:4318`, or
+    /// `https://` with `tls`).
+    pub(crate) fn http(base: &str, timeout: Duration, tls: &ClientTls) -> Result<Self, String> {
+        crate::init::check_url("the health reporter's endpoint", base)?;
+        let loaded = Loaded::for_url(base, tls).map_err(|e| e.to_string())?;
+        let client = HttpClient::new(loaded.as_ref(), timeout);
         Ok(Transport::Http {
             client,
             url: format!("{}/v1/health", base.trim_end_matches('/')),
@@ -166,19 +180,25 @@ impl Transport {
                 url,
                 authorization,
             } => {
-                let mut request = client.post(url).json(beat);
+                let body = serde_json::to_vec(beat).map_err(|e| format!("a beat as JSON: {e}"))?;
+                let mut request = http::Request::post(url.as_str())
+                    .header(http::header::CONTENT_TYPE, "application/json");
                 if let Some(value) = authorization {
                     request = request.header(http::header::AUTHORIZATION, value.clone());
                 }
-                let response = request
-                    .send()
-                    .await
+                let request = request
+                    .body(bytes::Bytes::from(body))
                     .map_err(|e| format!("POST {url}: {e}"))?;
+                let response = client
+                    .send(request, SEND_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("POST {e}"))?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
                     let status = response.status();
-                    let body = response.text().await.unwrap_or_default();
+                    let body = String::from_utf8_lossy(response.body());
+                    let body: String = body.chars().take(512).collect();
                     Err(format!("POST {url}: {status} {body}"))
                 }
             }
@@ -189,7 +209,7 @@ impl Transport {
                 authorization,
             } => {
                 let mut client = client
-                    .get_or_init(|| LogsServiceClient::new(endpoint.connect_lazy()))
+                    .get_or_init(|| LogsServiceClient::new((**endpoint).clone().connect_lazy()))
                     .clone();
                 let mut request = tonic::Request::new(log_request(beat));
                 if let Some(value) = authorization {
@@ -211,17 +231,6 @@ impl Transport {
                 }
             }
         }
-    }
-}
-
-/// No TLS in this build: an `https://` endpoint is refused at once, not at the first beat.
-fn refuse_tls(endpoint: &str) -> Result<(), String> {
-    if endpoint.trim().to_ascii_lowercase().starts_with("https://") {
-        Err(format!(
-            "`{endpoint}`: https:// needs TLS, which this build does not include; use http://"
-        ))
-    } else {
-        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 
 use super::{ExporterKind, InitError, LogFormat, OtlpProtocol, SamplerKind, Telemetry};
 use crate::propagation::Propagation;
+use crate::tls::ClientTls;
 
 pub(super) fn invalid(variable: &'static str, value: &str, reason: &str) -> InitError {
     InitError::InvalidVariable {
@@ -73,17 +74,34 @@ pub(super) fn check_endpoint(variable: &'static str, endpoint: &str) -> Result<(
         .parse()
         .map_err(|error: http::uri::InvalidUri| invalid(variable, endpoint, &error.to_string()))?;
     match (uri.scheme_str(), uri.host()) {
-        (Some("http"), Some(_)) => Ok(()),
-        (Some("https"), Some(_)) => Err(invalid(
-            variable,
-            endpoint,
-            "https:// needs TLS, which this build does not include: use http:// (a sidecar or mesh can add TLS)",
-        )),
+        (Some("http" | "https"), Some(_)) => Ok(()),
         _ => Err(invalid(
             variable,
             endpoint,
-            "expected an http:// URL with a host",
+            "expected an http:// or https:// URL with a host",
         )),
+    }
+}
+
+/// `url` is an `http://` or `https://` URL with a host; else why not, naming `what`.
+pub(crate) fn check_url(what: &str, url: &str) -> Result<(), String> {
+    check_endpoint("URL", url).map_err(|error| match error {
+        InitError::InvalidVariable { value, reason, .. } => format!("{what} `{value}`: {reason}"),
+        other => format!("{what}: {other}"),
+    })
+}
+
+/// An OTLP/gRPC endpoint given without a scheme (`collector:4317`) takes one from
+/// `OTEL_EXPORTER_OTLP_(TRACES_)INSECURE`: `https://` unless it is `true` (the specification's
+/// rule; the variable means nothing for a URL with a scheme, or for OTLP/HTTP).
+pub(super) fn with_grpc_scheme(endpoint: &str, insecure: bool) -> String {
+    let endpoint = endpoint.trim();
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else if insecure {
+        format!("http://{endpoint}")
+    } else {
+        format!("https://{endpoint}")
     }
 }
 
@@ -169,6 +187,8 @@ pub(crate) struct OtlpEnv {
     pub(crate) endpoint: String,
     /// The `authorization` entry of `OTEL_EXPORTER_OTLP_HEADERS`.
     pub(crate) authorization: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, `_CLIENT_CERTIFICATE` and `_CLIENT_KEY`.
+    pub(crate) tls: ClientTls,
 }
 
 impl OtlpEnv {
@@ -196,14 +216,20 @@ impl OtlpEnv {
                 }
             },
         };
+        let insecure = get("OTEL_EXPORTER_OTLP_INSECURE")
+            .is_some_and(|value| parse_bool("OTEL_EXPORTER_OTLP_INSECURE", &value).0);
         let endpoint = get("OTEL_EXPORTER_OTLP_ENDPOINT").map_or_else(
             || protocol.default_endpoint().to_owned(),
-            |e| e.trim().to_owned(),
+            |e| match protocol {
+                OtlpProtocol::Grpc => with_grpc_scheme(&e, insecure),
+                OtlpProtocol::HttpProtobuf => e.trim().to_owned(),
+            },
         );
         Ok(OtlpEnv {
             protocol,
             endpoint,
             authorization,
+            tls: ClientTls::from_lookup(&lookup, None),
         })
     }
 }
@@ -309,14 +335,31 @@ impl Telemetry {
                 }
             };
         }
-        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let insecure = match pick(
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+            "OTEL_EXPORTER_OTLP_INSECURE",
+        ) {
+            Some((variable, value)) => {
+                let (insecure, warning) = parse_bool(variable, &value);
+                telemetry.warnings.extend(warning);
+                insecure
+            }
+            None => false,
+        };
+        let protocol = telemetry.protocol;
+        let scheme = |endpoint: String| match protocol {
+            OtlpProtocol::Grpc => with_grpc_scheme(&endpoint, insecure),
+            OtlpProtocol::HttpProtobuf => endpoint.trim().to_owned(),
+        };
+        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_ENDPOINT").map(scheme) {
             check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)?;
-            telemetry.endpoint = Some(endpoint.trim().to_owned());
+            telemetry.endpoint = Some(endpoint);
         }
-        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        if let Some(endpoint) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").map(scheme) {
             check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint)?;
-            telemetry.traces_endpoint = Some(endpoint.trim().to_owned());
+            telemetry.traces_endpoint = Some(endpoint);
         }
+        telemetry.tls = ClientTls::from_lookup(&lookup, Some("TRACES"));
         if let Some((variable, timeout)) = pick(
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",

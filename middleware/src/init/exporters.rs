@@ -22,6 +22,9 @@ pub(crate) struct Failures {
     pub(crate) spans: AtomicU64,
     /// When the last warning was written, and the failed batches since.
     last_warning: Mutex<(Option<Instant>, u64)>,
+    /// The last failure's cause, as the exporter's client saw it: the OTLP/HTTP exporter says
+    /// only "network error", the client knows a certificate did not verify.
+    pub(crate) cause: crate::tls::LastError,
 }
 
 impl Failures {
@@ -35,11 +38,17 @@ impl Failures {
             let batches = std::mem::take(&mut last.1);
             last.0 = Some(Instant::now());
             drop(last);
+            let cause = self
+                .cause
+                .lock()
+                .take()
+                .map(|cause| format!(" ({cause})"))
+                .unwrap_or_default();
             tracing::warn!(
                 target: "wayfinder_middleware::export",
                 failed_batches = batches,
                 failed_spans_total = self.spans.load(Ordering::Relaxed),
-                "span export failed: {error}"
+                "span export failed: {error}{cause}"
             );
         }
     }

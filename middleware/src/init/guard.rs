@@ -23,6 +23,8 @@ pub struct TelemetryGuard {
     pub(super) resource: Resource,
     /// The OTLP protocol and base URL spans go to (`None` with a custom exporter).
     pub(super) collector: Option<(OtlpProtocol, String)>,
+    /// The TLS settings of the exporter, for the health reporter that follows it.
+    pub(super) tls: crate::tls::ClientTls,
     pub(super) failures: std::sync::Arc<exporters::Failures>,
     pub(super) dispatch: Dispatch,
     pub(super) timeout: Duration,
@@ -47,6 +49,13 @@ impl TelemetryGuard {
     /// custom exporter.
     pub fn collector(&self) -> Option<(OtlpProtocol, &str)> {
         self.collector.as_ref().map(|(p, url)| (*p, url.as_str()))
+    }
+
+    /// The TLS settings the exporter uses for an `https://` collector (what
+    /// [`Telemetry::tls`](crate::Telemetry::tls) or the `OTEL_EXPORTER_OTLP_*CERTIFICATE`
+    /// variables gave), for other clients of the same collector.
+    pub fn collector_tls(&self) -> &crate::tls::ClientTls {
+        &self.tls
     }
 
     /// Batches of spans, and spans, whose export failed so far (each failure is also a

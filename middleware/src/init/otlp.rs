@@ -1,13 +1,17 @@
 //! The OTLP span exporter the settings ask for: OTLP/HTTP with protobuf bodies, or OTLP/gRPC
-//! (with the `tonic` feature), with the endpoint, headers and timeout of the `OTEL_EXPORTER_OTLP_*`
-//! variables or the builder.
+//! (with the `tonic` feature), with the endpoint, headers, timeout and TLS of the
+//! `OTEL_EXPORTER_OTLP_*` variables or the builder. Both go through the middleware's own
+//! clients ([`crate::tls`]): hyper-util for HTTP, a tonic channel for gRPC, TLS by rustls with
+//! ring for `https://`.
 
 use opentelemetry_otlp::{SpanExporter, WithExportConfig};
 
 use super::{InitError, OtlpProtocol, Telemetry};
+use crate::tls::{ExportClient, LastError, Loaded};
 
 impl Telemetry {
-    pub(super) fn exporter(&self) -> Result<SpanExporter, InitError> {
+    /// The exporter; its client leaves the cause of a failure in `last_error`.
+    pub(super) fn exporter(&self, last_error: LastError) -> Result<SpanExporter, InitError> {
         let exporter = match self.protocol {
             OtlpProtocol::Grpc => self.grpc_exporter()?,
             OtlpProtocol::HttpProtobuf => {
@@ -15,14 +19,17 @@ impl Telemetry {
                 let endpoint = self.traces_endpoint.clone().unwrap_or_else(|| {
                     format!("{}/v1/traces", self.base_endpoint().trim_end_matches('/'))
                 });
-                opentelemetry_otlp::WithHttpConfig::with_headers(
-                    SpanExporter::builder().with_http(),
-                    self.headers.iter().cloned().collect(),
-                )
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(endpoint)
-                .with_timeout(self.export_timeout)
-                .build()?
+                let tls = Loaded::for_url(&endpoint, &self.tls)?;
+                let client = ExportClient::new(tls.as_ref(), self.export_timeout, last_error)?;
+                use opentelemetry_otlp::WithHttpConfig as _;
+                SpanExporter::builder()
+                    .with_http()
+                    .with_http_client(client)
+                    .with_headers(self.headers.iter().cloned().collect())
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_endpoint(endpoint)
+                    .with_timeout(self.export_timeout)
+                    .build()?
             }
         };
         Ok(exporter)
@@ -30,6 +37,7 @@ impl Telemetry {
 
     #[cfg(feature = "tonic")]
     fn grpc_exporter(&self) -> Result<SpanExporter, InitError> {
+        use opentelemetry_otlp::WithTonicConfig as _;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(InitError::NoRuntime);
         }
@@ -47,13 +55,22 @@ impl Telemetry {
                 metadata.insert(key, value);
             }
         }
-        let exporter = opentelemetry_otlp::WithTonicConfig::with_metadata(
-            SpanExporter::builder().with_tonic(),
-            metadata,
-        )
-        .with_endpoint(endpoint)
-        .with_timeout(self.export_timeout)
-        .build()?;
+        let tls = Loaded::for_url(&endpoint, &self.tls)?;
+        let timeout = self.export_timeout;
+        let channel =
+            crate::tls::grpc_channel(&endpoint, tls.as_ref(), crate::tls::ServerName::Url, |e| {
+                e.timeout(timeout).connect_timeout(timeout)
+            })
+            .map_err(|error| {
+                super::env::invalid("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint, &error.to_string())
+            })?
+            .connect_lazy();
+        let exporter = SpanExporter::builder()
+            .with_tonic()
+            .with_metadata(metadata)
+            .with_channel(channel)
+            .with_timeout(timeout)
+            .build()?;
         Ok(exporter)
     }
 

@@ -101,12 +101,7 @@ fn invalid_variables_are_errors_naming_the_variable() {
         (
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "no scheme: the exporter would fail later with a worse message",
-        ),
-        (
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            "https without TLS in the build: refused at once, not a failed export later",
+            "no scheme for OTLP/HTTP: the exporter would fail later with a worse message",
         ),
         (
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "ftp://host"),
@@ -236,6 +231,111 @@ fn signal_specific_variables_beat_the_generic_ones() {
             ("x-team".to_owned(), "shop".to_owned())
         ],
         "the traces headers replace the generic ones, percent-decoded"
+    );
+}
+
+#[test]
+fn tls_comes_from_an_https_endpoint_and_the_certificate_variables() {
+    type Row = (
+        &'static [(&'static str, &'static str)],
+        &'static str,
+        &'static str,
+    );
+    let rows: [Row; 5] = [
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ],
+            "https://collector:4317",
+            "gRPC without a scheme: secure, as the specification says",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+                ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+            ],
+            "http://collector:4317",
+            "gRPC without a scheme, INSECURE=true: plaintext",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+                ("OTEL_EXPORTER_OTLP_INSECURE", "true"),
+                ("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "false"),
+            ],
+            "https://collector:4317",
+            "the traces INSECURE wins over the generic one",
+        ),
+        (
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+                ("OTEL_EXPORTER_OTLP_INSECURE", "false"),
+            ],
+            "http://collector:4317",
+            "INSECURE means nothing for a URL with a scheme",
+        ),
+        (
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318")],
+            "https://collector:4318",
+            "OTLP/HTTP over TLS",
+        ),
+    ];
+    for (pairs, expected, reason) in rows {
+        let t = from(pairs).expect(reason);
+        assert_eq!(t.endpoint.as_deref(), Some(expected), "{reason}");
+    }
+    let t = from(&[
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/etc/ca.pem"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "/etc/me.pem",
+        ),
+        ("OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "/etc/me.key"),
+    ])
+    .unwrap();
+    assert_eq!(
+        t.tls,
+        crate::tls::ClientTls::new()
+            .ca_file("/etc/ca.pem")
+            .client_identity("/etc/me.pem", "/etc/me.key"),
+        "the certificate variables, each with its traces form first"
+    );
+}
+
+#[test]
+fn a_missing_certificate_file_fails_the_start_naming_it() {
+    let error = from(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/wayfinder-ca.pem",
+        ),
+    ])
+    .unwrap()
+    .build()
+    .expect_err("the CA file is read at start");
+    assert!(matches!(error, InitError::Tls(_)), "{error}");
+    assert!(
+        error.to_string().contains("/nonexistent/wayfinder-ca.pem"),
+        "{error}"
+    );
+    let plain = from(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "/nonexistent/wayfinder-ca.pem",
+        ),
+    ])
+    .unwrap()
+    .build();
+    assert!(
+        plain.is_ok(),
+        "an http:// endpoint never reads the TLS files: {:?}",
+        plain.err()
     );
 }
 
