@@ -85,7 +85,8 @@ pub fn with_instance_id(
 }
 
 /// The facts of a span of `kind` from `service` (and `instance`), lasting `duration_ns`, with
-/// fixed ids, named `op`, started at 1 800 000 000 s after the epoch, and nothing else set.
+/// fixed ids, named `op`, 100 bytes on the wire, started at 1 800 000 000 s after the epoch,
+/// and nothing else set.
 pub fn facts(
     service: &Arc<str>,
     instance: Option<&Arc<str>>,
@@ -111,6 +112,8 @@ pub fn facts(
         peer: None,
         attributes: None,
         weight: 1.0,
+        size: 100,
+        status_message: None,
     }
 }
 

@@ -83,6 +83,8 @@ pub struct PeerAttributes {
     pub server_port: Option<u16>,
     /// `peer.service`.
     pub peer_service: Option<String>,
+    /// `service.peer.name`: the current conventions' successor of `peer.service`.
+    pub service_peer_name: Option<String>,
     /// `messaging.system`.
     pub messaging_system: Option<String>,
     /// `messaging.destination.name`.
@@ -188,6 +190,15 @@ pub struct SpanFacts {
     /// How many spans it stands for: `1 / ratio` of the
     /// [`DecodeOptions::multiplier_key`](crate::DecodeOptions::multiplier_key) attribute, else 1.
     pub weight: f64,
+    /// The bytes of its protobuf message as received (from a prost message, OTLP/JSON's: its
+    /// encoded length), as Tempo's `traces_spanmetrics_size_total` counts them. The same as
+    /// the re-encoded length for a canonical encoding, which SDKs send; more when the bytes
+    /// repeat fields, write defaults or carry unknown fields.
+    pub size: u64,
+    /// Its status message, when
+    /// [`DecodeOptions::status_message`](crate::DecodeOptions::status_message) asks for it and
+    /// it has one (cut to 256 bytes).
+    pub status_message: Option<Arc<str>>,
 }
 
 /// `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK` and `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` of OTLP.
@@ -242,6 +253,8 @@ impl SpanFacts {
             },
             attributes: None,
             weight: 1.0,
+            size: span.encoded_len as u64,
+            status_message: None,
         }
     }
 }
@@ -307,6 +320,7 @@ fn peer_attributes(attrs: &[Attr<'_>]) -> Option<Box<PeerAttributes>> {
                 }
             }
             "peer.service" => slot(&mut peer).peer_service = text(),
+            "service.peer.name" => slot(&mut peer).service_peer_name = text(),
             "messaging.system" => slot(&mut peer).messaging_system = text(),
             "messaging.destination.name" => slot(&mut peer).messaging_destination = text(),
             "messaging.operation.type" => slot(&mut peer).messaging_operation = text(),
@@ -360,6 +374,76 @@ mod tests {
             super::super::truncated(&long, 256),
             "a".repeat(255),
             "cut before é"
+        );
+    }
+
+    #[test]
+    fn both_decoders_give_each_span_its_message_bytes_and_the_status_message_when_asked() {
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+        use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+        use prost::Message as _;
+
+        let span = |id: u8, attributes: usize, message: &str| Span {
+            trace_id: vec![1; 16],
+            span_id: vec![id; 8],
+            name: "GET /cart".into(),
+            start_time_unix_nano: 1,
+            end_time_unix_nano: 2,
+            attributes: (0..attributes)
+                .map(|i| KeyValue {
+                    key: format!("k{i}"),
+                    value: Some(AnyValue {
+                        value: Some(Value::StringValue("v".repeat(i))),
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            status: Some(Status {
+                code: 2,
+                message: message.into(),
+            }),
+            ..Default::default()
+        };
+        let spans = vec![span(1, 0, ""), span(2, 7, "deadline exceeded")];
+        let sizes: Vec<u64> = spans.iter().map(|s| s.encoded_len() as u64).collect();
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let asked = crate::DecodeOptions {
+            status_message: true,
+            ..crate::DecodeOptions::default()
+        };
+        let wire = crate::decode_traces_wire_with(&request.encode_to_vec(), &asked).unwrap();
+        let prost = crate::decode_traces_with(&request, &asked).unwrap();
+        for (decoded, how) in [(&wire, "wire"), (&prost, "prost")] {
+            let got: Vec<u64> = decoded.facts.iter().map(|f| f.size).collect();
+            assert_eq!(
+                got, sizes,
+                "{how}: the Span message's encoded length, as Tempo's Size()"
+            );
+            let messages: Vec<Option<&str>> = decoded
+                .facts
+                .iter()
+                .map(|f| f.status_message.as_deref())
+                .collect();
+            assert_eq!(messages, [None, Some("deadline exceeded")], "{how}");
+        }
+        let plain = crate::decode_traces_wire_with(
+            &request.encode_to_vec(),
+            &crate::DecodeOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(plain.facts.len(), 2);
+        assert!(
+            plain.facts.iter().all(|f| f.status_message.is_none()),
+            "not taken unless asked"
         );
     }
 }

@@ -25,7 +25,7 @@ mod wire;
 
 use arrow_array::RecordBatch;
 
-pub use facts::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
+pub use facts::{PeerAttributes, SpanFacts, SpanKind, SpanRef, authority_of};
 pub use options::DecodeOptions;
 pub use otlp::{
     DecodedTraces, Rejections, decode_spans_only, decode_traces, decode_traces_with, span_count,

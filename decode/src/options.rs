@@ -68,6 +68,9 @@ pub struct DecodeOptions {
     /// refuses the whole request, as prost does (the default: the decoder then agrees with
     /// prost exactly, which `oracle` checks). The collector's receivers salvage.
     pub salvage: bool,
+    /// Whether the facts carry the span's status message (Tempo's opt-in `status_message`
+    /// dimension of span metrics); off by default, and then nothing is allocated for it.
+    pub status_message: bool,
 }
 
 impl Default for DecodeOptions {
@@ -77,6 +80,7 @@ impl Default for DecodeOptions {
             attributes: Vec::new(),
             multiplier_key: None,
             salvage: false,
+            status_message: false,
         }
     }
 }

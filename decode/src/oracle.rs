@@ -95,7 +95,30 @@ fn same(prost: &DecodedTraces, wire: &DecodedTraces) -> Result<(), String> {
             batch(wire)
         ));
     }
-    if prost.facts != wire.facts {
+    // A span's size is the bytes of its message as received: prost's is its re-encoding,
+    // which drops unknown fields, defaults written out, repeated copies and long varints, so
+    // the wire's is never smaller, and the same for a canonical encoding (what SDKs send).
+    if let Some((p, w)) = prost
+        .facts
+        .iter()
+        .zip(&wire.facts)
+        .find(|(p, w)| w.size < p.size)
+    {
+        return Err(format!(
+            "a span's received size is below its re-encoded size: wire {} < prost {} ({:?})",
+            w.size, p.size, w.id
+        ));
+    }
+    let sized_as_prost = |facts: &[crate::SpanFacts]| -> Vec<crate::SpanFacts> {
+        facts
+            .iter()
+            .map(|f| crate::SpanFacts {
+                size: 0,
+                ..f.clone()
+            })
+            .collect()
+    };
+    if sized_as_prost(&prost.facts) != sized_as_prost(&wire.facts) {
         return Err(format!(
             "facts differ:\nprost {:?}\nwire  {:?}",
             prost.facts, wire.facts

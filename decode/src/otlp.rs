@@ -13,6 +13,9 @@ use crate::facts::SpanFacts;
 use crate::options::{DecodeOptions, Extractor, ResourceValues};
 use crate::view::{Attr, SpanView, attrs_from_prost, string_attr, value_text};
 
+/// A status message in the facts (a metric label) is cut to this many bytes.
+const MAX_STATUS_MESSAGE: usize = 256;
+
 /// What came out of one trace request.
 #[derive(Debug)]
 pub struct DecodedTraces {
@@ -357,6 +360,12 @@ impl<'o> TraceDecoder<'o> {
                 self.extractor
                     .span(self.options, &resource.values, &span.attributes);
             facts.weight = Extractor::weight(self.options, &resource.values, &span.attributes);
+            if self.options.status_message && !span.status_message.is_empty() {
+                facts.status_message = Some(Arc::from(crate::truncated(
+                    span.status_message,
+                    MAX_STATUS_MESSAGE,
+                )));
+            }
             self.facts.push(facts);
         }
     }

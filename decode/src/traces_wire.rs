@@ -236,6 +236,7 @@ fn scope<'a>(
 
 fn span<'a>(message: Message<'a>, view: &mut SpanView<'a>) -> Result<(), WireError> {
     view.clear();
+    view.encoded_len = message.remaining();
     let mut fields = message;
     while let Some((tag, wire_type)) = fields.next_field()? {
         match tag {

@@ -68,6 +68,9 @@ pub(crate) struct SpanView<'a> {
     pub(crate) event_attributes: Vec<Attr<'a>>,
     pub(crate) links: Vec<LinkView<'a>>,
     pub(crate) link_attributes: Vec<Attr<'a>>,
+    /// The bytes of the span's protobuf message (without its tag and length) as received, or
+    /// a prost message's encoded length: what `traces_spanmetrics_size_total` counts.
+    pub(crate) encoded_len: usize,
 }
 
 impl<'a> SpanView<'a> {
@@ -89,11 +92,13 @@ impl<'a> SpanView<'a> {
         self.event_attributes.clear();
         self.links.clear();
         self.link_attributes.clear();
+        self.encoded_len = 0;
     }
 
     /// The span of a prost message.
     pub(crate) fn fill_from_prost(&mut self, span: &'a Span) {
         self.clear();
+        self.encoded_len = prost::Message::encoded_len(span);
         self.trace_id = &span.trace_id;
         self.span_id = &span.span_id;
         self.parent_span_id = &span.parent_span_id;

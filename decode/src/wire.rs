@@ -62,6 +62,11 @@ pub(crate) struct Message<'a> {
 }
 
 impl<'a> Message<'a> {
+    /// The bytes not read yet: the whole message before its first field.
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
+
     /// A top-level message: the whole of `buf`.
     pub(crate) fn top(buf: &'a [u8]) -> Self {
         Self {

@@ -243,6 +243,82 @@ fn edge(s: &str, t: &str, c: &str, r: u64, e: u64) -> (String, String, String, u
     (s.into(), t.into(), c.into(), r, e)
 }
 
+/// Jaeger's metrics API (the Monitor tab's requests, as the UI sends them) gives what the
+/// operations API gives for the same spans: cart's `POST /cart`, four calls, one failed.
+async fn jaeger_metrics_agree_with_the_operations(
+    collector: &RunningCollector,
+    operations: &Value,
+) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    let ui = format!(
+        "service=cart&endTs={now_ms}&lookback=300000&ratePer=600000&spanKind=server&step=60000"
+    );
+    let last = |family: &Value, operation: &str| -> Value {
+        let metric = family["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["labels"][1]["value"] == operation)
+            .unwrap_or_else(|| panic!("{operation} in {family}"));
+        assert_eq!(
+            metric["labels"][0],
+            json!({"name": "service_name", "value": "cart"})
+        );
+        metric["metricPoints"].as_array().unwrap().last().unwrap()["gaugeValue"]["doubleValue"]
+            .clone()
+    };
+    let (status, errors) = get(
+        collector,
+        &format!("/api/metrics/errors?{ui}&quantile=0.95&groupByOperation=true"),
+    )
+    .await;
+    assert_eq!(status, 200, "{errors}");
+    assert_eq!(errors["name"], "service_operation_error_rate");
+    assert_eq!(
+        last(&errors, "POST /cart"),
+        json!(0.25),
+        "one call in four failed"
+    );
+    let (_, latencies) = get(
+        collector,
+        &format!("/api/metrics/latencies?{ui}&quantile=0.9&groupByOperation=true"),
+    )
+    .await;
+    let p90 = operations["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "POST /cart")
+        .unwrap()["latency_ms"]["p90"]
+        .as_f64()
+        .unwrap();
+    let from_jaeger = last(&latencies, "POST /cart").as_f64().unwrap();
+    assert!(
+        (from_jaeger - p90).abs() < 0.001,
+        "the same sketch: {from_jaeger} ms against the operations' {p90} ms"
+    );
+    let (_, calls) = get(collector, &format!("/api/metrics/calls?{ui}")).await;
+    assert_eq!(calls["name"], "service_call_rate");
+    assert_eq!(calls["type"], "GAUGE");
+    let rate = calls["metrics"][0]["metricPoints"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()["gaugeValue"]["doubleValue"]
+        .as_f64()
+        .unwrap();
+    assert!(rate > 0.0, "calls a second: {calls}");
+    let (status, refused) = get(collector, "/api/metrics/latencies?service=cart").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        refused["errors"][0]["msg"],
+        json!("unable to parse param 'quantile': invalid syntax: \"\"")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn known_call_graph_through_every_endpoint() {
     let collector = start(loopback_config()).await;
@@ -495,6 +571,7 @@ async fn known_call_graph_through_every_endpoint() {
 
     // Span metrics as JSON: cart's operations, every status summed per name and kind.
     let (status, operations) = get(&collector, "/api/v1/operations?service=cart&window=5m").await;
+    jaeger_metrics_agree_with_the_operations(&collector, &operations).await;
     assert_eq!(status, 200, "{operations}");
     let listed: Vec<(Value, Value, Value, Value)> = operations["operations"]
         .as_array()
@@ -743,7 +820,7 @@ async fn known_call_graph_through_every_endpoint() {
         // Span metrics, with Tempo's names and labels.
         r#"traces_spanmetrics_calls_total{service="cart",span_name="POST /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR"} 1"#,
         r#"traces_spanmetrics_calls_total{service="cart",span_name="POST /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET"} 3"#,
-        r#"traces_spanmetrics_duration_seconds_count{service="billing",span_name="order-events process",span_kind="SPAN_KIND_CONSUMER",status_code="STATUS_CODE_UNSET"} 4"#,
+        r#"traces_spanmetrics_latency_count{service="billing",span_name="order-events process",span_kind="SPAN_KIND_CONSUMER",status_code="STATUS_CODE_UNSET"} 4"#,
         r#"wayfinder_instance_health{service="cart",instance="cart-2",status="warning"} 1"#,
         r#"wayfinder_instance_health{service="cart",instance="cart-2",status="passing"} 0"#,
         r#"wayfinder_health_stale_beats_total 1"#,

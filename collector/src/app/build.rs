@@ -11,7 +11,7 @@ use crate::app::config::Config;
 use crate::graph::dimensions::AttributePlan;
 use crate::graph::registry::{Registry, RegistryConfig, RegistryMetrics};
 use crate::graph::spanmetrics::{SpanMetrics, SpanMetricsConfig, SpanMetricsExposition};
-use crate::graph::topology::{DatabaseName, Topology, TopologyConfig, TopologyMetrics};
+use crate::graph::topology::{DatabaseName, PeerName, Topology, TopologyConfig, TopologyMetrics};
 use crate::graph::weights::{WeightsEngine, WeightsMetrics};
 use crate::ingest::Ingest;
 use crate::ingest::replay::SealedRecords;
@@ -109,10 +109,17 @@ pub(super) async fn build_components(
         .iter()
         .map(|attribute| DatabaseName::of(attribute, &mut plan))
         .collect();
-    let decode_options = plan.decode_options(
+    let peer_names: Arc<[_]> = config
+        .topology
+        .peer_attributes
+        .iter()
+        .map(|attribute| PeerName::of(attribute, &mut plan))
+        .collect();
+    let mut decode_options = plan.decode_options(
         config.topology.topology,
         config.spanmetrics.span_multiplier_key.clone(),
     );
+    decode_options.status_message = config.spanmetrics.span_metrics_status_message;
     let buckets: Arc<[f64]> = config
         .topology
         .service_graph_buckets
@@ -124,6 +131,8 @@ pub(super) async fn build_components(
             TopologyConfig {
                 dimensions: graph_dimensions,
                 database_names,
+                peer_names,
+                client_server_prefix: config.topology.service_graph_client_server_prefix,
                 edge_wait: config.topology.edge_wait,
                 max_pending: config.topology.edge_max_pending,
                 max_bytes: config.topology.topology_max_bytes,
@@ -145,6 +154,7 @@ pub(super) async fn build_components(
                 histogram_buckets: buckets,
                 retention: config.store.retention,
                 dimensions: span_dimensions,
+                status_message: config.spanmetrics.span_metrics_status_message,
             },
             clock,
         ));

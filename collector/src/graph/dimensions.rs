@@ -62,6 +62,7 @@ impl AttributePlan {
             multiplier_key,
             // A span with an invalid value costs itself, not the request.
             salvage: true,
+            status_message: false,
         }
     }
 }

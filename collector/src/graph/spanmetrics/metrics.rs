@@ -1,6 +1,7 @@
 //! The span-metrics series on `/metrics`, named as Tempo's metrics-generator names them
-//! (`traces_spanmetrics_calls_total`, `traces_spanmetrics_duration_seconds`) with its labels
-//! (`service`, `span_name`, `span_kind`, `status_code`), which Grafana's Tempo views query.
+//! (`traces_spanmetrics_calls_total`, `traces_spanmetrics_latency`,
+//! `traces_spanmetrics_size_total`) with its labels (`service`, `span_name`, `span_kind`,
+//! `status_code`, and `status_message` when enabled), which Grafana's Tempo views query.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +32,9 @@ fn labels<'a>(key: &'a OperationKey, dimensions: &'a [Dimension]) -> Vec<(&'a st
         ("span_kind", key.kind.otlp_name()),
         ("status_code", key.status.as_str()),
     ];
+    if let Some(message) = &key.status_message {
+        labels.push(("status_message", message));
+    }
     for (dimension, value) in dimensions.iter().zip(&key.dimensions) {
         if let Some(value) = value {
             labels.push((&dimension.label, value));
@@ -57,21 +61,32 @@ impl SpanMetricsExposition {
 
 impl Collector for SpanMetricsExposition {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
-        let mut family = encoder.encode_descriptor(
-            "traces_spanmetrics_calls",
-            "Spans per service, span name, span kind and status code",
-            None,
-            MetricType::Counter,
-        )?;
-        let mut result = Ok(());
-        self.each(|labels, entry| {
-            if result.is_ok() {
-                result = family
-                    .encode_family(&Labels(labels))
-                    .and_then(|encoder| encode_count(entry.calls, encoder));
-            }
-        });
-        result
+        type Figure = fn(&OperationState) -> f64;
+        let counters: [(&str, &str, Figure); 2] = [
+            (
+                "traces_spanmetrics_calls",
+                "Spans per service, span name, span kind and status code",
+                |entry| entry.calls,
+            ),
+            (
+                "traces_spanmetrics_size",
+                "Bytes of the spans' protobuf messages per service, span name, span kind and status code",
+                |entry| entry.size,
+            ),
+        ];
+        for (name, help, figure) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            let mut result = Ok(());
+            self.each(|labels, entry| {
+                if result.is_ok() {
+                    result = family
+                        .encode_family(&Labels(labels))
+                        .and_then(|encoder| encode_count(figure(entry), encoder));
+                }
+            });
+            result?;
+        }
+        Ok(())
     }
 }
 
@@ -80,7 +95,7 @@ impl Exposition for SpanMetricsExposition {
         let bounds = self.0.config().histogram_buckets.clone();
         let mut family = HistogramFamily::new(
             out,
-            "traces_spanmetrics_duration_seconds",
+            "traces_spanmetrics_latency",
             "Span durations per service, span name, span kind and status code",
         );
         self.each(|labels, entry| entry.duration.encode(&mut family, labels, &bounds));

@@ -1,8 +1,8 @@
-//! Span metrics: calls, errors and a latency histogram per service, span name, span kind and
-//! status code, as the OpenTelemetry Collector's `spanmetrics` connector and Tempo's
-//! metrics-generator make them from the same spans, for `/metrics`
-//! (`traces_spanmetrics_calls_total`, `traces_spanmetrics_duration_seconds`) and for
-//! `GET /api/v1/operations`.
+//! Span metrics: calls, errors, a latency histogram and span bytes per service, span name, span
+//! kind and status code (and status message, when asked), as Tempo's metrics-generator and the
+//! OpenTelemetry Collector's `spanmetrics` connector make them from the same spans, for
+//! `/metrics` (`traces_spanmetrics_calls_total`, `traces_spanmetrics_latency`,
+//! `traces_spanmetrics_size_total`), `GET /api/v1/operations` and Jaeger's metrics API.
 //!
 //! At most `max_series` combinations are tracked; the spans of any further one are counted in
 //! one overflow series (`otel_metric_overflow="true"`, as the connector names it), never
@@ -12,6 +12,7 @@
 
 mod metrics;
 mod settings;
+mod timeline;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,6 +22,7 @@ use parking_lot::Mutex;
 
 pub(crate) use metrics::SpanMetricsExposition;
 pub use settings::SpanMetricsSettings;
+pub(crate) use timeline::{MAX_SERIES_MINUTES, Minute, Selection, Timeline};
 
 use crate::decode::{SpanFacts, SpanKind};
 use crate::graph::dimensions::Dimension;
@@ -44,6 +46,9 @@ pub(crate) struct SpanMetricsConfig {
     /// Extra labels, from span (else resource) attributes (`--span-metrics-dimensions`), as
     /// the connector's `dimensions`; a span without one has no such label.
     pub dimensions: Arc<[Dimension]>,
+    /// Whether the status message is a label (`status_message`, Tempo's opt-in intrinsic
+    /// dimension).
+    pub status_message: bool,
 }
 
 impl Default for SpanMetricsConfig {
@@ -53,6 +58,7 @@ impl Default for SpanMetricsConfig {
             histogram_buckets: Arc::from(HISTOGRAM_BOUNDS.as_slice()),
             retention: Duration::from_secs(3600),
             dimensions: Arc::from([]),
+            status_message: false,
         }
     }
 }
@@ -98,6 +104,8 @@ pub(crate) struct OperationKey {
     pub kind: SpanKind,
     /// The status code.
     pub status: StatusCode,
+    /// The status message, when it is a label and the span has one.
+    pub status_message: Option<Arc<str>>,
     /// The values of the configured dimensions (empty when none are).
     pub dimensions: Box<[Option<Arc<str>>]>,
 }
@@ -111,6 +119,9 @@ pub(crate) struct OperationState {
     pub(crate) calls: f64,
     /// Durations since start.
     pub(crate) duration: Cumulative,
+    /// Bytes of the spans' protobuf messages since start (not weighted: Tempo counts the bytes
+    /// it received).
+    pub(crate) size: f64,
 }
 
 impl OperationState {
@@ -122,6 +133,7 @@ impl OperationState {
         };
         self.series.record(minute, observation);
         self.calls += span.weight;
+        self.size += span.size as f64;
         self.duration
             .record(bounds, span.duration_ns, span.weight, Some((span.id, now)));
     }
@@ -194,6 +206,11 @@ impl SpanMetrics {
                 name: span.name.clone(),
                 kind: span.kind,
                 status: StatusCode::of(span),
+                status_message: if self.config.status_message {
+                    span.status_message.clone()
+                } else {
+                    None
+                },
                 dimensions: self
                     .config
                     .dimensions

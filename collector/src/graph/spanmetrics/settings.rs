@@ -36,6 +36,10 @@ pub struct SpanMetricsSettings {
     /// 1/probability in the Prometheus series.
     #[arg(long, env = "WAYFINDER_SPAN_MULTIPLIER_KEY")]
     pub span_multiplier_key: Option<String>,
+    /// Adds the span's status message as the `status_message` label (Tempo's opt-in intrinsic
+    /// dimension; each distinct message is its own series, within the series limit).
+    #[arg(long, env = "WAYFINDER_SPAN_METRICS_STATUS_MESSAGE")]
+    pub span_metrics_status_message: bool,
 }
 
 impl Default for SpanMetricsSettings {

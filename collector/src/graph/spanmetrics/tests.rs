@@ -62,15 +62,15 @@ fn series_per_service_name_kind_and_status() {
             "the same name in another service is another series",
         ),
         (
-            r#"traces_spanmetrics_duration_seconds_bucket{service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",le="0.004"} 1 # {trace_id=""#,
+            r#"traces_spanmetrics_latency_bucket{service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",le="0.004"} 1 # {trace_id=""#,
             "3 ms in the 4 ms bucket, with its trace",
         ),
         (
-            r#"traces_spanmetrics_duration_seconds_bucket{service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",le="0.05"} 2 # {trace_id=""#,
+            r#"traces_spanmetrics_latency_bucket{service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_UNSET",le="0.05"} 2 # {trace_id=""#,
             "30 ms in the 50 ms bucket, cumulative",
         ),
         (
-            r#"traces_spanmetrics_duration_seconds_count{service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR"} 1"#,
+            r#"traces_spanmetrics_latency_count{service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR"} 1"#,
             "the failed call's duration",
         ),
         (
@@ -78,13 +78,78 @@ fn series_per_service_name_kind_and_status() {
             "the counter family, with help",
         ),
         (
-            "# HELP traces_spanmetrics_duration_seconds Span durations",
+            "# HELP traces_spanmetrics_latency Span durations",
             "the histogram family, with help",
         ),
     ];
     for (line, why) in cases {
         assert!(text.contains(line), "{why}: {line} in\n{text}");
     }
+}
+
+#[test]
+fn span_bytes_are_counted_unweighted_and_the_status_message_is_a_label_when_asked() {
+    let sized = |bytes: u64, weight: f64, message: Option<&str>| {
+        let mut span = failed(span("cart", "GET /cart", SpanKind::Server, 3));
+        span.size = bytes;
+        span.weight = weight;
+        span.status_message = message.map(Arc::from);
+        span
+    };
+    let spans = [
+        sized(120, 1.0, Some("timeout")),
+        sized(80, 4.0, Some("timeout")),
+        sized(50, 1.0, Some("refused")),
+    ];
+    let plain = Arc::new(SpanMetrics::new(
+        SpanMetricsConfig::default(),
+        Clock::starting_at(at(0)),
+    ));
+    plain.ingest(&spans);
+    let labelled = Arc::new(SpanMetrics::new(
+        SpanMetricsConfig {
+            status_message: true,
+            ..SpanMetricsConfig::default()
+        },
+        Clock::starting_at(at(0)),
+    ));
+    labelled.ingest(&spans);
+    let base = r#"service="cart",span_name="GET /cart",span_kind="SPAN_KIND_SERVER",status_code="STATUS_CODE_ERROR""#;
+    let rows: [(&Arc<SpanMetrics>, String, &str); 5] = [
+        (
+            &plain,
+            format!("traces_spanmetrics_size_total{{{base}}} 250\n"),
+            "every span's bytes, the weight of 4 not applied (Tempo counts bytes received)",
+        ),
+        (
+            &plain,
+            format!("traces_spanmetrics_calls_total{{{base}}} 6\n"),
+            "calls are weighted",
+        ),
+        (
+            &labelled,
+            format!("traces_spanmetrics_calls_total{{{base},status_message=\"timeout\"}} 5\n"),
+            "one series per message when asked",
+        ),
+        (
+            &labelled,
+            format!("traces_spanmetrics_size_total{{{base},status_message=\"refused\"}} 50\n"),
+            "its bytes too",
+        ),
+        (
+            &plain,
+            "# TYPE traces_spanmetrics_size counter\n".to_owned(),
+            "the size family, a counter",
+        ),
+    ];
+    for (metrics, line, why) in rows {
+        let text = exposition(metrics.clone());
+        assert!(text.contains(&line), "{why}: {line} in\n{text}");
+    }
+    assert!(
+        !exposition(plain).contains("status_message"),
+        "no status_message label unless asked"
+    );
 }
 
 #[test]
@@ -114,9 +179,7 @@ fn past_the_limit_spans_go_to_one_overflow_series() {
         "two tracked, the three others counted in the overflow series, none lost"
     );
     assert!(
-        text.contains(
-            r#"traces_spanmetrics_duration_seconds_count{otel_metric_overflow="true"} 3"#
-        ),
+        text.contains(r#"traces_spanmetrics_latency_count{otel_metric_overflow="true"} 3"#),
         "{text}"
     );
 }
@@ -236,13 +299,11 @@ fn configured_dimensions_are_labels_and_weights_count() {
             "each value set its own series, labels named as Prometheus allows",
         ),
         (
-            format!("traces_spanmetrics_duration_seconds_count{{{base},http_route=\"/cart\"}} 5\n"),
+            format!("traces_spanmetrics_latency_count{{{base},http_route=\"/cart\"}} 5\n"),
             "the histogram counts the weight too",
         ),
         (
-            format!(
-                "traces_spanmetrics_duration_seconds_sum{{{base},http_route=\"/cart\"}} 0.015\n"
-            ),
+            format!("traces_spanmetrics_latency_sum{{{base},http_route=\"/cart\"}} 0.015\n"),
             "and its sum: five requests of 3 ms",
         ),
     ];

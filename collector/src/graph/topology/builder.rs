@@ -9,14 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use super::graph::Graph;
 use super::keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
-use super::naming::{DatabaseName, database_name, edge_dimensions};
+use super::naming::{DatabaseName, PeerName, database_name, edge_dimensions, peer_name};
 use super::pending::Expiring;
 use super::side::{
     Half, Parent, Side, Waiting, connection_type, messaging_destination, observation, peer_class,
     receives_messages, time_in_broker,
 };
 use super::stats::BUCKET_SECONDS;
-use crate::decode::{PeerAttributes, SpanFacts, SpanKind, SpanRef};
+use crate::decode::{SpanFacts, SpanKind, SpanRef};
 use crate::graph::dimensions::Dimension;
 use crate::metrics::LogEvery;
 use crate::util::clock::unix_seconds;
@@ -47,6 +47,13 @@ pub struct TopologyConfig {
     /// Where database node names come from, first found wins
     /// (`--database-name-attributes`; default [`DatabaseName::defaults`]).
     pub database_names: Arc<[DatabaseName]>,
+    /// Where the names of peers that send no spans come from, first found wins
+    /// (`--peer-attributes`; default [`PeerName::defaults`]).
+    pub peer_names: Arc<[PeerName]>,
+    /// Whether the extra labels are `client_<name>` and `server_<name>` (the default, as the
+    /// servicegraph connector always writes them), or one `<name>` label taking the server
+    /// span's value, else the client's (Tempo with `enable_client_server_prefix` off).
+    pub client_server_prefix: bool,
 }
 
 impl Default for TopologyConfig {
@@ -60,6 +67,8 @@ impl Default for TopologyConfig {
             histogram_buckets: Arc::from(super::stats::HISTOGRAM_BOUNDS.as_slice()),
             dimensions: Arc::from([]),
             database_names: DatabaseName::defaults().into(),
+            peer_names: PeerName::defaults().into(),
+            client_server_prefix: true,
         }
     }
 }
@@ -442,8 +451,9 @@ impl TopologyBuilder {
     }
 
     /// A half whose other half never came. A client that names a message destination is an
-    /// edge into that destination's node, a client that names its peer (`peer.service`, else
-    /// `server.address` or the URL's authority) an edge into an external node, a consumer
+    /// edge into that destination's node, a client that names its peer (the first of
+    /// `--peer-attributes` it has: `peer.service`, `service.peer.name`, … the URL's authority)
+    /// an edge into an external node, a consumer
     /// that names its destination an edge from that destination's node (Tempo's virtual
     /// nodes, with the destination as the peer); anything else is counted.
     fn unpaired(&mut self, half: Waiting, minute: u64) {
@@ -462,9 +472,7 @@ impl TopologyBuilder {
                     );
                     return;
                 }
-                let name = peer
-                    .and_then(|p| p.peer_service.clone())
-                    .or_else(|| peer.and_then(PeerAttributes::peer_address));
+                let name = peer_name(peer, client.attributes.as_deref(), &self.config.peer_names);
                 match name {
                     Some(name) => {
                         let connection = connection_type(Some(client.side()), None);

@@ -25,11 +25,16 @@ pub(crate) struct TopologyMetrics(pub Arc<Topology>);
 /// The service-graph series, one per label set: edges that differ only in what the anchors do
 /// not tell apart (HTTP and gRPC between the same two nodes) are one series, summed, never a
 /// duplicate series.
-fn series_of(graph: &super::Graph) -> BTreeMap<SeriesLabels, SeriesTotals> {
+fn series_of(graph: &super::Graph, prefixed: bool) -> BTreeMap<SeriesLabels, SeriesTotals> {
     let mut series: BTreeMap<SeriesLabels, SeriesTotals> = BTreeMap::new();
     for (key, edge) in &graph.edges {
         for (dimensions, from) in &edge.totals {
-            let totals = series.entry(SeriesLabels::of(key, dimensions)).or_default();
+            let labels = if prefixed {
+                SeriesLabels::of(key, dimensions)
+            } else {
+                SeriesLabels::of(key, &unprefixed(dimensions))
+            };
+            let totals = series.entry(labels).or_default();
             totals.requests += from.requests;
             totals.errors += from.errors;
             merge_histogram(&mut totals.server, from.server.as_deref());
@@ -40,9 +45,26 @@ fn series_of(graph: &super::Graph) -> BTreeMap<SeriesLabels, SeriesTotals> {
     series
 }
 
-/// The names of the extra labels: `client_<name>` for each dimension, then `server_<name>`.
+/// An edge's dimension values (each on the client side, then each on the server side) as one
+/// value per dimension: the server span's, else the client's. Series that differ only in the
+/// other side's values become one.
+fn unprefixed(dimensions: &[Option<Arc<str>>]) -> Vec<Option<Arc<str>>> {
+    let (client, server) = dimensions.split_at(dimensions.len() / 2);
+    client
+        .iter()
+        .zip(server)
+        .map(|(client, server)| server.clone().or_else(|| client.clone()))
+        .collect()
+}
+
+/// The names of the extra labels: `client_<name>` for each dimension, then `server_<name>`;
+/// without the prefix, `<name>` once for each.
 fn dimension_labels(builder: &super::TopologyBuilder) -> Vec<String> {
-    let dimensions = &builder.config().dimensions;
+    let config = builder.config();
+    let dimensions = &config.dimensions;
+    if !config.client_server_prefix {
+        return dimensions.iter().map(|d| d.label.clone()).collect();
+    }
     let side = |side: &'static str| {
         dimensions
             .iter()
@@ -57,7 +79,7 @@ impl Exposition for TopologyMetrics {
     fn encode_openmetrics(&self, out: &mut String) {
         self.0.with_builder(|builder| {
             let bounds = &builder.config().histogram_buckets;
-            let series = series_of(builder.graph());
+            let series = series_of(builder.graph(), builder.config().client_server_prefix);
             let names = dimension_labels(builder);
             type Side = fn(&SeriesTotals) -> &Option<Cumulative>;
             let histograms: [(&str, &str, Side); 3] = [
@@ -92,7 +114,7 @@ impl Exposition for TopologyMetrics {
 impl Collector for TopologyMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.0.with_builder(|builder| {
-            let series = series_of(builder.graph());
+            let series = series_of(builder.graph(), builder.config().client_server_prefix);
             let names = dimension_labels(builder);
             let mut family = encoder.encode_descriptor(
                 "traces_service_graph_request",
@@ -547,5 +569,48 @@ mod tests {
         for (line, why) in cases {
             assert!(text.contains(line), "{why}: {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn without_the_prefix_each_dimension_is_one_label_with_the_servers_value() {
+        let mut plan = crate::graph::dimensions::AttributePlan::default();
+        let env = plan.dimension("deployment.environment");
+        let config = crate::graph::topology::TopologyConfig {
+            dimensions: Arc::from([env]),
+            client_server_prefix: false,
+            ..Default::default()
+        };
+        let topology = Arc::new(Topology::new(config, crate::util::clock::Clock::new()));
+        let values = |env: Option<&str>| {
+            let values: Vec<Option<Arc<str>>> = vec![env.map(Arc::from)];
+            Some(Arc::from(values))
+        };
+        let mut spans = Vec::new();
+        // Two pairs that differ only in the client's value, one whose server has none.
+        for (trace, client_env, server_env) in [
+            (1, Some("prod"), Some("canary")),
+            (2, Some("staging"), Some("canary")),
+            (3, Some("prod"), None),
+        ] {
+            let mut client = span("front", SpanKind::Client, trace, 1, None);
+            client.attributes = values(client_env);
+            let mut server = span("cart", SpanKind::Server, trace, 2, Some(1));
+            server.attributes = values(server_env);
+            spans.extend([client, server]);
+        }
+        topology.ingest(&mut spans);
+        let text = exposition(topology);
+        let totals: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("traces_service_graph_request_total{"))
+            .collect();
+        assert_eq!(
+            totals,
+            [
+                r#"traces_service_graph_request_total{client="front",server="cart",connection_type="",deployment_environment="canary"} 2"#,
+                r#"traces_service_graph_request_total{client="front",server="cart",connection_type="",deployment_environment="prod"} 1"#,
+            ],
+            "the server's value, else the client's; pairs that differ only in the client's value are one series, never two with the same labels"
+        );
     }
 }

@@ -29,7 +29,7 @@ pub use builder::{TopologyBuilder, TopologyConfig};
 pub(crate) use graph::Graph;
 pub(crate) use keys::{ConnectionType, EdgeKey, InstanceEdgeKey, NodeKey, NodeKind};
 pub(crate) use metrics::TopologyMetrics;
-pub(crate) use naming::DatabaseName;
+pub(crate) use naming::{DEFAULT_PEER_ATTRIBUTES, DatabaseName, PeerName};
 pub use settings::TopologySettings;
 pub(crate) use snapshot::Snapshot;
 

@@ -1,6 +1,7 @@
-//! How database nodes are named, and which extra labels an edge's series carry: the settings
-//! that Tempo and the servicegraph connector make configurable (`database_name_attributes`,
-//! `dimensions`).
+//! How database nodes and uninstrumented peers are named, and which extra labels an edge's
+//! series carry: the settings that Tempo and the servicegraph connector make configurable
+//! (`database_name_attributes`, `peer_attributes` / `virtual_node_peer_attributes`,
+//! `dimensions`, `enable_client_server_prefix`).
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -86,6 +87,97 @@ pub(super) fn database_name<'a>(
     Some(Cow::Borrowed(system))
 }
 
+/// One place the name of a peer that sent no spans may come from: the server node of a client
+/// span whose other half never came (Tempo's `peer_attributes`, the servicegraph connector's
+/// `virtual_node_peer_attributes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerName {
+    /// `peer.service`.
+    PeerService,
+    /// `service.peer.name`, the current conventions' successor of `peer.service`.
+    ServicePeer,
+    /// `db.namespace` (or the older `db.name`).
+    Namespace,
+    /// `db.system.name` (or the older `db.system`).
+    System,
+    /// `server.address` (or the older `net.peer.name`), with `:port` when `server.port` is
+    /// given.
+    ServerAddress,
+    /// The authority (`host:port`) of `url.full` (or the older `http.url`).
+    UrlAuthority,
+    /// `network.peer.address`, with `:port` when `network.peer.port` is given.
+    PeerAddress,
+    /// Any other attribute, by its index among the values the facts carry.
+    Attribute(usize),
+}
+
+/// The default of `--peer-attributes`: the servicegraph connector's (`peer.service`,
+/// `db.name`, `db.system`) and Tempo's (the same, `db.system.name` read as `db.system`), with
+/// `service.peer.name` after `peer.service`, and the address and URL Wayfinder named peers by
+/// before these were configurable.
+pub(crate) const DEFAULT_PEER_ATTRIBUTES: &str =
+    "peer.service,service.peer.name,db.name,db.system,server.address,url.full";
+
+impl PeerName {
+    /// [`DEFAULT_PEER_ATTRIBUTES`], in order.
+    pub fn defaults() -> Vec<Self> {
+        let mut plan = AttributePlan::default();
+        DEFAULT_PEER_ATTRIBUTES
+            .split(',')
+            .map(|attribute| Self::of(attribute, &mut plan))
+            .collect()
+    }
+
+    /// The source an attribute name stands for (an attribute the fixed facts do not hold is
+    /// added to `plan`).
+    pub fn of(attribute: &str, plan: &mut AttributePlan) -> Self {
+        match attribute {
+            "peer.service" => Self::PeerService,
+            "service.peer.name" => Self::ServicePeer,
+            "db.namespace" | "db.name" => Self::Namespace,
+            "db.system" | "db.system.name" => Self::System,
+            "server.address" | "net.peer.name" => Self::ServerAddress,
+            "url.full" | "http.url" => Self::UrlAuthority,
+            "network.peer.address" => Self::PeerAddress,
+            other => Self::Attribute(plan.index(other)),
+        }
+    }
+}
+
+/// The name of the peer a client span talks to: the first of `sources` it has.
+pub(super) fn peer_name(
+    peer: Option<&PeerAttributes>,
+    values: Option<&[Option<Arc<str>>]>,
+    sources: &[PeerName],
+) -> Option<String> {
+    let with_port = |host: &str, port: Option<u16>| match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    sources.iter().find_map(|source| match (source, peer) {
+        (PeerName::PeerService, Some(p)) => p.peer_service.clone(),
+        (PeerName::ServicePeer, Some(p)) => p.service_peer_name.clone(),
+        (PeerName::Namespace, Some(p)) => p.db_namespace.clone(),
+        (PeerName::System, Some(p)) => p.db_system.clone(),
+        (PeerName::ServerAddress, Some(p)) => p
+            .server_address
+            .as_deref()
+            .map(|host| with_port(host, p.server_port)),
+        (PeerName::UrlAuthority, Some(p)) => {
+            p.url_full.as_deref().and_then(crate::decode::authority_of)
+        }
+        (PeerName::PeerAddress, Some(p)) => p
+            .network_peer_address
+            .as_deref()
+            .map(|host| with_port(host, p.network_peer_port)),
+        (PeerName::Attribute(index), _) => values
+            .and_then(|v| v.get(*index))
+            .and_then(|v| v.as_deref())
+            .map(str::to_owned),
+        (_, None) => None,
+    })
+}
+
 /// The values of an edge's extra labels: each dimension's on the client side, then each on
 /// the server side (empty, without allocating, when none are configured).
 pub(super) fn edge_dimensions(
@@ -103,6 +195,109 @@ pub(super) fn edge_dimensions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_are_named_by_the_first_peer_attribute_they_have() {
+        let peer = |f: fn(&mut PeerAttributes)| {
+            let mut p = PeerAttributes::default();
+            f(&mut p);
+            p
+        };
+        let values: Vec<Option<Arc<str>>> = vec![Some(Arc::from("payments-eu"))];
+        let defaults = PeerName::defaults();
+        let cases: [(PeerAttributes, Vec<PeerName>, Option<&str>, &str); 8] = [
+            (
+                peer(|p| {
+                    p.peer_service = Some("payments".into());
+                    p.service_peer_name = Some("payments-v2".into());
+                    p.server_address = Some("10.0.0.7".into());
+                }),
+                defaults.clone(),
+                Some("payments"),
+                "peer.service first, as in Tempo and the connector",
+            ),
+            (
+                peer(|p| {
+                    p.service_peer_name = Some("payments".into());
+                    p.server_address = Some("10.0.0.7".into());
+                }),
+                defaults.clone(),
+                Some("payments"),
+                "service.peer.name alone makes the node (the conventions' successor)",
+            ),
+            (
+                peer(|p| {
+                    p.db_namespace = Some("orders".into());
+                    p.server_address = Some("db.internal".into());
+                }),
+                defaults.clone(),
+                Some("orders"),
+                "db.name before the address, as the connector's list has it",
+            ),
+            (
+                peer(|p| {
+                    p.server_address = Some("api.example".into());
+                    p.server_port = Some(443);
+                    p.url_full = Some("https://other.example/x".into());
+                }),
+                defaults.clone(),
+                Some("api.example:443"),
+                "server.address with its port, before the URL (as before)",
+            ),
+            (
+                peer(|p| p.url_full = Some("https://api.example:8443/v1/pay?x=1".into())),
+                defaults.clone(),
+                Some("api.example:8443"),
+                "the URL's authority last",
+            ),
+            (
+                peer(|p| p.rpc_system = Some("grpc".into())),
+                defaults.clone(),
+                None,
+                "none of them: no name (the half is counted as unpaired)",
+            ),
+            (
+                peer(|p| {
+                    p.peer_service = Some("payments".into());
+                    p.network_peer_address = Some("10.0.0.7".into());
+                    p.network_peer_port = Some(8080);
+                }),
+                vec![PeerName::PeerAddress, PeerName::PeerService],
+                Some("10.0.0.7:8080"),
+                "a configured order",
+            ),
+            (
+                peer(|p| p.peer_service = Some("payments".into())),
+                vec![PeerName::Attribute(0), PeerName::PeerService],
+                Some("payments-eu"),
+                "an attribute the fixed facts do not hold",
+            ),
+        ];
+        for (peer, sources, want, why) in cases {
+            let got = peer_name(Some(&peer), Some(&values), &sources);
+            assert_eq!(got.as_deref(), want, "{why}");
+        }
+        assert_eq!(
+            peer_name(None, Some(&values), &[PeerName::Attribute(0)]).as_deref(),
+            Some("payments-eu"),
+            "a span without the fixed peer attributes may still have a configured one"
+        );
+        let mut plan = AttributePlan::default();
+        let parsed: Vec<PeerName> = ["service.peer.name", "http.url", "net.peer.name", "region"]
+            .iter()
+            .map(|a| PeerName::of(a, &mut plan))
+            .collect();
+        assert_eq!(
+            parsed,
+            [
+                PeerName::ServicePeer,
+                PeerName::UrlAuthority,
+                PeerName::ServerAddress,
+                PeerName::Attribute(0)
+            ],
+            "older names read as their newer ones; others by index"
+        );
+    }
 
     #[test]
     fn database_names_by_precedence() {

@@ -71,6 +71,26 @@ pub struct TopologySettings {
         default_value = "peer.service,db.namespace,server.address,network.peer.address,db.system"
     )]
     pub database_name_attributes: Vec<String>,
+    /// Where the name of a peer that sends no spans comes from (the server node of a client
+    /// span whose other half never came), first found wins, comma-separated: Tempo's
+    /// `peer_attributes`, the servicegraph connector's `virtual_node_peer_attributes`.
+    #[arg(
+        long,
+        env = "WAYFINDER_PEER_ATTRIBUTES",
+        value_delimiter = ',',
+        default_value = crate::graph::topology::DEFAULT_PEER_ATTRIBUTES
+    )]
+    pub peer_attributes: Vec<String>,
+    /// Whether the service-graph dimensions are `client_<name>` and `server_<name>` (true, as
+    /// the servicegraph connector writes them), or one `<name>` label with the server span's
+    /// value, else the client's (false: Tempo's `enable_client_server_prefix` off).
+    #[arg(
+        long,
+        env = "WAYFINDER_SERVICE_GRAPH_CLIENT_SERVER_PREFIX",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub service_graph_client_server_prefix: bool,
 }
 
 impl Default for TopologySettings {
@@ -93,6 +113,12 @@ impl Settings for TopologySettings {
                 "must be one or more durations above zero, ascending (e.g. 10ms,100ms,1s)",
             ));
         }
+        if self.peer_attributes.is_empty() {
+            return Err(SettingError::invalid(
+                "peer_attributes",
+                "must name at least one attribute (e.g. peer.service)",
+            ));
+        }
         if self.database_name_attributes.is_empty() {
             return Err(SettingError::invalid(
                 "database_name_attributes",
@@ -111,5 +137,6 @@ impl Settings for TopologySettings {
     fn normalize(&mut self) {
         tidy(&mut self.service_graph_dimensions);
         tidy(&mut self.database_name_attributes);
+        tidy(&mut self.peer_attributes);
     }
 }

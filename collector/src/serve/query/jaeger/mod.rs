@@ -1,7 +1,9 @@
 //! Jaeger-compatible query endpoints, with Jaeger's JSON shapes and units (microseconds), so that
 //! Grafana's Jaeger data source and the Jaeger UI work against the collector unchanged:
-//! `/api/services`, `/api/services/{service}/operations`, `/api/operations`, `/api/traces`,
-//! `/api/traces/{traceID}`, `/api/dependencies`.
+//! `/api/services` (and `/api/v3/services`, which the UI asks since 2.15),
+//! `/api/services/{service}/operations`, `/api/operations`, `/api/traces`,
+//! `/api/traces/{traceID}`, `/api/dependencies`, and the metrics API of the Monitor tab
+//! (`/api/metrics/*`, in [`metrics`]).
 //!
 //! Spans come from the span store through SQL (the same limits as `/api/v1/sql`); dependencies
 //! come from the topology.
@@ -21,9 +23,11 @@ use super::http::sql_response;
 use super::state::ApiState;
 use crate::serve::sql::QueryError;
 
+mod metrics;
 mod model;
 mod search;
 
+pub(crate) use metrics::{calls, errors, latencies, min_step};
 use model::jaeger_trace;
 pub(crate) use search::SearchQuery;
 use search::{search_filter, search_tags};
@@ -146,16 +150,27 @@ async fn rows_then<T: Send + 'static>(
 pub(crate) async fn services(
     State(state): State<Arc<ApiState>>,
 ) -> Result<Json<Value>, JaegerError> {
+    Ok(envelope(Value::Array(service_names(&state).await?)))
+}
+
+/// `GET /api/v3/services`: the same names as jaeger-query's API v3 gives them
+/// (`{"services": [...]}`), which the Jaeger UI reads since 2.15.
+pub(crate) async fn services_v3(
+    State(state): State<Arc<ApiState>>,
+) -> Result<Json<Value>, JaegerError> {
+    Ok(Json(json!({"services": service_names(&state).await?})))
+}
+
+async fn service_names(state: &ApiState) -> Result<Vec<Value>, JaegerError> {
     let rows = rows(
-        &state,
+        state,
         "SELECT DISTINCT service_name FROM spans ORDER BY service_name",
     )
     .await?;
-    let names: Vec<Value> = rows
+    Ok(rows
         .into_iter()
         .filter_map(|mut r| r.remove("service_name"))
-        .collect();
-    Ok(envelope(Value::Array(names)))
+        .collect())
 }
 
 pub(crate) async fn service_operations(
