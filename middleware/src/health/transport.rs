@@ -35,7 +35,7 @@ pub(crate) enum Transport {
     },
     /// `POST {base}/v1/health`.
     Http {
-        client: HttpClient,
+        client: Box<HttpClient>,
         url: String,
         authorization: Option<http::HeaderValue>,
     },
@@ -89,7 +89,7 @@ impl Transport {
     pub(crate) fn http(base: &str, timeout: Duration, tls: &ClientTls) -> Result<Self, String> {
         crate::init::check_url("the health reporter's endpoint", base)?;
         let loaded = Loaded::for_url(base, tls).map_err(|e| e.to_string())?;
-        let client = HttpClient::new(loaded.as_ref(), timeout);
+        let client = Box::new(HttpClient::new(loaded.as_ref(), timeout));
         Ok(Transport::Http {
             client,
             url: format!("{}/v1/health", base.trim_end_matches('/')),

@@ -2,8 +2,11 @@
 //! server name each connection must verify. The same connector serves hyper-util clients
 //! (HTTP/1.1) and tonic channels (HTTP/2, ALPN `h2`).
 
+#[cfg(feature = "tonic")]
 use std::future::Future;
+#[cfg(feature = "tonic")]
 use std::pin::Pin;
+#[cfg(feature = "tonic")]
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -81,6 +84,7 @@ pub(crate) fn https_connector(
     }
 }
 
+#[cfg(feature = "tonic")]
 /// A tonic channel to `url`: over TLS with `tls` when the URL is `https://`, else as tonic
 /// connects by itself. `configure` sets the endpoint's timeouts. The channel connects lazily.
 ///
@@ -109,6 +113,7 @@ pub(crate) fn grpc_channel(
     })
 }
 
+#[cfg(feature = "tonic")]
 /// A tonic endpoint and, for TLS, its connector.
 #[derive(Debug, Clone)]
 pub(crate) struct GrpcTarget {
@@ -116,6 +121,7 @@ pub(crate) struct GrpcTarget {
     tls: Option<AlwaysTls>,
 }
 
+#[cfg(feature = "tonic")]
 impl GrpcTarget {
     /// A channel that connects on first use (inside a tokio runtime).
     pub(crate) fn connect_lazy(self) -> tonic::transport::Channel {
@@ -136,10 +142,12 @@ impl GrpcTarget {
     }
 }
 
+#[cfg(feature = "tonic")]
 /// hyper-rustls's connector, given every URI as `https://`.
 #[derive(Debug, Clone)]
 pub(crate) struct AlwaysTls(HttpsConnector);
 
+#[cfg(feature = "tonic")]
 impl tower::Service<Uri> for AlwaysTls {
     type Response = <HttpsConnector as tower::Service<Uri>>::Response;
     type Error = BoxError;
@@ -157,6 +165,7 @@ impl tower::Service<Uri> for AlwaysTls {
     }
 }
 
+#[cfg(feature = "tonic")]
 fn with_scheme(uri: Uri, scheme: http::uri::Scheme) -> Result<Uri, http::uri::InvalidUriParts> {
     let mut parts = uri.into_parts();
     parts.scheme = Some(scheme);

@@ -40,7 +40,9 @@ mod connect;
 
 pub(crate) use client::{ExportClient, HttpClient, LastError, describe};
 pub use connect::HttpsConnector;
-pub(crate) use connect::{GrpcTarget, ServerName, grpc_channel, https_connector};
+#[cfg(feature = "tonic")]
+pub(crate) use connect::{GrpcTarget, grpc_channel};
+pub(crate) use connect::{ServerName, https_connector};
 
 /// What can be wrong with the TLS settings; each error names the file or setting at fault.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -20,7 +20,14 @@ fn lookup(vars: &[(&'static str, &'static str)]) -> impl Fn(&str) -> Option<Stri
 
 #[test]
 fn each_setting_takes_the_signals_variable_before_the_generic_one() {
-    let rows: &[(&[(&str, &str)], Option<&str>, Option<&str>, &str)] = &[
+    /// The variables, the signal, the CA file expected, and why.
+    type Row<'a> = (
+        &'a [(&'a str, &'a str)],
+        Option<&'a str>,
+        Option<&'a str>,
+        &'a str,
+    );
+    let rows: &[Row<'_>] = &[
         (&[], None, None, "nothing set: system roots"),
         (
             &[("OTEL_EXPORTER_OTLP_CERTIFICATE", "/g.pem")],
