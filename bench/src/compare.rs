@@ -151,17 +151,24 @@ async fn start(
         .spawn()
         .with_context(|| format!("cannot start {}", program.display()))?;
     let running = Running(child);
+    wait_listening(grpc, &format!("{peer:?}")).await?;
+    Ok(running)
+}
+
+/// Waits (up to 15 s) until something accepts on loopback `port`; `what` names it in the
+/// error.
+pub(crate) async fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .is_ok()
         {
-            return Ok(running);
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    bail!("{peer:?} did not listen on 127.0.0.1:{grpc} within 15 s")
+    bail!("{what} did not listen on 127.0.0.1:{port} within 15 s")
 }
 
 async fn run_one(peer: Peer, program: &Path, args: &CompareArgs) -> anyhow::Result<Run> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::compare::{Running, cpu_seconds, free_port, median, wayfinder_binary};
+use crate::compare::{Running, cpu_seconds, free_port, median, wait_listening, wayfinder_binary};
 use crate::load::{self, LoadArgs, Protocol};
 use wayfinder_collector::testing::Broker;
 
@@ -85,20 +85,6 @@ async fn stored(query: u16) -> f64 {
     metric(query, "wayfinder_store_spans").await
         + metric(query, "wayfinder_store_evicted_spans_total").await
         + metric(query, "wayfinder_sealed_spans_total").await
-}
-
-async fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not listen on 127.0.0.1:{port} within 15 s")
 }
 
 async fn run_one(mode: Mode, wayfinder: &Path, args: &CompareFleetArgs) -> anyhow::Result<Run> {

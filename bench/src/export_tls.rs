@@ -6,14 +6,14 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
 use wayfinder_middleware::tls::ClientTls;
 use wayfinder_middleware::{OtlpProtocol, Telemetry};
 
-use crate::compare::{Running, cpu_seconds, free_port, median, wayfinder_binary};
+use crate::compare::{Running, cpu_seconds, free_port, median, wait_listening, wayfinder_binary};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct ExportTlsArgs {
@@ -67,21 +67,12 @@ async fn start(
         .spawn()
         .with_context(|| format!("cannot start {}", wayfinder.display()))?;
     let running = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(("127.0.0.1", http))
-            .await
-            .is_ok()
-        {
-            return Ok(Collector {
-                _running: running,
-                grpc,
-                http,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("wayfinder did not listen on 127.0.0.1:{http} within 15 s")
+    wait_listening(http, "wayfinder").await?;
+    Ok(Collector {
+        _running: running,
+        grpc,
+        http,
+    })
 }
 
 /// CPU µs per span and wall ms per batch of one run.
