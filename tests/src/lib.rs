@@ -33,6 +33,19 @@ pub fn http_client() -> reqwest::Client {
         .expect("an HTTP client")
 }
 
+/// Posts an OTLP/HTTP protobuf trace request to the collector at `otlp_http`, panicking unless
+/// it is taken whole (200).
+pub async fn post_traces(otlp_http: std::net::SocketAddr, body: Vec<u8>) {
+    let response = http_client()
+        .post(format!("http://{otlp_http}/v1/traces"))
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await
+        .expect("the OTLP/HTTP port answers");
+    assert_eq!(response.status(), 200, "the spans are taken");
+}
+
 /// Runs a query through `POST /api/v1/sql` and returns the answer, panicking on an error status.
 pub async fn sql(collector: &RunningCollector, query: &str) -> SqlResponse {
     let (status, body) = sql_raw(collector, query).await;

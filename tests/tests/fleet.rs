@@ -348,14 +348,7 @@ async fn serve_spans(
         })
         .collect();
     let body = with_instance_id(trace_request(Some("cart"), spans), instance).encode_to_vec();
-    let response = http_client()
-        .post(format!("http://{}/v1/traces", collector.addrs().otlp_http))
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
+    wayfinder_e2e::post_traces(collector.addrs().otlp_http, body).await;
 }
 
 /// `GET /api/v1/weights/cart` on `collector` (`Null` while it has none).

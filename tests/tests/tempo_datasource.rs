@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use prost::Message as _;
 use serde_json::Value;
 use wayfinder_collector::testing::{span, trace_request};
-use wayfinder_e2e::{http_client, loopback_config, start};
+use wayfinder_e2e::{http_client, loopback_config, post_traces, start};
 
 /// A Prometheus process, killed when dropped.
 struct Prometheus {
@@ -184,19 +184,7 @@ async fn grafanas_service_graph_and_apm_queries_answer_through_prometheus() {
     let Some(mut prometheus) = prometheus(addrs.query_http) else {
         return;
     };
-    let send = |body: Vec<u8>| {
-        let url = format!("http://{}/v1/traces", addrs.otlp_http);
-        async move {
-            let response = http_client()
-                .post(url)
-                .header("content-type", "application/x-protobuf")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-        }
-    };
+    let send = |body: Vec<u8>| post_traces(addrs.otlp_http, body);
     // A first batch, scraped, then a second: rate() needs the counters to move between
     // scrapes.
     send(calls(1)).await;
