@@ -105,6 +105,10 @@ struct FleetArgs {
     /// Scenarios: slow, failing, pause, join, collector-down (comma-separated) [default: all].
     #[arg(long, value_delimiter = ',')]
     scenarios: Vec<String>,
+    /// Wayfinder's `cost_tolerance` [default: the balancer's, 0.5]; 0 is tower's strict
+    /// comparison.
+    #[arg(long)]
+    cost_tolerance: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -356,8 +360,12 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
     };
     let config = wayfinder_bench::fleet::loopback_config();
     let collector = wayfinder_collector::Collector::start(config).await?;
+    // OTLP/gRPC to the gRPC port: the clients' CLIENT spans feed the collector's weights. (Until
+    // 2026-12-07 the protocol was left at its default, OTLP/HTTP, against this gRPC port, and
+    // every export failed: the weights never had a span.)
     let _telemetry = wayfinder_middleware::Telemetry::new()
         .service_name("fleet-client")
+        .protocol(wayfinder_middleware::OtlpProtocol::Grpc)
         .endpoint(format!("http://{}", collector.addrs().otlp_grpc))
         .log_filter("warn")
         .init()?;
@@ -374,6 +382,7 @@ async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         warmup: args.warmup,
         scenarios,
         policies: vec![Policy::RoundRobin, Policy::P2c, Policy::Wayfinder],
+        cost_tolerance: args.cost_tolerance,
     };
     eprintln!(
         "fleet: {} instances, capacity {:.0} req/s each, offered {:.0} req/s from {} clients, {:?} runs measured after {:?}",

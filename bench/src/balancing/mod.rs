@@ -114,6 +114,8 @@ pub struct FleetConfig {
     pub scenarios: Vec<Scenario>,
     /// The policies to compare.
     pub policies: Vec<Policy>,
+    /// Wayfinder's cost tolerance, when not its default.
+    pub cost_tolerance: Option<f64>,
 }
 
 /// What one run measured.
@@ -227,7 +229,7 @@ async fn run_one(
         format!("http://{}", collector.addrs().query_grpc)
     };
     let clients: Vec<FleetClient> = (0..config.clients)
-        .map(|_| policy::client(policy, service, &addrs, &watch))
+        .map(|_| policy::client(policy, service, &addrs, &watch, config.cost_tolerance))
         .collect::<anyhow::Result<_>>()?;
 
     let rate = config.load * config.service_time.capacity() * config.instances as f64;

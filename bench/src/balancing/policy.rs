@@ -97,12 +97,13 @@ fn uri(addr: &str) -> Uri {
 }
 
 /// Builds a client of `policy` for `service` over `endpoints`; `collector` is the query gRPC
-/// URL Wayfinder watches.
+/// URL Wayfinder watches; `cost_tolerance`, when given, replaces Wayfinder's default.
 pub fn client(
     policy: Policy,
     service: &str,
     endpoints: &[SocketAddr],
     collector: &str,
+    cost_tolerance: Option<f64>,
 ) -> anyhow::Result<FleetClient> {
     let attempts = Arc::new(AtomicU64::new(0));
     let counted = {
@@ -188,6 +189,11 @@ pub fn client(
             let balancer = Balancer::builder(service)
                 .seed(endpoints.iter().map(|a| a.to_string()))
                 .collector_grpc(collector)
+                .configure(|config| {
+                    if let Some(tolerance) = cost_tolerance {
+                        config.cost_tolerance = tolerance;
+                    }
+                })
                 .build()?;
             let service = ServiceBuilder::new()
                 .layer(BalanceLayer::new(balancer.clone()))

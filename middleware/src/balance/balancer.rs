@@ -411,8 +411,10 @@ impl Shared {
                 }
             })
             .collect();
-        let index = choose(&candidates, rng).ok_or_else(|| BalanceError::NoEndpoints {
-            service: self.service.clone(),
+        let index = choose(&candidates, self.config.cost_tolerance, rng).ok_or_else(|| {
+            BalanceError::NoEndpoints {
+                service: self.service.clone(),
+            }
         })?;
         Ok(Picked {
             endpoint: members[index].endpoint.clone(),

@@ -12,6 +12,13 @@ pub struct BalanceConfig {
     pub default_rtt: Duration,
     /// Peak-EWMA's decay time τ. Default 10 s.
     pub decay: Duration,
+    /// The second candidate of a choice wins only when its local cost × (1 + this) is still
+    /// below the first's: costs closer than that are a tie, and ties go to the first draw, by
+    /// the shares. Default 0, tower's strict comparison. 0.5 leaves a 50% difference in
+    /// Peak-EWMA (its noise between healthy endpoints) to the collector's weights, which evens
+    /// out a light client's traffic over equally weighted instances, but it cost 3–5 ms of p99
+    /// in the fleet benchmark's scenarios (e) and (a) (`docs/benchmarks.md`).
+    pub cost_tolerance: f64,
     /// A failed attempt counts as at least this many times the endpoint's successful round
     /// trip. Default 5.
     pub failure_penalty: f64,
@@ -65,6 +72,7 @@ impl Default for BalanceConfig {
         BalanceConfig {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
+            cost_tolerance: 0.0,
             failure_penalty: 5.0,
             consecutive_failures: 5,
             failure_rate: 0.2,
@@ -107,6 +115,12 @@ impl BalanceConfig {
             return Err(format!(
                 "max_ejection_share must be between 0 and 1, not {}",
                 self.max_ejection_share
+            ));
+        }
+        if !(self.cost_tolerance >= 0.0 && self.cost_tolerance.is_finite()) {
+            return Err(format!(
+                "cost_tolerance must be zero or more, not {}",
+                self.cost_tolerance
             ));
         }
         if self.failure_penalty.is_nan() || self.failure_penalty < 1.0 {
