@@ -208,7 +208,13 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
     let mut config = loopback_config();
     config.kafka.kafka_brokers = vec![broker.addr.to_string()];
     config.kafka.kafka_partitions = PARTITIONS;
-    collectors.push(start(config).await);
+    // Bounded, so that a start that never ends fails here and says so (once in CI this test
+    // hung somewhere past its assertions, with nothing said; see the closing note of issue 32).
+    collectors.push(
+        tokio::time::timeout(Duration::from_secs(60), start(config))
+            .await
+            .expect("the fourth collector starts within 60 s"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let owners: Vec<BTreeSet<u32>> = collectors.iter().map(|c| owned(c.metrics())).collect();
@@ -294,8 +300,10 @@ async fn each_trace_reaches_the_one_collector_that_owns_its_partition() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    for collector in collectors {
-        collector.shutdown().await;
+    for (i, collector) in collectors.into_iter().enumerate() {
+        tokio::time::timeout(Duration::from_secs(30), collector.shutdown())
+            .await
+            .unwrap_or_else(|_| panic!("collector {i} shuts down within 30 s"));
     }
     drop(broker);
 }
